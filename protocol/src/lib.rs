@@ -1,0 +1,236 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod codec;
+pub mod identity;
+pub mod message;
+pub mod tls;
+
+pub use codec::{AgentCodec, ClientCodec, FrameError, MAX_CHUNK_LEN, MAX_FRAME_LEN};
+pub use identity::{Fingerprint, Identity, IdentityError, IdentityPaths};
+pub use message::*;
+
+/// The TCP port agents listen on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7722;
+
+#[cfg(test)]
+mod handshake_tests {
+    //! Full TLS handshakes over an in-memory pipe, checking who gets in.
+
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use crate::tls::*;
+    use crate::{Fingerprint, Identity, IdentityPaths};
+
+    #[derive(Debug)]
+    struct Allow(HashSet<Fingerprint>);
+
+    impl ClientAuthorizer for Allow {
+        fn is_authorized(&self, fingerprint: &Fingerprint) -> bool {
+            self.0.contains(fingerprint)
+        }
+    }
+
+    struct Keys {
+        _dir: tempfile::TempDir,
+        agent: Identity,
+        client: Identity,
+        stranger: Identity,
+    }
+
+    fn keys() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| Identity::create(&IdentityPaths::in_dir(dir.path(), name), name);
+        Keys {
+            agent: make("agent").unwrap(),
+            client: make("client").unwrap(),
+            stranger: make("stranger").unwrap(),
+            _dir: dir,
+        }
+    }
+
+    /// Runs one handshake plus a one-byte echo; returns the client's result
+    /// and the host key outcome.
+    async fn handshake(
+        agent: &Identity,
+        allowed: &[Fingerprint],
+        client: Option<&Identity>,
+        policy: HostKeyPolicy,
+    ) -> (Result<(), String>, HostKeyOutcome) {
+        let verifier = Arc::new(HostKeyVerifier::new(policy));
+        let config = client_config(client, verifier.clone()).unwrap();
+        handshake_with(agent, allowed, config, verifier).await
+    }
+
+    async fn handshake_with(
+        agent: &Identity,
+        allowed: &[Fingerprint],
+        config: rustls::ClientConfig,
+        verifier: Arc<HostKeyVerifier>,
+    ) -> (Result<(), String>, HostKeyOutcome) {
+        let authorizer = Arc::new(Allow(allowed.iter().copied().collect()));
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(agent, authorizer).unwrap()));
+        let connector = TlsConnector::from(Arc::new(config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut tls = acceptor
+                .accept(server_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            tls.write_all(&byte).await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())
+        });
+        let result = async {
+            let mut tls = connector
+                .connect(server_name("127.0.0.1"), client_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tls.write_all(b"x").await.map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        .await;
+        let _ = server.await;
+        (result, verifier.outcome())
+    }
+
+    #[tokio::test]
+    async fn authorized_client_and_known_host_connect() {
+        let k = keys();
+        let (result, outcome) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            Some(&k.client),
+            HostKeyPolicy::Expect(k.agent.fingerprint),
+        )
+        .await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(outcome, HostKeyOutcome::Known(k.agent.fingerprint));
+    }
+
+    #[tokio::test]
+    async fn first_use_reports_the_new_fingerprint() {
+        let k = keys();
+        let (result, outcome) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            Some(&k.client),
+            HostKeyPolicy::TrustOnFirstUse,
+        )
+        .await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(outcome, HostKeyOutcome::FirstUse(k.agent.fingerprint));
+    }
+
+    #[tokio::test]
+    async fn unauthorized_client_is_denied() {
+        let k = keys();
+        let (result, _) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            Some(&k.stranger),
+            HostKeyPolicy::TrustOnFirstUse,
+        )
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.contains("AccessDenied"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn client_without_certificate_is_refused() {
+        let k = keys();
+        let (result, _) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            None,
+            HostKeyPolicy::TrustOnFirstUse,
+        )
+        .await;
+        assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn authorized_certificate_with_wrong_key_fails_signature_check() {
+        let k = keys();
+        // The client's certificate, but the stranger's private key. rustls
+        // refuses to build such a pair by the usual route, so the impostor
+        // hands it over through a resolver of its own.
+        #[derive(Debug)]
+        struct Impostor(Arc<rustls::sign::CertifiedKey>);
+        impl rustls::client::ResolvesClientCert for Impostor {
+            fn resolve(
+                &self,
+                _: &[&[u8]],
+                _: &[rustls::SignatureScheme],
+            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                Some(self.0.clone())
+            }
+            fn has_certs(&self) -> bool {
+                true
+            }
+        }
+        let signing_key =
+            rustls::crypto::ring::sign::any_supported_type(&k.stranger.private_key).unwrap();
+        let certified =
+            rustls::sign::CertifiedKey::new(vec![k.client.certificate.clone()], signing_key);
+        let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+        let (result, _) = handshake_with(&k.agent, &[k.client.fingerprint], config, verifier).await;
+        let err = result.unwrap_err();
+        assert!(
+            err.contains("DecryptError") || err.contains("alert"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn changed_host_key_is_refused_with_both_fingerprints() {
+        let k = keys();
+        let (result, outcome) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            Some(&k.client),
+            HostKeyPolicy::Expect(k.stranger.fingerprint),
+        )
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.contains(&k.agent.fingerprint.to_string()), "{err}");
+        assert_eq!(
+            outcome,
+            HostKeyOutcome::Changed {
+                known: k.stranger.fingerprint,
+                presented: k.agent.fingerprint
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_host_refused_when_policy_says_so() {
+        let k = keys();
+        let (result, outcome) = handshake(
+            &k.agent,
+            &[k.client.fingerprint],
+            Some(&k.client),
+            HostKeyPolicy::RefuseUnknown,
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(outcome, HostKeyOutcome::RefusedUnknown(k.agent.fingerprint));
+    }
+}

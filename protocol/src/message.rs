@@ -1,0 +1,197 @@
+//! Every message that crosses the wire, in both directions.
+//!
+//! This module owns the shape of the messages, not their bytes: encoding
+//! lives in [`crate::codec`]. The order in which messages may appear is
+//! written down in the crate docs and enforced by the agent's session and by
+//! `ctl`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. Bumped on any change to the
+/// messages below; peers of different versions refuse each other with an
+/// [`ErrorKind::VersionMismatch`] that names both versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first message each side sends after the TLS handshake.
+///
+/// Its encoding must never change between versions, so that a peer of any
+/// version can at least read the other's version and say which it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The sender's software name and version, for humans (`rexec-agent 0.1.0`).
+    pub software: String,
+}
+
+impl Hello {
+    /// The hello of this build, naming `software` (e.g. `"ctl 0.1.0"`).
+    pub fn new(software: impl Into<String>) -> Self {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            software: software.into(),
+        }
+    }
+}
+
+/// Messages from `ctl` to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// Always first.
+    Hello(Hello),
+    /// The connection's one request: run a command.
+    Exec(ExecRequest),
+    /// The connection's one request: answer with [`AgentMessage::Pong`].
+    Ping,
+    /// A chunk of the command's standard input (only after an exec that asked for stdin).
+    Stdin(Bytes),
+    /// The command's standard input is finished; the agent closes the pipe.
+    StdinEof,
+    /// Deliver a signal to the command's whole process group.
+    Signal(RemoteSignal),
+}
+
+/// Messages from the agent to `ctl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AgentMessage {
+    /// Always first.
+    Hello(Hello),
+    /// The answer to [`ClientMessage::Ping`]; last.
+    Pong,
+    /// The command was spawned with this process id (also its process group id).
+    Started {
+        /// The remote process id of the shell.
+        pid: u32,
+    },
+    /// A chunk of the command's standard output, in the order it was written.
+    Stdout(Bytes),
+    /// A chunk of the command's standard error, in the order it was written.
+    Stderr(Bytes),
+    /// How the command ended; last, sent only after both output pipes reached EOF.
+    Exit(ExitStatus),
+    /// The request failed or the session was ended by the agent; last.
+    Error(ErrorReport),
+}
+
+/// A request to run one command through the agent's shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command line, run as `$SHELL -c COMMAND`.
+    pub command: String,
+    /// Variables added to the child's clean base environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the target user's home when absent.
+    pub cwd: Option<String>,
+    /// Run as this user instead of the agent's own.
+    pub user: Option<String>,
+    /// Kill the command's process group when it runs longer than this.
+    pub timeout: Option<Duration>,
+    /// Whether [`ClientMessage::Stdin`] chunks follow; when false the child's
+    /// stdin is empty (`/dev/null`).
+    pub stdin: bool,
+}
+
+/// A signal the client may ask the agent to deliver. Named rather than
+/// numbered because numbers differ between systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RemoteSignal {
+    /// SIGINT, what Ctrl-C sends.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// SIGHUP.
+    Hangup,
+    /// SIGKILL.
+    Kill,
+    /// SIGQUIT.
+    Quit,
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal {
+        /// The signal number on the agent's system.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+    /// Its timeout expired and the agent killed its process group.
+    TimedOut,
+}
+
+/// Why a request failed, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// What kind of failure, for programs.
+    pub kind: ErrorKind,
+    /// What happened, for humans.
+    pub message: String,
+}
+
+impl ErrorReport {
+    /// A report of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReport {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of failure an agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// A message arrived that the protocol does not allow at that point.
+    Protocol,
+    /// The request was well formed but cannot be carried out as asked.
+    BadRequest,
+    /// The requested working directory does not exist.
+    NoSuchDirectory,
+    /// The request is not permitted for this client.
+    PermissionDenied,
+    /// The command could not be started.
+    SpawnFailed,
+    /// The agent is at its limit of concurrent sessions.
+    Busy,
+    /// The agent is shutting down.
+    ShuttingDown,
+    /// Something failed inside the agent.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short stable name, used in logs and machine-readable output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::VersionMismatch => "version-mismatch",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::NoSuchDirectory => "no-such-directory",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::SpawnFailed => "spawn-failed",
+            ErrorKind::Busy => "busy",
+            ErrorKind::ShuttingDown => "shutting-down",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

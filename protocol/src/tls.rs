@@ -1,0 +1,275 @@
+//! rustls configurations for both ends: TLS 1.3 only, mutual authentication,
+//! and peers identified by fingerprint instead of by a certificate authority.
+//!
+//! Certificates are never checked for names, dates or issuers; what counts is
+//! the fingerprint of the public key and the proof, by rustls's own signature
+//! check in the handshake, that the peer holds the matching private key. This
+//! module decides nothing about *which* fingerprints to trust: the agent
+//! supplies a [`ClientAuthorizer`], `ctl` a [`HostKeyPolicy`].
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    ServerConfig, SignatureScheme,
+};
+
+use crate::identity::{Fingerprint, Identity};
+
+/// The TLS stack could not be configured.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS configuration: {0}")]
+pub struct TlsError(#[from] rustls::Error);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Decides which clients the agent accepts.
+pub trait ClientAuthorizer: fmt::Debug + Send + Sync {
+    /// Whether a client that proved it holds the key with this fingerprint
+    /// may connect.
+    fn is_authorized(&self, fingerprint: &Fingerprint) -> bool;
+}
+
+/// The agent's TLS configuration: presents `identity`, requires a client
+/// certificate, and accepts only clients `authorizer` approves.
+///
+/// # Errors
+/// When the identity's key is unusable.
+pub fn server_config(
+    identity: &Identity,
+    authorizer: Arc<dyn ClientAuthorizer>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(AuthorizedClientVerifier {
+        authorizer,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![identity.certificate.clone()],
+            identity.private_key.clone_key(),
+        )?;
+    // Every ctl call is a new process with no ticket store to resume from,
+    // so tickets would be bytes on the wire that nobody uses.
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct AuthorizedClientVerifier {
+    authorizer: Arc<dyn ClientAuthorizer>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AuthorizedClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fingerprint = Fingerprint::of_certificate(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.authorizer.is_authorized(&fingerprint) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            // Sent to the client as an access_denied alert.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// How `ctl` treats the agent's fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// The host is known: only this fingerprint is accepted.
+    Expect(Fingerprint),
+    /// The host is unknown: accept whatever it presents (the caller records it).
+    TrustOnFirstUse,
+    /// The host is unknown: refuse it.
+    RefuseUnknown,
+}
+
+/// What the host key check saw, for the caller to act on and report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyOutcome {
+    /// No certificate was checked (the connection failed earlier).
+    NotChecked,
+    /// The known fingerprint was presented.
+    Known(Fingerprint),
+    /// An unknown host was trusted on first use; the caller should record it.
+    FirstUse(Fingerprint),
+    /// An unknown host was refused by policy.
+    RefusedUnknown(Fingerprint),
+    /// A known host presented a different key; refused.
+    Changed {
+        /// The fingerprint on record.
+        known: Fingerprint,
+        /// The fingerprint the peer presented.
+        presented: Fingerprint,
+    },
+}
+
+/// The client's server-certificate check: compares the agent's fingerprint
+/// with a [`HostKeyPolicy`] and keeps the outcome for the caller.
+#[derive(Debug)]
+pub struct HostKeyVerifier {
+    policy: HostKeyPolicy,
+    outcome: Mutex<HostKeyOutcome>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl HostKeyVerifier {
+    /// A verifier applying `policy`.
+    pub fn new(policy: HostKeyPolicy) -> Self {
+        HostKeyVerifier {
+            policy,
+            outcome: Mutex::new(HostKeyOutcome::NotChecked),
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// What the check saw during the handshake.
+    pub fn outcome(&self) -> HostKeyOutcome {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why a host key was refused; carried inside the rustls error.
+#[derive(Debug, thiserror::Error)]
+enum HostKeyRefused {
+    #[error("host key changed: known {known}, presented {presented}")]
+    Changed {
+        known: Fingerprint,
+        presented: Fingerprint,
+    },
+    #[error("host is not in known hosts (fingerprint {0}) and unknown hosts are refused")]
+    Unknown(Fingerprint),
+}
+
+impl ServerCertVerifier for HostKeyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = Fingerprint::of_certificate(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let (outcome, refusal) = match self.policy {
+            HostKeyPolicy::Expect(known) if known == presented => {
+                (HostKeyOutcome::Known(known), None)
+            }
+            HostKeyPolicy::Expect(known) => (
+                HostKeyOutcome::Changed { known, presented },
+                Some(HostKeyRefused::Changed { known, presented }),
+            ),
+            HostKeyPolicy::TrustOnFirstUse => (HostKeyOutcome::FirstUse(presented), None),
+            HostKeyPolicy::RefuseUnknown => (
+                HostKeyOutcome::RefusedUnknown(presented),
+                Some(HostKeyRefused::Unknown(presented)),
+            ),
+        };
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
+        match refusal {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(refusal) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(refusal)),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The client's TLS configuration: checks the agent with `verifier` and,
+/// when `identity` is given, presents it. (Without an identity every agent
+/// refuses the connection; that form exists for tests and probes.)
+///
+/// # Errors
+/// When the identity's key is unusable.
+pub fn client_config(
+    identity: Option<&Identity>,
+    verifier: Arc<HostKeyVerifier>,
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        Some(identity) => builder.with_client_auth_cert(
+            vec![identity.certificate.clone()],
+            identity.private_key.clone_key(),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// The name to put in the TLS ClientHello for `host`. The agent ignores it
+/// (trust is by fingerprint), so a host string that is not a valid DNS name
+/// or address is sent as no name at all rather than failing the connection.
+pub fn server_name(host: &str) -> ServerName<'static> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
