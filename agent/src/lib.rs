@@ -1,1 +1,16 @@
+//! The rexec agent: accepts TLS connections from authorized `ctl` clients and
+//! runs their commands, streaming output back as it comes.
+//!
+//! `main.rs` is a thin command line over this library: it builds
+//! [`config::AgentSettings`], loads [`server::AgentState`], binds listeners and
+//! calls [`server::serve`] with the signal sources wired to
+//! [`server::Shutdown`]. Tests can do the same in-process.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod authorized;
+pub mod config;
+pub mod exec;
+pub mod server;
+pub mod session;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `ctl`: the rexec command line client. Everything is in the library.
+
+fn main() -> std::process::ExitCode {
+    rexec_ctl::main()
+}

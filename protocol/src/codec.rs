@@ -99,6 +99,10 @@ pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError>
 #[derive(Debug)]
 pub struct MessageCodec<Out, In> {
     frames: LengthDelimitedCodec,
+    /// Whether the next bytes of the input start a frame. The inner codec
+    /// consumes a frame's length prefix as soon as it has all four bytes,
+    /// before the body arrives, so after that the buffer starts mid-frame.
+    at_boundary: bool,
     scratch: BytesMut,
     _messages: PhantomData<fn(Out) -> In>,
 }
@@ -119,6 +123,7 @@ impl<Out, In> MessageCodec<Out, In> {
             .new_codec();
         MessageCodec {
             frames,
+            at_boundary: true,
             scratch: BytesMut::new(),
             _messages: PhantomData,
         }
@@ -159,10 +164,11 @@ impl<Out, In: DeserializeOwned> Decoder for MessageCodec<Out, In> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
-        // Peek at the prefix ourselves only to report the announced length;
-        // the length-delimited codec would refuse it too, with a vaguer error.
-        if let Some(prefix) = src.get(..LENGTH_PREFIX_LEN) {
-            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let prefix_available = src.len() >= LENGTH_PREFIX_LEN;
+        if self.at_boundary && prefix_available {
+            // Peek at the prefix ourselves only to report the announced
+            // length; the inner codec would refuse it too, more vaguely.
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
             if len as usize > MAX_FRAME_LEN {
                 return Err(FrameError::TooLong {
                     len: u64::from(len),
@@ -171,15 +177,23 @@ impl<Out, In: DeserializeOwned> Decoder for MessageCodec<Out, In> {
             }
         }
         match self.frames.decode(src)? {
-            Some(body) => decode_message(&body).map(Some),
-            None => Ok(None),
+            Some(body) => {
+                self.at_boundary = true;
+                decode_message(&body).map(Some)
+            }
+            None => {
+                if prefix_available {
+                    self.at_boundary = false;
+                }
+                Ok(None)
+            }
         }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         match self.decode(src)? {
             Some(message) => Ok(Some(message)),
-            None if src.is_empty() => Ok(None),
+            None if self.at_boundary && src.is_empty() => Ok(None),
             None => Err(FrameError::Truncated {
                 buffered: src.len(),
             }),
@@ -325,6 +339,34 @@ mod tests {
                 assert_eq!(decoded, Some(ClientMessage::Ping));
             }
         }
+    }
+
+    /// Regression: a frame whose body arrived after its prefix had its first
+    /// body bytes misread as a length prefix.
+    #[test]
+    fn body_arriving_after_its_prefix_is_not_read_as_a_prefix() {
+        let mut wire = BytesMut::new();
+        let big = AgentMessage::Stdout(Bytes::from(vec![0u8; 65536]));
+        AgentCodec::new().encode(big.clone(), &mut wire).unwrap();
+        let mut codec = ClientCodec::new();
+        let mut src = BytesMut::new();
+        src.extend_from_slice(&wire[..LENGTH_PREFIX_LEN + 2]);
+        assert_eq!(codec.decode(&mut src).unwrap(), None);
+        src.extend_from_slice(&wire[LENGTH_PREFIX_LEN + 2..wire.len() - 1]);
+        assert_eq!(codec.decode(&mut src).unwrap(), None);
+        src.extend_from_slice(&wire[wire.len() - 1..]);
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(big));
+    }
+
+    /// Regression: EOF right after a length prefix looked like a clean EOF.
+    #[test]
+    fn eof_after_prefix_alone_is_truncated() {
+        let mut codec = AgentCodec::new();
+        let mut src = BytesMut::from(&[0u8, 0, 0, 9][..]);
+        assert!(matches!(
+            codec.decode_eof(&mut src),
+            Err(FrameError::Truncated { .. })
+        ));
     }
 
     #[tokio::test]

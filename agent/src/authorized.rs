@@ -1,0 +1,309 @@
+//! The authorized clients file: which client fingerprints may connect, each
+//! with a name for the logs.
+//!
+//! The file is plain text, one client per line: `SHA256:<base64> NAME`, with
+//! `#` comments and blank lines allowed. The agent notices edits by itself:
+//! every lookup compares the file's modification time, size and inode with
+//! what it last read (one `stat`, far cheaper than the handshake it guards)
+//! and re-reads it when they differ; SIGHUP forces a re-read. A missing or
+//! unreadable file authorizes nobody: the agent fails closed.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+use std::time::SystemTime;
+
+use rexec_protocol::Fingerprint;
+use rexec_protocol::tls::ClientAuthorizer;
+
+/// One authorized client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedClient {
+    /// The client's key fingerprint.
+    pub fingerprint: Fingerprint,
+    /// A name for logs and for `revoke`.
+    pub name: String,
+}
+
+/// A malformed line in the authorized clients file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Parses the file's text; good lines are kept even when others are bad.
+pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
+    let mut clients = Vec::new();
+    let mut bad = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (fingerprint, name) = match line.split_once(char::is_whitespace) {
+            Some((fp, name)) => (fp, name.trim()),
+            None => (line, ""),
+        };
+        match fingerprint.parse::<Fingerprint>() {
+            Ok(fingerprint) => clients.push(AuthorizedClient {
+                fingerprint,
+                name: if name.is_empty() {
+                    "unnamed".to_owned()
+                } else {
+                    name.to_owned()
+                },
+            }),
+            Err(e) => bad.push(BadLine {
+                line: index + 1,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    (clients, bad)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: meta.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    stamp: Option<FileStamp>,
+    clients: Vec<AuthorizedClient>,
+}
+
+/// The authorized clients file, kept current as it changes.
+#[derive(Debug)]
+pub struct AuthorizedClients {
+    path: PathBuf,
+    loaded: RwLock<Loaded>,
+}
+
+impl AuthorizedClients {
+    /// Watches `path`; reads it now.
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        let store = AuthorizedClients {
+            path: path.into(),
+            loaded: RwLock::new(Loaded::default()),
+        };
+        store.reload();
+        store
+    }
+
+    /// The file this store reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file now, whether or not it changed. Returns how many
+    /// clients it authorizes.
+    pub fn reload(&self) -> usize {
+        let stamp = FileStamp::of(&self.path);
+        let clients = match fs::read_to_string(&self.path) {
+            Ok(text) => {
+                let (clients, bad) = parse(&text);
+                for bad in bad {
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        line = bad.line,
+                        reason = %bad.reason,
+                        "ignoring malformed line in authorized clients file"
+                    );
+                }
+                clients
+            }
+            Err(e) => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    error = %e,
+                    "cannot read authorized clients file; no client is authorized"
+                );
+                Vec::new()
+            }
+        };
+        let count = clients.len();
+        let mut loaded = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
+        *loaded = Loaded { stamp, clients };
+        tracing::debug!(file = %self.path.display(), clients = count, "authorized clients loaded");
+        count
+    }
+
+    fn reload_if_changed(&self) {
+        let current = FileStamp::of(&self.path);
+        let seen = self
+            .loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stamp;
+        if current != seen {
+            self.reload();
+        }
+    }
+
+    /// The client with this fingerprint, if authorized (re-reading the file
+    /// first if it changed).
+    pub fn lookup(&self, fingerprint: &Fingerprint) -> Option<AuthorizedClient> {
+        self.reload_if_changed();
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clients
+            .iter()
+            .find(|c| c.fingerprint == *fingerprint)
+            .cloned()
+    }
+}
+
+impl ClientAuthorizer for AuthorizedClients {
+    fn is_authorized(&self, fingerprint: &Fingerprint) -> bool {
+        let found = self.lookup(fingerprint).is_some();
+        if !found {
+            tracing::warn!(fingerprint = %fingerprint, "refusing client: fingerprint not authorized");
+        }
+        found
+    }
+}
+
+/// Adds a client to the file (creating it), replacing any entry with the
+/// same fingerprint. Comments and other lines are kept. Returns whether an
+/// entry was replaced.
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub fn authorize(path: &Path, client: &AuthorizedClient) -> io::Result<bool> {
+    let text = read_or_empty(path)?;
+    let fp = client.fingerprint.to_string();
+    let mut replaced = false;
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.split_whitespace().next() == Some(fp.as_str()) {
+            replaced = true;
+            continue;
+        }
+        lines.push(line.to_owned());
+    }
+    lines.push(format!("{fp} {}", client.name));
+    write_atomically(path, &lines)?;
+    Ok(replaced)
+}
+
+/// Removes every entry whose fingerprint or name is `who`. Returns the
+/// removed entries.
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub fn revoke(path: &Path, who: &str) -> io::Result<Vec<AuthorizedClient>> {
+    let text = read_or_empty(path)?;
+    let mut removed = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let (entry, _) = parse(line);
+        match entry.first() {
+            Some(c) if c.name == who || c.fingerprint.to_string() == who => removed.push(c.clone()),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    if !removed.is_empty() {
+        write_atomically(path, &lines)?;
+    }
+    Ok(removed)
+}
+
+fn read_or_empty(path: &Path) -> io::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `lines` to a temporary file beside `path` and renames it into
+/// place, so the running agent reads either the old file or the new one.
+fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    {
+        let mut file = fs::File::create(&tmp)?;
+        for line in lines {
+            writeln!(file, "{line}")?;
+        }
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const B: &str = "SHA256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA";
+
+    #[test]
+    fn parses_names_comments_and_reports_bad_lines() {
+        let text = format!("# admins\n{A} alice laptop\n\nnot-a-key bob\n{B}\n");
+        let (clients, bad) = parse(&text);
+        assert_eq!(clients.len(), 2);
+        assert_eq!(clients[0].name, "alice laptop");
+        assert_eq!(clients[1].name, "unnamed");
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, 4);
+    }
+
+    #[test]
+    fn authorize_revoke_and_notice_changes_without_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let store = AuthorizedClients::open(&path);
+        let a: Fingerprint = A.parse().unwrap();
+        let b: Fingerprint = B.parse().unwrap();
+        assert!(!store.is_authorized(&a), "missing file authorizes nobody");
+
+        let alice = AuthorizedClient {
+            fingerprint: a,
+            name: "alice".into(),
+        };
+        assert!(!authorize(&path, &alice).unwrap());
+        assert!(authorize(&path, &alice).unwrap(), "second add replaces");
+        authorize(
+            &path,
+            &AuthorizedClient {
+                fingerprint: b,
+                name: "bob".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(store.lookup(&a).unwrap().name, "alice");
+        assert!(store.is_authorized(&b));
+
+        let removed = revoke(&path, "alice").unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(!store.is_authorized(&a), "revocation seen without a reload");
+        assert!(store.is_authorized(&b));
+        assert_eq!(revoke(&path, B).unwrap().len(), 1);
+        assert!(!store.is_authorized(&b));
+    }
+}

@@ -1,0 +1,236 @@
+//! One connection, from TCP accept to close: TLS with an authorized client,
+//! the hello exchange, the one request, and the audit log line.
+//!
+//! Everything up to and including the request must arrive within the
+//! handshake timeout; after that an exec may run as long as it needs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use rexec_protocol::{
+    AgentCodec, AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, Fingerprint,
+    FrameError, Hello, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::exec;
+use crate::server::AgentState;
+
+type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
+type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
+
+/// The software name and version the agent announces.
+pub fn software() -> String {
+    format!("rexec-agent {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Why a session ended before its request was carried out.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("client did not finish the handshake and request within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("client closed the connection before sending a request")]
+    ClosedEarly,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("client speaks protocol {client} ({software}), this agent speaks {PROTOCOL_VERSION}")]
+    VersionMismatch { client: u32, software: String },
+    #[error("connection error: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Who is on the other end, once TLS has proved it.
+struct Client {
+    name: String,
+    fingerprint: Fingerprint,
+}
+
+/// A request the session read and will carry out.
+enum Request {
+    Exec(ExecRequest),
+    Ping,
+}
+
+/// Serves one connection to its end, logging how it went.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>) {
+    if let Err(e) = serve_inner(stream, peer, &state).await {
+        match e {
+            SessionError::Frame(FrameError::Io(_)) | SessionError::ClosedEarly => {
+                tracing::info!(%peer, "session ended: {e}");
+            }
+            _ => tracing::warn!(%peer, "session refused: {e}"),
+        }
+    }
+}
+
+async fn serve_inner(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &AgentState,
+) -> Result<(), SessionError> {
+    let timeout = state.settings.handshake_timeout;
+    let opening = tokio::time::timeout(timeout, open(stream, state)).await;
+    let (client, mut incoming, mut outgoing, request) = match opening {
+        Err(_) => return Err(SessionError::HandshakeTimeout(timeout)),
+        Ok(Err(OpenError { error, outgoing })) => {
+            if let Some(mut outgoing) = outgoing {
+                let report = match &error {
+                    SessionError::VersionMismatch { .. } => {
+                        ErrorReport::new(ErrorKind::VersionMismatch, error.to_string())
+                    }
+                    _ => ErrorReport::new(ErrorKind::Protocol, error.to_string()),
+                };
+                let _ = outgoing
+                    .feed(AgentMessage::Hello(Hello::new(software())))
+                    .await;
+                let _ = outgoing.feed(AgentMessage::Error(report)).await;
+                let _ = outgoing.close().await;
+            }
+            return Err(error);
+        }
+        Ok(Ok(opened)) => opened,
+    };
+
+    // Our hello leaves with the first answer: one write, one TLS record.
+    outgoing
+        .feed(AgentMessage::Hello(Hello::new(software())))
+        .await?;
+    match request {
+        Request::Ping => {
+            outgoing.feed(AgentMessage::Pong).await?;
+            outgoing.close().await?;
+            tracing::debug!(%peer, client = %client.name, "ping");
+        }
+        Request::Exec(request) => {
+            let started = Instant::now();
+            let report = exec::run(
+                &request,
+                &state.settings,
+                &mut incoming,
+                &mut outgoing,
+                &state.shutdown.kill,
+            )
+            .await;
+            tracing::info!(
+                target: "rexec::audit",
+                %peer,
+                client = %client.name,
+                fingerprint = %client.fingerprint,
+                command = %request.command,
+                cwd = report.cwd.as_deref().unwrap_or(""),
+                user = request.user.as_deref().unwrap_or(""),
+                pid = report.pid.unwrap_or(0),
+                outcome = %report.end,
+                duration_ms = started.elapsed().as_millis() as u64,
+                stdout_bytes = report.stdout_bytes,
+                stderr_bytes = report.stderr_bytes,
+                "exec"
+            );
+        }
+    }
+    Ok(())
+}
+
+struct OpenError<S> {
+    error: SessionError,
+    /// Present when the error can still be reported to the client.
+    outgoing: Option<Outgoing<S>>,
+}
+
+impl<S> From<SessionError> for OpenError<S> {
+    fn from(error: SessionError) -> Self {
+        OpenError {
+            error,
+            outgoing: None,
+        }
+    }
+}
+
+type Opened<S> = (Client, Incoming<S>, Outgoing<S>, Request);
+
+/// TLS, the client's hello and its request.
+async fn open(
+    stream: TcpStream,
+    state: &AgentState,
+) -> Result<Opened<TlsStream<TcpStream>>, OpenError<TlsStream<TcpStream>>> {
+    let tls = state
+        .acceptor
+        .accept(stream)
+        .await
+        .map_err(SessionError::Handshake)?;
+    let client = identify(&tls, state)?;
+    let (read, write) = tokio::io::split(tls);
+    let mut incoming = FramedRead::new(read, AgentCodec::new());
+    let outgoing = FramedWrite::new(write, AgentCodec::new());
+    match read_request(&mut incoming).await {
+        Ok(request) => Ok((client, incoming, outgoing, request)),
+        Err(error @ (SessionError::Protocol(_) | SessionError::VersionMismatch { .. })) => {
+            Err(OpenError {
+                error,
+                outgoing: Some(outgoing),
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn identify(tls: &TlsStream<TcpStream>, state: &AgentState) -> Result<Client, SessionError> {
+    let certificate = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or_else(|| SessionError::Protocol("client presented no certificate".into()))?;
+    let fingerprint = Fingerprint::of_certificate(certificate)
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let name = state
+        .authorized
+        .lookup(&fingerprint)
+        .map(|c| c.name)
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Client { name, fingerprint })
+}
+
+async fn read_request<S: AsyncRead + AsyncWrite>(
+    incoming: &mut Incoming<S>,
+) -> Result<Request, SessionError> {
+    match next(incoming).await? {
+        ClientMessage::Hello(hello) if hello.protocol == PROTOCOL_VERSION => {}
+        ClientMessage::Hello(hello) => {
+            return Err(SessionError::VersionMismatch {
+                client: hello.protocol,
+                software: hello.software,
+            });
+        }
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected hello, got {}",
+                exec::name_of(&other)
+            )));
+        }
+    }
+    match next(incoming).await? {
+        ClientMessage::Exec(request) => Ok(Request::Exec(request)),
+        ClientMessage::Ping => Ok(Request::Ping),
+        other => Err(SessionError::Protocol(format!(
+            "expected a request, got {}",
+            exec::name_of(&other)
+        ))),
+    }
+}
+
+async fn next<S: AsyncRead>(incoming: &mut Incoming<S>) -> Result<ClientMessage, SessionError> {
+    match incoming.next().await {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(FrameError::Io(e))) => Err(SessionError::Frame(FrameError::Io(e))),
+        Some(Err(e)) => Err(SessionError::Protocol(e.to_string())),
+        None => Err(SessionError::ClosedEarly),
+    }
+}

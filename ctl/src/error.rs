@@ -1,0 +1,148 @@
+//! What can keep `ctl` from running a command, and the exit codes it uses.
+//!
+//! Every such failure exits 255, like ssh, with one line on stderr saying
+//! which; the kind names stay stable for machine-readable output.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rexec_protocol::{ErrorReport, ExitStatus, Fingerprint, IdentityError};
+
+/// ctl could not run the command.
+pub const EXIT_CTL_ERROR: u8 = 255;
+/// The command's timeout expired.
+pub const EXIT_TIMED_OUT: u8 = 124;
+/// Our stdout was closed by its reader (`ctl … | head`): 128 + SIGPIPE, as
+/// a shell reports a process killed by SIGPIPE.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+/// Interrupted by a second Ctrl-C: 128 + SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The exit code `ctl` passes on for a remote status.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(code) => (code & 0xff) as u8,
+        ExitStatus::Signal { signal, .. } => (128 + signal).clamp(0, 255) as u8,
+        ExitStatus::TimedOut => EXIT_TIMED_OUT,
+        _ => EXIT_CTL_ERROR,
+    }
+}
+
+/// Why ctl could not run a command on a target.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// There is no client identity yet.
+    #[error("no client identity at {0} (create one with: ctl keygen)")]
+    NoIdentity(PathBuf),
+    /// The identity exists but cannot be used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The known hosts file cannot be read or written.
+    #[error("known hosts {path}: {source}")]
+    KnownHosts {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host name did not resolve.
+    #[error("cannot resolve host: {0}")]
+    Resolve(std::io::Error),
+    /// TCP connect failed.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// Connecting plus the handshake took longer than allowed.
+    #[error("no answer within the connect timeout of {}", humantime::format_duration(*.0))]
+    ConnectTimeout(Duration),
+    /// The agent's key differs from the one on record.
+    #[error(
+        "HOST KEY CHANGED: known hosts has {known}, the agent presented {presented}. \
+         This may be an attack, or the agent was re-installed. If you know it was \
+         re-installed, run: ctl known-hosts remove {host_port}"
+    )]
+    HostKeyChanged {
+        /// The `host:port` key.
+        host_port: String,
+        /// On record.
+        known: Fingerprint,
+        /// Presented.
+        presented: Fingerprint,
+    },
+    /// An unknown host was refused by --strict-host-key.
+    #[error(
+        "unknown host (fingerprint {0}) refused by --strict-host-key; add it to known hosts first"
+    )]
+    UnknownHost(Fingerprint),
+    /// The agent refused our identity.
+    #[error(
+        "the agent refused this client: is {0} authorized there? (on the agent: rexec-agent authorize {0})"
+    )]
+    NotAuthorized(Fingerprint),
+    /// The TLS handshake failed for another reason.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    /// The peers speak different protocol versions.
+    #[error("the agent speaks protocol {agent} ({software}), this ctl speaks {ours}")]
+    VersionMismatch {
+        /// The agent's version.
+        agent: u32,
+        /// The agent's software.
+        software: String,
+        /// Ours.
+        ours: u32,
+    },
+    /// The agent reported an error.
+    #[error("agent error ({}): {}", .0.kind, .0.message)]
+    Agent(ErrorReport),
+    /// The agent sent something the protocol does not allow.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection broke before the command's end was reported.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+}
+
+impl CtlError {
+    /// A short stable name for the kind of failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CtlError::Usage(_) => "usage",
+            CtlError::NoIdentity(_) | CtlError::Identity(_) => "identity",
+            CtlError::KnownHosts { .. } => "known-hosts",
+            CtlError::Resolve(_) => "resolve",
+            CtlError::Connect(_) => "connect",
+            CtlError::ConnectTimeout(_) => "connect-timeout",
+            CtlError::HostKeyChanged { .. } => "host-key-changed",
+            CtlError::UnknownHost(_) => "unknown-host",
+            CtlError::NotAuthorized(_) => "not-authorized",
+            CtlError::Handshake(_) => "handshake",
+            CtlError::VersionMismatch { .. } => "version-mismatch",
+            CtlError::Agent(report) => report.kind.as_str(),
+            CtlError::Protocol(_) => "protocol",
+            CtlError::ConnectionLost(_) => "connection-lost",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_status_maps_like_ssh() {
+        assert_eq!(exit_code(ExitStatus::Code(0)), 0);
+        assert_eq!(exit_code(ExitStatus::Code(3)), 3);
+        assert_eq!(exit_code(ExitStatus::Code(255)), 255);
+        assert_eq!(exit_code(ExitStatus::Code(256)), 0);
+        let killed = |signal| ExitStatus::Signal {
+            signal,
+            core_dumped: false,
+        };
+        assert_eq!(exit_code(killed(9)), 137);
+        assert_eq!(exit_code(killed(15)), 143);
+        assert_eq!(exit_code(ExitStatus::TimedOut), 124);
+    }
+}

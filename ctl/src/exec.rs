@@ -1,0 +1,229 @@
+//! One command on one host, streamed: remote stdout to our stdout and remote
+//! stderr to our stderr as each chunk arrives, our stdin to the command when
+//! asked, and our signals to its process group.
+//!
+//! Sending runs in its own task so that a command that is slow to read its
+//! stdin never stops us from reading its output (which would deadlock a
+//! `cat`-like command whose output pipe is full).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rexec_protocol::{
+    AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError, Hello, PROTOCOL_VERSION,
+    RemoteSignal,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::connect::{Client, Outgoing};
+use crate::error::CtlError;
+use crate::target::Target;
+
+/// A second Ctrl-C within this long after the first kills the command and
+/// ends ctl.
+pub const SECOND_INTERRUPT_WINDOW: Duration = Duration::from_secs(3);
+/// How much of our stdin one message carries.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// How a streamed exec ended, from ctl's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// The agent reported the command's end.
+    Finished(ExitStatus),
+    /// Our stdout's reader went away; we stopped (the agent kills the command).
+    BrokenPipe,
+    /// A second Ctrl-C: the command was sent SIGKILL and ctl gave up waiting.
+    Interrupted,
+}
+
+/// Runs `request` on `target`, streaming its output to our stdout and stderr.
+///
+/// # Errors
+/// When the command could not be run or its end was not reported.
+pub async fn exec_streaming(
+    client: &Client,
+    target: &Target,
+    request: ExecRequest,
+) -> Result<ExecOutcome, CtlError> {
+    let forward_stdin = request.stdin;
+    let connection = client.connect(target).await?;
+    let mut incoming = connection.incoming;
+    let mut outgoing = connection.outgoing;
+    let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
+    // Hello and request leave together: no round trip waits for the agent's hello.
+    outgoing
+        .feed(ClientMessage::Hello(Hello::new(software())))
+        .await
+        .map_err(lost)?;
+    outgoing
+        .feed(ClientMessage::Exec(request))
+        .await
+        .map_err(lost)?;
+    outgoing.flush().await.map_err(lost)?;
+
+    let (data_tx, data_rx) = mpsc::channel(4);
+    let (urgent_tx, urgent_rx) = mpsc::channel(4);
+    let sender = tokio::spawn(send_loop(outgoing, data_rx, urgent_rx));
+    if forward_stdin {
+        spawn_stdin_reader(data_tx);
+    } else {
+        drop(data_tx);
+    }
+
+    let mut stdout = raw_output(io::stdout().as_fd())?;
+    let mut stderr = raw_output(io::stderr().as_fd())?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    let mut last_interrupt: Option<Instant> = None;
+    let mut seen_hello = false;
+
+    loop {
+        let message = tokio::select! {
+            message = incoming.next() => message,
+            _ = interrupt.recv() => {
+                let now = Instant::now();
+                if last_interrupt.is_some_and(|t| now.duration_since(t) < SECOND_INTERRUPT_WINDOW) {
+                    let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Kill));
+                    // Give the sender a moment to deliver the kill; leaving
+                    // closes the connection, which kills the group anyway.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sender).await;
+                    return Ok(ExecOutcome::Interrupted);
+                }
+                last_interrupt = Some(now);
+                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Interrupt));
+                continue;
+            }
+            _ = terminate.recv() => {
+                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Terminate));
+                continue;
+            }
+            _ = hangup.recv() => {
+                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Hangup));
+                continue;
+            }
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(FrameError::Io(e))) if !seen_hello => {
+                return Err(client.explain_first_read_error(e));
+            }
+            Some(Err(FrameError::Io(e))) => return Err(CtlError::ConnectionLost(e.to_string())),
+            Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
+            None if !seen_hello => {
+                return Err(CtlError::ConnectionLost(
+                    "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
+                ));
+            }
+            None => {
+                return Err(CtlError::ConnectionLost(
+                    "the agent closed the connection before the command finished".into(),
+                ));
+            }
+        };
+        match message {
+            AgentMessage::Hello(hello) if !seen_hello => {
+                seen_hello = true;
+                if hello.protocol != PROTOCOL_VERSION {
+                    return Err(CtlError::VersionMismatch {
+                        agent: hello.protocol,
+                        software: hello.software,
+                        ours: PROTOCOL_VERSION,
+                    });
+                }
+            }
+            _ if !seen_hello => {
+                return Err(CtlError::Protocol(
+                    "the agent did not start with a hello".into(),
+                ));
+            }
+            AgentMessage::Started { .. } => {}
+            AgentMessage::Stdout(chunk) => {
+                if let Err(e) = stdout.write_all(&chunk) {
+                    if e.kind() == io::ErrorKind::BrokenPipe {
+                        return Ok(ExecOutcome::BrokenPipe);
+                    }
+                    return Err(CtlError::ConnectionLost(format!(
+                        "cannot write to stdout: {e}"
+                    )));
+                }
+            }
+            AgentMessage::Stderr(chunk) => {
+                // Nowhere to report a failing stderr; the command goes on.
+                let _ = stderr.write_all(&chunk);
+            }
+            AgentMessage::Exit(status) => return Ok(ExecOutcome::Finished(status)),
+            AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
+            other => {
+                return Err(CtlError::Protocol(format!(
+                    "unexpected message from the agent: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// ctl's name and version, for the hello.
+pub fn software() -> String {
+    format!("ctl {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An unbuffered handle on one of our output descriptors: chunks go out
+/// with one write each, as they arrived.
+fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
+    fd.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| CtlError::ConnectionLost(format!("cannot use an output descriptor: {e}")))
+}
+
+/// Sends what the other tasks queue: signals first, then stdin, in order.
+/// Ends after a SIGKILL request, or when both queues are closed.
+async fn send_loop(
+    mut outgoing: Outgoing,
+    mut data: mpsc::Receiver<ClientMessage>,
+    mut urgent: mpsc::Receiver<ClientMessage>,
+) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            Some(message) = urgent.recv() => message,
+            Some(message) = data.recv() => message,
+            else => return,
+        };
+        let last = matches!(message, ClientMessage::Signal(RemoteSignal::Kill));
+        if outgoing.send(message).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads our stdin on a thread of its own (reads block) and queues it for
+/// the agent, then stdin EOF.
+fn spawn_stdin_reader(tx: mpsc::Sender<ClientMessage>) {
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = ClientMessage::Stdin(Bytes::copy_from_slice(&buf[..n]));
+                    if tx.blocking_send(chunk).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = tx.blocking_send(ClientMessage::StdinEof);
+    });
+}
