@@ -1,1 +1,6 @@
+//! End-to-end tests: real `rexec-agent` processes on loopback with fresh
+//! identities, driven by the real `ctl` binary.
 
+mod exec;
+mod hostile;
+mod util;

@@ -172,6 +172,12 @@ where
         client_open = false;
     }
 
+    // A stdin chunk the child has not taken yet. While one waits we read no
+    // further client messages (TCP pushes back on the client) but keep
+    // forwarding output: a `cat` with a full output pipe reads its stdin
+    // only after its output drains.
+    let mut pending_stdin: Option<Bytes> = None;
+
     // The main loop ends with either the child's status (normal end) or the
     // reason we must kill the group.
     let ending: Result<std::process::ExitStatus, ExecEnd> = loop {
@@ -182,7 +188,7 @@ where
             message = output.recv(), if output_open => match message {
                 Some(message) => {
                     count(&mut report, &message);
-                    if forward(outgoing, message, output.is_empty()).await.is_err() {
+                    if forward(outgoing, message, !output.is_empty()).await.is_err() {
                         client_open = false;
                     }
                 }
@@ -192,13 +198,20 @@ where
                 Ok(status) => break Ok(status),
                 Err(e) => break Err(ExecEnd::ProtocolError(format!("cannot wait for child: {e}"))),
             },
-            message = incoming.next() => match message {
+            permit = reserve(stdin.clone()), if pending_stdin.is_some() => match permit {
+                Some(permit) => {
+                    permit.send(pending_stdin.take().unwrap_or_default());
+                }
+                // The child closed its stdin: it gets no more.
+                None => {
+                    pending_stdin = None;
+                    stdin = None;
+                }
+            },
+            message = incoming.next(), if pending_stdin.is_none() => match message {
                 Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
-                    if let Some(tx) = &stdin {
-                        // A child that closed its stdin just gets no more.
-                        let _ = tx.send(chunk).await;
-                    } else {
-                        break Err(ExecEnd::ProtocolError("stdin after stdin EOF".into()));
+                    if stdin.is_some() {
+                        pending_stdin = Some(chunk);
                     }
                 }
                 Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
@@ -370,6 +383,13 @@ async fn pump<P: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// Waits for room in the stdin queue; `None` when there is no stdin any
+/// more. Takes its own handle on the queue so that the caller may drop
+/// stdin meanwhile.
+async fn reserve(stdin: Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes>> {
+    stdin?.reserve_owned().await.ok()
 }
 
 fn spawn_stdin_writer(mut stdin: ChildStdin) -> mpsc::Sender<Bytes> {

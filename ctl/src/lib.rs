@@ -274,10 +274,9 @@ mod tests {
             command_line(&words(&["echo a; exit 3"])).unwrap(),
             "echo a; exit 3"
         );
-        assert_eq!(
-            command_line(&words(&["printf", "%s\\n", "a b", "c"])).unwrap(),
-            "printf '%s\\n' 'a b' c"
-        );
+        let several = words(&["printf", "%s\\n", "a b", "c", "$HOME", "it's"]);
+        let line = command_line(&several).unwrap();
+        assert_eq!(shlex::split(&line).unwrap(), several, "{line}");
         assert!(command_line(&words(&["a", "b\0"])).is_err());
     }
 }

@@ -1,0 +1,322 @@
+//! Shared helpers: a fresh set of identities in a temp dir, real agents on
+//! loopback, the real `ctl`, and checks on the machine's process table.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any wait in these tests may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A built binary of the workspace, next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-HASH -> target/<profile>/NAME
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` until it holds or `within` passes; returns whether it held.
+pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temp dir with an agent identity, a ctl identity, and the client
+/// authorized on the agent.
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub agent_dir: PathBuf,
+    pub ctl_dir: PathBuf,
+    pub client_fingerprint: String,
+    pub agent_fingerprint: String,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let root = tempfile::tempdir().expect("tempdir");
+        let agent_dir = root.path().join("agent");
+        let ctl_dir = root.path().join("ctl");
+        let agent_fingerprint = stdout_line(
+            Command::new(bin("rexec-agent"))
+                .args(["init", "--dir"])
+                .arg(&agent_dir),
+        );
+        let client_fingerprint = stdout_line(
+            Command::new(bin("ctl"))
+                .env("REXEC_CONFIG_DIR", &ctl_dir)
+                .arg("keygen"),
+        );
+        let env = Env {
+            root,
+            agent_dir,
+            ctl_dir,
+            client_fingerprint,
+            agent_fingerprint,
+        };
+        env.authorize(&env.client_fingerprint.clone(), "tester");
+        env
+    }
+
+    pub fn authorize(&self, fingerprint: &str, name: &str) {
+        let status = Command::new(bin("rexec-agent"))
+            .args(["authorize", "--dir"])
+            .arg(&self.agent_dir)
+            .args([fingerprint, "--name", name])
+            .stderr(Stdio::null())
+            .status()
+            .expect("authorize");
+        assert!(status.success());
+    }
+
+    /// A second ctl identity in its own config dir, not authorized anywhere.
+    pub fn stranger(&self) -> (PathBuf, String) {
+        let dir = self.root.path().join("stranger");
+        let fp = stdout_line(
+            Command::new(bin("ctl"))
+                .env("REXEC_CONFIG_DIR", &dir)
+                .arg("keygen"),
+        );
+        (dir, fp)
+    }
+
+    /// Starts an agent on 127.0.0.1 with an OS-chosen port, already in
+    /// ctl's known hosts (first contact has a test of its own).
+    pub fn agent(&self) -> Agent {
+        self.agent_with(&[])
+    }
+
+    /// Starts an agent with extra `run` flags (e.g. `--handshake-timeout 1s`).
+    pub fn agent_with(&self, extra: &[&str]) -> Agent {
+        let agent = self.unknown_agent_with(extra);
+        self.trust(&agent);
+        agent
+    }
+
+    /// Starts an agent that ctl has not seen yet.
+    pub fn unknown_agent_with(&self, extra: &[&str]) -> Agent {
+        Agent::start(&self.agent_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Records the agent's fingerprint in ctl's known hosts.
+    pub fn trust(&self, agent: &Agent) {
+        use std::io::Write;
+        std::fs::create_dir_all(&self.ctl_dir).expect("ctl dir");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.ctl_dir.join("known_hosts"))
+            .expect("known hosts");
+        writeln!(file, "{} {}", agent.target(), self.agent_fingerprint).expect("write");
+    }
+
+    /// `ctl` with this env's config dir.
+    pub fn ctl(&self) -> Command {
+        let mut cmd = Command::new(bin("ctl"));
+        cmd.env("REXEC_CONFIG_DIR", &self.ctl_dir);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ctl exec TARGET WORDS...`, run to completion.
+    pub fn exec(&self, agent: &Agent, words: &[&str]) -> Output {
+        self.ctl()
+            .arg("exec")
+            .arg(agent.target())
+            .args(words)
+            .output()
+            .expect("run ctl")
+    }
+}
+
+fn stdout_line(cmd: &mut Command) -> String {
+    let out = cmd.stderr(Stdio::null()).output().expect("run");
+    assert!(out.status.success(), "{cmd:?} failed");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// The agent's log, shared with the thread that drains its stderr.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+/// A running `rexec-agent run`, killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Agent {
+        let mut child = Command::new(bin("rexec-agent"))
+            .args(["run", "--dir"])
+            .arg(dir)
+            .args(["--listen", listen, "--kill-grace", "500ms"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = sink.text.lock().expect("log");
+                text.push_str(&line);
+                text.push('\n');
+                sink.grew.notify_all();
+            }
+        });
+        let mut agent = Agent {
+            child,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            log,
+        };
+        let line = agent
+            .wait_for_log("listening on ")
+            .unwrap_or_else(|| panic!("agent did not start:\n{}", agent.log()));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in log");
+        agent.addr = addr.parse().expect("socket address");
+        agent
+    }
+
+    /// `127.0.0.1:PORT`, as ctl takes it.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log.text.lock().expect("log").clone()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str) -> Option<String> {
+        let end = Instant::now() + DEADLINE;
+        let mut text = self.log.text.lock().expect("log");
+        loop {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            text = self.log.grew.wait_timeout(text, end - now).expect("log").0;
+        }
+    }
+
+    /// Sends a signal to the agent process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Live (not zombie) processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(marker) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && pid != std::process::id() {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// A marker unique to this test run, for finding a command's processes.
+pub fn marker(name: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{}{}", name, std::process::id(), n)
+}
+
+/// A `sleep` duration that is unique, so its process can be found by
+/// command line: `sleep 600.<digits>`.
+pub fn unique_sleep(seconds: u32) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{seconds}.{}{:04}", std::process::id(), n)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for tens of MiB.
+pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
