@@ -3,6 +3,7 @@
 //! Every setting has a default here and a command line flag in `main.rs`;
 //! the defaults are the ones documented in the README.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,10 +13,18 @@ use rexec_protocol::IdentityPaths;
 pub const DEFAULT_DIR: &str = "/etc/rexec";
 /// Concurrent sessions (connections) the agent serves before refusing more.
 pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Concurrent execs one client (by fingerprint) may run.
+pub const DEFAULT_MAX_EXECS_PER_CLIENT: usize = 64;
 /// Time a new connection has to finish TLS and send its request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time between SIGTERM and SIGKILL when a command's process group is killed.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+/// On SIGTERM, how long running commands may go on before they are killed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a session may be quiet before the agent sends a keepalive.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How many unanswered keepalive intervals make a client count as gone.
+pub const DEFAULT_KEEPALIVE_COUNT: u32 = 4;
 /// The shell that runs commands, as `SHELL -c COMMAND`.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
 
@@ -26,12 +35,48 @@ pub struct AgentSettings {
     pub dir: PathBuf,
     /// Most concurrent sessions; connections beyond it are closed at once.
     pub max_sessions: usize,
+    /// Most concurrent execs per client fingerprint; more are refused "busy".
+    pub max_execs_per_client: usize,
     /// Limit on TLS handshake plus hello plus request.
     pub handshake_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace when killing a command's process group.
     pub kill_grace: Duration,
+    /// On SIGTERM, how long running commands may go on before they are killed.
+    pub shutdown_grace: Duration,
+    /// The longest a command may run; applied when the client asks for no
+    /// timeout or a longer one. `None`: no limit.
+    pub max_timeout: Option<Duration>,
+    /// Quiet time after which the agent sends a keepalive; zero disables
+    /// keepalives (and so the detection of vanished clients on quiet sessions).
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalive intervals after which a client counts as gone.
+    pub keepalive_count: u32,
     /// The shell commands run under.
     pub shell: PathBuf,
+    /// Which users each client may run commands as (when the agent runs as
+    /// root). See [`RunAsPolicy`].
+    pub run_as: RunAsPolicy,
+}
+
+/// Which users a client may ask to run commands as.
+///
+/// Keys are client names from the authorized clients file; values are user
+/// names, where `*` means any user. A client not listed may only run as the
+/// agent's own user. An agent that does not run as root can run commands as
+/// its own user only, whatever this says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunAsPolicy {
+    /// Client name to allowed user names.
+    pub by_client: BTreeMap<String, Vec<String>>,
+}
+
+impl RunAsPolicy {
+    /// Whether the client named `client` may run commands as `user`.
+    pub fn allows(&self, client: &str, user: &str) -> bool {
+        self.by_client
+            .get(client)
+            .is_some_and(|users| users.iter().any(|u| u == "*" || u == user))
+    }
 }
 
 impl AgentSettings {
@@ -40,9 +85,15 @@ impl AgentSettings {
         AgentSettings {
             dir: dir.into(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_execs_per_client: DEFAULT_MAX_EXECS_PER_CLIENT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             kill_grace: DEFAULT_KILL_GRACE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_timeout: None,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_count: DEFAULT_KEEPALIVE_COUNT,
             shell: PathBuf::from(DEFAULT_SHELL),
+            run_as: RunAsPolicy::default(),
         }
     }
 
@@ -65,4 +116,22 @@ pub fn identity_paths(dir: &Path) -> IdentityPaths {
 /// The authorized clients file in `dir`.
 pub fn authorized_clients_path(dir: &Path) -> PathBuf {
     dir.join("authorized_clients")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_as_policy_allows_listed_users_and_stars_only() {
+        let mut policy = RunAsPolicy::default();
+        policy
+            .by_client
+            .insert("alice".into(), vec!["www-data".into(), "backup".into()]);
+        policy.by_client.insert("ops".into(), vec!["*".into()]);
+        assert!(policy.allows("alice", "backup"));
+        assert!(!policy.allows("alice", "root"));
+        assert!(policy.allows("ops", "root"));
+        assert!(!policy.allows("bob", "backup"));
+    }
 }

@@ -168,7 +168,14 @@ where
     let mut output_open = true;
     let mut client_open = true;
 
-    if outgoing.send(AgentMessage::Started { pid }).await.is_err() {
+    if outgoing
+        .send(AgentMessage::Started {
+            pid,
+            keepalive: None,
+        })
+        .await
+        .is_err()
+    {
         client_open = false;
     }
 
@@ -500,6 +507,8 @@ pub(crate) fn name_of(message: &ClientMessage) -> &'static str {
         ClientMessage::Stdin(_) => "stdin",
         ClientMessage::StdinEof => "stdin EOF",
         ClientMessage::Signal(_) => "signal",
+        ClientMessage::WindowSize(_) => "window size",
+        ClientMessage::Keepalive => "keepalive",
         _ => "message",
     }
 }

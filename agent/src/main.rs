@@ -60,6 +60,20 @@ struct RunArgs {
     /// Most concurrent sessions; further connections are closed at once.
     #[arg(long, default_value_t = config::DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Most concurrent execs per client; more are refused as busy.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_EXECS_PER_CLIENT)]
+    max_execs_per_client: usize,
+    /// The longest any command may run (e.g. 1h); applied when the client
+    /// asks for no timeout or a longer one. Default: no limit.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_timeout: Option<Duration>,
+    /// Quiet time after which a keepalive is sent to the client (0 disables).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    keepalive_interval: Duration,
+    /// Unanswered keepalive intervals after which a client counts as gone
+    /// and its command is killed.
+    #[arg(long, default_value_t = config::DEFAULT_KEEPALIVE_COUNT)]
+    keepalive_count: u32,
     /// Time a connection has to complete TLS and send its request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     handshake_timeout: Duration,
@@ -172,8 +186,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn run(dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     let mut settings = AgentSettings::new(dir);
     settings.max_sessions = args.max_sessions;
+    settings.max_execs_per_client = args.max_execs_per_client;
     settings.handshake_timeout = args.handshake_timeout;
     settings.kill_grace = args.kill_grace;
+    settings.shutdown_grace = args.shutdown_grace;
+    settings.max_timeout = args.max_timeout;
+    settings.keepalive_interval = args.keepalive_interval;
+    settings.keepalive_count = args.keepalive_count;
     settings.shell = args.shell;
     let shutdown = Shutdown::default();
     let state = Arc::new(AgentState::load(settings, shutdown.clone())?);
@@ -193,7 +212,8 @@ fn run(dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             listeners.push(listener);
         }
         spawn_signal_handlers(&shutdown, state.authorized.clone())?;
-        server::serve(listeners, state, args.shutdown_grace).await;
+        let grace = state.settings.shutdown_grace;
+        server::serve(listeners, state, grace).await;
         tracing::info!("agent stopped");
         Ok(())
     })

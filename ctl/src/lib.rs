@@ -210,6 +210,7 @@ fn exec(config: &ConfigDir, args: ExecArgs) -> Result<u8, Failure> {
         user: target.user.clone(),
         timeout: args.timeout,
         stdin: args.stdin,
+        pty: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -222,6 +222,10 @@ mod tests {
                 user: Some("nobody".into()),
                 timeout: Some(Duration::from_millis(1500)),
                 stdin: true,
+                pty: Some(PtyRequest {
+                    term: "xterm-256color".into(),
+                    size: WindowSize { cols: 80, rows: 24 },
+                }),
             }),
             ClientMessage::Exec(ExecRequest::default()),
             ClientMessage::Ping,
@@ -233,6 +237,11 @@ mod tests {
             ClientMessage::Signal(RemoteSignal::Hangup),
             ClientMessage::Signal(RemoteSignal::Kill),
             ClientMessage::Signal(RemoteSignal::Quit),
+            ClientMessage::WindowSize(WindowSize {
+                cols: 132,
+                rows: 43,
+            }),
+            ClientMessage::Keepalive,
         ]
     }
 
@@ -240,7 +249,15 @@ mod tests {
         let mut messages = vec![
             AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
             AgentMessage::Pong,
-            AgentMessage::Started { pid: 4242 },
+            AgentMessage::Started {
+                pid: 4242,
+                keepalive: Some(Duration::from_secs(15)),
+            },
+            AgentMessage::Started {
+                pid: 1,
+                keepalive: None,
+            },
+            AgentMessage::Keepalive,
             AgentMessage::Stdout(Bytes::from(vec![7u8; MAX_CHUNK_LEN])),
             AgentMessage::Stderr(Bytes::from_static(b"err\n")),
             AgentMessage::Exit(ExitStatus::Code(3)),

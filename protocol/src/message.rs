@@ -53,6 +53,10 @@ pub enum ClientMessage {
     StdinEof,
     /// Deliver a signal to the command's whole process group.
     Signal(RemoteSignal),
+    /// The client's terminal changed size (only for an exec with a pty).
+    WindowSize(WindowSize),
+    /// Proof of life, sent in answer to the agent's [`AgentMessage::Keepalive`].
+    Keepalive,
 }
 
 /// Messages from the agent to `ctl`.
@@ -67,6 +71,10 @@ pub enum AgentMessage {
     Started {
         /// The remote process id of the shell.
         pid: u32,
+        /// How often the agent sends [`AgentMessage::Keepalive`] while it
+        /// has nothing else to send; `None` when it sends none. The client
+        /// may take a silence of several intervals as a dead agent.
+        keepalive: Option<Duration>,
     },
     /// A chunk of the command's standard output, in the order it was written.
     Stdout(Bytes),
@@ -76,6 +84,10 @@ pub enum AgentMessage {
     Exit(ExitStatus),
     /// The request failed or the session was ended by the agent; last.
     Error(ErrorReport),
+    /// Sent when the session has been quiet for the keepalive interval; the
+    /// client answers with [`ClientMessage::Keepalive`]. A client that does
+    /// not answer within the agent's bound is taken as gone.
+    Keepalive,
 }
 
 /// A request to run one command through the agent's shell.
@@ -94,6 +106,28 @@ pub struct ExecRequest {
     /// Whether [`ClientMessage::Stdin`] chunks follow; when false the child's
     /// stdin is empty (`/dev/null`).
     pub stdin: bool,
+    /// Run the command on a pseudo-terminal of this kind and size. Its
+    /// output then arrives as [`AgentMessage::Stdout`] only (a terminal has
+    /// one output stream).
+    pub pty: Option<PtyRequest>,
+}
+
+/// A pseudo-terminal for an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyRequest {
+    /// The `TERM` value for the command (e.g. `xterm-256color`).
+    pub term: String,
+    /// The initial size.
+    pub size: WindowSize,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
 }
 
 /// A signal the client may ask the agent to deliver. Named rather than
