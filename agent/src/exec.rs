@@ -5,24 +5,26 @@
 //! This module sees typed messages only; the session hands it the two halves
 //! of an established connection after the request has been read.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::{Pid, User, geteuid};
+use nix::unistd::{Gid, Pid, Uid, User, geteuid};
 use rexec_protocol::{
     AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, ExitStatus, FrameError,
     RemoteSignal,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
+use crate::pty::{self, MasterStream};
 
 /// How many output chunks may wait between the pipe readers and the socket
 /// writer. With [`READ_CHUNK`] this bounds the memory one exec holds for
@@ -34,6 +36,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const STDIN_QUEUE: usize = 4;
 /// How often we look whether a killed group has gone.
 const GROUP_POLL: Duration = Duration::from_millis(20);
+/// What we write to a terminal's master when the client's stdin ends: the
+/// terminal's end-of-file character, so a reading program sees EOF.
+const PTY_EOF: u8 = 0x04;
 /// `PATH` in the child's clean environment.
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -46,6 +51,8 @@ pub enum ExecEnd {
     Refused(ErrorReport),
     /// The client went away; the command's group was killed.
     ClientGone,
+    /// The client stopped answering keepalives; the command's group was killed.
+    ClientSilent(Duration),
     /// The client broke the protocol; the command's group was killed.
     ProtocolError(String),
     /// The agent shut down; the command's group was killed.
@@ -61,6 +68,11 @@ impl std::fmt::Display for ExecEnd {
             ExecEnd::Finished(_) => f.write_str("finished"),
             ExecEnd::Refused(report) => write!(f, "refused ({}): {}", report.kind, report.message),
             ExecEnd::ClientGone => f.write_str("client gone, killed"),
+            ExecEnd::ClientSilent(bound) => write!(
+                f,
+                "client gone (no answer to keepalives for {}), killed",
+                humantime::format_duration(*bound)
+            ),
             ExecEnd::ProtocolError(why) => write!(f, "protocol error, killed: {why}"),
             ExecEnd::ShutDown => f.write_str("agent shutting down, killed"),
         }
@@ -97,10 +109,18 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Who asked for an exec, as the session identified them.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The client's name from the authorized clients file.
+    pub name: &'a str,
+}
+
 /// Runs `request` and streams it over `incoming`/`outgoing`. `kill` is the
 /// agent's order to end every command now (shutdown past its grace period).
 pub async fn run<R, W>(
     request: &ExecRequest,
+    requester: Requester<'_>,
     settings: &AgentSettings,
     incoming: &mut R,
     outgoing: &mut W,
@@ -117,15 +137,25 @@ where
         stderr_bytes: 0,
         cwd: None,
     };
-    let mut prepared = match prepare(request, settings) {
+    let Prepared {
+        mut command,
+        cwd,
+        pty,
+    } = match prepare(request, requester, settings) {
         Ok(prepared) => prepared,
         Err(refusal) => {
             report.end = refuse(outgoing, refusal).await;
             return report;
         }
     };
-    report.cwd = Some(prepared.cwd.clone());
-    let mut child = match prepared.command.spawn() {
+    report.cwd = Some(cwd);
+    let spawned = command.spawn();
+    // The child has its copies of the terminal's slave; ours (in the pair
+    // and in the command's stdio) must go, or the master would never see
+    // end of file.
+    drop(command);
+    let master = pty.map(|pair| pair.master);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             let refusal = ErrorReport::new(
@@ -149,35 +179,64 @@ where
     let mut guard = GroupGuard { pgid, armed: true };
 
     let (output_tx, mut output) = mpsc::channel(OUTPUT_QUEUE);
-    let pumps = [
-        child
-            .stdout
-            .take()
-            .map(|pipe| tokio::spawn(pump(pipe, AgentMessage::Stdout, output_tx.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|pipe| tokio::spawn(pump(pipe, AgentMessage::Stderr, output_tx))),
-    ];
-    let mut stdin = child.stdin.take().map(spawn_stdin_writer);
+    let mut pumps = Vec::new();
+    let mut stdin = None;
+    match &master {
+        Some(master) => {
+            let streams =
+                MasterStream::new(master).and_then(|r| Ok((r, MasterStream::new(master)?)));
+            match streams {
+                Ok((reader, writer)) => {
+                    pumps.push(tokio::spawn(pump(reader, AgentMessage::Stdout, output_tx)));
+                    if request.stdin {
+                        stdin = Some(spawn_stdin_writer(writer, Some(PTY_EOF)));
+                    }
+                }
+                Err(e) => {
+                    terminate_group(&mut child, pgid, settings.kill_grace).await;
+                    guard.armed = false;
+                    let refusal = ErrorReport::new(
+                        ErrorKind::Internal,
+                        format!("cannot use the terminal: {e}"),
+                    );
+                    report.end = refuse(outgoing, refusal).await;
+                    return report;
+                }
+            }
+        }
+        None => {
+            if let Some(pipe) = child.stdout.take() {
+                pumps.push(tokio::spawn(pump(
+                    pipe,
+                    AgentMessage::Stdout,
+                    output_tx.clone(),
+                )));
+            }
+            if let Some(pipe) = child.stderr.take() {
+                pumps.push(tokio::spawn(pump(pipe, AgentMessage::Stderr, output_tx)));
+            }
+            stdin = child
+                .stdin
+                .take()
+                .map(|pipe| spawn_stdin_writer(pipe, None));
+        }
+    }
 
-    let deadline = request
-        .timeout
+    let deadline = effective_timeout(request.timeout, settings.max_timeout)
         .map(|t| tokio::time::Instant::now() + t)
         .unwrap_or_else(far_future);
+    let mut keepalive = Keepalive::new(settings.keepalive_interval, settings.keepalive_count);
     let mut output_open = true;
     let mut client_open = true;
 
-    if outgoing
-        .send(AgentMessage::Started {
-            pid,
-            keepalive: None,
-        })
-        .await
-        .is_err()
-    {
+    let started = AgentMessage::Started {
+        pid,
+        keepalive: keepalive.interval(),
+    };
+    if outgoing.send(started).await.is_err() {
         client_open = false;
     }
+    keepalive.sent();
 
     // A stdin chunk the child has not taken yet. While one waits we read no
     // further client messages (TCP pushes back on the client) but keep
@@ -198,6 +257,7 @@ where
                     if forward(outgoing, message, !output.is_empty()).await.is_err() {
                         client_open = false;
                     }
+                    keepalive.sent();
                 }
                 None => output_open = false,
             },
@@ -215,22 +275,44 @@ where
                     stdin = None;
                 }
             },
-            message = incoming.next(), if pending_stdin.is_none() => match message {
-                Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
-                    if stdin.is_some() {
-                        pending_stdin = Some(chunk);
+            message = incoming.next(), if pending_stdin.is_none() => {
+                keepalive.heard();
+                match message {
+                    Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
+                        if stdin.is_some() {
+                            pending_stdin = Some(chunk);
+                        }
                     }
+                    Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
+                    Some(Ok(ClientMessage::Signal(signal))) => {
+                        let _ = killpg(pgid, to_signal(signal));
+                    }
+                    Some(Ok(ClientMessage::WindowSize(size))) => {
+                        if let Some(master) = &master {
+                            let _ = pty::resize(master, size);
+                        }
+                    }
+                    Some(Ok(ClientMessage::Keepalive)) => {}
+                    Some(Ok(other)) => {
+                        break Err(ExecEnd::ProtocolError(format!("unexpected {} during exec", name_of(&other))));
+                    }
+                    Some(Err(FrameError::Io(_))) | None => client_open = false,
+                    Some(Err(e)) => break Err(ExecEnd::ProtocolError(e.to_string())),
                 }
-                Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
-                Some(Ok(ClientMessage::Signal(signal))) => {
-                    let _ = killpg(pgid, to_signal(signal));
+            }
+            () = keepalive.due() => {
+                if pending_stdin.is_some() {
+                    // We are not reading the client: its silence means nothing.
+                    keepalive.heard();
                 }
-                Some(Ok(other)) => {
-                    break Err(ExecEnd::ProtocolError(format!("unexpected {} during exec", name_of(&other))));
+                if let Some(bound) = keepalive.client_lost() {
+                    break Err(ExecEnd::ClientSilent(bound));
                 }
-                Some(Err(FrameError::Io(_))) | None => client_open = false,
-                Some(Err(e)) => break Err(ExecEnd::ProtocolError(e.to_string())),
-            },
+                if outgoing.send(AgentMessage::Keepalive).await.is_err() {
+                    client_open = false;
+                }
+                keepalive.sent_probe();
+            }
             () = tokio::time::sleep_until(deadline) => {
                 break Err(ExecEnd::Finished(ExitStatus::TimedOut));
             }
@@ -252,7 +334,7 @@ where
             // Output written before the kill still reaches a client that is
             // there to read it; a process that escaped the group and holds a
             // pipe open must not hold us, hence the bound.
-            if client_open {
+            if client_open && !matches!(end, ExecEnd::ClientSilent(_)) {
                 let drain = async {
                     while let Some(message) = output.recv().await {
                         count(&mut report, &message);
@@ -275,45 +357,166 @@ where
                         AgentMessage::Error(ErrorReport::new(ErrorKind::Internal, end.to_string()))
                     }
                 };
-                let _ = finish(outgoing, last).await;
+                let _ = tokio::time::timeout(settings.kill_grace, finish(outgoing, last)).await;
             }
             report.end = end;
         }
     }
-    for pump in pumps.into_iter().flatten() {
+    for pump in pumps {
         pump.abort();
     }
     drop(guard);
     report
 }
 
+/// The timeout an exec runs under: the client's, capped by the agent's maximum.
+fn effective_timeout(asked: Option<Duration>, max: Option<Duration>) -> Option<Duration> {
+    match (asked, max) {
+        (Some(asked), Some(max)) => Some(asked.min(max)),
+        (asked, max) => asked.or(max),
+    }
+}
+
+/// Keepalive bookkeeping for one exec.
+///
+/// When the session has been quiet for an interval, the agent sends a
+/// keepalive; the client answers. A client that has not said anything for
+/// `count` intervals since the first unanswered keepalive is taken as gone
+/// (a frozen process, a pulled cable). While output flows we send none: a
+/// client that stops reading then holds the command by TCP's flow control,
+/// as a slow pipe reader would, rather than having it killed.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Option<Duration>,
+    count: u32,
+    last_sent: tokio::time::Instant,
+    unanswered_since: Option<tokio::time::Instant>,
+}
+
+impl Keepalive {
+    fn new(interval: Duration, count: u32) -> Self {
+        Keepalive {
+            interval: (!interval.is_zero()).then_some(interval),
+            count: count.max(1),
+            last_sent: tokio::time::Instant::now(),
+            unanswered_since: None,
+        }
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    /// We sent the client something.
+    fn sent(&mut self) {
+        self.last_sent = tokio::time::Instant::now();
+    }
+
+    /// We sent a keepalive, which the client must answer.
+    fn sent_probe(&mut self) {
+        self.sent();
+        self.unanswered_since.get_or_insert(self.last_sent);
+    }
+
+    /// The client said something.
+    fn heard(&mut self) {
+        self.unanswered_since = None;
+    }
+
+    /// Resolves when the next keepalive is due; never when disabled.
+    async fn due(&self) {
+        match self.interval {
+            Some(interval) => tokio::time::sleep_until(self.last_sent + interval).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The silence bound, when the client has exceeded it.
+    fn client_lost(&self) -> Option<Duration> {
+        let bound = self.interval? * self.count;
+        let since = self.unanswered_since?;
+        (since.elapsed() >= bound).then_some(bound)
+    }
+}
+
 /// A command ready to spawn, and where it will run.
 struct Prepared {
     command: Command,
     cwd: String,
+    /// The terminal, for an exec that asked for one; the slave is already
+    /// the command's stdin, stdout and stderr.
+    pty: Option<pty::PtyPair>,
+}
+
+/// The user a command runs as, resolved before spawning.
+struct RunAs {
+    user: User,
+    /// Their supplementary groups; `None` when we stay who we are.
+    switch: Option<Vec<Gid>>,
+}
+
+/// Decides whom the command runs as: the agent's own user, or the one asked
+/// for when the agent is root and the run-as policy allows this client.
+fn resolve_user(
+    request: &ExecRequest,
+    requester: Requester<'_>,
+    settings: &AgentSettings,
+) -> Result<RunAs, ErrorReport> {
+    let denied = |message: String| ErrorReport::new(ErrorKind::PermissionDenied, message);
+    let own = User::from_uid(geteuid())
+        .ok()
+        .flatten()
+        .ok_or_else(|| ErrorReport::new(ErrorKind::Internal, "the agent's own user is unknown"))?;
+    let wanted = match &request.user {
+        Some(wanted) if *wanted != own.name => wanted,
+        _ => {
+            return Ok(RunAs {
+                user: own,
+                switch: None,
+            });
+        }
+    };
+    if !own.uid.is_root() {
+        return Err(denied(format!(
+            "cannot run as user {wanted:?}: this agent runs as {:?}, not root, so only as {:?}",
+            own.name, own.name
+        )));
+    }
+    if !settings.run_as.allows(requester.name, wanted) {
+        return Err(denied(format!(
+            "client {:?} may not run commands as {wanted:?} on this agent (see run_as in its config)",
+            requester.name
+        )));
+    }
+    let user = User::from_name(wanted).ok().flatten().ok_or_else(|| {
+        ErrorReport::new(ErrorKind::BadRequest, format!("no such user: {wanted}"))
+    })?;
+    let name = CString::new(user.name.clone())
+        .map_err(|_| ErrorReport::new(ErrorKind::BadRequest, "user name contains a NUL byte"))?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid).map_err(|e| {
+        ErrorReport::new(
+            ErrorKind::Internal,
+            format!("cannot list the groups of {wanted}: {e}"),
+        )
+    })?;
+    Ok(RunAs {
+        user,
+        switch: Some(groups),
+    })
 }
 
 /// Builds the command for `request`, or the refusal to send instead.
-fn prepare(request: &ExecRequest, settings: &AgentSettings) -> Result<Prepared, ErrorReport> {
+fn prepare(
+    request: &ExecRequest,
+    requester: Requester<'_>,
+    settings: &AgentSettings,
+) -> Result<Prepared, ErrorReport> {
     let bad = |message: String| ErrorReport::new(ErrorKind::BadRequest, message);
     if request.command.contains('\0') {
         return Err(bad("the command contains a NUL byte".into()));
     }
-    let user = User::from_uid(geteuid()).ok().flatten();
-    let user_name = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-    if let Some(wanted) = &request.user {
-        if *wanted != user_name {
-            return Err(ErrorReport::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "cannot run as user {wanted:?}: this agent runs commands as {user_name:?} only"
-                ),
-            ));
-        }
-    }
-    let home = user
-        .as_ref()
-        .map(|u| u.dir.clone())
+    let RunAs { user, switch } = resolve_user(request, requester, settings)?;
+    let home = Some(user.dir.clone())
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| "/".into());
     let cwd = match &request.cwd {
@@ -338,18 +541,16 @@ fn prepare(request: &ExecRequest, settings: &AgentSettings) -> Result<Prepared, 
         .env_clear()
         .env("PATH", BASE_PATH)
         .env("HOME", &home)
-        .env("USER", &user_name)
-        .env("LOGNAME", &user_name)
-        .env(
-            "SHELL",
-            user.as_ref()
-                .map(|u| u.shell.clone().into_os_string())
-                .unwrap_or_else(|| OsString::from("/bin/sh")),
-        )
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("SHELL", user.shell.clone().into_os_string())
         .env(
             "LANG",
             std::env::var_os("LANG").unwrap_or_else(|| OsString::from("C.UTF-8")),
         );
+    if let Some(pty) = &request.pty {
+        command.env("TERM", &pty.term);
+    }
     for (key, value) in &request.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
             return Err(bad(format!(
@@ -358,19 +559,80 @@ fn prepare(request: &ExecRequest, settings: &AgentSettings) -> Result<Prepared, 
         }
         command.env(key, value);
     }
-    command
-        .stdin(if request.stdin {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
+
+    let pty = match &request.pty {
+        Some(wanted) => {
+            let pair = pty::open(wanted.size).map_err(|e| {
+                ErrorReport::new(
+                    ErrorKind::SpawnFailed,
+                    format!("cannot open a terminal: {e}"),
+                )
+            })?;
+            let slave = |pair: &pty::PtyPair| -> Result<Stdio, ErrorReport> {
+                pair.slave.try_clone().map(Stdio::from).map_err(|e| {
+                    ErrorReport::new(
+                        ErrorKind::Internal,
+                        format!("cannot share the terminal: {e}"),
+                    )
+                })
+            };
+            command
+                .stdin(slave(&pair)?)
+                .stdout(slave(&pair)?)
+                .stderr(slave(&pair)?);
+            if switch.is_some() {
+                // The terminal belongs to whoever runs on it, as login does.
+                let _ = nix::unistd::fchown(&pair.slave, Some(user.uid), None);
+            }
+            Some(pair)
+        }
+        None => {
+            command
+                .stdin(if request.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+    };
+    let uid = user.uid;
+    let gid = user.gid;
+    let with_terminal = pty.is_some();
+    if !with_terminal {
+        command.process_group(0);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only async-signal-safe system calls (setsid, ioctl, setgroups,
+    // setgid, setuid); everything it needs was computed before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if with_terminal {
+                // A new session is also a new process group, so the group
+                // kill on disconnect works the same.
+                pty::become_session_leader_of_stdin()?;
+            }
+            if let Some(groups) = &switch {
+                drop_privileges(groups, gid, uid)?;
+            }
+            Ok(())
+        });
+    }
     Ok(Prepared {
         command,
         cwd: cwd.to_string_lossy().into_owned(),
+        pty,
     })
+}
+
+/// In the child: becomes `uid` with primary group `gid` and `groups`.
+/// Groups first, while we are still allowed to set them.
+fn drop_privileges(groups: &[Gid], gid: Gid, uid: Uid) -> std::io::Result<()> {
+    nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
+    nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+    nix::unistd::setuid(uid).map_err(std::io::Error::from)
 }
 
 /// Reads a pipe until EOF, sending each chunk as it arrives.
@@ -399,7 +661,10 @@ async fn reserve(stdin: Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit
     stdin?.reserve_owned().await.ok()
 }
 
-fn spawn_stdin_writer(mut stdin: ChildStdin) -> mpsc::Sender<Bytes> {
+fn spawn_stdin_writer<P>(mut stdin: P, eof: Option<u8>) -> mpsc::Sender<Bytes>
+where
+    P: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
     tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
@@ -407,7 +672,11 @@ fn spawn_stdin_writer(mut stdin: ChildStdin) -> mpsc::Sender<Bytes> {
                 return;
             }
         }
-        // Dropping `stdin` here closes the pipe: the child sees EOF.
+        // A pipe is closed by dropping it here; a terminal cannot be closed
+        // from our side without hanging it up, so it gets its EOF character.
+        if let Some(eof) = eof {
+            let _ = stdin.write_all(&[eof]).await;
+        }
     });
     tx
 }
@@ -516,4 +785,62 @@ pub(crate) fn name_of(message: &ClientMessage) -> &'static str {
 fn far_future() -> tokio::time::Instant {
     // About thirty years: never, for a command, without overflowing Instant.
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_maximum_caps_the_clients_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(effective_timeout(None, None), None);
+        assert_eq!(effective_timeout(Some(s(5)), None), Some(s(5)));
+        assert_eq!(effective_timeout(None, Some(s(60))), Some(s(60)));
+        assert_eq!(effective_timeout(Some(s(5)), Some(s(60))), Some(s(5)));
+        assert_eq!(effective_timeout(Some(s(90)), Some(s(60))), Some(s(60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_is_lost_only_after_count_unanswered_intervals() {
+        let interval = Duration::from_secs(10);
+        let mut keepalive = Keepalive::new(interval, 3);
+        assert_eq!(keepalive.interval(), Some(interval));
+
+        // Quiet session: the first keepalive is due one interval later.
+        let start = tokio::time::Instant::now();
+        keepalive.due().await;
+        assert_eq!(start.elapsed(), interval);
+        keepalive.sent_probe();
+        assert_eq!(keepalive.client_lost(), None);
+
+        // An answer resets the count.
+        tokio::time::advance(interval * 2).await;
+        keepalive.heard();
+        keepalive.sent_probe();
+        tokio::time::advance(interval * 2).await;
+        assert_eq!(keepalive.client_lost(), None);
+        tokio::time::advance(interval).await;
+        assert_eq!(keepalive.client_lost(), Some(interval * 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_postpones_keepalives_and_zero_disables_them() {
+        let interval = Duration::from_secs(10);
+        let mut keepalive = Keepalive::new(interval, 3);
+        tokio::time::advance(interval / 2).await;
+        keepalive.sent();
+        let before = tokio::time::Instant::now();
+        keepalive.due().await;
+        assert_eq!(before.elapsed(), interval, "counted from the last output");
+
+        let disabled = Keepalive::new(Duration::ZERO, 3);
+        assert_eq!(disabled.interval(), None);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), disabled.due())
+                .await
+                .is_err()
+        );
+        assert_eq!(disabled.client_lost(), None);
+    }
 }

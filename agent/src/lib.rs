@@ -12,5 +12,6 @@
 pub mod authorized;
 pub mod config;
 pub mod exec;
+pub mod pty;
 pub mod server;
 pub mod session;

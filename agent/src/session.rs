@@ -112,6 +112,7 @@ async fn serve_inner(
             let started = Instant::now();
             let report = exec::run(
                 &request,
+                exec::Requester { name: &client.name },
                 &state.settings,
                 &mut incoming,
                 &mut outgoing,

@@ -29,6 +29,11 @@ use crate::target::Target;
 pub const SECOND_INTERRUPT_WINDOW: Duration = Duration::from_secs(3);
 /// How much of our stdin one message carries.
 const STDIN_CHUNK: usize = 64 * 1024;
+/// An agent that announced keepalives and then says nothing for this many
+/// of its intervals is taken as gone (machine off, cable pulled).
+const AGENT_SILENCE_INTERVALS: u32 = 6;
+/// The least silence we take as a dead agent, however short its interval.
+const MIN_AGENT_SILENCE: Duration = Duration::from_secs(2);
 
 /// How a streamed exec ended, from ctl's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,7 @@ pub async fn exec_streaming(
     request: ExecRequest,
 ) -> Result<ExecOutcome, CtlError> {
     let forward_stdin = request.stdin;
+    let with_pty = request.pty.is_some();
     let connection = client.connect(target).await?;
     let mut incoming = connection.incoming;
     let mut outgoing = connection.outgoing;
@@ -83,12 +89,35 @@ pub async fn exec_streaming(
         signal(SignalKind::terminate()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
     let mut hangup =
         signal(SignalKind::hangup()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    let mut window_change =
+        signal(SignalKind::window_change()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    // Raw mode only once the agent has answered, so that a refused
+    // connection leaves the terminal as it was; restored when dropped.
+    let mut raw_mode = None;
     let mut last_interrupt: Option<Instant> = None;
     let mut seen_hello = false;
+    // Set once the agent announces its keepalive interval.
+    let mut silence_bound: Option<Duration> = None;
+    let mut last_heard = tokio::time::Instant::now();
 
     loop {
+        let silence_deadline = silence_bound
+            .map(|bound| last_heard + bound)
+            .unwrap_or_else(far_future);
         let message = tokio::select! {
             message = incoming.next() => message,
+            () = tokio::time::sleep_until(silence_deadline) => {
+                let bound = silence_bound.unwrap_or_default();
+                return Err(CtlError::ConnectionLost(format!(
+                    "no sign of life from the agent for {}",
+                    humantime::format_duration(bound)
+                )));
+            }
+            _ = window_change.recv(), if with_pty => {
+                let size = crate::tty::current_size();
+                let _ = urgent_tx.try_send(ClientMessage::WindowSize(size));
+                continue;
+            }
             _ = interrupt.recv() => {
                 let now = Instant::now();
                 if last_interrupt.is_some_and(|t| now.duration_since(t) < SECOND_INTERRUPT_WINDOW) {
@@ -111,6 +140,7 @@ pub async fn exec_streaming(
                 continue;
             }
         };
+        last_heard = tokio::time::Instant::now();
         let message = match message {
             Some(Ok(message)) => message,
             Some(Err(FrameError::Io(e))) if !seen_hello => {
@@ -145,7 +175,20 @@ pub async fn exec_streaming(
                     "the agent did not start with a hello".into(),
                 ));
             }
-            AgentMessage::Started { .. } => {}
+            AgentMessage::Started { keepalive, .. } => {
+                silence_bound = keepalive
+                    .map(|interval| (interval * AGENT_SILENCE_INTERVALS).max(MIN_AGENT_SILENCE));
+                if with_pty {
+                    raw_mode = crate::tty::RawMode::enter().map_err(|e| {
+                        CtlError::ConnectionLost(format!(
+                            "cannot set the terminal to raw mode: {e}"
+                        ))
+                    })?;
+                }
+            }
+            AgentMessage::Keepalive => {
+                let _ = urgent_tx.try_send(ClientMessage::Keepalive);
+            }
             AgentMessage::Stdout(chunk) => {
                 if let Err(e) = stdout.write_all(&chunk) {
                     if e.kind() == io::ErrorKind::BrokenPipe {
@@ -160,7 +203,10 @@ pub async fn exec_streaming(
                 // Nowhere to report a failing stderr; the command goes on.
                 let _ = stderr.write_all(&chunk);
             }
-            AgentMessage::Exit(status) => return Ok(ExecOutcome::Finished(status)),
+            AgentMessage::Exit(status) => {
+                drop(raw_mode);
+                return Ok(ExecOutcome::Finished(status));
+            }
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
             other => {
                 return Err(CtlError::Protocol(format!(
@@ -169,6 +215,11 @@ pub async fn exec_streaming(
             }
         }
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    // About thirty years: never, for a command, without overflowing Instant.
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
 /// ctl's name and version, for the hello.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod known_hosts;
 pub mod target;
+pub mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,11 @@ struct ExecArgs {
     /// Forward our stdin to the command (otherwise its stdin is empty).
     #[arg(short = 'i', long = "stdin")]
     stdin: bool,
+    /// Run the command on a remote pseudo-terminal (for top, sudo, vim):
+    /// our terminal goes to raw mode, keys and window size are forwarded,
+    /// stdout and stderr arrive merged, as on a terminal. Implies -i.
+    #[arg(short = 't', long = "tty")]
+    tty: bool,
     /// Kill the remote command's process group after this long (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -209,8 +215,8 @@ fn exec(config: &ConfigDir, args: ExecArgs) -> Result<u8, Failure> {
         cwd: args.cwd,
         user: target.user.clone(),
         timeout: args.timeout,
-        stdin: args.stdin,
-        pty: None,
+        stdin: args.stdin || args.tty,
+        pty: args.tty.then(tty::pty_request),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,670 @@
+//! Process control end to end: signals forwarded by ctl, timeouts, the
+//! command's environment, keepalive, the agent's shutdown, and terminals.
+//! Every "it is gone" claim is checked on the process table, by a marker in
+//! the command line, not by trusting a log.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rexec_agent::config::AgentSettings;
+use rexec_agent::server::{AgentState, Shutdown, serve};
+
+use crate::util::*;
+
+/// Sends `signal` (a name such as "INT") to `pid`.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -s {signal} {pid}");
+}
+
+/// Starts `ctl exec TARGET COMMAND` with piped stdout and stderr.
+fn spawn_exec(env: &Env, agent: &Agent, flags: &[&str], command: &str) -> Child {
+    env.ctl()
+        .arg("exec")
+        .args(flags)
+        .arg(agent.target())
+        .arg(command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctl")
+}
+
+/// Reads stdout lines until one equals `line`.
+fn read_until_line(stdout: &mut impl BufRead, line: &str) {
+    let mut got = String::new();
+    loop {
+        got.clear();
+        let n = stdout.read_line(&mut got).expect("read ctl stdout");
+        assert!(n > 0, "stdout ended before {line:?}");
+        if got.trim_end() == line {
+            return;
+        }
+    }
+}
+
+fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    assert!(
+        wait_until(DEADLINE, || child.try_wait().expect("wait").is_some()),
+        "ctl did not exit"
+    );
+    child.wait().expect("wait")
+}
+
+fn all_gone(marker: &str) -> bool {
+    // ctl's own command line carries the marker too; only the agent's
+    // children count, and ctl has exited or is frozen by then.
+    wait_until(DEADLINE, || {
+        processes_with(marker)
+            .iter()
+            .all(|(_, cmd)| cmd.contains(" exec "))
+    })
+}
+
+#[test]
+fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
+    let env = Env::new();
+    let agent = env.agent();
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &agent,
+        &[],
+        &format!("trap 'echo cleanup; exit 7' INT; echo ready; sleep {sleep}; echo not-reached"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    assert!(wait_until(DEADLINE, || !processes_with(&format!(
+        "sleep {sleep}"
+    ))
+    .is_empty()));
+    send_signal(ctl.id(), "INT");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = wait_for_exit(&mut ctl);
+    assert_eq!(rest, "cleanup\n");
+    assert_eq!(status.code(), Some(7), "the remote trap's exit status");
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+}
+
+#[test]
+fn second_ctrl_c_kills_the_group_and_exits_130() {
+    let env = Env::new();
+    let agent = env.agent();
+    let sleep = unique_sleep(600);
+    // The shell and its children ignore SIGINT: only the kill ends them.
+    let mut ctl = spawn_exec(
+        &env,
+        &agent,
+        &[],
+        &format!("trap '' INT; echo ready; sleep {sleep} & sleep {sleep}; wait"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    assert!(wait_until(DEADLINE, || processes_with(&format!(
+        "sleep {sleep}"
+    ))
+    .len()
+        >= 2));
+    send_signal(ctl.id(), "INT");
+    send_signal(ctl.id(), "INT");
+    let status = wait_for_exit(&mut ctl);
+    assert_eq!(status.code(), Some(130));
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+}
+
+#[test]
+fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
+    let env = Env::new();
+    let agent = env.agent();
+    for (signal, code) in [("TERM", 3), ("HUP", 4)] {
+        let sleep = unique_sleep(600);
+        let mut ctl = spawn_exec(
+            &env,
+            &agent,
+            &[],
+            &format!(
+                "trap 'echo got-{signal}; exit {code}' {signal}; echo ready; sleep {sleep}; echo not-reached"
+            ),
+        );
+        let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+        read_until_line(&mut stdout, "ready");
+        assert!(wait_until(DEADLINE, || !processes_with(&format!(
+            "sleep {sleep}"
+        ))
+        .is_empty()));
+        send_signal(ctl.id(), signal);
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, format!("got-{signal}\n"));
+        assert_eq!(wait_for_exit(&mut ctl).code(), Some(code));
+        assert!(all_gone(&sleep));
+    }
+}
+
+#[test]
+fn timeout_kills_the_whole_group_and_exits_124() {
+    let env = Env::new();
+    let agent = env.agent();
+    let sleep = unique_sleep(600);
+    let started = Instant::now();
+    let out = env.exec(
+        &agent,
+        &[
+            "--timeout",
+            "1s",
+            &format!("echo before; sleep {sleep} & sleep {sleep}; wait"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the timeout"
+    );
+    assert_eq!(
+        stdout_of(&out),
+        "before\n",
+        "output before the kill is kept"
+    );
+    assert!(stderr_of(&out).contains("timed out"), "{}", stderr_of(&out));
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(
+        agent.wait_for_log("outcome=timed out").is_some(),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
+    let env = Env::new();
+    let agent = env.agent();
+    let sleep = unique_sleep(600);
+    let out = env.exec(
+        &agent,
+        &[
+            "--timeout",
+            "500ms",
+            &format!("trap '' TERM; sleep {sleep}"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124));
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+}
+
+#[test]
+fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-timeout", "1s"]);
+    let sleep = unique_sleep(600);
+    let none = env.exec(&agent, &[&format!("sleep {sleep}")]);
+    assert_eq!(none.status.code(), Some(124), "{}", stderr_of(&none));
+    let longer = env.exec(&agent, &["--timeout", "1h", &format!("sleep {sleep}")]);
+    assert_eq!(longer.status.code(), Some(124));
+    let shorter = env.exec(&agent, &["--timeout", "10s", "echo quick"]);
+    assert_eq!(stdout_of(&shorter), "quick\n");
+    assert!(all_gone(&sleep));
+}
+
+#[test]
+fn connect_timeout_bounds_a_host_that_never_answers() {
+    let env = Env::new();
+    // Accepts TCP and then says nothing, like a host behind a black hole
+    // for everything after the SYN.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let (stream, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(stream);
+    });
+    let started = Instant::now();
+    let out = env
+        .ctl()
+        .args(["exec", "--connect-timeout", "1s", &addr.to_string(), "true"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(err.contains("connect timeout"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "bounded by the timeout, not the peer: {took:?}"
+    );
+    holder.join().unwrap();
+}
+
+#[test]
+fn environment_is_a_clean_base_plus_what_the_client_sends() {
+    let env = Env::new();
+    let agent = env.agent();
+    // The agent itself runs with RUST_LOG set (see util): it must not leak.
+    let out = env.exec(
+        &agent,
+        &[
+            "-e",
+            "GREETING=hello world",
+            "-e",
+            "LANG=C",
+            "echo \"$GREETING|${RUST_LOG-unset}|$LANG\"; \
+             test -n \"$PATH\" && test -n \"$HOME\" && test -n \"$USER\" && test -n \"$SHELL\" && echo base-ok; \
+             env | cut -d= -f1 | sort | tr '\\n' ' '",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("hello world|unset|C"));
+    assert_eq!(lines.next(), Some("base-ok"));
+    let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    for name in &names {
+        assert!(
+            [
+                "GREETING", "HOME", "LANG", "LOGNAME", "PATH", "PWD", "SHELL", "SHLVL", "USER",
+                "OLDPWD", "_"
+            ]
+            .contains(name),
+            "unexpected variable {name} in {names:?}"
+        );
+    }
+}
+
+#[test]
+fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
+    let env = Env::new();
+    let agent = env.agent();
+    let dir = env.root.path().join("work dir");
+    std::fs::create_dir(&dir).unwrap();
+    let out = env.exec(&agent, &["-C", dir.to_str().unwrap(), "pwd"]);
+    assert_eq!(stdout_of(&out).trim_end(), dir.to_str().unwrap());
+
+    let marker_file = env.root.path().join("must-not-exist");
+    let out = env.exec(
+        &agent,
+        &[
+            "-C",
+            "/nonexistent/dir",
+            &format!("touch '{}'", marker_file.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("no such directory: /nonexistent/dir"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!marker_file.exists(), "nothing ran");
+}
+
+#[test]
+fn another_user_is_refused_unless_the_agent_allows_it() {
+    let env = Env::new();
+    let agent = env.agent();
+    let out = env.exec(&agent, &["--user", "nobody", "id -un"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("may not run commands as \"nobody\"") || err.contains("not root"),
+        "{err}"
+    );
+    // USER@HOST says the same.
+    let out = env
+        .ctl()
+        .args(["exec", &format!("nobody@{}", agent.target()), "id -un"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+}
+
+#[test]
+fn a_quiet_command_outlives_many_keepalive_intervals() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
+    let out = env.exec(&agent, &["sleep 2; echo still-here"]);
+    assert_eq!(stdout_of(&out), "still-here\n", "{}", stderr_of(&out));
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_frozen_client_is_detected_and_its_command_killed() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &agent,
+        &[],
+        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    assert!(wait_until(DEADLINE, || processes_with(&format!(
+        "sleep {sleep}"
+    ))
+    .len()
+        >= 2));
+    send_signal(ctl.id(), "STOP");
+    let frozen = Instant::now();
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(
+        agent.wait_for_log("no answer to keepalives").is_some(),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        frozen.elapsed() >= Duration::from_millis(600),
+        "not before the bound"
+    );
+    send_signal(ctl.id(), "CONT");
+    assert_eq!(wait_for_exit(&mut ctl).code(), Some(255));
+}
+
+#[test]
+fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
+    let env = Env::new();
+    let mut agent = env.agent_with(&["--shutdown-grace", "20s"]);
+    let mut ctl = spawn_exec(&env, &agent, &[], "echo ready; sleep 1; echo finished");
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    agent.signal("TERM");
+    assert!(agent.wait_for_log("SIGTERM").is_some());
+    let refused = env.exec(&agent, &["echo too-late"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(255),
+        "no new sessions after SIGTERM"
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "finished\n");
+    assert!(wait_for_exit(&mut ctl).success());
+    assert!(wait_until(DEADLINE, || agent
+        .child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
+    let env = Env::new();
+    let mut agent = env.agent_with(&["--shutdown-grace", "500ms"]);
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &agent,
+        &[],
+        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    agent.signal("TERM");
+    let status = wait_for_exit(&mut ctl);
+    let mut err = String::new();
+    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(255));
+    assert!(err.contains("shutting down"), "{err}");
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(wait_until(DEADLINE, || agent
+        .child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigint_to_the_agent_kills_commands_at_once() {
+    let env = Env::new();
+    let mut agent = env.agent_with(&["--shutdown-grace", "60s"]);
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(&env, &agent, &[], &format!("echo ready; sleep {sleep}"));
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    agent.signal("INT");
+    assert_eq!(wait_for_exit(&mut ctl).code(), Some(255));
+    assert!(all_gone(&sleep));
+    assert!(wait_until(DEADLINE, || agent
+        .child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+}
+
+/// A terminal session under tmux: the real ctl in a real terminal.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn start(env: &Env, shell_command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: marker("rexec-test-tmux"),
+        };
+        let status = tmux
+            .command()
+            .args(["new-session", "-d", "-x", "100", "-y", "30"])
+            .arg(format!(
+                "REXEC_CONFIG_DIR='{}' {shell_command}; echo \"rc=$?\"; stty -a; sleep 60",
+                env.ctl_dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tmux
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket]);
+        cmd
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .command()
+            .args(["capture-pane", "-p", "-J"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let mut screen = String::new();
+        let found = wait_until(DEADLINE, || {
+            screen = self.screen();
+            screen.contains(needle)
+        });
+        assert!(found, "{needle:?} never appeared on:\n{screen}");
+        screen
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        assert!(
+            self.command()
+                .arg("send-keys")
+                .args(keys)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").status();
+    }
+}
+
+#[test]
+fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
+    if !Tmux::available() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let env = Env::new();
+    let agent = env.agent();
+    let tmux = Tmux::start(
+        &env,
+        &format!(
+            "{} exec -t {} 'tty; echo \"size $(stty size) term $TERM\"; read line; echo \"size $(stty size) read $line\"; \
+             trap \"echo interrupted; exit 9\" INT; sleep 600'",
+            bin("ctl").display(),
+            agent.target()
+        ),
+    );
+    let screen = tmux.wait_for("size 30 100");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(!screen.contains("not a tty"), "{screen}");
+    assert!(
+        tmux.command()
+            .args(["resize-window", "-x", "120", "-y", "40"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tmux.keys(&["typed words", "Enter"]);
+    tmux.wait_for("size 40 120 read typed words");
+    // Ctrl-C goes through the remote terminal to the remote job.
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("rc=9");
+    // Our terminal is back in canonical mode with echo (`stty -a` after ctl).
+    let screen = tmux.wait_for("icanon");
+    assert!(screen.contains("interrupted"), "{screen}");
+    let settings = screen.split("rc=9").nth(1).unwrap_or_default();
+    assert!(settings.contains(" icanon"), "{settings}");
+    assert!(settings.contains(" echo"), "{settings}");
+}
+
+#[test]
+fn without_dash_t_the_command_has_no_terminal() {
+    let env = Env::new();
+    let agent = env.agent();
+    let out = env.exec(&agent, &["tty; test -t 1 || echo no-terminal"]);
+    assert_eq!(stdout_of(&out), "not a tty\nno-terminal\n");
+}
+
+/// An agent served in this process, so that shutdown is driven through its
+/// tokens instead of real signals.
+struct InProcessAgent {
+    runtime: tokio::runtime::Runtime,
+    shutdown: Shutdown,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessAgent {
+    fn start(env: &Env, grace: Duration) -> InProcessAgent {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut settings = AgentSettings::new(&env.agent_dir);
+        settings.kill_grace = Duration::from_millis(300);
+        let shutdown = Shutdown::default();
+        let state = Arc::new(AgentState::load(settings, shutdown.clone()).unwrap());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = runtime.spawn(serve(vec![listener], state, grace));
+        let mut known = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.ctl_dir.join("known_hosts"))
+            .unwrap();
+        writeln!(known, "{addr} {}", env.agent_fingerprint).unwrap();
+        InProcessAgent {
+            runtime,
+            shutdown,
+            addr,
+            server,
+        }
+    }
+
+    fn spawn_exec(&self, env: &Env, command: &str) -> Child {
+        env.ctl()
+            .args(["exec", &self.addr.to_string(), command])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for `serve` to return.
+    fn join(self) {
+        let server = self.server;
+        self.runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, server).await })
+            .expect("serve returned")
+            .unwrap();
+    }
+}
+
+#[test]
+fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
+    let env = Env::new();
+    let agent = InProcessAgent::start(&env, Duration::from_secs(20));
+    let mut ctl = agent.spawn_exec(&env, "echo ready; sleep 1; echo finished");
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    agent.shutdown.stop.cancel();
+    let refused = env
+        .ctl()
+        .args(["exec", &agent.addr.to_string(), "echo too-late"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(255));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "finished\n");
+    assert!(wait_for_exit(&mut ctl).success());
+    assert!(
+        !agent.shutdown.kill.is_cancelled(),
+        "finished within the grace"
+    );
+    agent.join();
+}
+
+#[test]
+fn grace_expiry_cancels_the_kill_token_and_clients_hear_why() {
+    let env = Env::new();
+    let agent = InProcessAgent::start(&env, Duration::from_millis(300));
+    let sleep = unique_sleep(600);
+    let mut ctl = agent.spawn_exec(
+        &env,
+        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    agent.shutdown.stop.cancel();
+    let status = wait_for_exit(&mut ctl);
+    let mut err = String::new();
+    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(255));
+    assert!(err.contains("agent shutting down"), "{err}");
+    assert!(agent.shutdown.kill.is_cancelled());
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    agent.join();
+}
