@@ -17,7 +17,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+# Shows a command the way one would type it (words quoted where needed,
+# the binaries by their names), then runs it.
+quote() {
+    if [[ $1 =~ ^[A-Za-z0-9_./:@=-]+$ ]]; then printf ' %s' "$1"
+    else printf " '%s'" "${1//\'/\'\\\'\'}"; fi
+}
+run() {
+    printf '\n$'
+    for word in "$@"; do quote "${word#"$bin"/}"; done
+    printf '\n'
+    "$@"
+}
 
 echo "== identities"
 run "$bin/rexec-agent" init --dir "$work/agent"
