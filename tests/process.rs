@@ -25,10 +25,14 @@ fn send_signal(pid: u32, signal: &str) {
 
 /// Starts `ctl exec TARGET COMMAND` with piped stdout and stderr.
 fn spawn_exec(env: &Env, agent: &Agent, flags: &[&str], command: &str) -> Child {
+    spawn_exec_at(env, &agent.target(), flags, command)
+}
+
+fn spawn_exec_at(env: &Env, target: &str, flags: &[&str], command: &str) -> Child {
     env.ctl()
         .arg("exec")
         .args(flags)
-        .arg(agent.target())
+        .arg(target)
         .arg(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,6 +51,37 @@ fn read_until_line(stdout: &mut impl BufRead, line: &str) {
             return;
         }
     }
+}
+
+/// A running `ctl exec` whose command has printed "ready" and started
+/// `sleeps` processes `sleep MARKER`.
+struct Running {
+    ctl: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    sleep: String,
+}
+
+/// Starts `PREFIX echo ready; sleep M & sleep M; wait` (or one foreground
+/// sleep when `sleeps` is 1) and waits until it is ready and sleeping.
+fn start_sleeping(env: &Env, agent: &Agent, prefix: &str, sleeps: usize) -> Running {
+    start_sleeping_at(env, &agent.target(), prefix, sleeps)
+}
+
+fn start_sleeping_at(env: &Env, target: &str, prefix: &str, sleeps: usize) -> Running {
+    let sleep = unique_sleep(600);
+    let body = match sleeps {
+        1 => format!("sleep {sleep}; echo not-reached"),
+        _ => format!("sleep {sleep} & sleep {sleep}; wait"),
+    };
+    let mut ctl = spawn_exec_at(env, target, &[], &format!("{prefix}echo ready; {body}"));
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    let pattern = format!("sleep {sleep}");
+    assert!(
+        wait_until(DEADLINE, || processes_with(&pattern).len() >= sleeps),
+        "the sleeps should start"
+    );
+    Running { ctl, stdout, sleep }
 }
 
 fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -71,52 +106,29 @@ fn all_gone(marker: &str) -> bool {
 fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
     let env = Env::new();
     let agent = env.agent();
-    let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(
-        &env,
-        &agent,
-        &[],
-        &format!("trap 'echo cleanup; exit 7' INT; echo ready; sleep {sleep}; echo not-reached"),
-    );
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
-    assert!(wait_until(DEADLINE, || !processes_with(&format!(
-        "sleep {sleep}"
-    ))
-    .is_empty()));
-    send_signal(ctl.id(), "INT");
+    let mut run = start_sleeping(&env, &agent, "trap 'echo cleanup; exit 7' INT; ", 1);
+    send_signal(run.ctl.id(), "INT");
     let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let status = wait_for_exit(&mut ctl);
+    run.stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "cleanup\n");
-    assert_eq!(status.code(), Some(7), "the remote trap's exit status");
-    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert_eq!(
+        wait_for_exit(&mut run.ctl).code(),
+        Some(7),
+        "the remote trap's status"
+    );
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
 }
 
 #[test]
 fn second_ctrl_c_kills_the_group_and_exits_130() {
     let env = Env::new();
     let agent = env.agent();
-    let sleep = unique_sleep(600);
     // The shell and its children ignore SIGINT: only the kill ends them.
-    let mut ctl = spawn_exec(
-        &env,
-        &agent,
-        &[],
-        &format!("trap '' INT; echo ready; sleep {sleep} & sleep {sleep}; wait"),
-    );
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
-    assert!(wait_until(DEADLINE, || processes_with(&format!(
-        "sleep {sleep}"
-    ))
-    .len()
-        >= 2));
-    send_signal(ctl.id(), "INT");
-    send_signal(ctl.id(), "INT");
-    let status = wait_for_exit(&mut ctl);
-    assert_eq!(status.code(), Some(130));
-    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    let mut run = start_sleeping(&env, &agent, "trap '' INT; ", 2);
+    send_signal(run.ctl.id(), "INT");
+    send_signal(run.ctl.id(), "INT");
+    assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(130));
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
 }
 
 #[test]
@@ -124,27 +136,14 @@ fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
     let env = Env::new();
     let agent = env.agent();
     for (signal, code) in [("TERM", 3), ("HUP", 4)] {
-        let sleep = unique_sleep(600);
-        let mut ctl = spawn_exec(
-            &env,
-            &agent,
-            &[],
-            &format!(
-                "trap 'echo got-{signal}; exit {code}' {signal}; echo ready; sleep {sleep}; echo not-reached"
-            ),
-        );
-        let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-        read_until_line(&mut stdout, "ready");
-        assert!(wait_until(DEADLINE, || !processes_with(&format!(
-            "sleep {sleep}"
-        ))
-        .is_empty()));
-        send_signal(ctl.id(), signal);
+        let trap = format!("trap 'echo got-{signal}; exit {code}' {signal}; ");
+        let mut run = start_sleeping(&env, &agent, &trap, 1);
+        send_signal(run.ctl.id(), signal);
         let mut rest = String::new();
-        stdout.read_to_string(&mut rest).unwrap();
+        run.stdout.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, format!("got-{signal}\n"));
-        assert_eq!(wait_for_exit(&mut ctl).code(), Some(code));
-        assert!(all_gone(&sleep));
+        assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(code));
+        assert!(all_gone(&run.sleep));
     }
 }
 
@@ -339,23 +338,10 @@ fn a_quiet_command_outlives_many_keepalive_intervals() {
 fn a_frozen_client_is_detected_and_its_command_killed() {
     let env = Env::new();
     let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
-    let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(
-        &env,
-        &agent,
-        &[],
-        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
-    );
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
-    assert!(wait_until(DEADLINE, || processes_with(&format!(
-        "sleep {sleep}"
-    ))
-    .len()
-        >= 2));
-    send_signal(ctl.id(), "STOP");
+    let mut run = start_sleeping(&env, &agent, "", 2);
+    send_signal(run.ctl.id(), "STOP");
     let frozen = Instant::now();
-    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
     assert!(
         agent.wait_for_log("no answer to keepalives").is_some(),
         "{}",
@@ -365,8 +351,8 @@ fn a_frozen_client_is_detected_and_its_command_killed() {
         frozen.elapsed() >= Duration::from_millis(600),
         "not before the bound"
     );
-    send_signal(ctl.id(), "CONT");
-    assert_eq!(wait_for_exit(&mut ctl).code(), Some(255));
+    send_signal(run.ctl.id(), "CONT");
+    assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
 }
 
 #[test]
@@ -400,22 +386,19 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
 fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
     let env = Env::new();
     let mut agent = env.agent_with(&["--shutdown-grace", "500ms"]);
-    let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(
-        &env,
-        &agent,
-        &[],
-        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
-    );
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
+    let mut run = start_sleeping(&env, &agent, "", 2);
     agent.signal("TERM");
-    let status = wait_for_exit(&mut ctl);
+    let status = wait_for_exit(&mut run.ctl);
     let mut err = String::new();
-    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    run.ctl
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("shutting down"), "{err}");
-    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
     assert!(wait_until(DEADLINE, || agent
         .child
         .try_wait()
@@ -428,13 +411,10 @@ fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
 fn sigint_to_the_agent_kills_commands_at_once() {
     let env = Env::new();
     let mut agent = env.agent_with(&["--shutdown-grace", "60s"]);
-    let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(&env, &agent, &[], &format!("echo ready; sleep {sleep}"));
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
+    let mut run = start_sleeping(&env, &agent, "", 1);
     agent.signal("INT");
-    assert_eq!(wait_for_exit(&mut ctl).code(), Some(255));
-    assert!(all_gone(&sleep));
+    assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
+    assert!(all_gone(&run.sleep));
     assert!(wait_until(DEADLINE, || agent
         .child
         .try_wait()
@@ -603,15 +583,6 @@ impl InProcessAgent {
         }
     }
 
-    fn spawn_exec(&self, env: &Env, command: &str) -> Child {
-        env.ctl()
-            .args(["exec", &self.addr.to_string(), command])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
     /// Waits for `serve` to return.
     fn join(self) {
         let server = self.server;
@@ -626,7 +597,8 @@ impl InProcessAgent {
 fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
     let env = Env::new();
     let agent = InProcessAgent::start(&env, Duration::from_secs(20));
-    let mut ctl = agent.spawn_exec(&env, "echo ready; sleep 1; echo finished");
+    let target = agent.addr.to_string();
+    let mut ctl = spawn_exec_at(&env, &target, &[], "echo ready; sleep 1; echo finished");
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
     agent.shutdown.stop.cancel();
@@ -651,20 +623,19 @@ fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
 fn grace_expiry_cancels_the_kill_token_and_clients_hear_why() {
     let env = Env::new();
     let agent = InProcessAgent::start(&env, Duration::from_millis(300));
-    let sleep = unique_sleep(600);
-    let mut ctl = agent.spawn_exec(
-        &env,
-        &format!("echo ready; sleep {sleep} & sleep {sleep}; wait"),
-    );
-    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
-    read_until_line(&mut stdout, "ready");
+    let mut run = start_sleeping_at(&env, &agent.addr.to_string(), "", 2);
     agent.shutdown.stop.cancel();
-    let status = wait_for_exit(&mut ctl);
+    let status = wait_for_exit(&mut run.ctl);
     let mut err = String::new();
-    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    run.ctl
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("agent shutting down"), "{err}");
     assert!(agent.shutdown.kill.is_cancelled());
-    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
     agent.join();
 }
