@@ -11,6 +11,8 @@
 
 pub mod authorized;
 pub mod config;
+pub mod config_file;
 pub mod exec;
+pub mod notify;
 pub mod server;
 pub mod session;
