@@ -3,4 +3,5 @@
 
 mod exec;
 mod hostile;
+mod systemd;
 mod util;

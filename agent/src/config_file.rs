@@ -426,6 +426,40 @@ ops = ["*"]
         assert_eq!(again.changed_keys(&file), Vec::<&str>::new(), "{rendered}");
     }
 
+    /// The example shipped in systemd/agent.toml, installed as
+    /// /etc/rexec/agent.toml.
+    const EXAMPLE: &str = include_str!("../../systemd/agent.toml");
+
+    #[test]
+    fn example_config_parses_as_defaults() {
+        let file = parse(EXAMPLE).unwrap();
+        assert_eq!(file, ConfigFile::default(), "every key is commented out");
+    }
+
+    #[test]
+    fn example_config_documents_every_key_with_its_default() {
+        // Uncomment each `# key = value` line (the run_as example lines are
+        // indented, so they stay comments).
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let file = parse(&uncommented).unwrap();
+        let defaults = AgentSettings::new(crate::config::DEFAULT_DIR);
+        let mut documented = ConfigFile::from_settings(&defaults, &default_listen());
+        documented.run_as = None;
+        assert_eq!(file, documented, "{uncommented}");
+    }
+
     #[test]
     fn dir_flag_wins_over_the_file() {
         let file = parse("dir = \"/srv/rexec\"\n").unwrap();

@@ -448,7 +448,10 @@ fn spawn_signal_handlers(
             tokio::select! {
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: no new connections; running commands may finish");
-                    notify::stopping(&format!("stopping; {} sessions finishing", sessions()));
+                    notify::stopping(&format!(
+                        "stopping; {} finishing",
+                        notify::sessions(sessions())
+                    ));
                     shutdown.stop.cancel();
                 }
                 _ = int.recv() => {

@@ -59,8 +59,19 @@ pub async fn watchdog(interval: Duration) {
 
 /// The status line: where the agent listens and how many sessions run.
 pub fn status_line(listening: &str, running: usize, limit: usize) -> String {
-    let noun = if running == 1 { "session" } else { "sessions" };
-    format!("listening on {listening}; {running} {noun} running (limit {limit})")
+    format!(
+        "listening on {listening}; {} running (limit {limit})",
+        sessions(running)
+    )
+}
+
+/// "1 session", "3 sessions".
+pub fn sessions(n: usize) -> String {
+    if n == 1 {
+        "1 session".into()
+    } else {
+        format!("{n} sessions")
+    }
 }
 
 /// Keeps the status line's session count current; runs until the runtime
