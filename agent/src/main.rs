@@ -349,8 +349,9 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let from_systemd = inherited.len() > 0;
     runtime.block_on(async move {
-        let listeners = if inherited.len() > 0 {
+        let listeners = if from_systemd {
             if resolved.listen_given {
                 tracing::warn!(
                     "systemd passed {} listening socket(s); the configured listen addresses are not used",
@@ -364,7 +365,7 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         let mut bound = Vec::new();
         for listener in &listeners {
             let addr = listener.local_addr()?;
-            let from = if inherited.len() > 0 { " (socket from systemd)" } else { "" };
+            let from = if from_systemd { " (socket from systemd)" } else { "" };
             tracing::info!(fingerprint = %state.fingerprint, "listening on {addr}{from}");
             bound.push(addr.to_string());
         }
