@@ -137,6 +137,74 @@ fn socket_activated_agent_serves_ctl_exec() {
 }
 
 #[test]
+fn agent_restart_on_a_held_socket_refuses_no_connection() {
+    // The test plays systemd: it owns the listening socket and passes it
+    // to each agent it starts.
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pass = || std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+
+    let mut first = agent_with_passed_socket(&env.agent_dir, pass(), &[]);
+    first.wait_listening();
+    assert!(
+        first.log().contains("(socket from systemd)"),
+        "{}",
+        first.log()
+    );
+    env.trust(&first);
+    assert_eq!(stdout_of(&env.exec(&first, &["echo first"])), "first\n");
+    first.signal("TERM");
+    assert!(first.wait_exit().expect("first agent exits").success());
+
+    // No agent runs now; a client connecting meanwhile is queued, not
+    // refused, and the next agent serves it.
+    let waiting = env
+        .ctl()
+        .arg("exec")
+        .arg(first.target())
+        .arg("echo served after the restart")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || accept_queue(port).unwrap_or(0) >= 1),
+        "ctl's connection is queued while no agent runs"
+    );
+    let mut second = agent_with_passed_socket(&env.agent_dir, pass(), &[]);
+    assert_eq!(second.wait_listening(), first.addr);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        stdout_of(&out),
+        "served after the restart\n",
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(out.status.success());
+}
+
+#[test]
+fn agent_refuses_a_passed_socket_that_is_not_listening() {
+    // What a .socket unit with Accept=yes would pass: a connection.
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (connection, _) = listener.accept().unwrap();
+    let mut agent =
+        agent_with_passed_socket(&env.agent_dir, std::os::fd::OwnedFd::from(connection), &[]);
+    let status = agent.wait_exit().expect("agent exits");
+    assert_eq!(status.code(), Some(1));
+    let line = agent
+        .wait_for_log("is not listening")
+        .unwrap_or_else(|| agent.log());
+    assert!(
+        line.contains("socket 3 from systemd is not listening (the .socket unit needs Accept=no)"),
+        "{line}"
+    );
+}
+
+#[test]
 fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());

@@ -519,3 +519,38 @@ impl NotifySocket {
             .position(|m| m.lines().any(|l| l.starts_with(prefix)))
     }
 }
+
+/// Starts `rexec-agent run` with `socket` passed the way systemd passes a
+/// socket unit's sockets: as fd 3, with LISTEN_FDS=1 and LISTEN_PID set to
+/// the agent's pid. A shell moves the socket from stdin to fd 3 and execs
+/// the agent, so the pid it exports is the agent's.
+pub fn agent_with_passed_socket(dir: &Path, socket: std::os::fd::OwnedFd, extra: &[&str]) -> Agent {
+    let agent_run = agent_run_command(dir);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec \"$@\"")
+        .arg("sh")
+        .arg(agent_run.get_program())
+        .args(agent_run.get_args())
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::null());
+    Agent::spawn(cmd)
+}
+
+/// Connections waiting in the accept queue of the IPv4 loopback listener
+/// on `port`, from /proc/net/tcp (for a listening socket, the rx_queue
+/// column counts them).
+pub fn accept_queue(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (address, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+        if !address.ends_with(&local) || *state != "0A" {
+            return None;
+        }
+        u32::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+    })
+}
