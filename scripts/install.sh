@@ -100,9 +100,10 @@ install -d -m 0755 "$bindir" "$unitdir"
 install -m 0755 "$from/rexec-agent" "$from/ctl" "$bindir/"
 step "installed rexec-agent and ctl in $bindir"
 
-# The units name /usr/local/bin; point them at the prefix.
+# The units name /usr/bin/rexec-agent, where the Debian package puts it;
+# point them at the prefix.
 for unit in rexec-agent.service rexec-agent.socket; do
-    sed "s|/usr/local/bin/|$prefix/bin/|g" "$repo/systemd/$unit" >"$unitdir/$unit.tmp"
+    sed "s|/usr/bin/rexec-agent|$prefix/bin/rexec-agent|g" "$repo/systemd/$unit" >"$unitdir/$unit.tmp"
     chmod 0644 "$unitdir/$unit.tmp"
     mv "$unitdir/$unit.tmp" "$unitdir/$unit"
 done

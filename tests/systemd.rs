@@ -15,14 +15,11 @@ use crate::util::*;
 
 /// Copies both units into `dir` with ExecStart pointing at the built agent
 /// (systemd-analyze verify checks that the binary exists; the units name
-/// /usr/local/bin/rexec-agent, where the install script puts it).
+/// /usr/bin/rexec-agent, where the Debian package puts it).
 fn units_for_verify(dir: &Path) {
     for unit in ["rexec-agent.service", "rexec-agent.socket"] {
         let text = std::fs::read_to_string(repo_root().join("systemd").join(unit)).unwrap();
-        let text = text.replace(
-            "/usr/local/bin/rexec-agent",
-            bin("rexec-agent").to_str().unwrap(),
-        );
+        let text = text.replace("/usr/bin/rexec-agent", bin("rexec-agent").to_str().unwrap());
         std::fs::write(dir.join(unit), text).unwrap();
     }
 }
@@ -453,7 +450,7 @@ fn install_script(stage: &Path, args: &[&str]) -> Output {
 fn install_into_a_staging_dir_produces_the_documented_tree() {
     let root = tempfile::tempdir().unwrap();
     let stage = root.path().join("stage");
-    let out = install_script(&stage, &["--prefix", "/usr"]);
+    let out = install_script(&stage, &[]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -467,8 +464,8 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
         "644 etc/rexec/authorized_clients",
         "644 etc/systemd/system/rexec-agent.service",
         "644 etc/systemd/system/rexec-agent.socket",
-        "755 usr/bin/ctl",
-        "755 usr/bin/rexec-agent",
+        "755 usr/local/bin/ctl",
+        "755 usr/local/bin/rexec-agent",
     ]
     .into_iter()
     .map(String::from)
@@ -495,11 +492,13 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
         "{text}"
     );
 
-    // The units run the binary where the prefix put it.
+    // The units run the binary where the (default) prefix put it.
     let service =
         std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.service")).unwrap();
     assert!(
-        service.contains("\nExecStart=/usr/bin/rexec-agent --config /etc/rexec/agent.toml run\n"),
+        service.contains(
+            "\nExecStart=/usr/local/bin/rexec-agent --config /etc/rexec/agent.toml run\n"
+        ),
         "{service}"
     );
     assert_eq!(
@@ -509,7 +508,7 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
 
     // Installing again keeps the identity and an edited config.
     std::fs::write(stage.join("etc/rexec/agent.toml"), "max_sessions = 3\n").unwrap();
-    let again = install_script(&stage, &["--prefix", "/usr"]);
+    let again = install_script(&stage, &[]);
     assert!(again.status.success(), "{}", stderr_of(&again));
     assert!(stdout_of(&again).contains(&format!("agent fingerprint: {fingerprint}")));
     assert_eq!(
@@ -519,7 +518,7 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
 
     // Uninstall removes binaries and units, keeps the identity; --purge
     // removes it too.
-    let out = install_script(&stage, &["uninstall", "--prefix", "/usr"]);
+    let out = install_script(&stage, &["uninstall"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let kept: BTreeSet<String> = tree(&stage)
         .into_iter()
@@ -527,7 +526,7 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
         .collect();
     assert_eq!(kept, BTreeSet::new(), "only /etc/rexec is left");
     assert!(stage.join("etc/rexec/agent.key").exists());
-    let out = install_script(&stage, &["uninstall", "--prefix", "/usr", "--purge"]);
+    let out = install_script(&stage, &["uninstall", "--purge"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(tree(&stage), BTreeSet::new());
 }
