@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install (or uninstall) the rexec agent as a systemd service.
 #
-#   sudo scripts/install.sh                  build if needed, install, enable, start
+#   cargo build --release && sudo scripts/install.sh   install, enable, start
 #   sudo scripts/install.sh uninstall        stop, disable, remove binaries and units
 #   sudo scripts/install.sh uninstall --purge   ... and /etc/rexec, /var/lib/rexec
 #   DESTDIR=/tmp/stage scripts/install.sh    stage the tree only; no root, no systemctl
@@ -88,6 +88,11 @@ fi
 if [ -z "$from" ]; then
     from=$repo/target/release
     if [ ! -x "$from/rexec-agent" ] || [ ! -x "$from/ctl" ]; then
+        if ! command -v cargo >/dev/null 2>&1; then
+            echo "install.sh: no binaries in $from and no cargo here (sudo resets PATH):" >&2
+            echo "    build first as yourself: cargo build --release" >&2
+            exit 1
+        fi
         step "building release binaries"
         (cd "$repo" && cargo build --release --locked -p rexec-agent -p rexec-ctl)
     fi

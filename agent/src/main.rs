@@ -374,7 +374,9 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
 
         let limit = state.settings.max_sessions;
         notify::ready(&notify::status_line(&bound, 0, limit));
-        tokio::spawn(notify::report_sessions(state.sessions.clone(), limit, bound));
+        if notify::enabled() {
+            tokio::spawn(notify::report_sessions(state.sessions.clone(), limit, bound));
+        }
         if let Some(interval) = notify::watchdog_interval() {
             tracing::info!(interval = ?interval, "systemd watchdog enabled");
             tokio::spawn(notify::watchdog(interval));
@@ -499,5 +501,43 @@ fn check_reloaded_settings(source: &SettingsSource, running: &Resolved) {
             "SIGHUP: changed settings take effect on restart (systemctl restart rexec-agent): {}",
             changed.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The `run` flags have no clap defaults (a flag applies only when
+    /// given), so their help states the defaults in words; they must be
+    /// the ones `config` applies.
+    #[test]
+    fn run_help_states_the_defaults_that_apply() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string();
+        let d = AgentSettings::new(config::DEFAULT_DIR);
+        let time = |t: Duration| humantime::format_duration(t).to_string();
+        let mut expected = vec![
+            format!("[default: {}]", config_file::DEFAULT_LISTEN),
+            format!("[default: {}]", d.max_sessions),
+            format!("[default: {}]", d.max_execs_per_client),
+            format!("[default: {}]", time(d.keepalive_interval)),
+            format!("[default: {}]", d.keepalive_count),
+            format!("[default: {}]", time(d.handshake_timeout)),
+            format!("[default: {}]", time(d.kill_grace)),
+            format!("[default: {}]", time(d.shutdown_grace)),
+            format!("[default: {}]", d.shell.display()),
+        ];
+        assert_eq!(d.max_timeout, None);
+        expected.push("[default: no limit]".into());
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for text in expected {
+            assert!(help.contains(&text), "{text} in:\n{help}");
+        }
     }
 }

@@ -18,6 +18,11 @@ use tokio::sync::Semaphore;
 /// How often the status line is refreshed when the session count changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Whether systemd is listening (`NOTIFY_SOCKET` is set).
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// The agent is listening and serving.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
