@@ -4,4 +4,5 @@
 mod exec;
 mod hostile;
 mod process;
+mod systemd;
 mod util;

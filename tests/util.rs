@@ -320,3 +320,237 @@ pub fn stderr_of(out: &Output) -> String {
 pub fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+// Helpers for the systemd tests (tests/systemd.rs).
+
+/// The workspace root, for `scripts/` and `systemd/`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Whether `tool` is on the PATH. When it is not, says on stderr that
+/// `test` is skipped and why, so a skipped test is never silent.
+pub fn have_tool(tool: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        eprintln!("SKIPPED {test}: `{tool}` is not installed (Debian: apt-get install systemd)");
+    }
+    found
+}
+
+/// `rexec-agent run --dir DIR` as [`Agent::start`] runs it, without
+/// `--listen`, stderr piped for [`Agent::spawn`].
+pub fn agent_run_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("rexec-agent"));
+    cmd.args(["run", "--dir"])
+        .arg(dir)
+        .args(["--kill-grace", "500ms"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Agent {
+    /// Spawns `cmd` (an agent, perhaps under a wrapper) and collects its
+    /// stderr, without waiting for it to listen; `addr` is unset until
+    /// [`Agent::wait_listening`].
+    pub fn spawn(mut cmd: Command) -> Agent {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("start agent");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = sink.text.lock().expect("log");
+                text.push_str(&line);
+                text.push('\n');
+                sink.grew.notify_all();
+            }
+        });
+        Agent {
+            child,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            log,
+        }
+    }
+
+    /// Waits for the agent's "listening on ADDR" line; records and returns ADDR.
+    pub fn wait_listening(&mut self) -> SocketAddr {
+        let line = self
+            .wait_for_log("listening on ")
+            .unwrap_or_else(|| panic!("agent did not start:\n{}", self.log()));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in log");
+        self.addr = addr.parse().expect("socket address");
+        self.addr
+    }
+
+    /// Waits for a log line containing any of `needles`; returns it.
+    pub fn wait_for_any_log(&self, needles: &[&str]) -> Option<String> {
+        let end = Instant::now() + DEADLINE;
+        let mut text = self.log.text.lock().expect("log");
+        loop {
+            if let Some(line) = text
+                .lines()
+                .find(|l| needles.iter().any(|needle| l.contains(needle)))
+            {
+                return Some(line.to_owned());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            text = self.log.grew.wait_timeout(text, end - now).expect("log").0;
+        }
+    }
+
+    /// Waits for the agent process to exit; returns its status.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(DEADLINE, || {
+            status = self.child.try_wait().expect("wait");
+            status.is_some()
+        });
+        status
+    }
+}
+
+/// Starts `rexec-agent run` under `systemd-socket-activate -l
+/// 127.0.0.1:PORT`, which binds the port, waits for the first connection
+/// and then execs the agent with the socket as LISTEN_FDS.
+///
+/// systemd-socket-activate needs a port number (0 would leave the port
+/// unknown to us), so we never guess one blindly: the kernel names a free
+/// port (bind 127.0.0.1:0, read it, close), and if another process takes
+/// it before systemd-socket-activate binds it, that fails with "Address
+/// already in use" and we start over with a new port.
+pub fn socket_activated_agent(dir: &Path, extra: &[&str]) -> Agent {
+    for _ in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let agent_run = agent_run_command(dir);
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(agent_run.get_program())
+            .args(agent_run.get_args())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let mut agent = Agent::spawn(cmd);
+        let line = agent
+            .wait_for_any_log(&["Listening on", "Failed to"])
+            .unwrap_or_else(|| panic!("systemd-socket-activate said nothing:\n{}", agent.log()));
+        if line.contains("Listening on") {
+            agent.addr = SocketAddr::from(([127, 0, 0, 1], port));
+            return agent;
+        }
+        assert!(
+            line.contains("Address already in use"),
+            "systemd-socket-activate failed:\n{}",
+            agent.log()
+        );
+    }
+    panic!("no free port for systemd-socket-activate in 10 attempts");
+}
+
+/// A datagram socket standing in for systemd's notification socket: give
+/// `path` to the agent as NOTIFY_SOCKET. Every message received is kept,
+/// in order, in `received`.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+    pub received: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        NotifySocket {
+            path,
+            socket,
+            received: Vec::new(),
+        }
+    }
+
+    /// Waits for a message with a line starting with `prefix` (such as
+    /// "READY=1" or "STATUS="), keeping every message that came before;
+    /// returns the message.
+    pub fn wait_for(&mut self, prefix: &str) -> Option<String> {
+        let end = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            self.socket
+                .set_read_timeout(Some(end - now))
+                .expect("read timeout");
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                return None;
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.received.push(message.clone());
+            if message.lines().any(|l| l.starts_with(prefix)) {
+                return Some(message);
+            }
+        }
+    }
+
+    /// Index in `received` of the first message with a line starting `prefix`.
+    pub fn position(&self, prefix: &str) -> Option<usize> {
+        self.received
+            .iter()
+            .position(|m| m.lines().any(|l| l.starts_with(prefix)))
+    }
+}
+
+/// Starts `rexec-agent run` with `socket` passed the way systemd passes a
+/// socket unit's sockets: as fd 3, with LISTEN_FDS=1 and LISTEN_PID set to
+/// the agent's pid. A shell moves the socket from stdin to fd 3 and execs
+/// the agent, so the pid it exports is the agent's.
+pub fn agent_with_passed_socket(dir: &Path, socket: std::os::fd::OwnedFd, extra: &[&str]) -> Agent {
+    let agent_run = agent_run_command(dir);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec \"$@\"")
+        .arg("sh")
+        .arg(agent_run.get_program())
+        .args(agent_run.get_args())
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::null());
+    Agent::spawn(cmd)
+}
+
+/// Connections waiting in the accept queue of the IPv4 loopback listener
+/// on `port`, from /proc/net/tcp (for a listening socket, the rx_queue
+/// column counts them).
+pub fn accept_queue(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (address, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+        if !address.ends_with(&local) || *state != "0A" {
+            return None;
+        }
+        u32::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+    })
+}

@@ -11,7 +11,9 @@
 
 pub mod authorized;
 pub mod config;
+pub mod config_file;
 pub mod exec;
+pub mod notify;
 pub mod pty;
 pub mod server;
 pub mod session;

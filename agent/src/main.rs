@@ -1,6 +1,12 @@
 //! `rexec-agent`: create the agent's identity, manage who may connect, run.
+//!
+//! Settings come from the defaults in `config`, then the config file, then
+//! the `run` flags, each overriding the one before. Under systemd the agent
+//! takes its listening sockets from socket activation when there are any
+//! and reports readiness, status and stopping (see `notify`).
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,10 +14,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use rexec_agent::authorized::{self, AuthorizedClient, AuthorizedClients};
+use listenfd::ListenFd;
+use nix::sys::socket::{getsockopt, sockopt};
+use rexec_agent::authorized::{self, AuthorizedClient};
 use rexec_agent::config::{self, AgentSettings};
+use rexec_agent::config_file::{self, ConfigFile};
+use rexec_agent::notify;
 use rexec_agent::server::{self, AgentState, Shutdown};
 use rexec_protocol::{Fingerprint, Identity};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The rexec agent: runs shell commands for authorized ctl clients.
@@ -19,9 +30,14 @@ use tokio::signal::unix::{SignalKind, signal};
 #[command(name = "rexec-agent", version)]
 struct Cli {
     /// Directory with the agent's identity (agent.crt, agent.key) and the
-    /// authorized_clients file.
-    #[arg(long, global = true, env = "REXEC_AGENT_DIR", default_value = config::DEFAULT_DIR)]
-    dir: PathBuf,
+    /// authorized_clients file [default: the config file's `dir`, else
+    /// /etc/rexec].
+    #[arg(long, global = true, env = "REXEC_AGENT_DIR")]
+    dir: Option<PathBuf>,
+    /// Config file (TOML). Default: agent.toml in --dir, that is
+    /// /etc/rexec/agent.toml, read when it exists. Flags override it.
+    #[arg(long, global = true, env = "REXEC_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,41 +67,149 @@ enum Command {
     Run(RunArgs),
 }
 
-#[derive(Debug, clap::Args)]
+/// Every `run` flag is optional: one given overrides the config file's key
+/// of the same name, which overrides the default.
+#[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
-    /// Address to listen on (repeatable). Port 0 picks a free port; the
-    /// bound address is logged as "listening on ADDR".
-    #[arg(long = "listen", default_value = "0.0.0.0:7722")]
+    /// Address to listen on (repeatable) [default: 0.0.0.0:7722]. Port 0
+    /// picks a free port; the bound address is logged as "listening on
+    /// ADDR". Ignored when systemd passes listening sockets (LISTEN_FDS).
+    #[arg(long = "listen")]
     listen: Vec<SocketAddr>,
-    /// Most concurrent sessions; further connections are closed at once.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_SESSIONS)]
-    max_sessions: usize,
-    /// Most concurrent execs per client; more are refused as busy.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_EXECS_PER_CLIENT)]
-    max_execs_per_client: usize,
+    /// Most concurrent sessions; further connections are closed at once
+    /// [default: 256].
+    #[arg(long)]
+    max_sessions: Option<NonZeroUsize>,
+    /// Most concurrent execs per client; more are refused as busy
+    /// [default: 64].
+    #[arg(long)]
+    max_execs_per_client: Option<NonZeroUsize>,
     /// The longest any command may run (e.g. 1h); applied when the client
-    /// asks for no timeout or a longer one. Default: no limit.
+    /// asks for no timeout or a longer one. 0 means no limit [default: no
+    /// limit].
     #[arg(long, value_parser = humantime::parse_duration)]
     max_timeout: Option<Duration>,
-    /// Quiet time after which a keepalive is sent to the client (0 disables).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
-    keepalive_interval: Duration,
+    /// Quiet time after which a keepalive is sent to the client; 0
+    /// disables keepalives [default: 15s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keepalive_interval: Option<Duration>,
     /// Unanswered keepalive intervals after which a client counts as gone
-    /// and its command is killed.
-    #[arg(long, default_value_t = config::DEFAULT_KEEPALIVE_COUNT)]
-    keepalive_count: u32,
-    /// Time a connection has to complete TLS and send its request.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    handshake_timeout: Duration,
-    /// Time between SIGTERM and SIGKILL when a command's group is killed.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    kill_grace: Duration,
-    /// On SIGTERM, how long running commands may go on before they are killed.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    shutdown_grace: Duration,
-    /// The shell that runs commands as SHELL -c COMMAND.
-    #[arg(long, default_value = config::DEFAULT_SHELL)]
-    shell: PathBuf,
+    /// and its command is killed [default: 4].
+    #[arg(long)]
+    keepalive_count: Option<NonZeroU32>,
+    /// Time a connection has to complete TLS and send its request
+    /// [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when a command's group is killed
+    /// [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    kill_grace: Option<Duration>,
+    /// On SIGTERM, how long running commands may go on before they are
+    /// killed [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// The shell that runs commands as SHELL -c COMMAND [default: /bin/sh].
+    #[arg(long)]
+    shell: Option<PathBuf>,
+    /// Check the config file and the identity, print the effective settings
+    /// (file and flags combined) as a config file, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+impl RunArgs {
+    /// Puts every flag that was given over `settings`.
+    fn apply(&self, settings: &mut AgentSettings) {
+        if let Some(n) = self.max_sessions {
+            settings.max_sessions = n.get();
+        }
+        if let Some(n) = self.max_execs_per_client {
+            settings.max_execs_per_client = n.get();
+        }
+        if let Some(d) = self.max_timeout {
+            settings.max_timeout = config_file::limit(d);
+        }
+        if let Some(d) = self.keepalive_interval {
+            settings.keepalive_interval = d;
+        }
+        if let Some(n) = self.keepalive_count {
+            settings.keepalive_count = n.get();
+        }
+        if let Some(d) = self.handshake_timeout {
+            settings.handshake_timeout = d;
+        }
+        if let Some(d) = self.kill_grace {
+            settings.kill_grace = d;
+        }
+        if let Some(d) = self.shutdown_grace {
+            settings.shutdown_grace = d;
+        }
+        if let Some(shell) = &self.shell {
+            settings.shell = shell.clone();
+        }
+    }
+}
+
+/// Where the settings come from: the `--dir` and `--config` flags, the
+/// config file they lead to, and the `run` flags. Kept whole so SIGHUP can
+/// read the file again and compare.
+#[derive(Debug, Clone)]
+struct SettingsSource {
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    run: Option<RunArgs>,
+}
+
+/// The settings as resolved from a [`SettingsSource`].
+struct Resolved {
+    settings: AgentSettings,
+    listen: Vec<SocketAddr>,
+    /// Whether the listen addresses were asked for (flag or file key)
+    /// rather than defaulted.
+    listen_given: bool,
+    /// The config file read, if any.
+    file: Option<PathBuf>,
+}
+
+impl SettingsSource {
+    /// The config file to read: `--config` (which must exist), else
+    /// `agent.toml` in `--dir` or /etc/rexec when it exists.
+    fn config_file(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.config {
+            return Some(path.clone());
+        }
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_DIR));
+        let path = dir.join(config_file::CONFIG_FILE_NAME);
+        path.exists().then_some(path)
+    }
+
+    fn resolve(&self) -> anyhow::Result<Resolved> {
+        let path = self.config_file();
+        let file = match &path {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let mut settings = file.settings(self.dir.clone());
+        let mut listen = file.listen();
+        let mut listen_given = file.listen.is_some();
+        if let Some(run) = &self.run {
+            run.apply(&mut settings);
+            if !run.listen.is_empty() {
+                listen = run.listen.clone();
+                listen_given = true;
+            }
+        }
+        Ok(Resolved {
+            settings,
+            listen,
+            listen_given,
+            file: path,
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -117,7 +241,17 @@ fn init_logging() {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let dir = cli.dir;
+    let run_args = match &cli.command {
+        Command::Run(args) => Some(args.clone()),
+        _ => None,
+    };
+    let source = SettingsSource {
+        dir: cli.dir,
+        config: cli.config,
+        run: run_args,
+    };
+    let resolved = source.resolve()?;
+    let dir = resolved.settings.dir.clone();
     match cli.command {
         Command::Init => {
             let paths = config::identity_paths(&dir);
@@ -178,40 +312,76 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{} {}", c.fingerprint, c.name);
             }
         }
-        Command::Run(args) => run(dir, args)?,
+        Command::Run(args) if args.check => check(&resolved)?,
+        Command::Run(_) => run(source, resolved)?,
     }
     Ok(())
 }
 
-fn run(dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
-    let mut settings = AgentSettings::new(dir);
-    settings.max_sessions = args.max_sessions;
-    settings.max_execs_per_client = args.max_execs_per_client;
-    settings.handshake_timeout = args.handshake_timeout;
-    settings.kill_grace = args.kill_grace;
-    settings.shutdown_grace = args.shutdown_grace;
-    settings.max_timeout = args.max_timeout;
-    settings.keepalive_interval = args.keepalive_interval;
-    settings.keepalive_count = args.keepalive_count;
-    settings.shell = args.shell;
+/// `run --check`: the settings are valid and the identity loads.
+fn check(resolved: &Resolved) -> anyhow::Result<()> {
+    AgentState::load(resolved.settings.clone(), Shutdown::default())?;
+    match &resolved.file {
+        Some(path) => println!("# settings from {} and flags", path.display()),
+        None => println!("# no config file; settings from defaults and flags"),
+    }
+    print!(
+        "{}",
+        ConfigFile::from_settings(&resolved.settings, &resolved.listen).to_toml()
+    );
+    Ok(())
+}
+
+fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
+    // Taken before any thread starts: the listenfd crate removes the
+    // LISTEN_* variables from the environment.
+    let mut inherited = ListenFd::from_env();
     let shutdown = Shutdown::default();
-    let state = Arc::new(AgentState::load(settings, shutdown.clone())?);
+    let state = Arc::new(AgentState::load(
+        resolved.settings.clone(),
+        shutdown.clone(),
+    )?);
+    if let Some(path) = &resolved.file {
+        tracing::info!("settings from {}", path.display());
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let from_systemd = inherited.len() > 0;
     runtime.block_on(async move {
-        let mut listeners = Vec::new();
-        for addr in &args.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let bound = listener.local_addr()?;
-            tracing::info!(fingerprint = %state.fingerprint, "listening on {bound}");
-            listeners.push(listener);
+        let listeners = if from_systemd {
+            if resolved.listen_given {
+                tracing::warn!(
+                    "systemd passed {} listening socket(s); the configured listen addresses are not used",
+                    inherited.len()
+                );
+            }
+            systemd_listeners(&mut inherited)?
+        } else {
+            bind(&resolved.listen).await?
+        };
+        let mut bound = Vec::new();
+        for listener in &listeners {
+            let addr = listener.local_addr()?;
+            let from = if from_systemd { " (socket from systemd)" } else { "" };
+            tracing::info!(fingerprint = %state.fingerprint, "listening on {addr}{from}");
+            bound.push(addr.to_string());
         }
-        spawn_signal_handlers(&shutdown, state.authorized.clone())?;
+        let bound = bound.join(", ");
+        spawn_signal_handlers(&shutdown, state.clone(), source, resolved, bound.clone())?;
+
+        let limit = state.settings.max_sessions;
+        notify::ready(&notify::status_line(&bound, 0, limit));
+        if notify::enabled() {
+            tokio::spawn(notify::report_sessions(state.sessions.clone(), limit, bound));
+        }
+        if let Some(interval) = notify::watchdog_interval() {
+            tracing::info!(interval = ?interval, "systemd watchdog enabled");
+            tokio::spawn(notify::watchdog(interval));
+        }
+
         let grace = state.settings.shutdown_grace;
         server::serve(listeners, state, grace).await;
         tracing::info!("agent stopped");
@@ -219,34 +389,155 @@ fn run(dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Binds every address in `listen`.
+async fn bind(listen: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    if listen.is_empty() {
+        bail!("no address to listen on: give --listen or `listen` in the config file");
+    }
+    let mut listeners = Vec::new();
+    for addr in listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The listening sockets systemd passed (socket activation). Each must be
+/// a listening TCP socket: a `.socket` unit with `Accept=yes` passes
+/// connections instead, which this agent does not serve.
+fn systemd_listeners(inherited: &mut ListenFd) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for index in 0..inherited.len() {
+        let fd = 3 + index;
+        let listener = inherited
+            .take_tcp_listener(index)
+            .with_context(|| format!("socket {fd} from systemd is not a TCP socket"))?
+            .with_context(|| format!("socket {fd} from systemd was taken twice"))?;
+        let listening = getsockopt(&listener, sockopt::AcceptConn)
+            .with_context(|| format!("cannot inspect socket {fd} from systemd"))?;
+        if !listening {
+            bail!("socket {fd} from systemd is not listening (the .socket unit needs Accept=no)");
+        }
+        listener.set_nonblocking(true)?;
+        listeners.push(TcpListener::from_std(listener)?);
+    }
+    Ok(listeners)
+}
+
 /// SIGTERM: graceful stop; SIGINT: stop and kill now; SIGHUP: re-read the
-/// authorized clients.
+/// authorized clients, and check the config file for changes that need a
+/// restart.
 fn spawn_signal_handlers(
     shutdown: &Shutdown,
-    authorized: Arc<AuthorizedClients>,
+    state: Arc<AgentState>,
+    source: SettingsSource,
+    running: Resolved,
+    bound: String,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
+        let sessions = || {
+            state
+                .settings
+                .max_sessions
+                .saturating_sub(state.sessions.available_permits())
+        };
         loop {
             tokio::select! {
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: no new connections; running commands may finish");
+                    notify::stopping(&format!(
+                        "stopping; {} finishing",
+                        notify::sessions(sessions())
+                    ));
                     shutdown.stop.cancel();
                 }
                 _ = int.recv() => {
                     tracing::info!("SIGINT: stopping now");
+                    notify::stopping("stopping now; killing running commands");
                     shutdown.stop.cancel();
                     shutdown.kill.cancel();
                 }
                 _ = hup.recv() => {
-                    let count = authorized.reload();
+                    notify::reloading();
+                    let count = state.authorized.reload();
                     tracing::info!(clients = count, "SIGHUP: authorized clients re-read");
+                    check_reloaded_settings(&source, &running);
+                    notify::ready(&notify::status_line(
+                        &bound,
+                        sessions(),
+                        state.settings.max_sessions,
+                    ));
                 }
             }
         }
     });
     Ok(())
+}
+
+/// On SIGHUP, reads the config file again and says what a restart would
+/// change: the settings are fixed for the agent's lifetime (running
+/// sessions hold them), so only the authorized clients change in place.
+fn check_reloaded_settings(source: &SettingsSource, running: &Resolved) {
+    let reloaded = match source.resolve() {
+        Ok(reloaded) => reloaded,
+        Err(e) => {
+            tracing::error!(
+                "SIGHUP: the config file has an error; the agent would not restart with it: {e:#}"
+            );
+            return;
+        }
+    };
+    let before = ConfigFile::from_settings(&running.settings, &running.listen);
+    let after = ConfigFile::from_settings(&reloaded.settings, &reloaded.listen);
+    let changed = before.changed_keys(&after);
+    if !changed.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changed settings take effect on restart (systemctl restart rexec-agent): {}",
+            changed.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The `run` flags have no clap defaults (a flag applies only when
+    /// given), so their help states the defaults in words; they must be
+    /// the ones `config` applies.
+    #[test]
+    fn run_help_states_the_defaults_that_apply() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string();
+        let d = AgentSettings::new(config::DEFAULT_DIR);
+        let time = |t: Duration| humantime::format_duration(t).to_string();
+        let mut expected = vec![
+            format!("[default: {}]", config_file::DEFAULT_LISTEN),
+            format!("[default: {}]", d.max_sessions),
+            format!("[default: {}]", d.max_execs_per_client),
+            format!("[default: {}]", time(d.keepalive_interval)),
+            format!("[default: {}]", d.keepalive_count),
+            format!("[default: {}]", time(d.handshake_timeout)),
+            format!("[default: {}]", time(d.kill_grace)),
+            format!("[default: {}]", time(d.shutdown_grace)),
+            format!("[default: {}]", d.shell.display()),
+        ];
+        assert_eq!(d.max_timeout, None);
+        expected.push("[default: no limit]".into());
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for text in expected {
+            assert!(help.contains(&text), "{text} in:\n{help}");
+        }
+    }
 }

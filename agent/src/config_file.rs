@@ -1,0 +1,569 @@
+//! The agent's config file (`/etc/rexec/agent.toml`): reading it into
+//! [`AgentSettings`] and writing settings back out as TOML.
+//!
+//! Every key is optional; a key left out keeps the default from
+//! [`crate::config`]. The file is strict: an unknown key, a value of the
+//! wrong type or a malformed duration is an error that names the key and its
+//! line, so a typo never silently leaves a limit at its default. Command line
+//! flags are applied by `main.rs` on top of what this module produces. Which
+//! file is read, and when, is `main.rs`'s business too.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::config::{AgentSettings, RunAsPolicy};
+
+/// The file name of the config file inside the agent's directory.
+pub const CONFIG_FILE_NAME: &str = "agent.toml";
+/// Where the agent listens unless told otherwise: every IPv4 address, port 7722.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7722";
+
+/// The config file as written: every key optional.
+///
+/// Field names are the file's keys and match the `run` flags (with `_` for
+/// `-`). A duration is a string in humantime form: `"10s"`, `"1m 30s"`,
+/// `"2h"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The directory with the identity and the authorized clients file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Addresses to listen on; ignored when systemd passes the sockets.
+    #[serde(
+        default,
+        deserialize_with = "one_or_more_addresses",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Most concurrent sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<NonZeroUsize>,
+    /// Most concurrent execs per client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_execs_per_client: Option<NonZeroUsize>,
+    /// Time a connection has to finish TLS and send its request.
+    #[serde(
+        default,
+        with = "humantime_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handshake_timeout: Option<Duration>,
+    /// SIGTERM-to-SIGKILL grace when a command's group is killed.
+    #[serde(
+        default,
+        with = "humantime_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kill_grace: Option<Duration>,
+    /// On SIGTERM, how long running commands may go on.
+    #[serde(
+        default,
+        with = "humantime_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shutdown_grace: Option<Duration>,
+    /// The longest any command may run; `"0s"` means no limit.
+    #[serde(
+        default,
+        with = "humantime_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_timeout: Option<Duration>,
+    /// Quiet time before a keepalive; `"0s"` disables keepalives.
+    #[serde(
+        default,
+        with = "humantime_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered keepalives after which a client counts as gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_count: Option<NonZeroU32>,
+    /// The shell that runs commands as `SHELL -c COMMAND`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<PathBuf>,
+    /// Client name to the users it may run commands as (`"*"`: any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Why the config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a bad value.
+    #[error("{path}:{line}:{column}: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column (in characters) of the offending key or value.
+        column: usize,
+        /// What is wrong, naming the key.
+        problem: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and checks the config file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not TOML, has an unknown key or a
+    /// value of the wrong type.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        ConfigFile::parse(&text, path)
+    }
+
+    /// Parses `text`, the contents of the file at `path` (used in errors).
+    ///
+    /// # Errors
+    /// As [`ConfigFile::load`], after reading.
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigFileError> {
+        let invalid = |error: &toml::de::Error, key: Option<String>| {
+            let (line, column) = error
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((1, 1));
+            let message = error.message().trim_end();
+            let problem = match key {
+                Some(key) => format!("bad value for `{key}`: {message}"),
+                None if message.starts_with("unknown field") => {
+                    message.replace("unknown field", "unknown key")
+                }
+                // A syntax error: quote the line, which names the key.
+                None => format!(
+                    "{message}: `{}`",
+                    text.lines().nth(line - 1).unwrap_or("").trim()
+                ),
+            };
+            ConfigFileError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                problem,
+            }
+        };
+        let document = toml::Deserializer::parse(text).map_err(|e| invalid(&e, None))?;
+        serde_path_to_error::deserialize(document).map_err(|e| {
+            // An unknown key is reported at the table holding it, so its
+            // path names the table, not the key; the message names the key.
+            let path = e.path().to_string();
+            let key =
+                (path != "." && !e.inner().message().starts_with("unknown field")).then_some(path);
+            invalid(e.inner(), key)
+        })
+    }
+
+    /// The settings this file asks for: its values over the defaults, with
+    /// files in `dir` when given (the `--dir` flag wins over the file's key).
+    pub fn settings(&self, dir: Option<PathBuf>) -> AgentSettings {
+        let dir = dir
+            .or_else(|| self.dir.clone())
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DIR));
+        let mut settings = AgentSettings::new(dir);
+        if let Some(n) = self.max_sessions {
+            settings.max_sessions = n.get();
+        }
+        if let Some(n) = self.max_execs_per_client {
+            settings.max_execs_per_client = n.get();
+        }
+        if let Some(d) = self.handshake_timeout {
+            settings.handshake_timeout = d;
+        }
+        if let Some(d) = self.kill_grace {
+            settings.kill_grace = d;
+        }
+        if let Some(d) = self.shutdown_grace {
+            settings.shutdown_grace = d;
+        }
+        if let Some(d) = self.max_timeout {
+            settings.max_timeout = limit(d);
+        }
+        if let Some(d) = self.keepalive_interval {
+            settings.keepalive_interval = d;
+        }
+        if let Some(n) = self.keepalive_count {
+            settings.keepalive_count = n.get();
+        }
+        if let Some(shell) = &self.shell {
+            settings.shell = shell.clone();
+        }
+        if let Some(run_as) = &self.run_as {
+            settings.run_as = RunAsPolicy {
+                by_client: run_as.clone(),
+            };
+        }
+        settings
+    }
+
+    /// The listen addresses this file asks for, or the default.
+    pub fn listen(&self) -> Vec<SocketAddr> {
+        self.listen.clone().unwrap_or_else(default_listen)
+    }
+
+    /// Every setting of `settings` and `listen` spelled out, as a file that
+    /// reads back to the same settings.
+    pub fn from_settings(settings: &AgentSettings, listen: &[SocketAddr]) -> ConfigFile {
+        ConfigFile {
+            dir: Some(settings.dir.clone()),
+            listen: Some(listen.to_vec()),
+            max_sessions: NonZeroUsize::new(settings.max_sessions),
+            max_execs_per_client: NonZeroUsize::new(settings.max_execs_per_client),
+            handshake_timeout: Some(settings.handshake_timeout),
+            kill_grace: Some(settings.kill_grace),
+            shutdown_grace: Some(settings.shutdown_grace),
+            max_timeout: Some(settings.max_timeout.unwrap_or(Duration::ZERO)),
+            keepalive_interval: Some(settings.keepalive_interval),
+            keepalive_count: NonZeroU32::new(settings.keepalive_count),
+            shell: Some(settings.shell.clone()),
+            run_as: (!settings.run_as.by_client.is_empty())
+                .then(|| settings.run_as.by_client.clone()),
+        }
+    }
+
+    /// This file as TOML text.
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, number, list or table of those: the
+        // serializer has nothing it could refuse.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+
+    /// Names of the keys whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &ConfigFile) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! compare {
+            ($($field:ident),*) => {
+                $(if self.$field != other.$field {
+                    changed.push(stringify!($field));
+                })*
+            };
+        }
+        compare!(
+            dir,
+            listen,
+            max_sessions,
+            max_execs_per_client,
+            handshake_timeout,
+            kill_grace,
+            shutdown_grace,
+            max_timeout,
+            keepalive_interval,
+            keepalive_count,
+            shell,
+            run_as
+        );
+        changed
+    }
+}
+
+/// The default listen addresses.
+pub fn default_listen() -> Vec<SocketAddr> {
+    DEFAULT_LISTEN.parse().map(|a| vec![a]).unwrap_or_default()
+}
+
+/// A maximum command run time as the settings hold it: zero means no limit.
+pub fn limit(max_timeout: Duration) -> Option<Duration> {
+    (!max_timeout.is_zero()).then_some(max_timeout)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// `listen = "ADDR"` or `listen = ["ADDR", ...]`.
+fn one_or_more_addresses<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+    struct Addresses;
+
+    impl<'de> serde::de::Visitor<'de> for Addresses {
+        type Value = Vec<SocketAddr>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an address such as \"0.0.0.0:7722\", or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.parse()
+                .map(|a| vec![a])
+                .map_err(|e| E::custom(format!("invalid address {text:?}: {e}")))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut addresses = Vec::new();
+            while let Some(a) = seq.next_element()? {
+                addresses.push(a);
+            }
+            Ok(addresses)
+        }
+    }
+
+    d.deserialize_any(Addresses).map(Some)
+}
+
+/// Durations as humantime strings (`"10s"`, `"1m 30s"`).
+mod humantime_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_str(DurationVisitor).map(Some)
+    }
+
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration in quotes, such as \"10s\", \"1m 30s\" or \"2h\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text)
+                .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile, ConfigFileError> {
+        ConfigFile::parse(text, Path::new("/etc/rexec/agent.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let file = parse("# nothing set\n").unwrap();
+        assert_eq!(file, ConfigFile::default());
+        let settings = file.settings(None);
+        let defaults = AgentSettings::new(crate::config::DEFAULT_DIR);
+        assert_eq!(
+            ConfigFile::from_settings(&settings, &file.listen()),
+            ConfigFile::from_settings(&defaults, &default_listen())
+        );
+    }
+
+    #[test]
+    fn every_key_reaches_the_settings() {
+        let file = parse(
+            r#"
+dir = "/srv/rexec"
+listen = ["127.0.0.1:7000", "[::1]:7000"]
+max_sessions = 10
+max_execs_per_client = 3
+handshake_timeout = "5s"
+kill_grace = "1s"
+shutdown_grace = "1m"
+max_timeout = "2h"
+keepalive_interval = "30s"
+keepalive_count = 2
+shell = "/bin/bash"
+
+[run_as]
+alice = ["www-data", "backup"]
+ops = ["*"]
+"#,
+        )
+        .unwrap();
+        let s = file.settings(None);
+        assert_eq!(s.dir, Path::new("/srv/rexec"));
+        assert_eq!(file.listen().len(), 2);
+        assert_eq!(s.max_sessions, 10);
+        assert_eq!(s.max_execs_per_client, 3);
+        assert_eq!(s.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(s.kill_grace, Duration::from_secs(1));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(s.max_timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(s.keepalive_interval, Duration::from_secs(30));
+        assert_eq!(s.keepalive_count, 2);
+        assert_eq!(s.shell, Path::new("/bin/bash"));
+        assert!(s.run_as.allows("alice", "backup"));
+        assert!(s.run_as.allows("ops", "root"));
+        assert!(!s.run_as.allows("alice", "root"));
+        // What --check prints reads back to the same settings.
+        let rendered = ConfigFile::from_settings(&s, &file.listen()).to_toml();
+        let again = parse(&rendered).unwrap();
+        assert_eq!(again.changed_keys(&file), Vec::<&str>::new(), "{rendered}");
+    }
+
+    /// The example shipped in systemd/agent.toml, installed as
+    /// /etc/rexec/agent.toml.
+    const EXAMPLE: &str = include_str!("../../systemd/agent.toml");
+
+    #[test]
+    fn example_config_parses_as_defaults() {
+        let file = parse(EXAMPLE).unwrap();
+        assert_eq!(file, ConfigFile::default(), "every key is commented out");
+    }
+
+    #[test]
+    fn example_config_documents_every_key_with_its_default() {
+        // Uncomment each `# key = value` line (the run_as example lines are
+        // indented, so they stay comments).
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let file = parse(&uncommented).unwrap();
+        let defaults = AgentSettings::new(crate::config::DEFAULT_DIR);
+        let mut documented = ConfigFile::from_settings(&defaults, &default_listen());
+        documented.run_as = None;
+        assert_eq!(file, documented, "{uncommented}");
+    }
+
+    #[test]
+    fn dir_flag_wins_over_the_file() {
+        let file = parse("dir = \"/srv/rexec\"\n").unwrap();
+        let s = file.settings(Some("/tmp/x".into()));
+        assert_eq!(s.dir, Path::new("/tmp/x"));
+    }
+
+    #[test]
+    fn zero_max_timeout_means_no_limit() {
+        let file = parse("max_timeout = \"0s\"\n").unwrap();
+        assert_eq!(file.settings(None).max_timeout, None);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = error("max_sessions = 4\n\nmax_sesions = 5\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:3:1: unknown key `max_sesions`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_table_names_key_and_line() {
+        let e = error("[run_as]\nalice = [\"x\"]\n[limits]\nfoo = 1\n");
+        assert!(e.starts_with("/etc/rexec/agent.toml:3:"), "{e}");
+        assert!(e.contains("unknown key `limits`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_line_and_column() {
+        let e = error("# limits\nhandshake_timeout = \"10 parsecs\"\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:2:21: bad value for `handshake_timeout`: invalid duration \"10 parsecs\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unquoted_duration_says_what_is_expected() {
+        let e = error("kill_grace = 10\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:1:14: bad value for `kill_grace`"),
+            "{e}"
+        );
+        assert!(e.contains("a duration in quotes"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_zero_limits_are_refused() {
+        let e = error("max_sessions = \"many\"\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:1:16: bad value for `max_sessions`"),
+            "{e}"
+        );
+        let e = error("\nmax_execs_per_client = 0\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:2:24: bad value for `max_execs_per_client`"),
+            "{e}"
+        );
+        assert!(e.contains("nonzero"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_address_and_run_as_entry_name_their_place() {
+        let e = error("listen = [\"127.0.0.1:7722\", \"localhost\"]\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:1:29: bad value for `listen[1]`"),
+            "{e}"
+        );
+        let e = error("[run_as]\nalice = [\"www-data\", 3]\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:2:22: bad value for `run_as.alice[1]`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let one = parse("listen = \"127.0.0.1:7000\"\n").unwrap();
+        assert_eq!(one.listen(), vec!["127.0.0.1:7000".parse().unwrap()]);
+        let e = error("listen = \"localhost\"\n");
+        assert!(
+            e.starts_with(
+                "/etc/rexec/agent.toml:1:10: bad value for `listen`: invalid address \"localhost\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_line() {
+        let e = error("max_sessions = 4\nshell = /bin/sh\n");
+        assert!(e.starts_with("/etc/rexec/agent.toml:2:9: "), "{e}");
+        assert!(e.ends_with("`shell = /bin/sh`"), "{e}");
+        let e = error("max_sessions = 4\nmax_sessions = 5\n");
+        assert!(e.starts_with("/etc/rexec/agent.toml:2:"), "{e}");
+        assert!(e.ends_with("`max_sessions = 5`"), "{e}");
+    }
+
+    #[test]
+    fn changed_keys_lists_what_differs() {
+        let a = parse("max_sessions = 4\nshell = \"/bin/sh\"\n").unwrap();
+        let b = parse("max_sessions = 5\nshell = \"/bin/sh\"\nkill_grace = \"1s\"\n").unwrap();
+        assert_eq!(a.changed_keys(&b), vec!["max_sessions", "kill_grace"]);
+    }
+}

@@ -1,0 +1,532 @@
+//! The agent as a systemd service: the unit files, socket activation, the
+//! sd_notify conversation, the config file and the install script.
+//!
+//! Tests that need systemd's tools (systemd-analyze,
+//! systemd-socket-activate) print why they skip when the tools are absent;
+//! `.ci/run` installs them. The notification tests need no systemd at all:
+//! the test owns the datagram socket the agent reports to.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::*;
+
+/// Copies both units into `dir` with ExecStart pointing at the built agent
+/// (systemd-analyze verify checks that the binary exists; the units name
+/// /usr/bin/rexec-agent, where the Debian package puts it).
+fn units_for_verify(dir: &Path) {
+    for unit in ["rexec-agent.service", "rexec-agent.socket"] {
+        let text = std::fs::read_to_string(repo_root().join("systemd").join(unit)).unwrap();
+        let text = text.replace("/usr/bin/rexec-agent", bin("rexec-agent").to_str().unwrap());
+        std::fs::write(dir.join(unit), text).unwrap();
+    }
+}
+
+fn verify(dir: &Path) -> Output {
+    Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("rexec-agent.service"))
+        .arg(dir.join("rexec-agent.socket"))
+        .output()
+        .expect("systemd-analyze")
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    if !have_tool("systemd-analyze", "units_pass_systemd_analyze_verify") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    units_for_verify(dir.path());
+    let out = verify(dir.path());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out), "", "verify has nothing to say");
+    assert_eq!(stdout_of(&out), "");
+
+    // The same check does complain about a misspelt directive, so the
+    // silence above means something.
+    let service = dir.path().join("rexec-agent.service");
+    let text = std::fs::read_to_string(&service).unwrap();
+    std::fs::write(&service, text.replace("KillMode=", "KilMode=")).unwrap();
+    let out = verify(dir.path());
+    assert!(stderr_of(&out).contains("KilMode"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn readme_reports_the_units_security_exposure() {
+    if !have_tool(
+        "systemd-analyze",
+        "readme_reports_the_units_security_exposure",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    units_for_verify(dir.path());
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(dir.path().join("rexec-agent.service"))
+        .output()
+        .expect("systemd-analyze");
+    let text = stdout_of(&out);
+    let level = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for rexec-agent.service: "))
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}{}", stderr_of(&out)));
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("exposure level {level}")),
+        "README should report `exposure level {level}`"
+    );
+}
+
+#[test]
+fn socket_activated_agent_serves_ctl_exec() {
+    if !have_tool(
+        "systemd-socket-activate",
+        "socket_activated_agent_serves_ctl_exec",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    // The configured address is not used when systemd passes a socket.
+    let agent = socket_activated_agent(&env.agent_dir, &["--listen", "127.0.0.1:0"]);
+    env.trust(&agent);
+
+    // The first connection is the one that starts the agent.
+    let out = env.exec(&agent, &["echo hello; echo oops >&2; exit 3"]);
+    assert_eq!(stdout_of(&out), "hello\n", "{}", agent.log());
+    assert_eq!(stderr_of(&out), "oops\n");
+    assert_eq!(out.status.code(), Some(3));
+    let line = agent.wait_for_log("listening on").unwrap();
+    assert!(
+        line.contains(&format!(
+            "listening on {} (socket from systemd)",
+            agent.addr
+        )),
+        "{line}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("configured listen addresses are not used")
+    );
+
+    // Commands inherit neither the listening socket nor systemd's variables.
+    let out = env.exec(
+        &agent,
+        &["echo \"${LISTEN_FDS-unset} ${LISTEN_PID-unset}\"; ls -l /proc/$$/fd"],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(text.starts_with("unset unset\n"), "{text}");
+    assert!(
+        !text.contains("socket:"),
+        "a socket leaked into the command:\n{text}"
+    );
+}
+
+#[test]
+fn agent_restart_on_a_held_socket_refuses_no_connection() {
+    // The test plays systemd: it owns the listening socket and passes it
+    // to each agent it starts.
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pass = || std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+
+    let mut first = agent_with_passed_socket(&env.agent_dir, pass(), &[]);
+    first.wait_listening();
+    assert!(
+        first.log().contains("(socket from systemd)"),
+        "{}",
+        first.log()
+    );
+    env.trust(&first);
+    assert_eq!(stdout_of(&env.exec(&first, &["echo first"])), "first\n");
+    first.signal("TERM");
+    assert!(first.wait_exit().expect("first agent exits").success());
+
+    // No agent runs now; a client connecting meanwhile is queued, not
+    // refused, and the next agent serves it.
+    let waiting = env
+        .ctl()
+        .arg("exec")
+        .arg(first.target())
+        .arg("echo served after the restart")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || accept_queue(port).unwrap_or(0) >= 1),
+        "ctl's connection is queued while no agent runs"
+    );
+    let mut second = agent_with_passed_socket(&env.agent_dir, pass(), &[]);
+    assert_eq!(second.wait_listening(), first.addr);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        stdout_of(&out),
+        "served after the restart\n",
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(out.status.success());
+}
+
+#[test]
+fn agent_refuses_a_passed_socket_that_is_not_listening() {
+    // What a .socket unit with Accept=yes would pass: a connection.
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (connection, _) = listener.accept().unwrap();
+    let mut agent =
+        agent_with_passed_socket(&env.agent_dir, std::os::fd::OwnedFd::from(connection), &[]);
+    let status = agent.wait_exit().expect("agent exits");
+    assert_eq!(status.code(), Some(1));
+    let line = agent
+        .wait_for_log("is not listening")
+        .unwrap_or_else(|| agent.log());
+    assert!(
+        line.contains("socket 3 from systemd is not listening (the .socket unit needs Accept=no)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
+    let env = Env::new();
+    let mut notify = NotifySocket::new(env.root.path());
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = Agent::spawn(cmd);
+
+    // READY=1 carries the status line with the bound port, which exists
+    // only once the agent listens.
+    let ready = notify.wait_for("READY=1").expect("READY=1");
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=listening on "))
+        .unwrap_or_else(|| panic!("no status with READY=1: {ready:?}"));
+    let addr: std::net::SocketAddr = status.split(';').next().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0);
+    assert!(
+        status.ends_with("; 0 sessions running (limit 256)"),
+        "{status}"
+    );
+    assert_eq!(agent.wait_listening(), addr);
+    env.trust(&agent);
+    let out = env.exec(&agent, &["echo served"]);
+    assert_eq!(stdout_of(&out), "served\n");
+
+    agent.signal("TERM");
+    let stopping = notify.wait_for("STOPPING=1").expect("STOPPING=1");
+    assert!(stopping.contains("STATUS=stopping"), "{stopping:?}");
+    assert!(notify.position("READY=1") < notify.position("STOPPING=1"));
+    let status = agent.wait_exit().expect("agent exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+}
+
+#[test]
+fn status_line_counts_running_sessions() {
+    let env = Env::new();
+    let mut notify = NotifySocket::new(env.root.path());
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = Agent::spawn(cmd);
+    notify.wait_for("READY=1").expect("READY=1");
+    agent.wait_listening();
+    env.trust(&agent);
+
+    let sleep = unique_sleep(600);
+    let mut ctl = env
+        .ctl()
+        .arg("exec")
+        .arg(agent.target())
+        .arg(format!("sleep {sleep}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let one = notify.wait_for("STATUS=");
+    assert!(
+        one.as_deref()
+            .is_some_and(|m| m.contains("; 1 session running")),
+        "{one:?}"
+    );
+    ctl.kill().unwrap();
+    ctl.wait().unwrap();
+    let zero = notify.wait_for("STATUS=");
+    assert!(
+        zero.as_deref()
+            .is_some_and(|m| m.contains("; 0 sessions running")),
+        "{zero:?}"
+    );
+}
+
+#[test]
+fn watchdog_is_pinged_when_the_unit_sets_watchdogsec() {
+    let env = Env::new();
+    let mut notify = NotifySocket::new(env.root.path());
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000");
+    let agent = Agent::spawn(cmd);
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1").expect("watchdog ping");
+    }
+    assert!(
+        agent.log().contains("systemd watchdog enabled"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn sighup_reloads_and_names_settings_that_need_a_restart() {
+    let env = Env::new();
+    let config = env.agent_dir.join("agent.toml");
+    std::fs::write(&config, "max_sessions = 8\n").unwrap();
+    let mut notify = NotifySocket::new(env.root.path());
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = Agent::spawn(cmd);
+    let ready = notify.wait_for("READY=1").unwrap();
+    assert!(ready.contains("(limit 8)"), "the file was read: {ready:?}");
+    agent.wait_listening();
+    env.trust(&agent);
+
+    std::fs::write(&config, "max_sessions = 9\nhandshake_timeout = \"1s\"\n").unwrap();
+    agent.signal("HUP");
+    notify.wait_for("RELOADING=1").expect("RELOADING=1");
+    notify.wait_for("READY=1").expect("READY=1 after reloading");
+    let line = agent.wait_for_log("take effect on restart").unwrap();
+    assert!(line.ends_with("max_sessions, handshake_timeout"), "{line}");
+
+    // A broken file is reported on reload, and the agent keeps serving.
+    std::fs::write(&config, "max_sessions = 9\nmax_sesions = 10\n").unwrap();
+    agent.signal("HUP");
+    let line = agent.wait_for_log("has an error").unwrap();
+    assert!(
+        line.contains("agent.toml:2:1: unknown key `max_sesions`"),
+        "{line}"
+    );
+    let out = env.exec(&agent, &["echo still serving"]);
+    assert_eq!(stdout_of(&out), "still serving\n");
+}
+
+#[test]
+fn config_file_applies_and_flags_override_it() {
+    let env = Env::new();
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        "shell = \"/bin/bash\"\nmax_sessions = 5\nkill_grace = \"1s\"\nlisten = \"192.0.2.1:1\"\n",
+    )
+    .unwrap();
+    // Agent::start passes --listen 127.0.0.1:0, which wins over the file's
+    // unreachable address; the file's shell is used.
+    let agent = env.agent();
+    let out = env.exec(&agent, &["echo $0"]);
+    assert_eq!(stdout_of(&out), "/bin/bash\n");
+    let agent = env.agent_with(&["--shell", "/bin/sh"]);
+    let out = env.exec(&agent, &["echo $0"]);
+    assert_eq!(stdout_of(&out), "/bin/sh\n");
+
+    // `run --check` prints the effective settings: file, then flags.
+    let out = Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(&env.agent_dir)
+        .args(["run", "--check", "--max-sessions", "7"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    for line in [
+        "max_sessions = 7",
+        "kill_grace = \"1s\"",
+        "shell = \"/bin/bash\"",
+        "listen = [\"192.0.2.1:1\"]",
+        "handshake_timeout = \"10s\"",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+}
+
+fn run_with_config(env: &Env, text: &str) -> Output {
+    let path = env.root.path().join("custom.toml");
+    std::fs::write(&path, text).unwrap();
+    Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(&env.agent_dir)
+        .arg("--config")
+        .arg(&path)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_file_errors_name_the_key_and_line() {
+    let env = Env::new();
+    let out = run_with_config(&env, "max_sessions = 4\n\nmax_sesions = 5\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("custom.toml:3:1: unknown key `max_sesions`, expected one of"),
+        "{err}"
+    );
+
+    let out = run_with_config(&env, "# limits\nhandshake_timeout = \"10 parsecs\"\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(
+            "custom.toml:2:21: bad value for `handshake_timeout`: invalid duration \"10 parsecs\""
+        ),
+        "{err}"
+    );
+
+    let out = Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(&env.agent_dir)
+        .arg("--config")
+        .arg(env.root.path().join("missing.toml"))
+        .args(["run", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("cannot read config file"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+/// Every file under `root`, relative, with its permission bits.
+fn tree(root: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(format!("{:o} {rel}", meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+fn install_script(stage: &Path, args: &[&str]) -> Output {
+    let built = bin("rexec-agent");
+    Command::new(repo_root().join("scripts/install.sh"))
+        .args(args)
+        .arg("--from")
+        .arg(built.parent().unwrap())
+        .env("DESTDIR", stage)
+        .output()
+        .expect("run install.sh")
+}
+
+#[test]
+fn install_into_a_staging_dir_produces_the_documented_tree() {
+    let root = tempfile::tempdir().unwrap();
+    let stage = root.path().join("stage");
+    let out = install_script(&stage, &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    let expected: BTreeSet<String> = [
+        "644 etc/rexec/agent.crt",
+        "600 etc/rexec/agent.key",
+        "644 etc/rexec/agent.toml",
+        "644 etc/rexec/authorized_clients",
+        "644 etc/systemd/system/rexec-agent.service",
+        "644 etc/systemd/system/rexec-agent.socket",
+        "755 usr/local/bin/ctl",
+        "755 usr/local/bin/rexec-agent",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(tree(&stage), expected);
+
+    // The printed fingerprint is the staged identity's; systemctl is left
+    // alone, and the output says so.
+    let text = stdout_of(&out);
+    let id = Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(stage.join("etc/rexec"))
+        .arg("id")
+        .output()
+        .unwrap();
+    let fingerprint = stdout_of(&id).trim().to_owned();
+    assert!(fingerprint.starts_with("SHA256:"));
+    assert!(
+        text.contains(&format!("agent fingerprint: {fingerprint}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("DESTDIR is set: not running systemctl"),
+        "{text}"
+    );
+
+    // The units run the binary where the (default) prefix put it.
+    let service =
+        std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.service")).unwrap();
+    assert!(
+        service.contains(
+            "\nExecStart=/usr/local/bin/rexec-agent --config /etc/rexec/agent.toml run\n"
+        ),
+        "{service}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(stage.join("etc/rexec/agent.toml")).unwrap(),
+        std::fs::read_to_string(repo_root().join("systemd/agent.toml")).unwrap()
+    );
+
+    // Installing again keeps the identity and an edited config.
+    std::fs::write(stage.join("etc/rexec/agent.toml"), "max_sessions = 3\n").unwrap();
+    let again = install_script(&stage, &[]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert!(stdout_of(&again).contains(&format!("agent fingerprint: {fingerprint}")));
+    assert_eq!(
+        std::fs::read_to_string(stage.join("etc/rexec/agent.toml")).unwrap(),
+        "max_sessions = 3\n"
+    );
+
+    // Uninstall removes binaries and units, keeps the identity; --purge
+    // removes it too.
+    let out = install_script(&stage, &["uninstall"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let kept: BTreeSet<String> = tree(&stage)
+        .into_iter()
+        .filter(|f| !f.contains("etc/rexec/"))
+        .collect();
+    assert_eq!(kept, BTreeSet::new(), "only /etc/rexec is left");
+    assert!(stage.join("etc/rexec/agent.key").exists());
+    let out = install_script(&stage, &["uninstall", "--purge"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(tree(&stage), BTreeSet::new());
+}
