@@ -84,6 +84,18 @@ fn start_sleeping_at(env: &Env, target: &str, prefix: &str, sleeps: usize) -> Ru
     Running { ctl, stdout, sleep }
 }
 
+/// Everything left on a child's stderr.
+fn stderr_text(child: &mut Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    err
+}
+
 fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     assert!(
         wait_until(DEADLINE, || child.try_wait().expect("wait").is_some()),
@@ -374,12 +386,11 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
-    assert!(wait_until(DEADLINE, || agent
-        .child
-        .try_wait()
-        .unwrap()
-        .is_some()));
-    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        wait_for_exit(&mut agent.child).code(),
+        Some(0),
+        "the agent exits 0"
+    );
 }
 
 #[test]
@@ -389,22 +400,15 @@ fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
     let mut run = start_sleeping(&env, &agent, "", 2);
     agent.signal("TERM");
     let status = wait_for_exit(&mut run.ctl);
-    let mut err = String::new();
-    run.ctl
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut run.ctl);
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("shutting down"), "{err}");
     assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
-    assert!(wait_until(DEADLINE, || agent
-        .child
-        .try_wait()
-        .unwrap()
-        .is_some()));
-    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        wait_for_exit(&mut agent.child).code(),
+        Some(0),
+        "the agent exits 0"
+    );
 }
 
 #[test]
@@ -415,12 +419,11 @@ fn sigint_to_the_agent_kills_commands_at_once() {
     agent.signal("INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
     assert!(all_gone(&run.sleep));
-    assert!(wait_until(DEADLINE, || agent
-        .child
-        .try_wait()
-        .unwrap()
-        .is_some()));
-    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        wait_for_exit(&mut agent.child).code(),
+        Some(0),
+        "the agent exits 0"
+    );
 }
 
 /// A terminal session under tmux: the real ctl in a real terminal.
@@ -626,13 +629,7 @@ fn grace_expiry_cancels_the_kill_token_and_clients_hear_why() {
     let mut run = start_sleeping_at(&env, &agent.addr.to_string(), "", 2);
     agent.shutdown.stop.cancel();
     let status = wait_for_exit(&mut run.ctl);
-    let mut err = String::new();
-    run.ctl
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut run.ctl);
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("agent shutting down"), "{err}");
     assert!(agent.shutdown.kill.is_cancelled());
