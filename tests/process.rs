@@ -338,6 +338,62 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
 }
 
 #[test]
+fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
+    if !running_as_root() {
+        eprintln!("skipped: the agent must run as root to switch users");
+        return;
+    }
+    let env = Env::new();
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        "[run_as]\ntester = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let agent = env.agent();
+    let probe = "id -un; id -u; id -g; echo \"$USER $LOGNAME $HOME\"";
+    let out = env.exec(&agent, &["--user", "nobody", probe]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let expected_ids = Command::new("sh")
+        .args(["-c", "id -u nobody; id -g nobody"])
+        .output()
+        .unwrap();
+    let home = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .and_then(|l| l.split(':').nth(5).map(str::to_owned))
+        .filter(|h| std::path::Path::new(h).is_dir())
+        .unwrap_or_else(|| "/".to_owned());
+    assert_eq!(
+        stdout_of(&out),
+        format!("nobody\n{}nobody nobody {home}\n", stdout_of(&expected_ids))
+    );
+    // The same by USER@HOST; another user stays refused.
+    let at = env
+        .ctl()
+        .args(["exec", &format!("nobody@{}", agent.target()), "id -un"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&at), "nobody\n");
+    let refused = env.exec(&agent, &["--user", "daemon", "id -un"]);
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        stderr_of(&refused).contains("may not run commands as \"daemon\""),
+        "{}",
+        stderr_of(&refused)
+    );
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+#[test]
 fn a_quiet_command_outlives_many_keepalive_intervals() {
     let env = Env::new();
     let agent = env.agent_with(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
