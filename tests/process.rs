@@ -394,6 +394,70 @@ fn running_as_root() -> bool {
 }
 
 #[test]
+fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let mut first = start_sleeping(&env, &agent, "", 1);
+    let refused = env.exec(&agent, &["echo second"]);
+    assert_eq!(refused.status.code(), Some(255));
+    assert_eq!(stdout_of(&refused), "");
+    let err = stderr_of(&refused);
+    assert!(err.contains("busy"), "{err}");
+    assert!(err.contains("max_execs_per_client"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        agent.wait_for_log("exec refused").is_some(),
+        "{}",
+        agent.log()
+    );
+
+    // Another client is not held back by this one's limit.
+    let (other_dir, other_fp) = env.stranger();
+    env.authorize(&other_fp, "other");
+    std::fs::copy(
+        env.ctl_dir.join("known_hosts"),
+        other_dir.join("known_hosts"),
+    )
+    .unwrap();
+    let other = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &other_dir)
+        .args(["exec", &agent.target(), "echo other"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&other), "other\n", "{}", stderr_of(&other));
+
+    // The place comes back when the first command ends.
+    send_signal(first.ctl.id(), "INT");
+    assert_eq!(wait_for_exit(&mut first.ctl).code(), Some(130));
+    let again = env.exec(&agent, &["echo again"]);
+    assert_eq!(stdout_of(&again), "again\n", "{}", stderr_of(&again));
+}
+
+#[test]
+fn the_agent_at_its_exec_limit_tells_every_client_busy() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-execs", "1"]);
+    let _first = start_sleeping(&env, &agent, "", 1);
+    let (other_dir, other_fp) = env.stranger();
+    env.authorize(&other_fp, "other");
+    std::fs::copy(
+        env.ctl_dir.join("known_hosts"),
+        other_dir.join("known_hosts"),
+    )
+    .unwrap();
+    let other = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &other_dir)
+        .args(["exec", &agent.target(), "echo other"])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(255));
+    let err = stderr_of(&other);
+    assert!(err.contains("busy") && err.contains("(max_execs)"), "{err}");
+}
+
+#[test]
 fn a_quiet_command_outlives_many_keepalive_intervals() {
     let env = Env::new();
     let agent = env.agent_with(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);

@@ -13,6 +13,8 @@ use rexec_protocol::IdentityPaths;
 pub const DEFAULT_DIR: &str = "/etc/rexec";
 /// Concurrent sessions (connections) the agent serves before refusing more.
 pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Concurrent execs the agent runs for all clients together.
+pub const DEFAULT_MAX_EXECS: usize = 128;
 /// Concurrent execs one client (by fingerprint) may run.
 pub const DEFAULT_MAX_EXECS_PER_CLIENT: usize = 64;
 /// Time a new connection has to finish TLS and send its request.
@@ -35,6 +37,8 @@ pub struct AgentSettings {
     pub dir: PathBuf,
     /// Most concurrent sessions; connections beyond it are closed at once.
     pub max_sessions: usize,
+    /// Most concurrent execs for all clients; more are refused "busy".
+    pub max_execs: usize,
     /// Most concurrent execs per client fingerprint; more are refused "busy".
     pub max_execs_per_client: usize,
     /// Limit on TLS handshake plus hello plus request.
@@ -85,6 +89,7 @@ impl AgentSettings {
         AgentSettings {
             dir: dir.into(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_execs: DEFAULT_MAX_EXECS,
             max_execs_per_client: DEFAULT_MAX_EXECS_PER_CLIENT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             kill_grace: DEFAULT_KILL_GRACE,

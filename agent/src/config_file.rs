@@ -45,6 +45,9 @@ pub struct ConfigFile {
     /// Most concurrent sessions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<NonZeroUsize>,
+    /// Most concurrent execs for all clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_execs: Option<NonZeroUsize>,
     /// Most concurrent execs per client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_execs_per_client: Option<NonZeroUsize>,
@@ -183,6 +186,9 @@ impl ConfigFile {
         if let Some(n) = self.max_sessions {
             settings.max_sessions = n.get();
         }
+        if let Some(n) = self.max_execs {
+            settings.max_execs = n.get();
+        }
         if let Some(n) = self.max_execs_per_client {
             settings.max_execs_per_client = n.get();
         }
@@ -227,6 +233,7 @@ impl ConfigFile {
             dir: Some(settings.dir.clone()),
             listen: Some(listen.to_vec()),
             max_sessions: NonZeroUsize::new(settings.max_sessions),
+            max_execs: NonZeroUsize::new(settings.max_execs),
             max_execs_per_client: NonZeroUsize::new(settings.max_execs_per_client),
             handshake_timeout: Some(settings.handshake_timeout),
             kill_grace: Some(settings.kill_grace),
@@ -261,6 +268,7 @@ impl ConfigFile {
             dir,
             listen,
             max_sessions,
+            max_execs,
             max_execs_per_client,
             handshake_timeout,
             kill_grace,
@@ -390,6 +398,7 @@ mod tests {
 dir = "/srv/rexec"
 listen = ["127.0.0.1:7000", "[::1]:7000"]
 max_sessions = 10
+max_execs = 8
 max_execs_per_client = 3
 handshake_timeout = "5s"
 kill_grace = "1s"
@@ -409,6 +418,7 @@ ops = ["*"]
         assert_eq!(s.dir, Path::new("/srv/rexec"));
         assert_eq!(file.listen().len(), 2);
         assert_eq!(s.max_sessions, 10);
+        assert_eq!(s.max_execs, 8);
         assert_eq!(s.max_execs_per_client, 3);
         assert_eq!(s.handshake_timeout, Duration::from_secs(5));
         assert_eq!(s.kill_grace, Duration::from_secs(1));

@@ -13,6 +13,7 @@ pub mod authorized;
 pub mod config;
 pub mod config_file;
 pub mod exec;
+pub mod limits;
 pub mod notify;
 pub mod pty;
 pub mod server;

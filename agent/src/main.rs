@@ -84,6 +84,10 @@ struct RunArgs {
     /// [default: 64].
     #[arg(long)]
     max_execs_per_client: Option<NonZeroUsize>,
+    /// Most commands running at once for all clients; more are refused as
+    /// busy [default: 128].
+    #[arg(long)]
+    max_execs: Option<NonZeroUsize>,
     /// The longest any command may run (e.g. 1h); applied when the client
     /// asks for no timeout or a longer one. 0 means no limit [default: no
     /// limit].
@@ -123,6 +127,9 @@ impl RunArgs {
     fn apply(&self, settings: &mut AgentSettings) {
         if let Some(n) = self.max_sessions {
             settings.max_sessions = n.get();
+        }
+        if let Some(n) = self.max_execs {
+            settings.max_execs = n.get();
         }
         if let Some(n) = self.max_execs_per_client {
             settings.max_execs_per_client = n.get();
@@ -526,6 +533,7 @@ mod tests {
             format!("[default: {}]", config_file::DEFAULT_LISTEN),
             format!("[default: {}]", d.max_sessions),
             format!("[default: {}]", d.max_execs_per_client),
+            format!("[default: {}]", d.max_execs),
             format!("[default: {}]", time(d.keepalive_interval)),
             format!("[default: {}]", d.keepalive_count),
             format!("[default: {}]", time(d.handshake_timeout)),

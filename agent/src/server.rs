@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::authorized::AuthorizedClients;
 use crate::config::AgentSettings;
+use crate::limits::ExecLimits;
 use crate::session;
 
 /// Longest pause after a failed accept (for example, out of file descriptors).
@@ -47,6 +48,8 @@ pub struct AgentState {
     pub acceptor: TlsAcceptor,
     /// One permit per running session.
     pub sessions: Arc<Semaphore>,
+    /// Running execs, against the agent's and the per-client limits.
+    pub execs: ExecLimits,
     /// The shutdown tokens.
     pub shutdown: Shutdown,
 }
@@ -82,6 +85,7 @@ impl AgentState {
         let config = server_config(&identity, authorized.clone())?;
         Ok(AgentState {
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
+            execs: ExecLimits::new(settings.max_execs, settings.max_execs_per_client),
             fingerprint: identity.fingerprint,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             authorized,

@@ -109,7 +109,29 @@ async fn serve_inner(
             tracing::debug!(%peer, client = %client.name, "ping");
         }
         Request::Exec(request) => {
+            let _slot = match state.execs.acquire(client.fingerprint) {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    tracing::warn!(
+                        target: "rexec::audit",
+                        %peer,
+                        client = %client.name,
+                        fingerprint = %client.fingerprint,
+                        command = %request.command,
+                        "exec refused: {busy}"
+                    );
+                    outgoing
+                        .feed(AgentMessage::Error(ErrorReport::new(
+                            ErrorKind::Busy,
+                            busy.to_string(),
+                        )))
+                        .await?;
+                    outgoing.close().await?;
+                    return Ok(());
+                }
+            };
             let started = Instant::now();
+            let started_at = std::time::SystemTime::now();
             let report = exec::run(
                 &request,
                 exec::Requester { name: &client.name },
@@ -125,6 +147,7 @@ async fn serve_inner(
                 client = %client.name,
                 fingerprint = %client.fingerprint,
                 command = %request.command,
+                started_at = %humantime::format_rfc3339_millis(started_at),
                 cwd = report.cwd.as_deref().unwrap_or(""),
                 user = request.user.as_deref().unwrap_or(""),
                 pid = report.pid.unwrap_or(0),
