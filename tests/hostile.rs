@@ -6,8 +6,13 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{HostKeyPolicy, HostKeyVerifier, client_config, server_name};
-use rexec_protocol::{Identity, IdentityPaths};
+use rexec_protocol::{
+    AgentCodec, AgentMessage, ClientMessage, ErrorKind, ExecRequest, Hello, Identity,
+    IdentityPaths, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
@@ -142,4 +147,404 @@ async fn tls_client_without_a_certificate_is_refused() {
         agent.log()
     );
     still_serves(&env, &agent);
+}
+
+/// A TLS session as the test's own client, speaking typed frames, for
+/// sending what ctl never would.
+struct RawClient {
+    incoming: tokio_util::codec::FramedRead<
+        tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        rexec_protocol::ClientCodec,
+    >,
+    outgoing: tokio_util::codec::FramedWrite<
+        tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        rexec_protocol::ClientCodec,
+    >,
+}
+
+impl RawClient {
+    async fn connect(env: &Env, agent: &Agent) -> RawClient {
+        let identity = client_identity(env);
+        let tls = tls_session(env, agent, Some(&identity)).await.unwrap();
+        let (read, write) = tokio::io::split(tls);
+        RawClient {
+            incoming: tokio_util::codec::FramedRead::new(read, rexec_protocol::ClientCodec::new()),
+            outgoing: tokio_util::codec::FramedWrite::new(
+                write,
+                rexec_protocol::ClientCodec::new(),
+            ),
+        }
+    }
+
+    async fn send(&mut self, messages: Vec<ClientMessage>) {
+        for message in messages {
+            self.outgoing.feed(message).await.unwrap();
+        }
+        self.outgoing.flush().await.unwrap();
+    }
+
+    /// Every message until the agent closes.
+    async fn read_to_end(&mut self) -> Vec<AgentMessage> {
+        let mut got = Vec::new();
+        let read = async {
+            while let Some(Ok(message)) = self.incoming.next().await {
+                got.push(message);
+            }
+        };
+        assert!(
+            tokio::time::timeout(DEADLINE, read).await.is_ok(),
+            "the agent should close"
+        );
+        got
+    }
+}
+
+fn hello() -> ClientMessage {
+    ClientMessage::Hello(Hello::new("hostile test"))
+}
+
+fn exec(command: &str) -> ClientMessage {
+    ClientMessage::Exec(ExecRequest {
+        command: command.into(),
+        ..ExecRequest::default()
+    })
+}
+
+/// The agent's last word, which must be an error of `kind`.
+fn last_error(messages: &[AgentMessage], kind: ErrorKind) -> String {
+    match messages.last() {
+        Some(AgentMessage::Error(report)) if report.kind == kind => report.message.clone(),
+        other => panic!("expected an error of kind {kind}, got {other:?} in {messages:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_frame_that_is_no_known_message_is_refused() {
+    let env = Env::new();
+    let agent = env.agent();
+    // Variant 200 of the client's messages does not exist.
+    send_raw_and_wait_for_close(&env, &agent, &[0, 0, 0, 1, 200]).await;
+    assert!(
+        agent.wait_for_log("malformed message").is_some(),
+        "{}",
+        agent.log()
+    );
+    still_serves(&env, &agent);
+}
+
+#[tokio::test]
+async fn a_request_before_hello_is_a_protocol_error() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![exec("echo should-not-run")]).await;
+    let got = raw.read_to_end().await;
+    let why = last_error(&got, ErrorKind::Protocol);
+    assert!(why.contains("expected hello"), "{why}");
+    assert!(!got.iter().any(|m| matches!(m, AgentMessage::Stdout(_))));
+    still_serves(&env, &agent);
+}
+
+#[tokio::test]
+async fn stdin_before_a_request_is_a_protocol_error() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![
+        hello(),
+        ClientMessage::Stdin(Bytes::from_static(b"x")),
+    ])
+    .await;
+    let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
+    assert!(why.contains("expected a request, got stdin"), "{why}");
+    assert!(agent.wait_for_log("expected a request").is_some());
+    still_serves(&env, &agent);
+}
+
+#[tokio::test]
+async fn a_second_request_kills_the_first_and_ends_the_session() {
+    let env = Env::new();
+    let agent = env.agent();
+    let sleep = unique_sleep(600);
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
+        .await;
+    let pattern = format!("sleep {sleep}");
+    let started = tokio::task::spawn_blocking(move || {
+        wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
+    });
+    assert!(started.await.unwrap());
+    raw.send(vec![exec("echo second")]).await;
+    let got = raw.read_to_end().await;
+    let why = last_error(&got, ErrorKind::Protocol);
+    assert!(why.contains("unexpected exec request"), "{why}");
+    let marker = sleep.clone();
+    let gone = tokio::task::spawn_blocking(move || {
+        wait_until(DEADLINE, || processes_with(&marker).is_empty())
+    });
+    assert!(gone.await.unwrap(), "the first command is killed");
+    still_serves(&env, &agent);
+}
+
+#[tokio::test]
+async fn stdin_on_an_exec_without_stdin_is_a_protocol_error() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![
+        hello(),
+        exec("sleep 5"),
+        ClientMessage::Stdin(Bytes::from_static(b"x")),
+    ])
+    .await;
+    let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
+    assert!(why.contains("unexpected stdin"), "{why}");
+    still_serves(&env, &agent);
+}
+
+#[tokio::test]
+async fn another_protocol_version_is_refused_naming_both() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![
+        ClientMessage::Hello(Hello {
+            protocol: 99,
+            software: "ctl 9.0.0".into(),
+        }),
+        exec("echo should-not-run"),
+    ])
+    .await;
+    let got = raw.read_to_end().await;
+    assert!(
+        matches!(got.first(), Some(AgentMessage::Hello(h)) if h.protocol == PROTOCOL_VERSION),
+        "the agent still says which version it speaks: {got:?}"
+    );
+    let why = last_error(&got, ErrorKind::VersionMismatch);
+    assert!(
+        why.contains("99") && why.contains(&PROTOCOL_VERSION.to_string()),
+        "{why}"
+    );
+    let line = agent
+        .wait_for_log("client speaks protocol 99")
+        .expect("logged");
+    assert!(line.contains("ctl 9.0.0"), "{line}");
+    still_serves(&env, &agent);
+}
+
+/// ctl's side of a version mismatch: an agent of the future, played by a
+/// TLS server in this test with the agent's own identity.
+#[tokio::test]
+async fn ctl_names_both_versions_when_the_agent_speaks_another() {
+    let env = Env::new();
+    let identity = Identity::load(&IdentityPaths::in_dir(&env.agent_dir, "agent")).unwrap();
+    #[derive(Debug)]
+    struct Anyone;
+    impl rexec_protocol::tls::ClientAuthorizer for Anyone {
+        fn is_authorized(&self, _: &rexec_protocol::Fingerprint) -> bool {
+            true
+        }
+    }
+    let config = rexec_protocol::tls::server_config(&identity, Arc::new(Anyone)).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let future_agent = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let (read, write) = tokio::io::split(tls);
+        let mut incoming = tokio_util::codec::FramedRead::new(read, AgentCodec::new());
+        let mut outgoing = tokio_util::codec::FramedWrite::new(write, AgentCodec::new());
+        let _ = incoming.next().await;
+        outgoing
+            .send(AgentMessage::Hello(Hello {
+                protocol: 99,
+                software: "rexec-agent 9.0.0".into(),
+            }))
+            .await
+            .unwrap();
+        let _ = incoming.next().await;
+    });
+    let mut known = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.ctl_dir.join("known_hosts"))
+        .unwrap();
+    writeln!(known, "{addr} {}", env.agent_fingerprint).unwrap();
+    let mut ctl = env.ctl();
+    ctl.args(["exec", &addr.to_string(), "true"]);
+    let out = tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("protocol 99 (rexec-agent 9.0.0), this ctl speaks 1"),
+        "{err}"
+    );
+    future_agent.abort();
+}
+
+#[tokio::test]
+async fn an_authorized_certificate_without_its_private_key_fails_the_handshake() {
+    let env = Env::new();
+    let agent = env.agent();
+    let (stranger_dir, _) = env.stranger();
+    let client = client_identity(&env);
+    let stranger = Identity::load(&IdentityPaths::in_dir(&stranger_dir, "client")).unwrap();
+
+    // The authorized client's certificate, signed for with the stranger's
+    // key: rustls refuses to build that pair the usual way, so the
+    // impostor hands it over through a resolver of its own.
+    #[derive(Debug)]
+    struct Impostor(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Impostor {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[rustls::SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&stranger.private_key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![client.certificate.clone()], signing_key);
+    let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+    let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    let refused = match TlsConnector::from(Arc::new(config))
+        .connect(server_name("127.0.0.1"), tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let _ = tls.write_all(&[0, 0, 0, 1, 0]).await;
+            let mut buf = [0u8; 16];
+            !matches!(tls.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
+    assert!(refused, "the signature check must fail");
+    let line = agent.wait_for_log("TLS handshake failed").expect("logged");
+    assert!(
+        !agent.log().contains("client=tester"),
+        "never got in: {line}"
+    );
+    still_serves(&env, &agent);
+}
+
+#[test]
+fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--handshake-timeout", "1s"]);
+    let mut stream = TcpStream::connect(agent.addr).unwrap();
+    // The start of a TLS ClientHello, one byte every 200 ms.
+    let hello = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let start = Instant::now();
+    let mut closed_at = None;
+    for byte in hello.iter().cycle().take(100) {
+        if stream.write_all(&[*byte]).is_err() {
+            closed_at = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Served by the session the bytes keep alive? Not past the timeout.
+        if start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the agent closed the trickling connection");
+    assert!(closed_at >= Duration::from_millis(900), "{closed_at:?}");
+    assert!(agent.wait_for_log("did not finish the handshake").is_some());
+    still_serves(&env, &agent);
+}
+
+#[test]
+fn well_behaved_clients_are_served_while_hostile_peers_hang_on() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--handshake-timeout", "30s"]);
+    let mut silent = TcpStream::connect(agent.addr).unwrap();
+    let mut garbage = TcpStream::connect(agent.addr).unwrap();
+    garbage.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff]).unwrap();
+    for _ in 0..3 {
+        still_serves(&env, &agent);
+    }
+    // Both are still connected: nothing waited for them.
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(
+        silent.read(&mut buf),
+        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+    drop(garbage);
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_two_thousand_connections_is_capped_and_service_resumes() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-sessions", "64", "--handshake-timeout", "3s"]);
+    let mut flood = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        match TcpStream::connect(agent.addr) {
+            Ok(stream) => flood.push(stream),
+            // The kernel's accept queue may overflow: that is refusal too.
+            Err(_) => continue,
+        }
+    }
+    assert!(
+        flood.len() > 1000,
+        "the flood reached the agent: {}",
+        flood.len()
+    );
+    assert!(
+        agent.wait_for_log("all sessions in use").is_some(),
+        "{}",
+        agent.log()
+    );
+    // Excess connections are closed at once, without TLS: most of the
+    // flood reads end of file without having sent a byte.
+    let closed = flood
+        .iter_mut()
+        .take(500)
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 1];
+            matches!(s.read(&mut buf), Ok(0) | Err(_))
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert!(closed >= 400, "only {closed} of 500 were closed");
+    let rss = peak_rss_kib(agent.child.id());
+    assert!(rss > 0 && rss < 64 * 1024, "agent peak RSS {rss} KiB");
+    drop(flood);
+    let after = Instant::now();
+    let out = env.exec(&agent, &["true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        after.elapsed() < Duration::from_secs(2),
+        "served {:?} after the flood",
+        after.elapsed()
+    );
 }

@@ -5,4 +5,5 @@ mod exec;
 mod hostile;
 mod process;
 mod systemd;
+mod trust;
 mod util;

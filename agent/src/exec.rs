@@ -92,6 +92,8 @@ pub struct ExecReport {
     pub stderr_bytes: u64,
     /// The working directory it ran in.
     pub cwd: Option<String>,
+    /// The user it ran as.
+    pub user: Option<String>,
 }
 
 /// Kills a process group with SIGKILL when dropped, unless disarmed: the
@@ -136,10 +138,12 @@ where
         stdout_bytes: 0,
         stderr_bytes: 0,
         cwd: None,
+        user: None,
     };
     let Prepared {
         mut command,
         cwd,
+        user,
         pty,
     } = match prepare(request, requester, settings) {
         Ok(prepared) => prepared,
@@ -149,6 +153,7 @@ where
         }
     };
     report.cwd = Some(cwd);
+    report.user = Some(user);
     let spawned = command.spawn();
     // The child has its copies of the terminal's slave; ours (in the pair
     // and in the command's stdio) must go, or the master would never see
@@ -443,6 +448,7 @@ impl Keepalive {
 struct Prepared {
     command: Command,
     cwd: String,
+    user: String,
     /// The terminal, for an exec that asked for one; the slave is already
     /// the command's stdin, stdout and stderr.
     pty: Option<pty::PtyPair>,
@@ -600,6 +606,7 @@ fn prepare(
     };
     let uid = user.uid;
     let gid = user.gid;
+    let user_name = user.name.clone();
     let with_terminal = pty.is_some();
     if !with_terminal {
         command.process_group(0);
@@ -623,6 +630,7 @@ fn prepare(
     Ok(Prepared {
         command,
         cwd: cwd.to_string_lossy().into_owned(),
+        user: user_name,
         pty,
     })
 }

@@ -149,7 +149,7 @@ async fn serve_inner(
                 command = %request.command,
                 started_at = %humantime::format_rfc3339_millis(started_at),
                 cwd = report.cwd.as_deref().unwrap_or(""),
-                user = request.user.as_deref().unwrap_or(""),
+                user = report.user.as_deref().unwrap_or(""),
                 pid = report.pid.unwrap_or(0),
                 outcome = %report.end,
                 duration_ms = started.elapsed().as_millis() as u64,

@@ -1,0 +1,218 @@
+//! Managing who may connect, end to end: enrolment and revocation on a
+//! running agent, the fingerprints admins paste, known hosts for scripts,
+//! and private keys that others can read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+fn agent_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(&env.agent_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rexec-agent")
+}
+
+#[test]
+fn the_ids_admins_paste_are_the_fingerprints_in_use() {
+    let env = Env::new();
+    let ctl_id = env.ctl().arg("id").output().unwrap();
+    assert_eq!(stdout_of(&ctl_id).trim(), env.client_fingerprint);
+    let agent_id = agent_cli(&env, &["id"]);
+    assert_eq!(stdout_of(&agent_id).trim(), env.agent_fingerprint);
+    let clients = agent_cli(&env, &["clients"]);
+    assert_eq!(
+        stdout_of(&clients),
+        format!("{} tester\n", env.client_fingerprint)
+    );
+    // First contact records exactly what `rexec-agent id` printed.
+    let agent = env.unknown_agent_with(&[]);
+    assert!(env.exec(&agent, &["true"]).status.success());
+    let known = std::fs::read_to_string(env.ctl_dir.join("known_hosts")).unwrap();
+    assert!(known.contains(&format!("{} {}", agent.target(), env.agent_fingerprint)));
+}
+
+#[test]
+fn a_revoked_client_is_refused_at_once_without_a_restart() {
+    let env = Env::new();
+    let agent = env.agent();
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo in"])), "in\n");
+
+    let revoke = agent_cli(&env, &["revoke", "tester"]);
+    assert!(revoke.status.success(), "{}", stderr_of(&revoke));
+    let out = env.exec(&agent, &["echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    assert!(
+        stderr_of(&out).contains("refused this client"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(agent.wait_for_log("fingerprint not authorized").is_some());
+
+    // Enrolled again, by fingerprint, and in at once.
+    env.authorize(&env.client_fingerprint, "tester-again");
+    let out = env.exec(&agent, &["echo back"]);
+    assert_eq!(stdout_of(&out), "back\n", "{}", stderr_of(&out));
+    assert!(agent.wait_for_log("client=tester-again").is_some());
+}
+
+#[test]
+fn a_hand_edited_file_is_picked_up_and_sighup_forces_a_reread() {
+    let env = Env::new();
+    let agent = env.agent();
+    let (other_dir, other_fp) = env.stranger();
+    std::fs::copy(
+        env.ctl_dir.join("known_hosts"),
+        other_dir.join("known_hosts"),
+    )
+    .unwrap();
+    let run_as_other = || {
+        env.ctl()
+            .env("REXEC_CONFIG_DIR", &other_dir)
+            .args(["exec", &agent.target(), "echo other"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run_as_other().status.code(), Some(255));
+
+    // An admin appends a line with an editor or echo; no command, no signal.
+    let file = env.agent_dir.join("authorized_clients");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!("{other_fp} edited-by-hand\n"));
+    std::fs::write(&file, &text).unwrap();
+    assert_eq!(stdout_of(&run_as_other()), "other\n");
+
+    agent.signal("HUP");
+    let line = agent
+        .wait_for_log("authorized clients re-read")
+        .expect("SIGHUP is acknowledged");
+    assert!(line.contains("clients=2"), "{line}");
+    assert!(env.exec(&agent, &["true"]).status.success());
+}
+
+#[test]
+fn strict_host_key_refuses_unknown_hosts_and_accepts_known_ones() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let out = env
+        .ctl()
+        .args([
+            "exec",
+            "--strict-host-key",
+            &agent.target(),
+            "echo should-not-run",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    let err = stderr_of(&out);
+    assert!(err.contains("unknown host"), "{err}");
+    assert!(
+        err.contains(&env.agent_fingerprint),
+        "names what it saw: {err}"
+    );
+    assert!(
+        !env.ctl_dir.join("known_hosts").exists()
+            || !std::fs::read_to_string(env.ctl_dir.join("known_hosts"))
+                .unwrap()
+                .contains(&agent.target()),
+        "nothing recorded"
+    );
+    env.trust(&agent);
+    let out = env
+        .ctl()
+        .args(["exec", "--strict-host-key", &agent.target(), "echo known"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&out), "known\n", "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_readable_client_key_is_refused_with_the_fix() {
+    let env = Env::new();
+    let agent = env.agent();
+    let key = env.ctl_dir.join("client.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.exec(&agent, &["echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(err.contains("too open"), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    let id = env.ctl().arg("id").output().unwrap();
+    assert_eq!(id.status.code(), Some(255), "ctl id refuses it too");
+}
+
+#[test]
+fn a_readable_agent_key_keeps_the_agent_from_starting() {
+    let env = Env::new();
+    let key = env.agent_dir.join("agent.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(&env.agent_dir)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("too open"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn keys_are_created_private() {
+    let env = Env::new();
+    for key in [
+        env.agent_dir.join("agent.key"),
+        env.ctl_dir.join("client.key"),
+    ] {
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+}
+
+#[test]
+fn each_exec_is_one_audit_event_with_who_what_where_and_how_it_ended() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mark = marker("audit");
+    let out = env.exec(
+        &agent,
+        &["-C", "/tmp", &format!("echo {mark}; echo e >&2; exit 4")],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let line = agent.wait_for_log(&mark).expect("audit line");
+    for field in [
+        ": exec ".to_owned(),
+        "client=tester".to_owned(),
+        format!(
+            "user={:?}",
+            stdout_of(&Command::new("id").arg("-un").output().unwrap()).trim()
+        ),
+        format!("fingerprint={}", env.client_fingerprint),
+        format!("command=echo {mark}; echo e >&2; exit 4"),
+        "cwd=\"/tmp\"".to_owned(),
+        "outcome=exit 4".to_owned(),
+        format!("stdout_bytes={}", mark.len() + 1),
+        "stderr_bytes=2".to_owned(),
+        "duration_ms=".to_owned(),
+        "started_at=20".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field:?} missing from {line}");
+    }
+    assert_eq!(
+        agent.log().lines().filter(|l| l.contains(&mark)).count(),
+        1,
+        "one event per exec"
+    );
+}
