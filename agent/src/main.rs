@@ -340,6 +340,9 @@ fn check(resolved: &Resolved) -> anyhow::Result<()> {
 }
 
 fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
+    if let Some(limit) = server::raise_open_files_limit() {
+        tracing::debug!(limit, "open files limit");
+    }
     // Taken before any thread starts: the listenfd crate removes the
     // LISTEN_* variables from the environment.
     let mut inherited = ListenFd::from_env();

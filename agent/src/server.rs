@@ -24,6 +24,18 @@ use crate::config::AgentSettings;
 use crate::limits::ExecLimits;
 use crate::session;
 
+/// Raises this process's soft limit on open files to its hard limit, so that
+/// a burst of connections meets the session cap, not the descriptor limit.
+/// Returns the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
 /// Longest pause after a failed accept (for example, out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
