@@ -9,7 +9,9 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod exec;
+pub mod inventory;
 pub mod known_hosts;
+pub mod nodeset;
 pub mod target;
 
 use std::path::PathBuf;
