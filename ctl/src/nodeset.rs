@@ -359,12 +359,16 @@ fn push_text(out: &mut Vec<Part>, text: &str) {
     }
 }
 
+/// A pattern with one number position blanked out, and that position:
+/// the patterns that share it differ only there.
+type Shape = (Vec<Part>, usize);
+
 /// Merges patterns that differ only in their `from_end`-th number from the
 /// end, keeping numbers of different zero padding apart.
 fn merge(patterns: Vec<Vec<Part>>, from_end: usize) -> Vec<Vec<Part>> {
     let mut out: Vec<Vec<Part>> = Vec::new();
-    let mut groups: HashMap<(Vec<Part>, usize), Vec<(u64, usize)>> = HashMap::new();
-    let mut order: Vec<(Vec<Part>, usize)> = Vec::new();
+    let mut groups: HashMap<Shape, Vec<(u64, usize)>> = HashMap::new();
+    let mut order: Vec<Shape> = Vec::new();
     for pattern in patterns {
         let position = pattern
             .iter()
