@@ -9,9 +9,11 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod exec;
+pub mod fanout;
 pub mod inventory;
 pub mod known_hosts;
 pub mod nodeset;
+pub mod output;
 pub mod target;
 
 use std::path::PathBuf;
