@@ -2,5 +2,6 @@
 //! identities, driven by the real `ctl` binary.
 
 mod exec;
+mod fanout;
 mod hostile;
 mod util;

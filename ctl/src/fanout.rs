@@ -17,10 +17,12 @@ pub mod exec;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::{AgentMessage, ClientMessage, ExitStatus, FrameError, Hello, PROTOCOL_VERSION};
+use rexec_protocol::{
+    AgentMessage, ClientMessage, ExitStatus, FrameError, Hello, PROTOCOL_VERSION,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -172,7 +174,7 @@ impl Fanout {
                 let index = next;
                 console.host_started();
                 running.spawn(async move {
-                    let started = Instant::now();
+                    let started = tokio::time::Instant::now();
                     let bounded = async {
                         match deadline {
                             Some(limit) => match tokio::time::timeout(limit, work).await {
@@ -256,7 +258,10 @@ impl Tally {
             .failures
             .iter()
             .map(|(name, labels)| {
-                format!("{name}: {}", nodeset::fold(labels.iter().map(String::as_str)))
+                format!(
+                    "{name}: {}",
+                    nodeset::fold(labels.iter().map(String::as_str))
+                )
             })
             .collect();
         Some(format!(
@@ -285,7 +290,20 @@ pub async fn open(
     target: &Target,
     request: ClientMessage,
 ) -> Result<Session, CtlError> {
-    let mut connection = client.connect(target).await?;
+    let connection = client.connect(target).await?;
+    greet(client, connection, request).await
+}
+
+/// Sends our hello and `request` in one write on an established
+/// connection, and reads the agent's hello.
+///
+/// # Errors
+/// A refused client, a version mismatch, a broken connection.
+pub async fn greet(
+    client: &Client,
+    mut connection: Connection,
+    request: ClientMessage,
+) -> Result<Session, CtlError> {
     let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
     connection
         .outgoing

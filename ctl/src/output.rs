@@ -235,7 +235,10 @@ pub fn millis(duration: Duration) -> f64 {
 fn put_bytes(record: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
     let (text, base64) = match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_owned(), false),
-        Err(_) => (base64::engine::general_purpose::STANDARD.encode(bytes), true),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            true,
+        ),
     };
     record.insert(name.into(), json!(text));
     record.insert(format!("{name}_base64"), json!(base64));
@@ -466,8 +469,7 @@ impl OutDir {
             Stream::Stdout => "out",
             Stream::Stderr => "err",
         };
-        self.dir
-            .join(format!("{}.{extension}", self.labels[host]))
+        self.dir.join(format!("{}.{extension}", self.labels[host]))
     }
 
     fn file<'f>(

@@ -57,6 +57,24 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The shortest spelling that parses back to this target: the port only
+    /// when it is not the default, brackets around an IPv6 address only
+    /// when a port follows (what `ctl hosts` prints for shell loops).
+    pub fn minimal(&self) -> String {
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        if self.port == DEFAULT_PORT {
+            format!("{user}{}", self.host)
+        } else {
+            format!("{user}{}", self.host_port())
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(user) = &self.user {
@@ -275,6 +293,9 @@ mod tests {
         );
         assert_eq!(Target::parse("[::1]:8").unwrap().host_port(), "[::1]:8");
         assert_eq!(Target::parse("h").unwrap().to_string(), "h:7722");
+        for typed in ["h", "u@h:1", "::1", "[::1]:8", "u@[::1]:8"] {
+            assert_eq!(Target::parse(typed).unwrap().minimal(), typed);
+        }
     }
 
     #[test]

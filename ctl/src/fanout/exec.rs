@@ -70,7 +70,10 @@ pub async fn run(
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
             AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
             AgentMessage::Keepalive => {
-                outgoing.send(ClientMessage::Keepalive).await.map_err(lost)?;
+                outgoing
+                    .send(ClientMessage::Keepalive)
+                    .await
+                    .map_err(lost)?;
             }
             AgentMessage::Exit(status) => return Ok(status),
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
