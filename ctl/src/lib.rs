@@ -86,7 +86,7 @@ enum Command {
     Keygen,
     /// Print this client's fingerprint (what an agent admin authorizes).
     Id,
-    /// Run a command on targets: ctl exec TARGETS COMMAND...
+    /// Run a command on one host or many: ctl exec TARGETS COMMAND...
     #[command(after_help = EXIT_STATUS_HELP)]
     Exec(ExecArgs),
     /// Print the hosts a target list expands to, one per line.
@@ -141,14 +141,14 @@ struct ExecArgs {
     /// Most hosts at once.
     #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
     fanout: usize,
-    /// Several targets: after all finish, print identical outputs once,
-    /// under the set of hosts that produced them.
+    /// After all hosts finish, print each distinct stdout once, under the
+    /// set of hosts that produced it.
     #[arg(short = 'b', long, conflicts_with_all = ["json", "out_dir"])]
     gather: bool,
-    /// Several targets: one JSON object per host per line, as each finishes.
+    /// One JSON object per host per line, as each finishes.
     #[arg(long, conflicts_with = "out_dir")]
     json: bool,
-    /// Several targets: write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
+    /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
     #[arg(short = 'o', long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
@@ -184,6 +184,7 @@ struct HostsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = TARGETS_HELP)]
 struct PingArgs {
     /// Remove these hosts (repeatable; a target list).
     #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
@@ -374,8 +375,7 @@ fn hosts(config: &ConfigDir, inventory: Option<&Path>, args: HostsArgs) -> Resul
     } else {
         targets.iter().map(|t| t.minimal() + "\n").collect()
     };
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_BROKEN_PIPE),
         _ => Ok(0),
     }
