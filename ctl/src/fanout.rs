@@ -9,6 +9,12 @@
 //! concurrency limit, the per-host deadline, cancellation on Ctrl-C or a
 //! closed stdout, the exit code, and the end-of-run summary.
 //!
+//! A new multi-host command (say, copying a file to many hosts) brings a
+//! job and its result type (implementing [`Finished`] here and
+//! [`crate::output::Describe`] for the output modes) and reuses the rest:
+//! [`Fanout::run`], [`Tally`], [`labels`], and the output modes of
+//! [`crate::output`], which are generic over the result type.
+//!
 //! A host that hangs holds one slot and nothing else: results are handed
 //! over in completion order, and the run ends when the last host has
 //! finished or hit its own deadline.

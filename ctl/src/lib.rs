@@ -503,7 +503,7 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
         cancel: CancellationToken::new(),
     };
     let console = Arc::new(Console::new(targets.len(), fanout.cancel.clone()));
-    let output: Arc<dyn Output> = if args.gather {
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
         Arc::new(Gathered::new(console.clone(), labels.clone()))
     } else if args.json {
         Arc::new(JsonLines::new(console.clone(), labels.clone()))
@@ -555,15 +555,11 @@ fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Result<
                 console.write(Stream::Stdout, (line + "\n").as_bytes());
                 return;
             }
-            match &result.outcome {
-                Ok(pong) => {
-                    console.write(
-                        Stream::Stdout,
-                        format!("{label}: {}\n", pong.line()).as_bytes(),
-                    );
-                }
-                Err(fanout::HostFailure::Interrupted) => {}
-                Err(failure) => console.note(&format!("{label}: {failure}")),
+            if let Ok(pong) = &result.outcome {
+                let line = format!("{label}: {}\n", pong.line());
+                console.write(Stream::Stdout, line.as_bytes());
+            } else if let Some(note) = output::host_note(label, &result) {
+                console.note(&note);
             }
         },
     )?;

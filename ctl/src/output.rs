@@ -164,20 +164,26 @@ impl Console {
     }
 }
 
-/// Where a multi-host exec's output goes.
-pub trait Output: Send + Sync {
+/// Where the output of a multi-host run goes, for jobs whose result is a
+/// `T` (the remote exit status for exec).
+pub trait Output<T>: Send + Sync {
     /// A chunk of host `host`'s output, as it arrived.
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]);
     /// Host `result.index` finished; nothing more comes from it.
-    fn done(&self, result: &HostResult<ExitStatus>);
+    fn done(&self, result: &HostResult<T>);
     /// Every host finished.
     fn end(&self) {}
 }
 
-/// What a result adds to its JSON record beyond target and duration.
+/// How a job's result shows in the output modes.
 pub trait Describe {
-    /// Sets `status` and the fields that go with it.
+    /// Sets `status` and the fields that go with it in the JSON record.
     fn describe(&self, record: &mut Map<String, Value>);
+    /// What to tell the user on stderr about this result, if anything
+    /// (a timeout, a signal); a plain exit needs no words.
+    fn note(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Describe for ExitStatus {
@@ -191,6 +197,14 @@ impl Describe for ExitStatus {
         record.insert("status".into(), json!(status));
         record.insert("exit_code".into(), code);
         record.insert("signal".into(), signal);
+    }
+
+    fn note(&self) -> Option<String> {
+        match self {
+            ExitStatus::TimedOut => Some("command timed out; its process group was killed".into()),
+            ExitStatus::Signal { signal, .. } => Some(format!("command killed by signal {signal}")),
+            _ => None,
+        }
     }
 }
 
@@ -246,17 +260,11 @@ fn put_bytes(record: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
 
 /// The line ctl prints on stderr about a host whose end needs explaining
 /// (an error, a timeout, a signal); `None` for a plain exit.
-pub fn host_note(label: &str, result: &HostResult<ExitStatus>) -> Option<String> {
+pub fn host_note<T: Describe>(label: &str, result: &HostResult<T>) -> Option<String> {
     match &result.outcome {
         Err(HostFailure::Interrupted) => None,
         Err(failure) => Some(format!("{label}: {failure}")),
-        Ok(ExitStatus::TimedOut) => Some(format!(
-            "{label}: command timed out; its process group was killed"
-        )),
-        Ok(ExitStatus::Signal { signal, .. }) => {
-            Some(format!("{label}: command killed by signal {signal}"))
-        }
-        Ok(_) => None,
+        Ok(value) => value.note().map(|note| format!("{label}: {note}")),
     }
 }
 
@@ -302,7 +310,7 @@ fn slot(stream: Stream) -> usize {
     }
 }
 
-impl Output for Prefixed {
+impl<T: Describe> Output<T> for Prefixed {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
         let mut partial = lock(&self.partial[host]);
         let buffer = &mut partial[slot(stream)];
@@ -320,7 +328,7 @@ impl Output for Prefixed {
         self.console.write(stream, &out);
     }
 
-    fn done(&self, result: &HostResult<ExitStatus>) {
+    fn done(&self, result: &HostResult<T>) {
         let mut partial = lock(&self.partial[result.index]);
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(&mut partial[slot(stream)]);
@@ -362,15 +370,15 @@ impl Gathered {
     }
 }
 
-impl Output for Gathered {
+impl<T: Describe> Output<T> for Gathered {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
         match stream {
             Stream::Stdout => lock(&self.stdout[host]).extend_from_slice(data),
-            Stream::Stderr => self.stderr.chunk(host, stream, data),
+            Stream::Stderr => Output::<T>::chunk(&self.stderr, host, stream, data),
         }
     }
 
-    fn done(&self, result: &HostResult<ExitStatus>) {
+    fn done(&self, result: &HostResult<T>) {
         self.stderr.done(result);
         if let Some(note) = host_note(&self.labels[result.index], result) {
             self.console.note(&note);
@@ -425,12 +433,12 @@ impl JsonLines {
     }
 }
 
-impl Output for JsonLines {
+impl<T: Describe> Output<T> for JsonLines {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
         lock(&self.captured[host])[slot(stream)].extend_from_slice(data);
     }
 
-    fn done(&self, result: &HostResult<ExitStatus>) {
+    fn done(&self, result: &HostResult<T>) {
         let [stdout, stderr] = std::mem::take(&mut *lock(&self.captured[result.index]));
         let mut record = record(&self.labels[result.index], result);
         put_bytes(&mut record, "stdout", &stdout);
@@ -492,7 +500,7 @@ impl OutDir {
     }
 }
 
-impl Output for OutDir {
+impl<T: Describe> Output<T> for OutDir {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
         let mut files = lock(&self.files[host]);
         if let Some(file) = self.file(host, stream, &mut files)
@@ -504,7 +512,7 @@ impl Output for OutDir {
         }
     }
 
-    fn done(&self, result: &HostResult<ExitStatus>) {
+    fn done(&self, result: &HostResult<T>) {
         let host = result.index;
         {
             let mut files = lock(&self.files[host]);

@@ -31,7 +31,7 @@ pub async fn run(
     target: Target,
     request: ExecRequest,
     index: usize,
-    output: Arc<dyn Output>,
+    output: Arc<dyn Output<ExitStatus>>,
 ) -> Result<ExitStatus, CtlError> {
     let session = fanout::open(&client, &target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
