@@ -177,6 +177,32 @@ fn twenty_agents_give_prefixed_lines_that_never_mix() {
 }
 
 #[test]
+fn lines_over_one_mib_are_cut_into_prefixed_pieces() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    // 2.5 MiB without a newline, then a short line.
+    let out = env.ctl_run(&[
+        "exec",
+        "@lab",
+        "head -c 2621440 /dev/zero | tr '\\0' y; echo; echo end",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for line in stdout_of(&out).lines() {
+        let (host, rest) = line.split_once(": ").expect("prefixed line");
+        let size = if rest == "end" { 0 } else { rest.len() };
+        assert!(
+            rest == "end" || rest.bytes().all(|b| b == b'y'),
+            "{host}: mixed line"
+        );
+        by_host.entry(host.to_owned()).or_default().push(size);
+    }
+    for host in ["127.0.0.2", "127.0.0.3"] {
+        assert_eq!(by_host[host], [1 << 20, 1 << 20, 1 << 19, 0], "{host}");
+    }
+}
+
+#[test]
 fn a_single_literal_target_keeps_raw_output() {
     let env = Env::new();
     let fleet = env.fleet(2);

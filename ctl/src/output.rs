@@ -24,7 +24,7 @@ use crate::fanout::{HostFailure, HostResult};
 use crate::nodeset;
 
 /// Lines longer than this are cut into pieces of this size, each with its
-/// prefix, rather than held in memory without bound.
+/// prefix and a newline, rather than held in memory without bound.
 pub const MAX_LINE: usize = 1 << 20;
 
 /// Which of a command's outputs a chunk came from.
@@ -291,13 +291,17 @@ impl Prefixed {
         }
     }
 
+    /// Appends `lines` to `out`, each line (or [`MAX_LINE`] piece of an
+    /// overlong one) with the host's prefix and a newline.
     fn prefixed(&self, host: usize, lines: &[u8], out: &mut Vec<u8>) {
         for line in lines.split_inclusive(|&b| b == b'\n') {
-            out.extend_from_slice(self.labels[host].as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(line);
-            if !line.ends_with(b"\n") {
-                out.push(b'\n');
+            for piece in line.chunks(MAX_LINE) {
+                out.extend_from_slice(self.labels[host].as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(piece);
+                if !piece.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
             }
         }
     }
@@ -315,16 +319,21 @@ impl<T: Describe> Output<T> for Prefixed {
         let mut partial = lock(&self.partial[host]);
         let buffer = &mut partial[slot(stream)];
         buffer.extend_from_slice(data);
-        let complete = match buffer.iter().rposition(|&b| b == b'\n') {
-            Some(end) => end + 1,
-            None if buffer.len() >= MAX_LINE => buffer.len(),
-            None => return,
-        };
-        let mut out = Vec::with_capacity(complete + 64);
-        let lines: Vec<u8> = buffer.drain(..complete).collect();
-        for piece in lines.chunks(MAX_LINE) {
-            self.prefixed(host, piece, &mut out);
+        let mut complete = buffer
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
+        // Whole MAX_LINE pieces of an unfinished line go out now, so that
+        // memory stays bounded; the cuts fall at the same places however
+        // the line arrived.
+        let unfinished = buffer.len() - complete;
+        complete += unfinished - unfinished % MAX_LINE;
+        if complete == 0 {
+            return;
         }
+        let lines: Vec<u8> = buffer.drain(..complete).collect();
+        let mut out = Vec::with_capacity(complete + 64);
+        self.prefixed(host, &lines, &mut out);
         self.console.write(stream, &out);
     }
 
