@@ -2,6 +2,7 @@
 //! identities, driven by the real `ctl` binary.
 
 mod exec;
+mod fanout;
 mod hostile;
 mod process;
 mod systemd;

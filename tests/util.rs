@@ -554,3 +554,63 @@ pub fn accept_queue(port: u16) -> Option<u32> {
         u32::from_str_radix(queues.split(':').nth(1)?, 16).ok()
     })
 }
+
+/// In a command run by a [`Fleet`] agent, sets `H` to the agent's address:
+/// each agent's shell is a symlink to /bin/sh named after its host, and
+/// `sh -c` sees that name as `$0`.
+pub const FLEET_HOST: &str = "H=${0##*shell-};";
+
+/// Agents on 127.0.0.2, 127.0.0.3, …, one process each, trusted by ctl and
+/// listed in ctl's inventory (`hosts.toml`: per-host ports, group `lab`).
+pub struct Fleet {
+    pub agents: Vec<Agent>,
+    /// `127.0.0.N`, in order.
+    pub hosts: Vec<String>,
+}
+
+impl Fleet {
+    /// The agent at `host`.
+    pub fn agent(&self, host: &str) -> &Agent {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h == host)
+            .expect("a fleet host");
+        &self.agents[i]
+    }
+}
+
+impl Env {
+    /// Starts `n` agents on 127.0.0.2 … 127.0.0.(n+1) (see [`Fleet`]).
+    pub fn fleet(&self, n: usize) -> Fleet {
+        assert!(n <= 250, "loopback addresses 127.0.0.2 ... 127.0.0.251");
+        let mut fleet = Fleet {
+            agents: Vec::new(),
+            hosts: Vec::new(),
+        };
+        let mut inventory = format!("[groups]\nlab = \"127.0.0.[2-{}]\"\n", n + 1);
+        for i in 0..n {
+            let host = format!("127.0.0.{}", i + 2);
+            let shell = self.root.path().join(format!("shell-{host}"));
+            if !shell.exists() {
+                std::os::unix::fs::symlink("/bin/sh", &shell).expect("shell symlink");
+            }
+            let shell = shell.to_str().expect("utf-8 path").to_owned();
+            let agent = Agent::start(&self.agent_dir, &format!("{host}:0"), &["--shell", &shell]);
+            self.trust(&agent);
+            inventory.push_str(&format!(
+                "[hosts.\"{host}\"]\nport = {}\n",
+                agent.addr.port()
+            ));
+            fleet.agents.push(agent);
+            fleet.hosts.push(host);
+        }
+        std::fs::write(self.ctl_dir.join("hosts.toml"), inventory).expect("inventory");
+        fleet
+    }
+
+    /// `ctl ARGS...`, run to completion.
+    pub fn ctl_run(&self, args: &[&str]) -> Output {
+        self.ctl().args(args).output().expect("run ctl")
+    }
+}

@@ -2,41 +2,68 @@
 //! only calls [`main`].
 //!
 //! Commands: `keygen` and `id` (our identity), `exec` (run a command on a
-//! target, streaming its output and passing its exit status through), and
-//! `known-hosts` (list or remove agents' recorded fingerprints).
+//! target, streaming its output and passing its exit status through, or on
+//! many targets at once), `hosts` (expand a target list), `ping` (check
+//! agents), and `known-hosts` (list or remove agents' recorded
+//! fingerprints).
+//!
+//! `exec` keeps the raw single-host path (`exec.rs`) when its target is
+//! exactly one literal host (no comma, range, `@group`, `!` or `-x`) and no
+//! multi-host output mode (`-b`, `--json`, `-o`) is asked for; anything
+//! else goes through the fan-out engine (`fanout.rs`) and an output mode
+//! (`output.rs`).
 
 pub mod config;
 pub mod connect;
 pub mod error;
 pub mod exec;
+pub mod fanout;
+pub mod inventory;
 pub mod known_hosts;
+pub mod nodeset;
+pub mod output;
+pub mod ping;
 pub mod target;
 pub mod tty;
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rexec_protocol::{ExecRequest, Identity, IdentityError};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigDir;
 use crate::connect::Client;
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, EXIT_CTL_ERROR, EXIT_INTERRUPTED, exit_code};
 use crate::exec::ExecOutcome;
+use crate::fanout::{DEFAULT_FANOUT, Fanout, Finished, HostResult, Tally};
+use crate::inventory::Inventory;
 use crate::known_hosts::KnownHosts;
-use crate::target::Target;
+use crate::output::{Console, Gathered, JsonLines, Labels, OutDir, Output, Prefixed, Stream};
+use crate::target::{Target, TargetSpec};
+
+/// ctl's own deadline on a host is its `--timeout` plus the connect timeout
+/// plus this: time for the agent to kill the command's group (its kill
+/// grace) and report. Past it the agent is taken as hung.
+const DEADLINE_SLACK: Duration = Duration::from_secs(5);
 
 const EXIT_STATUS_HELP: &str = "\
-Exit status of ctl exec:
+Exit status of ctl exec (one target):
   N      the remote command exited with N
   128+N  the remote command was killed by signal N
   124    --timeout expired (the remote process group was killed)
   130    interrupted by a second Ctrl-C (the remote group was sent SIGKILL)
   141    our stdout was closed by its reader (ctl ... | head)
   255    ctl could not run the command (bad usage, unreachable, host key
-         changed, not authorized, protocol error); one line on stderr says which";
+         changed, not authorized, protocol error); one line on stderr says which
+Several targets: 0 when every host exited 0, else the largest per-host code
+(a host ctl could not run on counts as 255, a timed out one as 124), with a
+one-line summary of the failed hosts on stderr.";
 
 /// Run commands on rexec agents.
 #[derive(Debug, Parser)]
@@ -46,6 +73,10 @@ struct Cli {
     /// [default: $XDG_CONFIG_HOME/rexec or ~/.config/rexec]
     #[arg(long, global = true, env = "REXEC_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Inventory of groups and per-host settings
+    /// [default: hosts.toml in the config directory]
+    #[arg(long, global = true, env = "REXEC_INVENTORY", value_name = "FILE")]
+    inventory: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,9 +87,13 @@ enum Command {
     Keygen,
     /// Print this client's fingerprint (what an agent admin authorizes).
     Id,
-    /// Run a command on a target: ctl exec HOST[:PORT] COMMAND...
+    /// Run a command on one host or many: ctl exec TARGETS COMMAND...
     #[command(after_help = EXIT_STATUS_HELP)]
     Exec(ExecArgs),
+    /// Print the hosts a target list expands to, one per line.
+    Hosts(HostsArgs),
+    /// Check that agents answer: handshake and one round trip per host.
+    Ping(PingArgs),
     /// List or remove the agents' fingerprints recorded on first contact.
     KnownHosts {
         #[command(subcommand)]
@@ -106,12 +141,82 @@ struct ExecArgs {
     /// first use.
     #[arg(long)]
     strict_host_key: bool,
-    /// HOST, HOST:PORT or USER@HOST[:PORT]; default port 7722.
+    /// Remove these hosts from the targets (repeatable; a target list).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
+    exclude: Vec<String>,
+    /// Most hosts at once.
+    #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
+    fanout: usize,
+    /// After all hosts finish, print each distinct stdout once, under the
+    /// set of hosts that produced it.
+    #[arg(short = 'b', long, conflicts_with_all = ["json", "out_dir"])]
+    gather: bool,
+    /// One JSON object per host per line, as each finishes.
+    #[arg(long, conflicts_with = "out_dir")]
+    json: bool,
+    /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
+    #[arg(short = 'o', long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
+    /// node[01-20],@group,!node07 (see `ctl hosts --help`).
+    #[arg(value_name = "TARGETS")]
     target: String,
     /// The command: one argument is a shell command line; several are quoted
     /// and joined, so they arrive as exactly those words.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+const TARGETS_HELP: &str = "\
+TARGETS is a comma-separated list of:
+  host, host:port, user@host, [v6addr]:port    one host
+  node[01-20], rack[1-3]-n[1,3,5-7]            ranges (zero padding kept)
+  @name                                        a group from the inventory
+  !node07, !@name                              exclusions
+A bracket holding a ':' is an IPv6 address, any other bracket a range.";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = TARGETS_HELP)]
+struct HostsArgs {
+    /// Remove these hosts (repeatable; a target list).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
+    exclude: Vec<String>,
+    /// Print the hosts folded into one node set instead (node[01-05,07]).
+    #[arg(long)]
+    fold: bool,
+    /// The target list.
+    #[arg(value_name = "TARGETS")]
+    targets: String,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = TARGETS_HELP)]
+struct PingArgs {
+    /// Remove these hosts (repeatable; a target list).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
+    exclude: Vec<String>,
+    /// Most hosts at once.
+    #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
+    fanout: usize,
+    /// Bound on connecting and the TLS handshake.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    /// Refuse hosts that are not in known hosts.
+    #[arg(long)]
+    strict_host_key: bool,
+    /// One JSON object per host per line.
+    #[arg(long)]
+    json: bool,
+    /// The target list.
+    #[arg(value_name = "TARGETS")]
+    targets: String,
+}
+
+fn parse_fanout(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a number of hosts, at least 1, got {s:?}")),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -151,7 +256,9 @@ pub fn main() -> ExitCode {
             println!("{}", identity.fingerprint);
             0
         }),
-        Command::Exec(args) => exec(&config, args),
+        Command::Exec(args) => exec(&config, cli.inventory.as_deref(), args),
+        Command::Hosts(args) => hosts(&config, cli.inventory.as_deref(), args),
+        Command::Ping(args) => ping(&config, cli.inventory.as_deref(), args),
         Command::KnownHosts { action } => known_hosts(&config, action),
     };
     match result {
@@ -196,9 +303,18 @@ fn load_known_hosts(config: &ConfigDir) -> Result<KnownHosts, Failure> {
     KnownHosts::load(&path).map_err(|source| plain(CtlError::KnownHosts { path, source }))
 }
 
-fn exec(config: &ConfigDir, args: ExecArgs) -> Result<u8, Failure> {
-    let mut target =
-        Target::parse(&args.target).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+    let single = target::is_single(&args.target)
+        && args.exclude.is_empty()
+        && !args.gather
+        && !args.json
+        && args.out_dir.is_none();
+    if !single {
+        return exec_many(config, inventory, args);
+    }
+    let spec =
+        TargetSpec::parse(&args.target).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+    let mut target = load_inventory(config, inventory)?.complete(spec);
     if args.user.is_some() {
         target.user = args.user.clone();
     }
@@ -240,6 +356,220 @@ fn exec(config: &ConfigDir, args: ExecArgs) -> Result<u8, Failure> {
         Ok(ExecOutcome::Interrupted) => Ok(EXIT_INTERRUPTED),
         Err(e) => Err((Some(target.to_string()), e)),
     }
+}
+
+fn load_inventory(config: &ConfigDir, explicit: Option<&Path>) -> Result<Inventory, Failure> {
+    Inventory::load(explicit, config).map_err(|e| plain(CtlError::Usage(e.to_string())))
+}
+
+fn resolve(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    list: &str,
+    exclude: &[String],
+) -> Result<Vec<Target>, Failure> {
+    load_inventory(config, inventory)?
+        .resolve(list, exclude)
+        .map_err(|e| plain(CtlError::Usage(e.to_string())))
+}
+
+fn hosts(config: &ConfigDir, inventory: Option<&Path>, args: HostsArgs) -> Result<u8, Failure> {
+    let targets = resolve(config, inventory, &args.targets, &args.exclude)?;
+    let text = if args.fold {
+        let names: Vec<String> = targets.iter().map(Target::minimal).collect();
+        nodeset::fold(names.iter().map(String::as_str)) + "\n"
+    } else {
+        targets.iter().map(|t| t.minimal() + "\n").collect()
+    };
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_BROKEN_PIPE),
+        _ => Ok(0),
+    }
+}
+
+/// How a multi-host run ended, beyond each host's result.
+struct RunEnd {
+    tally: Tally,
+    interrupted: bool,
+}
+
+/// Runs `job` on every target through the fan-out engine on a fresh
+/// runtime, Ctrl-C cancelling the run; `done` sees each host's result.
+fn drive<T, J, F>(
+    targets: &[Target],
+    labels: &Labels,
+    fanout: &Fanout,
+    console: &Console,
+    job: J,
+    mut done: impl FnMut(HostResult<T>),
+) -> Result<RunEnd, Failure>
+where
+    T: Finished,
+    J: Fn(usize, Target) -> F,
+    F: Future<Output = Result<T, CtlError>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            plain(CtlError::ConnectionLost(format!(
+                "cannot start the runtime: {e}"
+            )))
+        })?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let mut tally = Tally::default();
+    runtime.block_on(async {
+        let cancel = fanout.cancel.clone();
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+                cancel.cancel();
+            }
+        });
+        fanout
+            .run(targets, console, job, |result| {
+                tally.add(&labels[result.index], &result);
+                done(result);
+            })
+            .await;
+    });
+    runtime.shutdown_background();
+    console.finish();
+    Ok(RunEnd {
+        tally,
+        interrupted: interrupted.load(Ordering::Relaxed),
+    })
+}
+
+/// The exit code of a multi-host run, after its summary line.
+fn conclude(end: &RunEnd, console: &Console) -> u8 {
+    if console.broken_pipe() {
+        return EXIT_BROKEN_PIPE;
+    }
+    if let Some(summary) = end.tally.summary() {
+        eprintln!("ctl: {summary}");
+    }
+    if end.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        end.tally.exit_code()
+    }
+}
+
+fn client(
+    config: &ConfigDir,
+    strict_host_key: bool,
+    connect_timeout: Duration,
+) -> Result<Client, Failure> {
+    Ok(Client {
+        identity: load_identity(config)?,
+        known_hosts: Mutex::new(load_known_hosts(config)?),
+        strict_host_key,
+        connect_timeout,
+    })
+}
+
+fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+    if args.stdin || args.tty {
+        return Err(plain(CtlError::Usage(
+            "-i/--stdin and -t/--tty work with a single target only".into(),
+        )));
+    }
+    let mut targets = resolve(config, inventory, &args.target, &args.exclude)?;
+    if let Some(user) = &args.user {
+        for target in &mut targets {
+            target.user = Some(user.clone());
+        }
+    }
+    let command = command_line(&args.command).map_err(plain)?;
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            plain(CtlError::Usage(format!(
+                "cannot create {}: {e}",
+                dir.display()
+            )))
+        })?;
+    }
+    let client = Arc::new(client(config, args.strict_host_key, args.connect_timeout)?);
+    let request = ExecRequest {
+        command,
+        env: args.env,
+        cwd: args.cwd,
+        timeout: args.timeout,
+        ..ExecRequest::default()
+    };
+    let labels: Labels = fanout::labels(&targets).into();
+    let fanout = Fanout {
+        limit: args.fanout,
+        deadline: args
+            .timeout
+            .map(|t| t + args.connect_timeout + DEADLINE_SLACK),
+        cancel: CancellationToken::new(),
+    };
+    let console = Arc::new(Console::new(targets.len(), fanout.cancel.clone()));
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
+        Arc::new(Gathered::new(console.clone(), labels.clone()))
+    } else if args.json {
+        Arc::new(JsonLines::new(console.clone(), labels.clone()))
+    } else if let Some(dir) = args.out_dir {
+        Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+    } else {
+        Arc::new(Prefixed::new(console.clone(), labels.clone()))
+    };
+    let end = drive(
+        &targets,
+        &labels,
+        &fanout,
+        &console,
+        |index, target| {
+            let mut request = request.clone();
+            request.user = target.user.clone();
+            fanout::exec::run(client.clone(), target, request, index, output.clone())
+        },
+        |result| output.done(&result),
+    )?;
+    output.end();
+    Ok(conclude(&end, &console))
+}
+
+fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Result<u8, Failure> {
+    let targets = resolve(config, inventory, &args.targets, &args.exclude)?;
+    let client = Arc::new(client(config, args.strict_host_key, args.connect_timeout)?);
+    let labels: Labels = fanout::labels(&targets).into();
+    let fanout = Fanout {
+        limit: args.fanout,
+        // Connect is bounded by the client; the round trip gets as long again.
+        deadline: Some(args.connect_timeout * 2),
+        cancel: CancellationToken::new(),
+    };
+    let console = Console::new(targets.len(), fanout.cancel.clone());
+    let end = drive(
+        &targets,
+        &labels,
+        &fanout,
+        &console,
+        |_, target| {
+            let client = client.clone();
+            async move { ping::ping(&client, &target).await }
+        },
+        |result| {
+            let label = &labels[result.index];
+            if args.json {
+                let line = serde_json::Value::Object(output::record(label, &result)).to_string();
+                console.write(Stream::Stdout, (line + "\n").as_bytes());
+                return;
+            }
+            if let Ok(pong) = &result.outcome {
+                let line = format!("{label}: {}\n", pong.line());
+                console.write(Stream::Stdout, line.as_bytes());
+            } else if let Some(note) = output::host_note(label, &result) {
+                console.note(&note);
+            }
+        },
+    )?;
+    Ok(conclude(&end, &console))
 }
 
 fn known_hosts(config: &ConfigDir, action: KnownHostsAction) -> Result<u8, Failure> {

@@ -1,11 +1,17 @@
-//! One target host as typed on the command line: `[user@]host[:port]`.
+//! Targets as typed on the command line: one host `[user@]host[:port]`,
+//! or a list of them with ranges, `@groups` and `!exclusions`.
 //!
 //! IPv6 addresses take brackets when a port is given (`[::1]:7722`); a bare
-//! address with several colons is a host without a port.
+//! address with several colons is a host without a port. In a list, a
+//! bracket holding a `:` is such an address and any other bracket is a
+//! range (see [`crate::nodeset`]), so `[::1]:7722,127.0.0.[2-3]` means three
+//! hosts.
 
 use std::fmt;
 
 use rexec_protocol::DEFAULT_PORT;
+
+use crate::nodeset::{self, SyntaxError};
 
 /// Where to run a command.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,6 +39,70 @@ impl Target {
     /// When the host is empty, the port is not a number from 1 to 65535, or
     /// brackets do not match.
     pub fn parse(input: &str) -> Result<Target, TargetError> {
+        let spec = TargetSpec::parse(input)?;
+        Ok(Target {
+            user: spec.user,
+            host: spec.host,
+            port: spec.port.unwrap_or(DEFAULT_PORT),
+        })
+    }
+
+    /// `host:port` (`[v6]:port`), the key used in known hosts.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Target {
+    /// The shortest spelling that parses back to this target: the port only
+    /// when it is not the default, brackets around an IPv6 address only
+    /// when a port follows (what `ctl hosts` prints for shell loops).
+    pub fn minimal(&self) -> String {
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        if self.port == DEFAULT_PORT {
+            format!("{user}{}", self.host)
+        } else {
+            format!("{user}{}", self.host_port())
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(user) = &self.user {
+            write!(f, "{user}@")?;
+        }
+        f.write_str(&self.host_port())
+    }
+}
+
+/// A target as written, before the inventory fills in what it leaves out:
+/// the port and user are `None` unless given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TargetSpec {
+    /// The user, if named.
+    pub user: Option<String>,
+    /// Host name or address, without brackets.
+    pub host: String,
+    /// The port, if given.
+    pub port: Option<u16>,
+}
+
+impl TargetSpec {
+    /// Parses `[user@]host[:port]`.
+    ///
+    /// # Errors
+    /// When the host is empty, the port is not a number from 1 to 65535, or
+    /// brackets do not match.
+    pub fn parse(input: &str) -> Result<TargetSpec, TargetError> {
         let err = |reason| TargetError {
             input: input.to_owned(),
             reason,
@@ -71,36 +141,128 @@ impl Target {
             return Err(err("host contains a space, '/' or a control character"));
         }
         let port = match port {
-            None => DEFAULT_PORT,
+            None => None,
             Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
+                Ok(p) if p > 0 => Some(p),
                 _ => return Err(err("port must be a number from 1 to 65535")),
             },
         };
-        Ok(Target {
+        Ok(TargetSpec {
             user,
             host: host.to_owned(),
             port,
         })
     }
 
-    /// `host:port` (`[v6]:port`), the key used in known hosts.
-    pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    /// Whether this spec, used as an exclusion, removes `target`: the host
+    /// must be the same, and the port and user too where they are given.
+    pub fn excludes(&self, target: &Target) -> bool {
+        self.host == target.host
+            && self.port.is_none_or(|p| p == target.port)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| target.user.as_ref() == Some(u))
     }
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(user) = &self.user {
-            write!(f, "{user}@")?;
+/// One item of a target list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListItem {
+    /// Hosts written out or as a range: `node[01-04]`, `root@h:7000`.
+    Hosts(Vec<TargetSpec>),
+    /// An inventory group: `@lab`.
+    Group(String),
+}
+
+/// A target list that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    /// The bracket or list syntax is wrong at one character.
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// One of the expanded names is not a target.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// Parses a comma-separated target list into its items, each with whether
+/// it is an exclusion (`!node07`). Ranges are expanded here.
+///
+/// # Errors
+/// The first syntax error, pointing at its character.
+pub fn parse_list(input: &str) -> Result<Vec<(bool, ListItem)>, ListError> {
+    let mut items = Vec::new();
+    for (offset, item) in nodeset::split_list(input)? {
+        let (exclude, body, at) = match item.strip_prefix('!') {
+            Some(body) => (true, body, offset + 1),
+            None => (false, item, offset),
+        };
+        if body.is_empty() {
+            return Err(SyntaxError {
+                input: input.to_owned(),
+                position: at,
+                reason: "expected a name after '!'".into(),
+            }
+            .into());
         }
-        f.write_str(&self.host_port())
+        if let Some((bad, c)) = body
+            .char_indices()
+            .find(|&(_, c)| c.is_whitespace() || c.is_control() || c == '/' || c == '!')
+        {
+            return Err(SyntaxError {
+                input: input.to_owned(),
+                position: at + bad,
+                reason: format!("{c:?} cannot appear in a target"),
+            }
+            .into());
+        }
+        if let Some(group) = body.strip_prefix('@') {
+            if let Some((bad, c)) = group
+                .char_indices()
+                .find(|&(_, c)| !(c.is_alphanumeric() || "_-.".contains(c)))
+                .or(if group.is_empty() {
+                    Some((0, '@'))
+                } else {
+                    None
+                })
+            {
+                return Err(SyntaxError {
+                    input: input.to_owned(),
+                    position: at + 1 + bad,
+                    reason: if group.is_empty() {
+                        "expected a group name after '@'".into()
+                    } else {
+                        format!("{c:?} cannot appear in a group name")
+                    },
+                }
+                .into());
+            }
+            items.push((exclude, ListItem::Group(group.to_owned())));
+            continue;
+        }
+        let names = nodeset::expand(body).map_err(|e| e.within(input, at))?;
+        let specs = names
+            .iter()
+            .map(|name| TargetSpec::parse(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        items.push((exclude, ListItem::Hosts(specs)));
     }
+    Ok(items)
+}
+
+/// Whether `input` names exactly one literal host: no list, range, group
+/// or exclusion. Such a target keeps ctl's raw single-host output.
+pub fn is_single(input: &str) -> bool {
+    let host = input.rsplit_once('@').map_or(input, |(_, rest)| rest);
+    let v6_literal = host.starts_with('[')
+        && host
+            .split_once(']')
+            .is_some_and(|(inner, _)| inner.contains(':'));
+    !input.contains(',')
+        && !input.starts_with('@')
+        && !input.starts_with('!')
+        && (!input.contains('[') || (v6_literal && input.matches('[').count() == 1))
 }
 
 #[cfg(test)]
@@ -131,6 +293,9 @@ mod tests {
         );
         assert_eq!(Target::parse("[::1]:8").unwrap().host_port(), "[::1]:8");
         assert_eq!(Target::parse("h").unwrap().to_string(), "h:7722");
+        for typed in ["h", "u@h:1", "::1", "[::1]:8", "u@[::1]:8"] {
+            assert_eq!(Target::parse(typed).unwrap().minimal(), typed);
+        }
     }
 
     #[test]
@@ -139,6 +304,106 @@ mod tests {
             "", ":7722", "h:", "h:0", "h:70000", "h:x", "@h", "[::1", "[::1]x", "a b",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn hosts(item: &(bool, ListItem)) -> Vec<String> {
+        match &item.1 {
+            ListItem::Hosts(specs) => specs
+                .iter()
+                .map(|s| {
+                    let port = s.port.map(|p| format!(":{p}")).unwrap_or_default();
+                    let user = s.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                    format!("{user}{}{port}", s.host)
+                })
+                .collect(),
+            ListItem::Group(name) => vec![format!("@{name}")],
+        }
+    }
+
+    #[test]
+    fn lists_hold_ranges_groups_exclusions_and_addresses() {
+        let items =
+            parse_list("root@node[1-2]:7000,@lab,!node2,127.0.0.[2-3],[::1]:8,::1").unwrap();
+        let shown: Vec<_> = items.iter().map(|i| (i.0, hosts(i))).collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    false,
+                    vec!["root@node1:7000".to_owned(), "root@node2:7000".to_owned()]
+                ),
+                (false, vec!["@lab".to_owned()]),
+                (true, vec!["node2".to_owned()]),
+                (false, vec!["127.0.0.2".to_owned(), "127.0.0.3".to_owned()]),
+                (false, vec!["::1:8".to_owned()]),
+                (false, vec!["::1".to_owned()]),
+            ]
+        );
+        let spec = TargetSpec::parse("127.0.0.1:7722").unwrap();
+        assert_eq!((spec.host.as_str(), spec.port), ("127.0.0.1", Some(7722)));
+    }
+
+    #[test]
+    fn list_errors_point_at_the_character() {
+        for (input, position) in [
+            ("a,b c", 3),
+            ("a,!", 3),
+            ("@", 1),
+            ("@la b", 3),
+            ("n[1-3],m[2-a]", 11),
+            ("ok,@g$", 5),
+        ] {
+            match parse_list(input) {
+                Err(ListError::Syntax(e)) => assert_eq!(e.position, position, "{input}: {e}"),
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse_list("h:0"), Err(ListError::Target(_))));
+    }
+
+    #[test]
+    fn only_one_literal_host_is_single() {
+        for single in [
+            "h",
+            "h:1",
+            "root@h",
+            "[::1]:7722",
+            "u@[fe80::1]",
+            "::1",
+            "10.0.0.1",
+        ] {
+            assert!(is_single(single), "{single}");
+        }
+        for several in [
+            "a,b",
+            "n[1-2]",
+            "n[1]",
+            "@lab",
+            "!h",
+            "[::1]:[1-2]",
+            "[1-2]x",
+        ] {
+            assert!(!is_single(several), "{several}");
+        }
+    }
+
+    #[test]
+    fn exclusions_match_what_they_name() {
+        let target = Target::parse("root@h:7000").unwrap();
+        for (spec, excludes) in [
+            ("h", true),
+            ("h:7000", true),
+            ("root@h", true),
+            ("h:7001", false),
+            ("bob@h", false),
+            ("g", false),
+        ] {
+            assert_eq!(
+                TargetSpec::parse(spec).unwrap().excludes(&target),
+                excludes,
+                "{spec}"
+            );
         }
     }
 }

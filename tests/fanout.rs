@@ -1,0 +1,498 @@
+//! `ctl exec`, `ctl hosts` and `ctl ping` on many targets: twenty real
+//! agents on 127.0.0.2 … 127.0.0.21, every output mode, hosts that are
+//! down, hung or slow, and node set expansion and folding.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const FLEET: usize = 20;
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    stdout_of(out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn hosts_expands_ranges_groups_and_exclusions() {
+    let env = Env::new();
+    let inventory = env.root.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        r#"
+[groups]
+rack = "rack[1-2]-n[1,3]"
+lab = ["node[01-04]", "!node03", "@rack"]
+loop-a = "@loop-b"
+loop-b = "@loop-a"
+
+[hosts."node[01-02]"]
+port = 7000
+user = "admin"
+"#,
+    )
+    .unwrap();
+    let inv = inventory.to_str().unwrap();
+    let out = env.ctl_run(&[
+        "--inventory",
+        inv,
+        "hosts",
+        "@lab,!rack2-n3,web:9",
+        "-x",
+        "node04",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        lines(&stdout_of(&out)),
+        [
+            "admin@node01:7000",
+            "admin@node02:7000",
+            "rack1-n1",
+            "rack1-n3",
+            "rack2-n1",
+            "web:9"
+        ]
+    );
+
+    // Zero padding survives, and IPv4 ranges and literal addresses mix.
+    let out = env.ctl_run(&["hosts", "n[08-10],127.0.0.[2-3],127.0.0.1:7723,[::1]:7724"]);
+    assert_eq!(
+        lines(&stdout_of(&out)),
+        [
+            "n08",
+            "n09",
+            "n10",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.1:7723",
+            "[::1]:7724"
+        ]
+    );
+
+    for (bad, says) in [
+        ("node[1-x]", "unexpected 'x'"),
+        ("a,,b", "empty name"),
+        ("node[3-1]", "runs backwards"),
+    ] {
+        let out = env.ctl_run(&["hosts", bad]);
+        assert_eq!(out.status.code(), Some(255), "{bad}");
+        assert!(stderr_of(&out).contains(says), "{bad}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains('^'),
+            "points at the character: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(stdout_of(&out), "");
+    }
+    let out = env.ctl_run(&["--inventory", inv, "hosts", "@loop-a"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr_of(&out).contains("group cycle: @loop-a -> @loop-b -> @loop-a"));
+    let out = env.ctl_run(&["--inventory", inv, "hosts", "@nope"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("unknown group @nope"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn hosts_fold_and_expand_round_trip() {
+    let env = Env::new();
+    for list in [
+        "node[01-20]",
+        "rack[1-3]-n[1,3,5-7]",
+        "node[1-9],node[10-12],web[001-003,010]",
+        "127.0.0.[2-21]",
+    ] {
+        let expanded = env.ctl_run(&["hosts", list]);
+        let folded = env.ctl_run(&["hosts", "--fold", list]);
+        let folded = stdout_of(&folded).trim().to_owned();
+        let again = env.ctl_run(&["hosts", &folded]);
+        let set = |out: &std::process::Output| -> BTreeSet<String> {
+            stdout_of(out).lines().map(str::to_owned).collect()
+        };
+        assert_eq!(set(&again), set(&expanded), "{list} folded to {folded}");
+        let refolded = env.ctl_run(&["hosts", "--fold", &folded]);
+        assert_eq!(stdout_of(&refolded).trim(), folded, "folding is stable");
+    }
+    let folded = env.ctl_run(&[
+        "hosts",
+        "--fold",
+        "rack3-n7,rack[1-3]-n[1,3,5-6],rack[1-2]-n7",
+    ]);
+    assert_eq!(stdout_of(&folded), "rack[1-3]-n[1,3,5-7]\n");
+}
+
+#[test]
+fn twenty_agents_give_prefixed_lines_that_never_mix() {
+    let env = Env::new();
+    let fleet = env.fleet(FLEET);
+    // A 300 kB line arrives in many chunks, interleaved with other hosts'.
+    let command = format!(
+        "{FLEET_HOST} echo \"first $H\"; head -c 300000 /dev/zero | tr '\\0' x; echo; \
+         echo \"err $H\" >&2; printf 'no newline'"
+    );
+    let out = env.ctl_run(&["exec", "127.0.0.[2-21]", &command]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let long = "x".repeat(300_000);
+    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in stdout_of(&out).lines() {
+        let (host, rest) = line.split_once(": ").expect("prefixed line");
+        by_host
+            .entry(host.to_owned())
+            .or_default()
+            .push(rest.to_owned());
+    }
+    assert_eq!(by_host.len(), FLEET);
+    for host in &fleet.hosts {
+        assert_eq!(
+            by_host[host],
+            [
+                format!("first {host}"),
+                long.clone(),
+                "no newline".to_owned()
+            ],
+            "{host}'s lines, whole and in order"
+        );
+    }
+    let mut errors: Vec<String> = lines(&stderr_of(&out));
+    errors.sort();
+    let mut expected: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("{h}: err {h}"))
+        .collect();
+    expected.sort();
+    assert_eq!(errors, expected, "stderr carries stderr, prefixed");
+}
+
+#[test]
+fn lines_over_one_mib_are_cut_into_prefixed_pieces() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    // 2.5 MiB without a newline, then a short line.
+    let out = env.ctl_run(&[
+        "exec",
+        "@lab",
+        "head -c 2621440 /dev/zero | tr '\\0' y; echo; echo end",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for line in stdout_of(&out).lines() {
+        let (host, rest) = line.split_once(": ").expect("prefixed line");
+        let size = if rest == "end" { 0 } else { rest.len() };
+        assert!(
+            rest == "end" || rest.bytes().all(|b| b == b'y'),
+            "{host}: mixed line"
+        );
+        by_host.entry(host.to_owned()).or_default().push(size);
+    }
+    for host in ["127.0.0.2", "127.0.0.3"] {
+        assert_eq!(by_host[host], [1 << 20, 1 << 20, 1 << 19, 0], "{host}");
+    }
+}
+
+#[test]
+fn a_single_literal_target_keeps_raw_output() {
+    let env = Env::new();
+    let fleet = env.fleet(2);
+    let agent = fleet.agent("127.0.0.2");
+    let out = env.ctl_run(&["exec", &agent.target(), "printf 'raw'; exit 3"]);
+    assert_eq!(stdout_of(&out), "raw");
+    assert_eq!(out.status.code(), Some(3));
+    // The inventory supplies the port of a bare host name.
+    let out = env.ctl_run(&["exec", "127.0.0.2", "printf 'raw'"]);
+    assert_eq!(stdout_of(&out), "raw", "{}", stderr_of(&out));
+    // A one-host range is a list: prefixed.
+    let out = env.ctl_run(&["exec", "127.0.0.[2]", "printf 'raw'"]);
+    assert_eq!(stdout_of(&out), "127.0.0.2: raw\n");
+}
+
+#[test]
+fn gather_prints_identical_outputs_once_under_a_node_set() {
+    let env = Env::new();
+    let _fleet = env.fleet(FLEET);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.[2-9]) echo low; echo same;; \
+         127.0.0.1[0-5]) echo mid; echo same;; 127.0.0.21) ;; *) printf high;; esac"
+    );
+    let out = env.ctl_run(&["exec", "-b", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let rule = "-".repeat(15);
+    let expected = format!(
+        "{rule}\n127.0.0.[2-9] (8)\n{rule}\nlow\nsame\n\
+         {rule}\n127.0.0.[10-15] (6)\n{rule}\nmid\nsame\n\
+         {rule}\n127.0.0.[16-20] (5)\n{rule}\nhigh\n"
+    );
+    // Blocks come in the order of each group's first host.
+    assert_eq!(stdout_of(&out), expected);
+}
+
+#[test]
+fn json_keeps_remote_exit_255_apart_from_an_unreachable_host() {
+    let env = Env::new();
+    let mut fleet = env.fleet(FLEET);
+    // 127.0.0.21 goes down: its port refuses connections.
+    let down = fleet.agents.last_mut().unwrap();
+    down.child.kill().unwrap();
+    down.child.wait().unwrap();
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.5) echo bye; exit 255;; \
+         127.0.0.6) printf '\\377\\000'; exit 0;; *) echo \"hi $H\"; echo e >&2;; esac"
+    );
+    let out = env.ctl_run(&["exec", "--json", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(255));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), FLEET, "one line per host");
+    let by_host: BTreeMap<String, &Value> = records
+        .iter()
+        .map(|r| (r["host"].as_str().unwrap().to_owned(), r))
+        .collect();
+    let remote = by_host["127.0.0.5"];
+    assert_eq!(remote["status"], "exited");
+    assert_eq!(remote["exit_code"], 255);
+    assert_eq!(remote["error"], Value::Null);
+    assert_eq!(remote["stdout"], "bye\n");
+    let unreachable = by_host["127.0.0.21"];
+    assert_eq!(unreachable["status"], "error");
+    assert_eq!(unreachable["exit_code"], Value::Null);
+    assert_eq!(unreachable["error"]["kind"], "connect");
+    assert!(
+        unreachable["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    let binary = by_host["127.0.0.6"];
+    assert_eq!(binary["stdout"], "/wA=");
+    assert_eq!(binary["stdout_base64"], true);
+    let plain = by_host["127.0.0.2"];
+    assert_eq!(plain["stdout"], "hi 127.0.0.2\n");
+    assert_eq!(plain["stdout_base64"], false);
+    assert_eq!(plain["stderr"], "e\n");
+    assert_eq!(plain["exit_code"], 0);
+    assert!(plain["target"].as_str().unwrap().starts_with("127.0.0.2:"));
+    assert!(plain["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 2 of 20 hosts failed: connect: 127.0.0.21; exit 255: 127.0.0.5"]
+    );
+}
+
+#[test]
+fn down_and_hung_hosts_never_hold_up_the_others() {
+    let env = Env::new();
+    let mut fleet = env.fleet(FLEET);
+    // 127.0.0.20 is hung: its agent is stopped, so TCP connects but TLS
+    // never answers. 127.0.0.21 is down. 127.0.0.19's command outlives
+    // --timeout.
+    fleet.agent("127.0.0.20").signal("STOP");
+    let down = fleet.agents.last_mut().unwrap();
+    down.child.kill().unwrap();
+    down.child.wait().unwrap();
+    let sleep = unique_sleep(60);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.19) echo before; exec sleep {sleep};; *) echo ok;; esac"
+    );
+    let started = Instant::now();
+    let out = env.ctl_run(&[
+        "exec",
+        "--json",
+        "--timeout",
+        "3s",
+        "--connect-timeout",
+        "2s",
+        "@lab",
+        &command,
+    ]);
+    let took = started.elapsed();
+    fleet.agent("127.0.0.20").signal("CONT");
+    assert!(
+        took < Duration::from_secs(15),
+        "the run ends on the hosts' own timeouts: {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), FLEET);
+    let host = |r: &Value| r["host"].as_str().unwrap().to_owned();
+    // Completion order: every healthy host's line comes before the slow
+    // ones', which end on their own timeouts.
+    let position = |name: &str| records.iter().position(|r| host(r) == name).unwrap();
+    let healthy: Vec<&Value> = records
+        .iter()
+        .filter(|r| !["127.0.0.19", "127.0.0.20", "127.0.0.21"].contains(&host(r).as_str()))
+        .collect();
+    assert_eq!(healthy.len(), FLEET - 3);
+    for record in &healthy {
+        assert_eq!(record["exit_code"], 0, "{record}");
+        assert_eq!(record["stdout"], "ok\n");
+        let at = position(&host(record));
+        assert!(
+            at < position("127.0.0.19") && at < position("127.0.0.20"),
+            "{record}"
+        );
+    }
+    let slow = &records[position("127.0.0.19")];
+    assert_eq!(slow["status"], "timed-out");
+    assert_eq!(
+        slow["stdout"], "before\n",
+        "output before the timeout is kept"
+    );
+    let hung = &records[position("127.0.0.20")];
+    assert_eq!(hung["error"]["kind"], "connect-timeout");
+    assert_eq!(records[position("127.0.0.21")]["error"]["kind"], "connect");
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        [
+            "ctl: 3 of 20 hosts failed: connect: 127.0.0.21; connect-timeout: 127.0.0.20; timed out: 127.0.0.19"
+        ]
+    );
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the timed out command's group was killed"
+    );
+}
+
+#[test]
+fn default_mode_summary_names_failures_and_exit_is_the_largest_code() {
+    let env = Env::new();
+    let _fleet = env.fleet(FLEET);
+    let command =
+        format!("{FLEET_HOST} case $H in 127.0.0.[3-4]) exit 3;; 127.0.0.9) exit 7;; esac");
+    let out = env.ctl_run(&["exec", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stdout_of(&out), "");
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 3 of 20 hosts failed: exit 3: 127.0.0.[3-4]; exit 7: 127.0.0.9"]
+    );
+    let out = env.ctl_run(&["exec", "@lab,!127.0.0.9", "-x", "127.0.0.3", &command]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 18 hosts failed: exit 3: 127.0.0.4"]
+    );
+}
+
+#[test]
+fn fanout_bounds_how_many_hosts_run_at_once() {
+    let env = Env::new();
+    let _fleet = env.fleet(FLEET);
+    let log = env.root.path().join("events");
+    std::fs::write(&log, "").unwrap();
+    let command = format!(
+        "{FLEET_HOST} echo \"start $H\" >> {log}; sleep 0.2; echo \"end $H\" >> {log}",
+        log = log.display()
+    );
+    let out = env.ctl_run(&["exec", "--fanout", "4", "@lab", &command]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let events = std::fs::read_to_string(&log).unwrap();
+    let (mut running, mut most, mut ended) = (0, 0, 0);
+    for event in events.lines() {
+        if event.starts_with("start") {
+            running += 1;
+            most = most.max(running);
+        } else {
+            running -= 1;
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, FLEET);
+    assert!(most <= 4, "at most 4 at once, saw {most}:\n{events}");
+}
+
+#[test]
+fn out_dir_holds_each_hosts_output_and_a_summary() {
+    let env = Env::new();
+    let mut fleet = env.fleet(FLEET);
+    let down = fleet.agents.last_mut().unwrap();
+    down.child.kill().unwrap();
+    down.child.wait().unwrap();
+    let dir = env.root.path().join("out");
+    let command = format!("{FLEET_HOST} echo \"out $H\"; echo \"err $H\" >&2; [ $H != 127.0.0.4 ]");
+    let out = env.ctl_run(&["exec", "-o", dir.to_str().unwrap(), "@lab", &command]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "", "everything went to files");
+    for host in &fleet.hosts[..FLEET - 1] {
+        let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{host}.{ext}"))).unwrap();
+        assert_eq!(read("out"), format!("out {host}\n"));
+        assert_eq!(read("err"), format!("err {host}\n"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("127.0.0.21.out")).unwrap(),
+        ""
+    );
+    let summary = std::fs::read_to_string(dir.join("summary.jsonl")).unwrap();
+    let records: Vec<Value> = summary
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), FLEET);
+    let hosts: Vec<&str> = records
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        fleet.hosts.iter().map(String::as_str).collect::<Vec<_>>(),
+        "in target order"
+    );
+    assert_eq!(records[2]["exit_code"], 1);
+    assert_eq!(records[FLEET - 1]["error"]["kind"], "connect");
+    assert!(records[0].get("stdout").is_none(), "output is in the files");
+    assert!(
+        stderr_of(&out)
+            .ends_with("ctl: 2 of 20 hosts failed: connect: 127.0.0.21; exit 1: 127.0.0.4\n"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn ping_reports_latency_and_agent_version() {
+    let env = Env::new();
+    let mut fleet = env.fleet(FLEET);
+    let out = env.ctl_run(&["ping", "@lab"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let answered: BTreeSet<String> = stdout_of(&out)
+        .lines()
+        .map(|line| {
+            let (host, rest) = line.split_once(": ").unwrap();
+            assert!(
+                rest.contains(" ms (connect ")
+                    && rest.ends_with(&format!("rexec-agent {}", env!("CARGO_PKG_VERSION"))),
+                "{line}"
+            );
+            host.to_owned()
+        })
+        .collect();
+    assert_eq!(answered, fleet.hosts.iter().cloned().collect());
+
+    let down = fleet.agents.last_mut().unwrap();
+    down.child.kill().unwrap();
+    down.child.wait().unwrap();
+    let out = env.ctl_run(&["ping", "--json", "127.0.0.[20-21]"]);
+    assert_eq!(out.status.code(), Some(255));
+    let records = json_lines(&out);
+    let by_host: BTreeMap<&str, &Value> = records
+        .iter()
+        .map(|r| (r["host"].as_str().unwrap(), r))
+        .collect();
+    assert_eq!(by_host["127.0.0.20"]["status"], "answered");
+    assert!(by_host["127.0.0.20"]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(by_host["127.0.0.21"]["error"]["kind"], "connect");
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 2 hosts failed: connect: 127.0.0.21"]
+    );
+}
