@@ -6,6 +6,7 @@
 //! of an established connection after the request has been read.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,6 +33,10 @@ use crate::pty::{self, MasterStream};
 const OUTPUT_QUEUE: usize = 4;
 /// How much one read from a child's pipe may take.
 const READ_CHUNK: usize = 64 * 1024;
+/// The capacity we ask for on the child's output pipes (Linux's default is
+/// 64 KiB). A larger pipe lets the child write on while we send, so a fast
+/// producer is not stopped and woken once per 64 KiB.
+const PIPE_CAPACITY: i32 = 1024 * 1024;
 /// How many stdin chunks may wait for the child to read them.
 const STDIN_QUEUE: usize = 4;
 /// How often we look whether a killed group has gone.
@@ -210,6 +215,15 @@ where
             }
         }
         None => {
+            for fd in [
+                child.stdout.as_ref().map(AsRawFd::as_raw_fd),
+                child.stderr.as_ref().map(AsRawFd::as_raw_fd),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                grow_pipe(fd);
+            }
             if let Some(pipe) = child.stdout.take() {
                 pumps.push(tokio::spawn(pump(
                     pipe,
@@ -641,6 +655,15 @@ fn drop_privileges(groups: &[Gid], gid: Gid, uid: Uid) -> std::io::Result<()> {
     nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
     nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
     nix::unistd::setuid(uid).map_err(std::io::Error::from)
+}
+
+/// Asks for a larger pipe; the default size works too, so a refusal (the
+/// system's `pipe-max-size`) is not an error.
+fn grow_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` is the child's pipe, open and owned by the Child for the
+    // duration of this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
 }
 
 /// Reads a pipe until EOF, sending each chunk as it arrives.

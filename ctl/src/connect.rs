@@ -22,6 +22,9 @@ use crate::error::CtlError;
 use crate::known_hosts::KnownHosts;
 use crate::target::Target;
 
+/// How much of the agent's stream we buffer for decoding.
+const READ_BUFFER: usize = 4 * rexec_protocol::MAX_FRAME_LEN;
+
 /// Frames from the agent.
 pub type Incoming = FramedRead<ReadHalf<TlsStream<TcpStream>>, ClientCodec>;
 /// Frames to the agent.
@@ -101,7 +104,9 @@ impl Client {
 
         let (read, write) = tokio::io::split(tls);
         Ok(Connection {
-            incoming: FramedRead::new(read, ClientCodec::new()),
+            // Room for several full frames, so that bulk output is read
+            // from TLS in large pieces rather than a frame's worth at a time.
+            incoming: FramedRead::with_capacity(read, ClientCodec::new(), READ_BUFFER),
             outgoing: FramedWrite::new(write, ClientCodec::new()),
         })
     }
