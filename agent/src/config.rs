@@ -57,6 +57,8 @@ pub struct AgentSettings {
     pub keepalive_count: u32,
     /// The shell commands run under.
     pub shell: PathBuf,
+    /// The most file data one push may write; `None`: no limit.
+    pub max_copy_bytes: Option<u64>,
     /// Which users each client may run commands as (when the agent runs as
     /// root). See [`RunAsPolicy`].
     pub run_as: RunAsPolicy,
@@ -98,6 +100,7 @@ impl AgentSettings {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_count: DEFAULT_KEEPALIVE_COUNT,
             shell: PathBuf::from(DEFAULT_SHELL),
+            max_copy_bytes: None,
             run_as: RunAsPolicy::default(),
         }
     }

@@ -92,6 +92,9 @@ pub struct ConfigFile {
     /// The shell that runs commands as `SHELL -c COMMAND`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shell: Option<PathBuf>,
+    /// The most file data one push may write, in bytes; 0: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_copy_bytes: Option<u64>,
     /// Client name to the users it may run commands as (`"*"`: any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as: Option<BTreeMap<String, Vec<String>>>,
@@ -213,6 +216,9 @@ impl ConfigFile {
         if let Some(shell) = &self.shell {
             settings.shell = shell.clone();
         }
+        if let Some(bytes) = self.max_copy_bytes {
+            settings.max_copy_bytes = (bytes > 0).then_some(bytes);
+        }
         if let Some(run_as) = &self.run_as {
             settings.run_as = RunAsPolicy {
                 by_client: run_as.clone(),
@@ -242,6 +248,7 @@ impl ConfigFile {
             keepalive_interval: Some(settings.keepalive_interval),
             keepalive_count: NonZeroU32::new(settings.keepalive_count),
             shell: Some(settings.shell.clone()),
+            max_copy_bytes: Some(settings.max_copy_bytes.unwrap_or(0)),
             run_as: (!settings.run_as.by_client.is_empty())
                 .then(|| settings.run_as.by_client.clone()),
         }
@@ -277,6 +284,7 @@ impl ConfigFile {
             keepalive_interval,
             keepalive_count,
             shell,
+            max_copy_bytes,
             run_as
         );
         changed
@@ -407,6 +415,7 @@ max_timeout = "2h"
 keepalive_interval = "30s"
 keepalive_count = 2
 shell = "/bin/bash"
+max_copy_bytes = 1000
 
 [run_as]
 alice = ["www-data", "backup"]
@@ -427,6 +436,7 @@ ops = ["*"]
         assert_eq!(s.keepalive_interval, Duration::from_secs(30));
         assert_eq!(s.keepalive_count, 2);
         assert_eq!(s.shell, Path::new("/bin/bash"));
+        assert_eq!(s.max_copy_bytes, Some(1000));
         assert!(s.run_as.allows("alice", "backup"));
         assert!(s.run_as.allows("ops", "root"));
         assert!(!s.run_as.allows("alice", "root"));

@@ -809,6 +809,12 @@ pub(crate) fn name_of(message: &ClientMessage) -> &'static str {
         ClientMessage::Signal(_) => "signal",
         ClientMessage::WindowSize(_) => "window size",
         ClientMessage::Keepalive => "keepalive",
+        ClientMessage::Push(_) => "push request",
+        ClientMessage::Pull(_) => "pull request",
+        ClientMessage::File(_) => "file",
+        ClientMessage::FileData(_) => "file data",
+        ClientMessage::FileEnd(_) => "file end",
+        ClientMessage::CopyEnd => "copy end",
         _ => "message",
     }
 }

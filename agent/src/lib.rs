@@ -12,6 +12,7 @@
 pub mod authorized;
 pub mod config;
 pub mod config_file;
+pub mod copy;
 pub mod exec;
 pub mod limits;
 pub mod notify;

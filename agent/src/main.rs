@@ -116,6 +116,10 @@ struct RunArgs {
     /// The shell that runs commands as SHELL -c COMMAND [default: /bin/sh].
     #[arg(long)]
     shell: Option<PathBuf>,
+    /// The most file data one `ctl cp` push may write, in bytes; 0 means
+    /// no limit [default: no limit].
+    #[arg(long)]
+    max_copy_bytes: Option<u64>,
     /// Check the config file and the identity, print the effective settings
     /// (file and flags combined) as a config file, and exit.
     #[arg(long)]
@@ -154,6 +158,9 @@ impl RunArgs {
         }
         if let Some(shell) = &self.shell {
             settings.shell = shell.clone();
+        }
+        if let Some(bytes) = self.max_copy_bytes {
+            settings.max_copy_bytes = (bytes > 0).then_some(bytes);
         }
     }
 }

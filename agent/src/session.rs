@@ -11,15 +11,15 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::{
     AgentCodec, AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, Fingerprint,
-    FrameError, Hello, PROTOCOL_VERSION,
+    FrameError, Hello, PROTOCOL_VERSION, PullRequest, PushRequest,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::exec;
 use crate::server::AgentState;
+use crate::{copy, exec};
 
 type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
 type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
@@ -56,6 +56,8 @@ struct Client {
 enum Request {
     Exec(ExecRequest),
     Ping,
+    Push(PushRequest),
+    Pull(PullRequest),
 }
 
 /// Serves one connection to its end, logging how it went.
@@ -107,6 +109,62 @@ async fn serve_inner(
             outgoing.feed(AgentMessage::Pong).await?;
             outgoing.close().await?;
             tracing::debug!(%peer, client = %client.name, "ping");
+        }
+        Request::Push(_) | Request::Pull(_) => {
+            let (direction, path) = match &request {
+                Request::Push(push) => ("push", push.dest.clone()),
+                Request::Pull(pull) => ("pull", pull.path.clone()),
+                _ => ("", String::new()),
+            };
+            // A copy is work like a command, under the same limits.
+            let _slot = match state.execs.acquire(client.fingerprint) {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    tracing::warn!(target: "rexec::audit", %peer, client = %client.name, %path, "{direction} refused: {busy}");
+                    outgoing
+                        .feed(AgentMessage::Error(ErrorReport::new(
+                            ErrorKind::Busy,
+                            busy.to_string(),
+                        )))
+                        .await?;
+                    outgoing.close().await?;
+                    return Ok(());
+                }
+            };
+            let started = Instant::now();
+            let started_at = std::time::SystemTime::now();
+            let report = match &request {
+                Request::Push(push) => {
+                    // The client waits for our hello before it sends files.
+                    outgoing.flush().await?;
+                    copy::serve_push(
+                        push,
+                        &state.settings,
+                        &mut incoming,
+                        &mut outgoing,
+                        &state.shutdown.kill,
+                    )
+                    .await
+                }
+                Request::Pull(pull) => {
+                    copy::serve_pull(pull, &mut outgoing, &state.shutdown.kill).await
+                }
+                _ => return Ok(()),
+            };
+            tracing::info!(
+                target: "rexec::audit",
+                %peer,
+                client = %client.name,
+                fingerprint = %client.fingerprint,
+                direction,
+                path = %path,
+                started_at = %humantime::format_rfc3339_millis(started_at),
+                outcome = %report.outcome,
+                duration_ms = started.elapsed().as_millis() as u64,
+                entries = report.entries,
+                bytes = report.bytes,
+                "copy"
+            );
         }
         Request::Exec(request) => {
             let _slot = match state.execs.acquire(client.fingerprint) {
@@ -243,6 +301,8 @@ async fn read_request<S: AsyncRead + AsyncWrite>(
     match next(incoming).await? {
         ClientMessage::Exec(request) => Ok(Request::Exec(request)),
         ClientMessage::Ping => Ok(Request::Ping),
+        ClientMessage::Push(request) => Ok(Request::Push(request)),
+        ClientMessage::Pull(request) => Ok(Request::Pull(request)),
         other => Err(SessionError::Protocol(format!(
             "expected a request, got {}",
             exec::name_of(&other)

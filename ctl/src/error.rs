@@ -100,6 +100,9 @@ pub enum CtlError {
     /// The agent sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Local(String),
     /// The connection broke before the command's end was reported.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -123,6 +126,7 @@ impl CtlError {
             CtlError::Agent(report) => report.kind.as_str(),
             CtlError::Protocol(_) => "protocol",
             CtlError::ConnectionLost(_) => "connection-lost",
+            CtlError::Local(_) => "local",
         }
     }
 }

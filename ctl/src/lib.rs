@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod fanout;
@@ -94,6 +95,10 @@ enum Command {
     Hosts(HostsArgs),
     /// Check that agents answer: handshake and one round trip per host.
     Ping(PingArgs),
+    /// Copy files: ctl cp [-r] LOCAL... TARGETS:/PATH, or
+    /// ctl cp [-r] TARGETS:/PATH LOCAL_DIR.
+    #[command(after_help = COPY_HELP)]
+    Cp(CpArgs),
     /// List or remove the agents' fingerprints recorded on first contact.
     KnownHosts {
         #[command(subcommand)]
@@ -212,6 +217,45 @@ struct PingArgs {
     targets: String,
 }
 
+const COPY_HELP: &str = "\
+A remote operand is TARGETS:/ABSOLUTE/PATH (split at the first ':/'; write a
+local path containing ':/' as ./like:/this).
+Push: into REMOTE_PATH when it is an existing directory, else the one source
+becomes REMOTE_PATH. Each file is written under a temporary name, checked
+against its SHA-256 and renamed into place: readers see the old file or the
+new one, never a mix.
+Pull from one host: LOCAL_DIR/NAME; from several: LOCAL_DIR/HOST/NAME.
+Exit status: 0 when every host succeeded, else the largest per-host code
+(255 when ctl or the agent could not copy), with a summary on stderr.";
+
+#[derive(Debug, clap::Args)]
+struct CpArgs {
+    /// Copy directories and everything in them.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Remove these hosts (repeatable; a target list).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
+    exclude: Vec<String>,
+    /// Most hosts at once.
+    #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
+    fanout: usize,
+    /// Bound on connecting and the TLS handshake.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    /// Give up on a host whose copy takes longer than this.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Refuse hosts that are not in known hosts.
+    #[arg(long)]
+    strict_host_key: bool,
+    /// One JSON object per host per line: entries, bytes, duration, sha256.
+    #[arg(long)]
+    json: bool,
+    /// Sources then destination; exactly one side is remote.
+    #[arg(required = true, num_args = 2.., value_name = "PATHS")]
+    paths: Vec<String>,
+}
+
 fn parse_fanout(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -259,6 +303,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec(&config, cli.inventory.as_deref(), args),
         Command::Hosts(args) => hosts(&config, cli.inventory.as_deref(), args),
         Command::Ping(args) => ping(&config, cli.inventory.as_deref(), args),
+        Command::Cp(args) => cp(&config, cli.inventory.as_deref(), args),
         Command::KnownHosts { action } => known_hosts(&config, action),
     };
     match result {
@@ -569,6 +614,109 @@ fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Result<
             }
         },
     )?;
+    Ok(conclude(&end, &console))
+}
+
+fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, Failure> {
+    let usage = |m: &str| plain(CtlError::Usage(m.to_owned()));
+    let (last, sources) = args
+        .paths
+        .split_last()
+        .ok_or_else(|| usage("ctl cp needs a source and a destination"))?;
+    let remote_sources: Vec<_> = sources
+        .iter()
+        .filter_map(|s| copy::remote_operand(s))
+        .collect();
+    let pushing = copy::remote_operand(last);
+    let (targets_text, direction) = match (&pushing, remote_sources.as_slice()) {
+        (Some(dest), []) => (dest.targets.clone(), true),
+        (None, [source]) if sources.len() == 1 => (source.targets.clone(), false),
+        (Some(_), _) => return Err(usage("copy either to remote hosts or from them, not both")),
+        (None, []) => return Err(usage("one side of ctl cp must be remote: TARGETS:/PATH")),
+        (None, _) => {
+            return Err(usage(
+                "pull one remote path at a time: ctl cp TARGETS:/PATH LOCAL_DIR",
+            ));
+        }
+    };
+    let targets = resolve(config, inventory, &targets_text, &args.exclude)?;
+    let client = Arc::new(client(config, args.strict_host_key, args.connect_timeout)?);
+    let labels: Labels = fanout::labels(&targets).into();
+    let fanout = Fanout {
+        limit: args.fanout,
+        deadline: args.timeout.map(|t| t + args.connect_timeout),
+        cancel: CancellationToken::new(),
+    };
+    let console = Console::new(targets.len(), fanout.cancel.clone());
+    let report = |result: HostResult<copy::Copied>| {
+        let label = &labels[result.index];
+        if args.json {
+            let line = serde_json::Value::Object(output::record(label, &result)).to_string();
+            console.write(Stream::Stdout, (line + "\n").as_bytes());
+        } else if let Some(note) = output::host_note(label, &result) {
+            console.note(&note);
+        }
+    };
+    let end = if direction {
+        let dest = pushing.map(|d| d.path).unwrap_or_default();
+        let sources: Arc<[PathBuf]> = sources.iter().map(PathBuf::from).collect();
+        drive(
+            &targets,
+            &labels,
+            &fanout,
+            &console,
+            |_, target| {
+                let (client, sources, dest) = (client.clone(), sources.clone(), dest.clone());
+                async move { copy::push(&client, &target, &sources, args.recursive, &dest).await }
+            },
+            report,
+        )?
+    } else {
+        let path = remote_sources
+            .first()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        let local_dir = PathBuf::from(last);
+        if !local_dir.is_dir() {
+            return Err(usage(&format!(
+                "{} is not a directory",
+                local_dir.display()
+            )));
+        }
+        let several = targets.len() > 1;
+        let into: Vec<PathBuf> = labels
+            .iter()
+            .map(|label| {
+                if several {
+                    local_dir.join(label)
+                } else {
+                    local_dir.clone()
+                }
+            })
+            .collect();
+        if several {
+            for dir in &into {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    plain(CtlError::Local(format!(
+                        "cannot create {}: {e}",
+                        dir.display()
+                    )))
+                })?;
+            }
+        }
+        let into: Arc<[PathBuf]> = into.into();
+        drive(
+            &targets,
+            &labels,
+            &fanout,
+            &console,
+            |index, target| {
+                let (client, into, path) = (client.clone(), into.clone(), path.clone());
+                async move { copy::pull(&client, &target, &path, args.recursive, &into[index]).await }
+            },
+            report,
+        )?
+    };
     Ok(conclude(&end, &console))
 }
 

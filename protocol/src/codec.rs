@@ -212,6 +212,15 @@ mod tests {
     use super::*;
     use crate::message::*;
 
+    fn file_header() -> FileHeader {
+        FileHeader {
+            path: Bytes::from_static(b"top/odd name\n\xff"),
+            kind: FileKind::File { size: 4 },
+            mode: 0o644,
+            mtime: 1_700_000_000,
+        }
+    }
+
     fn every_client_message() -> Vec<ClientMessage> {
         vec![
             ClientMessage::Hello(Hello::new("ctl 0.1.0")),
@@ -242,6 +251,21 @@ mod tests {
                 rows: 43,
             }),
             ClientMessage::Keepalive,
+            ClientMessage::Push(PushRequest {
+                dest: "/srv/app".into(),
+                user: None,
+            }),
+            ClientMessage::Pull(PullRequest {
+                path: "/var/log/syslog".into(),
+                recursive: true,
+                user: Some("adm".into()),
+            }),
+            ClientMessage::File(file_header()),
+            ClientMessage::FileData(Bytes::from_static(b"data")),
+            ClientMessage::FileEnd(FileEnd {
+                sha256: Bytes::from_static(&[9; 32]),
+            }),
+            ClientMessage::CopyEnd,
         ]
     }
 
@@ -258,6 +282,30 @@ mod tests {
                 keepalive: None,
             },
             AgentMessage::Keepalive,
+            AgentMessage::File(file_header()),
+            AgentMessage::File(FileHeader {
+                path: Bytes::from_static(b"d"),
+                kind: FileKind::Directory,
+                mode: 0o755,
+                mtime: -1,
+            }),
+            AgentMessage::File(FileHeader {
+                path: Bytes::from_static(b"d/link"),
+                kind: FileKind::Symlink {
+                    target: Bytes::from_static(b"../x"),
+                },
+                mode: 0o777,
+                mtime: 0,
+            }),
+            AgentMessage::FileData(Bytes::from_static(b"data")),
+            AgentMessage::FileEnd(FileEnd {
+                sha256: Bytes::from_static(&[9; 32]),
+            }),
+            AgentMessage::CopyEnd,
+            AgentMessage::CopyDone(CopyDone {
+                entries: 3,
+                bytes: 1 << 40,
+            }),
             AgentMessage::Stdout(Bytes::from(vec![7u8; MAX_CHUNK_LEN])),
             AgentMessage::Stderr(Bytes::from_static(b"err\n")),
             AgentMessage::Exit(ExitStatus::Code(3)),
@@ -278,6 +326,10 @@ mod tests {
             ErrorKind::Busy,
             ErrorKind::ShuttingDown,
             ErrorKind::Internal,
+            ErrorKind::NoSuchFile,
+            ErrorKind::ChecksumMismatch,
+            ErrorKind::WriteFailed,
+            ErrorKind::TooLarge,
         ] {
             messages.push(AgentMessage::Error(ErrorReport::new(kind, kind.as_str())));
         }

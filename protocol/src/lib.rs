@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
+pub mod copy;
 pub mod identity;
 pub mod message;
 pub mod tls;

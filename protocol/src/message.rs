@@ -57,6 +57,19 @@ pub enum ClientMessage {
     WindowSize(WindowSize),
     /// Proof of life, sent in answer to the agent's [`AgentMessage::Keepalive`].
     Keepalive,
+    /// The connection's one request: receive files into `dest`; the
+    /// entries follow as [`ClientMessage::File`] and friends.
+    Push(PushRequest),
+    /// The connection's one request: send the file or tree at `path`.
+    Pull(PullRequest),
+    /// A pushed entry begins; data and end follow for a regular file.
+    File(FileHeader),
+    /// A chunk of the current file's bytes, in order.
+    FileData(Bytes),
+    /// The current file is complete.
+    FileEnd(FileEnd),
+    /// No more entries: the push is complete.
+    CopyEnd,
 }
 
 /// Messages from the agent to `ctl`.
@@ -88,6 +101,87 @@ pub enum AgentMessage {
     /// client answers with [`ClientMessage::Keepalive`]. A client that does
     /// not answer within the agent's bound is taken as gone.
     Keepalive,
+    /// A pulled entry begins; data and end follow for a regular file.
+    File(FileHeader),
+    /// A chunk of the current file's bytes, in order.
+    FileData(Bytes),
+    /// The current file is complete.
+    FileEnd(FileEnd),
+    /// No more entries: the pull is complete; last.
+    CopyEnd,
+    /// Every pushed entry is in place; last.
+    CopyDone(CopyDone),
+}
+
+/// A request to receive files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Where they go: into it when it is an existing directory, else the
+    /// one top-level entry becomes this path.
+    pub dest: String,
+    /// Write as this user (the agent's own user only, for now).
+    pub user: Option<String>,
+}
+
+/// A request to send a file or a tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The absolute path to send.
+    pub path: String,
+    /// Send a directory and everything in it.
+    pub recursive: bool,
+    /// Read as this user (the agent's own user only, for now).
+    pub user: Option<String>,
+}
+
+/// One entry of a copied tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// The entry's path relative to the copy's top, components separated by
+    /// `/`, as raw bytes (names need not be UTF-8). The first component is
+    /// the top-level entry's own name.
+    pub path: Bytes,
+    /// What it is.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// The kinds of entries a copy carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file of this many bytes; its data and end follow.
+    File {
+        /// The size announced before the data.
+        size: u64,
+    },
+    /// A directory; its entries follow it.
+    Directory,
+    /// A symbolic link with this target (never followed).
+    Symlink {
+        /// The link's target, as raw bytes.
+        target: Bytes,
+    },
+}
+
+/// The end of a regular file's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEnd {
+    /// SHA-256 of the data as the sender read it; the receiver checks it
+    /// before the file takes its name.
+    pub sha256: Bytes,
+}
+
+/// What a completed push put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyDone {
+    /// Entries written (files, directories, links).
+    pub entries: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
 }
 
 /// A request to run one command through the agent's shell.
@@ -205,6 +299,14 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Something failed inside the agent.
     Internal,
+    /// A path does not exist or is not what the request needs.
+    NoSuchFile,
+    /// The data did not match its checksum.
+    ChecksumMismatch,
+    /// The file system refused a write (disk full, read-only, quota).
+    WriteFailed,
+    /// A copy exceeds the agent's size limit.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -219,6 +321,10 @@ impl ErrorKind {
             ErrorKind::SpawnFailed => "spawn-failed",
             ErrorKind::Busy => "busy",
             ErrorKind::ShuttingDown => "shutting-down",
+            ErrorKind::NoSuchFile => "no-such-file",
+            ErrorKind::ChecksumMismatch => "checksum-mismatch",
+            ErrorKind::WriteFailed => "write-failed",
+            ErrorKind::TooLarge => "too-large",
             ErrorKind::Internal => "internal",
         }
     }

@@ -1,0 +1,451 @@
+//! `ctl cp` against real agents: byte-exact round trips, trees with odd
+//! names, many hosts, and the failures that must leave the old file and no
+//! temporary behind.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+fn cp(env: &Env, args: &[&str]) -> std::process::Output {
+    env.ctl().arg("cp").args(args).output().expect("run ctl cp")
+}
+
+fn remote(agent: &Agent, path: &Path) -> String {
+    format!("{}:{}", agent.target(), path.display())
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    stdout_of(&out)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every entry below `dir`: relative name, and its bytes or link target.
+fn listing(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.push((rel, target.as_os_str().as_bytes().to_vec(), 0));
+            } else if meta.is_dir() {
+                out.push((rel, b"<dir>".to_vec(), mode));
+                stack.push(path);
+            } else {
+                out.push((rel, std::fs::read(&path).unwrap(), mode));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| rexec_protocol::copy::is_temp_name(p.file_name().unwrap()))
+        .collect()
+}
+
+#[test]
+fn files_of_every_size_round_trip_byte_exact() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let (there, back) = (root.join("there"), root.join("back"));
+    std::fs::create_dir_all(&there).unwrap();
+    std::fs::create_dir_all(&back).unwrap();
+    for (name, len) in [("empty", 0usize), ("one", 1), ("hundred-mib", 100 << 20)] {
+        let source = root.join(name);
+        std::fs::write(&source, random_bytes(len, len as u64 + 1)).unwrap();
+        let pushed = cp(
+            &env,
+            &["--json", source.to_str().unwrap(), &remote(&agent, &there)],
+        );
+        assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+        let record: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
+        assert_eq!(record["status"], "copied");
+        assert_eq!(record["bytes"], len as u64);
+        assert_eq!(
+            record["sha256"],
+            sha256_hex(&source),
+            "checksum of what was sent"
+        );
+
+        let pulled = cp(
+            &env,
+            &[&remote(&agent, &there.join(name)), back.to_str().unwrap()],
+        );
+        assert!(pulled.status.success(), "{}", stderr_of(&pulled));
+        assert!(
+            std::fs::read(back.join(name)).unwrap() == std::fs::read(&source).unwrap(),
+            "{name} differs after the round trip"
+        );
+    }
+    assert!(temporaries(&there).is_empty() && temporaries(&back).is_empty());
+    assert!(agent.wait_for_log("direction=\"push\"").is_some());
+}
+
+#[test]
+fn a_tree_with_links_and_odd_names_round_trips() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let src = root.join("tree");
+    std::fs::create_dir_all(src.join("sub dir/deeper")).unwrap();
+    std::fs::write(src.join("with space"), b"space").unwrap();
+    std::fs::write(src.join("new\nline"), b"newline").unwrap();
+    std::fs::write(
+        src.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        b"not utf-8",
+    )
+    .unwrap();
+    std::fs::write(src.join("sub dir/deeper/data"), random_bytes(300_000, 5)).unwrap();
+    std::fs::write(src.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        src.join("script.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub dir/deeper/data", src.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+
+    let there = root.join("there");
+    std::fs::create_dir(&there).unwrap();
+    let pushed = cp(
+        &env,
+        &["-r", src.to_str().unwrap(), &remote(&agent, &there)],
+    );
+    assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    assert_eq!(listing(&there.join("tree")), listing(&src));
+
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let pulled = cp(
+        &env,
+        &[
+            "-r",
+            &remote(&agent, &there.join("tree")),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(pulled.status.success(), "{}", stderr_of(&pulled));
+    assert_eq!(listing(&back.join("tree")), listing(&src));
+
+    // Without -r a directory is refused, and says how.
+    let refused = cp(&env, &[src.to_str().unwrap(), &remote(&agent, &there)]);
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        stderr_of(&refused).contains("-r"),
+        "{}",
+        stderr_of(&refused)
+    );
+}
+
+#[test]
+fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
+    let env = Env::new();
+    let fleet = env.fleet(10);
+    let root = env.root.path();
+    let script = root.join("deploy.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho deployed\n").unwrap();
+    let dest = root.join("deployed");
+    std::fs::create_dir(&dest).unwrap();
+    let pushed = cp(
+        &env,
+        &[
+            "--json",
+            script.to_str().unwrap(),
+            &format!("@lab:{}", dest.display()),
+        ],
+    );
+    assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    let records: Vec<serde_json::Value> = stdout_of(&pushed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 10);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["status"] == "copied" && r["bytes"] == 24)
+    );
+    for host in &fleet.hosts {
+        assert!(
+            fleet.agent(host).wait_for_log("outcome=done").is_some(),
+            "{host}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dest.join("deploy.sh")).unwrap(),
+        b"#!/bin/sh\necho deployed\n"
+    );
+
+    let logs = root.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let pulled = cp(
+        &env,
+        &[
+            &format!("@lab:{}", dest.join("deploy.sh").display()),
+            logs.to_str().unwrap(),
+        ],
+    );
+    assert!(pulled.status.success(), "{}", stderr_of(&pulled));
+    for host in &fleet.hosts {
+        let file = logs.join(host).join("deploy.sh");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"#!/bin/sh\necho deployed\n",
+            "{}",
+            file.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&logs).unwrap().count(),
+        10,
+        "one directory per host"
+    );
+}
+
+#[test]
+fn a_client_killed_mid_push_leaves_the_old_file_and_no_temporary() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let source = root.join("big");
+    // Sparse: large to send, cheap to make.
+    std::fs::File::create(&source)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let dest_dir = root.join("dest");
+    std::fs::create_dir(&dest_dir).unwrap();
+    std::fs::write(dest_dir.join("big"), b"the old file").unwrap();
+    let mut ctl = env
+        .ctl()
+        .args(["cp", source.to_str().unwrap(), &remote(&agent, &dest_dir)])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || !temporaries(&dest_dir).is_empty()),
+        "the transfer started"
+    );
+    ctl.kill().unwrap();
+    ctl.wait().unwrap();
+    assert!(
+        agent.wait_for_log("client gone").is_some(),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        std::fs::read(dest_dir.join("big")).unwrap(),
+        b"the old file"
+    );
+    assert!(wait_until(DEADLINE, || temporaries(&dest_dir).is_empty()));
+    // The agent serves on.
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
+}
+
+/// A small file system of our own, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let Some(small) = Mount::tmpfs(&root.join("small"), "size=1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    std::fs::write(small.0.join("file"), b"old contents").unwrap();
+    let source = root.join("file");
+    std::fs::write(&source, random_bytes(3 << 20, 9)).unwrap();
+    let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &small.0)]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("write-failed") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(small.0.join("file")).unwrap(),
+        b"old contents"
+    );
+    assert!(
+        temporaries(&small.0).is_empty(),
+        "{:?}",
+        temporaries(&small.0)
+    );
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
+}
+
+#[test]
+fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let source = root.join("f");
+    std::fs::write(&source, b"x").unwrap();
+
+    let out = cp(
+        &env,
+        &[
+            source.to_str().unwrap(),
+            &remote(&agent, &root.join("no/such/dir/f")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("no such directory"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = cp(
+        &env,
+        &[
+            &remote(&agent, &root.join("missing")),
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("no-such-file"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    if let Some(ro) = Mount::tmpfs(&root.join("ro"), "ro,size=1m") {
+        let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
+        assert_eq!(out.status.code(), Some(255));
+        assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn a_size_limit_refuses_large_pushes_before_writing() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-copy-bytes", "1000"]);
+    let root = env.root.path();
+    let source = root.join("big");
+    std::fs::write(&source, vec![1u8; 2000]).unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr_of(&out).contains("too-large"), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+}
+
+/// An agent that offers `../../etc/x` (played by a TLS server in this test
+/// with the agent's own identity) cannot make ctl write outside LOCAL_DIR.
+#[tokio::test]
+async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use rexec_protocol::{
+        AgentCodec, AgentMessage, FileHeader, FileKind, Hello, Identity, IdentityPaths,
+    };
+
+    let env = Env::new();
+    let identity = Identity::load(&IdentityPaths::in_dir(&env.agent_dir, "agent")).unwrap();
+    #[derive(Debug)]
+    struct Anyone;
+    impl rexec_protocol::tls::ClientAuthorizer for Anyone {
+        fn is_authorized(&self, _: &rexec_protocol::Fingerprint) -> bool {
+            true
+        }
+    }
+    let config = rexec_protocol::tls::server_config(&identity, Arc::new(Anyone)).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hostile = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let (read, write) = tokio::io::split(tls);
+        let mut incoming = tokio_util::codec::FramedRead::new(read, AgentCodec::new());
+        let mut outgoing = tokio_util::codec::FramedWrite::new(write, AgentCodec::new());
+        let _ = incoming.next().await;
+        let _ = incoming.next().await;
+        for message in [
+            AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+            AgentMessage::File(FileHeader {
+                path: Bytes::from_static(b"../../escaped"),
+                kind: FileKind::File { size: 1 },
+                mode: 0o644,
+                mtime: 0,
+            }),
+            AgentMessage::FileData(Bytes::from_static(b"x")),
+        ] {
+            let _ = outgoing.feed(message).await;
+        }
+        let _ = outgoing.flush().await;
+        let _ = incoming.next().await;
+    });
+    std::fs::write(
+        env.ctl_dir.join("known_hosts"),
+        format!("{addr} {}\n", env.agent_fingerprint),
+    )
+    .unwrap();
+    let local = env.root.path().join("a/b/local");
+    std::fs::create_dir_all(&local).unwrap();
+    let mut ctl = env.ctl();
+    ctl.args(["cp", &format!("{addr}:/etc/x"), local.to_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("refusing entry name"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!env.root.path().join("a/escaped").exists());
+    assert!(!env.root.path().join("escaped").exists());
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+    hostile.abort();
+}
