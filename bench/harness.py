@@ -242,6 +242,28 @@ def main():
     ], args.bulk_runs)
     rows.append(("1 GiB to /dev/null: rexec vs ssh (aes128-gcm)", med["rexec"], med["ssh"]))
     rows.append(("1 GiB to /dev/null: rexec vs one local pipe hop", med["rexec"], med["local"]))
+
+    # Copying 1 GiB of random bytes each way: ctl cp vs scp (fastest cipher).
+    data = work / "gib"
+    with open(data, "wb") as out, open("/dev/urandom", "rb") as rnd:
+        for _ in range(1024):
+            out.write(rnd.read(1 << 20))
+    for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
+        (work / d).mkdir()
+    scp = ["scp", "-q", "-F", str(ssh.config), *fastest]
+    med = alternate([
+        ("rexec", lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to-rexec'}"], env=rx.env)),
+        ("scp", lambda: timed(scp + [str(data), f"bench:{work / 'to-scp'}"])),
+    ], args.bulk_runs)
+    rows.append(("push 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
+    med = alternate([
+        ("rexec", lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from-rexec")], env=rx.env)),
+        ("scp", lambda: timed(scp + [f"bench:{data}", str(work / "from-scp")])),
+    ], args.bulk_runs)
+    rows.append(("pull 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
+    for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
+        shutil.rmtree(work / d)
+    data.unlink()
     rx.stop(agent)
 
     # Peak RSS of agent and ctl over one 1 GiB run, on a fresh agent.
