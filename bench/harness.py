@@ -163,6 +163,7 @@ PermitRootLogin yes
 PasswordAuthentication no
 MaxStartups 1024:30:2048
 MaxSessions 1024
+Subsystem sftp internal-sftp
 LogLevel ERROR
 """
         )
