@@ -255,8 +255,13 @@ def main():
     med = alternate([
         ("rexec", lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to-rexec'}"], env=rx.env)),
         ("scp", lambda: timed(scp + [str(data), f"bench:{work / 'to-scp'}"])),
+        # ctl cp makes each file durable before it takes its name; scp does
+        # not, so the fair comparison adds a sync of what it wrote.
+        ("scp-sync", lambda: timed(" ".join(scp) + f" {data} bench:{work / 'to-scp'} && sync -f {work / 'to-scp'}",
+                                   shell=True)),
     ], args.bulk_runs)
     rows.append(("push 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
+    rows.append(("push 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
     med = alternate([
         ("rexec", lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from-rexec")], env=rx.env)),
         ("scp", lambda: timed(scp + [f"bench:{data}", str(work / "from-scp")])),

@@ -36,6 +36,25 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(soft)
 }
 
+/// A peer that vanished (machine off, cable pulled) while we had output on
+/// the way stops acknowledging it; without a bound, the kernel would retry
+/// for a quarter of an hour before our writes fail and the command is
+/// cleaned up. We give it as long as a quiet session gets (keepalive
+/// interval times count). A slow but present reader still acknowledges the
+/// kernel's probes, so flow control is unaffected.
+fn bound_unacknowledged_data(stream: &tokio::net::TcpStream, settings: &AgentSettings) {
+    let bound = settings.keepalive_interval * settings.keepalive_count;
+    if bound.is_zero() {
+        return;
+    }
+    let millis = u32::try_from(bound.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) =
+        nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
+    {
+        tracing::debug!(error = %e, "cannot bound unacknowledged data on this socket");
+    }
+}
+
 /// Longest pause after a failed accept (for example, out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -162,6 +181,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, tracker: Tas
             continue;
         };
         let _ = stream.set_nodelay(true);
+        bound_unacknowledged_data(&stream, &state.settings);
         let state = state.clone();
         tracker.spawn(
             async move {
