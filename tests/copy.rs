@@ -381,33 +381,15 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
 /// with the agent's own identity) cannot make ctl write outside LOCAL_DIR.
 #[tokio::test]
 async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
-    use rexec_protocol::{
-        AgentCodec, AgentMessage, FileHeader, FileKind, Hello, Identity, IdentityPaths,
-    };
+    use rexec_protocol::{AgentMessage, FileHeader, FileKind, Hello};
 
     let env = Env::new();
-    let identity = Identity::load(&IdentityPaths::in_dir(&env.agent_dir, "agent")).unwrap();
-    #[derive(Debug)]
-    struct Anyone;
-    impl rexec_protocol::tls::ClientAuthorizer for Anyone {
-        fn is_authorized(&self, _: &rexec_protocol::Fingerprint) -> bool {
-            true
-        }
-    }
-    let config = rexec_protocol::tls::server_config(&identity, Arc::new(Anyone)).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let fake = FakeAgent::bind(&env).await;
+    let addr = fake.addr;
     let hostile = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let tls = acceptor.accept(tcp).await.unwrap();
-        let (read, write) = tokio::io::split(tls);
-        let mut incoming = tokio_util::codec::FramedRead::new(read, AgentCodec::new());
-        let mut outgoing = tokio_util::codec::FramedWrite::new(write, AgentCodec::new());
+        let (mut incoming, mut outgoing) = fake.accept().await;
         let _ = incoming.next().await;
         let _ = incoming.next().await;
         for message in [
@@ -425,11 +407,6 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
         let _ = outgoing.flush().await;
         let _ = incoming.next().await;
     });
-    std::fs::write(
-        env.ctl_dir.join("known_hosts"),
-        format!("{addr} {}\n", env.agent_fingerprint),
-    )
-    .unwrap();
     let local = env.root.path().join("a/b/local");
     std::fs::create_dir_all(&local).unwrap();
     let mut ctl = env.ctl();

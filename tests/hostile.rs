@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{HostKeyPolicy, HostKeyVerifier, client_config, server_name};
 use rexec_protocol::{
-    AgentCodec, AgentMessage, ClientMessage, ErrorKind, ExecRequest, Hello, Identity,
-    IdentityPaths, PROTOCOL_VERSION,
+    AgentMessage, ClientMessage, ErrorKind, ExecRequest, Hello, Identity, IdentityPaths,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -114,17 +114,23 @@ async fn length_prefix_of_4_gib_is_refused_before_allocation() {
 }
 
 #[tokio::test]
-async fn garbage_frames_inside_tls_are_refused() {
+async fn garbage_and_unknown_frames_inside_tls_are_refused() {
     let env = Env::new();
     let agent = env.agent();
-    // A well-formed frame whose body is no message.
-    send_raw_and_wait_for_close(&env, &agent, &[0, 0, 0, 3, 0xee, 0xee, 0xee]).await;
-    assert!(
-        agent.wait_for_log("malformed message").is_some(),
-        "{}",
-        agent.log()
-    );
-    still_serves(&env, &agent);
+    let random = random_bytes(4096, 11);
+    let cases: [(&[u8], &str); 3] = [
+        // A well-formed frame whose body is no message.
+        (&[0, 0, 0, 3, 0xee, 0xee, 0xee], "malformed message"),
+        // Variant 200 of the client's messages does not exist.
+        (&[0, 0, 0, 1, 200], "malformed message"),
+        // Noise: its first four bytes announce a frame far too large.
+        (&random, "frame of"),
+    ];
+    for (bytes, logged) in cases {
+        send_raw_and_wait_for_close(&env, &agent, bytes).await;
+        assert!(agent.wait_for_log(logged).is_some(), "{}", agent.log());
+        still_serves(&env, &agent);
+    }
 }
 
 #[tokio::test]
@@ -216,20 +222,6 @@ fn last_error(messages: &[AgentMessage], kind: ErrorKind) -> String {
         Some(AgentMessage::Error(report)) if report.kind == kind => report.message.clone(),
         other => panic!("expected an error of kind {kind}, got {other:?} in {messages:?}"),
     }
-}
-
-#[tokio::test]
-async fn a_frame_that_is_no_known_message_is_refused() {
-    let env = Env::new();
-    let agent = env.agent();
-    // Variant 200 of the client's messages does not exist.
-    send_raw_and_wait_for_close(&env, &agent, &[0, 0, 0, 1, 200]).await;
-    assert!(
-        agent.wait_for_log("malformed message").is_some(),
-        "{}",
-        agent.log()
-    );
-    still_serves(&env, &agent);
 }
 
 #[tokio::test]
@@ -337,24 +329,10 @@ async fn another_protocol_version_is_refused_naming_both() {
 #[tokio::test]
 async fn ctl_names_both_versions_when_the_agent_speaks_another() {
     let env = Env::new();
-    let identity = Identity::load(&IdentityPaths::in_dir(&env.agent_dir, "agent")).unwrap();
-    #[derive(Debug)]
-    struct Anyone;
-    impl rexec_protocol::tls::ClientAuthorizer for Anyone {
-        fn is_authorized(&self, _: &rexec_protocol::Fingerprint) -> bool {
-            true
-        }
-    }
-    let config = rexec_protocol::tls::server_config(&identity, Arc::new(Anyone)).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let fake = FakeAgent::bind(&env).await;
+    let addr = fake.addr;
     let future_agent = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let tls = acceptor.accept(tcp).await.unwrap();
-        let (read, write) = tokio::io::split(tls);
-        let mut incoming = tokio_util::codec::FramedRead::new(read, AgentCodec::new());
-        let mut outgoing = tokio_util::codec::FramedWrite::new(write, AgentCodec::new());
+        let (mut incoming, mut outgoing) = fake.accept().await;
         let _ = incoming.next().await;
         outgoing
             .send(AgentMessage::Hello(Hello {
@@ -365,12 +343,6 @@ async fn ctl_names_both_versions_when_the_agent_speaks_another() {
             .unwrap();
         let _ = incoming.next().await;
     });
-    let mut known = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.ctl_dir.join("known_hosts"))
-        .unwrap();
-    writeln!(known, "{addr} {}", env.agent_fingerprint).unwrap();
     let mut ctl = env.ctl();
     ctl.args(["exec", &addr.to_string(), "true"]);
     let out = tokio::task::spawn_blocking(move || ctl.output())

@@ -60,6 +60,28 @@ enum Request {
     Pull(PullRequest),
 }
 
+impl Request {
+    /// What the limits call this request; `None` for one they do not count.
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            Request::Ping => None,
+            Request::Exec(_) => Some("exec"),
+            Request::Push(_) => Some("push"),
+            Request::Pull(_) => Some("pull"),
+        }
+    }
+
+    /// The command or path the request is about, for the log.
+    fn subject(&self) -> &str {
+        match self {
+            Request::Ping => "",
+            Request::Exec(exec) => &exec.command,
+            Request::Push(push) => &push.dest,
+            Request::Pull(pull) => &pull.path,
+        }
+    }
+}
+
 /// Serves one connection to its end, logging how it went.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>) {
     if let Err(e) = serve_inner(stream, peer, &state).await {
@@ -104,6 +126,27 @@ async fn serve_inner(
     outgoing
         .feed(AgentMessage::Hello(Hello::new(software())))
         .await?;
+    // Commands and copies are work, under the agent's and the client's limits.
+    let _slot = match request.kind() {
+        None => None,
+        Some(kind) => match state.execs.acquire(client.fingerprint) {
+            Ok(slot) => Some(slot),
+            Err(busy) => {
+                tracing::warn!(
+                    target: "rexec::audit",
+                    %peer,
+                    client = %client.name,
+                    fingerprint = %client.fingerprint,
+                    request = %request.subject(),
+                    "{kind} refused: {busy}"
+                );
+                let report = ErrorReport::new(ErrorKind::Busy, busy.to_string());
+                outgoing.feed(AgentMessage::Error(report)).await?;
+                outgoing.close().await?;
+                return Ok(());
+            }
+        },
+    };
     match request {
         Request::Ping => {
             outgoing.feed(AgentMessage::Pong).await?;
@@ -115,21 +158,6 @@ async fn serve_inner(
                 Request::Push(push) => ("push", push.dest.clone()),
                 Request::Pull(pull) => ("pull", pull.path.clone()),
                 _ => ("", String::new()),
-            };
-            // A copy is work like a command, under the same limits.
-            let _slot = match state.execs.acquire(client.fingerprint) {
-                Ok(slot) => slot,
-                Err(busy) => {
-                    tracing::warn!(target: "rexec::audit", %peer, client = %client.name, %path, "{direction} refused: {busy}");
-                    outgoing
-                        .feed(AgentMessage::Error(ErrorReport::new(
-                            ErrorKind::Busy,
-                            busy.to_string(),
-                        )))
-                        .await?;
-                    outgoing.close().await?;
-                    return Ok(());
-                }
             };
             let started = Instant::now();
             let started_at = std::time::SystemTime::now();
@@ -167,27 +195,6 @@ async fn serve_inner(
             );
         }
         Request::Exec(request) => {
-            let _slot = match state.execs.acquire(client.fingerprint) {
-                Ok(slot) => slot,
-                Err(busy) => {
-                    tracing::warn!(
-                        target: "rexec::audit",
-                        %peer,
-                        client = %client.name,
-                        fingerprint = %client.fingerprint,
-                        command = %request.command,
-                        "exec refused: {busy}"
-                    );
-                    outgoing
-                        .feed(AgentMessage::Error(ErrorReport::new(
-                            ErrorKind::Busy,
-                            busy.to_string(),
-                        )))
-                        .await?;
-                    outgoing.close().await?;
-                    return Ok(());
-                }
-            };
             let started = Instant::now();
             let started_at = std::time::SystemTime::now();
             let report = exec::run(
