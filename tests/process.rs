@@ -412,19 +412,8 @@ fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
     );
 
     // Another client is not held back by this one's limit.
-    let (other_dir, other_fp) = env.stranger();
-    env.authorize(&other_fp, "other");
-    std::fs::copy(
-        env.ctl_dir.join("known_hosts"),
-        other_dir.join("known_hosts"),
-    )
-    .unwrap();
-    let other = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", &other_dir)
-        .args(["exec", &agent.target(), "echo other"])
-        .output()
-        .unwrap();
+    let other_dir = env.other_client(Some("other"));
+    let other = env.exec_as(&other_dir, &agent, "echo other");
     assert_eq!(stdout_of(&other), "other\n", "{}", stderr_of(&other));
 
     // The place comes back when the first command ends.
@@ -439,19 +428,8 @@ fn the_agent_at_its_exec_limit_tells_every_client_busy() {
     let env = Env::new();
     let agent = env.agent_with(&["--max-execs", "1"]);
     let _first = start_sleeping(&env, &agent, "", 1);
-    let (other_dir, other_fp) = env.stranger();
-    env.authorize(&other_fp, "other");
-    std::fs::copy(
-        env.ctl_dir.join("known_hosts"),
-        other_dir.join("known_hosts"),
-    )
-    .unwrap();
-    let other = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", &other_dir)
-        .args(["exec", &agent.target(), "echo other"])
-        .output()
-        .unwrap();
+    let other_dir = env.other_client(Some("other"));
+    let other = env.exec_as(&other_dir, &agent, "echo other");
     assert_eq!(other.status.code(), Some(255));
     let err = stderr_of(&other);
     assert!(err.contains("busy") && err.contains("(max_execs)"), "{err}");

@@ -683,3 +683,28 @@ impl FakeAgent {
         )
     }
 }
+
+impl Env {
+    /// Another ctl identity in its own config dir, knowing the hosts this
+    /// env's ctl knows; authorized on the agent as `name` when given.
+    pub fn other_client(&self, name: Option<&str>) -> PathBuf {
+        let (dir, fingerprint) = self.stranger();
+        if let Some(name) = name {
+            self.authorize(&fingerprint, name);
+        }
+        let known = self.ctl_dir.join("known_hosts");
+        if known.exists() {
+            std::fs::copy(&known, dir.join("known_hosts")).expect("copy known hosts");
+        }
+        dir
+    }
+
+    /// `ctl exec TARGET COMMAND` as the client whose config dir is `dir`.
+    pub fn exec_as(&self, dir: &Path, agent: &Agent, command: &str) -> Output {
+        self.ctl()
+            .env("REXEC_CONFIG_DIR", dir)
+            .args(["exec", &agent.target(), command])
+            .output()
+            .expect("run ctl")
+    }
+}
