@@ -426,3 +426,89 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
     hostile.abort();
 }
+
+#[test]
+fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
+    if !running_as_root() {
+        eprintln!("skipped: the agent must run as root to copy as another user");
+        return;
+    }
+    let env = Env::new();
+    // The temporary directories must be reachable by the other user.
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        "[run_as]\ntester = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let agent = env.agent();
+    let nobody: u32 = stdout_of(&Command::new("id").args(["-u", "nobody"]).output().unwrap())
+        .trim()
+        .parse()
+        .unwrap();
+    let root = env.root.path();
+    let source = root.join("note");
+    std::fs::write(&source, b"for nobody").unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let theirs = root.join("theirs");
+    let locked = root.join("locked");
+    for dir in [&theirs, &locked] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::os::unix::fs::chown(&theirs, Some(nobody), None).unwrap();
+    let as_nobody = |path: &Path| format!("nobody@{}:{}", agent.target(), path.display());
+
+    let out = cp(&env, &[source.to_str().unwrap(), &as_nobody(&theirs)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let meta = std::fs::metadata(theirs.join("note")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        nobody,
+        "the new file is theirs"
+    );
+
+    let out = cp(&env, &[source.to_str().unwrap(), &as_nobody(&locked)]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("permission-denied"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
+
+    let secret = root.join("secret");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(&env, &[&as_nobody(&secret), back.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("permission-denied"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The agent's own identity is untouched: root still copies anywhere.
+    let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &locked)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let refused = cp(
+        &env,
+        &[
+            source.to_str().unwrap(),
+            &format!("daemon@{}:{}", agent.target(), theirs.display()),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        stderr_of(&refused).contains("may not run commands as"),
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(
+        agent.wait_for_log("user=nobody").is_some(),
+        "{}",
+        agent.log()
+    );
+}

@@ -384,15 +384,6 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
     );
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
     let env = Env::new();

@@ -708,3 +708,13 @@ impl Env {
             .expect("run ctl")
     }
 }
+
+/// Whether this process runs as root (user switches and mounts need it).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}

@@ -3,15 +3,20 @@
 //!
 //! The file system work (names, temporary files, checksums, renames) is
 //! `rexec_protocol::copy`'s; this module moves its items between the
-//! connection and the disk, and decides who may copy where. Copies run as
-//! the agent's own user: reading and writing as another user would need
-//! the same care as running a command as one, and is refused for now.
+//! connection and the disk, and decides as whom. A copy runs as the user
+//! its command would (the agent's own, or `USER@HOST` when the agent is root
+//! and the run-as rules allow it): its file work happens on a thread of its
+//! own that first takes that user's file-system identity (Linux keeps the
+//! fsuid, fsgid and supplementary groups per thread), so the kernel checks
+//! every open, create and rename as that user, and new files are theirs.
+//! Doing the disk work off the async threads also lets hashing and writing
+//! overlap with the network.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use nix::unistd::{User, geteuid};
+use nix::unistd::{Gid, Uid};
 use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, ErrorReport, FrameError, PullRequest,
@@ -20,7 +25,10 @@ use rexec_protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
-use crate::exec::name_of;
+use crate::exec::{Requester, RunAs, name_of, resolve_user};
+
+/// Items queued between the connection and a copy's worker thread.
+const WORKER_QUEUE: usize = 8;
 
 /// How a copy ended, for the audit log.
 #[derive(Debug, Clone)]
@@ -31,6 +39,8 @@ pub struct CopyReport {
     pub entries: u64,
     /// Bytes of file data sent or put in place.
     pub bytes: u64,
+    /// Whom the copy ran as.
+    pub user: String,
 }
 
 impl CopyReport {
@@ -39,30 +49,76 @@ impl CopyReport {
             outcome: "done".into(),
             entries: 0,
             bytes: 0,
+            user: String::new(),
         }
     }
 }
 
-/// Refuses a copy as another user, and a relative path.
-fn check(user: Option<&str>, path: &str) -> Result<(), ErrorReport> {
-    let own = User::from_uid(geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
-    if let Some(wanted) = user {
-        if wanted != own {
-            return Err(ErrorReport::new(
-                ErrorKind::PermissionDenied,
-                format!("copies run as the agent's own user ({own:?}) only, not as {wanted:?}"),
-            ));
-        }
-    }
+/// The file-system identity a copy's worker thread takes.
+#[derive(Debug, Clone)]
+struct FsIdentity {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+/// Whom the copy runs as, or why not; refuses a relative path too.
+fn authorize(
+    user: Option<&str>,
+    path: &str,
+    requester: Requester<'_>,
+    settings: &AgentSettings,
+) -> Result<(String, Option<FsIdentity>), ErrorReport> {
     if !path.starts_with('/') {
         return Err(ErrorReport::new(
             ErrorKind::BadRequest,
             format!("remote paths must be absolute: {path:?}"),
         ));
+    }
+    let RunAs { user, switch } = resolve_user(user, requester, settings)?;
+    let identity = switch.map(|groups| FsIdentity {
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+    });
+    Ok((user.name, identity))
+}
+
+/// On the worker thread, before any file work: takes `identity` for this
+/// thread only. glibc's `setgroups` would change every thread of the agent,
+/// so the groups are set with the raw system call; `setfsuid` and
+/// `setfsgid` are per thread by nature.
+fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    let failed = |what: &str| {
+        CopyError::new(
+            ErrorKind::Internal,
+            format!(
+                "cannot take the file-system identity of uid {}: {what}: {}",
+                identity.uid,
+                std::io::Error::last_os_error()
+            ),
+        )
+    };
+    let groups: Vec<nix::libc::gid_t> = identity.groups.iter().map(|g| g.as_raw()).collect();
+    // SAFETY: the pointer and length describe `groups`, alive for the call;
+    // the system call changes this thread's credentials only.
+    let status =
+        unsafe { nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if status != 0 {
+        return Err(failed("setgroups"));
+    }
+    nix::unistd::setfsgid(identity.gid);
+    nix::unistd::setfsuid(identity.uid);
+    // Both calls report the previous value; asking again confirms the change.
+    let no_change = Gid::from_raw(u32::MAX);
+    if nix::unistd::setfsgid(no_change) != identity.gid {
+        return Err(failed("setfsgid"));
+    }
+    if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != identity.uid {
+        return Err(failed("setfsuid"));
     }
     Ok(())
 }
@@ -91,9 +147,60 @@ fn silence_bound(settings: &AgentSettings) -> Duration {
     }
 }
 
+/// What the connection hands a push's worker.
+enum ToWriter {
+    /// The next piece of the tree.
+    Item(CopyItem),
+    /// The client said `CopyEnd`: finish, or fail if a file is open.
+    Finish,
+}
+
+/// Where a push goes, checked (as the copying user) before anything is
+/// written.
+fn placement(dest: &Path) -> Result<Placement, CopyError> {
+    let placement = Placement::for_destination(dest);
+    if let Placement::As(path) = &placement {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if !parent.is_some_and(Path::is_dir) {
+            return Err(CopyError::new(
+                ErrorKind::NoSuchFile,
+                format!("no such directory: {}", parent.unwrap_or(path).display()),
+            ));
+        }
+    }
+    Ok(placement)
+}
+
+/// The push's disk side, on its own thread: writes items until `Finish`.
+/// A channel closed without `Finish` (the client went away) drops the
+/// writer, which removes a half-received file.
+fn write_tree(
+    identity: Option<FsIdentity>,
+    dest: PathBuf,
+    limit: Option<u64>,
+    mut items: tokio::sync::mpsc::Receiver<ToWriter>,
+) -> Result<(u64, u64), CopyError> {
+    take_identity(identity.as_ref())?;
+    let mut writer = TreeWriter::new(placement(&dest)?, limit);
+    while let Some(next) = items.blocking_recv() {
+        match next {
+            ToWriter::Item(item) => writer.item(item)?,
+            ToWriter::Finish if writer.in_file() => {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    "the push ended in the middle of a file",
+                ));
+            }
+            ToWriter::Finish => return Ok((writer.entries, writer.bytes)),
+        }
+    }
+    Err(CopyError::new(ErrorKind::Internal, "abandoned"))
+}
+
 /// Receives a pushed tree into `request.dest`.
 pub async fn serve_push<R, W>(
     request: &PushRequest,
+    requester: Requester<'_>,
     settings: &AgentSettings,
     incoming: &mut R,
     outgoing: &mut W,
@@ -104,45 +211,46 @@ where
     W: Sink<AgentMessage, Error = FrameError> + Unpin,
 {
     let mut report = CopyReport::new();
-    if let Err(refusal) = check(request.user.as_deref(), &request.dest) {
-        fail(outgoing, &mut report, refusal).await;
-        return report;
-    }
-    let dest = Path::new(&request.dest);
-    let placement = Placement::for_destination(dest);
-    if let Placement::As(path) = &placement {
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if !parent.is_some_and(Path::is_dir) {
-            let refusal = ErrorReport::new(
-                ErrorKind::NoSuchFile,
-                format!("no such directory: {}", parent.unwrap_or(path).display()),
-            );
+    let identity = match authorize(request.user.as_deref(), &request.dest, requester, settings) {
+        Ok((user, identity)) => {
+            report.user = user;
+            identity
+        }
+        Err(refusal) => {
             fail(outgoing, &mut report, refusal).await;
             return report;
         }
-    }
-    // Dropped on every way out, which removes a half-received file.
-    let mut writer = TreeWriter::new(placement, settings.max_copy_bytes);
+    };
+    let (items, queue) = tokio::sync::mpsc::channel(WORKER_QUEUE);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
+    std::thread::spawn(move || {
+        let _ = done_tx.send(write_tree(identity, dest, limit, queue));
+    });
+
     let bound = silence_bound(settings);
+    // Why the connection side stopped early, if it did.
+    let mut stopped: Option<String> = None;
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(bound, incoming.next()) => next,
             () = kill.cancelled() => {
                 let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
                 fail(outgoing, &mut report, refusal).await;
+                stopped = Some(report.outcome.clone());
                 break;
             }
         };
         let item = match next {
             Err(_) => {
-                report.outcome = format!(
+                stopped = Some(format!(
                     "client gone (silent for {}), abandoned",
                     humantime::format_duration(bound)
-                );
+                ));
                 break;
             }
             Ok(None) | Ok(Some(Err(FrameError::Io(_)))) => {
-                report.outcome = "client gone, abandoned".into();
+                stopped = Some("client gone, abandoned".into());
                 break;
             }
             Ok(Some(Err(e))) => {
@@ -152,24 +260,17 @@ where
                     ErrorReport::new(ErrorKind::Protocol, e.to_string()),
                 )
                 .await;
+                stopped = Some(report.outcome.clone());
                 break;
             }
             Ok(Some(Ok(message))) => match message {
-                ClientMessage::File(header) => CopyItem::File(header),
-                ClientMessage::FileData(chunk) => CopyItem::Data(chunk),
-                ClientMessage::FileEnd(end) => CopyItem::End(end),
+                ClientMessage::File(header) => ToWriter::Item(CopyItem::File(header)),
+                ClientMessage::FileData(chunk) => ToWriter::Item(CopyItem::Data(chunk)),
+                ClientMessage::FileEnd(end) => ToWriter::Item(CopyItem::End(end)),
                 ClientMessage::Keepalive => continue,
-                ClientMessage::CopyEnd if !writer.in_file() => {
-                    report.entries = writer.entries;
-                    report.bytes = writer.bytes;
-                    let done = AgentMessage::CopyDone(CopyDone {
-                        entries: writer.entries,
-                        bytes: writer.bytes,
-                    });
-                    if outgoing.feed(done).await.is_err() || outgoing.close().await.is_err() {
-                        report.outcome = "client gone after the copy".into();
-                    }
-                    return report;
+                ClientMessage::CopyEnd => {
+                    let _ = items.send(ToWriter::Finish).await;
+                    break;
                 }
                 other => {
                     let refusal = ErrorReport::new(
@@ -177,23 +278,72 @@ where
                         format!("unexpected {} during a push", name_of(&other)),
                     );
                     fail(outgoing, &mut report, refusal).await;
+                    stopped = Some(report.outcome.clone());
                     break;
                 }
             },
         };
-        if let Err(e) = writer.item(item) {
-            fail(outgoing, &mut report, report_of(e)).await;
+        // A closed queue means the worker stopped on an error: it is below.
+        if items.send(item).await.is_err() {
             break;
         }
     }
-    report.entries = writer.entries;
-    report.bytes = writer.bytes;
+    // Without `Finish` the worker abandons the file it was writing.
+    drop(items);
+    let result = done
+        .await
+        .unwrap_or_else(|_| Err(CopyError::new(ErrorKind::Internal, "the copy worker died")));
+    match (stopped, result) {
+        (Some(why), _) => report.outcome = why,
+        (None, Ok((entries, bytes))) => {
+            report.entries = entries;
+            report.bytes = bytes;
+            let done = AgentMessage::CopyDone(CopyDone { entries, bytes });
+            if outgoing.feed(done).await.is_err() || outgoing.close().await.is_err() {
+                report.outcome = "client gone after the copy".into();
+            }
+        }
+        (None, Err(e)) => fail(outgoing, &mut report, report_of(e)).await,
+    }
     report
+}
+
+/// What a pull's worker hands the connection.
+enum FromReader {
+    Item(CopyItem),
+    End { entries: u64, bytes: u64 },
+    Failed(CopyError),
+}
+
+/// The pull's disk side, on its own thread.
+fn read_tree(
+    identity: Option<FsIdentity>,
+    path: PathBuf,
+    recursive: bool,
+    out: tokio::sync::mpsc::Sender<FromReader>,
+) {
+    let run = || -> Result<(u64, u64), CopyError> {
+        take_identity(identity.as_ref())?;
+        let mut reader = TreeReader::new(&path, recursive)?;
+        while let Some(item) = reader.next_item()? {
+            if out.blocking_send(FromReader::Item(item)).is_err() {
+                break;
+            }
+        }
+        Ok((reader.entries, reader.bytes))
+    };
+    let last = match run() {
+        Ok((entries, bytes)) => FromReader::End { entries, bytes },
+        Err(e) => FromReader::Failed(e),
+    };
+    let _ = out.blocking_send(last);
 }
 
 /// Sends the file or tree at `request.path`.
 pub async fn serve_pull<W>(
     request: &PullRequest,
+    requester: Requester<'_>,
+    settings: &AgentSettings,
     outgoing: &mut W,
     kill: &CancellationToken,
 ) -> CopyReport
@@ -201,31 +351,35 @@ where
     W: Sink<AgentMessage, Error = FrameError> + Unpin,
 {
     let mut report = CopyReport::new();
-    if let Err(refusal) = check(request.user.as_deref(), &request.path) {
-        fail(outgoing, &mut report, refusal).await;
-        return report;
-    }
-    let mut reader = match TreeReader::new(Path::new(&request.path), request.recursive) {
-        Ok(reader) => reader,
-        Err(e) => {
-            fail(outgoing, &mut report, report_of(e)).await;
+    let identity = match authorize(request.user.as_deref(), &request.path, requester, settings) {
+        Ok((user, identity)) => {
+            report.user = user;
+            identity
+        }
+        Err(refusal) => {
+            fail(outgoing, &mut report, refusal).await;
             return report;
         }
     };
+    let (out, mut items) = tokio::sync::mpsc::channel(WORKER_QUEUE);
+    let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
+    std::thread::spawn(move || read_tree(identity, path, recursive, out));
     loop {
-        if kill.is_cancelled() {
-            let refusal = ErrorReport::new(
-                ErrorKind::ShuttingDown,
-                "agent shutting down; the copy was abandoned",
-            );
-            fail(outgoing, &mut report, refusal).await;
-            break;
-        }
-        let message = match reader.next_item() {
-            Ok(Some(CopyItem::File(header))) => AgentMessage::File(header),
-            Ok(Some(CopyItem::Data(chunk))) => AgentMessage::FileData(chunk),
-            Ok(Some(CopyItem::End(end))) => AgentMessage::FileEnd(end),
-            Ok(None) => {
+        let next = tokio::select! {
+            next = items.recv() => next,
+            () = kill.cancelled() => {
+                let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
+                fail(outgoing, &mut report, refusal).await;
+                break;
+            }
+        };
+        let message = match next {
+            Some(FromReader::Item(CopyItem::File(header))) => AgentMessage::File(header),
+            Some(FromReader::Item(CopyItem::Data(chunk))) => AgentMessage::FileData(chunk),
+            Some(FromReader::Item(CopyItem::End(end))) => AgentMessage::FileEnd(end),
+            Some(FromReader::End { entries, bytes }) => {
+                report.entries = entries;
+                report.bytes = bytes;
                 if outgoing.feed(AgentMessage::CopyEnd).await.is_err()
                     || outgoing.close().await.is_err()
                 {
@@ -233,8 +387,17 @@ where
                 }
                 break;
             }
-            Err(e) => {
+            Some(FromReader::Failed(e)) => {
                 fail(outgoing, &mut report, report_of(e)).await;
+                break;
+            }
+            None => {
+                fail(
+                    outgoing,
+                    &mut report,
+                    ErrorReport::new(ErrorKind::Internal, "the copy worker died"),
+                )
+                .await;
                 break;
             }
         };
@@ -245,7 +408,5 @@ where
             break;
         }
     }
-    report.entries = reader.entries;
-    report.bytes = reader.bytes;
     report
 }

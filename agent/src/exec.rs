@@ -468,17 +468,19 @@ struct Prepared {
     pty: Option<pty::PtyPair>,
 }
 
-/// The user a command runs as, resolved before spawning.
-struct RunAs {
-    user: User,
+/// The user a command or copy runs as, resolved before it starts.
+pub(crate) struct RunAs {
+    /// Who.
+    pub(crate) user: User,
     /// Their supplementary groups; `None` when we stay who we are.
-    switch: Option<Vec<Gid>>,
+    pub(crate) switch: Option<Vec<Gid>>,
 }
 
-/// Decides whom the command runs as: the agent's own user, or the one asked
-/// for when the agent is root and the run-as policy allows this client.
-fn resolve_user(
-    request: &ExecRequest,
+/// Decides whom a request runs as: the agent's own user, or the one asked
+/// for (`wanted`) when the agent is root and the run-as policy allows this
+/// client.
+pub(crate) fn resolve_user(
+    wanted: Option<&str>,
     requester: Requester<'_>,
     settings: &AgentSettings,
 ) -> Result<RunAs, ErrorReport> {
@@ -487,8 +489,8 @@ fn resolve_user(
         .ok()
         .flatten()
         .ok_or_else(|| ErrorReport::new(ErrorKind::Internal, "the agent's own user is unknown"))?;
-    let wanted = match &request.user {
-        Some(wanted) if *wanted != own.name => wanted,
+    let wanted = match wanted {
+        Some(wanted) if wanted != own.name => wanted,
         _ => {
             return Ok(RunAs {
                 user: own,
@@ -535,7 +537,7 @@ fn prepare(
     if request.command.contains('\0') {
         return Err(bad("the command contains a NUL byte".into()));
     }
-    let RunAs { user, switch } = resolve_user(request, requester, settings)?;
+    let RunAs { user, switch } = resolve_user(request.user.as_deref(), requester, settings)?;
     let home = Some(user.dir.clone())
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| "/".into());

@@ -167,6 +167,7 @@ async fn serve_inner(
                     outgoing.flush().await?;
                     copy::serve_push(
                         push,
+                        exec::Requester { name: &client.name },
                         &state.settings,
                         &mut incoming,
                         &mut outgoing,
@@ -175,7 +176,14 @@ async fn serve_inner(
                     .await
                 }
                 Request::Pull(pull) => {
-                    copy::serve_pull(pull, &mut outgoing, &state.shutdown.kill).await
+                    copy::serve_pull(
+                        pull,
+                        exec::Requester { name: &client.name },
+                        &state.settings,
+                        &mut outgoing,
+                        &state.shutdown.kill,
+                    )
+                    .await
                 }
                 _ => return Ok(()),
             };
@@ -186,6 +194,7 @@ async fn serve_inner(
                 fingerprint = %client.fingerprint,
                 direction,
                 path = %path,
+                user = %report.user,
                 started_at = %humantime::format_rfc3339_millis(started_at),
                 outcome = %report.outcome,
                 duration_ms = started.elapsed().as_millis() as u64,

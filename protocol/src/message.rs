@@ -119,7 +119,7 @@ pub struct PushRequest {
     /// Where they go: into it when it is an existing directory, else the
     /// one top-level entry becomes this path.
     pub dest: String,
-    /// Write as this user (the agent's own user only, for now).
+    /// Write as this user (subject to the agent's run-as rules).
     pub user: Option<String>,
 }
 
@@ -130,7 +130,7 @@ pub struct PullRequest {
     pub path: String,
     /// Send a directory and everything in it.
     pub recursive: bool,
-    /// Read as this user (the agent's own user only, for now).
+    /// Read as this user (subject to the agent's run-as rules).
     pub user: Option<String>,
 }
 
