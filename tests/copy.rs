@@ -399,6 +399,7 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
                 kind: FileKind::File { size: 1 },
                 mode: 0o644,
                 mtime: 0,
+                owner: None,
             }),
             AgentMessage::FileData(Bytes::from_static(b"x")),
         ] {
@@ -490,6 +491,15 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
         stderr_of(&out)
     );
 
+    // Keeping owners needs a copy that runs as root.
+    let out = cp(&env, &["-p", source.to_str().unwrap(), &as_nobody(&theirs)]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("needs a copy that runs as root"),
+        "{}",
+        stderr_of(&out)
+    );
+
     // The agent's own identity is untouched: root still copies anywhere.
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &locked)]);
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -511,4 +521,62 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
         "{}",
         agent.log()
     );
+}
+
+#[test]
+fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
+    if !running_as_root() {
+        eprintln!("skipped: keeping owners needs root");
+        return;
+    }
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let src = root.join("owned");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"x").unwrap();
+    std::os::unix::fs::symlink("file", src.join("link")).unwrap();
+    for entry in [src.join("file"), src.clone()] {
+        std::os::unix::fs::chown(&entry, Some(4321), Some(8765)).unwrap();
+    }
+    std::os::unix::fs::lchown(src.join("link"), Some(4322), Some(8766)).unwrap();
+    let ids = |path: &Path| {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta),
+        )
+    };
+    let (kept, plain) = (root.join("kept"), root.join("plain"));
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let out = cp(
+        &env,
+        &["-r", "-p", src.to_str().unwrap(), &remote(&agent, &kept)],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(ids(&kept.join("owned/file")), (4321, 8765));
+    assert_eq!(ids(&kept.join("owned")), (4321, 8765));
+    assert_eq!(ids(&kept.join("owned/link")), (4322, 8766));
+    // Without -p a new file belongs to whom the copy ran as.
+    let out = cp(
+        &env,
+        &["-r", src.to_str().unwrap(), &remote(&agent, &plain)],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(ids(&plain.join("owned/file")), (0, 0));
+    // Pulling with -p keeps them on this side too.
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(
+        &env,
+        &[
+            "-r",
+            "-p",
+            &remote(&agent, &kept.join("owned")),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(ids(&back.join("owned/file")), (4321, 8765));
 }

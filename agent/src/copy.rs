@@ -178,12 +178,20 @@ fn write_tree(
     identity: Option<FsIdentity>,
     dest: PathBuf,
     limit: Option<u64>,
+    keep_owners: bool,
     mut items: tokio::sync::mpsc::Receiver<ToWriter>,
 ) -> Result<(u64, u64), CopyError> {
     take_identity(identity.as_ref())?;
     let mut writer = TreeWriter::new(placement(&dest)?, limit);
     while let Some(next) = items.blocking_recv() {
         match next {
+            ToWriter::Item(CopyItem::File(mut header)) => {
+                // Owners are applied only when asked for and allowed.
+                if !keep_owners {
+                    header.owner = None;
+                }
+                writer.item(CopyItem::File(header))?;
+            }
             ToWriter::Item(item) => writer.item(item)?,
             ToWriter::Finish if writer.in_file() => {
                 return Err(CopyError::new(
@@ -221,11 +229,27 @@ where
             return report;
         }
     };
+    let as_root = identity
+        .as_ref()
+        .map_or(nix::unistd::geteuid(), |i| i.uid)
+        .is_root();
+    if request.preserve_owner && !as_root {
+        let refusal = ErrorReport::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "keeping owners (-p) needs a copy that runs as root; this one runs as {:?}",
+                report.user
+            ),
+        );
+        fail(outgoing, &mut report, refusal).await;
+        return report;
+    }
     let (items, queue) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
+    let keep_owners = request.preserve_owner;
     std::thread::spawn(move || {
-        let _ = done_tx.send(write_tree(identity, dest, limit, queue));
+        let _ = done_tx.send(write_tree(identity, dest, limit, keep_owners, queue));
     });
 
     let bound = silence_bound(settings);
@@ -320,11 +344,12 @@ fn read_tree(
     identity: Option<FsIdentity>,
     path: PathBuf,
     recursive: bool,
+    owners: bool,
     out: tokio::sync::mpsc::Sender<FromReader>,
 ) {
     let run = || -> Result<(u64, u64), CopyError> {
         take_identity(identity.as_ref())?;
-        let mut reader = TreeReader::new(&path, recursive)?;
+        let mut reader = TreeReader::new(&path, recursive)?.with_owners(owners);
         while let Some(item) = reader.next_item()? {
             if out.blocking_send(FromReader::Item(item)).is_err() {
                 break;
@@ -363,7 +388,8 @@ where
     };
     let (out, mut items) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
-    std::thread::spawn(move || read_tree(identity, path, recursive, out));
+    let owners = request.preserve_owner;
+    std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
     loop {
         let next = tokio::select! {
             next = items.recv() => next,

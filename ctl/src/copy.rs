@@ -46,6 +46,15 @@ pub fn remote_operand(arg: &str) -> Option<RemoteOperand> {
     })
 }
 
+/// How to copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOptions {
+    /// Directories and everything in them.
+    pub recursive: bool,
+    /// Keep numeric owners (`-p`; the writing side must be root).
+    pub preserve_owner: bool,
+}
+
 /// What a host's copy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
@@ -128,16 +137,18 @@ pub async fn push(
     client: &Client,
     target: &Target,
     sources: &[PathBuf],
-    recursive: bool,
+    options: CopyOptions,
     dest: &str,
 ) -> Result<Copied, CtlError> {
     let mut readers = Vec::new();
     for source in sources {
-        readers.push(TreeReader::new(source, recursive).map_err(local)?);
+        let reader = TreeReader::new(source, options.recursive).map_err(local)?;
+        readers.push(reader.with_owners(options.preserve_owner));
     }
     let request = ClientMessage::Push(PushRequest {
         dest: dest.to_owned(),
         user: target.user.clone(),
+        preserve_owner: options.preserve_owner,
     });
     let session = fanout::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
@@ -210,13 +221,14 @@ pub async fn pull(
     client: &Client,
     target: &Target,
     path: &str,
-    recursive: bool,
+    options: CopyOptions,
     into: &Path,
 ) -> Result<Copied, CtlError> {
     let request = ClientMessage::Pull(PullRequest {
         path: path.to_owned(),
-        recursive,
+        recursive: options.recursive,
         user: target.user.clone(),
+        preserve_owner: options.preserve_owner,
     });
     let session = fanout::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;

@@ -233,6 +233,10 @@ struct CpArgs {
     /// Copy directories and everything in them.
     #[arg(short = 'r', long)]
     recursive: bool,
+    /// Keep numeric owners (user and group ids); the writing side must be
+    /// root (on a push, the agent's copy must run as root).
+    #[arg(short = 'p', long)]
+    preserve_owner: bool,
     /// Remove these hosts (repeatable; a target list).
     #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
     exclude: Vec<String>,
@@ -657,6 +661,10 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             console.note(&note);
         }
     };
+    let options = copy::CopyOptions {
+        recursive: args.recursive,
+        preserve_owner: args.preserve_owner,
+    };
     let end = if direction {
         let dest = pushing.map(|d| d.path).unwrap_or_default();
         let sources: Arc<[PathBuf]> = sources.iter().map(PathBuf::from).collect();
@@ -667,7 +675,7 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             &console,
             |_, target| {
                 let (client, sources, dest) = (client.clone(), sources.clone(), dest.clone());
-                async move { copy::push(&client, &target, &sources, args.recursive, &dest).await }
+                async move { copy::push(&client, &target, &sources, options, &dest).await }
             },
             report,
         )?
@@ -712,7 +720,7 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             &console,
             |index, target| {
                 let (client, into, path) = (client.clone(), into.clone(), path.clone());
-                async move { copy::pull(&client, &target, &path, args.recursive, &into[index]).await }
+                async move { copy::pull(&client, &target, &path, options, &into[index]).await }
             },
             report,
         )?

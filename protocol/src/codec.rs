@@ -218,6 +218,10 @@ mod tests {
             kind: FileKind::File { size: 4 },
             mode: 0o644,
             mtime: 1_700_000_000,
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+            }),
         }
     }
 
@@ -254,11 +258,13 @@ mod tests {
             ClientMessage::Push(PushRequest {
                 dest: "/srv/app".into(),
                 user: None,
+                preserve_owner: false,
             }),
             ClientMessage::Pull(PullRequest {
                 path: "/var/log/syslog".into(),
                 recursive: true,
                 user: Some("adm".into()),
+                preserve_owner: true,
             }),
             ClientMessage::File(file_header()),
             ClientMessage::FileData(Bytes::from_static(b"data")),
@@ -288,6 +294,7 @@ mod tests {
                 kind: FileKind::Directory,
                 mode: 0o755,
                 mtime: -1,
+                owner: None,
             }),
             AgentMessage::File(FileHeader {
                 path: Bytes::from_static(b"d/link"),
@@ -296,6 +303,7 @@ mod tests {
                 },
                 mode: 0o777,
                 mtime: 0,
+                owner: None,
             }),
             AgentMessage::FileData(Bytes::from_static(b"data")),
             AgentMessage::FileEnd(FileEnd {

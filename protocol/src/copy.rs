@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::codec::MAX_CHUNK_LEN;
-use crate::message::{ErrorKind, FileEnd, FileHeader, FileKind};
+use crate::message::{ErrorKind, FileEnd, FileHeader, FileKind, Owner};
 
 /// What went wrong with a copy, with the protocol's kind for it.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,7 @@ pub struct TreeReader {
     /// Entries still to send: (path on disk, name in the stream).
     pending: Vec<(PathBuf, Vec<u8>)>,
     recursive: bool,
+    owners: bool,
     /// The regular file being sent, its hasher and bytes left.
     current: Option<(PathBuf, File, Sha256)>,
     /// Entries and bytes sent so far.
@@ -185,10 +186,17 @@ impl TreeReader {
         Ok(TreeReader {
             pending: vec![(path.to_path_buf(), name)],
             recursive,
+            owners: false,
             current: None,
             entries: 0,
             bytes: 0,
         })
+    }
+
+    /// Sends each entry's numeric owner too.
+    pub fn with_owners(mut self, owners: bool) -> Self {
+        self.owners = owners;
+        self
     }
 
     /// The next item, or `None` at the end of the tree.
@@ -256,6 +264,10 @@ impl TreeReader {
             kind,
             mode,
             mtime: mtime_of(&meta),
+            owner: self.owners.then(|| Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            }),
         })))
     }
 }
@@ -305,6 +317,7 @@ struct Incoming {
     written: u64,
     mode: u32,
     mtime: i64,
+    owner: Option<Owner>,
 }
 
 impl Drop for Incoming {
@@ -397,6 +410,7 @@ impl TreeWriter {
         }
         let path = self.destination(&header.path)?;
         let mode = header.mode & 0o7777;
+        let owner = header.owner;
         match header.kind {
             FileKind::Directory => {
                 match fs::create_dir(&path) {
@@ -404,6 +418,7 @@ impl TreeWriter {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
                     Err(e) => return Err(CopyError::io(&path, "create directory", &e)),
                 }
+                apply_owner(&path, owner, false)?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
                 self.entries += 1;
@@ -412,6 +427,10 @@ impl TreeWriter {
                 let temp = temp_name(&path)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &temp)
                     .map_err(|e| CopyError::io(&path, "create link", &e))?;
+                if let Err(e) = apply_owner(&temp, owner, true) {
+                    let _ = fs::remove_file(&temp);
+                    return Err(e);
+                }
                 if let Err(e) = fs::rename(&temp, &path) {
                     let _ = fs::remove_file(&temp);
                     return Err(CopyError::io(&path, "put in place", &e));
@@ -446,6 +465,7 @@ impl TreeWriter {
                     written: 0,
                     mode,
                     mtime: header.mtime,
+                    owner,
                 });
             }
         }
@@ -502,6 +522,8 @@ impl TreeWriter {
                 ),
             ));
         }
+        // Owner before mode: a change of owner clears set-id bits.
+        apply_owner(&incoming.temp, incoming.owner, false)?;
         incoming
             .file
             .set_permissions(fs::Permissions::from_mode(incoming.mode))
@@ -525,6 +547,20 @@ impl TreeWriter {
     pub fn in_file(&self) -> bool {
         self.current.is_some()
     }
+}
+
+/// Gives `path` the sent owner, when the copy keeps owners; a link itself,
+/// not what it points to, when `link`.
+fn apply_owner(path: &Path, owner: Option<Owner>, link: bool) -> Result<(), CopyError> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let result = if link {
+        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+    } else {
+        std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+    };
+    result.map_err(|e| CopyError::io(path, "set the owner of", &e))
 }
 
 /// A fresh temporary name beside `path`: `.NAME.rexec-PID-N`, hidden, in
@@ -600,6 +636,7 @@ mod tests {
             kind: FileKind::File { size: 1 },
             mode: 0o644,
             mtime: 0,
+            owner: None,
         };
         let err = writer.item(CopyItem::File(header)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::BadRequest);
@@ -663,6 +700,7 @@ mod tests {
                 kind: FileKind::File { size: 3 },
                 mode: 0o644,
                 mtime: 0,
+                owner: None,
             }))
             .unwrap();
         writer
@@ -692,6 +730,7 @@ mod tests {
                 kind: FileKind::File { size: 10 },
                 mode: 0o644,
                 mtime: 0,
+                owner: None,
             }))
             .unwrap();
         writer
@@ -716,6 +755,7 @@ mod tests {
                 kind: FileKind::File { size: 6 },
                 mode: 0o644,
                 mtime: 0,
+                owner: None,
             }))
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::TooLarge);

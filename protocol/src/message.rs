@@ -121,6 +121,9 @@ pub struct PushRequest {
     pub dest: String,
     /// Write as this user (subject to the agent's run-as rules).
     pub user: Option<String>,
+    /// The entries carry owners to apply (`ctl cp -p`); only a copy that
+    /// runs as root may.
+    pub preserve_owner: bool,
 }
 
 /// A request to send a file or a tree.
@@ -132,6 +135,8 @@ pub struct PullRequest {
     pub recursive: bool,
     /// Read as this user (subject to the agent's run-as rules).
     pub user: Option<String>,
+    /// Send each entry's owner (`ctl cp -p`).
+    pub preserve_owner: bool,
 }
 
 /// One entry of a copied tree.
@@ -147,6 +152,18 @@ pub struct FileHeader {
     pub mode: u32,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: i64,
+    /// The numeric owner, when the copy keeps owners.
+    pub owner: Option<Owner>,
+}
+
+/// A file's numeric owner. Numbers, not names: lab machines share them
+/// (one directory service), as `rsync --numeric-ids` assumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// The kinds of entries a copy carries.
