@@ -14,15 +14,6 @@ use rexec_agent::server::{AgentState, Shutdown, serve};
 
 use crate::util::*;
 
-/// Sends `signal` (a name such as "INT") to `pid`.
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -s {signal} {pid}");
-}
-
 /// Starts `ctl exec TARGET COMMAND` with piped stdout and stderr.
 fn spawn_exec(env: &Env, agent: &Agent, flags: &[&str], command: &str) -> Child {
     spawn_exec_at(env, &agent.target(), flags, command)

@@ -241,12 +241,17 @@ impl Agent {
 
     /// Sends a signal to the agent process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.id(), signal);
     }
+}
+
+/// Sends `signal` (a name such as "INT") to `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -s {signal} {pid}");
 }
 
 impl Drop for Agent {

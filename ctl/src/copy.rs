@@ -14,8 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::copy::{CopyItem, Placement, TreeReader, TreeWriter};
-use rexec_protocol::{AgentMessage, ClientMessage, FrameError, PullRequest, PushRequest};
+use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
+use rexec_protocol::{
+    AgentMessage, ClientMessage, ErrorKind, FrameError, PullRequest, PushRequest,
+};
 use serde_json::{Map, Value, json};
 
 use crate::connect::Client;
@@ -62,8 +64,8 @@ pub struct Copied {
     pub entries: u64,
     /// Bytes of file data.
     pub bytes: u64,
-    /// SHA-256 of the data, when the copy was one regular file.
-    pub sha256: Option<String>,
+    /// BLAKE3 hash of the data, when the copy was one regular file.
+    pub blake3: Option<String>,
 }
 
 impl Finished for Copied {
@@ -83,7 +85,7 @@ impl Describe for Copied {
         record.insert("signal".into(), Value::Null);
         record.insert("entries".into(), json!(self.entries));
         record.insert("bytes".into(), json!(self.bytes));
-        record.insert("sha256".into(), json!(self.sha256));
+        record.insert("blake3".into(), json!(self.blake3));
     }
 }
 
@@ -94,7 +96,7 @@ impl Copied {
     }
 }
 
-fn local(e: rexec_protocol::copy::CopyError) -> CtlError {
+fn local(e: CopyError) -> CtlError {
     CtlError::Local(e.message)
 }
 
@@ -107,7 +109,7 @@ fn hex(bytes: &[u8]) -> String {
 struct SingleFile {
     files: u32,
     entries: u32,
-    sha256: Option<String>,
+    blake3: Option<String>,
 }
 
 impl SingleFile {
@@ -116,7 +118,7 @@ impl SingleFile {
             CopyItem::File(_) => self.entries += 1,
             CopyItem::End(end) => {
                 self.files += 1;
-                self.sha256 = Some(hex(&end.sha256));
+                self.blake3 = Some(hex(&end.blake3));
             }
             CopyItem::Data(_) => {}
         }
@@ -124,9 +126,70 @@ impl SingleFile {
 
     fn checksum(&self) -> Option<String> {
         (self.files == 1 && self.entries == 1)
-            .then(|| self.sha256.clone())
+            .then(|| self.blake3.clone())
             .flatten()
     }
+}
+
+/// Items queued between a copy's disk thread and its connection.
+const DISK_QUEUE: usize = 8;
+
+/// Reads `readers` in turn on a blocking thread; the items, then the end of
+/// the channel, or an error as the last item. Dropping the receiver stops
+/// the thread at its next item.
+fn read_on_a_thread(
+    mut readers: Vec<TreeReader>,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<CopyItem, CopyError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(DISK_QUEUE);
+    let thread = tokio::task::spawn_blocking(move || {
+        for reader in &mut readers {
+            loop {
+                let next = reader.next_item().transpose();
+                let Some(item) = next else { break };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, thread)
+}
+
+/// What the connection hands a pull's disk thread.
+enum ToDisk {
+    Item(CopyItem),
+    /// The agent said `CopyEnd`: finish, or fail if a file is open.
+    Finish,
+}
+
+/// A pull's disk thread: entries and bytes written, or why it stopped.
+type Writing = tokio::task::JoinHandle<Result<(u64, u64), CopyError>>;
+
+/// Writes items with `writer` on a blocking thread until `Finish`; the
+/// writer's counts, or why it stopped. A channel closed without `Finish`
+/// drops the writer, which removes a half-received file.
+fn write_on_a_thread(mut writer: TreeWriter) -> (tokio::sync::mpsc::Sender<ToDisk>, Writing) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(DISK_QUEUE);
+    let thread = tokio::task::spawn_blocking(move || {
+        while let Some(next) = rx.blocking_recv() {
+            match next {
+                ToDisk::Item(item) => writer.item(item)?,
+                ToDisk::Finish if writer.in_file() => {
+                    return Err(CopyError::new(
+                        ErrorKind::Protocol,
+                        "the agent ended the copy in the middle of a file",
+                    ));
+                }
+                ToDisk::Finish => return Ok((writer.entries, writer.bytes)),
+            }
+        }
+        Err(CopyError::new(ErrorKind::Internal, "abandoned"))
+    });
+    (tx, thread)
 }
 
 /// Pushes `sources` to `dest` on `target`.
@@ -155,18 +218,23 @@ pub async fn push(
     let mut outgoing = session.connection.outgoing;
     let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
     let mut single = SingleFile::default();
+    // Reading and hashing happen on a thread of their own, beside the
+    // encryption and sending here.
+    let (mut items, reading) = read_on_a_thread(readers);
 
     let send = async {
-        for reader in &mut readers {
-            while let Some(item) = reader.next_item().map_err(local)? {
-                single.see(&item);
-                let message = match item {
-                    CopyItem::File(header) => ClientMessage::File(header),
-                    CopyItem::Data(chunk) => ClientMessage::FileData(chunk),
-                    CopyItem::End(end) => ClientMessage::FileEnd(end),
-                };
-                outgoing.feed(message).await.map_err(lost)?;
-            }
+        while let Some(item) = items.recv().await {
+            let item = item.map_err(local)?;
+            single.see(&item);
+            let message = match item {
+                CopyItem::File(header) => ClientMessage::File(header),
+                CopyItem::Data(chunk) => ClientMessage::FileData(chunk),
+                CopyItem::End(end) => ClientMessage::FileEnd(end),
+            };
+            outgoing.feed(message).await.map_err(lost)?;
+        }
+        if reading.await.is_err() {
+            return Err(CtlError::Local("reading the files failed".into()));
         }
         outgoing.feed(ClientMessage::CopyEnd).await.map_err(lost)?;
         outgoing.flush().await.map_err(lost)?;
@@ -208,7 +276,7 @@ pub async fn push(
     Ok(Copied {
         entries: done.entries,
         bytes: done.bytes,
-        sha256: single.checksum(),
+        blake3: single.checksum(),
     })
 }
 
@@ -232,37 +300,61 @@ pub async fn pull(
     });
     let session = fanout::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
-    // Dropped on every way out, which removes a half-received file.
-    let mut writer = TreeWriter::new(Placement::Into(into.to_path_buf()), None);
+    // Writing and hashing happen on a thread of their own, beside the
+    // decryption here; dropping `disk` without `Finish` removes a
+    // half-received file.
+    let writer = TreeWriter::new(Placement::Into(into.to_path_buf()), None);
+    let (disk, writing) = write_on_a_thread(writer);
     let mut single = SingleFile::default();
-    loop {
-        let item = match incoming.next().await {
+    let stopped = loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            // The writer stopped on an error (it is below): stop listening
+            // too, whatever the agent goes on sending or not.
+            () = disk.closed() => break None,
+        };
+        let item = match next {
             Some(Ok(AgentMessage::File(header))) => CopyItem::File(header),
             Some(Ok(AgentMessage::FileData(chunk))) => CopyItem::Data(chunk),
             Some(Ok(AgentMessage::FileEnd(end))) => CopyItem::End(end),
-            Some(Ok(AgentMessage::CopyEnd)) if !writer.in_file() => break,
+            Some(Ok(AgentMessage::CopyEnd)) => {
+                let _ = disk.send(ToDisk::Finish).await;
+                break None;
+            }
             Some(Ok(AgentMessage::Keepalive)) => continue,
-            Some(Ok(AgentMessage::Error(report))) => return Err(CtlError::Agent(report)),
+            Some(Ok(AgentMessage::Error(report))) => break Some(CtlError::Agent(report)),
             Some(Ok(other)) => {
-                return Err(CtlError::Protocol(format!(
+                break Some(CtlError::Protocol(format!(
                     "unexpected message during a pull: {other:?}"
                 )));
             }
-            Some(Err(FrameError::Io(e))) => return Err(CtlError::ConnectionLost(e.to_string())),
-            Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
+            Some(Err(FrameError::Io(e))) => break Some(CtlError::ConnectionLost(e.to_string())),
+            Some(Err(e)) => break Some(CtlError::Protocol(e.to_string())),
             None => {
-                return Err(CtlError::ConnectionLost(
+                break Some(CtlError::ConnectionLost(
                     "the agent closed the connection before the copy ended".into(),
                 ));
             }
         };
         single.see(&item);
-        writer.item(item).map_err(local)?;
+        // A closed queue means the writer stopped on an error: it is below.
+        if disk.send(ToDisk::Item(item)).await.is_err() {
+            break None;
+        }
+    };
+    // Without `Finish` the writer abandons the file it was writing.
+    drop(disk);
+    let written = writing
+        .await
+        .map_err(|_| CtlError::Local("writing the files failed".into()))?;
+    if let Some(e) = stopped {
+        return Err(e);
     }
+    let (entries, bytes) = written.map_err(local)?;
     Ok(Copied {
-        entries: writer.entries,
-        bytes: writer.bytes,
-        sha256: single.checksum(),
+        entries,
+        bytes,
+        blake3: single.checksum(),
     })
 }
 

@@ -222,7 +222,7 @@ A remote operand is TARGETS:/ABSOLUTE/PATH (split at the first ':/'; write a
 local path containing ':/' as ./like:/this).
 Push: into REMOTE_PATH when it is an existing directory, else the one source
 becomes REMOTE_PATH. Each file is written under a temporary name, checked
-against its SHA-256 and renamed into place: readers see the old file or the
+against its BLAKE3 hash and renamed into place: readers see the old file or the
 new one, never a mix.
 Pull from one host: LOCAL_DIR/NAME; from several: LOCAL_DIR/HOST/NAME.
 Exit status: 0 when every host succeeded, else the largest per-host code
@@ -252,7 +252,7 @@ struct CpArgs {
     /// Refuse hosts that are not in known hosts.
     #[arg(long)]
     strict_host_key: bool,
-    /// One JSON object per host per line: entries, bytes, duration, sha256.
+    /// One JSON object per host per line: entries, bytes, duration, blake3.
     #[arg(long)]
     json: bool,
     /// Sources then destination; exactly one side is remote.
@@ -442,6 +442,9 @@ struct RunEnd {
     interrupted: bool,
 }
 
+/// The longest ctl waits at exit for copies' disk threads to clean up.
+const DISK_CLEANUP: Duration = Duration::from_secs(5);
+
 /// Runs `job` on every target through the fan-out engine on a fresh
 /// runtime, Ctrl-C cancelling the run; `done` sees each host's result.
 fn drive<T, J, F>(
@@ -484,7 +487,9 @@ where
             })
             .await;
     });
-    runtime.shutdown_background();
+    // Copies' disk threads remove a half-written file once their job is
+    // dropped (Ctrl-C, a deadline): let them, within reason.
+    runtime.shutdown_timeout(DISK_CLEANUP);
     console.finish();
     Ok(RunEnd {
         tally,

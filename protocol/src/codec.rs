@@ -269,7 +269,7 @@ mod tests {
             ClientMessage::File(file_header()),
             ClientMessage::FileData(Bytes::from_static(b"data")),
             ClientMessage::FileEnd(FileEnd {
-                sha256: Bytes::from_static(&[9; 32]),
+                blake3: Bytes::from_static(&[9; 32]),
             }),
             ClientMessage::CopyEnd,
         ]
@@ -307,7 +307,7 @@ mod tests {
             }),
             AgentMessage::FileData(Bytes::from_static(b"data")),
             AgentMessage::FileEnd(FileEnd {
-                sha256: Bytes::from_static(&[9; 32]),
+                blake3: Bytes::from_static(&[9; 32]),
             }),
             AgentMessage::CopyEnd,
             AgentMessage::CopyDone(CopyDone {

@@ -187,9 +187,9 @@ pub enum FileKind {
 /// The end of a regular file's data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEnd {
-    /// SHA-256 of the data as the sender read it; the receiver checks it
-    /// before the file takes its name.
-    pub sha256: Bytes,
+    /// BLAKE3 hash (32 bytes) of the data as the sender read it; the
+    /// receiver checks it before the file takes its name.
+    pub blake3: Bytes,
 }
 
 /// What a completed push put in place.
