@@ -32,7 +32,7 @@ use crate::pty::{self, MasterStream};
 /// output, and makes a slow client slow the child down instead.
 const OUTPUT_QUEUE: usize = 4;
 /// How much one read from a child's pipe may take.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = rexec_protocol::MAX_CHUNK_LEN;
 /// The capacity we ask for on the child's output pipes (Linux's default is
 /// 64 KiB). A larger pipe lets the child write on while we send, so a fast
 /// producer is not stopped and woken once per 64 KiB.

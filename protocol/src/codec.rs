@@ -103,7 +103,6 @@ pub struct MessageCodec<Out, In> {
     /// consumes a frame's length prefix as soon as it has all four bytes,
     /// before the body arrives, so after that the buffer starts mid-frame.
     at_boundary: bool,
-    scratch: BytesMut,
     _messages: PhantomData<fn(Out) -> In>,
 }
 
@@ -124,7 +123,6 @@ impl<Out, In> MessageCodec<Out, In> {
         MessageCodec {
             frames,
             at_boundary: true,
-            scratch: BytesMut::new(),
             _messages: PhantomData,
         }
     }
@@ -139,23 +137,36 @@ impl<Out, In> Default for MessageCodec<Out, In> {
 impl<Out: Serialize, In> Encoder<Out> for MessageCodec<Out, In> {
     type Error = FrameError;
 
+    /// Encodes the message straight behind its length prefix in `dst`: bulk
+    /// output is copied once on its way to the socket, not once into a
+    /// scratch buffer and again into the frame. The prefix is the one
+    /// [`LengthDelimitedCodec`] reads on the other side (u32 big-endian).
     fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        self.scratch.clear();
-        bincode::serde::encode_into_std_write(
-            &message,
-            &mut (&mut self.scratch).writer(),
-            config(),
-        )
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
-        let body = self.scratch.split().freeze();
-        if body.len() > MAX_FRAME_LEN {
-            return Err(FrameError::Encode(format!(
-                "{} bytes is larger than the maximum frame of {MAX_FRAME_LEN}",
-                body.len()
-            )));
+        let start = dst.len();
+        dst.put_u32(0);
+        let encoded =
+            bincode::serde::encode_into_std_write(&message, &mut (&mut *dst).writer(), config());
+        let body_len = dst.len() - start - LENGTH_PREFIX_LEN;
+        let checked = match encoded {
+            Err(e) => Err(FrameError::Encode(e.to_string())),
+            Ok(_) if body_len > MAX_FRAME_LEN => Err(FrameError::Encode(format!(
+                "{body_len} bytes is larger than the maximum frame of {MAX_FRAME_LEN}"
+            ))),
+            Ok(_) => Ok(()),
+        };
+        match checked {
+            Ok(()) => {
+                // Cannot truncate: the body is at most MAX_FRAME_LEN, well within u32.
+                let prefix = (body_len as u32).to_be_bytes();
+                dst[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&prefix);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of a frame that cannot be sent stays in the buffer.
+                dst.truncate(start);
+                Err(e)
+            }
         }
-        self.frames.encode(body, dst)?;
-        Ok(())
     }
 }
 
@@ -497,13 +508,54 @@ mod tests {
     }
 
     #[test]
-    fn oversized_message_is_refused_on_encode() {
+    fn oversized_message_is_refused_on_encode_and_leaves_nothing_behind() {
+        let mut codec = ClientCodec::new();
         let mut wire = BytesMut::new();
+        codec.encode(ClientMessage::StdinEof, &mut wire).unwrap();
+        let before = wire.clone();
         let huge = ClientMessage::Stdin(Bytes::from(vec![0u8; MAX_FRAME_LEN + 1]));
         assert!(matches!(
-            ClientCodec::new().encode(huge, &mut wire),
+            codec.encode(huge, &mut wire),
             Err(FrameError::Encode(_))
         ));
+        assert_eq!(wire, before, "the frame before the refused one is intact");
+        codec.encode(ClientMessage::Keepalive, &mut wire).unwrap();
+        let mut agent_side = AgentCodec::new();
+        assert_eq!(
+            agent_side.decode(&mut wire).unwrap(),
+            Some(ClientMessage::StdinEof)
+        );
+        assert_eq!(
+            agent_side.decode(&mut wire).unwrap(),
+            Some(ClientMessage::Keepalive)
+        );
+    }
+
+    /// Our encoder writes the length prefix itself; the plain length
+    /// delimited codec of the protocol's framing must read what it writes,
+    /// frame after frame, up to the largest chunk.
+    #[test]
+    fn encoded_frames_are_what_the_length_delimited_codec_reads() {
+        let mut frames = LengthDelimitedCodec::builder()
+            .big_endian()
+            .length_field_type::<u32>()
+            .max_frame_length(MAX_FRAME_LEN)
+            .new_codec();
+        let mut codec = AgentCodec::new();
+        let mut wire = BytesMut::new();
+        let sizes = [0, 1, 250, 251, 65_535, 65_536, MAX_CHUNK_LEN];
+        for size in sizes {
+            let chunk = Bytes::from(vec![0xa5; size]);
+            codec
+                .encode(AgentMessage::Stdout(chunk), &mut wire)
+                .unwrap();
+        }
+        for size in sizes {
+            let body = frames.decode(&mut wire).unwrap().expect("a whole frame");
+            let expected = encode_message(&AgentMessage::Stdout(Bytes::from(vec![0xa5; size])));
+            assert_eq!(&body[..], &expected.unwrap()[..]);
+        }
+        assert!(wire.is_empty());
     }
 
     /// A table of hostile bodies that must each decode to an error, never panic.
@@ -523,7 +575,7 @@ mod tests {
             let _ = decode_message::<AgentMessage>(&body);
             let mut framed = BytesMut::from(&(len as u32).to_be_bytes()[..]);
             framed.extend_from_slice(&body);
-            let _ = AgentCodec::new().decode(&mut framed);
+            let _ = AgentCodec::new().decode(&mut framed.clone());
             let _ = ClientCodec::new().decode(&mut framed);
         }
     }
