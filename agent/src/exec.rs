@@ -27,11 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentSettings;
 use crate::pty::{self, MasterStream};
 
-/// How many output chunks may wait between the pipe readers and the socket
-/// writer. With [`READ_CHUNK`] this bounds the memory one exec holds for
-/// output, and makes a slow client slow the child down instead.
-const OUTPUT_QUEUE: usize = 4;
-/// How much one read from a child's pipe may take.
+/// How much one read from a child's pipe may take: one output message at
+/// most. With one such buffer per stream this is the memory an exec holds
+/// for output; a client that reads slowly slows the child down instead.
 const READ_CHUNK: usize = rexec_protocol::MAX_CHUNK_LEN;
 /// The capacity we ask for on the child's output pipes (Linux's default is
 /// 64 KiB). A larger pipe lets the child write on while we send, so a fast
@@ -188,8 +186,7 @@ where
     let pgid = Pid::from_raw(pid as i32);
     let mut guard = GroupGuard { pgid, armed: true };
 
-    let (output_tx, mut output) = mpsc::channel(OUTPUT_QUEUE);
-    let mut pumps = Vec::new();
+    let mut output = Output::default();
     let mut stdin = None;
     match &master {
         Some(master) => {
@@ -197,7 +194,7 @@ where
                 MasterStream::new(master).and_then(|r| Ok((r, MasterStream::new(master)?)));
             match streams {
                 Ok((reader, writer)) => {
-                    pumps.push(tokio::spawn(pump(reader, AgentMessage::Stdout, output_tx)));
+                    output.stdout = OutputStream::new(reader, AgentMessage::Stdout);
                     if request.stdin {
                         stdin = Some(spawn_stdin_writer(writer, Some(PTY_EOF)));
                     }
@@ -225,14 +222,10 @@ where
                 grow_pipe(fd);
             }
             if let Some(pipe) = child.stdout.take() {
-                pumps.push(tokio::spawn(pump(
-                    pipe,
-                    AgentMessage::Stdout,
-                    output_tx.clone(),
-                )));
+                output.stdout = OutputStream::new(pipe, AgentMessage::Stdout);
             }
             if let Some(pipe) = child.stderr.take() {
-                pumps.push(tokio::spawn(pump(pipe, AgentMessage::Stderr, output_tx)));
+                output.stderr = OutputStream::new(pipe, AgentMessage::Stderr);
             }
             stdin = child
                 .stdin
@@ -245,7 +238,6 @@ where
         .map(|t| tokio::time::Instant::now() + t)
         .unwrap_or_else(far_future);
     let mut keepalive = Keepalive::new(settings.keepalive_interval, settings.keepalive_count);
-    let mut output_open = true;
     let mut client_open = true;
 
     let started = AgentMessage::Started {
@@ -270,17 +262,16 @@ where
             break Err(ExecEnd::ClientGone);
         }
         tokio::select! {
-            message = output.recv(), if output_open => match message {
-                Some(message) => {
+            message = output.next(), if output.is_open() => {
+                if let Some(message) = message {
                     count(&mut report, &message);
-                    if forward(outgoing, message, !output.is_empty()).await.is_err() {
+                    if outgoing.send(message).await.is_err() {
                         client_open = false;
                     }
                     keepalive.sent();
                 }
-                None => output_open = false,
             },
-            status = child.wait(), if !output_open => match status {
+            status = child.wait(), if !output.is_open() => match status {
                 Ok(status) => break Ok(status),
                 Err(e) => break Err(ExecEnd::ProtocolError(format!("cannot wait for child: {e}"))),
             },
@@ -355,9 +346,9 @@ where
             // pipe open must not hold us, hence the bound.
             if client_open && !matches!(end, ExecEnd::ClientSilent(_)) {
                 let drain = async {
-                    while let Some(message) = output.recv().await {
+                    while let Some(message) = output.next().await {
                         count(&mut report, &message);
-                        if forward(outgoing, message, false).await.is_err() {
+                        if outgoing.send(message).await.is_err() {
                             break;
                         }
                     }
@@ -380,9 +371,6 @@ where
             }
             report.end = end;
         }
-    }
-    for pump in pumps {
-        pump.abort();
     }
     drop(guard);
     report
@@ -668,21 +656,83 @@ fn grow_pipe(fd: std::os::fd::RawFd) {
     let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
 }
 
-/// Reads a pipe until EOF, sending each chunk as it arrives.
-async fn pump<P: AsyncRead + Unpin>(
-    mut pipe: P,
-    wrap: fn(Bytes) -> AgentMessage,
-    tx: mpsc::Sender<AgentMessage>,
-) {
-    loop {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if tx.send(wrap(buf.freeze())).await.is_err() {
-                    return;
-                }
+/// The command's output: stdout and stderr, or the terminal's master as
+/// stdout. Read by the exec's own task, so a chunk goes from the pipe to the
+/// socket without a hand-over between tasks (and threads) on the way.
+#[derive(Default)]
+struct Output {
+    stdout: OutputStream,
+    stderr: OutputStream,
+}
+
+impl Output {
+    /// Whether either stream may still have output.
+    fn is_open(&self) -> bool {
+        self.stdout.reader.is_some() || self.stderr.reader.is_some()
+    }
+
+    /// The next chunk from whichever stream has one; `None` once both
+    /// reached their end. Cancel-safe: when dropped unfinished, nothing was
+    /// read.
+    async fn next(&mut self) -> Option<AgentMessage> {
+        loop {
+            let Output { stdout, stderr } = self;
+            let chunk = tokio::select! {
+                chunk = stdout.next(), if stdout.reader.is_some() => chunk,
+                chunk = stderr.next(), if stderr.reader.is_some() => chunk,
+                else => return None,
+            };
+            if chunk.is_some() {
+                return chunk;
             }
+            // One stream ended; the other may go on.
+        }
+    }
+}
+
+/// One output stream and its read buffer.
+struct OutputStream {
+    /// `None` once the stream reached its end (or failed).
+    reader: Option<Box<dyn AsyncRead + Unpin + Send>>,
+    /// Reused from chunk to chunk: once the last chunk has been framed and
+    /// dropped, reserving takes back the same memory rather than allocating.
+    buf: BytesMut,
+    wrap: fn(Bytes) -> AgentMessage,
+}
+
+impl Default for OutputStream {
+    fn default() -> Self {
+        OutputStream {
+            reader: None,
+            buf: BytesMut::new(),
+            wrap: AgentMessage::Stdout,
+        }
+    }
+}
+
+impl OutputStream {
+    fn new<R>(reader: R, wrap: fn(Bytes) -> AgentMessage) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        OutputStream {
+            reader: Some(Box::new(reader)),
+            buf: BytesMut::new(),
+            wrap,
+        }
+    }
+
+    /// The next chunk, or `None` at the end of the stream, which closes it.
+    /// A read error counts as the end: the command can write no more there.
+    async fn next(&mut self) -> Option<AgentMessage> {
+        let reader = self.reader.as_mut()?;
+        self.buf.reserve(READ_CHUNK);
+        match reader.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => {
+                self.reader = None;
+                None
+            }
+            Ok(_) => Some((self.wrap)(self.buf.split().freeze())),
         }
     }
 }
@@ -712,23 +762,6 @@ where
         }
     });
     tx
-}
-
-/// Writes one message, flushing only when nothing else is waiting so that
-/// bulk output goes out in large writes and a lone line goes out at once.
-async fn forward<W>(
-    outgoing: &mut W,
-    message: AgentMessage,
-    more_waiting: bool,
-) -> Result<(), FrameError>
-where
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
-    outgoing.feed(message).await?;
-    if !more_waiting {
-        outgoing.flush().await?;
-    }
-    Ok(())
 }
 
 /// Sends the last message and closes the connection's write side.
