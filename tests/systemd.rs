@@ -530,3 +530,55 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(tree(&stage), BTreeSet::new());
 }
+
+/// The line in which an agent started by `cmd` says where it listens.
+fn listening_line(cmd: Command) -> String {
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    agent.wait_for_log("listening on").unwrap()
+}
+
+/// Whether a log line starts with tracing's RFC 3339 timestamp
+/// (`2026-01-02T03:04:05.678901Z  INFO …`).
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+}
+
+#[test]
+fn under_the_journal_the_agent_leaves_out_its_own_timestamps() {
+    let env = Env::new();
+    let agent_run = || {
+        let mut cmd = agent_run_command(&env.agent_dir);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env_remove("JOURNAL_STREAM");
+        cmd
+    };
+
+    let line = listening_line(agent_run());
+    assert!(stamped(&line), "on its own, a line has a time: {line:?}");
+
+    // systemd names the stream it connected as DEVICE:INODE; a shell
+    // stands in for it, naming the agent's stderr (the test's pipe).
+    let run = agent_run();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$@\"")
+        .arg("sh")
+        .arg(run.get_program())
+        .args(run.get_args())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let line = listening_line(cmd);
+    assert!(
+        line.starts_with(" INFO listening on "),
+        "the journal stamps the line, the agent does not: {line:?}"
+    );
+
+    // Inherited from a unit's shell while stderr goes elsewhere: stamped.
+    let mut cmd = agent_run();
+    cmd.env("JOURNAL_STREAM", "8:1234567");
+    let line = listening_line(cmd);
+    assert!(stamped(&line), "{line:?}");
+}
