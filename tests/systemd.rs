@@ -531,6 +531,65 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
     assert_eq!(tree(&stage), BTreeSet::new());
 }
 
+#[test]
+fn install_prefix_places_the_binaries_and_the_units_exec_start() {
+    for prefix in ["/usr", "/opt/rexec"] {
+        let root = tempfile::tempdir().unwrap();
+        let stage = root.path().join("stage");
+        let out = install_script(&stage, &["--prefix", prefix]);
+        assert!(
+            out.status.success(),
+            "{prefix}: {}{}",
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+        let bindir = prefix.trim_start_matches('/');
+        let expected: BTreeSet<String> = [
+            "644 etc/rexec/agent.crt".to_owned(),
+            "600 etc/rexec/agent.key".to_owned(),
+            "644 etc/rexec/agent.toml".to_owned(),
+            "644 etc/rexec/authorized_clients".to_owned(),
+            "644 etc/systemd/system/rexec-agent.service".to_owned(),
+            "644 etc/systemd/system/rexec-agent.socket".to_owned(),
+            format!("755 {bindir}/bin/ctl"),
+            format!("755 {bindir}/bin/rexec-agent"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(tree(&stage), expected, "{prefix}");
+
+        // Configuration stays in /etc whatever the prefix; only the binary
+        // moves, and the service runs it from there.
+        let service =
+            std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.service")).unwrap();
+        let exec_start: Vec<&str> = service
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(
+            exec_start,
+            [format!(
+                "ExecStart={prefix}/bin/rexec-agent --config /etc/rexec/agent.toml run"
+            )],
+            "{prefix}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.socket")).unwrap(),
+            std::fs::read_to_string(repo_root().join("systemd/rexec-agent.socket")).unwrap(),
+            "the socket unit names no binary"
+        );
+
+        // Uninstall with the same prefix finds the binaries there.
+        let out = install_script(&stage, &["uninstall", "--prefix", prefix]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            tree(&stage).iter().all(|f| f.contains("etc/rexec/")),
+            "{prefix}: {:?}",
+            tree(&stage)
+        );
+    }
+}
+
 /// The line in which an agent started by `cmd` says where it listens.
 fn listening_line(cmd: Command) -> String {
     let mut agent = Agent::spawn(cmd);
