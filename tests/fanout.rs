@@ -317,8 +317,12 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
     ]);
     let took = started.elapsed();
     fleet.agent("127.0.0.20").signal("CONT");
+    // The slowest host ends when the agent reports its timeout (3 s plus
+    // the agent's 500 ms kill grace). ctl's own deadline on a host that
+    // stops answering is 3 s + 2 s + 5 s = 10 s, so a run that waited for
+    // it, or for anything longer, fails this bound.
     assert!(
-        took < Duration::from_secs(15),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(3 + 2 + 3),
         "the run ends on the hosts' own timeouts: {took:?}"
     );
     assert_eq!(out.status.code(), Some(255));
@@ -357,6 +361,30 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
             "ctl: 3 of 20 hosts failed: connect: 127.0.0.21; connect-timeout: 127.0.0.20; timed out: 127.0.0.19"
         ]
     );
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the timed out command's group was killed"
+    );
+
+    // When the only failure is a timeout, the run exits 124, as a single
+    // host would (README: the largest per-host code, 124 for a timeout).
+    let sleep = unique_sleep(60);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.19) echo before; exec sleep {sleep};; *) echo ok;; esac"
+    );
+    let out = env.ctl_run(&["exec", "--timeout", "2s", "@lab,!127.0.0.[20-21]", &command]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        [
+            "ctl: 127.0.0.19: command timed out; its process group was killed",
+            "ctl: 1 of 18 hosts failed: timed out: 127.0.0.19"
+        ]
+    );
+    let mut printed = lines(&stdout_of(&out));
+    printed.sort();
+    assert_eq!(printed.len(), FLEET - 2);
+    assert!(printed.contains(&"127.0.0.19: before".to_owned()));
     assert!(
         wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
         "the timed out command's group was killed"
