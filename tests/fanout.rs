@@ -3,6 +3,7 @@
 //! down, hung or slow, and node set expansion and folding.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -388,6 +389,113 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
     assert!(
         wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
         "the timed out command's group was killed"
+    );
+}
+
+#[test]
+fn an_agent_frozen_after_its_command_started_is_given_up_at_the_deadline() {
+    let env = Env::new();
+    let fleet = env.fleet(4);
+    let started = env.root.path().join("started");
+    let sleep = unique_sleep(60);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.5) touch {}; exec sleep {sleep};; *) echo ok;; esac",
+        started.display()
+    );
+    // ctl's deadline on each host: --timeout + --connect-timeout + 5 s.
+    let deadline = Duration::from_secs(3 + 1 + 5);
+    let begun = Instant::now();
+    let ctl = env
+        .ctl()
+        .args([
+            "exec",
+            "--json",
+            "--timeout",
+            "3s",
+            "--connect-timeout",
+            "1s",
+            "@lab",
+            &command,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The agent stops answering once its command runs (before the command's
+    // own 3 s timeout, which the frozen agent can no longer enforce).
+    assert!(wait_until(DEADLINE, || started.exists()), "command started");
+    let frozen = fleet.agent("127.0.0.5");
+    frozen.signal("STOP");
+    let out = ctl.wait_with_output().unwrap();
+    let took = begun.elapsed();
+    frozen.signal("CONT");
+
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(4),
+        "ctl gives up on the frozen host at its deadline: {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    let records = json_lines(&out);
+    let hosts: Vec<&str> = records
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 4);
+    assert_eq!(hosts[3], "127.0.0.5", "the others finish first: {hosts:?}");
+    for record in &records[..3] {
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 0);
+        assert_eq!(record["stdout"], "ok\n");
+        assert!(record["duration_ms"].as_f64().unwrap() < 3000.0, "{record}");
+    }
+    let gave_up = &records[3];
+    assert_eq!(gave_up["status"], "timed-out");
+    assert_eq!(gave_up["exit_code"], Value::Null);
+    assert_eq!(gave_up["error"]["kind"], "deadline");
+    assert_eq!(
+        gave_up["error"]["message"],
+        "no result within 9s; ctl gave up on this host"
+    );
+    assert!(gave_up["duration_ms"].as_f64().unwrap() >= 9000.0);
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 4 hosts failed: timed out: 127.0.0.5"]
+    );
+    // Running again, the agent finds its client gone and kills the command.
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the frozen host's command was cleaned up after SIGCONT"
+    );
+}
+
+#[test]
+fn json_reports_a_host_killed_by_a_signal() {
+    let env = Env::new();
+    let _fleet = env.fleet(3);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) echo partial; echo why >&2; kill -9 $$;; *) echo ok;; esac"
+    );
+    let out = env.ctl_run(&["exec", "--json", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", stderr_of(&out));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), 3);
+    let killed = records
+        .iter()
+        .find(|r| r["host"] == "127.0.0.3")
+        .expect("a record for the killed host");
+    assert_eq!(killed["status"], "killed");
+    assert_eq!(killed["signal"], 9);
+    assert_eq!(killed["exit_code"], Value::Null);
+    assert_eq!(killed["error"], Value::Null, "the command failed, not ctl");
+    assert_eq!(killed["stdout"], "partial\n", "output before the signal");
+    assert_eq!(killed["stderr"], "why\n");
+    for other in records.iter().filter(|r| r["host"] != "127.0.0.3") {
+        assert_eq!(other["status"], "exited", "{other}");
+        assert_eq!(other["signal"], Value::Null);
+    }
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 3 hosts failed: signal 9: 127.0.0.3"]
     );
 }
 
