@@ -1,9 +1,10 @@
 //! `ctl exec`, `ctl hosts` and `ctl ping` on many targets: twenty real
 //! agents on 127.0.0.2 … 127.0.0.21, every output mode, hosts that are
-//! down, hung or slow, and node set expansion and folding.
+//! down, hung, frozen, killed or slow, the progress line on a terminal
+//! (under tmux), and node set expansion and folding.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -630,5 +631,132 @@ fn ping_reports_latency_and_agent_version() {
     assert_eq!(
         lines(&stderr_of(&out)),
         ["ctl: 1 of 2 hosts failed: connect: 127.0.0.21"]
+    );
+}
+
+/// A terminal for ctl: a detached tmux session (its own server) running
+/// one shell command, read back with `capture-pane`.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    /// Runs `command` in a 200x50 terminal, then prints `rc=STATUS` and
+    /// keeps the pane open.
+    fn run(env: &Env, command: &str) -> Terminal {
+        let terminal = Terminal {
+            socket: marker("rexec-fanout-tmux"),
+        };
+        let status = terminal
+            .tmux()
+            .args(["new-session", "-d", "-x", "200", "-y", "50"])
+            .arg(format!(
+                "REXEC_CONFIG_DIR='{}' {command}; echo \"rc=$?\"; exec sleep 600",
+                env.ctl_dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        terminal
+    }
+
+    fn tmux(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket]);
+        cmd
+    }
+
+    fn screen(&self) -> String {
+        let out = self.tmux().args(["capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits for `needle` on the screen; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let mut screen = String::new();
+        let found = wait_until(DEADLINE, || {
+            screen = self.screen();
+            screen.contains(needle)
+        });
+        assert!(found, "{needle:?} never appeared on:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux().arg("kill-server").status();
+    }
+}
+
+#[test]
+fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
+    if !have_tool(
+        "tmux",
+        "progress_line_shows_on_a_terminal_and_never_on_a_pipe",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let _fleet = env.fleet(4);
+    // 127.0.0.5 is slow: it waits for the test to release it.
+    let release = env.root.path().join("release");
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) exit 3;; \
+         127.0.0.5) while [ ! -e {} ]; do sleep 0.05; done; echo slow;; *) echo fast;; esac",
+        release.display()
+    );
+    let terminal = Terminal::run(
+        &env,
+        &format!("{} exec @lab '{command}'", bin("ctl").display()),
+    );
+    // While the slow host runs, the progress line counts the others.
+    let screen = terminal.wait_for("3/4 done, 1 running, 1 failed");
+    let progress = screen
+        .lines()
+        .find(|l| l.contains(" done, "))
+        .unwrap_or_default();
+    assert!(
+        progress.contains(" [") && progress.ends_with("] 3/4 done, 1 running, 1 failed"),
+        "{progress:?}"
+    );
+    // Lines that arrived meanwhile were printed whole above it.
+    for line in ["127.0.0.2: fast", "127.0.0.4: fast"] {
+        assert!(screen.lines().any(|l| l == line), "{line}:\n{screen}");
+    }
+    std::fs::write(&release, "").unwrap();
+    let screen = terminal.wait_for("rc=3");
+    // At the end the progress line is gone; what stays is the output and
+    // the summary.
+    let mut shown: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        shown.split_off(2),
+        [
+            "127.0.0.5: slow",
+            "ctl: 1 of 4 hosts failed: exit 3: 127.0.0.3",
+            "rc=3"
+        ],
+        "{screen}"
+    );
+    shown.sort_unstable();
+    assert_eq!(shown, ["127.0.0.2: fast", "127.0.0.4: fast"], "{screen}");
+
+    // On a pipe the same run writes nothing but the summary to stderr,
+    // though the slow host keeps it waiting for several of the progress
+    // line's 200 ms ticks.
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) exit 3;; 127.0.0.5) sleep 1; echo slow;; *) echo fast;; esac"
+    );
+    let out = env.ctl_run(&["exec", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        stderr_of(&out),
+        "ctl: 1 of 4 hosts failed: exit 3: 127.0.0.3\n"
+    );
+    let mut printed = lines(&stdout_of(&out));
+    printed.sort();
+    assert_eq!(
+        printed,
+        ["127.0.0.2: fast", "127.0.0.4: fast", "127.0.0.5: slow"]
     );
 }
