@@ -3,7 +3,7 @@
 #
 #   cargo build --release && sudo scripts/install.sh   install, enable, start
 #   sudo scripts/install.sh uninstall        stop, disable, remove binaries and units
-#   sudo scripts/install.sh uninstall --purge   ... and /etc/rexec, /var/lib/rexec
+#   sudo scripts/install.sh uninstall --purge   ... and /etc/rexec
 #   DESTDIR=/tmp/stage scripts/install.sh    stage the tree only; no root, no systemctl
 #
 # Options:
@@ -47,7 +47,6 @@ destdir=${DESTDIR:-}
 bindir=$destdir$prefix/bin
 unitdir=$destdir/etc/systemd/system
 confdir=$destdir/etc/rexec
-statedir=$destdir/var/lib/rexec
 
 if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (sudo), or set DESTDIR to stage the files elsewhere" >&2
@@ -77,8 +76,8 @@ if [ "$action" = uninstall ]; then
     step "removed $bindir/rexec-agent, $bindir/ctl and the units in $unitdir"
     if [ "$use_systemctl" = yes ]; then systemctl daemon-reload; fi
     if [ "$purge" = yes ]; then
-        rm -rf "$confdir" "$statedir"
-        step "removed $confdir and $statedir (identity, authorized clients, config)"
+        rm -rf "$confdir"
+        step "removed $confdir (identity, authorized clients, config)"
     else
         step "kept $confdir (identity, authorized clients, config); --purge removes it"
     fi

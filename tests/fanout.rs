@@ -1,8 +1,10 @@
 //! `ctl exec`, `ctl hosts` and `ctl ping` on many targets: twenty real
 //! agents on 127.0.0.2 … 127.0.0.21, every output mode, hosts that are
-//! down, hung or slow, and node set expansion and folding.
+//! down, hung, frozen, killed or slow, the progress line on a terminal
+//! (under tmux), and node set expansion and folding.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -317,8 +319,12 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
     ]);
     let took = started.elapsed();
     fleet.agent("127.0.0.20").signal("CONT");
+    // The slowest host ends when the agent reports its timeout (3 s plus
+    // the agent's 500 ms kill grace). ctl's own deadline on a host that
+    // stops answering is 3 s + 2 s + 5 s = 10 s, so a run that waited for
+    // it, or for anything longer, fails this bound.
     assert!(
-        took < Duration::from_secs(15),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(3 + 2 + 3),
         "the run ends on the hosts' own timeouts: {took:?}"
     );
     assert_eq!(out.status.code(), Some(255));
@@ -360,6 +366,137 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
     assert!(
         wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
         "the timed out command's group was killed"
+    );
+
+    // When the only failure is a timeout, the run exits 124, as a single
+    // host would (README: the largest per-host code, 124 for a timeout).
+    let sleep = unique_sleep(60);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.19) echo before; exec sleep {sleep};; *) echo ok;; esac"
+    );
+    let out = env.ctl_run(&["exec", "--timeout", "2s", "@lab,!127.0.0.[20-21]", &command]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        [
+            "ctl: 127.0.0.19: command timed out; its process group was killed",
+            "ctl: 1 of 18 hosts failed: timed out: 127.0.0.19"
+        ]
+    );
+    let mut printed = lines(&stdout_of(&out));
+    printed.sort();
+    assert_eq!(printed.len(), FLEET - 2);
+    assert!(printed.contains(&"127.0.0.19: before".to_owned()));
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the timed out command's group was killed"
+    );
+}
+
+#[test]
+fn an_agent_frozen_after_its_command_started_is_given_up_at_the_deadline() {
+    let env = Env::new();
+    let fleet = env.fleet(4);
+    let started = env.root.path().join("started");
+    let sleep = unique_sleep(60);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.5) touch {}; exec sleep {sleep};; *) echo ok;; esac",
+        started.display()
+    );
+    // ctl's deadline on each host: --timeout + --connect-timeout + 5 s.
+    let deadline = Duration::from_secs(3 + 1 + 5);
+    let begun = Instant::now();
+    let ctl = env
+        .ctl()
+        .args([
+            "exec",
+            "--json",
+            "--timeout",
+            "3s",
+            "--connect-timeout",
+            "1s",
+            "@lab",
+            &command,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The agent stops answering once its command runs (before the command's
+    // own 3 s timeout, which the frozen agent can no longer enforce).
+    assert!(wait_until(DEADLINE, || started.exists()), "command started");
+    let frozen = fleet.agent("127.0.0.5");
+    frozen.signal("STOP");
+    let out = ctl.wait_with_output().unwrap();
+    let took = begun.elapsed();
+    frozen.signal("CONT");
+
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(4),
+        "ctl gives up on the frozen host at its deadline: {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    let records = json_lines(&out);
+    let hosts: Vec<&str> = records
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 4);
+    assert_eq!(hosts[3], "127.0.0.5", "the others finish first: {hosts:?}");
+    for record in &records[..3] {
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 0);
+        assert_eq!(record["stdout"], "ok\n");
+        assert!(record["duration_ms"].as_f64().unwrap() < 3000.0, "{record}");
+    }
+    let gave_up = &records[3];
+    assert_eq!(gave_up["status"], "timed-out");
+    assert_eq!(gave_up["exit_code"], Value::Null);
+    assert_eq!(gave_up["error"]["kind"], "deadline");
+    assert_eq!(
+        gave_up["error"]["message"],
+        "no result within 9s; ctl gave up on this host"
+    );
+    assert!(gave_up["duration_ms"].as_f64().unwrap() >= 9000.0);
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 4 hosts failed: timed out: 127.0.0.5"]
+    );
+    // Running again, the agent finds its client gone and kills the command.
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the frozen host's command was cleaned up after SIGCONT"
+    );
+}
+
+#[test]
+fn json_reports_a_host_killed_by_a_signal() {
+    let env = Env::new();
+    let _fleet = env.fleet(3);
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) echo partial; echo why >&2; kill -9 $$;; *) echo ok;; esac"
+    );
+    let out = env.ctl_run(&["exec", "--json", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", stderr_of(&out));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), 3);
+    let killed = records
+        .iter()
+        .find(|r| r["host"] == "127.0.0.3")
+        .expect("a record for the killed host");
+    assert_eq!(killed["status"], "killed");
+    assert_eq!(killed["signal"], 9);
+    assert_eq!(killed["exit_code"], Value::Null);
+    assert_eq!(killed["error"], Value::Null, "the command failed, not ctl");
+    assert_eq!(killed["stdout"], "partial\n", "output before the signal");
+    assert_eq!(killed["stderr"], "why\n");
+    for other in records.iter().filter(|r| r["host"] != "127.0.0.3") {
+        assert_eq!(other["status"], "exited", "{other}");
+        assert_eq!(other["signal"], Value::Null);
+    }
+    assert_eq!(
+        lines(&stderr_of(&out)),
+        ["ctl: 1 of 3 hosts failed: signal 9: 127.0.0.3"]
     );
 }
 
@@ -494,5 +631,132 @@ fn ping_reports_latency_and_agent_version() {
     assert_eq!(
         lines(&stderr_of(&out)),
         ["ctl: 1 of 2 hosts failed: connect: 127.0.0.21"]
+    );
+}
+
+/// A terminal for ctl: a detached tmux session (its own server) running
+/// one shell command, read back with `capture-pane`.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    /// Runs `command` in a 200x50 terminal, then prints `rc=STATUS` and
+    /// keeps the pane open.
+    fn run(env: &Env, command: &str) -> Terminal {
+        let terminal = Terminal {
+            socket: marker("rexec-fanout-tmux"),
+        };
+        let status = terminal
+            .tmux()
+            .args(["new-session", "-d", "-x", "200", "-y", "50"])
+            .arg(format!(
+                "REXEC_CONFIG_DIR='{}' {command}; echo \"rc=$?\"; exec sleep 600",
+                env.ctl_dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        terminal
+    }
+
+    fn tmux(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket]);
+        cmd
+    }
+
+    fn screen(&self) -> String {
+        let out = self.tmux().args(["capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits for `needle` on the screen; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let mut screen = String::new();
+        let found = wait_until(DEADLINE, || {
+            screen = self.screen();
+            screen.contains(needle)
+        });
+        assert!(found, "{needle:?} never appeared on:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux().arg("kill-server").status();
+    }
+}
+
+#[test]
+fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
+    if !have_tool(
+        "tmux",
+        "progress_line_shows_on_a_terminal_and_never_on_a_pipe",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let _fleet = env.fleet(4);
+    // 127.0.0.5 is slow: it waits for the test to release it.
+    let release = env.root.path().join("release");
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) exit 3;; \
+         127.0.0.5) while [ ! -e {} ]; do sleep 0.05; done; echo slow;; *) echo fast;; esac",
+        release.display()
+    );
+    let terminal = Terminal::run(
+        &env,
+        &format!("{} exec @lab '{command}'", bin("ctl").display()),
+    );
+    // While the slow host runs, the progress line counts the others.
+    let screen = terminal.wait_for("3/4 done, 1 running, 1 failed");
+    let progress = screen
+        .lines()
+        .find(|l| l.contains(" done, "))
+        .unwrap_or_default();
+    assert!(
+        progress.contains(" [") && progress.ends_with("] 3/4 done, 1 running, 1 failed"),
+        "{progress:?}"
+    );
+    // Lines that arrived meanwhile were printed whole above it.
+    for line in ["127.0.0.2: fast", "127.0.0.4: fast"] {
+        assert!(screen.lines().any(|l| l == line), "{line}:\n{screen}");
+    }
+    std::fs::write(&release, "").unwrap();
+    let screen = terminal.wait_for("rc=3");
+    // At the end the progress line is gone; what stays is the output and
+    // the summary.
+    let mut shown: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        shown.split_off(2),
+        [
+            "127.0.0.5: slow",
+            "ctl: 1 of 4 hosts failed: exit 3: 127.0.0.3",
+            "rc=3"
+        ],
+        "{screen}"
+    );
+    shown.sort_unstable();
+    assert_eq!(shown, ["127.0.0.2: fast", "127.0.0.4: fast"], "{screen}");
+
+    // On a pipe the same run writes nothing but the summary to stderr,
+    // though the slow host keeps it waiting for several of the progress
+    // line's 200 ms ticks.
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.3) exit 3;; 127.0.0.5) sleep 1; echo slow;; *) echo fast;; esac"
+    );
+    let out = env.ctl_run(&["exec", "@lab", &command]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        stderr_of(&out),
+        "ctl: 1 of 4 hosts failed: exit 3: 127.0.0.3\n"
+    );
+    let mut printed = lines(&stdout_of(&out));
+    printed.sort();
+    assert_eq!(
+        printed,
+        ["127.0.0.2: fast", "127.0.0.4: fast", "127.0.0.5: slow"]
     );
 }

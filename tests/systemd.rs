@@ -530,3 +530,114 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(tree(&stage), BTreeSet::new());
 }
+
+#[test]
+fn install_prefix_places_the_binaries_and_the_units_exec_start() {
+    for prefix in ["/usr", "/opt/rexec"] {
+        let root = tempfile::tempdir().unwrap();
+        let stage = root.path().join("stage");
+        let out = install_script(&stage, &["--prefix", prefix]);
+        assert!(
+            out.status.success(),
+            "{prefix}: {}{}",
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+        let bindir = prefix.trim_start_matches('/');
+        let expected: BTreeSet<String> = [
+            "644 etc/rexec/agent.crt".to_owned(),
+            "600 etc/rexec/agent.key".to_owned(),
+            "644 etc/rexec/agent.toml".to_owned(),
+            "644 etc/rexec/authorized_clients".to_owned(),
+            "644 etc/systemd/system/rexec-agent.service".to_owned(),
+            "644 etc/systemd/system/rexec-agent.socket".to_owned(),
+            format!("755 {bindir}/bin/ctl"),
+            format!("755 {bindir}/bin/rexec-agent"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(tree(&stage), expected, "{prefix}");
+
+        // Configuration stays in /etc whatever the prefix; only the binary
+        // moves, and the service runs it from there.
+        let service =
+            std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.service")).unwrap();
+        let exec_start: Vec<&str> = service
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(
+            exec_start,
+            [format!(
+                "ExecStart={prefix}/bin/rexec-agent --config /etc/rexec/agent.toml run"
+            )],
+            "{prefix}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(stage.join("etc/systemd/system/rexec-agent.socket")).unwrap(),
+            std::fs::read_to_string(repo_root().join("systemd/rexec-agent.socket")).unwrap(),
+            "the socket unit names no binary"
+        );
+
+        // Uninstall with the same prefix finds the binaries there.
+        let out = install_script(&stage, &["uninstall", "--prefix", prefix]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            tree(&stage).iter().all(|f| f.contains("etc/rexec/")),
+            "{prefix}: {:?}",
+            tree(&stage)
+        );
+    }
+}
+
+/// The line in which an agent started by `cmd` says where it listens.
+fn listening_line(cmd: Command) -> String {
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    agent.wait_for_log("listening on").unwrap()
+}
+
+/// Whether a log line starts with tracing's RFC 3339 timestamp
+/// (`2026-01-02T03:04:05.678901Z  INFO …`).
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+}
+
+#[test]
+fn under_the_journal_the_agent_leaves_out_its_own_timestamps() {
+    let env = Env::new();
+    let agent_run = || {
+        let mut cmd = agent_run_command(&env.agent_dir);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env_remove("JOURNAL_STREAM");
+        cmd
+    };
+
+    let line = listening_line(agent_run());
+    assert!(stamped(&line), "on its own, a line has a time: {line:?}");
+
+    // systemd names the stream it connected as DEVICE:INODE; a shell
+    // stands in for it, naming the agent's stderr (the test's pipe).
+    let run = agent_run();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$@\"")
+        .arg("sh")
+        .arg(run.get_program())
+        .args(run.get_args())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let line = listening_line(cmd);
+    assert!(
+        line.starts_with(" INFO listening on "),
+        "the journal stamps the line, the agent does not: {line:?}"
+    );
+
+    // Inherited from a unit's shell while stderr goes elsewhere: stamped.
+    let mut cmd = agent_run();
+    cmd.env("JOURNAL_STREAM", "8:1234567");
+    let line = listening_line(cmd);
+    assert!(stamped(&line), "{line:?}");
+}

@@ -247,11 +247,32 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // Under systemd the journal stamps each line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_the_journal() {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.init();
     }
+}
+
+/// Whether our stderr is the journal stream systemd connected us to.
+///
+/// systemd sets `JOURNAL_STREAM=DEVICE:INODE` for the stream it connected,
+/// and the variable is inherited by everything started from there (an
+/// admin's shell in a unit, a command the agent runs); so, as systemd.exec(5)
+/// advises, we compare it with what stderr actually is. An agent started
+/// by hand from such a shell, with stderr on a terminal or a file, keeps
+/// its timestamps.
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    device.parse() == Ok(stat.st_dev) && inode.parse() == Ok(stat.st_ino)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
