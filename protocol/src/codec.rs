@@ -9,7 +9,7 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -95,6 +95,77 @@ pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError>
     Ok(message)
 }
 
+/// Messages with variants whose only field is a byte payload: output,
+/// stdin and file data, the bulk of every session's bytes. The decoder hands
+/// those payloads out as slices of the received frame instead of copying
+/// them into buffers of their own.
+pub trait BulkMessage: Sized + 'static {
+    /// The constructors of the variants whose only field is a byte payload.
+    fn bulk_variants() -> &'static [fn(Bytes) -> Self];
+}
+
+impl BulkMessage for AgentMessage {
+    fn bulk_variants() -> &'static [fn(Bytes) -> Self] {
+        &[
+            AgentMessage::Stdout,
+            AgentMessage::Stderr,
+            AgentMessage::FileData,
+        ]
+    }
+}
+
+impl BulkMessage for ClientMessage {
+    fn bulk_variants() -> &'static [fn(Bytes) -> Self] {
+        &[ClientMessage::Stdin, ClientMessage::FileData]
+    }
+}
+
+/// A bulk variant's index on the wire and its constructor.
+type BulkVariant<In> = (u64, fn(Bytes) -> In);
+
+/// The wire index of each bulk variant, read off its own encoding, so the
+/// table follows the message definitions without numbers written by hand.
+/// A variant whose encoding is not "index, then a length-prefixed byte
+/// string" is left out and decoded by bincode as usual.
+fn bulk_table<In: BulkMessage + Serialize>() -> Vec<BulkVariant<In>> {
+    In::bulk_variants()
+        .iter()
+        .filter_map(|&make| {
+            let body = encode_message(&make(Bytes::from_static(b"x"))).ok()?;
+            let (variant, used) = read_varint(&body)?;
+            (body[used..] == [1, b'x']).then_some((variant, make))
+        })
+        .collect()
+}
+
+/// Reads one of bincode's variable-length integers (the standard
+/// configuration: one byte below 251, else a marker byte and a
+/// little-endian u16, u32 or u64). Returns the value and its length.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    fn le<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+        bytes.get(1..=N)?.try_into().ok()
+    }
+    match *bytes.first()? {
+        small @ 0..=250 => Some((u64::from(small), 1)),
+        251 => Some((u64::from(u16::from_le_bytes(le(bytes)?)), 3)),
+        252 => Some((u64::from(u32::from_le_bytes(le(bytes)?)), 5)),
+        253 => Some((u64::from_le_bytes(le(bytes)?), 9)),
+        _ => None,
+    }
+}
+
+/// Decodes `body` without copying its payload when it is exactly one bulk
+/// variant: its index, the payload's length, and that many bytes. Anything
+/// else (other messages, a length that does not match) is `None` and left
+/// to bincode, which reports what is wrong with it.
+fn decode_bulk<In>(body: &Bytes, table: &[BulkVariant<In>]) -> Option<In> {
+    let (variant, tag_len) = read_varint(body)?;
+    let &(_, make) = table.iter().find(|(index, _)| *index == variant)?;
+    let (len, len_len) = read_varint(&body[tag_len..])?;
+    let start = tag_len + len_len;
+    (u64::try_from(body.len() - start).ok()? == len).then(|| make(body.slice(start..)))
+}
+
 /// A typed codec: sends `Out` messages and receives `In` messages.
 #[derive(Debug)]
 pub struct MessageCodec<Out, In> {
@@ -103,6 +174,8 @@ pub struct MessageCodec<Out, In> {
     /// consumes a frame's length prefix as soon as it has all four bytes,
     /// before the body arrives, so after that the buffer starts mid-frame.
     at_boundary: bool,
+    /// The bulk variants of `In`, filled at the first frame.
+    bulk: Option<Vec<BulkVariant<In>>>,
     _messages: PhantomData<fn(Out) -> In>,
 }
 
@@ -123,6 +196,7 @@ impl<Out, In> MessageCodec<Out, In> {
         MessageCodec {
             frames,
             at_boundary: true,
+            bulk: None,
             _messages: PhantomData,
         }
     }
@@ -170,7 +244,7 @@ impl<Out: Serialize, In> Encoder<Out> for MessageCodec<Out, In> {
     }
 }
 
-impl<Out, In: DeserializeOwned> Decoder for MessageCodec<Out, In> {
+impl<Out, In: DeserializeOwned + Serialize + BulkMessage> Decoder for MessageCodec<Out, In> {
     type Item = In;
     type Error = FrameError;
 
@@ -190,7 +264,12 @@ impl<Out, In: DeserializeOwned> Decoder for MessageCodec<Out, In> {
         match self.frames.decode(src)? {
             Some(body) => {
                 self.at_boundary = true;
-                decode_message(&body).map(Some)
+                let body = body.freeze();
+                let bulk = self.bulk.get_or_insert_with(bulk_table::<In>);
+                match decode_bulk(&body, bulk) {
+                    Some(message) => Ok(Some(message)),
+                    None => decode_message(&body).map(Some),
+                }
             }
             None => {
                 if prefix_available {
@@ -353,6 +432,80 @@ mod tests {
             messages.push(AgentMessage::Error(ErrorReport::new(kind, kind.as_str())));
         }
         messages
+    }
+
+    #[test]
+    fn every_bulk_variant_is_found_on_the_wire() {
+        assert_eq!(
+            bulk_table::<AgentMessage>().len(),
+            AgentMessage::bulk_variants().len()
+        );
+        assert_eq!(
+            bulk_table::<ClientMessage>().len(),
+            ClientMessage::bulk_variants().len()
+        );
+    }
+
+    #[test]
+    fn bulk_payloads_are_slices_of_the_frame_and_equal_what_bincode_decodes() {
+        // Sizes that take each form of bincode's length: one byte, a u16
+        // and a u32 after a marker; the largest chunk ctl or the agent sends.
+        for len in [0, 1, 250, 251, 65_535, 65_536, MAX_CHUNK_LEN] {
+            let payload = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+            for message in AgentMessage::bulk_variants()
+                .iter()
+                .map(|make| make(payload.clone()))
+            {
+                let mut wire = BytesMut::new();
+                AgentCodec::new()
+                    .encode(message.clone(), &mut wire)
+                    .unwrap();
+                let body = encode_message(&message).unwrap();
+                assert_eq!(decode_message::<AgentMessage>(&body).unwrap(), message);
+
+                let frame_start = wire.as_ptr() as usize;
+                let frame_end = frame_start + wire.len();
+                let decoded = ClientCodec::new().decode(&mut wire).unwrap().unwrap();
+                assert_eq!(decoded, message);
+                let (AgentMessage::Stdout(data)
+                | AgentMessage::Stderr(data)
+                | AgentMessage::FileData(data)) = decoded
+                else {
+                    panic!("not a bulk message: {decoded:?}");
+                };
+                if len > 0 {
+                    let at = data.as_ptr() as usize;
+                    assert!(
+                        (frame_start..frame_end).contains(&at),
+                        "payload of {len} bytes was copied out of the frame"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_frame_with_a_wrong_payload_length_is_malformed() {
+        let mut body = encode_message(&ClientMessage::Stdin(Bytes::from_static(b"abc"))).unwrap();
+        for damaged in [
+            {
+                let mut short = body.clone();
+                short.pop();
+                short
+            },
+            {
+                body.push(b'd');
+                body
+            },
+        ] {
+            let mut wire = BytesMut::new();
+            wire.put_u32(damaged.len() as u32);
+            wire.extend_from_slice(&damaged);
+            assert!(matches!(
+                AgentCodec::new().decode(&mut wire),
+                Err(FrameError::Malformed(_))
+            ));
+        }
     }
 
     #[test]
