@@ -211,8 +211,12 @@ impl Inventory {
         let mut stack = Vec::new();
         let mut targets = self.expand(list, &mut stack)?;
         for list in exclude {
-            let removed = self.expand(list, &mut stack)?;
-            targets.retain(|t| !removed.iter().any(|r| same_host(r, t)));
+            // `-x LIST` is `!` before each item of LIST: the same matching.
+            let mut exclusions = Vec::new();
+            for (_, item) in target::parse_list(list)? {
+                self.exclusions(item, &mut exclusions, &mut stack)?;
+            }
+            targets.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
         }
         if targets.is_empty() {
             return Err(InventoryError::Empty);
@@ -242,19 +246,8 @@ impl Inventory {
                 (false, ListItem::Hosts(specs)) => {
                     included.extend(specs.into_iter().map(|s| self.complete(s)));
                 }
-                (true, ListItem::Hosts(specs)) => exclusions.extend(specs),
-                (exclude, ListItem::Group(name)) => {
-                    let members = self.group(&name, stack)?;
-                    if exclude {
-                        exclusions.extend(members.into_iter().map(|t| TargetSpec {
-                            user: None,
-                            host: t.host,
-                            port: Some(t.port),
-                        }));
-                    } else {
-                        included.extend(members);
-                    }
-                }
+                (false, ListItem::Group(name)) => included.extend(self.group(&name, stack)?),
+                (true, item) => self.exclusions(item, &mut exclusions, stack)?,
             }
             if included.len() > nodeset::MAX_NAMES {
                 return Err(InventoryError::TooMany);
@@ -264,6 +257,29 @@ impl Inventory {
         let mut seen = std::collections::HashSet::new();
         included.retain(|t| seen.insert(t.clone()));
         Ok(included)
+    }
+
+    /// What an excluded item (`!ITEM`, or an item of a `-x` list) removes:
+    /// hosts as written (a port or user, when given, must match too), or
+    /// the members of a group wherever they run on the same host and port.
+    fn exclusions(
+        &self,
+        item: ListItem,
+        exclusions: &mut Vec<TargetSpec>,
+        stack: &mut Vec<String>,
+    ) -> Result<(), InventoryError> {
+        match item {
+            ListItem::Hosts(specs) => exclusions.extend(specs),
+            ListItem::Group(name) => {
+                let members = self.group(&name, stack)?;
+                exclusions.extend(members.into_iter().map(|t| TargetSpec {
+                    user: None,
+                    host: t.host,
+                    port: Some(t.port),
+                }));
+            }
+        }
+        Ok(())
     }
 
     fn group(&self, name: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
@@ -298,11 +314,6 @@ impl Inventory {
         stack.pop();
         Ok(members)
     }
-}
-
-/// `-x` removes a host wherever it runs as the same host and port.
-fn same_host(removed: &Target, target: &Target) -> bool {
-    removed.host == target.host && removed.port == target.port
 }
 
 #[cfg(test)]
@@ -368,6 +379,31 @@ port = 9
         assert_eq!(
             shown(&inv.resolve("pc[01-05],!@lab", &[]).unwrap()),
             ["pc03:7722"]
+        );
+    }
+
+    #[test]
+    fn dash_x_removes_what_the_same_bang_item_removes() {
+        let inv = inventory();
+        let list = "a:7001,b,bob@c,alice@c,pc01,d:7002";
+        for excluded in [
+            "a", "bob@c", "c", "pc01", "d:7002", "d:7003", "@lab", "b,@web",
+        ] {
+            let bang: String = excluded
+                .split(',')
+                .map(|item| format!(",!{item}"))
+                .collect();
+            assert_eq!(
+                shown(&inv.resolve(list, &[excluded.into()]).unwrap()),
+                shown(&inv.resolve(&format!("{list}{bang}"), &[]).unwrap()),
+                "-x {excluded}"
+            );
+        }
+        // A host named without a port goes wherever it runs; a user or a
+        // port, when given, must match too.
+        assert_eq!(
+            shown(&inv.resolve(list, &["a".into(), "bob@c".into()]).unwrap()),
+            ["b:7722", "alice@c:7722", "admin@pc01:7000", "d:7002"]
         );
     }
 

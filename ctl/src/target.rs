@@ -140,6 +140,11 @@ impl TargetSpec {
         {
             return Err(err("host contains a space, '/' or a control character"));
         }
+        // A host's name becomes a directory of its own in a pull from
+        // several hosts; these two would be the directory itself or its parent.
+        if host == "." || host == ".." {
+            return Err(err("host cannot be '.' or '..'"));
+        }
         let port = match port {
             None => None,
             Some(p) => match p.parse::<u16>() {
@@ -301,7 +306,8 @@ mod tests {
     #[test]
     fn refuses_what_cannot_be_a_target() {
         for bad in [
-            "", ":7722", "h:", "h:0", "h:70000", "h:x", "@h", "[::1", "[::1]x", "a b",
+            "", ":7722", "h:", "h:0", "h:70000", "h:x", "@h", "[::1", "[::1]x", "a b", "a/b", ".",
+            "..", "..:7722", "root@..",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
