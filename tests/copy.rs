@@ -26,8 +26,9 @@ fn blake3_hex(path: &Path) -> String {
         .to_string()
 }
 
-/// Every entry below `dir`: relative name, and its bytes or link target.
-fn listing(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
+/// Every entry below `dir`: relative name, its bytes or link target, its
+/// mode, and for a regular file its modification time in whole seconds.
+fn listing(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32, i64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -44,12 +45,13 @@ fn listing(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
             let mode = meta.permissions().mode() & 0o777;
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&path).unwrap();
-                out.push((rel, target.as_os_str().as_bytes().to_vec(), 0));
+                out.push((rel, target.as_os_str().as_bytes().to_vec(), 0, 0));
             } else if meta.is_dir() {
-                out.push((rel, b"<dir>".to_vec(), mode));
+                out.push((rel, b"<dir>".to_vec(), mode, 0));
                 stack.push(path);
             } else {
-                out.push((rel, std::fs::read(&path).unwrap(), mode));
+                let mtime = std::os::unix::fs::MetadataExt::mtime(&meta);
+                out.push((rel, std::fs::read(&path).unwrap(), mode, mtime));
             }
         }
     }
@@ -125,6 +127,19 @@ fn a_tree_with_links_and_odd_names_round_trips() {
         std::fs::Permissions::from_mode(0o750),
     )
     .unwrap();
+    // Times in the past, each its own, so a copy that stamps "now" shows.
+    for (i, name) in ["with space", "script.sh", "sub dir/deeper/data"]
+        .iter()
+        .enumerate()
+    {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000 + i as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join(name))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
     std::os::unix::fs::symlink("sub dir/deeper/data", src.join("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
 
@@ -279,22 +294,25 @@ fn an_interrupted_pull_leaves_the_old_file_and_no_temporary() {
     let back = root.join("back");
     std::fs::create_dir(&back).unwrap();
     std::fs::write(back.join("big"), b"the old file").unwrap();
-    let mut ctl = env
-        .ctl()
-        .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(DEADLINE, || !temporaries(&back).is_empty()),
-        "the transfer started"
-    );
-    // Ctrl-C: ctl stops, and cleans up after itself before it exits.
-    send_signal(ctl.id(), "INT");
-    let status = ctl.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "interrupted");
-    assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
-    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+    // Ctrl-C, or a script's SIGTERM or SIGHUP: ctl stops, cleans up after
+    // itself before it exits, and exits as a shell reports that signal.
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let mut ctl = env
+            .ctl()
+            .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(DEADLINE, || !temporaries(&back).is_empty()),
+            "the transfer started"
+        );
+        send_signal(ctl.id(), signal);
+        let status = ctl.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
+        assert_eq!(temporaries(&back), Vec::<PathBuf>::new(), "SIG{signal}");
+    }
 }
 
 /// A small file system of our own, unmounted when dropped.
@@ -325,7 +343,10 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
     let agent = env.agent();
     let root = env.root.path();
     let Some(small) = Mount::tmpfs(&root.join("small"), "size=1m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        skipped(
+            "a_full_disk_is_a_clear_error_and_the_old_file_stays",
+            "cannot mount a tmpfs here (needs root)",
+        );
         return;
     };
     std::fs::write(small.0.join("file"), b"old contents").unwrap();
@@ -459,10 +480,126 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
     hostile.abort();
 }
 
+/// An agent whose data does not match the BLAKE3 hash it sends with it
+/// (played by a TLS server in this test): ctl keeps the old local file.
+#[tokio::test]
+async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use rexec_protocol::{AgentMessage, FileEnd, FileHeader, FileKind, Hello};
+
+    let env = Env::new();
+    let fake = FakeAgent::bind(&env).await;
+    let addr = fake.addr;
+    let lying = tokio::spawn(async move {
+        let (mut incoming, mut outgoing) = fake.accept().await;
+        let _ = incoming.next().await;
+        let _ = incoming.next().await;
+        for message in [
+            AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+            AgentMessage::File(FileHeader {
+                path: Bytes::from_static(b"x"),
+                kind: FileKind::File { size: 3 },
+                mode: 0o644,
+                mtime: 0,
+                owner: None,
+            }),
+            AgentMessage::FileData(Bytes::from_static(b"new")),
+            AgentMessage::FileEnd(FileEnd {
+                blake3: Bytes::copy_from_slice(blake3::hash(b"not new").as_bytes()),
+            }),
+            AgentMessage::CopyEnd,
+        ] {
+            let _ = outgoing.feed(message).await;
+        }
+        let _ = outgoing.flush().await;
+        let _ = incoming.next().await;
+    });
+    let local = env.root.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("x"), b"old").unwrap();
+    let mut ctl = env.ctl();
+    ctl.args(["cp", &format!("{addr}:/x"), local.to_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr_of(&out).contains("checksum"), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(local.join("x")).unwrap(), b"old");
+    assert_eq!(temporaries(&local), Vec::<PathBuf>::new());
+    lying.abort();
+}
+
+/// Copies to and from several hosts end like `ctl exec` on several: every
+/// host that can is served, the failed ones are named in one summary line,
+/// and the exit status is the worst.
+#[test]
+fn a_copy_to_several_hosts_names_the_ones_that_failed() {
+    let env = Env::new();
+    let mut fleet = env.fleet(4);
+    // 127.0.0.5 goes down: its port refuses connections.
+    let down = fleet.agents.last_mut().unwrap();
+    down.child.kill().unwrap();
+    down.child.wait().unwrap();
+    let root = env.root.path();
+    let file = root.join("app.conf");
+    std::fs::write(&file, b"setting = 1\n").unwrap();
+    let dest = root.join("etc");
+    std::fs::create_dir(&dest).unwrap();
+
+    let pushed = cp(
+        &env,
+        &[
+            "--json",
+            file.to_str().unwrap(),
+            &format!("@lab:{}", dest.display()),
+        ],
+    );
+    assert_eq!(pushed.status.code(), Some(255), "{}", stderr_of(&pushed));
+    assert_eq!(
+        stderr_of(&pushed).lines().last(),
+        Some("ctl: 1 of 4 hosts failed: connect: 127.0.0.5")
+    );
+    let records: Vec<serde_json::Value> = stdout_of(&pushed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        let copied = record["status"] == "copied";
+        assert_eq!(copied, record["host"] != "127.0.0.5", "{record}");
+        assert!(record["duration_ms"].as_f64().unwrap() > 0.0, "{record}");
+    }
+    assert_eq!(
+        std::fs::read(dest.join("app.conf")).unwrap(),
+        b"setting = 1\n"
+    );
+
+    // A path missing on every host that answers: each is named, with why.
+    let logs = root.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let pulled = cp(
+        &env,
+        &[
+            &format!("@lab:{}", root.join("missing").display()),
+            logs.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(pulled.status.code(), Some(255), "{}", stderr_of(&pulled));
+    assert_eq!(
+        stderr_of(&pulled).lines().last(),
+        Some("ctl: 4 of 4 hosts failed: connect: 127.0.0.5; no-such-file: 127.0.0.[2-4]")
+    );
+}
+
 #[test]
 fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     if !running_as_root() {
-        eprintln!("skipped: the agent must run as root to copy as another user");
+        skipped(
+            "a_copy_as_another_user_is_checked_and_owned_as_that_user",
+            "the agent must run as root to copy as another user",
+        );
         return;
     }
     let env = Env::new();
@@ -557,7 +694,10 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
 #[test]
 fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
     if !running_as_root() {
-        eprintln!("skipped: keeping owners needs root");
+        skipped(
+            "dash_p_keeps_numeric_owners_when_the_copy_runs_as_root",
+            "keeping owners needs root",
+        );
         return;
     }
     let env = Env::new();

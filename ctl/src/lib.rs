@@ -30,7 +30,7 @@ pub mod tty;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,7 +64,8 @@ Exit status of ctl exec (one target):
          changed, not authorized, protocol error); one line on stderr says which
 Several targets: 0 when every host exited 0, else the largest per-host code
 (a host ctl could not run on counts as 255, a timed out one as 124), with a
-one-line summary of the failed hosts on stderr.";
+one-line summary of the failed hosts on stderr; 130, 143 or 129 when Ctrl-C,
+SIGTERM or SIGHUP ended the run.";
 
 /// Run commands on rexec agents.
 #[derive(Debug, Parser)]
@@ -439,14 +440,16 @@ fn hosts(config: &ConfigDir, inventory: Option<&Path>, args: HostsArgs) -> Resul
 /// How a multi-host run ended, beyond each host's result.
 struct RunEnd {
     tally: Tally,
-    interrupted: bool,
+    /// The signal (SIGINT, SIGTERM or SIGHUP) that cancelled the run, if any.
+    interrupted: Option<i32>,
 }
 
 /// The longest ctl waits at exit for copies' disk threads to clean up.
 const DISK_CLEANUP: Duration = Duration::from_secs(5);
 
 /// Runs `job` on every target through the fan-out engine on a fresh
-/// runtime, Ctrl-C cancelling the run; `done` sees each host's result.
+/// runtime, Ctrl-C (or SIGTERM, SIGHUP) cancelling the run; `done` sees
+/// each host's result.
 fn drive<T, J, F>(
     targets: &[Target],
     labels: &Labels,
@@ -469,14 +472,14 @@ where
                 "cannot start the runtime: {e}"
             )))
         })?;
-    let interrupted = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicI32::new(0));
     let mut tally = Tally::default();
     runtime.block_on(async {
         let cancel = fanout.cancel.clone();
         let flag = interrupted.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, Ordering::Relaxed);
+            if let Some(signal) = first_stop_signal().await {
+                flag.store(signal, Ordering::Relaxed);
                 cancel.cancel();
             }
         });
@@ -493,7 +496,7 @@ where
     console.finish();
     Ok(RunEnd {
         tally,
-        interrupted: interrupted.load(Ordering::Relaxed),
+        interrupted: Some(interrupted.load(Ordering::Relaxed)).filter(|&s| s != 0),
     })
 }
 
@@ -505,10 +508,27 @@ fn conclude(end: &RunEnd, console: &Console) -> u8 {
     if let Some(summary) = end.tally.summary() {
         eprintln!("ctl: {summary}");
     }
-    if end.interrupted {
-        EXIT_INTERRUPTED
-    } else {
-        end.tally.exit_code()
+    match end.interrupted {
+        // 128 + the signal, as a shell reports a command the signal ended:
+        // 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP.
+        Some(signal) => u8::try_from(128 + signal).unwrap_or(EXIT_INTERRUPTED),
+        None => end.tally.exit_code(),
+    }
+}
+
+/// Waits for the first SIGINT, SIGTERM or SIGHUP and returns its number;
+/// `None` when the handlers cannot be installed (the run then goes on, and
+/// the signal's default action applies).
+async fn first_stop_signal() -> Option<i32> {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok()?;
+    let mut terminate = signal(SignalKind::terminate()).ok()?;
+    let mut hangup = signal(SignalKind::hangup()).ok()?;
+    tokio::select! {
+        _ = interrupt.recv() => Some(Signal::SIGINT as i32),
+        _ = terminate.recv() => Some(Signal::SIGTERM as i32),
+        _ = hangup.recv() => Some(Signal::SIGHUP as i32),
     }
 }
 
