@@ -331,7 +331,10 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
 #[test]
 fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
     if !running_as_root() {
-        eprintln!("skipped: the agent must run as root to switch users");
+        skipped(
+            "a_root_agent_runs_commands_as_users_its_run_as_rules_allow",
+            "the agent must run as root to switch users",
+        );
         return;
     }
     let env = Env::new();
@@ -582,7 +585,10 @@ impl Drop for Tmux {
 #[test]
 fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
     if !Tmux::available() {
-        eprintln!("skipped: tmux is not installed");
+        skipped(
+            "dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours",
+            "tmux is not installed",
+        );
         return;
     }
     let env = Env::new();

@@ -54,6 +54,44 @@ fn units_pass_systemd_analyze_verify() {
     assert!(stderr_of(&out).contains("KilMode"), "{}", stderr_of(&out));
 }
 
+/// `systemctl enable` (what install.sh runs) hooks the agent into boot and
+/// its socket into sockets.target: the units' [Install] sections, checked
+/// offline with `systemctl --root` on a tree of our own.
+#[test]
+fn enabling_the_service_enables_its_socket_too() {
+    if !have_tool("systemctl", "enabling_the_service_enables_its_socket_too") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let units = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    for unit in ["rexec-agent.service", "rexec-agent.socket"] {
+        std::fs::copy(repo_root().join("systemd").join(unit), units.join(unit)).unwrap();
+    }
+    let out = Command::new("systemctl")
+        .arg(format!("--root={}", root.path().display()))
+        .args(["enable", "rexec-agent.service"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for (link, target) in [
+        (
+            "multi-user.target.wants/rexec-agent.service",
+            "/etc/systemd/system/rexec-agent.service",
+        ),
+        (
+            "sockets.target.wants/rexec-agent.socket",
+            "/etc/systemd/system/rexec-agent.socket",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read_link(units.join(link)).unwrap(),
+            Path::new(target),
+            "{link}"
+        );
+    }
+}
+
 #[test]
 fn readme_reports_the_units_security_exposure() {
     if !have_tool(

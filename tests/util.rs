@@ -336,13 +336,24 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// Says on stderr that `test` is skipped and why. Written to the process's
+/// stderr directly, past the test harness's capture of `eprintln!`, so a
+/// skipped test shows in every run, not only with `--nocapture`.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// Whether `tool` is on the PATH. When it is not, says on stderr that
 /// `test` is skipped and why, so a skipped test is never silent.
 pub fn have_tool(tool: &str, test: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
     if !found {
-        eprintln!("SKIPPED {test}: `{tool}` is not installed (Debian: apt-get install systemd)");
+        skipped(
+            test,
+            &format!("`{tool}` is not installed (Debian: apt-get install systemd)"),
+        );
     }
     found
 }
