@@ -761,3 +761,52 @@ fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
         ["127.0.0.2: fast", "127.0.0.4: fast", "127.0.0.5: slow"]
     );
 }
+
+/// Ctrl-C, SIGTERM or SIGHUP to ctl end a run on several hosts: every
+/// connection is dropped, each agent kills its command's group, and ctl
+/// exits as a shell reports that signal.
+#[test]
+fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
+    let env = Env::new();
+    let _fleet = env.fleet(3);
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let sleep = unique_sleep(600);
+        let pattern = format!("sleep {sleep}");
+        // ctl's own command line carries the pattern too; count the agents'
+        // children: the shells and their sleeps.
+        let remote = || {
+            processes_with(&pattern)
+                .into_iter()
+                .filter(|(_, cmd)| !cmd.contains(" exec "))
+                .count()
+        };
+        let sleeps = || {
+            processes_with(&pattern)
+                .into_iter()
+                .filter(|(_, cmd)| cmd.starts_with("sleep "))
+                .count()
+        };
+        let mut ctl = env
+            .ctl()
+            .args([
+                "exec",
+                "@lab",
+                &format!("{FLEET_HOST} {pattern} & {pattern}; wait"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(DEADLINE, || sleeps() == 6),
+            "two sleeps on each of three hosts"
+        );
+        send_signal(ctl.id(), signal);
+        assert_eq!(ctl.wait().unwrap().code(), Some(code), "SIG{signal}");
+        assert!(
+            wait_until(Duration::from_secs(5), || remote() == 0),
+            "SIG{signal}: {:?}",
+            processes_with(&pattern)
+        );
+    }
+}

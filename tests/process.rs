@@ -96,9 +96,13 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 }
 
 fn all_gone(marker: &str) -> bool {
+    all_gone_within(marker, DEADLINE)
+}
+
+fn all_gone_within(marker: &str, within: Duration) -> bool {
     // ctl's own command line carries the marker too; only the agent's
     // children count, and ctl has exited or is frozen by then.
-    wait_until(DEADLINE, || {
+    wait_until(within, || {
         processes_with(marker)
             .iter()
             .all(|(_, cmd)| cmd.contains(" exec "))
@@ -109,29 +113,43 @@ fn all_gone(marker: &str) -> bool {
 fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
     let env = Env::new();
     let agent = env.agent();
-    let mut run = start_sleeping(&env, &agent, "trap 'echo cleanup; exit 7' INT; ", 1);
+    // A background job too: a non-interactive shell starts it with SIGINT
+    // ignored, so it outlives the Ctrl-C and holds the output open; the
+    // agent ends it once the shell has exited.
+    let mut run = start_sleeping(&env, &agent, "trap 'echo cleanup; exit 7' INT; ", 2);
     send_signal(run.ctl.id(), "INT");
-    let mut rest = String::new();
-    run.stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "cleanup\n");
+    // ctl ends (a held-open output would keep it waiting), then its output.
     assert_eq!(
         wait_for_exit(&mut run.ctl).code(),
         Some(7),
         "the remote trap's status"
     );
-    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
+    let mut rest = String::new();
+    run.stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "cleanup\n");
+    assert!(
+        all_gone_within(&run.sleep, Duration::from_secs(3)),
+        "{:?}",
+        processes_with(&run.sleep)
+    );
 }
 
 #[test]
 fn second_ctrl_c_kills_the_group_and_exits_130() {
     let env = Env::new();
-    let agent = env.agent();
-    // The shell and its children ignore SIGINT: only the kill ends them.
-    let mut run = start_sleeping(&env, &agent, "trap '' INT; ", 2);
+    // A long kill grace, and a shell and children that ignore SIGINT and
+    // SIGTERM: only the forwarded SIGKILL can end them within 3 s, not the
+    // TERM-then-KILL the agent uses when a client goes away.
+    let agent = env.agent_with(&["--kill-grace", "30s"]);
+    let mut run = start_sleeping(&env, &agent, "trap '' INT TERM; ", 2);
     send_signal(run.ctl.id(), "INT");
     send_signal(run.ctl.id(), "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(130));
-    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
+    assert!(
+        all_gone_within(&run.sleep, Duration::from_secs(3)),
+        "{:?}",
+        processes_with(&run.sleep)
+    );
 }
 
 #[test]
@@ -177,7 +195,7 @@ fn timeout_kills_the_whole_group_and_exits_124() {
     assert!(stderr_of(&out).contains("timed out"), "{}", stderr_of(&out));
     assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
     assert!(
-        agent.wait_for_log("outcome=timed out").is_some(),
+        agent.wait_for_log("outcome=\"timed out\"").is_some(),
         "{}",
         agent.log()
     );
@@ -212,6 +230,49 @@ fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
     let shorter = env.exec(&agent, &["--timeout", "10s", "echo quick"]);
     assert_eq!(stdout_of(&shorter), "quick\n");
     assert!(all_gone(&sleep));
+}
+
+/// A host whose SYNs go unanswered, as behind a firewall's DROP: here a
+/// listener with a full accept queue, which makes the kernel drop them.
+/// Connecting gives up at --connect-timeout.
+#[test]
+fn connect_timeout_bounds_a_black_holed_host() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+
+    let env = Env::new();
+    let listener = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(listener.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    let bound: SockaddrIn = getsockname(listener.as_raw_fd()).unwrap();
+    let addr = std::net::SocketAddr::V4(bound.into());
+    // Fill the queue, never accepting, until a connection attempt hangs.
+    let mut queued = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(stream);
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    let started = Instant::now();
+    let out = env
+        .ctl()
+        .args(["exec", "--connect-timeout", "1s", &addr.to_string(), "true"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(err.contains("connect timeout"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
 }
 
 #[test]
@@ -344,23 +405,31 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
     )
     .unwrap();
     let agent = env.agent();
-    let probe = "id -un; id -u; id -g; echo \"$USER $LOGNAME $HOME\"";
+    // `id -G`: the user's own groups, none of root's kept.
+    let probe = "id -un; id -u; id -g; id -G; echo \"$USER $LOGNAME $HOME $SHELL\"";
     let out = env.exec(&agent, &["--user", "nobody", probe]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let expected_ids = Command::new("sh")
-        .args(["-c", "id -u nobody; id -g nobody"])
+        .args(["-c", "id -u nobody; id -g nobody; id -G nobody"])
         .output()
         .unwrap();
-    let home = std::fs::read_to_string("/etc/passwd")
-        .unwrap()
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let entry: Vec<&str> = passwd
         .lines()
         .find(|l| l.starts_with("nobody:"))
-        .and_then(|l| l.split(':').nth(5).map(str::to_owned))
+        .unwrap()
+        .split(':')
+        .collect();
+    let home = Some(entry[5])
         .filter(|h| std::path::Path::new(h).is_dir())
-        .unwrap_or_else(|| "/".to_owned());
+        .unwrap_or("/");
+    let shell = entry[6];
     assert_eq!(
         stdout_of(&out),
-        format!("nobody\n{}nobody nobody {home}\n", stdout_of(&expected_ids))
+        format!(
+            "nobody\n{}nobody nobody {home} {shell}\n",
+            stdout_of(&expected_ids)
+        )
     );
     // The same by USER@HOST; another user stays refused.
     let at = env
@@ -436,7 +505,13 @@ fn a_frozen_client_is_detected_and_its_command_killed() {
     let mut run = start_sleeping(&env, &agent, "", 2);
     send_signal(run.ctl.id(), "STOP");
     let frozen = Instant::now();
-    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
+    // The bound: a quiet interval, three unanswered ones, then the kill
+    // grace (500 ms), about 1.3 s; the rest is slack for a busy machine.
+    assert!(
+        all_gone_within(&run.sleep, Duration::from_secs(4)),
+        "{:?}",
+        processes_with(&run.sleep)
+    );
     assert!(
         agent.wait_for_log("no answer to keepalives").is_some(),
         "{}",
@@ -605,6 +680,23 @@ fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
     let screen = tmux.wait_for("size 30 100");
     assert!(screen.contains("/dev/pts/"), "{screen}");
     assert!(!screen.contains("not a tty"), "{screen}");
+    // While ctl runs, our own terminal is raw: keys go to the remote one
+    // as typed, and only it echoes them.
+    let pane = tmux
+        .command()
+        .args(["display-message", "-p", "#{pane_tty}"])
+        .output()
+        .unwrap();
+    let pane = stdout_of(&pane).trim().to_owned();
+    assert!(pane.starts_with("/dev/"), "pane tty {pane:?}");
+    let ours = Command::new("stty")
+        .args(["-F", &pane, "-a"])
+        .output()
+        .unwrap();
+    let ours = stdout_of(&ours);
+    assert!(ours.contains("-icanon"), "{ours}");
+    assert!(ours.contains("-echo "), "{ours}");
+    assert!(ours.contains("-isig"), "{ours}");
     assert!(
         tmux.command()
             .args(["resize-window", "-x", "120", "-y", "40"])

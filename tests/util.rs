@@ -176,7 +176,13 @@ impl Agent {
         let mut child = Command::new(bin("rexec-agent"))
             .args(["run", "--dir"])
             .arg(dir)
-            .args(["--listen", listen, "--kill-grace", "500ms"])
+            .args(["--listen", listen])
+            // A short kill grace keeps the tests quick, unless one sets its own.
+            .args(if extra.contains(&"--kill-grace") {
+                &[][..]
+            } else {
+                &["--kill-grace", "500ms"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -288,6 +294,25 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Children of `parent` that have exited but were not reaped (zombies).
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After the parenthesised command name: state, then parent pid.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid = fields.next()?.parse::<u32>().ok()?;
+            (state == "Z" && ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// A marker unique to this test run, for finding a command's processes.

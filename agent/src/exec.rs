@@ -255,6 +255,16 @@ where
     // only after its output drains.
     let mut pending_stdin: Option<Bytes> = None;
 
+    // Once the client has forwarded a signal (Ctrl-C, SIGTERM or SIGHUP on
+    // ctl), the command is being interrupted: when the shell then exits,
+    // whatever it started that still holds its output (a background job,
+    // which a non-interactive shell starts with SIGINT ignored) goes too,
+    // TERM and then KILL after the grace, instead of keeping the session
+    // open. Without a signal, output held open is waited for, as ssh does.
+    let mut interrupted = false;
+    let mut shell_exited = false;
+    let mut group_kill_at: Option<tokio::time::Instant> = None;
+
     // The main loop ends with either the child's status (normal end) or the
     // reason we must kill the group.
     let ending: Result<std::process::ExitStatus, ExecEnd> = loop {
@@ -271,9 +281,18 @@ where
                     keepalive.sent();
                 }
             },
-            status = child.wait(), if !output.is_open() => match status {
-                Ok(status) => break Ok(status),
+            status = child.wait(), if !output.is_open() || (interrupted && !shell_exited) => match status {
+                Ok(status) if !output.is_open() => break Ok(status),
+                Ok(_) => {
+                    shell_exited = true;
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    group_kill_at = Some(tokio::time::Instant::now() + settings.kill_grace);
+                }
                 Err(e) => break Err(ExecEnd::ProtocolError(format!("cannot wait for child: {e}"))),
+            },
+            () = sleep_until_some(group_kill_at) => {
+                group_kill_at = None;
+                let _ = killpg(pgid, Signal::SIGKILL);
             },
             permit = reserve(stdin.clone()), if pending_stdin.is_some() => match permit {
                 Some(permit) => {
@@ -295,6 +314,7 @@ where
                     }
                     Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
                     Some(Ok(ClientMessage::Signal(signal))) => {
+                        interrupted = true;
                         let _ = killpg(pgid, to_signal(signal));
                     }
                     Some(Ok(ClientMessage::WindowSize(size))) => {
@@ -374,6 +394,14 @@ where
     }
     drop(guard);
     report
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The timeout an exec runs under: the client's, capped by the agent's maximum.
