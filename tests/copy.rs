@@ -205,7 +205,7 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
     );
     for host in &fleet.hosts {
         assert!(
-            fleet.agent(host).wait_for_log("outcome=done").is_some(),
+            fleet.agent(host).wait_for_log("outcome=\"done\"").is_some(),
             "{host}"
         );
     }
@@ -685,7 +685,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
         stderr_of(&refused)
     );
     assert!(
-        agent.wait_for_log("user=nobody").is_some(),
+        agent.wait_for_log("user=\"nobody\"").is_some(),
         "{}",
         agent.log()
     );

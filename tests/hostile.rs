@@ -38,7 +38,16 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
 fn still_serves(env: &Env, agent: &Agent) {
     let out = env.exec(agent, &["echo alive"]);
     assert_eq!(stdout_of(&out), "alive\n", "{}", stderr_of(&out));
+    // A session task that panicked would be caught by the runtime, and the
+    // agent would go on serving: the log says whether one did.
+    let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
 }
+
+/// The handshake timeout the slow-client tests give the agent, and how
+/// much later than it the connection may close on a busy machine.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_SLACK: Duration = Duration::from_secs(3);
 
 #[test]
 fn garbage_instead_of_tls_is_closed_and_logged() {
@@ -62,8 +71,12 @@ fn silent_client_is_closed_after_the_handshake_timeout() {
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     let took = closed_within(&mut stream, DEADLINE).expect("closed");
     assert!(
-        took >= Duration::from_millis(900),
+        took >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
         "not before the timeout: {took:?}"
+    );
+    assert!(
+        took < HANDSHAKE_TIMEOUT + CLOSE_SLACK,
+        "closed at the timeout, not long after: {took:?}"
     );
     assert!(agent.wait_for_log("did not finish the handshake").is_some());
     still_serves(&env, &agent);
@@ -127,8 +140,15 @@ async fn garbage_and_unknown_frames_inside_tls_are_refused() {
         (&random, "frame of"),
     ];
     for (bytes, logged) in cases {
+        // Each case must add a line of its own, not lean on an earlier one.
+        let before = agent.log().matches(logged).count();
         send_raw_and_wait_for_close(&env, &agent, bytes).await;
-        assert!(agent.wait_for_log(logged).is_some(), "{}", agent.log());
+        assert!(
+            wait_until(DEADLINE, || agent.log().matches(logged).count() > before),
+            "{logged:?} for {:?}: {}",
+            &bytes[..bytes.len().min(8)],
+            agent.log()
+        );
         still_serves(&env, &agent);
     }
 }
@@ -358,6 +378,40 @@ async fn ctl_names_both_versions_when_the_agent_speaks_another() {
     future_agent.abort();
 }
 
+/// An agent that breaks the message order (no hello first, then garbage):
+/// ctl exits 255 with one line naming a protocol error.
+#[tokio::test]
+async fn ctl_exits_255_on_an_agent_that_breaks_the_protocol() {
+    let env = Env::new();
+    for reply in [
+        &[0u8, 0, 0, 1, 1][..],          // a Pong where the hello belongs
+        &[0, 0, 0, 3, 0xee, 0xee, 0xee], // a frame that is no message
+    ] {
+        let fake = FakeAgent::bind(&env).await;
+        let addr = fake.addr;
+        let reply = reply.to_vec();
+        let broken = tokio::spawn(async move {
+            let (mut incoming, outgoing) = fake.accept().await;
+            let _ = incoming.next().await;
+            let mut raw = outgoing.into_inner();
+            let _ = raw.write_all(&reply).await;
+            let _ = raw.flush().await;
+            let _ = incoming.next().await;
+        });
+        let mut ctl = env.ctl();
+        ctl.args(["exec", &addr.to_string(), "true"]);
+        let out = tokio::task::spawn_blocking(move || ctl.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(255));
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("protocol"), "{err}");
+        broken.abort();
+    }
+}
+
 #[tokio::test]
 async fn an_authorized_certificate_without_its_private_key_fails_the_handshake() {
     let env = Env::new();
@@ -409,8 +463,10 @@ async fn an_authorized_certificate_without_its_private_key_fails_the_handshake()
     };
     assert!(refused, "the signature check must fail");
     let line = agent.wait_for_log("TLS handshake failed").expect("logged");
+    // Refused for the signature made with the wrong key, not for anything else.
+    assert!(line.contains("BadSignature"), "{line}");
     assert!(
-        !agent.log().contains("client=tester"),
+        !agent.log().contains("client=\"tester\""),
         "never got in: {line}"
     );
     still_serves(&env, &agent);
@@ -439,7 +495,12 @@ fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
         }
     }
     let closed_at = closed_at.expect("the agent closed the trickling connection");
-    assert!(closed_at >= Duration::from_millis(900), "{closed_at:?}");
+    assert!(
+        closed_at >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
+        "{closed_at:?}"
+    );
+    // The first write after the close still succeeds; the next one fails.
+    assert!(closed_at < HANDSHAKE_TIMEOUT + CLOSE_SLACK, "{closed_at:?}");
     assert!(agent.wait_for_log("did not finish the handshake").is_some());
     still_serves(&env, &agent);
 }
@@ -495,19 +556,29 @@ fn a_flood_of_two_thousand_connections_is_capped_and_service_resumes() {
         "{}",
         agent.log()
     );
-    // Excess connections are closed at once, without TLS: most of the
-    // flood reads end of file without having sent a byte.
-    let closed = flood
-        .iter_mut()
-        .take(500)
-        .map(|s| {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0u8; 1];
-            matches!(s.read(&mut buf), Ok(0) | Err(_))
-        })
-        .filter(|closed| *closed)
-        .count();
-    assert!(closed >= 400, "only {closed} of 500 were closed");
+    // Excess connections are closed at once, without TLS: past the first
+    // ones (which got sessions, and wait out the handshake timeout), the
+    // flood reads end of file, or a reset, without having sent a byte. A
+    // read still waiting after a second is a connection left open.
+    let (mut closed, mut open) = (0, 0);
+    for stream in flood.iter_mut().skip(100).take(500) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        match stream.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => open += 1,
+        }
+        if open > 100 {
+            break;
+        }
+    }
+    assert!(
+        closed >= 400,
+        "only {closed} of 500 were closed, {open} open"
+    );
     let rss = peak_rss_kib(agent.child.id());
     assert!(rss > 0 && rss < 64 * 1024, "agent peak RSS {rss} KiB");
     drop(flood);

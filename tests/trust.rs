@@ -58,7 +58,15 @@ fn a_revoked_client_is_refused_at_once_without_a_restart() {
     env.authorize(&env.client_fingerprint, "tester-again");
     let out = env.exec(&agent, &["echo back"]);
     assert_eq!(stdout_of(&out), "back\n", "{}", stderr_of(&out));
-    assert!(agent.wait_for_log("client=tester-again").is_some());
+    assert!(agent.wait_for_log("client=\"tester-again\"").is_some());
+
+    // Revoked by fingerprint this time: refused again, at once.
+    let revoke = agent_cli(&env, &["revoke", &env.client_fingerprint]);
+    assert!(revoke.status.success(), "{}", stderr_of(&revoke));
+    assert_eq!(stdout_of(&agent_cli(&env, &["clients"])), "");
+    let out = env.exec(&agent, &["echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
 }
 
 #[test]
@@ -93,6 +101,39 @@ fn a_hand_edited_file_is_picked_up_and_sighup_forces_a_reread() {
         .expect("SIGHUP is acknowledged");
     assert!(line.contains("clients=2"), "{line}");
     assert!(env.exec(&agent, &["true"]).status.success());
+
+    // A change the file's size, time and inode do not show (one letter of
+    // the fingerprint, written in place, the old time put back) is seen
+    // only after SIGHUP: that is what the signal is for.
+    let before = std::fs::metadata(&file).unwrap();
+    let at = text.find(&other_fp).unwrap() + other_fp.len() - 1;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+    }
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+    assert_eq!(stdout_of(&run_as_other()), "other\n", "not seen yet");
+    let reread = agent.log().matches("authorized clients re-read").count();
+    agent.signal("HUP");
+    assert!(wait_until(DEADLINE, || agent
+        .log()
+        .matches("authorized clients re-read")
+        .count()
+        > reread));
+    assert_eq!(
+        run_as_other().status.code(),
+        Some(255),
+        "revoked by the edit"
+    );
 }
 
 #[test]
@@ -194,15 +235,15 @@ fn each_exec_is_one_audit_event_with_who_what_where_and_how_it_ended() {
     let line = agent.wait_for_log(&mark).expect("audit line");
     for field in [
         ": exec ".to_owned(),
-        "client=tester".to_owned(),
+        "client=\"tester\"".to_owned(),
         format!(
             "user={:?}",
             stdout_of(&Command::new("id").arg("-un").output().unwrap()).trim()
         ),
         format!("fingerprint={}", env.client_fingerprint),
-        format!("command=echo {mark}; echo e >&2; exit 4"),
+        format!("command=\"echo {mark}; echo e >&2; exit 4\""),
         "cwd=\"/tmp\"".to_owned(),
-        "outcome=exit 4".to_owned(),
+        "outcome=\"exit 4\"".to_owned(),
         format!("stdout_bytes={}", mark.len() + 1),
         "stderr_bytes=2".to_owned(),
         "duration_ms=".to_owned(),
@@ -215,4 +256,33 @@ fn each_exec_is_one_audit_event_with_who_what_where_and_how_it_ended() {
         1,
         "one event per exec"
     );
+}
+
+/// A command line is the client's text: newlines and quotes in it are
+/// escaped in the audit event, so it cannot pass for a line of its own.
+#[test]
+fn a_command_cannot_forge_an_audit_line() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mark = marker("forged");
+    let forged = format!(
+        "true\n2026-01-01T00:00:00Z  INFO rexec::audit: exec client=\"admin\" command=\"reboot\" {mark}"
+    );
+    // The second line runs as a command of its own and fails; what matters
+    // is how the agent logs the whole.
+    env.exec(&agent, &[&forged]);
+    let line = agent.wait_for_log(&mark).expect("audit line");
+    assert!(
+        line.contains(
+            r#"command="true\n2026-01-01T00:00:00Z  INFO rexec::audit: exec client=\"admin\""#
+        ),
+        "{line}"
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(&mark)).count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
 }

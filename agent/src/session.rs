@@ -135,9 +135,9 @@ async fn serve_inner(
                 tracing::warn!(
                     target: "rexec::audit",
                     %peer,
-                    client = %client.name,
+                    client = client.name.as_str(),
                     fingerprint = %client.fingerprint,
-                    request = %request.subject(),
+                    request = request.subject(),
                     "{kind} refused: {busy}"
                 );
                 let report = ErrorReport::new(ErrorKind::Busy, busy.to_string());
@@ -151,7 +151,7 @@ async fn serve_inner(
         Request::Ping => {
             outgoing.feed(AgentMessage::Pong).await?;
             outgoing.close().await?;
-            tracing::debug!(%peer, client = %client.name, "ping");
+            tracing::debug!(%peer, client = client.name.as_str(), "ping");
         }
         Request::Push(_) | Request::Pull(_) => {
             let (direction, path) = match &request {
@@ -190,13 +190,13 @@ async fn serve_inner(
             tracing::info!(
                 target: "rexec::audit",
                 %peer,
-                client = %client.name,
+                client = client.name.as_str(),
                 fingerprint = %client.fingerprint,
                 direction,
-                path = %path,
-                user = %report.user,
+                path = ?path,
+                user = ?report.user,
                 started_at = %humantime::format_rfc3339_millis(started_at),
-                outcome = %report.outcome,
+                outcome = ?report.outcome.to_string(),
                 duration_ms = started.elapsed().as_millis() as u64,
                 entries = report.entries,
                 bytes = report.bytes,
@@ -218,14 +218,14 @@ async fn serve_inner(
             tracing::info!(
                 target: "rexec::audit",
                 %peer,
-                client = %client.name,
+                client = client.name.as_str(),
                 fingerprint = %client.fingerprint,
-                command = %request.command,
+                command = request.command.as_str(),
                 started_at = %humantime::format_rfc3339_millis(started_at),
                 cwd = report.cwd.as_deref().unwrap_or(""),
                 user = report.user.as_deref().unwrap_or(""),
                 pid = report.pid.unwrap_or(0),
-                outcome = %report.end,
+                outcome = ?report.end.to_string(),
                 duration_ms = started.elapsed().as_millis() as u64,
                 stdout_bytes = report.stdout_bytes,
                 stderr_bytes = report.stderr_bytes,
