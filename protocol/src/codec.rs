@@ -484,6 +484,39 @@ mod tests {
         }
     }
 
+    /// The bulk path and bincode agree on every damaged bulk frame: the
+    /// same message, or both an error.
+    #[test]
+    fn the_bulk_path_agrees_with_bincode_on_damaged_bodies() {
+        fn framed(body: &[u8]) -> BytesMut {
+            let mut wire = BytesMut::new();
+            wire.put_u32(body.len() as u32);
+            wire.extend_from_slice(body);
+            wire
+        }
+        for len in [0, 3, 250, 251, 300, 70_000] {
+            let payload = Bytes::from(vec![7u8; len]);
+            for make in ClientMessage::bulk_variants() {
+                let body = encode_message(&make(payload.clone())).unwrap();
+                for at in 0..body.len().min(12) {
+                    for value in [0, 1, 2, 3, 4, 12, 13, 250, 251, 252, 253, 254, 255] {
+                        let mut damaged = body.clone();
+                        damaged[at] = value;
+                        let by_bincode = decode_message::<ClientMessage>(&damaged).ok();
+                        let by_codec = AgentCodec::new()
+                            .decode(&mut framed(&damaged))
+                            .ok()
+                            .flatten();
+                        assert_eq!(
+                            by_codec, by_bincode,
+                            "byte {at} set to {value}, {len} bytes"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bulk_frame_with_a_wrong_payload_length_is_malformed() {
         let mut body = encode_message(&ClientMessage::Stdin(Bytes::from_static(b"abc"))).unwrap();

@@ -1,14 +1,16 @@
 //! Arbitrary bytes into both decoders, as they would arrive from a peer:
 //! the typed frame codec fed in random-sized pieces, then each message
-//! decoder on the raw bytes as a frame body. Nothing may panic, and a
-//! decoded message must encode back to a frame that decodes to itself.
+//! decoder on the raw bytes as a frame body. Nothing may panic, a decoded
+//! message must encode back to a frame that decodes to itself, and the
+//! typed codec (with its shortcut for output, stdin and file data) must
+//! make of a frame what the message decoder makes of its body.
 
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use rexec_protocol::codec::{decode_message, encode_message};
-use rexec_protocol::{AgentCodec, AgentMessage, ClientCodec, ClientMessage};
+use rexec_protocol::{AgentCodec, AgentMessage, ClientCodec, ClientMessage, MAX_FRAME_LEN};
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +21,20 @@ fuzz_target!(|data: &[u8]| {
     };
     feed(&mut AgentCodec::new(), stream, step);
     feed(&mut ClientCodec::new(), stream, step);
+
+    if stream.len() <= MAX_FRAME_LEN {
+        let mut frame = BytesMut::new();
+        frame.put_u32(stream.len() as u32);
+        frame.extend_from_slice(stream);
+        assert_eq!(
+            AgentCodec::new().decode(&mut frame.clone()).ok().flatten(),
+            decode_message::<ClientMessage>(stream).ok()
+        );
+        assert_eq!(
+            ClientCodec::new().decode(&mut frame).ok().flatten(),
+            decode_message::<AgentMessage>(stream).ok()
+        );
+    }
 
     if let Ok(message) = decode_message::<ClientMessage>(stream) {
         let body = encode_message(&message).expect("a decoded message encodes");
