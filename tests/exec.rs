@@ -319,6 +319,13 @@ fn kill_9_of_ctl_leaves_no_process_behind() {
     );
     assert!(killed.elapsed() < Duration::from_secs(3));
     assert!(agent.wait_for_log("client gone").is_some());
+    // And reaped: the shell is no zombie child of the agent.
+    assert!(
+        wait_until(Duration::from_secs(3), || zombie_children(agent.child.id())
+            .is_empty()),
+        "unreaped: {:?}",
+        zombie_children(agent.child.id())
+    );
 }
 
 #[test]
