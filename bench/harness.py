@@ -269,8 +269,24 @@ def main():
     rows.append(("pull 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
     for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
         shutil.rmtree(work / d)
-    data.unlink()
     rx.stop(agent)
+
+    # Peak RSS of agent and ctl over one 1 GiB push and one 1 GiB pull, each
+    # on a fresh agent: memory stays bounded however large the file.
+    copy_rss = {}
+    for way in ("push", "pull"):
+        port = free_port()
+        agent = rx.start([("127.0.0.1", port)])
+        dest = work / f"rss-{way}"
+        dest.mkdir()
+        operands = ([str(data), f"127.0.0.1:{port}:{dest}"] if way == "push"
+                    else [f"127.0.0.1:{port}:{data}", str(dest)])
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", CTL, "cp", *operands], env=rx.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+        copy_rss[way] = (peak_rss_kib(agent.pid), int(out.stderr.strip().splitlines()[-1]))
+        rx.stop(agent)
+        shutil.rmtree(dest)
+    data.unlink()
 
     # Peak RSS of agent and ctl over one 1 GiB run, on a fresh agent.
     port = free_port()
@@ -298,6 +314,11 @@ def main():
         med = alternate(pairs, args.fanout_runs)
         rows.append((f"fan-out of `true` to {n} hosts: rexec vs `pdsh -R ssh -f 64`",
                      med["rexec"], med.get("pdsh", 0)))
+    # Peak RSS of ctl over one fan-out to the 200 addresses.
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", CTL, "exec", "--fanout", "64", "@b200", "true"],
+                         env=rx.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         check=True)
+    fanout_rss = int(out.stderr.strip().splitlines()[-1])
     for proc in agents:
         rx.stop(proc)
 
@@ -332,6 +353,10 @@ def main():
     lines += [
         "",
         f"Peak RSS during one 1 GiB run: {memory}.",
+        "Peak RSS during one 1 GiB copy: push: agent {:.1f} MiB, ctl {:.1f} MiB; "
+        "pull: agent {:.1f} MiB, ctl {:.1f} MiB.".format(*(kib / 1024 for way in ("push", "pull")
+                                                          for kib in copy_rss[way])),
+        f"Peak RSS of ctl during one fan-out of `true` to 200 hosts: {fanout_rss / 1024:.1f} MiB.",
         f"Burst of 200 concurrent `ctl exec 127.0.0.1 true` on one agent: {ok}/200 succeeded "
         f"in {fmt_time(burst)}; agent peak RSS {burst_rss / 1024:.1f} MiB.",
     ]
