@@ -429,45 +429,60 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
 
-/// An agent that offers `../../etc/x` (played by a TLS server in this test
-/// with the agent's own identity) cannot make ctl write outside LOCAL_DIR.
-#[tokio::test]
-async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
-    use bytes::Bytes;
+/// `ctl cp AGENT:/PATH local` against an agent played by a TLS server in
+/// the test (with the agent's own identity, so ctl trusts it) that answers
+/// the request with `messages`, whatever was asked.
+async fn pull_from_a_fake_agent(
+    env: &Env,
+    messages: Vec<rexec_protocol::AgentMessage>,
+    path: &str,
+    local: &Path,
+) -> std::process::Output {
     use futures_util::{SinkExt, StreamExt};
-    use rexec_protocol::{AgentMessage, FileHeader, FileKind, Hello};
 
-    let env = Env::new();
-    let fake = FakeAgent::bind(&env).await;
+    let fake = FakeAgent::bind(env).await;
     let addr = fake.addr;
-    let hostile = tokio::spawn(async move {
+    let agent = tokio::spawn(async move {
         let (mut incoming, mut outgoing) = fake.accept().await;
         let _ = incoming.next().await;
         let _ = incoming.next().await;
-        for message in [
-            AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
-            AgentMessage::File(FileHeader {
-                path: Bytes::from_static(b"../../escaped"),
-                kind: FileKind::File { size: 1 },
-                mode: 0o644,
-                mtime: 0,
-                owner: None,
-            }),
-            AgentMessage::FileData(Bytes::from_static(b"x")),
-        ] {
+        for message in messages {
             let _ = outgoing.feed(message).await;
         }
         let _ = outgoing.flush().await;
         let _ = incoming.next().await;
     });
+    let remote = format!("{addr}:{path}");
+    let out = ctl_output_off_the_runtime(env, &["cp", &remote, local.to_str().unwrap()]).await;
+    agent.abort();
+    out
+}
+
+fn file_header(path: &'static [u8], size: u64) -> rexec_protocol::FileHeader {
+    rexec_protocol::FileHeader {
+        path: bytes::Bytes::from_static(path),
+        kind: rexec_protocol::FileKind::File { size },
+        mode: 0o644,
+        mtime: 0,
+        owner: None,
+    }
+}
+
+/// An agent that offers `../../etc/x` cannot make ctl write outside LOCAL_DIR.
+#[tokio::test]
+async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
+    use bytes::Bytes;
+    use rexec_protocol::{AgentMessage, Hello};
+
+    let env = Env::new();
     let local = env.root.path().join("a/b/local");
     std::fs::create_dir_all(&local).unwrap();
-    let mut ctl = env.ctl();
-    ctl.args(["cp", &format!("{addr}:/etc/x"), local.to_str().unwrap()]);
-    let out = tokio::task::spawn_blocking(move || ctl.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let messages = vec![
+        AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+        AgentMessage::File(file_header(b"../../escaped", 1)),
+        AgentMessage::FileData(Bytes::from_static(b"x")),
+    ];
+    let out = pull_from_a_fake_agent(&env, messages, "/etc/x", &local).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(
         stderr_of(&out).contains("refusing entry name"),
@@ -477,58 +492,33 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
     assert!(!env.root.path().join("a/escaped").exists());
     assert!(!env.root.path().join("escaped").exists());
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
-    hostile.abort();
 }
 
-/// An agent whose data does not match the BLAKE3 hash it sends with it
-/// (played by a TLS server in this test): ctl keeps the old local file.
+/// An agent whose data does not match the BLAKE3 hash it sends with it:
+/// ctl keeps the old local file and leaves no temporary.
 #[tokio::test]
 async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
     use bytes::Bytes;
-    use futures_util::{SinkExt, StreamExt};
-    use rexec_protocol::{AgentMessage, FileEnd, FileHeader, FileKind, Hello};
+    use rexec_protocol::{AgentMessage, FileEnd, Hello};
 
     let env = Env::new();
-    let fake = FakeAgent::bind(&env).await;
-    let addr = fake.addr;
-    let lying = tokio::spawn(async move {
-        let (mut incoming, mut outgoing) = fake.accept().await;
-        let _ = incoming.next().await;
-        let _ = incoming.next().await;
-        for message in [
-            AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
-            AgentMessage::File(FileHeader {
-                path: Bytes::from_static(b"x"),
-                kind: FileKind::File { size: 3 },
-                mode: 0o644,
-                mtime: 0,
-                owner: None,
-            }),
-            AgentMessage::FileData(Bytes::from_static(b"new")),
-            AgentMessage::FileEnd(FileEnd {
-                blake3: Bytes::copy_from_slice(blake3::hash(b"not new").as_bytes()),
-            }),
-            AgentMessage::CopyEnd,
-        ] {
-            let _ = outgoing.feed(message).await;
-        }
-        let _ = outgoing.flush().await;
-        let _ = incoming.next().await;
-    });
     let local = env.root.path().join("local");
     std::fs::create_dir(&local).unwrap();
     std::fs::write(local.join("x"), b"old").unwrap();
-    let mut ctl = env.ctl();
-    ctl.args(["cp", &format!("{addr}:/x"), local.to_str().unwrap()]);
-    let out = tokio::task::spawn_blocking(move || ctl.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let messages = vec![
+        AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+        AgentMessage::File(file_header(b"x", 3)),
+        AgentMessage::FileData(Bytes::from_static(b"new")),
+        AgentMessage::FileEnd(FileEnd {
+            blake3: Bytes::copy_from_slice(blake3::hash(b"not new").as_bytes()),
+        }),
+        AgentMessage::CopyEnd,
+    ];
+    let out = pull_from_a_fake_agent(&env, messages, "/x", &local).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(stderr_of(&out).contains("checksum"), "{}", stderr_of(&out));
     assert_eq!(std::fs::read(local.join("x")).unwrap(), b"old");
     assert_eq!(temporaries(&local), Vec::<PathBuf>::new());
-    lying.abort();
 }
 
 /// Copies to and from several hosts end like `ctl exec` on several: every

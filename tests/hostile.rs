@@ -363,12 +363,7 @@ async fn ctl_names_both_versions_when_the_agent_speaks_another() {
             .unwrap();
         let _ = incoming.next().await;
     });
-    let mut ctl = env.ctl();
-    ctl.args(["exec", &addr.to_string(), "true"]);
-    let out = tokio::task::spawn_blocking(move || ctl.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = ctl_output_off_the_runtime(&env, &["exec", &addr.to_string(), "true"]).await;
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);
     assert!(
@@ -398,12 +393,7 @@ async fn ctl_exits_255_on_an_agent_that_breaks_the_protocol() {
             let _ = raw.flush().await;
             let _ = incoming.next().await;
         });
-        let mut ctl = env.ctl();
-        ctl.args(["exec", &addr.to_string(), "true"]);
-        let out = tokio::task::spawn_blocking(move || ctl.output())
-            .await
-            .unwrap()
-            .unwrap();
+        let out = ctl_output_off_the_runtime(&env, &["exec", &addr.to_string(), "true"]).await;
         assert_eq!(out.status.code(), Some(255));
         let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{err}");

@@ -232,6 +232,29 @@ fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
     assert!(all_gone(&sleep));
 }
 
+/// Runs `ctl exec --connect-timeout 1s ADDR true` against a peer that
+/// never completes the connection, and checks ctl gives up on time: exit
+/// 255, one line naming the connect timeout, after 1 s and well before
+/// the peer would have let go.
+fn assert_connect_timeout_ends(env: &Env, addr: std::net::SocketAddr) {
+    let started = Instant::now();
+    let out = env
+        .ctl()
+        .args(["exec", "--connect-timeout", "1s", &addr.to_string(), "true"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(err.contains("connect timeout"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "bounded by the timeout, not the peer: {took:?}"
+    );
+}
+
 /// A host whose SYNs go unanswered, as behind a firewall's DROP: here a
 /// listener with a full accept queue, which makes the kernel drop them.
 /// Connecting gives up at --connect-timeout.
@@ -260,19 +283,7 @@ fn connect_timeout_bounds_a_black_holed_host() {
         queued.push(stream);
         assert!(queued.len() < 16, "the accept queue never filled");
     }
-    let started = Instant::now();
-    let out = env
-        .ctl()
-        .args(["exec", "--connect-timeout", "1s", &addr.to_string(), "true"])
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(255));
-    let err = stderr_of(&out);
-    assert!(err.contains("connect timeout"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(took >= Duration::from_secs(1), "{took:?}");
-    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_connect_timeout_ends(&env, addr);
 }
 
 #[test]
@@ -287,22 +298,7 @@ fn connect_timeout_bounds_a_host_that_never_answers() {
         std::thread::sleep(Duration::from_secs(5));
         drop(stream);
     });
-    let started = Instant::now();
-    let out = env
-        .ctl()
-        .args(["exec", "--connect-timeout", "1s", &addr.to_string(), "true"])
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(255));
-    let err = stderr_of(&out);
-    assert!(err.contains("connect timeout"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(took >= Duration::from_secs(1), "{took:?}");
-    assert!(
-        took < Duration::from_secs(5),
-        "bounded by the timeout, not the peer: {took:?}"
-    );
+    assert_connect_timeout_ends(&env, addr);
     holder.join().unwrap();
 }
 

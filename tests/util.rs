@@ -676,6 +676,17 @@ pub struct FakeAgent {
     acceptor: tokio_rustls::TlsAcceptor,
 }
 
+/// Runs `ctl ARGS` to its end on a blocking thread, so that a fake agent
+/// served on the test's runtime can answer it meanwhile.
+pub async fn ctl_output_off_the_runtime(env: &Env, args: &[&str]) -> Output {
+    let mut ctl = env.ctl();
+    ctl.args(args);
+    tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .expect("ctl thread")
+        .expect("run ctl")
+}
+
 impl FakeAgent {
     pub async fn bind(env: &Env) -> FakeAgent {
         #[derive(Debug)]
