@@ -159,7 +159,9 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// else (other messages, a length that does not match) is `None` and left
 /// to bincode, which reports what is wrong with it.
 fn decode_bulk<In>(body: &Bytes, table: &[BulkVariant<In>]) -> Option<In> {
-    let (variant, tag_len) = read_varint(body)?;
+    // A variant index is a u32: bincode refuses its u64 form (marker 253),
+    // and so does this path.
+    let (variant, tag_len) = read_varint(body).filter(|&(_, used)| used <= 5)?;
     let &(_, make) = table.iter().find(|(index, _)| *index == variant)?;
     let (len, len_len) = read_varint(&body[tag_len..])?;
     let start = tag_len + len_len;
@@ -515,6 +517,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the fuzzer: a bulk variant's index in bincode's u64 form.
+    #[test]
+    fn a_variant_index_in_the_u64_form_is_malformed_on_both_paths() {
+        let variant = encode_message(&ClientMessage::FileData(Bytes::new())).unwrap()[0];
+        let mut body = vec![253, variant, 0, 0, 0, 0, 0, 0, 0];
+        body.push(0);
+        assert!(decode_message::<ClientMessage>(&body).is_err());
+        let mut wire = BytesMut::new();
+        wire.put_u32(body.len() as u32);
+        wire.extend_from_slice(&body);
+        assert!(matches!(
+            AgentCodec::new().decode(&mut wire),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]
