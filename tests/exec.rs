@@ -306,7 +306,7 @@ fn kill_9_of_ctl_leaves_no_process_behind() {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).len() >= 2),
+        wait_until(DEADLINE, || sleeps_running(&sleep) >= 2),
         "both sleeps should start"
     );
     ctl.kill().unwrap();

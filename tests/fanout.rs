@@ -780,12 +780,7 @@ fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
                 .filter(|(_, cmd)| !cmd.contains(" exec "))
                 .count()
         };
-        let sleeps = || {
-            processes_with(&pattern)
-                .into_iter()
-                .filter(|(_, cmd)| cmd.starts_with("sleep "))
-                .count()
-        };
+
         let mut ctl = env
             .ctl()
             .args([
@@ -798,7 +793,7 @@ fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
             .spawn()
             .unwrap();
         assert!(
-            wait_until(DEADLINE, || sleeps() == 6),
+            wait_until(DEADLINE, || sleeps_running(&pattern) == 6),
             "two sleeps on each of three hosts"
         );
         send_signal(ctl.id(), signal);
@@ -809,4 +804,33 @@ fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
             processes_with(&pattern)
         );
     }
+}
+
+/// `nohup ctl exec @lab …`: a run started with SIGHUP ignored goes on
+/// through a hang-up, on every host.
+#[test]
+fn a_run_started_with_sighup_ignored_rides_out_a_hangup() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    let mut ctl = env
+        .ctl_ignoring("HUP")
+        .args(["exec", "@lab", "echo ready; sleep 1; echo done"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(ctl.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.ends_with(": ready\n"), "{line:?}");
+    }
+    send_signal(ctl.id(), "HUP");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut done: Vec<&str> = rest.lines().collect();
+    done.sort_unstable();
+    assert_eq!(done, ["127.0.0.2: done", "127.0.0.3: done"]);
+    assert_eq!(ctl.wait().unwrap().code(), Some(0));
 }

@@ -69,7 +69,7 @@ fn start_sleeping_at(env: &Env, target: &str, prefix: &str, sleeps: usize) -> Ru
     read_until_line(&mut stdout, "ready");
     let pattern = format!("sleep {sleep}");
     assert!(
-        wait_until(DEADLINE, || processes_with(&pattern).len() >= sleeps),
+        wait_until(DEADLINE, || sleeps_running(&pattern) >= sleeps),
         "the sleeps should start"
     );
     Running { ctl, stdout, sleep }
@@ -166,6 +166,31 @@ fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
         assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(code));
         assert!(all_gone(&run.sleep));
     }
+}
+
+/// `nohup ctl exec …`: ctl started with SIGHUP ignored keeps ignoring it,
+/// so a hang-up neither ends ctl nor reaches the remote command.
+#[test]
+fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut ctl = env
+        .ctl_ignoring("HUP")
+        .args([
+            "exec",
+            &agent.target(),
+            "trap 'echo got-HUP' HUP; echo ready; sleep 1; echo done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    send_signal(ctl.id(), "HUP");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "done\n");
+    assert!(wait_for_exit(&mut ctl).success());
 }
 
 #[test]

@@ -137,6 +137,20 @@ impl Env {
         cmd
     }
 
+    /// ctl started with `signal` (e.g. `HUP`) ignored, as `nohup` or a
+    /// script's `trap '' HUP` starts it: a shell ignores it, then execs ctl
+    /// (same process id).
+    pub fn ctl_ignoring(&self, signal: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("trap '' {signal}; exec \"$@\""))
+            .arg("sh")
+            .arg(bin("ctl"));
+        cmd.env("REXEC_CONFIG_DIR", &self.ctl_dir);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
     /// `ctl exec TARGET WORDS...`, run to completion.
     pub fn exec(&self, agent: &Agent, words: &[&str]) -> Output {
         self.ctl()
@@ -294,6 +308,15 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// How many `sleep` processes with this argument run (not the shells or
+/// ctl whose command lines merely contain it).
+pub fn sleeps_running(pattern: &str) -> usize {
+    processes_with(pattern)
+        .iter()
+        .filter(|(_, cmd)| cmd.starts_with("sleep "))
+        .count()
 }
 
 /// Children of `parent` that have exited but were not reaped (zombies).

@@ -40,7 +40,7 @@ enum SessionError {
     ClosedEarly,
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("client speaks protocol {client} ({software}), this agent speaks {PROTOCOL_VERSION}")]
+    #[error("client speaks protocol {client} ({software:?}), this agent speaks {PROTOCOL_VERSION}")]
     VersionMismatch { client: u32, software: String },
     #[error("connection error: {0}")]
     Frame(#[from] FrameError),

@@ -83,12 +83,14 @@ pub async fn exec_streaming(
 
     let mut stdout = raw_output(io::stdout().as_fd())?;
     let mut stderr = raw_output(io::stderr().as_fd())?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
-    let mut hangup =
-        signal(SignalKind::hangup()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    // Forwarded to the remote group, unless ctl was started with them
+    // ignored (nohup, a script's trap ''): then they stay ignored.
+    let stop_signal = |sig| {
+        crate::signals::unless_ignored(sig).map_err(|e| CtlError::ConnectionLost(e.to_string()))
+    };
+    let mut interrupt = stop_signal(nix::sys::signal::Signal::SIGINT)?;
+    let mut terminate = stop_signal(nix::sys::signal::Signal::SIGTERM)?;
+    let mut hangup = stop_signal(nix::sys::signal::Signal::SIGHUP)?;
     let mut window_change =
         signal(SignalKind::window_change()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
     // Raw mode only once the agent has answered, so that a refused
@@ -118,7 +120,7 @@ pub async fn exec_streaming(
                 let _ = urgent_tx.try_send(ClientMessage::WindowSize(size));
                 continue;
             }
-            _ = interrupt.recv() => {
+            () = crate::signals::next(&mut interrupt) => {
                 let now = Instant::now();
                 if last_interrupt.is_some_and(|t| now.duration_since(t) < SECOND_INTERRUPT_WINDOW) {
                     let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Kill));
@@ -131,11 +133,11 @@ pub async fn exec_streaming(
                 let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Interrupt));
                 continue;
             }
-            _ = terminate.recv() => {
+            () = crate::signals::next(&mut terminate) => {
                 let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Terminate));
                 continue;
             }
-            _ = hangup.recv() => {
+            () = crate::signals::next(&mut hangup) => {
                 let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Hangup));
                 continue;
             }

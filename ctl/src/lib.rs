@@ -24,6 +24,7 @@ pub mod known_hosts;
 pub mod nodeset;
 pub mod output;
 pub mod ping;
+pub mod signals;
 pub mod target;
 pub mod tty;
 
@@ -516,19 +517,19 @@ fn conclude(end: &RunEnd, console: &Console) -> u8 {
     }
 }
 
-/// Waits for the first SIGINT, SIGTERM or SIGHUP and returns its number;
-/// `None` when the handlers cannot be installed (the run then goes on, and
-/// the signal's default action applies).
+/// Waits for the first SIGINT, SIGTERM or SIGHUP that ctl was not started
+/// with ignored and returns its number; `None` when the handlers cannot be
+/// installed (the run then goes on, and the signal's default action applies).
 async fn first_stop_signal() -> Option<i32> {
     use nix::sys::signal::Signal;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).ok()?;
-    let mut terminate = signal(SignalKind::terminate()).ok()?;
-    let mut hangup = signal(SignalKind::hangup()).ok()?;
+    // One ctl started with a signal ignored (nohup) keeps ignoring it.
+    let mut interrupt = signals::unless_ignored(Signal::SIGINT).ok()?;
+    let mut terminate = signals::unless_ignored(Signal::SIGTERM).ok()?;
+    let mut hangup = signals::unless_ignored(Signal::SIGHUP).ok()?;
     tokio::select! {
-        _ = interrupt.recv() => Some(Signal::SIGINT as i32),
-        _ = terminate.recv() => Some(Signal::SIGTERM as i32),
-        _ = hangup.recv() => Some(Signal::SIGHUP as i32),
+        () = signals::next(&mut interrupt) => Some(Signal::SIGINT as i32),
+        () = signals::next(&mut terminate) => Some(Signal::SIGTERM as i32),
+        () = signals::next(&mut hangup) => Some(Signal::SIGHUP as i32),
     }
 }
 
