@@ -281,14 +281,19 @@ where
                     keepalive.sent();
                 }
             },
-            status = child.wait(), if !output.is_open() || (interrupted && !shell_exited) => match status {
-                Ok(status) if !output.is_open() => break Ok(status),
-                Ok(_) => {
+            status = child.wait(), if !output.is_open() => match status {
+                Ok(status) => break Ok(status),
+                Err(e) => break Err(ExecEnd::ProtocolError(format!("cannot wait for child: {e}"))),
+            },
+            () = tokio::time::sleep(GROUP_POLL), if interrupted && !shell_exited => {
+                // Looked at, not reaped: until the loop ends the exited shell
+                // stays a zombie, so its pid (the group's id) cannot be given
+                // to another process while we signal the group.
+                if exited_unreaped(pgid) {
                     shell_exited = true;
                     let _ = killpg(pgid, Signal::SIGTERM);
                     group_kill_at = Some(tokio::time::Instant::now() + settings.kill_grace);
                 }
-                Err(e) => break Err(ExecEnd::ProtocolError(format!("cannot wait for child: {e}"))),
             },
             () = sleep_until_some(group_kill_at) => {
                 group_kill_at = None;
@@ -394,6 +399,16 @@ where
     }
     drop(guard);
     report
+}
+
+/// Whether the process `pid` has exited, without reaping it.
+fn exited_unreaped(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    matches!(
+        waitid(Id::Pid(pid), flags),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
 }
 
 /// Sleeps until `at`, or forever when it is `None`.
