@@ -275,7 +275,21 @@ pub fn send_signal(pid: u32, signal: &str) {
 }
 
 impl Drop for Agent {
+    /// SIGINT first, the agent's fast stop, which kills the commands it
+    /// still runs: a SIGKILLed agent would leave them behind, orphaned.
+    /// SIGKILL only for an agent that does not stop within 2 s (a frozen one).
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Not send_signal: a panic in drop during a failing test's
+            // unwinding would abort the whole run.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = wait_until(Duration::from_secs(2), || {
+                !matches!(self.child.try_wait(), Ok(None))
+            });
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
