@@ -193,10 +193,7 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
         ],
     );
     assert!(pushed.status.success(), "{}", stderr_of(&pushed));
-    let records: Vec<serde_json::Value> = stdout_of(&pushed)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = json_lines(&pushed);
     assert_eq!(records.len(), 10);
     assert!(
         records
@@ -551,10 +548,7 @@ fn a_copy_to_several_hosts_names_the_ones_that_failed() {
         stderr_of(&pushed).lines().last(),
         Some("ctl: 1 of 4 hosts failed: connect: 127.0.0.5")
     );
-    let records: Vec<serde_json::Value> = stdout_of(&pushed)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = json_lines(&pushed);
     assert_eq!(records.len(), 4);
     for record in &records {
         let copied = record["status"] == "copied";

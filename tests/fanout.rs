@@ -13,13 +13,6 @@ use crate::util::*;
 
 const FLEET: usize = 20;
 
-fn json_lines(out: &std::process::Output) -> Vec<Value> {
-    stdout_of(out)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
 fn lines(text: &str) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
 }

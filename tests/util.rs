@@ -313,10 +313,7 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
             continue;
         }
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // The state follows the parenthesised command name.
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let zombie = state_and_parent(&stat).is_some_and(|(state, _)| state == "Z");
         if !zombie && pid != std::process::id() {
             found.push((pid, cmdline));
         }
@@ -333,6 +330,14 @@ pub fn sleeps_running(pattern: &str) -> usize {
         .count()
 }
 
+/// ctl's stdout as JSON lines (`--json`), one value per line.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    stdout_of(out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
 /// Children of `parent` that have exited but were not reaped (zombies).
 pub fn zombie_children(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -343,13 +348,19 @@ pub fn zombie_children(parent: u32) -> Vec<u32> {
         .filter_map(|entry| {
             let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // After the parenthesised command name: state, then parent pid.
-            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-            let state = fields.next()?;
-            let ppid = fields.next()?.parse::<u32>().ok()?;
+            let (state, ppid) = state_and_parent(&stat)?;
             (state == "Z" && ppid == parent).then_some(pid)
         })
         .collect()
+}
+
+/// A process's state letter and parent pid from its /proc/PID/stat line,
+/// where they follow the parenthesised command name.
+fn state_and_parent(stat: &str) -> Option<(&str, u32)> {
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// A marker unique to this test run, for finding a command's processes.

@@ -295,7 +295,7 @@ where
                     group_kill_at = Some(tokio::time::Instant::now() + settings.kill_grace);
                 }
             },
-            () = sleep_until_some(group_kill_at) => {
+            () = tokio::time::sleep_until(group_kill_at.unwrap_or_else(far_future)), if group_kill_at.is_some() => {
                 group_kill_at = None;
                 let _ = killpg(pgid, Signal::SIGKILL);
             },
@@ -409,14 +409,6 @@ fn exited_unreaped(pid: Pid) -> bool {
         waitid(Id::Pid(pid), flags),
         Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
     )
-}
-
-/// Sleeps until `at`, or forever when it is `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The timeout an exec runs under: the client's, capped by the agent's maximum.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
 use rexec_protocol::{
     AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError, Hello, PROTOCOL_VERSION,
     RemoteSignal,
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::connect::{Client, Outgoing};
 use crate::error::CtlError;
+use crate::signals::StopSignals;
 use crate::target::Target;
 
 /// A second Ctrl-C within this long after the first kills the command and
@@ -85,12 +87,8 @@ pub async fn exec_streaming(
     let mut stderr = raw_output(io::stderr().as_fd())?;
     // Forwarded to the remote group, unless ctl was started with them
     // ignored (nohup, a script's trap ''): then they stay ignored.
-    let stop_signal = |sig| {
-        crate::signals::unless_ignored(sig).map_err(|e| CtlError::ConnectionLost(e.to_string()))
-    };
-    let mut interrupt = stop_signal(nix::sys::signal::Signal::SIGINT)?;
-    let mut terminate = stop_signal(nix::sys::signal::Signal::SIGTERM)?;
-    let mut hangup = stop_signal(nix::sys::signal::Signal::SIGHUP)?;
+    let mut stop_signals =
+        StopSignals::new().map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
     let mut window_change =
         signal(SignalKind::window_change()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
     // Raw mode only once the agent has answered, so that a refused
@@ -120,25 +118,26 @@ pub async fn exec_streaming(
                 let _ = urgent_tx.try_send(ClientMessage::WindowSize(size));
                 continue;
             }
-            () = crate::signals::next(&mut interrupt) => {
-                let now = Instant::now();
-                if last_interrupt.is_some_and(|t| now.duration_since(t) < SECOND_INTERRUPT_WINDOW) {
-                    let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Kill));
-                    // Give the sender a moment to deliver the kill; leaving
-                    // closes the connection, which kills the group anyway.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sender).await;
-                    return Ok(ExecOutcome::Interrupted);
-                }
-                last_interrupt = Some(now);
-                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Interrupt));
-                continue;
-            }
-            () = crate::signals::next(&mut terminate) => {
-                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Terminate));
-                continue;
-            }
-            () = crate::signals::next(&mut hangup) => {
-                let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Hangup));
+            signal = stop_signals.next() => {
+                let forwarded = match signal {
+                    Signal::SIGINT => {
+                        let now = Instant::now();
+                        if last_interrupt
+                            .is_some_and(|t| now.duration_since(t) < SECOND_INTERRUPT_WINDOW)
+                        {
+                            let _ = urgent_tx.try_send(ClientMessage::Signal(RemoteSignal::Kill));
+                            // Give the sender a moment to deliver the kill; leaving
+                            // closes the connection, which kills the group anyway.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sender).await;
+                            return Ok(ExecOutcome::Interrupted);
+                        }
+                        last_interrupt = Some(now);
+                        RemoteSignal::Interrupt
+                    }
+                    Signal::SIGTERM => RemoteSignal::Terminate,
+                    _ => RemoteSignal::Hangup,
+                };
+                let _ = urgent_tx.try_send(ClientMessage::Signal(forwarded));
                 continue;
             }
         };

@@ -521,16 +521,8 @@ fn conclude(end: &RunEnd, console: &Console) -> u8 {
 /// with ignored and returns its number; `None` when the handlers cannot be
 /// installed (the run then goes on, and the signal's default action applies).
 async fn first_stop_signal() -> Option<i32> {
-    use nix::sys::signal::Signal;
-    // One ctl started with a signal ignored (nohup) keeps ignoring it.
-    let mut interrupt = signals::unless_ignored(Signal::SIGINT).ok()?;
-    let mut terminate = signals::unless_ignored(Signal::SIGTERM).ok()?;
-    let mut hangup = signals::unless_ignored(Signal::SIGHUP).ok()?;
-    tokio::select! {
-        () = signals::next(&mut interrupt) => Some(Signal::SIGINT as i32),
-        () = signals::next(&mut terminate) => Some(Signal::SIGTERM as i32),
-        () = signals::next(&mut hangup) => Some(Signal::SIGHUP as i32),
-    }
+    let mut signals = signals::StopSignals::new().ok()?;
+    Some(signals.next().await as i32)
 }
 
 fn client(

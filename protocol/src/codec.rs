@@ -436,6 +436,14 @@ mod tests {
         messages
     }
 
+    /// `body` behind its length prefix, as one frame on the wire.
+    fn framed(body: &[u8]) -> BytesMut {
+        let mut wire = BytesMut::new();
+        wire.put_u32(body.len() as u32);
+        wire.extend_from_slice(body);
+        wire
+    }
+
     #[test]
     fn every_bulk_variant_is_found_on_the_wire() {
         assert_eq!(
@@ -490,12 +498,6 @@ mod tests {
     /// same message, or both an error.
     #[test]
     fn the_bulk_path_agrees_with_bincode_on_damaged_bodies() {
-        fn framed(body: &[u8]) -> BytesMut {
-            let mut wire = BytesMut::new();
-            wire.put_u32(body.len() as u32);
-            wire.extend_from_slice(body);
-            wire
-        }
         for len in [0, 3, 250, 251, 300, 70_000] {
             let payload = Bytes::from(vec![7u8; len]);
             for make in ClientMessage::bulk_variants() {
@@ -523,14 +525,11 @@ mod tests {
     #[test]
     fn a_variant_index_in_the_u64_form_is_malformed_on_both_paths() {
         let variant = encode_message(&ClientMessage::FileData(Bytes::new())).unwrap()[0];
-        let mut body = vec![253, variant, 0, 0, 0, 0, 0, 0, 0];
-        body.push(0);
+        // The index as marker 253 and eight bytes, then an empty payload.
+        let body = [253, variant, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(decode_message::<ClientMessage>(&body).is_err());
-        let mut wire = BytesMut::new();
-        wire.put_u32(body.len() as u32);
-        wire.extend_from_slice(&body);
         assert!(matches!(
-            AgentCodec::new().decode(&mut wire),
+            AgentCodec::new().decode(&mut framed(&body)),
             Err(FrameError::Malformed(_))
         ));
     }
@@ -549,11 +548,8 @@ mod tests {
                 body
             },
         ] {
-            let mut wire = BytesMut::new();
-            wire.put_u32(damaged.len() as u32);
-            wire.extend_from_slice(&damaged);
             assert!(matches!(
-                AgentCodec::new().decode(&mut wire),
+                AgentCodec::new().decode(&mut framed(&damaged)),
                 Err(FrameError::Malformed(_))
             ));
         }
