@@ -157,8 +157,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, tracker: Tas
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // Stop first: a connection that arrives after the stop, while
+            // this loop had not run yet, must not be taken.
+            biased;
             () = state.shutdown.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
