@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::CtlError;
-use crate::known_hosts::KnownHosts;
+use crate::known_hosts::{Added, KnownHosts};
 use crate::target::Target;
 
 /// How much of the agent's stream we buffer for decoding.
@@ -96,16 +96,28 @@ impl Client {
 
         if let HostKeyOutcome::FirstUse(fingerprint) = verifier.outcome() {
             let mut known = self.known_hosts();
-            known
-                .add(&host_port, fingerprint)
-                .map_err(|source| CtlError::KnownHosts {
-                    path: known.path().to_path_buf(),
-                    source,
-                })?;
-            eprintln!(
-                "ctl: new host {host_port}, fingerprint {fingerprint}: added to {}",
-                known.path().display()
-            );
+            let added =
+                known
+                    .add(&host_port, fingerprint)
+                    .map_err(|source| CtlError::KnownHosts {
+                        path: known.path().to_path_buf(),
+                        source,
+                    })?;
+            match added {
+                Added::New => say!(
+                    "ctl: new host {host_port}, fingerprint {fingerprint}: added to {}",
+                    known.path().display()
+                ),
+                Added::AlreadyKnown => {}
+                // Another ctl met a different key under this name meanwhile.
+                Added::Conflict(known) => {
+                    return Err(CtlError::HostKeyChanged {
+                        host_port,
+                        known,
+                        presented: fingerprint,
+                    });
+                }
+            }
         }
 
         let (read, write) = tokio::io::split(tls);
@@ -143,7 +155,7 @@ impl Client {
         if refused {
             CtlError::NotAuthorized(self.identity.fingerprint)
         } else {
-            CtlError::ConnectionLost(error.to_string())
+            CtlError::ConnectionLost(crate::plain::io_error(&error))
         }
     }
 }

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rexec_protocol::{ErrorReport, ExitStatus, Fingerprint, IdentityError};
+use rexec_protocol::{ErrorReport, ExitStatus, Fingerprint, FrameError, IdentityError};
+
+use crate::plain;
 
 /// ctl could not run the command.
 pub const EXIT_CTL_ERROR: u8 = 255;
@@ -38,10 +40,10 @@ pub enum CtlError {
     #[error("no client identity at {0} (create one with: ctl keygen)")]
     NoIdentity(PathBuf),
     /// The identity exists but cannot be used.
-    #[error(transparent)]
+    #[error("{}", plain::identity_error(.0))]
     Identity(#[from] IdentityError),
     /// The known hosts file cannot be read or written.
-    #[error("known hosts {path}: {source}")]
+    #[error("known hosts {}: {}", .path.display(), plain::io_error(.source))]
     KnownHosts {
         /// The file.
         path: PathBuf,
@@ -49,10 +51,10 @@ pub enum CtlError {
         source: std::io::Error,
     },
     /// The host name did not resolve.
-    #[error("cannot resolve host: {0}")]
+    #[error("cannot resolve the host name: {}", plain::io_error(.0))]
     Resolve(std::io::Error),
     /// TCP connect failed.
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", plain::io_error(.0))]
     Connect(std::io::Error),
     /// Connecting plus the handshake took longer than allowed.
     #[error("no answer within the connect timeout of {}", humantime::format_duration(*.0))]
@@ -82,10 +84,13 @@ pub enum CtlError {
     )]
     NotAuthorized(Fingerprint),
     /// The TLS handshake failed for another reason.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", plain::io_error(.0))]
     Handshake(std::io::Error),
     /// The peers speak different protocol versions.
-    #[error("the agent speaks protocol {agent} ({software}), this ctl speaks {ours}")]
+    #[error(
+        "the agent speaks protocol {agent} ({}), this ctl speaks {ours}",
+        plain::agent_text(.software)
+    )]
     VersionMismatch {
         /// The agent's version.
         agent: u32,
@@ -95,20 +100,56 @@ pub enum CtlError {
         ours: u32,
     },
     /// The agent reported an error.
-    #[error("agent error ({}): {}", .0.kind, .0.message)]
+    #[error("agent error ({}): {}", .0.kind, plain::agent_text(&.0.message))]
     Agent(ErrorReport),
     /// The agent sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// A local file could not be read or written.
+    /// A local file, or our own stdout, could not be read or written.
     #[error("{0}")]
     Local(String),
+    /// The agent did not report within ctl's own deadline (its `--timeout`
+    /// plus the connect timeout plus a margin): it stopped answering.
+    #[error(
+        "no answer from the agent within {}; ctl gave up on this host (the command may still be running there)",
+        humantime::format_duration(*.0)
+    )]
+    NoAnswer(Duration),
     /// The connection broke before the command's end was reported.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
 }
 
 impl CtlError {
+    /// The connection to the agent broke, in plain words.
+    pub fn lost(e: &FrameError) -> CtlError {
+        match e {
+            FrameError::Io(io) => CtlError::ConnectionLost(plain::io_error(io)),
+            other => CtlError::Protocol(plain::frame_error(other)),
+        }
+    }
+
+    /// A frame from the agent could not be read.
+    pub fn frame(e: FrameError) -> CtlError {
+        CtlError::lost(&e)
+    }
+
+    /// The agent sent a message that has no place here.
+    pub fn unexpected(message: &impl std::fmt::Debug) -> CtlError {
+        // The variant's name only: its contents may be large, or hostile.
+        let text = format!("{message:?}");
+        let name: String = text
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        CtlError::Protocol(format!("the agent sent an unexpected {name} message"))
+    }
+
+    /// `what` (our stdout, a file) could not be written.
+    pub fn write_failed(what: &str, e: &std::io::Error) -> CtlError {
+        CtlError::Local(format!("cannot write {what}: {}", plain::io_error(e)))
+    }
+
     /// A short stable name for the kind of failure.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -126,6 +167,7 @@ impl CtlError {
             CtlError::Agent(report) => report.kind.as_str(),
             CtlError::Protocol(_) => "protocol",
             CtlError::ConnectionLost(_) => "connection-lost",
+            CtlError::NoAnswer(_) => "no-answer",
             CtlError::Local(_) => "local",
         }
     }

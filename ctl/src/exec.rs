@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::connect::{Client, Outgoing};
 use crate::error::CtlError;
+use crate::plain;
 use crate::signals::StopSignals;
 use crate::target::Target;
 
@@ -62,7 +63,7 @@ pub async fn exec_streaming(
     let connection = client.connect(target).await?;
     let mut incoming = connection.incoming;
     let mut outgoing = connection.outgoing;
-    let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
+    let lost = |e: FrameError| CtlError::lost(&e);
     // Hello and request leave together: no round trip waits for the agent's hello.
     outgoing
         .feed(ClientMessage::Hello(Hello::new(software())))
@@ -87,10 +88,10 @@ pub async fn exec_streaming(
     let mut stderr = raw_output(io::stderr().as_fd())?;
     // Forwarded to the remote group, unless ctl was started with them
     // ignored (nohup, a script's trap ''): then they stay ignored.
-    let mut stop_signals =
-        StopSignals::new().map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
-    let mut window_change =
-        signal(SignalKind::window_change()).map_err(|e| CtlError::ConnectionLost(e.to_string()))?;
+    let mut stop_signals = StopSignals::new()
+        .map_err(|e| CtlError::Local(format!("cannot handle signals: {}", plain::io_error(&e))))?;
+    let mut window_change = signal(SignalKind::window_change())
+        .map_err(|e| CtlError::Local(format!("cannot handle signals: {}", plain::io_error(&e))))?;
     // Raw mode only once the agent has answered, so that a refused
     // connection leaves the terminal as it was; restored when dropped.
     let mut raw_mode = None;
@@ -147,8 +148,7 @@ pub async fn exec_streaming(
             Some(Err(FrameError::Io(e))) if !seen_hello => {
                 return Err(client.explain_first_read_error(e));
             }
-            Some(Err(FrameError::Io(e))) => return Err(CtlError::ConnectionLost(e.to_string())),
-            Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
+            Some(Err(e)) => return Err(CtlError::lost(&e)),
             None if !seen_hello => {
                 return Err(CtlError::ConnectionLost(
                     "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
@@ -177,12 +177,17 @@ pub async fn exec_streaming(
                 ));
             }
             AgentMessage::Started { keepalive, .. } => {
-                silence_bound = keepalive
-                    .map(|interval| (interval * AGENT_SILENCE_INTERVALS).max(MIN_AGENT_SILENCE));
+                // The interval comes from the agent: bounded both ways.
+                silence_bound = keepalive.map(|interval| {
+                    interval
+                        .saturating_mul(AGENT_SILENCE_INTERVALS)
+                        .clamp(MIN_AGENT_SILENCE, crate::MAX_DURATION)
+                });
                 if with_pty {
                     raw_mode = crate::tty::RawMode::enter().map_err(|e| {
-                        CtlError::ConnectionLost(format!(
-                            "cannot set the terminal to raw mode: {e}"
+                        CtlError::Local(format!(
+                            "cannot set the terminal to raw mode: {}",
+                            plain::io_error(&e)
                         ))
                     })?;
                 }
@@ -195,9 +200,7 @@ pub async fn exec_streaming(
                     if e.kind() == io::ErrorKind::BrokenPipe {
                         return Ok(ExecOutcome::BrokenPipe);
                     }
-                    return Err(CtlError::ConnectionLost(format!(
-                        "cannot write to stdout: {e}"
-                    )));
+                    return Err(CtlError::write_failed("to stdout", &e));
                 }
             }
             AgentMessage::Stderr(chunk) => {
@@ -210,9 +213,7 @@ pub async fn exec_streaming(
             }
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
             other => {
-                return Err(CtlError::Protocol(format!(
-                    "unexpected message from the agent: {other:?}"
-                )));
+                return Err(CtlError::unexpected(&other));
             }
         }
     }
@@ -231,9 +232,12 @@ pub fn software() -> String {
 /// An unbuffered handle on one of our output descriptors: chunks go out
 /// with one write each, as they arrived.
 fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
-    fd.try_clone_to_owned()
-        .map(File::from)
-        .map_err(|e| CtlError::ConnectionLost(format!("cannot use an output descriptor: {e}")))
+    fd.try_clone_to_owned().map(File::from).map_err(|e| {
+        CtlError::Local(format!(
+            "cannot use an output descriptor: {}",
+            plain::io_error(&e)
+        ))
+    })
 }
 
 /// Sends what the other tasks queue: signals first, then stdin, in order.

@@ -66,15 +66,41 @@ impl Finished for ExitStatus {
     }
 }
 
+/// ctl's own bound on each host's job, from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The job's own time limit (`ctl cp --timeout`): past it the host
+    /// timed out (124).
+    Timeout(Duration),
+    /// Past this the agent is taken as having stopped answering (`ctl exec`
+    /// and `ctl ping`, whose time limits the agent enforces): an error
+    /// (255), not a timeout, since nobody killed the command.
+    NoAnswer(Duration),
+}
+
+impl Deadline {
+    fn after(self) -> Duration {
+        match self {
+            Deadline::Timeout(d) | Deadline::NoAnswer(d) => d,
+        }
+    }
+
+    fn failure(self) -> HostFailure {
+        match self {
+            Deadline::Timeout(d) => HostFailure::Deadline(d),
+            Deadline::NoAnswer(d) => HostFailure::Ctl(CtlError::NoAnswer(d)),
+        }
+    }
+}
+
 /// Why a host has no result of its own.
 #[derive(Debug, thiserror::Error)]
 pub enum HostFailure {
     /// ctl could not run the job there.
     #[error(transparent)]
     Ctl(#[from] CtlError),
-    /// The host did not finish within ctl's own deadline (it hung, or its
-    /// agent stopped answering); ctl gave up on it.
-    #[error("no result within {}; ctl gave up on this host", humantime::format_duration(*.0))]
+    /// The job did not finish within its own time limit; ctl gave up on it.
+    #[error("not done within the timeout of {}; ctl gave up on this host", humantime::format_duration(*.0))]
     Deadline(Duration),
     /// The run was interrupted (Ctrl-C) before this host finished.
     #[error("interrupted")]
@@ -146,7 +172,7 @@ pub struct Fanout {
     /// Most hosts at once (at least 1).
     pub limit: usize,
     /// ctl's own bound on each host's job, from its start.
-    pub deadline: Option<Duration>,
+    pub deadline: Option<Deadline>,
     /// Cancelled on Ctrl-C or when our stdout's reader goes away; running
     /// jobs are dropped (closing their connections, which makes the agents
     /// kill the commands) and no new ones start.
@@ -183,9 +209,9 @@ impl Fanout {
                     let started = tokio::time::Instant::now();
                     let bounded = async {
                         match deadline {
-                            Some(limit) => match tokio::time::timeout(limit, work).await {
+                            Some(limit) => match tokio::time::timeout(limit.after(), work).await {
                                 Ok(result) => result.map_err(HostFailure::from),
-                                Err(_) => Err(HostFailure::Deadline(limit)),
+                                Err(_) => Err(limit.failure()),
                             },
                             None => work.await.map_err(HostFailure::from),
                         }
@@ -310,7 +336,7 @@ pub async fn greet(
     mut connection: Connection,
     request: ClientMessage,
 ) -> Result<Session, CtlError> {
-    let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
+    let lost = |e: FrameError| CtlError::lost(&e);
     connection
         .outgoing
         .feed(ClientMessage::Hello(Hello::new(crate::exec::software())))
@@ -326,7 +352,7 @@ pub async fn greet(
             ));
         }
         Some(Err(FrameError::Io(e))) => return Err(client.explain_first_read_error(e)),
-        Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
+        Some(Err(e)) => return Err(CtlError::lost(&e)),
         None => {
             return Err(CtlError::ConnectionLost(
                 "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
@@ -392,7 +418,7 @@ mod tests {
     async fn a_hung_host_holds_one_slot_and_hits_its_deadline() {
         let fanout = Fanout {
             limit: 2,
-            deadline: Some(Duration::from_secs(20)),
+            deadline: Some(Deadline::Timeout(Duration::from_secs(20))),
             cancel: CancellationToken::new(),
         };
         let hosts = targets("n[1-5]");

@@ -13,6 +13,15 @@
 //! else goes through the fan-out engine (`fanout.rs`) and an output mode
 //! (`output.rs`).
 
+/// `eprintln!` that never panics: when our stderr cannot be written there
+/// is nowhere left to tell, and the exit status still says what happened.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod config;
 pub mod connect;
 pub mod copy;
@@ -24,6 +33,7 @@ pub mod known_hosts;
 pub mod nodeset;
 pub mod output;
 pub mod ping;
+pub mod plain;
 pub mod signals;
 pub mod target;
 pub mod tty;
@@ -43,7 +53,7 @@ use crate::config::ConfigDir;
 use crate::connect::Client;
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, EXIT_CTL_ERROR, EXIT_INTERRUPTED, exit_code};
 use crate::exec::ExecOutcome;
-use crate::fanout::{DEFAULT_FANOUT, Fanout, Finished, HostResult, Tally};
+use crate::fanout::{DEFAULT_FANOUT, Deadline, Fanout, Finished, HostResult, Tally};
 use crate::inventory::Inventory;
 use crate::known_hosts::KnownHosts;
 use crate::output::{Console, Gathered, JsonLines, Labels, OutDir, Output, Prefixed, Stream};
@@ -114,7 +124,7 @@ enum KnownHostsAction {
     List,
     /// Forget a host's fingerprint (after a legitimate re-install).
     Remove {
-        /// HOST or HOST:PORT
+        /// HOST or HOST:PORT (without a port: the inventory's, else 7722)
         host: String,
     },
 }
@@ -129,11 +139,12 @@ struct ExecArgs {
     /// stdout and stderr arrive merged, as on a terminal. Implies -i.
     #[arg(short = 't', long = "tty")]
     tty: bool,
-    /// Kill the remote command's process group after this long (e.g. 30s, 5m).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Kill the remote command's process group after this long (e.g. 30s,
+    /// 5m); 0 means no limit, as with GNU timeout.
+    #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Bound on connecting and the TLS handshake.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_connect_timeout, default_value = "5s")]
     connect_timeout: Duration,
     /// Set a variable in the command's environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -206,7 +217,7 @@ struct PingArgs {
     #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
     fanout: usize,
     /// Bound on connecting and the TLS handshake.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_connect_timeout, default_value = "5s")]
     connect_timeout: Duration,
     /// Refuse hosts that are not in known hosts.
     #[arg(long)]
@@ -246,10 +257,10 @@ struct CpArgs {
     #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
     fanout: usize,
     /// Bound on connecting and the TLS handshake.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_connect_timeout, default_value = "5s")]
     connect_timeout: Duration,
     /// Give up on a host whose copy takes longer than this.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Refuse hosts that are not in known hosts.
     #[arg(long)]
@@ -260,6 +271,33 @@ struct CpArgs {
     /// Sources then destination; exactly one side is remote.
     #[arg(required = true, num_args = 2.., value_name = "PATHS")]
     paths: Vec<String>,
+}
+
+/// The longest duration any flag takes. Far beyond any real command or
+/// copy, and small enough that adding it to a clock can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration flag: any humantime duration (`500ms`, `30s`, `1h 30m`) up to
+/// [`MAX_DURATION`].
+///
+/// # Errors
+/// A malformed duration, or one over the bound.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is not a duration (a number and a unit: 500ms, 30s, 5m, 1h 30m)")
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!("{s:?} is too long: at most 366 days"));
+    }
+    Ok(duration)
+}
+
+/// A connect timeout: a duration that is not zero.
+fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("the connect timeout must be longer than 0".into()),
+        duration => Ok(duration),
+    }
 }
 
 fn parse_fanout(s: &str) -> Result<usize, String> {
@@ -293,35 +331,59 @@ pub fn command_line(words: &[String]) -> Result<String, CtlError> {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let usage_error = e.use_stderr();
+        Err(e) if !e.use_stderr() => {
+            // --help and --version, as clap writes them.
             let _ = e.print();
-            return ExitCode::from(if usage_error { EXIT_CTL_ERROR } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            say!("ctl: {}", usage_line(&e));
+            return ExitCode::from(EXIT_CTL_ERROR);
         }
     };
     let config = ConfigDir::locate(cli.config_dir);
     let result = match cli.command {
         Command::Keygen => keygen(&config),
-        Command::Id => load_identity(&config).map(|identity| {
-            println!("{}", identity.fingerprint);
-            0
-        }),
+        Command::Id => load_identity(&config)
+            .and_then(|identity| print_out(&format!("{}\n", identity.fingerprint))),
         Command::Exec(args) => exec(&config, cli.inventory.as_deref(), args),
         Command::Hosts(args) => hosts(&config, cli.inventory.as_deref(), args),
         Command::Ping(args) => ping(&config, cli.inventory.as_deref(), args),
         Command::Cp(args) => cp(&config, cli.inventory.as_deref(), args),
-        Command::KnownHosts { action } => known_hosts(&config, action),
+        Command::KnownHosts { action } => known_hosts(&config, cli.inventory.as_deref(), action),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err((context, e)) => {
             match context {
-                Some(target) => eprintln!("ctl: {target}: {e}"),
-                None => eprintln!("ctl: {e}"),
+                Some(target) => say!("ctl: {target}: {e}"),
+                None => say!("ctl: {e}"),
             }
             ExitCode::from(EXIT_CTL_ERROR)
         }
     }
+}
+
+/// clap's message for bad usage as our one line: its first line without
+/// the `error:` tag, then where to look (clap adds a usage block and tips).
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    // The message is the first paragraph (a list of missing arguments
+    // continues it on indented lines); the usage block and tips follow.
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error:").unwrap_or(&message).trim();
+    let message = if message.is_empty() {
+        "bad usage"
+    } else {
+        message
+    };
+    format!("{message} (see ctl --help)")
 }
 
 /// An error with the target it concerns, if any.
@@ -333,9 +395,8 @@ fn plain(e: CtlError) -> Failure {
 
 fn keygen(config: &ConfigDir) -> Result<u8, Failure> {
     let identity = Identity::create(&config.identity(), "ctl").map_err(|e| plain(e.into()))?;
-    eprintln!("created client identity in {}", config.path().display());
-    println!("{}", identity.fingerprint);
-    Ok(0)
+    say!("created client identity in {}", config.path().display());
+    print_out(&format!("{}\n", identity.fingerprint))
 }
 
 fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
@@ -351,7 +412,19 @@ fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
 
 fn load_known_hosts(config: &ConfigDir) -> Result<KnownHosts, Failure> {
     let path = config.known_hosts();
-    KnownHosts::load(&path).map_err(|source| plain(CtlError::KnownHosts { path, source }))
+    let hosts = KnownHosts::load(&path).map_err(|source| {
+        plain(CtlError::KnownHosts {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    for line in hosts.malformed() {
+        say!(
+            "ctl: {}:{line}: not HOST:PORT SHA256:<fingerprint>; line ignored",
+            path.display()
+        );
+    }
+    Ok(hosts)
 }
 
 fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
@@ -381,7 +454,7 @@ fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<
         env: args.env,
         cwd: args.cwd,
         user: target.user.clone(),
-        timeout: args.timeout,
+        timeout: no_limit_if_zero(args.timeout),
         stdin: args.stdin || args.tty,
         pty: args.tty.then(tty::pty_request),
     };
@@ -389,17 +462,27 @@ fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<
         .enable_all()
         .build()
         .map_err(|e| {
-            plain(CtlError::ConnectionLost(format!(
-                "cannot start the runtime: {e}"
+            plain(CtlError::Local(format!(
+                "cannot start the runtime: {}",
+                crate::plain::io_error(&e)
             )))
         })?;
-    let outcome = runtime.block_on(exec::exec_streaming(&client, &target, request));
+    let deadline = no_answer_deadline(request.timeout, args.connect_timeout);
+    let outcome = runtime.block_on(async {
+        let run = exec::exec_streaming(&client, &target, request);
+        match deadline {
+            Some(Deadline::NoAnswer(limit)) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or(Err(CtlError::NoAnswer(limit))),
+            _ => run.await,
+        }
+    });
     // The stdin reader thread may be blocked in a read; do not wait for it.
     runtime.shutdown_background();
     match outcome {
         Ok(ExecOutcome::Finished(status)) => {
             if status == rexec_protocol::ExitStatus::TimedOut {
-                eprintln!("ctl: {target}: command timed out; its process group was killed");
+                say!("ctl: {target}: command timed out; its process group was killed");
             }
             Ok(exit_code(status))
         }
@@ -432,9 +515,18 @@ fn hosts(config: &ConfigDir, inventory: Option<&Path>, args: HostsArgs) -> Resul
     } else {
         targets.iter().map(|t| t.minimal() + "\n").collect()
     };
-    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+    print_out(&text)
+}
+
+/// Writes `text` to our stdout: 0 once written, 141 when its reader went
+/// away, an error when it could not take it (a full disk).
+fn print_out(text: &str) -> Result<u8, Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_BROKEN_PIPE),
-        _ => Ok(0),
+        Err(e) => Err(plain(CtlError::write_failed("to stdout", &e))),
     }
 }
 
@@ -469,8 +561,9 @@ where
         .enable_all()
         .build()
         .map_err(|e| {
-            plain(CtlError::ConnectionLost(format!(
-                "cannot start the runtime: {e}"
+            plain(CtlError::Local(format!(
+                "cannot start the runtime: {}",
+                crate::plain::io_error(&e)
             )))
         })?;
     let interrupted = Arc::new(AtomicI32::new(0));
@@ -503,11 +596,17 @@ where
 
 /// The exit code of a multi-host run, after its summary line.
 fn conclude(end: &RunEnd, console: &Console) -> u8 {
+    // Lost output is a failure of the whole run, whatever the hosts did:
+    // that line says it all (the hosts it cut short are no news).
+    if let Some(what) = console.output_lost() {
+        say!("ctl: {what}");
+        return EXIT_CTL_ERROR;
+    }
     if console.broken_pipe() {
         return EXIT_BROKEN_PIPE;
     }
     if let Some(summary) = end.tally.summary() {
-        eprintln!("ctl: {summary}");
+        say!("ctl: {summary}");
     }
     match end.interrupted {
         // 128 + the signal, as a shell reports a command the signal ended:
@@ -538,6 +637,20 @@ fn client(
     })
 }
 
+/// `--timeout 0` asks for no limit, as GNU timeout reads it (and the
+/// agent too).
+fn no_limit_if_zero(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.filter(|t| !t.is_zero())
+}
+
+/// How long ctl waits for an exec's end before it takes the agent as
+/// unresponsive: the agent enforces the timeout itself, so only an agent
+/// that stopped answering gets this far. None without a timeout: a command
+/// may run for hours, and keepalives notice a vanished agent.
+fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<Deadline> {
+    timeout.map(|t| Deadline::NoAnswer(t.saturating_add(connect).saturating_add(DEADLINE_SLACK)))
+}
+
 fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
     if args.stdin || args.tty {
         return Err(plain(CtlError::Usage(
@@ -564,15 +677,13 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
         command,
         env: args.env,
         cwd: args.cwd,
-        timeout: args.timeout,
+        timeout: no_limit_if_zero(args.timeout),
         ..ExecRequest::default()
     };
     let labels: Labels = fanout::labels(&targets).into();
     let fanout = Fanout {
         limit: args.fanout,
-        deadline: args
-            .timeout
-            .map(|t| t + args.connect_timeout + DEADLINE_SLACK),
+        deadline: no_answer_deadline(request.timeout, args.connect_timeout),
         cancel: CancellationToken::new(),
     };
     let console = Arc::new(Console::new(targets.len(), fanout.cancel.clone()));
@@ -608,7 +719,7 @@ fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Result<
     let fanout = Fanout {
         limit: args.fanout,
         // Connect is bounded by the client; the round trip gets as long again.
-        deadline: Some(args.connect_timeout * 2),
+        deadline: Some(Deadline::NoAnswer(args.connect_timeout.saturating_mul(2))),
         cancel: CancellationToken::new(),
     };
     let console = Console::new(targets.len(), fanout.cancel.clone());
@@ -666,7 +777,8 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
     let labels: Labels = fanout::labels(&targets).into();
     let fanout = Fanout {
         limit: args.fanout,
-        deadline: args.timeout.map(|t| t + args.connect_timeout),
+        deadline: no_limit_if_zero(args.timeout)
+            .map(|t| Deadline::Timeout(t.saturating_add(args.connect_timeout))),
         cancel: CancellationToken::new(),
     };
     let console = Console::new(targets.len(), fanout.cancel.clone());
@@ -746,18 +858,27 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
     Ok(conclude(&end, &console))
 }
 
-fn known_hosts(config: &ConfigDir, action: KnownHostsAction) -> Result<u8, Failure> {
+fn known_hosts(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    action: KnownHostsAction,
+) -> Result<u8, Failure> {
     let mut hosts = load_known_hosts(config)?;
     match action {
         KnownHostsAction::List => {
-            for (host, fingerprint) in hosts.entries() {
-                println!("{host} {fingerprint}");
-            }
-            Ok(0)
+            let text: String = hosts
+                .entries()
+                .iter()
+                .map(|(host, fingerprint)| format!("{host} {fingerprint}\n"))
+                .collect();
+            print_out(&text)
         }
         KnownHostsAction::Remove { host } => {
-            let key = Target::parse(&host)
-                .map_err(|e| plain(CtlError::Usage(e.to_string())))?
+            // The port the host is reached on: the inventory's, unless given.
+            let spec =
+                TargetSpec::parse(&host).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+            let key = load_inventory(config, inventory)?
+                .complete(spec)
                 .host_port();
             let path = hosts.path().to_path_buf();
             let removed = hosts
@@ -768,7 +889,7 @@ fn known_hosts(config: &ConfigDir, action: KnownHostsAction) -> Result<u8, Failu
                     "{key} is not in known hosts"
                 ))));
             }
-            eprintln!("removed {key} from {}", hosts.path().display());
+            say!("removed {key} from {}", hosts.path().display());
             Ok(0)
         }
     }

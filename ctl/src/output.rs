@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{HostFailure, HostResult};
 use crate::nodeset;
+use crate::plain;
 
 /// Lines longer than this are cut into pieces of this size, each with its
 /// prefix and a newline, rather than held in memory without bound.
@@ -51,6 +52,9 @@ pub struct Console {
     running: AtomicUsize,
     failed: AtomicUsize,
     broken_pipe: AtomicBool,
+    /// The first output of ours that could not be written (stdout on a
+    /// full disk, a file of `-o`): the run then fails, whatever the hosts did.
+    lost: Mutex<Option<String>>,
     cancel: CancellationToken,
 }
 
@@ -76,6 +80,7 @@ impl Console {
             running: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             broken_pipe: AtomicBool::new(false),
+            lost: Mutex::new(None),
             cancel,
         }
     }
@@ -87,6 +92,7 @@ impl Console {
             running: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             broken_pipe: AtomicBool::new(false),
+            lost: Mutex::new(None),
             cancel: CancellationToken::new(),
         }
     }
@@ -120,9 +126,10 @@ impl Console {
     }
 
     /// Writes `bytes` to our stdout or stderr in one piece, around the
-    /// progress line. A closed stdout cancels the run.
+    /// progress line. A stdout that cannot take them (closed by its reader,
+    /// or on a full disk) cancels the run.
     pub fn write(&self, stream: Stream, bytes: &[u8]) {
-        if bytes.is_empty() || self.broken_pipe() {
+        if bytes.is_empty() || self.broken_pipe() || self.output_lost().is_some() {
             return;
         }
         let write = || match stream {
@@ -140,10 +147,28 @@ impl Console {
             None => write(),
         };
         // Nowhere to report a failing stderr; a failing stdout ends the run.
-        if stream == Stream::Stdout && result.is_err() {
-            self.broken_pipe.store(true, Ordering::Relaxed);
-            self.cancel.cancel();
+        match result {
+            Err(e) if stream == Stream::Stdout && e.kind() == io::ErrorKind::BrokenPipe => {
+                self.broken_pipe.store(true, Ordering::Relaxed);
+                self.cancel.cancel();
+            }
+            Err(e) if stream == Stream::Stdout => {
+                self.lose(format!("cannot write to stdout: {}", plain::io_error(&e)));
+            }
+            _ => {}
         }
+    }
+
+    /// Some of our output could not be written (`what` says which and
+    /// why): the run stops, and ends in failure with this one line.
+    pub fn lose(&self, what: String) {
+        lock(&self.lost).get_or_insert(what);
+        self.cancel.cancel();
+    }
+
+    /// What of our output could not be written, if anything.
+    pub fn output_lost(&self) -> Option<String> {
+        lock(&self.lost).clone()
     }
 
     /// One line of ctl's own on stderr.
@@ -275,9 +300,19 @@ pub fn host_note<T: Describe>(label: &str, result: &HostResult<T>) -> Option<Str
 pub struct Prefixed {
     console: Arc<Console>,
     labels: Labels,
-    partial: Vec<Mutex<[Vec<u8>; 2]>>,
+    partial: Vec<Mutex<[Pending; 2]>>,
     /// Only stderr is prefixed here; stdout goes elsewhere (gather mode).
     stderr_only: bool,
+}
+
+/// What of one host's stream is not written yet.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The unfinished line.
+    line: Vec<u8>,
+    /// The last piece written was cut at [`MAX_LINE`], a newline added: the
+    /// line's own newline, when it comes next, is already written.
+    cut: bool,
 }
 
 impl Prefixed {
@@ -292,15 +327,21 @@ impl Prefixed {
     }
 
     /// Appends `lines` to `out`, each line (or [`MAX_LINE`] piece of an
-    /// overlong one) with the host's prefix and a newline.
-    fn prefixed(&self, host: usize, lines: &[u8], out: &mut Vec<u8>) {
+    /// overlong one) with the host's prefix and a newline. `cut` carries
+    /// over whether the last piece was cut, so that a line of exactly
+    /// N × [`MAX_LINE`] bytes gets no empty line after it.
+    fn prefixed(&self, host: usize, lines: &[u8], cut: &mut bool, out: &mut Vec<u8>) {
         for line in lines.split_inclusive(|&b| b == b'\n') {
             for piece in line.chunks(MAX_LINE) {
+                if std::mem::take(cut) && piece == b"\n" {
+                    continue;
+                }
                 out.extend_from_slice(self.labels[host].as_bytes());
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(piece);
                 if !piece.ends_with(b"\n") {
                     out.push(b'\n');
+                    *cut = true;
                 }
             }
         }
@@ -317,7 +358,7 @@ fn slot(stream: Stream) -> usize {
 impl<T: Describe> Output<T> for Prefixed {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
         let mut partial = lock(&self.partial[host]);
-        let buffer = &mut partial[slot(stream)];
+        let Pending { line: buffer, cut } = &mut partial[slot(stream)];
         buffer.extend_from_slice(data);
         let mut complete = buffer
             .iter()
@@ -333,17 +374,20 @@ impl<T: Describe> Output<T> for Prefixed {
         }
         let lines: Vec<u8> = buffer.drain(..complete).collect();
         let mut out = Vec::with_capacity(complete + 64);
-        self.prefixed(host, &lines, &mut out);
+        self.prefixed(host, &lines, cut, &mut out);
         self.console.write(stream, &out);
     }
 
     fn done(&self, result: &HostResult<T>) {
         let mut partial = lock(&self.partial[result.index]);
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let rest = std::mem::take(&mut partial[slot(stream)]);
+            let Pending {
+                line: rest,
+                mut cut,
+            } = std::mem::take(&mut partial[slot(stream)]);
             if !rest.is_empty() {
                 let mut out = Vec::new();
-                self.prefixed(result.index, &rest, &mut out);
+                self.prefixed(result.index, &rest, &mut cut, &mut out);
                 self.console.write(stream, &out);
             }
         }
@@ -500,9 +544,11 @@ impl OutDir {
             let path = self.path(host, stream);
             match File::create(&path) {
                 Ok(file) => *slot = Some(file),
-                Err(e) => self
-                    .console
-                    .note(&format!("cannot create {}: {e}", path.display())),
+                Err(e) => self.console.lose(format!(
+                    "cannot create {}: {}",
+                    path.display(),
+                    plain::io_error(&e)
+                )),
             }
         }
         slot.as_mut()
@@ -511,13 +557,19 @@ impl OutDir {
 
 impl<T: Describe> Output<T> for OutDir {
     fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
+        if self.console.output_lost().is_some() {
+            return;
+        }
         let mut files = lock(&self.files[host]);
         if let Some(file) = self.file(host, stream, &mut files)
             && let Err(e) = file.write_all(data)
         {
             let path = self.path(host, stream);
-            self.console
-                .note(&format!("cannot write {}: {e}", path.display()));
+            self.console.lose(format!(
+                "cannot write {}: {}",
+                path.display(),
+                plain::io_error(&e)
+            ));
         }
     }
 
@@ -544,8 +596,11 @@ impl<T: Describe> Output<T> for OutDir {
         let text: String = records.into_iter().map(|(_, line)| line + "\n").collect();
         let path = self.dir.join("summary.jsonl");
         if let Err(e) = std::fs::write(&path, text) {
-            self.console
-                .note(&format!("cannot write {}: {e}", path.display()));
+            self.console.lose(format!(
+                "cannot write {}: {}",
+                path.display(),
+                plain::io_error(&e)
+            ));
         }
     }
 }

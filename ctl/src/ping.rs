@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use rexec_protocol::{AgentMessage, ClientMessage, FrameError};
+use rexec_protocol::{AgentMessage, ClientMessage};
 use serde_json::{Map, Value, json};
 
 use crate::connect::Client;
@@ -76,14 +76,11 @@ pub async fn ping(client: &Client, target: &Target) -> Result<Pong, CtlError> {
         Some(Ok(AgentMessage::Pong)) => Ok(Pong {
             connect,
             round_trip: sent.elapsed(),
-            agent: session.hello.software,
+            agent: crate::plain::agent_text(&session.hello.software),
         }),
         Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
-        Some(Ok(other)) => Err(CtlError::Protocol(format!(
-            "expected a pong, got {other:?}"
-        ))),
-        Some(Err(FrameError::Io(e))) => Err(CtlError::ConnectionLost(e.to_string())),
-        Some(Err(e)) => Err(CtlError::Protocol(e.to_string())),
+        Some(Ok(other)) => Err(CtlError::unexpected(&other)),
+        Some(Err(e)) => Err(CtlError::lost(&e)),
         None => Err(CtlError::ConnectionLost(
             "the agent closed the connection without answering".into(),
         )),

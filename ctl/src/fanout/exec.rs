@@ -21,6 +21,8 @@ use crate::target::Target;
 
 /// Keepalive intervals of silence after which the agent counts as gone.
 const SILENT_INTERVALS: u32 = 3;
+/// The least silence taken as a gone agent, however short its interval.
+const MIN_SILENCE: Duration = Duration::from_secs(2);
 
 /// Runs `request` on `target`, reporting output to `output` as host `index`.
 ///
@@ -36,7 +38,7 @@ pub async fn run(
     let session = fanout::open(&client, &target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
-    let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
+    let lost = |e: FrameError| CtlError::lost(&e);
     // Until the agent says how often it will speak, wait as long as it takes:
     // a command may be silent for hours.
     let mut silence: Option<Duration> = None;
@@ -55,8 +57,7 @@ pub async fn run(
         };
         let message = match next {
             Some(Ok(message)) => message,
-            Some(Err(FrameError::Io(e))) => return Err(CtlError::ConnectionLost(e.to_string())),
-            Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
+            Some(Err(e)) => return Err(CtlError::lost(&e)),
             None => {
                 return Err(CtlError::ConnectionLost(
                     "the agent closed the connection before the command finished".into(),
@@ -65,7 +66,11 @@ pub async fn run(
         };
         match message {
             AgentMessage::Started { keepalive, .. } => {
-                silence = keepalive.map(|k| k * SILENT_INTERVALS);
+                // The interval comes from the agent: bounded both ways.
+                silence = keepalive.map(|k| {
+                    k.saturating_mul(SILENT_INTERVALS)
+                        .clamp(MIN_SILENCE, crate::MAX_DURATION)
+                });
             }
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
             AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
@@ -78,9 +83,7 @@ pub async fn run(
             AgentMessage::Exit(status) => return Ok(status),
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
             other => {
-                return Err(CtlError::Protocol(format!(
-                    "unexpected message from the agent: {other:?}"
-                )));
+                return Err(CtlError::unexpected(&other));
             }
         }
     }
