@@ -374,16 +374,405 @@ fn missing_identity_is_a_clear_error() {
     );
 }
 
+/// The one line ctl prints about a failure of its own, after checking
+/// that it is exactly one line, starts `ctl: ` and that ctl exited 255.
+fn one_ctl_line(out: &std::process::Output, what: &str) -> String {
+    let err = stderr_of(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(out.status.code(), Some(255), "{what}: {err}");
+    assert_eq!(lines.len(), 1, "{what}: one line: {err}");
+    assert!(lines[0].starts_with("ctl: "), "{what}: {err}");
+    for leak in ["Usage:", "os error", "https://", "docs.rs"] {
+        assert!(!lines[0].contains(leak), "{what}: {err}");
+    }
+    lines[0].to_owned()
+}
+
 #[test]
-fn bad_usage_exits_255() {
+fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
     let env = Env::new();
-    let out = env.ctl().args(["exec", "onlyatarget"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    let out = env
+    let agent = env.agent();
+
+    let usage = env.ctl().args(["exec", "onlyatarget"]).output().unwrap();
+    one_ctl_line(&usage, "usage");
+    let port = env
         .ctl()
         .args(["exec", "host:99999", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("port"), "{}", stderr_of(&out));
+    assert!(
+        one_ctl_line(&port, "bad port").contains("port"),
+        "{}",
+        stderr_of(&port)
+    );
+
+    let no_identity = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", env.root.path().join("nobody"))
+        .args(["exec", &agent.target(), "true"])
+        .output()
+        .unwrap();
+    assert!(one_ctl_line(&no_identity, "missing identity").contains("ctl keygen"));
+
+    let stranger = env.other_client(None);
+    let refused = env.exec_as(&stranger, &agent, "true");
+    assert!(
+        one_ctl_line(&refused, "not authorized").contains("is SHA256:"),
+        "{}",
+        stderr_of(&refused)
+    );
+
+    let unknown = env.unknown_agent_with(&[]);
+    let strict = env
+        .ctl()
+        .args(["exec", "--strict-host-key", &unknown.target(), "true"])
+        .output()
+        .unwrap();
+    assert!(one_ctl_line(&strict, "unknown host").contains("--strict-host-key"));
+
+    // A pin that is not the agent's key.
+    let elsewhere = env.unknown_agent_with(&[]);
+    std::fs::write(
+        env.ctl_dir.join("known_hosts"),
+        format!("{} {}\n", elsewhere.target(), env.client_fingerprint),
+    )
+    .unwrap();
+    let changed = env.exec(&elsewhere, &["true"]);
+    assert!(one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
+}
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_not_success() {
+    let env = Env::new();
+    let agent = env.agent();
+    let out = env
+        .ctl()
+        .args(["exec", &agent.target(), "seq 100000"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        one_ctl_line(&out, "stdout on /dev/full"),
+        format!(
+            "ctl: {}: cannot write to stdout: no space left on the device",
+            agent.target()
+        )
+    );
+}
+
+#[test]
+fn timeout_zero_means_no_limit() {
+    let env = Env::new();
+    let agent = env.agent();
+    for target in [
+        agent.target(),
+        format!("{},{}", agent.target(), agent.target()),
+    ] {
+        let out = env
+            .ctl()
+            .args(["exec", "--timeout", "0", &target, "sleep 1; echo done"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{target}: {}", stderr_of(&out));
+        assert!(stdout_of(&out).ends_with("done\n"), "{}", stdout_of(&out));
+    }
+}
+
+#[test]
+fn huge_durations_are_refused_at_parse_time_not_a_panic() {
+    let env = Env::new();
+    let agent = env.agent();
+    let several = format!("{},{}", agent.target(), agent.target());
+    for args in [
+        vec![
+            "exec",
+            "--timeout",
+            "18446744073709551615s",
+            &several,
+            "true",
+        ],
+        vec![
+            "exec",
+            "--timeout",
+            "5000000000000000h",
+            &agent.target(),
+            "true",
+        ],
+        vec![
+            "exec",
+            "--connect-timeout",
+            "18446744073709551615s",
+            &several,
+            "true",
+        ],
+        vec![
+            "ping",
+            "--connect-timeout",
+            "18446744073709551615s",
+            &several,
+        ],
+    ] {
+        let out = env.ctl().args(&args).output().unwrap();
+        let line = one_ctl_line(&out, &format!("{args:?}"));
+        assert!(line.contains("too long: at most 366 days"), "{line}");
+    }
+    let cp = env
+        .ctl()
+        .args([
+            "cp",
+            "--timeout",
+            "18446744073709551615s",
+            "/etc/hostname",
+            &format!("{several}:/tmp/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(one_ctl_line(&cp, "cp").contains("too long"));
+}
+
+#[test]
+fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
+    let env = Env::new();
+    let agent = env.agent();
+    let started = env.root.path().join("started");
+    let sleep = unique_sleep(60);
+    let ctl = env
+        .ctl()
+        .args([
+            "exec",
+            "--timeout",
+            "1s",
+            "--connect-timeout",
+            "1s",
+            &agent.target(),
+            &format!("touch {}; exec sleep {sleep}", started.display()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(DEADLINE, || started.exists()), "command started");
+    agent.signal("STOP");
+    let out = ctl.wait_with_output().unwrap();
+    agent.signal("CONT");
+    // --timeout + --connect-timeout + 5 s; nobody killed the command.
+    assert_eq!(
+        one_ctl_line(&out, "frozen agent"),
+        format!(
+            "ctl: {}: no answer from the agent within 7s; ctl gave up on this host (the command may still be running there)",
+            agent.target()
+        )
+    );
+    assert!(
+        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
+        "the agent, running again, cleans up"
+    );
+}
+
+fn known_hosts_text(env: &Env) -> String {
+    std::fs::read_to_string(env.ctl_dir.join("known_hosts")).unwrap()
+}
+
+#[test]
+fn known_hosts_without_a_final_newline_keeps_every_pin() {
+    let env = Env::new();
+    let first = env.unknown_agent_with(&[]);
+    let second = env.unknown_agent_with(&[]);
+    std::fs::write(
+        env.ctl_dir.join("known_hosts"),
+        format!("{} {}", first.target(), env.agent_fingerprint),
+    )
+    .unwrap();
+    let out = env.exec(&second, &["true"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listed = env.ctl_run(&["known-hosts", "list"]);
+    assert_eq!(
+        stdout_of(&listed),
+        format!(
+            "{} {fp}\n{} {fp}\n",
+            first.target(),
+            second.target(),
+            fp = env.agent_fingerprint
+        )
+    );
+    for agent in [&first, &second] {
+        let strict = env
+            .ctl()
+            .args(["exec", "--strict-host-key", &agent.target(), "true"])
+            .output()
+            .unwrap();
+        assert!(strict.status.success(), "{}", stderr_of(&strict));
+        assert_eq!(stderr_of(&strict), "", "no first contact again");
+    }
+}
+
+#[test]
+fn a_malformed_known_hosts_line_is_reported_with_its_number_and_kept() {
+    let env = Env::new();
+    let agent = env.agent();
+    let mut text = known_hosts_text(&env);
+    text.push_str("labpc07 SHA256:not-a-fingerprint\n");
+    std::fs::write(env.ctl_dir.join("known_hosts"), &text).unwrap();
+    let line = text.lines().count();
+    let out = env.exec(&agent, &["true"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "ctl: {}:{line}: not HOST:PORT SHA256:<fingerprint>; line ignored\n",
+            env.ctl_dir.join("known_hosts").display()
+        )
+    );
+    let other = env.unknown_agent_with(&[]);
+    assert!(env.exec(&other, &["true"]).status.success());
+    assert!(known_hosts_text(&env).starts_with(&text), "nothing lost");
+}
+
+#[test]
+fn concurrent_first_contacts_record_a_host_once() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            env.ctl()
+                .args(["exec", &agent.target(), "true"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut run in runs {
+        assert!(run.wait().unwrap().success());
+    }
+    let text = known_hosts_text(&env);
+    assert_eq!(
+        text,
+        format!("{} {}\n", agent.target(), env.agent_fingerprint),
+        "one line for the host"
+    );
+}
+
+#[test]
+fn known_hosts_remove_uses_the_inventorys_port() {
+    let env = Env::new();
+    let agent = env.agent();
+    let port = agent.addr.port();
+    std::fs::write(
+        env.ctl_dir.join("hosts.toml"),
+        format!("[hosts.\"127.0.0.1\"]\nport = {port}\n"),
+    )
+    .unwrap();
+    let out = env.ctl_run(&["known-hosts", "remove", "127.0.0.1"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        !known_hosts_text(&env).contains(&agent.target()),
+        "{}",
+        known_hosts_text(&env)
+    );
+}
+
+#[tokio::test]
+async fn text_from_an_agent_cannot_drive_the_terminal_or_forge_ctl_lines() {
+    use futures_util::{SinkExt, StreamExt};
+    use rexec_protocol::{AgentMessage, ErrorKind, ErrorReport, Hello};
+    let hostile = "busy\x1b]0;owned\x07\x1b[2J\nctl: all good\r\u{9b}31m";
+    let env = Env::new();
+    // An error report, through exec (one target and several) and ping.
+    for args in [vec!["exec"], vec!["exec", "--json"], vec!["ping"]] {
+        let fake = FakeAgent::bind(&env).await;
+        let addr = fake.addr.to_string();
+        let served = tokio::spawn(async move {
+            let (mut incoming, mut outgoing) = fake.accept().await;
+            let _ = incoming.next().await;
+            let _ = outgoing
+                .send(AgentMessage::Hello(Hello {
+                    protocol: rexec_protocol::PROTOCOL_VERSION,
+                    software: format!("rexec-agent {hostile}"),
+                }))
+                .await;
+            let _ = incoming.next().await;
+            let _ = outgoing
+                .send(AgentMessage::Error(ErrorReport::new(
+                    ErrorKind::Busy,
+                    hostile,
+                )))
+                .await;
+        });
+        let mut words = args.clone();
+        words.push(&addr);
+        if args[0] == "exec" {
+            words.push("true");
+        }
+        let out = ctl_output_off_the_runtime(&env, &words).await;
+        served.abort();
+        assert_eq!(out.status.code(), Some(255), "{args:?}");
+        for text in [stderr_of(&out), stdout_of(&out)] {
+            assert!(!text.contains('\x1b'), "{args:?}: {text:?}");
+            assert!(!text.contains('\r') && !text.contains('\u{9b}'), "{text:?}");
+            assert!(
+                !text.lines().any(|l| l.starts_with("ctl: all good")),
+                "{text:?}"
+            );
+        }
+        let shown = format!("{}{}", stdout_of(&out), stderr_of(&out));
+        assert!(
+            shown.contains(r"u{1b}]0;owned"),
+            "{args:?}: shown, escaped: {shown}"
+        );
+    }
+    // The hello's software string, where ctl prints it.
+    for (protocol, args) in [(99, "exec"), (rexec_protocol::PROTOCOL_VERSION, "ping")] {
+        let fake = FakeAgent::bind(&env).await;
+        let addr = fake.addr.to_string();
+        let served = tokio::spawn(async move {
+            let (mut incoming, mut outgoing) = fake.accept().await;
+            let _ = incoming.next().await;
+            let _ = outgoing
+                .send(AgentMessage::Hello(Hello {
+                    protocol,
+                    software: format!("rexec-agent {hostile}"),
+                }))
+                .await;
+            let _ = incoming.next().await;
+            let _ = outgoing.send(AgentMessage::Pong).await;
+        });
+        let words: Vec<&str> = match args {
+            "exec" => vec!["exec", &addr, "true"],
+            _ => vec!["ping", &addr],
+        };
+        let out = ctl_output_off_the_runtime(&env, &words).await;
+        served.abort();
+        for text in [stderr_of(&out), stdout_of(&out)] {
+            assert!(
+                !text.contains('\x1b') && !text.contains('\r'),
+                "{args}: {text:?}"
+            );
+            assert!(
+                !text.lines().any(|l| l.starts_with("ctl: all good")),
+                "{text:?}"
+            );
+        }
+        let shown = format!("{}{}", stdout_of(&out), stderr_of(&out));
+        assert!(shown.contains(r"rexec-agent busy\u{1b}"), "{args}: {shown}");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_vanishes_is_one_plain_line() {
+    use futures_util::StreamExt;
+    let env = Env::new();
+    let fake = FakeAgent::bind(&env).await;
+    let addr = fake.addr.to_string();
+    let served = tokio::spawn(async move {
+        let (mut incoming, outgoing) = fake.accept().await;
+        let _ = incoming.next().await;
+        // Gone without a TLS close_notify, as a killed agent goes.
+        drop((incoming, outgoing));
+    });
+    let out = ctl_output_off_the_runtime(&env, &["exec", &addr, "true"]).await;
+    served.abort();
+    let line = one_ctl_line(&out, "vanished agent");
+    assert!(!line.contains("close_notify"), "{line}");
+    assert!(line.contains("connection lost"), "{line}");
 }

@@ -829,3 +829,144 @@ fn a_run_started_with_sighup_ignored_rides_out_a_hangup() {
     assert_eq!(done, ["127.0.0.2: done", "127.0.0.3: done"]);
     assert_eq!(ctl.wait().unwrap().code(), Some(0));
 }
+
+/// The one line ctl printed on stderr, after checking it is the only one.
+fn only_line(out: &std::process::Output, what: &str) -> String {
+    let err = stderr_of(out);
+    let lines = lines(&err);
+    assert_eq!(lines.len(), 1, "{what}: {err}");
+    lines[0].clone()
+}
+
+#[test]
+fn output_to_a_full_device_fails_the_run_in_every_mode() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    for args in [
+        &["exec", "@lab", "seq 100000"][..],
+        &["exec", "--json", "@lab", "seq 100000"],
+        &["exec", "-b", "@lab", "seq 100000"],
+        &["ping", "@lab"],
+    ] {
+        let out = env
+            .ctl()
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(
+            only_line(&out, &format!("{args:?}")),
+            "ctl: cannot write to stdout: no space left on the device",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
+    if !running_as_root() {
+        skipped(
+            "out_dir_on_a_full_file_system",
+            "mounting a tmpfs needs root",
+        );
+        return;
+    }
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    let mount_point = env.root.path().join("small");
+    std::fs::create_dir(&mount_point).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skipped("out_dir_on_a_full_file_system", "cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mount_point);
+    let dir = mount_point.join("o");
+    let out = env.ctl_run(&["exec", "-o", dir.to_str().unwrap(), "@lab", "seq 100000"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    let line = only_line(&out, "-o on a full disk");
+    assert!(
+        line.starts_with(&format!("ctl: cannot write {}/", dir.display()))
+            && line.ends_with(": no space left on the device"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_with_several_targets_exits_141_quietly() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    let mark = marker("yes");
+    let mut ctl = env
+        .ctl()
+        .args(["exec", "@lab", &format!("yes {mark}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(ctl.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.ends_with(&format!(": {mark}\n")), "{first}");
+    drop(stdout); // `| head -1` exits
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(stderr_of(&out), "", "no message for a closed pipe");
+    assert!(
+        wait_until(DEADLINE, || processes_with(&mark).is_empty()),
+        "the remote commands are stopped"
+    );
+}
+
+#[test]
+fn a_line_of_exactly_one_or_two_mib_gets_no_empty_line_after_it() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    for (mib, redirect) in [(1, ""), (2, ""), (1, " >&2"), (2, " >&2")] {
+        let command = format!(
+            "{{ head -c {} /dev/zero | tr '\\0' b; echo; echo end; }}{redirect}",
+            mib << 20
+        );
+        let out = env.ctl_run(&["exec", "@lab", &command]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let text = if redirect.is_empty() {
+            stdout_of(&out)
+        } else {
+            stderr_of(&out)
+        };
+        let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for line in text.lines() {
+            let (host, rest) = line
+                .split_once(": ")
+                .unwrap_or((line.trim_end_matches(':'), ""));
+            let size = if rest == "end" {
+                usize::MAX
+            } else {
+                rest.len()
+            };
+            by_host.entry(host.to_owned()).or_default().push(size);
+        }
+        let mut expected = vec![1 << 20; mib];
+        expected.push(usize::MAX);
+        for host in ["127.0.0.2", "127.0.0.3"] {
+            assert_eq!(by_host[host], expected, "{host}, {mib} MiB{redirect}");
+        }
+    }
+}
