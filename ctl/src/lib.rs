@@ -324,7 +324,7 @@ pub fn command_line(words: &[String]) -> Result<String, CtlError> {
     match words {
         [one] => Ok(one.clone()),
         words => shlex::try_join(words.iter().map(String::as_str))
-            .map_err(|e| CtlError::Usage(format!("cannot quote the command: {e}"))),
+            .map_err(|_| CtlError::Usage("a word of the command contains a NUL byte".into())),
     }
 }
 
@@ -357,8 +357,13 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err((context, e)) => {
             match context {
-                Some(target) => say!("ctl: {target}: {e}"),
-                None => say!("ctl: {e}"),
+                // Whatever an error quotes (an agent's words, a remote
+                // file's name) prints as one inert line.
+                Some(target) => say!(
+                    "ctl: {target}: {}",
+                    crate::plain::agent_text(&e.to_string())
+                ),
+                None => say!("ctl: {}", crate::plain::agent_text(&e.to_string())),
             }
             ExitCode::from(EXIT_CTL_ERROR)
         }
@@ -667,9 +672,10 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
     let command = command_line(&args.command).map_err(plain)?;
     if let Some(dir) = &args.out_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
-            plain(CtlError::Usage(format!(
-                "cannot create {}: {e}",
-                dir.display()
+            plain(CtlError::Local(format!(
+                "cannot create {}: {}",
+                dir.display(),
+                crate::plain::io_error(&e)
             )))
         })?;
     }
@@ -837,8 +843,9 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             for dir in &into {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     plain(CtlError::Local(format!(
-                        "cannot create {}: {e}",
-                        dir.display()
+                        "cannot create {}: {}",
+                        dir.display(),
+                        crate::plain::io_error(&e)
                     )))
                 })?;
             }

@@ -257,7 +257,7 @@ pub fn record<T: Describe>(label: &str, result: &HostResult<T>) -> Map<String, V
             record.insert("signal".into(), Value::Null);
             record.insert(
                 "error".into(),
-                json!({"kind": failure.kind(), "message": failure.to_string()}),
+                json!({"kind": failure.kind(), "message": plain::agent_text(&failure.to_string())}),
             );
         }
     }
@@ -288,7 +288,10 @@ fn put_bytes(record: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
 pub fn host_note<T: Describe>(label: &str, result: &HostResult<T>) -> Option<String> {
     match &result.outcome {
         Err(HostFailure::Interrupted) => None,
-        Err(failure) => Some(format!("{label}: {failure}")),
+        Err(failure) => Some(format!(
+            "{label}: {}",
+            plain::agent_text(&failure.to_string())
+        )),
         Ok(value) => value.note().map(|note| format!("{label}: {note}")),
     }
 }
