@@ -452,6 +452,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_agent_past_its_no_answer_deadline_is_an_error_not_a_timeout() {
+        let fanout = Fanout {
+            limit: 2,
+            deadline: Some(Deadline::NoAnswer(Duration::from_secs(9))),
+            cancel: CancellationToken::new(),
+        };
+        let hosts = targets("n[1-2]");
+        let labels = labels(&hosts);
+        let mut tally = Tally::default();
+        let mut kinds = Vec::new();
+        fanout
+            .run(
+                &hosts,
+                &Console::quiet(),
+                |index, _| async move {
+                    if index == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(Answer(0))
+                },
+                |result| {
+                    tally.add(&labels[result.index], &result);
+                    if let Err(failure) = &result.outcome {
+                        kinds.push((failure.kind(), result.duration.as_secs()));
+                    }
+                },
+            )
+            .await;
+        assert_eq!(kinds, [("no-answer", 9)]);
+        assert_eq!(tally.exit_code(), EXIT_CTL_ERROR);
+        assert_eq!(
+            tally.summary().unwrap(),
+            "1 of 2 hosts failed: no-answer: n1"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn cancelling_interrupts_running_and_waiting_hosts() {
         let fanout = Fanout {
             limit: 1,
