@@ -5,6 +5,7 @@ mod copy;
 mod exec;
 mod fanout;
 mod hostile;
+mod nodesets;
 mod process;
 mod systemd;
 mod trust;
