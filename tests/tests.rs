@@ -7,6 +7,7 @@ mod fanout;
 mod hostile;
 mod nodesets;
 mod process;
+mod readme;
 mod systemd;
 mod trust;
 mod util;
