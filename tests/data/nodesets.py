@@ -21,9 +21,10 @@ lower bound's padding when the bounds differ in width (`n[01-100]`,
 `n[-1]` (nodeset reads the name `n-1`) and adjacent brackets `n[1-2][3-4]`
 are a product for ctl, an error for nodeset.
 
-Columns: the list for ctl, the expression given to nodeset, then the
-hosts separated by spaces, or `error` where nodeset refuses the pattern
-(ctl must refuse it too, exit 255).
+Columns: the list for ctl, the expression given to nodeset, the hosts
+(`nodeset -e`) separated by spaces, and the folded set (`nodeset -f`,
+compared with `ctl hosts --fold`); `error` in both where nodeset refuses
+the pattern (ctl must refuse it too, exit 255).
 """
 
 import subprocess
@@ -119,14 +120,20 @@ def clush_expression(pattern):
 
 def main():
     out = sys.stdout
-    out.write("# made by tests/data/nodesets.py with ClusterShell's nodeset -e; see there\n")
+    out.write("# made by tests/data/nodesets.py with ClusterShell's nodeset -e and -f; see there\n")
     for pattern in PATTERNS:
         expression = clush_expression(pattern)
         run = subprocess.run(
             ["nodeset", "-e", expression], capture_output=True, text=True, check=False
         )
         hosts = run.stdout.strip() if run.returncode == 0 else "error"
-        out.write(f"{pattern}\t{expression}\t{hosts}\n")
+        folded = "error"
+        if run.returncode == 0:
+            fold = subprocess.run(
+                ["nodeset", "-f", expression], capture_output=True, text=True, check=True
+            )
+            folded = fold.stdout.strip()
+        out.write(f"{pattern}\t{expression}\t{hosts}\t{folded}\n")
 
 
 if __name__ == "__main__":
