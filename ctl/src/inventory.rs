@@ -88,8 +88,10 @@ pub enum InventoryError {
     #[error("{0}")]
     List(#[from] ListError),
     /// A group's members do not parse.
-    #[error("in group @{group}: {}", one_line(source))]
+    #[error("inventory {}: groups.{}: {}", .path.display(), toml_key(.group), one_line(source))]
     InGroup {
+        /// The file.
+        path: PathBuf,
         /// The group.
         group: String,
         /// Why.
@@ -107,8 +109,13 @@ pub enum InventoryError {
         path: Option<PathBuf>,
     },
     /// Groups that include each other.
-    #[error("group cycle: {}", .0.iter().map(|g| format!("@{g}")).collect::<Vec<_>>().join(" -> "))]
-    Cycle(Vec<String>),
+    #[error("group cycle: {} (in {})", .groups.iter().map(|g| format!("@{g}")).collect::<Vec<_>>().join(" -> "), .path.display())]
+    Cycle {
+        /// The file.
+        path: PathBuf,
+        /// The groups, from the first to the one that names it again.
+        groups: Vec<String>,
+    },
     /// Nothing is left to run on.
     #[error("the targets expand to no host")]
     Empty,
@@ -396,9 +403,12 @@ impl Inventory {
 
     fn group(&self, name: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
         if let Some(start) = stack.iter().position(|g| g == name) {
-            let mut cycle = stack[start..].to_vec();
-            cycle.push(name.to_owned());
-            return Err(InventoryError::Cycle(cycle));
+            let mut groups = stack[start..].to_vec();
+            groups.push(name.to_owned());
+            return Err(InventoryError::Cycle {
+                path: self.path.clone().unwrap_or_default(),
+                groups,
+            });
         }
         let Some(list) = self.groups.get(name) else {
             return Err(InventoryError::UnknownGroup {
@@ -413,11 +423,12 @@ impl Inventory {
         let members = match self.expand(list, stack) {
             Ok(targets) => targets,
             // Keep the innermost group's context; a cycle names them all.
-            Err(e @ (InventoryError::InGroup { .. } | InventoryError::Cycle(_))) => {
+            Err(e @ (InventoryError::InGroup { .. } | InventoryError::Cycle { .. })) => {
                 return Err(e);
             }
             Err(e) => {
                 return Err(InventoryError::InGroup {
+                    path: self.path.clone().unwrap_or_default(),
                     group: name.to_owned(),
                     source: Box::new(e),
                 });
@@ -684,15 +695,20 @@ port = 9
     fn cycles_unknown_groups_and_empty_results_are_errors() {
         let inv = inventory();
         let cycle = inv.resolve("@loop-a", &[]).unwrap_err().to_string();
-        assert_eq!(cycle, "group cycle: @loop-a -> @loop-b -> @loop-a");
+        assert_eq!(
+            cycle,
+            "group cycle: @loop-a -> @loop-b -> @loop-a (in hosts.toml)"
+        );
         let unknown = inv.resolve("@lost", &[]).unwrap_err().to_string();
-        assert!(unknown.contains("unknown group @nowhere"), "{unknown}");
-        assert!(unknown.contains("in group @lost"), "{unknown}");
+        assert_eq!(
+            unknown,
+            "inventory hosts.toml: groups.lost: unknown group @nowhere (not in hosts.toml)"
+        );
         let broken = inv.resolve("@broken", &[]).unwrap_err().to_string();
         assert_eq!(
             broken,
-            "in group @broken: unexpected 'x' in a range (ranges look like [1-5,7] or [01-10]) \
-             at character 5 of \"n[1-x]\""
+            "inventory hosts.toml: groups.broken: unexpected 'x' in a range \
+             (ranges look like [1-5,7] or [01-10]) at character 5 of \"n[1-x]\""
         );
         assert!(matches!(
             inv.resolve("pc01", &["pc01".into()]),
