@@ -271,15 +271,17 @@ fn examples(readme: &str) -> Vec<Example> {
 /// 127.0.0.3, an inventory, the lab machine's paths and the
 /// workstation's current directory with the files the examples copy.
 struct World {
-    root: tempfile::TempDir,
+    // Before `root`: fields drop in order, and the agent stops before its
+    // directory goes.
     agent: Option<Agent>,
+    root: tempfile::TempDir,
 }
 
 impl World {
     fn new() -> World {
         let world = World {
-            root: tempfile::tempdir().expect("tempdir"),
             agent: None,
+            root: tempfile::tempdir().expect("tempdir"),
         };
         std::fs::write(
             world.path("agent.toml"),
@@ -421,7 +423,7 @@ impl World {
             out = out.replace("SHA256:...", &self.client_fingerprint());
         }
         for (from, to) in SUBSTITUTIONS {
-            out = out.replace(from, to);
+            out = replace_words(&out, from, to);
         }
         let remote = self.path("remote");
         let remote = remote.to_str().expect("utf-8 path");
@@ -430,6 +432,29 @@ impl World {
         }
         out
     }
+}
+
+/// `text` with each `from` that is not part of a longer word (`HOST`, but
+/// not the `HOST` of `$HOSTNAME`) replaced by `to`.
+fn replace_words(text: &str, from: &str, to: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let before = rest[..at].chars().last().or_else(|| out.chars().last());
+        let after = rest[at + from.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        let joins_before = word(before) && from.starts_with(|c: char| c.is_alphanumeric());
+        let joins_after = word(after) && from.ends_with(|c: char| c.is_alphanumeric());
+        out.push_str(if joins_before || joins_after {
+            from
+        } else {
+            to
+        });
+        rest = &rest[at + from.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Why `example`'s result is not what the README implies, if it is not.
@@ -470,6 +495,24 @@ fn check(example: &Example, code: Option<i32>, stdout: &str, stderr: &str) -> Op
         ));
     }
     None
+}
+
+#[test]
+fn placeholders_are_replaced_only_as_whole_words() {
+    assert_eq!(
+        replace_words("ctl exec HOST x", "HOST", "h"),
+        "ctl exec h x"
+    );
+    assert_eq!(
+        replace_words("echo $HOSTNAME HOST", "HOST", "h"),
+        "echo $HOSTNAME h"
+    );
+    assert_eq!(replace_words("HOST[:PORT]", "HOST[:PORT]", "h"), "h");
+    assert_eq!(
+        replace_words("sudo rexec-agent", "sudo ", ""),
+        "rexec-agent"
+    );
+    assert_eq!(replace_words("pseudo x", "sudo ", ""), "pseudo x");
 }
 
 fn lookup<'a, T>(table: &'a [(&str, T)], text: &str) -> Option<&'a T> {
