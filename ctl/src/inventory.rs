@@ -13,16 +13,23 @@
 //! user = "admin"
 //! ```
 //!
+//! A host can match several entries (a range and a host of it, or two
+//! ranges that overlap). Each setting comes from the most specific entry
+//! that sets it: the one naming the fewest hosts, so a host's own entry
+//! beats any range. The others still give what it leaves out, so
+//! `user` from a range and `port` from the host's own entry combine. Two
+//! entries of the same size that set one host's setting to different
+//! values are an error naming both; the file's order never decides.
+//!
 //! This module also resolves a whole target list: it expands groups (and
 //! finds cycles and unknown names), applies exclusions, fills in port and
 //! user, and removes duplicates. A port or user written in the list wins
 //! over the inventory's; the default port is the last resort.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rexec_protocol::DEFAULT_PORT;
-use serde::Deserialize;
 
 use crate::config::ConfigDir;
 use crate::nodeset;
@@ -35,37 +42,56 @@ pub const FILE_NAME: &str = "hosts.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     /// The inventory file cannot be read.
-    #[error("inventory {path}: {source}")]
+    #[error("inventory {}: cannot read it: {}", .path.display(), read_reason(.source))]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
-    /// The inventory file is not valid TOML of the expected shape.
-    #[error("inventory {path}: {message}")]
-    Parse {
+    /// The inventory file is not TOML.
+    #[error("inventory {}:{line}:{column}: this is not valid TOML (check the quotes, brackets and '=' there)", .path.display())]
+    Syntax {
         /// The file.
         path: PathBuf,
-        /// What the TOML parser said, with line and column.
-        message: String,
+        /// Where, counted from 1.
+        line: usize,
+        /// Where in the line, in characters counted from 1.
+        column: usize,
     },
-    /// A host key under `[hosts]` is not a host or range.
-    #[error("inventory {path}: [hosts.{key:?}]: {source}")]
-    BadHost {
+    /// A key of the file has a value of the wrong kind or an unknown name.
+    #[error("inventory {}: {key}: {reason}", .path.display())]
+    Invalid {
         /// The file.
         path: PathBuf,
-        /// The key.
+        /// The key, as TOML writes it (`groups.lab`, `hosts."n[1-4]".port`).
         key: String,
-        /// Why.
-        source: ListError,
+        /// What is wrong, in a sentence.
+        reason: String,
+    },
+    /// Two entries of the same size give one host different values.
+    #[error(
+        "inventory {}: {} and {} both set {setting} for {host} ({} and {}); give {host} an entry of its own",
+        .path.display(), .entries[0].0, .entries[1].0, .entries[0].1, .entries[1].1
+    )]
+    Conflict {
+        /// The file.
+        path: PathBuf,
+        /// The host both entries name.
+        host: String,
+        /// `port` or `user`.
+        setting: &'static str,
+        /// Both entries' keys, as TOML writes them, and their values.
+        entries: Box<[(String, String); 2]>,
     },
     /// The target list (or a group's) does not parse.
     #[error("{0}")]
     List(#[from] ListError),
     /// A group's members do not parse.
-    #[error("in group @{group}: {source}")]
+    #[error("inventory {}: groups.{}: {}", .path.display(), toml_key(.group), one_line(source))]
     InGroup {
+        /// The file.
+        path: PathBuf,
         /// The group.
         group: String,
         /// Why.
@@ -83,8 +109,13 @@ pub enum InventoryError {
         path: Option<PathBuf>,
     },
     /// Groups that include each other.
-    #[error("group cycle: {}", .0.iter().map(|g| format!("@{g}")).collect::<Vec<_>>().join(" -> "))]
-    Cycle(Vec<String>),
+    #[error("group cycle: {} (in {})", .groups.iter().map(|g| format!("@{g}")).collect::<Vec<_>>().join(" -> "), .path.display())]
+    Cycle {
+        /// The file.
+        path: PathBuf,
+        /// The groups, from the first to the one that names it again.
+        groups: Vec<String>,
+    },
     /// Nothing is left to run on.
     #[error("the targets expand to no host")]
     Empty,
@@ -93,25 +124,29 @@ pub enum InventoryError {
     TooMany,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InventoryFile {
-    #[serde(default)]
-    groups: BTreeMap<String, Members>,
-    #[serde(default)]
-    hosts: BTreeMap<String, HostSettings>,
+/// Why a file could not be read, in our words rather than the OS's text.
+fn read_reason(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::NotFound => "there is no such file".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        ErrorKind::IsADirectory => "it is a directory".to_owned(),
+        ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
+        other => other.to_string(),
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Members {
-    One(String),
-    Many(Vec<String>),
+/// A group's error on one line: the caret display that suits a list typed
+/// on the command line would point into a file's text here.
+fn one_line(error: &InventoryError) -> String {
+    match error {
+        InventoryError::List(ListError::Syntax(e)) => e.one_line(),
+        other => other.to_string(),
+    }
 }
 
 /// What the inventory says about one host.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSettings {
     /// The agent's port.
     pub port: Option<u16>,
@@ -127,6 +162,70 @@ pub struct Inventory {
     /// one element of an array applies to the others too.
     groups: HashMap<String, String>,
     hosts: HashMap<String, HostSettings>,
+}
+
+/// A key as TOML writes it: bare when it can be, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// What kind of TOML value `value` is, for messages.
+fn kind(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) | toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Line and column (both from 1, the column in characters) of byte `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// One setting of one host, with the entry it came from.
+struct Chosen<T> {
+    value: T,
+    /// How many hosts that entry names: fewer is more specific.
+    size: usize,
+    key: String,
+}
+
+/// Keeps the more specific of `slot` and `new`. An equally specific
+/// entry with another value is a conflict: the error holds the old
+/// entry's key and value.
+fn choose<T: PartialEq + ToString>(
+    slot: &mut Option<Chosen<T>>,
+    new: Chosen<T>,
+) -> Result<(), (String, String)> {
+    match slot {
+        Some(old) if old.size < new.size => Ok(()),
+        Some(old) if old.size == new.size => {
+            if old.value == new.value {
+                Ok(())
+            } else {
+                Err((old.key.clone(), old.value.to_string()))
+            }
+        }
+        _ => {
+            *slot = Some(new);
+            Ok(())
+        }
+    }
 }
 
 impl Inventory {
@@ -157,39 +256,59 @@ impl Inventory {
     /// Parses the text of an inventory file found at `path`.
     ///
     /// # Errors
-    /// When the text is not valid TOML of the expected shape.
+    /// When the text is not TOML, a key has a value of the wrong kind or
+    /// an unknown name, a host key is not a host or range, or two equally
+    /// specific entries disagree about a host.
     pub fn parse(text: &str, path: PathBuf) -> Result<Inventory, InventoryError> {
-        let file: InventoryFile = toml::from_str(text).map_err(|e| InventoryError::Parse {
-            path: path.clone(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        let groups = file
-            .groups
-            .into_iter()
-            .map(|(name, members)| match members {
-                Members::One(list) => (name, list),
-                Members::Many(lists) => (name, lists.join(",")),
-            })
-            .collect();
-        let mut hosts = HashMap::new();
-        for (key, settings) in file.hosts {
-            let bad = |source| InventoryError::BadHost {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |span| line_column(text, span.start));
+            InventoryError::Syntax {
                 path: path.clone(),
-                key: key.clone(),
-                source,
+                line,
+                column,
+            }
+        })?;
+        let invalid = |key: String, reason: String| InventoryError::Invalid {
+            path: path.clone(),
+            key,
+            reason,
+        };
+        let mut groups = HashMap::new();
+        let mut entries = Vec::new();
+        for (section, value) in table {
+            let toml::Value::Table(items) = value else {
+                return Err(invalid(
+                    toml_key(&section),
+                    format!("expected a table ([{section}]), found {}", kind(&value)),
+                ));
             };
-            for (exclude, item) in target::parse_list(&key).map_err(bad)? {
-                let ListItem::Hosts(specs) = item else {
-                    continue;
-                };
-                if exclude {
-                    continue;
+            match section.as_str() {
+                "groups" => {
+                    for (name, members) in items {
+                        let key = format!("groups.{}", toml_key(&name));
+                        groups.insert(name, group_members(members).map_err(|r| invalid(key, r))?);
+                    }
                 }
-                for spec in specs {
-                    hosts.insert(spec.host, settings.clone());
+                "hosts" => {
+                    for (hosts, settings) in items {
+                        let key = format!("hosts.{}", toml_key(&hosts));
+                        let settings =
+                            host_settings(settings, &key).map_err(|(k, r)| invalid(k, r))?;
+                        let names = host_names(&hosts).map_err(|r| invalid(key.clone(), r))?;
+                        entries.push((key, names, settings));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        toml_key(&section),
+                        "unknown section (an inventory has [groups] and [hosts])".to_owned(),
+                    ));
                 }
             }
         }
+        let hosts = merge(&path, entries)?;
         Ok(Inventory {
             path: Some(path),
             groups,
@@ -284,9 +403,12 @@ impl Inventory {
 
     fn group(&self, name: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
         if let Some(start) = stack.iter().position(|g| g == name) {
-            let mut cycle = stack[start..].to_vec();
-            cycle.push(name.to_owned());
-            return Err(InventoryError::Cycle(cycle));
+            let mut groups = stack[start..].to_vec();
+            groups.push(name.to_owned());
+            return Err(InventoryError::Cycle {
+                path: self.path.clone().unwrap_or_default(),
+                groups,
+            });
         }
         let Some(list) = self.groups.get(name) else {
             return Err(InventoryError::UnknownGroup {
@@ -301,11 +423,12 @@ impl Inventory {
         let members = match self.expand(list, stack) {
             Ok(targets) => targets,
             // Keep the innermost group's context; a cycle names them all.
-            Err(e @ (InventoryError::InGroup { .. } | InventoryError::Cycle(_))) => {
+            Err(e @ (InventoryError::InGroup { .. } | InventoryError::Cycle { .. })) => {
                 return Err(e);
             }
             Err(e) => {
                 return Err(InventoryError::InGroup {
+                    path: self.path.clone().unwrap_or_default(),
                     group: name.to_owned(),
                     source: Box::new(e),
                 });
@@ -314,6 +437,167 @@ impl Inventory {
         stack.pop();
         Ok(members)
     }
+}
+
+/// A group's members as one target list.
+fn group_members(members: toml::Value) -> Result<String, String> {
+    let expected = "expected a target list (a string such as \"labpc[01-20]\") or an array of them";
+    match members {
+        toml::Value::String(list) => Ok(list),
+        toml::Value::Array(lists) => lists
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(list) => Ok(list),
+                other => Err(format!("{expected}, found {} in the array", kind(&other))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|lists| lists.join(",")),
+        other => Err(format!("{expected}, found {}", kind(&other))),
+    }
+}
+
+/// The settings of one `[hosts.KEY]` entry; an error names the key at fault.
+fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String, String)> {
+    let toml::Value::Table(fields) = value else {
+        return Err((
+            key.to_owned(),
+            format!(
+                "expected a table of settings (port, user), found {}",
+                kind(&value)
+            ),
+        ));
+    };
+    let mut settings = HostSettings::default();
+    for (field, value) in fields {
+        let at = format!("{key}.{}", toml_key(&field));
+        match (field.as_str(), value) {
+            ("port", toml::Value::Integer(port)) => match u16::try_from(port) {
+                Ok(port) if port > 0 => settings.port = Some(port),
+                _ => return Err((at, "a port is a number from 1 to 65535".to_owned())),
+            },
+            ("port", other) => {
+                return Err((
+                    at,
+                    format!("a port is a number from 1 to 65535, found {}", kind(&other)),
+                ));
+            }
+            ("user", toml::Value::String(user)) => {
+                if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == '@') {
+                    return Err((at, format!("{user:?} is not a user name")));
+                }
+                settings.user = Some(user);
+            }
+            ("user", other) => {
+                return Err((at, format!("a user is a string, found {}", kind(&other))));
+            }
+            _ => {
+                return Err((
+                    at,
+                    "unknown setting (a host has a port and a user)".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// The hosts a `[hosts]` key names, exclusions applied.
+fn host_names(key: &str) -> Result<Vec<String>, String> {
+    let items = target::parse_list(key).map_err(|e| match e {
+        ListError::Syntax(e) => e.one_line(),
+        ListError::Target(e) => e.to_string(),
+    })?;
+    let mut included = Vec::new();
+    let mut excluded = HashSet::new();
+    for (exclude, item) in items {
+        let ListItem::Hosts(specs) = item else {
+            return Err(
+                "a [hosts] key names hosts or ranges (labpc07, \"labpc[01-20]\"), not groups"
+                    .to_owned(),
+            );
+        };
+        for spec in specs {
+            if spec.port.is_some() || spec.user.is_some() {
+                return Err(
+                    "a [hosts] key names hosts only; give the port and user inside the entry"
+                        .to_owned(),
+                );
+            }
+            if exclude {
+                excluded.insert(spec.host);
+            } else {
+                included.push(spec.host);
+            }
+        }
+    }
+    included.retain(|h| !excluded.contains(h));
+    let mut seen = HashSet::new();
+    included.retain(|h| seen.insert(h.clone()));
+    Ok(included)
+}
+
+/// Each host's settings, each field from the most specific entry that
+/// sets it (see the module's docs).
+fn merge(
+    path: &Path,
+    entries: Vec<(String, Vec<String>, HostSettings)>,
+) -> Result<HashMap<String, HostSettings>, InventoryError> {
+    #[derive(Default)]
+    struct Slots {
+        port: Option<Chosen<u16>>,
+        user: Option<Chosen<String>>,
+    }
+    let mut slots: HashMap<String, Slots> = HashMap::new();
+    for (key, names, settings) in entries {
+        let size = names.len();
+        for host in names {
+            let slot = slots.entry(host.clone()).or_default();
+            let conflict = |setting: &'static str, value: String| {
+                let path = path.to_path_buf();
+                let host = host.clone();
+                let key = key.clone();
+                move |(old_key, old_value): (String, String)| {
+                    // Both keys in sorted order, so the message is stable.
+                    let mut both = [(old_key, old_value), (key, value)];
+                    both.sort();
+                    InventoryError::Conflict {
+                        path,
+                        host,
+                        setting,
+                        entries: Box::new(both),
+                    }
+                }
+            };
+            if let Some(port) = settings.port {
+                let new = Chosen {
+                    value: port,
+                    size,
+                    key: key.clone(),
+                };
+                choose(&mut slot.port, new).map_err(conflict("port", port.to_string()))?;
+            }
+            if let Some(user) = &settings.user {
+                let new = Chosen {
+                    value: user.clone(),
+                    size,
+                    key: key.clone(),
+                };
+                choose(&mut slot.user, new).map_err(conflict("user", user.clone()))?;
+            }
+        }
+    }
+    Ok(slots
+        .into_iter()
+        .map(|(host, slot)| {
+            (
+                host,
+                HostSettings {
+                    port: slot.port.map(|c| c.value),
+                    user: slot.user.map(|c| c.value),
+                },
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -411,14 +695,20 @@ port = 9
     fn cycles_unknown_groups_and_empty_results_are_errors() {
         let inv = inventory();
         let cycle = inv.resolve("@loop-a", &[]).unwrap_err().to_string();
-        assert_eq!(cycle, "group cycle: @loop-a -> @loop-b -> @loop-a");
+        assert_eq!(
+            cycle,
+            "group cycle: @loop-a -> @loop-b -> @loop-a (in hosts.toml)"
+        );
         let unknown = inv.resolve("@lost", &[]).unwrap_err().to_string();
-        assert!(unknown.contains("unknown group @nowhere"), "{unknown}");
-        assert!(unknown.contains("in group @lost"), "{unknown}");
+        assert_eq!(
+            unknown,
+            "inventory hosts.toml: groups.lost: unknown group @nowhere (not in hosts.toml)"
+        );
         let broken = inv.resolve("@broken", &[]).unwrap_err().to_string();
-        assert!(
-            broken.contains("in group @broken") && broken.contains('^'),
-            "{broken}"
+        assert_eq!(
+            broken,
+            "inventory hosts.toml: groups.broken: unexpected 'x' in a range \
+             (ranges look like [1-5,7] or [01-10]) at character 5 of \"n[1-x]\""
         );
         assert!(matches!(
             inv.resolve("pc01", &["pc01".into()]),
@@ -428,14 +718,114 @@ port = 9
         assert!(none.to_string().contains("no inventory file"), "{none}");
     }
 
+    fn error(text: &str) -> String {
+        Inventory::parse(text, PathBuf::from("h.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
-    fn bad_files_say_where() {
-        let bad = Inventory::parse("[groups]\nlab = 3\n", PathBuf::from("h.toml")).unwrap_err();
-        assert!(bad.to_string().starts_with("inventory h.toml:"), "{bad}");
-        let bad =
-            Inventory::parse("[hosts.\"n[1-\"]\nport = 1\n", PathBuf::from("h.toml")).unwrap_err();
-        assert!(matches!(bad, InventoryError::BadHost { .. }), "{bad}");
-        let bad = Inventory::parse("[hosts.a]\nprot = 1\n", PathBuf::from("h.toml")).unwrap_err();
-        assert!(bad.to_string().contains("prot"), "{bad}");
+    fn every_bad_file_is_one_line_naming_the_file_and_the_key() {
+        for (text, message) in [
+            (
+                "[groups]\nlab = 5\n",
+                "inventory h.toml: groups.lab: expected a target list (a string such as \
+                 \"labpc[01-20]\") or an array of them, found a number",
+            ),
+            (
+                "[groups]\nweb = [\"a\", 3]\n",
+                "inventory h.toml: groups.web: expected a target list (a string such as \
+                 \"labpc[01-20]\") or an array of them, found a number in the array",
+            ),
+            (
+                "groups = \"a\"\n",
+                "inventory h.toml: groups: expected a table ([groups]), found a string",
+            ),
+            (
+                "[host.a]\nport = 1\n",
+                "inventory h.toml: host: unknown section (an inventory has [groups] and [hosts])",
+            ),
+            (
+                "[hosts.a]\nprot = 1\n",
+                "inventory h.toml: hosts.a.prot: unknown setting (a host has a port and a user)",
+            ),
+            (
+                "[hosts.a]\nport = 70000\n",
+                "inventory h.toml: hosts.a.port: a port is a number from 1 to 65535",
+            ),
+            (
+                "[hosts.a]\nport = \"7000\"\n",
+                "inventory h.toml: hosts.a.port: a port is a number from 1 to 65535, found a string",
+            ),
+            (
+                "[hosts.a]\nuser = 1\n",
+                "inventory h.toml: hosts.a.user: a user is a string, found a number",
+            ),
+            (
+                "[hosts]\na = 7000\n",
+                "inventory h.toml: hosts.a: expected a table of settings (port, user), found a number",
+            ),
+            (
+                "[hosts.\"n[1-\"]\nport = 1\n",
+                "inventory h.toml: hosts.\"n[1-\": '[' is never closed at character 2 of \"n[1-\"",
+            ),
+            (
+                "[hosts.\"@lab\"]\nport = 1\n",
+                "inventory h.toml: hosts.\"@lab\": a [hosts] key names hosts or ranges \
+                 (labpc07, \"labpc[01-20]\"), not groups",
+            ),
+            (
+                "[groups]\nlab = \"a\"\n\n[hosts.a\nport = 1\n",
+                "inventory h.toml:4:9: this is not valid TOML (check the quotes, brackets and '=' there)",
+            ),
+        ] {
+            let shown = error(text);
+            assert_eq!(shown, message, "{text:?}");
+            assert!(!shown.contains('\n'), "{shown}");
+        }
+    }
+
+    fn settings(text: &str, host: &str) -> (Option<u16>, Option<String>) {
+        let inv = Inventory::parse(text, PathBuf::from("h.toml")).unwrap();
+        let s = inv.host(host).cloned().unwrap_or_default();
+        (s.port, s.user)
+    }
+
+    #[test]
+    fn a_host_entry_beats_its_range_field_by_field() {
+        let text = "[hosts.\"labpc[01-20]\"]\nport = 7000\nuser = \"lab\"\n\n\
+                    [hosts.labpc07]\nport = 7723\n";
+        assert_eq!(settings(text, "labpc07"), (Some(7723), Some("lab".into())));
+        assert_eq!(settings(text, "labpc06"), (Some(7000), Some("lab".into())));
+        // The order of the entries in the file does not matter.
+        let text = "[hosts.labpc07]\nport = 7723\n\n\
+                    [hosts.\"labpc[01-20]\"]\nport = 7000\nuser = \"lab\"\n";
+        assert_eq!(settings(text, "labpc07"), (Some(7723), Some("lab".into())));
+    }
+
+    #[test]
+    fn the_smaller_of_two_overlapping_ranges_wins() {
+        let text = "[hosts.\"n[1-10]\"]\nport = 7000\nuser = \"a\"\n\n\
+                    [hosts.\"n[5-6]\"]\nport = 7001\n";
+        assert_eq!(settings(text, "n5"), (Some(7001), Some("a".into())));
+        assert_eq!(settings(text, "n7"), (Some(7000), Some("a".into())));
+        // Same size, same value: no conflict.
+        let same = "[hosts.\"n[1-2]\"]\nport = 1\n\n[hosts.\"n[2-3]\"]\nport = 1\n";
+        assert_eq!(settings(same, "n2"), (Some(1), None));
+        let clash = "[hosts.\"n[1-2]\"]\nport = 1\n\n[hosts.\"n[2-3]\"]\nport = 2\n";
+        assert_eq!(
+            error(clash),
+            "inventory h.toml: hosts.\"n[1-2]\" and hosts.\"n[2-3]\" both set port for n2 \
+             (1 and 2); give n2 an entry of its own"
+        );
+        // A range's exclusions are not in it, and do not count towards its size.
+        let text = "[hosts.\"n[1-4],!n2\"]\nport = 9\n\n[hosts.\"n[1-2]\"]\nport = 8\n";
+        assert_eq!(settings(text, "n1"), (Some(8), None));
+        assert_eq!(settings(text, "n2"), (Some(8), None));
+        assert_eq!(settings(text, "n3"), (Some(9), None));
+        assert!(
+            error("[hosts.\"n[1-3],!n2\"]\nport = 9\n\n[hosts.\"n[3-4]\"]\nport = 8\n")
+                .contains("both set port for n3")
+        );
     }
 }

@@ -51,20 +51,37 @@ impl SyntaxError {
     }
 }
 
+impl SyntaxError {
+    /// The character (counted from 1) at fault.
+    fn column(&self) -> usize {
+        self.input
+            .get(..self.position)
+            .map_or(self.position, |before| before.chars().count())
+            + 1
+    }
+
+    /// The error on one line, for text that comes from a file rather than
+    /// the command line: `reason at character N of "INPUT"`.
+    pub fn one_line(&self) -> String {
+        format!(
+            "{} at character {} of {:?}",
+            self.reason,
+            self.column(),
+            self.input
+        )
+    }
+}
+
 impl fmt::Display for SyntaxError {
     /// `reason at character N:` then the input and a caret under the fault.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let column = self
-            .input
-            .get(..self.position)
-            .map_or(self.position, |before| before.chars().count());
+        let column = self.column();
         write!(
             f,
-            "{} at character {}:\n    {}\n    {}^",
+            "{} at character {column}:\n    {}\n    {}^",
             self.reason,
-            column + 1,
             self.input,
-            " ".repeat(column)
+            " ".repeat(column - 1)
         )
     }
 }
@@ -224,6 +241,14 @@ fn range(inner: &str) -> Result<Vec<String>, SyntaxError> {
             Some((low, high)) => (low, Some(high)),
             None => (span, None),
         };
+        if high.is_none() && element.contains('/') {
+            // `[5/2]` has nothing to step through; ClusterShell refuses it too.
+            return Err(SyntaxError::new(
+                inner,
+                at(span.len()),
+                "a step needs a range before it (like 0-10/2)",
+            ));
+        }
         let first = number(low, inner, at(0))?;
         let pad = if low.len() > 1 && low.starts_with('0') {
             low.len()
@@ -524,6 +549,7 @@ mod tests {
             ("node[]", 5, "empty range"),
             ("node[1,,2]", 7, "empty element"),
             ("n[1-2/0]", 6, "step"),
+            ("n[5/2]", 3, "a step needs a range"),
         ];
         for (input, position, reason) in cases {
             let error = split_list(input)

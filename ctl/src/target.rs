@@ -211,10 +211,17 @@ pub fn parse_list(input: &str) -> Result<Vec<(bool, ListItem)>, ListError> {
             }
             .into());
         }
-        if let Some((bad, c)) = body
-            .char_indices()
-            .find(|&(_, c)| c.is_whitespace() || c.is_control() || c == '/' || c == '!')
-        {
+        // A '/' is a step inside a range bracket (`n[0-10/2]`) and nothing
+        // anywhere else: outside brackets it would be a path, not a host.
+        let mut depth = 0usize;
+        if let Some((bad, c)) = body.char_indices().find(|&(_, c)| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            c.is_whitespace() || c.is_control() || c == '!' || (c == '/' && depth == 0)
+        }) {
             return Err(SyntaxError {
                 input: input.to_owned(),
                 position: at + bad,
@@ -346,6 +353,11 @@ mod tests {
                 (false, vec!["::1".to_owned()]),
             ]
         );
+        let steps = parse_list("n[0-10/2],m[1-9/4]").unwrap();
+        assert_eq!(
+            steps.iter().flat_map(hosts).collect::<Vec<_>>(),
+            ["n0", "n2", "n4", "n6", "n8", "n10", "m1", "m5", "m9"]
+        );
         let spec = TargetSpec::parse("127.0.0.1:7722").unwrap();
         assert_eq!((spec.host.as_str(), spec.port), ("127.0.0.1", Some(7722)));
     }
@@ -359,6 +371,8 @@ mod tests {
             ("@la b", 3),
             ("n[1-3],m[2-a]", 11),
             ("ok,@g$", 5),
+            ("n[1-4]/2", 6),
+            ("a/b", 1),
         ] {
             match parse_list(input) {
                 Err(ListError::Syntax(e)) => assert_eq!(e.position, position, "{input}: {e}"),

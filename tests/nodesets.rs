@@ -1,0 +1,159 @@
+//! Node sets and the inventory through the real `ctl hosts`: the
+//! expansions ClusterShell's `nodeset -e` gives (a corpus it produced,
+//! `tests/data/nodesets.tsv`), and per-host settings merged from the
+//! inventory's entries.
+
+use std::collections::BTreeSet;
+
+use crate::util::{self, Env};
+
+/// Patterns that `ctl hosts --fold` spells differently from `nodeset -f`,
+/// with why; the test checks that ctl's spelling means the same hosts.
+const FOLDS_DIFFER: &[(&str, &str)] = &[(
+    "n[01,1]",
+    "nodeset writes n[1,01]; ctl gives each bracket one padding, so n01,n1",
+)];
+
+/// Every pattern of the corpus expands to the hosts ClusterShell's
+/// `nodeset -e` gave, or is refused where nodeset refused it, and folds
+/// back as `nodeset -f` does.
+#[test]
+fn ctl_hosts_expands_like_clustershell_nodeset() {
+    let corpus =
+        std::fs::read_to_string(util::repo_root().join("tests/data/nodesets.tsv")).expect("corpus");
+    let env = Env::new();
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for line in corpus.lines().filter(|l| !l.starts_with('#')) {
+        let mut columns = line.split('\t');
+        let (Some(pattern), Some(_), Some(expected), Some(folded)) = (
+            columns.next(),
+            columns.next(),
+            columns.next(),
+            columns.next(),
+        ) else {
+            panic!("corpus line without four columns: {line:?}");
+        };
+        checked += 1;
+        let out = env.ctl_run(&["hosts", pattern]);
+        let code = out.status.code();
+        if expected == "error" {
+            let stderr = util::stderr_of(&out);
+            if code != Some(255) || !stderr.starts_with("ctl: ") || !out.stdout.is_empty() {
+                wrong.push(format!(
+                    "{pattern}: expected a refusal, got {code:?} {stderr:?}"
+                ));
+            }
+            continue;
+        }
+        let printed: Vec<String> = util::stdout_of(&out).lines().map(str::to_owned).collect();
+        let unique: BTreeSet<&str> = printed.iter().map(String::as_str).collect();
+        let want: BTreeSet<&str> = expected.split(' ').collect();
+        if code != Some(0) || unique != want || unique.len() != printed.len() {
+            wrong.push(format!(
+                "{pattern}: nodeset gives {expected:?}, ctl printed {printed:?} (exit {code:?}, {})",
+                util::stderr_of(&out).trim()
+            ));
+        }
+        let fold = env.ctl_run(&["hosts", "--fold", pattern]);
+        let ours = util::stdout_of(&fold).trim_end().to_owned();
+        match FOLDS_DIFFER.iter().find(|(p, _)| *p == pattern) {
+            None if ours != folded => wrong.push(format!(
+                "{pattern}: nodeset -f gives {folded:?}, ctl hosts --fold {ours:?}"
+            )),
+            // A different spelling must still be the same hosts.
+            Some(_) => {
+                let again = util::stdout_of(&env.ctl_run(&["hosts", &ours]));
+                let again: BTreeSet<&str> = again.lines().collect();
+                if again != want {
+                    wrong.push(format!(
+                        "{pattern}: ctl folds to {ours:?}, which is other hosts"
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    assert!(checked >= 60, "only {checked} patterns in the corpus");
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// `ctl hosts` with `hosts.toml` in ctl's config directory holding `inventory`.
+fn hosts_with_inventory(inventory: &str, args: &[&str]) -> std::process::Output {
+    let env = Env::new();
+    std::fs::write(env.ctl_dir.join("hosts.toml"), inventory).expect("inventory");
+    let mut all = vec!["hosts"];
+    all.extend_from_slice(args);
+    env.ctl_run(&all)
+}
+
+/// A host's own entry gives its port although a range that holds it sets
+/// another; before, whichever key sorted last won (`labpc07:7000`).
+#[test]
+fn a_host_entry_overrides_its_range_in_the_inventory() {
+    let out = hosts_with_inventory(
+        "[hosts.\"labpc[01-20]\"]\nport = 7000\n\n[hosts.labpc07]\nport = 7723\n",
+        &["labpc[06-08]"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", util::stderr_of(&out));
+    assert_eq!(
+        util::stdout_of(&out),
+        "labpc06:7000\nlabpc07:7723\nlabpc08:7000\n"
+    );
+}
+
+/// Settings from a range and from a host's own entry combine: the range's
+/// user and the host's port (before, labpc07 lost its port).
+#[test]
+fn inventory_entries_merge_field_by_field() {
+    let out = hosts_with_inventory(
+        "[hosts.\"labpc[01-20]\"]\nuser = \"lab\"\n\n[hosts.labpc07]\nport = 7723\n",
+        &["labpc[06-08]"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", util::stderr_of(&out));
+    assert_eq!(
+        util::stdout_of(&out),
+        "lab@labpc06\nlab@labpc07:7723\nlab@labpc08\n"
+    );
+}
+
+/// Two ranges of the same size that disagree about a host are refused,
+/// naming both, rather than one winning by the order of the keys.
+#[test]
+fn equally_specific_entries_that_disagree_are_refused() {
+    let out = hosts_with_inventory(
+        "[hosts.\"n[1-4]\"]\nport = 7000\n\n[hosts.\"n[3-6]\"]\nport = 7001\n",
+        &["n1"],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = util::stderr_of(&out);
+    assert!(
+        stderr.contains("hosts.\"n[1-4]\" and hosts.\"n[3-6]\" both set port for n3"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// `lab = 5` says which file and key and what is expected, on one line,
+/// without the TOML library's "untagged enum" text.
+#[test]
+fn a_bad_inventory_value_is_one_line_with_the_file_and_the_key() {
+    let env = Env::new();
+    let file = env.ctl_dir.join("hosts.toml");
+    std::fs::write(&file, "[groups]\nlab = 5\n").expect("inventory");
+    let out = env.ctl_run(&["hosts", "@lab"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        util::stderr_of(&out),
+        format!(
+            "ctl: inventory {}: groups.lab: expected a target list (a string such as \
+             \"labpc[01-20]\") or an array of them, found a number\n",
+            file.display()
+        )
+    );
+}
