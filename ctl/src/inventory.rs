@@ -88,7 +88,7 @@ pub enum InventoryError {
     #[error("{0}")]
     List(#[from] ListError),
     /// A group's members do not parse.
-    #[error("inventory {}: groups.{}: {}", .path.display(), toml_key(.group), one_line(source))]
+    #[error("inventory {}: groups.{}: {}", .path.display(), toml_key(.group), source)]
     InGroup {
         /// The file.
         path: PathBuf,
@@ -132,15 +132,6 @@ fn read_reason(error: &std::io::Error) -> String {
         ErrorKind::PermissionDenied => "permission denied".to_owned(),
         ErrorKind::IsADirectory => "it is a directory".to_owned(),
         ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// A group's error on one line: the caret display that suits a list typed
-/// on the command line would point into a file's text here.
-fn one_line(error: &InventoryError) -> String {
-    match error {
-        InventoryError::List(ListError::Syntax(e)) => e.one_line(),
         other => other.to_string(),
     }
 }
@@ -503,10 +494,7 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
 
 /// The hosts a `[hosts]` key names, exclusions applied.
 fn host_names(key: &str) -> Result<Vec<String>, String> {
-    let items = target::parse_list(key).map_err(|e| match e {
-        ListError::Syntax(e) => e.one_line(),
-        ListError::Target(e) => e.to_string(),
-    })?;
+    let items = target::parse_list(key).map_err(|e| e.to_string())?;
     let mut included = Vec::new();
     let mut excluded = HashSet::new();
     for (exclude, item) in items {
