@@ -269,9 +269,24 @@ fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     agent.signal("TERM");
     let stopping = notify.wait_for("STOPPING=1").expect("STOPPING=1");
     assert!(stopping.contains("STATUS=stopping"), "{stopping:?}");
-    assert!(notify.position("READY=1") < notify.position("STOPPING=1"));
     let status = agent.wait_exit().expect("agent exits after SIGTERM");
     assert!(status.success(), "{status:?}\n{}", agent.log());
+
+    // Everything the agent said, in order, once it has exited: READY=1
+    // once, then STOPPING=1, and no state change after it (a READY=1
+    // after STOPPING=1 would tell systemd the stopping agent is up again).
+    notify.drain();
+    let states: Vec<&str> = notify
+        .received
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| {
+            ["READY=", "STOPPING=", "RELOADING="]
+                .iter()
+                .any(|s| l.starts_with(s))
+        })
+        .collect();
+    assert_eq!(states, ["READY=1", "STOPPING=1"], "{:?}", notify.received);
 }
 
 #[test]

@@ -818,3 +818,17 @@ pub fn running_as_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
         .unwrap_or(false)
 }
+
+impl NotifySocket {
+    /// Takes every message already waiting, without waiting for more:
+    /// once the agent has exited, all it sent.
+    pub fn drain(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        self.socket.set_nonblocking(true).expect("nonblocking");
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.received
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).expect("blocking");
+    }
+}
