@@ -2,8 +2,9 @@
 //! sd_notify conversation, the config file and the install script.
 //!
 //! Tests that need systemd's tools (systemd-analyze,
-//! systemd-socket-activate) print why they skip when the tools are absent;
-//! `.ci/run` installs them. The notification tests need no systemd at all:
+//! systemd-socket-activate, systemd-nspawn) print why they skip when the
+//! tools are absent, and fail instead under REXEC_TEST_REQUIRE_ALL=1;
+//! `.ci/run` installs them and sets it. The notification tests need no systemd at all:
 //! the test owns the datagram socket the agent reports to.
 
 use std::collections::BTreeSet;
