@@ -5,12 +5,15 @@
 # "FAIL name: why", then "RESULT ok" or "RESULT failed N". Lines go to
 # stdout (the console) and to RESULTS, which the host reads afterwards.
 #
-#   checks.sh BINDIR    BINDIR holds rexec-agent and ctl
+#   checks.sh BINDIR [DEB]   BINDIR holds rexec-agent and ctl; DEB, when
+#                            given, is the Debian package, installed with
+#                            dpkg -i after install.sh's checks, then purged
 #
 # The image is a minimal Debian: no procps (ps, kill, pgrep), no iproute2.
 # Processes are found in /proc and signalled with the shell's kill.
 set -u
-bin=${1:?usage: checks.sh BINDIR}
+bin=${1:?usage: checks.sh BINDIR [DEB]}
+deb=${2:-}
 src=$(cd "$(dirname "$0")/../.." && pwd)
 RESULTS=${RESULTS:-/root/results.log}
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -252,6 +255,59 @@ check_purge_leaves_nothing_behind() {
     diff /root/before.list /root/after.list || return 1
 }
 
+check_dpkg_install_enables_and_starts() {
+    dpkg -i "$deb" >/root/dpkg.log 2>&1 || { cat /root/dpkg.log; return 1; }
+    grep -q '^rexec-agent: agent fingerprint SHA256:' /root/dpkg.log || { cat /root/dpkg.log; return 1; }
+    local state
+    for unit in rexec-agent.service rexec-agent.socket; do
+        state=$(systemctl is-enabled "$unit")
+        [ "$state" = enabled ] || { echo "$unit is $state"; return 1; }
+    done
+    check_service_and_socket_are_active || return 1
+    check_status_names_address_and_sessions || return 1
+    [ "$(prop rexec-agent.service ExecMainPID)" != 0 ] || return 1
+    grep -q '^ExecStart=/usr/bin/rexec-agent ' "$(prop rexec-agent.service FragmentPath)" ||
+        { echo "unit: $(prop rexec-agent.service FragmentPath)"; return 1; }
+}
+
+check_package_serves_and_reloads() {
+    echo "$target $(rexec-agent --dir /etc/rexec id)" >/root/alice/known_hosts
+    rexec-agent authorize "$(cat /root/alice.fp)" --name alice 2>/dev/null || return 1
+    systemctl reload rexec-agent.service || { echo "systemctl reload failed"; return 1; }
+    local out
+    out=$(ctl_as alice 'echo served-by-the-package; cat /proc/self/cgroup') || { echo "ctl exec failed: $out"; return 1; }
+    [ "$(echo "$out" | head -1)" = served-by-the-package ] || { echo "output: $out"; return 1; }
+    echo "$out" | grep -q '^0::/system.slice/rexec-agent.service$' || { echo "cgroup: $out"; return 1; }
+}
+
+check_dpkg_upgrade_keeps_the_identity() {
+    local fp old new
+    fp=$(rexec-agent --dir /etc/rexec id)
+    old=$(prop rexec-agent.service MainPID)
+    dpkg -i "$deb" >/root/dpkg-again.log 2>&1 || { cat /root/dpkg-again.log; return 1; }
+    [ "$(rexec-agent --dir /etc/rexec id)" = "$fp" ] || { echo "the fingerprint changed"; return 1; }
+    grep -qF "rexec-agent: agent fingerprint $fp" /root/dpkg-again.log || { cat /root/dpkg-again.log; return 1; }
+    new=$(prop rexec-agent.service MainPID)
+    [ "$new" != "$old" ] && [ "$new" != 0 ] || { echo "MainPID $old then $new"; return 1; }
+    check_service_and_socket_are_active || return 1
+    local out
+    out=$(ctl_as alice 'echo served-after-the-upgrade') || { echo "ctl exec failed: $out"; return 1; }
+}
+
+check_dpkg_purge_leaves_nothing_behind() {
+    dpkg --purge rexec-agent >/root/dpkg-purge.log 2>&1 || { cat /root/dpkg-purge.log; return 1; }
+    local state
+    state=$(systemctl is-active rexec-agent.service rexec-agent.socket | tr '\n' ' ')
+    [ "$state" = "inactive inactive " ] || { echo "after purge: $state"; return 1; }
+    [ -z "$(systemctl list-unit-files --no-legend 'rexec-agent*')" ] || { systemctl list-unit-files 'rexec-agent*'; return 1; }
+    local left
+    left=$(find /var/lib/systemd /var/lib/dpkg/info -name '*rexec*' 2>/dev/null)
+    [ -z "$left" ] || { echo "left: $left"; return 1; }
+    # dpkg keeps its database's backup copies; nothing else may differ.
+    snapshot | grep -v '^/var/lib/dpkg/[a-z-]*-old$' >/root/after-deb.list
+    grep -v '^/var/lib/dpkg/[a-z-]*-old$' /root/before.list | diff - /root/after-deb.list || return 1
+}
+
 check "the image has no /bin/kill (procps)" check_image_has_no_procps
 check "install.sh installs, enables and starts" check_install_enables_and_starts
 if [ "$failed" = 0 ]; then
@@ -268,6 +324,12 @@ if [ "$failed" = 0 ]; then
 fi
 check "install.sh uninstall removes all but /etc/rexec" check_uninstall_keeps_only_the_identity
 check "install.sh uninstall --purge leaves nothing behind" check_purge_leaves_nothing_behind
+if [ -n "$deb" ]; then
+    check "dpkg -i: the package creates the identity, enables and starts the units" check_dpkg_install_enables_and_starts
+    check "the package's agent serves ctl exec and reloads" check_package_serves_and_reloads
+    check "dpkg -i again: identity kept, agent restarted" check_dpkg_upgrade_keeps_the_identity
+    check "dpkg --purge leaves nothing behind" check_dpkg_purge_leaves_nothing_behind
+fi
 
 if [ "$failed" = 0 ]; then report "RESULT ok"; else report "RESULT failed $failed"; fi
 # The journal of the agent, for the host to print on failure.

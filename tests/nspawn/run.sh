@@ -5,11 +5,13 @@
 # container off. Prints one PASS or FAIL line per check; on a failure or a
 # hung boot, the container's console and the agent's journal too.
 #
-#   sudo tests/nspawn/run.sh [BINDIR]
+#   sudo tests/nspawn/run.sh [--deb FILE] [BINDIR]
 #
 # BINDIR holds rexec-agent and ctl (default target/debug, what `cargo test`
-# builds; target/release works as well). Needs root, systemd-nspawn
-# (Debian: systemd-container) and debootstrap.
+# builds; target/release works as well). With --deb, the Debian package
+# (`cargo deb -p rexec-agent`) is then installed with dpkg -i, upgraded and
+# purged, its maintainer scripts run by a real systemd. Needs root,
+# systemd-nspawn (Debian: systemd-container) and debootstrap.
 #
 # The root file system (debootstrap --variant=minbase, with systemd and
 # dbus) is built once per machine from the mirror apt already uses and kept
@@ -21,8 +23,14 @@
 # Exit status: 0 when every check passed, 1 when one failed or the run did
 # not finish, 2 when this machine cannot run it (and why).
 set -eu
+started=$(date +%s)
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+deb=
+if [ "${1:-}" = --deb ]; then
+    deb=${2:?--deb needs a file}
+    shift 2
+fi
 bindir=${1:-$repo/target/debug}
 cache=${REXEC_NSPAWN_CACHE:-/var/cache/rexec-nspawn}
 suite=${REXEC_NSPAWN_SUITE:-bookworm}
@@ -39,6 +47,9 @@ for b in rexec-agent ctl; do
     [ -x "$bindir/$b" ] || cannot "$bindir/$b is missing: build first (cargo build)"
 done
 bindir=$(cd "$bindir" && pwd)
+if [ -n "$deb" ]; then
+    [ -f "$deb" ] || cannot "$deb is missing: build it first (cargo deb -p rexec-agent)"
+fi
 
 # The root, built once: into a temporary name, renamed when complete, so
 # an interrupted build is never taken for a cached one. The lock keeps two
@@ -83,11 +94,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-started=$(date +%s)
 cp -a "$base/root" "$root"
 # The binaries and the repository's tracked files (scripts, units, checks).
 install -d "$root/opt/rexec/bin" "$root/opt/rexec/src"
 install -m 0755 "$bindir/rexec-agent" "$bindir/ctl" "$root/opt/rexec/bin/"
+deb_in=
+if [ -n "$deb" ]; then
+    install -d "$root/opt/rexec/deb"
+    install -m 0644 "$deb" "$root/opt/rexec/deb/"
+    deb_in=/opt/rexec/deb/$(basename "$deb")
+fi
 if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
     (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
         xargs -0 tar -cf - --no-recursion 2>/dev/null) | tar -xf - -C "$root/opt/rexec/src"
@@ -96,7 +112,7 @@ else
 fi
 
 units=$root/etc/systemd/system
-cat >"$units/rexec-checks.service" <<'EOF'
+cat >"$units/rexec-checks.service" <<EOF
 [Unit]
 Description=rexec checks under systemd
 After=multi-user.target
@@ -105,7 +121,7 @@ FailureAction=poweroff-force
 
 [Service]
 Type=oneshot
-ExecStart=/opt/rexec/src/tests/nspawn/checks.sh /opt/rexec/bin
+ExecStart=/opt/rexec/src/tests/nspawn/checks.sh /opt/rexec/bin $deb_in
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=240
@@ -129,14 +145,19 @@ elapsed=$(($(date +%s) - started))
 
 results=$root/root/results.log
 [ -f "$results" ] && cat "$results"
+passed=$(grep -c '^PASS ' "$results" 2>/dev/null) || true
+failed=$(grep -c '^FAIL ' "$results" 2>/dev/null) || true
 if grep -qx 'RESULT ok' "$results" 2>/dev/null; then
-    say "every check passed ($elapsed s)"
+    say "every check passed in $elapsed s"
+    say "${passed:-0} passed, 0 failed"
     exit 0
 fi
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     say "FAIL: boot, checks and poweroff did not finish within $limit s"
+    failed=$((${failed:-0} + 1))
 elif ! grep -q '^RESULT ' "$results" 2>/dev/null; then
     say "FAIL: the checks did not finish (systemd-nspawn exit $rc)"
+    failed=$((${failed:-0} + 1))
 fi
 echo "==== container console"
 sed 's/\x1b\[[0-9;]*m//g' "$work/console.log"
@@ -144,5 +165,6 @@ if [ -f "$root/root/agent-journal.log" ]; then
     echo "==== journal of rexec-agent"
     cat "$root/root/agent-journal.log"
 fi
-say "failed ($elapsed s)"
+say "failed after $elapsed s"
+say "${passed:-0} passed, ${failed:-0} failed"
 exit 1
