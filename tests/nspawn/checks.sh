@@ -55,6 +55,9 @@ pids_of() {
 running() { [ -n "$(pids_of "$1")" ]; }
 gone() { [ -z "$(pids_of "$1")" ]; }
 prop() { systemctl show -p "$2" --value "$1"; }
+# The journal's newest entry, and the agent's lines after such a mark.
+journal_mark() { journalctl -n 1 --show-cursor -o cat -q | sed -n 's/^-- cursor: //p'; }
+journal_after() { journalctl -u rexec-agent -o cat --no-pager --after-cursor "$1"; }
 
 target=127.0.0.1:7722
 audited=()
@@ -128,27 +131,26 @@ check_ctl_exec_runs_in_the_units_cgroup() {
 }
 
 check_reload_rereads_clients_and_names_changed_settings() {
-    local since out
+    local mark out
     new_client bob >/root/bob.fp 2>/dev/null || return 1
-    since=$(date '+%Y-%m-%d %H:%M:%S')
-    sleep 1 # journalctl --since has a resolution of seconds
+    mark=$(journal_mark)
     # Written behind the agent's back, as an admin's editor or config
     # management would, then reloaded.
     printf '%s bob\n' "$(cat /root/bob.fp)" >/etc/rexec/authorized_clients
     printf 'shutdown_grace = "3s"\n' >>/etc/rexec/agent.toml
     systemctl reload rexec-agent.service 2>&1 || { echo "systemctl reload failed"; return 1; }
-    wait_for 10 sh -c "journalctl -u rexec-agent -o cat --since '$since' | grep -q 'SIGHUP: authorized clients re-read clients=1'" ||
-        { journalctl -u rexec-agent -o cat --since "$since" --no-pager; return 1; }
-    journalctl -u rexec-agent -o cat --since "$since" | grep -q 'SIGHUP: changed settings take effect on restart (systemctl restart rexec-agent): shutdown_grace$' ||
-        { journalctl -u rexec-agent -o cat --since "$since" --no-pager; return 1; }
+    wait_for 10 sh -c "journalctl -u rexec-agent -o cat --after-cursor '$mark' | grep -q 'SIGHUP: authorized clients re-read clients=1'" ||
+        { journal_after "$mark"; return 1; }
+    journal_after "$mark" | grep -q 'SIGHUP: changed settings take effect on restart (systemctl restart rexec-agent): shutdown_grace$' ||
+        { journal_after "$mark"; return 1; }
     out=$(ctl_as bob 'echo bob-is-served') || { echo "bob refused: $out"; return 1; }
     expect_audit 'echo bob-is-served'
     [ "$out" = bob-is-served ] || { echo "bob got: $out"; return 1; }
     out=$(ctl_as alice 'echo alice-is-served' 2>&1)
     local code=$?
     [ "$code" = 255 ] || { echo "revoked alice: exit $code, $out"; return 1; }
-    journalctl -u rexec-agent -o cat --since "$since" | grep -q "refusing client: fingerprint not authorized fingerprint=$(cat /root/alice.fp)" ||
-        { journalctl -u rexec-agent -o cat --since "$since" --no-pager; return 1; }
+    journal_after "$mark" | grep -q "refusing client: fingerprint not authorized fingerprint=$(cat /root/alice.fp)" ||
+        { journal_after "$mark"; return 1; }
     [ "$(prop rexec-agent.service ActiveState)" = active ] || { echo "not active after reload"; return 1; }
 }
 
