@@ -27,6 +27,7 @@ fail() { report "FAIL $1: $2"; failed=$((failed + 1)); }
 # check NAME FUNCTION: runs FUNCTION (in this shell: checks keep state),
 # which prints why on failure.
 check() {
+    hash -r # install.sh and dpkg move rexec-agent between /usr/local/bin and /usr/bin
     if "$2" >/root/why 2>&1; then pass "$1"; else fail "$1" "$(tr '\n' ' ' </root/why | cut -c1-800)"; fi
 }
 
@@ -220,6 +221,25 @@ check_stop_then_a_connection_starts_the_agent_again() {
     [ "$(systemctl is-active rexec-agent.service)" = active ] || { echo "service is $(systemctl is-active rexec-agent.service)"; return 1; }
 }
 
+# The README's opt-out of socket activation: the agent binds agent.toml's
+# listen addresses itself; enabled again, the socket hands over the port.
+check_disabling_the_socket_opts_out_of_socket_activation() {
+    local out
+    systemctl disable --now rexec-agent.socket 2>/dev/null || { echo "disable failed"; return 1; }
+    systemctl restart rexec-agent.service || { echo "restart failed"; return 1; }
+    [ "$(systemctl is-active rexec-agent.socket)" = inactive ] || { echo "socket is $(systemctl is-active rexec-agent.socket)"; return 1; }
+    journalctl -u rexec-agent -o cat -n 5 | grep -q "listening on 0.0.0.0:7722 fingerprint=" ||
+        { journalctl -u rexec-agent -o cat -n 20 --no-pager; return 1; }
+    out=$(ctl_as alice 'echo served-without-the-socket') || { echo "ctl exec failed: $out"; return 1; }
+    expect_audit 'echo served-without-the-socket'
+    systemctl stop rexec-agent.service
+    systemctl enable --now rexec-agent.socket 2>/dev/null || return 1
+    systemctl start rexec-agent.service || return 1
+    check_service_and_socket_are_active || return 1
+    journalctl -u rexec-agent -o cat -n 5 | grep -q "listening on \[::\]:7722 (socket from systemd)" ||
+        { journalctl -u rexec-agent -o cat -n 20 --no-pager; return 1; }
+}
+
 check_journal_has_one_audit_line_per_exec_without_own_timestamps() {
     local lines cmd n
     lines=$(journalctl -u rexec-agent -o cat | grep ' exec peer=')
@@ -322,6 +342,7 @@ if [ "$failed" = 0 ]; then
     check "systemctl restart gives a running command shutdown_grace, then kills it" check_restart_gives_running_commands_the_grace_then_kills_them
     check "kill -9 of the agent: restarted, no command left" check_kill_9_of_the_agent_restarts_it_and_leaves_no_command
     check "systemctl stop, then a connection starts the agent again" check_stop_then_a_connection_starts_the_agent_again
+    check "socket disabled: the agent listens itself; enabled, the socket is back" check_disabling_the_socket_opts_out_of_socket_activation
     check "journal: one audit line per exec, systemd's timestamps only" check_journal_has_one_audit_line_per_exec_without_own_timestamps
 fi
 check "install.sh uninstall removes all but /etc/rexec" check_uninstall_keeps_only_the_identity
