@@ -17,7 +17,7 @@ deb=${2:-}
 src=$(cd "$(dirname "$0")/../.." && pwd)
 RESULTS=${RESULTS:-/root/results.log}
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-cd /root
+cd /root || exit 1
 : >"$RESULTS"
 
 failed=0

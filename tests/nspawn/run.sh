@@ -82,7 +82,6 @@ flock -u 9
 
 work=$(mktemp -d /var/tmp/rexec-nspawn.XXXXXX)
 root=$work/root
-nspawn_pid=
 cleanup() {
     # A container whose nspawn was killed can leave processes behind: ours
     # are those whose root directory is this copy.
