@@ -2,8 +2,9 @@
 //! sd_notify conversation, the config file and the install script.
 //!
 //! Tests that need systemd's tools (systemd-analyze,
-//! systemd-socket-activate) print why they skip when the tools are absent;
-//! `.ci/run` installs them. The notification tests need no systemd at all:
+//! systemd-socket-activate, systemd-nspawn) print why they skip when the
+//! tools are absent, and fail instead under REXEC_TEST_REQUIRE_ALL=1;
+//! `.ci/run` installs them and sets it. The notification tests need no systemd at all:
 //! the test owns the datagram socket the agent reports to.
 
 use std::collections::BTreeSet;
@@ -269,9 +270,24 @@ fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     agent.signal("TERM");
     let stopping = notify.wait_for("STOPPING=1").expect("STOPPING=1");
     assert!(stopping.contains("STATUS=stopping"), "{stopping:?}");
-    assert!(notify.position("READY=1") < notify.position("STOPPING=1"));
     let status = agent.wait_exit().expect("agent exits after SIGTERM");
     assert!(status.success(), "{status:?}\n{}", agent.log());
+
+    // Everything the agent said, in order, once it has exited: READY=1
+    // once, then STOPPING=1, and no state change after it (a READY=1
+    // after STOPPING=1 would tell systemd the stopping agent is up again).
+    notify.drain();
+    let states: Vec<&str> = notify
+        .received
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| {
+            ["READY=", "STOPPING=", "RELOADING="]
+                .iter()
+                .any(|s| l.starts_with(s))
+        })
+        .collect();
+    assert_eq!(states, ["READY=1", "STOPPING=1"], "{:?}", notify.received);
 }
 
 #[test]
@@ -678,4 +694,131 @@ fn under_the_journal_the_agent_leaves_out_its_own_timestamps() {
     cmd.env("JOURNAL_STREAM", "8:1234567");
     let line = listening_line(cmd);
     assert!(stamped(&line), "{line:?}");
+}
+
+/// The words systemd runs for `line`, the value of an Exec*= setting,
+/// following systemd's rules as far as our units use them: single quotes
+/// group words, `$$` is a literal `$`, and a word that is `$MAINPID` or
+/// `${MAINPID}` is the main process's pid.
+fn systemd_exec_words(line: &str, main_pid: u32) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                started = true;
+            }
+            ' ' if !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+        .into_iter()
+        .map(|w| match w.as_str() {
+            "$MAINPID" | "${MAINPID}" => main_pid.to_string(),
+            _ => w.replace("$$", "$"),
+        })
+        .collect()
+}
+
+#[test]
+fn reload_command_needs_only_an_essential_package_and_reloads_the_agent() {
+    if !have_tool(
+        "dpkg-query",
+        "reload_command_needs_only_an_essential_package_and_reloads_the_agent",
+    ) {
+        return;
+    }
+    let unit = std::fs::read_to_string(repo_root().join("systemd/rexec-agent.service")).unwrap();
+    let lines: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+
+    // `systemctl reload` runs on minimal systems and in containers too:
+    // the program must come from a package every Debian system has.
+    let program = systemd_exec_words(lines[0], 1).remove(0);
+    let owner = Command::new("dpkg-query")
+        .args(["-S", &program])
+        .output()
+        .unwrap();
+    let package = stdout_of(&owner)
+        .lines()
+        .filter(|l| !l.starts_with("diversion by "))
+        .find_map(|l| l.split_once(": ").map(|(p, _)| p.to_owned()))
+        .unwrap_or_else(|| panic!("no package has {program}: {}", stderr_of(&owner)));
+    let essential = Command::new("dpkg-query")
+        .args(["-W", "-f=${Essential}", &package])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout_of(&essential),
+        "yes",
+        "ExecReload= runs {program}, from {package}, which is not in every Debian system"
+    );
+
+    // Run as systemd runs it, MAINPID in the environment and a PATH on
+    // which no program is found: the agent reloads.
+    let env = Env::new();
+    let agent = env.agent();
+    let words = systemd_exec_words(lines[0], agent.child.id());
+    let out = Command::new(&words[0])
+        .args(&words[1..])
+        .env_clear()
+        .env("PATH", env.root.path().join("nothing-here"))
+        .env("MAINPID", agent.child.id().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{words:?}: {}", stderr_of(&out));
+    let line = agent
+        .wait_for_log("SIGHUP: authorized clients re-read")
+        .unwrap_or_else(|| agent.log());
+    assert!(line.contains("clients=1"), "{line}");
+}
+
+/// The agent under a real systemd: tests/nspawn/run.sh boots a minimal
+/// Debian in systemd-nspawn, installs the agent there with install.sh and
+/// checks reload, restart, a crash, socket activation, the journal and
+/// uninstall. `.ci/run` runs the script itself, with its output shown.
+#[test]
+fn agent_under_a_real_systemd_passes_every_check() {
+    const TEST: &str = "agent_under_a_real_systemd_passes_every_check";
+    if !running_as_root() {
+        skipped(TEST, "booting a container needs root");
+        return;
+    }
+    if !have_tool("systemd-nspawn", TEST) || !have_tool("debootstrap", TEST) {
+        return;
+    }
+    let out = Command::new(repo_root().join("tests/nspawn/run.sh"))
+        .arg(bin("rexec-agent").parent().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/nspawn/run.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    assert!(
+        stdout_of(&out).contains("\nRESULT ok\n"),
+        "{}",
+        stdout_of(&out)
+    );
 }
