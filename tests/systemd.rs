@@ -790,35 +790,3 @@ fn reload_command_needs_only_an_essential_package_and_reloads_the_agent() {
         .unwrap_or_else(|| agent.log());
     assert!(line.contains("clients=1"), "{line}");
 }
-
-/// The agent under a real systemd: tests/nspawn/run.sh boots a minimal
-/// Debian in systemd-nspawn, installs the agent there with install.sh and
-/// checks reload, restart, a crash, socket activation, the journal and
-/// uninstall. `.ci/run` runs the script itself, with its output shown.
-#[test]
-fn agent_under_a_real_systemd_passes_every_check() {
-    const TEST: &str = "agent_under_a_real_systemd_passes_every_check";
-    if !running_as_root() {
-        skipped(TEST, "booting a container needs root");
-        return;
-    }
-    if !have_tool("systemd-nspawn", TEST) || !have_tool("debootstrap", TEST) {
-        return;
-    }
-    let out = Command::new(repo_root().join("tests/nspawn/run.sh"))
-        .arg(bin("rexec-agent").parent().unwrap())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tests/nspawn/run.sh");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stdout_of(&out).contains("\nRESULT ok\n"),
-        "{}",
-        stdout_of(&out)
-    );
-}
