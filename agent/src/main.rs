@@ -290,10 +290,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init => {
             let paths = config::identity_paths(&dir);
-            let host = nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "rexec-agent".into());
-            let identity = Identity::create(&paths, &host)?;
+            let identity = Identity::create(&paths)?;
             let clients = config::authorized_clients_path(&dir);
             if !clients.exists() {
                 std::fs::write(
