@@ -81,11 +81,12 @@ user = "admin"
         let out = env.ctl_run(&["hosts", bad]);
         assert_eq!(out.status.code(), Some(255), "{bad}");
         assert!(stderr_of(&out).contains(says), "{bad}: {}", stderr_of(&out));
+        let said = stderr_of(&out);
         assert!(
-            stderr_of(&out).contains('^'),
-            "points at the character: {}",
-            stderr_of(&out)
+            said.contains(" at character ") && said.contains(&format!("of {bad:?}")),
+            "points at the character: {said}"
         );
+        assert_eq!(said.lines().count(), 1, "one line: {said}");
         assert_eq!(stdout_of(&out), "");
     }
     let out = env.ctl_run(&["--inventory", inv, "hosts", "@loop-a"]);

@@ -412,7 +412,7 @@ fn config_file_applies_and_flags_override_it() {
         "kill_grace = \"1s\"",
         "shell = \"/bin/bash\"",
         "listen = [\"192.0.2.1:1\"]",
-        "handshake_timeout = \"10s\"",
+        "handshake_timeout = \"5s\"",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rexec_protocol::IdentityPaths;
 
+use crate::limits::MaxStartups;
+
 /// Where the agent keeps its files unless told otherwise.
 pub const DEFAULT_DIR: &str = "/etc/rexec";
 /// Concurrent sessions (connections) the agent serves before refusing more.
@@ -17,8 +19,19 @@ pub const DEFAULT_MAX_SESSIONS: usize = 256;
 pub const DEFAULT_MAX_EXECS: usize = 128;
 /// Concurrent execs one client (by fingerprint) may run.
 pub const DEFAULT_MAX_EXECS_PER_CLIENT: usize = 64;
-/// Time a new connection has to finish TLS and send its request.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a new connection has to finish TLS and send its request: ample for
+/// a client's one and a half round trips, short for a peer holding a place.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections still in their handshake: random early drop from 32, all
+/// refused or made to give way at 128. sshd's 10:30:100 is sized for
+/// password logins; ours take a millisecond, and scripted loops open many.
+pub const DEFAULT_MAX_STARTUPS: MaxStartups = MaxStartups {
+    start: 32,
+    rate: 30,
+    full: 128,
+};
+/// Connections still in their handshake from one address (IPv6: one /64).
+pub const DEFAULT_PER_SOURCE_MAX_STARTUPS: usize = 16;
 /// Time between SIGTERM and SIGKILL when a command's process group is killed.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 /// On SIGTERM, how long running commands may go on before they are killed.
@@ -35,8 +48,13 @@ pub const DEFAULT_SHELL: &str = "/bin/sh";
 pub struct AgentSettings {
     /// The directory holding the identity and the authorized clients file.
     pub dir: PathBuf,
-    /// Most concurrent sessions; connections beyond it are closed at once.
+    /// Most concurrent sessions of clients that finished their handshake;
+    /// more are told the agent is busy.
     pub max_sessions: usize,
+    /// The budget of connections that have not finished their handshake.
+    pub max_startups: MaxStartups,
+    /// Most unfinished handshakes from one address.
+    pub per_source_max_startups: usize,
     /// Most concurrent execs for all clients; more are refused "busy".
     pub max_execs: usize,
     /// Most concurrent execs per client fingerprint; more are refused "busy".
@@ -91,6 +109,8 @@ impl AgentSettings {
         AgentSettings {
             dir: dir.into(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_startups: DEFAULT_MAX_STARTUPS,
+            per_source_max_startups: DEFAULT_PER_SOURCE_MAX_STARTUPS,
             max_execs: DEFAULT_MAX_EXECS,
             max_execs_per_client: DEFAULT_MAX_EXECS_PER_CLIENT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::{AgentSettings, RunAsPolicy};
+use crate::limits::MaxStartups;
 
 /// The file name of the config file inside the agent's directory.
 pub const CONFIG_FILE_NAME: &str = "agent.toml";
@@ -45,6 +46,16 @@ pub struct ConfigFile {
     /// Most concurrent sessions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<NonZeroUsize>,
+    /// The budget of unfinished handshakes, `"START:RATE:FULL"` or a number.
+    #[serde(
+        default,
+        with = "max_startups_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_startups: Option<MaxStartups>,
+    /// Most unfinished handshakes from one address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_source_max_startups: Option<NonZeroUsize>,
     /// Most concurrent execs for all clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_execs: Option<NonZeroUsize>,
@@ -189,6 +200,12 @@ impl ConfigFile {
         if let Some(n) = self.max_sessions {
             settings.max_sessions = n.get();
         }
+        if let Some(policy) = self.max_startups {
+            settings.max_startups = policy;
+        }
+        if let Some(n) = self.per_source_max_startups {
+            settings.per_source_max_startups = n.get();
+        }
         if let Some(n) = self.max_execs {
             settings.max_execs = n.get();
         }
@@ -239,6 +256,8 @@ impl ConfigFile {
             dir: Some(settings.dir.clone()),
             listen: Some(listen.to_vec()),
             max_sessions: NonZeroUsize::new(settings.max_sessions),
+            max_startups: Some(settings.max_startups),
+            per_source_max_startups: NonZeroUsize::new(settings.per_source_max_startups),
             max_execs: NonZeroUsize::new(settings.max_execs),
             max_execs_per_client: NonZeroUsize::new(settings.max_execs_per_client),
             handshake_timeout: Some(settings.handshake_timeout),
@@ -275,6 +294,8 @@ impl ConfigFile {
             dir,
             listen,
             max_sessions,
+            max_startups,
+            per_source_max_startups,
             max_execs,
             max_execs_per_client,
             handshake_timeout,
@@ -344,6 +365,44 @@ fn one_or_more_addresses<'de, D: Deserializer<'de>>(
     d.deserialize_any(Addresses).map(Some)
 }
 
+/// `max_startups = "10:30:100"`, or `max_startups = 100` for a plain cap.
+mod max_startups_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Option<MaxStartups>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(policy) => s.serialize_str(&policy.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MaxStartups>, D::Error> {
+        d.deserialize_any(Visitor).map(Some)
+    }
+
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = MaxStartups;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("\"START:RATE:FULL\" in quotes, such as \"32:30:128\", or one number")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<MaxStartups, E> {
+            text.parse().map_err(E::custom)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxStartups, E> {
+            self.visit_str(&n.to_string())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxStartups, E> {
+            self.visit_str(&n.to_string())
+        }
+    }
+}
+
 /// Durations as humantime strings (`"10s"`, `"1m 30s"`).
 mod humantime_opt {
     use super::*;
@@ -406,6 +465,8 @@ mod tests {
 dir = "/srv/rexec"
 listen = ["127.0.0.1:7000", "[::1]:7000"]
 max_sessions = 10
+max_startups = "5:50:20"
+per_source_max_startups = 4
 max_execs = 8
 max_execs_per_client = 3
 handshake_timeout = "5s"
@@ -427,6 +488,8 @@ ops = ["*"]
         assert_eq!(s.dir, Path::new("/srv/rexec"));
         assert_eq!(file.listen().len(), 2);
         assert_eq!(s.max_sessions, 10);
+        assert_eq!(s.max_startups.to_string(), "5:50:20");
+        assert_eq!(s.per_source_max_startups, 4);
         assert_eq!(s.max_execs, 8);
         assert_eq!(s.max_execs_per_client, 3);
         assert_eq!(s.handshake_timeout, Duration::from_secs(5));
@@ -578,6 +641,25 @@ ops = ["*"]
         let e = error("max_sessions = 4\nmax_sessions = 5\n");
         assert!(e.starts_with("/etc/rexec/agent.toml:2:"), "{e}");
         assert!(e.ends_with("`max_sessions = 5`"), "{e}");
+    }
+
+    #[test]
+    fn max_startups_takes_sshd_form_or_a_number_and_refuses_nonsense() {
+        let plain = parse("max_startups = 50\n").unwrap().settings(None);
+        assert_eq!(plain.max_startups.to_string(), "50:100:50");
+        for bad in [
+            "\"0:30:100\"",
+            "\"10:130:100\"",
+            "\"20:30:10\"",
+            "\"10:30\"",
+            "-1",
+        ] {
+            let e = error(&format!("max_startups = {bad}\n"));
+            assert!(
+                e.starts_with("/etc/rexec/agent.toml:1:16: bad value for `max_startups`"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

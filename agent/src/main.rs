@@ -19,6 +19,7 @@ use nix::sys::socket::{getsockopt, sockopt};
 use rexec_agent::authorized::{self, AuthorizedClient};
 use rexec_agent::config::{self, AgentSettings};
 use rexec_agent::config_file::{self, ConfigFile};
+use rexec_agent::limits::MaxStartups;
 use rexec_agent::notify;
 use rexec_agent::server::{self, AgentState, Shutdown};
 use rexec_protocol::{Fingerprint, Identity};
@@ -76,10 +77,20 @@ struct RunArgs {
     /// ADDR". Ignored when systemd passes listening sockets (LISTEN_FDS).
     #[arg(long = "listen")]
     listen: Vec<SocketAddr>,
-    /// Most concurrent sessions; further connections are closed at once
-    /// [default: 256].
+    /// Most concurrent sessions of clients that finished their handshake;
+    /// more are told the agent is busy [default: 256].
     #[arg(long)]
     max_sessions: Option<NonZeroUsize>,
+    /// Connections still in their handshake, as sshd's MaxStartups
+    /// START:RATE:FULL: from START on, new connections from an address that
+    /// already has one are dropped at random (RATE percent, rising to all
+    /// at FULL) [default: 32:30:128].
+    #[arg(long)]
+    max_startups: Option<MaxStartups>,
+    /// Connections still in their handshake from one address (IPv6: one
+    /// /64); more from it are closed at once [default: 16].
+    #[arg(long)]
+    per_source_max_startups: Option<NonZeroUsize>,
     /// Most concurrent execs per client; more are refused as busy
     /// [default: 64].
     #[arg(long)]
@@ -102,7 +113,7 @@ struct RunArgs {
     #[arg(long)]
     keepalive_count: Option<NonZeroU32>,
     /// Time a connection has to complete TLS and send its request
-    /// [default: 10s].
+    /// [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a command's group is killed
@@ -131,6 +142,12 @@ impl RunArgs {
     fn apply(&self, settings: &mut AgentSettings) {
         if let Some(n) = self.max_sessions {
             settings.max_sessions = n.get();
+        }
+        if let Some(policy) = self.max_startups {
+            settings.max_startups = policy;
+        }
+        if let Some(n) = self.per_source_max_startups {
+            settings.per_source_max_startups = n.get();
         }
         if let Some(n) = self.max_execs {
             settings.max_execs = n.get();
@@ -290,10 +307,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init => {
             let paths = config::identity_paths(&dir);
-            let host = nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "rexec-agent".into());
-            let identity = Identity::create(&paths, &host)?;
+            let identity = Identity::create(&paths)?;
             let clients = config::authorized_clients_path(&dir);
             if !clients.exists() {
                 std::fs::write(
@@ -563,6 +577,8 @@ mod tests {
         let mut expected = vec![
             format!("[default: {}]", config_file::DEFAULT_LISTEN),
             format!("[default: {}]", d.max_sessions),
+            format!("[default: {}]", d.max_startups),
+            format!("[default: {}]", d.per_source_max_startups),
             format!("[default: {}]", d.max_execs_per_client),
             format!("[default: {}]", d.max_execs),
             format!("[default: {}]", time(d.keepalive_interval)),

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::server::AgentState;
+use crate::server::{AgentState, Startup};
 use crate::{copy, exec};
 
 type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
@@ -82,12 +82,17 @@ impl Request {
     }
 }
 
-/// Serves one connection to its end, logging how it went.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>) {
-    if let Err(e) = serve_inner(stream, peer, &state).await {
+/// Serves one connection to its end, logging how it went. `startup` is
+/// the connection's place until its client is admitted.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>, startup: Startup) {
+    if let Err(e) = serve_inner(stream, peer, &state, startup).await {
         match e {
             SessionError::Frame(FrameError::Io(_)) | SessionError::ClosedEarly => {
                 tracing::info!(%peer, "session ended: {e}");
+            }
+            // Anyone can cause these, as often as they can connect.
+            SessionError::Handshake(_) | SessionError::HandshakeTimeout(_) => {
+                state.refusals.handshake_failed(peer, &e);
             }
             _ => tracing::warn!(%peer, "session refused: {e}"),
         }
@@ -98,6 +103,7 @@ async fn serve_inner(
     stream: TcpStream,
     peer: SocketAddr,
     state: &AgentState,
+    startup: Startup,
 ) -> Result<(), SessionError> {
     let timeout = state.settings.handshake_timeout;
     let opening = tokio::time::timeout(timeout, open(stream, state)).await;
@@ -126,6 +132,16 @@ async fn serve_inner(
     outgoing
         .feed(AgentMessage::Hello(Hello::new(software())))
         .await?;
+    let _session = match startup.admit() {
+        Ok(permit) => permit,
+        Err(full) => {
+            tracing::warn!(%peer, client = client.name.as_str(), "refusing session: {full}");
+            let report = ErrorReport::new(ErrorKind::Busy, full.to_string());
+            outgoing.feed(AgentMessage::Error(report)).await?;
+            outgoing.close().await?;
+            return Ok(());
+        }
+    };
     // Commands and copies are work, under the agent's and the client's limits.
     let _slot = match request.kind() {
         None => None,

@@ -87,6 +87,20 @@ impl Client {
                         presented,
                     },
                     HostKeyOutcome::RefusedUnknown(presented) => CtlError::UnknownHost(presented),
+                    // The agent closes connections it has no room for
+                    // before any TLS, without a word (there is no TLS
+                    // alert for "busy").
+                    _ if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                    {
+                        CtlError::Agent(rexec_protocol::ErrorReport::new(
+                            rexec_protocol::ErrorKind::Busy,
+                            "the agent closed the connection before the TLS handshake: \
+                             too many connections being set up; try again later",
+                        ))
+                    }
                     _ => CtlError::Handshake(e),
                 })
         };

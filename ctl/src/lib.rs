@@ -400,7 +400,7 @@ fn plain(e: CtlError) -> Failure {
 }
 
 fn keygen(config: &ConfigDir) -> Result<u8, Failure> {
-    let identity = Identity::create(&config.identity(), "ctl").map_err(|e| plain(e.into()))?;
+    let identity = Identity::create(&config.identity()).map_err(|e| plain(e.into()))?;
     say!("created client identity in {}", config.path().display());
     print_out(&format!("{}\n", identity.fingerprint))
 }

@@ -152,15 +152,21 @@ impl IdentityPaths {
     }
 }
 
+/// The subject (common name) and the one DNS name of every certificate we
+/// create. Nobody checks them, and a certificate is shown to anyone who
+/// connects (`openssl s_client`), so they say nothing about the machine or
+/// the user: no host name, no user name, only what the key is for.
+pub const CERTIFICATE_NAME: &str = "rexec";
+
 impl Identity {
-    /// Creates a new Ed25519 key pair with a self-signed certificate for
-    /// `common_name`, writes it to `paths` (key file mode 0600, created
-    /// exclusively) and returns it.
+    /// Creates a new Ed25519 key pair with a self-signed certificate named
+    /// [`CERTIFICATE_NAME`], writes it to `paths` (key file mode 0600,
+    /// created exclusively) and returns it.
     ///
     /// # Errors
     /// [`IdentityError::Exists`] when either file exists; I/O and generation
     /// failures otherwise.
-    pub fn create(paths: &IdentityPaths, common_name: &str) -> Result<Identity, IdentityError> {
+    pub fn create(paths: &IdentityPaths) -> Result<Identity, IdentityError> {
         for path in [&paths.certificate, &paths.private_key] {
             if path.exists() {
                 return Err(IdentityError::Exists(path.clone()));
@@ -169,10 +175,11 @@ impl Identity {
         let generate = |e: rcgen::Error| IdentityError::Generate(e.to_string());
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(generate)?;
         let mut params =
-            rcgen::CertificateParams::new(vec!["rexec".to_owned()]).map_err(generate)?;
+            rcgen::CertificateParams::new(vec![CERTIFICATE_NAME.to_owned()]).map_err(generate)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
+            .push(rcgen::DnType::CommonName, CERTIFICATE_NAME);
         let certificate = params.self_signed(&key_pair).map_err(generate)?;
 
         if let Some(parent) = paths.private_key.parent() {
@@ -258,7 +265,7 @@ mod tests {
     fn create_then_load_gives_the_same_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let paths = IdentityPaths::in_dir(dir.path(), "agent");
-        let created = Identity::create(&paths, "test").unwrap();
+        let created = Identity::create(&paths).unwrap();
         let loaded = Identity::load(&paths).unwrap();
         assert_eq!(created.fingerprint, loaded.fingerprint);
         let mode = fs::metadata(&paths.private_key)
@@ -271,11 +278,11 @@ mod tests {
     #[test]
     fn two_identities_differ_and_existing_files_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Identity::create(&IdentityPaths::in_dir(dir.path(), "a"), "a").unwrap();
-        let b = Identity::create(&IdentityPaths::in_dir(dir.path(), "b"), "b").unwrap();
+        let a = Identity::create(&IdentityPaths::in_dir(dir.path(), "a")).unwrap();
+        let b = Identity::create(&IdentityPaths::in_dir(dir.path(), "b")).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         assert!(matches!(
-            Identity::create(&IdentityPaths::in_dir(dir.path(), "a"), "a"),
+            Identity::create(&IdentityPaths::in_dir(dir.path(), "a")),
             Err(IdentityError::Exists(_))
         ));
         assert_eq!(
@@ -290,7 +297,7 @@ mod tests {
     fn readable_private_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let paths = IdentityPaths::in_dir(dir.path(), "agent");
-        Identity::create(&paths, "test").unwrap();
+        Identity::create(&paths).unwrap();
         fs::set_permissions(&paths.private_key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Identity::load(&paths).unwrap_err();
         assert!(matches!(err, IdentityError::KeyTooOpen { mode: 0o644, .. }));

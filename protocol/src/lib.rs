@@ -47,7 +47,7 @@ mod handshake_tests {
 
     fn keys() -> Keys {
         let dir = tempfile::tempdir().unwrap();
-        let make = |name: &str| Identity::create(&IdentityPaths::in_dir(dir.path(), name), name);
+        let make = |name: &str| Identity::create(&IdentityPaths::in_dir(dir.path(), name));
         Keys {
             agent: make("agent").unwrap(),
             client: make("client").unwrap(),
