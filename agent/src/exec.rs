@@ -38,8 +38,11 @@ const READ_CHUNK: usize = rexec_protocol::MAX_CHUNK_LEN;
 /// 64 KiB). A larger pipe lets the child write on while we send, so a fast
 /// producer is not stopped and woken once per 64 KiB.
 const PIPE_CAPACITY: i32 = 1024 * 1024;
-/// How many stdin chunks may wait for the child to read them.
-const STDIN_QUEUE: usize = 4;
+/// How many stdin chunks may wait for the child to read them, besides the
+/// one being written and the one the session holds back while the queue is
+/// full. Chunks are at most `MAX_CHUNK_LEN` (256 KiB), so a session holds at
+/// most 768 KiB of stdin; past that the client is pushed back by TCP.
+const STDIN_QUEUE: usize = 1;
 /// How often we look whether a killed group has gone.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 /// What we write to a terminal's master when the client's stdin ends: the
@@ -324,7 +327,10 @@ where
                 match message {
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
                         if stdin.is_some() {
-                            pending_stdin = Some(chunk);
+                            // A copy of its own: the received chunk is a view
+                            // into the connection's read buffer, whose whole
+                            // allocation it would keep while it waits.
+                            pending_stdin = Some(Bytes::copy_from_slice(&chunk));
                         }
                     }
                     Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
