@@ -87,6 +87,11 @@ pub fn untrack(pgid: Pid) {
 /// The keeper process: reads `+PGID`/`-PGID` lines until end of file, then
 /// ends every group still listed.
 pub fn run(grace: Duration) {
+    // Sockets systemd passed to the agent are not close-on-exec; the
+    // keeper must not hold them (or anything else but its stdio).
+    // SAFETY: closes descriptors this process does not use; no Rust object
+    // owns any of them, as the keeper has opened nothing yet.
+    let _ = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     // Ctrl-C on the terminal the agent was started from reaches the keeper
     // too; it must stay until the agent is gone.
     for sig in [
