@@ -171,9 +171,11 @@ where
     // end of file.
     drop(command);
     let master = pty.map(|pair| pair.master);
+    let chdir_failed = spawned.is_err() && chdir_probe.failed();
+    drop(chdir_probe);
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) if chdir_probe.failed() => {
+        Err(e) if chdir_failed => {
             report.end = refuse(outgoing, chdir_refusal(&cwd, &user, &e)).await;
             return report;
         }

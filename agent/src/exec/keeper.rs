@@ -8,7 +8,10 @@
 //! each command as it starts (`+PGID`) and ends (`-PGID`). Only the agent
 //! holds the pipe's write end, so the kernel closes it when the agent dies,
 //! however it dies; at that end of file the keeper sends SIGTERM to every
-//! group still listed, SIGKILL after the kill grace, and exits.
+//! group still listed, SIGKILL after the kill grace, and exits. A group is
+//! struck off once its exec has ended, so the keeper signals only groups
+//! that were running a moment before; one that ended by itself in the very
+//! instant the agent died is the one case where a reused id could be hit.
 //!
 //! Why not `PR_SET_PDEATHSIG` on each shell: it reaches the shell only, not
 //! the rest of its group (a child subreaper does not help once the agent is
@@ -25,6 +28,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{SigHandler, Signal, killpg, signal};
 use nix::unistd::Pid;
 
@@ -54,6 +58,14 @@ pub fn start(grace: Duration) -> io::Result<()> {
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("the keeper has no stdin"))?;
+    // A keeper that stops reading (stopped by hand) must not stall the
+    // agent: a record that does not fit at once is dropped instead.
+    let flags = fcntl(&stdin, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    fcntl(
+        &stdin,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(io::Error::from)?;
     if KEEPER.set(Mutex::new(stdin)).is_err() {
         return Err(io::Error::other("the keeper was started twice"));
     }
