@@ -589,9 +589,10 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     let env = Env::new();
     // The temporary directories must be reachable by the other user.
     std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // root first: a listed client runs as no one else, by default the first.
     std::fs::write(
         env.agent_dir.join("agent.toml"),
-        "[run_as]\ntester = [\"nobody\"]\n",
+        "[run_as]\ntester = [\"root\", \"nobody\"]\n",
     )
     .unwrap();
     let agent = env.agent();

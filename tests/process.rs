@@ -800,7 +800,17 @@ fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
     let env = Env::new();
     let agent = InProcessAgent::start(&env, Duration::from_secs(20));
     let target = agent.addr.to_string();
-    let mut ctl = spawn_exec_at(&env, &target, &[], "echo ready; sleep 1; echo finished");
+    // The command finishes when the test says so, not after some time.
+    let go = env.root.path().join("go");
+    let mut ctl = spawn_exec_at(
+        &env,
+        &target,
+        &[],
+        &format!(
+            "echo ready; while ! test -e '{}'; do sleep 0.02; done; echo finished",
+            go.display()
+        ),
+    );
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
     agent.shutdown.stop.cancel();
@@ -810,6 +820,11 @@ fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        !agent.server.is_finished(),
+        "serve must wait for the running command"
+    );
+    std::fs::write(&go, "").unwrap();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "finished\n");
@@ -834,4 +849,380 @@ fn grace_expiry_cancels_the_kill_token_and_clients_hear_why() {
     assert!(agent.shutdown.kill.is_cancelled());
     assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
     agent.join();
+}
+
+/// An agent started as `rexec-agent run` by hand, with `cmd`'s changes,
+/// known to ctl.
+fn hand_started_agent(env: &Env, adjust: impl FnOnce(&mut Command)) -> Agent {
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    adjust(&mut cmd);
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    env.trust(&agent);
+    agent
+}
+
+#[test]
+fn the_environment_has_exact_base_values_and_a_c_utf8_default_lang() {
+    let env = Env::new();
+    // Started without LANG, so the default shows.
+    let agent = hand_started_agent(&env, |cmd| {
+        cmd.env_remove("LANG");
+    });
+    let probe = "printf '%s|' \"$PATH\" \"$HOME\" \"$USER\" \"$LOGNAME\" \"$SHELL\" \"$LANG\" \"${RUST_LOG-unset}\" \"${TERM-unset}\"";
+    let out = env.exec(&agent, &[probe]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let user = Command::new("id").arg("-un").output().unwrap();
+    let user = stdout_of(&user).trim().to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let entry: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .unwrap()
+        .split(':')
+        .collect();
+    let home = Some(entry[5])
+        .filter(|h| std::path::Path::new(h).is_dir())
+        .unwrap_or("/");
+    assert_eq!(
+        stdout_of(&out),
+        format!(
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|{home}|{user}|{user}|{}|C.UTF-8|unset|unset|",
+            entry[6]
+        )
+    );
+    // The agent's own LANG is passed on; the client's -e wins over both.
+    let agent = hand_started_agent(&env, |cmd| {
+        cmd.env("LANG", "de_DE.UTF-8");
+    });
+    let out = env.exec(&agent, &["echo \"$LANG\""]);
+    assert_eq!(stdout_of(&out), "de_DE.UTF-8\n", "{}", stderr_of(&out));
+    let out = env.exec(
+        &agent,
+        &["-e", "LANG=C", "-e", "PATH=/opt/x", "echo \"$LANG $PATH\""],
+    );
+    assert_eq!(stdout_of(&out), "C /opt/x\n", "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_command_gets_its_own_session_without_the_agents_terminal() {
+    use std::os::unix::process::CommandExt;
+    // The agent runs with a terminal as its controlling one, as when an
+    // admin starts it by hand.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.try_clone().unwrap();
+    let env = Env::new();
+    let agent = hand_started_agent(&env, move |cmd| {
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave));
+        // SAFETY: setsid and ioctl only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let agent_sid =
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(agent.child.id() as i32))).unwrap();
+    let out = env.exec(
+        &agent,
+        &["ps -o sid= -p $$; if (exec 3</dev/tty) 2>/dev/null; then echo has-tty; else echo no-tty; fi"],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    let mut lines = text.lines();
+    let sid: i32 = lines.next().unwrap().trim().parse().unwrap();
+    assert_ne!(sid, agent_sid.as_raw(), "a session of its own");
+    assert_eq!(lines.next(), Some("no-tty"), "{text}");
+    drop(pty.master);
+}
+
+#[test]
+fn a_killed_agent_takes_its_commands_with_it() {
+    let env = Env::new();
+    let mut agent = env.agent();
+    let mut run = start_sleeping(&env, &agent, "", 2);
+    let shell = format!("-c echo ready; sleep {}", run.sleep);
+    assert!(
+        processes_with(&run.sleep)
+            .iter()
+            .any(|(_, c)| c.contains(&shell)),
+        "{:?}",
+        processes_with(&run.sleep)
+    );
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    // The shell and both sleeps; the bound is the kill grace plus slack.
+    assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
+    assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
+}
+
+#[test]
+fn a_timeout_is_reported_once_the_group_is_gone_not_after_the_kill_grace() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    // A child subreaper above the commands that reaps nothing (as a slow
+    // init does): the timed-out command's orphaned sleep stays a zombie in
+    // the group. The agent itself is that subreaper here.
+    let mut cmd = Command::new(bin("rexec-agent"));
+    cmd.args(["run", "--dir"])
+        .arg(&env.agent_dir)
+        .args(["--listen", "127.0.0.1:0", "--kill-grace", "60s"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: one prctl between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_child_subreaper(true)?;
+            Ok(())
+        });
+    }
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    env.trust(&agent);
+    let sleep = unique_sleep(600);
+    let started = Instant::now();
+    let out = env.exec(
+        &agent,
+        &[
+            "--timeout",
+            "1s",
+            &format!("sleep {sleep}; echo not-reached"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "");
+    assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
+    // Held for the 60 s kill grace before the fix; the bound leaves slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use rexec_protocol::tls::{HostKeyPolicy, HostKeyVerifier, client_config, server_name};
+    use rexec_protocol::{
+        AgentMessage, ClientCodec, ClientMessage, ErrorKind, ExecRequest, Hello, Identity,
+        IdentityPaths,
+    };
+
+    let env = Env::new();
+    let agent = env.agent();
+    let identity = Identity::load(&IdentityPaths::in_dir(&env.ctl_dir, "client")).unwrap();
+    let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
+    let config = client_config(Some(&identity), verifier).unwrap();
+    for secs in [u64::MAX, 5_000_000_000_000_000 * 3600, 400 * 365 * 86400] {
+        let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config.clone()))
+            .connect(server_name("127.0.0.1"), tcp)
+            .await
+            .unwrap();
+        let (read, write) = tokio::io::split(tls);
+        let mut incoming = tokio_util::codec::FramedRead::new(read, ClientCodec::new());
+        let mut outgoing = tokio_util::codec::FramedWrite::new(write, ClientCodec::new());
+        outgoing
+            .send(ClientMessage::Hello(Hello::new("test")))
+            .await
+            .unwrap();
+        outgoing
+            .send(ClientMessage::Exec(ExecRequest {
+                command: "echo ran".into(),
+                timeout: Some(Duration::from_secs(secs)),
+                ..ExecRequest::default()
+            }))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read = async {
+            while let Some(Ok(message)) = incoming.next().await {
+                got.push(message);
+            }
+        };
+        assert!(tokio::time::timeout(DEADLINE, read).await.is_ok());
+        match got.last() {
+            Some(AgentMessage::Error(report)) => {
+                assert_eq!(report.kind, ErrorKind::BadRequest);
+                assert_eq!(
+                    report.message,
+                    "the timeout asked for is longer than this agent accepts (10 years)"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?} in {got:?}"),
+        }
+    }
+    // Audited, and the agent goes on.
+    assert!(agent.wait_for_log("timeout asked for is longer").is_some());
+    let out = ctl_output_off_the_runtime(&env, &["exec", &agent.target(), "echo still"]).await;
+    assert_eq!(stdout_of(&out), "still\n", "{}", stderr_of(&out));
+}
+
+/// `[run_as]` for the env's client (`tester`), and a second client
+/// (`other`) the rules do not name.
+fn root_agent_with_run_as(env: &Env, rules: &str) -> (Agent, std::path::PathBuf) {
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        format!("[run_as]\n{rules}\n"),
+    )
+    .unwrap();
+    let agent = env.agent();
+    let other = env.other_client(Some("other"));
+    (agent, other)
+}
+
+fn exec_at(
+    env: &Env,
+    dir: Option<&std::path::Path>,
+    target: &str,
+    words: &[&str],
+) -> std::process::Output {
+    let mut ctl = env.ctl();
+    if let Some(dir) = dir {
+        ctl.env("REXEC_CONFIG_DIR", dir);
+    }
+    ctl.arg("exec").arg(target).args(words).output().unwrap()
+}
+
+#[test]
+fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
+    let test = "run_as_rules_confine_a_listed_client_and_leave_others_as_they_were";
+    if !running_as_root() {
+        skipped(test, "the agent must run as root to switch users");
+        return;
+    }
+    let env = Env::new();
+    let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
+    let host = agent.target();
+    // The listed client: its first user by default, never root.
+    let out = exec_at(&env, None, &host, &["id -un"]);
+    assert_eq!(stdout_of(&out), "nobody\n", "{}", stderr_of(&out));
+    let out = exec_at(&env, None, &format!("root@{host}"), &["id -un"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    assert!(
+        stderr_of(&out).contains("client \"tester\" may not run commands as \"root\""),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = exec_at(&env, None, &host, &["--user", "root", "id -un"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stdout_of(&out));
+    // A client the rules do not name keeps running as the agent's user.
+    let out = exec_at(&env, Some(&other), &host, &["id -un"]);
+    assert_eq!(stdout_of(&out), "root\n", "{}", stderr_of(&out));
+    let out = exec_at(&env, Some(&other), &format!("nobody@{host}"), &["id -un"]);
+    assert_eq!(out.status.code(), Some(255));
+
+    // Copies follow the same rule: a pull of a root-only file is refused,
+    // a push lands as nobody's.
+    let secret = env.root.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let local = env.root.path().join("pulled");
+    std::fs::create_dir(&local).unwrap();
+    let pull = env
+        .ctl()
+        .args(["cp", &format!("{host}:{}", secret.display())])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert_ne!(pull.status.code(), Some(0), "{}", stderr_of(&pull));
+    assert!(!local.join("secret").exists());
+    std::fs::set_permissions(
+        env.root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dest = env.root.path().join("drop");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let file = env.root.path().join("pushed.txt");
+    std::fs::write(&file, "hello\n").unwrap();
+    let push = env
+        .ctl()
+        .arg("cp")
+        .arg(&file)
+        .arg(format!("{host}:{}/", dest.display()))
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", stderr_of(&push));
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dest.join("pushed.txt")).unwrap());
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    assert_eq!(owner.to_string(), stdout_of(&nobody).trim());
+    let root_pull = env
+        .ctl()
+        .args(["cp", &format!("root@{host}:{}", secret.display())])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert_eq!(
+        root_pull.status.code(),
+        Some(255),
+        "{}",
+        stderr_of(&root_pull)
+    );
+    assert!(!local.join("secret").exists());
+}
+
+#[test]
+fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
+    let test = "a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden";
+    if !running_as_root() {
+        skipped(test, "the agent must run as root to switch users");
+        return;
+    }
+    let env = Env::new();
+    let (agent, _) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
+    let host = agent.target();
+    let hidden = env.root.path().join("root-only");
+    std::fs::create_dir_all(hidden.join("inner")).unwrap();
+    std::fs::write(hidden.join("inner/secret.txt"), "the secret\n").unwrap();
+    std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // The env's temp dir itself must be enterable by nobody for the rest.
+    std::fs::set_permissions(
+        env.root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let marker_file = env.root.path().join("must-not-exist");
+    let mut messages = Vec::new();
+    for dir in ["inner", "missing"] {
+        let path = hidden.join(dir);
+        let out = exec_at(
+            &env,
+            None,
+            &host,
+            &[
+                "-C",
+                path.to_str().unwrap(),
+                &format!("cat secret.txt; touch '{}'", marker_file.display()),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(255));
+        assert_eq!(stdout_of(&out), "", "nothing ran");
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("user nobody may not enter the directory"),
+            "{err}"
+        );
+        messages.push(err.replace(dir, "DIR"));
+    }
+    assert_eq!(
+        messages[0], messages[1],
+        "an existing hidden path looks like a missing one"
+    );
+    assert!(!marker_file.exists());
+    // A directory nobody may enter works.
+    let out = exec_at(&env, None, &host, &["-C", "/tmp", "pwd; id -un"]);
+    assert_eq!(stdout_of(&out), "/tmp\nnobody\n", "{}", stderr_of(&out));
 }

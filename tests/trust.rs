@@ -208,6 +208,309 @@ fn a_readable_agent_key_keeps_the_agent_from_starting() {
     let err = stderr_of(&out);
     assert!(err.contains("too open"), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
+    // Said once, in one line, without sending the admin to `init` (which
+    // would refuse to overwrite the key).
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("too open").count(), 1, "{err}");
+    assert!(!err.contains("init"), "{err}");
+}
+
+#[test]
+fn a_missing_agent_dir_is_one_line_that_says_how_to_create_it() {
+    let env = Env::new();
+    let missing = env.root.path().join("no-such-dir");
+    for args in [
+        &["run", "--listen", "127.0.0.1:0"][..],
+        &["run", "--check"],
+        &["id"],
+    ] {
+        let out = Command::new(bin("rexec-agent"))
+            .arg("--dir")
+            .arg(&missing)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "rexec-agent: error: no agent identity in {} (agent.key is missing): create one with: rexec-agent --dir {} init",
+                missing.display(),
+                missing.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("os error"), "{err}");
+    }
+}
+
+#[test]
+fn authorize_refuses_a_name_another_key_has_and_an_empty_name() {
+    let env = Env::new();
+    let (_, other) = env.stranger();
+    let before = std::fs::read_to_string(env.agent_dir.join("authorized_clients")).unwrap();
+    for name in ["tester", "", " ", "a # b"] {
+        let out = agent_cli(&env, &["authorize", &other, "--name", name]);
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("rexec-agent: error: "), "{err}");
+    }
+    let out = agent_cli(&env, &["authorize", &other, "--name", "tester"]);
+    assert!(
+        stderr_of(&out).contains("\"tester\" is already taken"),
+        "{}",
+        stderr_of(&out)
+    );
+    let after = std::fs::read_to_string(env.agent_dir.join("authorized_clients")).unwrap();
+    assert_eq!(before, after, "nothing written");
+    // A name of its own is fine, and revoking one name removes one key.
+    assert!(
+        agent_cli(&env, &["authorize", &other, "--name", "other"])
+            .status
+            .success()
+    );
+    let out = agent_cli(&env, &["revoke", "other"]);
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+    let clients = agent_cli(&env, &["clients"]);
+    assert_eq!(
+        stdout_of(&clients),
+        format!("{} tester\n", env.client_fingerprint)
+    );
+}
+
+#[test]
+fn a_comment_after_a_name_in_the_clients_file_is_not_part_of_the_name() {
+    let env = Env::new();
+    std::fs::write(
+        env.agent_dir.join("authorized_clients"),
+        format!(
+            "# lab admins\n{} ok   # alice's laptop\n",
+            env.client_fingerprint
+        ),
+    )
+    .unwrap();
+    let clients = agent_cli(&env, &["clients"]);
+    assert_eq!(
+        stdout_of(&clients),
+        format!("{} ok\n", env.client_fingerprint)
+    );
+    let agent = env.agent();
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo in"])), "in\n");
+    assert!(
+        agent.wait_for_log("client=\"ok\" ").is_some(),
+        "{}",
+        agent.log()
+    );
+    let out = agent_cli(&env, &["revoke", "ok"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+/// `run --check` and `run` with `toml` as the config file.
+fn check_and_run(env: &Env, toml: &str, flags: &[&str]) -> [std::process::Output; 2] {
+    let config = env.root.path().join("check.toml");
+    std::fs::write(&config, toml).unwrap();
+    let agent = |extra: &[&str]| {
+        Command::new(bin("rexec-agent"))
+            .arg("--dir")
+            .arg(&env.agent_dir)
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .args(flags)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    [agent(&["--check"]), agent(&[])]
+}
+
+#[test]
+fn run_check_refuses_what_run_refuses() {
+    let env = Env::new();
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("listen = []\n", &[], "no address to listen on"),
+        (
+            "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n",
+            &[],
+            "127.0.0.1:0 is listed twice",
+        ),
+        (
+            "",
+            &["--listen", "127.0.0.1:7", "--listen", "127.0.0.1:7"],
+            "127.0.0.1:7 is given twice",
+        ),
+        (
+            "shell = \"/no/such/shell\"\nlisten = \"127.0.0.1:0\"\n",
+            &[],
+            "the shell /no/such/shell does not exist",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\n",
+            &["--shell", "/etc"],
+            "the shell /etc does not exist or is not an executable file",
+        ),
+        (
+            "max_timeout = \"18446744073709551615s\"\n",
+            &[],
+            "longer than 10 years",
+        ),
+    ];
+    for (toml, flags, expected) in cases {
+        for out in check_and_run(&env, toml, flags) {
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{toml:?} {flags:?}: {}",
+                stderr_of(&out)
+            );
+            let err = stderr_of(&out);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(expected), "{toml:?}: {err}");
+        }
+    }
+}
+
+/// Extreme and malformed values for every parser of the agent: each is
+/// refused with one line, never a panic (exit 101).
+#[test]
+fn the_agents_parsers_refuse_extreme_and_malformed_values_in_one_line() {
+    let env = Env::new();
+    let durations = [
+        "18446744073709551615s",
+        "18446744073709551616s",
+        "5000000000000000h",
+        "99999999999999999999999999999999d",
+        "-1s",
+        "1.5s",
+        "",
+        " ",
+        "10 parsecs",
+        "1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s",
+        "\u{202e}1s",
+        "1 ns",
+    ];
+    let keys = [
+        "handshake_timeout",
+        "kill_grace",
+        "shutdown_grace",
+        "max_timeout",
+        "keepalive_interval",
+    ];
+    let mut tomls: Vec<String> = Vec::new();
+    for key in keys {
+        for d in durations {
+            tomls.push(format!("{key} = {d:?}\n"));
+        }
+        tomls.push(format!("{key} = 1e400\n"));
+        tomls.push(format!("{key} = []\n"));
+    }
+    for key in [
+        "max_sessions",
+        "max_execs",
+        "max_execs_per_client",
+        "keepalive_count",
+        "max_copy_bytes",
+    ] {
+        for n in [
+            "0",
+            "-1",
+            "18446744073709551616",
+            "99999999999999999999999999",
+            "1.5",
+            "\"many\"",
+            "nan",
+            "inf",
+        ] {
+            tomls.push(format!("{key} = {n}\n"));
+        }
+    }
+    tomls.extend(
+        [
+            "listen = \"999.1.1.1:7722\"\n",
+            "listen = \"127.0.0.1:99999\"\n",
+            "listen = [[\"127.0.0.1:1\"]]\n",
+            "listen = 7722\n",
+            "[run_as]\nalice = \"root\"\n",
+            "[run_as]\nalice = [[]]\n",
+            "run_as = 5\n",
+            "dir = 5\n",
+            "shell = \"\"\n",
+            "[[run_as]]\n",
+            "\u{0}\u{1}\u{2}",
+            "a = \"\n",
+            "[",
+            "max_sessions = 1\nmax_sessions = 2\n",
+        ]
+        .map(String::from),
+    );
+    tomls.push(format!("{}\n", "[a]".repeat(1000)));
+    tomls.push(format!("x = {}1{}\n", "[".repeat(5000), "]".repeat(5000)));
+    for toml in &tomls {
+        let config = env.root.path().join("fuzz.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = Command::new(bin("rexec-agent"))
+            .arg("--dir")
+            .arg(&env.agent_dir)
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--check"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_ne!(out.status.code(), Some(101), "{toml:?} panicked: {err}");
+        if !out.status.success() {
+            assert_eq!(err.lines().count(), 1, "{toml:?}: {err}");
+            assert!(err.starts_with("rexec-agent: "), "{toml:?}: {err}");
+        }
+    }
+    // The same durations as flags.
+    for d in durations {
+        for flag in [
+            "--kill-grace",
+            "--max-timeout",
+            "--handshake-timeout",
+            "--shutdown-grace",
+            "--keepalive-interval",
+        ] {
+            let out = agent_cli(&env, &["run", "--check", flag, d]);
+            let err = stderr_of(&out);
+            assert_ne!(out.status.code(), Some(101), "{flag} {d:?}: {err}");
+            if !out.status.success() {
+                assert_eq!(err.lines().count(), 1, "{flag} {d:?}: {err}");
+            }
+        }
+    }
+    // A clients file of garbage: good lines kept, no panic.
+    let garbage = format!(
+        "{}\nSHA256:\nSHA256:{}\n\u{0}\u{ff}\n{} {}\n#\n{} ok\n",
+        "x".repeat(100_000),
+        "A".repeat(10_000),
+        env.client_fingerprint,
+        "n".repeat(100_000),
+        env.client_fingerprint
+    );
+    std::fs::write(env.agent_dir.join("authorized_clients"), garbage).unwrap();
+    let out = agent_cli(&env, &["clients"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).ends_with(" ok\n"), "{}", stdout_of(&out));
+    for (fp, name) in [
+        ("SHA256:", "x"),
+        ("SHA256:AAAA", "x"),
+        ("sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "x"),
+        (env.client_fingerprint.as_str(), "line\nbreak"),
+        (env.client_fingerprint.as_str(), "\u{7f}"),
+    ] {
+        let out = agent_cli(&env, &["authorize", fp, "--name", name]);
+        let err = stderr_of(&out);
+        assert_ne!(out.status.code(), Some(101), "{fp} {name:?}: {err}");
+        assert!(!out.status.success(), "{fp} {name:?}");
+        assert_eq!(err.lines().count(), 1, "{fp} {name:?}: {err}");
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! with a name for the logs.
 //!
 //! The file is plain text, one client per line: `SHA256:<base64> NAME`, with
-//! `#` comments and blank lines allowed. The agent notices edits by itself:
+//! `#` comments (a whole line, or the rest of one) and blank lines allowed.
+//! A name is unique: `authorize` refuses one that another key already has. The agent notices edits by itself:
 //! every lookup compares the file's modification time, size and inode with
 //! what it last read (one `stat`, far cheaper than the handshake it guards)
 //! and re-reads it when they differ; SIGHUP forces a re-read. A missing or
@@ -41,8 +42,9 @@ pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
     let mut clients = Vec::new();
     let mut bad = Vec::new();
     for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+        // Neither fingerprints nor names contain `#`: the rest is a comment.
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
             continue;
         }
         let (fingerprint, name) = match line.split_once(char::is_whitespace) {
@@ -183,14 +185,63 @@ impl ClientAuthorizer for AuthorizedClients {
     }
 }
 
+/// Why a client could not be authorized.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// Another key already has the name.
+    #[error(
+        "the name {name:?} is already taken by {fingerprint}: choose another, or revoke that one first"
+    )]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The key that has it.
+        fingerprint: Fingerprint,
+    },
+    /// The file could not be read or written.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Whether `name` can name a client: not empty, no `#` (which starts a
+/// comment in the file), no control characters, no space at either end.
+///
+/// # Errors
+/// A one-line message saying what is wrong.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("a client name cannot be empty".into());
+    }
+    if name.trim() != name {
+        return Err("a client name cannot begin or end with a space".into());
+    }
+    if name.contains('#') {
+        return Err("a client name cannot contain `#`, which starts a comment in the file".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a client name cannot contain control characters".into());
+    }
+    Ok(())
+}
+
 /// Adds a client to the file (creating it), replacing any entry with the
 /// same fingerprint. Comments and other lines are kept. Returns whether an
 /// entry was replaced.
 ///
 /// # Errors
-/// When the file cannot be read or written.
-pub fn authorize(path: &Path, client: &AuthorizedClient) -> io::Result<bool> {
+/// When another key has the same name, or the file cannot be read or written.
+pub fn authorize(path: &Path, client: &AuthorizedClient) -> Result<bool, AuthorizeError> {
     let text = read_or_empty(path)?;
+    if let Some(other) = parse(&text)
+        .0
+        .into_iter()
+        .find(|c| c.name == client.name && c.fingerprint != client.fingerprint)
+    {
+        return Err(AuthorizeError::NameTaken {
+            name: client.name.clone(),
+            fingerprint: other.fingerprint,
+        });
+    }
     let fp = client.fingerprint.to_string();
     let mut replaced = false;
     let mut lines: Vec<String> = Vec::new();
@@ -271,6 +322,35 @@ mod tests {
         assert_eq!(clients[1].name, "unnamed");
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].line, 4);
+    }
+
+    #[test]
+    fn a_comment_after_a_name_is_not_part_of_it() {
+        let text = format!("{A} ok   # the lab's laptop\n{B}# no name\n");
+        let (clients, bad) = parse(&text);
+        assert_eq!(bad, vec![]);
+        assert_eq!(clients[0].name, "ok");
+        assert_eq!(clients[1].name, "unnamed");
+    }
+
+    #[test]
+    fn a_name_is_unique_and_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let client = |fp: &str, name: &str| AuthorizedClient {
+            fingerprint: fp.parse().unwrap(),
+            name: name.into(),
+        };
+        authorize(&path, &client(A, "other")).unwrap();
+        let e = authorize(&path, &client(B, "other")).unwrap_err();
+        assert!(matches!(e, AuthorizeError::NameTaken { .. }), "{e}");
+        assert_eq!(parse(&fs::read_to_string(&path).unwrap()).0.len(), 1);
+        // The same key may be renamed.
+        assert!(authorize(&path, &client(A, "renamed")).unwrap());
+        for name in ["", " ", " x", "x ", "a#b", "a\tb"] {
+            assert!(check_name(name).is_err(), "{name:?}");
+        }
+        assert_eq!(check_name("alice laptop"), Ok(()));
     }
 
     #[test]

@@ -42,6 +42,32 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_KEEPALIVE_COUNT: u32 = 4;
 /// The shell that runs commands, as `SHELL -c COMMAND`.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
+/// The longest duration the agent takes anywhere (a setting, a flag, a
+/// client's timeout): far beyond any real use, and far enough below the
+/// clock's range that every deadline computed from it exists.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// [`LONGEST_DURATION`] in words, for messages.
+pub const LONGEST_DURATION_TEXT: &str = "10 years";
+
+/// Parses a duration in humantime form (`"10s"`, `"1m 30s"`, `"2h"`), at
+/// most [`LONGEST_DURATION`].
+///
+/// # Errors
+/// A one-line message saying what is wrong with `text`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => {
+            format!("invalid duration {text:?}: longer than {LONGEST_DURATION_TEXT}")
+        }
+        e => format!("invalid duration {text:?}: {e}"),
+    })?;
+    if duration > LONGEST_DURATION {
+        return Err(format!(
+            "invalid duration {text:?}: longer than {LONGEST_DURATION_TEXT}"
+        ));
+    }
+    Ok(duration)
+}
 
 /// Everything a running agent needs to know.
 #[derive(Debug, Clone)]
@@ -82,12 +108,13 @@ pub struct AgentSettings {
     pub run_as: RunAsPolicy,
 }
 
-/// Which users a client may ask to run commands as.
+/// Which users a client may run commands (and copies) as.
 ///
 /// Keys are client names from the authorized clients file; values are user
-/// names, where `*` means any user. A client not listed may only run as the
-/// agent's own user. An agent that does not run as root can run commands as
-/// its own user only, whatever this says.
+/// names, where `*` means any user. A listed client runs only as one of its
+/// users, by default the first (the agent's own user when that is `*`); a
+/// client not listed runs only as the agent's own user. An agent that does
+/// not run as root can run commands as its own user only, whatever this says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunAsPolicy {
     /// Client name to allowed user names.
@@ -95,11 +122,24 @@ pub struct RunAsPolicy {
 }
 
 impl RunAsPolicy {
+    /// The users the client named `client` is confined to, if it has a rule.
+    pub fn rule(&self, client: &str) -> Option<&[String]> {
+        self.by_client.get(client).map(Vec::as_slice)
+    }
+
     /// Whether the client named `client` may run commands as `user`.
     pub fn allows(&self, client: &str, user: &str) -> bool {
-        self.by_client
-            .get(client)
+        self.rule(client)
             .is_some_and(|users| users.iter().any(|u| u == "*" || u == user))
+    }
+
+    /// Whom a listed client runs as when it names no user: the first user
+    /// of its rule, unless that is `*`.
+    pub fn default_user(&self, client: &str) -> Option<&str> {
+        self.rule(client)
+            .and_then(|users| users.first())
+            .map(String::as_str)
+            .filter(|user| *user != "*")
     }
 }
 
@@ -151,6 +191,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_are_bounded_with_a_one_line_message() {
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3650d"), Ok(LONGEST_DURATION));
+        for text in [
+            "18446744073709551615s",
+            "5000000000000000h",
+            "99999999999999999999999s",
+            "3651d",
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.ends_with("longer than 10 years"), "{text}: {e}");
+        }
+        for text in ["", "10 parsecs", "-1s", "1e9s", "s", "\u{0}"] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(
+                e.starts_with("invalid duration") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn run_as_policy_allows_listed_users_and_stars_only() {
         let mut policy = RunAsPolicy::default();
         policy
@@ -161,5 +223,8 @@ mod tests {
         assert!(!policy.allows("alice", "root"));
         assert!(policy.allows("ops", "root"));
         assert!(!policy.allows("bob", "backup"));
+        assert_eq!(policy.default_user("alice"), Some("www-data"));
+        assert_eq!(policy.default_user("ops"), None, "* names no one");
+        assert_eq!(policy.default_user("bob"), None);
     }
 }

@@ -106,8 +106,13 @@ pub struct ConfigFile {
     /// The most file data one push may write, in bytes; 0: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_copy_bytes: Option<u64>,
-    /// Client name to the users it may run commands as (`"*"`: any).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Client name to the users it may run commands as (`"*"`: any), the
+    /// first being its default.
+    #[serde(
+        default,
+        deserialize_with = "run_as_rules",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub run_as: Option<BTreeMap<String, Vec<String>>>,
 }
 
@@ -354,9 +359,17 @@ fn one_or_more_addresses<'de, D: Deserializer<'de>>(
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            let mut addresses = Vec::new();
+            let mut addresses: Vec<SocketAddr> = Vec::new();
             while let Some(a) = seq.next_element()? {
+                if addresses.contains(&a) {
+                    return Err(serde::de::Error::custom(format!("{a} is listed twice")));
+                }
                 addresses.push(a);
+            }
+            if addresses.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "no address to listen on: give at least one, such as \"0.0.0.0:7722\"",
+                ));
             }
             Ok(addresses)
         }
@@ -403,6 +416,27 @@ mod max_startups_opt {
     }
 }
 
+/// The `[run_as]` table: each client needs at least one user, and no user
+/// name is empty.
+fn run_as_rules<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, Vec<String>>>, D::Error> {
+    let rules = BTreeMap::<String, Vec<String>>::deserialize(d)?;
+    for (client, users) in &rules {
+        if users.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "client {client:?} has no user to run as: list at least one, or remove it"
+            )));
+        }
+        if users.iter().any(String::is_empty) {
+            return Err(serde::de::Error::custom(format!(
+                "client {client:?} has an empty user name"
+            )));
+        }
+    }
+    Ok(Some(rules))
+}
+
 /// Durations as humantime strings (`"10s"`, `"1m 30s"`).
 mod humantime_opt {
     use super::*;
@@ -428,8 +462,7 @@ mod humantime_opt {
         }
 
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            humantime::parse_duration(text)
-                .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+            crate::config::parse_duration(text).map_err(E::custom)
         }
     }
 }
@@ -618,6 +651,26 @@ ops = ["*"]
             e.starts_with("/etc/rexec/agent.toml:2:22: bad value for `run_as.alice[1]`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn extreme_durations_and_empty_or_repeated_lists_are_refused() {
+        let e = error("max_timeout = \"18446744073709551615s\"\n");
+        assert!(
+            e.starts_with("/etc/rexec/agent.toml:1:15: bad value for `max_timeout`")
+                && e.ends_with("longer than 10 years"),
+            "{e}"
+        );
+        let e = error("kill_grace = \"99999999999999999999999999h\"\n");
+        assert!(e.ends_with("longer than 10 years"), "{e}");
+        let e = error("listen = []\n");
+        assert!(e.contains("no address to listen on"), "{e}");
+        let e = error("listen = [\"127.0.0.1:7000\", \"127.0.0.1:7000\"]\n");
+        assert!(e.contains("127.0.0.1:7000 is listed twice"), "{e}");
+        let e = error("[run_as]\nalice = []\n");
+        assert!(e.contains("\"alice\" has no user to run as"), "{e}");
+        let e = error("[run_as]\nalice = [\"\"]\n");
+        assert!(e.contains("empty user name"), "{e}");
     }
 
     #[test]

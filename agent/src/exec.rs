@@ -6,13 +6,14 @@
 //! of an established connection after the request has been read.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Gid, Pid, Uid, User, geteuid};
 use rexec_protocol::{
@@ -24,8 +25,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentSettings;
+use crate::config::{self, AgentSettings};
 use crate::pty::{self, MasterStream};
+
+pub mod keeper;
 
 /// How much one read from a child's pipe may take: one output message at
 /// most. With one such buffer per stream this is the memory an exec holds
@@ -35,8 +38,11 @@ const READ_CHUNK: usize = rexec_protocol::MAX_CHUNK_LEN;
 /// 64 KiB). A larger pipe lets the child write on while we send, so a fast
 /// producer is not stopped and woken once per 64 KiB.
 const PIPE_CAPACITY: i32 = 1024 * 1024;
-/// How many stdin chunks may wait for the child to read them.
-const STDIN_QUEUE: usize = 4;
+/// How many stdin chunks may wait for the child to read them, besides the
+/// one being written and the one the session holds back while the queue is
+/// full. Chunks are at most `MAX_CHUNK_LEN` (256 KiB), so a session holds at
+/// most 768 KiB of stdin; past that the client is pushed back by TCP.
+const STDIN_QUEUE: usize = 1;
 /// How often we look whether a killed group has gone.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 /// What we write to a terminal's master when the client's stdin ends: the
@@ -111,6 +117,7 @@ impl Drop for GroupGuard {
         if self.armed {
             let _ = killpg(self.pgid, Signal::SIGKILL);
         }
+        keeper::untrack(self.pgid);
     }
 }
 
@@ -148,6 +155,7 @@ where
         cwd,
         user,
         pty,
+        chdir_probe,
     } = match prepare(request, requester, settings) {
         Ok(prepared) => prepared,
         Err(refusal) => {
@@ -155,16 +163,22 @@ where
             return report;
         }
     };
-    report.cwd = Some(cwd);
-    report.user = Some(user);
+    report.cwd = Some(cwd.clone());
+    report.user = Some(user.clone());
     let spawned = command.spawn();
     // The child has its copies of the terminal's slave; ours (in the pair
     // and in the command's stdio) must go, or the master would never see
     // end of file.
     drop(command);
     let master = pty.map(|pair| pair.master);
+    let chdir_failed = spawned.is_err() && chdir_probe.failed();
+    drop(chdir_probe);
     let mut child = match spawned {
         Ok(child) => child,
+        Err(e) if chdir_failed => {
+            report.end = refuse(outgoing, chdir_refusal(&cwd, &user, &e)).await;
+            return report;
+        }
         Err(e) => {
             let refusal = ErrorReport::new(
                 ErrorKind::SpawnFailed,
@@ -185,6 +199,7 @@ where
     report.pid = Some(pid);
     let pgid = Pid::from_raw(pid as i32);
     let mut guard = GroupGuard { pgid, armed: true };
+    keeper::track(pgid);
 
     let mut output = Output::default();
     let mut stdin = None;
@@ -235,7 +250,7 @@ where
     }
 
     let deadline = effective_timeout(request.timeout, settings.max_timeout)
-        .map(|t| tokio::time::Instant::now() + t)
+        .and_then(|t| tokio::time::Instant::now().checked_add(t))
         .unwrap_or_else(far_future);
     let mut keepalive = Keepalive::new(settings.keepalive_interval, settings.keepalive_count);
     let mut client_open = true;
@@ -314,7 +329,10 @@ where
                 match message {
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
                         if stdin.is_some() {
-                            pending_stdin = Some(chunk);
+                            // A copy of its own: the received chunk is a view
+                            // into the connection's read buffer, whose whole
+                            // allocation it would keep while it waits.
+                            pending_stdin = Some(Bytes::copy_from_slice(&chunk));
                         }
                     }
                     Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
@@ -489,6 +507,8 @@ struct Prepared {
     /// The terminal, for an exec that asked for one; the slave is already
     /// the command's stdin, stdout and stderr.
     pty: Option<pty::PtyPair>,
+    /// Says whether a failed spawn failed to enter `cwd`.
+    chdir_probe: ChdirProbe,
 }
 
 /// The user a command or copy runs as, resolved before it starts.
@@ -499,9 +519,13 @@ pub(crate) struct RunAs {
     pub(crate) switch: Option<Vec<Gid>>,
 }
 
-/// Decides whom a request runs as: the agent's own user, or the one asked
-/// for (`wanted`) when the agent is root and the run-as policy allows this
-/// client.
+/// Decides whom a request runs as.
+///
+/// A client with an entry in the run-as rules runs only as a user listed
+/// there (`*`: any user), by default the first one listed; the entry binds
+/// for the agent's own user too, so a rule confines as well as grants. A
+/// client without an entry runs as the agent's own user only. Running as
+/// anyone but the agent's own user needs an agent running as root.
 pub(crate) fn resolve_user(
     wanted: Option<&str>,
     requester: Requester<'_>,
@@ -512,42 +536,105 @@ pub(crate) fn resolve_user(
         .ok()
         .flatten()
         .ok_or_else(|| ErrorReport::new(ErrorKind::Internal, "the agent's own user is unknown"))?;
-    let wanted = match wanted {
-        Some(wanted) if wanted != own.name => wanted,
-        _ => {
-            return Ok(RunAs {
-                user: own,
-                switch: None,
-            });
-        }
-    };
-    if !own.uid.is_root() {
-        return Err(denied(format!(
-            "cannot run as user {wanted:?}: this agent runs as {:?}, not root, so only as {:?}",
+    let policy = &settings.run_as;
+    let listed = policy.rule(requester.name).is_some();
+    let target = wanted
+        .or_else(|| policy.default_user(requester.name))
+        .unwrap_or(&own.name)
+        .to_owned();
+    let not_root = || {
+        denied(format!(
+            "cannot run as user {target:?}: this agent runs as {:?}, not root, so only as {:?}",
             own.name, own.name
-        )));
-    }
-    if !settings.run_as.allows(requester.name, wanted) {
-        return Err(denied(format!(
-            "client {:?} may not run commands as {wanted:?} on this agent (see run_as in its config)",
+        ))
+    };
+    let refused = || {
+        denied(format!(
+            "client {:?} may not run commands as {target:?} on this agent (see run_as in its config)",
             requester.name
-        )));
+        ))
+    };
+    if listed && !policy.allows(requester.name, &target) {
+        return Err(refused());
     }
-    let user = User::from_name(wanted).ok().flatten().ok_or_else(|| {
-        ErrorReport::new(ErrorKind::BadRequest, format!("no such user: {wanted}"))
+    if target == own.name {
+        return Ok(RunAs {
+            user: own,
+            switch: None,
+        });
+    }
+    if !own.uid.is_root() {
+        return Err(not_root());
+    }
+    if !listed {
+        return Err(refused());
+    }
+    let user = User::from_name(&target).ok().flatten().ok_or_else(|| {
+        ErrorReport::new(ErrorKind::BadRequest, format!("no such user: {target}"))
     })?;
     let name = CString::new(user.name.clone())
         .map_err(|_| ErrorReport::new(ErrorKind::BadRequest, "user name contains a NUL byte"))?;
     let groups = nix::unistd::getgrouplist(&name, user.gid).map_err(|e| {
         ErrorReport::new(
             ErrorKind::Internal,
-            format!("cannot list the groups of {wanted}: {e}"),
+            format!("cannot list the groups of {target}: {e}"),
         )
     })?;
     Ok(RunAs {
         user,
         switch: Some(groups),
     })
+}
+
+/// Tells the agent, after a failed spawn, whether it was the change of
+/// working directory that failed: the child writes one byte before it
+/// gives up. The spawn's own error carries only the errno.
+struct ChdirProbe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl ChdirProbe {
+    fn new() -> Result<ChdirProbe, ErrorReport> {
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| {
+                ErrorReport::new(ErrorKind::Internal, format!("cannot make a pipe: {e}"))
+            })?;
+        Ok(ChdirProbe { read, write })
+    }
+
+    /// Whether the child said the change of directory failed. Called once
+    /// the spawn has returned, by which time the child has written or exited.
+    fn failed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(nix::unistd::read(&self.read, &mut byte), Ok(1))
+    }
+}
+
+/// The refusal for a working directory the command's user cannot enter.
+fn chdir_refusal(dir: &str, user: &str, error: &std::io::Error) -> ErrorReport {
+    use nix::libc::{EACCES, ENOENT, ENOTDIR, EPERM};
+    match error.raw_os_error() {
+        Some(ENOENT) => ErrorReport::new(
+            ErrorKind::NoSuchDirectory,
+            format!("no such directory: {dir}"),
+        ),
+        Some(ENOTDIR) => ErrorReport::new(
+            ErrorKind::NoSuchDirectory,
+            format!("not a directory: {dir}"),
+        ),
+        Some(EACCES | EPERM) => ErrorReport::new(
+            ErrorKind::PermissionDenied,
+            format!("user {user} may not enter the directory {dir}"),
+        ),
+        _ => ErrorReport::new(
+            ErrorKind::NoSuchDirectory,
+            format!(
+                "user {user} cannot enter the directory {dir} (error {})",
+                error.raw_os_error().unwrap_or(0)
+            ),
+        ),
+    }
 }
 
 /// Builds the command for `request`, or the refusal to send instead.
@@ -560,29 +647,42 @@ fn prepare(
     if request.command.contains('\0') {
         return Err(bad("the command contains a NUL byte".into()));
     }
+    if request
+        .timeout
+        .is_some_and(|t| t > config::LONGEST_DURATION)
+    {
+        return Err(bad(format!(
+            "the timeout asked for is longer than this agent accepts ({})",
+            config::LONGEST_DURATION_TEXT
+        )));
+    }
     let RunAs { user, switch } = resolve_user(request.user.as_deref(), requester, settings)?;
     let home = Some(user.dir.clone())
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| "/".into());
+    // The directory is entered in the child, after the switch to the user,
+    // so the kernel checks it as that user. The agent looks at nothing
+    // beforehand: an answer from root would tell a client what exists
+    // where its user may not look. A relative one is taken from the home
+    // directory, as a login shell's `cd` would.
     let cwd = match &request.cwd {
-        Some(dir) => {
-            let path = Path::new(dir);
-            if !path.is_dir() {
-                return Err(ErrorReport::new(
-                    ErrorKind::NoSuchDirectory,
-                    format!("no such directory: {dir}"),
-                ));
-            }
-            path.to_path_buf()
+        Some(dir) if dir.contains('\0') => {
+            return Err(bad("the working directory contains a NUL byte".into()));
         }
+        Some(dir) => home.join(dir),
         None => home.clone(),
     };
+    let cwd_c = CString::new(cwd.as_os_str().as_bytes())
+        .map_err(|_| bad("the working directory contains a NUL byte".into()))?;
+    // Only the default, the home directory, falls back to `/`, as login does.
+    let fall_back_to_root = request.cwd.is_none();
+    let chdir_probe = ChdirProbe::new()?;
+    let chdir_failed = chdir_probe.write.as_raw_fd();
 
     let mut command = Command::new(&settings.shell);
     command
         .arg("-c")
         .arg(&request.command)
-        .current_dir(&cwd)
         .env_clear()
         .env("PATH", BASE_PATH)
         .env("HOME", &home)
@@ -647,23 +747,25 @@ fn prepare(
     let gid = user.gid;
     let user_name = user.name.clone();
     let with_terminal = pty.is_some();
-    if !with_terminal {
-        command.process_group(0);
-    }
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (setsid, ioctl, setgroups,
-    // setgid, setuid); everything it needs was computed before the fork.
+    // setgid, setuid, chdir, write); everything it needs was computed
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
+            // Its own session, so also its own process group for the group
+            // kill; and no controlling terminal but the one asked for with
+            // -t: the agent's (a terminal it was started from) stays out of
+            // reach, so /dev/tty and TIOCSTI have nothing to work on.
             if with_terminal {
-                // A new session is also a new process group, so the group
-                // kill on disconnect works the same.
                 pty::become_session_leader_of_stdin()?;
+            } else {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
             }
             if let Some(groups) = &switch {
                 drop_privileges(groups, gid, uid)?;
             }
-            Ok(())
+            enter_directory(&cwd_c, fall_back_to_root, chdir_failed)
         });
     }
     Ok(Prepared {
@@ -671,7 +773,31 @@ fn prepare(
         cwd: cwd.to_string_lossy().into_owned(),
         user: user_name,
         pty,
+        chdir_probe,
     })
+}
+
+/// In the child, as the command's user: changes to `dir` (or to `/` when
+/// allowed to fall back), else writes one byte to `failed` and returns the
+/// error, which ends the spawn.
+fn enter_directory(
+    dir: &std::ffi::CStr,
+    fall_back_to_root: bool,
+    failed: std::os::fd::RawFd,
+) -> std::io::Result<()> {
+    // SAFETY: `dir` is a NUL-terminated string alive for the call.
+    if unsafe { nix::libc::chdir(dir.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    // SAFETY: as above, a static NUL-terminated string.
+    if fall_back_to_root && unsafe { nix::libc::chdir(c"/".as_ptr()) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: `failed` is the probe's write end, open until the spawn
+    // returns; one byte from a static buffer.
+    let _ = unsafe { nix::libc::write(failed, b"d".as_ptr().cast(), 1) };
+    Err(error)
 }
 
 /// In the child: becomes `uid` with primary group `gid` and `groups`.
@@ -833,8 +959,31 @@ pub(crate) async fn terminate_group(child: &mut Child, pgid: Pid, grace: Duratio
     }
 }
 
-fn group_alive(pgid: Pid) -> bool {
-    killpg(pgid, None).is_ok()
+/// Whether a process of the group still runs. A member that has exited
+/// but is not reaped yet counts as gone: an orphan's zombie waits for init,
+/// which may take seconds on some machines, while it runs nothing and holds
+/// no output open (and its group id cannot be reused meanwhile).
+pub(crate) fn group_alive(pgid: Pid) -> bool {
+    if killpg(pgid, None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the parenthesised name: state, parent, process group.
+        let mut fields = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or("")
+            .split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        group == Some(pgid.as_raw()) && state != Some("Z")
+    })
 }
 
 fn count(report: &mut ExecReport, message: &AgentMessage) {

@@ -16,13 +16,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use listenfd::ListenFd;
 use nix::sys::socket::{getsockopt, sockopt};
-use rexec_agent::authorized::{self, AuthorizedClient};
+use rexec_agent::authorized::{self, AuthorizeError, AuthorizedClient};
 use rexec_agent::config::{self, AgentSettings};
 use rexec_agent::config_file::{self, ConfigFile};
+use rexec_agent::exec;
 use rexec_agent::limits::MaxStartups;
 use rexec_agent::notify;
 use rexec_agent::server::{self, AgentState, Shutdown};
-use rexec_protocol::{Fingerprint, Identity};
+use rexec_protocol::{Fingerprint, Identity, IdentityError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -66,6 +67,12 @@ enum Command {
     Clients,
     /// Run the agent in the foreground.
     Run(RunArgs),
+    /// Started by `run` itself: ends the agent's commands if it dies.
+    #[command(name = "keeper", hide = true)]
+    Keeper {
+        /// SIGTERM-to-SIGKILL grace, in milliseconds.
+        grace_ms: u64,
+    },
 }
 
 /// Every `run` flag is optional: one given overrides the config file's key
@@ -102,11 +109,11 @@ struct RunArgs {
     /// The longest any command may run (e.g. 1h); applied when the client
     /// asks for no timeout or a longer one. 0 means no limit [default: no
     /// limit].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     max_timeout: Option<Duration>,
     /// Quiet time after which a keepalive is sent to the client; 0
     /// disables keepalives [default: 15s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     keepalive_interval: Option<Duration>,
     /// Unanswered keepalive intervals after which a client counts as gone
     /// and its command is killed [default: 4].
@@ -114,15 +121,15 @@ struct RunArgs {
     keepalive_count: Option<NonZeroU32>,
     /// Time a connection has to complete TLS and send its request
     /// [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     handshake_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a command's group is killed
     /// [default: 2s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     kill_grace: Option<Duration>,
     /// On SIGTERM, how long running commands may go on before they are
     /// killed [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     shutdown_grace: Option<Duration>,
     /// The shell that runs commands as SHELL -c COMMAND [default: /bin/sh].
     #[arg(long)]
@@ -244,14 +251,87 @@ impl SettingsSource {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's first line says what is wrong; the usage block after it
+            // is what --help is for.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad usage");
+            eprintln!(
+                "rexec-agent: {} (see rexec-agent --help)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Keeper { grace_ms } = cli.command {
+        exec::keeper::run(Duration::from_millis(grace_ms));
+        return ExitCode::SUCCESS;
+    }
     init_logging();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rexec-agent: error: {e:#}");
+            eprintln!("rexec-agent: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes as one line, each said once: a cause whose
+/// text its context already quotes is left out, and so is the system's
+/// "(os error N)" tail.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = plain(&cause.to_string());
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+/// `text` without the " (os error N)" that the system's messages end with.
+fn plain(text: &str) -> String {
+    let mut out = text.to_owned();
+    while let Some(start) = out.find(" (os error ") {
+        match out[start..].find(')') {
+            Some(end) => out.replace_range(start..start + end + 1, ""),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Loads the agent's identity from `dir`, saying plainly what is wrong.
+fn load_identity(dir: &std::path::Path) -> anyhow::Result<Identity> {
+    match Identity::load(&config::identity_paths(dir)) {
+        Ok(identity) => Ok(identity),
+        Err(IdentityError::Io { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            bail!(
+                "no agent identity in {} ({} is missing): create one with: rexec-agent --dir {} init",
+                dir.display(),
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                dir.display()
+            )
+        }
+        Err(IdentityError::Io { path, source }) => {
+            bail!(
+                "cannot read {}: {}",
+                path.display(),
+                plain(&source.to_string())
+            )
+        }
+        Err(e) => bail!("{}", plain(&e.to_string())),
     }
 }
 
@@ -320,22 +400,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", identity.fingerprint);
         }
         Command::Id => {
-            let identity = Identity::load(&config::identity_paths(&dir))?;
+            let identity = load_identity(&dir)?;
             println!("{}", identity.fingerprint);
         }
         Command::Authorize { fingerprint, name } => {
-            if name.chars().any(char::is_control) {
-                bail!("a client name cannot contain control characters");
-            }
+            authorized::check_name(&name).map_err(anyhow::Error::msg)?;
             let path = config::authorized_clients_path(&dir);
-            let replaced = authorized::authorize(
-                &path,
-                &AuthorizedClient {
-                    fingerprint,
-                    name: name.clone(),
-                },
-            )
-            .with_context(|| format!("cannot update {}", path.display()))?;
+            let client = AuthorizedClient {
+                fingerprint,
+                name: name.clone(),
+            };
+            let replaced = match authorized::authorize(&path, &client) {
+                Ok(replaced) => replaced,
+                Err(AuthorizeError::Io(e)) => {
+                    return Err(e).with_context(|| format!("cannot update {}", path.display()));
+                }
+                Err(e) => bail!("{e}"),
+            };
             let verb = if replaced { "updated" } else { "authorized" };
             eprintln!("{verb} {fingerprint} as {name:?} in {}", path.display());
         }
@@ -363,12 +444,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) if args.check => check(&resolved)?,
         Command::Run(_) => run(source, resolved)?,
+        Command::Keeper { .. } => {}
     }
+    Ok(())
+}
+
+/// What `run` refuses beyond the config file's own checks, so that
+/// `run --check` refuses it too.
+fn validate(resolved: &Resolved) -> anyhow::Result<()> {
+    let shell = &resolved.settings.shell;
+    let usable = std::fs::metadata(shell).is_ok_and(|meta| {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    });
+    if !usable {
+        bail!(
+            "the shell {} does not exist or is not an executable file (see `shell` in the config file or --shell)",
+            shell.display()
+        );
+    }
+    if resolved.listen.is_empty() {
+        bail!("no address to listen on: give --listen or `listen` in the config file");
+    }
+    for (index, addr) in resolved.listen.iter().enumerate() {
+        if resolved.listen[..index].contains(addr) {
+            bail!("{addr} is given twice as an address to listen on");
+        }
+    }
+    load_identity(&resolved.settings.dir)?;
     Ok(())
 }
 
 /// `run --check`: the settings are valid and the identity loads.
 fn check(resolved: &Resolved) -> anyhow::Result<()> {
+    validate(resolved)?;
     AgentState::load(resolved.settings.clone(), Shutdown::default())?;
     match &resolved.file {
         Some(path) => println!("# settings from {} and flags", path.display()),
@@ -382,6 +491,13 @@ fn check(resolved: &Resolved) -> anyhow::Result<()> {
 }
 
 fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
+    validate(&resolved)?;
+    if let Err(e) = exec::keeper::start(resolved.settings.kill_grace) {
+        tracing::warn!(
+            "cannot start the keeper, so commands would outlive a killed agent: {}",
+            plain(&e.to_string())
+        );
+    }
     if let Some(limit) = server::raise_open_files_limit() {
         tracing::debug!(limit, "open files limit");
     }
