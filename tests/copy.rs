@@ -508,6 +508,7 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
         AgentMessage::FileData(Bytes::from_static(b"new")),
         AgentMessage::FileEnd(FileEnd {
             blake3: Bytes::copy_from_slice(blake3::hash(b"not new").as_bytes()),
+            changed: false,
         }),
         AgentMessage::CopyEnd,
     ];
