@@ -684,7 +684,10 @@ impl Placement {
             &relative,
             OFlags::DIRECTORY | OFlags::RDONLY,
         )
-        .map_err(|e| CopyError::errno(&path, "open", e))?;
+        .map_err(|e| match e {
+            Errno::NOTDIR | Errno::LOOP => in_the_way(&path),
+            e => CopyError::errno(&path, "open", e),
+        })?;
         Ok(Placement::Into { dir: fd, path })
     }
 }
@@ -1071,6 +1074,22 @@ impl TreeWriter {
             .file
             .sync_all()
             .map_err(|e| CopyError::io(&path, "sync", &e))?;
+        // Someone who can write the directory may have swapped the
+        // temporary name for something else meanwhile: never put that in
+        // place of the file.
+        let ours =
+            rustix::fs::fstat(&incoming.file).map_err(|e| CopyError::errno(&path, "sync", e))?;
+        let there =
+            rustix::fs::statat(&*incoming.parent, &incoming.temp, AtFlags::SYMLINK_NOFOLLOW);
+        if !there.is_ok_and(|t| t.st_ino == ours.st_ino && t.st_dev == ours.st_dev) {
+            return Err(CopyError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{}: its temporary file was replaced while it was written; nothing was put in place",
+                    path.display()
+                ),
+            ));
+        }
         rustix::fs::renameat(
             &*incoming.parent,
             &incoming.temp,
