@@ -404,11 +404,26 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
         stderr_of(&out)
     );
 
-    if let Some(ro) = Mount::tmpfs(&root.join("ro"), "ro,size=1m") {
-        let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
-        assert_eq!(out.status.code(), Some(255));
-        assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
-    }
+    // A file system with the old file on it, then made read-only.
+    let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m") else {
+        skipped(
+            "a_read_only_file_system_and_a_missing_directory_are_clear_errors",
+            "cannot mount a tmpfs here (needs root)",
+        );
+        return;
+    };
+    std::fs::write(ro.0.join("f"), b"old contents").unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount the tmpfs read-only");
+    let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(ro.0.join("f")).unwrap(), b"old contents");
+    assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -1203,4 +1218,304 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
         stderr_of(&out)
     );
     assert!(!back.join("new-name").exists());
+}
+
+// ---- Time, silence, changing files, privileges -----------------------------
+
+/// A sparse file of `len` bytes: large to send, cheap to make.
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// `--timeout` bounds the whole copy, connecting included, in both
+/// directions: 124, as for exec, and the old file stays with no temporary.
+/// A connect timeout far above the deadline shows it is not added in.
+#[test]
+fn a_copy_timeout_bounds_the_whole_copy() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let source = root.join("big");
+    sparse(&source, 2 << 30);
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("big"), b"the old file").unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "1s",
+            "--connect-timeout",
+            "60s",
+            "--json",
+            source.to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    let record = &json_lines(&out)[0];
+    assert_eq!(record["error"]["kind"], "deadline", "{record}");
+    assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
+    assert_eq!(std::fs::read(dest.join("big")).unwrap(), b"the old file");
+
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "1s",
+            "--connect-timeout",
+            "60s",
+            &remote(&agent, &source),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+    assert!(!back.join("big").exists());
+
+    // 0 is no limit, as for exec and GNU timeout.
+    let small = root.join("small");
+    std::fs::write(&small, b"x").unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "0",
+            small.to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"x");
+}
+
+/// An agent that stops answering mid-copy (here: SIGSTOP) is given up on
+/// by exec's silence rule, in both directions, instead of waited for
+/// forever; the old file stays and ctl leaves no temporary.
+#[test]
+fn a_copy_gives_up_on_an_agent_that_falls_silent() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let root = env.root.path();
+    let source = root.join("big");
+    sparse(&source, 4 << 30);
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    std::fs::write(back.join("big"), b"the old file").unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let pull = env
+        .ctl()
+        .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let push = |ctl: std::process::Child, watched: &Path| {
+        assert!(
+            wait_until(DEADLINE, || !temporaries(watched).is_empty()),
+            "the transfer started"
+        );
+        agent.signal("STOP");
+        let mut ctl = ctl;
+        let ended = wait_until(DEADLINE, || ctl.try_wait().unwrap().is_some());
+        agent.signal("CONT");
+        if !ended {
+            let _ = ctl.kill();
+        }
+        let out = ctl.wait_with_output().unwrap();
+        assert!(ended, "ctl still waits for a silent agent");
+        out
+    };
+    let out = push(pull, &back);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no sign of life"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+
+    let pushing = env
+        .ctl()
+        .args(["cp", source.to_str().unwrap(), &remote(&agent, &dest)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = push(pushing, &dest);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no sign of life"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
+}
+
+/// The README's `/var/log/syslog` case: a file that grows while it is
+/// copied. Both directions copy what was there when the copy began, exit
+/// 0 and say so in `--json`.
+#[test]
+fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let size: u64 = 512 << 20;
+    let log = root.join("syslog");
+    sparse(&log, size);
+    let append = || {
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            &[b'x'; 4096],
+        )
+        .unwrap();
+    };
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    for (args, watched, copy) in [
+        (
+            vec![remote(&agent, &log), back.display().to_string()],
+            back.clone(),
+            back.join("syslog"),
+        ),
+        (
+            vec![log.display().to_string(), remote(&agent, &dest)],
+            dest.clone(),
+            dest.join("syslog"),
+        ),
+    ] {
+        let before = std::fs::metadata(&log).unwrap().len();
+        let ctl = env
+            .ctl()
+            .args(["cp", "--json"])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(DEADLINE, || !temporaries(&watched).is_empty()),
+            "the transfer started"
+        );
+        append();
+        let out = ctl.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let record = &json_lines(&out)[0];
+        assert_eq!(record["changed"], serde_json::json!(["syslog"]), "{record}");
+        assert_eq!(record["bytes"], before, "{record}");
+        assert_eq!(std::fs::metadata(&copy).unwrap().len(), before);
+    }
+}
+
+/// Files of /proc say their size is 0 and have content: copied whole.
+#[test]
+fn a_proc_file_is_copied_whole() {
+    let env = Env::new();
+    let agent = env.agent();
+    let back = env.root.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(
+        &env,
+        &[
+            &format!("{}:/proc/self/status", agent.target()),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = std::fs::read_to_string(back.join("status")).unwrap();
+    assert!(
+        text.starts_with("Name:") && text.contains("\nPid:"),
+        "{text}"
+    );
+}
+
+/// A pull of a FIFO is refused at once, without waiting for a writer, and
+/// holds no slot: with one copy allowed per client, every later request
+/// is served.
+#[test]
+fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let root = env.root.path();
+    let fifo = root.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    for _ in 0..3 {
+        let out = cp(&env, &[&remote(&agent, &fifo), back.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            stderr_of(&out).contains("not a regular file, directory or link"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+    assert_eq!(std::fs::read_dir(&back).unwrap().count(), 0);
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
+}
+
+/// A copy as `nobody` can read nothing nobody cannot: not a file under a
+/// root-only directory reached through a root process's `/proc/PID/cwd`
+/// (the agent's other capabilities are dropped for the copy).
+#[test]
+fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
+    if !running_as_root() {
+        skipped(
+            "a_copy_as_another_user_cannot_reach_through_a_root_process",
+            "the agent must run as root to copy as another user",
+        );
+        return;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        "[run_as]\ntester = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let agent = env.agent();
+    let root = env.root.path();
+    let hidden = root.join("root-only");
+    let inner = hidden.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(inner.join("secret.txt"), b"root's secret").unwrap();
+    std::fs::set_permissions(
+        inner.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // A root process whose working directory is inside.
+    let mut holder = Command::new("sleep")
+        .arg("600")
+        .current_dir(&inner)
+        .spawn()
+        .unwrap();
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let through = format!("/proc/{}/cwd/secret.txt", holder.id());
+    let out = cp(
+        &env,
+        &[
+            &format!("nobody@{}:{through}", agent.target()),
+            back.to_str().unwrap(),
+        ],
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("permission-denied"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!back.join("secret.txt").exists());
 }
