@@ -348,7 +348,9 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
     };
     std::fs::write(small.0.join("file"), b"old contents").unwrap();
     let source = root.join("file");
-    std::fs::write(&source, random_bytes(3 << 20, 9)).unwrap();
+    // Far larger than the disk: ctl is still sending when the agent
+    // refuses and closes, and must still read the agent's reason.
+    sparse(&source, 256 << 20);
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &small.0)]);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);

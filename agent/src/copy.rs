@@ -387,9 +387,19 @@ where
     }
     // Without `Finish` the worker abandons the file it was writing.
     drop(items);
-    let result = done
-        .await
-        .unwrap_or_else(|_| Err(CopyError::new(ErrorKind::Internal, "the copy worker died")));
+    let mut done = done;
+    // The last file's sync can take a while: the client hears from us
+    // meanwhile, as it would while we received.
+    let result = loop {
+        tokio::select! {
+            result = &mut done => break result,
+            () = keepalive_due(keepalive, last_sent), if stopped.is_none() => {
+                let _ = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
+    .unwrap_or_else(|_| Err(CopyError::new(ErrorKind::Internal, "the copy worker died")));
     match (stopped, result) {
         (Some(why), _) => report.outcome = why,
         (None, Ok((entries, bytes))) => {
