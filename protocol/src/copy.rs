@@ -365,16 +365,7 @@ impl TreeReader {
                 (FileKind::Directory, LinkMeta::of(&meta))
             }
             FileType::RegularFile => {
-                // Non-blocking: should a FIFO or device have been swapped
-                // in since the stat, opening it must not wait for a writer.
-                let fd = open_entry(dir, &entry.name, OFlags::NONBLOCK | OFlags::NOCTTY, shown)?;
-                let mut file = File::from(fd);
-                let meta = file
-                    .metadata()
-                    .map_err(|e| CopyError::io(shown, "read", &e))?;
-                if !meta.is_file() {
-                    return Err(swapped(shown));
-                }
+                let (mut file, meta) = open_regular(dir, &entry.name, shown)?;
                 let (remaining, buffered) = if meta.size() == 0 {
                     let whole = read_unsized(&mut file, shown)?;
                     (whole.len() as u64, Some(whole))
@@ -499,6 +490,25 @@ fn open_entry(
         Mode::empty(),
     )
     .map_err(|e| CopyError::errno(shown, "open", e))
+}
+
+/// Opens a file listed as regular, and checks that what was opened is
+/// one. Non-blocking: should a FIFO or device have been swapped in since
+/// the listing, opening it must not wait for a writer.
+fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    shown: &Path,
+) -> Result<(File, std::fs::Metadata), CopyError> {
+    let fd = open_entry(dir, name, OFlags::NONBLOCK | OFlags::NOCTTY, shown)?;
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| CopyError::io(shown, "read", &e))?;
+    if !meta.is_file() {
+        return Err(swapped(shown));
+    }
+    Ok((file, meta))
 }
 
 /// Reads a file whose size says 0 to its end, up to [`MAX_UNSIZED_FILE`].
@@ -1389,6 +1399,16 @@ mod tests {
         rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o644)).unwrap();
         let err = read_everything(&mut TreeReader::new(&fifo, false).unwrap()).unwrap_err();
         assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_for_a_listed_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("was-a-file");
+        rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o644)).unwrap();
+        // No writer ever opens it: a blocking open would wait forever.
+        let err = open_regular(CWD, &fifo, &fifo).unwrap_err();
+        assert!(err.message.contains("changed kind"), "{err}");
     }
 
     #[test]
