@@ -1277,20 +1277,24 @@ fn a_copy_timeout_bounds_the_whole_copy() {
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
     assert!(!back.join("big").exists());
 
-    // 0 is no limit, as for exec and GNU timeout.
+    // 0 is no limit, as for exec and GNU timeout; the largest value a
+    // duration can hold is no limit either, without arithmetic overflow.
     let small = root.join("small");
     std::fs::write(&small, b"x").unwrap();
-    let out = cp(
-        &env,
-        &[
-            "--timeout",
-            "0",
-            small.to_str().unwrap(),
-            &remote(&agent, &dest),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"x");
+    for timeout in ["0", "18446744073709551615s"] {
+        std::fs::remove_file(dest.join("small")).ok();
+        let out = cp(
+            &env,
+            &[
+                "--timeout",
+                timeout,
+                small.to_str().unwrap(),
+                &remote(&agent, &dest),
+            ],
+        );
+        assert!(out.status.success(), "{timeout}: {}", stderr_of(&out));
+        assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"x");
+    }
 }
 
 /// An agent that stops answering mid-copy (here: SIGSTOP) is given up on
