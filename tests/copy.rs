@@ -348,7 +348,9 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
     };
     std::fs::write(small.0.join("file"), b"old contents").unwrap();
     let source = root.join("file");
-    std::fs::write(&source, random_bytes(3 << 20, 9)).unwrap();
+    // Far larger than the disk: ctl is still sending when the agent
+    // refuses and closes, and must still read the agent's reason.
+    sparse(&source, 256 << 20);
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &small.0)]);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);
@@ -404,11 +406,26 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
         stderr_of(&out)
     );
 
-    if let Some(ro) = Mount::tmpfs(&root.join("ro"), "ro,size=1m") {
-        let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
-        assert_eq!(out.status.code(), Some(255));
-        assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
-    }
+    // A file system with the old file on it, then made read-only.
+    let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m") else {
+        skipped(
+            "a_read_only_file_system_and_a_missing_directory_are_clear_errors",
+            "cannot mount a tmpfs here (needs root)",
+        );
+        return;
+    };
+    std::fs::write(ro.0.join("f"), b"old contents").unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount the tmpfs read-only");
+    let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(ro.0.join("f")).unwrap(), b"old contents");
+    assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -508,6 +525,7 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
         AgentMessage::FileData(Bytes::from_static(b"new")),
         AgentMessage::FileEnd(FileEnd {
             blake3: Bytes::copy_from_slice(blake3::hash(b"not new").as_bytes()),
+            changed: false,
         }),
         AgentMessage::CopyEnd,
     ];
@@ -735,4 +753,786 @@ fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(ids(&back.join("owned/file")), (4321, 8765));
+}
+
+// ---- Links, names and placement -------------------------------------------
+
+fn link_header(path: &'static [u8], target: &[u8]) -> rexec_protocol::FileHeader {
+    rexec_protocol::FileHeader {
+        path: bytes::Bytes::from_static(path),
+        kind: rexec_protocol::FileKind::Symlink {
+            target: bytes::Bytes::copy_from_slice(target),
+        },
+        mode: 0o777,
+        mtime: 0,
+        owner: None,
+    }
+}
+
+fn dir_header(path: &'static [u8]) -> rexec_protocol::FileHeader {
+    rexec_protocol::FileHeader {
+        path: bytes::Bytes::from_static(path),
+        kind: rexec_protocol::FileKind::Directory,
+        mode: 0o755,
+        mtime: 0,
+        owner: None,
+    }
+}
+
+/// A whole regular file as an agent sends it.
+fn file_messages(
+    header: rexec_protocol::FileHeader,
+    data: &'static [u8],
+) -> Vec<rexec_protocol::AgentMessage> {
+    use rexec_protocol::{AgentMessage, FileEnd};
+    vec![
+        AgentMessage::File(header),
+        AgentMessage::FileData(bytes::Bytes::from_static(data)),
+        AgentMessage::FileEnd(FileEnd {
+            blake3: bytes::Bytes::copy_from_slice(blake3::hash(data).as_bytes()),
+            changed: false,
+        }),
+    ]
+}
+
+fn fake_hello() -> Vec<rexec_protocol::AgentMessage> {
+    vec![
+        rexec_protocol::AgentMessage::Hello(rexec_protocol::Hello::new("rexec-agent 0.1.0")),
+        rexec_protocol::AgentMessage::CopyStarted { keepalive: None },
+    ]
+}
+
+/// `ctl cp -r AGENT:/PATH local` against a fake agent sending `messages`.
+async fn pull_tree_from_a_fake_agent(
+    env: &Env,
+    messages: Vec<rexec_protocol::AgentMessage>,
+    path: &str,
+    local: &Path,
+) -> std::process::Output {
+    use futures_util::{SinkExt, StreamExt};
+
+    let fake = FakeAgent::bind(env).await;
+    let addr = fake.addr;
+    let agent = tokio::spawn(async move {
+        let (mut incoming, mut outgoing) = fake.accept().await;
+        let _ = incoming.next().await;
+        let _ = incoming.next().await;
+        for message in messages {
+            let _ = outgoing.feed(message).await;
+        }
+        let _ = outgoing.flush().await;
+        let _ = incoming.next().await;
+    });
+    let remote = format!("{addr}:{path}");
+    let out =
+        ctl_output_off_the_runtime(env, &["cp", "-r", &remote, local.to_str().unwrap()]).await;
+    agent.abort();
+    out
+}
+
+/// An agent on a compromised machine sends a link and then entries through
+/// it: to an absolute path, to the parent, and a directory beneath a link.
+/// ctl refuses each and writes nothing outside LOCAL_DIR.
+#[tokio::test]
+async fn a_hostile_agent_cannot_write_through_a_link_it_sent() {
+    let env = Env::new();
+    let victim = env.root.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let victim_path = victim.as_os_str().as_bytes().to_vec();
+    let attacks: Vec<(&str, Vec<rexec_protocol::AgentMessage>)> = vec![
+        (
+            "link, then a file beneath it",
+            [
+                fake_hello(),
+                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
+                vec![rexec_protocol::AgentMessage::File(link_header(
+                    b"tree/x",
+                    &victim_path,
+                ))],
+                file_messages(file_header(b"tree/x/authorized_keys", 4), b"evil"),
+                vec![rexec_protocol::AgentMessage::CopyEnd],
+            ]
+            .concat(),
+        ),
+        (
+            "link to the parent",
+            [
+                fake_hello(),
+                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
+                vec![rexec_protocol::AgentMessage::File(link_header(
+                    b"tree/up", b"..",
+                ))],
+                file_messages(file_header(b"tree/up/escaped", 4), b"evil"),
+                vec![rexec_protocol::AgentMessage::CopyEnd],
+            ]
+            .concat(),
+        ),
+        (
+            "link to an absolute path, then a directory and a file beneath",
+            [
+                fake_hello(),
+                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
+                vec![rexec_protocol::AgentMessage::File(link_header(
+                    b"tree/abs",
+                    &victim_path,
+                ))],
+                vec![rexec_protocol::AgentMessage::File(dir_header(
+                    b"tree/abs/d",
+                ))],
+                file_messages(file_header(b"tree/abs/d/f", 4), b"evil"),
+                vec![rexec_protocol::AgentMessage::CopyEnd],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, messages) in attacks {
+        let local = tempfile::tempdir_in(env.root.path()).unwrap();
+        let out = pull_tree_from_a_fake_agent(&env, messages, "/srv/tree", local.path()).await;
+        assert_eq!(out.status.code(), Some(255), "{what}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("in the way"),
+            "{what}: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "{what}");
+        assert!(!local.path().join("escaped").exists(), "{what}");
+        assert!(!env.root.path().join("escaped").exists(), "{what}");
+    }
+}
+
+/// The scp CVE-2019-6111 pattern: asked for one file, an agent also sends
+/// `.bashrc`, `.ssh/authorized_keys` and a set-uid tool. ctl writes none
+/// of them; the one it asked for loses its set-id bits without -p.
+#[tokio::test]
+async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
+    use rexec_protocol::AgentMessage;
+
+    let env = Env::new();
+    let extras: Vec<Vec<AgentMessage>> = vec![
+        file_messages(file_header(b".bashrc", 4), b"evil"),
+        [
+            vec![AgentMessage::File(dir_header(b".ssh"))],
+            file_messages(file_header(b".ssh/authorized_keys", 4), b"evil"),
+        ]
+        .concat(),
+        file_messages(
+            rexec_protocol::FileHeader {
+                mode: 0o6755,
+                ..file_header(b"suid-tool", 4)
+            },
+            b"evil",
+        ),
+        // Children of a file, and a second copy of the top.
+        file_messages(file_header(b"syslog/inside", 4), b"evil"),
+        file_messages(file_header(b"syslog", 4), b"evil"),
+    ];
+    for extra in extras {
+        let local = tempfile::tempdir_in(env.root.path()).unwrap();
+        let messages = [
+            fake_hello(),
+            file_messages(file_header(b"syslog", 3), b"log"),
+            extra,
+            vec![AgentMessage::CopyEnd],
+        ]
+        .concat();
+        let out = pull_from_a_fake_agent(&env, messages, "/var/log/syslog", local.path()).await;
+        assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("protocol error") && stderr_of(&out).contains("not asked for")
+                || stderr_of(&out).contains("twice"),
+            "{}",
+            stderr_of(&out)
+        );
+        for name in [".bashrc", ".ssh", "suid-tool"] {
+            assert!(!local.path().join(name).exists(), "{name}");
+        }
+        assert_eq!(std::fs::read(local.path().join("syslog")).unwrap(), b"log");
+    }
+
+    let local = tempfile::tempdir_in(env.root.path()).unwrap();
+    let messages = [
+        fake_hello(),
+        file_messages(
+            rexec_protocol::FileHeader {
+                mode: 0o6755,
+                ..file_header(b"tool", 4)
+            },
+            b"tool",
+        ),
+        vec![AgentMessage::CopyEnd],
+    ]
+    .concat();
+    let out = pull_from_a_fake_agent(&env, messages, "/usr/bin/tool", local.path()).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mode = std::fs::metadata(local.path().join("tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
+}
+
+/// Someone else plants `LOCAL_DIR/HOST -> /victim` before a pull from
+/// several hosts: that host's copy is refused, the others land.
+#[test]
+fn a_planted_link_as_a_host_directory_is_not_followed() {
+    let env = Env::new();
+    let fleet = env.fleet(2);
+    let root = env.root.path();
+    let source = root.join("syslog");
+    std::fs::write(&source, b"log\n").unwrap();
+    let victim = root.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let logs = root.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::symlink(&victim, logs.join(&fleet.hosts[0])).unwrap();
+    let out = cp(
+        &env,
+        &[
+            &format!("@lab:{}", source.display()),
+            logs.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("in the way"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(logs.join(&fleet.hosts[1]).join("syslog")).unwrap(),
+        b"log\n"
+    );
+}
+
+/// `ctl cp -r one/A two/A HOST:/DEST/` where `one/A/s` is a link to a
+/// victim directory and `two/A/s/pwned` a file: the second tree must not
+/// write through the link the first one placed.
+#[test]
+fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let victim = root.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::create_dir_all(root.join("one/A")).unwrap();
+    std::os::unix::fs::symlink(&victim, root.join("one/A/s")).unwrap();
+    std::fs::create_dir_all(root.join("two/A/s")).unwrap();
+    std::fs::write(root.join("two/A/s/pwned"), b"pwned").unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let out = cp(
+        &env,
+        &[
+            "-r",
+            root.join("one/A").to_str().unwrap(),
+            root.join("two/A").to_str().unwrap(),
+            &format!("{}/", remote(&agent, &dest)),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("in the way"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!victim.join("pwned").exists());
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+}
+
+/// A push into a directory others can write, where someone planted
+/// `site -> /victim`: the tree does not go into /victim, whose mode stays.
+#[test]
+fn a_push_never_follows_a_link_planted_in_a_shared_directory() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let victim = root.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let shared = root.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::symlink(&victim, shared.join("site")).unwrap();
+    let site = root.join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(site.join("index.html"), b"hello").unwrap();
+    let out = cp(
+        &env,
+        &["-r", site.to_str().unwrap(), &remote(&agent, &shared)],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("in the way"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+/// A root push with -p into a directory another user can write: they swap
+/// the temporary for a link to a root-only file while it is written. The
+/// owner change goes to what was written, never through the link.
+#[test]
+fn a_swapped_temporary_never_changes_what_it_points_to() {
+    if !running_as_root() {
+        skipped(
+            "a_swapped_temporary_never_changes_what_it_points_to",
+            "keeping owners needs root",
+        );
+        return;
+    }
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let shadow = root.join("shadow");
+    std::fs::write(&shadow, b"root:secret").unwrap();
+    std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let source = root.join("big");
+    std::fs::File::create(&source)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    std::os::unix::fs::chown(&source, Some(4321), Some(4321)).unwrap();
+    let shared = root.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let ctl = env
+        .ctl()
+        .args([
+            "cp",
+            "-p",
+            source.to_str().unwrap(),
+            &remote(&agent, &shared),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || !temporaries(&shared).is_empty()),
+        "the transfer started"
+    );
+    let temp = temporaries(&shared).remove(0);
+    let swap = shared.join("swap");
+    std::os::unix::fs::symlink(&shadow, &swap).unwrap();
+    std::fs::rename(&swap, &temp).unwrap();
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("replaced"), "{}", stderr_of(&out));
+    let meta = std::fs::metadata(&shadow).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read(&shadow).unwrap(), b"root:secret");
+}
+
+/// The README's `ctl cp app.conf web1:/etc/app/app.conf`, and its pull
+/// counterpart: the file becomes the new name, whether it exists or not;
+/// a missing parent or a `NAME/` that is no directory is a clear error.
+#[test]
+fn a_file_copied_to_a_new_name_becomes_that_name() {
+    let env = Env::new();
+    let fleet = env.fleet(2);
+    let agent = fleet.agent(&fleet.hosts[0]);
+    let root = env.root.path();
+    let conf = root.join("local.conf");
+    std::fs::write(&conf, b"setting = 1\n").unwrap();
+    let etc = root.join("etc/app");
+    std::fs::create_dir_all(&etc).unwrap();
+    for exists in [false, true] {
+        let target = etc.join("app.conf");
+        if exists {
+            std::fs::write(&target, b"old\n").unwrap();
+        }
+        let out = cp(&env, &[conf.to_str().unwrap(), &remote(agent, &target)]);
+        assert!(out.status.success(), "exists {exists}: {}", stderr_of(&out));
+        assert_eq!(std::fs::read(&target).unwrap(), b"setting = 1\n");
+        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
+        std::fs::remove_file(&target).unwrap();
+    }
+    // To several hosts, each gets the new name.
+    let out = cp(
+        &env,
+        &[
+            conf.to_str().unwrap(),
+            &format!("@lab:{}", etc.join("multi.conf").display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(etc.join("multi.conf")).unwrap(),
+        b"setting = 1\n"
+    );
+
+    // Pull from one host to a new name, existing or not.
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    for exists in [false, true] {
+        let target = back.join("copy.conf");
+        if exists {
+            std::fs::write(&target, b"old\n").unwrap();
+        }
+        let out = cp(&env, &[&remote(agent, &conf), target.to_str().unwrap()]);
+        assert!(out.status.success(), "exists {exists}: {}", stderr_of(&out));
+        assert_eq!(std::fs::read(&target).unwrap(), b"setting = 1\n");
+    }
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+
+    // Errors: a missing parent, a NAME/ that is not a directory, a new
+    // name for a pull from several hosts.
+    let out = cp(
+        &env,
+        &[
+            conf.to_str().unwrap(),
+            &format!("{}/", remote(agent, &etc.join("nodir"))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("no such directory"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = cp(
+        &env,
+        &[
+            &remote(agent, &conf),
+            back.join("no/such/x").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("no such directory"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = cp(
+        &env,
+        &[
+            &format!("@lab:{}", conf.display()),
+            back.join("new-name").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr_of(&out).contains("not a directory"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!back.join("new-name").exists());
+}
+
+// ---- Time, silence, changing files, privileges -----------------------------
+
+/// A sparse file of `len` bytes: large to send, cheap to make.
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// `--timeout` bounds the whole copy, connecting included, in both
+/// directions: 124, as for exec, and the old file stays with no temporary.
+/// A connect timeout far above the deadline shows it is not added in.
+#[test]
+fn a_copy_timeout_bounds_the_whole_copy() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let source = root.join("big");
+    sparse(&source, 2 << 30);
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("big"), b"the old file").unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "1s",
+            "--connect-timeout",
+            "60s",
+            "--json",
+            source.to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    let record = &json_lines(&out)[0];
+    assert_eq!(record["error"]["kind"], "deadline", "{record}");
+    assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
+    assert_eq!(std::fs::read(dest.join("big")).unwrap(), b"the old file");
+
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "1s",
+            "--connect-timeout",
+            "60s",
+            &remote(&agent, &source),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+    assert!(!back.join("big").exists());
+
+    // 0 is no limit, as for exec and GNU timeout.
+    let small = root.join("small");
+    std::fs::write(&small, b"x").unwrap();
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "0",
+            small.to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"x");
+
+    // The largest value a duration can hold is refused at parse time, in
+    // one line, as every duration flag of ctl's: no overflow, no panic.
+    let out = cp(
+        &env,
+        &[
+            "--timeout",
+            "18446744073709551615s",
+            small.to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+}
+
+/// An agent that stops answering mid-copy (here: SIGSTOP) is given up on
+/// by exec's silence rule, in both directions, instead of waited for
+/// forever; the old file stays and ctl leaves no temporary.
+#[test]
+fn a_copy_gives_up_on_an_agent_that_falls_silent() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let root = env.root.path();
+    let source = root.join("big");
+    sparse(&source, 4 << 30);
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    std::fs::write(back.join("big"), b"the old file").unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let pull = env
+        .ctl()
+        .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let push = |ctl: std::process::Child, watched: &Path| {
+        assert!(
+            wait_until(DEADLINE, || !temporaries(watched).is_empty()),
+            "the transfer started"
+        );
+        agent.signal("STOP");
+        let mut ctl = ctl;
+        let ended = wait_until(DEADLINE, || ctl.try_wait().unwrap().is_some());
+        agent.signal("CONT");
+        if !ended {
+            let _ = ctl.kill();
+        }
+        let out = ctl.wait_with_output().unwrap();
+        assert!(ended, "ctl still waits for a silent agent");
+        out
+    };
+    let out = push(pull, &back);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no sign of life"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+
+    let pushing = env
+        .ctl()
+        .args(["cp", source.to_str().unwrap(), &remote(&agent, &dest)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = push(pushing, &dest);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no sign of life"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
+}
+
+/// The README's `/var/log/syslog` case: a file that grows while it is
+/// copied. Both directions copy what was there when the copy began, exit
+/// 0 and say so in `--json`.
+#[test]
+fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
+    let env = Env::new();
+    let agent = env.agent();
+    let root = env.root.path();
+    let size: u64 = 512 << 20;
+    let log = root.join("syslog");
+    sparse(&log, size);
+    let append = || {
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            &[b'x'; 4096],
+        )
+        .unwrap();
+    };
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let dest = root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    for (args, watched, copy) in [
+        (
+            vec![remote(&agent, &log), back.display().to_string()],
+            back.clone(),
+            back.join("syslog"),
+        ),
+        (
+            vec![log.display().to_string(), remote(&agent, &dest)],
+            dest.clone(),
+            dest.join("syslog"),
+        ),
+    ] {
+        let before = std::fs::metadata(&log).unwrap().len();
+        let ctl = env
+            .ctl()
+            .args(["cp", "--json"])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(DEADLINE, || !temporaries(&watched).is_empty()),
+            "the transfer started"
+        );
+        append();
+        let out = ctl.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let record = &json_lines(&out)[0];
+        assert_eq!(record["changed"], serde_json::json!(["syslog"]), "{record}");
+        assert_eq!(record["bytes"], before, "{record}");
+        assert_eq!(std::fs::metadata(&copy).unwrap().len(), before);
+    }
+}
+
+/// Files of /proc say their size is 0 and have content: copied whole.
+#[test]
+fn a_proc_file_is_copied_whole() {
+    let env = Env::new();
+    let agent = env.agent();
+    let back = env.root.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = cp(
+        &env,
+        &[
+            &format!("{}:/proc/self/status", agent.target()),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = std::fs::read_to_string(back.join("status")).unwrap();
+    assert!(
+        text.starts_with("Name:") && text.contains("\nPid:"),
+        "{text}"
+    );
+}
+
+/// A pull of a FIFO is refused at once, without waiting for a writer, and
+/// holds no slot: with one copy allowed per client, every later request
+/// is served.
+#[test]
+fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
+    let env = Env::new();
+    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let root = env.root.path();
+    let fifo = root.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    for _ in 0..3 {
+        let out = cp(&env, &[&remote(&agent, &fifo), back.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            stderr_of(&out).contains("not a regular file, directory or link"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+    assert_eq!(std::fs::read_dir(&back).unwrap().count(), 0);
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
+}
+
+/// A copy as `nobody` can read nothing nobody cannot: not a file under a
+/// root-only directory reached through a root process's `/proc/PID/cwd`
+/// (the agent's other capabilities are dropped for the copy).
+#[test]
+fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
+    if !running_as_root() {
+        skipped(
+            "a_copy_as_another_user_cannot_reach_through_a_root_process",
+            "the agent must run as root to copy as another user",
+        );
+        return;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        env.agent_dir.join("agent.toml"),
+        "[run_as]\ntester = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let agent = env.agent();
+    let root = env.root.path();
+    let hidden = root.join("root-only");
+    let inner = hidden.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(inner.join("secret.txt"), b"root's secret").unwrap();
+    std::fs::set_permissions(
+        inner.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // A root process whose working directory is inside.
+    let mut holder = Command::new("sleep")
+        .arg("600")
+        .current_dir(&inner)
+        .spawn()
+        .unwrap();
+    let back = root.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let through = format!("/proc/{}/cwd/secret.txt", holder.id());
+    let out = cp(
+        &env,
+        &[
+            &format!("nobody@{}:{through}", agent.target()),
+            back.to_str().unwrap(),
+        ],
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("permission-denied"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!back.join("secret.txt").exists());
 }

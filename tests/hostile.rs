@@ -422,7 +422,9 @@ async fn ctl_names_both_versions_when_the_agent_speaks_another() {
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);
     assert!(
-        err.contains("protocol 99 (rexec-agent 9.0.0), this ctl speaks 1"),
+        err.contains(&format!(
+            "protocol 99 (rexec-agent 9.0.0), this ctl speaks {PROTOCOL_VERSION}"
+        )),
         "{err}"
     );
     future_agent.abort();

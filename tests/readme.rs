@@ -97,10 +97,7 @@ const OUTPUT_NOT_COMPARED: &[(&str, &str)] = &[
 /// Examples that fail today for a defect being fixed on another branch.
 /// Remove an entry once its fix is merged: the test fails while a marked
 /// example passes.
-const KNOWN_FAILURES: &[(&str, &str)] = &[(
-    "ctl cp app.conf web1:/etc/app/app.conf",
-    "a push to a new file name is taken for a directory (\"cannot put in place …/app.conf/\")",
-)];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 /// Files a command's README comment says it makes, relative to the
 /// world's directory (`work/` is the workstation's current directory,

@@ -9,10 +9,21 @@
 //! own that first takes that user's file-system identity (Linux keeps the
 //! fsuid, fsgid and supplementary groups per thread), so the kernel checks
 //! every open, create and rename as that user, and new files are theirs.
+//! The thread then clears its capability sets (also per thread), so that a
+//! root agent's other privileges (reading any process's `/proc/PID/cwd`,
+//! say) do not reach into a copy made as someone else. That thread ends
+//! with the copy; the agent's other threads keep theirs. We chose this over
+//! a forked child that calls setuid: a fork of the multi-threaded agent may
+//! only run async-signal-safe code, so the copy would need a process of its
+//! own and a pipe protocol, for the same effect.
 //! Doing the disk work off the async threads also lets hashing and writing
 //! overlap with the network.
+//!
+//! Both directions first send `CopyStarted` with the keepalive interval and
+//! then a `Keepalive` whenever they have sent nothing for that long, so that
+//! ctl can tell a slow disk from a dead agent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -85,9 +96,10 @@ fn authorize(
 }
 
 /// On the worker thread, before any file work: takes `identity` for this
-/// thread only. glibc's `setgroups` would change every thread of the agent,
-/// so the groups are set with the raw system call; `setfsuid` and
-/// `setfsgid` are per thread by nature.
+/// thread only, then gives up every capability of this thread. glibc's
+/// `setgroups` would change every thread of the agent, so the groups are
+/// set with the raw system call; `setfsuid`, `setfsgid` and `capset` are
+/// per thread by nature.
 fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     let Some(identity) = identity else {
         return Ok(());
@@ -120,6 +132,25 @@ fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != identity.uid {
         return Err(failed("setfsuid"));
     }
+    drop_capabilities().map_err(|e| {
+        CopyError::new(
+            ErrorKind::Internal,
+            format!("cannot give up the agent's capabilities for the copy: {e}"),
+        )
+    })
+}
+
+/// Clears this thread's effective, permitted and inheritable capability
+/// sets, for good: what the thread does next it does with the file-system
+/// identity alone, as the user would.
+fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets, set_capabilities};
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    set_capabilities(None, none)?;
     Ok(())
 }
 
@@ -139,12 +170,46 @@ where
 /// The longest the agent waits for the next piece of a push before it takes
 /// the client as gone (the client sends all the time during a push).
 fn silence_bound(settings: &AgentSettings) -> Duration {
-    let keepalive = settings.keepalive_interval * settings.keepalive_count.max(1);
+    let keepalive = settings
+        .keepalive_interval
+        .saturating_mul(settings.keepalive_count.max(1));
     if keepalive.is_zero() {
-        settings.handshake_timeout * 6
+        settings.handshake_timeout.saturating_mul(6)
     } else {
         keepalive
     }
+}
+
+/// The agent's keepalive interval, `None` when it sends none.
+fn keepalive_of(settings: &AgentSettings) -> Option<Duration> {
+    (!settings.keepalive_interval.is_zero()).then_some(settings.keepalive_interval)
+}
+
+/// Resolves when a keepalive is due, `interval` after `last_sent`; never
+/// when there is no interval.
+async fn keepalive_due(interval: Option<Duration>, last_sent: tokio::time::Instant) {
+    match interval.and_then(|i| last_sent.checked_add(i)) {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long, after refusing a push, we go on reading (and dropping) what
+/// the client is still sending. Closing with its data unread would reset
+/// the connection, and a reset can destroy our error message before the
+/// client has read it; the client stops once it has.
+const LAST_WORD: Duration = Duration::from_secs(5);
+
+/// Reads and drops what the client still sends, until it closes or
+/// [`LAST_WORD`] passes.
+async fn drain<R>(incoming: &mut R)
+where
+    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
+{
+    let _ = tokio::time::timeout(LAST_WORD, async {
+        while let Some(Ok(_)) = incoming.next().await {}
+    })
+    .await;
 }
 
 /// What the connection hands a push's worker.
@@ -153,22 +218,6 @@ enum ToWriter {
     Item(CopyItem),
     /// The client said `CopyEnd`: finish, or fail if a file is open.
     Finish,
-}
-
-/// Where a push goes, checked (as the copying user) before anything is
-/// written.
-fn placement(dest: &Path) -> Result<Placement, CopyError> {
-    let placement = Placement::for_destination(dest);
-    if let Placement::As(path) = &placement {
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if !parent.is_some_and(Path::is_dir) {
-            return Err(CopyError::new(
-                ErrorKind::NoSuchFile,
-                format!("no such directory: {}", parent.unwrap_or(path).display()),
-            ));
-        }
-    }
-    Ok(placement)
 }
 
 /// The push's disk side, on its own thread: writes items until `Finish`.
@@ -182,7 +231,10 @@ fn write_tree(
     mut items: tokio::sync::mpsc::Receiver<ToWriter>,
 ) -> Result<(u64, u64), CopyError> {
     take_identity(identity.as_ref())?;
-    let mut writer = TreeWriter::new(placement(&dest)?, limit);
+    // Opened as the copying user, before anything is written: from here on
+    // entries are resolved beneath this directory, never through a link.
+    let placement = Placement::for_destination(&dest)?;
+    let mut writer = TreeWriter::new(placement, limit).keeping_set_id(keep_owners);
     while let Some(next) = items.blocking_recv() {
         match next {
             ToWriter::Item(CopyItem::File(mut header)) => {
@@ -248,16 +300,36 @@ where
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
     let keep_owners = request.preserve_owner;
+    let keepalive = keepalive_of(settings);
+    let started = AgentMessage::CopyStarted { keepalive };
+    if outgoing.send(started).await.is_err() {
+        report.outcome = "client gone before the copy".into();
+        return report;
+    }
     std::thread::spawn(move || {
         let _ = done_tx.send(write_tree(identity, dest, limit, keep_owners, queue));
     });
 
     let bound = silence_bound(settings);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut last_sent = last_heard;
     // Why the connection side stopped early, if it did.
     let mut stopped: Option<String> = None;
     loop {
+        let silent_at = last_heard
+            .checked_add(bound)
+            .unwrap_or_else(|| last_heard + Duration::from_secs(86400 * 365));
         let next = tokio::select! {
-            next = tokio::time::timeout(bound, incoming.next()) => next,
+            next = tokio::time::timeout_at(silent_at, incoming.next()) => next,
+            () = keepalive_due(keepalive, last_sent) => {
+                let sent = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    stopped = Some("client gone, abandoned".into());
+                    break;
+                }
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
             () = kill.cancelled() => {
                 let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
                 fail(outgoing, &mut report, refusal).await;
@@ -265,6 +337,7 @@ where
                 break;
             }
         };
+        last_heard = tokio::time::Instant::now();
         let item = match next {
             Err(_) => {
                 stopped = Some(format!(
@@ -314,9 +387,19 @@ where
     }
     // Without `Finish` the worker abandons the file it was writing.
     drop(items);
-    let result = done
-        .await
-        .unwrap_or_else(|_| Err(CopyError::new(ErrorKind::Internal, "the copy worker died")));
+    let mut done = done;
+    // The last file's sync can take a while: the client hears from us
+    // meanwhile, as it would while we received.
+    let result = loop {
+        tokio::select! {
+            result = &mut done => break result,
+            () = keepalive_due(keepalive, last_sent), if stopped.is_none() => {
+                let _ = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
+    .unwrap_or_else(|_| Err(CopyError::new(ErrorKind::Internal, "the copy worker died")));
     match (stopped, result) {
         (Some(why), _) => report.outcome = why,
         (None, Ok((entries, bytes))) => {
@@ -327,7 +410,10 @@ where
                 report.outcome = "client gone after the copy".into();
             }
         }
-        (None, Err(e)) => fail(outgoing, &mut report, report_of(e)).await,
+        (None, Err(e)) => {
+            fail(outgoing, &mut report, report_of(e)).await;
+            drain(incoming).await;
+        }
     }
     report
 }
@@ -364,15 +450,18 @@ fn read_tree(
     let _ = out.blocking_send(last);
 }
 
-/// Sends the file or tree at `request.path`.
-pub async fn serve_pull<W>(
+/// Sends the file or tree at `request.path`, noticing a client that goes
+/// away meanwhile.
+pub async fn serve_pull<R, W>(
     request: &PullRequest,
     requester: Requester<'_>,
     settings: &AgentSettings,
+    incoming: &mut R,
     outgoing: &mut W,
     kill: &CancellationToken,
 ) -> CopyReport
 where
+    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
     W: Sink<AgentMessage, Error = FrameError> + Unpin,
 {
     let mut report = CopyReport::new();
@@ -386,13 +475,53 @@ where
             return report;
         }
     };
+    let keepalive = keepalive_of(settings);
+    if outgoing
+        .feed(AgentMessage::CopyStarted { keepalive })
+        .await
+        .is_err()
+    {
+        report.outcome = "client gone before the copy".into();
+        return report;
+    }
     let (out, mut items) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
     let owners = request.preserve_owner;
     std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
+    let mut last_sent = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             next = items.recv() => next,
+            // The client says nothing during a pull but its keepalives;
+            // its end (or garbage) ends the pull. Dropping `items` stops
+            // the worker at its next item.
+            heard = incoming.next() => match heard {
+                Some(Ok(ClientMessage::Keepalive)) => continue,
+                None | Some(Err(FrameError::Io(_))) => {
+                    report.outcome = "client gone, abandoned".into();
+                    break;
+                }
+                Some(Ok(other)) => {
+                    let refusal = ErrorReport::new(
+                        ErrorKind::Protocol,
+                        format!("unexpected {} during a pull", name_of(&other)),
+                    );
+                    fail(outgoing, &mut report, refusal).await;
+                    break;
+                }
+                Some(Err(e)) => {
+                    fail(outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
+                    break;
+                }
+            },
+            () = keepalive_due(keepalive, last_sent) => {
+                if outgoing.send(AgentMessage::Keepalive).await.is_err() {
+                    report.outcome = "client gone, abandoned".into();
+                    break;
+                }
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
             () = kill.cancelled() => {
                 let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
                 fail(outgoing, &mut report, refusal).await;
@@ -428,11 +557,19 @@ where
             }
         };
         // The sink flushes by itself once enough is buffered, so TCP's
-        // flow control paces the reading of files.
-        if outgoing.feed(message).await.is_err() {
+        // flow control paces the reading of files. A worker slow to read
+        // must not leave what it did read waiting in our buffer.
+        let flush = items.is_empty();
+        let sent = if flush {
+            outgoing.send(message).await
+        } else {
+            outgoing.feed(message).await
+        };
+        if sent.is_err() {
             report.outcome = "client gone, abandoned".into();
             break;
         }
+        last_sent = tokio::time::Instant::now();
     }
     report
 }

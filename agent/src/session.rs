@@ -196,6 +196,7 @@ async fn serve_inner(
                         pull,
                         exec::Requester { name: &client.name },
                         &state.settings,
+                        &mut incoming,
                         &mut outgoing,
                         &state.shutdown.kill,
                     )

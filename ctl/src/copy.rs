@@ -12,16 +12,19 @@
 //! fan-out engine like every multi-host command.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
+use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter, entry_name};
 use rexec_protocol::{
-    AgentMessage, ClientMessage, ErrorKind, FrameError, PullRequest, PushRequest,
+    AgentMessage, ClientMessage, CopyDone, ErrorKind, FrameError, PullRequest, PushRequest,
 };
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use crate::connect::Client;
 use crate::error::CtlError;
+use crate::exec::{agent_silence, silence_deadline};
 use crate::fanout::{self, Finished};
 use crate::output::Describe;
 use crate::target::Target;
@@ -53,7 +56,8 @@ pub fn remote_operand(arg: &str) -> Option<RemoteOperand> {
 pub struct CopyOptions {
     /// Directories and everything in them.
     pub recursive: bool,
-    /// Keep numeric owners (`-p`; the writing side must be root).
+    /// Keep numeric owners and set-id bits (`-p`; the writing side must be
+    /// root).
     pub preserve_owner: bool,
 }
 
@@ -66,6 +70,9 @@ pub struct Copied {
     pub bytes: u64,
     /// BLAKE3 hash of the data, when the copy was one regular file.
     pub blake3: Option<String>,
+    /// Files that changed while they were read: their copies hold what
+    /// was there when the copy of each began, cut at its size then.
+    pub changed: Vec<String>,
 }
 
 impl Finished for Copied {
@@ -86,6 +93,7 @@ impl Describe for Copied {
         record.insert("entries".into(), json!(self.entries));
         record.insert("bytes".into(), json!(self.bytes));
         record.insert("blake3".into(), json!(self.blake3));
+        record.insert("changed".into(), json!(self.changed));
     }
 }
 
@@ -94,31 +102,56 @@ impl Copied {
     pub fn line(&self) -> String {
         format!("{} entries, {} bytes", self.entries, self.bytes)
     }
+
+    /// One note per file that changed while it was read.
+    pub fn notes(&self) -> Vec<String> {
+        self.changed
+            .iter()
+            .map(|name| {
+                format!(
+                    "{name} changed while it was copied; the copy holds its first bytes as they were read"
+                )
+            })
+            .collect()
+    }
 }
 
 fn local(e: CopyError) -> CtlError {
-    CtlError::Local(e.message)
+    match e.kind {
+        // Our writer refusing what the agent sent.
+        ErrorKind::Protocol => CtlError::Protocol(e.message),
+        _ => CtlError::Local(e.message),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Remembers the checksum of a copy that turns out to be one regular file.
+/// Watches the entries of a copy: the checksum of a copy that turns out to
+/// be one regular file, and the files that changed while they were read.
 #[derive(Debug, Default)]
-struct SingleFile {
+struct Watch {
     files: u32,
     entries: u32,
     blake3: Option<String>,
+    current: String,
+    changed: Vec<String>,
 }
 
-impl SingleFile {
+impl Watch {
     fn see(&mut self, item: &CopyItem) {
         match item {
-            CopyItem::File(_) => self.entries += 1,
+            CopyItem::File(header) => {
+                self.entries += 1;
+                self.current = String::from_utf8_lossy(&header.path).into_owned();
+            }
             CopyItem::End(end) => {
                 self.files += 1;
                 self.blake3 = Some(hex(&end.blake3));
+                if end.changed {
+                    self.changed.push(self.current.clone());
+                }
             }
             CopyItem::Data(_) => {}
         }
@@ -131,8 +164,51 @@ impl SingleFile {
     }
 }
 
+/// The agent's liveness during a copy, by exec's rule: once it has said how
+/// often it speaks (`CopyStarted`), a longer silence means it is gone.
+struct Liveness {
+    bound: Option<Duration>,
+    last_heard: Instant,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness {
+            bound: None,
+            last_heard: Instant::now(),
+        }
+    }
+
+    /// The next message, or an error once the agent has been silent too long.
+    async fn next<S, T>(&mut self, incoming: &mut S) -> Result<Option<T>, CtlError>
+    where
+        S: futures_util::Stream<Item = T> + Unpin,
+    {
+        let deadline = silence_deadline(self.bound, self.last_heard);
+        match tokio::time::timeout_at(deadline, incoming.next()).await {
+            Ok(next) => {
+                self.last_heard = Instant::now();
+                Ok(next)
+            }
+            Err(_) => Err(CtlError::ConnectionLost(format!(
+                "no sign of life from the agent for {}",
+                humantime::format_duration(self.bound.unwrap_or_default())
+            ))),
+        }
+    }
+
+    fn started(&mut self, keepalive: Option<Duration>) {
+        self.bound = keepalive.map(agent_silence);
+    }
+}
+
 /// Items queued between a copy's disk thread and its connection.
 const DISK_QUEUE: usize = 8;
+
+/// After a send fails, how long we still listen for the agent's reason:
+/// an agent that refuses a push says why, then closes, so our next send
+/// can fail before we have read its message.
+const LAST_WORD: Duration = Duration::from_secs(5);
 
 /// Reads `readers` in turn on a blocking thread; the items, then the end of
 /// the channel, or an error as the last item. Dropping the receiver stops
@@ -192,10 +268,19 @@ fn write_on_a_thread(mut writer: TreeWriter) -> (tokio::sync::mpsc::Sender<ToDis
     (tx, thread)
 }
 
+/// Why the sending side of a push stopped.
+enum SendStop {
+    /// A local file could not be read.
+    Local(CtlError),
+    /// The connection refused our data.
+    Connection(CtlError),
+}
+
 /// Pushes `sources` to `dest` on `target`.
 ///
 /// # Errors
-/// Connecting, a local file that cannot be read, the agent's refusal.
+/// Connecting, a local file that cannot be read, the agent's refusal, an
+/// agent that falls silent.
 pub async fn push(
     client: &Client,
     target: &Target,
@@ -216,16 +301,16 @@ pub async fn push(
     let session = fanout::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
-    let lost = |e: FrameError| CtlError::ConnectionLost(e.to_string());
-    let mut single = SingleFile::default();
+    let lost = |e: FrameError| SendStop::Connection(CtlError::ConnectionLost(e.to_string()));
+    let mut watch = Watch::default();
     // Reading and hashing happen on a thread of their own, beside the
     // encryption and sending here.
     let (mut items, reading) = read_on_a_thread(readers);
 
     let send = async {
         while let Some(item) = items.recv().await {
-            let item = item.map_err(local)?;
-            single.see(&item);
+            let item = item.map_err(|e| SendStop::Local(local(e)))?;
+            watch.see(&item);
             let message = match item {
                 CopyItem::File(header) => ClientMessage::File(header),
                 CopyItem::Data(chunk) => ClientMessage::FileData(chunk),
@@ -234,19 +319,23 @@ pub async fn push(
             outgoing.feed(message).await.map_err(lost)?;
         }
         if reading.await.is_err() {
-            return Err(CtlError::Local("reading the files failed".into()));
+            return Err(SendStop::Local(CtlError::Local(
+                "reading the files failed".into(),
+            )));
         }
         outgoing.feed(ClientMessage::CopyEnd).await.map_err(lost)?;
         outgoing.flush().await.map_err(lost)?;
         // The agent's answer decides; this side has said everything.
-        std::future::pending::<Result<std::convert::Infallible, CtlError>>().await
+        std::future::pending::<Result<std::convert::Infallible, SendStop>>().await
     };
     // The agent may refuse at any point (disk full, a bad path): listen
     // while sending, so that its reason is what the user sees.
     let answer = async {
+        let mut alive = Liveness::new();
         loop {
-            match incoming.next().await {
+            match alive.next(&mut incoming).await? {
                 Some(Ok(AgentMessage::CopyDone(done))) => return Ok(done),
+                Some(Ok(AgentMessage::CopyStarted { keepalive })) => alive.started(keepalive),
                 Some(Ok(AgentMessage::Keepalive)) => continue,
                 Some(Ok(AgentMessage::Error(report))) => return Err(CtlError::Agent(report)),
                 Some(Ok(other)) => {
@@ -266,32 +355,67 @@ pub async fn push(
             }
         }
     };
-    let done = tokio::select! {
-        done = answer => done?,
-        failed = send => match failed {
-            Err(e) => return Err(e),
+    tokio::pin!(answer);
+    let first: Result<CopyDone, SendStop> = tokio::select! {
+        done = &mut answer => done.map_err(SendStop::Local),
+        stopped = send => match stopped {
+            Err(stop) => Err(stop),
             Ok(never) => match never {},
+        },
+    };
+    let done = match first {
+        Ok(done) => done,
+        Err(SendStop::Local(e)) => return Err(e),
+        // The agent may have said why before it closed: its reason, when
+        // it comes, is what the user needs to see.
+        Err(SendStop::Connection(e)) => match tokio::time::timeout(LAST_WORD, &mut answer).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(reason @ CtlError::Agent(_))) => return Err(reason),
+            _ => return Err(e),
         },
     };
     Ok(Copied {
         entries: done.entries,
         bytes: done.bytes,
-        blake3: single.checksum(),
+        blake3: watch.checksum(),
+        changed: watch.changed,
     })
 }
 
-/// Pulls `path` from `target` into the existing directory `into`.
+/// Where a pull writes, on this side.
+#[derive(Debug, Clone)]
+pub enum LocalDestination {
+    /// From one host: into this path when it is an existing directory,
+    /// else the pulled entry becomes this path (its parent must exist).
+    Path(PathBuf),
+    /// From several: into `dir/label`, created when missing.
+    HostDirectory {
+        /// The existing directory.
+        dir: PathBuf,
+        /// The host's label.
+        label: String,
+    },
+}
+
+/// Pulls `path` from `target` to `local`.
 ///
 /// # Errors
-/// Connecting, the agent's refusal, a name that would leave `into`, a local
-/// write that fails.
+/// Connecting, the agent's refusal, an entry that was not asked for or
+/// would leave the destination, a local write that fails, an agent that
+/// falls silent.
 pub async fn pull(
     client: &Client,
     target: &Target,
     path: &str,
     options: CopyOptions,
-    into: &Path,
+    local_dest: &LocalDestination,
 ) -> Result<Copied, CtlError> {
+    let placement = match local_dest {
+        LocalDestination::Path(dest) => Placement::for_destination(dest),
+        LocalDestination::HostDirectory { dir, label } => Placement::subdirectory(dir, label),
+    }
+    .map_err(local)?;
+    let name = entry_name(Path::new(path)).map_err(local)?;
     let request = ClientMessage::Pull(PullRequest {
         path: path.to_owned(),
         recursive: options.recursive,
@@ -303,12 +427,18 @@ pub async fn pull(
     // Writing and hashing happen on a thread of their own, beside the
     // decryption here; dropping `disk` without `Finish` removes a
     // half-received file.
-    let writer = TreeWriter::new(Placement::Into(into.to_path_buf()), None);
+    let writer = TreeWriter::new(placement, None)
+        .expecting(&name, options.recursive)
+        .keeping_set_id(options.preserve_owner);
     let (disk, writing) = write_on_a_thread(writer);
-    let mut single = SingleFile::default();
+    let mut watch = Watch::default();
+    let mut alive = Liveness::new();
     let stopped = loop {
         let next = tokio::select! {
-            next = incoming.next() => next,
+            next = alive.next(&mut incoming) => match next {
+                Ok(next) => next,
+                Err(e) => break Some(e),
+            },
             // The writer stopped on an error (it is below): stop listening
             // too, whatever the agent goes on sending or not.
             () = disk.closed() => break None,
@@ -320,6 +450,10 @@ pub async fn pull(
             Some(Ok(AgentMessage::CopyEnd)) => {
                 let _ = disk.send(ToDisk::Finish).await;
                 break None;
+            }
+            Some(Ok(AgentMessage::CopyStarted { keepalive })) => {
+                alive.started(keepalive);
+                continue;
             }
             Some(Ok(AgentMessage::Keepalive)) => continue,
             Some(Ok(AgentMessage::Error(report))) => break Some(CtlError::Agent(report)),
@@ -336,7 +470,7 @@ pub async fn pull(
                 ));
             }
         };
-        single.see(&item);
+        watch.see(&item);
         // A closed queue means the writer stopped on an error: it is below.
         if disk.send(ToDisk::Item(item)).await.is_err() {
             break None;
@@ -354,7 +488,8 @@ pub async fn pull(
     Ok(Copied {
         entries,
         bytes,
-        blake3: single.checksum(),
+        blake3: watch.checksum(),
+        changed: watch.changed,
     })
 }
 

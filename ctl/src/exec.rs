@@ -102,9 +102,7 @@ pub async fn exec_streaming(
     let mut last_heard = tokio::time::Instant::now();
 
     loop {
-        let silence_deadline = silence_bound
-            .map(|bound| last_heard + bound)
-            .unwrap_or_else(far_future);
+        let silence_deadline = silence_deadline(silence_bound, last_heard);
         let message = tokio::select! {
             message = incoming.next() => message,
             () = tokio::time::sleep_until(silence_deadline) => {
@@ -177,12 +175,7 @@ pub async fn exec_streaming(
                 ));
             }
             AgentMessage::Started { keepalive, .. } => {
-                // The interval comes from the agent: bounded both ways.
-                silence_bound = keepalive.map(|interval| {
-                    interval
-                        .saturating_mul(AGENT_SILENCE_INTERVALS)
-                        .clamp(MIN_AGENT_SILENCE, crate::MAX_DURATION)
-                });
+                silence_bound = keepalive.map(agent_silence);
                 if with_pty {
                     raw_mode = crate::tty::RawMode::enter().map_err(|e| {
                         CtlError::Local(format!(
@@ -217,6 +210,25 @@ pub async fn exec_streaming(
             }
         }
     }
+}
+
+/// How long an agent that announced keepalives every `interval` may say
+/// nothing before we take it as gone; the same rule for every request.
+pub(crate) fn agent_silence(interval: Duration) -> Duration {
+    interval
+        .saturating_mul(AGENT_SILENCE_INTERVALS)
+        .clamp(MIN_AGENT_SILENCE, crate::MAX_DURATION)
+}
+
+/// When an agent last heard from at `last_heard` counts as gone under
+/// `bound`; never without one.
+pub(crate) fn silence_deadline(
+    bound: Option<Duration>,
+    last_heard: tokio::time::Instant,
+) -> tokio::time::Instant {
+    bound
+        .and_then(|bound| last_heard.checked_add(bound))
+        .unwrap_or_else(far_future)
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -234,11 +234,13 @@ struct PingArgs {
 const COPY_HELP: &str = "\
 A remote operand is TARGETS:/ABSOLUTE/PATH (split at the first ':/'; write a
 local path containing ':/' as ./like:/this).
-Push: into REMOTE_PATH when it is an existing directory, else the one source
-becomes REMOTE_PATH. Each file is written under a temporary name, checked
-against its BLAKE3 hash and renamed into place: readers see the old file or the
-new one, never a mix.
-Pull from one host: LOCAL_DIR/NAME; from several: LOCAL_DIR/HOST/NAME.
+As cp and scp do: into the destination when it is an existing directory, else
+the one source becomes that path (its parent must exist); a destination ending
+in '/' must be a directory. Pull from several hosts: LOCAL_DIR/HOST/NAME.
+Links are copied as links and never followed on the receiving side. Each file
+is written under a temporary name, checked against its BLAKE3 hash and renamed
+into place: readers see the old file or the new one, never a mix. Set-id bits
+are kept only with -p.
 Exit status: 0 when every host succeeded, else the largest per-host code
 (255 when ctl or the agent could not copy), with a summary on stderr.";
 
@@ -260,7 +262,8 @@ struct CpArgs {
     /// Bound on connecting and the TLS handshake.
     #[arg(long, value_parser = parse_connect_timeout, default_value = "5s")]
     connect_timeout: Duration,
-    /// Give up on a host whose copy takes longer than this.
+    /// Give up on a host whose copy (connecting included) takes longer
+    /// than this: exit 124, the partial file removed; 0 for no limit.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Refuse hosts that are not in known hosts.
@@ -784,8 +787,9 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
     let labels: Labels = fanout::labels(&targets).into();
     let fanout = Fanout {
         limit: args.fanout,
-        deadline: no_limit_if_zero(args.timeout)
-            .map(|t| Deadline::Timeout(t.saturating_add(args.connect_timeout))),
+        // ctl itself enforces a copy's timeout, from the start of the
+        // host's job (connecting included); 0 means none, as for exec.
+        deadline: no_limit_if_zero(args.timeout).map(Deadline::Timeout),
         cancel: CancellationToken::new(),
     };
     let console = Console::new(targets.len(), fanout.cancel.clone());
@@ -796,6 +800,10 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             console.write(Stream::Stdout, (line + "\n").as_bytes());
         } else if let Some(note) = output::host_note(label, &result) {
             console.note(&note);
+        } else if let Ok(copied) = &result.outcome {
+            for note in copied.notes() {
+                console.note(&format!("{label}: {note}"));
+            }
         }
     };
     let options = copy::CopyOptions {
@@ -821,36 +829,27 @@ fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, 
             .first()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        let local_dir = PathBuf::from(last);
-        if !local_dir.is_dir() {
-            return Err(usage(&format!(
-                "{} is not a directory",
-                local_dir.display()
-            )));
-        }
-        let several = targets.len() > 1;
-        let into: Vec<PathBuf> = labels
-            .iter()
-            .map(|label| {
-                if several {
-                    local_dir.join(label)
-                } else {
-                    local_dir.clone()
-                }
-            })
-            .collect();
-        if several {
-            for dir in &into {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    plain(CtlError::Local(format!(
-                        "cannot create {}: {}",
-                        dir.display(),
-                        crate::plain::io_error(&e)
-                    )))
-                })?;
+        let local = PathBuf::from(last);
+        // From one host, as cp does: into an existing directory, else the
+        // new name. From several, one directory per host inside LOCAL_DIR.
+        let into: Vec<copy::LocalDestination> = if targets.len() > 1 {
+            if !local.is_dir() {
+                return Err(usage(&format!(
+                    "{} is not a directory (a pull from several hosts needs one)",
+                    local.display()
+                )));
             }
-        }
-        let into: Arc<[PathBuf]> = into.into();
+            labels
+                .iter()
+                .map(|label| copy::LocalDestination::HostDirectory {
+                    dir: local.clone(),
+                    label: label.clone(),
+                })
+                .collect()
+        } else {
+            vec![copy::LocalDestination::Path(local)]
+        };
+        let into: Arc<[copy::LocalDestination]> = into.into();
         drive(
             &targets,
             &labels,

@@ -362,6 +362,7 @@ mod tests {
             ClientMessage::FileData(Bytes::from_static(b"data")),
             ClientMessage::FileEnd(FileEnd {
                 blake3: Bytes::from_static(&[9; 32]),
+                changed: false,
             }),
             ClientMessage::CopyEnd,
         ]
@@ -400,12 +401,16 @@ mod tests {
             AgentMessage::FileData(Bytes::from_static(b"data")),
             AgentMessage::FileEnd(FileEnd {
                 blake3: Bytes::from_static(&[9; 32]),
+                changed: false,
             }),
             AgentMessage::CopyEnd,
             AgentMessage::CopyDone(CopyDone {
                 entries: 3,
                 bytes: 1 << 40,
             }),
+            AgentMessage::CopyStarted {
+                keepalive: Some(Duration::from_secs(15)),
+            },
             AgentMessage::Stdout(Bytes::from(vec![7u8; MAX_CHUNK_LEN])),
             AgentMessage::Stderr(Bytes::from_static(b"err\n")),
             AgentMessage::Exit(ExitStatus::Code(3)),

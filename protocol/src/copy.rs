@@ -9,19 +9,31 @@
 //! chunk), and the receiver hands each item to a [`TreeWriter`].
 //!
 //! Received names are never trusted: [`relative_path`] refuses absolute
-//! paths, `..`, `.` and empty components, so an entry can only land below
-//! the writer's root, whatever the sender says.
+//! paths, `..`, `.` and empty components, and the writer resolves every
+//! name beneath its destination's open directory without following any
+//! link (Linux `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so
+//! a link the same stream placed, or one planted beforehand, is never
+//! written through: an entry can only land below the destination, whatever
+//! the sender says. Modes, owners and times are changed through the open
+//! descriptor of what was written, never by path. The reader likewise
+//! opens each entry beneath its parent's descriptor without following
+//! links, refuses anything but regular files, directories and links after
+//! looking at the descriptor it opened (a FIFO swapped in is never read),
+//! and sends exactly the size it announced.
 
-use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, FileTimes};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::codec::MAX_CHUNK_LEN;
 use crate::message::{ErrorKind, FileEnd, FileHeader, FileKind, Owner};
@@ -47,6 +59,15 @@ impl CopyError {
 
     /// An I/O error on `path`, with the kind the error's cause suggests.
     pub fn io(path: &Path, action: &str, e: &io::Error) -> Self {
+        if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
+            return CopyError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "cannot {action} {}: a link is in the way (links are never followed)",
+                    path.display()
+                ),
+            );
+        }
         let kind = match e.kind() {
             io::ErrorKind::NotFound => ErrorKind::NoSuchFile,
             io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
@@ -58,6 +79,10 @@ impl CopyError {
             _ => ErrorKind::WriteFailed,
         };
         CopyError::new(kind, format!("cannot {action} {}: {e}", path.display()))
+    }
+
+    fn errno(path: &Path, action: &str, e: Errno) -> Self {
+        CopyError::io(path, action, &io::Error::from(e))
     }
 }
 
@@ -113,6 +138,54 @@ pub fn relative_path(raw: &[u8]) -> Result<PathBuf, CopyError> {
     Ok(path)
 }
 
+/// The name a copy of `path` carries as its top-level entry: its last
+/// component, as the reader sends it and a puller expects it.
+///
+/// # Errors
+/// When `path` names no file (`/`, or ends in `..`).
+pub fn entry_name(path: &Path) -> Result<Vec<u8>, CopyError> {
+    path.file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .ok_or_else(|| {
+            CopyError::new(
+                ErrorKind::BadRequest,
+                format!("{} names no file", path.display()),
+            )
+        })
+}
+
+/// Link-free resolution beneath a directory: no link is followed on the
+/// way or at the end, nothing outside the directory is reachable.
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Opens `rel` (plain components only, see [`relative_path`]) beneath
+/// `dir` without following any link.
+fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    match rustix::fs::openat2(dir, rel, flags, Mode::empty(), beneath()) {
+        // A kernel before 5.6 (or a filter that hides the call): one
+        // component at a time with O_NOFOLLOW is as strict, because the
+        // names have no `..`.
+        Err(Errno::NOSYS) => {
+            let mut parts = rel.iter().peekable();
+            let mut at: Option<OwnedFd> = None;
+            while let Some(part) = parts.next() {
+                let here = if parts.peek().is_some() {
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW
+                } else {
+                    flags
+                };
+                let from = at.as_ref().map_or(dir, |fd| fd.as_fd());
+                at = Some(rustix::fs::openat(from, part, here, Mode::empty())?);
+            }
+            at.ok_or(Errno::INVAL)
+        }
+        other => other,
+    }
+}
+
 /// A running BLAKE3 hash of a file's data. BLAKE3 rather than SHA-256:
 /// both are 256-bit cryptographic hashes, but here SHA-256 (even with the
 /// CPU's SHA instructions) took 0.54 s per GiB on each end and was the
@@ -130,10 +203,6 @@ impl Checksum {
     }
 }
 
-fn mtime_of(meta: &fs::Metadata) -> i64 {
-    meta.mtime()
-}
-
 fn system_time(secs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
@@ -142,16 +211,58 @@ fn system_time(secs: i64) -> SystemTime {
     }
 }
 
+/// The most a file whose `stat` size is 0 may hold (files of `/proc` and
+/// `/sys` say 0 and have content): such a file is read whole before its
+/// header is sent, since the header announces the size.
+pub const MAX_UNSIZED_FILE: usize = 16 << 20;
+
+/// An entry still to send.
+#[derive(Debug)]
+struct Pending {
+    /// The open directory it is in; `None` for the top-level entry, which
+    /// is opened by its path as given (the user's own path).
+    parent: Option<Arc<OwnedFd>>,
+    /// Its name in `parent`, or the whole path for the top.
+    name: PathBuf,
+    /// Its path, for messages.
+    shown: PathBuf,
+    /// Its name in the stream.
+    stream: Vec<u8>,
+}
+
+/// What identifies a file's state: a change of any means it was written.
+fn state_of(meta: &std::fs::Metadata) -> (u64, i64, i64, i64, i64) {
+    (
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// The regular file being sent.
+#[derive(Debug)]
+struct Sending {
+    shown: PathBuf,
+    file: File,
+    hasher: Checksum,
+    /// Bytes still to send of the size announced.
+    remaining: u64,
+    /// The whole content, for a file read before its header was sent.
+    buffered: Option<Bytes>,
+    /// Its state when the header was sent.
+    state: (u64, i64, i64, i64, i64),
+}
+
 /// Reads a file or tree as copy items, one chunk at a time.
 #[derive(Debug)]
 pub struct TreeReader {
-    /// Entries still to send: (path on disk, name in the stream).
-    pending: Vec<(PathBuf, Vec<u8>)>,
+    pending: Vec<Pending>,
     recursive: bool,
     owners: bool,
-    /// The regular file being sent, its hasher and bytes left.
-    current: Option<(PathBuf, File, Checksum)>,
-    /// Entries and bytes sent so far.
+    current: Option<Sending>,
+    /// Entries sent so far.
     pub entries: u64,
     /// Bytes of file data sent so far.
     pub bytes: u64,
@@ -165,24 +276,21 @@ impl TreeReader {
     /// When `path` does not exist, has no name, or is a directory without
     /// `recursive`.
     pub fn new(path: &Path, recursive: bool) -> Result<TreeReader, CopyError> {
-        let meta = fs::symlink_metadata(path).map_err(|e| CopyError::io(path, "read", &e))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| CopyError::io(path, "read", &e))?;
         if meta.is_dir() && !recursive {
             return Err(CopyError::new(
                 ErrorKind::BadRequest,
                 format!("{} is a directory (copy it with -r)", path.display()),
             ));
         }
-        let name = path
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .ok_or_else(|| {
-                CopyError::new(
-                    ErrorKind::BadRequest,
-                    format!("{} names no file", path.display()),
-                )
-            })?;
+        let name = entry_name(path)?;
         Ok(TreeReader {
-            pending: vec![(path.to_path_buf(), name)],
+            pending: vec![Pending {
+                parent: None,
+                name: path.to_path_buf(),
+                shown: path.to_path_buf(),
+                stream: name,
+            }],
             recursive,
             owners: false,
             current: None,
@@ -200,74 +308,256 @@ impl TreeReader {
     /// The next item, or `None` at the end of the tree.
     ///
     /// # Errors
-    /// When an entry cannot be read.
+    /// When an entry cannot be read, is of a kind we do not copy, or
+    /// shrank while it was read.
     pub fn next_item(&mut self) -> Result<Option<CopyItem>, CopyError> {
-        if let Some((path, file, hasher)) = &mut self.current {
-            let mut buf = vec![0u8; MAX_CHUNK_LEN];
-            let n = read_full(file, &mut buf).map_err(|e| CopyError::io(path, "read", &e))?;
-            if n > 0 {
-                buf.truncate(n);
-                hasher.update(&buf);
-                self.bytes += n as u64;
-                return Ok(Some(CopyItem::Data(Bytes::from(buf))));
+        if let Some(sending) = &mut self.current {
+            if let Some(chunk) = next_chunk(sending)? {
+                self.bytes += chunk.len() as u64;
+                return Ok(Some(CopyItem::Data(chunk)));
             }
-            let (_, _, hasher) = self
+            let sending = self
                 .current
                 .take()
                 .ok_or_else(|| CopyError::new(ErrorKind::Internal, "copy reader lost its file"))?;
-            let blake3 = Bytes::copy_from_slice(&hasher.finish());
-            return Ok(Some(CopyItem::End(FileEnd { blake3 })));
+            let changed = sending.buffered.is_none()
+                && sending
+                    .file
+                    .metadata()
+                    .map_or(true, |now| state_of(&now) != sending.state);
+            let blake3 = Bytes::copy_from_slice(&sending.hasher.finish());
+            return Ok(Some(CopyItem::End(FileEnd { blake3, changed })));
         }
-        let Some((path, name)) = self.pending.pop() else {
+        let Some(entry) = self.pending.pop() else {
             return Ok(None);
         };
-        let meta = fs::symlink_metadata(&path).map_err(|e| CopyError::io(&path, "read", &e))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        let kind = if meta.file_type().is_symlink() {
-            let target = fs::read_link(&path).map_err(|e| CopyError::io(&path, "read", &e))?;
-            FileKind::Symlink {
-                target: Bytes::copy_from_slice(target.as_os_str().as_bytes()),
+        let dir = entry.parent.as_ref().map_or(CWD, |fd| fd.as_fd());
+        let shown = &entry.shown;
+        let stat = rustix::fs::statat(dir, &entry.name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| CopyError::errno(shown, "read", e))?;
+        let (kind, meta) = match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, &entry.name, Vec::new())
+                    .map_err(|e| CopyError::errno(shown, "read", e))?;
+                let link = LinkMeta {
+                    mode: stat.st_mode & 0o7777,
+                    mtime: stat.st_mtime as i64,
+                    uid: stat.st_uid,
+                    gid: stat.st_gid,
+                };
+                let kind = FileKind::Symlink {
+                    target: Bytes::from(target.into_bytes()),
+                };
+                (kind, link)
             }
-        } else if meta.is_dir() {
-            if self.recursive {
-                let mut children = Vec::new();
-                for entry in fs::read_dir(&path).map_err(|e| CopyError::io(&path, "list", &e))? {
-                    let entry = entry.map_err(|e| CopyError::io(&path, "list", &e))?;
-                    let mut child = name.clone();
-                    child.push(b'/');
-                    child.extend_from_slice(entry.file_name().as_bytes());
-                    children.push((entry.path(), child));
+            FileType::Directory => {
+                let fd = open_entry(dir, &entry.name, OFlags::DIRECTORY, shown)?;
+                let file = File::from(fd);
+                let meta = file
+                    .metadata()
+                    .map_err(|e| CopyError::io(shown, "read", &e))?;
+                if !meta.is_dir() {
+                    return Err(swapped(shown));
                 }
-                // Popped from the end: reverse name order gives name order.
-                children.sort_by(|a, b| b.1.cmp(&a.1));
-                self.pending.extend(children);
+                if self.recursive {
+                    self.list(OwnedFd::from(file), &entry)?;
+                }
+                (FileKind::Directory, LinkMeta::of(&meta))
             }
-            FileKind::Directory
-        } else if meta.is_file() {
-            let file = File::open(&path).map_err(|e| CopyError::io(&path, "open", &e))?;
-            self.current = Some((path.clone(), file, Checksum::default()));
-            FileKind::File { size: meta.len() }
-        } else {
-            return Err(CopyError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "{} is not a regular file, directory or link",
-                    path.display()
-                ),
-            ));
+            FileType::RegularFile => {
+                let (mut file, meta) = open_regular(dir, &entry.name, shown)?;
+                let (remaining, buffered) = if meta.size() == 0 {
+                    let whole = read_unsized(&mut file, shown)?;
+                    (whole.len() as u64, Some(whole))
+                } else {
+                    (meta.size(), None)
+                };
+                let size = remaining;
+                self.current = Some(Sending {
+                    shown: shown.clone(),
+                    file,
+                    hasher: Checksum::default(),
+                    remaining,
+                    buffered,
+                    state: state_of(&meta),
+                });
+                (FileKind::File { size }, LinkMeta::of(&meta))
+            }
+            _ => {
+                return Err(CopyError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is not a regular file, directory or link",
+                        shown.display()
+                    ),
+                ));
+            }
         };
         self.entries += 1;
         Ok(Some(CopyItem::File(FileHeader {
-            path: Bytes::from(name),
+            path: Bytes::from(entry.stream),
             kind,
-            mode,
-            mtime: mtime_of(&meta),
-            owner: self.owners.then(|| Owner {
-                uid: meta.uid(),
-                gid: meta.gid(),
+            mode: meta.mode,
+            mtime: meta.mtime,
+            owner: self.owners.then_some(Owner {
+                uid: meta.uid,
+                gid: meta.gid,
             }),
         })))
     }
+
+    /// Queues the children of the open directory `dir`, in name order.
+    fn list(&mut self, dir: OwnedFd, entry: &Pending) -> Result<(), CopyError> {
+        let listing = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| CopyError::errno(&entry.shown, "list", e))?;
+        let dir = Arc::new(dir);
+        let mut children = Vec::new();
+        for child in listing {
+            let child = child.map_err(|e| CopyError::errno(&entry.shown, "list", e))?;
+            let name = OsStr::from_bytes(child.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let mut stream = entry.stream.clone();
+            stream.push(b'/');
+            stream.extend_from_slice(name.as_bytes());
+            children.push(Pending {
+                parent: Some(dir.clone()),
+                name: PathBuf::from(name),
+                shown: entry.shown.join(name),
+                stream,
+            });
+        }
+        // Popped from the end: reverse name order gives name order.
+        children.sort_by(|a, b| b.stream.cmp(&a.stream));
+        self.pending.extend(children);
+        Ok(())
+    }
+}
+
+/// The metadata a header carries.
+struct LinkMeta {
+    mode: u32,
+    mtime: i64,
+    uid: u32,
+    gid: u32,
+}
+
+impl LinkMeta {
+    fn of(meta: &std::fs::Metadata) -> LinkMeta {
+        LinkMeta {
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
+/// Something that is not a directory (a link, never followed, or a file)
+/// stands where a directory of the copy must be.
+fn in_the_way(path: &Path) -> CopyError {
+    CopyError::new(
+        ErrorKind::BadRequest,
+        format!(
+            "cannot write beneath {}: a link or a file is in the way (links are never followed)",
+            path.display()
+        ),
+    )
+}
+
+fn swapped(path: &Path) -> CopyError {
+    CopyError::new(
+        ErrorKind::BadRequest,
+        format!(
+            "{} changed kind while it was copied (now not what it was when listed)",
+            path.display()
+        ),
+    )
+}
+
+/// Opens an entry to read, not following a link in its place.
+fn open_entry(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    flags: OFlags,
+    shown: &Path,
+) -> Result<OwnedFd, CopyError> {
+    rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| CopyError::errno(shown, "open", e))
+}
+
+/// Opens a file listed as regular, and checks that what was opened is
+/// one. Non-blocking: should a FIFO or device have been swapped in since
+/// the listing, opening it must not wait for a writer.
+fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    shown: &Path,
+) -> Result<(File, std::fs::Metadata), CopyError> {
+    let fd = open_entry(dir, name, OFlags::NONBLOCK | OFlags::NOCTTY, shown)?;
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| CopyError::io(shown, "read", &e))?;
+    if !meta.is_file() {
+        return Err(swapped(shown));
+    }
+    Ok((file, meta))
+}
+
+/// Reads a file whose size says 0 to its end, up to [`MAX_UNSIZED_FILE`].
+fn read_unsized(file: &mut File, shown: &Path) -> Result<Bytes, CopyError> {
+    let mut whole = Vec::new();
+    let limit = MAX_UNSIZED_FILE as u64 + 1;
+    file.take(limit)
+        .read_to_end(&mut whole)
+        .map_err(|e| CopyError::io(shown, "read", &e))?;
+    if whole.len() > MAX_UNSIZED_FILE {
+        return Err(CopyError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "{} reports a size of 0 but holds more than {MAX_UNSIZED_FILE} bytes",
+                shown.display()
+            ),
+        ));
+    }
+    Ok(Bytes::from(whole))
+}
+
+/// The next chunk of the file being sent, `None` once its announced size
+/// is sent. A file that grew is cut at that size; one that shrank fails.
+fn next_chunk(sending: &mut Sending) -> Result<Option<Bytes>, CopyError> {
+    if sending.remaining == 0 {
+        return Ok(None);
+    }
+    let want = sending.remaining.min(MAX_CHUNK_LEN as u64) as usize;
+    let chunk = match &mut sending.buffered {
+        Some(whole) => whole.split_to(want),
+        None => {
+            let mut buf = vec![0u8; want];
+            let n = read_full(&mut sending.file, &mut buf)
+                .map_err(|e| CopyError::io(&sending.shown, "read", &e))?;
+            if n < want {
+                return Err(CopyError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} shrank while it was copied; nothing was put in its place",
+                        sending.shown.display()
+                    ),
+                ));
+            }
+            Bytes::from(buf)
+        }
+    };
+    sending.hasher.update(&chunk);
+    sending.remaining -= chunk.len() as u64;
+    Ok(Some(chunk))
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -283,23 +573,132 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Where a received tree goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a received tree goes: an open directory, so that nothing the
+/// tree or anyone else does to the path later changes where it lands.
+#[derive(Debug)]
 pub enum Placement {
     /// Entries land below this existing directory under their own names.
-    Into(PathBuf),
-    /// The one top-level entry becomes this path; its children go below it.
-    As(PathBuf),
+    Into {
+        /// The directory, open.
+        dir: OwnedFd,
+        /// Its path, for messages.
+        path: PathBuf,
+    },
+    /// The one top-level entry becomes `name` in this existing directory;
+    /// its children go below it.
+    As {
+        /// The directory it goes in, open.
+        parent: OwnedFd,
+        /// That directory's path, for messages.
+        parent_path: PathBuf,
+        /// Its new name.
+        name: OsString,
+    },
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 impl Placement {
-    /// `Into(dest)` when `dest` is an existing directory, else `As(dest)`.
-    pub fn for_destination(dest: &Path) -> Placement {
-        if dest.is_dir() {
-            Placement::Into(dest.to_path_buf())
-        } else {
-            Placement::As(dest.to_path_buf())
+    /// As `cp` and `scp` do: into `dest` when it is an existing directory
+    /// (the path is the user's own, so a link to a directory counts);
+    /// otherwise the one top-level entry becomes `dest`, whose parent must
+    /// be an existing directory. A `dest` that ends in `/` must be a
+    /// directory.
+    ///
+    /// # Errors
+    /// A parent that does not exist, a `dest` that names no file, a
+    /// directory that cannot be opened.
+    pub fn for_destination(dest: &Path) -> Result<Placement, CopyError> {
+        let no_such_dir = |dir: &Path| {
+            CopyError::new(
+                ErrorKind::NoSuchFile,
+                format!("no such directory: {}", dir.display()),
+            )
+        };
+        match open_dir(dest) {
+            Ok(dir) => {
+                return Ok(Placement::Into {
+                    dir,
+                    path: dest.to_path_buf(),
+                });
+            }
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
+            Err(e) => return Err(CopyError::errno(dest, "open", e)),
         }
+        if dest.as_os_str().as_bytes().ends_with(b"/") {
+            return Err(no_such_dir(dest));
+        }
+        let name = dest.file_name().ok_or_else(|| {
+            CopyError::new(
+                ErrorKind::BadRequest,
+                format!("{} names no file", dest.display()),
+            )
+        })?;
+        let parent_path = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parent = match open_dir(parent_path) {
+            Ok(parent) => parent,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Err(no_such_dir(parent_path)),
+            Err(e) => return Err(CopyError::errno(parent_path, "open", e)),
+        };
+        Ok(Placement::As {
+            parent,
+            parent_path: parent_path.to_path_buf(),
+            name: name.to_os_string(),
+        })
+    }
+
+    /// Into the existing directory `dir`.
+    ///
+    /// # Errors
+    /// When `dir` is not a directory that can be opened.
+    pub fn into_dir(dir: &Path) -> Result<Placement, CopyError> {
+        let fd = open_dir(dir).map_err(|e| CopyError::errno(dir, "open", e))?;
+        Ok(Placement::Into {
+            dir: fd,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Into `dir/name`, created when missing: a pull's directory for one
+    /// of several hosts. An existing `name` that is a link (planted by
+    /// someone else) is refused, never followed.
+    ///
+    /// # Errors
+    /// A `name` that is not one plain component, a link or a file in its
+    /// place, a directory that cannot be created.
+    pub fn subdirectory(dir: &Path, name: &str) -> Result<Placement, CopyError> {
+        let relative = relative_path(name.as_bytes())?;
+        let path = dir.join(&relative);
+        if relative.components().count() != 1 {
+            return Err(CopyError::new(
+                ErrorKind::BadRequest,
+                format!("{name:?} cannot name one directory"),
+            ));
+        }
+        let parent = open_dir(dir).map_err(|e| CopyError::errno(dir, "open", e))?;
+        match rustix::fs::mkdirat(&parent, &relative, Mode::from_raw_mode(0o777)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(CopyError::errno(&path, "create directory", e)),
+        }
+        let fd = open_beneath(
+            parent.as_fd(),
+            &relative,
+            OFlags::DIRECTORY | OFlags::RDONLY,
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR | Errno::LOOP => in_the_way(&path),
+            e => CopyError::errno(&path, "open", e),
+        })?;
+        Ok(Placement::Into { dir: fd, path })
     }
 }
 
@@ -307,8 +706,12 @@ impl Placement {
 /// one; removed unless it was completed.
 #[derive(Debug)]
 struct Incoming {
-    temp: PathBuf,
-    final_path: PathBuf,
+    /// The directory it goes in, open.
+    parent: Arc<OwnedFd>,
+    temp: OsString,
+    name: OsString,
+    /// Its final path, for messages.
+    shown: PathBuf,
     file: File,
     hasher: Checksum,
     size: u64,
@@ -341,8 +744,15 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 impl Drop for Incoming {
     fn drop(&mut self) {
         // Completed files were renamed away; this only removes leftovers.
-        let _ = fs::remove_file(&self.temp);
+        let _ = rustix::fs::unlinkat(&*self.parent, &self.temp, AtFlags::empty());
     }
+}
+
+/// What a puller asked for: the one top-level entry it may receive.
+#[derive(Debug, Clone)]
+struct Expected {
+    name: Vec<u8>,
+    recursive: bool,
 }
 
 /// Writes received entries. Each regular file is written to a temporary
@@ -352,8 +762,15 @@ impl Drop for Incoming {
 /// old file and no temporary behind.
 #[derive(Debug)]
 pub struct TreeWriter {
-    placement: Placement,
-    top: Option<Vec<u8>>,
+    /// The directory names are resolved beneath.
+    root: Arc<OwnedFd>,
+    root_path: PathBuf,
+    /// The new name of the top-level entry, for [`Placement::As`].
+    rename_top: Option<OsString>,
+    expected: Option<Expected>,
+    keep_set_id: bool,
+    /// The first top-level entry's name, and whether it is a directory.
+    top: Option<(Vec<u8>, bool)>,
     current: Option<Incoming>,
     /// Refuse more than this many bytes of data in all.
     limit: Option<u64>,
@@ -365,10 +782,23 @@ pub struct TreeWriter {
 
 impl TreeWriter {
     /// A writer placing entries per `placement`, refusing more than `limit`
-    /// bytes of data when given.
+    /// bytes of data when given. Set-user-id and set-group-id bits are
+    /// dropped unless [`TreeWriter::keeping_set_id`] says otherwise.
     pub fn new(placement: Placement, limit: Option<u64>) -> TreeWriter {
+        let (root, root_path, rename_top) = match placement {
+            Placement::Into { dir, path } => (dir, path, None),
+            Placement::As {
+                parent,
+                parent_path,
+                name,
+            } => (parent, parent_path, Some(name)),
+        };
         TreeWriter {
-            placement,
+            root: Arc::new(root),
+            root_path,
+            rename_top,
+            expected: None,
+            keep_set_id: false,
             top: None,
             current: None,
             limit,
@@ -377,18 +807,74 @@ impl TreeWriter {
         }
     }
 
-    /// Where the entry named `raw` goes.
-    fn destination(&mut self, raw: &[u8]) -> Result<PathBuf, CopyError> {
+    /// Accepts only what a pull of an entry called `name` can send: that
+    /// entry, first, once, and entries below it only when `recursive` and
+    /// it is a directory. Anything else is a protocol error.
+    pub fn expecting(mut self, name: &[u8], recursive: bool) -> Self {
+        self.expected = Some(Expected {
+            name: name.to_vec(),
+            recursive,
+        });
+        self
+    }
+
+    /// Keeps set-user-id and set-group-id bits (`-p`).
+    pub fn keeping_set_id(mut self, keep: bool) -> Self {
+        self.keep_set_id = keep;
+        self
+    }
+
+    /// Checks the entry named `raw` against what this copy may receive;
+    /// the directory it goes in (open), its name there, its path.
+    fn destination(
+        &mut self,
+        raw: &[u8],
+        kind: &FileKind,
+    ) -> Result<(Arc<OwnedFd>, OsString, PathBuf), CopyError> {
         let relative = relative_path(raw)?;
-        let first = raw
-            .split(|b| *b == b'/')
-            .next()
-            .unwrap_or_default()
-            .to_vec();
+        let mut parts: Vec<&OsStr> = relative.iter().collect();
+        let first = parts
+            .first()
+            .map(|p| p.as_bytes().to_vec())
+            .unwrap_or_default();
+        let is_top = parts.len() == 1;
+        let shown_raw = String::from_utf8_lossy(raw);
+        if let Some(expected) = &self.expected {
+            let asked = String::from_utf8_lossy(&expected.name);
+            if first != expected.name {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "the agent sent {shown_raw:?}, which was not asked for (asked for {asked:?})"
+                    ),
+                ));
+            }
+            if is_top && self.top.is_some() {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    format!("the agent sent {asked:?} twice"),
+                ));
+            }
+            let below_a_directory = expected.recursive && matches!(self.top, Some((_, true)));
+            if !is_top && !below_a_directory {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "the agent sent {shown_raw:?}, which was not asked for (a pull without -r, or {asked:?} is no directory)"
+                    ),
+                ));
+            }
+        }
         match &self.top {
-            None => self.top = Some(first),
-            Some(top) if *top == first => {}
-            Some(_) if matches!(self.placement, Placement::Into(_)) => {}
+            None if !is_top => {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    format!("{shown_raw:?} came before its top-level entry"),
+                ));
+            }
+            None => self.top = Some((first, matches!(kind, FileKind::Directory))),
+            Some((top, _)) if *top == first => {}
+            Some(_) if self.rename_top.is_none() => {}
             Some(_) => {
                 return Err(CopyError::new(
                     ErrorKind::BadRequest,
@@ -396,14 +882,32 @@ impl TreeWriter {
                 ));
             }
         }
-        Ok(match &self.placement {
-            Placement::Into(dir) => dir.join(relative),
-            Placement::As(path) => {
-                let mut parts = relative.components();
-                parts.next();
-                path.join(parts.as_path())
-            }
-        })
+        if let Some(name) = &self.rename_top {
+            parts[0] = name;
+        }
+        let shown = parts.iter().fold(self.root_path.clone(), |p, c| p.join(c));
+        let (name, dirs) = parts
+            .split_last()
+            .ok_or_else(|| CopyError::new(ErrorKind::BadRequest, "an entry without a name"))?;
+        let parent = if dirs.is_empty() {
+            self.root.clone()
+        } else {
+            let within: PathBuf = dirs.iter().collect();
+            let fd = open_beneath(
+                self.root.as_fd(),
+                &within,
+                OFlags::DIRECTORY | OFlags::RDONLY,
+            )
+            .map_err(|e| {
+                let at = self.root_path.join(&within);
+                match e {
+                    Errno::NOTDIR | Errno::LOOP => in_the_way(&at),
+                    e => CopyError::errno(&at, "write beneath", e),
+                }
+            })?;
+            Arc::new(fd)
+        };
+        Ok((parent, name.to_os_string(), shown))
     }
 
     /// Handles the next item of the stream.
@@ -426,32 +930,44 @@ impl TreeWriter {
                 "a new entry began before the last file ended",
             ));
         }
-        let path = self.destination(&header.path)?;
-        let mode = header.mode & 0o7777;
+        let (parent, name, path) = self.destination(&header.path, &header.kind)?;
+        let mode = header.mode & if self.keep_set_id { 0o7777 } else { 0o1777 };
         let owner = header.owner;
         match header.kind {
             FileKind::Directory => {
-                match fs::create_dir(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                    Err(e) => return Err(CopyError::io(&path, "create directory", &e)),
+                match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(CopyError::errno(&path, "create directory", e)),
                 }
-                apply_owner(&path, owner, false)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                // What is there now, never through a link: a directory we
+                // made or one that was there already.
+                let dir = rustix::fs::openat(
+                    &*parent,
+                    &name,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| match e {
+                    Errno::NOTDIR | Errno::LOOP => in_the_way(&path),
+                    e => CopyError::errno(&path, "create directory", e),
+                })?;
+                let dir = File::from(dir);
+                apply_owner(&dir, owner, &path)?;
+                dir.set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
                 self.entries += 1;
             }
             FileKind::Symlink { target } => {
-                let temp = temp_name(&path)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &temp)
-                    .map_err(|e| CopyError::io(&path, "create link", &e))?;
-                if let Err(e) = apply_owner(&temp, owner, true) {
-                    let _ = fs::remove_file(&temp);
+                let temp = temp_name(&name);
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &*parent, &temp)
+                    .map_err(|e| CopyError::errno(&path, "create link", e))?;
+                let placed = own_link(&parent, &temp, owner, &path).and_then(|()| {
+                    rustix::fs::renameat(&*parent, &temp, &*parent, &name)
+                        .map_err(|e| CopyError::errno(&path, "put in place", e))
+                });
+                if let Err(e) = placed {
+                    let _ = rustix::fs::unlinkat(&*parent, &temp, AtFlags::empty());
                     return Err(e);
-                }
-                if let Err(e) = fs::rename(&temp, &path) {
-                    let _ = fs::remove_file(&temp);
-                    return Err(CopyError::io(&path, "put in place", &e));
                 }
                 self.entries += 1;
             }
@@ -467,17 +983,24 @@ impl TreeWriter {
                         ));
                     }
                 }
-                let temp = temp_name(&path)?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp)
-                    .map_err(|e| CopyError::io(&path, "create", &e))?;
+                let temp = temp_name(&name);
+                let file = rustix::fs::openat(
+                    &*parent,
+                    &temp,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| CopyError::errno(&path, "create", e))?;
                 self.current = Some(Incoming {
+                    parent,
                     temp,
-                    final_path: path,
-                    file,
+                    name,
+                    shown: path,
+                    file: File::from(file),
                     hasher: Checksum::default(),
                     size,
                     written: 0,
@@ -502,7 +1025,7 @@ impl TreeWriter {
                 ErrorKind::Protocol,
                 format!(
                     "{}: more data than the {} bytes announced",
-                    incoming.final_path.display(),
+                    incoming.shown.display(),
                     incoming.size
                 ),
             ));
@@ -511,7 +1034,7 @@ impl TreeWriter {
         incoming
             .file
             .write_all(chunk)
-            .map_err(|e| CopyError::io(&incoming.final_path, "write", &e))?;
+            .map_err(|e| CopyError::io(&incoming.shown, "write", &e))?;
         if incoming.written - incoming.flushing >= WRITEBACK_STEP {
             start_writeback(&incoming.file, incoming.flushing, incoming.written);
             incoming.flushing = incoming.written;
@@ -524,7 +1047,7 @@ impl TreeWriter {
             .current
             .take()
             .ok_or_else(|| CopyError::new(ErrorKind::Protocol, "a file end outside of a file"))?;
-        let path = incoming.final_path.clone();
+        let path = incoming.shown.clone();
         if incoming.written != incoming.size {
             return Err(CopyError::new(
                 ErrorKind::Protocol,
@@ -545,11 +1068,13 @@ impl TreeWriter {
                 ),
             ));
         }
-        // Owner before mode: a change of owner clears set-id bits.
-        apply_owner(&incoming.temp, incoming.owner, false)?;
+        // Through the descriptor, never the name: whatever is at the
+        // temporary name by now is not what we change. Owner before mode:
+        // a change of owner clears set-id bits.
+        apply_owner(&incoming.file, incoming.owner, &path)?;
         incoming
             .file
-            .set_permissions(fs::Permissions::from_mode(incoming.mode))
+            .set_permissions(std::fs::Permissions::from_mode(incoming.mode))
             .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
         incoming
             .file
@@ -559,7 +1084,29 @@ impl TreeWriter {
             .file
             .sync_all()
             .map_err(|e| CopyError::io(&path, "sync", &e))?;
-        fs::rename(&incoming.temp, &path).map_err(|e| CopyError::io(&path, "put in place", &e))?;
+        // Someone who can write the directory may have swapped the
+        // temporary name for something else meanwhile: never put that in
+        // place of the file.
+        let ours =
+            rustix::fs::fstat(&incoming.file).map_err(|e| CopyError::errno(&path, "sync", e))?;
+        let there =
+            rustix::fs::statat(&*incoming.parent, &incoming.temp, AtFlags::SYMLINK_NOFOLLOW);
+        if !there.is_ok_and(|t| t.st_ino == ours.st_ino && t.st_dev == ours.st_dev) {
+            return Err(CopyError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{}: its temporary file was replaced while it was written; nothing was put in place",
+                    path.display()
+                ),
+            ));
+        }
+        rustix::fs::renameat(
+            &*incoming.parent,
+            &incoming.temp,
+            &*incoming.parent,
+            &incoming.name,
+        )
+        .map_err(|e| CopyError::errno(&path, "put in place", e))?;
         self.entries += 1;
         self.bytes += incoming.size;
         // `incoming` drops here; its temporary name no longer exists.
@@ -572,35 +1119,58 @@ impl TreeWriter {
     }
 }
 
-/// Gives `path` the sent owner, when the copy keeps owners; a link itself,
-/// not what it points to, when `link`.
-fn apply_owner(path: &Path, owner: Option<Owner>, link: bool) -> Result<(), CopyError> {
+/// Gives the open `file` the sent owner, when the copy keeps owners.
+fn apply_owner(file: &File, owner: Option<Owner>, path: &Path) -> Result<(), CopyError> {
     let Some(owner) = owner else {
         return Ok(());
     };
-    let result = if link {
-        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
-    } else {
-        std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
-    };
-    result.map_err(|e| CopyError::io(path, "set the owner of", &e))
+    std::os::unix::fs::fchown(file, Some(owner.uid), Some(owner.gid))
+        .map_err(|e| CopyError::io(path, "set the owner of", &e))
 }
 
-/// A fresh temporary name beside `path`: `.NAME.rexec-PID-N`, hidden, in
+/// Gives the link we just made at `temp` the sent owner: through a
+/// descriptor of the link itself, checked to be a link, so that nothing
+/// swapped in at that name is changed.
+fn own_link(
+    parent: &OwnedFd,
+    temp: &OsStr,
+    owner: Option<Owner>,
+    path: &Path,
+) -> Result<(), CopyError> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let link = rustix::fs::openat(
+        parent,
+        temp,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| CopyError::errno(path, "set the owner of", e))?;
+    let stat =
+        rustix::fs::fstat(&link).map_err(|e| CopyError::errno(path, "set the owner of", e))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink {
+        return Err(swapped(path));
+    }
+    rustix::fs::chownat(
+        &link,
+        "",
+        Some(rustix::fs::Uid::from_raw(owner.uid)),
+        Some(rustix::fs::Gid::from_raw(owner.gid)),
+        AtFlags::EMPTY_PATH,
+    )
+    .map_err(|e| CopyError::errno(path, "set the owner of", e))
+}
+
+/// A fresh temporary name beside `name`: `.NAME.rexec-PID-N`, hidden, in
 /// the same directory so the final rename is atomic.
-fn temp_name(path: &Path) -> Result<PathBuf, CopyError> {
+fn temp_name(name: &OsStr) -> OsString {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| {
-        CopyError::new(
-            ErrorKind::BadRequest,
-            format!("{} names no file", path.display()),
-        )
-    })?;
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut temp = OsStr::new(".").to_os_string();
     temp.push(name);
     temp.push(format!(".rexec-{}-{n}", std::process::id()));
-    Ok(path.with_file_name(temp))
+    temp
 }
 
 /// Whether `name` is one of our temporary names (for tests and cleanup).
@@ -612,6 +1182,299 @@ pub fn is_temp_name(name: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn header(path: &'static [u8], kind: FileKind, mode: u32) -> CopyItem {
+        CopyItem::File(FileHeader {
+            path: Bytes::from_static(path),
+            kind,
+            mode,
+            mtime: 0,
+            owner: None,
+        })
+    }
+
+    fn link(path: &'static [u8], target: &'static [u8]) -> CopyItem {
+        header(
+            path,
+            FileKind::Symlink {
+                target: Bytes::from_static(target),
+            },
+            0o777,
+        )
+    }
+
+    /// Writes `items` in order; the first error.
+    fn write_all(writer: &mut TreeWriter, items: Vec<CopyItem>) -> Result<(), CopyError> {
+        for item in items {
+            writer.item(item)?;
+        }
+        Ok(())
+    }
+
+    fn file(path: &'static [u8], data: &'static [u8]) -> Vec<CopyItem> {
+        vec![
+            header(
+                path,
+                FileKind::File {
+                    size: data.len() as u64,
+                },
+                0o644,
+            ),
+            CopyItem::Data(Bytes::from_static(data)),
+            CopyItem::End(FileEnd {
+                blake3: Bytes::copy_from_slice(blake3::hash(data).as_bytes()),
+                changed: false,
+            }),
+        ]
+    }
+
+    #[test]
+    fn links_the_stream_placed_are_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        let dest = dir.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        let victim_target = victim.as_os_str().as_bytes().to_vec().leak();
+        // A link then a file beneath it; a link to the parent; a link to
+        // an absolute path then a directory beneath it.
+        let attempts: Vec<Vec<CopyItem>> = vec![
+            [
+                vec![
+                    header(b"t", FileKind::Directory, 0o755),
+                    link(b"t/s", victim_target),
+                ],
+                file(b"t/s/pwned", b"x"),
+            ]
+            .concat(),
+            [
+                vec![
+                    header(b"t", FileKind::Directory, 0o755),
+                    link(b"t/up", b".."),
+                ],
+                file(b"t/up/pwned", b"x"),
+            ]
+            .concat(),
+            vec![
+                header(b"t", FileKind::Directory, 0o755),
+                link(b"t/abs", victim_target),
+                header(b"t/abs/d", FileKind::Directory, 0o777),
+            ],
+        ];
+        for items in attempts {
+            let mut writer = TreeWriter::new(Placement::into_dir(&dest).unwrap(), None);
+            let err = write_all(&mut writer, items).unwrap_err();
+            assert!(err.message.contains("is in the way"), "{err}");
+            assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+            assert!(!dir.path().join("pwned").exists());
+        }
+    }
+
+    #[test]
+    fn a_planted_link_is_refused_as_a_directory_and_replaced_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::symlink(&victim, shared.join("site")).unwrap();
+        let mut writer = TreeWriter::new(Placement::into_dir(&shared).unwrap(), None);
+        let items = [
+            vec![header(b"site", FileKind::Directory, 0o777)],
+            file(b"site/index", b"x"),
+        ]
+        .concat();
+        let err = write_all(&mut writer, items).unwrap_err();
+        assert!(err.message.contains("is in the way"), "{err}");
+        assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+        let mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the link's target keeps its mode");
+        // As the final component a file replaces the link itself.
+        let mut writer = TreeWriter::new(Placement::into_dir(&shared).unwrap(), None);
+        write_all(&mut writer, file(b"site", b"new")).unwrap();
+        assert!(fs::symlink_metadata(shared.join("site")).unwrap().is_file());
+        assert_eq!(fs::read(shared.join("site")).unwrap(), b"new");
+        assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_pull_accepts_only_the_entry_it_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(bool, Vec<CopyItem>)> = vec![
+            (
+                false,
+                [file(b"syslog", b"log"), file(b".bashrc", b"evil")].concat(),
+            ),
+            (false, file(b".bashrc", b"evil")),
+            (
+                false,
+                [file(b"syslog", b"log"), file(b"syslog", b"again")].concat(),
+            ),
+            (
+                true,
+                [file(b"syslog", b"log"), file(b"syslog/x", b"x")].concat(),
+            ),
+            (
+                false,
+                [
+                    vec![header(b"syslog", FileKind::Directory, 0o755)],
+                    file(b"syslog/x", b"x"),
+                ]
+                .concat(),
+            ),
+        ];
+        for (recursive, items) in cases {
+            let local = tempfile::tempdir_in(dir.path()).unwrap();
+            let mut writer = TreeWriter::new(Placement::into_dir(local.path()).unwrap(), None)
+                .expecting(b"syslog", recursive);
+            let err = write_all(&mut writer, items).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+            assert!(!local.path().join(".bashrc").exists());
+            assert!(!local.path().join("syslog/x").exists());
+        }
+        let local = dir.path().join("ok");
+        fs::create_dir(&local).unwrap();
+        let mut writer =
+            TreeWriter::new(Placement::into_dir(&local).unwrap(), None).expecting(b"etc", true);
+        let items = [
+            vec![header(b"etc", FileKind::Directory, 0o755)],
+            file(b"etc/hosts", b"h"),
+        ]
+        .concat();
+        write_all(&mut writer, items).unwrap();
+        assert_eq!(fs::read(local.join("etc/hosts")).unwrap(), b"h");
+    }
+
+    #[test]
+    fn set_id_bits_are_dropped_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for (keep, want) in [(false, 0o755), (true, 0o6755)] {
+            let mut items = file(b"tool", b"#!");
+            if let CopyItem::File(h) = &mut items[0] {
+                h.mode = 0o6755;
+            }
+            let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None)
+                .keeping_set_id(keep);
+            write_all(&mut writer, items).unwrap();
+            let mode = fs::metadata(dir.path().join("tool"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, want, "keep {keep}");
+        }
+    }
+
+    #[test]
+    fn a_new_name_takes_the_file_and_its_parent_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        for exists in [false, true] {
+            let target = dir.path().join("app.conf");
+            if exists {
+                fs::write(&target, b"old").unwrap();
+            }
+            let mut writer = TreeWriter::new(Placement::for_destination(&target).unwrap(), None);
+            write_all(&mut writer, file(b"local.conf", b"new")).unwrap();
+            assert_eq!(fs::read(&target).unwrap(), b"new");
+        }
+        for bad in ["missing/app.conf", "nodir/"] {
+            let err = Placement::for_destination(&dir.path().join(bad)).unwrap_err();
+            assert!(err.message.contains("no such directory"), "{err}");
+        }
+    }
+
+    fn read_everything(reader: &mut TreeReader) -> Result<Vec<CopyItem>, CopyError> {
+        let mut items = Vec::new();
+        while let Some(item) = reader.next_item()? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o644)).unwrap();
+        let err = read_everything(&mut TreeReader::new(&fifo, false).unwrap()).unwrap_err();
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_for_a_listed_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("was-a-file");
+        rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o644)).unwrap();
+        // No writer ever opens it: a blocking open would wait forever.
+        let err = open_regular(CWD, &fifo, &fifo).unwrap_err();
+        assert!(err.message.contains("changed kind"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_grows_is_cut_at_its_size_and_marked_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        fs::write(&log, vec![1u8; 1000]).unwrap();
+        let mut reader = TreeReader::new(&log, false).unwrap();
+        let first = reader.next_item().unwrap();
+        assert!(matches!(
+            first,
+            Some(CopyItem::File(FileHeader {
+                kind: FileKind::File { size: 1000 },
+                ..
+            }))
+        ));
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(&[2u8; 500])
+            .unwrap();
+        let rest = read_everything(&mut reader).unwrap();
+        let data: usize = rest
+            .iter()
+            .map(|i| {
+                if let CopyItem::Data(d) = i {
+                    d.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        assert_eq!(data, 1000);
+        assert!(matches!(
+            rest.last(),
+            Some(CopyItem::End(FileEnd { changed: true, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_proc_file_of_size_zero_is_copied_whole() {
+        let status = Path::new("/proc/self/status");
+        assert_eq!(fs::metadata(status).unwrap().len(), 0);
+        let items = read_everything(&mut TreeReader::new(status, false).unwrap()).unwrap();
+        let Some(CopyItem::File(FileHeader {
+            kind: FileKind::File { size },
+            ..
+        })) = items.first()
+        else {
+            panic!("{items:?}");
+        };
+        let data: Vec<u8> = items
+            .iter()
+            .flat_map(|i| {
+                if let CopyItem::Data(d) = i {
+                    d.to_vec()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        assert!(*size > 0);
+        assert_eq!(data.len() as u64, *size);
+        assert!(data.starts_with(b"Name:"));
+    }
 
     fn copy_tree(source: &Path, placement: Placement) -> Result<TreeWriter, CopyError> {
         let mut reader = TreeReader::new(source, true)?;
@@ -653,7 +1516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("dest");
         fs::create_dir(&dest).unwrap();
-        let mut writer = TreeWriter::new(Placement::Into(dest.clone()), None);
+        let mut writer = TreeWriter::new(Placement::into_dir(&dest).unwrap(), None);
         let header = FileHeader {
             path: Bytes::from_static(b"../../etc/x"),
             kind: FileKind::File { size: 1 },
@@ -679,7 +1542,7 @@ mod tests {
         std::os::unix::fs::symlink("sub dir/big", src.join("link")).unwrap();
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let writer = copy_tree(&src, Placement::Into(out.clone())).unwrap();
+        let writer = copy_tree(&src, Placement::into_dir(&out).unwrap()).unwrap();
         assert_eq!(writer.entries, 7);
         let copy = out.join("src");
         assert_eq!(fs::read(copy.join("new\nline")).unwrap(), b"x");
@@ -707,7 +1570,7 @@ mod tests {
         );
         // `As`: the tree itself becomes the destination path.
         let renamed = dir.path().join("renamed");
-        copy_tree(&src, Placement::As(renamed.clone())).unwrap();
+        copy_tree(&src, Placement::for_destination(&renamed).unwrap()).unwrap();
         assert_eq!(fs::read(renamed.join("new\nline")).unwrap(), b"x");
     }
 
@@ -716,7 +1579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("f");
         fs::write(&target, b"old").unwrap();
-        let mut writer = TreeWriter::new(Placement::As(target.clone()), None);
+        let mut writer = TreeWriter::new(Placement::for_destination(&target).unwrap(), None);
         writer
             .item(CopyItem::File(FileHeader {
                 path: Bytes::from_static(b"f"),
@@ -732,6 +1595,7 @@ mod tests {
         let err = writer
             .item(CopyItem::End(FileEnd {
                 blake3: Bytes::from_static(&[0; 32]),
+                changed: false,
             }))
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::ChecksumMismatch);
@@ -746,7 +1610,7 @@ mod tests {
     #[test]
     fn an_abandoned_transfer_removes_its_temporary() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = TreeWriter::new(Placement::Into(dir.path().to_path_buf()), None);
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
         writer
             .item(CopyItem::File(FileHeader {
                 path: Bytes::from_static(b"f"),
@@ -771,7 +1635,7 @@ mod tests {
     #[test]
     fn the_size_limit_refuses_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = TreeWriter::new(Placement::Into(dir.path().to_path_buf()), Some(5));
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), Some(5));
         let err = writer
             .item(CopyItem::File(FileHeader {
                 path: Bytes::from_static(b"f"),

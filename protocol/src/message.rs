@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bumped on any change to the
 /// messages below; peers of different versions refuse each other with an
 /// [`ErrorKind::VersionMismatch`] that names both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first message each side sends after the TLS handshake.
 ///
@@ -111,6 +111,14 @@ pub enum AgentMessage {
     CopyEnd,
     /// Every pushed entry is in place; last.
     CopyDone(CopyDone),
+    /// A push or pull has been accepted: first after `Hello`. The agent
+    /// then sends [`AgentMessage::Keepalive`] whenever it has been quiet
+    /// for `keepalive`, so that the client can take a longer silence as a
+    /// dead agent.
+    CopyStarted {
+        /// The agent's keepalive interval; `None` when it sends none.
+        keepalive: Option<Duration>,
+    },
 }
 
 /// A request to receive files.
@@ -190,6 +198,10 @@ pub struct FileEnd {
     /// BLAKE3 hash (32 bytes) of the data as the sender read it; the
     /// receiver checks it before the file takes its name.
     pub blake3: Bytes,
+    /// The file changed while it was read (it grew, or was written to):
+    /// the data is the first `size` bytes as they were read, not
+    /// necessarily one moment's state of the file.
+    pub changed: bool,
 }
 
 /// What a completed push put in place.
