@@ -83,7 +83,7 @@ struct Shared {
     read_waker: Option<Waker>,
 
     outbound: Outbound,
-    /// Written bytes not yet cut into a message.
+    /// Header room, then written bytes not yet cut into a message.
     pending: BytesMut,
     /// Cut and charged messages (header space in front) for the task.
     ready: VecDeque<BytesMut>,
@@ -111,21 +111,35 @@ impl Shared {
         self.wake_all();
     }
 
+    /// Stream bytes written and not yet cut (`pending` keeps room for the
+    /// header in front, so a whole buffer becomes a message without a copy).
+    fn buffered(&self) -> usize {
+        self.pending.len().saturating_sub(HEADER_LEN)
+    }
+
     /// Cuts buffered bytes into messages as far as credit allows; `all`
     /// also cuts a last partial message (flush), otherwise only full ones.
     fn cut(&mut self, subject_len: usize, all: bool) -> bool {
         let mut cut_any = false;
-        while !self.pending.is_empty() && (all || self.pending.len() >= MAX_PAYLOAD) {
+        while self.buffered() > 0 && (all || self.buffered() >= MAX_PAYLOAD) {
             let n = self
                 .outbound
                 .sendable(subject_len, MAX_PAYLOAD)
-                .min(self.pending.len());
+                .min(self.buffered());
             if n == 0 {
                 break;
             }
-            let mut message = BytesMut::with_capacity(HEADER_LEN + n);
-            message.resize(HEADER_LEN, 0);
-            message.extend_from_slice(&self.pending.split_to(n));
+            let message = if n == self.buffered() {
+                std::mem::take(&mut self.pending)
+            } else {
+                // Short of credit: the rest moves behind a new header room.
+                let message = self.pending.split_to(HEADER_LEN + n);
+                let mut rest = BytesMut::with_capacity(HEADER_LEN + self.pending.len());
+                rest.resize(HEADER_LEN, 0);
+                rest.extend_from_slice(&self.pending);
+                self.pending = rest;
+                message
+            };
             self.outbound.charge(subject_len, n);
             self.ready.push_back(message);
             cut_any = true;
@@ -134,7 +148,7 @@ impl Shared {
     }
 
     fn sent_everything(&self) -> bool {
-        self.pending.is_empty() && self.ready.is_empty() && !self.publishing
+        self.buffered() == 0 && self.ready.is_empty() && !self.publishing
     }
 }
 
@@ -277,18 +291,25 @@ impl AsyncWrite for BrokerStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if shared.pending.len() >= MAX_PAYLOAD {
+        if shared.buffered() >= MAX_PAYLOAD {
             if shared.cut(self.out_subject_len, false) {
                 self.notify.notify_one();
             }
-            if shared.pending.len() >= MAX_PAYLOAD {
+            if shared.buffered() >= MAX_PAYLOAD {
                 shared.write_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
         }
-        let n = buf.len().min(MAX_PAYLOAD - shared.pending.len());
+        let n = buf.len().min(MAX_PAYLOAD - shared.buffered());
+        if shared.pending.is_empty() {
+            // A bulk writer fills whole messages: room for one at once
+            // instead of regrowing; a small write gets a small buffer.
+            let room = if n >= 4096 { MAX_PAYLOAD } else { n };
+            shared.pending.reserve(HEADER_LEN + room);
+            shared.pending.resize(HEADER_LEN, 0);
+        }
         shared.pending.extend_from_slice(&buf[..n]);
-        if shared.pending.len() >= MAX_PAYLOAD && shared.cut(self.out_subject_len, false) {
+        if shared.buffered() >= MAX_PAYLOAD && shared.cut(self.out_subject_len, false) {
             self.notify.notify_one();
         }
         Poll::Ready(Ok(n))
@@ -476,7 +497,7 @@ impl Task {
                 if let Some(message) = shared.ready.pop_front() {
                     shared.publishing = true;
                     Some((Kind::Data, message))
-                } else if shared.end_requested && !shared.end_written && shared.pending.is_empty() {
+                } else if shared.end_requested && !shared.end_written && shared.buffered() == 0 {
                     Some((Kind::End, BytesMut::new()))
                 } else if shared.inbound.grant_due() {
                     Some((Kind::Credit, BytesMut::new()))
