@@ -323,7 +323,10 @@ impl Carrier {
         let mut addrs = Vec::new();
         let mut tls_wanted = options.ca_file.is_some();
         for url in &options.urls {
-            let scheme_ok = url.starts_with("nats://") || url.starts_with("tls://");
+            let host = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"));
+            let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
             let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
             let Some(addr) = addr else {
                 return Err(BrokerError::Config(format!(
@@ -862,5 +865,74 @@ pub struct DiscoveryResponder {
 impl Drop for DiscoveryResponder {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_to_thirty_seconds_with_jitter() {
+        for attempts in 0..40 {
+            let ceiling = (250u64 << attempts.min(7)).min(30_000);
+            let wait = reconnect_delay(attempts).as_millis() as u64;
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{attempts}: {wait} ms"
+            );
+        }
+        let waits: std::collections::HashSet<_> = (0..50).map(|_| reconnect_delay(10)).collect();
+        assert!(waits.len() > 1, "waits are drawn, not fixed");
+    }
+
+    #[test]
+    fn the_brokers_refusals_become_our_own_sentences() {
+        let (text, subject) = describe_server_error(&ServerError::Other(
+            "permissions violation for subscription to \"rexec.v1.agent.labpc08.open\"".to_owned(),
+        ));
+        assert_eq!(
+            text,
+            "the broker refused us permission for rexec.v1.agent.labpc08.open"
+        );
+        assert_eq!(subject.as_deref(), Some("rexec.v1.agent.labpc08.open"));
+        let (text, subject) = describe_server_error(&ServerError::AuthorizationViolation);
+        assert_eq!(text, "the broker refused our credentials");
+        assert_eq!(subject, None);
+        assert_eq!(
+            describe_retry_error("authorization violation", "tls://b:4222"),
+            "the broker at tls://b:4222 refused our credentials"
+        );
+        assert_eq!(
+            describe_retry_error("IO error", "tls://b:4222"),
+            "cannot reach the broker at tls://b:4222"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_not_nats_or_tls_is_refused_before_connecting() {
+        for url in ["http://broker:4222", "broker:4222", "tls://"] {
+            let error = Carrier::connect(BrokerOptions::new([url]))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL")
+            );
+        }
+        let mut options = BrokerOptions::new(["nats://127.0.0.1:1"]);
+        options.subject_prefix = "rexec.>".to_owned();
+        assert!(matches!(
+            Carrier::connect(options).await,
+            Err(BrokerError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn urls_are_split_on_commas() {
+        assert_eq!(
+            BrokerOptions::split_urls("tls://a:4222, tls://b:4222,,"),
+            ["tls://a:4222", "tls://b:4222"]
+        );
     }
 }
