@@ -344,8 +344,8 @@ impl Carrier {
         let urls_for_events = url_list.clone();
         let mut nats = async_nats::ConnectOptions::new()
             // Our own streams hold at most a window of messages each; this
-            // (the library's default, written out) is far above it.
-            .subscription_capacity(65_536)
+            // is far above it (the buffer grows only as it fills).
+            .subscription_capacity(crate::flow::SUBSCRIPTION_CAPACITY)
             .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
