@@ -1,0 +1,938 @@
+//! The connection to the broker and the two ends of a session: the agent
+//! listens under its name and answers discovery; ctl dials a name and asks
+//! who is there. Owns the NATS client options (URLs, credentials, TLS to
+//! the broker, reconnecting) and the connection's receive budget; the
+//! stream itself lives in `stream`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectErrorKind, Event, RequestErrorKind, ServerAddr, ServerError};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::BrokerError;
+use crate::flow::{INITIAL_WINDOW, MAX_WINDOW};
+use crate::stream::{BrokerStream, StreamParts, StreamTimers};
+use crate::subject::{SessionId, Subjects, validate_name};
+use crate::wire::{Announcement, OpenAnswer, OpenRequest};
+
+/// How we prove to the broker who we are. Secrets always come from files
+/// (mode 0600), never from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// No credentials (a broker open to anyone who can reach it).
+    #[default]
+    None,
+    /// A NATS `.creds` file (user JWT and nkey seed).
+    CredsFile(PathBuf),
+    /// A user name and a file holding the password.
+    UserPassword {
+        /// The broker user.
+        user: String,
+        /// The file with the password (its first line).
+        password_file: PathBuf,
+    },
+    /// A file holding a token (its first line).
+    TokenFile(PathBuf),
+}
+
+/// Limits and timers of a connection; the defaults suit production.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Bytes of receive window all streams of this connection may hold in
+    /// total. Half of nats-server's default per-connection pending limit
+    /// (`max_pending`, 64 MiB), so even a process that stopped reading its
+    /// socket cannot be cut off by the server as a slow consumer.
+    pub receive_budget: u32,
+    /// How long `dial` waits for the agent's answer.
+    pub open_timeout: Duration,
+    /// Stream heartbeat and abandon limit.
+    pub timers: StreamTimers,
+    /// Streams opened but not yet taken by `accept`; more are refused busy.
+    pub accept_backlog: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            receive_budget: 32 * 1024 * 1024,
+            open_timeout: Duration::from_secs(10),
+            timers: StreamTimers::default(),
+            accept_backlog: 128,
+        }
+    }
+}
+
+/// Where the broker is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// One or more `nats://` or `tls://` URLs (host:port), tried in turn.
+    pub urls: Vec<String>,
+    /// How we authenticate.
+    pub credentials: Credentials,
+    /// The CA certificate(s) (PEM) that signed the broker's TLS certificate;
+    /// without it the system's root certificates are used.
+    pub ca_file: Option<PathBuf>,
+    /// The subject prefix (default `rexec`).
+    pub subject_prefix: String,
+    /// The connection's name in the broker's monitoring (e.g. the agent's).
+    pub client_name: Option<String>,
+    /// Keep trying, from the first connection on, for ever (the agent);
+    /// otherwise the first connection must succeed at once (ctl).
+    pub retry_forever: bool,
+    /// Limits and timers.
+    pub tuning: Tuning,
+}
+
+impl BrokerOptions {
+    /// Options for `urls` with defaults for everything else.
+    pub fn new(urls: impl IntoIterator<Item = impl Into<String>>) -> BrokerOptions {
+        BrokerOptions {
+            urls: urls.into_iter().map(Into::into).collect(),
+            credentials: Credentials::None,
+            ca_file: None,
+            subject_prefix: crate::subject::DEFAULT_PREFIX.to_owned(),
+            client_name: None,
+            retry_forever: false,
+            tuning: Tuning::default(),
+        }
+    }
+
+    /// Splits a comma-separated URL list (as given to `--broker`).
+    pub fn split_urls(list: &str) -> Vec<String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Whether we are connected to the broker, for logs and `systemctl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionState {
+    /// Connected now.
+    pub connected: bool,
+    /// How many times the connection went down since it was made.
+    pub disconnects: u64,
+    /// The last thing the broker or the connection complained about, in our
+    /// words (wrong credentials, a refused subscription, …).
+    pub last_error: Option<String>,
+    /// Subscriptions or publications the broker refused so far.
+    pub permission_violations: u64,
+    /// The subject of the last refusal.
+    pub last_refused_subject: Option<String>,
+}
+
+struct CarrierInner {
+    client: Client,
+    subjects: Subjects,
+    state: watch::Receiver<ConnectionState>,
+    pool: Arc<Semaphore>,
+    tuning: Tuning,
+}
+
+/// A connection to the broker, shared by every stream over it. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Carrier {
+    inner: Arc<CarrierInner>,
+}
+
+impl std::fmt::Debug for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carrier")
+            .field("prefix", &self.inner.subjects.prefix())
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits between reconnection attempts: doubling from 250 ms to 30 s, each
+/// wait drawn between half and all of that, so a fleet that lost its
+/// broker at the same instant does not come back in one wave.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.min(7)).unwrap_or(7);
+    let ceiling = (250u64 << exponent).min(30_000);
+    let mut random = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    let fraction = u64::from(u16::from_be_bytes(random));
+    let millis = ceiling / 2 + ceiling / 2 * fraction / u64::from(u16::MAX);
+    Duration::from_millis(millis)
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<String, BrokerError> {
+    let unusable = |why: &str| BrokerError::Config(format!("{what} {}: {why}", path.display()));
+    let meta = fs::metadata(path).map_err(|_| unusable("cannot be read"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(BrokerError::Config(format!(
+            "permissions {mode:04o} for {what} {} are too open: it must not be readable by group or others (run: chmod 600 {})",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = fs::read_to_string(path).map_err(|_| unusable("cannot be read"))?;
+    Ok(text)
+}
+
+fn first_line(text: &str) -> Option<&str> {
+    text.lines().next().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn broker_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BrokerError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = || {
+                BrokerError::Config(format!(
+                    "the broker CA file {} holds no usable certificate",
+                    path.display()
+                ))
+            };
+            let pem = fs::read(path).map_err(|_| {
+                BrokerError::Config(format!(
+                    "the broker CA file {} cannot be read",
+                    path.display()
+                ))
+            })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad())?;
+            if certs.is_empty() {
+                return Err(bad());
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|_| bad())?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err(BrokerError::Config(
+                    "this machine has no system root certificates: give the broker's CA file"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn describe_server_error(error: &ServerError) -> (String, Option<String>) {
+    match error {
+        ServerError::AuthorizationViolation => {
+            ("the broker refused our credentials".to_owned(), None)
+        }
+        ServerError::SlowConsumer(_) => {
+            ("the broker reported us as a slow consumer".to_owned(), None)
+        }
+        ServerError::Other(text) if text.to_ascii_lowercase().contains("permissions violation") => {
+            // The server names the subject; keep only that part.
+            let subject = text.split('"').nth(1).unwrap_or("a subject");
+            (
+                format!("the broker refused us permission for {subject}"),
+                Some(subject.to_owned()),
+            )
+        }
+        ServerError::Other(_) => ("the broker reported an error".to_owned(), None),
+    }
+}
+
+/// Whether a connection failed in the TLS handshake (the library reports
+/// that as plain I/O).
+fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// A failed reconnection attempt, which the library reports as its error
+/// kind's text only.
+fn describe_retry_error(text: &str, urls: &str) -> String {
+    let kinds = [
+        ConnectErrorKind::AuthorizationViolation,
+        ConnectErrorKind::Authentication,
+        ConnectErrorKind::Tls,
+        ConnectErrorKind::TimedOut,
+        ConnectErrorKind::ServerParse,
+        ConnectErrorKind::Dns,
+    ];
+    let kind = kinds
+        .into_iter()
+        .find(|kind| kind.to_string() == text)
+        .unwrap_or(ConnectErrorKind::Io);
+    describe_connect_error(kind, urls)
+}
+
+fn describe_connect_error(kind: ConnectErrorKind, urls: &str) -> String {
+    match kind {
+        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+            format!("the broker at {urls} refused our credentials")
+        }
+        ConnectErrorKind::Tls => format!(
+            "TLS with the broker at {urls} failed (is its certificate signed by the CA we were given?)"
+        ),
+        ConnectErrorKind::TimedOut => format!("the broker at {urls} did not answer in time"),
+        ConnectErrorKind::ServerParse => format!("broker address {urls} is not valid"),
+        _ => format!("cannot reach the broker at {urls}"),
+    }
+}
+
+impl Carrier {
+    /// Connects to the broker. With `retry_forever` this returns at once
+    /// and the connection comes up in the background (watch
+    /// [`Carrier::state`]); otherwise the first connection must succeed.
+    ///
+    /// # Errors
+    /// Unusable options ([`BrokerError::Config`], [`BrokerError::BadName`]),
+    /// or, without `retry_forever`, a broker that cannot be reached or
+    /// refuses us ([`BrokerError::Connect`]).
+    pub async fn connect(options: BrokerOptions) -> Result<Carrier, BrokerError> {
+        let subjects = Subjects::new(&options.subject_prefix)?;
+        if options.urls.is_empty() {
+            return Err(BrokerError::Config("no broker URL given".to_owned()));
+        }
+        let mut addrs = Vec::new();
+        let mut tls_wanted = options.ca_file.is_some();
+        for url in &options.urls {
+            let host = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"));
+            let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
+            let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
+            let Some(addr) = addr else {
+                return Err(BrokerError::Config(format!(
+                    "broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL"
+                )));
+            };
+            tls_wanted |= url.starts_with("tls://");
+            addrs.push(addr);
+        }
+        let url_list = options.urls.join(",");
+
+        let (state_tx, state_rx) = watch::channel(ConnectionState::default());
+        let state_tx = Arc::new(state_tx);
+        let events = state_tx.clone();
+        let urls_for_events = url_list.clone();
+        let mut nats = async_nats::ConnectOptions::new()
+            // Our own streams hold at most a window of messages each; this
+            // is far above it (the buffer grows only as it fills).
+            .subscription_capacity(crate::flow::SUBSCRIPTION_CAPACITY)
+            .reconnect_delay_callback(reconnect_delay)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let events = events.clone();
+                let urls_for_events = urls_for_events.clone();
+                async move {
+                    match event {
+                        Event::Connected => events.send_modify(|s| {
+                            s.connected = true;
+                        }),
+                        Event::Disconnected | Event::Closed => events.send_modify(|s| {
+                            if s.connected {
+                                s.disconnects += 1;
+                            }
+                            s.connected = false;
+                        }),
+                        Event::ServerError(error) => {
+                            let (text, refused) = describe_server_error(&error);
+                            tracing::warn!("{text}");
+                            events.send_modify(|s| {
+                                s.last_error = Some(text);
+                                if refused.is_some() {
+                                    s.permission_violations += 1;
+                                    s.last_refused_subject = refused;
+                                }
+                            });
+                        }
+                        Event::ClientError(async_nats::ClientError::Other(text)) => {
+                            let text = describe_retry_error(&text, &urls_for_events);
+                            tracing::warn!("{text}");
+                            events.send_modify(|s| s.last_error = Some(text));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        if let Some(name) = &options.client_name {
+            nats = nats.name(name);
+        }
+        match &options.credentials {
+            Credentials::None => {}
+            Credentials::CredsFile(path) => {
+                let text = read_secret(path, "broker credentials file")?;
+                nats = nats.credentials(&text).map_err(|_| {
+                    BrokerError::Config(format!(
+                        "broker credentials file {} is not a NATS .creds file",
+                        path.display()
+                    ))
+                })?;
+            }
+            Credentials::UserPassword {
+                user,
+                password_file,
+            } => {
+                let text = read_secret(password_file, "broker password file")?;
+                let password = first_line(&text).ok_or_else(|| {
+                    BrokerError::Config(format!(
+                        "broker password file {} is empty",
+                        password_file.display()
+                    ))
+                })?;
+                nats = nats.user_and_password(user.clone(), password.to_owned());
+            }
+            Credentials::TokenFile(path) => {
+                let text = read_secret(path, "broker token file")?;
+                let token = first_line(&text).ok_or_else(|| {
+                    BrokerError::Config(format!("broker token file {} is empty", path.display()))
+                })?;
+                nats = nats.token(token.to_owned());
+            }
+        }
+        if tls_wanted {
+            nats = nats
+                .tls_client_config(broker_tls(options.ca_file.as_deref())?)
+                .require_tls(true);
+        }
+        if options.retry_forever {
+            nats = nats.retry_on_initial_connect().max_reconnects(None);
+        }
+        let client = nats.connect(addrs).await.map_err(|e| {
+            let kind = if tls_refused(&e) {
+                ConnectErrorKind::Tls
+            } else {
+                e.kind()
+            };
+            BrokerError::Connect(describe_connect_error(kind, &url_list))
+        })?;
+        if client.connection_state() == async_nats::connection::State::Connected {
+            state_tx.send_modify(|s| s.connected = true);
+        }
+        let budget = options.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
+        Ok(Carrier {
+            inner: Arc::new(CarrierInner {
+                client,
+                subjects,
+                state: state_rx,
+                pool: Arc::new(Semaphore::new(budget)),
+                tuning: options.tuning,
+            }),
+        })
+    }
+
+    /// The connection's state now.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the connection's state.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// The subjects in use.
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    /// Bytes of the receive budget not held by any stream now.
+    pub fn free_budget(&self) -> usize {
+        self.inner.pool.available_permits()
+    }
+
+    fn spawn_stream(
+        &self,
+        subscriber: async_nats::Subscriber,
+        in_subject: &str,
+        out_subject: String,
+        credit: u32,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        session: SessionId,
+    ) -> BrokerStream {
+        BrokerStream::spawn(StreamParts {
+            client: self.inner.client.clone(),
+            subscriber,
+            in_subject_len: in_subject.len(),
+            out_subject,
+            window: INITIAL_WINDOW,
+            credit,
+            permit,
+            pool: self.inner.pool.clone(),
+            connection: self.inner.state.clone(),
+            timers: self.inner.tuning.timers,
+            session,
+        })
+    }
+
+    /// Serves `name`: subscribes to its open subject and returns the
+    /// listener whose [`Listener::accept`] yields each new session. When we
+    /// are connected, it checks that the broker let us subscribe.
+    ///
+    /// # Errors
+    /// [`BrokerError::BadName`]; [`BrokerError::SubscribeRefused`] when the
+    /// broker's permissions do not let us serve `name`.
+    pub async fn listen(&self, name: &str) -> Result<Listener, BrokerError> {
+        validate_name(name)?;
+        let subject = self.inner.subjects.open(name);
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let (tx, rx) = mpsc::channel(self.inner.tuning.accept_backlog.max(1));
+        let carrier = self.clone();
+        let owner = name.to_owned();
+        let task = tokio::spawn(async move { carrier.serve_opens(owner, subscriber, tx).await });
+        let listener = Listener {
+            incoming: rx,
+            task,
+            name: name.to_owned(),
+        };
+        if self.state().connected {
+            self.probe(name).await?;
+        }
+        Ok(listener)
+    }
+
+    /// Asks our own open subject whether anyone serves it: the server
+    /// handles our subscription before this request, so "no responders"
+    /// means it refused the subscription.
+    async fn probe(&self, name: &str) -> Result<(), BrokerError> {
+        let request = OpenRequest {
+            session: String::new(),
+            window: 0,
+            probe: true,
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let subject = self.inner.subjects.open(name);
+        let mut state = self.inner.state.clone();
+        // The broker may refuse the request itself (no permission to
+        // publish under that name either): its refusal of our subject then
+        // answers first.
+        let refused = async {
+            let _ = state
+                .wait_for(|s| s.last_refused_subject.as_deref() == Some(subject.as_str()))
+                .await;
+        };
+        let request = self.inner.client.send_request(
+            subject.clone(),
+            async_nats::Request::new()
+                .payload(Bytes::from(payload))
+                .timeout(Some(self.inner.tuning.open_timeout)),
+        );
+        let result = tokio::select! {
+            result = request => result,
+            () = refused => return Err(BrokerError::SubscribeRefused(name.to_owned())),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                Err(BrokerError::SubscribeRefused(name.to_owned()))
+            }
+            Err(_) => Err(BrokerError::Broker(
+                "the broker did not pass our own check request back in time".to_owned(),
+            )),
+        }
+    }
+
+    async fn serve_opens(
+        self,
+        name: String,
+        mut subscriber: async_nats::Subscriber,
+        incoming: mpsc::Sender<BrokerStream>,
+    ) {
+        while let Some(message) = subscriber.next().await {
+            let Some(reply) = message.reply.clone() else {
+                tracing::warn!(agent = %name, "dropped a broker open message without a reply subject");
+                continue;
+            };
+            let answer = self.open_one(&name, &message.payload, &incoming).await;
+            let answer = match answer {
+                Ok(Some(stream)) => {
+                    let answer = OpenAnswer {
+                        accepted: true,
+                        window: INITIAL_WINDOW,
+                        refused: None,
+                    };
+                    if let Ok(permit) = incoming.try_reserve() {
+                        permit.send(stream);
+                        answer
+                    } else {
+                        refused("busy")
+                    }
+                }
+                Ok(None) => refused("probe"),
+                Err(reason) => {
+                    tracing::warn!(agent = %name, reason, "refused a session opened through the broker");
+                    refused(reason)
+                }
+            };
+            let payload = serde_json::to_vec(&answer).unwrap_or_default();
+            if self
+                .inner
+                .client
+                .publish(reply, Bytes::from(payload))
+                .await
+                .is_err()
+            {
+                tracing::warn!(agent = %name, "could not answer an open request on the broker");
+            }
+        }
+    }
+
+    /// Checks one open request and, when it is good, sets up its stream.
+    /// `Ok(None)` for our own probe.
+    async fn open_one(
+        &self,
+        name: &str,
+        payload: &[u8],
+        incoming: &mpsc::Sender<BrokerStream>,
+    ) -> Result<Option<BrokerStream>, &'static str> {
+        if payload.len() > 1024 {
+            return Err("bad-request");
+        }
+        let request: OpenRequest = serde_json::from_slice(payload).map_err(|_| "bad-request")?;
+        if request.probe {
+            return Ok(None);
+        }
+        let session = SessionId::parse(&request.session).ok_or("bad-request")?;
+        if request.window == 0 || request.window > 2 * MAX_WINDOW {
+            return Err("bad-request");
+        }
+        if incoming.capacity() == 0 {
+            return Err("busy");
+        }
+        let permit = self
+            .inner
+            .pool
+            .clone()
+            .try_acquire_many_owned(INITIAL_WINDOW)
+            .map_err(|_| "busy")?;
+        let in_subject = self.inner.subjects.from_ctl(name, session);
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(in_subject.clone())
+            .await
+            .map_err(|_| "internal")?;
+        let out_subject = self.inner.subjects.from_agent(name, session);
+        Ok(Some(self.spawn_stream(
+            subscriber,
+            &in_subject,
+            out_subject,
+            request.window,
+            permit,
+            session,
+        )))
+    }
+
+    /// Answers discovery requests with `announcement` until the returned
+    /// responder is dropped.
+    ///
+    /// # Errors
+    /// [`BrokerError::BadName`] for an unusable name in the announcement.
+    pub async fn announce(
+        &self,
+        announcement: Announcement,
+    ) -> Result<DiscoveryResponder, BrokerError> {
+        validate_name(&announcement.name)?;
+        let mut subscriber = self
+            .inner
+            .client
+            .subscribe(self.inner.subjects.discover())
+            .await
+            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let client = self.inner.client.clone();
+        let payload = Bytes::from(serde_json::to_vec(&announcement).unwrap_or_default());
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = client.publish(reply, payload.clone()).await;
+                }
+            }
+        });
+        Ok(DiscoveryResponder { task })
+    }
+
+    /// Opens a session to agent `name`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Offline`] at once when nobody serves `name`;
+    /// [`BrokerError::Timeout`], [`BrokerError::Refused`],
+    /// [`BrokerError::BadName`], [`BrokerError::Broker`].
+    pub async fn dial(&self, name: &str) -> Result<BrokerStream, BrokerError> {
+        validate_name(name)?;
+        let timeout = self.inner.tuning.open_timeout;
+        let permit = tokio::time::timeout(
+            timeout,
+            self.inner.pool.clone().acquire_many_owned(INITIAL_WINDOW),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(name.to_owned()))?
+        .map_err(|_| BrokerError::Broker("the connection is closed".to_owned()))?;
+        let session = SessionId::random()?;
+        let in_subject = self.inner.subjects.from_agent(name, session);
+        let out_subject = self.inner.subjects.from_ctl(name, session);
+        // Subscribed before asking, so the agent's first message has a
+        // subscriber waiting.
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(in_subject.clone())
+            .await
+            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let request = OpenRequest {
+            session: session.to_string(),
+            window: INITIAL_WINDOW,
+            probe: false,
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let result = self
+            .inner
+            .client
+            .send_request(
+                self.inner.subjects.open(name),
+                async_nats::Request::new()
+                    .payload(Bytes::from(payload))
+                    .timeout(Some(timeout)),
+            )
+            .await;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Err(match e.kind() {
+                    RequestErrorKind::NoResponders => BrokerError::Offline(name.to_owned()),
+                    RequestErrorKind::TimedOut => {
+                        // An agent that answers late must not keep the
+                        // session waiting for its abandon limit.
+                        self.reset(&out_subject).await;
+                        BrokerError::Timeout(name.to_owned())
+                    }
+                    _ => BrokerError::Broker("asking the broker for the agent failed".to_owned()),
+                });
+            }
+        };
+        let answer: OpenAnswer =
+            serde_json::from_slice(&reply.payload).map_err(|_| BrokerError::Refused {
+                name: name.to_owned(),
+                reason: "an answer we do not understand".to_owned(),
+            })?;
+        if !answer.accepted || answer.window == 0 {
+            return Err(BrokerError::Refused {
+                name: name.to_owned(),
+                reason: answer
+                    .refused
+                    .unwrap_or_else(|| "no reason given".to_owned()),
+            });
+        }
+        Ok(self.spawn_stream(
+            subscriber,
+            &in_subject,
+            out_subject,
+            answer.window.min(2 * MAX_WINDOW),
+            permit,
+            session,
+        ))
+    }
+
+    async fn reset(&self, subject: &str) {
+        let header = crate::wire::Header {
+            kind: crate::wire::Kind::Reset,
+            seq: 0,
+            grant: 0,
+        };
+        let _ = self
+            .inner
+            .client
+            .publish(subject.to_owned(), Bytes::copy_from_slice(&header.encode()))
+            .await;
+    }
+
+    /// Asks every agent on the broker to announce itself and collects the
+    /// answers that arrive within `window`, sorted by name.
+    ///
+    /// # Errors
+    /// [`BrokerError::Broker`] when the request cannot be sent.
+    pub async fn discover(&self, window: Duration) -> Result<Vec<Announcement>, BrokerError> {
+        const MAX_ANSWERS: usize = 1_000_000;
+        let failed = |_| BrokerError::Broker("asking the broker for its agents failed".to_owned());
+        let inbox = self.inner.client.new_inbox();
+        let mut subscriber = self
+            .inner
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        self.inner
+            .client
+            .publish_with_reply(self.inner.subjects.discover(), inbox, Bytes::new())
+            .await
+            .map_err(failed)?;
+        self.inner.client.flush().await.map_err(|_| {
+            BrokerError::Broker("asking the broker for its agents failed".to_owned())
+        })?;
+        let deadline = tokio::time::Instant::now() + window;
+        let mut answers = Vec::new();
+        while answers.len() < MAX_ANSWERS {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await
+            else {
+                break;
+            };
+            if message.payload.len() > 4096 {
+                continue;
+            }
+            if let Ok(answer) = serde_json::from_slice::<Announcement>(&message.payload)
+                && validate_name(&answer.name).is_ok()
+            {
+                answers.push(answer);
+            }
+        }
+        answers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(answers)
+    }
+}
+
+fn refused(reason: &str) -> OpenAnswer {
+    OpenAnswer {
+        accepted: false,
+        window: 0,
+        refused: Some(reason.to_owned()),
+    }
+}
+
+/// The agent's side of a name: yields each session opened to it.
+#[derive(Debug)]
+pub struct Listener {
+    incoming: mpsc::Receiver<BrokerStream>,
+    task: JoinHandle<()>,
+    name: String,
+}
+
+impl Listener {
+    /// The next session opened to us; `None` once the connection to the
+    /// broker is closed for good.
+    pub async fn accept(&mut self) -> Option<BrokerStream> {
+        self.incoming.recv().await
+    }
+
+    /// The name served.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Answers discovery requests while it lives.
+#[derive(Debug)]
+pub struct DiscoveryResponder {
+    task: JoinHandle<()>,
+}
+
+impl Drop for DiscoveryResponder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_to_thirty_seconds_with_jitter() {
+        for attempts in 0..40 {
+            let ceiling = (250u64 << attempts.min(7)).min(30_000);
+            let wait = reconnect_delay(attempts).as_millis() as u64;
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{attempts}: {wait} ms"
+            );
+        }
+        let waits: std::collections::HashSet<_> = (0..50).map(|_| reconnect_delay(10)).collect();
+        assert!(waits.len() > 1, "waits are drawn, not fixed");
+    }
+
+    #[test]
+    fn the_brokers_refusals_become_our_own_sentences() {
+        let (text, subject) = describe_server_error(&ServerError::Other(
+            "permissions violation for subscription to \"rexec.v1.agent.labpc08.open\"".to_owned(),
+        ));
+        assert_eq!(
+            text,
+            "the broker refused us permission for rexec.v1.agent.labpc08.open"
+        );
+        assert_eq!(subject.as_deref(), Some("rexec.v1.agent.labpc08.open"));
+        let (text, subject) = describe_server_error(&ServerError::AuthorizationViolation);
+        assert_eq!(text, "the broker refused our credentials");
+        assert_eq!(subject, None);
+        assert_eq!(
+            describe_retry_error("authorization violation", "tls://b:4222"),
+            "the broker at tls://b:4222 refused our credentials"
+        );
+        assert_eq!(
+            describe_retry_error("IO error", "tls://b:4222"),
+            "cannot reach the broker at tls://b:4222"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_not_nats_or_tls_is_refused_before_connecting() {
+        for url in ["http://broker:4222", "broker:4222", "tls://"] {
+            let error = Carrier::connect(BrokerOptions::new([url]))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL")
+            );
+        }
+        let mut options = BrokerOptions::new(["nats://127.0.0.1:1"]);
+        options.subject_prefix = "rexec.>".to_owned();
+        assert!(matches!(
+            Carrier::connect(options).await,
+            Err(BrokerError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn urls_are_split_on_commas() {
+        assert_eq!(
+            BrokerOptions::split_urls("tls://a:4222, tls://b:4222,,"),
+            ["tls://a:4222", "tls://b:4222"]
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! The repository's example `nats-server.conf` for real: TLS with a
+//! certificate the test makes, per-agent users, and what they may do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rexec_broker::{BrokerError, BrokerOptions, Carrier, Credentials};
+
+use crate::sessions::exchange;
+use crate::util::{NatsServer, secret_file, wait_until_async};
+
+const EXAMPLE: &str = include_str!("../nats-server.conf.example");
+
+/// A CA and a broker certificate for 127.0.0.1 signed by it; returns the
+/// CA's PEM path.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test broker CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("broker.crt"), cert.pem()).unwrap();
+    secret_file(&dir.join("broker.key"), &key.serialize_pem());
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    ca_path
+}
+
+/// The example, made to run here: loopback on a free port, the test's
+/// certificate. Every replaced line must be in the example as shipped.
+fn example_server() -> Option<(NatsServer, PathBuf)> {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certificates(dir.path());
+    let mut config = EXAMPLE.to_owned();
+    for (from, to) in [
+        (
+            "listen: 0.0.0.0:4222",
+            "host: 127.0.0.1\nport: -1\nhttp: \"127.0.0.1:-1\"".to_owned(),
+        ),
+        (
+            "/etc/nats/rexec/broker.crt",
+            dir.path().join("broker.crt").display().to_string(),
+        ),
+        (
+            "/etc/nats/rexec/broker.key",
+            dir.path().join("broker.key").display().to_string(),
+        ),
+    ] {
+        assert!(config.contains(from), "the example has {from:?}");
+        config = config.replace(from, &to);
+    }
+    let server = NatsServer::start_config(config, dir, "tls")?;
+    Some((server, ca))
+}
+
+fn options(server: &NatsServer, ca: &Path, user: &str, password: &str) -> BrokerOptions {
+    let password_file = server.file(&format!("{user}.pass"));
+    secret_file(&password_file, &format!("{password}\n"));
+    let mut options = BrokerOptions::new([server.url.clone()]);
+    options.ca_file = Some(ca.to_path_buf());
+    options.credentials = Credentials::UserPassword {
+        user: user.to_owned(),
+        password_file,
+    };
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_confines_each_agent_to_its_own_name() {
+    let Some((server, ca)) = example_server() else {
+        return;
+    };
+    let labpc07 = Carrier::connect(options(&server, &ca, "labpc07", "change-me-labpc07"))
+        .await
+        .expect("agent labpc07 connects over TLS with its password");
+    let mut listener = labpc07
+        .listen("labpc07")
+        .await
+        .expect("labpc07 serves its own name");
+    let _announce = labpc07
+        .announce(rexec_broker::Announcement {
+            name: "labpc07".to_owned(),
+            fingerprint: "SHA256:x".to_owned(),
+            version: "0.1.0".to_owned(),
+        })
+        .await
+        .expect("announce");
+
+    let error = labpc07.listen("labpc08").await.unwrap_err();
+    assert_eq!(error, BrokerError::SubscribeRefused("labpc08".to_owned()));
+    assert_eq!(
+        error.to_string(),
+        "the broker does not let us serve the name labpc08 (check the broker user's permissions)"
+    );
+    assert!(
+        wait_until_async(Duration::from_secs(5), || labpc07
+            .state()
+            .permission_violations
+            >= 1)
+        .await,
+        "the server's refusal is counted"
+    );
+    assert!(
+        labpc07.state().connected,
+        "a refused subscription does not cost the connection"
+    );
+
+    let admin = Carrier::connect(options(&server, &ca, "admin", "change-me-admin"))
+        .await
+        .expect("ctl user connects");
+    assert_eq!(
+        admin.dial("labpc08").await.unwrap_err(),
+        BrokerError::Offline("labpc08".to_owned()),
+        "nobody serves labpc08: the impostor's subscription was refused"
+    );
+    let found = admin.discover(Duration::from_millis(300)).await.unwrap();
+    assert_eq!(found.len(), 1);
+    let stream = admin.dial("labpc07").await.expect("dial labpc07");
+    let accepted = listener.accept().await.expect("accepted");
+    let (a, c) = tokio::join!(
+        exchange(accepted, b"ok".to_vec()),
+        exchange(stream, b"hi".to_vec())
+    );
+    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
+    let Some((server, ca)) = example_server() else {
+        return;
+    };
+    let error = Carrier::connect(options(&server, &ca, "labpc07", "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("the broker at {} refused our credentials", server.url)
+    );
+
+    let other_ca = tempfile::tempdir().unwrap();
+    let untrusted = make_certificates(other_ca.path());
+    let error = Carrier::connect(options(&server, &untrusted, "labpc07", "change-me-labpc07"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "TLS with the broker at {} failed (is its certificate signed by the CA we were given?)",
+            server.url
+        )
+    );
+
+    // An agent retries for ever instead of failing, and says why it is not
+    // connected.
+    let mut retrying = options(&server, &ca, "labpc07", "wrong");
+    retrying.retry_forever = true;
+    let agent = Carrier::connect(retrying).await.expect("returns at once");
+    assert!(
+        wait_until_async(Duration::from_secs(10), || agent
+            .state()
+            .last_error
+            .is_some())
+        .await,
+        "the refusal is reported"
+    );
+    let state = agent.state();
+    assert!(!state.connected);
+    assert_eq!(
+        state.last_error,
+        Some(format!(
+            "the broker at {} refused our credentials",
+            server.url
+        ))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_files_others_can_read_are_refused() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let path = server.file("token");
+    std::fs::write(&path, "s3cret\n").unwrap();
+    let mut options = server.options();
+    options.credentials = Credentials::TokenFile(path.clone());
+    let error = Carrier::connect(options).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("permissions 0644 for broker token file"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_a_file_is_accepted() {
+    let Some(server) = NatsServer::start_with("authorization { token: \"s3cret\" }") else {
+        return;
+    };
+    let path = server.file("token");
+    secret_file(&path, "s3cret\n");
+    let mut options = server.options();
+    options.credentials = Credentials::TokenFile(path);
+    Carrier::connect(options).await.expect("token accepted");
+    let mut without = server.options();
+    without.credentials = Credentials::None;
+    assert!(Carrier::connect(without).await.is_err());
+}
+
+/// Run by the next test in a child process whose environment points the
+/// system root store at an empty directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by tls_to_the_broker_works_without_system_root_certificates"]
+async fn child_connects_over_tls() {
+    let url = std::env::var("REXEC_TEST_BROKER_URL").expect("url");
+    let ca = std::env::var("REXEC_TEST_BROKER_CA").expect("ca");
+    let password_file = std::env::var("REXEC_TEST_BROKER_PASSWORD").expect("password file");
+    let mut options = BrokerOptions::new([url]);
+    options.ca_file = Some(ca.into());
+    options.credentials = Credentials::UserPassword {
+        user: "admin".to_owned(),
+        password_file: password_file.into(),
+    };
+    let carrier = Carrier::connect(options).await.expect("connects over TLS");
+    assert!(carrier.state().connected);
+}
+
+#[test]
+fn tls_to_the_broker_works_without_system_root_certificates() {
+    let Some((server, ca)) = example_server() else {
+        return;
+    };
+    let password_file = server.file("admin.pass");
+    secret_file(&password_file, "change-me-admin\n");
+    let empty = tempfile::tempdir().unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "config::child_connects_over_tls",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SSL_CERT_DIR", empty.path())
+        .env_remove("SSL_CERT_FILE")
+        .env("REXEC_TEST_BROKER_URL", &server.url)
+        .env("REXEC_TEST_BROKER_CA", &ca)
+        .env("REXEC_TEST_BROKER_PASSWORD", &password_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

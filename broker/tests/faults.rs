@@ -1,0 +1,353 @@
+//! Hostile and failing surroundings: a reader that stops, messages that do
+//! not belong to the stream, a broker restart, a peer that vanishes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rexec_broker::flow::MAX_WINDOW;
+use rexec_broker::wire::{Header, Kind, MAX_PAYLOAD, OpenRequest};
+use rexec_broker::{
+    BrokerError, BrokerStream, Carrier, LostReason, SessionId, StreamTimers, Subjects,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::sessions::{agent, exchange};
+use crate::util::{NatsServer, wait_until_async};
+
+fn lost_reason(error: &std::io::Error) -> Option<LostReason> {
+    match BrokerError::from_io(error) {
+        Some(BrokerError::Lost(reason)) => Some(*reason),
+        _ => None,
+    }
+}
+
+/// Reads until the stream fails; the failure's reason.
+async fn read_until_failure(stream: &mut BrokerStream) -> Option<LostReason> {
+    let mut buf = vec![0u8; 65536];
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return lost_reason(&e),
+            }
+        }
+    })
+    .await;
+    outcome.expect("the stream ended within 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_blocks_the_writer_and_the_server_sees_no_slow_consumer() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let mut reader = ctl.dial("labpc07").await.expect("dial");
+    let mut writer = incoming.recv().await.expect("accepted");
+
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let endless = tokio::spawn(async move {
+        let chunk = vec![0x5a_u8; 16 * 1024];
+        while writer.write_all(&chunk).await.is_ok() {
+            counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+    });
+
+    // Read a while so the window has grown as far as it will, then stop.
+    let mut read = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while read < 16 << 20 {
+        read += reader.read(&mut buf).await.expect("read") as u64;
+    }
+    // The writer must come to a standstill: the same count for a full
+    // second, checked every 100 ms, within 20 s.
+    let mut last = written.load(Ordering::SeqCst);
+    let mut still = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 10 {
+            break;
+        }
+    }
+    assert!(still >= 10, "the writer never stopped (wrote {last} bytes)");
+    let in_flight = last - read;
+    let bound = u64::from(MAX_WINDOW) + 2 * MAX_PAYLOAD as u64;
+    assert!(
+        in_flight <= bound,
+        "{in_flight} bytes written past the reader, more than {bound}"
+    );
+    assert_eq!(server.varz()["slow_consumers"], 0, "{}", server.varz());
+
+    // Reading again lets the writer go on.
+    let mut more = 0u64;
+    while more < 8 << 20 {
+        more += reader.read(&mut buf).await.expect("read") as u64;
+    }
+    assert!(
+        written.load(Ordering::SeqCst) > last,
+        "the writer went on once read"
+    );
+    assert_eq!(server.varz()["slow_consumers"], 0);
+    drop(reader);
+    tokio::time::timeout(Duration::from_secs(20), endless)
+        .await
+        .expect("the writer ends once the reader is gone")
+        .unwrap();
+}
+
+/// A raw NATS connection that publishes whatever a test wants.
+async fn raw(server: &NatsServer) -> async_nats::Client {
+    async_nats::connect(server.url.as_str())
+        .await
+        .expect("raw connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_out_of_order_messages_end_only_their_stream() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let intruder = raw(&server).await;
+    let subjects = Subjects::default();
+
+    let data = |seq: u64, len: usize| {
+        let mut message = Header {
+            kind: Kind::Data,
+            seq,
+            grant: 0,
+        }
+        .encode()
+        .to_vec();
+        message.resize(message.len() + len, b'x');
+        Bytes::from(message)
+    };
+    let cases = [
+        (
+            "garbage",
+            Bytes::from_static(b"not a stream message at all"),
+            LostReason::Malformed,
+        ),
+        ("oversized", data(0, MAX_PAYLOAD + 1), LostReason::Oversized),
+        (
+            "out of order",
+            data(7, 10),
+            LostReason::OutOfSequence {
+                expected: 0,
+                got: 7,
+            },
+        ),
+        ("over credit", data(0, 60_000), LostReason::OverCredit),
+    ];
+    let bystander = ctl.dial("labpc07").await.expect("dial");
+    let bystander_agent = incoming.recv().await.expect("accepted");
+
+    for (what, message, reason) in cases {
+        let mut stream = ctl.dial("labpc07").await.expect("dial");
+        let mut accepted = incoming.recv().await.expect("accepted");
+        let subject = subjects.from_ctl("labpc07", stream.session_id());
+        intruder.publish(subject, message).await.unwrap();
+        intruder.flush().await.unwrap();
+        assert_eq!(
+            read_until_failure(&mut accepted).await,
+            Some(reason),
+            "{what}"
+        );
+        // The agent's side tells ctl's side, which ends too.
+        assert_eq!(
+            read_until_failure(&mut stream).await,
+            Some(LostReason::PeerReset),
+            "{what}"
+        );
+    }
+
+    let up = b"still working".repeat(10_000);
+    let down = b"still answering".repeat(10_000);
+    let (a, c) = tokio::join!(
+        exchange(bystander_agent, down.clone()),
+        exchange(bystander, up.clone())
+    );
+    assert!(a == up && c == down, "the other stream is untouched");
+    // And new sessions open as before.
+    let stream = ctl
+        .dial("labpc07")
+        .await
+        .expect("dial after the intrusions");
+    let accepted = incoming.recv().await.expect("accepted");
+    let (a, c) = tokio::join!(
+        exchange(accepted, b"ok".to_vec()),
+        exchange(stream, b"hi".to_vec())
+    );
+    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_open_requests_are_refused_and_the_agent_serves_on() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let intruder = raw(&server).await;
+    let open = Subjects::default().open("labpc07");
+    for payload in [
+        &b"garbage"[..],
+        br#"{"session":"nothex","window":2048}"#,
+        br#"{"session":"00112233445566778899aabbccddeeff","window":0}"#,
+        &[b'{'; 5000][..],
+    ] {
+        let reply = intruder
+            .request(open.clone(), Bytes::copy_from_slice(payload))
+            .await
+            .expect("answered");
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(
+            answer["accepted"],
+            false,
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
+        assert_eq!(answer["refused"], "bad-request");
+    }
+    // A message without a reply subject is dropped.
+    intruder
+        .publish(open.clone(), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let ctl = server.carrier().await;
+    let stream = ctl.dial("labpc07").await.expect("dial");
+    let accepted = incoming.recv().await.expect("accepted");
+    let (a, c) = tokio::join!(
+        exchange(accepted, b"ok".to_vec()),
+        exchange(stream, b"hi".to_vec())
+    );
+    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let mut agent_options = server.options();
+    agent_options.retry_forever = true;
+    let agent_carrier = Carrier::connect(agent_options)
+        .await
+        .expect("agent connects");
+    let mut ctl_options = server.options();
+    ctl_options.retry_forever = true;
+    let ctl = Carrier::connect(ctl_options).await.expect("ctl connects");
+    // Retrying carriers return before they are connected; listening once
+    // connected also checks that the broker holds our subscription.
+    assert!(
+        wait_until_async(Duration::from_secs(10), || {
+            agent_carrier.state().connected && ctl.state().connected
+        })
+        .await
+    );
+    let mut listener = agent_carrier.listen("labpc07").await.expect("listen");
+
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let mut accepted = listener.accept().await.expect("accepted");
+    stream.write_all(b"before").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = [0u8; 6];
+    accepted.read_exact(&mut buf).await.unwrap();
+
+    server.kill();
+    assert_eq!(
+        read_until_failure(&mut stream).await,
+        Some(LostReason::BrokerDisconnected)
+    );
+    assert_eq!(
+        read_until_failure(&mut accepted).await,
+        Some(LostReason::BrokerDisconnected)
+    );
+    let error = stream.write_all(b"after").await.unwrap_err();
+    assert_eq!(lost_reason(&error), Some(LostReason::BrokerDisconnected));
+    assert!(!ctl.state().connected);
+
+    server.restart("nats");
+    let both_up = wait_until_async(Duration::from_secs(30), || {
+        agent_carrier.state().connected && ctl.state().connected
+    })
+    .await;
+    assert!(both_up, "both sides reconnect by themselves");
+    assert!(agent_carrier.state().disconnects >= 1);
+
+    let stream = ctl.dial("labpc07").await.expect("dial after the restart");
+    let accepted = listener.accept().await.expect("accepted after the restart");
+    let (a, c) = tokio::join!(
+        exchange(accepted, b"ok".to_vec()),
+        exchange(stream, b"hi".to_vec())
+    );
+    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.tuning.timers = StreamTimers {
+        heartbeat: Duration::from_millis(100),
+        abandon_after: Duration::from_millis(800),
+    };
+    let agent_carrier = Carrier::connect(options).await.expect("connect");
+    let mut listener = agent_carrier.listen("labpc07").await.expect("listen");
+    let full = agent_carrier.free_budget();
+
+    // A client that opens a session and then says nothing, ever.
+    let ghost = raw(&server).await;
+    let session = SessionId::random().unwrap();
+    let request = OpenRequest {
+        session: session.to_string(),
+        window: 4096,
+        probe: false,
+    };
+    let reply = ghost
+        .request(
+            Subjects::default().open("labpc07"),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .expect("answered");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("\"accepted\":true"));
+    let mut accepted = listener.accept().await.expect("accepted");
+    assert!(agent_carrier.free_budget() < full);
+    assert_eq!(
+        read_until_failure(&mut accepted).await,
+        Some(LostReason::PeerSilent)
+    );
+    assert!(
+        wait_until_async(Duration::from_secs(5), || agent_carrier.free_budget()
+            == full)
+        .await,
+        "the abandoned stream's window went back to the budget"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_without_closing_ends_the_peer_at_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let stream = ctl.dial("labpc07").await.expect("dial");
+    let mut accepted = incoming.recv().await.expect("accepted");
+    drop(stream);
+    assert_eq!(
+        read_until_failure(&mut accepted).await,
+        Some(LostReason::PeerReset)
+    );
+}

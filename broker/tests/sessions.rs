@@ -1,0 +1,218 @@
+//! Opening sessions, moving bytes, closing, discovery.
+
+use std::time::{Duration, Instant};
+
+use rexec_broker::{Announcement, BrokerError, BrokerStream, Carrier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{NatsServer, random_bytes};
+
+/// An agent carrier serving `name`, accepting sessions into a channel.
+pub async fn agent(
+    server: &NatsServer,
+    name: &str,
+) -> (Carrier, tokio::sync::mpsc::Receiver<BrokerStream>) {
+    let carrier = server.carrier().await;
+    let mut listener = carrier.listen(name).await.expect("listen");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(stream) = listener.accept().await {
+            if tx.send(stream).await.is_err() {
+                break;
+            }
+        }
+    });
+    (carrier, rx)
+}
+
+/// Writes `data` then shuts down, while reading everything the peer sends
+/// until its EOF; returns what was read.
+pub async fn exchange(stream: BrokerStream, data: Vec<u8>) -> Vec<u8> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async move {
+        writer.write_all(&data).await.expect("write");
+        writer.shutdown().await.expect("shutdown");
+        writer
+    };
+    let read = async move {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.expect("read to EOF");
+        (got, reader)
+    };
+    let (_writer, (got, _reader)) = tokio::join!(write, read);
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_arrive_exact_in_both_directions_at_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let up = random_bytes(64 << 20);
+    let down = random_bytes(64 << 20);
+
+    let stream = ctl.dial("labpc07").await.expect("dial");
+    let accepted = incoming.recv().await.expect("accepted");
+    assert_eq!(accepted.session_id(), stream.session_id());
+    let (at_agent, at_ctl) = tokio::join!(
+        exchange(accepted, down.clone()),
+        exchange(stream, up.clone())
+    );
+    assert!(
+        at_agent == up,
+        "ctl → agent bytes differ ({} of {} bytes)",
+        at_agent.len(),
+        up.len()
+    );
+    assert!(
+        at_ctl == down,
+        "agent → ctl bytes differ ({} of {} bytes)",
+        at_ctl.len(),
+        down.len()
+    );
+    assert_eq!(server.varz()["slow_consumers"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_other_direction_go_on() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let mut accepted = incoming.recv().await.expect("accepted");
+
+    stream.write_all(b"request").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"request");
+    // EOF stays EOF.
+    assert_eq!(accepted.read(&mut [0u8; 8]).await.unwrap(), 0);
+
+    accepted
+        .write_all(b"answer after the client's EOF")
+        .await
+        .unwrap();
+    accepted.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"answer after the client's EOF");
+    let error = stream.write_all(b"more").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_nobody_serves_is_offline_without_waiting() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, _incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let started = Instant::now();
+    let error = ctl.dial("labpc08").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error, BrokerError::Offline("labpc08".to_owned()));
+    assert_eq!(error.kind(), "offline");
+    assert_eq!(
+        error.to_string(),
+        "agent labpc08 is not connected to the broker"
+    );
+    // The open timeout is 10 s; "no responders" comes back at once.
+    assert!(took < Duration::from_secs(1), "offline took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_would_add_subject_tokens_are_refused_before_the_broker() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let carrier = server.carrier().await;
+    for name in ["lab.pc07", "*", ">", "lab pc07", ""] {
+        assert!(
+            matches!(carrier.dial(name).await, Err(BrokerError::BadName(_))),
+            "dial {name:?}"
+        );
+        assert!(
+            matches!(carrier.listen(name).await, Err(BrokerError::BadName(_))),
+            "listen {name:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_collects_every_agent_with_its_fingerprint_and_version() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut responders = Vec::new();
+    let mut carriers = Vec::new();
+    for name in ["labpc02", "labpc01", "labpc03"] {
+        let carrier = server.carrier().await;
+        responders.push(
+            carrier
+                .announce(Announcement {
+                    name: name.to_owned(),
+                    fingerprint: format!("SHA256:{name}"),
+                    version: "0.1.0".to_owned(),
+                })
+                .await
+                .expect("announce"),
+        );
+        carriers.push(carrier);
+    }
+    let ctl = server.carrier().await;
+    let found = ctl
+        .discover(Duration::from_millis(500))
+        .await
+        .expect("discover");
+    let names: Vec<_> = found.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["labpc01", "labpc02", "labpc03"]);
+    assert_eq!(found[0].fingerprint, "SHA256:labpc01");
+    assert_eq!(found[0].version, "0.1.0");
+
+    drop(responders.pop());
+    let found = ctl
+        .discover(Duration::from_millis(500))
+        .await
+        .expect("discover");
+    assert_eq!(found.len(), 2, "a dropped responder no longer answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_to_one_agent_stay_apart() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    let mut pairs = Vec::new();
+    for _ in 0..20 {
+        let stream = ctl.dial("labpc07").await.expect("dial");
+        let accepted = incoming.recv().await.expect("accepted");
+        pairs.push((stream, accepted));
+    }
+    let mut runs = Vec::new();
+    for (i, (stream, accepted)) in pairs.into_iter().enumerate() {
+        let up = format!("session {i} up").repeat(1000).into_bytes();
+        let down = format!("session {i} down").repeat(1000).into_bytes();
+        runs.push(tokio::spawn(async move {
+            let (a, c) = tokio::join!(
+                exchange(accepted, down.clone()),
+                exchange(stream, up.clone())
+            );
+            a == up && c == down
+        }));
+    }
+    for run in runs {
+        assert!(run.await.unwrap());
+    }
+    let full = rexec_broker::Tuning::default().receive_budget as usize;
+    assert!(
+        crate::util::wait_until_async(Duration::from_secs(5), || ctl.free_budget() == full).await,
+        "closed streams gave their windows back"
+    );
+}
