@@ -180,13 +180,16 @@ check_restart_gives_running_commands_the_grace_then_kills_them() {
     [ "$new" != "$old" ] && [ "$new" != 0 ] || { echo "MainPID $old then $new"; return 1; }
     [ "$(prop rexec-agent.service ActiveState)" = active ] || { echo "not active after restart"; return 1; }
     # The old agent said it would wait, then killed the command: the two
-    # journal lines are at least the grace apart.
+    # journal lines are the grace apart. journald stamps a line when it
+    # receives it, and on a loaded machine the first can arrive a few
+    # milliseconds after the agent's timer started, so 9.5 s counts as the
+    # grace given; an agent that did not wait would show well under 1 s.
     # short-unix stamps are seconds with six decimals: microseconds once
     # the dot is dropped.
     sigterm=$(journalctl _PID="$old" -o short-unix | sed -n 's/^\([0-9]*\)\.\([0-9]*\) .*SIGTERM: no new connections.*/\1\2/p' | head -1)
     killed=$(journalctl _PID="$old" -o short-unix | sed -n 's/^\([0-9]*\)\.\([0-9]*\) .*grace period over; killing the commands still running.*/\1\2/p' | head -1)
     [ -n "$sigterm" ] && [ -n "$killed" ] || { journalctl _PID="$old" -o short-unix --no-pager | tail -20; return 1; }
-    [ $((killed - sigterm)) -ge 10000000 ] || { echo "killed $((killed - sigterm)) us after SIGTERM, before the 10 s grace"; return 1; }
+    [ $((killed - sigterm)) -ge 9500000 ] || { echo "killed $((killed - sigterm)) us after SIGTERM, before the 10 s grace"; return 1; }
 }
 
 check_kill_9_of_the_agent_restarts_it_and_leaves_no_command() {
