@@ -26,8 +26,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use nix::unistd::{Gid, Uid};
+use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, ErrorReport, FrameError, PullRequest,
@@ -36,7 +35,9 @@ use rexec_protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
-use crate::exec::{Requester, RunAs, name_of, resolve_user};
+use crate::keepalive::Keepalive;
+use crate::messages::{Incoming, Outgoing, name_of, refuse, refused};
+use crate::run_as::{FsIdentity, Requester, resolve_user, take_identity};
 
 /// Items queued between the connection and a copy's worker thread.
 const WORKER_QUEUE: usize = 8;
@@ -65,133 +66,33 @@ impl CopyReport {
     }
 }
 
-/// The file-system identity a copy's worker thread takes.
-#[derive(Debug, Clone)]
-struct FsIdentity {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
-/// Whom the copy runs as, or why not; refuses a relative path too.
+/// Whom the copy runs as (noted in `report`), or why not; refuses a
+/// relative path too.
 fn authorize(
     user: Option<&str>,
     path: &str,
     requester: Requester<'_>,
     settings: &AgentSettings,
-) -> Result<(String, Option<FsIdentity>), ErrorReport> {
+    report: &mut CopyReport,
+) -> Result<Option<FsIdentity>, ErrorReport> {
     if !path.starts_with('/') {
         return Err(ErrorReport::new(
             ErrorKind::BadRequest,
             format!("remote paths must be absolute: {path:?}"),
         ));
     }
-    let RunAs { user, switch } = resolve_user(user, requester, settings)?;
-    let identity = switch.map(|groups| FsIdentity {
-        uid: user.uid,
-        gid: user.gid,
-        groups,
-    });
-    Ok((user.name, identity))
-}
-
-/// On the worker thread, before any file work: takes `identity` for this
-/// thread only, then gives up every capability of this thread. glibc's
-/// `setgroups` would change every thread of the agent, so the groups are
-/// set with the raw system call; `setfsuid`, `setfsgid` and `capset` are
-/// per thread by nature.
-fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
-    let Some(identity) = identity else {
-        return Ok(());
-    };
-    let failed = |what: &str| {
-        CopyError::new(
-            ErrorKind::Internal,
-            format!(
-                "cannot take the file-system identity of uid {}: {what}: {}",
-                identity.uid,
-                std::io::Error::last_os_error()
-            ),
-        )
-    };
-    let groups: Vec<nix::libc::gid_t> = identity.groups.iter().map(|g| g.as_raw()).collect();
-    // SAFETY: the pointer and length describe `groups`, alive for the call;
-    // the system call changes this thread's credentials only.
-    let status =
-        unsafe { nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-    if status != 0 {
-        return Err(failed("setgroups"));
-    }
-    nix::unistd::setfsgid(identity.gid);
-    nix::unistd::setfsuid(identity.uid);
-    // Both calls report the previous value; asking again confirms the change.
-    let no_change = Gid::from_raw(u32::MAX);
-    if nix::unistd::setfsgid(no_change) != identity.gid {
-        return Err(failed("setfsgid"));
-    }
-    if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != identity.uid {
-        return Err(failed("setfsuid"));
-    }
-    drop_capabilities().map_err(|e| {
-        CopyError::new(
-            ErrorKind::Internal,
-            format!("cannot give up the agent's capabilities for the copy: {e}"),
-        )
-    })
-}
-
-/// Clears this thread's effective, permitted and inheritable capability
-/// sets, for good: what the thread does next it does with the file-system
-/// identity alone, as the user would.
-fn drop_capabilities() -> std::io::Result<()> {
-    use rustix::thread::{CapabilitySet, CapabilitySets, set_capabilities};
-    let none = CapabilitySets {
-        effective: CapabilitySet::empty(),
-        permitted: CapabilitySet::empty(),
-        inheritable: CapabilitySet::empty(),
-    };
-    set_capabilities(None, none)?;
-    Ok(())
+    let (user, identity) = resolve_user(user, requester, settings)?.fs_identity();
+    report.user = user;
+    Ok(identity)
 }
 
 fn report_of(e: CopyError) -> ErrorReport {
     ErrorReport::new(e.kind, e.message)
 }
 
-async fn fail<W>(outgoing: &mut W, report: &mut CopyReport, error: ErrorReport)
-where
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
-    report.outcome = format!("refused ({}): {}", error.kind, error.message);
-    let _ = outgoing.feed(AgentMessage::Error(error)).await;
-    let _ = outgoing.close().await;
-}
-
-/// The longest the agent waits for the next piece of a push before it takes
-/// the client as gone (the client sends all the time during a push).
-fn silence_bound(settings: &AgentSettings) -> Duration {
-    let keepalive = settings
-        .keepalive_interval
-        .saturating_mul(settings.keepalive_count.max(1));
-    if keepalive.is_zero() {
-        settings.handshake_timeout.saturating_mul(6)
-    } else {
-        keepalive
-    }
-}
-
-/// The agent's keepalive interval, `None` when it sends none.
-fn keepalive_of(settings: &AgentSettings) -> Option<Duration> {
-    (!settings.keepalive_interval.is_zero()).then_some(settings.keepalive_interval)
-}
-
-/// Resolves when a keepalive is due, `interval` after `last_sent`; never
-/// when there is no interval.
-async fn keepalive_due(interval: Option<Duration>, last_sent: tokio::time::Instant) {
-    match interval.and_then(|i| last_sent.checked_add(i)) {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
+/// Refuses the copy with `error`, noting it in `report`.
+async fn fail(outgoing: &mut impl Outgoing, report: &mut CopyReport, error: ErrorReport) {
+    report.outcome = refused(&refuse(outgoing, error).await);
 }
 
 /// How long, after refusing a push, we go on reading (and dropping) what
@@ -202,10 +103,7 @@ const LAST_WORD: Duration = Duration::from_secs(5);
 
 /// Reads and drops what the client still sends, until it closes or
 /// [`LAST_WORD`] passes.
-async fn drain<R>(incoming: &mut R)
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-{
+async fn drain(incoming: &mut impl Incoming) {
     let _ = tokio::time::timeout(LAST_WORD, async {
         while let Some(Ok(_)) = incoming.next().await {}
     })
@@ -258,24 +156,24 @@ fn write_tree(
 }
 
 /// Receives a pushed tree into `request.dest`.
-pub async fn serve_push<R, W>(
+pub async fn serve_push(
     request: &PushRequest,
     requester: Requester<'_>,
     settings: &AgentSettings,
-    incoming: &mut R,
-    outgoing: &mut W,
+    incoming: &mut impl Incoming,
+    outgoing: &mut impl Outgoing,
     kill: &CancellationToken,
-) -> CopyReport
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
+) -> CopyReport {
     let mut report = CopyReport::new();
-    let identity = match authorize(request.user.as_deref(), &request.dest, requester, settings) {
-        Ok((user, identity)) => {
-            report.user = user;
-            identity
-        }
+    let authorized = authorize(
+        request.user.as_deref(),
+        &request.dest,
+        requester,
+        settings,
+        &mut report,
+    );
+    let identity = match authorized {
+        Ok(identity) => identity,
         Err(refusal) => {
             fail(outgoing, &mut report, refusal).await;
             return report;
@@ -283,7 +181,7 @@ where
     };
     let as_root = identity
         .as_ref()
-        .map_or(nix::unistd::geteuid(), |i| i.uid)
+        .map_or(nix::unistd::geteuid(), FsIdentity::uid)
         .is_root();
     if request.preserve_owner && !as_root {
         let refusal = ErrorReport::new(
@@ -300,19 +198,23 @@ where
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
     let keep_owners = request.preserve_owner;
-    let keepalive = keepalive_of(settings);
-    let started = AgentMessage::CopyStarted { keepalive };
+    let mut keepalive = Keepalive::of(settings);
+    let started = AgentMessage::CopyStarted {
+        keepalive: keepalive.interval(),
+    };
     if outgoing.send(started).await.is_err() {
         report.outcome = "client gone before the copy".into();
         return report;
     }
+    keepalive.sent();
     std::thread::spawn(move || {
         let _ = done_tx.send(write_tree(identity, dest, limit, keep_owners, queue));
     });
 
-    let bound = silence_bound(settings);
+    // The client sends all the time during a push; without keepalives, we
+    // give it six handshakes' time.
+    let bound = keepalive.silence_bound(settings.handshake_timeout.saturating_mul(6));
     let mut last_heard = tokio::time::Instant::now();
-    let mut last_sent = last_heard;
     // Why the connection side stopped early, if it did.
     let mut stopped: Option<String> = None;
     loop {
@@ -321,13 +223,13 @@ where
             .unwrap_or_else(|| last_heard + Duration::from_secs(86400 * 365));
         let next = tokio::select! {
             next = tokio::time::timeout_at(silent_at, incoming.next()) => next,
-            () = keepalive_due(keepalive, last_sent) => {
+            () = keepalive.due() => {
                 let sent = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     stopped = Some("client gone, abandoned".into());
                     break;
                 }
-                last_sent = tokio::time::Instant::now();
+                keepalive.sent();
                 continue;
             }
             () = kill.cancelled() => {
@@ -393,9 +295,9 @@ where
     let result = loop {
         tokio::select! {
             result = &mut done => break result,
-            () = keepalive_due(keepalive, last_sent), if stopped.is_none() => {
+            () = keepalive.due(), if stopped.is_none() => {
                 let _ = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
-                last_sent = tokio::time::Instant::now();
+                keepalive.sent();
             }
         }
     }
@@ -452,35 +354,34 @@ fn read_tree(
 
 /// Sends the file or tree at `request.path`, noticing a client that goes
 /// away meanwhile.
-pub async fn serve_pull<R, W>(
+pub async fn serve_pull(
     request: &PullRequest,
     requester: Requester<'_>,
     settings: &AgentSettings,
-    incoming: &mut R,
-    outgoing: &mut W,
+    incoming: &mut impl Incoming,
+    outgoing: &mut impl Outgoing,
     kill: &CancellationToken,
-) -> CopyReport
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
+) -> CopyReport {
     let mut report = CopyReport::new();
-    let identity = match authorize(request.user.as_deref(), &request.path, requester, settings) {
-        Ok((user, identity)) => {
-            report.user = user;
-            identity
-        }
+    let authorized = authorize(
+        request.user.as_deref(),
+        &request.path,
+        requester,
+        settings,
+        &mut report,
+    );
+    let identity = match authorized {
+        Ok(identity) => identity,
         Err(refusal) => {
             fail(outgoing, &mut report, refusal).await;
             return report;
         }
     };
-    let keepalive = keepalive_of(settings);
-    if outgoing
-        .feed(AgentMessage::CopyStarted { keepalive })
-        .await
-        .is_err()
-    {
+    let mut keepalive = Keepalive::of(settings);
+    let started = AgentMessage::CopyStarted {
+        keepalive: keepalive.interval(),
+    };
+    if outgoing.feed(started).await.is_err() {
         report.outcome = "client gone before the copy".into();
         return report;
     }
@@ -488,7 +389,7 @@ where
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
     let owners = request.preserve_owner;
     std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
-    let mut last_sent = tokio::time::Instant::now();
+    keepalive.sent();
     loop {
         let next = tokio::select! {
             next = items.recv() => next,
@@ -514,12 +415,12 @@ where
                     break;
                 }
             },
-            () = keepalive_due(keepalive, last_sent) => {
+            () = keepalive.due() => {
                 if outgoing.send(AgentMessage::Keepalive).await.is_err() {
                     report.outcome = "client gone, abandoned".into();
                     break;
                 }
-                last_sent = tokio::time::Instant::now();
+                keepalive.sent();
                 continue;
             }
             () = kill.cancelled() => {
@@ -569,7 +470,7 @@ where
             report.outcome = "client gone, abandoned".into();
             break;
         }
-        last_sent = tokio::time::Instant::now();
+        keepalive.sent();
     }
     report
 }
