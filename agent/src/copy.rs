@@ -32,12 +32,10 @@ use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, ErrorReport, FrameError, PullRequest,
     PushRequest,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentSettings;
+use crate::job::{Incoming, Job, Outgoing, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
-use crate::messages::{Incoming, Outgoing, name_of, refuse, refused};
-use crate::run_as::{FsIdentity, Requester, resolve_user, take_identity};
+use crate::run_as::{FsIdentity, RunAs, resolve_user, take_identity};
 
 /// Items queued between the connection and a copy's worker thread.
 const WORKER_QUEUE: usize = 8;
@@ -66,28 +64,94 @@ impl CopyReport {
     }
 }
 
-/// Whom the copy runs as (noted in `report`), or why not; refuses a
-/// relative path too.
-fn authorize(
+/// A copy request, either way.
+#[derive(Debug, Clone, Copy)]
+pub enum CopyRequest<'a> {
+    /// Files from the client into place here.
+    Push(&'a PushRequest),
+    /// Files from here to the client.
+    Pull(&'a PullRequest),
+}
+
+impl CopyRequest<'_> {
+    /// `push` or `pull`, as the audit log says.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            CopyRequest::Push(_) => "push",
+            CopyRequest::Pull(_) => "pull",
+        }
+    }
+
+    /// The path on this machine: where a push goes, what a pull sends.
+    pub fn path(&self) -> &str {
+        match self {
+            CopyRequest::Push(push) => &push.dest,
+            CopyRequest::Pull(pull) => &pull.path,
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            CopyRequest::Push(push) => push.user.as_deref(),
+            CopyRequest::Pull(pull) => pull.user.as_deref(),
+        }
+    }
+}
+
+/// Carries out a copy request, as the user the run-as rules give it.
+pub async fn serve(
+    request: CopyRequest<'_>,
+    mut job: Job<'_, impl Incoming, impl Outgoing>,
+) -> CopyReport {
+    let (report, identity) = match begin(request.user(), request.path(), &mut job).await {
+        Ok(begun) => begun,
+        Err(refused) => return refused,
+    };
+    match request {
+        CopyRequest::Push(push) => self::push(push, job, report, identity).await,
+        CopyRequest::Pull(pull) => self::pull(pull, job, report, identity).await,
+    }
+}
+
+/// The start of every copy: its report and whom it runs as; or, when it
+/// may not run (a relative path, the run-as rules), the report of the
+/// refusal the client has been sent.
+async fn begin(
     user: Option<&str>,
     path: &str,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    report: &mut CopyReport,
-) -> Result<Option<FsIdentity>, ErrorReport> {
-    if !path.starts_with('/') {
-        return Err(ErrorReport::new(
+    job: &mut Job<'_, impl Incoming, impl Outgoing>,
+) -> Result<(CopyReport, Option<FsIdentity>), CopyReport> {
+    let mut report = CopyReport::new();
+    let authorized = if path.starts_with('/') {
+        resolve_user(user, job.requester, job.settings).map(RunAs::fs_identity)
+    } else {
+        Err(ErrorReport::new(
             ErrorKind::BadRequest,
             format!("remote paths must be absolute: {path:?}"),
-        ));
+        ))
+    };
+    match authorized {
+        Ok((user, identity)) => {
+            report.user = user;
+            Ok((report, identity))
+        }
+        Err(refusal) => {
+            fail(job.outgoing, &mut report, refusal).await;
+            Err(report)
+        }
     }
-    let (user, identity) = resolve_user(user, requester, settings)?.fs_identity();
-    report.user = user;
-    Ok(identity)
 }
 
 fn report_of(e: CopyError) -> ErrorReport {
     ErrorReport::new(e.kind, e.message)
+}
+
+/// What a copy is told when the agent shuts down under it.
+fn shut_down() -> ErrorReport {
+    ErrorReport::new(
+        ErrorKind::ShuttingDown,
+        "agent shutting down; the copy was abandoned",
+    )
 }
 
 /// Refuses the copy with `error`, noting it in `report`.
@@ -155,30 +219,13 @@ fn write_tree(
     Err(CopyError::new(ErrorKind::Internal, "abandoned"))
 }
 
-/// Receives a pushed tree into `request.dest`.
-pub async fn serve_push(
+/// Receives a pushed tree into `request.dest`, as `identity`.
+async fn push(
     request: &PushRequest,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    incoming: &mut impl Incoming,
-    outgoing: &mut impl Outgoing,
-    kill: &CancellationToken,
+    job: Job<'_, impl Incoming, impl Outgoing>,
+    mut report: CopyReport,
+    identity: Option<FsIdentity>,
 ) -> CopyReport {
-    let mut report = CopyReport::new();
-    let authorized = authorize(
-        request.user.as_deref(),
-        &request.dest,
-        requester,
-        settings,
-        &mut report,
-    );
-    let identity = match authorized {
-        Ok(identity) => identity,
-        Err(refusal) => {
-            fail(outgoing, &mut report, refusal).await;
-            return report;
-        }
-    };
     let as_root = identity
         .as_ref()
         .map_or(nix::unistd::geteuid(), FsIdentity::uid)
@@ -191,18 +238,18 @@ pub async fn serve_push(
                 report.user
             ),
         );
-        fail(outgoing, &mut report, refusal).await;
+        fail(job.outgoing, &mut report, refusal).await;
         return report;
     }
     let (items, queue) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (done_tx, done) = tokio::sync::oneshot::channel();
-    let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
+    let (dest, limit) = (PathBuf::from(&request.dest), job.settings.max_copy_bytes);
     let keep_owners = request.preserve_owner;
-    let mut keepalive = Keepalive::of(settings);
+    let mut keepalive = Keepalive::of(job.settings);
     let started = AgentMessage::CopyStarted {
         keepalive: keepalive.interval(),
     };
-    if outgoing.send(started).await.is_err() {
+    if job.outgoing.send(started).await.is_err() {
         report.outcome = "client gone before the copy".into();
         return report;
     }
@@ -213,7 +260,7 @@ pub async fn serve_push(
 
     // The client sends all the time during a push; without keepalives, we
     // give it six handshakes' time.
-    let bound = keepalive.silence_bound(settings.handshake_timeout.saturating_mul(6));
+    let bound = keepalive.silence_bound(job.settings.handshake_timeout.saturating_mul(6));
     let mut last_heard = tokio::time::Instant::now();
     // Why the connection side stopped early, if it did.
     let mut stopped: Option<String> = None;
@@ -222,9 +269,9 @@ pub async fn serve_push(
             .checked_add(bound)
             .unwrap_or_else(|| last_heard + Duration::from_secs(86400 * 365));
         let next = tokio::select! {
-            next = tokio::time::timeout_at(silent_at, incoming.next()) => next,
+            next = tokio::time::timeout_at(silent_at, job.incoming.next()) => next,
             () = keepalive.due() => {
-                let sent = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+                let sent = tokio::time::timeout(bound, job.outgoing.send(AgentMessage::Keepalive)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     stopped = Some("client gone, abandoned".into());
                     break;
@@ -232,9 +279,8 @@ pub async fn serve_push(
                 keepalive.sent();
                 continue;
             }
-            () = kill.cancelled() => {
-                let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
-                fail(outgoing, &mut report, refusal).await;
+            () = job.kill.cancelled() => {
+                fail(job.outgoing, &mut report, shut_down()).await;
                 stopped = Some(report.outcome.clone());
                 break;
             }
@@ -254,7 +300,7 @@ pub async fn serve_push(
             }
             Ok(Some(Err(e))) => {
                 fail(
-                    outgoing,
+                    job.outgoing,
                     &mut report,
                     ErrorReport::new(ErrorKind::Protocol, e.to_string()),
                 )
@@ -276,7 +322,7 @@ pub async fn serve_push(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a push", name_of(&other)),
                     );
-                    fail(outgoing, &mut report, refusal).await;
+                    fail(job.outgoing, &mut report, refusal).await;
                     stopped = Some(report.outcome.clone());
                     break;
                 }
@@ -296,7 +342,7 @@ pub async fn serve_push(
         tokio::select! {
             result = &mut done => break result,
             () = keepalive.due(), if stopped.is_none() => {
-                let _ = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+                let _ = tokio::time::timeout(bound, job.outgoing.send(AgentMessage::Keepalive)).await;
                 keepalive.sent();
             }
         }
@@ -308,13 +354,13 @@ pub async fn serve_push(
             report.entries = entries;
             report.bytes = bytes;
             let done = AgentMessage::CopyDone(CopyDone { entries, bytes });
-            if outgoing.feed(done).await.is_err() || outgoing.close().await.is_err() {
+            if job.outgoing.feed(done).await.is_err() || job.outgoing.close().await.is_err() {
                 report.outcome = "client gone after the copy".into();
             }
         }
         (None, Err(e)) => {
-            fail(outgoing, &mut report, report_of(e)).await;
-            drain(incoming).await;
+            fail(job.outgoing, &mut report, report_of(e)).await;
+            drain(job.incoming).await;
         }
     }
     report
@@ -352,36 +398,19 @@ fn read_tree(
     let _ = out.blocking_send(last);
 }
 
-/// Sends the file or tree at `request.path`, noticing a client that goes
-/// away meanwhile.
-pub async fn serve_pull(
+/// Sends the file or tree at `request.path`, as `identity`, noticing a
+/// client that goes away meanwhile.
+async fn pull(
     request: &PullRequest,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    incoming: &mut impl Incoming,
-    outgoing: &mut impl Outgoing,
-    kill: &CancellationToken,
+    job: Job<'_, impl Incoming, impl Outgoing>,
+    mut report: CopyReport,
+    identity: Option<FsIdentity>,
 ) -> CopyReport {
-    let mut report = CopyReport::new();
-    let authorized = authorize(
-        request.user.as_deref(),
-        &request.path,
-        requester,
-        settings,
-        &mut report,
-    );
-    let identity = match authorized {
-        Ok(identity) => identity,
-        Err(refusal) => {
-            fail(outgoing, &mut report, refusal).await;
-            return report;
-        }
-    };
-    let mut keepalive = Keepalive::of(settings);
+    let mut keepalive = Keepalive::of(job.settings);
     let started = AgentMessage::CopyStarted {
         keepalive: keepalive.interval(),
     };
-    if outgoing.feed(started).await.is_err() {
+    if job.outgoing.feed(started).await.is_err() {
         report.outcome = "client gone before the copy".into();
         return report;
     }
@@ -396,7 +425,7 @@ pub async fn serve_pull(
             // The client says nothing during a pull but its keepalives;
             // its end (or garbage) ends the pull. Dropping `items` stops
             // the worker at its next item.
-            heard = incoming.next() => match heard {
+            heard = job.incoming.next() => match heard {
                 Some(Ok(ClientMessage::Keepalive)) => continue,
                 None | Some(Err(FrameError::Io(_))) => {
                     report.outcome = "client gone, abandoned".into();
@@ -407,25 +436,24 @@ pub async fn serve_pull(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a pull", name_of(&other)),
                     );
-                    fail(outgoing, &mut report, refusal).await;
+                    fail(job.outgoing, &mut report, refusal).await;
                     break;
                 }
                 Some(Err(e)) => {
-                    fail(outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
+                    fail(job.outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
                     break;
                 }
             },
             () = keepalive.due() => {
-                if outgoing.send(AgentMessage::Keepalive).await.is_err() {
+                if job.outgoing.send(AgentMessage::Keepalive).await.is_err() {
                     report.outcome = "client gone, abandoned".into();
                     break;
                 }
                 keepalive.sent();
                 continue;
             }
-            () = kill.cancelled() => {
-                let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
-                fail(outgoing, &mut report, refusal).await;
+            () = job.kill.cancelled() => {
+                fail(job.outgoing, &mut report, shut_down()).await;
                 break;
             }
         };
@@ -436,20 +464,20 @@ pub async fn serve_pull(
             Some(FromReader::End { entries, bytes }) => {
                 report.entries = entries;
                 report.bytes = bytes;
-                if outgoing.feed(AgentMessage::CopyEnd).await.is_err()
-                    || outgoing.close().await.is_err()
+                if job.outgoing.feed(AgentMessage::CopyEnd).await.is_err()
+                    || job.outgoing.close().await.is_err()
                 {
                     report.outcome = "client gone, abandoned".into();
                 }
                 break;
             }
             Some(FromReader::Failed(e)) => {
-                fail(outgoing, &mut report, report_of(e)).await;
+                fail(job.outgoing, &mut report, report_of(e)).await;
                 break;
             }
             None => {
                 fail(
-                    outgoing,
+                    job.outgoing,
                     &mut report,
                     ErrorReport::new(ErrorKind::Internal, "the copy worker died"),
                 )
@@ -462,9 +490,9 @@ pub async fn serve_pull(
         // must not leave what it did read waiting in our buffer.
         let flush = items.is_empty();
         let sent = if flush {
-            outgoing.send(message).await
+            job.outgoing.send(message).await
         } else {
-            outgoing.feed(message).await
+            job.outgoing.feed(message).await
         };
         if sent.is_err() {
             report.outcome = "client gone, abandoned".into();

@@ -15,18 +15,15 @@ use nix::unistd::Pid;
 use rexec_protocol::{
     AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, ExitStatus, FrameError,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentSettings;
 use crate::exec::group::{
     GROUP_POLL, GroupGuard, exit_status, exited_unreaped, terminate_group, to_signal,
 };
 use crate::exec::pipes::{Output, OutputStream, PTY_EOF, grow_pipe, reserve, spawn_stdin_writer};
 use crate::exec::spawn::{Prepared, chdir_refusal, prepare};
+use crate::job::{Incoming, Job, Outgoing, finish, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
-use crate::messages::{Incoming, Outgoing, finish, name_of, refuse, refused};
 use crate::pty::{self, MasterStream};
-use crate::run_as::Requester;
 
 mod group;
 pub mod keeper;
@@ -87,16 +84,8 @@ pub struct ExecReport {
     pub user: Option<String>,
 }
 
-/// Runs `request` and streams it over `incoming`/`outgoing`. `kill` is the
-/// agent's order to end every command now (shutdown past its grace period).
-pub async fn run(
-    request: &ExecRequest,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    incoming: &mut impl Incoming,
-    outgoing: &mut impl Outgoing,
-    kill: &CancellationToken,
-) -> ExecReport {
+/// Runs `request` and streams it over the job's connection.
+pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoing>) -> ExecReport {
     let mut report = ExecReport {
         end: ExecEnd::ClientGone,
         pid: None,
@@ -111,10 +100,10 @@ pub async fn run(
         user,
         pty,
         chdir_probe,
-    } = match prepare(request, requester, settings) {
+    } = match prepare(request, job.requester, job.settings) {
         Ok(prepared) => prepared,
         Err(refusal) => {
-            report.end = ExecEnd::Refused(refuse(outgoing, refusal).await);
+            report.end = ExecEnd::Refused(refuse(job.outgoing, refusal).await);
             return report;
         }
     };
@@ -131,21 +120,22 @@ pub async fn run(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if chdir_failed => {
-            report.end = ExecEnd::Refused(refuse(outgoing, chdir_refusal(&cwd, &user, &e)).await);
+            report.end =
+                ExecEnd::Refused(refuse(job.outgoing, chdir_refusal(&cwd, &user, &e)).await);
             return report;
         }
         Err(e) => {
             let refusal = ErrorReport::new(
                 ErrorKind::SpawnFailed,
-                format!("cannot start {}: {e}", settings.shell.display()),
+                format!("cannot start {}: {e}", job.settings.shell.display()),
             );
-            report.end = ExecEnd::Refused(refuse(outgoing, refusal).await);
+            report.end = ExecEnd::Refused(refuse(job.outgoing, refusal).await);
             return report;
         }
     };
     let Some(pid) = child.id() else {
         let refusal = ErrorReport::new(ErrorKind::Internal, "child exited before it was seen");
-        report.end = ExecEnd::Refused(refuse(outgoing, refusal).await);
+        report.end = ExecEnd::Refused(refuse(job.outgoing, refusal).await);
         return report;
     };
     report.pid = Some(pid);
@@ -169,13 +159,13 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    terminate_group(&mut child, pgid, settings.kill_grace).await;
+                    terminate_group(&mut child, pgid, job.settings.kill_grace).await;
                     guard.armed = false;
                     let refusal = ErrorReport::new(
                         ErrorKind::Internal,
                         format!("cannot use the terminal: {e}"),
                     );
-                    report.end = ExecEnd::Refused(refuse(outgoing, refusal).await);
+                    report.end = ExecEnd::Refused(refuse(job.outgoing, refusal).await);
                     return report;
                 }
             }
@@ -203,17 +193,17 @@ pub async fn run(
         }
     }
 
-    let deadline = effective_timeout(request.timeout, settings.max_timeout)
+    let deadline = effective_timeout(request.timeout, job.settings.max_timeout)
         .and_then(|t| tokio::time::Instant::now().checked_add(t))
         .unwrap_or_else(far_future);
-    let mut keepalive = Keepalive::of(settings);
+    let mut keepalive = Keepalive::of(job.settings);
     let mut client_open = true;
 
     let started = AgentMessage::Started {
         pid,
         keepalive: keepalive.interval(),
     };
-    if outgoing.send(started).await.is_err() {
+    if job.outgoing.send(started).await.is_err() {
         client_open = false;
     }
     keepalive.sent();
@@ -244,7 +234,7 @@ pub async fn run(
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    if outgoing.send(message).await.is_err() {
+                    if job.outgoing.send(message).await.is_err() {
                         client_open = false;
                     }
                     keepalive.sent();
@@ -261,7 +251,7 @@ pub async fn run(
                 if exited_unreaped(pgid) {
                     shell_exited = true;
                     let _ = killpg(pgid, Signal::SIGTERM);
-                    group_kill_at = Some(tokio::time::Instant::now() + settings.kill_grace);
+                    group_kill_at = Some(tokio::time::Instant::now() + job.settings.kill_grace);
                 }
             },
             () = tokio::time::sleep_until(group_kill_at.unwrap_or_else(far_future)), if group_kill_at.is_some() => {
@@ -278,7 +268,7 @@ pub async fn run(
                     stdin = None;
                 }
             },
-            message = incoming.next(), if pending_stdin.is_none() => {
+            message = job.incoming.next(), if pending_stdin.is_none() => {
                 keepalive.heard();
                 match message {
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
@@ -315,7 +305,7 @@ pub async fn run(
                 if let Some(bound) = keepalive.client_lost() {
                     break Err(ExecEnd::ClientSilent(bound));
                 }
-                if outgoing.send(AgentMessage::Keepalive).await.is_err() {
+                if job.outgoing.send(AgentMessage::Keepalive).await.is_err() {
                     client_open = false;
                 }
                 keepalive.sent_probe();
@@ -323,7 +313,7 @@ pub async fn run(
             () = tokio::time::sleep_until(deadline) => {
                 break Err(ExecEnd::Finished(ExitStatus::TimedOut));
             }
-            () = kill.cancelled() => break Err(ExecEnd::ShutDown),
+            () = job.kill.cancelled() => break Err(ExecEnd::ShutDown),
         }
     };
 
@@ -332,11 +322,11 @@ pub async fn run(
             guard.armed = false;
             let status = exit_status(status);
             report.end = ExecEnd::Finished(status);
-            let _ = finish(outgoing, AgentMessage::Exit(status)).await;
+            let _ = finish(job.outgoing, AgentMessage::Exit(status)).await;
         }
         Err(end) => {
             drop(stdin);
-            terminate_group(&mut child, pgid, settings.kill_grace).await;
+            terminate_group(&mut child, pgid, job.settings.kill_grace).await;
             guard.armed = false;
             // Output written before the kill still reaches a client that is
             // there to read it; a process that escaped the group and holds a
@@ -345,12 +335,12 @@ pub async fn run(
                 let drain = async {
                     while let Some(message) = output.next().await {
                         count(&mut report, &message);
-                        if outgoing.send(message).await.is_err() {
+                        if job.outgoing.send(message).await.is_err() {
                             break;
                         }
                     }
                 };
-                let _ = tokio::time::timeout(settings.kill_grace, drain).await;
+                let _ = tokio::time::timeout(job.settings.kill_grace, drain).await;
                 let last = match &end {
                     ExecEnd::Finished(status) => AgentMessage::Exit(*status),
                     ExecEnd::ShutDown => AgentMessage::Error(ErrorReport::new(
@@ -364,7 +354,8 @@ pub async fn run(
                         AgentMessage::Error(ErrorReport::new(ErrorKind::Internal, end.to_string()))
                     }
                 };
-                let _ = tokio::time::timeout(settings.kill_grace, finish(outgoing, last)).await;
+                let _ =
+                    tokio::time::timeout(job.settings.kill_grace, finish(job.outgoing, last)).await;
             }
             report.end = end;
         }

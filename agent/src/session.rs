@@ -16,11 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::messages::{finish, name_of, refuse};
+use crate::copy::{self, CopyRequest};
+use crate::exec;
+use crate::job::{Job, finish, name_of, refuse};
 use crate::peer::Peer;
 use crate::run_as::Requester;
 use crate::state::{AgentState, Startup};
-use crate::{copy, exec};
 
 type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
 type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
@@ -189,69 +190,30 @@ where
             }
         },
     };
-    let requester = Requester { name: &client.name };
-    let kill = &state.shutdown.kill;
+    if let Request::Ping = request {
+        finish(&mut outgoing, AgentMessage::Pong).await?;
+        tracing::debug!(%peer, client = client.name.as_str(), "ping");
+        return Ok(());
+    }
+    if let Request::Push(_) = request {
+        // The client waits for our hello before it sends files.
+        outgoing.flush().await?;
+    }
+    let job = Job {
+        requester: Requester { name: &client.name },
+        settings: &state.settings,
+        incoming: &mut incoming,
+        outgoing: &mut outgoing,
+        kill: &state.shutdown.kill,
+    };
     let started = Instant::now();
     let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-    match request {
-        Request::Ping => {
-            finish(&mut outgoing, AgentMessage::Pong).await?;
-            tracing::debug!(%peer, client = client.name.as_str(), "ping");
-        }
-        Request::Push(_) | Request::Pull(_) => {
-            let (direction, path, report) = match &request {
-                Request::Push(push) => {
-                    // The client waits for our hello before it sends files.
-                    outgoing.flush().await?;
-                    let report = copy::serve_push(
-                        push,
-                        requester,
-                        &state.settings,
-                        &mut incoming,
-                        &mut outgoing,
-                        kill,
-                    )
-                    .await;
-                    ("push", &push.dest, report)
-                }
-                Request::Pull(pull) => {
-                    let report = copy::serve_pull(
-                        pull,
-                        requester,
-                        &state.settings,
-                        &mut incoming,
-                        &mut outgoing,
-                        kill,
-                    )
-                    .await;
-                    ("pull", &pull.path, report)
-                }
-                _ => return Ok(()),
-            };
-            audit!(
-                tracing::Level::INFO,
-                audit,
-                direction,
-                path = ?path,
-                user = ?report.user,
-                started_at = %started_at,
-                outcome = ?report.outcome.to_string(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                entries = report.entries,
-                bytes = report.bytes,
-                "copy"
-            );
-        }
+    let copy = match &request {
+        Request::Ping => return Ok(()),
+        Request::Push(push) => CopyRequest::Push(push),
+        Request::Pull(pull) => CopyRequest::Pull(pull),
         Request::Exec(request) => {
-            let report = exec::run(
-                &request,
-                requester,
-                &state.settings,
-                &mut incoming,
-                &mut outgoing,
-                kill,
-            )
-            .await;
+            let report = exec::run(request, job).await;
             audit!(
                 tracing::Level::INFO,
                 audit,
@@ -266,8 +228,23 @@ where
                 stderr_bytes = report.stderr_bytes,
                 "exec"
             );
+            return Ok(());
         }
-    }
+    };
+    let report = copy::serve(copy, job).await;
+    audit!(
+        tracing::Level::INFO,
+        audit,
+        direction = copy.direction(),
+        path = ?copy.path(),
+        user = ?report.user,
+        started_at = %started_at,
+        outcome = ?report.outcome.to_string(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        entries = report.entries,
+        bytes = report.bytes,
+        "copy"
+    );
     Ok(())
 }
 

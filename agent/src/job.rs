@@ -1,9 +1,30 @@
-//! The agent's last word on a request, said the same way by the session,
-//! exec and copy: the closing message, a refusal with its kind, and the
+//! A request's job as the session hands it to exec or copy ([`Job`]), and
+//! how each of them talks to its client: the two halves of the connection
+//! as typed messages, the closing message, a refusal with its kind, and the
 //! short names of client messages that error reports use.
 
 use futures_util::{Sink, SinkExt, Stream};
 use rexec_protocol::{AgentMessage, ClientMessage, ErrorReport, FrameError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentSettings;
+use crate::run_as::Requester;
+
+/// What the handler of a request (exec, push, pull) works with, once the
+/// session has read the request and admitted it.
+pub struct Job<'a, I, O> {
+    /// Who asked.
+    pub requester: Requester<'a>,
+    /// The agent's settings.
+    pub settings: &'a AgentSettings,
+    /// What the client sends from here on.
+    pub incoming: &'a mut I,
+    /// Where the answer goes.
+    pub outgoing: &'a mut O,
+    /// The agent's order to end every request now (shutdown past its
+    /// grace period).
+    pub kill: &'a CancellationToken,
+}
 
 /// What a request reads from its client: typed messages, or why not.
 pub trait Incoming: Stream<Item = Result<ClientMessage, FrameError>> + Unpin {}
