@@ -55,7 +55,7 @@ pub struct ConfigFile {
     /// already has one are dropped at random (RATE percent, rising to all
     /// at FULL) [default: 32:30:128].
     #[arg(long)]
-    #[serde(with = "max_startups_opt")]
+    #[serde(with = "text_opt")]
     pub max_startups: Option<MaxStartups>,
     /// Connections still in their handshake from one address (IPv6: one
     /// /64); more from it are closed at once [default: 16].
@@ -72,28 +72,28 @@ pub struct ConfigFile {
     /// Time a connection has to complete TLS and send its request
     /// [default: 5s].
     #[arg(long, value_parser = crate::config::parse_duration)]
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "text_opt")]
     pub handshake_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a command's group is killed
     /// [default: 2s].
     #[arg(long, value_parser = crate::config::parse_duration)]
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "text_opt")]
     pub kill_grace: Option<Duration>,
     /// On SIGTERM, how long running commands may go on before they are
     /// killed [default: 10s].
     #[arg(long, value_parser = crate::config::parse_duration)]
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "text_opt")]
     pub shutdown_grace: Option<Duration>,
     /// The longest any command may run (e.g. 1h); applied when the client
     /// asks for no timeout or a longer one. 0 means no limit [default: no
     /// limit].
     #[arg(long, value_parser = crate::config::parse_duration)]
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "text_opt")]
     pub max_timeout: Option<Duration>,
     /// Quiet time after which a keepalive is sent to the client; 0
     /// disables keepalives [default: 15s].
     #[arg(long, value_parser = crate::config::parse_duration)]
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "text_opt")]
     pub keepalive_interval: Option<Duration>,
     /// Unanswered keepalive intervals after which a client counts as gone
     /// and its command is killed [default: 4].
@@ -393,44 +393,6 @@ fn one_or_more_addresses<'de, D: Deserializer<'de>>(
     d.deserialize_any(Addresses).map(Some)
 }
 
-/// `max_startups = "10:30:100"`, or `max_startups = 100` for a plain cap.
-mod max_startups_opt {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(value: &Option<MaxStartups>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(policy) => s.serialize_str(&policy.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MaxStartups>, D::Error> {
-        d.deserialize_any(Visitor).map(Some)
-    }
-
-    struct Visitor;
-
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = MaxStartups;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("\"START:RATE:FULL\" in quotes, such as \"32:30:128\", or one number")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<MaxStartups, E> {
-            text.parse().map_err(E::custom)
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxStartups, E> {
-            self.visit_str(&n.to_string())
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxStartups, E> {
-            self.visit_str(&n.to_string())
-        }
-    }
-}
-
 /// The `[run_as]` table: each client needs at least one user, and no user
 /// name is empty.
 fn run_as_rules<'de, D: Deserializer<'de>>(
@@ -452,32 +414,93 @@ fn run_as_rules<'de, D: Deserializer<'de>>(
     Ok(Some(rules))
 }
 
-/// Durations as humantime strings (`"10s"`, `"1m 30s"`).
-mod humantime_opt {
+/// A value the file writes as a string: a duration (`"10s"`, `"1m 30s"`),
+/// or `max_startups` (`"10:30:100"`, or `100` for a plain cap).
+trait Text: Sized {
+    /// What the file should say instead, for the error message.
+    const EXPECTING: &'static str;
+    /// Whether a bare number stands for its own digits.
+    const NUMBER: bool;
+    /// The value as the file writes it.
+    fn render(&self) -> String;
+    /// The value the file's text says, or what is wrong with it.
+    fn read(text: &str) -> Result<Self, String>;
+}
+
+impl Text for Duration {
+    const EXPECTING: &'static str = "a duration in quotes, such as \"10s\", \"1m 30s\" or \"2h\"";
+    const NUMBER: bool = false;
+
+    fn render(&self) -> String {
+        humantime::format_duration(*self).to_string()
+    }
+
+    fn read(text: &str) -> Result<Self, String> {
+        crate::config::parse_duration(text)
+    }
+}
+
+impl Text for MaxStartups {
+    const EXPECTING: &'static str =
+        "\"START:RATE:FULL\" in quotes, such as \"32:30:128\", or one number";
+    const NUMBER: bool = true;
+
+    fn render(&self) -> String {
+        self.to_string()
+    }
+
+    fn read(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|e: crate::limits::ParseMaxStartupsError| e.to_string())
+    }
+}
+
+/// `Option<T: Text>` fields, as their text.
+mod text_opt {
+    use std::marker::PhantomData;
+
+    use serde::de::{Error, Unexpected};
+
     use super::*;
 
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Text, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Some(value) => s.serialize_str(&value.render()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        d.deserialize_str(DurationVisitor).map(Some)
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(Visitor(PhantomData)).map(Some)
     }
 
-    struct DurationVisitor;
+    struct Visitor<T>(PhantomData<T>);
 
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
+    impl<T: Text> serde::de::Visitor<'_> for Visitor<T> {
+        type Value = T;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration in quotes, such as \"10s\", \"1m 30s\" or \"2h\"")
+            f.write_str(T::EXPECTING)
         }
 
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            crate::config::parse_duration(text).map_err(E::custom)
+        fn visit_str<E: Error>(self, text: &str) -> Result<T, E> {
+            T::read(text).map_err(E::custom)
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<T, E> {
+            if T::NUMBER {
+                self.visit_str(&n.to_string())
+            } else {
+                Err(E::invalid_type(Unexpected::Signed(n), &self))
+            }
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<T, E> {
+            if T::NUMBER {
+                self.visit_str(&n.to_string())
+            } else {
+                Err(E::invalid_type(Unexpected::Unsigned(n), &self))
+            }
         }
     }
 }

@@ -33,9 +33,10 @@ use rexec_protocol::{
     PushRequest,
 };
 
+use crate::config::AgentSettings;
 use crate::job::{Incoming, Job, Outgoing, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
-use crate::run_as::{FsIdentity, RunAs, resolve_user, take_identity};
+use crate::run_as::{FsIdentity, Requester, resolve_user, take_identity};
 
 /// Items queued between the connection and a copy's worker thread.
 const WORKER_QUEUE: usize = 8;
@@ -103,38 +104,72 @@ pub async fn serve(
     request: CopyRequest<'_>,
     mut job: Job<'_, impl Incoming, impl Outgoing>,
 ) -> CopyReport {
-    let (report, identity) = match begin(request.user(), request.path(), &mut job).await {
+    let (mut report, identity) = match begin(request, &mut job).await {
         Ok(begun) => begun,
         Err(refused) => return refused,
     };
+    let mut keepalive = Keepalive::of(job.settings);
+    let started = AgentMessage::CopyStarted {
+        keepalive: keepalive.interval(),
+    };
+    // A push's client waits for this before it sends; a pull's items follow.
+    let sent = match request {
+        CopyRequest::Push(_) => job.outgoing.send(started).await,
+        CopyRequest::Pull(_) => job.outgoing.feed(started).await,
+    };
+    if sent.is_err() {
+        report.outcome = "client gone before the copy".into();
+        return report;
+    }
+    keepalive.sent();
     match request {
-        CopyRequest::Push(push) => self::push(push, job, report, identity).await,
-        CopyRequest::Pull(pull) => self::pull(pull, job, report, identity).await,
+        CopyRequest::Push(push) => self::push(push, job, report, identity, keepalive).await,
+        CopyRequest::Pull(pull) => self::pull(pull, job, report, identity, keepalive).await,
     }
 }
 
+/// Whom the copy runs as (noted in `report`), or why it may not run: a
+/// relative path, the run-as rules, or keeping owners without root.
+fn authorize(
+    request: CopyRequest<'_>,
+    requester: Requester<'_>,
+    settings: &AgentSettings,
+    report: &mut CopyReport,
+) -> Result<Option<FsIdentity>, ErrorReport> {
+    let path = request.path();
+    if !path.starts_with('/') {
+        return Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            format!("remote paths must be absolute: {path:?}"),
+        ));
+    }
+    let (user, identity) = resolve_user(request.user(), requester, settings)?.fs_identity();
+    report.user = user;
+    let as_root = identity
+        .as_ref()
+        .map_or(nix::unistd::geteuid(), FsIdentity::uid)
+        .is_root();
+    if matches!(request, CopyRequest::Push(push) if push.preserve_owner) && !as_root {
+        return Err(ErrorReport::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "keeping owners (-p) needs a copy that runs as root; this one runs as {:?}",
+                report.user
+            ),
+        ));
+    }
+    Ok(identity)
+}
+
 /// The start of every copy: its report and whom it runs as; or, when it
-/// may not run (a relative path, the run-as rules), the report of the
-/// refusal the client has been sent.
+/// may not run, the report of the refusal the client has been sent.
 async fn begin(
-    user: Option<&str>,
-    path: &str,
+    request: CopyRequest<'_>,
     job: &mut Job<'_, impl Incoming, impl Outgoing>,
 ) -> Result<(CopyReport, Option<FsIdentity>), CopyReport> {
     let mut report = CopyReport::new();
-    let authorized = if path.starts_with('/') {
-        resolve_user(user, job.requester, job.settings).map(RunAs::fs_identity)
-    } else {
-        Err(ErrorReport::new(
-            ErrorKind::BadRequest,
-            format!("remote paths must be absolute: {path:?}"),
-        ))
-    };
-    match authorized {
-        Ok((user, identity)) => {
-            report.user = user;
-            Ok((report, identity))
-        }
+    match authorize(request, job.requester, job.settings, &mut report) {
+        Ok(identity) => Ok((report, identity)),
         Err(refusal) => {
             fail(job.outgoing, &mut report, refusal).await;
             Err(report)
@@ -225,35 +260,12 @@ async fn push(
     job: Job<'_, impl Incoming, impl Outgoing>,
     mut report: CopyReport,
     identity: Option<FsIdentity>,
+    mut keepalive: Keepalive,
 ) -> CopyReport {
-    let as_root = identity
-        .as_ref()
-        .map_or(nix::unistd::geteuid(), FsIdentity::uid)
-        .is_root();
-    if request.preserve_owner && !as_root {
-        let refusal = ErrorReport::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "keeping owners (-p) needs a copy that runs as root; this one runs as {:?}",
-                report.user
-            ),
-        );
-        fail(job.outgoing, &mut report, refusal).await;
-        return report;
-    }
     let (items, queue) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (dest, limit) = (PathBuf::from(&request.dest), job.settings.max_copy_bytes);
     let keep_owners = request.preserve_owner;
-    let mut keepalive = Keepalive::of(job.settings);
-    let started = AgentMessage::CopyStarted {
-        keepalive: keepalive.interval(),
-    };
-    if job.outgoing.send(started).await.is_err() {
-        report.outcome = "client gone before the copy".into();
-        return report;
-    }
-    keepalive.sent();
     std::thread::spawn(move || {
         let _ = done_tx.send(write_tree(identity, dest, limit, keep_owners, queue));
     });
@@ -405,20 +417,12 @@ async fn pull(
     job: Job<'_, impl Incoming, impl Outgoing>,
     mut report: CopyReport,
     identity: Option<FsIdentity>,
+    mut keepalive: Keepalive,
 ) -> CopyReport {
-    let mut keepalive = Keepalive::of(job.settings);
-    let started = AgentMessage::CopyStarted {
-        keepalive: keepalive.interval(),
-    };
-    if job.outgoing.feed(started).await.is_err() {
-        report.outcome = "client gone before the copy".into();
-        return report;
-    }
     let (out, mut items) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
     let owners = request.preserve_owner;
     std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
-    keepalive.sent();
     loop {
         let next = tokio::select! {
             next = items.recv() => next,
