@@ -4,9 +4,10 @@
 //! Every key is optional; a key left out keeps the default from
 //! [`crate::config`]. The file is strict: an unknown key, a value of the
 //! wrong type or a malformed duration is an error that names the key and its
-//! line, so a typo never silently leaves a limit at its default. Command line
-//! flags are applied by `main.rs` on top of what this module produces. Which
-//! file is read, and when, is `main.rs`'s business too.
+//! line, so a typo never silently leaves a limit at its default. The `run`
+//! flags are the same struct, parsed by clap, laid over the file's values
+//! before they become settings. Which file is read, and when, is
+//! `main.rs`'s business.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,95 +26,116 @@ pub const CONFIG_FILE_NAME: &str = "agent.toml";
 /// Where the agent listens unless told otherwise: every IPv4 address, port 7722.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7722";
 
-/// The config file as written: every key optional.
+/// The settings as the config file and the `run` flags give them: every
+/// one optional, each declared here once for both.
 ///
-/// Field names are the file's keys and match the `run` flags (with `_` for
-/// `-`). A duration is a string in humantime form: `"10s"`, `"1m 30s"`,
-/// `"2h"`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// Field names are the file's keys and, with `-` for `_`, the `run` flags;
+/// the doc comments are the flags' help. A flag given is laid over the
+/// file's value of the same name ([`ConfigFile::over`]). A duration is a
+/// string in humantime form: `"10s"`, `"1m 30s"`, `"2h"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
-    /// The directory with the identity and the authorized clients file.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The directory with the identity and the authorized clients file (the
+    /// `--dir` flag is global, so not one of these).
+    #[arg(skip)]
     pub dir: Option<PathBuf>,
-    /// Addresses to listen on; ignored when systemd passes the sockets.
-    #[serde(
-        default,
-        deserialize_with = "one_or_more_addresses",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Address to listen on (repeatable) [default: 0.0.0.0:7722]. Port 0
+    /// picks a free port; the bound address is logged as "listening on
+    /// ADDR". Ignored when systemd passes listening sockets (LISTEN_FDS).
+    #[arg(long)]
+    #[serde(deserialize_with = "one_or_more_addresses")]
     pub listen: Option<Vec<SocketAddr>>,
-    /// Most concurrent sessions.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most concurrent sessions of clients that finished their handshake;
+    /// more are told the agent is busy [default: 256].
+    #[arg(long)]
     pub max_sessions: Option<NonZeroUsize>,
-    /// The budget of unfinished handshakes, `"START:RATE:FULL"` or a number.
-    #[serde(
-        default,
-        with = "max_startups_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Connections still in their handshake, as sshd's MaxStartups
+    /// START:RATE:FULL: from START on, new connections from an address that
+    /// already has one are dropped at random (RATE percent, rising to all
+    /// at FULL) [default: 32:30:128].
+    #[arg(long)]
+    #[serde(with = "text_opt")]
     pub max_startups: Option<MaxStartups>,
-    /// Most unfinished handshakes from one address.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Connections still in their handshake from one address (IPv6: one
+    /// /64); more from it are closed at once [default: 16].
+    #[arg(long)]
     pub per_source_max_startups: Option<NonZeroUsize>,
-    /// Most concurrent execs for all clients.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most commands running at once for all clients; more are refused as
+    /// busy [default: 128].
+    #[arg(long)]
     pub max_execs: Option<NonZeroUsize>,
-    /// Most concurrent execs per client.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most concurrent execs per client; more are refused as busy
+    /// [default: 64].
+    #[arg(long)]
     pub max_execs_per_client: Option<NonZeroUsize>,
-    /// Time a connection has to finish TLS and send its request.
-    #[serde(
-        default,
-        with = "humantime_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Time a connection has to complete TLS and send its request
+    /// [default: 5s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
     pub handshake_timeout: Option<Duration>,
-    /// SIGTERM-to-SIGKILL grace when a command's group is killed.
-    #[serde(
-        default,
-        with = "humantime_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Time between SIGTERM and SIGKILL when a command's group is killed
+    /// [default: 2s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
     pub kill_grace: Option<Duration>,
-    /// On SIGTERM, how long running commands may go on.
-    #[serde(
-        default,
-        with = "humantime_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// On SIGTERM, how long running commands may go on before they are
+    /// killed [default: 10s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
     pub shutdown_grace: Option<Duration>,
-    /// The longest any command may run; `"0s"` means no limit.
-    #[serde(
-        default,
-        with = "humantime_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// The longest any command may run (e.g. 1h); applied when the client
+    /// asks for no timeout or a longer one. 0 means no limit [default: no
+    /// limit].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
     pub max_timeout: Option<Duration>,
-    /// Quiet time before a keepalive; `"0s"` disables keepalives.
-    #[serde(
-        default,
-        with = "humantime_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Quiet time after which a keepalive is sent to the client; 0
+    /// disables keepalives [default: 15s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
     pub keepalive_interval: Option<Duration>,
-    /// Unanswered keepalives after which a client counts as gone.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Unanswered keepalive intervals after which a client counts as gone
+    /// and its command is killed [default: 4].
+    #[arg(long)]
     pub keepalive_count: Option<NonZeroU32>,
-    /// The shell that runs commands as `SHELL -c COMMAND`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The shell that runs commands as SHELL -c COMMAND [default: /bin/sh].
+    #[arg(long)]
     pub shell: Option<PathBuf>,
-    /// The most file data one push may write, in bytes; 0: no limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The most file data one `ctl cp` push may write, in bytes; 0 means
+    /// no limit [default: no limit].
+    #[arg(long)]
     pub max_copy_bytes: Option<u64>,
     /// Client name to the users it may run commands as (`"*"`: any), the
-    /// first being its default.
-    #[serde(
-        default,
-        deserialize_with = "run_as_rules",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// first being its default; in the file only.
+    #[arg(skip)]
+    #[serde(deserialize_with = "run_as_rules")]
     pub run_as: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Calls `$apply!` with every key of [`ConfigFile`], so that code that
+/// goes through them all names them in one place.
+macro_rules! every_key {
+    ($apply:ident) => {
+        $apply!(
+            dir,
+            listen,
+            max_sessions,
+            max_startups,
+            per_source_max_startups,
+            max_execs,
+            max_execs_per_client,
+            handshake_timeout,
+            kill_grace,
+            shutdown_grace,
+            max_timeout,
+            keepalive_interval,
+            keepalive_count,
+            shell,
+            max_copy_bytes,
+            run_as
+        )
+    };
 }
 
 /// Why the config file could not be used.
@@ -289,31 +311,24 @@ impl ConfigFile {
     pub fn changed_keys(&self, other: &ConfigFile) -> Vec<&'static str> {
         let mut changed = Vec::new();
         macro_rules! compare {
-            ($($field:ident),*) => {
-                $(if self.$field != other.$field {
-                    changed.push(stringify!($field));
+            ($($key:ident),*) => {
+                $(if self.$key != other.$key {
+                    changed.push(stringify!($key));
                 })*
             };
         }
-        compare!(
-            dir,
-            listen,
-            max_sessions,
-            max_startups,
-            per_source_max_startups,
-            max_execs,
-            max_execs_per_client,
-            handshake_timeout,
-            kill_grace,
-            shutdown_grace,
-            max_timeout,
-            keepalive_interval,
-            keepalive_count,
-            shell,
-            max_copy_bytes,
-            run_as
-        );
+        every_key!(compare);
         changed
+    }
+
+    /// `self` (the flags given) laid over `file`: a key set here wins.
+    pub fn over(self, file: ConfigFile) -> ConfigFile {
+        macro_rules! merge {
+            ($($key:ident),*) => {
+                ConfigFile { $($key: self.$key.or(file.$key)),* }
+            };
+        }
+        every_key!(merge)
     }
 }
 
@@ -378,44 +393,6 @@ fn one_or_more_addresses<'de, D: Deserializer<'de>>(
     d.deserialize_any(Addresses).map(Some)
 }
 
-/// `max_startups = "10:30:100"`, or `max_startups = 100` for a plain cap.
-mod max_startups_opt {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(value: &Option<MaxStartups>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(policy) => s.serialize_str(&policy.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MaxStartups>, D::Error> {
-        d.deserialize_any(Visitor).map(Some)
-    }
-
-    struct Visitor;
-
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = MaxStartups;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("\"START:RATE:FULL\" in quotes, such as \"32:30:128\", or one number")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<MaxStartups, E> {
-            text.parse().map_err(E::custom)
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxStartups, E> {
-            self.visit_str(&n.to_string())
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxStartups, E> {
-            self.visit_str(&n.to_string())
-        }
-    }
-}
-
 /// The `[run_as]` table: each client needs at least one user, and no user
 /// name is empty.
 fn run_as_rules<'de, D: Deserializer<'de>>(
@@ -437,32 +414,93 @@ fn run_as_rules<'de, D: Deserializer<'de>>(
     Ok(Some(rules))
 }
 
-/// Durations as humantime strings (`"10s"`, `"1m 30s"`).
-mod humantime_opt {
+/// A value the file writes as a string: a duration (`"10s"`, `"1m 30s"`),
+/// or `max_startups` (`"10:30:100"`, or `100` for a plain cap).
+trait Text: Sized {
+    /// What the file should say instead, for the error message.
+    const EXPECTING: &'static str;
+    /// Whether a bare number stands for its own digits.
+    const NUMBER: bool;
+    /// The value as the file writes it.
+    fn render(&self) -> String;
+    /// The value the file's text says, or what is wrong with it.
+    fn read(text: &str) -> Result<Self, String>;
+}
+
+impl Text for Duration {
+    const EXPECTING: &'static str = "a duration in quotes, such as \"10s\", \"1m 30s\" or \"2h\"";
+    const NUMBER: bool = false;
+
+    fn render(&self) -> String {
+        humantime::format_duration(*self).to_string()
+    }
+
+    fn read(text: &str) -> Result<Self, String> {
+        crate::config::parse_duration(text)
+    }
+}
+
+impl Text for MaxStartups {
+    const EXPECTING: &'static str =
+        "\"START:RATE:FULL\" in quotes, such as \"32:30:128\", or one number";
+    const NUMBER: bool = true;
+
+    fn render(&self) -> String {
+        self.to_string()
+    }
+
+    fn read(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|e: crate::limits::ParseMaxStartupsError| e.to_string())
+    }
+}
+
+/// `Option<T: Text>` fields, as their text.
+mod text_opt {
+    use std::marker::PhantomData;
+
+    use serde::de::{Error, Unexpected};
+
     use super::*;
 
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Text, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Some(value) => s.serialize_str(&value.render()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        d.deserialize_str(DurationVisitor).map(Some)
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(Visitor(PhantomData)).map(Some)
     }
 
-    struct DurationVisitor;
+    struct Visitor<T>(PhantomData<T>);
 
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
+    impl<T: Text> serde::de::Visitor<'_> for Visitor<T> {
+        type Value = T;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration in quotes, such as \"10s\", \"1m 30s\" or \"2h\"")
+            f.write_str(T::EXPECTING)
         }
 
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            crate::config::parse_duration(text).map_err(E::custom)
+        fn visit_str<E: Error>(self, text: &str) -> Result<T, E> {
+            T::read(text).map_err(E::custom)
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<T, E> {
+            if T::NUMBER {
+                self.visit_str(&n.to_string())
+            } else {
+                Err(E::invalid_type(Unexpected::Signed(n), &self))
+            }
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<T, E> {
+            if T::NUMBER {
+                self.visit_str(&n.to_string())
+            } else {
+                Err(E::invalid_type(Unexpected::Unsigned(n), &self))
+            }
         }
     }
 }
@@ -477,6 +515,13 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    /// The error for `text`, checked to begin with `start`.
+    fn error_starting(text: &str, start: &str) -> String {
+        let e = error(text);
+        assert!(e.starts_with(start), "{e}");
+        e
     }
 
     #[test]
@@ -591,10 +636,9 @@ ops = ["*"]
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let e = error("max_sessions = 4\n\nmax_sesions = 5\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:3:1: unknown key `max_sesions`"),
-            "{e}"
+        error_starting(
+            "max_sessions = 4\n\nmax_sesions = 5\n",
+            "/etc/rexec/agent.toml:3:1: unknown key `max_sesions`",
         );
     }
 
@@ -607,49 +651,43 @@ ops = ["*"]
 
     #[test]
     fn bad_duration_names_key_line_and_column() {
-        let e = error("# limits\nhandshake_timeout = \"10 parsecs\"\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:2:21: bad value for `handshake_timeout`: invalid duration \"10 parsecs\""),
-            "{e}"
+        error_starting(
+            "# limits\nhandshake_timeout = \"10 parsecs\"\n",
+            "/etc/rexec/agent.toml:2:21: bad value for `handshake_timeout`: invalid duration \"10 parsecs\"",
         );
     }
 
     #[test]
     fn unquoted_duration_says_what_is_expected() {
-        let e = error("kill_grace = 10\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:1:14: bad value for `kill_grace`"),
-            "{e}"
+        let e = error_starting(
+            "kill_grace = 10\n",
+            "/etc/rexec/agent.toml:1:14: bad value for `kill_grace`",
         );
         assert!(e.contains("a duration in quotes"), "{e}");
     }
 
     #[test]
     fn wrong_type_and_zero_limits_are_refused() {
-        let e = error("max_sessions = \"many\"\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:1:16: bad value for `max_sessions`"),
-            "{e}"
+        error_starting(
+            "max_sessions = \"many\"\n",
+            "/etc/rexec/agent.toml:1:16: bad value for `max_sessions`",
         );
-        let e = error("\nmax_execs_per_client = 0\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:2:24: bad value for `max_execs_per_client`"),
-            "{e}"
+        let e = error_starting(
+            "\nmax_execs_per_client = 0\n",
+            "/etc/rexec/agent.toml:2:24: bad value for `max_execs_per_client`",
         );
         assert!(e.contains("nonzero"), "{e}");
     }
 
     #[test]
     fn bad_listen_address_and_run_as_entry_name_their_place() {
-        let e = error("listen = [\"127.0.0.1:7722\", \"localhost\"]\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:1:29: bad value for `listen[1]`"),
-            "{e}"
+        error_starting(
+            "listen = [\"127.0.0.1:7722\", \"localhost\"]\n",
+            "/etc/rexec/agent.toml:1:29: bad value for `listen[1]`",
         );
-        let e = error("[run_as]\nalice = [\"www-data\", 3]\n");
-        assert!(
-            e.starts_with("/etc/rexec/agent.toml:2:22: bad value for `run_as.alice[1]`"),
-            "{e}"
+        error_starting(
+            "[run_as]\nalice = [\"www-data\", 3]\n",
+            "/etc/rexec/agent.toml:2:22: bad value for `run_as.alice[1]`",
         );
     }
 
@@ -677,12 +715,9 @@ ops = ["*"]
     fn listen_takes_one_address_or_a_list() {
         let one = parse("listen = \"127.0.0.1:7000\"\n").unwrap();
         assert_eq!(one.listen(), vec!["127.0.0.1:7000".parse().unwrap()]);
-        let e = error("listen = \"localhost\"\n");
-        assert!(
-            e.starts_with(
-                "/etc/rexec/agent.toml:1:10: bad value for `listen`: invalid address \"localhost\""
-            ),
-            "{e}"
+        error_starting(
+            "listen = \"localhost\"\n",
+            "/etc/rexec/agent.toml:1:10: bad value for `listen`: invalid address \"localhost\"",
         );
     }
 
@@ -707,10 +742,9 @@ ops = ["*"]
             "\"10:30\"",
             "-1",
         ] {
-            let e = error(&format!("max_startups = {bad}\n"));
-            assert!(
-                e.starts_with("/etc/rexec/agent.toml:1:16: bad value for `max_startups`"),
-                "{e}"
+            error_starting(
+                &format!("max_startups = {bad}\n"),
+                "/etc/rexec/agent.toml:1:16: bad value for `max_startups`",
             );
         }
     }

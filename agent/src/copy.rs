@@ -26,17 +26,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use nix::unistd::{Gid, Uid};
+use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, ErrorReport, FrameError, PullRequest,
     PushRequest,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
-use crate::exec::{Requester, RunAs, name_of, resolve_user};
+use crate::job::{Incoming, Job, Outgoing, name_of, refuse, refused};
+use crate::keepalive::Keepalive;
+use crate::run_as::{FsIdentity, Requester, resolve_user, take_identity};
 
 /// Items queued between the connection and a copy's worker thread.
 const WORKER_QUEUE: usize = 8;
@@ -65,133 +65,133 @@ impl CopyReport {
     }
 }
 
-/// The file-system identity a copy's worker thread takes.
-#[derive(Debug, Clone)]
-struct FsIdentity {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
+/// A copy request, either way.
+#[derive(Debug, Clone, Copy)]
+pub enum CopyRequest<'a> {
+    /// Files from the client into place here.
+    Push(&'a PushRequest),
+    /// Files from here to the client.
+    Pull(&'a PullRequest),
 }
 
-/// Whom the copy runs as, or why not; refuses a relative path too.
+impl CopyRequest<'_> {
+    /// `push` or `pull`, as the audit log says.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            CopyRequest::Push(_) => "push",
+            CopyRequest::Pull(_) => "pull",
+        }
+    }
+
+    /// The path on this machine: where a push goes, what a pull sends.
+    pub fn path(&self) -> &str {
+        match self {
+            CopyRequest::Push(push) => &push.dest,
+            CopyRequest::Pull(pull) => &pull.path,
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            CopyRequest::Push(push) => push.user.as_deref(),
+            CopyRequest::Pull(pull) => pull.user.as_deref(),
+        }
+    }
+}
+
+/// Carries out a copy request, as the user the run-as rules give it.
+pub async fn serve(
+    request: CopyRequest<'_>,
+    mut job: Job<'_, impl Incoming, impl Outgoing>,
+) -> CopyReport {
+    let (mut report, identity) = match begin(request, &mut job).await {
+        Ok(begun) => begun,
+        Err(refused) => return refused,
+    };
+    let mut keepalive = Keepalive::of(job.settings);
+    let started = AgentMessage::CopyStarted {
+        keepalive: keepalive.interval(),
+    };
+    // A push's client waits for this before it sends; a pull's items follow.
+    let sent = match request {
+        CopyRequest::Push(_) => job.outgoing.send(started).await,
+        CopyRequest::Pull(_) => job.outgoing.feed(started).await,
+    };
+    if sent.is_err() {
+        report.outcome = "client gone before the copy".into();
+        return report;
+    }
+    keepalive.sent();
+    match request {
+        CopyRequest::Push(push) => self::push(push, job, report, identity, keepalive).await,
+        CopyRequest::Pull(pull) => self::pull(pull, job, report, identity, keepalive).await,
+    }
+}
+
+/// Whom the copy runs as (noted in `report`), or why it may not run: a
+/// relative path, the run-as rules, or keeping owners without root.
 fn authorize(
-    user: Option<&str>,
-    path: &str,
+    request: CopyRequest<'_>,
     requester: Requester<'_>,
     settings: &AgentSettings,
-) -> Result<(String, Option<FsIdentity>), ErrorReport> {
+    report: &mut CopyReport,
+) -> Result<Option<FsIdentity>, ErrorReport> {
+    let path = request.path();
     if !path.starts_with('/') {
         return Err(ErrorReport::new(
             ErrorKind::BadRequest,
             format!("remote paths must be absolute: {path:?}"),
         ));
     }
-    let RunAs { user, switch } = resolve_user(user, requester, settings)?;
-    let identity = switch.map(|groups| FsIdentity {
-        uid: user.uid,
-        gid: user.gid,
-        groups,
-    });
-    Ok((user.name, identity))
-}
-
-/// On the worker thread, before any file work: takes `identity` for this
-/// thread only, then gives up every capability of this thread. glibc's
-/// `setgroups` would change every thread of the agent, so the groups are
-/// set with the raw system call; `setfsuid`, `setfsgid` and `capset` are
-/// per thread by nature.
-fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
-    let Some(identity) = identity else {
-        return Ok(());
-    };
-    let failed = |what: &str| {
-        CopyError::new(
-            ErrorKind::Internal,
+    let (user, identity) = resolve_user(request.user(), requester, settings)?.fs_identity();
+    report.user = user;
+    let as_root = identity
+        .as_ref()
+        .map_or(nix::unistd::geteuid(), FsIdentity::uid)
+        .is_root();
+    if matches!(request, CopyRequest::Push(push) if push.preserve_owner) && !as_root {
+        return Err(ErrorReport::new(
+            ErrorKind::PermissionDenied,
             format!(
-                "cannot take the file-system identity of uid {}: {what}: {}",
-                identity.uid,
-                std::io::Error::last_os_error()
+                "keeping owners (-p) needs a copy that runs as root; this one runs as {:?}",
+                report.user
             ),
-        )
-    };
-    let groups: Vec<nix::libc::gid_t> = identity.groups.iter().map(|g| g.as_raw()).collect();
-    // SAFETY: the pointer and length describe `groups`, alive for the call;
-    // the system call changes this thread's credentials only.
-    let status =
-        unsafe { nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-    if status != 0 {
-        return Err(failed("setgroups"));
+        ));
     }
-    nix::unistd::setfsgid(identity.gid);
-    nix::unistd::setfsuid(identity.uid);
-    // Both calls report the previous value; asking again confirms the change.
-    let no_change = Gid::from_raw(u32::MAX);
-    if nix::unistd::setfsgid(no_change) != identity.gid {
-        return Err(failed("setfsgid"));
-    }
-    if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != identity.uid {
-        return Err(failed("setfsuid"));
-    }
-    drop_capabilities().map_err(|e| {
-        CopyError::new(
-            ErrorKind::Internal,
-            format!("cannot give up the agent's capabilities for the copy: {e}"),
-        )
-    })
+    Ok(identity)
 }
 
-/// Clears this thread's effective, permitted and inheritable capability
-/// sets, for good: what the thread does next it does with the file-system
-/// identity alone, as the user would.
-fn drop_capabilities() -> std::io::Result<()> {
-    use rustix::thread::{CapabilitySet, CapabilitySets, set_capabilities};
-    let none = CapabilitySets {
-        effective: CapabilitySet::empty(),
-        permitted: CapabilitySet::empty(),
-        inheritable: CapabilitySet::empty(),
-    };
-    set_capabilities(None, none)?;
-    Ok(())
+/// The start of every copy: its report and whom it runs as; or, when it
+/// may not run, the report of the refusal the client has been sent.
+async fn begin(
+    request: CopyRequest<'_>,
+    job: &mut Job<'_, impl Incoming, impl Outgoing>,
+) -> Result<(CopyReport, Option<FsIdentity>), CopyReport> {
+    let mut report = CopyReport::new();
+    match authorize(request, job.requester, job.settings, &mut report) {
+        Ok(identity) => Ok((report, identity)),
+        Err(refusal) => {
+            fail(job.outgoing, &mut report, refusal).await;
+            Err(report)
+        }
+    }
 }
 
 fn report_of(e: CopyError) -> ErrorReport {
     ErrorReport::new(e.kind, e.message)
 }
 
-async fn fail<W>(outgoing: &mut W, report: &mut CopyReport, error: ErrorReport)
-where
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
-    report.outcome = format!("refused ({}): {}", error.kind, error.message);
-    let _ = outgoing.feed(AgentMessage::Error(error)).await;
-    let _ = outgoing.close().await;
+/// What a copy is told when the agent shuts down under it.
+fn shut_down() -> ErrorReport {
+    ErrorReport::new(
+        ErrorKind::ShuttingDown,
+        "agent shutting down; the copy was abandoned",
+    )
 }
 
-/// The longest the agent waits for the next piece of a push before it takes
-/// the client as gone (the client sends all the time during a push).
-fn silence_bound(settings: &AgentSettings) -> Duration {
-    let keepalive = settings
-        .keepalive_interval
-        .saturating_mul(settings.keepalive_count.max(1));
-    if keepalive.is_zero() {
-        settings.handshake_timeout.saturating_mul(6)
-    } else {
-        keepalive
-    }
-}
-
-/// The agent's keepalive interval, `None` when it sends none.
-fn keepalive_of(settings: &AgentSettings) -> Option<Duration> {
-    (!settings.keepalive_interval.is_zero()).then_some(settings.keepalive_interval)
-}
-
-/// Resolves when a keepalive is due, `interval` after `last_sent`; never
-/// when there is no interval.
-async fn keepalive_due(interval: Option<Duration>, last_sent: tokio::time::Instant) {
-    match interval.and_then(|i| last_sent.checked_add(i)) {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
+/// Refuses the copy with `error`, noting it in `report`.
+async fn fail(outgoing: &mut impl Outgoing, report: &mut CopyReport, error: ErrorReport) {
+    report.outcome = refused(&refuse(outgoing, error).await);
 }
 
 /// How long, after refusing a push, we go on reading (and dropping) what
@@ -202,10 +202,7 @@ const LAST_WORD: Duration = Duration::from_secs(5);
 
 /// Reads and drops what the client still sends, until it closes or
 /// [`LAST_WORD`] passes.
-async fn drain<R>(incoming: &mut R)
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-{
+async fn drain(incoming: &mut impl Incoming) {
     let _ = tokio::time::timeout(LAST_WORD, async {
         while let Some(Ok(_)) = incoming.next().await {}
     })
@@ -257,62 +254,26 @@ fn write_tree(
     Err(CopyError::new(ErrorKind::Internal, "abandoned"))
 }
 
-/// Receives a pushed tree into `request.dest`.
-pub async fn serve_push<R, W>(
+/// Receives a pushed tree into `request.dest`, as `identity`.
+async fn push(
     request: &PushRequest,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    incoming: &mut R,
-    outgoing: &mut W,
-    kill: &CancellationToken,
-) -> CopyReport
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
-    let mut report = CopyReport::new();
-    let identity = match authorize(request.user.as_deref(), &request.dest, requester, settings) {
-        Ok((user, identity)) => {
-            report.user = user;
-            identity
-        }
-        Err(refusal) => {
-            fail(outgoing, &mut report, refusal).await;
-            return report;
-        }
-    };
-    let as_root = identity
-        .as_ref()
-        .map_or(nix::unistd::geteuid(), |i| i.uid)
-        .is_root();
-    if request.preserve_owner && !as_root {
-        let refusal = ErrorReport::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "keeping owners (-p) needs a copy that runs as root; this one runs as {:?}",
-                report.user
-            ),
-        );
-        fail(outgoing, &mut report, refusal).await;
-        return report;
-    }
+    job: Job<'_, impl Incoming, impl Outgoing>,
+    mut report: CopyReport,
+    identity: Option<FsIdentity>,
+    mut keepalive: Keepalive,
+) -> CopyReport {
     let (items, queue) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (done_tx, done) = tokio::sync::oneshot::channel();
-    let (dest, limit) = (PathBuf::from(&request.dest), settings.max_copy_bytes);
+    let (dest, limit) = (PathBuf::from(&request.dest), job.settings.max_copy_bytes);
     let keep_owners = request.preserve_owner;
-    let keepalive = keepalive_of(settings);
-    let started = AgentMessage::CopyStarted { keepalive };
-    if outgoing.send(started).await.is_err() {
-        report.outcome = "client gone before the copy".into();
-        return report;
-    }
     std::thread::spawn(move || {
         let _ = done_tx.send(write_tree(identity, dest, limit, keep_owners, queue));
     });
 
-    let bound = silence_bound(settings);
+    // The client sends all the time during a push; without keepalives, we
+    // give it six handshakes' time.
+    let bound = keepalive.silence_bound(job.settings.handshake_timeout.saturating_mul(6));
     let mut last_heard = tokio::time::Instant::now();
-    let mut last_sent = last_heard;
     // Why the connection side stopped early, if it did.
     let mut stopped: Option<String> = None;
     loop {
@@ -320,19 +281,18 @@ where
             .checked_add(bound)
             .unwrap_or_else(|| last_heard + Duration::from_secs(86400 * 365));
         let next = tokio::select! {
-            next = tokio::time::timeout_at(silent_at, incoming.next()) => next,
-            () = keepalive_due(keepalive, last_sent) => {
-                let sent = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
+            next = tokio::time::timeout_at(silent_at, job.incoming.next()) => next,
+            () = keepalive.due() => {
+                let sent = tokio::time::timeout(bound, job.outgoing.send(AgentMessage::Keepalive)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     stopped = Some("client gone, abandoned".into());
                     break;
                 }
-                last_sent = tokio::time::Instant::now();
+                keepalive.sent();
                 continue;
             }
-            () = kill.cancelled() => {
-                let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
-                fail(outgoing, &mut report, refusal).await;
+            () = job.kill.cancelled() => {
+                fail(job.outgoing, &mut report, shut_down()).await;
                 stopped = Some(report.outcome.clone());
                 break;
             }
@@ -352,7 +312,7 @@ where
             }
             Ok(Some(Err(e))) => {
                 fail(
-                    outgoing,
+                    job.outgoing,
                     &mut report,
                     ErrorReport::new(ErrorKind::Protocol, e.to_string()),
                 )
@@ -374,7 +334,7 @@ where
                         ErrorKind::Protocol,
                         format!("unexpected {} during a push", name_of(&other)),
                     );
-                    fail(outgoing, &mut report, refusal).await;
+                    fail(job.outgoing, &mut report, refusal).await;
                     stopped = Some(report.outcome.clone());
                     break;
                 }
@@ -393,9 +353,9 @@ where
     let result = loop {
         tokio::select! {
             result = &mut done => break result,
-            () = keepalive_due(keepalive, last_sent), if stopped.is_none() => {
-                let _ = tokio::time::timeout(bound, outgoing.send(AgentMessage::Keepalive)).await;
-                last_sent = tokio::time::Instant::now();
+            () = keepalive.due(), if stopped.is_none() => {
+                let _ = tokio::time::timeout(bound, job.outgoing.send(AgentMessage::Keepalive)).await;
+                keepalive.sent();
             }
         }
     }
@@ -406,13 +366,13 @@ where
             report.entries = entries;
             report.bytes = bytes;
             let done = AgentMessage::CopyDone(CopyDone { entries, bytes });
-            if outgoing.feed(done).await.is_err() || outgoing.close().await.is_err() {
+            if job.outgoing.feed(done).await.is_err() || job.outgoing.close().await.is_err() {
                 report.outcome = "client gone after the copy".into();
             }
         }
         (None, Err(e)) => {
-            fail(outgoing, &mut report, report_of(e)).await;
-            drain(incoming).await;
+            fail(job.outgoing, &mut report, report_of(e)).await;
+            drain(job.incoming).await;
         }
     }
     report
@@ -450,52 +410,26 @@ fn read_tree(
     let _ = out.blocking_send(last);
 }
 
-/// Sends the file or tree at `request.path`, noticing a client that goes
-/// away meanwhile.
-pub async fn serve_pull<R, W>(
+/// Sends the file or tree at `request.path`, as `identity`, noticing a
+/// client that goes away meanwhile.
+async fn pull(
     request: &PullRequest,
-    requester: Requester<'_>,
-    settings: &AgentSettings,
-    incoming: &mut R,
-    outgoing: &mut W,
-    kill: &CancellationToken,
-) -> CopyReport
-where
-    R: Stream<Item = Result<ClientMessage, FrameError>> + Unpin,
-    W: Sink<AgentMessage, Error = FrameError> + Unpin,
-{
-    let mut report = CopyReport::new();
-    let identity = match authorize(request.user.as_deref(), &request.path, requester, settings) {
-        Ok((user, identity)) => {
-            report.user = user;
-            identity
-        }
-        Err(refusal) => {
-            fail(outgoing, &mut report, refusal).await;
-            return report;
-        }
-    };
-    let keepalive = keepalive_of(settings);
-    if outgoing
-        .feed(AgentMessage::CopyStarted { keepalive })
-        .await
-        .is_err()
-    {
-        report.outcome = "client gone before the copy".into();
-        return report;
-    }
+    job: Job<'_, impl Incoming, impl Outgoing>,
+    mut report: CopyReport,
+    identity: Option<FsIdentity>,
+    mut keepalive: Keepalive,
+) -> CopyReport {
     let (out, mut items) = tokio::sync::mpsc::channel(WORKER_QUEUE);
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
     let owners = request.preserve_owner;
     std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
-    let mut last_sent = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             next = items.recv() => next,
             // The client says nothing during a pull but its keepalives;
             // its end (or garbage) ends the pull. Dropping `items` stops
             // the worker at its next item.
-            heard = incoming.next() => match heard {
+            heard = job.incoming.next() => match heard {
                 Some(Ok(ClientMessage::Keepalive)) => continue,
                 None | Some(Err(FrameError::Io(_))) => {
                     report.outcome = "client gone, abandoned".into();
@@ -506,25 +440,24 @@ where
                         ErrorKind::Protocol,
                         format!("unexpected {} during a pull", name_of(&other)),
                     );
-                    fail(outgoing, &mut report, refusal).await;
+                    fail(job.outgoing, &mut report, refusal).await;
                     break;
                 }
                 Some(Err(e)) => {
-                    fail(outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
+                    fail(job.outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
                     break;
                 }
             },
-            () = keepalive_due(keepalive, last_sent) => {
-                if outgoing.send(AgentMessage::Keepalive).await.is_err() {
+            () = keepalive.due() => {
+                if job.outgoing.send(AgentMessage::Keepalive).await.is_err() {
                     report.outcome = "client gone, abandoned".into();
                     break;
                 }
-                last_sent = tokio::time::Instant::now();
+                keepalive.sent();
                 continue;
             }
-            () = kill.cancelled() => {
-                let refusal = ErrorReport::new(ErrorKind::ShuttingDown, "agent shutting down; the copy was abandoned");
-                fail(outgoing, &mut report, refusal).await;
+            () = job.kill.cancelled() => {
+                fail(job.outgoing, &mut report, shut_down()).await;
                 break;
             }
         };
@@ -535,20 +468,20 @@ where
             Some(FromReader::End { entries, bytes }) => {
                 report.entries = entries;
                 report.bytes = bytes;
-                if outgoing.feed(AgentMessage::CopyEnd).await.is_err()
-                    || outgoing.close().await.is_err()
+                if job.outgoing.feed(AgentMessage::CopyEnd).await.is_err()
+                    || job.outgoing.close().await.is_err()
                 {
                     report.outcome = "client gone, abandoned".into();
                 }
                 break;
             }
             Some(FromReader::Failed(e)) => {
-                fail(outgoing, &mut report, report_of(e)).await;
+                fail(job.outgoing, &mut report, report_of(e)).await;
                 break;
             }
             None => {
                 fail(
-                    outgoing,
+                    job.outgoing,
                     &mut report,
                     ErrorReport::new(ErrorKind::Internal, "the copy worker died"),
                 )
@@ -561,15 +494,15 @@ where
         // must not leave what it did read waiting in our buffer.
         let flush = items.is_empty();
         let sent = if flush {
-            outgoing.send(message).await
+            job.outgoing.send(message).await
         } else {
-            outgoing.feed(message).await
+            job.outgoing.feed(message).await
         };
         if sent.is_err() {
             report.outcome = "client gone, abandoned".into();
             break;
         }
-        last_sent = tokio::time::Instant::now();
+        keepalive.sent();
     }
     report
 }

@@ -2,9 +2,9 @@
 //! runs their commands, streaming output back as it comes.
 //!
 //! `main.rs` is a thin command line over this library: it builds
-//! [`config::AgentSettings`], loads [`server::AgentState`], binds listeners and
+//! [`config::AgentSettings`], loads [`state::AgentState`], binds listeners and
 //! calls [`server::serve`] with the signal sources wired to
-//! [`server::Shutdown`]. Tests can do the same in-process.
+//! [`state::Shutdown`]. Tests can do the same in-process.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -14,8 +14,14 @@ pub mod config;
 pub mod config_file;
 pub mod copy;
 pub mod exec;
+pub mod job;
+pub mod keepalive;
 pub mod limits;
 pub mod notify;
+pub mod peer;
 pub mod pty;
+pub mod refusals;
+pub mod run_as;
 pub mod server;
 pub mod session;
+pub mod state;

@@ -6,7 +6,6 @@
 //! and reports readiness, status and stopping (see `notify`).
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,9 +19,9 @@ use rexec_agent::authorized::{self, AuthorizeError, AuthorizedClient};
 use rexec_agent::config::{self, AgentSettings};
 use rexec_agent::config_file::{self, ConfigFile};
 use rexec_agent::exec;
-use rexec_agent::limits::MaxStartups;
 use rexec_agent::notify;
-use rexec_agent::server::{self, AgentState, Shutdown};
+use rexec_agent::server;
+use rexec_agent::state::{AgentState, Shutdown};
 use rexec_protocol::{Fingerprint, Identity, IdentityError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -44,6 +43,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Run`'s settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the agent's identity in --dir and print its fingerprint.
@@ -79,114 +80,12 @@ enum Command {
 /// of the same name, which overrides the default.
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
-    /// Address to listen on (repeatable) [default: 0.0.0.0:7722]. Port 0
-    /// picks a free port; the bound address is logged as "listening on
-    /// ADDR". Ignored when systemd passes listening sockets (LISTEN_FDS).
-    #[arg(long = "listen")]
-    listen: Vec<SocketAddr>,
-    /// Most concurrent sessions of clients that finished their handshake;
-    /// more are told the agent is busy [default: 256].
-    #[arg(long)]
-    max_sessions: Option<NonZeroUsize>,
-    /// Connections still in their handshake, as sshd's MaxStartups
-    /// START:RATE:FULL: from START on, new connections from an address that
-    /// already has one are dropped at random (RATE percent, rising to all
-    /// at FULL) [default: 32:30:128].
-    #[arg(long)]
-    max_startups: Option<MaxStartups>,
-    /// Connections still in their handshake from one address (IPv6: one
-    /// /64); more from it are closed at once [default: 16].
-    #[arg(long)]
-    per_source_max_startups: Option<NonZeroUsize>,
-    /// Most concurrent execs per client; more are refused as busy
-    /// [default: 64].
-    #[arg(long)]
-    max_execs_per_client: Option<NonZeroUsize>,
-    /// Most commands running at once for all clients; more are refused as
-    /// busy [default: 128].
-    #[arg(long)]
-    max_execs: Option<NonZeroUsize>,
-    /// The longest any command may run (e.g. 1h); applied when the client
-    /// asks for no timeout or a longer one. 0 means no limit [default: no
-    /// limit].
-    #[arg(long, value_parser = config::parse_duration)]
-    max_timeout: Option<Duration>,
-    /// Quiet time after which a keepalive is sent to the client; 0
-    /// disables keepalives [default: 15s].
-    #[arg(long, value_parser = config::parse_duration)]
-    keepalive_interval: Option<Duration>,
-    /// Unanswered keepalive intervals after which a client counts as gone
-    /// and its command is killed [default: 4].
-    #[arg(long)]
-    keepalive_count: Option<NonZeroU32>,
-    /// Time a connection has to complete TLS and send its request
-    /// [default: 5s].
-    #[arg(long, value_parser = config::parse_duration)]
-    handshake_timeout: Option<Duration>,
-    /// Time between SIGTERM and SIGKILL when a command's group is killed
-    /// [default: 2s].
-    #[arg(long, value_parser = config::parse_duration)]
-    kill_grace: Option<Duration>,
-    /// On SIGTERM, how long running commands may go on before they are
-    /// killed [default: 10s].
-    #[arg(long, value_parser = config::parse_duration)]
-    shutdown_grace: Option<Duration>,
-    /// The shell that runs commands as SHELL -c COMMAND [default: /bin/sh].
-    #[arg(long)]
-    shell: Option<PathBuf>,
-    /// The most file data one `ctl cp` push may write, in bytes; 0 means
-    /// no limit [default: no limit].
-    #[arg(long)]
-    max_copy_bytes: Option<u64>,
+    #[command(flatten)]
+    flags: ConfigFile,
     /// Check the config file and the identity, print the effective settings
     /// (file and flags combined) as a config file, and exit.
     #[arg(long)]
     check: bool,
-}
-
-impl RunArgs {
-    /// Puts every flag that was given over `settings`.
-    fn apply(&self, settings: &mut AgentSettings) {
-        if let Some(n) = self.max_sessions {
-            settings.max_sessions = n.get();
-        }
-        if let Some(policy) = self.max_startups {
-            settings.max_startups = policy;
-        }
-        if let Some(n) = self.per_source_max_startups {
-            settings.per_source_max_startups = n.get();
-        }
-        if let Some(n) = self.max_execs {
-            settings.max_execs = n.get();
-        }
-        if let Some(n) = self.max_execs_per_client {
-            settings.max_execs_per_client = n.get();
-        }
-        if let Some(d) = self.max_timeout {
-            settings.max_timeout = config_file::limit(d);
-        }
-        if let Some(d) = self.keepalive_interval {
-            settings.keepalive_interval = d;
-        }
-        if let Some(n) = self.keepalive_count {
-            settings.keepalive_count = n.get();
-        }
-        if let Some(d) = self.handshake_timeout {
-            settings.handshake_timeout = d;
-        }
-        if let Some(d) = self.kill_grace {
-            settings.kill_grace = d;
-        }
-        if let Some(d) = self.shutdown_grace {
-            settings.shutdown_grace = d;
-        }
-        if let Some(shell) = &self.shell {
-            settings.shell = shell.clone();
-        }
-        if let Some(bytes) = self.max_copy_bytes {
-            settings.max_copy_bytes = (bytes > 0).then_some(bytes);
-        }
-    }
 }
 
 /// Where the settings come from: the `--dir` and `--config` flags, the
@@ -231,20 +130,14 @@ impl SettingsSource {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        let mut settings = file.settings(self.dir.clone());
-        let mut listen = file.listen();
-        let mut listen_given = file.listen.is_some();
-        if let Some(run) = &self.run {
-            run.apply(&mut settings);
-            if !run.listen.is_empty() {
-                listen = run.listen.clone();
-                listen_given = true;
-            }
-        }
+        let given = match &self.run {
+            Some(run) => run.flags.clone().over(file),
+            None => file,
+        };
         Ok(Resolved {
-            settings,
-            listen,
-            listen_given,
+            settings: given.settings(self.dir.clone()),
+            listen: given.listen(),
+            listen_given: given.listen.is_some(),
             file: path,
         })
     }

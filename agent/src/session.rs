@@ -1,10 +1,9 @@
-//! One connection, from TCP accept to close: TLS with an authorized client,
+//! One connection, from its first byte to close, over any byte stream: TLS with an authorized client,
 //! the hello exchange, the one request, and the audit log line.
 //!
 //! Everything up to and including the request must arrive within the
 //! handshake timeout; after that an exec may run as long as it needs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,12 +13,15 @@ use rexec_protocol::{
     FrameError, Hello, PROTOCOL_VERSION, PullRequest, PushRequest,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::server::{AgentState, Startup};
-use crate::{copy, exec};
+use crate::copy::{self, CopyRequest};
+use crate::exec;
+use crate::job::{Job, finish, name_of, refuse};
+use crate::peer::Peer;
+use crate::run_as::Requester;
+use crate::state::{AgentState, Startup};
 
 type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
 type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
@@ -82,9 +84,13 @@ impl Request {
     }
 }
 
-/// Serves one connection to its end, logging how it went. `startup` is
-/// the connection's place until its client is admitted.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>, startup: Startup) {
+/// Serves one connection to its end, logging how it went. `stream` is the
+/// connection's bytes as they arrive, before TLS; `startup` is the
+/// connection's place until its client is admitted.
+pub async fn serve<S>(stream: S, peer: Peer, state: Arc<AgentState>, startup: Startup)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     if let Err(e) = serve_inner(stream, peer, &state, startup).await {
         match e {
             SessionError::Frame(FrameError::Io(_)) | SessionError::ClosedEarly => {
@@ -92,40 +98,65 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AgentState>, 
             }
             // Anyone can cause these, as often as they can connect.
             SessionError::Handshake(_) | SessionError::HandshakeTimeout(_) => {
-                state.refusals.handshake_failed(peer, &e);
+                state.refusals.handshake_failed(&peer, &e);
             }
             _ => tracing::warn!(%peer, "session refused: {e}"),
         }
     }
 }
 
-async fn serve_inner(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Who asked, for the audit log: the fields every audit event starts with.
+struct Audit<'a> {
+    peer: Peer,
+    client: &'a Client,
+}
+
+/// One audit event: who asked (written here once for every kind of
+/// request), then the request's own fields and the message.
+macro_rules! audit {
+    ($level:expr, $audit:expr, $($rest:tt)*) => {
+        tracing::event!(
+            target: "rexec::audit",
+            $level,
+            peer = %$audit.peer,
+            client = $audit.client.name.as_str(),
+            fingerprint = %$audit.client.fingerprint,
+            $($rest)*
+        )
+    };
+}
+
+async fn serve_inner<S>(
+    stream: S,
+    peer: Peer,
     state: &AgentState,
     startup: Startup,
-) -> Result<(), SessionError> {
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let timeout = state.settings.handshake_timeout;
     let opening = tokio::time::timeout(timeout, open(stream, state)).await;
     let (client, mut incoming, mut outgoing, request) = match opening {
         Err(_) => return Err(SessionError::HandshakeTimeout(timeout)),
         Ok(Err(OpenError { error, outgoing })) => {
             if let Some(mut outgoing) = outgoing {
-                let report = match &error {
-                    SessionError::VersionMismatch { .. } => {
-                        ErrorReport::new(ErrorKind::VersionMismatch, error.to_string())
-                    }
-                    _ => ErrorReport::new(ErrorKind::Protocol, error.to_string()),
+                let kind = match &error {
+                    SessionError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+                    _ => ErrorKind::Protocol,
                 };
                 let _ = outgoing
                     .feed(AgentMessage::Hello(Hello::new(software())))
                     .await;
-                let _ = outgoing.feed(AgentMessage::Error(report)).await;
-                let _ = outgoing.close().await;
+                refuse(&mut outgoing, ErrorReport::new(kind, error.to_string())).await;
             }
             return Err(error);
         }
         Ok(Ok(opened)) => opened,
+    };
+    let audit = Audit {
+        peer,
+        client: &client,
     };
 
     // Our hello leaves with the first answer: one write, one TLS record.
@@ -137,8 +168,7 @@ async fn serve_inner(
         Err(full) => {
             tracing::warn!(%peer, client = client.name.as_str(), "refusing session: {full}");
             let report = ErrorReport::new(ErrorKind::Busy, full.to_string());
-            outgoing.feed(AgentMessage::Error(report)).await?;
-            outgoing.close().await?;
+            finish(&mut outgoing, AgentMessage::Error(report)).await?;
             return Ok(());
         }
     };
@@ -148,97 +178,47 @@ async fn serve_inner(
         Some(kind) => match state.execs.acquire(client.fingerprint) {
             Ok(slot) => Some(slot),
             Err(busy) => {
-                tracing::warn!(
-                    target: "rexec::audit",
-                    %peer,
-                    client = client.name.as_str(),
-                    fingerprint = %client.fingerprint,
+                audit!(
+                    tracing::Level::WARN,
+                    audit,
                     request = request.subject(),
                     "{kind} refused: {busy}"
                 );
                 let report = ErrorReport::new(ErrorKind::Busy, busy.to_string());
-                outgoing.feed(AgentMessage::Error(report)).await?;
-                outgoing.close().await?;
+                finish(&mut outgoing, AgentMessage::Error(report)).await?;
                 return Ok(());
             }
         },
     };
-    match request {
-        Request::Ping => {
-            outgoing.feed(AgentMessage::Pong).await?;
-            outgoing.close().await?;
-            tracing::debug!(%peer, client = client.name.as_str(), "ping");
-        }
-        Request::Push(_) | Request::Pull(_) => {
-            let (direction, path) = match &request {
-                Request::Push(push) => ("push", push.dest.clone()),
-                Request::Pull(pull) => ("pull", pull.path.clone()),
-                _ => ("", String::new()),
-            };
-            let started = Instant::now();
-            let started_at = std::time::SystemTime::now();
-            let report = match &request {
-                Request::Push(push) => {
-                    // The client waits for our hello before it sends files.
-                    outgoing.flush().await?;
-                    copy::serve_push(
-                        push,
-                        exec::Requester { name: &client.name },
-                        &state.settings,
-                        &mut incoming,
-                        &mut outgoing,
-                        &state.shutdown.kill,
-                    )
-                    .await
-                }
-                Request::Pull(pull) => {
-                    copy::serve_pull(
-                        pull,
-                        exec::Requester { name: &client.name },
-                        &state.settings,
-                        &mut incoming,
-                        &mut outgoing,
-                        &state.shutdown.kill,
-                    )
-                    .await
-                }
-                _ => return Ok(()),
-            };
-            tracing::info!(
-                target: "rexec::audit",
-                %peer,
-                client = client.name.as_str(),
-                fingerprint = %client.fingerprint,
-                direction,
-                path = ?path,
-                user = ?report.user,
-                started_at = %humantime::format_rfc3339_millis(started_at),
-                outcome = ?report.outcome.to_string(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                entries = report.entries,
-                bytes = report.bytes,
-                "copy"
-            );
-        }
+    if let Request::Ping = request {
+        finish(&mut outgoing, AgentMessage::Pong).await?;
+        tracing::debug!(%peer, client = client.name.as_str(), "ping");
+        return Ok(());
+    }
+    if let Request::Push(_) = request {
+        // The client waits for our hello before it sends files.
+        outgoing.flush().await?;
+    }
+    let job = Job {
+        requester: Requester { name: &client.name },
+        settings: &state.settings,
+        incoming: &mut incoming,
+        outgoing: &mut outgoing,
+        kill: &state.shutdown.kill,
+    };
+    let started = Instant::now();
+    let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let copy = match &request {
+        Request::Ping => return Ok(()),
+        Request::Push(push) => CopyRequest::Push(push),
+        Request::Pull(pull) => CopyRequest::Pull(pull),
         Request::Exec(request) => {
-            let started = Instant::now();
-            let started_at = std::time::SystemTime::now();
-            let report = exec::run(
-                &request,
-                exec::Requester { name: &client.name },
-                &state.settings,
-                &mut incoming,
-                &mut outgoing,
-                &state.shutdown.kill,
-            )
-            .await;
-            tracing::info!(
-                target: "rexec::audit",
-                %peer,
-                client = client.name.as_str(),
-                fingerprint = %client.fingerprint,
+            let report = exec::run(request, job).await;
+            audit!(
+                tracing::Level::INFO,
+                audit,
                 command = request.command.as_str(),
-                started_at = %humantime::format_rfc3339_millis(started_at),
+                started_at = %started_at,
                 cwd = report.cwd.as_deref().unwrap_or(""),
                 user = report.user.as_deref().unwrap_or(""),
                 pid = report.pid.unwrap_or(0),
@@ -248,8 +228,23 @@ async fn serve_inner(
                 stderr_bytes = report.stderr_bytes,
                 "exec"
             );
+            return Ok(());
         }
-    }
+    };
+    let report = copy::serve(copy, job).await;
+    audit!(
+        tracing::Level::INFO,
+        audit,
+        direction = copy.direction(),
+        path = ?copy.path(),
+        user = ?report.user,
+        started_at = %started_at,
+        outcome = ?report.outcome.to_string(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        entries = report.entries,
+        bytes = report.bytes,
+        "copy"
+    );
     Ok(())
 }
 
@@ -271,10 +266,13 @@ impl<S> From<SessionError> for OpenError<S> {
 type Opened<S> = (Client, Incoming<S>, Outgoing<S>, Request);
 
 /// TLS, the client's hello and its request.
-async fn open(
-    stream: TcpStream,
+async fn open<S>(
+    stream: S,
     state: &AgentState,
-) -> Result<Opened<TlsStream<TcpStream>>, OpenError<TlsStream<TcpStream>>> {
+) -> Result<Opened<TlsStream<S>>, OpenError<TlsStream<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let tls = state
         .acceptor
         .accept(stream)
@@ -296,7 +294,7 @@ async fn open(
     }
 }
 
-fn identify(tls: &TlsStream<TcpStream>, state: &AgentState) -> Result<Client, SessionError> {
+fn identify<S>(tls: &TlsStream<S>, state: &AgentState) -> Result<Client, SessionError> {
     let certificate = tls
         .get_ref()
         .1
@@ -327,7 +325,7 @@ async fn read_request<S: AsyncRead + AsyncWrite>(
         other => {
             return Err(SessionError::Protocol(format!(
                 "expected hello, got {}",
-                exec::name_of(&other)
+                name_of(&other)
             )));
         }
     }
@@ -338,7 +336,7 @@ async fn read_request<S: AsyncRead + AsyncWrite>(
         ClientMessage::Pull(request) => Ok(Request::Pull(request)),
         other => Err(SessionError::Protocol(format!(
             "expected a request, got {}",
-            exec::name_of(&other)
+            name_of(&other)
         ))),
     }
 }

@@ -32,6 +32,8 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{SigHandler, Signal, killpg, signal};
 use nix::unistd::Pid;
 
+use crate::exec::group::group_alive;
+
 /// The hidden `rexec-agent` subcommand that runs the keeper.
 pub const SUBCOMMAND: &str = "keeper";
 
@@ -86,14 +88,21 @@ fn tell(line: String) {
     }
 }
 
-/// A command's process group started.
-pub fn track(pgid: Pid) {
-    tell(format!("+{pgid}\n"));
+/// A command's process group, listed with the keeper until dropped.
+#[derive(Debug)]
+pub struct Tracked(Pid);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The group ended (or was killed) and was seen to.
+        tell(format!("-{}\n", self.0));
+    }
 }
 
-/// A command's process group ended (or was killed) and was seen to.
-pub fn untrack(pgid: Pid) {
-    tell(format!("-{pgid}\n"));
+/// A command's process group started.
+pub fn track(pgid: Pid) -> Tracked {
+    tell(format!("+{pgid}\n"));
+    Tracked(pgid)
 }
 
 /// The keeper process: reads `+PGID`/`-PGID` lines until end of file, then
@@ -143,7 +152,7 @@ pub fn run(grace: Duration) {
         let _ = killpg(*pgid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && pids.iter().any(|pgid| super::group_alive(*pgid)) {
+    while Instant::now() < deadline && pids.iter().any(|pgid| group_alive(*pgid)) {
         std::thread::sleep(POLL);
     }
     for pgid in &pids {

@@ -1,0 +1,34 @@
+//! Who is at the other end of a session before TLS says who they are: the
+//! address a connection came from. A session knows its peer only through
+//! this type, so that a stream carried by something other than TCP can
+//! name its own kind of peer.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::limits::Source;
+
+/// The far end of a session's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Peer {
+    /// A TCP connection from this address.
+    Tcp(SocketAddr),
+}
+
+impl Peer {
+    /// What the peer counts against in the logs' refusal budget.
+    pub fn source(&self) -> Source {
+        match self {
+            Peer::Tcp(addr) => Source::of(addr.ip()),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
