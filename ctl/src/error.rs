@@ -145,6 +145,11 @@ impl CtlError {
         CtlError::Protocol(format!("the agent sent an unexpected {name} message"))
     }
 
+    /// A runtime for ctl's own tasks could not be started.
+    pub fn runtime(e: &std::io::Error) -> CtlError {
+        CtlError::Local(format!("cannot start the runtime: {}", plain::io_error(e)))
+    }
+
     /// `what` (our stdout, a file) could not be written.
     pub fn write_failed(what: &str, e: &std::io::Error) -> CtlError {
         CtlError::Local(format!("cannot write {what}: {}", plain::io_error(e)))

@@ -14,19 +14,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter, entry_name};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, FrameError, PullRequest, PushRequest,
 };
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
+use crate::connect;
 use crate::connect::Client;
 use crate::error::CtlError;
-use crate::exec::{agent_silence, silence_deadline};
-use crate::fanout::{self, Finished};
-use crate::output::Describe;
+use crate::liveness::Liveness;
+use crate::outcome::Finished;
+use crate::output::{Describe, no_exit};
 use crate::target::Target;
 
 /// A `TARGETS:PATH` operand.
@@ -75,21 +75,12 @@ pub struct Copied {
     pub changed: Vec<String>,
 }
 
-impl Finished for Copied {
-    fn exit_code(&self) -> u8 {
-        0
-    }
-
-    fn failure(&self) -> Option<String> {
-        None
-    }
-}
+impl Finished for Copied {}
 
 impl Describe for Copied {
     fn describe(&self, record: &mut Map<String, Value>) {
         record.insert("status".into(), json!("copied"));
-        record.insert("exit_code".into(), Value::Null);
-        record.insert("signal".into(), Value::Null);
+        no_exit(record);
         record.insert("entries".into(), json!(self.entries));
         record.insert("bytes".into(), json!(self.bytes));
         record.insert("blake3".into(), json!(self.blake3));
@@ -161,44 +152,6 @@ impl Watch {
         (self.files == 1 && self.entries == 1)
             .then(|| self.blake3.clone())
             .flatten()
-    }
-}
-
-/// The agent's liveness during a copy, by exec's rule: once it has said how
-/// often it speaks (`CopyStarted`), a longer silence means it is gone.
-struct Liveness {
-    bound: Option<Duration>,
-    last_heard: Instant,
-}
-
-impl Liveness {
-    fn new() -> Self {
-        Liveness {
-            bound: None,
-            last_heard: Instant::now(),
-        }
-    }
-
-    /// The next message, or an error once the agent has been silent too long.
-    async fn next<S, T>(&mut self, incoming: &mut S) -> Result<Option<T>, CtlError>
-    where
-        S: futures_util::Stream<Item = T> + Unpin,
-    {
-        let deadline = silence_deadline(self.bound, self.last_heard);
-        match tokio::time::timeout_at(deadline, incoming.next()).await {
-            Ok(next) => {
-                self.last_heard = Instant::now();
-                Ok(next)
-            }
-            Err(_) => Err(CtlError::ConnectionLost(format!(
-                "no sign of life from the agent for {}",
-                humantime::format_duration(self.bound.unwrap_or_default())
-            ))),
-        }
-    }
-
-    fn started(&mut self, keepalive: Option<Duration>) {
-        self.bound = keepalive.map(agent_silence);
     }
 }
 
@@ -298,7 +251,7 @@ pub async fn push(
         user: target.user.clone(),
         preserve_owner: options.preserve_owner,
     });
-    let session = fanout::open(client, target, request).await?;
+    let session = connect::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
     let lost = |e: FrameError| SendStop::Connection(CtlError::ConnectionLost(e.to_string()));
@@ -422,7 +375,7 @@ pub async fn pull(
         user: target.user.clone(),
         preserve_owner: options.preserve_owner,
     });
-    let session = fanout::open(client, target, request).await?;
+    let session = connect::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     // Writing and hashing happen on a thread of their own, beside the
     // decryption here; dropping `disk` without `Finish` removes a
