@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::error::CtlError;
+use crate::error::{ConnectionError, CtlError, FileError};
 use crate::known_hosts::{Added, KnownHosts};
 use crate::target::Target;
 
@@ -121,8 +121,9 @@ impl Client {
             None => HostKeyPolicy::TrustOnFirstUse,
         };
         let verifier = Arc::new(HostKeyVerifier::new(policy));
-        let config = client_config(Some(&self.identity), verifier.clone())
-            .map_err(|e| CtlError::Handshake(std::io::Error::other(e)))?;
+        let config = client_config(Some(&self.identity), verifier.clone()).map_err(|e| {
+            CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
+        })?;
         let connector = TlsConnector::from(Arc::new(config));
 
         let attempt = async {
@@ -131,12 +132,16 @@ impl Client {
                 .connect(server_name(&target.host), stream)
                 .await
                 .map_err(|e| match verifier.outcome() {
-                    HostKeyOutcome::Changed { known, presented } => CtlError::HostKeyChanged {
-                        host_port: host_port.clone(),
-                        known,
-                        presented,
-                    },
-                    HostKeyOutcome::RefusedUnknown(presented) => CtlError::UnknownHost(presented),
+                    HostKeyOutcome::Changed { known, presented } => {
+                        CtlError::Connection(ConnectionError::HostKeyChanged {
+                            host_port: host_port.clone(),
+                            known,
+                            presented,
+                        })
+                    }
+                    HostKeyOutcome::RefusedUnknown(presented) => {
+                        CtlError::Connection(ConnectionError::UnknownHost(presented))
+                    }
                     // The agent closes connections it has no room for
                     // before any TLS, without a word (there is no TLS
                     // alert for "busy").
@@ -151,22 +156,23 @@ impl Client {
                              too many connections being set up; try again later",
                         ))
                     }
-                    _ => CtlError::Handshake(e),
+                    _ => CtlError::Connection(ConnectionError::Handshake(e)),
                 })
         };
         let tls = tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| CtlError::ConnectTimeout(self.connect_timeout))??;
+            .map_err(|_| {
+                CtlError::Connection(ConnectionError::ConnectTimeout(self.connect_timeout))
+            })??;
 
         if let HostKeyOutcome::FirstUse(fingerprint) = verifier.outcome() {
             let mut known = self.known_hosts();
-            let added =
-                known
-                    .add(&host_port, fingerprint)
-                    .map_err(|source| CtlError::KnownHosts {
-                        path: known.path().to_path_buf(),
-                        source,
-                    })?;
+            let added = known.add(&host_port, fingerprint).map_err(|source| {
+                CtlError::File(FileError::KnownHosts {
+                    path: known.path().to_path_buf(),
+                    source,
+                })
+            })?;
             match added {
                 Added::New => say!(
                     "ctl: new host {host_port}, fingerprint {fingerprint}: added to {}",
@@ -175,11 +181,11 @@ impl Client {
                 Added::AlreadyKnown => {}
                 // Another ctl met a different key under this name meanwhile.
                 Added::Conflict(known) => {
-                    return Err(CtlError::HostKeyChanged {
+                    return Err(CtlError::Connection(ConnectionError::HostKeyChanged {
                         host_port,
                         known,
                         presented: fingerprint,
-                    });
+                    }));
                 }
             }
         }
@@ -217,9 +223,9 @@ impl Client {
                 )
             });
         if refused {
-            CtlError::NotAuthorized(self.identity.fingerprint)
+            CtlError::Connection(ConnectionError::NotAuthorized(self.identity.fingerprint))
         } else {
-            CtlError::ConnectionLost(crate::plain::io_error(&error))
+            CtlError::Connection(ConnectionError::Lost(crate::plain::io_error(&error)))
         }
     }
 }
@@ -268,24 +274,24 @@ pub async fn greet(
     let hello = match connection.incoming.next().await {
         Some(Ok(AgentMessage::Hello(hello))) => hello,
         Some(Ok(_)) => {
-            return Err(CtlError::Protocol(
+            return Err(CtlError::Connection(ConnectionError::Protocol(
                 "the agent did not start with a hello".into(),
-            ));
+            )));
         }
         Some(Err(FrameError::Io(e))) => return Err(client.explain_first_read_error(e)),
         Some(Err(e)) => return Err(CtlError::lost(&e)),
         None => {
-            return Err(CtlError::ConnectionLost(
+            return Err(CtlError::Connection(ConnectionError::Lost(
                 "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
-            ));
+            )));
         }
     };
     if hello.protocol != PROTOCOL_VERSION {
-        return Err(CtlError::VersionMismatch {
+        return Err(CtlError::Connection(ConnectionError::VersionMismatch {
             agent: hello.protocol,
             software: hello.software,
             ours: PROTOCOL_VERSION,
-        });
+        }));
     }
     Ok(Session { connection, hello })
 }
@@ -295,10 +301,10 @@ pub fn software() -> String {
     format!("ctl {}", env!("CARGO_PKG_VERSION"))
 }
 
-async fn connect_tcp(target: &Target) -> Result<TcpStream, CtlError> {
+async fn connect_tcp(target: &Target) -> Result<TcpStream, ConnectionError> {
     let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
-        .map_err(CtlError::Resolve)?;
+        .map_err(ConnectionError::Resolve)?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
@@ -310,7 +316,7 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, CtlError> {
         }
     }
     Err(match last {
-        Some(e) => CtlError::Connect(e),
-        None => CtlError::Resolve(std::io::Error::other("no addresses found")),
+        Some(e) => ConnectionError::Connect(e),
+        None => ConnectionError::Resolve(std::io::Error::other("no addresses found")),
     })
 }

@@ -28,8 +28,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::Console;
-use crate::error::{CtlError, EXIT_BROKEN_PIPE, EXIT_CTL_ERROR, EXIT_INTERRUPTED};
-use crate::outcome::{Finished, HostFailure, HostResult, Labels, Tally};
+use crate::error::HostFailure;
+use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_CTL_ERROR, EXIT_INTERRUPTED};
+use crate::outcome::{Finished, HostResult, Labels, Tally};
 use crate::signals;
 use crate::target::Target;
 
@@ -58,7 +59,9 @@ impl Deadline {
     fn failure(self) -> HostFailure {
         match self {
             Deadline::Timeout(d) => HostFailure::Deadline(d),
-            Deadline::NoAnswer(d) => HostFailure::Ctl(CtlError::NoAnswer(d)),
+            Deadline::NoAnswer(d) => {
+                HostFailure::Ctl(CtlError::Connection(ConnectionError::NoAnswer(d)))
+            }
         }
     }
 }
@@ -293,107 +296,94 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_hung_host_holds_one_slot_and_hits_its_deadline() {
-        let fanout = Fanout {
-            limit: 2,
-            deadline: Some(Deadline::Timeout(Duration::from_secs(20))),
+    fn engine(limit: usize, deadline: Option<Deadline>) -> Fanout {
+        Fanout {
+            limit,
+            deadline,
             cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-5]");
-        let mut order = Vec::new();
-        let mut tally = Tally::default();
+        }
+    }
+
+    /// Runs the hosts of `list` through `fanout`: host `hang` never ends,
+    /// any other host `i` takes `i` seconds and exits `code(i)`. Every
+    /// result in the order they came, and their tally.
+    async fn run_all(
+        fanout: &Fanout,
+        list: &str,
+        hang: usize,
+        code: fn(usize) -> u8,
+    ) -> (Vec<HostResult<Answer>>, Tally) {
+        let hosts = targets(list);
         let labels = labels(&hosts);
+        let mut results = Vec::new();
+        let mut tally = Tally::default();
         fanout
             .run(
                 &hosts,
                 &Console::quiet(),
                 |index, _| async move {
-                    if index == 0 {
+                    if index == hang {
                         std::future::pending::<()>().await;
                     }
                     tokio::time::sleep(Duration::from_secs(index as u64)).await;
-                    Ok(Answer(if index == 3 { 3 } else { 0 }))
+                    Ok(Answer(code(index)))
                 },
                 |result| {
                     tally.add(&labels[result.index], &result);
-                    order.push((result.index, result.duration.as_secs()));
+                    results.push(result);
                 },
             )
             .await;
+        (results, tally)
+    }
+
+    fn tally_of(tally: &Tally) -> (u8, Option<String>) {
+        (tally.exit_code(), tally.summary())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_host_holds_one_slot_and_hits_its_deadline() {
+        let fanout = engine(2, Some(Deadline::Timeout(Duration::from_secs(20))));
+        let (results, tally) = run_all(&fanout, "n[1-5]", 0, |i| if i == 3 { 3 } else { 0 }).await;
+        let order: Vec<_> = results
+            .iter()
+            .map(|r| (r.index, r.duration.as_secs()))
+            .collect();
         // The others run through the second slot while n1 hangs.
         assert_eq!(order, [(1, 1), (2, 2), (3, 3), (4, 4), (0, 20)]);
-        assert_eq!(tally.exit_code(), EXIT_TIMED_OUT);
-        assert_eq!(
-            tally.summary().unwrap(),
-            "2 of 5 hosts failed: exit 3: n4; timed out: n1"
-        );
+        let summary = "2 of 5 hosts failed: exit 3: n4; timed out: n1";
+        assert_eq!(tally_of(&tally), (EXIT_TIMED_OUT, Some(summary.into())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_agent_past_its_no_answer_deadline_is_an_error_not_a_timeout() {
-        let fanout = Fanout {
-            limit: 2,
-            deadline: Some(Deadline::NoAnswer(Duration::from_secs(9))),
-            cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-2]");
-        let labels = labels(&hosts);
-        let mut tally = Tally::default();
-        let mut kinds = Vec::new();
-        fanout
-            .run(
-                &hosts,
-                &Console::quiet(),
-                |index, _| async move {
-                    if index == 0 {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok(Answer(0))
-                },
-                |result| {
-                    tally.add(&labels[result.index], &result);
-                    if let Err(failure) = &result.outcome {
-                        kinds.push((failure.kind(), result.duration.as_secs()));
-                    }
-                },
-            )
-            .await;
+        let fanout = engine(2, Some(Deadline::NoAnswer(Duration::from_secs(9))));
+        let (results, tally) = run_all(&fanout, "n[1-2]", 0, |_| 0).await;
+        let kinds: Vec<_> = results
+            .iter()
+            .filter_map(|r| {
+                let failure = r.outcome.as_ref().err()?;
+                Some((failure.kind(), r.duration.as_secs()))
+            })
+            .collect();
         assert_eq!(kinds, [("no-answer", 9)]);
-        assert_eq!(tally.exit_code(), EXIT_CTL_ERROR);
-        assert_eq!(
-            tally.summary().unwrap(),
-            "1 of 2 hosts failed: no-answer: n1"
-        );
+        let summary = "1 of 2 hosts failed: no-answer: n1";
+        assert_eq!(tally_of(&tally), (EXIT_CTL_ERROR, Some(summary.into())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_interrupts_running_and_waiting_hosts() {
-        let fanout = Fanout {
-            limit: 1,
-            deadline: None,
-            cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-3]");
+        let fanout = engine(1, None);
         let cancel = fanout.cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
             cancel.cancel();
         });
-        let mut seen = Vec::new();
-        fanout
-            .run(
-                &hosts,
-                &Console::quiet(),
-                |index, _| async move {
-                    if index == 1 {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok(Answer(0))
-                },
-                |result| seen.push((result.index, result.outcome.is_ok())),
-            )
-            .await;
+        let (results, _) = run_all(&fanout, "n[1-3]", 1, |_| 0).await;
+        let seen: Vec<_> = results
+            .iter()
+            .map(|r| (r.index, r.outcome.is_ok()))
+            .collect();
         assert_eq!(seen, [(0, true), (1, false), (2, false)]);
     }
 }

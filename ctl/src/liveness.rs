@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::error::CtlError;
+use crate::error::{ConnectionError, CtlError};
 
 /// An agent that announced keepalives and then says nothing for this many
 /// of its intervals is taken as gone.
@@ -68,10 +68,10 @@ impl Liveness {
                 self.last_heard = Instant::now();
                 Ok(next)
             }
-            Err(_) => Err(CtlError::ConnectionLost(format!(
+            Err(_) => Err(CtlError::Connection(ConnectionError::Lost(format!(
                 "no sign of life from the agent for {}",
                 humantime::format_duration(self.bound.unwrap_or_default())
-            ))),
+            )))),
         }
     }
 

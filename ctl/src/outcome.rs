@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use rexec_protocol::ExitStatus;
 
-use crate::error::{CtlError, EXIT_CTL_ERROR, EXIT_INTERRUPTED, EXIT_TIMED_OUT, exit_code};
+use crate::error::HostFailure;
+use crate::error::exit_code;
 use crate::nodeset;
 use crate::target::Target;
 
@@ -45,48 +46,6 @@ impl Finished for ExitStatus {
             ExitStatus::Signal { signal, .. } => Some(format!("signal {signal}")),
             ExitStatus::TimedOut => Some("timed out".into()),
             _ => Some("unknown status".into()),
-        }
-    }
-}
-
-/// Why a host has no result of its own.
-#[derive(Debug, thiserror::Error)]
-pub enum HostFailure {
-    /// ctl could not run the job there.
-    #[error(transparent)]
-    Ctl(#[from] CtlError),
-    /// The job did not finish within its own time limit; ctl gave up on it.
-    #[error("not done within the timeout of {}; ctl gave up on this host", humantime::format_duration(*.0))]
-    Deadline(Duration),
-    /// The run was interrupted (Ctrl-C) before this host finished.
-    #[error("interrupted")]
-    Interrupted,
-}
-
-impl HostFailure {
-    /// A short stable name for the kind of failure.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HostFailure::Ctl(e) => e.kind(),
-            HostFailure::Deadline(_) => "deadline",
-            HostFailure::Interrupted => "interrupted",
-        }
-    }
-
-    /// The exit code this failure contributes.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            HostFailure::Ctl(_) => EXIT_CTL_ERROR,
-            HostFailure::Deadline(_) => EXIT_TIMED_OUT,
-            HostFailure::Interrupted => EXIT_INTERRUPTED,
-        }
-    }
-
-    /// The failure's name in the summary.
-    pub fn summary_name(&self) -> String {
-        match self {
-            HostFailure::Deadline(_) => "timed out".into(),
-            other => other.kind().to_owned(),
         }
     }
 }

@@ -12,11 +12,15 @@ use rexec_protocol::ExecRequest;
 use super::{Failure, client, load_inventory, no_limit_if_zero, plain, resolve};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
-use crate::error::{CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
+use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
 use crate::fanout::{Deadline, Run};
 use crate::host;
 use crate::host::stream::ExecOutcome;
-use crate::output::{Gathered, JsonLines, OutDir, Output, Prefixed};
+use crate::output::Output;
+use crate::output::gathered::Gathered;
+use crate::output::json::JsonLines;
+use crate::output::outdir::OutDir;
+use crate::output::prefixed::Prefixed;
 use crate::target::{self, TargetSpec};
 use crate::tty;
 
@@ -70,7 +74,7 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
         match deadline {
             Some(Deadline::NoAnswer(limit)) => tokio::time::timeout(limit, run)
                 .await
-                .unwrap_or(Err(CtlError::NoAnswer(limit))),
+                .unwrap_or(Err(CtlError::Connection(ConnectionError::NoAnswer(limit)))),
             _ => run.await,
         }
     });
@@ -104,7 +108,7 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
     let command = command_line(&args.command).map_err(plain)?;
     if let Some(dir) = &args.out_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
-            plain(CtlError::Local(format!(
+            plain(CtlError::Output(format!(
                 "cannot create {}: {}",
                 dir.display(),
                 crate::plain::io_error(&e)

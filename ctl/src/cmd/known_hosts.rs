@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{Failure, load_inventory, load_known_hosts, plain, print_out};
 use crate::cli::KnownHostsAction;
 use crate::config::ConfigDir;
-use crate::error::CtlError;
+use crate::error::{CtlError, FileError};
 use crate::target::TargetSpec;
 
 /// Lists known hosts, or removes one.
@@ -34,7 +34,7 @@ pub fn known_hosts(
             let path = hosts.path().to_path_buf();
             let removed = hosts
                 .remove(&key)
-                .map_err(|source| plain(CtlError::KnownHosts { path, source }))?;
+                .map_err(|source| plain(CtlError::File(FileError::KnownHosts { path, source })))?;
             if removed == 0 {
                 return Err(plain(CtlError::Usage(format!(
                     "{key} is not in known hosts"

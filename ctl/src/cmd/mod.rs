@@ -19,7 +19,7 @@ use rexec_protocol::{Identity, IdentityError};
 use crate::cli::Reach;
 use crate::config::ConfigDir;
 use crate::connect::{Carrier, Client};
-use crate::error::{CtlError, EXIT_BROKEN_PIPE};
+use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
 use crate::inventory::Inventory;
 use crate::known_hosts::KnownHosts;
 use crate::target::Target;
@@ -38,7 +38,9 @@ pub(crate) fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
     match Identity::load(&paths) {
         Ok(identity) => Ok(identity),
         Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(plain(CtlError::NoIdentity(paths.private_key)))
+            Err(plain(CtlError::File(FileError::NoIdentity(
+                paths.private_key,
+            ))))
         }
         Err(e) => Err(plain(e.into())),
     }
@@ -48,10 +50,10 @@ pub(crate) fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
 pub(crate) fn load_known_hosts(config: &ConfigDir) -> Result<KnownHosts, Failure> {
     let path = config.known_hosts();
     let hosts = KnownHosts::load(&path).map_err(|source| {
-        plain(CtlError::KnownHosts {
+        plain(CtlError::File(FileError::KnownHosts {
             path: path.clone(),
             source,
-        })
+        }))
     })?;
     for line in hosts.malformed() {
         say!(

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::connect;
 use crate::connect::Client;
-use crate::error::CtlError;
+use crate::error::{ConnectionError, CtlError, FileError};
 use crate::liveness::Liveness;
 use crate::outcome::Finished;
 use crate::output::{Describe, no_exit};
@@ -110,8 +110,8 @@ impl Copied {
 fn local(e: CopyError) -> CtlError {
     match e.kind {
         // Our writer refusing what the agent sent.
-        ErrorKind::Protocol => CtlError::Protocol(e.message),
-        _ => CtlError::Local(e.message),
+        ErrorKind::Protocol => CtlError::Connection(ConnectionError::Protocol(e.message)),
+        _ => FileError::Copy(e.message).into(),
     }
 }
 
@@ -152,6 +152,26 @@ impl Watch {
         (self.files == 1 && self.entries == 1)
             .then(|| self.blake3.clone())
             .flatten()
+    }
+}
+
+/// Why a copy's conversation stopped at `next`, which is none of the
+/// messages the `direction` ("push", "pull") expects: the agent's error,
+/// a message out of place, a broken connection, or one closed `early`.
+fn stopped(
+    next: Option<Result<AgentMessage, FrameError>>,
+    direction: &str,
+    early: &str,
+) -> CtlError {
+    match next {
+        Some(Ok(AgentMessage::Error(report))) => CtlError::Agent(report),
+        Some(Ok(other)) => ConnectionError::Protocol(format!(
+            "unexpected message during a {direction}: {other:?}"
+        ))
+        .into(),
+        Some(Err(FrameError::Io(e))) => ConnectionError::Lost(e.to_string()).into(),
+        Some(Err(e)) => ConnectionError::Protocol(e.to_string()).into(),
+        None => ConnectionError::Lost(format!("the agent closed the connection {early}")).into(),
     }
 }
 
@@ -254,7 +274,9 @@ pub async fn push(
     let session = connect::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
-    let lost = |e: FrameError| SendStop::Connection(CtlError::ConnectionLost(e.to_string()));
+    let lost = |e: FrameError| {
+        SendStop::Connection(CtlError::Connection(ConnectionError::Lost(e.to_string())))
+    };
     let mut watch = Watch::default();
     // Reading and hashing happen on a thread of their own, beside the
     // encryption and sending here.
@@ -272,9 +294,9 @@ pub async fn push(
             outgoing.feed(message).await.map_err(lost)?;
         }
         if reading.await.is_err() {
-            return Err(SendStop::Local(CtlError::Local(
-                "reading the files failed".into(),
-            )));
+            return Err(SendStop::Local(
+                FileError::Copy("reading the files failed".into()).into(),
+            ));
         }
         outgoing.feed(ClientMessage::CopyEnd).await.map_err(lost)?;
         outgoing.flush().await.map_err(lost)?;
@@ -290,21 +312,7 @@ pub async fn push(
                 Some(Ok(AgentMessage::CopyDone(done))) => return Ok(done),
                 Some(Ok(AgentMessage::CopyStarted { keepalive })) => alive.started(keepalive),
                 Some(Ok(AgentMessage::Keepalive)) => continue,
-                Some(Ok(AgentMessage::Error(report))) => return Err(CtlError::Agent(report)),
-                Some(Ok(other)) => {
-                    return Err(CtlError::Protocol(format!(
-                        "unexpected message during a push: {other:?}"
-                    )));
-                }
-                Some(Err(FrameError::Io(e))) => {
-                    return Err(CtlError::ConnectionLost(e.to_string()));
-                }
-                Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
-                None => {
-                    return Err(CtlError::ConnectionLost(
-                        "the agent closed the connection before confirming the copy".into(),
-                    ));
-                }
+                next => return Err(stopped(next, "push", "before confirming the copy")),
             }
         }
     };
@@ -409,19 +417,7 @@ pub async fn pull(
                 continue;
             }
             Some(Ok(AgentMessage::Keepalive)) => continue,
-            Some(Ok(AgentMessage::Error(report))) => break Some(CtlError::Agent(report)),
-            Some(Ok(other)) => {
-                break Some(CtlError::Protocol(format!(
-                    "unexpected message during a pull: {other:?}"
-                )));
-            }
-            Some(Err(FrameError::Io(e))) => break Some(CtlError::ConnectionLost(e.to_string())),
-            Some(Err(e)) => break Some(CtlError::Protocol(e.to_string())),
-            None => {
-                break Some(CtlError::ConnectionLost(
-                    "the agent closed the connection before the copy ended".into(),
-                ));
-            }
+            next => break Some(stopped(next, "pull", "before the copy ended")),
         };
         watch.see(&item);
         // A closed queue means the writer stopped on an error: it is below.
@@ -433,7 +429,7 @@ pub async fn pull(
     drop(disk);
     let written = writing
         .await
-        .map_err(|_| CtlError::Local("writing the files failed".into()))?;
+        .map_err(|_| CtlError::from(FileError::Copy("writing the files failed".into())))?;
     if let Some(e) = stopped {
         return Err(e);
     }

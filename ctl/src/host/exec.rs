@@ -13,9 +13,10 @@ use futures_util::SinkExt;
 use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError};
 
 use crate::connect::{self, Client};
+use crate::console::Stream;
 use crate::error::CtlError;
 use crate::liveness::Liveness;
-use crate::output::{Output, Stream};
+use crate::output::Output;
 use crate::target::Target;
 
 /// Runs `request` on `target`, reporting output to `output` as host `index`.
@@ -35,15 +36,7 @@ pub async fn run(
     let lost = |e: FrameError| CtlError::lost(&e);
     let mut alive = Liveness::new();
     loop {
-        let message = match alive.next(&mut incoming).await? {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(CtlError::lost(&e)),
-            None => {
-                return Err(CtlError::ConnectionLost(
-                    "the agent closed the connection before the command finished".into(),
-                ));
-            }
-        };
+        let message = super::exec_message(alive.next(&mut incoming).await?)?;
         match message {
             AgentMessage::Started { keepalive, .. } => alive.started(keepalive),
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),

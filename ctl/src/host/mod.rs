@@ -10,3 +10,19 @@ pub mod copy;
 pub mod exec;
 pub mod ping;
 pub mod stream;
+
+use rexec_protocol::{AgentMessage, FrameError};
+
+use crate::error::{ConnectionError, CtlError};
+
+/// An exec's next message, or why none came: the connection broke, or the
+/// agent closed it before it reported the command's end.
+fn exec_message(next: Option<Result<AgentMessage, FrameError>>) -> Result<AgentMessage, CtlError> {
+    match next {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(e)) => Err(CtlError::lost(&e)),
+        None => Err(CtlError::Connection(ConnectionError::Lost(
+            "the agent closed the connection before the command finished".into(),
+        ))),
+    }
+}

@@ -12,7 +12,7 @@ use rexec_protocol::{AgentMessage, ClientMessage};
 use serde_json::{Map, Value, json};
 
 use crate::connect::{self, Client};
-use crate::error::CtlError;
+use crate::error::{ConnectionError, CtlError};
 use crate::outcome::Finished;
 use crate::output::{Describe, millis, no_exit};
 use crate::target::Target;
@@ -72,8 +72,8 @@ pub async fn ping(client: &Client, target: &Target) -> Result<Pong, CtlError> {
         Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
         Some(Ok(other)) => Err(CtlError::unexpected(&other)),
         Some(Err(e)) => Err(CtlError::lost(&e)),
-        None => Err(CtlError::ConnectionLost(
+        None => Err(CtlError::Connection(ConnectionError::Lost(
             "the agent closed the connection without answering".into(),
-        )),
+        ))),
     }
 }

@@ -111,21 +111,13 @@ pub async fn exec_streaming(
                 continue;
             }
         };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(CtlError::lost(&e)),
-            None => {
-                return Err(CtlError::ConnectionLost(
-                    "the agent closed the connection before the command finished".into(),
-                ));
-            }
-        };
+        let message = super::exec_message(message)?;
         match message {
             AgentMessage::Started { keepalive, .. } => {
                 alive.started(keepalive);
                 if with_pty {
                     raw_mode = crate::tty::RawMode::enter().map_err(|e| {
-                        CtlError::Local(format!(
+                        CtlError::Output(format!(
                             "cannot set the terminal to raw mode: {}",
                             plain::io_error(&e)
                         ))
@@ -163,7 +155,7 @@ pub async fn exec_streaming(
 /// with one write each, as they arrived.
 fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
     fd.try_clone_to_owned().map(File::from).map_err(|e| {
-        CtlError::Local(format!(
+        CtlError::Output(format!(
             "cannot use an output descriptor: {}",
             plain::io_error(&e)
         ))

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Describe, Output, Prefixed, Stream, host_note, lock};
+use super::prefixed::Prefixed;
+use super::{Describe, Output, host_note, lock};
 use crate::console::Console;
+use crate::console::Stream;
 use crate::nodeset;
 use crate::outcome::{HostResult, Labels};
 

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use super::{Describe, Output, Stream, lock, put_bytes, record, slot};
-use crate::console::Console;
+use super::{Describe, Output, lock, put_bytes, record, slot};
+use crate::console::{Console, Stream};
 use crate::outcome::{HostResult, Labels};
 
 /// `--json`: one JSON object per host per line on stdout, written when the

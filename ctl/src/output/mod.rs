@@ -21,12 +21,9 @@ use base64::Engine;
 use rexec_protocol::ExitStatus;
 use serde_json::{Map, Value, json};
 
-pub use self::gathered::Gathered;
-pub use self::json::JsonLines;
-pub use self::outdir::OutDir;
-pub use self::prefixed::Prefixed;
-pub use crate::console::Stream;
-use crate::outcome::{HostFailure, HostResult};
+use crate::console::Stream;
+use crate::error::HostFailure;
+use crate::outcome::HostResult;
 use crate::plain;
 
 /// Lines longer than this are cut into pieces of this size, each with its
@@ -160,6 +157,7 @@ pub(super) fn slot(stream: Stream) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ConnectionError;
     use crate::target::Target;
 
     fn result(index: usize, outcome: Result<ExitStatus, HostFailure>) -> HostResult<ExitStatus> {
@@ -179,8 +177,8 @@ mod tests {
         assert_eq!(remote["error"], Value::Null);
         assert_eq!(remote["target"], "root@h:7");
         assert_eq!(remote["duration_ms"], 1.5);
-        let failure = HostFailure::Ctl(crate::error::CtlError::ConnectTimeout(
-            Duration::from_secs(1),
+        let failure = HostFailure::Ctl(crate::error::CtlError::Connection(
+            ConnectionError::ConnectTimeout(Duration::from_secs(1)),
         ));
         let unreachable = record("h", &result(0, Err(failure)));
         assert_eq!(unreachable["status"], "error");

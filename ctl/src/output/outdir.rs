@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{Describe, Output, Stream, host_note, lock, record, slot};
-use crate::console::Console;
+use super::{Describe, Output, host_note, lock, record, slot};
+use crate::console::{Console, Stream};
 use crate::outcome::{HostResult, Labels};
 use crate::plain;
 

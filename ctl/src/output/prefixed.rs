@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{Describe, MAX_LINE, Output, Stream, host_note, lock, slot};
-use crate::console::Console;
+use super::{Describe, MAX_LINE, Output, host_note, lock, slot};
+use crate::console::{Console, Stream};
 use crate::outcome::{HostResult, Labels};
 
 /// Live lines, each prefixed with `host: `; stdout to stdout and stderr to
