@@ -8,8 +8,8 @@
 //! [`CtlError`], and each result goes to a callback. Everything that must
 //! be the same for every multi-host command lives here: the concurrency
 //! limit, the per-host deadline, cancellation on Ctrl-C, SIGTERM, SIGHUP or
-//! a closed stdout, the runtime ([`drive`]), the exit code and the
-//! end-of-run summary ([`conclude`]).
+//! a closed stdout, the runtime ([`Run::drive`]), the exit code and the
+//! end-of-run summary ([`Run::conclude`]).
 //!
 //! A new multi-host command brings a job (`crate::host`) and its result
 //! type (implementing [`Finished`] and `crate::output::Describe`) and

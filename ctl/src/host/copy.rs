@@ -8,7 +8,7 @@
 //! time; the receiving side writes each file under a temporary name and
 //! renames it into place only once its checksum matched.
 //!
-//! The jobs here are one host's work; `lib.rs` runs them through the
+//! The jobs here are one host's work; `crate::cmd::cp` runs them through the
 //! fan-out engine like every multi-host command.
 
 use std::path::{Path, PathBuf};

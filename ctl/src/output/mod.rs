@@ -1,6 +1,6 @@
 //! How the output of a multi-host run reaches the user, one mode per
 //! file: live lines prefixed with the host ([`prefixed`]), gathered blocks
-//! of identical output ([`gathered`]), one JSON object per host ([`json`]),
+//! of identical output ([`gathered`]), one JSON object per host ([`mod@json`]),
 //! or files in a directory ([`outdir`]). This module holds what they share:
 //! the [`Output`] interface the exec job writes to, the [`Describe`] trait
 //! by which a job's result shows, the JSON record and the per-host note.
