@@ -238,6 +238,15 @@ impl HostFailure {
         }
     }
 
+    /// The `status` of the host's `--json` record.
+    pub fn status(&self) -> &'static str {
+        match self {
+            HostFailure::Ctl(_) => "error",
+            HostFailure::Deadline(_) => "timed-out",
+            HostFailure::Interrupted => "interrupted",
+        }
+    }
+
     /// The exit code this failure contributes.
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -95,12 +95,7 @@ pub fn record<T: Describe>(label: &str, result: &HostResult<T>) -> Map<String, V
             record.insert("error".into(), Value::Null);
         }
         Err(failure) => {
-            let status = match failure {
-                HostFailure::Deadline(_) => "timed-out",
-                HostFailure::Interrupted => "interrupted",
-                HostFailure::Ctl(_) => "error",
-            };
-            record.insert("status".into(), json!(status));
+            record.insert("status".into(), json!(failure.status()));
             no_exit(&mut record);
             record.insert(
                 "error".into(),
