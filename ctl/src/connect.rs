@@ -1,24 +1,32 @@
-//! Opening a connection to an agent: resolve, TCP, TLS with our identity,
-//! the host key check against known hosts, and the framed halves.
+//! The one way ctl reaches an agent: how to get a byte stream to it (a
+//! [`Carrier`]; TCP today), TLS with our identity over that stream, the
+//! host key check against known hosts, the framed halves, and the hello
+//! exchange that opens every request ([`greet`], [`open`]).
 //!
-//! All of it runs under the connect timeout. What the host key check saw
-//! turns into the precise error a user needs ("host key changed" with both
-//! fingerprints, "unknown host refused", "agent refused this client").
+//! Reaching the stream and the TLS handshake run under the connect
+//! timeout. What the host key check saw turns into the precise error a
+//! user needs ("host key changed" with both fingerprints, "unknown host
+//! refused", "agent refused this client"). TLS and the hello take any
+//! [`Io`] stream, so a second carrier (a broker's byte stream) only adds a
+//! variant to [`Carrier`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{
     HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, client_config, server_name,
 };
-use rexec_protocol::{ClientCodec, Identity};
-use tokio::io::{BufReader, ReadHalf, WriteHalf};
+use rexec_protocol::{
+    AgentMessage, ClientCodec, ClientMessage, FrameError, Hello, Identity, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::error::CtlError;
+use crate::error::{ConnectionError, CtlError, FileError};
 use crate::known_hosts::{Added, KnownHosts};
 use crate::target::Target;
 
@@ -29,12 +37,40 @@ const READ_BUFFER: usize = 4 * rexec_protocol::MAX_FRAME_LEN;
 /// one system call per quarter mebibyte instead of one per record.
 const SOCKET_READ_BUFFER: usize = 256 * 1024;
 
-/// The socket under TLS.
-type Socket = BufReader<TcpStream>;
+/// A byte stream to an agent that TLS can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// The stream under TLS, whichever carrier brought it.
+type Transport = Box<dyn Io>;
 /// Frames from the agent.
-pub type Incoming = FramedRead<ReadHalf<TlsStream<Socket>>, ClientCodec>;
+pub type Incoming = FramedRead<ReadHalf<TlsStream<Transport>>, ClientCodec>;
 /// Frames to the agent.
-pub type Outgoing = FramedWrite<WriteHalf<TlsStream<Socket>>, ClientCodec>;
+pub type Outgoing = FramedWrite<WriteHalf<TlsStream<Transport>>, ClientCodec>;
+
+/// How ctl gets a byte stream to a target's agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Carrier {
+    /// A TCP connection to the target's host and port.
+    #[default]
+    Tcp,
+}
+
+impl Carrier {
+    /// A stream to `target`'s agent, before TLS.
+    ///
+    /// # Errors
+    /// The name does not resolve, or no address takes the connection.
+    async fn reach(self, target: &Target) -> Result<Transport, CtlError> {
+        match self {
+            Carrier::Tcp => {
+                let tcp = connect_tcp(target).await?;
+                Ok(Box::new(BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)))
+            }
+        }
+    }
+}
 
 /// What every connection from this ctl process shares.
 #[derive(Debug)]
@@ -47,10 +83,11 @@ pub struct Client {
     pub strict_host_key: bool,
     /// Bound on resolve + connect + TLS handshake.
     pub connect_timeout: Duration,
+    /// How targets are reached.
+    pub carrier: Carrier,
 }
 
 /// An established, verified connection.
-#[derive(Debug)]
 pub struct Connection {
     /// Messages from the agent.
     pub incoming: Incoming,
@@ -64,6 +101,19 @@ impl Client {
     /// # Errors
     /// Every way connecting can fail, each with its own [`CtlError`].
     pub async fn connect(&self, target: &Target) -> Result<Connection, CtlError> {
+        self.secure(target, self.carrier.reach(target)).await
+    }
+
+    /// TLS with our identity and the host key check over the stream that
+    /// `reach` yields, both under the connect timeout.
+    ///
+    /// # Errors
+    /// Every way the handshake can fail, each with its own [`CtlError`].
+    async fn secure(
+        &self,
+        target: &Target,
+        reach: impl std::future::Future<Output = Result<Transport, CtlError>>,
+    ) -> Result<Connection, CtlError> {
         let host_port = target.host_port();
         let policy = match self.known_hosts().get(&host_port) {
             Some(known) => HostKeyPolicy::Expect(known),
@@ -71,22 +121,27 @@ impl Client {
             None => HostKeyPolicy::TrustOnFirstUse,
         };
         let verifier = Arc::new(HostKeyVerifier::new(policy));
-        let config = client_config(Some(&self.identity), verifier.clone())
-            .map_err(|e| CtlError::Handshake(std::io::Error::other(e)))?;
+        let config = client_config(Some(&self.identity), verifier.clone()).map_err(|e| {
+            CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
+        })?;
         let connector = TlsConnector::from(Arc::new(config));
 
         let attempt = async {
-            let tcp = BufReader::with_capacity(SOCKET_READ_BUFFER, connect_tcp(target).await?);
+            let stream = reach.await?;
             connector
-                .connect(server_name(&target.host), tcp)
+                .connect(server_name(&target.host), stream)
                 .await
                 .map_err(|e| match verifier.outcome() {
-                    HostKeyOutcome::Changed { known, presented } => CtlError::HostKeyChanged {
-                        host_port: host_port.clone(),
-                        known,
-                        presented,
-                    },
-                    HostKeyOutcome::RefusedUnknown(presented) => CtlError::UnknownHost(presented),
+                    HostKeyOutcome::Changed { known, presented } => {
+                        CtlError::Connection(ConnectionError::HostKeyChanged {
+                            host_port: host_port.clone(),
+                            known,
+                            presented,
+                        })
+                    }
+                    HostKeyOutcome::RefusedUnknown(presented) => {
+                        CtlError::Connection(ConnectionError::UnknownHost(presented))
+                    }
                     // The agent closes connections it has no room for
                     // before any TLS, without a word (there is no TLS
                     // alert for "busy").
@@ -101,22 +156,23 @@ impl Client {
                              too many connections being set up; try again later",
                         ))
                     }
-                    _ => CtlError::Handshake(e),
+                    _ => CtlError::Connection(ConnectionError::Handshake(e)),
                 })
         };
         let tls = tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| CtlError::ConnectTimeout(self.connect_timeout))??;
+            .map_err(|_| {
+                CtlError::Connection(ConnectionError::ConnectTimeout(self.connect_timeout))
+            })??;
 
         if let HostKeyOutcome::FirstUse(fingerprint) = verifier.outcome() {
             let mut known = self.known_hosts();
-            let added =
-                known
-                    .add(&host_port, fingerprint)
-                    .map_err(|source| CtlError::KnownHosts {
-                        path: known.path().to_path_buf(),
-                        source,
-                    })?;
+            let added = known.add(&host_port, fingerprint).map_err(|source| {
+                CtlError::File(FileError::KnownHosts {
+                    path: known.path().to_path_buf(),
+                    source,
+                })
+            })?;
             match added {
                 Added::New => say!(
                     "ctl: new host {host_port}, fingerprint {fingerprint}: added to {}",
@@ -125,11 +181,11 @@ impl Client {
                 Added::AlreadyKnown => {}
                 // Another ctl met a different key under this name meanwhile.
                 Added::Conflict(known) => {
-                    return Err(CtlError::HostKeyChanged {
+                    return Err(CtlError::Connection(ConnectionError::HostKeyChanged {
                         host_port,
                         known,
                         presented: fingerprint,
-                    });
+                    }));
                 }
             }
         }
@@ -167,17 +223,88 @@ impl Client {
                 )
             });
         if refused {
-            CtlError::NotAuthorized(self.identity.fingerprint)
+            CtlError::Connection(ConnectionError::NotAuthorized(self.identity.fingerprint))
         } else {
-            CtlError::ConnectionLost(crate::plain::io_error(&error))
+            CtlError::Connection(ConnectionError::Lost(crate::plain::io_error(&error)))
         }
     }
 }
 
-async fn connect_tcp(target: &Target) -> Result<TcpStream, CtlError> {
+/// A connection past the hello exchange, with the agent's hello.
+pub struct Session {
+    /// The verified connection.
+    pub connection: Connection,
+    /// What the agent announced.
+    pub hello: Hello,
+}
+
+/// Connects to `target`, sends our hello and `request` in one write, and
+/// reads the agent's hello.
+///
+/// # Errors
+/// Every way connecting can fail, a refused client, a version mismatch.
+pub async fn open(
+    client: &Client,
+    target: &Target,
+    request: ClientMessage,
+) -> Result<Session, CtlError> {
+    let connection = client.connect(target).await?;
+    greet(client, connection, request).await
+}
+
+/// Sends our hello and `request` in one write on an established
+/// connection (no round trip waits for the agent's hello), and reads the
+/// agent's hello.
+///
+/// # Errors
+/// A refused client, a version mismatch, a broken connection.
+pub async fn greet(
+    client: &Client,
+    mut connection: Connection,
+    request: ClientMessage,
+) -> Result<Session, CtlError> {
+    let lost = |e: FrameError| CtlError::lost(&e);
+    connection
+        .outgoing
+        .feed(ClientMessage::Hello(Hello::new(software())))
+        .await
+        .map_err(lost)?;
+    connection.outgoing.feed(request).await.map_err(lost)?;
+    connection.outgoing.flush().await.map_err(lost)?;
+    let hello = match connection.incoming.next().await {
+        Some(Ok(AgentMessage::Hello(hello))) => hello,
+        Some(Ok(_)) => {
+            return Err(CtlError::Connection(ConnectionError::Protocol(
+                "the agent did not start with a hello".into(),
+            )));
+        }
+        Some(Err(FrameError::Io(e))) => return Err(client.explain_first_read_error(e)),
+        Some(Err(e)) => return Err(CtlError::lost(&e)),
+        None => {
+            return Err(CtlError::Connection(ConnectionError::Lost(
+                "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
+            )));
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(CtlError::Connection(ConnectionError::VersionMismatch {
+            agent: hello.protocol,
+            software: hello.software,
+            ours: PROTOCOL_VERSION,
+        }));
+    }
+    Ok(Session { connection, hello })
+}
+
+/// ctl's name and version, for the hello.
+pub fn software() -> String {
+    format!("ctl {}", env!("CARGO_PKG_VERSION"))
+}
+
+async fn connect_tcp(target: &Target) -> Result<TcpStream, ConnectionError> {
     let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
-        .map_err(CtlError::Resolve)?;
+        .map_err(ConnectionError::Resolve)?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
@@ -189,7 +316,7 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, CtlError> {
         }
     }
     Err(match last {
-        Some(e) => CtlError::Connect(e),
-        None => CtlError::Resolve(std::io::Error::other("no addresses found")),
+        Some(e) => ConnectionError::Connect(e),
+        None => ConnectionError::Resolve(std::io::Error::other("no addresses found")),
     })
 }

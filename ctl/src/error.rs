@@ -30,12 +30,35 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// Why ctl could not run a command on a target.
+/// Why ctl could not run a command on a target, by where the failure
+/// arose. Each source decides its own kinds; [`CtlError::kind`] and
+/// [`HostFailure`] map them to `--json` kinds and exit codes, here only.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),
+    /// One of our own files: identity, known hosts, a copy's files.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Reaching the agent, or the conversation with it.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The agent reported an error.
+    #[error("agent error ({}): {}", .0.kind, plain::agent_text(&.0.message))]
+    Agent(ErrorReport),
+    /// Our output (stdout, an output directory, the terminal) could not
+    /// be written or set up.
+    #[error("{0}")]
+    Output(String),
+    /// What ctl itself needs (a runtime, signal handlers) is not there.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A local file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
     /// There is no client identity yet.
     #[error("no client identity at {0} (create one with: ctl keygen)")]
     NoIdentity(PathBuf),
@@ -50,6 +73,14 @@ pub enum CtlError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file a copy reads or writes on this side.
+    #[error("{0}")]
+    Copy(String),
+}
+
+/// Reaching an agent, or talking to it, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
     /// The host name did not resolve.
     #[error("cannot resolve the host name: {}", plain::io_error(.0))]
     Resolve(std::io::Error),
@@ -99,15 +130,9 @@ pub enum CtlError {
         /// Ours.
         ours: u32,
     },
-    /// The agent reported an error.
-    #[error("agent error ({}): {}", .0.kind, plain::agent_text(&.0.message))]
-    Agent(ErrorReport),
     /// The agent sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// A local file, or our own stdout, could not be read or written.
-    #[error("{0}")]
-    Local(String),
     /// The agent did not report within ctl's own deadline (its `--timeout`
     /// plus the connect timeout plus a margin): it stopped answering.
     #[error(
@@ -117,15 +142,21 @@ pub enum CtlError {
     NoAnswer(Duration),
     /// The connection broke before the command's end was reported.
     #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    Lost(String),
+}
+
+impl From<IdentityError> for CtlError {
+    fn from(e: IdentityError) -> CtlError {
+        CtlError::File(FileError::Identity(e))
+    }
 }
 
 impl CtlError {
     /// The connection to the agent broke, in plain words.
     pub fn lost(e: &FrameError) -> CtlError {
         match e {
-            FrameError::Io(io) => CtlError::ConnectionLost(plain::io_error(io)),
-            other => CtlError::Protocol(plain::frame_error(other)),
+            FrameError::Io(io) => ConnectionError::Lost(plain::io_error(io)).into(),
+            other => ConnectionError::Protocol(plain::frame_error(other)).into(),
         }
     }
 
@@ -142,33 +173,94 @@ impl CtlError {
             .chars()
             .take_while(char::is_ascii_alphanumeric)
             .collect();
-        CtlError::Protocol(format!("the agent sent an unexpected {name} message"))
+        ConnectionError::Protocol(format!("the agent sent an unexpected {name} message")).into()
+    }
+
+    /// A runtime for ctl's own tasks could not be started.
+    pub fn runtime(e: &std::io::Error) -> CtlError {
+        CtlError::Local(format!("cannot start the runtime: {}", plain::io_error(e)))
     }
 
     /// `what` (our stdout, a file) could not be written.
     pub fn write_failed(what: &str, e: &std::io::Error) -> CtlError {
-        CtlError::Local(format!("cannot write {what}: {}", plain::io_error(e)))
+        CtlError::Output(format!("cannot write {what}: {}", plain::io_error(e)))
     }
 
     /// A short stable name for the kind of failure.
     pub fn kind(&self) -> &'static str {
         match self {
             CtlError::Usage(_) => "usage",
-            CtlError::NoIdentity(_) | CtlError::Identity(_) => "identity",
-            CtlError::KnownHosts { .. } => "known-hosts",
-            CtlError::Resolve(_) => "resolve",
-            CtlError::Connect(_) => "connect",
-            CtlError::ConnectTimeout(_) => "connect-timeout",
-            CtlError::HostKeyChanged { .. } => "host-key-changed",
-            CtlError::UnknownHost(_) => "unknown-host",
-            CtlError::NotAuthorized(_) => "not-authorized",
-            CtlError::Handshake(_) => "handshake",
-            CtlError::VersionMismatch { .. } => "version-mismatch",
+            CtlError::File(e) => match e {
+                FileError::NoIdentity(_) | FileError::Identity(_) => "identity",
+                FileError::KnownHosts { .. } => "known-hosts",
+                FileError::Copy(_) => "local",
+            },
+            CtlError::Connection(e) => match e {
+                ConnectionError::Resolve(_) => "resolve",
+                ConnectionError::Connect(_) => "connect",
+                ConnectionError::ConnectTimeout(_) => "connect-timeout",
+                ConnectionError::HostKeyChanged { .. } => "host-key-changed",
+                ConnectionError::UnknownHost(_) => "unknown-host",
+                ConnectionError::NotAuthorized(_) => "not-authorized",
+                ConnectionError::Handshake(_) => "handshake",
+                ConnectionError::VersionMismatch { .. } => "version-mismatch",
+                ConnectionError::Protocol(_) => "protocol",
+                ConnectionError::Lost(_) => "connection-lost",
+                ConnectionError::NoAnswer(_) => "no-answer",
+            },
             CtlError::Agent(report) => report.kind.as_str(),
-            CtlError::Protocol(_) => "protocol",
-            CtlError::ConnectionLost(_) => "connection-lost",
-            CtlError::NoAnswer(_) => "no-answer",
-            CtlError::Local(_) => "local",
+            CtlError::Output(_) | CtlError::Local(_) => "local",
+        }
+    }
+}
+
+/// Why a host of a multi-host run has no result of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum HostFailure {
+    /// ctl could not run the job there.
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
+    /// The job did not finish within its own time limit; ctl gave up on it.
+    #[error("not done within the timeout of {}; ctl gave up on this host", humantime::format_duration(*.0))]
+    Deadline(Duration),
+    /// The run was interrupted (Ctrl-C) before this host finished.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl HostFailure {
+    /// A short stable name for the kind of failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostFailure::Ctl(e) => e.kind(),
+            HostFailure::Deadline(_) => "deadline",
+            HostFailure::Interrupted => "interrupted",
+        }
+    }
+
+    /// The `status` of the host's `--json` record.
+    pub fn status(&self) -> &'static str {
+        match self {
+            HostFailure::Ctl(_) => "error",
+            HostFailure::Deadline(_) => "timed-out",
+            HostFailure::Interrupted => "interrupted",
+        }
+    }
+
+    /// The exit code this failure contributes.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            HostFailure::Ctl(_) => EXIT_CTL_ERROR,
+            HostFailure::Deadline(_) => EXIT_TIMED_OUT,
+            HostFailure::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+
+    /// The failure's name in the summary.
+    pub fn summary_name(&self) -> String {
+        match self {
+            HostFailure::Deadline(_) => "timed out".into(),
+            other => other.kind().to_owned(),
         }
     }
 }

@@ -2,69 +2,40 @@
 //! each under its own deadline, and hand every host's result back as soon
 //! as that host is done.
 //!
-//! The engine knows nothing of exec, ping or copy: a job is any future that
-//! yields a value implementing [`Finished`] (how that value counts towards
-//! the exit status and the failure summary) or a [`CtlError`]. Everything
-//! that must be the same for every multi-host command lives here: the
-//! concurrency limit, the per-host deadline, cancellation on Ctrl-C or a
-//! closed stdout, the exit code, and the end-of-run summary.
+//! The engine knows nothing of exec, ping or copy, nor of output formats:
+//! a job is any future that yields a value implementing [`Finished`] (how
+//! that value counts towards the exit status and the failure summary) or a
+//! [`CtlError`], and each result goes to a callback. Everything that must
+//! be the same for every multi-host command lives here: the concurrency
+//! limit, the per-host deadline, cancellation on Ctrl-C, SIGTERM, SIGHUP or
+//! a closed stdout, the runtime ([`Run::drive`]), the exit code and the
+//! end-of-run summary ([`Run::conclude`]).
 //!
-//! A new multi-host command (say, copying a file to many hosts) brings a
-//! job and its result type (implementing [`Finished`] here and
-//! [`crate::output::Describe`] for the output modes) and reuses the rest:
-//! [`Fanout::run`], [`Tally`], [`labels`], and the output modes of
-//! [`crate::output`], which are generic over the result type.
+//! A new multi-host command brings a job (`crate::host`) and its result
+//! type (implementing [`Finished`] and `crate::output::Describe`) and
+//! reuses the rest.
 //!
 //! A host that hangs holds one slot and nothing else: results are handed
 //! over in completion order, and the run ends when the last host has
 //! finished or hit its own deadline.
 
-pub mod exec;
-
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::{
-    AgentMessage, ClientMessage, ExitStatus, FrameError, Hello, PROTOCOL_VERSION,
-};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::{Client, Connection};
-use crate::error::{CtlError, EXIT_CTL_ERROR, EXIT_INTERRUPTED, EXIT_TIMED_OUT, exit_code};
-use crate::nodeset;
-use crate::output::Console;
+use crate::console::Console;
+use crate::error::HostFailure;
+use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_CTL_ERROR, EXIT_INTERRUPTED};
+use crate::outcome::{Finished, HostResult, Labels, Tally};
+use crate::signals;
 use crate::target::Target;
 
 /// How many hosts run at once unless `--fanout` says otherwise.
 pub const DEFAULT_FANOUT: usize = 64;
-
-/// What a finished job reports, as the engine needs to see it.
-pub trait Finished: Send + 'static {
-    /// The exit code this host contributes; the run exits with the largest.
-    fn exit_code(&self) -> u8;
-    /// The outcome's name in the failure summary (`exit 3`, `timed out`),
-    /// or `None` when the host succeeded.
-    fn failure(&self) -> Option<String>;
-}
-
-impl Finished for ExitStatus {
-    fn exit_code(&self) -> u8 {
-        exit_code(*self)
-    }
-
-    fn failure(&self) -> Option<String> {
-        match self {
-            ExitStatus::Code(0) => None,
-            ExitStatus::Code(code) => Some(format!("exit {code}")),
-            ExitStatus::Signal { signal, .. } => Some(format!("signal {signal}")),
-            ExitStatus::TimedOut => Some("timed out".into()),
-            _ => Some("unknown status".into()),
-        }
-    }
-}
 
 /// ctl's own bound on each host's job, from its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,80 +59,9 @@ impl Deadline {
     fn failure(self) -> HostFailure {
         match self {
             Deadline::Timeout(d) => HostFailure::Deadline(d),
-            Deadline::NoAnswer(d) => HostFailure::Ctl(CtlError::NoAnswer(d)),
-        }
-    }
-}
-
-/// Why a host has no result of its own.
-#[derive(Debug, thiserror::Error)]
-pub enum HostFailure {
-    /// ctl could not run the job there.
-    #[error(transparent)]
-    Ctl(#[from] CtlError),
-    /// The job did not finish within its own time limit; ctl gave up on it.
-    #[error("not done within the timeout of {}; ctl gave up on this host", humantime::format_duration(*.0))]
-    Deadline(Duration),
-    /// The run was interrupted (Ctrl-C) before this host finished.
-    #[error("interrupted")]
-    Interrupted,
-}
-
-impl HostFailure {
-    /// A short stable name for the kind of failure.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HostFailure::Ctl(e) => e.kind(),
-            HostFailure::Deadline(_) => "deadline",
-            HostFailure::Interrupted => "interrupted",
-        }
-    }
-
-    /// The exit code this failure contributes.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            HostFailure::Ctl(_) => EXIT_CTL_ERROR,
-            HostFailure::Deadline(_) => EXIT_TIMED_OUT,
-            HostFailure::Interrupted => EXIT_INTERRUPTED,
-        }
-    }
-
-    /// The failure's name in the summary.
-    pub fn summary_name(&self) -> String {
-        match self {
-            HostFailure::Deadline(_) => "timed out".into(),
-            other => other.kind().to_owned(),
-        }
-    }
-}
-
-/// One host's result.
-#[derive(Debug)]
-pub struct HostResult<T> {
-    /// The host's position in the target list.
-    pub index: usize,
-    /// The host.
-    pub target: Target,
-    /// From the job's start (not its wait for a slot) to its end.
-    pub duration: Duration,
-    /// What the job yielded.
-    pub outcome: Result<T, HostFailure>,
-}
-
-impl<T: Finished> HostResult<T> {
-    /// The exit code this host contributes.
-    pub fn exit_code(&self) -> u8 {
-        match &self.outcome {
-            Ok(value) => value.exit_code(),
-            Err(failure) => failure.exit_code(),
-        }
-    }
-
-    /// The outcome's name in the failure summary, `None` on success.
-    pub fn failure(&self) -> Option<String> {
-        match &self.outcome {
-            Ok(value) => value.failure(),
-            Err(failure) => Some(failure.summary_name()),
+            Deadline::NoAnswer(d) => {
+                HostFailure::Ctl(CtlError::Connection(ConnectionError::NoAnswer(d)))
+            }
         }
     }
 }
@@ -251,151 +151,133 @@ impl Fanout {
     }
 }
 
-/// What every multi-host run ends with: the exit code and the failures,
-/// grouped by outcome.
-#[derive(Debug, Default)]
-pub struct Tally {
-    total: usize,
-    code: u8,
-    failures: BTreeMap<String, Vec<String>>,
+/// How a multi-host run ended, beyond each host's result.
+#[derive(Debug)]
+pub struct RunEnd {
+    /// Every host's result, counted.
+    pub tally: Tally,
+    /// The signal (SIGINT, SIGTERM or SIGHUP) that cancelled the run, if any.
+    pub interrupted: Option<i32>,
 }
 
-impl Tally {
-    /// Counts one host's result under the name `label`.
-    pub fn add<T: Finished>(&mut self, label: &str, result: &HostResult<T>) {
-        self.total += 1;
-        self.code = self.code.max(result.exit_code());
-        if let Some(name) = result.failure() {
-            self.failures
-                .entry(name)
-                .or_default()
-                .push(label.to_owned());
+/// The longest ctl waits at exit for copies' disk threads to clean up.
+const DISK_CLEANUP: Duration = Duration::from_secs(5);
+
+/// One multi-host command's run: its targets with their labels, the
+/// engine's settings, and the console every host writes through.
+#[derive(Debug)]
+pub struct Run {
+    /// The hosts, in the order the target list named them.
+    pub targets: Vec<Target>,
+    /// Their short names.
+    pub labels: Labels,
+    /// The engine's settings.
+    pub fanout: Fanout,
+    /// Our stdout and stderr, and the progress line.
+    pub console: Arc<Console>,
+}
+
+impl Run {
+    /// A run over `targets`, at most `limit` at once, each under `deadline`.
+    pub fn new(targets: Vec<Target>, limit: usize, deadline: Option<Deadline>) -> Run {
+        let fanout = Fanout {
+            limit,
+            deadline,
+            cancel: CancellationToken::new(),
+        };
+        Run {
+            labels: crate::outcome::labels(&targets).into(),
+            console: Arc::new(Console::new(targets.len(), fanout.cancel.clone())),
+            targets,
+            fanout,
         }
     }
 
-    /// 0 when every host succeeded, else the largest per-host code.
-    pub fn exit_code(&self) -> u8 {
-        self.code
-    }
-
-    /// One line naming the failed hosts as node sets, grouped by outcome:
-    /// `2 of 20 hosts failed: exit 3: node[04-05]; connect: node09`.
-    /// `None` when nothing failed.
-    pub fn summary(&self) -> Option<String> {
-        if self.failures.is_empty() {
-            return None;
-        }
-        let failed: usize = self.failures.values().map(Vec::len).sum();
-        let groups: Vec<String> = self
-            .failures
-            .iter()
-            .map(|(name, labels)| {
-                format!(
-                    "{name}: {}",
-                    nodeset::fold(labels.iter().map(String::as_str))
-                )
-            })
-            .collect();
-        Some(format!(
-            "{failed} of {} hosts failed: {}",
-            self.total,
-            groups.join("; ")
-        ))
-    }
-}
-
-/// A connection past the hello exchange, with the agent's hello.
-pub struct Session {
-    /// The verified connection.
-    pub connection: Connection,
-    /// What the agent announced.
-    pub hello: Hello,
-}
-
-/// Connects to `target`, sends our hello and `request` in one write, and
-/// reads the agent's hello.
-///
-/// # Errors
-/// Every way connecting can fail, a refused client, a version mismatch.
-pub async fn open(
-    client: &Client,
-    target: &Target,
-    request: ClientMessage,
-) -> Result<Session, CtlError> {
-    let connection = client.connect(target).await?;
-    greet(client, connection, request).await
-}
-
-/// Sends our hello and `request` in one write on an established
-/// connection, and reads the agent's hello.
-///
-/// # Errors
-/// A refused client, a version mismatch, a broken connection.
-pub async fn greet(
-    client: &Client,
-    mut connection: Connection,
-    request: ClientMessage,
-) -> Result<Session, CtlError> {
-    let lost = |e: FrameError| CtlError::lost(&e);
-    connection
-        .outgoing
-        .feed(ClientMessage::Hello(Hello::new(crate::exec::software())))
-        .await
-        .map_err(lost)?;
-    connection.outgoing.feed(request).await.map_err(lost)?;
-    connection.outgoing.flush().await.map_err(lost)?;
-    let hello = match connection.incoming.next().await {
-        Some(Ok(AgentMessage::Hello(hello))) => hello,
-        Some(Ok(_)) => {
-            return Err(CtlError::Protocol(
-                "the agent did not start with a hello".into(),
-            ));
-        }
-        Some(Err(FrameError::Io(e))) => return Err(client.explain_first_read_error(e)),
-        Some(Err(e)) => return Err(CtlError::lost(&e)),
-        None => {
-            return Err(CtlError::ConnectionLost(
-                "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
-            ));
-        }
-    };
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(CtlError::VersionMismatch {
-            agent: hello.protocol,
-            software: hello.software,
-            ours: PROTOCOL_VERSION,
+    /// Runs `job` on every target through the fan-out engine on a fresh
+    /// runtime, Ctrl-C (or SIGTERM, SIGHUP) cancelling the run; `done` sees
+    /// each host's result.
+    ///
+    /// # Errors
+    /// The runtime cannot be started.
+    pub fn drive<T, J, F>(
+        &self,
+        job: J,
+        mut done: impl FnMut(HostResult<T>),
+    ) -> Result<RunEnd, CtlError>
+    where
+        T: Finished,
+        J: Fn(usize, Target) -> F,
+        F: Future<Output = Result<T, CtlError>> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+            .enable_all()
+            .build()
+            .map_err(|e| CtlError::runtime(&e))?;
+        let interrupted = Arc::new(AtomicI32::new(0));
+        let mut tally = Tally::default();
+        runtime.block_on(async {
+            let cancel = self.fanout.cancel.clone();
+            let flag = interrupted.clone();
+            tokio::spawn(async move {
+                if let Some(signal) = first_stop_signal().await {
+                    flag.store(signal, Ordering::Relaxed);
+                    cancel.cancel();
+                }
+            });
+            self.fanout
+                .run(&self.targets, &self.console, job, |result| {
+                    tally.add(&self.labels[result.index], &result);
+                    done(result);
+                })
+                .await;
         });
+        // Copies' disk threads remove a half-written file once their job is
+        // dropped (Ctrl-C, a deadline): let them, within reason.
+        runtime.shutdown_timeout(DISK_CLEANUP);
+        self.console.finish();
+        Ok(RunEnd {
+            tally,
+            interrupted: Some(interrupted.load(Ordering::Relaxed)).filter(|&s| s != 0),
+        })
     }
-    Ok(Session { connection, hello })
+
+    /// The exit code of the run, after its summary line.
+    pub fn conclude(&self, end: &RunEnd) -> u8 {
+        // Lost output is a failure of the whole run, whatever the hosts did:
+        // that line says it all (the hosts it cut short are no news).
+        if let Some(what) = self.console.output_lost() {
+            say!("ctl: {what}");
+            return EXIT_CTL_ERROR;
+        }
+        if self.console.broken_pipe() {
+            return EXIT_BROKEN_PIPE;
+        }
+        if let Some(summary) = end.tally.summary() {
+            say!("ctl: {summary}");
+        }
+        match end.interrupted {
+            // 128 + the signal, as a shell reports a command the signal ended:
+            // 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP.
+            Some(signal) => u8::try_from(128 + signal).unwrap_or(EXIT_INTERRUPTED),
+            None => end.tally.exit_code(),
+        }
+    }
 }
 
-/// Short names for hosts in prefixes, headers, file names and summaries:
-/// the host alone where that is unambiguous in this run, else `host:port`,
-/// else the full `user@host:port`.
-pub fn labels(targets: &[Target]) -> Vec<String> {
-    let mut hosts: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut host_ports: BTreeMap<String, usize> = BTreeMap::new();
-    for t in targets {
-        *hosts.entry(&t.host).or_default() += 1;
-        *host_ports.entry(t.host_port()).or_default() += 1;
-    }
-    targets
-        .iter()
-        .map(|t| {
-            if hosts[t.host.as_str()] == 1 {
-                t.host.clone()
-            } else if host_ports[&t.host_port()] == 1 {
-                t.host_port()
-            } else {
-                t.to_string()
-            }
-        })
-        .collect()
+/// Waits for the first SIGINT, SIGTERM or SIGHUP that ctl was not started
+/// with ignored and returns its number; `None` when the handlers cannot be
+/// installed (the run then goes on, and the signal's default action applies).
+async fn first_stop_signal() -> Option<i32> {
+    let mut signals = signals::StopSignals::new().ok()?;
+    Some(signals.next().await as i32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::EXIT_TIMED_OUT;
+    use crate::outcome::labels;
 
     struct Answer(u8);
 
@@ -414,113 +296,94 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_hung_host_holds_one_slot_and_hits_its_deadline() {
-        let fanout = Fanout {
-            limit: 2,
-            deadline: Some(Deadline::Timeout(Duration::from_secs(20))),
+    fn engine(limit: usize, deadline: Option<Deadline>) -> Fanout {
+        Fanout {
+            limit,
+            deadline,
             cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-5]");
-        let mut order = Vec::new();
-        let mut tally = Tally::default();
+        }
+    }
+
+    /// Runs the hosts of `list` through `fanout`: host `hang` never ends,
+    /// any other host `i` takes `i` seconds and exits `code(i)`. Every
+    /// result in the order they came, and their tally.
+    async fn run_all(
+        fanout: &Fanout,
+        list: &str,
+        hang: usize,
+        code: fn(usize) -> u8,
+    ) -> (Vec<HostResult<Answer>>, Tally) {
+        let hosts = targets(list);
         let labels = labels(&hosts);
+        let mut results = Vec::new();
+        let mut tally = Tally::default();
         fanout
             .run(
                 &hosts,
                 &Console::quiet(),
                 |index, _| async move {
-                    if index == 0 {
+                    if index == hang {
                         std::future::pending::<()>().await;
                     }
                     tokio::time::sleep(Duration::from_secs(index as u64)).await;
-                    Ok(Answer(if index == 3 { 3 } else { 0 }))
+                    Ok(Answer(code(index)))
                 },
                 |result| {
                     tally.add(&labels[result.index], &result);
-                    order.push((result.index, result.duration.as_secs()));
+                    results.push(result);
                 },
             )
             .await;
+        (results, tally)
+    }
+
+    fn tally_of(tally: &Tally) -> (u8, Option<String>) {
+        (tally.exit_code(), tally.summary())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_host_holds_one_slot_and_hits_its_deadline() {
+        let fanout = engine(2, Some(Deadline::Timeout(Duration::from_secs(20))));
+        let (results, tally) = run_all(&fanout, "n[1-5]", 0, |i| if i == 3 { 3 } else { 0 }).await;
+        let order: Vec<_> = results
+            .iter()
+            .map(|r| (r.index, r.duration.as_secs()))
+            .collect();
         // The others run through the second slot while n1 hangs.
         assert_eq!(order, [(1, 1), (2, 2), (3, 3), (4, 4), (0, 20)]);
-        assert_eq!(tally.exit_code(), EXIT_TIMED_OUT);
-        assert_eq!(
-            tally.summary().unwrap(),
-            "2 of 5 hosts failed: exit 3: n4; timed out: n1"
-        );
+        let summary = "2 of 5 hosts failed: exit 3: n4; timed out: n1";
+        assert_eq!(tally_of(&tally), (EXIT_TIMED_OUT, Some(summary.into())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_agent_past_its_no_answer_deadline_is_an_error_not_a_timeout() {
-        let fanout = Fanout {
-            limit: 2,
-            deadline: Some(Deadline::NoAnswer(Duration::from_secs(9))),
-            cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-2]");
-        let labels = labels(&hosts);
-        let mut tally = Tally::default();
-        let mut kinds = Vec::new();
-        fanout
-            .run(
-                &hosts,
-                &Console::quiet(),
-                |index, _| async move {
-                    if index == 0 {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok(Answer(0))
-                },
-                |result| {
-                    tally.add(&labels[result.index], &result);
-                    if let Err(failure) = &result.outcome {
-                        kinds.push((failure.kind(), result.duration.as_secs()));
-                    }
-                },
-            )
-            .await;
+        let fanout = engine(2, Some(Deadline::NoAnswer(Duration::from_secs(9))));
+        let (results, tally) = run_all(&fanout, "n[1-2]", 0, |_| 0).await;
+        let kinds: Vec<_> = results
+            .iter()
+            .filter_map(|r| {
+                let failure = r.outcome.as_ref().err()?;
+                Some((failure.kind(), r.duration.as_secs()))
+            })
+            .collect();
         assert_eq!(kinds, [("no-answer", 9)]);
-        assert_eq!(tally.exit_code(), EXIT_CTL_ERROR);
-        assert_eq!(
-            tally.summary().unwrap(),
-            "1 of 2 hosts failed: no-answer: n1"
-        );
+        let summary = "1 of 2 hosts failed: no-answer: n1";
+        assert_eq!(tally_of(&tally), (EXIT_CTL_ERROR, Some(summary.into())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_interrupts_running_and_waiting_hosts() {
-        let fanout = Fanout {
-            limit: 1,
-            deadline: None,
-            cancel: CancellationToken::new(),
-        };
-        let hosts = targets("n[1-3]");
+        let fanout = engine(1, None);
         let cancel = fanout.cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
             cancel.cancel();
         });
-        let mut seen = Vec::new();
-        fanout
-            .run(
-                &hosts,
-                &Console::quiet(),
-                |index, _| async move {
-                    if index == 1 {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok(Answer(0))
-                },
-                |result| seen.push((result.index, result.outcome.is_ok())),
-            )
-            .await;
+        let (results, _) = run_all(&fanout, "n[1-3]", 1, |_| 0).await;
+        let seen: Vec<_> = results
+            .iter()
+            .map(|r| (r.index, r.outcome.is_ok()))
+            .collect();
         assert_eq!(seen, [(0, true), (1, false), (2, false)]);
-    }
-
-    #[test]
-    fn labels_are_as_short_as_the_run_allows() {
-        let hosts = targets("a,b:1,b:2,u@c:5,v@c:5");
-        assert_eq!(labels(&hosts), ["a", "b:1", "b:2", "u@c:5", "v@c:5"]);
     }
 }

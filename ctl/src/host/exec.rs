@@ -8,21 +8,16 @@
 //! connection, and each agent kills its command's process group).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError};
 
-use crate::connect::Client;
+use crate::connect::{self, Client};
+use crate::console::Stream;
 use crate::error::CtlError;
-use crate::fanout;
-use crate::output::{Output, Stream};
+use crate::liveness::Liveness;
+use crate::output::Output;
 use crate::target::Target;
-
-/// Keepalive intervals of silence after which the agent counts as gone.
-const SILENT_INTERVALS: u32 = 3;
-/// The least silence taken as a gone agent, however short its interval.
-const MIN_SILENCE: Duration = Duration::from_secs(2);
 
 /// Runs `request` on `target`, reporting output to `output` as host `index`.
 ///
@@ -35,43 +30,15 @@ pub async fn run(
     index: usize,
     output: Arc<dyn Output<ExitStatus>>,
 ) -> Result<ExitStatus, CtlError> {
-    let session = fanout::open(&client, &target, ClientMessage::Exec(request)).await?;
+    let session = connect::open(&client, &target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
     let lost = |e: FrameError| CtlError::lost(&e);
-    // Until the agent says how often it will speak, wait as long as it takes:
-    // a command may be silent for hours.
-    let mut silence: Option<Duration> = None;
+    let mut alive = Liveness::new();
     loop {
-        let next = match silence {
-            Some(limit) => match tokio::time::timeout(limit, incoming.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    return Err(CtlError::ConnectionLost(format!(
-                        "the agent sent nothing for {}",
-                        humantime::format_duration(limit)
-                    )));
-                }
-            },
-            None => incoming.next().await,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(CtlError::lost(&e)),
-            None => {
-                return Err(CtlError::ConnectionLost(
-                    "the agent closed the connection before the command finished".into(),
-                ));
-            }
-        };
+        let message = super::exec_message(alive.next(&mut incoming).await?)?;
         match message {
-            AgentMessage::Started { keepalive, .. } => {
-                // The interval comes from the agent: bounded both ways.
-                silence = keepalive.map(|k| {
-                    k.saturating_mul(SILENT_INTERVALS)
-                        .clamp(MIN_SILENCE, crate::MAX_DURATION)
-                });
-            }
+            AgentMessage::Started { keepalive, .. } => alive.started(keepalive),
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
             AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
             AgentMessage::Keepalive => {

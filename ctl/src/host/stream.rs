@@ -12,17 +12,15 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use nix::sys::signal::Signal;
-use rexec_protocol::{
-    AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError, Hello, PROTOCOL_VERSION,
-    RemoteSignal,
-};
+use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus, RemoteSignal};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::connect::{Client, Outgoing};
+use crate::connect::{self, Client, Outgoing};
 use crate::error::CtlError;
+use crate::liveness::Liveness;
 use crate::plain;
 use crate::signals::StopSignals;
 use crate::target::Target;
@@ -32,11 +30,6 @@ use crate::target::Target;
 pub const SECOND_INTERRUPT_WINDOW: Duration = Duration::from_secs(3);
 /// How much of our stdin one message carries.
 const STDIN_CHUNK: usize = 64 * 1024;
-/// An agent that announced keepalives and then says nothing for this many
-/// of its intervals is taken as gone (machine off, cable pulled).
-const AGENT_SILENCE_INTERVALS: u32 = 6;
-/// The least silence we take as a dead agent, however short its interval.
-const MIN_AGENT_SILENCE: Duration = Duration::from_secs(2);
 
 /// How a streamed exec ended, from ctl's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,20 +53,9 @@ pub async fn exec_streaming(
 ) -> Result<ExecOutcome, CtlError> {
     let forward_stdin = request.stdin;
     let with_pty = request.pty.is_some();
-    let connection = client.connect(target).await?;
-    let mut incoming = connection.incoming;
-    let mut outgoing = connection.outgoing;
-    let lost = |e: FrameError| CtlError::lost(&e);
-    // Hello and request leave together: no round trip waits for the agent's hello.
-    outgoing
-        .feed(ClientMessage::Hello(Hello::new(software())))
-        .await
-        .map_err(lost)?;
-    outgoing
-        .feed(ClientMessage::Exec(request))
-        .await
-        .map_err(lost)?;
-    outgoing.flush().await.map_err(lost)?;
+    let session = connect::open(client, target, ClientMessage::Exec(request)).await?;
+    let mut incoming = session.connection.incoming;
+    let outgoing = session.connection.outgoing;
 
     let (data_tx, data_rx) = mpsc::channel(4);
     let (urgent_tx, urgent_rx) = mpsc::channel(4);
@@ -96,22 +78,11 @@ pub async fn exec_streaming(
     // connection leaves the terminal as it was; restored when dropped.
     let mut raw_mode = None;
     let mut last_interrupt: Option<Instant> = None;
-    let mut seen_hello = false;
-    // Set once the agent announces its keepalive interval.
-    let mut silence_bound: Option<Duration> = None;
-    let mut last_heard = tokio::time::Instant::now();
+    let mut alive = Liveness::new();
 
     loop {
-        let silence_deadline = silence_deadline(silence_bound, last_heard);
         let message = tokio::select! {
-            message = incoming.next() => message,
-            () = tokio::time::sleep_until(silence_deadline) => {
-                let bound = silence_bound.unwrap_or_default();
-                return Err(CtlError::ConnectionLost(format!(
-                    "no sign of life from the agent for {}",
-                    humantime::format_duration(bound)
-                )));
-            }
+            message = alive.next(&mut incoming) => message?,
             _ = window_change.recv(), if with_pty => {
                 let size = crate::tty::current_size();
                 let _ = urgent_tx.try_send(ClientMessage::WindowSize(size));
@@ -140,45 +111,13 @@ pub async fn exec_streaming(
                 continue;
             }
         };
-        last_heard = tokio::time::Instant::now();
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(FrameError::Io(e))) if !seen_hello => {
-                return Err(client.explain_first_read_error(e));
-            }
-            Some(Err(e)) => return Err(CtlError::lost(&e)),
-            None if !seen_hello => {
-                return Err(CtlError::ConnectionLost(
-                    "the agent closed the connection before answering (busy, or this client is not authorized)".into(),
-                ));
-            }
-            None => {
-                return Err(CtlError::ConnectionLost(
-                    "the agent closed the connection before the command finished".into(),
-                ));
-            }
-        };
+        let message = super::exec_message(message)?;
         match message {
-            AgentMessage::Hello(hello) if !seen_hello => {
-                seen_hello = true;
-                if hello.protocol != PROTOCOL_VERSION {
-                    return Err(CtlError::VersionMismatch {
-                        agent: hello.protocol,
-                        software: hello.software,
-                        ours: PROTOCOL_VERSION,
-                    });
-                }
-            }
-            _ if !seen_hello => {
-                return Err(CtlError::Protocol(
-                    "the agent did not start with a hello".into(),
-                ));
-            }
             AgentMessage::Started { keepalive, .. } => {
-                silence_bound = keepalive.map(agent_silence);
+                alive.started(keepalive);
                 if with_pty {
                     raw_mode = crate::tty::RawMode::enter().map_err(|e| {
-                        CtlError::Local(format!(
+                        CtlError::Output(format!(
                             "cannot set the terminal to raw mode: {}",
                             plain::io_error(&e)
                         ))
@@ -212,40 +151,11 @@ pub async fn exec_streaming(
     }
 }
 
-/// How long an agent that announced keepalives every `interval` may say
-/// nothing before we take it as gone; the same rule for every request.
-pub(crate) fn agent_silence(interval: Duration) -> Duration {
-    interval
-        .saturating_mul(AGENT_SILENCE_INTERVALS)
-        .clamp(MIN_AGENT_SILENCE, crate::MAX_DURATION)
-}
-
-/// When an agent last heard from at `last_heard` counts as gone under
-/// `bound`; never without one.
-pub(crate) fn silence_deadline(
-    bound: Option<Duration>,
-    last_heard: tokio::time::Instant,
-) -> tokio::time::Instant {
-    bound
-        .and_then(|bound| last_heard.checked_add(bound))
-        .unwrap_or_else(far_future)
-}
-
-fn far_future() -> tokio::time::Instant {
-    // About thirty years: never, for a command, without overflowing Instant.
-    tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30)
-}
-
-/// ctl's name and version, for the hello.
-pub fn software() -> String {
-    format!("ctl {}", env!("CARGO_PKG_VERSION"))
-}
-
 /// An unbuffered handle on one of our output descriptors: chunks go out
 /// with one write each, as they arrived.
 fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
     fd.try_clone_to_owned().map(File::from).map_err(|e| {
-        CtlError::Local(format!(
+        CtlError::Output(format!(
             "cannot use an output descriptor: {}",
             plain::io_error(&e)
         ))

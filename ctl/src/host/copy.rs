@@ -8,25 +8,25 @@
 //! time; the receiving side writes each file under a temporary name and
 //! renames it into place only once its checksum matched.
 //!
-//! The jobs here are one host's work; `lib.rs` runs them through the
+//! The jobs here are one host's work; `crate::cmd::cp` runs them through the
 //! fan-out engine like every multi-host command.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter, entry_name};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, FrameError, PullRequest, PushRequest,
 };
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
+use crate::connect;
 use crate::connect::Client;
-use crate::error::CtlError;
-use crate::exec::{agent_silence, silence_deadline};
-use crate::fanout::{self, Finished};
-use crate::output::Describe;
+use crate::error::{ConnectionError, CtlError, FileError};
+use crate::liveness::Liveness;
+use crate::outcome::Finished;
+use crate::output::{Describe, no_exit};
 use crate::target::Target;
 
 /// A `TARGETS:PATH` operand.
@@ -75,21 +75,12 @@ pub struct Copied {
     pub changed: Vec<String>,
 }
 
-impl Finished for Copied {
-    fn exit_code(&self) -> u8 {
-        0
-    }
-
-    fn failure(&self) -> Option<String> {
-        None
-    }
-}
+impl Finished for Copied {}
 
 impl Describe for Copied {
     fn describe(&self, record: &mut Map<String, Value>) {
         record.insert("status".into(), json!("copied"));
-        record.insert("exit_code".into(), Value::Null);
-        record.insert("signal".into(), Value::Null);
+        no_exit(record);
         record.insert("entries".into(), json!(self.entries));
         record.insert("bytes".into(), json!(self.bytes));
         record.insert("blake3".into(), json!(self.blake3));
@@ -119,8 +110,8 @@ impl Copied {
 fn local(e: CopyError) -> CtlError {
     match e.kind {
         // Our writer refusing what the agent sent.
-        ErrorKind::Protocol => CtlError::Protocol(e.message),
-        _ => CtlError::Local(e.message),
+        ErrorKind::Protocol => CtlError::Connection(ConnectionError::Protocol(e.message)),
+        _ => FileError::Copy(e.message).into(),
     }
 }
 
@@ -164,41 +155,23 @@ impl Watch {
     }
 }
 
-/// The agent's liveness during a copy, by exec's rule: once it has said how
-/// often it speaks (`CopyStarted`), a longer silence means it is gone.
-struct Liveness {
-    bound: Option<Duration>,
-    last_heard: Instant,
-}
-
-impl Liveness {
-    fn new() -> Self {
-        Liveness {
-            bound: None,
-            last_heard: Instant::now(),
-        }
-    }
-
-    /// The next message, or an error once the agent has been silent too long.
-    async fn next<S, T>(&mut self, incoming: &mut S) -> Result<Option<T>, CtlError>
-    where
-        S: futures_util::Stream<Item = T> + Unpin,
-    {
-        let deadline = silence_deadline(self.bound, self.last_heard);
-        match tokio::time::timeout_at(deadline, incoming.next()).await {
-            Ok(next) => {
-                self.last_heard = Instant::now();
-                Ok(next)
-            }
-            Err(_) => Err(CtlError::ConnectionLost(format!(
-                "no sign of life from the agent for {}",
-                humantime::format_duration(self.bound.unwrap_or_default())
-            ))),
-        }
-    }
-
-    fn started(&mut self, keepalive: Option<Duration>) {
-        self.bound = keepalive.map(agent_silence);
+/// Why a copy's conversation stopped at `next`, which is none of the
+/// messages the `direction` ("push", "pull") expects: the agent's error,
+/// a message out of place, a broken connection, or one closed `early`.
+fn stopped(
+    next: Option<Result<AgentMessage, FrameError>>,
+    direction: &str,
+    early: &str,
+) -> CtlError {
+    match next {
+        Some(Ok(AgentMessage::Error(report))) => CtlError::Agent(report),
+        Some(Ok(other)) => ConnectionError::Protocol(format!(
+            "unexpected message during a {direction}: {other:?}"
+        ))
+        .into(),
+        Some(Err(FrameError::Io(e))) => ConnectionError::Lost(e.to_string()).into(),
+        Some(Err(e)) => ConnectionError::Protocol(e.to_string()).into(),
+        None => ConnectionError::Lost(format!("the agent closed the connection {early}")).into(),
     }
 }
 
@@ -298,10 +271,12 @@ pub async fn push(
         user: target.user.clone(),
         preserve_owner: options.preserve_owner,
     });
-    let session = fanout::open(client, target, request).await?;
+    let session = connect::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
-    let lost = |e: FrameError| SendStop::Connection(CtlError::ConnectionLost(e.to_string()));
+    let lost = |e: FrameError| {
+        SendStop::Connection(CtlError::Connection(ConnectionError::Lost(e.to_string())))
+    };
     let mut watch = Watch::default();
     // Reading and hashing happen on a thread of their own, beside the
     // encryption and sending here.
@@ -319,9 +294,9 @@ pub async fn push(
             outgoing.feed(message).await.map_err(lost)?;
         }
         if reading.await.is_err() {
-            return Err(SendStop::Local(CtlError::Local(
-                "reading the files failed".into(),
-            )));
+            return Err(SendStop::Local(
+                FileError::Copy("reading the files failed".into()).into(),
+            ));
         }
         outgoing.feed(ClientMessage::CopyEnd).await.map_err(lost)?;
         outgoing.flush().await.map_err(lost)?;
@@ -337,21 +312,7 @@ pub async fn push(
                 Some(Ok(AgentMessage::CopyDone(done))) => return Ok(done),
                 Some(Ok(AgentMessage::CopyStarted { keepalive })) => alive.started(keepalive),
                 Some(Ok(AgentMessage::Keepalive)) => continue,
-                Some(Ok(AgentMessage::Error(report))) => return Err(CtlError::Agent(report)),
-                Some(Ok(other)) => {
-                    return Err(CtlError::Protocol(format!(
-                        "unexpected message during a push: {other:?}"
-                    )));
-                }
-                Some(Err(FrameError::Io(e))) => {
-                    return Err(CtlError::ConnectionLost(e.to_string()));
-                }
-                Some(Err(e)) => return Err(CtlError::Protocol(e.to_string())),
-                None => {
-                    return Err(CtlError::ConnectionLost(
-                        "the agent closed the connection before confirming the copy".into(),
-                    ));
-                }
+                next => return Err(stopped(next, "push", "before confirming the copy")),
             }
         }
     };
@@ -422,7 +383,7 @@ pub async fn pull(
         user: target.user.clone(),
         preserve_owner: options.preserve_owner,
     });
-    let session = fanout::open(client, target, request).await?;
+    let session = connect::open(client, target, request).await?;
     let mut incoming = session.connection.incoming;
     // Writing and hashing happen on a thread of their own, beside the
     // decryption here; dropping `disk` without `Finish` removes a
@@ -456,19 +417,7 @@ pub async fn pull(
                 continue;
             }
             Some(Ok(AgentMessage::Keepalive)) => continue,
-            Some(Ok(AgentMessage::Error(report))) => break Some(CtlError::Agent(report)),
-            Some(Ok(other)) => {
-                break Some(CtlError::Protocol(format!(
-                    "unexpected message during a pull: {other:?}"
-                )));
-            }
-            Some(Err(FrameError::Io(e))) => break Some(CtlError::ConnectionLost(e.to_string())),
-            Some(Err(e)) => break Some(CtlError::Protocol(e.to_string())),
-            None => {
-                break Some(CtlError::ConnectionLost(
-                    "the agent closed the connection before the copy ended".into(),
-                ));
-            }
+            next => break Some(stopped(next, "pull", "before the copy ended")),
         };
         watch.see(&item);
         // A closed queue means the writer stopped on an error: it is below.
@@ -480,7 +429,7 @@ pub async fn pull(
     drop(disk);
     let written = writing
         .await
-        .map_err(|_| CtlError::Local("writing the files failed".into()))?;
+        .map_err(|_| CtlError::from(FileError::Copy("writing the files failed".into())))?;
     if let Some(e) = stopped {
         return Err(e);
     }

@@ -11,10 +11,10 @@ use futures_util::StreamExt;
 use rexec_protocol::{AgentMessage, ClientMessage};
 use serde_json::{Map, Value, json};
 
-use crate::connect::Client;
-use crate::error::CtlError;
-use crate::fanout::{self, Finished};
-use crate::output::{Describe, millis};
+use crate::connect::{self, Client};
+use crate::error::{ConnectionError, CtlError};
+use crate::outcome::Finished;
+use crate::output::{Describe, millis, no_exit};
 use crate::target::Target;
 
 /// A host that answered.
@@ -28,21 +28,12 @@ pub struct Pong {
     pub agent: String,
 }
 
-impl Finished for Pong {
-    fn exit_code(&self) -> u8 {
-        0
-    }
-
-    fn failure(&self) -> Option<String> {
-        None
-    }
-}
+impl Finished for Pong {}
 
 impl Describe for Pong {
     fn describe(&self, record: &mut Map<String, Value>) {
         record.insert("status".into(), json!("answered"));
-        record.insert("exit_code".into(), Value::Null);
-        record.insert("signal".into(), Value::Null);
+        no_exit(record);
         record.insert("connect_ms".into(), json!(millis(self.connect)));
         record.insert("latency_ms".into(), json!(millis(self.round_trip)));
         record.insert("agent".into(), json!(self.agent));
@@ -70,7 +61,7 @@ pub async fn ping(client: &Client, target: &Target) -> Result<Pong, CtlError> {
     let connection = client.connect(target).await?;
     let connect = started.elapsed();
     let sent = Instant::now();
-    let session = fanout::greet(client, connection, ClientMessage::Ping).await?;
+    let session = connect::greet(client, connection, ClientMessage::Ping).await?;
     let mut incoming = session.connection.incoming;
     match incoming.next().await {
         Some(Ok(AgentMessage::Pong)) => Ok(Pong {
@@ -81,8 +72,8 @@ pub async fn ping(client: &Client, target: &Target) -> Result<Pong, CtlError> {
         Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
         Some(Ok(other)) => Err(CtlError::unexpected(&other)),
         Some(Err(e)) => Err(CtlError::lost(&e)),
-        None => Err(CtlError::ConnectionLost(
+        None => Err(CtlError::Connection(ConnectionError::Lost(
             "the agent closed the connection without answering".into(),
-        )),
+        ))),
     }
 }

@@ -1,0 +1,323 @@
+//! The command line: clap's definitions, the help text, the flag groups
+//! several commands share, and the parsers of flag values. Nothing here
+//! runs a command; `crate::cmd` does.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CtlError;
+use crate::fanout::DEFAULT_FANOUT;
+
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status of ctl exec (one target):
+  N      the remote command exited with N
+  128+N  the remote command was killed by signal N
+  124    --timeout expired (the remote process group was killed)
+  130    interrupted by a second Ctrl-C (the remote group was sent SIGKILL)
+  141    our stdout was closed by its reader (ctl ... | head)
+  255    ctl could not run the command (bad usage, unreachable, host key
+         changed, not authorized, protocol error, the agent stopped answering)
+         or could not write its output; one line on stderr says which
+Several targets: 0 when every host exited 0, else the largest per-host code
+(a host ctl could not run on counts as 255, a timed out one as 124), with a
+one-line summary of the failed hosts on stderr; 130, 143 or 129 when Ctrl-C,
+SIGTERM or SIGHUP ended the run.";
+
+/// Run commands on rexec agents.
+#[derive(Debug, Parser)]
+#[command(name = "ctl", version, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Directory with ctl's identity and known hosts
+    /// [default: $XDG_CONFIG_HOME/rexec or ~/.config/rexec]
+    #[arg(long, global = true, env = "REXEC_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Inventory of groups and per-host settings
+    /// [default: hosts.toml in the config directory]
+    #[arg(long, global = true, env = "REXEC_INVENTORY", value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this client's identity and print its fingerprint.
+    Keygen,
+    /// Print this client's fingerprint (what an agent admin authorizes).
+    Id,
+    /// Run a command on one host or many: ctl exec TARGETS COMMAND...
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Exec(ExecArgs),
+    /// Print the hosts a target list expands to, one per line.
+    Hosts(HostsArgs),
+    /// Check that agents answer: handshake and one round trip per host.
+    Ping(PingArgs),
+    /// Copy files: ctl cp [-r] LOCAL... TARGETS:/PATH, or
+    /// ctl cp [-r] TARGETS:/PATH LOCAL_DIR.
+    #[command(after_help = COPY_HELP)]
+    Cp(CpArgs),
+    /// List or remove the agents' fingerprints recorded on first contact.
+    KnownHosts {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: KnownHostsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KnownHostsAction {
+    /// Print every recorded host and fingerprint.
+    List,
+    /// Forget a host's fingerprint (after a legitimate re-install).
+    Remove {
+        /// HOST or HOST:PORT (without a port: the inventory's, else 7722)
+        host: String,
+    },
+}
+
+/// Which hosts of a target list to leave out: every command that takes
+/// a target list has this.
+#[derive(Debug, clap::Args)]
+pub struct Exclude {
+    /// Remove these hosts from the targets (repeatable; a target list).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
+    pub exclude: Vec<String>,
+}
+
+/// How a command that talks to many hosts reaches them.
+#[derive(Debug, clap::Args)]
+pub struct Reach {
+    /// Most hosts at once.
+    #[arg(short = 'f', long, default_value_t = DEFAULT_FANOUT, value_parser = parse_fanout)]
+    pub fanout: usize,
+    /// Bound on connecting and the TLS handshake.
+    #[arg(long, value_parser = parse_connect_timeout, default_value = "5s")]
+    pub connect_timeout: Duration,
+    /// Refuse hosts that are not in known hosts instead of trusting them on
+    /// first use.
+    #[arg(long)]
+    pub strict_host_key: bool,
+}
+
+/// `ctl exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Forward our stdin to the command (otherwise its stdin is empty).
+    #[arg(short = 'i', long = "stdin")]
+    pub stdin: bool,
+    /// Run the command on a remote pseudo-terminal (for top, sudo, vim):
+    /// our terminal goes to raw mode, keys and window size are forwarded,
+    /// stdout and stderr arrive merged, as on a terminal. Implies -i.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Kill the remote command's process group after this long (e.g. 30s,
+    /// 5m); 0 means no limit, as with GNU timeout.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Set a variable in the command's environment (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory for the command [default: the user's home].
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Run as this user (also: USER@HOST).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub reach: Reach,
+    #[command(flatten)]
+    pub exclude: Exclude,
+    /// After all hosts finish, print each distinct stdout once, under the
+    /// set of hosts that produced it.
+    #[arg(short = 'b', long, conflicts_with_all = ["json", "out_dir"])]
+    pub gather: bool,
+    /// One JSON object per host per line, as each finishes.
+    #[arg(long, conflicts_with = "out_dir")]
+    pub json: bool,
+    /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
+    #[arg(short = 'o', long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
+    /// node[01-20],@group,!node07 (see `ctl hosts --help`).
+    #[arg(value_name = "TARGETS")]
+    pub target: String,
+    /// The command: one argument is a shell command line; several are quoted
+    /// and joined, so they arrive as exactly those words.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub const TARGETS_HELP: &str = "\
+TARGETS is a comma-separated list of:
+  host, host:port, user@host, [v6addr]:port    one host
+  node[01-20], rack[1-3]-n[1,3,5-7]            ranges (zero padding kept)
+  @name                                        a group from the inventory
+  !node07, !@name                              exclusions
+A bracket holding a ':' is an IPv6 address, any other bracket a range.";
+
+/// `ctl hosts`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = TARGETS_HELP)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    pub exclude: Exclude,
+    /// Print the hosts folded into one node set instead (node[01-05,07]).
+    #[arg(long)]
+    pub fold: bool,
+    /// The target list.
+    #[arg(value_name = "TARGETS")]
+    pub targets: String,
+}
+
+/// `ctl ping`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = TARGETS_HELP)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub exclude: Exclude,
+    #[command(flatten)]
+    pub reach: Reach,
+    /// One JSON object per host per line.
+    #[arg(long)]
+    pub json: bool,
+    /// The target list.
+    #[arg(value_name = "TARGETS")]
+    pub targets: String,
+}
+
+pub const COPY_HELP: &str = "\
+A remote operand is TARGETS:/ABSOLUTE/PATH (split at the first ':/'; write a
+local path containing ':/' as ./like:/this).
+As cp and scp do: into the destination when it is an existing directory, else
+the one source becomes that path (its parent must exist); a destination ending
+in '/' must be a directory. Pull from several hosts: LOCAL_DIR/HOST/NAME.
+Links are copied as links and never followed on the receiving side. Each file
+is written under a temporary name, checked against its BLAKE3 hash and renamed
+into place: readers see the old file or the new one, never a mix. Set-id bits
+are kept only with -p.
+Exit status: 0 when every host succeeded, else the largest per-host code
+(255 when ctl or the agent could not copy), with a summary on stderr.";
+
+/// `ctl cp`.
+#[derive(Debug, clap::Args)]
+pub struct CpArgs {
+    /// Copy directories and everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Keep numeric owners (user and group ids); the writing side must be
+    /// root (on a push, the agent's copy must run as root).
+    #[arg(short = 'p', long)]
+    pub preserve_owner: bool,
+    #[command(flatten)]
+    pub exclude: Exclude,
+    #[command(flatten)]
+    pub reach: Reach,
+    /// Give up on a host whose copy (connecting included) takes longer
+    /// than this: exit 124, the partial file removed; 0 for no limit.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// One JSON object per host per line: entries, bytes, duration, blake3.
+    #[arg(long)]
+    pub json: bool,
+    /// Sources then destination; exactly one side is remote.
+    #[arg(required = true, num_args = 2.., value_name = "PATHS")]
+    pub paths: Vec<String>,
+}
+
+/// The longest duration any flag takes. Far beyond any real command or
+/// copy, and small enough that adding it to a clock can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration flag: any humantime duration (`500ms`, `30s`, `1h 30m`) up to
+/// [`MAX_DURATION`].
+///
+/// # Errors
+/// A malformed duration, or one over the bound.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is not a duration (a number and a unit: 500ms, 30s, 5m, 1h 30m)")
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!("{s:?} is too long: at most 366 days"));
+    }
+    Ok(duration)
+}
+
+/// A connect timeout: a duration that is not zero.
+fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("the connect timeout must be longer than 0".into()),
+        duration => Ok(duration),
+    }
+}
+
+/// `--fanout`: a number of hosts, at least 1.
+fn parse_fanout(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a number of hosts, at least 1, got {s:?}")),
+    }
+}
+
+/// `--env KEY=VALUE`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// The command line a list of words becomes: one word is taken as a shell
+/// command line as it is; several are each quoted and joined with spaces.
+///
+/// # Errors
+/// When a word contains a NUL byte, which no shell argument can hold.
+pub fn command_line(words: &[String]) -> Result<String, CtlError> {
+    match words {
+        [one] => Ok(one.clone()),
+        words => shlex::try_join(words.iter().map(String::as_str))
+            .map_err(|_| CtlError::Usage("a word of the command contains a NUL byte".into())),
+    }
+}
+
+/// clap's message for bad usage as our one line: its first line without
+/// the `error:` tag, then where to look (clap adds a usage block and tips).
+pub fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    // The message is the first paragraph (a list of missing arguments
+    // continues it on indented lines); the usage block and tips follow.
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error:").unwrap_or(&message).trim();
+    let message = if message.is_empty() {
+        "bad usage"
+    } else {
+        message
+    };
+    format!("{message} (see ctl --help)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_word_is_a_command_line_several_are_quoted() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&words(&["echo a; exit 3"])).unwrap(),
+            "echo a; exit 3"
+        );
+        let several = words(&["printf", "%s\\n", "a b", "c", "$HOME", "it's"]);
+        let line = command_line(&several).unwrap();
+        assert_eq!(shlex::split(&line).unwrap(), several, "{line}");
+        assert!(command_line(&words(&["a", "b\0"])).is_err());
+    }
+}

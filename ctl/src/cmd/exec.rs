@@ -1,0 +1,150 @@
+//! `ctl exec`: one literal target with no multi-host output mode streams
+//! raw through `crate::host::stream`; anything else runs the exec job of
+//! `crate::host::exec` on every host through the fan-out engine, into the
+//! output mode asked for.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rexec_protocol::ExecRequest;
+
+use super::{Failure, client, load_inventory, no_limit_if_zero, plain, resolve};
+use crate::cli::{ExecArgs, command_line};
+use crate::config::ConfigDir;
+use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
+use crate::fanout::{Deadline, Run};
+use crate::host;
+use crate::host::stream::ExecOutcome;
+use crate::output::Output;
+use crate::output::gathered::Gathered;
+use crate::output::json::JsonLines;
+use crate::output::outdir::OutDir;
+use crate::output::prefixed::Prefixed;
+use crate::target::{self, TargetSpec};
+use crate::tty;
+
+/// ctl's own deadline on a host is its `--timeout` plus the connect timeout
+/// plus this: time for the agent to kill the command's group (its kill
+/// grace) and report. Past it the agent is taken as hung.
+const DEADLINE_SLACK: Duration = Duration::from_secs(5);
+
+/// How long ctl waits for an exec's end before it takes the agent as
+/// unresponsive: the agent enforces the timeout itself, so only an agent
+/// that stopped answering gets this far. None without a timeout: a command
+/// may run for hours, and keepalives notice a vanished agent.
+fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<Deadline> {
+    timeout.map(|t| Deadline::NoAnswer(t.saturating_add(connect).saturating_add(DEADLINE_SLACK)))
+}
+
+/// Runs the command on the targets.
+pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+    let single = target::is_single(&args.target)
+        && args.exclude.exclude.is_empty()
+        && !args.gather
+        && !args.json
+        && args.out_dir.is_none();
+    if !single {
+        return exec_many(config, inventory, args);
+    }
+    let spec =
+        TargetSpec::parse(&args.target).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+    let mut target = load_inventory(config, inventory)?.complete(spec);
+    if args.user.is_some() {
+        target.user = args.user.clone();
+    }
+    let command = command_line(&args.command).map_err(plain)?;
+    let client = client(config, &args.reach)?;
+    let request = ExecRequest {
+        command,
+        env: args.env,
+        cwd: args.cwd,
+        user: target.user.clone(),
+        timeout: no_limit_if_zero(args.timeout),
+        stdin: args.stdin || args.tty,
+        pty: args.tty.then(tty::pty_request),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| plain(CtlError::runtime(&e)))?;
+    let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
+    let outcome = runtime.block_on(async {
+        let run = host::stream::exec_streaming(&client, &target, request);
+        match deadline {
+            Some(Deadline::NoAnswer(limit)) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or(Err(CtlError::Connection(ConnectionError::NoAnswer(limit)))),
+            _ => run.await,
+        }
+    });
+    // The stdin reader thread may be blocked in a read; do not wait for it.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(ExecOutcome::Finished(status)) => {
+            if status == rexec_protocol::ExitStatus::TimedOut {
+                say!("ctl: {target}: command timed out; its process group was killed");
+            }
+            Ok(exit_code(status))
+        }
+        Ok(ExecOutcome::BrokenPipe) => Ok(EXIT_BROKEN_PIPE),
+        Ok(ExecOutcome::Interrupted) => Ok(EXIT_INTERRUPTED),
+        Err(e) => Err((Some(target.to_string()), e)),
+    }
+}
+
+fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+    if args.stdin || args.tty {
+        return Err(plain(CtlError::Usage(
+            "-i/--stdin and -t/--tty work with a single target only".into(),
+        )));
+    }
+    let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    if let Some(user) = &args.user {
+        for target in &mut targets {
+            target.user = Some(user.clone());
+        }
+    }
+    let command = command_line(&args.command).map_err(plain)?;
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            plain(CtlError::Output(format!(
+                "cannot create {}: {}",
+                dir.display(),
+                crate::plain::io_error(&e)
+            )))
+        })?;
+    }
+    let client = Arc::new(client(config, &args.reach)?);
+    let request = ExecRequest {
+        command,
+        env: args.env,
+        cwd: args.cwd,
+        timeout: no_limit_if_zero(args.timeout),
+        ..ExecRequest::default()
+    };
+    let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
+    let run = Run::new(targets, args.reach.fanout, deadline);
+    let (console, labels) = (&run.console, &run.labels);
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
+        Arc::new(Gathered::new(console.clone(), labels.clone()))
+    } else if args.json {
+        Arc::new(JsonLines::new(console.clone(), labels.clone()))
+    } else if let Some(dir) = args.out_dir {
+        Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+    } else {
+        Arc::new(Prefixed::new(console.clone(), labels.clone()))
+    };
+    let end = run
+        .drive(
+            |index, target| {
+                let mut request = request.clone();
+                request.user = target.user.clone();
+                host::exec::run(client.clone(), target, request, index, output.clone())
+            },
+            |result| output.done(&result),
+        )
+        .map_err(plain)?;
+    output.end();
+    Ok(run.conclude(&end))
+}

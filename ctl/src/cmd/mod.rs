@@ -1,0 +1,114 @@
+//! The commands' bodies, one file each, and what they share: loading our
+//! identity, known hosts and inventory, resolving a target list, and
+//! writing to our stdout. `lib.rs` dispatches here from the parsed
+//! command line (`crate::cli`).
+
+pub mod cp;
+pub mod exec;
+pub mod hosts;
+pub mod identity;
+pub mod known_hosts;
+pub mod ping;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rexec_protocol::{Identity, IdentityError};
+
+use crate::cli::Reach;
+use crate::config::ConfigDir;
+use crate::connect::{Carrier, Client};
+use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
+use crate::inventory::Inventory;
+use crate::known_hosts::KnownHosts;
+use crate::target::Target;
+
+/// An error with the target it concerns, if any.
+pub type Failure = (Option<String>, CtlError);
+
+/// An error that concerns no one target.
+pub(crate) fn plain(e: CtlError) -> Failure {
+    (None, e)
+}
+
+/// Our identity; a missing one says how to create it.
+pub(crate) fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
+    let paths = config.identity();
+    match Identity::load(&paths) {
+        Ok(identity) => Ok(identity),
+        Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(plain(CtlError::File(FileError::NoIdentity(
+                paths.private_key,
+            ))))
+        }
+        Err(e) => Err(plain(e.into())),
+    }
+}
+
+/// Known hosts, each malformed line named on stderr.
+pub(crate) fn load_known_hosts(config: &ConfigDir) -> Result<KnownHosts, Failure> {
+    let path = config.known_hosts();
+    let hosts = KnownHosts::load(&path).map_err(|source| {
+        plain(CtlError::File(FileError::KnownHosts {
+            path: path.clone(),
+            source,
+        }))
+    })?;
+    for line in hosts.malformed() {
+        say!(
+            "ctl: {}:{line}: not HOST:PORT SHA256:<fingerprint>; line ignored",
+            path.display()
+        );
+    }
+    Ok(hosts)
+}
+
+/// The inventory: `explicit`, else the config directory's.
+pub(crate) fn load_inventory(
+    config: &ConfigDir,
+    explicit: Option<&Path>,
+) -> Result<Inventory, Failure> {
+    Inventory::load(explicit, config).map_err(|e| plain(CtlError::Usage(e.to_string())))
+}
+
+/// The targets `list` names, less `exclude`.
+pub(crate) fn resolve(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    list: &str,
+    exclude: &[String],
+) -> Result<Vec<Target>, Failure> {
+    load_inventory(config, inventory)?
+        .resolve(list, exclude)
+        .map_err(|e| plain(CtlError::Usage(e.to_string())))
+}
+
+/// Writes `text` to our stdout: 0 once written, 141 when its reader went
+/// away, an error when it could not take it (a full disk).
+pub(crate) fn print_out(text: &str) -> Result<u8, Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_BROKEN_PIPE),
+        Err(e) => Err(plain(CtlError::write_failed("to stdout", &e))),
+    }
+}
+
+/// What every connection of this run shares, from our files and `reach`.
+pub(crate) fn client(config: &ConfigDir, reach: &Reach) -> Result<Client, Failure> {
+    Ok(Client {
+        identity: load_identity(config)?,
+        known_hosts: Mutex::new(load_known_hosts(config)?),
+        strict_host_key: reach.strict_host_key,
+        connect_timeout: reach.connect_timeout,
+        carrier: Carrier::Tcp,
+    })
+}
+
+/// `--timeout 0` asks for no limit, as GNU timeout reads it (and the
+/// agent too).
+pub(crate) fn no_limit_if_zero(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.filter(|t| !t.is_zero())
+}

@@ -1,0 +1,114 @@
+//! The one rule by which ctl decides that an agent is gone (machine off,
+//! cable pulled) during a request: once the agent has announced its
+//! keepalive interval (`Started`, `CopyStarted`), a silence of six
+//! intervals, and at least 2 s, means it will not speak again.
+//!
+//! Before the announcement there is no bound: a command may be silent for
+//! hours, and the connect timeout and ctl's own deadlines cover the rest.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::error::{ConnectionError, CtlError};
+
+/// An agent that announced keepalives and then says nothing for this many
+/// of its intervals is taken as gone.
+const AGENT_SILENCE_INTERVALS: u32 = 6;
+/// The least silence we take as a dead agent, however short its interval.
+const MIN_AGENT_SILENCE: Duration = Duration::from_secs(2);
+
+/// How long an agent that announced keepalives every `interval` may say
+/// nothing before we take it as gone. The interval comes from the agent:
+/// bounded both ways.
+fn agent_silence(interval: Duration) -> Duration {
+    interval
+        .saturating_mul(AGENT_SILENCE_INTERVALS)
+        .clamp(MIN_AGENT_SILENCE, crate::cli::MAX_DURATION)
+}
+
+/// One request's view of its agent's liveness.
+#[derive(Debug)]
+pub struct Liveness {
+    bound: Option<Duration>,
+    last_heard: Instant,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new()
+    }
+}
+
+impl Liveness {
+    /// No bound until the agent announces its interval.
+    pub fn new() -> Self {
+        Liveness {
+            bound: None,
+            last_heard: Instant::now(),
+        }
+    }
+
+    /// The agent announced that it speaks at least every `keepalive`.
+    pub fn started(&mut self, keepalive: Option<Duration>) {
+        self.bound = keepalive.map(agent_silence);
+    }
+
+    /// The next message, or an error once the agent has been silent too long.
+    ///
+    /// # Errors
+    /// The agent said nothing within the bound.
+    pub async fn next<S, T>(&mut self, incoming: &mut S) -> Result<Option<T>, CtlError>
+    where
+        S: futures_util::Stream<Item = T> + Unpin,
+    {
+        match tokio::time::timeout_at(self.deadline(), incoming.next()).await {
+            Ok(next) => {
+                self.last_heard = Instant::now();
+                Ok(next)
+            }
+            Err(_) => Err(CtlError::Connection(ConnectionError::Lost(format!(
+                "no sign of life from the agent for {}",
+                humantime::format_duration(self.bound.unwrap_or_default())
+            )))),
+        }
+    }
+
+    /// When the agent counts as gone; never without a bound.
+    fn deadline(&self) -> Instant {
+        self.bound
+            .and_then(|bound| self.last_heard.checked_add(bound))
+            // About thirty years: never, for a command, without
+            // overflowing Instant.
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365 * 30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_six_intervals_and_at_least_two_seconds() {
+        assert_eq!(
+            agent_silence(Duration::from_secs(5)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            agent_silence(Duration::from_millis(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(agent_silence(Duration::MAX), crate::cli::MAX_DURATION);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_silent_past_its_bound_is_gone() {
+        let mut alive = Liveness::new();
+        alive.started(Some(Duration::from_secs(1)));
+        let mut never = futures_util::stream::pending::<()>();
+        let e = alive.next(&mut never).await.unwrap_err();
+        assert_eq!(e.kind(), "connection-lost");
+        assert!(e.to_string().contains("no sign of life"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! `-o/--out-dir DIR`: each host's output in files of its own, and a
+//! summary of every host.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::{Describe, Output, host_note, lock, record, slot};
+use crate::console::{Console, Stream};
+use crate::outcome::{HostResult, Labels};
+use crate::plain;
+
+/// `-o/--out-dir DIR`: each host's stdout and stderr in `DIR/HOST.out` and
+/// `DIR/HOST.err` (both always created), and `DIR/summary.jsonl` with the
+/// `--json` record of every host minus its output.
+pub struct OutDir {
+    console: Arc<Console>,
+    labels: Labels,
+    dir: PathBuf,
+    files: Vec<Mutex<[Option<File>; 2]>>,
+    records: Mutex<Vec<(usize, String)>>,
+}
+
+impl OutDir {
+    /// Files in `dir` (which must exist) for hosts named `labels`.
+    pub fn new(console: Arc<Console>, labels: Labels, dir: PathBuf) -> OutDir {
+        OutDir {
+            console,
+            files: labels.iter().map(|_| Mutex::default()).collect(),
+            dir,
+            labels,
+            records: Mutex::default(),
+        }
+    }
+
+    fn path(&self, host: usize, stream: Stream) -> PathBuf {
+        let extension = match stream {
+            Stream::Stdout => "out",
+            Stream::Stderr => "err",
+        };
+        self.dir.join(format!("{}.{extension}", self.labels[host]))
+    }
+
+    fn file<'f>(
+        &self,
+        host: usize,
+        stream: Stream,
+        files: &'f mut [Option<File>; 2],
+    ) -> Option<&'f mut File> {
+        let slot = &mut files[slot(stream)];
+        if slot.is_none() {
+            let path = self.path(host, stream);
+            match File::create(&path) {
+                Ok(file) => *slot = Some(file),
+                Err(e) => self.console.lose(format!(
+                    "cannot create {}: {}",
+                    path.display(),
+                    plain::io_error(&e)
+                )),
+            }
+        }
+        slot.as_mut()
+    }
+}
+
+impl<T: Describe> Output<T> for OutDir {
+    fn chunk(&self, host: usize, stream: Stream, data: &[u8]) {
+        if self.console.output_lost().is_some() {
+            return;
+        }
+        let mut files = lock(&self.files[host]);
+        if let Some(file) = self.file(host, stream, &mut files)
+            && let Err(e) = file.write_all(data)
+        {
+            let path = self.path(host, stream);
+            self.console.lose(format!(
+                "cannot write {}: {}",
+                path.display(),
+                plain::io_error(&e)
+            ));
+        }
+    }
+
+    fn done(&self, result: &HostResult<T>) {
+        let host = result.index;
+        {
+            let mut files = lock(&self.files[host]);
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                self.file(host, stream, &mut files);
+            }
+            // Closing the files now keeps descriptors bounded by the fan-out.
+            *files = [None, None];
+        }
+        if let Some(note) = host_note(&self.labels[host], result) {
+            self.console.note(&note);
+        }
+        lock(&self.records).push((host, super::json::line(record(&self.labels[host], result))));
+    }
+
+    fn end(&self) {
+        let mut records = std::mem::take(&mut *lock(&self.records));
+        records.sort();
+        let text: String = records.into_iter().map(|(_, line)| line).collect();
+        let path = self.dir.join("summary.jsonl");
+        if let Err(e) = std::fs::write(&path, text) {
+            self.console.lose(format!(
+                "cannot write {}: {}",
+                path.display(),
+                plain::io_error(&e)
+            ));
+        }
+    }
+}
