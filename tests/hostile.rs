@@ -51,16 +51,11 @@ const CLOSE_SLACK: Duration = Duration::from_secs(3);
 
 #[test]
 fn garbage_instead_of_tls_is_closed_and_logged() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     stream.write_all(&random_bytes(4096, 3)).unwrap();
     assert!(closed_within(&mut stream, DEADLINE).is_some());
-    assert!(
-        agent.wait_for_log("TLS handshake failed").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("TLS handshake failed");
     still_serves(&env, &agent);
 }
 
@@ -115,21 +110,15 @@ async fn send_raw_and_wait_for_close(env: &Env, agent: &Agent, bytes: &[u8]) {
 
 #[tokio::test]
 async fn length_prefix_of_4_gib_is_refused_before_allocation() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     send_raw_and_wait_for_close(&env, &agent, &[0xff, 0xff, 0xff, 0xff, 0, 0]).await;
-    assert!(
-        agent.wait_for_log("frame of 4294967295 bytes").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("frame of 4294967295 bytes");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn garbage_and_unknown_frames_inside_tls_are_refused() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let random = random_bytes(4096, 11);
     let cases: [(&[u8], &str); 3] = [
         // A well-formed frame whose body is no message.
@@ -160,31 +149,18 @@ async fn garbage_and_unknown_frames_inside_tls_are_refused() {
 /// protocol error and kills the command it started.
 #[tokio::test]
 async fn garbage_during_an_exec_kills_the_command_and_is_answered() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for garbage in [
         &[0u8, 0, 0, 3, 0xee, 0xee, 0xee][..],
         &[0xff, 0xff, 0xff, 0xff, 0],
     ] {
-        let sleep = unique_sleep(600);
-        let mut raw = RawClient::connect(&env, &agent).await;
-        raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-            .await;
-        let pattern = format!("sleep {sleep}");
-        let started = tokio::task::spawn_blocking(move || {
-            wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-        });
-        assert!(started.await.unwrap(), "the command started");
+        let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
         raw.send_raw(garbage).await;
         let got = raw.read_to_end().await;
         let why = last_error(&got, ErrorKind::Protocol);
         assert!(!why.is_empty(), "{got:?}");
-        let marker = sleep.clone();
-        let gone = tokio::task::spawn_blocking(move || {
-            wait_until(DEADLINE, || processes_with(&marker).is_empty())
-        });
         assert!(
-            gone.await.unwrap(),
+            gone_soon(&sleep).await,
             "the command is killed: {}",
             agent.log()
         );
@@ -194,8 +170,7 @@ async fn garbage_during_an_exec_kills_the_command_and_is_answered() {
 
 #[tokio::test]
 async fn tls_client_without_a_certificate_is_refused() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let refused = match tls_session(&env, &agent, None).await {
         Err(_) => true,
         Ok(mut tls) => {
@@ -206,11 +181,7 @@ async fn tls_client_without_a_certificate_is_refused() {
         }
     };
     assert!(refused);
-    assert!(
-        agent.wait_for_log("TLS handshake failed").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("TLS handshake failed");
     still_serves(&env, &agent);
 }
 
@@ -239,6 +210,21 @@ impl RawClient {
                 rexec_protocol::ClientCodec::new(),
             ),
         }
+    }
+
+    /// Connects, says hello and runs a `sleep` unique to the caller; returns
+    /// once it runs, with its duration (to find the process by).
+    async fn running_a_sleep(env: &Env, agent: &Agent) -> (RawClient, String) {
+        let sleep = unique_sleep(600);
+        let mut raw = RawClient::connect(env, agent).await;
+        raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
+            .await;
+        let pattern = format!("sleep {sleep}");
+        let started = tokio::task::spawn_blocking(move || {
+            wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
+        });
+        assert!(started.await.unwrap(), "the command started");
+        (raw, sleep)
     }
 
     async fn send(&mut self, messages: Vec<ClientMessage>) {
@@ -271,6 +257,15 @@ impl RawClient {
     }
 }
 
+/// Whether every process whose command line contains `marker` ends
+/// within the deadline, waited for off the runtime.
+async fn gone_soon(marker: &str) -> bool {
+    let marker = marker.to_owned();
+    tokio::task::spawn_blocking(move || wait_until(DEADLINE, || processes_with(&marker).is_empty()))
+        .await
+        .unwrap()
+}
+
 fn hello() -> ClientMessage {
     ClientMessage::Hello(Hello::new("hostile test"))
 }
@@ -292,8 +287,7 @@ fn last_error(messages: &[AgentMessage], kind: ErrorKind) -> String {
 
 #[tokio::test]
 async fn a_request_before_hello_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![exec("echo should-not-run")]).await;
     let got = raw.read_to_end().await;
@@ -305,8 +299,7 @@ async fn a_request_before_hello_is_a_protocol_error() {
 
 #[tokio::test]
 async fn stdin_before_a_request_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![
         hello(),
@@ -321,58 +314,31 @@ async fn stdin_before_a_request_is_a_protocol_error() {
 
 #[tokio::test]
 async fn a_second_request_kills_the_first_and_ends_the_session() {
-    let env = Env::new();
-    let agent = env.agent();
-    let sleep = unique_sleep(600);
-    let mut raw = RawClient::connect(&env, &agent).await;
-    raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-        .await;
-    let pattern = format!("sleep {sleep}");
-    let started = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-    });
-    assert!(started.await.unwrap());
+    let (env, agent) = Env::with_agent();
+    let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
     raw.send(vec![exec("echo second")]).await;
     let got = raw.read_to_end().await;
     let why = last_error(&got, ErrorKind::Protocol);
     assert!(why.contains("unexpected exec request"), "{why}");
-    let marker = sleep.clone();
-    let gone = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || processes_with(&marker).is_empty())
-    });
-    assert!(gone.await.unwrap(), "the first command is killed");
+    assert!(gone_soon(&sleep).await, "the first command is killed");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn stdin_on_an_exec_without_stdin_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
-    let sleep = unique_sleep(600);
-    let mut raw = RawClient::connect(&env, &agent).await;
-    raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-        .await;
-    let pattern = format!("sleep {sleep}");
-    let started = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-    });
-    assert!(started.await.unwrap(), "the command started");
+    let (env, agent) = Env::with_agent();
+    let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
     raw.send(vec![ClientMessage::Stdin(Bytes::from_static(b"x"))])
         .await;
     let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
     assert!(why.contains("unexpected stdin"), "{why}");
-    let marker = sleep.clone();
-    let gone = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || processes_with(&marker).is_empty())
-    });
-    assert!(gone.await.unwrap(), "the command is killed");
+    assert!(gone_soon(&sleep).await, "the command is killed");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn another_protocol_version_is_refused_naming_both() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![
         ClientMessage::Hello(Hello {
@@ -461,8 +427,7 @@ async fn ctl_exits_255_on_an_agent_that_breaks_the_protocol() {
 
 #[tokio::test]
 async fn an_authorized_certificate_without_its_private_key_fails_the_handshake() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let (stranger_dir, _) = env.stranger();
     let client = client_identity(&env);
     let stranger = Identity::load(&IdentityPaths::in_dir(&stranger_dir, "client")).unwrap();
@@ -914,11 +879,7 @@ fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
         ),
         "{err}"
     );
-    assert!(
-        agent.wait_for_log("(per_source_max_startups)").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("(per_source_max_startups)");
     drop(idle);
     still_serves(&env, &agent);
 }

@@ -111,8 +111,7 @@ fn all_gone_within(marker: &str, within: Duration) -> bool {
 
 #[test]
 fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     // A background job too: a non-interactive shell starts it with SIGINT
     // ignored, so it outlives the Ctrl-C and holds the output open; the
     // agent ends it once the shell has exited.
@@ -154,8 +153,7 @@ fn second_ctrl_c_kills_the_group_and_exits_130() {
 
 #[test]
 fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for (signal, code) in [("TERM", 3), ("HUP", 4)] {
         let trap = format!("trap 'echo got-{signal}; exit {code}' {signal}; ");
         let mut run = start_sleeping(&env, &agent, &trap, 1);
@@ -172,8 +170,7 @@ fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
 /// so a hang-up neither ends ctl nor reaches the remote command.
 #[test]
 fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut ctl = env
         .ctl_ignoring("HUP")
         .args([
@@ -195,8 +192,7 @@ fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
 
 #[test]
 fn timeout_kills_the_whole_group_and_exits_124() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let started = Instant::now();
     let out = env.exec(
@@ -219,17 +215,12 @@ fn timeout_kills_the_whole_group_and_exits_124() {
     );
     assert!(stderr_of(&out).contains("timed out"), "{}", stderr_of(&out));
     assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
-    assert!(
-        agent.wait_for_log("outcome=\"timed out\"").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("outcome=\"timed out\"");
 }
 
 #[test]
 fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let out = env.exec(
         &agent,
@@ -329,8 +320,7 @@ fn connect_timeout_bounds_a_host_that_never_answers() {
 
 #[test]
 fn environment_is_a_clean_base_plus_what_the_client_sends() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     // The agent itself runs with RUST_LOG set (see util): it must not leak.
     let out = env.exec(
         &agent,
@@ -364,10 +354,8 @@ fn environment_is_a_clean_base_plus_what_the_client_sends() {
 
 #[test]
 fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
-    let env = Env::new();
-    let agent = env.agent();
-    let dir = env.root.path().join("work dir");
-    std::fs::create_dir(&dir).unwrap();
+    let (env, agent) = Env::with_agent();
+    let dir = new_dir(env.root.path(), "work dir");
     let out = env.exec(&agent, &["-C", dir.to_str().unwrap(), "pwd"]);
     assert_eq!(stdout_of(&out).trim_end(), dir.to_str().unwrap());
 
@@ -391,8 +379,7 @@ fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
 
 #[test]
 fn another_user_is_refused_unless_the_agent_allows_it() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(&agent, &["--user", "nobody", "id -un"]);
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(stdout_of(&out), "");
@@ -412,19 +399,14 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
 
 #[test]
 fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
-    if !running_as_root() {
-        skipped(
-            "a_root_agent_runs_commands_as_users_its_run_as_rules_allow",
-            "the agent must run as root to switch users",
-        );
+    if !root_or_skip(
+        "a_root_agent_runs_commands_as_users_its_run_as_rules_allow",
+        "the agent must run as root to switch users",
+    ) {
         return;
     }
     let env = Env::new();
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        "[run_as]\ntester = [\"nobody\"]\n",
-    )
-    .unwrap();
+    env.write_agent_config("[run_as]\ntester = [\"nobody\"]\n");
     let agent = env.agent();
     // `id -G`: the user's own groups, none of root's kept.
     let probe = "id -un; id -u; id -g; id -G; echo \"$USER $LOGNAME $HOME $SHELL\"";
@@ -480,11 +462,7 @@ fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
     assert!(err.contains("busy"), "{err}");
     assert!(err.contains("max_execs_per_client"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        agent.wait_for_log("exec refused").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("exec refused");
 
     // Another client is not held back by this one's limit.
     let other_dir = env.other_client(Some("other"));
@@ -533,11 +511,7 @@ fn a_frozen_client_is_detected_and_its_command_killed() {
         "{:?}",
         processes_with(&run.sleep)
     );
-    assert!(
-        agent.wait_for_log("no answer to keepalives").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("no answer to keepalives");
     assert!(
         frozen.elapsed() >= Duration::from_millis(600),
         "not before the bound"
@@ -605,106 +579,34 @@ fn sigint_to_the_agent_kills_commands_at_once() {
     );
 }
 
-/// A terminal session under tmux: the real ctl in a real terminal.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn available() -> bool {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn start(env: &Env, shell_command: &str) -> Tmux {
-        let tmux = Tmux {
-            socket: marker("rexec-test-tmux"),
-        };
-        let status = tmux
-            .command()
-            .args(["new-session", "-d", "-x", "100", "-y", "30"])
-            .arg(format!(
-                "REXEC_CONFIG_DIR='{}' {shell_command}; echo \"rc=$?\"; stty -a; sleep 60",
-                env.ctl_dir.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        tmux
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.socket]);
-        cmd
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .command()
-            .args(["capture-pane", "-p", "-J"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        let mut screen = String::new();
-        let found = wait_until(DEADLINE, || {
-            screen = self.screen();
-            screen.contains(needle)
-        });
-        assert!(found, "{needle:?} never appeared on:\n{screen}");
-        screen
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        assert!(
-            self.command()
-                .arg("send-keys")
-                .args(keys)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill-server").status();
-    }
-}
-
 #[test]
 fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
-    if !Tmux::available() {
-        skipped(
-            "dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours",
-            "tmux is not installed",
-        );
+    if !have_tool(
+        "tmux",
+        "dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours",
+    ) {
         return;
     }
-    let env = Env::new();
-    let agent = env.agent();
-    let tmux = Tmux::start(
+    let (env, agent) = Env::with_agent();
+    let tmux = Terminal::start(
         &env,
+        (100, 30),
         &format!(
             "{} exec -t {} 'tty; echo \"size $(stty size) term $TERM\"; read line; echo \"size $(stty size) read $line\"; \
              trap \"echo interrupted; exit 9\" INT; sleep 600'",
             bin("ctl").display(),
             agent.target()
         ),
-    );
+        "stty -a; sleep 60",
+    )
+    .joining_wrapped_lines();
     let screen = tmux.wait_for("size 30 100");
     assert!(screen.contains("/dev/pts/"), "{screen}");
     assert!(!screen.contains("not a tty"), "{screen}");
     // While ctl runs, our own terminal is raw: keys go to the remote one
     // as typed, and only it echoes them.
     let pane = tmux
-        .command()
+        .tmux()
         .args(["display-message", "-p", "#{pane_tty}"])
         .output()
         .unwrap();
@@ -719,7 +621,7 @@ fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
     assert!(ours.contains("-echo "), "{ours}");
     assert!(ours.contains("-isig"), "{ours}");
     assert!(
-        tmux.command()
+        tmux.tmux()
             .args(["resize-window", "-x", "120", "-y", "40"])
             .status()
             .unwrap()
@@ -740,8 +642,7 @@ fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
 
 #[test]
 fn without_dash_t_the_command_has_no_terminal() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(&agent, &["tty; test -t 1 || echo no-terminal"]);
     assert_eq!(stdout_of(&out), "not a tty\nno-terminal\n");
 }
@@ -944,8 +845,7 @@ fn a_command_gets_its_own_session_without_the_agents_terminal() {
 
 #[test]
 fn a_killed_agent_takes_its_commands_with_it() {
-    let env = Env::new();
-    let mut agent = env.agent();
+    let (env, mut agent) = Env::with_agent();
     let mut run = start_sleeping(&env, &agent, "", 2);
     let shell = format!("-c echo ready; sleep {}", run.sleep);
     assert!(
@@ -1016,8 +916,7 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
         IdentityPaths,
     };
 
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let identity = Identity::load(&IdentityPaths::in_dir(&env.ctl_dir, "client")).unwrap();
     let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
     let config = client_config(Some(&identity), verifier).unwrap();
@@ -1069,11 +968,7 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
 /// `[run_as]` for the env's client (`tester`), and a second client
 /// (`other`) the rules do not name.
 fn root_agent_with_run_as(env: &Env, rules: &str) -> (Agent, std::path::PathBuf) {
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        format!("[run_as]\n{rules}\n"),
-    )
-    .unwrap();
+    env.write_agent_config(format!("[run_as]\n{rules}\n"));
     let agent = env.agent();
     let other = env.other_client(Some("other"));
     (agent, other)
@@ -1095,8 +990,7 @@ fn exec_at(
 #[test]
 fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
     let test = "run_as_rules_confine_a_listed_client_and_leave_others_as_they_were";
-    if !running_as_root() {
-        skipped(test, "the agent must run as root to switch users");
+    if !root_or_skip(test, "the agent must run as root to switch users") {
         return;
     }
     let env = Env::new();
@@ -1126,8 +1020,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
     let secret = env.root.path().join("secret");
     std::fs::write(&secret, "root only\n").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let local = env.root.path().join("pulled");
-    std::fs::create_dir(&local).unwrap();
+    let local = new_dir(env.root.path(), "pulled");
     let pull = env
         .ctl()
         .args(["cp", &format!("{host}:{}", secret.display())])
@@ -1141,8 +1034,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let dest = env.root.path().join("drop");
-    std::fs::create_dir(&dest).unwrap();
+    let dest = new_dir(env.root.path(), "drop");
     std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let file = env.root.path().join("pushed.txt");
     std::fs::write(&file, "hello\n").unwrap();
@@ -1176,8 +1068,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
 #[test]
 fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
     let test = "a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden";
-    if !running_as_root() {
-        skipped(test, "the agent must run as root to switch users");
+    if !root_or_skip(test, "the agent must run as root to switch users") {
         return;
     }
     let env = Env::new();

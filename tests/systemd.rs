@@ -384,11 +384,9 @@ fn sighup_reloads_and_names_settings_that_need_a_restart() {
 #[test]
 fn config_file_applies_and_flags_override_it() {
     let env = Env::new();
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
+    env.write_agent_config(
         "shell = \"/bin/bash\"\nmax_sessions = 5\nkill_grace = \"1s\"\nlisten = \"192.0.2.1:1\"\n",
-    )
-    .unwrap();
+    );
     // Agent::start passes --listen 127.0.0.1:0, which wins over the file's
     // unreachable address; the file's shell is used.
     let agent = env.agent();
@@ -774,8 +772,7 @@ fn reload_command_needs_only_an_essential_package_and_reloads_the_agent() {
 
     // Run as systemd runs it, MAINPID in the environment and a PATH on
     // which no program is found: the agent reloads.
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let words = systemd_exec_words(lines[0], agent.child.id());
     let out = Command::new(&words[0])
         .args(&words[1..])
