@@ -675,12 +675,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
 
 #[test]
 fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
-    if !root_or_skip(
-        "dash_p_keeps_numeric_owners_when_the_copy_runs_as_root",
-        "keeping owners needs root",
-    ) {
-        return;
-    }
+    require_root!("keeping owners needs root");
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let src = new_dir(root, "owned");
@@ -991,12 +986,7 @@ fn a_push_never_follows_a_link_planted_in_a_shared_directory() {
 /// owner change goes to what was written, never through the link.
 #[test]
 fn a_swapped_temporary_never_changes_what_it_points_to() {
-    if !root_or_skip(
-        "a_swapped_temporary_never_changes_what_it_points_to",
-        "keeping owners needs root",
-    ) {
-        return;
-    }
+    require_root!("keeping owners needs root");
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let shadow = root.join("shadow");

@@ -103,16 +103,20 @@ fn exit_comes_after_all_output() {
     assert_eq!(out.status.code(), Some(7));
 }
 
-#[test]
-fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
-    let (env, agent) = Env::with_agent();
-    let mut ctl = env
-        .ctl()
-        .args(["exec", "-i", &agent.target(), "wc -c"])
+/// `ctl exec -i TARGET COMMAND` started, its stdin and stdout piped.
+fn exec_with_stdin(env: &Env, agent: &Agent, command: &str) -> std::process::Child {
+    env.ctl()
+        .args(["exec", "-i", &agent.target(), command])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
+    let (env, agent) = Env::with_agent();
+    let mut ctl = exec_with_stdin(&env, &agent, "wc -c");
     ctl.stdin.take().unwrap().write_all(b"abc").unwrap();
     let out = ctl.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -125,13 +129,7 @@ fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
 fn stdin_and_output_flow_together_through_cat() {
     let (env, agent) = Env::with_agent();
     let data = random_bytes(16 << 20, 7);
-    let mut ctl = env
-        .ctl()
-        .args(["exec", "-i", &agent.target(), "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ctl = exec_with_stdin(&env, &agent, "cat");
     let mut stdin = ctl.stdin.take().unwrap();
     let input = data.clone();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
@@ -413,11 +411,11 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
 
     // A pin that is not the agent's key.
     let elsewhere = env.unknown_agent_with(&[]);
-    std::fs::write(
-        env.ctl_dir.join("known_hosts"),
-        format!("{} {}\n", elsewhere.target(), env.client_fingerprint),
-    )
-    .unwrap();
+    env.write_known_hosts(format!(
+        "{} {}\n",
+        elsewhere.target(),
+        env.client_fingerprint
+    ));
     let changed = env.exec(&elsewhere, &["true"]);
     assert!(one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
 }
@@ -555,11 +553,7 @@ fn known_hosts_without_a_final_newline_keeps_every_pin() {
     let env = Env::new();
     let first = env.unknown_agent_with(&[]);
     let second = env.unknown_agent_with(&[]);
-    std::fs::write(
-        env.ctl_dir.join("known_hosts"),
-        format!("{} {}", first.target(), env.agent_fingerprint),
-    )
-    .unwrap();
+    env.write_known_hosts(format!("{} {}", first.target(), env.agent_fingerprint));
     let out = env.exec(&second, &["true"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let listed = env.ctl_run(&["known-hosts", "list"]);
@@ -588,7 +582,7 @@ fn a_malformed_known_hosts_line_is_reported_with_its_number_and_kept() {
     let (env, agent) = Env::with_agent();
     let mut text = known_hosts_text(&env);
     text.push_str("labpc07 SHA256:not-a-fingerprint\n");
-    std::fs::write(env.ctl_dir.join("known_hosts"), &text).unwrap();
+    env.write_known_hosts(&text);
     let line = text.lines().count();
     let out = env.exec(&agent, &["true"]);
     assert!(out.status.success());

@@ -633,12 +633,7 @@ fn ping_reports_latency_and_agent_version() {
 
 #[test]
 fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
-    if !have_tool(
-        "tmux",
-        "progress_line_shows_on_a_terminal_and_never_on_a_pipe",
-    ) {
-        return;
-    }
+    require_tool!("tmux");
     let env = Env::new();
     let _fleet = env.fleet(4);
     // 127.0.0.5 is slow: it waits for the test to release it.
@@ -818,12 +813,7 @@ fn output_to_a_full_device_fails_the_run_in_every_mode() {
 
 #[test]
 fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
-    if !root_or_skip(
-        "out_dir_on_a_full_file_system",
-        "mounting a tmpfs needs root",
-    ) {
-        return;
-    }
+    require_root!("mounting a tmpfs needs root");
     let env = Env::new();
     let _fleet = env.fleet(2);
     let mount_point = new_dir(env.root.path(), "small");

@@ -795,9 +795,7 @@ fn an_idle_flood_from_many_addresses_does_not_lock_out_clients_at_another() {
 /// peer can read, name neither the machine nor the user.
 #[test]
 fn certificates_name_no_host_and_no_user() {
-    if !have_tool("openssl", "certificates_name_no_host_and_no_user") {
-        return;
-    }
+    require_tool!("openssl");
     let env = Env::new();
     for certificate in [
         env.agent_dir.join("agent.crt"),

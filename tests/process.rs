@@ -95,6 +95,20 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     child.wait().expect("wait")
 }
 
+/// `ctl exec --timeout 1s TARGET COMMAND`, run to completion.
+fn exec_within_1s(env: &Env, agent: &Agent, command: &str) -> std::process::Output {
+    env.exec(agent, &["--timeout", "1s", command])
+}
+
+#[track_caller]
+fn assert_agent_exits_0(agent: &mut Agent) {
+    assert_eq!(
+        wait_for_exit(&mut agent.child).code(),
+        Some(0),
+        "the agent exits 0"
+    );
+}
+
 fn all_gone(marker: &str) -> bool {
     all_gone_within(marker, DEADLINE)
 }
@@ -195,13 +209,10 @@ fn timeout_kills_the_whole_group_and_exits_124() {
     let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let started = Instant::now();
-    let out = env.exec(
+    let out = exec_within_1s(
+        &env,
         &agent,
-        &[
-            "--timeout",
-            "1s",
-            &format!("echo before; sleep {sleep} & sleep {sleep}; wait"),
-        ],
+        &format!("echo before; sleep {sleep} & sleep {sleep}; wait"),
     );
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     assert!(
@@ -399,12 +410,7 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
 
 #[test]
 fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
-    if !root_or_skip(
-        "a_root_agent_runs_commands_as_users_its_run_as_rules_allow",
-        "the agent must run as root to switch users",
-    ) {
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
     env.write_agent_config("[run_as]\ntester = [\"nobody\"]\n");
     let agent = env.agent();
@@ -539,11 +545,7 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
@@ -557,11 +559,7 @@ fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("shutting down"), "{err}");
     assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
@@ -572,21 +570,12 @@ fn sigint_to_the_agent_kills_commands_at_once() {
     agent.signal("INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
     assert!(all_gone(&run.sleep));
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
 fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
-    if !have_tool(
-        "tmux",
-        "dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours",
-    ) {
-        return;
-    }
+    require_tool!("tmux");
     let (env, agent) = Env::with_agent();
     let tmux = Terminal::start(
         &env,
@@ -888,14 +877,7 @@ fn a_timeout_is_reported_once_the_group_is_gone_not_after_the_kill_grace() {
     env.trust(&agent);
     let sleep = unique_sleep(600);
     let started = Instant::now();
-    let out = env.exec(
-        &agent,
-        &[
-            "--timeout",
-            "1s",
-            &format!("sleep {sleep}; echo not-reached"),
-        ],
-    );
+    let out = exec_within_1s(&env, &agent, &format!("sleep {sleep}; echo not-reached"));
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     assert_eq!(stdout_of(&out), "");
     assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));

@@ -113,6 +113,11 @@ impl Env {
         std::fs::write(self.agent_dir.join("agent.toml"), contents).expect("agent.toml");
     }
 
+    /// Replaces ctl's known hosts file with `contents`.
+    pub fn write_known_hosts(&self, contents: impl AsRef<[u8]>) {
+        std::fs::write(self.ctl_dir.join("known_hosts"), contents).expect("known_hosts");
+    }
+
     /// `ctl` with this env's config dir.
     pub fn ctl(&self) -> Command {
         let mut cmd = Command::new(bin("ctl"));

@@ -7,7 +7,7 @@
 
 // Two test binaries include this module (e2e and container) and each uses
 // only part of it.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unused_macros)]
 
 mod agent;
 mod env;

@@ -57,3 +57,44 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     }
     root
 }
+
+/// The name of the test function this is expanded in, as [`skipped`]
+/// shows it.
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        $crate::util::function_name(std::any::type_name_of_val(&here))
+    }};
+}
+
+/// Returns from the test, saying it is skipped because `why`, unless this
+/// process runs as root.
+macro_rules! require_root {
+    ($why:expr) => {
+        if !$crate::util::root_or_skip($crate::util::test_name!(), $why) {
+            return;
+        }
+    };
+}
+
+/// Returns from the test, saying it is skipped, unless `tool` is on the
+/// PATH (see [`have_tool`]).
+macro_rules! require_tool {
+    ($tool:expr) => {
+        if !$crate::util::have_tool($tool, $crate::util::test_name!()) {
+            return;
+        }
+    };
+}
+
+pub(crate) use {require_root, require_tool, test_name};
+
+/// The last segment of the path of a function item `here` declared in a
+/// test: the test's name.
+pub fn function_name(path_of_here: &'static str) -> &'static str {
+    path_of_here
+        .split("::")
+        .filter(|segment| *segment != "here" && *segment != "{{closure}}")
+        .last()
+        .unwrap_or(path_of_here)
+}

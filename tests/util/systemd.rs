@@ -23,16 +23,13 @@ pub fn socket_activated_agent(dir: &Path, extra: &[&str]) -> Agent {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let agent_run = agent_run_command(dir);
-        let mut cmd = Command::new("systemd-socket-activate");
-        cmd.arg("-l")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(agent_run.get_program())
-            .args(agent_run.get_args())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let listen = format!("127.0.0.1:{port}");
+        let cmd = wrapped(
+            "systemd-socket-activate",
+            &["-l", &listen],
+            &agent_run_command(dir),
+            extra,
+        );
         let mut agent = Agent::spawn(cmd);
         let line = agent
             .wait_for_any_log(&["Listening on", "Failed to"])
@@ -68,6 +65,15 @@ impl NotifySocket {
             socket,
             received: Vec::new(),
         }
+    }
+
+    /// `rexec-agent run --dir DIR` on 127.0.0.1:0, notifying this socket
+    /// as systemd's.
+    pub fn agent_command(&self, dir: &Path) -> Command {
+        let mut cmd = agent_run_command(dir);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &self.path);
+        cmd
     }
 
     /// Waits for a message with a line starting with `prefix` (such as
@@ -120,16 +126,32 @@ impl NotifySocket {
 /// the agent's pid. A shell moves the socket from stdin to fd 3 and execs
 /// the agent, so the pid it exports is the agent's.
 pub fn agent_with_passed_socket(dir: &Path, socket: std::os::fd::OwnedFd, extra: &[&str]) -> Agent {
-    let agent_run = agent_run_command(dir);
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec \"$@\"")
-        .arg("sh")
-        .arg(agent_run.get_program())
-        .args(agent_run.get_args())
+    let mut cmd = in_shell(
+        "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec \"$@\"",
+        &agent_run_command(dir),
+        extra,
+    );
+    cmd.stdin(Stdio::from(socket));
+    Agent::spawn(cmd)
+}
+
+/// `run` with `extra` arguments, started by `sh -c SCRIPT`: the script
+/// prepares what systemd would and ends in `exec "$@"`, so the agent keeps
+/// the shell's pid.
+pub fn in_shell(script: &str, run: &Command, extra: &[&str]) -> Command {
+    wrapped("/bin/sh", &["-c", script, "sh"], run, extra)
+}
+
+/// `PROGRAM ARGS... RUN EXTRA...`: `run` (its program and arguments only)
+/// started by a wrapper, logging at info level, stdin and stdout null.
+fn wrapped(program: &str, args: &[&str], run: &Command, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg(run.get_program())
+        .args(run.get_args())
         .args(extra)
         .env("RUST_LOG", "info")
-        .stdin(Stdio::from(socket))
+        .stdin(Stdio::null())
         .stdout(Stdio::null());
-    Agent::spawn(cmd)
+    cmd
 }
