@@ -417,8 +417,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
 
 #[test]
 fn a_size_limit_refuses_large_pushes_before_writing() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-copy-bytes", "1000"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-copy-bytes", "1000"]);
     let root = env.root.path();
     let source = root.join("big");
     std::fs::write(&source, vec![1u8; 2000]).unwrap();
@@ -1192,8 +1191,8 @@ fn a_copy_timeout_bounds_the_whole_copy() {
 /// forever; the old file stays and ctl leaves no temporary.
 #[test]
 fn a_copy_gives_up_on_an_agent_that_falls_silent() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let root = env.root.path();
     let source = root.join("big");
     sparse(&source, 4 << 30);
@@ -1328,8 +1327,7 @@ fn a_proc_file_is_copied_whole() {
 /// is served.
 #[test]
 fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs-per-client", "1"]);
     let root = env.root.path();
     let fifo = root.join("fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();

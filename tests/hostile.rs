@@ -61,8 +61,7 @@ fn garbage_instead_of_tls_is_closed_and_logged() {
 
 #[test]
 fn silent_client_is_closed_after_the_handshake_timeout() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "1s"]);
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     let took = closed_within(&mut stream, DEADLINE).expect("closed");
     assert!(
@@ -433,34 +432,9 @@ async fn an_authorized_certificate_without_its_private_key_fails_the_handshake()
     let stranger = Identity::load(&IdentityPaths::in_dir(&stranger_dir, "client")).unwrap();
 
     // The authorized client's certificate, signed for with the stranger's
-    // key: rustls refuses to build that pair the usual way, so the
-    // impostor hands it over through a resolver of its own.
-    #[derive(Debug)]
-    struct Impostor(Arc<rustls::sign::CertifiedKey>);
-    impl rustls::client::ResolvesClientCert for Impostor {
-        fn resolve(
-            &self,
-            _: &[&[u8]],
-            _: &[rustls::SignatureScheme],
-        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            Some(self.0.clone())
-        }
-        fn has_certs(&self) -> bool {
-            true
-        }
-    }
-    let signing_key =
-        rustls::crypto::ring::sign::any_supported_type(&stranger.private_key).unwrap();
-    let certified = rustls::sign::CertifiedKey::new(vec![client.certificate.clone()], signing_key);
+    // key.
     let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+    let config = rexec_protocol::tls::impostor_client_config(&client, &stranger, verifier).unwrap();
     let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
     let refused = match TlsConnector::from(Arc::new(config))
         .connect(server_name("127.0.0.1"), tcp)
@@ -486,8 +460,7 @@ async fn an_authorized_certificate_without_its_private_key_fails_the_handshake()
 
 #[test]
 fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "1s"]);
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     // The start of a TLS ClientHello, one byte every 200 ms.
     let hello = [
@@ -519,8 +492,7 @@ fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
 
 #[test]
 fn well_behaved_clients_are_served_while_hostile_peers_hang_on() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "60s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "60s"]);
     let silent = TcpStream::connect(agent.addr).unwrap();
     let mut partial = TcpStream::connect(agent.addr).unwrap();
     // A handshake record header announcing 512 bytes, a legal length, and
@@ -740,8 +712,7 @@ fn an_idle_flood_from_one_address_does_not_lock_out_clients_at_another() {
 
 #[test]
 fn an_idle_flood_from_many_addresses_does_not_lock_out_clients_at_another() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "60s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "60s"]);
     // Twenty-four addresses try twenty connections each: the per-source
     // limit (16) and random early drop past 32 unfinished handshakes.
     let mut flood = Vec::new();
@@ -824,8 +795,7 @@ fn certificates_name_no_host_and_no_user() {
 
 #[test]
 fn a_client_beyond_max_sessions_is_told_the_agent_is_busy() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-sessions", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-sessions", "1"]);
     let sleep = unique_sleep(600);
     let mut first = env
         .ctl()
@@ -859,8 +829,7 @@ fn a_client_beyond_max_sessions_is_told_the_agent_is_busy() {
 
 #[test]
 fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
-    let env = Env::new();
-    let agent = env.agent_with(&[
+    let (env, agent) = Env::with_agent_flags(&[
         "--per-source-max-startups",
         "1",
         "--handshake-timeout",

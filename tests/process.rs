@@ -109,6 +109,24 @@ fn assert_agent_exits_0(agent: &mut Agent) {
     );
 }
 
+/// Asserts that every process with `marker` in its command line ends
+/// within `within`.
+#[track_caller]
+fn assert_gone_within(marker: &str, within: Duration) {
+    assert!(
+        all_gone_within(marker, within),
+        "{:?}",
+        processes_with(marker)
+    );
+}
+
+/// Everything `stdout` still has to say, up to its end.
+fn rest_of(stdout: &mut impl Read) -> String {
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    rest
+}
+
 fn all_gone(marker: &str) -> bool {
     all_gone_within(marker, DEADLINE)
 }
@@ -137,14 +155,8 @@ fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
         Some(7),
         "the remote trap's status"
     );
-    let mut rest = String::new();
-    run.stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "cleanup\n");
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(3)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
+    assert_eq!(rest_of(&mut run.stdout), "cleanup\n");
+    assert_gone_within(&run.sleep, Duration::from_secs(3));
 }
 
 #[test]
@@ -158,11 +170,7 @@ fn second_ctrl_c_kills_the_group_and_exits_130() {
     send_signal(run.ctl.id(), "INT");
     send_signal(run.ctl.id(), "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(130));
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(3)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
+    assert_gone_within(&run.sleep, Duration::from_secs(3));
 }
 
 #[test]
@@ -198,9 +206,7 @@ fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
     send_signal(ctl.id(), "HUP");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "done\n");
+    assert_eq!(rest_of(&mut stdout), "done\n");
     assert!(wait_for_exit(&mut ctl).success());
 }
 
@@ -247,8 +253,7 @@ fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
 
 #[test]
 fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-timeout", "1s"]);
     let sleep = unique_sleep(600);
     let none = env.exec(&agent, &[&format!("sleep {sleep}")]);
     assert_eq!(none.status.code(), Some(124), "{}", stderr_of(&none));
@@ -458,8 +463,7 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
 
 #[test]
 fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs-per-client", "1"]);
     let mut first = start_sleeping(&env, &agent, "", 1);
     let refused = env.exec(&agent, &["echo second"]);
     assert_eq!(refused.status.code(), Some(255));
@@ -484,8 +488,7 @@ fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
 
 #[test]
 fn the_agent_at_its_exec_limit_tells_every_client_busy() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs", "1"]);
     let _first = start_sleeping(&env, &agent, "", 1);
     let other_dir = env.other_client(Some("other"));
     let other = env.exec_as(&other_dir, &agent, "echo other");
@@ -496,8 +499,8 @@ fn the_agent_at_its_exec_limit_tells_every_client_busy() {
 
 #[test]
 fn a_quiet_command_outlives_many_keepalive_intervals() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
     let out = env.exec(&agent, &["sleep 2; echo still-here"]);
     assert_eq!(stdout_of(&out), "still-here\n", "{}", stderr_of(&out));
     assert!(out.status.success());
@@ -505,18 +508,14 @@ fn a_quiet_command_outlives_many_keepalive_intervals() {
 
 #[test]
 fn a_frozen_client_is_detected_and_its_command_killed() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let mut run = start_sleeping(&env, &agent, "", 2);
     send_signal(run.ctl.id(), "STOP");
     let frozen = Instant::now();
     // The bound: a quiet interval, three unanswered ones, then the kill
     // grace (500 ms), about 1.3 s; the rest is slack for a busy machine.
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(4)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
+    assert_gone_within(&run.sleep, Duration::from_secs(4));
     agent.expect_log("no answer to keepalives");
     assert!(
         frozen.elapsed() >= Duration::from_millis(600),
@@ -528,8 +527,7 @@ fn a_frozen_client_is_detected_and_its_command_killed() {
 
 #[test]
 fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "20s"]);
+    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "20s"]);
     let mut ctl = spawn_exec(&env, &agent, &[], "echo ready; sleep 1; echo finished");
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
@@ -541,17 +539,14 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
         Some(255),
         "no new sessions after SIGTERM"
     );
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "finished\n");
+    assert_eq!(rest_of(&mut stdout), "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
     assert_agent_exits_0(&mut agent);
 }
 
 #[test]
 fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "500ms"]);
+    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "500ms"]);
     let mut run = start_sleeping(&env, &agent, "", 2);
     agent.signal("TERM");
     let status = wait_for_exit(&mut run.ctl);
@@ -564,8 +559,7 @@ fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
 
 #[test]
 fn sigint_to_the_agent_kills_commands_at_once() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "60s"]);
+    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "60s"]);
     let mut run = start_sleeping(&env, &agent, "", 1);
     agent.signal("INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
@@ -715,9 +709,7 @@ fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
         "serve must wait for the running command"
     );
     std::fs::write(&go, "").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "finished\n");
+    assert_eq!(rest_of(&mut stdout), "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
     assert!(
         !agent.shutdown.kill.is_cancelled(),

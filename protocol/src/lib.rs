@@ -157,36 +157,9 @@ mod handshake_tests {
     #[tokio::test]
     async fn authorized_certificate_with_wrong_key_fails_signature_check() {
         let k = keys();
-        // The client's certificate, but the stranger's private key. rustls
-        // refuses to build such a pair by the usual route, so the impostor
-        // hands it over through a resolver of its own.
-        #[derive(Debug)]
-        struct Impostor(Arc<rustls::sign::CertifiedKey>);
-        impl rustls::client::ResolvesClientCert for Impostor {
-            fn resolve(
-                &self,
-                _: &[&[u8]],
-                _: &[rustls::SignatureScheme],
-            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-                Some(self.0.clone())
-            }
-            fn has_certs(&self) -> bool {
-                true
-            }
-        }
-        let signing_key =
-            rustls::crypto::ring::sign::any_supported_type(&k.stranger.private_key).unwrap();
-        let certified =
-            rustls::sign::CertifiedKey::new(vec![k.client.certificate.clone()], signing_key);
+        // The client's certificate, but the stranger's private key.
         let verifier = Arc::new(HostKeyVerifier::new(TrustOnFirstUse));
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+        let config = impostor_client_config(&k.client, &k.stranger, verifier.clone()).unwrap();
         let (result, _) = handshake_with(&k.agent, &[k.client.fingerprint], config, verifier).await;
         let err = result.unwrap_err();
         assert!(

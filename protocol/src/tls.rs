@@ -251,6 +251,44 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A client configuration for tests of the peer's signature check: it
+/// presents the certificate of `certificate_of` but signs with the private
+/// key of `key_of`, as an impostor holding a copied certificate would.
+/// rustls refuses to build such a pair by the usual route, so the impostor
+/// hands it over through a resolver of its own.
+///
+/// # Errors
+/// When `key_of`'s key is unusable.
+#[cfg(any(test, feature = "test-support"))]
+pub fn impostor_client_config(
+    certificate_of: &Identity,
+    key_of: &Identity,
+    verifier: Arc<HostKeyVerifier>,
+) -> Result<ClientConfig, TlsError> {
+    #[derive(Debug)]
+    struct Impostor(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Impostor {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_of.private_key)?;
+    let certified =
+        rustls::sign::CertifiedKey::new(vec![certificate_of.certificate.clone()], signing_key);
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified)))))
+}
+
 /// The name to put in the TLS ClientHello for `host`. The agent ignores it
 /// (trust is by fingerprint), so a host string that is not a valid DNS name
 /// or address is sent as no name at all rather than failing the connection.

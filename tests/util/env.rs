@@ -49,6 +49,13 @@ impl Env {
         (env, agent)
     }
 
+    /// A new env and one agent started with extra `run` flags.
+    pub fn with_agent_flags(extra: &[&str]) -> (Env, Agent) {
+        let env = Env::new();
+        let agent = env.agent_with(extra);
+        (env, agent)
+    }
+
     pub fn authorize(&self, fingerprint: &str, name: &str) {
         let status = Command::new(bin("rexec-agent"))
             .args(["authorize", "--dir"])
