@@ -205,12 +205,7 @@ fn a_tree_with_links_and_odd_names_round_trips() {
 
     // Without -r a directory is refused, and says how.
     let refused = cp(&env, &[src.to_str().unwrap(), &remote(&agent, &there)]);
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("-r"),
-        "{}",
-        stderr_of(&refused)
-    );
+    assert_failed_saying(&refused, 255, "-r");
 }
 
 #[test]
@@ -372,12 +367,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
             &remote(&agent, &root.join("no/such/dir/f")),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
 
     let out = cp(
         &env,
@@ -386,12 +376,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
             root.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no-such-file"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no-such-file");
 
     // A file system with the old file on it, then made read-only.
     let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m") else {
@@ -409,8 +394,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
         .is_ok_and(|s| s.success());
     assert!(remounted, "remount the tmpfs read-only");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "Read-only");
     assert_file(ro.0.join("f"), b"old contents");
     assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
@@ -423,8 +407,7 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
     std::fs::write(&source, vec![1u8; 2000]).unwrap();
     let dest = new_dir(root, "dest");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("too-large"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "too-large");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
 
@@ -506,12 +489,7 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
         AgentMessage::FileData(Bytes::from_static(b"x")),
     ];
     let out = pull_from_a_fake_agent(&env, messages, "/etc/x", &local).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("refusing entry name"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "refusing entry name");
     assert!(!env.root.path().join("a/escaped").exists());
     assert!(!env.root.path().join("escaped").exists());
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
@@ -538,8 +516,7 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
         AgentMessage::CopyEnd,
     ];
     let out = pull_from_a_fake_agent(&env, messages, "/x", &local).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("checksum"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "checksum");
     assert_file(local.join("x"), b"old");
     assert_eq!(temporaries(&local), Vec::<PathBuf>::new());
 }
@@ -624,12 +601,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     );
 
     let out = cp(&env, &[source.to_str().unwrap(), &as_nobody(&locked)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 
     let secret = root.join("secret");
@@ -637,21 +609,11 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let back = new_dir(root, "back");
     let out = cp(&env, &[&as_nobody(&secret), back.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
 
     // Keeping owners needs a copy that runs as root.
     let out = cp(&env, &["-p", source.to_str().unwrap(), &as_nobody(&theirs)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("needs a copy that runs as root"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "needs a copy that runs as root");
 
     // The agent's own identity is untouched: root still copies anywhere.
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &locked)]);
@@ -663,12 +625,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
             &format!("daemon@{}:{}", agent.target(), theirs.display()),
         ],
     );
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("may not run commands as"),
-        "{}",
-        stderr_of(&refused)
-    );
+    assert_failed_saying(&refused, 255, "may not run commands as");
     agent.expect_log("user=\"nobody\"");
 }
 
@@ -910,12 +867,7 @@ fn a_planted_link_as_a_host_directory_is_not_followed() {
     let logs = new_dir(root, "logs");
     std::os::unix::fs::symlink(&victim, logs.join(&fleet.hosts[0])).unwrap();
     let out = cp(&env, &[&at_lab(&source), logs.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "in the way");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     assert_file(logs.join(&fleet.hosts[1]).join("syslog"), b"log\n");
 }
@@ -942,12 +894,7 @@ fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
             &format!("{}/", remote(&agent, &dest)),
         ],
     );
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "in the way");
     assert!(!victim.join("pwned").exists());
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
 }
@@ -969,12 +916,7 @@ fn a_push_never_follows_a_link_planted_in_a_shared_directory() {
         &env,
         &["-r", site.to_str().unwrap(), &remote(&agent, &shared)],
     );
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "in the way");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
@@ -1016,8 +958,7 @@ fn a_swapped_temporary_never_changes_what_it_points_to() {
     std::os::unix::fs::symlink(&shadow, &swap).unwrap();
     std::fs::rename(&swap, &temp).unwrap();
     let out = ctl.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("replaced"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "replaced");
     let meta = std::fs::metadata(&shadow).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
@@ -1078,12 +1019,7 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
             &format!("{}/", remote(agent, &etc.join("nodir"))),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
     let out = cp(
         &env,
         &[
@@ -1091,22 +1027,12 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
             back.join("no/such/x").to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
     let out = cp(
         &env,
         &[&at_lab(&conf), back.join("new-name").to_str().unwrap()],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("not a directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "not a directory");
     assert!(!back.join("new-name").exists());
 }
 
@@ -1222,12 +1148,7 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
         out
     };
     let out = push(pull, &back);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("no sign of life"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no sign of life");
     assert_file(back.join("big"), b"the old file");
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
 
@@ -1239,12 +1160,7 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
         .spawn()
         .unwrap();
     let out = push(pushing, &dest);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("no sign of life"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no sign of life");
     assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
 }
 
@@ -1335,12 +1251,7 @@ fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
     let back = new_dir(root, "back");
     for _ in 0..3 {
         let out = cp(&env, &[&remote(&agent, &fifo), back.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(255));
-        assert!(
-            stderr_of(&out).contains("not a regular file, directory or link"),
-            "{}",
-            stderr_of(&out)
-        );
+        assert_failed_saying(&out, 255, "not a regular file, directory or link");
     }
     assert_eq!(std::fs::read_dir(&back).unwrap().count(), 0);
     assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
@@ -1386,11 +1297,6 @@ fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
     );
     let _ = holder.kill();
     let _ = holder.wait();
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
     assert!(!back.join("secret.txt").exists());
 }

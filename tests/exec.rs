@@ -346,12 +346,7 @@ fn missing_identity_is_a_clear_error() {
         .args(["exec", &agent.target(), "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("ctl keygen"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "ctl keygen");
 }
 
 /// The one line ctl prints about a failure of its own, after checking

@@ -58,6 +58,15 @@ fn start_sleeping(env: &Env, agent: &Agent, prefix: &str, sleeps: usize) -> Runn
     start_sleeping_at(env, &agent.target(), prefix, sleeps)
 }
 
+/// An agent with `--shutdown-grace GRACE` running a client's sleeps (see
+/// [`start_sleeping`]) when it is sent `signal`.
+fn signalled_while_sleeping(grace: &str, sleeps: usize, signal: &str) -> (Env, Agent, Running) {
+    let (env, agent) = Env::with_agent_flags(&["--shutdown-grace", grace]);
+    let run = start_sleeping(&env, &agent, "", sleeps);
+    agent.signal(signal);
+    (env, agent, run)
+}
+
 fn start_sleeping_at(env: &Env, target: &str, prefix: &str, sleeps: usize) -> Running {
     let sleep = unique_sleep(600);
     let body = match sleeps {
@@ -384,12 +393,7 @@ fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
             &format!("touch '{}'", marker_file.display()),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory: /nonexistent/dir"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory: /nonexistent/dir");
     assert!(!marker_file.exists(), "nothing ran");
 }
 
@@ -453,12 +457,7 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
         .unwrap();
     assert_eq!(stdout_of(&at), "nobody\n");
     let refused = env.exec(&agent, &["--user", "daemon", "id -un"]);
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("may not run commands as \"daemon\""),
-        "{}",
-        stderr_of(&refused)
-    );
+    assert_failed_saying(&refused, 255, "may not run commands as \"daemon\"");
 }
 
 #[test]
@@ -546,9 +545,7 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
 
 #[test]
 fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
-    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "500ms"]);
-    let mut run = start_sleeping(&env, &agent, "", 2);
-    agent.signal("TERM");
+    let (_env, mut agent, mut run) = signalled_while_sleeping("500ms", 2, "TERM");
     let status = wait_for_exit(&mut run.ctl);
     let err = stderr_text(&mut run.ctl);
     assert_eq!(status.code(), Some(255));
@@ -559,9 +556,7 @@ fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
 
 #[test]
 fn sigint_to_the_agent_kills_commands_at_once() {
-    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "60s"]);
-    let mut run = start_sleeping(&env, &agent, "", 1);
-    agent.signal("INT");
+    let (_env, mut agent, mut run) = signalled_while_sleeping("60s", 1, "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
     assert!(all_gone(&run.sleep));
     assert_agent_exits_0(&mut agent);
@@ -963,10 +958,7 @@ fn exec_at(
 
 #[test]
 fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
-    let test = "run_as_rules_confine_a_listed_client_and_leave_others_as_they_were";
-    if !root_or_skip(test, "the agent must run as root to switch users") {
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
     let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
     let host = agent.target();
@@ -1041,10 +1033,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
 
 #[test]
 fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
-    let test = "a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden";
-    if !root_or_skip(test, "the agent must run as root to switch users") {
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
     let (agent, _) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
     let host = agent.target();

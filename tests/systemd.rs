@@ -230,8 +230,7 @@ fn agent_refuses_a_passed_socket_that_is_not_listening() {
 fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
-    let cmd = notify.agent_command(&env.agent_dir);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
 
     // READY=1 carries the status line with the bound port, which exists
     // only once the agent listens.
@@ -278,8 +277,7 @@ fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
 fn status_line_counts_running_sessions() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
-    let cmd = notify.agent_command(&env.agent_dir);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
     notify.wait_for("READY=1").expect("READY=1");
     agent.wait_listening();
     env.trust(&agent);
@@ -333,8 +331,7 @@ fn sighup_reloads_and_names_settings_that_need_a_restart() {
     let config = env.agent_dir.join("agent.toml");
     std::fs::write(&config, "max_sessions = 8\n").unwrap();
     let mut notify = NotifySocket::new(env.root.path());
-    let cmd = notify.agent_command(&env.agent_dir);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
     let ready = notify.wait_for("READY=1").unwrap();
     assert!(ready.contains("(limit 8)"), "the file was read: {ready:?}");
     agent.wait_listening();
@@ -436,12 +433,7 @@ fn config_file_errors_name_the_key_and_line() {
         .args(["run", "--check"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_of(&out).contains("cannot read config file"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 1, "cannot read config file");
 }
 
 /// Every file under `root`, relative, with its permission bits.

@@ -70,6 +70,14 @@ pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that a run exited with `code` and that its stderr contains
+/// `needle`.
+#[track_caller]
+pub fn assert_failed_saying(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr_of(out));
+    assert!(stderr_of(out).contains(needle), "{}", stderr_of(out));
+}
+
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
