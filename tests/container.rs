@@ -7,7 +7,7 @@
 //! the container's boot never competes for the two cores with the
 //! timing-sensitive end-to-end tests.
 
-#[path = "util.rs"]
+#[path = "util/mod.rs"]
 mod util;
 
 use std::process::{Command, Stdio};
@@ -17,8 +17,7 @@ use util::*;
 #[test]
 fn agent_under_a_real_systemd_passes_every_check() {
     const TEST: &str = "agent_under_a_real_systemd_passes_every_check";
-    if !running_as_root() {
-        skipped(TEST, "booting a container needs root");
+    if !root_or_skip(TEST, "booting a container needs root") {
         return;
     }
     if !have_tool("systemd-nspawn", TEST) || !have_tool("debootstrap", TEST) {

@@ -59,6 +59,48 @@ fn listing(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32, i64)> {
     out
 }
 
+/// `@lab:PATH`: `path` on every host of the fleet's group.
+fn at_lab(path: &Path) -> String {
+    format!("@lab:{}", path.display())
+}
+
+/// An env and agent for a copy as another user: `tester` may run as the
+/// users of `run_as` (a TOML list), and the temporary directories are
+/// reachable by them. None, the test skipped, unless we are root.
+fn copying_as_another_user(test: &str, run_as: &str) -> Option<(Env, Agent)> {
+    if !root_or_skip(test, "the agent must run as root to copy as another user") {
+        return None;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.write_agent_config(format!("[run_as]\ntester = {run_as}\n"));
+    let agent = env.agent();
+    Some((env, agent))
+}
+
+/// A sparse file of `len` bytes: large to send, cheap to make.
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// The directory `root/NAME`, holding a file `big` that says "the old
+/// file", for the copies that must leave it as it was.
+fn dir_with_old_file(root: &Path, name: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("big"), b"the old file").unwrap();
+    dir
+}
+
+/// `ctl cp FROM TO` started, its stderr discarded.
+fn cp_started(env: &Env, from: &str, to: &str) -> std::process::Child {
+    env.ctl()
+        .args(["cp", from, to])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn temporaries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -69,8 +111,7 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn files_of_every_size_round_trip_byte_exact() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let (there, back) = (root.join("there"), root.join("back"));
     std::fs::create_dir_all(&there).unwrap();
@@ -108,8 +149,7 @@ fn files_of_every_size_round_trip_byte_exact() {
 
 #[test]
 fn a_tree_with_links_and_odd_names_round_trips() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let src = root.join("tree");
     std::fs::create_dir_all(src.join("sub dir/deeper")).unwrap();
@@ -143,8 +183,7 @@ fn a_tree_with_links_and_odd_names_round_trips() {
     std::os::unix::fs::symlink("sub dir/deeper/data", src.join("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
 
-    let there = root.join("there");
-    std::fs::create_dir(&there).unwrap();
+    let there = new_dir(root, "there");
     let pushed = cp(
         &env,
         &["-r", src.to_str().unwrap(), &remote(&agent, &there)],
@@ -152,8 +191,7 @@ fn a_tree_with_links_and_odd_names_round_trips() {
     assert!(pushed.status.success(), "{}", stderr_of(&pushed));
     assert_eq!(listing(&there.join("tree")), listing(&src));
 
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     let pulled = cp(
         &env,
         &[
@@ -167,12 +205,7 @@ fn a_tree_with_links_and_odd_names_round_trips() {
 
     // Without -r a directory is refused, and says how.
     let refused = cp(&env, &[src.to_str().unwrap(), &remote(&agent, &there)]);
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("-r"),
-        "{}",
-        stderr_of(&refused)
-    );
+    assert_failed_saying(&refused, 255, "-r");
 }
 
 #[test]
@@ -182,16 +215,8 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
     let root = env.root.path();
     let script = root.join("deploy.sh");
     std::fs::write(&script, b"#!/bin/sh\necho deployed\n").unwrap();
-    let dest = root.join("deployed");
-    std::fs::create_dir(&dest).unwrap();
-    let pushed = cp(
-        &env,
-        &[
-            "--json",
-            script.to_str().unwrap(),
-            &format!("@lab:{}", dest.display()),
-        ],
-    );
+    let dest = new_dir(root, "deployed");
+    let pushed = cp(&env, &["--json", script.to_str().unwrap(), &at_lab(&dest)]);
     assert!(pushed.status.success(), "{}", stderr_of(&pushed));
     let records = json_lines(&pushed);
     assert_eq!(records.len(), 10);
@@ -206,19 +231,12 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
             "{host}"
         );
     }
-    assert_eq!(
-        std::fs::read(dest.join("deploy.sh")).unwrap(),
-        b"#!/bin/sh\necho deployed\n"
-    );
+    assert_file(dest.join("deploy.sh"), b"#!/bin/sh\necho deployed\n");
 
-    let logs = root.join("logs");
-    std::fs::create_dir(&logs).unwrap();
+    let logs = new_dir(root, "logs");
     let pulled = cp(
         &env,
-        &[
-            &format!("@lab:{}", dest.join("deploy.sh").display()),
-            logs.to_str().unwrap(),
-        ],
+        &[&at_lab(&dest.join("deploy.sh")), logs.to_str().unwrap()],
     );
     assert!(pulled.status.success(), "{}", stderr_of(&pulled));
     for host in &fleet.hosts {
@@ -239,39 +257,20 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
 
 #[test]
 fn a_client_killed_mid_push_leaves_the_old_file_and_no_temporary() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let source = root.join("big");
-    // Sparse: large to send, cheap to make.
-    std::fs::File::create(&source)
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
-    let dest_dir = root.join("dest");
-    std::fs::create_dir(&dest_dir).unwrap();
-    std::fs::write(dest_dir.join("big"), b"the old file").unwrap();
-    let mut ctl = env
-        .ctl()
-        .args(["cp", source.to_str().unwrap(), &remote(&agent, &dest_dir)])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    sparse(&source, 2 << 30);
+    let dest_dir = dir_with_old_file(root, "dest");
+    let mut ctl = cp_started(&env, source.to_str().unwrap(), &remote(&agent, &dest_dir));
     assert!(
         wait_until(DEADLINE, || !temporaries(&dest_dir).is_empty()),
         "the transfer started"
     );
     ctl.kill().unwrap();
     ctl.wait().unwrap();
-    assert!(
-        agent.wait_for_log("client gone").is_some(),
-        "{}",
-        agent.log()
-    );
-    assert_eq!(
-        std::fs::read(dest_dir.join("big")).unwrap(),
-        b"the old file"
-    );
+    agent.expect_log("client gone");
+    assert_file(dest_dir.join("big"), b"the old file");
     assert!(wait_until(DEADLINE, || temporaries(&dest_dir).is_empty()));
     // The agent serves on.
     assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
@@ -279,27 +278,15 @@ fn a_client_killed_mid_push_leaves_the_old_file_and_no_temporary() {
 
 #[test]
 fn an_interrupted_pull_leaves_the_old_file_and_no_temporary() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let source = root.join("big");
-    // Sparse: large to send, cheap to make.
-    std::fs::File::create(&source)
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
-    std::fs::write(back.join("big"), b"the old file").unwrap();
+    sparse(&source, 2 << 30);
+    let back = dir_with_old_file(root, "back");
     // Ctrl-C, or a script's SIGTERM or SIGHUP: ctl stops, cleans up after
     // itself before it exits, and exits as a shell reports that signal.
     for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
-        let mut ctl = env
-            .ctl()
-            .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut ctl = cp_started(&env, &remote(&agent, &source), back.to_str().unwrap());
         assert!(
             wait_until(DEADLINE, || !temporaries(&back).is_empty()),
             "the transfer started"
@@ -307,7 +294,7 @@ fn an_interrupted_pull_leaves_the_old_file_and_no_temporary() {
         send_signal(ctl.id(), signal);
         let status = ctl.wait().unwrap();
         assert_eq!(status.code(), Some(code), "SIG{signal}");
-        assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
+        assert_file(back.join("big"), b"the old file");
         assert_eq!(temporaries(&back), Vec::<PathBuf>::new(), "SIG{signal}");
     }
 }
@@ -336,8 +323,7 @@ impl Drop for Mount {
 
 #[test]
 fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let Some(small) = Mount::tmpfs(&root.join("small"), "size=1m") else {
         skipped(
@@ -358,10 +344,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
         err.contains("write-failed") && err.contains("No space left"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read(small.0.join("file")).unwrap(),
-        b"old contents"
-    );
+    assert_file(small.0.join("file"), b"old contents");
     assert!(
         temporaries(&small.0).is_empty(),
         "{:?}",
@@ -372,8 +355,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
 
 #[test]
 fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let source = root.join("f");
     std::fs::write(&source, b"x").unwrap();
@@ -385,12 +367,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
             &remote(&agent, &root.join("no/such/dir/f")),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
 
     let out = cp(
         &env,
@@ -399,12 +376,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
             root.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no-such-file"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no-such-file");
 
     // A file system with the old file on it, then made read-only.
     let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m") else {
@@ -422,24 +394,20 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
         .is_ok_and(|s| s.success());
     assert!(remounted, "remount the tmpfs read-only");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("Read-only"), "{}", stderr_of(&out));
-    assert_eq!(std::fs::read(ro.0.join("f")).unwrap(), b"old contents");
+    assert_failed_saying(&out, 255, "Read-only");
+    assert_file(ro.0.join("f"), b"old contents");
     assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
 
 #[test]
 fn a_size_limit_refuses_large_pushes_before_writing() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-copy-bytes", "1000"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-copy-bytes", "1000"]);
     let root = env.root.path();
     let source = root.join("big");
     std::fs::write(&source, vec![1u8; 2000]).unwrap();
-    let dest = root.join("dest");
-    std::fs::create_dir(&dest).unwrap();
+    let dest = new_dir(root, "dest");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("too-large"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "too-large");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
 
@@ -448,6 +416,27 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
 /// the request with `messages`, whatever was asked.
 async fn pull_from_a_fake_agent(
     env: &Env,
+    messages: Vec<rexec_protocol::AgentMessage>,
+    path: &str,
+    local: &Path,
+) -> std::process::Output {
+    pull_with_flags_from_a_fake_agent(env, &[], messages, path, local).await
+}
+
+/// `ctl cp -r AGENT:/PATH local` against a fake agent sending `messages`.
+async fn pull_tree_from_a_fake_agent(
+    env: &Env,
+    messages: Vec<rexec_protocol::AgentMessage>,
+    path: &str,
+    local: &Path,
+) -> std::process::Output {
+    pull_with_flags_from_a_fake_agent(env, &["-r"], messages, path, local).await
+}
+
+/// `ctl cp FLAGS... AGENT:/PATH local` against a fake agent sending `messages`.
+async fn pull_with_flags_from_a_fake_agent(
+    env: &Env,
+    flags: &[&str],
     messages: Vec<rexec_protocol::AgentMessage>,
     path: &str,
     local: &Path,
@@ -467,7 +456,10 @@ async fn pull_from_a_fake_agent(
         let _ = incoming.next().await;
     });
     let remote = format!("{addr}:{path}");
-    let out = ctl_output_off_the_runtime(env, &["cp", &remote, local.to_str().unwrap()]).await;
+    let mut args = vec!["cp"];
+    args.extend_from_slice(flags);
+    args.extend([remote.as_str(), local.to_str().unwrap()]);
+    let out = ctl_output_off_the_runtime(env, &args).await;
     agent.abort();
     out
 }
@@ -497,12 +489,7 @@ async fn a_hostile_agent_cannot_write_outside_the_local_directory() {
         AgentMessage::FileData(Bytes::from_static(b"x")),
     ];
     let out = pull_from_a_fake_agent(&env, messages, "/etc/x", &local).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("refusing entry name"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "refusing entry name");
     assert!(!env.root.path().join("a/escaped").exists());
     assert!(!env.root.path().join("escaped").exists());
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
@@ -516,8 +503,7 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
     use rexec_protocol::{AgentMessage, FileEnd, Hello};
 
     let env = Env::new();
-    let local = env.root.path().join("local");
-    std::fs::create_dir(&local).unwrap();
+    let local = new_dir(env.root.path(), "local");
     std::fs::write(local.join("x"), b"old").unwrap();
     let messages = vec![
         AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
@@ -530,9 +516,8 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
         AgentMessage::CopyEnd,
     ];
     let out = pull_from_a_fake_agent(&env, messages, "/x", &local).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr_of(&out).contains("checksum"), "{}", stderr_of(&out));
-    assert_eq!(std::fs::read(local.join("x")).unwrap(), b"old");
+    assert_failed_saying(&out, 255, "checksum");
+    assert_file(local.join("x"), b"old");
     assert_eq!(temporaries(&local), Vec::<PathBuf>::new());
 }
 
@@ -550,17 +535,9 @@ fn a_copy_to_several_hosts_names_the_ones_that_failed() {
     let root = env.root.path();
     let file = root.join("app.conf");
     std::fs::write(&file, b"setting = 1\n").unwrap();
-    let dest = root.join("etc");
-    std::fs::create_dir(&dest).unwrap();
+    let dest = new_dir(root, "etc");
 
-    let pushed = cp(
-        &env,
-        &[
-            "--json",
-            file.to_str().unwrap(),
-            &format!("@lab:{}", dest.display()),
-        ],
-    );
+    let pushed = cp(&env, &["--json", file.to_str().unwrap(), &at_lab(&dest)]);
     assert_eq!(pushed.status.code(), Some(255), "{}", stderr_of(&pushed));
     assert_eq!(
         stderr_of(&pushed).lines().last(),
@@ -573,20 +550,13 @@ fn a_copy_to_several_hosts_names_the_ones_that_failed() {
         assert_eq!(copied, record["host"] != "127.0.0.5", "{record}");
         assert!(record["duration_ms"].as_f64().unwrap() > 0.0, "{record}");
     }
-    assert_eq!(
-        std::fs::read(dest.join("app.conf")).unwrap(),
-        b"setting = 1\n"
-    );
+    assert_file(dest.join("app.conf"), b"setting = 1\n");
 
     // A path missing on every host that answers: each is named, with why.
-    let logs = root.join("logs");
-    std::fs::create_dir(&logs).unwrap();
+    let logs = new_dir(root, "logs");
     let pulled = cp(
         &env,
-        &[
-            &format!("@lab:{}", root.join("missing").display()),
-            logs.to_str().unwrap(),
-        ],
+        &[&at_lab(&root.join("missing")), logs.to_str().unwrap()],
     );
     assert_eq!(pulled.status.code(), Some(255), "{}", stderr_of(&pulled));
     assert_eq!(
@@ -597,23 +567,13 @@ fn a_copy_to_several_hosts_names_the_ones_that_failed() {
 
 #[test]
 fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
-    if !running_as_root() {
-        skipped(
-            "a_copy_as_another_user_is_checked_and_owned_as_that_user",
-            "the agent must run as root to copy as another user",
-        );
-        return;
-    }
-    let env = Env::new();
-    // The temporary directories must be reachable by the other user.
-    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // root first: a listed client runs as no one else, by default the first.
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        "[run_as]\ntester = [\"root\", \"nobody\"]\n",
-    )
-    .unwrap();
-    let agent = env.agent();
+    let Some((env, agent)) = copying_as_another_user(
+        "a_copy_as_another_user_is_checked_and_owned_as_that_user",
+        r#"["root", "nobody"]"#,
+    ) else {
+        return;
+    };
     let nobody: u32 = stdout_of(&Command::new("id").args(["-u", "nobody"]).output().unwrap())
         .trim()
         .parse()
@@ -641,35 +601,19 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     );
 
     let out = cp(&env, &[source.to_str().unwrap(), &as_nobody(&locked)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 
     let secret = root.join("secret");
     std::fs::write(&secret, b"root only").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     let out = cp(&env, &[&as_nobody(&secret), back.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
 
     // Keeping owners needs a copy that runs as root.
     let out = cp(&env, &["-p", source.to_str().unwrap(), &as_nobody(&theirs)]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("needs a copy that runs as root"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "needs a copy that runs as root");
 
     // The agent's own identity is untouched: root still copies anywhere.
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &locked)]);
@@ -681,33 +625,16 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
             &format!("daemon@{}:{}", agent.target(), theirs.display()),
         ],
     );
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("may not run commands as"),
-        "{}",
-        stderr_of(&refused)
-    );
-    assert!(
-        agent.wait_for_log("user=\"nobody\"").is_some(),
-        "{}",
-        agent.log()
-    );
+    assert_failed_saying(&refused, 255, "may not run commands as");
+    agent.expect_log("user=\"nobody\"");
 }
 
 #[test]
 fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
-    if !running_as_root() {
-        skipped(
-            "dash_p_keeps_numeric_owners_when_the_copy_runs_as_root",
-            "keeping owners needs root",
-        );
-        return;
-    }
-    let env = Env::new();
-    let agent = env.agent();
+    require_root!("keeping owners needs root");
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let src = root.join("owned");
-    std::fs::create_dir(&src).unwrap();
+    let src = new_dir(root, "owned");
     std::fs::write(src.join("file"), b"x").unwrap();
     std::os::unix::fs::symlink("file", src.join("link")).unwrap();
     for entry in [src.join("file"), src.clone()] {
@@ -740,8 +667,7 @@ fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(ids(&plain.join("owned/file")), (0, 0));
     // Pulling with -p keeps them on this side too.
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     let out = cp(
         &env,
         &[
@@ -802,87 +728,52 @@ fn fake_hello() -> Vec<rexec_protocol::AgentMessage> {
     ]
 }
 
-/// `ctl cp -r AGENT:/PATH local` against a fake agent sending `messages`.
-async fn pull_tree_from_a_fake_agent(
-    env: &Env,
-    messages: Vec<rexec_protocol::AgentMessage>,
-    path: &str,
-    local: &Path,
-) -> std::process::Output {
-    use futures_util::{SinkExt, StreamExt};
-
-    let fake = FakeAgent::bind(env).await;
-    let addr = fake.addr;
-    let agent = tokio::spawn(async move {
-        let (mut incoming, mut outgoing) = fake.accept().await;
-        let _ = incoming.next().await;
-        let _ = incoming.next().await;
-        for message in messages {
-            let _ = outgoing.feed(message).await;
-        }
-        let _ = outgoing.flush().await;
-        let _ = incoming.next().await;
-    });
-    let remote = format!("{addr}:{path}");
-    let out =
-        ctl_output_off_the_runtime(env, &["cp", "-r", &remote, local.to_str().unwrap()]).await;
-    agent.abort();
-    out
+/// A whole copy as a fake agent sends it: the hello, the messages of
+/// `entries` in order, the end.
+fn fake_copy(entries: Vec<Vec<rexec_protocol::AgentMessage>>) -> Vec<rexec_protocol::AgentMessage> {
+    let mut messages = fake_hello();
+    messages.extend(entries.into_iter().flatten());
+    messages.push(rexec_protocol::AgentMessage::CopyEnd);
+    messages
 }
 
-/// An agent on a compromised machine sends a link and then entries through
-/// it: to an absolute path, to the parent, and a directory beneath a link.
-/// ctl refuses each and writes nothing outside LOCAL_DIR.
+/// An entry that is its header alone (a directory, a link).
+fn header_only(header: rexec_protocol::FileHeader) -> Vec<rexec_protocol::AgentMessage> {
+    vec![rexec_protocol::AgentMessage::File(header)]
+}
+
 #[tokio::test]
 async fn a_hostile_agent_cannot_write_through_a_link_it_sent() {
     let env = Env::new();
-    let victim = env.root.path().join("victim");
-    std::fs::create_dir(&victim).unwrap();
+    let victim = new_dir(env.root.path(), "victim");
     let victim_path = victim.as_os_str().as_bytes().to_vec();
-    let attacks: Vec<(&str, Vec<rexec_protocol::AgentMessage>)> = vec![
+    let tree = || header_only(dir_header(b"tree"));
+    let evil = |path| file_messages(file_header(path, 4), b"evil");
+    let attacks = [
         (
             "link, then a file beneath it",
-            [
-                fake_hello(),
-                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
-                vec![rexec_protocol::AgentMessage::File(link_header(
-                    b"tree/x",
-                    &victim_path,
-                ))],
-                file_messages(file_header(b"tree/x/authorized_keys", 4), b"evil"),
-                vec![rexec_protocol::AgentMessage::CopyEnd],
-            ]
-            .concat(),
+            fake_copy(vec![
+                tree(),
+                header_only(link_header(b"tree/x", &victim_path)),
+                evil(b"tree/x/authorized_keys"),
+            ]),
         ),
         (
             "link to the parent",
-            [
-                fake_hello(),
-                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
-                vec![rexec_protocol::AgentMessage::File(link_header(
-                    b"tree/up", b"..",
-                ))],
-                file_messages(file_header(b"tree/up/escaped", 4), b"evil"),
-                vec![rexec_protocol::AgentMessage::CopyEnd],
-            ]
-            .concat(),
+            fake_copy(vec![
+                tree(),
+                header_only(link_header(b"tree/up", b"..")),
+                evil(b"tree/up/escaped"),
+            ]),
         ),
         (
             "link to an absolute path, then a directory and a file beneath",
-            [
-                fake_hello(),
-                vec![rexec_protocol::AgentMessage::File(dir_header(b"tree"))],
-                vec![rexec_protocol::AgentMessage::File(link_header(
-                    b"tree/abs",
-                    &victim_path,
-                ))],
-                vec![rexec_protocol::AgentMessage::File(dir_header(
-                    b"tree/abs/d",
-                ))],
-                file_messages(file_header(b"tree/abs/d/f", 4), b"evil"),
-                vec![rexec_protocol::AgentMessage::CopyEnd],
-            ]
-            .concat(),
+            fake_copy(vec![
+                tree(),
+                header_only(link_header(b"tree/abs", &victim_path)),
+                header_only(dir_header(b"tree/abs/d")),
+                evil(b"tree/abs/d/f"),
+            ]),
         ),
     ];
     for (what, messages) in attacks {
@@ -911,7 +802,7 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
     let extras: Vec<Vec<AgentMessage>> = vec![
         file_messages(file_header(b".bashrc", 4), b"evil"),
         [
-            vec![AgentMessage::File(dir_header(b".ssh"))],
+            header_only(dir_header(b".ssh")),
             file_messages(file_header(b".ssh/authorized_keys", 4), b"evil"),
         ]
         .concat(),
@@ -928,13 +819,10 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
     ];
     for extra in extras {
         let local = tempfile::tempdir_in(env.root.path()).unwrap();
-        let messages = [
-            fake_hello(),
+        let messages = fake_copy(vec![
             file_messages(file_header(b"syslog", 3), b"log"),
             extra,
-            vec![AgentMessage::CopyEnd],
-        ]
-        .concat();
+        ]);
         let out = pull_from_a_fake_agent(&env, messages, "/var/log/syslog", local.path()).await;
         assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
         assert!(
@@ -946,22 +834,17 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
         for name in [".bashrc", ".ssh", "suid-tool"] {
             assert!(!local.path().join(name).exists(), "{name}");
         }
-        assert_eq!(std::fs::read(local.path().join("syslog")).unwrap(), b"log");
+        assert_file(local.path().join("syslog"), b"log");
     }
 
     let local = tempfile::tempdir_in(env.root.path()).unwrap();
-    let messages = [
-        fake_hello(),
-        file_messages(
-            rexec_protocol::FileHeader {
-                mode: 0o6755,
-                ..file_header(b"tool", 4)
-            },
-            b"tool",
-        ),
-        vec![AgentMessage::CopyEnd],
-    ]
-    .concat();
+    let messages = fake_copy(vec![file_messages(
+        rexec_protocol::FileHeader {
+            mode: 0o6755,
+            ..file_header(b"tool", 4)
+        },
+        b"tool",
+    )]);
     let out = pull_from_a_fake_agent(&env, messages, "/usr/bin/tool", local.path()).await;
     assert!(out.status.success(), "{}", stderr_of(&out));
     let mode = std::fs::metadata(local.path().join("tool"))
@@ -980,29 +863,13 @@ fn a_planted_link_as_a_host_directory_is_not_followed() {
     let root = env.root.path();
     let source = root.join("syslog");
     std::fs::write(&source, b"log\n").unwrap();
-    let victim = root.join("victim");
-    std::fs::create_dir(&victim).unwrap();
-    let logs = root.join("logs");
-    std::fs::create_dir(&logs).unwrap();
+    let victim = new_dir(root, "victim");
+    let logs = new_dir(root, "logs");
     std::os::unix::fs::symlink(&victim, logs.join(&fleet.hosts[0])).unwrap();
-    let out = cp(
-        &env,
-        &[
-            &format!("@lab:{}", source.display()),
-            logs.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    let out = cp(&env, &[&at_lab(&source), logs.to_str().unwrap()]);
+    assert_failed_saying(&out, 255, "in the way");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
-    assert_eq!(
-        std::fs::read(logs.join(&fleet.hosts[1]).join("syslog")).unwrap(),
-        b"log\n"
-    );
+    assert_file(logs.join(&fleet.hosts[1]).join("syslog"), b"log\n");
 }
 
 /// `ctl cp -r one/A two/A HOST:/DEST/` where `one/A/s` is a link to a
@@ -1010,17 +877,14 @@ fn a_planted_link_as_a_host_directory_is_not_followed() {
 /// write through the link the first one placed.
 #[test]
 fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let victim = root.join("victim");
-    std::fs::create_dir(&victim).unwrap();
+    let victim = new_dir(root, "victim");
     std::fs::create_dir_all(root.join("one/A")).unwrap();
     std::os::unix::fs::symlink(&victim, root.join("one/A/s")).unwrap();
     std::fs::create_dir_all(root.join("two/A/s")).unwrap();
     std::fs::write(root.join("two/A/s/pwned"), b"pwned").unwrap();
-    let dest = root.join("dest");
-    std::fs::create_dir(&dest).unwrap();
+    let dest = new_dir(root, "dest");
     let out = cp(
         &env,
         &[
@@ -1030,12 +894,7 @@ fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
             &format!("{}/", remote(&agent, &dest)),
         ],
     );
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "in the way");
     assert!(!victim.join("pwned").exists());
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
 }
@@ -1044,29 +903,20 @@ fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
 /// `site -> /victim`: the tree does not go into /victim, whose mode stays.
 #[test]
 fn a_push_never_follows_a_link_planted_in_a_shared_directory() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let victim = root.join("victim");
-    std::fs::create_dir(&victim).unwrap();
+    let victim = new_dir(root, "victim");
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let shared = root.join("shared");
-    std::fs::create_dir(&shared).unwrap();
+    let shared = new_dir(root, "shared");
     std::os::unix::fs::symlink(&victim, shared.join("site")).unwrap();
-    let site = root.join("site");
-    std::fs::create_dir(&site).unwrap();
+    let site = new_dir(root, "site");
     std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::write(site.join("index.html"), b"hello").unwrap();
     let out = cp(
         &env,
         &["-r", site.to_str().unwrap(), &remote(&agent, &shared)],
     );
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("in the way"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "in the way");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
@@ -1077,27 +927,16 @@ fn a_push_never_follows_a_link_planted_in_a_shared_directory() {
 /// owner change goes to what was written, never through the link.
 #[test]
 fn a_swapped_temporary_never_changes_what_it_points_to() {
-    if !running_as_root() {
-        skipped(
-            "a_swapped_temporary_never_changes_what_it_points_to",
-            "keeping owners needs root",
-        );
-        return;
-    }
-    let env = Env::new();
-    let agent = env.agent();
+    require_root!("keeping owners needs root");
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let shadow = root.join("shadow");
     std::fs::write(&shadow, b"root:secret").unwrap();
     std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
     let source = root.join("big");
-    std::fs::File::create(&source)
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
+    sparse(&source, 2 << 30);
     std::os::unix::fs::chown(&source, Some(4321), Some(4321)).unwrap();
-    let shared = root.join("shared");
-    std::fs::create_dir(&shared).unwrap();
+    let shared = new_dir(root, "shared");
     let ctl = env
         .ctl()
         .args([
@@ -1119,12 +958,11 @@ fn a_swapped_temporary_never_changes_what_it_points_to() {
     std::os::unix::fs::symlink(&shadow, &swap).unwrap();
     std::fs::rename(&swap, &temp).unwrap();
     let out = ctl.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("replaced"), "{}", stderr_of(&out));
+    assert_failed_saying(&out, 255, "replaced");
     let meta = std::fs::metadata(&shadow).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
-    assert_eq!(std::fs::read(&shadow).unwrap(), b"root:secret");
+    assert_file(&shadow, b"root:secret");
 }
 
 /// The README's `ctl cp app.conf web1:/etc/app/app.conf`, and its pull
@@ -1147,27 +985,20 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
         }
         let out = cp(&env, &[conf.to_str().unwrap(), &remote(agent, &target)]);
         assert!(out.status.success(), "exists {exists}: {}", stderr_of(&out));
-        assert_eq!(std::fs::read(&target).unwrap(), b"setting = 1\n");
+        assert_file(&target, b"setting = 1\n");
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
         std::fs::remove_file(&target).unwrap();
     }
     // To several hosts, each gets the new name.
     let out = cp(
         &env,
-        &[
-            conf.to_str().unwrap(),
-            &format!("@lab:{}", etc.join("multi.conf").display()),
-        ],
+        &[conf.to_str().unwrap(), &at_lab(&etc.join("multi.conf"))],
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(
-        std::fs::read(etc.join("multi.conf")).unwrap(),
-        b"setting = 1\n"
-    );
+    assert_file(etc.join("multi.conf"), b"setting = 1\n");
 
     // Pull from one host to a new name, existing or not.
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     for exists in [false, true] {
         let target = back.join("copy.conf");
         if exists {
@@ -1175,7 +1006,7 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
         }
         let out = cp(&env, &[&remote(agent, &conf), target.to_str().unwrap()]);
         assert!(out.status.success(), "exists {exists}: {}", stderr_of(&out));
-        assert_eq!(std::fs::read(&target).unwrap(), b"setting = 1\n");
+        assert_file(&target, b"setting = 1\n");
     }
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
 
@@ -1188,12 +1019,7 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
             &format!("{}/", remote(agent, &etc.join("nodir"))),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
     let out = cp(
         &env,
         &[
@@ -1201,48 +1027,27 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
             back.join("no/such/x").to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory");
     let out = cp(
         &env,
-        &[
-            &format!("@lab:{}", conf.display()),
-            back.join("new-name").to_str().unwrap(),
-        ],
+        &[&at_lab(&conf), back.join("new-name").to_str().unwrap()],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("not a directory"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "not a directory");
     assert!(!back.join("new-name").exists());
 }
 
 // ---- Time, silence, changing files, privileges -----------------------------
-
-/// A sparse file of `len` bytes: large to send, cheap to make.
-fn sparse(path: &Path, len: u64) {
-    std::fs::File::create(path).unwrap().set_len(len).unwrap();
-}
 
 /// `--timeout` bounds the whole copy, connecting included, in both
 /// directions: 124, as for exec, and the old file stays with no temporary.
 /// A connect timeout far above the deadline shows it is not added in.
 #[test]
 fn a_copy_timeout_bounds_the_whole_copy() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let source = root.join("big");
     sparse(&source, 2 << 30);
-    let dest = root.join("dest");
-    std::fs::create_dir(&dest).unwrap();
-    std::fs::write(dest.join("big"), b"the old file").unwrap();
+    let dest = dir_with_old_file(root, "dest");
     let out = cp(
         &env,
         &[
@@ -1259,10 +1064,9 @@ fn a_copy_timeout_bounds_the_whole_copy() {
     let record = &json_lines(&out)[0];
     assert_eq!(record["error"]["kind"], "deadline", "{record}");
     assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
-    assert_eq!(std::fs::read(dest.join("big")).unwrap(), b"the old file");
+    assert_file(dest.join("big"), b"the old file");
 
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     let out = cp(
         &env,
         &[
@@ -1291,7 +1095,7 @@ fn a_copy_timeout_bounds_the_whole_copy() {
         ],
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"x");
+    assert_file(dest.join("small"), b"x");
 
     // The largest value a duration can hold is refused at parse time, in
     // one line, as every duration flag of ctl's: no overflow, no panic.
@@ -1313,16 +1117,13 @@ fn a_copy_timeout_bounds_the_whole_copy() {
 /// forever; the old file stays and ctl leaves no temporary.
 #[test]
 fn a_copy_gives_up_on_an_agent_that_falls_silent() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let root = env.root.path();
     let source = root.join("big");
     sparse(&source, 4 << 30);
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
-    std::fs::write(back.join("big"), b"the old file").unwrap();
-    let dest = root.join("dest");
-    std::fs::create_dir(&dest).unwrap();
+    let back = dir_with_old_file(root, "back");
+    let dest = new_dir(root, "dest");
     let pull = env
         .ctl()
         .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
@@ -1347,13 +1148,8 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
         out
     };
     let out = push(pull, &back);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("no sign of life"),
-        "{}",
-        stderr_of(&out)
-    );
-    assert_eq!(std::fs::read(back.join("big")).unwrap(), b"the old file");
+    assert_failed_saying(&out, 255, "no sign of life");
+    assert_file(back.join("big"), b"the old file");
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
 
     let pushing = env
@@ -1364,12 +1160,7 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
         .spawn()
         .unwrap();
     let out = push(pushing, &dest);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("no sign of life"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no sign of life");
     assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
 }
 
@@ -1378,8 +1169,7 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
 /// 0 and say so in `--json`.
 #[test]
 fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let size: u64 = 512 << 20;
     let log = root.join("syslog");
@@ -1391,10 +1181,8 @@ fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
         )
         .unwrap();
     };
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
-    let dest = root.join("dest");
-    std::fs::create_dir(&dest).unwrap();
+    let back = new_dir(root, "back");
+    let dest = new_dir(root, "dest");
     for (args, watched, copy) in [
         (
             vec![remote(&agent, &log), back.display().to_string()],
@@ -1433,10 +1221,8 @@ fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
 /// Files of /proc say their size is 0 and have content: copied whole.
 #[test]
 fn a_proc_file_is_copied_whole() {
-    let env = Env::new();
-    let agent = env.agent();
-    let back = env.root.path().join("back");
-    std::fs::create_dir(&back).unwrap();
+    let (env, agent) = Env::with_agent();
+    let back = new_dir(env.root.path(), "back");
     let out = cp(
         &env,
         &[
@@ -1457,22 +1243,15 @@ fn a_proc_file_is_copied_whole() {
 /// is served.
 #[test]
 fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs-per-client", "1"]);
     let root = env.root.path();
     let fifo = root.join("fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     for _ in 0..3 {
         let out = cp(&env, &[&remote(&agent, &fifo), back.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(255));
-        assert!(
-            stderr_of(&out).contains("not a regular file, directory or link"),
-            "{}",
-            stderr_of(&out)
-        );
+        assert_failed_saying(&out, 255, "not a regular file, directory or link");
     }
     assert_eq!(std::fs::read_dir(&back).unwrap().count(), 0);
     assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
@@ -1483,21 +1262,12 @@ fn a_pull_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
 /// (the agent's other capabilities are dropped for the copy).
 #[test]
 fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
-    if !running_as_root() {
-        skipped(
-            "a_copy_as_another_user_cannot_reach_through_a_root_process",
-            "the agent must run as root to copy as another user",
-        );
+    let Some((env, agent)) = copying_as_another_user(
+        "a_copy_as_another_user_cannot_reach_through_a_root_process",
+        r#"["nobody"]"#,
+    ) else {
         return;
-    }
-    let env = Env::new();
-    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        "[run_as]\ntester = [\"nobody\"]\n",
-    )
-    .unwrap();
-    let agent = env.agent();
+    };
     let root = env.root.path();
     let hidden = root.join("root-only");
     let inner = hidden.join("inner");
@@ -1516,8 +1286,7 @@ fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
         .current_dir(&inner)
         .spawn()
         .unwrap();
-    let back = root.join("back");
-    std::fs::create_dir(&back).unwrap();
+    let back = new_dir(root, "back");
     let through = format!("/proc/{}/cwd/secret.txt", holder.id());
     let out = cp(
         &env,
@@ -1528,11 +1297,6 @@ fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
     );
     let _ = holder.kill();
     let _ = holder.wait();
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("permission-denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "permission-denied");
     assert!(!back.join("secret.txt").exists());
 }

@@ -8,8 +8,7 @@ use crate::util::*;
 
 #[test]
 fn remote_exit_codes_pass_through() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for code in [0, 1, 3, 255] {
         let out = env.exec(&agent, &[&format!("exit {code}")]);
         assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
@@ -23,8 +22,7 @@ fn remote_exit_codes_pass_through() {
 
 #[test]
 fn killed_by_signal_exits_128_plus_n() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     assert_eq!(env.exec(&agent, &["kill -9 $$"]).status.code(), Some(137));
     assert_eq!(
         env.exec(&agent, &["kill -TERM $$"]).status.code(),
@@ -34,8 +32,7 @@ fn killed_by_signal_exits_128_plus_n() {
 
 #[test]
 fn stdout_and_stderr_are_kept_apart() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(&agent, &["echo out; echo err >&2; echo out2; exit 3"]);
     assert_eq!(stdout_of(&out), "out\nout2\n");
     assert_eq!(stderr_of(&out), "err\n");
@@ -61,8 +58,7 @@ fn first_contact_records_host_key_and_says_so_once() {
 
 #[test]
 fn sixty_four_mib_of_random_bytes_arrive_byte_exact() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let data = random_bytes(64 << 20, 0x9e37_79b9_7f4a_7c15);
     let file = env.root.path().join("random.bin");
     std::fs::write(&file, &data).unwrap();
@@ -74,8 +70,7 @@ fn sixty_four_mib_of_random_bytes_arrive_byte_exact() {
 
 #[test]
 fn output_arrives_while_the_command_still_runs() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let started = Instant::now();
     let mut ctl = env
         .ctl()
@@ -98,8 +93,7 @@ fn output_arrives_while_the_command_still_runs() {
 
 #[test]
 fn exit_comes_after_all_output() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(
         &agent,
         &["head -c 3000000 /dev/zero; head -c 1000 /dev/zero >&2; exit 7"],
@@ -109,17 +103,20 @@ fn exit_comes_after_all_output() {
     assert_eq!(out.status.code(), Some(7));
 }
 
-#[test]
-fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
-    let env = Env::new();
-    let agent = env.agent();
-    let mut ctl = env
-        .ctl()
-        .args(["exec", "-i", &agent.target(), "wc -c"])
+/// `ctl exec -i TARGET COMMAND` started, its stdin and stdout piped.
+fn exec_with_stdin(env: &Env, agent: &Agent, command: &str) -> std::process::Child {
+    env.ctl()
+        .args(["exec", "-i", &agent.target(), command])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
+    let (env, agent) = Env::with_agent();
+    let mut ctl = exec_with_stdin(&env, &agent, "wc -c");
     ctl.stdin.take().unwrap().write_all(b"abc").unwrap();
     let out = ctl.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -130,16 +127,9 @@ fn stdin_is_forwarded_with_dash_i_and_reaches_eof() {
 /// deadlock: `cat` both ways, 16 MiB.
 #[test]
 fn stdin_and_output_flow_together_through_cat() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let data = random_bytes(16 << 20, 7);
-    let mut ctl = env
-        .ctl()
-        .args(["exec", "-i", &agent.target(), "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ctl = exec_with_stdin(&env, &agent, "cat");
     let mut stdin = ctl.stdin.take().unwrap();
     let input = data.clone();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
@@ -154,8 +144,7 @@ fn stdin_and_output_flow_together_through_cat() {
 /// `while read host; do ctl exec "$host" ...; done < hosts` loop keeps its input.
 #[test]
 fn stdin_is_empty_without_dash_i() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut ctl = env
         .ctl()
         .args(["exec", &agent.target(), "cat; echo done"])
@@ -186,8 +175,7 @@ fn stdin_is_empty_without_dash_i() {
 
 #[test]
 fn several_words_arrive_as_exactly_those_words() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(
         &agent,
         &["--", "printf", "%s\\n", "a b", "c", "$HOME", "it's"],
@@ -198,8 +186,7 @@ fn several_words_arrive_as_exactly_those_words() {
 
 #[test]
 fn unauthorized_client_is_refused_and_agent_keeps_serving() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let (stranger_dir, stranger_fp) = env.stranger();
     let out = env
         .ctl()
@@ -212,11 +199,7 @@ fn unauthorized_client_is_refused_and_agent_keeps_serving() {
     let err = stderr_of(&out);
     assert!(err.contains("refused this client"), "{err}");
     assert!(err.contains(&stranger_fp), "names our fingerprint: {err}");
-    assert!(
-        agent.wait_for_log("not authorized").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("not authorized");
 
     let ok = env.exec(&agent, &["echo still-serving"]);
     assert_eq!(stdout_of(&ok), "still-serving\n");
@@ -293,8 +276,7 @@ fn unreachable_agent_exits_255_with_one_line() {
 
 #[test]
 fn kill_9_of_ctl_leaves_no_process_behind() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let mut ctl = env
         .ctl()
@@ -330,8 +312,7 @@ fn kill_9_of_ctl_leaves_no_process_behind() {
 
 #[test]
 fn closed_stdout_ends_ctl_quietly_and_stops_the_command() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mark = marker("yes");
     let mut ctl = env
         .ctl()
@@ -358,20 +339,14 @@ fn closed_stdout_ends_ctl_quietly_and_stops_the_command() {
 
 #[test]
 fn missing_identity_is_a_clear_error() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env
         .ctl()
         .env("REXEC_CONFIG_DIR", env.root.path().join("nobody"))
         .args(["exec", &agent.target(), "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("ctl keygen"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "ctl keygen");
 }
 
 /// The one line ctl prints about a failure of its own, after checking
@@ -390,8 +365,7 @@ fn one_ctl_line(out: &std::process::Output, what: &str) -> String {
 
 #[test]
 fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
 
     let usage = env.ctl().args(["exec", "onlyatarget"]).output().unwrap();
     one_ctl_line(&usage, "usage");
@@ -432,19 +406,18 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
 
     // A pin that is not the agent's key.
     let elsewhere = env.unknown_agent_with(&[]);
-    std::fs::write(
-        env.ctl_dir.join("known_hosts"),
-        format!("{} {}\n", elsewhere.target(), env.client_fingerprint),
-    )
-    .unwrap();
+    env.write_known_hosts(format!(
+        "{} {}\n",
+        elsewhere.target(),
+        env.client_fingerprint
+    ));
     let changed = env.exec(&elsewhere, &["true"]);
     assert!(one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
 }
 
 #[test]
 fn output_that_cannot_be_written_is_an_error_not_success() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env
         .ctl()
         .args(["exec", &agent.target(), "seq 100000"])
@@ -462,8 +435,7 @@ fn output_that_cannot_be_written_is_an_error_not_success() {
 
 #[test]
 fn timeout_zero_means_no_limit() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for target in [
         agent.target(),
         format!("{},{}", agent.target(), agent.target()),
@@ -480,8 +452,7 @@ fn timeout_zero_means_no_limit() {
 
 #[test]
 fn huge_durations_are_refused_at_parse_time_not_a_panic() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let several = format!("{},{}", agent.target(), agent.target());
     for args in [
         vec![
@@ -532,8 +503,7 @@ fn huge_durations_are_refused_at_parse_time_not_a_panic() {
 
 #[test]
 fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let started = env.root.path().join("started");
     let sleep = unique_sleep(60);
     let ctl = env
@@ -578,11 +548,7 @@ fn known_hosts_without_a_final_newline_keeps_every_pin() {
     let env = Env::new();
     let first = env.unknown_agent_with(&[]);
     let second = env.unknown_agent_with(&[]);
-    std::fs::write(
-        env.ctl_dir.join("known_hosts"),
-        format!("{} {}", first.target(), env.agent_fingerprint),
-    )
-    .unwrap();
+    env.write_known_hosts(format!("{} {}", first.target(), env.agent_fingerprint));
     let out = env.exec(&second, &["true"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let listed = env.ctl_run(&["known-hosts", "list"]);
@@ -608,11 +574,10 @@ fn known_hosts_without_a_final_newline_keeps_every_pin() {
 
 #[test]
 fn a_malformed_known_hosts_line_is_reported_with_its_number_and_kept() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut text = known_hosts_text(&env);
     text.push_str("labpc07 SHA256:not-a-fingerprint\n");
-    std::fs::write(env.ctl_dir.join("known_hosts"), &text).unwrap();
+    env.write_known_hosts(&text);
     let line = text.lines().count();
     let out = env.exec(&agent, &["true"]);
     assert!(out.status.success());
@@ -655,8 +620,7 @@ fn concurrent_first_contacts_record_a_host_once() {
 
 #[test]
 fn known_hosts_remove_uses_the_inventorys_port() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let port = agent.addr.port();
     std::fs::write(
         env.ctl_dir.join("hosts.toml"),

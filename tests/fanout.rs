@@ -93,12 +93,7 @@ user = "admin"
     assert_eq!(out.status.code(), Some(255));
     assert!(stderr_of(&out).contains("group cycle: @loop-a -> @loop-b -> @loop-a"));
     let out = env.ctl_run(&["--inventory", inv, "hosts", "@nope"]);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("unknown group @nope"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "unknown group @nope");
 }
 
 #[test]
@@ -631,69 +626,9 @@ fn ping_reports_latency_and_agent_version() {
     );
 }
 
-/// A terminal for ctl: a detached tmux session (its own server) running
-/// one shell command, read back with `capture-pane`.
-struct Terminal {
-    socket: String,
-}
-
-impl Terminal {
-    /// Runs `command` in a 200x50 terminal, then prints `rc=STATUS` and
-    /// keeps the pane open.
-    fn run(env: &Env, command: &str) -> Terminal {
-        let terminal = Terminal {
-            socket: marker("rexec-fanout-tmux"),
-        };
-        let status = terminal
-            .tmux()
-            .args(["new-session", "-d", "-x", "200", "-y", "50"])
-            .arg(format!(
-                "REXEC_CONFIG_DIR='{}' {command}; echo \"rc=$?\"; exec sleep 600",
-                env.ctl_dir.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        terminal
-    }
-
-    fn tmux(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.socket]);
-        cmd
-    }
-
-    fn screen(&self) -> String {
-        let out = self.tmux().args(["capture-pane", "-p"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits for `needle` on the screen; returns the screen.
-    fn wait_for(&self, needle: &str) -> String {
-        let mut screen = String::new();
-        let found = wait_until(DEADLINE, || {
-            screen = self.screen();
-            screen.contains(needle)
-        });
-        assert!(found, "{needle:?} never appeared on:\n{screen}");
-        screen
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = self.tmux().arg("kill-server").status();
-    }
-}
-
 #[test]
 fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
-    if !have_tool(
-        "tmux",
-        "progress_line_shows_on_a_terminal_and_never_on_a_pipe",
-    ) {
-        return;
-    }
+    require_tool!("tmux");
     let env = Env::new();
     let _fleet = env.fleet(4);
     // 127.0.0.5 is slow: it waits for the test to release it.
@@ -703,9 +638,11 @@ fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
          127.0.0.5) while [ ! -e {} ]; do sleep 0.05; done; echo slow;; *) echo fast;; esac",
         release.display()
     );
-    let terminal = Terminal::run(
+    let terminal = Terminal::start(
         &env,
+        (200, 50),
         &format!("{} exec @lab '{command}'", bin("ctl").display()),
+        "exec sleep 600",
     );
     // While the slow host runs, the progress line counts the others.
     let screen = terminal.wait_for("3/4 done, 1 running, 1 failed");
@@ -871,17 +808,10 @@ fn output_to_a_full_device_fails_the_run_in_every_mode() {
 
 #[test]
 fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
-    if !running_as_root() {
-        skipped(
-            "out_dir_on_a_full_file_system",
-            "mounting a tmpfs needs root",
-        );
-        return;
-    }
+    require_root!("mounting a tmpfs needs root");
     let env = Env::new();
     let _fleet = env.fleet(2);
-    let mount_point = env.root.path().join("small");
-    std::fs::create_dir(&mount_point).unwrap();
+    let mount_point = new_dir(env.root.path(), "small");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
         .arg(&mount_point)

@@ -51,23 +51,17 @@ const CLOSE_SLACK: Duration = Duration::from_secs(3);
 
 #[test]
 fn garbage_instead_of_tls_is_closed_and_logged() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     stream.write_all(&random_bytes(4096, 3)).unwrap();
     assert!(closed_within(&mut stream, DEADLINE).is_some());
-    assert!(
-        agent.wait_for_log("TLS handshake failed").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("TLS handshake failed");
     still_serves(&env, &agent);
 }
 
 #[test]
 fn silent_client_is_closed_after_the_handshake_timeout() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "1s"]);
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     let took = closed_within(&mut stream, DEADLINE).expect("closed");
     assert!(
@@ -115,21 +109,15 @@ async fn send_raw_and_wait_for_close(env: &Env, agent: &Agent, bytes: &[u8]) {
 
 #[tokio::test]
 async fn length_prefix_of_4_gib_is_refused_before_allocation() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     send_raw_and_wait_for_close(&env, &agent, &[0xff, 0xff, 0xff, 0xff, 0, 0]).await;
-    assert!(
-        agent.wait_for_log("frame of 4294967295 bytes").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("frame of 4294967295 bytes");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn garbage_and_unknown_frames_inside_tls_are_refused() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let random = random_bytes(4096, 11);
     let cases: [(&[u8], &str); 3] = [
         // A well-formed frame whose body is no message.
@@ -160,31 +148,18 @@ async fn garbage_and_unknown_frames_inside_tls_are_refused() {
 /// protocol error and kills the command it started.
 #[tokio::test]
 async fn garbage_during_an_exec_kills_the_command_and_is_answered() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for garbage in [
         &[0u8, 0, 0, 3, 0xee, 0xee, 0xee][..],
         &[0xff, 0xff, 0xff, 0xff, 0],
     ] {
-        let sleep = unique_sleep(600);
-        let mut raw = RawClient::connect(&env, &agent).await;
-        raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-            .await;
-        let pattern = format!("sleep {sleep}");
-        let started = tokio::task::spawn_blocking(move || {
-            wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-        });
-        assert!(started.await.unwrap(), "the command started");
+        let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
         raw.send_raw(garbage).await;
         let got = raw.read_to_end().await;
         let why = last_error(&got, ErrorKind::Protocol);
         assert!(!why.is_empty(), "{got:?}");
-        let marker = sleep.clone();
-        let gone = tokio::task::spawn_blocking(move || {
-            wait_until(DEADLINE, || processes_with(&marker).is_empty())
-        });
         assert!(
-            gone.await.unwrap(),
+            gone_soon(&sleep).await,
             "the command is killed: {}",
             agent.log()
         );
@@ -194,8 +169,7 @@ async fn garbage_during_an_exec_kills_the_command_and_is_answered() {
 
 #[tokio::test]
 async fn tls_client_without_a_certificate_is_refused() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let refused = match tls_session(&env, &agent, None).await {
         Err(_) => true,
         Ok(mut tls) => {
@@ -206,11 +180,7 @@ async fn tls_client_without_a_certificate_is_refused() {
         }
     };
     assert!(refused);
-    assert!(
-        agent.wait_for_log("TLS handshake failed").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("TLS handshake failed");
     still_serves(&env, &agent);
 }
 
@@ -239,6 +209,21 @@ impl RawClient {
                 rexec_protocol::ClientCodec::new(),
             ),
         }
+    }
+
+    /// Connects, says hello and runs a `sleep` unique to the caller; returns
+    /// once it runs, with its duration (to find the process by).
+    async fn running_a_sleep(env: &Env, agent: &Agent) -> (RawClient, String) {
+        let sleep = unique_sleep(600);
+        let mut raw = RawClient::connect(env, agent).await;
+        raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
+            .await;
+        let pattern = format!("sleep {sleep}");
+        let started = tokio::task::spawn_blocking(move || {
+            wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
+        });
+        assert!(started.await.unwrap(), "the command started");
+        (raw, sleep)
     }
 
     async fn send(&mut self, messages: Vec<ClientMessage>) {
@@ -271,6 +256,15 @@ impl RawClient {
     }
 }
 
+/// Whether every process whose command line contains `marker` ends
+/// within the deadline, waited for off the runtime.
+async fn gone_soon(marker: &str) -> bool {
+    let marker = marker.to_owned();
+    tokio::task::spawn_blocking(move || wait_until(DEADLINE, || processes_with(&marker).is_empty()))
+        .await
+        .unwrap()
+}
+
 fn hello() -> ClientMessage {
     ClientMessage::Hello(Hello::new("hostile test"))
 }
@@ -292,8 +286,7 @@ fn last_error(messages: &[AgentMessage], kind: ErrorKind) -> String {
 
 #[tokio::test]
 async fn a_request_before_hello_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![exec("echo should-not-run")]).await;
     let got = raw.read_to_end().await;
@@ -305,8 +298,7 @@ async fn a_request_before_hello_is_a_protocol_error() {
 
 #[tokio::test]
 async fn stdin_before_a_request_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![
         hello(),
@@ -321,58 +313,31 @@ async fn stdin_before_a_request_is_a_protocol_error() {
 
 #[tokio::test]
 async fn a_second_request_kills_the_first_and_ends_the_session() {
-    let env = Env::new();
-    let agent = env.agent();
-    let sleep = unique_sleep(600);
-    let mut raw = RawClient::connect(&env, &agent).await;
-    raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-        .await;
-    let pattern = format!("sleep {sleep}");
-    let started = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-    });
-    assert!(started.await.unwrap());
+    let (env, agent) = Env::with_agent();
+    let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
     raw.send(vec![exec("echo second")]).await;
     let got = raw.read_to_end().await;
     let why = last_error(&got, ErrorKind::Protocol);
     assert!(why.contains("unexpected exec request"), "{why}");
-    let marker = sleep.clone();
-    let gone = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || processes_with(&marker).is_empty())
-    });
-    assert!(gone.await.unwrap(), "the first command is killed");
+    assert!(gone_soon(&sleep).await, "the first command is killed");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn stdin_on_an_exec_without_stdin_is_a_protocol_error() {
-    let env = Env::new();
-    let agent = env.agent();
-    let sleep = unique_sleep(600);
-    let mut raw = RawClient::connect(&env, &agent).await;
-    raw.send(vec![hello(), exec(&format!("sleep {sleep}"))])
-        .await;
-    let pattern = format!("sleep {sleep}");
-    let started = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || !processes_with(&pattern).is_empty())
-    });
-    assert!(started.await.unwrap(), "the command started");
+    let (env, agent) = Env::with_agent();
+    let (mut raw, sleep) = RawClient::running_a_sleep(&env, &agent).await;
     raw.send(vec![ClientMessage::Stdin(Bytes::from_static(b"x"))])
         .await;
     let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
     assert!(why.contains("unexpected stdin"), "{why}");
-    let marker = sleep.clone();
-    let gone = tokio::task::spawn_blocking(move || {
-        wait_until(DEADLINE, || processes_with(&marker).is_empty())
-    });
-    assert!(gone.await.unwrap(), "the command is killed");
+    assert!(gone_soon(&sleep).await, "the command is killed");
     still_serves(&env, &agent);
 }
 
 #[tokio::test]
 async fn another_protocol_version_is_refused_naming_both() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut raw = RawClient::connect(&env, &agent).await;
     raw.send(vec![
         ClientMessage::Hello(Hello {
@@ -461,41 +426,15 @@ async fn ctl_exits_255_on_an_agent_that_breaks_the_protocol() {
 
 #[tokio::test]
 async fn an_authorized_certificate_without_its_private_key_fails_the_handshake() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let (stranger_dir, _) = env.stranger();
     let client = client_identity(&env);
     let stranger = Identity::load(&IdentityPaths::in_dir(&stranger_dir, "client")).unwrap();
 
     // The authorized client's certificate, signed for with the stranger's
-    // key: rustls refuses to build that pair the usual way, so the
-    // impostor hands it over through a resolver of its own.
-    #[derive(Debug)]
-    struct Impostor(Arc<rustls::sign::CertifiedKey>);
-    impl rustls::client::ResolvesClientCert for Impostor {
-        fn resolve(
-            &self,
-            _: &[&[u8]],
-            _: &[rustls::SignatureScheme],
-        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            Some(self.0.clone())
-        }
-        fn has_certs(&self) -> bool {
-            true
-        }
-    }
-    let signing_key =
-        rustls::crypto::ring::sign::any_supported_type(&stranger.private_key).unwrap();
-    let certified = rustls::sign::CertifiedKey::new(vec![client.certificate.clone()], signing_key);
+    // key.
     let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+    let config = rexec_protocol::tls::impostor_client_config(&client, &stranger, verifier).unwrap();
     let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
     let refused = match TlsConnector::from(Arc::new(config))
         .connect(server_name("127.0.0.1"), tcp)
@@ -521,8 +460,7 @@ async fn an_authorized_certificate_without_its_private_key_fails_the_handshake()
 
 #[test]
 fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "1s"]);
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     // The start of a TLS ClientHello, one byte every 200 ms.
     let hello = [
@@ -554,8 +492,7 @@ fn a_client_trickling_a_byte_at_a_time_is_closed_after_the_handshake_timeout() {
 
 #[test]
 fn well_behaved_clients_are_served_while_hostile_peers_hang_on() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "60s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "60s"]);
     let silent = TcpStream::connect(agent.addr).unwrap();
     let mut partial = TcpStream::connect(agent.addr).unwrap();
     // A handshake record header announcing 512 bytes, a legal length, and
@@ -775,8 +712,7 @@ fn an_idle_flood_from_one_address_does_not_lock_out_clients_at_another() {
 
 #[test]
 fn an_idle_flood_from_many_addresses_does_not_lock_out_clients_at_another() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--handshake-timeout", "60s"]);
+    let (env, agent) = Env::with_agent_flags(&["--handshake-timeout", "60s"]);
     // Twenty-four addresses try twenty connections each: the per-source
     // limit (16) and random early drop past 32 unfinished handshakes.
     let mut flood = Vec::new();
@@ -830,9 +766,7 @@ fn an_idle_flood_from_many_addresses_does_not_lock_out_clients_at_another() {
 /// peer can read, name neither the machine nor the user.
 #[test]
 fn certificates_name_no_host_and_no_user() {
-    if !have_tool("openssl", "certificates_name_no_host_and_no_user") {
-        return;
-    }
+    require_tool!("openssl");
     let env = Env::new();
     for certificate in [
         env.agent_dir.join("agent.crt"),
@@ -861,8 +795,7 @@ fn certificates_name_no_host_and_no_user() {
 
 #[test]
 fn a_client_beyond_max_sessions_is_told_the_agent_is_busy() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-sessions", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-sessions", "1"]);
     let sleep = unique_sleep(600);
     let mut first = env
         .ctl()
@@ -896,8 +829,7 @@ fn a_client_beyond_max_sessions_is_told_the_agent_is_busy() {
 
 #[test]
 fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
-    let env = Env::new();
-    let agent = env.agent_with(&[
+    let (env, agent) = Env::with_agent_flags(&[
         "--per-source-max-startups",
         "1",
         "--handshake-timeout",
@@ -914,11 +846,7 @@ fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
         ),
         "{err}"
     );
-    assert!(
-        agent.wait_for_log("(per_source_max_startups)").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("(per_source_max_startups)");
     drop(idle);
     still_serves(&env, &agent);
 }

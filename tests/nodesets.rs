@@ -92,18 +92,23 @@ fn hosts_with_inventory(inventory: &str, args: &[&str]) -> std::process::Output 
     env.ctl_run(&all)
 }
 
+/// Asserts that `ctl hosts ARGS` with `inventory` succeeds and prints
+/// `expected`.
+#[track_caller]
+fn assert_hosts_with_inventory(inventory: &str, args: &[&str], expected: &str) {
+    let out = hosts_with_inventory(inventory, args);
+    assert_eq!(out.status.code(), Some(0), "{}", util::stderr_of(&out));
+    assert_eq!(util::stdout_of(&out), expected);
+}
+
 /// A host's own entry gives its port although a range that holds it sets
 /// another; before, whichever key sorted last won (`labpc07:7000`).
 #[test]
 fn a_host_entry_overrides_its_range_in_the_inventory() {
-    let out = hosts_with_inventory(
+    assert_hosts_with_inventory(
         "[hosts.\"labpc[01-20]\"]\nport = 7000\n\n[hosts.labpc07]\nport = 7723\n",
         &["labpc[06-08]"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", util::stderr_of(&out));
-    assert_eq!(
-        util::stdout_of(&out),
-        "labpc06:7000\nlabpc07:7723\nlabpc08:7000\n"
+        "labpc06:7000\nlabpc07:7723\nlabpc08:7000\n",
     );
 }
 
@@ -111,14 +116,10 @@ fn a_host_entry_overrides_its_range_in_the_inventory() {
 /// user and the host's port (before, labpc07 lost its port).
 #[test]
 fn inventory_entries_merge_field_by_field() {
-    let out = hosts_with_inventory(
+    assert_hosts_with_inventory(
         "[hosts.\"labpc[01-20]\"]\nuser = \"lab\"\n\n[hosts.labpc07]\nport = 7723\n",
         &["labpc[06-08]"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", util::stderr_of(&out));
-    assert_eq!(
-        util::stdout_of(&out),
-        "lab@labpc06\nlab@labpc07:7723\nlab@labpc08\n"
+        "lab@labpc06\nlab@labpc07:7723\nlab@labpc08\n",
     );
 }
 

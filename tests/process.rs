@@ -58,6 +58,15 @@ fn start_sleeping(env: &Env, agent: &Agent, prefix: &str, sleeps: usize) -> Runn
     start_sleeping_at(env, &agent.target(), prefix, sleeps)
 }
 
+/// An agent with `--shutdown-grace GRACE` running a client's sleeps (see
+/// [`start_sleeping`]) when it is sent `signal`.
+fn signalled_while_sleeping(grace: &str, sleeps: usize, signal: &str) -> (Env, Agent, Running) {
+    let (env, agent) = Env::with_agent_flags(&["--shutdown-grace", grace]);
+    let run = start_sleeping(&env, &agent, "", sleeps);
+    agent.signal(signal);
+    (env, agent, run)
+}
+
 fn start_sleeping_at(env: &Env, target: &str, prefix: &str, sleeps: usize) -> Running {
     let sleep = unique_sleep(600);
     let body = match sleeps {
@@ -95,6 +104,38 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     child.wait().expect("wait")
 }
 
+/// `ctl exec --timeout 1s TARGET COMMAND`, run to completion.
+fn exec_within_1s(env: &Env, agent: &Agent, command: &str) -> std::process::Output {
+    env.exec(agent, &["--timeout", "1s", command])
+}
+
+#[track_caller]
+fn assert_agent_exits_0(agent: &mut Agent) {
+    assert_eq!(
+        wait_for_exit(&mut agent.child).code(),
+        Some(0),
+        "the agent exits 0"
+    );
+}
+
+/// Asserts that every process with `marker` in its command line ends
+/// within `within`.
+#[track_caller]
+fn assert_gone_within(marker: &str, within: Duration) {
+    assert!(
+        all_gone_within(marker, within),
+        "{:?}",
+        processes_with(marker)
+    );
+}
+
+/// Everything `stdout` still has to say, up to its end.
+fn rest_of(stdout: &mut impl Read) -> String {
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    rest
+}
+
 fn all_gone(marker: &str) -> bool {
     all_gone_within(marker, DEADLINE)
 }
@@ -111,8 +152,7 @@ fn all_gone_within(marker: &str, within: Duration) -> bool {
 
 #[test]
 fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     // A background job too: a non-interactive shell starts it with SIGINT
     // ignored, so it outlives the Ctrl-C and holds the output open; the
     // agent ends it once the shell has exited.
@@ -124,14 +164,8 @@ fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
         Some(7),
         "the remote trap's status"
     );
-    let mut rest = String::new();
-    run.stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "cleanup\n");
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(3)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
+    assert_eq!(rest_of(&mut run.stdout), "cleanup\n");
+    assert_gone_within(&run.sleep, Duration::from_secs(3));
 }
 
 #[test]
@@ -145,17 +179,12 @@ fn second_ctrl_c_kills_the_group_and_exits_130() {
     send_signal(run.ctl.id(), "INT");
     send_signal(run.ctl.id(), "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(130));
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(3)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
+    assert_gone_within(&run.sleep, Duration::from_secs(3));
 }
 
 #[test]
 fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     for (signal, code) in [("TERM", 3), ("HUP", 4)] {
         let trap = format!("trap 'echo got-{signal}; exit {code}' {signal}; ");
         let mut run = start_sleeping(&env, &agent, &trap, 1);
@@ -172,8 +201,7 @@ fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
 /// so a hang-up neither ends ctl nor reaches the remote command.
 #[test]
 fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mut ctl = env
         .ctl_ignoring("HUP")
         .args([
@@ -187,25 +215,19 @@ fn a_ctl_started_with_sighup_ignored_rides_out_a_hangup() {
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
     send_signal(ctl.id(), "HUP");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "done\n");
+    assert_eq!(rest_of(&mut stdout), "done\n");
     assert!(wait_for_exit(&mut ctl).success());
 }
 
 #[test]
 fn timeout_kills_the_whole_group_and_exits_124() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let started = Instant::now();
-    let out = env.exec(
+    let out = exec_within_1s(
+        &env,
         &agent,
-        &[
-            "--timeout",
-            "1s",
-            &format!("echo before; sleep {sleep} & sleep {sleep}; wait"),
-        ],
+        &format!("echo before; sleep {sleep} & sleep {sleep}; wait"),
     );
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     assert!(
@@ -219,17 +241,12 @@ fn timeout_kills_the_whole_group_and_exits_124() {
     );
     assert!(stderr_of(&out).contains("timed out"), "{}", stderr_of(&out));
     assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
-    assert!(
-        agent.wait_for_log("outcome=\"timed out\"").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("outcome=\"timed out\"");
 }
 
 #[test]
 fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);
     let out = env.exec(
         &agent,
@@ -245,8 +262,7 @@ fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
 
 #[test]
 fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-timeout", "1s"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-timeout", "1s"]);
     let sleep = unique_sleep(600);
     let none = env.exec(&agent, &[&format!("sleep {sleep}")]);
     assert_eq!(none.status.code(), Some(124), "{}", stderr_of(&none));
@@ -329,8 +345,7 @@ fn connect_timeout_bounds_a_host_that_never_answers() {
 
 #[test]
 fn environment_is_a_clean_base_plus_what_the_client_sends() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     // The agent itself runs with RUST_LOG set (see util): it must not leak.
     let out = env.exec(
         &agent,
@@ -364,10 +379,8 @@ fn environment_is_a_clean_base_plus_what_the_client_sends() {
 
 #[test]
 fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
-    let env = Env::new();
-    let agent = env.agent();
-    let dir = env.root.path().join("work dir");
-    std::fs::create_dir(&dir).unwrap();
+    let (env, agent) = Env::with_agent();
+    let dir = new_dir(env.root.path(), "work dir");
     let out = env.exec(&agent, &["-C", dir.to_str().unwrap(), "pwd"]);
     assert_eq!(stdout_of(&out).trim_end(), dir.to_str().unwrap());
 
@@ -380,19 +393,13 @@ fn working_directory_is_used_and_a_missing_one_is_refused_before_running() {
             &format!("touch '{}'", marker_file.display()),
         ],
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr_of(&out).contains("no such directory: /nonexistent/dir"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 255, "no such directory: /nonexistent/dir");
     assert!(!marker_file.exists(), "nothing ran");
 }
 
 #[test]
 fn another_user_is_refused_unless_the_agent_allows_it() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(&agent, &["--user", "nobody", "id -un"]);
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(stdout_of(&out), "");
@@ -412,19 +419,9 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
 
 #[test]
 fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
-    if !running_as_root() {
-        skipped(
-            "a_root_agent_runs_commands_as_users_its_run_as_rules_allow",
-            "the agent must run as root to switch users",
-        );
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        "[run_as]\ntester = [\"nobody\"]\n",
-    )
-    .unwrap();
+    env.write_agent_config("[run_as]\ntester = [\"nobody\"]\n");
     let agent = env.agent();
     // `id -G`: the user's own groups, none of root's kept.
     let probe = "id -un; id -u; id -g; id -G; echo \"$USER $LOGNAME $HOME $SHELL\"";
@@ -460,18 +457,12 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
         .unwrap();
     assert_eq!(stdout_of(&at), "nobody\n");
     let refused = env.exec(&agent, &["--user", "daemon", "id -un"]);
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr_of(&refused).contains("may not run commands as \"daemon\""),
-        "{}",
-        stderr_of(&refused)
-    );
+    assert_failed_saying(&refused, 255, "may not run commands as \"daemon\"");
 }
 
 #[test]
 fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs-per-client", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs-per-client", "1"]);
     let mut first = start_sleeping(&env, &agent, "", 1);
     let refused = env.exec(&agent, &["echo second"]);
     assert_eq!(refused.status.code(), Some(255));
@@ -480,11 +471,7 @@ fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
     assert!(err.contains("busy"), "{err}");
     assert!(err.contains("max_execs_per_client"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        agent.wait_for_log("exec refused").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("exec refused");
 
     // Another client is not held back by this one's limit.
     let other_dir = env.other_client(Some("other"));
@@ -500,8 +487,7 @@ fn a_client_at_its_exec_limit_is_told_busy_and_others_are_not() {
 
 #[test]
 fn the_agent_at_its_exec_limit_tells_every_client_busy() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--max-execs", "1"]);
+    let (env, agent) = Env::with_agent_flags(&["--max-execs", "1"]);
     let _first = start_sleeping(&env, &agent, "", 1);
     let other_dir = env.other_client(Some("other"));
     let other = env.exec_as(&other_dir, &agent, "echo other");
@@ -512,8 +498,8 @@ fn the_agent_at_its_exec_limit_tells_every_client_busy() {
 
 #[test]
 fn a_quiet_command_outlives_many_keepalive_intervals() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "100ms", "--keepalive-count", "3"]);
     let out = env.exec(&agent, &["sleep 2; echo still-here"]);
     assert_eq!(stdout_of(&out), "still-here\n", "{}", stderr_of(&out));
     assert!(out.status.success());
@@ -521,23 +507,15 @@ fn a_quiet_command_outlives_many_keepalive_intervals() {
 
 #[test]
 fn a_frozen_client_is_detected_and_its_command_killed() {
-    let env = Env::new();
-    let agent = env.agent_with(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let mut run = start_sleeping(&env, &agent, "", 2);
     send_signal(run.ctl.id(), "STOP");
     let frozen = Instant::now();
     // The bound: a quiet interval, three unanswered ones, then the kill
     // grace (500 ms), about 1.3 s; the rest is slack for a busy machine.
-    assert!(
-        all_gone_within(&run.sleep, Duration::from_secs(4)),
-        "{:?}",
-        processes_with(&run.sleep)
-    );
-    assert!(
-        agent.wait_for_log("no answer to keepalives").is_some(),
-        "{}",
-        agent.log()
-    );
+    assert_gone_within(&run.sleep, Duration::from_secs(4));
+    agent.expect_log("no answer to keepalives");
     assert!(
         frozen.elapsed() >= Duration::from_millis(600),
         "not before the bound"
@@ -548,8 +526,7 @@ fn a_frozen_client_is_detected_and_its_command_killed() {
 
 #[test]
 fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "20s"]);
+    let (env, mut agent) = Env::with_agent_flags(&["--shutdown-grace", "20s"]);
     let mut ctl = spawn_exec(&env, &agent, &[], "echo ready; sleep 1; echo finished");
     let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
     read_until_line(&mut stdout, "ready");
@@ -561,150 +538,53 @@ fn sigterm_to_the_agent_lets_running_commands_finish_and_refuses_new_ones() {
         Some(255),
         "no new sessions after SIGTERM"
     );
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "finished\n");
+    assert_eq!(rest_of(&mut stdout), "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
 fn sigterm_past_the_grace_kills_commands_and_tells_their_clients() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "500ms"]);
-    let mut run = start_sleeping(&env, &agent, "", 2);
-    agent.signal("TERM");
+    let (_env, mut agent, mut run) = signalled_while_sleeping("500ms", 2, "TERM");
     let status = wait_for_exit(&mut run.ctl);
     let err = stderr_text(&mut run.ctl);
     assert_eq!(status.code(), Some(255));
     assert!(err.contains("shutting down"), "{err}");
     assert!(all_gone(&run.sleep), "{:?}", processes_with(&run.sleep));
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
 fn sigint_to_the_agent_kills_commands_at_once() {
-    let env = Env::new();
-    let mut agent = env.agent_with(&["--shutdown-grace", "60s"]);
-    let mut run = start_sleeping(&env, &agent, "", 1);
-    agent.signal("INT");
+    let (_env, mut agent, mut run) = signalled_while_sleeping("60s", 1, "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(255));
     assert!(all_gone(&run.sleep));
-    assert_eq!(
-        wait_for_exit(&mut agent.child).code(),
-        Some(0),
-        "the agent exits 0"
-    );
-}
-
-/// A terminal session under tmux: the real ctl in a real terminal.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn available() -> bool {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn start(env: &Env, shell_command: &str) -> Tmux {
-        let tmux = Tmux {
-            socket: marker("rexec-test-tmux"),
-        };
-        let status = tmux
-            .command()
-            .args(["new-session", "-d", "-x", "100", "-y", "30"])
-            .arg(format!(
-                "REXEC_CONFIG_DIR='{}' {shell_command}; echo \"rc=$?\"; stty -a; sleep 60",
-                env.ctl_dir.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        tmux
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.socket]);
-        cmd
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .command()
-            .args(["capture-pane", "-p", "-J"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        let mut screen = String::new();
-        let found = wait_until(DEADLINE, || {
-            screen = self.screen();
-            screen.contains(needle)
-        });
-        assert!(found, "{needle:?} never appeared on:\n{screen}");
-        screen
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        assert!(
-            self.command()
-                .arg("send-keys")
-                .args(keys)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill-server").status();
-    }
+    assert_agent_exits_0(&mut agent);
 }
 
 #[test]
 fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
-    if !Tmux::available() {
-        skipped(
-            "dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours",
-            "tmux is not installed",
-        );
-        return;
-    }
-    let env = Env::new();
-    let agent = env.agent();
-    let tmux = Tmux::start(
+    require_tool!("tmux");
+    let (env, agent) = Env::with_agent();
+    let tmux = Terminal::start(
         &env,
+        (100, 30),
         &format!(
             "{} exec -t {} 'tty; echo \"size $(stty size) term $TERM\"; read line; echo \"size $(stty size) read $line\"; \
              trap \"echo interrupted; exit 9\" INT; sleep 600'",
             bin("ctl").display(),
             agent.target()
         ),
-    );
+        "stty -a; sleep 60",
+    )
+    .joining_wrapped_lines();
     let screen = tmux.wait_for("size 30 100");
     assert!(screen.contains("/dev/pts/"), "{screen}");
     assert!(!screen.contains("not a tty"), "{screen}");
     // While ctl runs, our own terminal is raw: keys go to the remote one
     // as typed, and only it echoes them.
     let pane = tmux
-        .command()
+        .tmux()
         .args(["display-message", "-p", "#{pane_tty}"])
         .output()
         .unwrap();
@@ -719,7 +599,7 @@ fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
     assert!(ours.contains("-echo "), "{ours}");
     assert!(ours.contains("-isig"), "{ours}");
     assert!(
-        tmux.command()
+        tmux.tmux()
             .args(["resize-window", "-x", "120", "-y", "40"])
             .status()
             .unwrap()
@@ -740,8 +620,7 @@ fn dash_t_gives_a_remote_terminal_with_size_resize_keys_and_restores_ours() {
 
 #[test]
 fn without_dash_t_the_command_has_no_terminal() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let out = env.exec(&agent, &["tty; test -t 1 || echo no-terminal"]);
     assert_eq!(stdout_of(&out), "not a tty\nno-terminal\n");
 }
@@ -825,9 +704,7 @@ fn stop_token_refuses_new_sessions_and_serve_waits_for_running_ones() {
         "serve must wait for the running command"
     );
     std::fs::write(&go, "").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert_eq!(rest, "finished\n");
+    assert_eq!(rest_of(&mut stdout), "finished\n");
     assert!(wait_for_exit(&mut ctl).success());
     assert!(
         !agent.shutdown.kill.is_cancelled(),
@@ -944,8 +821,7 @@ fn a_command_gets_its_own_session_without_the_agents_terminal() {
 
 #[test]
 fn a_killed_agent_takes_its_commands_with_it() {
-    let env = Env::new();
-    let mut agent = env.agent();
+    let (env, mut agent) = Env::with_agent();
     let mut run = start_sleeping(&env, &agent, "", 2);
     let shell = format!("-c echo ready; sleep {}", run.sleep);
     assert!(
@@ -988,14 +864,7 @@ fn a_timeout_is_reported_once_the_group_is_gone_not_after_the_kill_grace() {
     env.trust(&agent);
     let sleep = unique_sleep(600);
     let started = Instant::now();
-    let out = env.exec(
-        &agent,
-        &[
-            "--timeout",
-            "1s",
-            &format!("sleep {sleep}; echo not-reached"),
-        ],
-    );
+    let out = exec_within_1s(&env, &agent, &format!("sleep {sleep}; echo not-reached"));
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     assert_eq!(stdout_of(&out), "");
     assert!(all_gone(&sleep), "{:?}", processes_with(&sleep));
@@ -1016,8 +885,7 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
         IdentityPaths,
     };
 
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let identity = Identity::load(&IdentityPaths::in_dir(&env.ctl_dir, "client")).unwrap();
     let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
     let config = client_config(Some(&identity), verifier).unwrap();
@@ -1069,11 +937,7 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
 /// `[run_as]` for the env's client (`tester`), and a second client
 /// (`other`) the rules do not name.
 fn root_agent_with_run_as(env: &Env, rules: &str) -> (Agent, std::path::PathBuf) {
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
-        format!("[run_as]\n{rules}\n"),
-    )
-    .unwrap();
+    env.write_agent_config(format!("[run_as]\n{rules}\n"));
     let agent = env.agent();
     let other = env.other_client(Some("other"));
     (agent, other)
@@ -1094,11 +958,7 @@ fn exec_at(
 
 #[test]
 fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
-    let test = "run_as_rules_confine_a_listed_client_and_leave_others_as_they_were";
-    if !running_as_root() {
-        skipped(test, "the agent must run as root to switch users");
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
     let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
     let host = agent.target();
@@ -1126,8 +986,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
     let secret = env.root.path().join("secret");
     std::fs::write(&secret, "root only\n").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let local = env.root.path().join("pulled");
-    std::fs::create_dir(&local).unwrap();
+    let local = new_dir(env.root.path(), "pulled");
     let pull = env
         .ctl()
         .args(["cp", &format!("{host}:{}", secret.display())])
@@ -1141,8 +1000,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let dest = env.root.path().join("drop");
-    std::fs::create_dir(&dest).unwrap();
+    let dest = new_dir(env.root.path(), "drop");
     std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let file = env.root.path().join("pushed.txt");
     std::fs::write(&file, "hello\n").unwrap();
@@ -1175,11 +1033,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
 
 #[test]
 fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
-    let test = "a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden";
-    if !running_as_root() {
-        skipped(test, "the agent must run as root to switch users");
-        return;
-    }
+    require_root!("the agent must run as root to switch users");
     let env = Env::new();
     let (agent, _) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
     let host = agent.target();

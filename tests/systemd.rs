@@ -36,9 +36,7 @@ fn verify(dir: &Path) -> Output {
 
 #[test]
 fn units_pass_systemd_analyze_verify() {
-    if !have_tool("systemd-analyze", "units_pass_systemd_analyze_verify") {
-        return;
-    }
+    require_tool!("systemd-analyze");
     let dir = tempfile::tempdir().unwrap();
     units_for_verify(dir.path());
     let out = verify(dir.path());
@@ -60,9 +58,7 @@ fn units_pass_systemd_analyze_verify() {
 /// offline with `systemctl --root` on a tree of our own.
 #[test]
 fn enabling_the_service_enables_its_socket_too() {
-    if !have_tool("systemctl", "enabling_the_service_enables_its_socket_too") {
-        return;
-    }
+    require_tool!("systemctl");
     let root = tempfile::tempdir().unwrap();
     let units = root.path().join("etc/systemd/system");
     std::fs::create_dir_all(&units).unwrap();
@@ -95,12 +91,7 @@ fn enabling_the_service_enables_its_socket_too() {
 
 #[test]
 fn readme_reports_the_units_security_exposure() {
-    if !have_tool(
-        "systemd-analyze",
-        "readme_reports_the_units_security_exposure",
-    ) {
-        return;
-    }
+    require_tool!("systemd-analyze");
     let dir = tempfile::tempdir().unwrap();
     units_for_verify(dir.path());
     let out = Command::new("systemd-analyze")
@@ -128,12 +119,7 @@ fn readme_reports_the_units_security_exposure() {
 
 #[test]
 fn socket_activated_agent_serves_ctl_exec() {
-    if !have_tool(
-        "systemd-socket-activate",
-        "socket_activated_agent_serves_ctl_exec",
-    ) {
-        return;
-    }
+    require_tool!("systemd-socket-activate");
     let env = Env::new();
     // The configured address is not used when systemd passes a socket.
     let agent = socket_activated_agent(&env.agent_dir, &["--listen", "127.0.0.1:0"]);
@@ -244,10 +230,7 @@ fn agent_refuses_a_passed_socket_that_is_not_listening() {
 fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
-    let mut cmd = agent_run_command(&env.agent_dir);
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
 
     // READY=1 carries the status line with the bound port, which exists
     // only once the agent listens.
@@ -294,10 +277,7 @@ fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
 fn status_line_counts_running_sessions() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
-    let mut cmd = agent_run_command(&env.agent_dir);
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
     notify.wait_for("READY=1").expect("READY=1");
     agent.wait_listening();
     env.trust(&agent);
@@ -332,10 +312,8 @@ fn status_line_counts_running_sessions() {
 fn watchdog_is_pinged_when_the_unit_sets_watchdogsec() {
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
-    let mut cmd = agent_run_command(&env.agent_dir);
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "200000");
+    let mut cmd = notify.agent_command(&env.agent_dir);
+    cmd.env("WATCHDOG_USEC", "200000");
     let agent = Agent::spawn(cmd);
     for _ in 0..3 {
         notify.wait_for("WATCHDOG=1").expect("watchdog ping");
@@ -353,10 +331,7 @@ fn sighup_reloads_and_names_settings_that_need_a_restart() {
     let config = env.agent_dir.join("agent.toml");
     std::fs::write(&config, "max_sessions = 8\n").unwrap();
     let mut notify = NotifySocket::new(env.root.path());
-    let mut cmd = agent_run_command(&env.agent_dir);
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut agent = Agent::spawn(cmd);
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
     let ready = notify.wait_for("READY=1").unwrap();
     assert!(ready.contains("(limit 8)"), "the file was read: {ready:?}");
     agent.wait_listening();
@@ -384,11 +359,9 @@ fn sighup_reloads_and_names_settings_that_need_a_restart() {
 #[test]
 fn config_file_applies_and_flags_override_it() {
     let env = Env::new();
-    std::fs::write(
-        env.agent_dir.join("agent.toml"),
+    env.write_agent_config(
         "shell = \"/bin/bash\"\nmax_sessions = 5\nkill_grace = \"1s\"\nlisten = \"192.0.2.1:1\"\n",
-    )
-    .unwrap();
+    );
     // Agent::start passes --listen 127.0.0.1:0, which wins over the file's
     // unreachable address; the file's shell is used.
     let agent = env.agent();
@@ -460,12 +433,7 @@ fn config_file_errors_name_the_key_and_line() {
         .args(["run", "--check"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_of(&out).contains("cannot read config file"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_failed_saying(&out, 1, "cannot read config file");
 }
 
 /// Every file under `root`, relative, with its permission bits.
@@ -673,16 +641,11 @@ fn under_the_journal_the_agent_leaves_out_its_own_timestamps() {
 
     // systemd names the stream it connected as DEVICE:INODE; a shell
     // stands in for it, naming the agent's stderr (the test's pipe).
-    let run = agent_run();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$@\"")
-        .arg("sh")
-        .arg(run.get_program())
-        .args(run.get_args())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    let cmd = in_shell(
+        "export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$@\"",
+        &agent_run(),
+        &[],
+    );
     let line = listening_line(cmd);
     assert!(
         line.starts_with(" INFO listening on "),
@@ -737,12 +700,7 @@ fn systemd_exec_words(line: &str, main_pid: u32) -> Vec<String> {
 
 #[test]
 fn reload_command_needs_only_an_essential_package_and_reloads_the_agent() {
-    if !have_tool(
-        "dpkg-query",
-        "reload_command_needs_only_an_essential_package_and_reloads_the_agent",
-    ) {
-        return;
-    }
+    require_tool!("dpkg-query");
     let unit = std::fs::read_to_string(repo_root().join("systemd/rexec-agent.service")).unwrap();
     let lines: Vec<&str> = unit
         .lines()
@@ -774,8 +732,7 @@ fn reload_command_needs_only_an_essential_package_and_reloads_the_agent() {
 
     // Run as systemd runs it, MAINPID in the environment and a PATH on
     // which no program is found: the agent reloads.
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let words = systemd_exec_words(lines[0], agent.child.id());
     let out = Command::new(&words[0])
         .args(&words[1..])

@@ -38,8 +38,7 @@ fn the_ids_admins_paste_are_the_fingerprints_in_use() {
 
 #[test]
 fn a_revoked_client_is_refused_at_once_without_a_restart() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     assert_eq!(stdout_of(&env.exec(&agent, &["echo in"])), "in\n");
 
     let revoke = agent_cli(&env, &["revoke", "tester"]);
@@ -71,8 +70,7 @@ fn a_revoked_client_is_refused_at_once_without_a_restart() {
 
 #[test]
 fn a_hand_edited_file_is_picked_up_and_sighup_forces_a_reread() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let (other_dir, other_fp) = env.stranger();
     std::fs::copy(
         env.ctl_dir.join("known_hosts"),
@@ -176,8 +174,7 @@ fn strict_host_key_refuses_unknown_hosts_and_accepts_known_ones() {
 
 #[test]
 fn a_readable_client_key_is_refused_with_the_fix() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let key = env.ctl_dir.join("client.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = env.exec(&agent, &["echo should-not-run"]);
@@ -299,11 +296,7 @@ fn a_comment_after_a_name_in_the_clients_file_is_not_part_of_the_name() {
     );
     let agent = env.agent();
     assert_eq!(stdout_of(&env.exec(&agent, &["echo in"])), "in\n");
-    assert!(
-        agent.wait_for_log("client=\"ok\" ").is_some(),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("client=\"ok\" ");
     let out = agent_cli(&env, &["revoke", "ok"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
@@ -527,8 +520,7 @@ fn keys_are_created_private() {
 
 #[test]
 fn each_exec_is_one_audit_event_with_who_what_where_and_how_it_ended() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mark = marker("audit");
     let out = env.exec(
         &agent,
@@ -565,8 +557,7 @@ fn each_exec_is_one_audit_event_with_who_what_where_and_how_it_ended() {
 /// escaped in the audit event, so it cannot pass for a line of its own.
 #[test]
 fn a_command_cannot_forge_an_audit_line() {
-    let env = Env::new();
-    let agent = env.agent();
+    let (env, agent) = Env::with_agent();
     let mark = marker("forged");
     let forged = format!(
         "true\n2026-01-01T00:00:00Z  INFO rexec::audit: exec client=\"admin\" command=\"reboot\" {mark}"

@@ -43,6 +43,11 @@ fn ctl_in(dir: &std::path::Path) -> Command {
     cmd
 }
 
+/// `ctl keygen` in `dir`, which must succeed.
+fn keygen(dir: &std::path::Path) {
+    assert!(ctl_in(dir).arg("keygen").output().unwrap().status.success());
+}
+
 fn stderr_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -104,14 +109,7 @@ fn a_missing_or_garbage_identity_is_one_plain_line() {
     let line = assert_one_ctl_line(&out, "no identity");
     assert!(line.contains("ctl keygen"), "{line}");
 
-    assert!(
-        ctl_in(dir.path())
-            .arg("keygen")
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keygen(dir.path());
     std::fs::write(dir.path().join("client.key"), "garbage\n").unwrap();
     let out = ctl_in(dir.path()).arg("id").output().unwrap();
     let line = assert_one_ctl_line(&out, "garbage key");
@@ -125,14 +123,7 @@ fn a_missing_or_garbage_identity_is_one_plain_line() {
 #[test]
 fn output_to_a_full_device_is_an_error_not_success() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(
-        ctl_in(dir.path())
-            .arg("keygen")
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keygen(dir.path());
     for args in [
         &["hosts", "n[1-100000]"][..],
         &["id"],
@@ -179,14 +170,7 @@ fn a_failing_stderr_is_never_a_panic() {
 #[test]
 fn parsers_refuse_extreme_and_malformed_values_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(
-        ctl_in(dir.path())
-            .arg("keygen")
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keygen(dir.path());
     let huge = "9".repeat(400);
     let mut cases: Vec<Vec<String>> = Vec::new();
     for flag in ["--timeout", "--connect-timeout"] {

@@ -22,7 +22,7 @@
 //! and sends exactly the size it announced.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, FileTimes};
+use std::fs::{File, FileTimes, Metadata};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -351,14 +351,8 @@ impl TreeReader {
                 (kind, link)
             }
             FileType::Directory => {
-                let fd = open_entry(dir, &entry.name, OFlags::DIRECTORY, shown)?;
-                let file = File::from(fd);
-                let meta = file
-                    .metadata()
-                    .map_err(|e| CopyError::io(shown, "read", &e))?;
-                if !meta.is_dir() {
-                    return Err(swapped(shown));
-                }
+                let (file, meta) =
+                    open_as(dir, &entry.name, OFlags::DIRECTORY, shown, Metadata::is_dir)?;
                 if self.recursive {
                     self.list(OwnedFd::from(file), &entry)?;
                 }
@@ -499,13 +493,30 @@ fn open_regular(
     dir: BorrowedFd<'_>,
     name: &Path,
     shown: &Path,
-) -> Result<(File, std::fs::Metadata), CopyError> {
-    let fd = open_entry(dir, name, OFlags::NONBLOCK | OFlags::NOCTTY, shown)?;
-    let file = File::from(fd);
+) -> Result<(File, Metadata), CopyError> {
+    open_as(
+        dir,
+        name,
+        OFlags::NONBLOCK | OFlags::NOCTTY,
+        shown,
+        Metadata::is_file,
+    )
+}
+
+/// Opens `name` with `flags` and checks that what was opened is still of
+/// the kind listed (`is_kind`): a swap since the listing is refused.
+fn open_as(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    flags: OFlags,
+    shown: &Path,
+    is_kind: fn(&Metadata) -> bool,
+) -> Result<(File, Metadata), CopyError> {
+    let file = File::from(open_entry(dir, name, flags, shown)?);
     let meta = file
         .metadata()
         .map_err(|e| CopyError::io(shown, "read", &e))?;
-    if !meta.is_file() {
+    if !is_kind(&meta) {
         return Err(swapped(shown));
     }
     Ok((file, meta))
@@ -1212,6 +1223,16 @@ mod tests {
         Ok(())
     }
 
+    /// Announces a file `f` of `size` bytes and writes `data` of it,
+    /// leaving the file unfinished.
+    fn start_file_f(writer: &mut TreeWriter, size: u64, data: &'static [u8]) {
+        let items = vec![
+            header(b"f", FileKind::File { size }, 0o644),
+            CopyItem::Data(Bytes::from_static(data)),
+        ];
+        write_all(writer, items).unwrap();
+    }
+
     fn file(path: &'static [u8], data: &'static [u8]) -> Vec<CopyItem> {
         vec![
             header(
@@ -1580,18 +1601,7 @@ mod tests {
         let target = dir.path().join("f");
         fs::write(&target, b"old").unwrap();
         let mut writer = TreeWriter::new(Placement::for_destination(&target).unwrap(), None);
-        writer
-            .item(CopyItem::File(FileHeader {
-                path: Bytes::from_static(b"f"),
-                kind: FileKind::File { size: 3 },
-                mode: 0o644,
-                mtime: 0,
-                owner: None,
-            }))
-            .unwrap();
-        writer
-            .item(CopyItem::Data(Bytes::from_static(b"new")))
-            .unwrap();
+        start_file_f(&mut writer, 3, b"new");
         let err = writer
             .item(CopyItem::End(FileEnd {
                 blake3: Bytes::from_static(&[0; 32]),
@@ -1611,18 +1621,7 @@ mod tests {
     fn an_abandoned_transfer_removes_its_temporary() {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
-        writer
-            .item(CopyItem::File(FileHeader {
-                path: Bytes::from_static(b"f"),
-                kind: FileKind::File { size: 10 },
-                mode: 0o644,
-                mtime: 0,
-                owner: None,
-            }))
-            .unwrap();
-        writer
-            .item(CopyItem::Data(Bytes::from_static(b"half")))
-            .unwrap();
+        start_file_f(&mut writer, 10, b"half");
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
@@ -1637,13 +1636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), Some(5));
         let err = writer
-            .item(CopyItem::File(FileHeader {
-                path: Bytes::from_static(b"f"),
-                kind: FileKind::File { size: 6 },
-                mode: 0o644,
-                mtime: 0,
-                owner: None,
-            }))
+            .item(header(b"f", FileKind::File { size: 6 }, 0o644))
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::TooLarge);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);

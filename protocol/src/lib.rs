@@ -26,6 +26,7 @@ mod handshake_tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+    use crate::tls::HostKeyPolicy::{Expect, RefuseUnknown, TrustOnFirstUse};
     use crate::tls::*;
     use crate::{Fingerprint, Identity, IdentityPaths};
 
@@ -53,6 +54,26 @@ mod handshake_tests {
             client: make("client").unwrap(),
             stranger: make("stranger").unwrap(),
             _dir: dir,
+        }
+    }
+
+    impl Keys {
+        /// A handshake with the agent that authorizes only the client,
+        /// `client` presenting its certificate (or none).
+        async fn connect(
+            &self,
+            client: Option<&Identity>,
+            policy: HostKeyPolicy,
+        ) -> (Result<(), String>, HostKeyOutcome) {
+            handshake(&self.agent, &[self.client.fingerprint], client, policy).await
+        }
+
+        /// [`Keys::connect`] as the authorized client, which must get in;
+        /// returns what the host key check saw.
+        async fn connect_as_client(&self, policy: HostKeyPolicy) -> HostKeyOutcome {
+            let (result, outcome) = self.connect(Some(&self.client), policy).await;
+            assert_eq!(result, Ok(()));
+            outcome
         }
     }
 
@@ -107,41 +128,21 @@ mod handshake_tests {
     #[tokio::test]
     async fn authorized_client_and_known_host_connect() {
         let k = keys();
-        let (result, outcome) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            Some(&k.client),
-            HostKeyPolicy::Expect(k.agent.fingerprint),
-        )
-        .await;
-        assert_eq!(result, Ok(()));
+        let outcome = k.connect_as_client(Expect(k.agent.fingerprint)).await;
         assert_eq!(outcome, HostKeyOutcome::Known(k.agent.fingerprint));
     }
 
     #[tokio::test]
     async fn first_use_reports_the_new_fingerprint() {
         let k = keys();
-        let (result, outcome) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            Some(&k.client),
-            HostKeyPolicy::TrustOnFirstUse,
-        )
-        .await;
-        assert_eq!(result, Ok(()));
+        let outcome = k.connect_as_client(TrustOnFirstUse).await;
         assert_eq!(outcome, HostKeyOutcome::FirstUse(k.agent.fingerprint));
     }
 
     #[tokio::test]
     async fn unauthorized_client_is_denied() {
         let k = keys();
-        let (result, _) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            Some(&k.stranger),
-            HostKeyPolicy::TrustOnFirstUse,
-        )
-        .await;
+        let (result, _) = k.connect(Some(&k.stranger), TrustOnFirstUse).await;
         let err = result.unwrap_err();
         assert!(err.contains("AccessDenied"), "{err}");
     }
@@ -149,49 +150,16 @@ mod handshake_tests {
     #[tokio::test]
     async fn client_without_certificate_is_refused() {
         let k = keys();
-        let (result, _) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            None,
-            HostKeyPolicy::TrustOnFirstUse,
-        )
-        .await;
+        let (result, _) = k.connect(None, TrustOnFirstUse).await;
         assert!(result.is_err());
     }
 
     #[tokio::test]
     async fn authorized_certificate_with_wrong_key_fails_signature_check() {
         let k = keys();
-        // The client's certificate, but the stranger's private key. rustls
-        // refuses to build such a pair by the usual route, so the impostor
-        // hands it over through a resolver of its own.
-        #[derive(Debug)]
-        struct Impostor(Arc<rustls::sign::CertifiedKey>);
-        impl rustls::client::ResolvesClientCert for Impostor {
-            fn resolve(
-                &self,
-                _: &[&[u8]],
-                _: &[rustls::SignatureScheme],
-            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-                Some(self.0.clone())
-            }
-            fn has_certs(&self) -> bool {
-                true
-            }
-        }
-        let signing_key =
-            rustls::crypto::ring::sign::any_supported_type(&k.stranger.private_key).unwrap();
-        let certified =
-            rustls::sign::CertifiedKey::new(vec![k.client.certificate.clone()], signing_key);
-        let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified))));
+        // The client's certificate, but the stranger's private key.
+        let verifier = Arc::new(HostKeyVerifier::new(TrustOnFirstUse));
+        let config = impostor_client_config(&k.client, &k.stranger, verifier.clone()).unwrap();
         let (result, _) = handshake_with(&k.agent, &[k.client.fingerprint], config, verifier).await;
         let err = result.unwrap_err();
         assert!(
@@ -203,13 +171,9 @@ mod handshake_tests {
     #[tokio::test]
     async fn changed_host_key_is_refused_with_both_fingerprints() {
         let k = keys();
-        let (result, outcome) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            Some(&k.client),
-            HostKeyPolicy::Expect(k.stranger.fingerprint),
-        )
-        .await;
+        let (result, outcome) = k
+            .connect(Some(&k.client), Expect(k.stranger.fingerprint))
+            .await;
         let err = result.unwrap_err();
         assert!(err.contains(&k.agent.fingerprint.to_string()), "{err}");
         assert_eq!(
@@ -224,13 +188,7 @@ mod handshake_tests {
     #[tokio::test]
     async fn unknown_host_refused_when_policy_says_so() {
         let k = keys();
-        let (result, outcome) = handshake(
-            &k.agent,
-            &[k.client.fingerprint],
-            Some(&k.client),
-            HostKeyPolicy::RefuseUnknown,
-        )
-        .await;
+        let (result, outcome) = k.connect(Some(&k.client), RefuseUnknown).await;
         assert!(result.is_err());
         assert_eq!(outcome, HostKeyOutcome::RefusedUnknown(k.agent.fingerprint));
     }

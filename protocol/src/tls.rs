@@ -64,6 +64,32 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The handshake-signature half of a certificate verifier, the same on both
+/// sides: signatures are checked with the provider's algorithms (a field
+/// `algorithms`); only the certificate checks differ.
+macro_rules! signature_checks_by_provider {
+    () => {
+        signature_checks_by_provider!(verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+    // Each trait method is named after the rustls function that does it.
+    ($($check:ident),+) => {
+        $(
+            fn $check(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                rustls::crypto::$check(message, cert, dss, &self.algorithms)
+            }
+        )+
+    };
+}
+
 #[derive(Debug)]
 struct AuthorizedClientVerifier {
     authorizer: Arc<dyn ClientAuthorizer>,
@@ -93,27 +119,7 @@ impl ClientCertVerifier for AuthorizedClientVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks_by_provider!();
 }
 
 /// How `ctl` treats the agent's fingerprint.
@@ -218,27 +224,7 @@ impl ServerCertVerifier for HostKeyVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks_by_provider!();
 }
 
 /// The client's TLS configuration: checks the agent with `verifier` and,
@@ -263,6 +249,44 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(config)
+}
+
+/// A client configuration for tests of the peer's signature check: it
+/// presents the certificate of `certificate_of` but signs with the private
+/// key of `key_of`, as an impostor holding a copied certificate would.
+/// rustls refuses to build such a pair by the usual route, so the impostor
+/// hands it over through a resolver of its own.
+///
+/// # Errors
+/// When `key_of`'s key is unusable.
+#[cfg(any(test, feature = "test-support"))]
+pub fn impostor_client_config(
+    certificate_of: &Identity,
+    key_of: &Identity,
+    verifier: Arc<HostKeyVerifier>,
+) -> Result<ClientConfig, TlsError> {
+    #[derive(Debug)]
+    struct Impostor(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Impostor {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_of.private_key)?;
+    let certified =
+        rustls::sign::CertifiedKey::new(vec![certificate_of.certificate.clone()], signing_key);
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Impostor(Arc::new(certified)))))
 }
 
 /// The name to put in the TLS ClientHello for `host`. The agent ignores it
