@@ -423,15 +423,23 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         } else {
             bind(&resolved.listen).await?
         };
-        let mut bound = Vec::new();
-        for listener in &listeners {
-            let addr = listener.local_addr()?;
-            let from = if from_systemd { " (socket from systemd)" } else { "" };
-            tracing::info!(fingerprint = %state.fingerprint, "listening on {addr}{from}");
-            bound.push(addr.to_string());
-        }
-        let bound = bound.join(", ");
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<Vec<_>, _>>()?;
+        let bound = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The handlers are in place before "listening on" is said: whoever
+        // waits for that line (a script, a test) may signal the agent at
+        // once, and a SIGHUP before them would end it.
         spawn_signal_handlers(&shutdown, state.clone(), source, resolved, bound.clone())?;
+        let from = if from_systemd { " (socket from systemd)" } else { "" };
+        for addr in &addrs {
+            tracing::info!(fingerprint = %state.fingerprint, "listening on {addr}{from}");
+        }
 
         let limit = state.settings.max_sessions;
         notify::ready(&notify::status_line(&bound, 0, limit));
