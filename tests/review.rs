@@ -1,9 +1,15 @@
 //! Confinement, ownership, log and shutdown bounds a hostile or careless
 //! peer must not get past.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rexec_protocol::{AgentMessage, FileEnd, FileHeader, FileKind, Hello, Owner};
 
 use crate::util::*;
 
@@ -109,4 +115,137 @@ fn a_copy_as_nobody_cannot_read_a_root_only_sysctl() {
     let out = cp(&env, &[&format!("{}:{KEY}", agent.target()), back_str]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(back.join("tcp_fastopen_key").exists());
+}
+
+/// `ctl cp [ARGS] FAKE:PATH LOCAL` with ctl's umask `umask`, against a fake
+/// agent answering with `messages`.
+async fn pull_from_a_fake_agent(
+    env: &Env,
+    messages: Vec<AgentMessage>,
+    args: &[&str],
+    path: &[u8],
+    local: &Path,
+    umask: u32,
+) -> std::process::Output {
+    let fake = FakeAgent::bind(env).await;
+    let addr = fake.addr;
+    let agent = tokio::spawn(async move {
+        let (mut incoming, mut outgoing) = fake.accept().await;
+        let _ = incoming.next().await;
+        let _ = incoming.next().await;
+        for message in messages {
+            let _ = outgoing.feed(message).await;
+        }
+        let _ = outgoing.flush().await;
+        let _ = incoming.next().await;
+    });
+    let mut remote = format!("{addr}:").into_bytes();
+    remote.extend_from_slice(path);
+    let mut ctl = env.ctl();
+    ctl.arg("cp")
+        .args(args)
+        .arg(std::ffi::OsStr::from_bytes(&remote))
+        .arg(local);
+    // SAFETY: umask is async-signal-safe and touches nothing else.
+    unsafe {
+        ctl.pre_exec(move || {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+            Ok(())
+        });
+    }
+    let out = tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .expect("ctl thread")
+        .expect("run ctl");
+    agent.abort();
+    out
+}
+
+fn started() -> Vec<AgentMessage> {
+    vec![
+        AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+        AgentMessage::CopyStarted { keepalive: None },
+    ]
+}
+
+fn header(path: &[u8], kind: FileKind, mode: u32, owner: Option<Owner>) -> FileHeader {
+    FileHeader {
+        path: Bytes::copy_from_slice(path),
+        kind,
+        mode,
+        mtime: 0,
+        owner,
+    }
+}
+
+fn file(header: FileHeader, data: &'static [u8], changed: bool) -> Vec<AgentMessage> {
+    vec![
+        AgentMessage::File(header),
+        AgentMessage::FileData(Bytes::from_static(data)),
+        AgentMessage::FileEnd(FileEnd {
+            blake3: Bytes::copy_from_slice(blake3::hash(data).as_bytes()),
+            changed,
+        }),
+    ]
+}
+
+/// A pull without `-p` from an agent that sends an owner and a mode of
+/// 0777 gives the file ctl's user and the mode less ctl's umask, as cp
+/// and scp do.
+#[tokio::test]
+async fn a_pull_without_p_takes_no_owner_from_the_agent_and_applies_the_umask() {
+    let env = Env::new();
+    let local = env.root.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let owner = Some(Owner {
+        uid: 4242,
+        gid: 4343,
+    });
+    let messages = [
+        started(),
+        file(
+            header(b"got", FileKind::File { size: 2 }, 0o777, owner),
+            b"hi",
+            false,
+        ),
+        vec![AgentMessage::CopyEnd],
+    ]
+    .concat();
+    let out = pull_from_a_fake_agent(&env, messages, &[], b"/srv/got", &local, 0o027).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let meta = std::fs::metadata(local.join("got")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o750);
+    assert_eq!(meta.uid(), nix::unistd::getuid().as_raw());
+    assert_eq!(meta.gid(), nix::unistd::getgid().as_raw());
+}
+
+/// A pull without `-r` takes no directory: an agent that sends one cannot
+/// change the mode of a local directory of that name.
+#[tokio::test]
+async fn a_pull_without_r_refuses_a_directory_and_leaves_the_local_one() {
+    let env = Env::new();
+    let local = env.root.path().join("local");
+    let tree = local.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let messages = [
+        started(),
+        vec![AgentMessage::File(header(
+            b"tree",
+            FileKind::Directory,
+            0o777,
+            None,
+        ))],
+        vec![AgentMessage::CopyEnd],
+    ]
+    .concat();
+    let out = pull_from_a_fake_agent(&env, messages, &[], b"/srv/tree", &local, 0).await;
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("without -r"),
+        "{}",
+        stderr_of(&out)
+    );
+    let mode = std::fs::metadata(&tree).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
 }
