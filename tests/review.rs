@@ -6,10 +6,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::{AgentMessage, FileEnd, FileHeader, FileKind, Hello, Owner};
+use rexec_protocol::tls::{HostKeyPolicy, HostKeyVerifier, client_config, server_name};
+use rexec_protocol::{
+    AgentMessage, FileEnd, FileHeader, FileKind, Hello, Identity, IdentityPaths, Owner,
+};
+use tokio::io::AsyncReadExt;
+use tokio_rustls::TlsConnector;
 
 use crate::util::*;
 
@@ -248,4 +255,42 @@ async fn a_pull_without_r_refuses_a_directory_and_leaves_the_local_one() {
     );
     let mode = std::fs::metadata(&tree).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o700);
+}
+
+/// Many handshakes with a certificate the agent does not know leave a
+/// bounded number of log lines, not one each.
+#[tokio::test]
+async fn handshakes_with_an_unknown_key_are_logged_in_bounded_lines() {
+    const HANDSHAKES: usize = 100;
+    let env = Env::new();
+    let agent = env.agent();
+    let (stranger_dir, _) = env.stranger();
+    let identity = Identity::load(&IdentityPaths::in_dir(&stranger_dir, "client")).unwrap();
+    let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
+    let connector = TlsConnector::from(Arc::new(client_config(Some(&identity), verifier).unwrap()));
+    let began = Instant::now();
+    for _ in 0..HANDSHAKES {
+        let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+        // TLS 1.3: the refusal arrives as an alert on the first read.
+        if let Ok(mut tls) = connector.connect(server_name("127.0.0.1"), tcp).await {
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+            assert!(!matches!(read, Ok(Ok(n)) if n > 0), "the agent let it in");
+        }
+    }
+    // Lines are written in order: once this session's is there, every
+    // refusal before it has been logged or counted.
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo after"])), "after\n");
+    assert!(
+        agent.wait_for_log("echo after").is_some(),
+        "{}",
+        agent.log()
+    );
+    let intervals = 1 + began.elapsed().as_secs() / 10;
+    let log = agent.log();
+    let lines = log.lines().filter(|l| l.contains("not authorized")).count() as u64;
+    assert!(
+        lines <= 21 * intervals,
+        "{lines} lines for {HANDSHAKES} handshakes in {intervals} intervals:\n{log}"
+    );
 }
