@@ -13,7 +13,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{HostKeyPolicy, HostKeyVerifier, client_config, server_name};
 use rexec_protocol::{
-    AgentMessage, FileEnd, FileHeader, FileKind, Hello, Identity, IdentityPaths, Owner,
+    AgentMessage, ClientMessage, ExecRequest, FileEnd, FileHeader, FileKind, Hello, Identity,
+    IdentityPaths, Owner,
 };
 use tokio::io::AsyncReadExt;
 use tokio_rustls::TlsConnector;
@@ -293,4 +294,48 @@ async fn handshakes_with_an_unknown_key_are_logged_in_bounded_lines() {
         lines <= 21 * intervals,
         "{lines} lines for {HANDSHAKES} handshakes in {intervals} intervals:\n{log}"
     );
+}
+
+/// A client that stops reading while its command's output waits to be
+/// sent does not keep a SIGTERMed agent from stopping once its shutdown
+/// and kill graces are over.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_hold_the_agent_s_shutdown() {
+    let env = Env::new();
+    let mut agent = env.agent_with(&["--shutdown-grace", "1s", "--kill-grace", "1s"]);
+    let identity = Identity::load(&IdentityPaths::in_dir(&env.ctl_dir, "client")).unwrap();
+    let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::TrustOnFirstUse));
+    let config = client_config(Some(&identity), verifier).unwrap();
+    let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name("127.0.0.1"), tcp)
+        .await
+        .unwrap();
+    let (read, write) = tokio::io::split(tls);
+    let mut outgoing =
+        tokio_util::codec::FramedWrite::new(write, rexec_protocol::ClientCodec::new());
+    let marker = marker("stops-reading");
+    for message in [
+        ClientMessage::Hello(Hello::new("review test")),
+        ClientMessage::Exec(ExecRequest {
+            command: format!("head -c 64000000 /dev/zero; echo {marker} >/dev/null"),
+            ..ExecRequest::default()
+        }),
+    ] {
+        outgoing.feed(message).await.unwrap();
+    }
+    outgoing.flush().await.unwrap();
+    // The client now reads nothing, and holds the connection open.
+    assert!(
+        wait_until(Duration::from_secs(10), || !processes_with(&marker)
+            .is_empty()),
+        "the command did not start:\n{}",
+        agent.log()
+    );
+    agent.signal("TERM");
+    let stopped = wait_until(Duration::from_secs(30), || {
+        !matches!(agent.child.try_wait(), Ok(None))
+    });
+    drop((read, outgoing));
+    assert!(stopped, "the agent is still running:\n{}", agent.log());
 }

@@ -217,6 +217,7 @@ where
                 Err(e) => {
                     terminate_group(&mut child, pgid, settings.kill_grace).await;
                     guard.armed = false;
+                    drop(guard);
                     let refusal = ErrorReport::new(
                         ErrorKind::Internal,
                         format!("cannot use the terminal: {e}"),
@@ -290,7 +291,13 @@ where
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    if outgoing.send(message).await.is_err() {
+                    // A client that stops reading holds this send, but not
+                    // the agent's shutdown.
+                    let sent = tokio::select! {
+                        sent = outgoing.send(message) => sent,
+                        () = kill.cancelled() => break Err(ExecEnd::ShutDown),
+                    };
+                    if sent.is_err() {
                         client_open = false;
                     }
                     keepalive.sent();
@@ -375,15 +382,24 @@ where
 
     match ending {
         Ok(status) => {
+            // Reaped: its pgid may be reused from now on, so the keeper
+            // forgets it before anything waits on the client; and a client
+            // that stops reading holds neither this nor a shutdown.
             guard.armed = false;
+            drop(guard);
             let status = exit_status(status);
             report.end = ExecEnd::Finished(status);
-            let _ = finish(outgoing, AgentMessage::Exit(status)).await;
+            let last = finish(outgoing, AgentMessage::Exit(status));
+            tokio::select! {
+                _ = tokio::time::timeout(settings.kill_grace, last) => {}
+                () = kill.cancelled() => {}
+            }
         }
         Err(end) => {
             drop(stdin);
             terminate_group(&mut child, pgid, settings.kill_grace).await;
             guard.armed = false;
+            drop(guard);
             // Output written before the kill still reaches a client that is
             // there to read it; a process that escaped the group and holds a
             // pipe open must not hold us, hence the bound.
@@ -415,7 +431,6 @@ where
             report.end = end;
         }
     }
-    drop(guard);
     report
 }
 
