@@ -258,6 +258,50 @@ async fn a_pull_without_r_refuses_a_directory_and_leaves_the_local_one() {
     assert_eq!(mode, 0o700);
 }
 
+/// The "changed while it was copied" note and `--json`'s `changed` show the
+/// agent's file name escaped: no terminal control, no forged `ctl:` line.
+#[tokio::test]
+async fn a_changed_file_s_name_from_the_agent_is_printed_escaped() {
+    const NAME: &[u8] = b"ev\x1b[2Jil\nctl: forged";
+    for json in [false, true] {
+        let env = Env::new();
+        let local = env.root.path().join("local");
+        std::fs::create_dir(&local).unwrap();
+        let messages = [
+            started(),
+            file(
+                header(NAME, FileKind::File { size: 1 }, 0o644, None),
+                b"x",
+                true,
+            ),
+            vec![AgentMessage::CopyEnd],
+        ]
+        .concat();
+        let mut path = b"/srv/".to_vec();
+        path.extend_from_slice(NAME);
+        let args: &[&str] = if json { &["--json"] } else { &[] };
+        let out = pull_from_a_fake_agent(&env, messages, args, &path, &local, 0o022).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+        assert!(
+            !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.lines().any(|l| l.starts_with("ctl: forged")),
+            "{stderr}"
+        );
+        if json {
+            let lines = json_lines(&out);
+            let changed = lines[0]["changed"][0].as_str().expect("a changed name");
+            assert!(!changed.chars().any(char::is_control), "{changed:?}");
+            assert!(changed.contains("forged"), "{changed:?}");
+        } else {
+            assert!(stderr.contains("changed while it was copied"), "{stderr}");
+        }
+    }
+}
+
 /// Many handshakes with a certificate the agent does not know leave a
 /// bounded number of log lines, not one each.
 #[tokio::test]

@@ -162,7 +162,7 @@ impl Watch {
                 self.files += 1;
                 self.blake3 = Some(hex(&end.blake3));
                 if end.changed {
-                    self.changed.push(self.current.clone());
+                    self.changed.push(crate::plain::agent_text(&self.current));
                 }
             }
             CopyItem::Data(_) => {}
