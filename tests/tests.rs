@@ -8,6 +8,7 @@ mod hostile;
 mod nodesets;
 mod process;
 mod readme;
+mod review;
 mod systemd;
 mod trust;
 mod util;

@@ -13,8 +13,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
-use std::time::SystemTime;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use rexec_protocol::Fingerprint;
 use rexec_protocol::tls::ClientAuthorizer;
@@ -98,6 +98,48 @@ struct Loaded {
 pub struct AuthorizedClients {
     path: PathBuf,
     loaded: RwLock<Loaded>,
+    /// Anyone can present a certificate, as often as they can connect.
+    refused: Mutex<RefusedKeys>,
+}
+
+/// How long refused keys are counted before a line sums them up.
+const REFUSED_KEYS_INTERVAL: Duration = Duration::from_secs(10);
+/// Refused keys logged one by one per interval; the rest are counted.
+const REFUSED_KEY_LINES: u32 = 20;
+
+/// This interval's lines about unknown keys, and those not logged.
+#[derive(Debug, Default)]
+struct RefusedKeys {
+    started: Option<Instant>,
+    lines: u32,
+    unlogged: u64,
+}
+
+impl RefusedKeys {
+    /// Whether this refusal gets a line of its own; past the interval, what
+    /// was only counted is logged first.
+    fn take_line(&mut self, now: Instant) -> bool {
+        let started = *self.started.get_or_insert(now);
+        if now.duration_since(started) >= REFUSED_KEYS_INTERVAL {
+            if self.unlogged > 0 {
+                tracing::warn!(
+                    "{} more clients refused in the last {}s for a fingerprint not authorized, not logged one by one",
+                    self.unlogged,
+                    now.duration_since(started).as_secs()
+                );
+            }
+            *self = RefusedKeys {
+                started: Some(now),
+                ..RefusedKeys::default()
+            };
+        }
+        if self.lines < REFUSED_KEY_LINES {
+            self.lines += 1;
+            return true;
+        }
+        self.unlogged += 1;
+        false
+    }
 }
 
 impl AuthorizedClients {
@@ -106,6 +148,7 @@ impl AuthorizedClients {
         let store = AuthorizedClients {
             path: path.into(),
             loaded: RwLock::new(Loaded::default()),
+            refused: Mutex::default(),
         };
         store.reload();
         store
@@ -178,7 +221,13 @@ impl AuthorizedClients {
 impl ClientAuthorizer for AuthorizedClients {
     fn is_authorized(&self, fingerprint: &Fingerprint) -> bool {
         let found = self.lookup(fingerprint).is_some();
-        if !found {
+        let line = || {
+            self.refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take_line(Instant::now())
+        };
+        if !found && line() {
             tracing::warn!(fingerprint = %fingerprint, "refusing client: fingerprint not authorized");
         }
         found
@@ -385,5 +434,17 @@ mod tests {
         assert!(store.is_authorized(&b));
         assert_eq!(revoke(&path, B).unwrap().len(), 1);
         assert!(!store.is_authorized(&b));
+    }
+
+    #[test]
+    fn unknown_keys_get_a_bounded_number_of_lines_per_interval() {
+        let mut refused = RefusedKeys::default();
+        let start = Instant::now();
+        let logged = (0..1000).filter(|_| refused.take_line(start)).count();
+        assert_eq!(logged, REFUSED_KEY_LINES as usize);
+        assert_eq!(refused.unlogged, 1000 - u64::from(REFUSED_KEY_LINES));
+        // A new interval: lines again, the count summed up and reset.
+        assert!(refused.take_line(start + REFUSED_KEYS_INTERVAL));
+        assert_eq!(refused.unlogged, 0);
     }
 }

@@ -141,8 +141,9 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
     report.pid = Some(pid);
     let pgid = Pid::from_raw(pid as i32);
     // Declared before the guard, so dropped after it: the keeper lists the
-    // group until the guard has killed it.
-    let _tracked = keeper::track(pgid);
+    // group until the guard has killed it. Both go as soon as the group is
+    // dead and reaped, since its id may then be reused.
+    let tracked = keeper::track(pgid);
     let mut guard = GroupGuard::new(pgid);
 
     let mut output = Output::default();
@@ -161,6 +162,8 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 Err(e) => {
                     terminate_group(&mut child, pgid, job.settings.kill_grace).await;
                     guard.armed = false;
+                    drop(guard);
+                    drop(tracked);
                     let refusal = ErrorReport::new(
                         ErrorKind::Internal,
                         format!("cannot use the terminal: {e}"),
@@ -234,7 +237,13 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    if job.outgoing.send(message).await.is_err() {
+                    // A client that stops reading holds this send, but not
+                    // the agent's shutdown.
+                    let sent = tokio::select! {
+                        sent = job.outgoing.send(message) => sent,
+                        () = job.kill.cancelled() => break Err(ExecEnd::ShutDown),
+                    };
+                    if sent.is_err() {
                         client_open = false;
                     }
                     keepalive.sent();
@@ -319,15 +328,26 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
 
     match ending {
         Ok(status) => {
+            // Reaped: its pgid may be reused from now on, so the keeper
+            // forgets it before anything waits on the client; and a client
+            // that stops reading holds neither this nor a shutdown.
             guard.armed = false;
+            drop(guard);
+            drop(tracked);
             let status = exit_status(status);
             report.end = ExecEnd::Finished(status);
-            let _ = finish(job.outgoing, AgentMessage::Exit(status)).await;
+            let last = finish(job.outgoing, AgentMessage::Exit(status));
+            tokio::select! {
+                _ = tokio::time::timeout(job.settings.kill_grace, last) => {}
+                () = job.kill.cancelled() => {}
+            }
         }
         Err(end) => {
             drop(stdin);
             terminate_group(&mut child, pgid, job.settings.kill_grace).await;
             guard.armed = false;
+            drop(guard);
+            drop(tracked);
             // Output written before the kill still reaches a client that is
             // there to read it; a process that escaped the group and holds a
             // pipe open must not hold us, hence the bound.
@@ -360,7 +380,6 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             report.end = end;
         }
     }
-    drop(guard);
     report
 }
 

@@ -197,11 +197,15 @@ impl MaxStartups {
     }
 }
 
-/// Where a connection comes from, for the per-source limit: an IPv4
-/// address, or an IPv6 /64 (one site's or one machine's usual allocation,
-/// so an attacker cannot mint sources by the billion).
+/// Where a connection comes from, for the per-source limit and eviction:
+/// an IPv4 address, or an IPv6 /48 (one site's usual allocation, as sshd's
+/// `PerSourceNetBlockSize` allows: a holder of a /56 has 256 /64s, enough
+/// to rotate past any per-/64 limit, but only one /48).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source(IpAddr);
+
+/// The IPv6 prefix length one source stands for.
+const IPV6_PREFIX: u32 = 48;
 
 impl Source {
     /// The source `ip` counts against.
@@ -211,7 +215,7 @@ impl Source {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => Source(IpAddr::V4(v4)),
                 None => {
-                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    let bits = u128::from(v6) & !((1u128 << (128 - IPV6_PREFIX)) - 1);
                     Source(IpAddr::V6(bits.into()))
                 }
             },
@@ -223,7 +227,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{IPV6_PREFIX}"),
         }
     }
 }
@@ -548,13 +552,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_sources_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
+    fn ipv6_sources_are_counted_by_their_48_and_mapped_ipv4_as_ipv4() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let c: IpAddr = "2001:db8:2::1".parse().unwrap();
         assert_eq!(Source::of(a), Source::of(b));
         assert_ne!(Source::of(a), Source::of(c));
-        assert_eq!(Source::of(a).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(Source::of(a).to_string(), "2001:db8:1::/48");
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(Source::of(mapped), source(7));
     }
@@ -648,5 +652,37 @@ mod tests {
         let (_ticket, _) = startups.enter(source(1), Some(&next)).unwrap();
         assert!(ticket.closed().is_cancelled());
         assert_eq!(startups.pending(), 1);
+    }
+
+    /// A holder of a /56 rotating through its 256 /64s is one source: it
+    /// meets the per-source limit, and making room evicts its own oldest
+    /// rather than the place of a client elsewhere.
+    #[test]
+    fn a_56_rotating_through_its_64s_is_one_source_for_limit_and_eviction() {
+        let from = |ip: &str| Source::of(ip.parse::<IpAddr>().unwrap());
+        let startups = Startups::new(policy("10"), 2);
+        let _a = startups
+            .enter(from("2001:db8:7:1100::1"), NO_SOCKET)
+            .unwrap();
+        let _b = startups
+            .enter(from("2001:db8:7:1101::1"), NO_SOCKET)
+            .unwrap();
+        assert_eq!(
+            startups
+                .enter(from("2001:db8:7:11ff::1"), NO_SOCKET)
+                .unwrap_err(),
+            StartupRefusal::PerSource
+        );
+
+        let startups = Startups::new(policy("3"), 3);
+        let _client = startups.enter(from("2001:db8:1::1"), NO_SOCKET).unwrap();
+        let _a = startups
+            .enter(from("2001:db8:7:1100::1"), NO_SOCKET)
+            .unwrap();
+        let _b = startups
+            .enter(from("2001:db8:7:1101::1"), NO_SOCKET)
+            .unwrap();
+        let (_next, made) = startups.enter(from("2001:db8:2::1"), NO_SOCKET).unwrap();
+        assert_eq!(made.evicted, Some(from("2001:db8:7:1100::1")));
     }
 }

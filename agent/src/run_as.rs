@@ -115,9 +115,9 @@ pub struct FsIdentity {
 
 /// On the worker thread, before any file work: takes `identity` for this
 /// thread only, then gives up every capability of this thread. glibc's
-/// `setgroups` would change every thread of the agent, so the groups are
-/// set with the raw system call; `setfsuid`, `setfsgid` and `capset` are
-/// per thread by nature.
+/// `setgroups` and `setresuid` would change every thread of the agent, so
+/// the ids are set with the raw system calls; `capset` is per thread by
+/// nature.
 pub fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     let Some(identity) = identity else {
         return Ok(());
@@ -140,9 +140,20 @@ pub fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     if status != 0 {
         return Err(failed("setgroups"));
     }
-    nix::unistd::setfsgid(identity.gid);
-    nix::unistd::setfsuid(identity.uid);
-    // Both calls report the previous value; asking again confirms the change.
+    // The whole identity, real, effective and saved, not the fs ids alone:
+    // some checks (sysctls under /proc/sys) look at the effective uid. The
+    // raw calls change this thread only, a fresh one that ends with the
+    // copy; glibc's wrappers would change every thread of the agent.
+    let (uid, gid) = (identity.uid.as_raw(), identity.gid.as_raw());
+    // SAFETY: plain integer arguments; this thread's credentials only.
+    if unsafe { nix::libc::syscall(nix::libc::SYS_setresgid, gid, gid, gid) } != 0 {
+        return Err(failed("setresgid"));
+    }
+    // SAFETY: as above.
+    if unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, uid, uid, uid) } != 0 {
+        return Err(failed("setresuid"));
+    }
+    // Both calls report the previous value; asking confirms the change.
     let no_change = Gid::from_raw(u32::MAX);
     if nix::unistd::setfsgid(no_change) != identity.gid {
         return Err(failed("setfsgid"));

@@ -46,6 +46,8 @@ enum SessionError {
     VersionMismatch { client: u32, software: String },
     #[error("connection error: {0}")]
     Frame(#[from] FrameError),
+    #[error("client {0} is no longer authorized")]
+    NotAuthorized(Fingerprint),
 }
 
 /// Who is on the other end, once TLS has proved it.
@@ -97,7 +99,9 @@ where
                 tracing::info!(%peer, "session ended: {e}");
             }
             // Anyone can cause these, as often as they can connect.
-            SessionError::Handshake(_) | SessionError::HandshakeTimeout(_) => {
+            SessionError::Handshake(_)
+            | SessionError::HandshakeTimeout(_)
+            | SessionError::NotAuthorized(_) => {
                 state.refusals.handshake_failed(&peer, &e);
             }
             _ => tracing::warn!(%peer, "session refused: {e}"),
@@ -303,12 +307,23 @@ fn identify<S>(tls: &TlsStream<S>, state: &AgentState) -> Result<Client, Session
         .ok_or_else(|| SessionError::Protocol("client presented no certificate".into()))?;
     let fingerprint = Fingerprint::of_certificate(certificate)
         .map_err(|e| SessionError::Protocol(e.to_string()))?;
-    let name = state
-        .authorized
-        .lookup(&fingerprint)
-        .map(|c| c.name)
-        .unwrap_or_else(|| "unknown".into());
-    Ok(Client { name, fingerprint })
+    client_named(state.authorized.lookup(&fingerprint), fingerprint)
+}
+
+/// The client TLS accepted, as the file names it now. Revoked or renamed
+/// since the handshake: refused, never served under a stand-in name, which
+/// no `[run_as]` rule would confine.
+fn client_named(
+    found: Option<crate::authorized::AuthorizedClient>,
+    fingerprint: Fingerprint,
+) -> Result<Client, SessionError> {
+    match found {
+        Some(client) => Ok(Client {
+            name: client.name,
+            fingerprint,
+        }),
+        None => Err(SessionError::NotAuthorized(fingerprint)),
+    }
 }
 
 async fn read_request<S: AsyncRead + AsyncWrite>(
@@ -347,5 +362,36 @@ async fn next<S: AsyncRead>(incoming: &mut Incoming<S>) -> Result<ClientMessage,
         Some(Err(FrameError::Io(e))) => Err(SessionError::Frame(FrameError::Io(e))),
         Some(Err(e)) => Err(SessionError::Protocol(e.to_string())),
         None => Err(SessionError::ClosedEarly),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authorized::{AuthorizedClient, AuthorizedClients, authorize, revoke};
+
+    #[test]
+    fn a_client_revoked_after_its_handshake_is_refused_not_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let fingerprint: Fingerprint = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            .parse()
+            .unwrap();
+        let store = AuthorizedClients::open(&path);
+        let confined = AuthorizedClient {
+            fingerprint,
+            name: "confined".into(),
+        };
+        authorize(&path, &confined).unwrap();
+        let client = client_named(store.lookup(&fingerprint), fingerprint).unwrap();
+        assert_eq!(client.name, "confined");
+
+        // Revoked between TLS accepting the key and the session naming it.
+        revoke(&path, "confined").unwrap();
+        match client_named(store.lookup(&fingerprint), fingerprint) {
+            Err(SessionError::NotAuthorized(refused)) => assert_eq!(refused, fingerprint),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(client) => panic!("served as {:?}", client.name),
+        }
     }
 }

@@ -866,6 +866,12 @@ impl TreeWriter {
                     format!("the agent sent {asked:?} twice"),
                 ));
             }
+            if is_top && !expected.recursive && matches!(kind, FileKind::Directory) {
+                return Err(CopyError::new(
+                    ErrorKind::Protocol,
+                    format!("the agent sent {asked:?} as a directory, for a pull without -r"),
+                ));
+            }
             let below_a_directory = expected.recursive && matches!(self.top, Some((_, true)));
             if !is_top && !below_a_directory {
                 return Err(CopyError::new(

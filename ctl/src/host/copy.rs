@@ -115,6 +115,18 @@ fn local(e: CopyError) -> CtlError {
     }
 }
 
+/// This process's umask, read without changing it (setting it to read it
+/// would race with the files other threads create); 022 if unknown.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -141,7 +153,7 @@ impl Watch {
                 self.files += 1;
                 self.blake3 = Some(hex(&end.blake3));
                 if end.changed {
-                    self.changed.push(self.current.clone());
+                    self.changed.push(crate::plain::agent_text(&self.current));
                 }
             }
             CopyItem::Data(_) => {}
@@ -392,6 +404,7 @@ pub async fn pull(
         .expecting(&name, options.recursive)
         .keeping_set_id(options.preserve_owner);
     let (disk, writing) = write_on_a_thread(writer);
+    let umask = process_umask();
     let mut watch = Watch::default();
     let mut alive = Liveness::new();
     let stopped = loop {
@@ -405,7 +418,15 @@ pub async fn pull(
             () = disk.closed() => break None,
         };
         let item = match next {
-            Some(Ok(AgentMessage::File(header))) => CopyItem::File(header),
+            Some(Ok(AgentMessage::File(mut header))) => {
+                // As cp and scp: the agent's owners and full modes only
+                // with -p, else ours and the umask's.
+                if !options.preserve_owner {
+                    header.owner = None;
+                    header.mode &= !umask;
+                }
+                CopyItem::File(header)
+            }
             Some(Ok(AgentMessage::FileData(chunk))) => CopyItem::Data(chunk),
             Some(Ok(AgentMessage::FileEnd(end))) => CopyItem::End(end),
             Some(Ok(AgentMessage::CopyEnd)) => {
