@@ -502,12 +502,7 @@ impl Carrier {
     pub async fn listen(&self, name: &str) -> Result<Listener, BrokerError> {
         validate_name(name)?;
         let subject = self.inner.subjects.open(name);
-        let subscriber = self
-            .inner
-            .client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let subscriber = self.subscribe(subject.clone()).await?;
         let (tx, rx) = mpsc::channel(self.inner.tuning.accept_backlog.max(1));
         let carrier = self.clone();
         let owner = name.to_owned();
@@ -521,6 +516,15 @@ impl Carrier {
             self.probe(name).await?;
         }
         Ok(listener)
+    }
+
+    /// Subscribes to `subject` on the broker.
+    async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, BrokerError> {
+        self.inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))
     }
 
     /// Asks our own open subject whether anyone serves it: the server
@@ -639,8 +643,6 @@ impl Carrier {
             .map_err(|_| "busy")?;
         let in_subject = self.inner.subjects.from_ctl(name, session);
         let subscriber = self
-            .inner
-            .client
             .subscribe(in_subject.clone())
             .await
             .map_err(|_| "internal")?;
@@ -665,12 +667,7 @@ impl Carrier {
         announcement: Announcement,
     ) -> Result<DiscoveryResponder, BrokerError> {
         validate_name(&announcement.name)?;
-        let mut subscriber = self
-            .inner
-            .client
-            .subscribe(self.inner.subjects.discover())
-            .await
-            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let mut subscriber = self.subscribe(self.inner.subjects.discover()).await?;
         let client = self.inner.client.clone();
         let payload = Bytes::from(serde_json::to_vec(&announcement).unwrap_or_default());
         let task = tokio::spawn(async move {
@@ -704,12 +701,7 @@ impl Carrier {
         let out_subject = self.inner.subjects.from_ctl(name, session);
         // Subscribed before asking, so the agent's first message has a
         // subscriber waiting.
-        let subscriber = self
-            .inner
-            .client
-            .subscribe(in_subject.clone())
-            .await
-            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let subscriber = self.subscribe(in_subject.clone()).await?;
         let request = OpenRequest {
             session: session.to_string(),
             window: INITIAL_WINDOW,
@@ -786,12 +778,7 @@ impl Carrier {
         const MAX_ANSWERS: usize = 1_000_000;
         let failed = |_| BrokerError::Broker("asking the broker for its agents failed".to_owned());
         let inbox = self.inner.client.new_inbox();
-        let mut subscriber = self
-            .inner
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))?;
+        let mut subscriber = self.subscribe(inbox.clone()).await?;
         self.inner
             .client
             .publish_with_reply(self.inner.subjects.discover(), inbox, Bytes::new())

@@ -236,27 +236,23 @@ mod tests {
 
     #[test]
     fn gaps_duplicates_and_reorderings_end_the_stream() {
-        let mut inbound = Inbound::new(1 << 20);
-        inbound.accept(data(0), 10).unwrap();
-        assert_eq!(
-            inbound.accept(data(0), 10),
-            Err(LostReason::OutOfSequence {
-                expected: 1,
-                got: 0
-            })
-        );
-        let mut inbound = Inbound::new(1 << 20);
-        assert_eq!(
-            inbound.accept(data(1), 10),
-            Err(LostReason::OutOfSequence {
-                expected: 0,
-                got: 1
-            })
-        );
-        let mut inbound = Inbound::new(1 << 20);
-        inbound.accept(data(0), 10).unwrap();
-        inbound.accept(data(1), 10).unwrap();
-        assert!(inbound.accept(data(3), 10).is_err());
+        /// A fresh stream that takes `before` in order, then `next`.
+        fn after(before: &[u64], next: u64) -> Result<Accepted, LostReason> {
+            let mut inbound = Inbound::new(1 << 20);
+            for &seq in before {
+                inbound.accept(data(seq), 10).unwrap();
+            }
+            inbound.accept(data(next), 10)
+        }
+        // A duplicate, then a reordering.
+        for (before, got, expected) in [(&[0][..], 0, 1), (&[], 1, 0)] {
+            assert_eq!(
+                after(before, got),
+                Err(LostReason::OutOfSequence { expected, got })
+            );
+        }
+        // A gap.
+        assert!(after(&[0, 1], 3).is_err());
     }
 
     #[test]

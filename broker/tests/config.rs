@@ -8,8 +8,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rexec_broker::{BrokerError, BrokerOptions, Carrier, Credentials};
 
-use crate::sessions::exchange;
-use crate::util::{NatsServer, secret_file, wait_until_async};
+use crate::util::{NatsServer, exchange_and_check, secret_file, wait_until_async};
 
 const EXAMPLE: &str = include_str!("../nats-server.conf.example");
 
@@ -74,12 +73,22 @@ fn options(server: &NatsServer, ca: &Path, user: &str, password: &str) -> Broker
     options
 }
 
+/// A carrier on the example server as `user`, trusting `ca`.
+async fn connect(
+    server: &NatsServer,
+    ca: &Path,
+    user: &str,
+    password: &str,
+) -> Result<Carrier, BrokerError> {
+    Carrier::connect(options(server, ca, user, password)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_config_confines_each_agent_to_its_own_name() {
     let Some((server, ca)) = example_server() else {
         return;
     };
-    let labpc07 = Carrier::connect(options(&server, &ca, "labpc07", "change-me-labpc07"))
+    let labpc07 = connect(&server, &ca, "labpc07", "change-me-labpc07")
         .await
         .expect("agent labpc07 connects over TLS with its password");
     let mut listener = labpc07
@@ -114,7 +123,7 @@ async fn the_example_config_confines_each_agent_to_its_own_name() {
         "a refused subscription does not cost the connection"
     );
 
-    let admin = Carrier::connect(options(&server, &ca, "admin", "change-me-admin"))
+    let admin = connect(&server, &ca, "admin", "change-me-admin")
         .await
         .expect("ctl user connects");
     assert_eq!(
@@ -124,13 +133,7 @@ async fn the_example_config_confines_each_agent_to_its_own_name() {
     );
     let found = admin.discover(Duration::from_millis(300)).await.unwrap();
     assert_eq!(found.len(), 1);
-    let stream = admin.dial("labpc07").await.expect("dial labpc07");
-    let accepted = listener.accept().await.expect("accepted");
-    let (a, c) = tokio::join!(
-        exchange(accepted, b"ok".to_vec()),
-        exchange(stream, b"hi".to_vec())
-    );
-    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+    exchange_and_check(listener.accept(), &admin, "labpc07").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,9 +141,7 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
     let Some((server, ca)) = example_server() else {
         return;
     };
-    let error = Carrier::connect(options(&server, &ca, "labpc07", "wrong"))
-        .await
-        .unwrap_err();
+    let error = connect(&server, &ca, "labpc07", "wrong").await.unwrap_err();
     assert_eq!(
         error.to_string(),
         format!("the broker at {} refused our credentials", server.url)
@@ -148,7 +149,7 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
 
     let other_ca = tempfile::tempdir().unwrap();
     let untrusted = make_certificates(other_ca.path());
-    let error = Carrier::connect(options(&server, &untrusted, "labpc07", "change-me-labpc07"))
+    let error = connect(&server, &untrusted, "labpc07", "change-me-labpc07")
         .await
         .unwrap_err();
     assert_eq!(

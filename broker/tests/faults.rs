@@ -13,8 +13,7 @@ use rexec_broker::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::sessions::{agent, exchange};
-use crate::util::{NatsServer, wait_until_async};
+use crate::util::{NatsServer, exchange, exchange_and_check, rig, wait_until_async};
 
 fn lost_reason(error: &std::io::Error) -> Option<LostReason> {
     match BrokerError::from_io(error) {
@@ -41,13 +40,8 @@ async fn read_until_failure(stream: &mut BrokerStream) -> Option<LostReason> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_blocks_the_writer_and_the_server_sees_no_slow_consumer() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
-    let mut reader = ctl.dial("labpc07").await.expect("dial");
-    let mut writer = incoming.recv().await.expect("accepted");
+    let Some(mut rig) = rig().await else { return };
+    let (mut reader, mut writer) = rig.session().await;
 
     let written = Arc::new(AtomicU64::new(0));
     let counter = written.clone();
@@ -84,7 +78,12 @@ async fn a_reader_that_stops_blocks_the_writer_and_the_server_sees_no_slow_consu
         in_flight <= bound,
         "{in_flight} bytes written past the reader, more than {bound}"
     );
-    assert_eq!(server.varz()["slow_consumers"], 0, "{}", server.varz());
+    assert_eq!(
+        rig.server.varz()["slow_consumers"],
+        0,
+        "{}",
+        rig.server.varz()
+    );
 
     // Reading again lets the writer go on.
     let mut more = 0u64;
@@ -95,7 +94,7 @@ async fn a_reader_that_stops_blocks_the_writer_and_the_server_sees_no_slow_consu
         written.load(Ordering::SeqCst) > last,
         "the writer went on once read"
     );
-    assert_eq!(server.varz()["slow_consumers"], 0);
+    assert_eq!(rig.server.varz()["slow_consumers"], 0);
     drop(reader);
     tokio::time::timeout(Duration::from_secs(20), endless)
         .await
@@ -112,12 +111,8 @@ async fn raw(server: &NatsServer) -> async_nats::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_oversized_and_out_of_order_messages_end_only_their_stream() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
-    let intruder = raw(&server).await;
+    let Some(mut rig) = rig().await else { return };
+    let intruder = raw(&rig.server).await;
     let subjects = Subjects::default();
 
     let data = |seq: u64, len: usize| {
@@ -148,12 +143,10 @@ async fn garbage_oversized_and_out_of_order_messages_end_only_their_stream() {
         ),
         ("over credit", data(0, 60_000), LostReason::OverCredit),
     ];
-    let bystander = ctl.dial("labpc07").await.expect("dial");
-    let bystander_agent = incoming.recv().await.expect("accepted");
+    let (bystander, bystander_agent) = rig.session().await;
 
     for (what, message, reason) in cases {
-        let mut stream = ctl.dial("labpc07").await.expect("dial");
-        let mut accepted = incoming.recv().await.expect("accepted");
+        let (mut stream, mut accepted) = rig.session().await;
         let subject = subjects.from_ctl("labpc07", stream.session_id());
         intruder.publish(subject, message).await.unwrap();
         intruder.flush().await.unwrap();
@@ -178,25 +171,13 @@ async fn garbage_oversized_and_out_of_order_messages_end_only_their_stream() {
     );
     assert!(a == up && c == down, "the other stream is untouched");
     // And new sessions open as before.
-    let stream = ctl
-        .dial("labpc07")
-        .await
-        .expect("dial after the intrusions");
-    let accepted = incoming.recv().await.expect("accepted");
-    let (a, c) = tokio::join!(
-        exchange(accepted, b"ok".to_vec()),
-        exchange(stream, b"hi".to_vec())
-    );
-    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+    exchange_and_check(rig.incoming.recv(), &rig.ctl, "labpc07").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_open_requests_are_refused_and_the_agent_serves_on() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let intruder = raw(&server).await;
+    let Some(mut rig) = rig().await else { return };
+    let intruder = raw(&rig.server).await;
     let open = Subjects::default().open("labpc07");
     for payload in [
         &b"garbage"[..],
@@ -222,14 +203,7 @@ async fn garbage_open_requests_are_refused_and_the_agent_serves_on() {
         .publish(open.clone(), Bytes::from_static(b"x"))
         .await
         .unwrap();
-    let ctl = server.carrier().await;
-    let stream = ctl.dial("labpc07").await.expect("dial");
-    let accepted = incoming.recv().await.expect("accepted");
-    let (a, c) = tokio::join!(
-        exchange(accepted, b"ok".to_vec()),
-        exchange(stream, b"hi".to_vec())
-    );
-    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+    exchange_and_check(rig.incoming.recv(), &rig.ctl, "labpc07").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,13 +257,7 @@ async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
     assert!(both_up, "both sides reconnect by themselves");
     assert!(agent_carrier.state().disconnects >= 1);
 
-    let stream = ctl.dial("labpc07").await.expect("dial after the restart");
-    let accepted = listener.accept().await.expect("accepted after the restart");
-    let (a, c) = tokio::join!(
-        exchange(accepted, b"ok".to_vec()),
-        exchange(stream, b"hi".to_vec())
-    );
-    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
+    exchange_and_check(listener.accept(), &ctl, "labpc07").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,13 +306,8 @@ async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_dropped_without_closing_ends_the_peer_at_once() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
-    let stream = ctl.dial("labpc07").await.expect("dial");
-    let mut accepted = incoming.recv().await.expect("accepted");
+    let Some(mut rig) = rig().await else { return };
+    let (stream, mut accepted) = rig.session().await;
     drop(stream);
     assert_eq!(
         read_until_failure(&mut accepted).await,

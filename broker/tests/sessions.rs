@@ -2,59 +2,18 @@
 
 use std::time::{Duration, Instant};
 
-use rexec_broker::{Announcement, BrokerError, BrokerStream, Carrier};
+use rexec_broker::{Announcement, BrokerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{NatsServer, random_bytes};
-
-/// An agent carrier serving `name`, accepting sessions into a channel.
-pub async fn agent(
-    server: &NatsServer,
-    name: &str,
-) -> (Carrier, tokio::sync::mpsc::Receiver<BrokerStream>) {
-    let carrier = server.carrier().await;
-    let mut listener = carrier.listen(name).await.expect("listen");
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Some(stream) = listener.accept().await {
-            if tx.send(stream).await.is_err() {
-                break;
-            }
-        }
-    });
-    (carrier, rx)
-}
-
-/// Writes `data` then shuts down, while reading everything the peer sends
-/// until its EOF; returns what was read.
-pub async fn exchange(stream: BrokerStream, data: Vec<u8>) -> Vec<u8> {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let write = async move {
-        writer.write_all(&data).await.expect("write");
-        writer.shutdown().await.expect("shutdown");
-        writer
-    };
-    let read = async move {
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).await.expect("read to EOF");
-        (got, reader)
-    };
-    let (_writer, (got, _reader)) = tokio::join!(write, read);
-    got
-}
+use crate::util::{NatsServer, exchange, random_bytes, rig, wait_until_async};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_arrive_exact_in_both_directions_at_once() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
+    let Some(mut rig) = rig().await else { return };
     let up = random_bytes(64 << 20);
     let down = random_bytes(64 << 20);
 
-    let stream = ctl.dial("labpc07").await.expect("dial");
-    let accepted = incoming.recv().await.expect("accepted");
+    let (stream, accepted) = rig.session().await;
     assert_eq!(accepted.session_id(), stream.session_id());
     let (at_agent, at_ctl) = tokio::join!(
         exchange(accepted, down.clone()),
@@ -72,18 +31,13 @@ async fn sixty_four_mib_arrive_exact_in_both_directions_at_once() {
         at_ctl.len(),
         down.len()
     );
-    assert_eq!(server.varz()["slow_consumers"], 0);
+    assert_eq!(rig.server.varz()["slow_consumers"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_other_direction_go_on() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
-    let mut stream = ctl.dial("labpc07").await.expect("dial");
-    let mut accepted = incoming.recv().await.expect("accepted");
+    let Some(mut rig) = rig().await else { return };
+    let (mut stream, mut accepted) = rig.session().await;
 
     stream.write_all(b"request").await.unwrap();
     stream.shutdown().await.unwrap();
@@ -107,13 +61,9 @@ async fn half_close_lets_the_other_direction_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_nobody_serves_is_offline_without_waiting() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, _incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
+    let Some(rig) = rig().await else { return };
     let started = Instant::now();
-    let error = ctl.dial("labpc08").await.unwrap_err();
+    let error = rig.ctl.dial("labpc08").await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(error, BrokerError::Offline("labpc08".to_owned()));
     assert_eq!(error.kind(), "offline");
@@ -184,16 +134,10 @@ async fn discovery_collects_every_agent_with_its_fingerprint_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sessions_to_one_agent_stay_apart() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (_agent, mut incoming) = agent(&server, "labpc07").await;
-    let ctl = server.carrier().await;
+    let Some(mut rig) = rig().await else { return };
     let mut pairs = Vec::new();
     for _ in 0..20 {
-        let stream = ctl.dial("labpc07").await.expect("dial");
-        let accepted = incoming.recv().await.expect("accepted");
-        pairs.push((stream, accepted));
+        pairs.push(rig.session().await);
     }
     let mut runs = Vec::new();
     for (i, (stream, accepted)) in pairs.into_iter().enumerate() {
@@ -212,7 +156,7 @@ async fn many_sessions_to_one_agent_stay_apart() {
     }
     let full = rexec_broker::Tuning::default().receive_budget as usize;
     assert!(
-        crate::util::wait_until_async(Duration::from_secs(5), || ctl.free_budget() == full).await,
+        wait_until_async(Duration::from_secs(5), || rig.ctl.free_budget() == full).await,
         "closed streams gave their windows back"
     );
 }

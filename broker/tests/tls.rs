@@ -13,8 +13,7 @@ use rexec_protocol::tls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::sessions::agent;
-use crate::util::{NatsServer, wait_until_async};
+use crate::util::{NatsServer, agent, rig, wait_until_async};
 
 #[derive(Debug)]
 struct Only(Fingerprint);
@@ -25,6 +24,14 @@ impl ClientAuthorizer for Only {
     }
 }
 
+/// Fresh identities called `names`, in a temp dir kept as long as they are.
+fn identities<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, [Identity; N]) {
+    let keys = tempfile::tempdir().unwrap();
+    let made =
+        names.map(|name| Identity::create(&IdentityPaths::in_dir(keys.path(), name)).unwrap());
+    (keys, made)
+}
+
 const SECRET: &[u8] = b"plaintext that only ctl and the agent may ever see";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,9 +39,7 @@ async fn a_tls_session_runs_end_to_end_and_the_broker_sees_only_ciphertext() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let agent_id = Identity::create(&IdentityPaths::in_dir(keys.path(), "agent")).unwrap();
-    let ctl_id = Identity::create(&IdentityPaths::in_dir(keys.path(), "ctl")).unwrap();
+    let (_keys, [agent_id, ctl_id]) = identities(["agent", "ctl"]);
 
     // Everything anyone on the broker can see.
     let snoop = async_nats::connect(server.url.as_str()).await.unwrap();
@@ -115,15 +120,10 @@ async fn a_tls_session_runs_end_to_end_and_the_broker_sees_only_ciphertext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_under_a_known_name_fails_the_pinned_host_key() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let keys = tempfile::tempdir().unwrap();
-    let real = Identity::create(&IdentityPaths::in_dir(keys.path(), "real")).unwrap();
-    let impostor = Identity::create(&IdentityPaths::in_dir(keys.path(), "impostor")).unwrap();
-    let ctl_id = Identity::create(&IdentityPaths::in_dir(keys.path(), "ctl")).unwrap();
+    let Some(rig) = rig().await else { return };
+    let (_keys, [real, impostor, ctl_id]) = identities(["real", "impostor", "ctl"]);
 
-    let (_impostor, mut incoming) = agent(&server, "labpc07").await;
+    let mut incoming = rig.incoming;
     let acceptor = TlsAcceptor::from(Arc::new(
         server_config(&impostor, Arc::new(Only(ctl_id.fingerprint))).unwrap(),
     ));
@@ -131,14 +131,13 @@ async fn an_impostor_under_a_known_name_fails_the_pinned_host_key() {
         let stream = incoming.recv().await.expect("accepted");
         let _ = acceptor.accept(stream).await;
     });
-    let ctl = server.carrier().await;
     let verifier = Arc::new(HostKeyVerifier::new(HostKeyPolicy::Expect(
         real.fingerprint,
     )));
     let connector = TlsConnector::from(Arc::new(
         client_config(Some(&ctl_id), verifier.clone()).unwrap(),
     ));
-    let stream = ctl.dial("labpc07").await.expect("dial");
+    let stream = rig.ctl.dial("labpc07").await.expect("dial");
     assert!(
         connector
             .connect(server_name("labpc07"), stream)

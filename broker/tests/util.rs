@@ -8,34 +8,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rexec_broker::{BrokerOptions, Carrier, Tuning};
+use rexec_broker::{BrokerOptions, BrokerStream, Carrier, Tuning};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
+    while !condition() {
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
-/// The async form of [`wait_until`].
-pub async fn wait_until_async(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// [`wait_until`] from an async test. The tests run on the multi-threaded
+/// runtime, so the tasks the condition waits on go on elsewhere meanwhile.
+pub async fn wait_until_async(limit: Duration, condition: impl FnMut() -> bool) -> bool {
+    tokio::task::block_in_place(|| wait_until(limit, condition))
 }
 
 /// A running `nats-server`, stopped (and reaped) on drop.
@@ -230,4 +221,89 @@ fn installed() -> bool {
         eprintln!("SKIPPED: {why}");
     }
     found
+}
+
+/// An agent carrier serving `name`, accepting sessions into a channel.
+pub async fn agent(
+    server: &NatsServer,
+    name: &str,
+) -> (Carrier, tokio::sync::mpsc::Receiver<BrokerStream>) {
+    let carrier = server.carrier().await;
+    let mut listener = carrier.listen(name).await.expect("listen");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(stream) = listener.accept().await {
+            if tx.send(stream).await.is_err() {
+                break;
+            }
+        }
+    });
+    (carrier, rx)
+}
+
+/// What most tests start from: a server, an agent carrier serving labpc07
+/// whose sessions arrive on `incoming`, and a ctl carrier.
+pub struct Rig {
+    pub server: NatsServer,
+    _agent: Carrier,
+    pub incoming: tokio::sync::mpsc::Receiver<BrokerStream>,
+    pub ctl: Carrier,
+}
+
+/// A [`Rig`]; `None` (the test is skipped) when nats-server is not
+/// installed.
+pub async fn rig() -> Option<Rig> {
+    let server = NatsServer::start()?;
+    let (_agent, incoming) = agent(&server, "labpc07").await;
+    let ctl = server.carrier().await;
+    Some(Rig {
+        server,
+        _agent,
+        incoming,
+        ctl,
+    })
+}
+
+impl Rig {
+    /// A new session from ctl to labpc07: ctl's end, then the agent's.
+    pub async fn session(&mut self) -> (BrokerStream, BrokerStream) {
+        let stream = self.ctl.dial("labpc07").await.expect("dial");
+        let accepted = self.incoming.recv().await.expect("accepted");
+        (stream, accepted)
+    }
+}
+
+/// Writes `data` then shuts down, while reading everything the peer sends
+/// until its EOF; returns what was read.
+pub async fn exchange(stream: BrokerStream, data: Vec<u8>) -> Vec<u8> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async move {
+        writer.write_all(&data).await.expect("write");
+        writer.shutdown().await.expect("shutdown");
+        writer
+    };
+    let read = async move {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.expect("read to EOF");
+        (got, reader)
+    };
+    let (_writer, (got, _reader)) = tokio::join!(write, read);
+    got
+}
+
+/// Dials `name` from `ctl`, takes the session from `accept` (a listener's
+/// `accept()` or a channel's `recv()`, awaited once the dial is done) and
+/// checks that "hi" and "ok" cross it exact, one each way.
+pub async fn exchange_and_check(
+    accept: impl Future<Output = Option<BrokerStream>>,
+    ctl: &Carrier,
+    name: &str,
+) {
+    let stream = ctl.dial(name).await.expect("dial");
+    let accepted = accept.await.expect("accepted");
+    let (a, c) = tokio::join!(
+        exchange(accepted, b"ok".to_vec()),
+        exchange(stream, b"hi".to_vec())
+    );
+    assert_eq!((a.as_slice(), c.as_slice()), (&b"hi"[..], &b"ok"[..]));
 }
