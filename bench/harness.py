@@ -110,6 +110,11 @@ class Rexec:
     def start(self, addrs, extra=()):
         """One agent process listening on each of `addrs` (host, port)."""
         cmd = [AGENT, "run", "--dir", str(self.agent_dir)]
+        # One process stands for many machines, each of which would see one
+        # handshake from ctl at a time: the pre-TLS budget is sized for that,
+        # not for one machine under a flood.
+        if len(addrs) > 1:
+            cmd += ["--max-startups", "512", "--per-source-max-startups", "512"]
         for host, port in addrs:
             cmd += ["--listen", f"{host}:{port}"]
         proc = subprocess.Popen(cmd + list(extra), env=self.env, stderr=subprocess.DEVNULL)

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -849,4 +850,46 @@ fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
     agent.expect_log("(per_source_max_startups)");
     drop(idle);
     still_serves(&env, &agent);
+}
+
+/// A burst of ctl calls from one workstation is more than the per-source
+/// handshake budget at once; the agent closes the surplus before TLS and
+/// each such ctl tries again after a short random pause within its connect
+/// timeout, so every call of the burst runs (it did not before: 127 of 200
+/// in the benchmark's burst).
+#[test]
+fn a_burst_of_calls_from_one_workstation_all_run_despite_the_handshake_budget() {
+    let (env, agent) = Env::with_agent_flags(&[
+        "--per-source-max-startups",
+        "2",
+        "--max-execs-per-client",
+        "256",
+        "--handshake-timeout",
+        "60s",
+    ]);
+    // The budget is full while the burst starts, so some of its calls are
+    // surely refused at first; it frees once the agent has said so.
+    let idle = [
+        TcpStream::connect(agent.addr).unwrap(),
+        TcpStream::connect(agent.addr).unwrap(),
+    ];
+    let calls: Vec<_> = (0..60)
+        .map(|i| {
+            env.ctl()
+                .arg("exec")
+                .arg(agent.target())
+                .arg(format!("echo call-{i}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run ctl")
+        })
+        .collect();
+    agent.expect_log("(per_source_max_startups)");
+    drop(idle);
+    for (i, call) in calls.into_iter().enumerate() {
+        let out = call.wait_with_output().expect("wait for ctl");
+        assert!(out.status.success(), "call {i}: {}", stderr_of(&out));
+        assert_eq!(stdout_of(&out), format!("call-{i}\n"));
+    }
 }

@@ -101,7 +101,25 @@ impl Client {
     /// # Errors
     /// Every way connecting can fail, each with its own [`CtlError`].
     pub async fn connect(&self, target: &Target) -> Result<Connection, CtlError> {
-        self.secure(target, self.carrier.reach(target)).await
+        // An agent with no room for another handshake closes the connection
+        // before TLS (its defence against floods, which costs it nothing);
+        // a burst of ctl calls from one workstation then tries again after a
+        // short, random pause, within the connect timeout, as a person would.
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut pause = FIRST_BUSY_PAUSE;
+        loop {
+            let result = self
+                .secure(target, self.carrier.reach(target), deadline)
+                .await;
+            let busy = matches!(&result, Err(CtlError::Agent(report))
+                if report.kind == rexec_protocol::ErrorKind::Busy);
+            let wait = jittered(pause);
+            if !busy || tokio::time::Instant::now() + wait >= deadline {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(LAST_BUSY_PAUSE);
+        }
     }
 
     /// TLS with our identity and the host key check over the stream that
@@ -113,6 +131,7 @@ impl Client {
         &self,
         target: &Target,
         reach: impl std::future::Future<Output = Result<Transport, CtlError>>,
+        deadline: tokio::time::Instant,
     ) -> Result<Connection, CtlError> {
         let host_port = target.host_port();
         let policy = match self.known_hosts().get(&host_port) {
@@ -159,7 +178,7 @@ impl Client {
                     _ => CtlError::Connection(ConnectionError::Handshake(e)),
                 })
         };
-        let tls = tokio::time::timeout(self.connect_timeout, attempt)
+        let tls = tokio::time::timeout_at(deadline, attempt)
             .await
             .map_err(|_| {
                 CtlError::Connection(ConnectionError::ConnectTimeout(self.connect_timeout))
@@ -299,6 +318,22 @@ pub async fn greet(
 /// ctl's name and version, for the hello.
 pub fn software() -> String {
     format!("ctl {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The first pause before trying an agent again that had no room for our
+/// handshake, and the longest; each retry doubles it.
+const FIRST_BUSY_PAUSE: Duration = Duration::from_millis(10);
+const LAST_BUSY_PAUSE: Duration = Duration::from_millis(400);
+
+/// `pause` scaled by a random factor between ½ and 1, so that the calls of
+/// a burst do not all come back at the same moment. std's `RandomState`
+/// is seeded afresh for each one, which is all the randomness this needs.
+fn jittered(pause: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let fraction = (hasher.finish() % 1000) as u32;
+    pause / 2 + pause * fraction / 2000
 }
 
 async fn connect_tcp(target: &Target) -> Result<TcpStream, ConnectionError> {
