@@ -125,11 +125,26 @@ impl Env {
         std::fs::write(self.ctl_dir.join("known_hosts"), contents).expect("known_hosts");
     }
 
-    /// `ctl` with this env's config dir.
+    /// `ctl` with this env's config dir, and the stop signals at their
+    /// default: ctl keeps a signal it was started with ignored (`nohup`),
+    /// and a test run started in the background of a script (`cmd &`)
+    /// ignores SIGINT, which would turn every Ctrl-C test into a failure.
     pub fn ctl(&self) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(bin("ctl"));
         cmd.env("REXEC_CONFIG_DIR", &self.ctl_dir);
         cmd.stdin(Stdio::null());
+        // SAFETY: between fork and exec only signal(2), which is
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                use nix::sys::signal::{SigHandler, Signal, signal};
+                for stop in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+                    signal(stop, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 
