@@ -5,6 +5,7 @@ mod copy;
 mod exec;
 mod fanout;
 mod hostile;
+mod jobs;
 mod nodesets;
 mod process;
 mod readme;

@@ -106,6 +106,8 @@ pub struct AgentSettings {
     /// Which users each client may run commands as (when the agent runs as
     /// root). See [`RunAsPolicy`].
     pub run_as: RunAsPolicy,
+    /// Detached jobs: where they are kept, and their limits.
+    pub jobs: crate::jobs::JobSettings,
 }
 
 /// Which users a client may run commands (and copies) as.
@@ -146,8 +148,10 @@ impl RunAsPolicy {
 impl AgentSettings {
     /// Defaults, with files in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         AgentSettings {
-            dir: dir.into(),
+            jobs: crate::jobs::JobSettings::for_dir(&dir),
+            dir,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_startups: DEFAULT_MAX_STARTUPS,
             per_source_max_startups: DEFAULT_PER_SOURCE_MAX_STARTUPS,

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,11 +106,39 @@ pub struct ConfigFile {
     /// no limit [default: no limit].
     #[arg(long)]
     pub max_copy_bytes: Option<u64>,
+    /// Directory for detached jobs' records and output [default:
+    /// /var/lib/rexec/jobs; DIR/jobs when --dir names another directory].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Most detached jobs running at once; more are refused as busy
+    /// [default: 64].
+    #[arg(long)]
+    pub max_jobs: Option<NonZeroUsize>,
+    /// Bytes kept of each output stream of a detached job; past it the
+    /// oldest are dropped [default: 67108864].
+    #[arg(long)]
+    pub max_job_output: Option<NonZeroU64>,
+    /// How long an ended job is kept before it is removed [default: 7days].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[serde(with = "text_opt")]
+    pub job_retention: Option<Duration>,
+    /// `[jobs]`: `admins`, client names that see and control every
+    /// client's jobs; in the file only.
+    #[arg(skip)]
+    pub jobs: Option<JobsTable>,
     /// Client name to the users it may run commands as (`"*"`: any), the
     /// first being its default; in the file only.
     #[arg(skip)]
     #[serde(deserialize_with = "run_as_rules")]
     pub run_as: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// The `[jobs]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsTable {
+    /// Client names that see and control every client's jobs.
+    pub admins: Vec<String>,
 }
 
 /// Calls `$apply!` with every key of [`ConfigFile`], so that code that
@@ -133,6 +161,11 @@ macro_rules! every_key {
             keepalive_count,
             shell,
             max_copy_bytes,
+            state_dir,
+            max_jobs,
+            max_job_output,
+            job_retention,
+            jobs,
             run_as
         )
     };
@@ -263,6 +296,21 @@ impl ConfigFile {
         if let Some(bytes) = self.max_copy_bytes {
             settings.max_copy_bytes = (bytes > 0).then_some(bytes);
         }
+        if let Some(path) = &self.state_dir {
+            settings.jobs.state_dir = path.clone();
+        }
+        if let Some(n) = self.max_jobs {
+            settings.jobs.max_jobs = n.get();
+        }
+        if let Some(n) = self.max_job_output {
+            settings.jobs.max_output = n.get();
+        }
+        if let Some(d) = self.job_retention {
+            settings.jobs.retention = d;
+        }
+        if let Some(table) = &self.jobs {
+            settings.jobs.admins = table.admins.clone();
+        }
         if let Some(run_as) = &self.run_as {
             settings.run_as = RunAsPolicy {
                 by_client: run_as.clone(),
@@ -295,6 +343,13 @@ impl ConfigFile {
             keepalive_count: NonZeroU32::new(settings.keepalive_count),
             shell: Some(settings.shell.clone()),
             max_copy_bytes: Some(settings.max_copy_bytes.unwrap_or(0)),
+            state_dir: Some(settings.jobs.state_dir.clone()),
+            max_jobs: NonZeroUsize::new(settings.jobs.max_jobs),
+            max_job_output: NonZeroU64::new(settings.jobs.max_output),
+            job_retention: Some(settings.jobs.retention),
+            jobs: (!settings.jobs.admins.is_empty()).then(|| JobsTable {
+                admins: settings.jobs.admins.clone(),
+            }),
             run_as: (!settings.run_as.by_client.is_empty())
                 .then(|| settings.run_as.by_client.clone()),
         }
@@ -555,6 +610,13 @@ keepalive_interval = "30s"
 keepalive_count = 2
 shell = "/bin/bash"
 max_copy_bytes = 1000
+state_dir = "/srv/jobs"
+max_jobs = 5
+max_job_output = 4096
+job_retention = "1h"
+
+[jobs]
+admins = ["ops"]
 
 [run_as]
 alice = ["www-data", "backup"]
@@ -578,6 +640,11 @@ ops = ["*"]
         assert_eq!(s.keepalive_count, 2);
         assert_eq!(s.shell, Path::new("/bin/bash"));
         assert_eq!(s.max_copy_bytes, Some(1000));
+        assert_eq!(s.jobs.state_dir, Path::new("/srv/jobs"));
+        assert_eq!(s.jobs.max_jobs, 5);
+        assert_eq!(s.jobs.max_output, 4096);
+        assert_eq!(s.jobs.retention, Duration::from_secs(3600));
+        assert!(s.jobs.is_admin("ops") && !s.jobs.is_admin("alice"));
         assert!(s.run_as.allows("alice", "backup"));
         assert!(s.run_as.allows("ops", "root"));
         assert!(!s.run_as.allows("alice", "root"));

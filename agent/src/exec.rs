@@ -25,10 +25,10 @@ use crate::job::{Incoming, Job, Outgoing, finish, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
 use crate::pty::{self, MasterStream};
 
-mod group;
+pub(crate) mod group;
 pub mod keeper;
-mod pipes;
-mod spawn;
+pub(crate) mod pipes;
+pub(crate) mod spawn;
 
 /// How an exec ended, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]

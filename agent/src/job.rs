@@ -74,6 +74,8 @@ pub fn name_of(message: &ClientMessage) -> &'static str {
         ClientMessage::FileData(_) => "file data",
         ClientMessage::FileEnd(_) => "file end",
         ClientMessage::CopyEnd => "copy end",
+        ClientMessage::Detach(_) => "detach request",
+        ClientMessage::Job(_) => "job request",
         _ => "message",
     }
 }

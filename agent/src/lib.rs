@@ -15,6 +15,7 @@ pub mod config_file;
 pub mod copy;
 pub mod exec;
 pub mod job;
+pub mod jobs;
 pub mod keepalive;
 pub mod limits;
 pub mod notify;

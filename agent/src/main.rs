@@ -74,6 +74,9 @@ enum Command {
         /// SIGTERM-to-SIGKILL grace, in milliseconds.
         grace_ms: u64,
     },
+    /// Started by `run` itself: runs one detached job, spec on stdin.
+    #[command(name = "job-runner", hide = true)]
+    JobRunner,
 }
 
 /// Every `run` flag is optional: one given overrides the config file's key
@@ -162,6 +165,9 @@ fn main() -> ExitCode {
     if let Command::Keeper { grace_ms } = cli.command {
         exec::keeper::run(Duration::from_millis(grace_ms));
         return ExitCode::SUCCESS;
+    }
+    if let Command::JobRunner = cli.command {
+        return ExitCode::from(rexec_agent::jobs::runner::run().clamp(0, 255) as u8);
     }
     init_logging();
     match dispatch(cli) {
@@ -337,7 +343,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) if args.check => check(&resolved)?,
         Command::Run(_) => run(source, resolved)?,
-        Command::Keeper { .. } => {}
+        Command::Keeper { .. } | Command::JobRunner => {}
     }
     Ok(())
 }
@@ -451,6 +457,7 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
             tokio::spawn(notify::watchdog(interval));
         }
 
+        tokio::spawn(rexec_agent::jobs::watch::watch(state.clone()));
         let grace = state.settings.shutdown_grace;
         server::serve(listeners, state, grace).await;
         tracing::info!("agent stopped");

@@ -62,13 +62,15 @@ enum Request {
     Ping,
     Push(PushRequest),
     Pull(PullRequest),
+    Job(crate::jobs::serve::JobCall),
 }
 
 impl Request {
     /// What the limits call this request; `None` for one they do not count.
     fn kind(&self) -> Option<&'static str> {
         match self {
-            Request::Ping => None,
+            // Jobs count against max_jobs, not against the execs.
+            Request::Ping | Request::Job(_) => None,
             Request::Exec(_) => Some("exec"),
             Request::Push(_) => Some("push"),
             Request::Pull(_) => Some("pull"),
@@ -82,6 +84,7 @@ impl Request {
             Request::Exec(exec) => &exec.command,
             Request::Push(push) => &push.dest,
             Request::Pull(pull) => &pull.path,
+            Request::Job(call) => call.subject(),
         }
     }
 }
@@ -199,6 +202,18 @@ where
         tracing::debug!(%peer, client = client.name.as_str(), "ping");
         return Ok(());
     }
+    let request = match request {
+        Request::Job(call) => {
+            let caller = crate::jobs::serve::Caller {
+                peer,
+                name: client.name.clone(),
+                fingerprint: client.fingerprint,
+            };
+            crate::jobs::serve(call, caller, state, &mut incoming, &mut outgoing).await?;
+            return Ok(());
+        }
+        other => other,
+    };
     if let Request::Push(_) = request {
         // The client waits for our hello before it sends files.
         outgoing.flush().await?;
@@ -213,7 +228,7 @@ where
     let started = Instant::now();
     let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
     let copy = match &request {
-        Request::Ping => return Ok(()),
+        Request::Ping | Request::Job(_) => return Ok(()),
         Request::Push(push) => CopyRequest::Push(push),
         Request::Pull(pull) => CopyRequest::Pull(pull),
         Request::Exec(request) => {
@@ -349,6 +364,10 @@ async fn read_request<S: AsyncRead + AsyncWrite>(
         ClientMessage::Ping => Ok(Request::Ping),
         ClientMessage::Push(request) => Ok(Request::Push(request)),
         ClientMessage::Pull(request) => Ok(Request::Pull(request)),
+        ClientMessage::Detach(request) => {
+            Ok(Request::Job(crate::jobs::serve::JobCall::Detach(request)))
+        }
+        ClientMessage::Job(request) => Ok(Request::Job(crate::jobs::serve::JobCall::Job(request))),
         other => Err(SessionError::Protocol(format!(
             "expected a request, got {}",
             name_of(&other)

@@ -47,6 +47,8 @@ pub struct AgentState {
     pub execs: ExecLimits,
     /// The shutdown tokens.
     pub shutdown: Shutdown,
+    /// What sessions share about detached jobs.
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -88,6 +90,7 @@ impl AgentState {
             authorized,
             settings,
             shutdown,
+            jobs: crate::jobs::Jobs::default(),
         })
     }
 }

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::error::CtlError;
 use crate::fanout::DEFAULT_FANOUT;
 
+pub mod job;
+
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status of ctl exec (one target):
   N      the remote command exited with N
@@ -63,6 +65,13 @@ pub enum Command {
         /// What to do with them.
         #[command(subcommand)]
         action: KnownHostsAction,
+    },
+    /// Detached jobs (ctl exec --detach): list, output, wait, kill, forget.
+    #[command(after_help = job::JOB_HELP)]
+    Job {
+        /// What to do.
+        #[command(subcommand)]
+        action: job::JobAction,
     },
 }
 
@@ -125,6 +134,10 @@ pub struct ExecArgs {
     /// Run as this user (also: USER@HOST).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
+    /// Start the command as a detached job and print its id (the same on
+    /// every host) once every agent has it running; see `ctl job --help`.
+    #[arg(short = 'd', long, conflicts_with_all = ["stdin", "tty", "gather", "out_dir"])]
+    pub detach: bool,
     #[command(flatten)]
     pub reach: Reach,
     #[command(flatten)]

@@ -74,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Ping(args) => cmd::ping::ping(&config, inventory, args),
         Command::Cp(args) => cmd::cp::cp(&config, inventory, args),
         Command::KnownHosts { action } => cmd::known_hosts::known_hosts(&config, inventory, action),
+        Command::Job { action } => cmd::job::job(&config, inventory, action),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -317,6 +317,22 @@ mod tests {
         }
     }
 
+    fn job_summary() -> crate::job::JobSummary {
+        crate::job::JobSummary {
+            id: crate::job::JobId::from_bytes([0xfe; 16]),
+            state: crate::job::JobState::Ended(ExitStatus::Code(3)),
+            command: "make -j8".into(),
+            owner: "alice".into(),
+            started_ms: 1_700_000_000_000,
+            ended_ms: Some(1_700_000_100_000),
+            stdout_bytes: 5 << 20,
+            stderr_bytes: 12,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            note: Some("stdout lost from byte 5: disk full".into()),
+        }
+    }
+
     fn every_client_message() -> Vec<ClientMessage> {
         vec![
             ClientMessage::Hello(Hello::new("ctl 0.1.0")),
@@ -365,6 +381,15 @@ mod tests {
                 changed: false,
             }),
             ClientMessage::CopyEnd,
+            ClientMessage::Detach(crate::job::DetachRequest {
+                id: crate::job::JobId::from_bytes([0x5a; 16]),
+                exec: ExecRequest::default(),
+            }),
+            ClientMessage::Job(crate::job::JobRequest::List),
+            ClientMessage::Job(crate::job::JobRequest::Output {
+                id: crate::job::JobId::from_bytes([1; 16]),
+                follow: true,
+            }),
         ]
     }
 
@@ -411,6 +436,13 @@ mod tests {
             AgentMessage::CopyStarted {
                 keepalive: Some(Duration::from_secs(15)),
             },
+            AgentMessage::Jobs(vec![job_summary()]),
+            AgentMessage::Job(job_summary()),
+            AgentMessage::JobStream(crate::job::JobStream {
+                keepalive: None,
+                stdout_dropped: 1,
+                stderr_dropped: 0,
+            }),
             AgentMessage::Stdout(Bytes::from(vec![7u8; MAX_CHUNK_LEN])),
             AgentMessage::Stderr(Bytes::from_static(b"err\n")),
             AgentMessage::Exit(ExitStatus::Code(3)),

@@ -6,11 +6,13 @@
 pub mod codec;
 pub mod copy;
 pub mod identity;
+pub mod job;
 pub mod message;
 pub mod tls;
 
 pub use codec::{AgentCodec, ClientCodec, FrameError, MAX_CHUNK_LEN, MAX_FRAME_LEN};
 pub use identity::{Fingerprint, Identity, IdentityError, IdentityPaths};
+pub use job::{DetachRequest, JobId, JobRequest, JobState, JobStream, JobSummary};
 pub use message::*;
 
 /// The TCP port agents listen on unless told otherwise.

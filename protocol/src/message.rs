@@ -70,6 +70,10 @@ pub enum ClientMessage {
     FileEnd(FileEnd),
     /// No more entries: the push is complete.
     CopyEnd,
+    /// The connection's one request: start a detached job.
+    Detach(crate::job::DetachRequest),
+    /// The connection's one request: about jobs already started.
+    Job(crate::job::JobRequest),
 }
 
 /// Messages from the agent to `ctl`.
@@ -119,6 +123,13 @@ pub enum AgentMessage {
         /// The agent's keepalive interval; `None` when it sends none.
         keepalive: Option<Duration>,
     },
+    /// The jobs a list request may see; last.
+    Jobs(Vec<crate::job::JobSummary>),
+    /// A job as it stands: the answer to a detach, kill or forget, and the
+    /// last message of an output or wait request.
+    Job(crate::job::JobSummary),
+    /// An output or wait request was accepted: first after `Hello`.
+    JobStream(crate::job::JobStream),
 }
 
 /// A request to receive files.
@@ -336,6 +347,8 @@ pub enum ErrorKind {
     WriteFailed,
     /// A copy exceeds the agent's size limit.
     TooLarge,
+    /// No job of that id that this client may see.
+    NoSuchJob,
 }
 
 impl ErrorKind {
@@ -354,6 +367,7 @@ impl ErrorKind {
             ErrorKind::ChecksumMismatch => "checksum-mismatch",
             ErrorKind::WriteFailed => "write-failed",
             ErrorKind::TooLarge => "too-large",
+            ErrorKind::NoSuchJob => "no-such-job",
             ErrorKind::Internal => "internal",
         }
     }

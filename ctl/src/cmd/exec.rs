@@ -39,6 +39,9 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 
 /// Runs the command on the targets.
 pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+    if args.detach {
+        return super::job::detach(config, inventory, args);
+    }
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
         && !args.gather

@@ -7,6 +7,7 @@ pub mod cp;
 pub mod exec;
 pub mod hosts;
 pub mod identity;
+pub mod job;
 pub mod known_hosts;
 pub mod ping;
 

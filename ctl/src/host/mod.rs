@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod exec;
+pub mod job;
 pub mod ping;
 pub mod stream;
 

@@ -1,0 +1,339 @@
+//! A session's job request, answered from the state directory: start,
+//! list, output (kept or followed), wait, kill, forget. A client sees
+//! only the jobs its key started, unless its name is one of the admins;
+//! any other job is "no such job", exactly as one that does not exist.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rexec_protocol::{
+    AgentMessage, ClientMessage, DetachRequest, ErrorKind, ErrorReport, FrameError, JobId,
+    JobRequest, JobStream, JobSummary, MAX_CHUNK_LEN,
+};
+
+pub use super::start::Caller;
+use super::store::{self, Found};
+use crate::job::{Incoming, Outgoing, finish, refuse};
+use crate::state::AgentState;
+
+/// How often a waiting or following session looks at the job again.
+const POLL: Duration = Duration::from_millis(100);
+/// Longest command text in a list; the rest is cut.
+const LISTED_COMMAND: usize = 512;
+/// Most jobs in one list answer, so that it fits in a frame.
+const MAX_LISTED: usize = 1000;
+
+/// A job request, as the session read it.
+#[derive(Debug)]
+pub enum JobCall {
+    /// Start a job.
+    Detach(DetachRequest),
+    /// About jobs started before.
+    Job(JobRequest),
+}
+
+impl JobCall {
+    /// What the log shows of it.
+    pub fn subject(&self) -> &str {
+        match self {
+            JobCall::Detach(detach) => &detach.exec.command,
+            JobCall::Job(_) => "",
+        }
+    }
+}
+
+/// Answers `call` for `caller` over the session's two halves.
+///
+/// # Errors
+/// The client went away.
+pub async fn serve(
+    call: JobCall,
+    caller: Caller,
+    state: &AgentState,
+    incoming: &mut impl Incoming,
+    outgoing: &mut impl Outgoing,
+) -> Result<(), FrameError> {
+    let answer = match call {
+        JobCall::Detach(request) => super::start::start(state, &caller, &request)
+            .await
+            .map(AgentMessage::Job),
+        JobCall::Job(JobRequest::List) => Ok(AgentMessage::Jobs(list(state, &caller))),
+        JobCall::Job(JobRequest::Output { id, follow }) => {
+            return stream(state, &caller, &id, Some(follow), incoming, outgoing).await;
+        }
+        JobCall::Job(JobRequest::Wait { id }) => {
+            return stream(state, &caller, &id, None, incoming, outgoing).await;
+        }
+        JobCall::Job(JobRequest::Kill { id }) => kill(state, &caller, &id).await,
+        JobCall::Job(JobRequest::Forget { id }) => forget(state, &caller, &id),
+        JobCall::Job(_) => Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            "this agent does not know that job request",
+        )),
+    };
+    match answer {
+        Ok(message) => finish(outgoing, message).await,
+        Err(report) => {
+            if report.kind != ErrorKind::NoSuchJob {
+                tracing::info!(
+                    client = caller.name.as_str(),
+                    "job request refused: {}",
+                    report.message
+                );
+            }
+            refuse(outgoing, report).await;
+            Ok(())
+        }
+    }
+}
+
+fn no_such_job(id: &JobId) -> ErrorReport {
+    ErrorReport::new(ErrorKind::NoSuchJob, format!("no such job: {id}"))
+}
+
+fn may_see(state: &AgentState, caller: &Caller, found: &Found) -> bool {
+    found.record.owner_fingerprint == caller.fingerprint.to_string()
+        || state.settings.jobs.is_admin(&caller.name)
+}
+
+/// The job `id` if `caller` may see it.
+fn find(state: &AgentState, caller: &Caller, id: &JobId) -> Result<Found, ErrorReport> {
+    let dir = state.settings.jobs.state_dir.join(id.as_str());
+    if !dir.is_dir() {
+        return Err(no_such_job(id));
+    }
+    match store::load(&dir, id) {
+        Ok(found) if may_see(state, caller, &found) => Ok(found),
+        Ok(_) => Err(no_such_job(id)),
+        Err(damage) => {
+            state.jobs.log_damaged(id.as_str(), &damage.0);
+            if state.settings.jobs.is_admin(&caller.name) {
+                Err(ErrorReport::new(
+                    ErrorKind::Internal,
+                    format!("job {id} has a damaged record: {damage}"),
+                ))
+            } else {
+                Err(no_such_job(id))
+            }
+        }
+    }
+}
+
+fn list(state: &AgentState, caller: &Caller) -> Vec<JobSummary> {
+    let mut jobs = Vec::new();
+    for (id, dir) in store::job_dirs(&state.settings.jobs.state_dir) {
+        match store::load(&dir, &id) {
+            Ok(found) if may_see(state, caller, &found) => {
+                let mut summary = found.summary();
+                if summary.command.len() > LISTED_COMMAND {
+                    let mut end = LISTED_COMMAND;
+                    while !summary.command.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    summary.command.truncate(end);
+                    summary.command.push('…');
+                }
+                jobs.push(summary);
+            }
+            Ok(_) => {}
+            Err(damage) => state.jobs.log_damaged(id.as_str(), &damage.0),
+        }
+    }
+    jobs.sort_by_key(|job| job.started_ms);
+    if jobs.len() > MAX_LISTED {
+        jobs.drain(..jobs.len() - MAX_LISTED);
+    }
+    jobs
+}
+
+/// Output (`follow` given) or wait (`None`): the stream's opening, the
+/// output, keepalives, and the job as it stands last.
+async fn stream(
+    state: &AgentState,
+    caller: &Caller,
+    id: &JobId,
+    follow: Option<bool>,
+    incoming: &mut impl Incoming,
+    outgoing: &mut impl Outgoing,
+) -> Result<(), FrameError> {
+    let mut found = match find(state, caller, id) {
+        Ok(found) => found,
+        Err(report) => {
+            refuse(outgoing, report).await;
+            return Ok(());
+        }
+    };
+    let with_output = follow.is_some();
+    let live = follow.unwrap_or(true);
+    let (out, err) = (found.extent("stdout"), found.extent("stderr"));
+    let mut at = [out.dropped, err.dropped];
+    let keepalive = crate::keepalive::Keepalive::of(&state.settings).interval();
+    outgoing
+        .send(AgentMessage::JobStream(JobStream {
+            keepalive,
+            stdout_dropped: if with_output { out.dropped } else { 0 },
+            stderr_dropped: if with_output { err.dropped } else { 0 },
+        }))
+        .await?;
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        // Looked at before the output is read: a job seen over has all
+        // its output on disk already.
+        let over = found.over();
+        if with_output {
+            let mut sent_any = false;
+            for (index, name) in ["stdout", "stderr"].into_iter().enumerate() {
+                loop {
+                    let (from, bytes) = match super::segments::read_at(
+                        &found.dir,
+                        name,
+                        at[index],
+                        MAX_CHUNK_LEN,
+                    ) {
+                        Ok(read) => read,
+                        Err(_) => (at[index], Vec::new()),
+                    };
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    at[index] = from + bytes.len() as u64;
+                    let chunk = bytes::Bytes::from(bytes);
+                    let message = if index == 0 {
+                        AgentMessage::Stdout(chunk)
+                    } else {
+                        AgentMessage::Stderr(chunk)
+                    };
+                    tokio::select! {
+                        sent = outgoing.send(message) => sent?,
+                        () = state.shutdown.kill.cancelled() => return Ok(()),
+                    }
+                    sent_any = true;
+                    // Each stream in turn, so a follower sees both move.
+                    if live {
+                        break;
+                    }
+                }
+            }
+            if sent_any {
+                // Again at once: until nothing is left, nothing waits.
+                quiet_since = tokio::time::Instant::now();
+                continue;
+            }
+        }
+        if over || !live {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            message = incoming.next() => match message {
+                Some(Ok(ClientMessage::Keepalive)) => {}
+                // Gone, or talking out of turn: the job goes on regardless.
+                _ => return Ok(()),
+            },
+            () = state.shutdown.stop.cancelled() => {
+                let report = ErrorReport::new(
+                    ErrorKind::ShuttingDown,
+                    "the agent is stopping; the job goes on (ask again once it is back)",
+                );
+                refuse(outgoing, report).await;
+                return Ok(());
+            }
+        }
+        if let Some(interval) = keepalive {
+            if quiet_since.elapsed() >= interval {
+                outgoing.send(AgentMessage::Keepalive).await?;
+                quiet_since = tokio::time::Instant::now();
+            }
+        }
+        found = match find(state, caller, id) {
+            Ok(found) => found,
+            Err(report) => {
+                refuse(outgoing, report).await;
+                return Ok(());
+            }
+        };
+    }
+    finish(outgoing, AgentMessage::Job(found.summary())).await
+}
+
+/// Whether `pid` is the runner of the job in `dir`: alive, and working
+/// in that directory. The pid comes from a file: it is checked before
+/// anything is sent to it.
+fn is_runner(pid: u32, dir: &std::path::Path) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+    let here = std::fs::canonicalize(dir);
+    matches!((cwd, here), (Ok(cwd), Ok(here)) if cwd == here)
+}
+
+async fn kill(
+    state: &AgentState,
+    caller: &Caller,
+    id: &JobId,
+) -> Result<AgentMessage, ErrorReport> {
+    let found = find(state, caller, id)?;
+    if found.over() {
+        return Ok(AgentMessage::Job(found.summary()));
+    }
+    let runner = match &found.status {
+        Ok(Some(status)) => status.runner_pid,
+        _ => 0,
+    };
+    if !is_runner(runner, &found.dir) {
+        return Err(ErrorReport::new(
+            ErrorKind::Internal,
+            format!("cannot find what runs job {id} to end it"),
+        ));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    tracing::info!(
+        target: "rexec::audit",
+        peer = %caller.peer,
+        client = caller.name.as_str(),
+        fingerprint = %caller.fingerprint,
+        job = id.as_str(),
+        owner = found.record.owner.as_str(),
+        "job kill"
+    );
+    let bound = state.settings.kill_grace + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut now = find(state, caller, id)?;
+    while !now.over() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+        now = find(state, caller, id)?;
+    }
+    Ok(AgentMessage::Job(now.summary()))
+}
+
+fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessage, ErrorReport> {
+    let found = find(state, caller, id)?;
+    if !found.over() {
+        return Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            format!("job {id} is still running: kill it first, or wait for it"),
+        ));
+    }
+    let summary = found.summary();
+    super::watch::log_end(&found, &summary);
+    std::fs::remove_dir_all(&found.dir).map_err(|e| {
+        ErrorReport::new(
+            ErrorKind::WriteFailed,
+            format!("cannot remove job {id}: {}", super::io_text(&e)),
+        )
+    })?;
+    tracing::info!(
+        target: "rexec::audit",
+        peer = %caller.peer,
+        client = caller.name.as_str(),
+        fingerprint = %caller.fingerprint,
+        job = id.as_str(),
+        owner = found.record.owner.as_str(),
+        "job forget"
+    );
+    Ok(AgentMessage::Job(summary))
+}

@@ -1,0 +1,258 @@
+//! Starting a job: its directory (made under a temporary name, renamed
+//! once the runner runs, so that nobody sees half a job), its record, and
+//! the runner, under systemd in a transient scope of its own.
+//!
+//! Why a scope: `systemctl restart rexec-agent` (an upgrade of rexec
+//! itself) ends every process in the agent's unit, whatever session or
+//! parent it has; a runner in a scope of its own is out of its reach.
+//! `systemd-run --scope` moves itself into the new scope and then becomes
+//! the runner, so the runner's pipes to the agent stay as they are. Where
+//! systemd does not run the agent, a session of its own is enough: the
+//! agent's death, Ctrl-C on its terminal and the keeper do not reach it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rexec_protocol::{DetachRequest, ErrorKind, ErrorReport, JobSummary};
+
+use super::runner::{Ready, RunnerSpec, SUBCOMMAND};
+use super::store::{self, JobRecord, NEW_PREFIX};
+use crate::state::AgentState;
+
+/// How long a runner may take to say whether its command started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who asks, as the session identified them.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Where from.
+    pub peer: crate::peer::Peer,
+    /// The client's name.
+    pub name: String,
+    /// The client's key.
+    pub fingerprint: rexec_protocol::Fingerprint,
+}
+
+fn internal(message: impl Into<String>) -> ErrorReport {
+    ErrorReport::new(ErrorKind::Internal, message)
+}
+
+/// Starts `request` as a job of `caller`'s.
+///
+/// # Errors
+/// The request is refused (a bad request, the limit reached, the state
+/// directory unusable, the command not startable), with what to tell.
+pub async fn start(
+    state: &AgentState,
+    caller: &Caller,
+    request: &DetachRequest,
+) -> Result<JobSummary, ErrorReport> {
+    if request.exec.stdin || request.exec.pty.is_some() {
+        return Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            "a detached job takes no stdin and no terminal",
+        ));
+    }
+    let settings = &state.settings.jobs;
+    let state_dir = settings.state_dir.clone();
+    let _starting = state.jobs.starting.lock().await;
+    store::ensure_state_dir(&state_dir).map_err(|e| {
+        ErrorReport::new(
+            ErrorKind::WriteFailed,
+            format!(
+                "cannot create the state directory {}: {}",
+                state_dir.display(),
+                super::io_text(&e)
+            ),
+        )
+    })?;
+    let running = store::job_dirs(&state_dir)
+        .iter()
+        .filter(|(_, dir)| store::runner_alive(dir))
+        .count();
+    if running >= settings.max_jobs {
+        return Err(ErrorReport::new(
+            ErrorKind::Busy,
+            format!("the agent already runs {running} jobs, its limit (max_jobs); try again later"),
+        ));
+    }
+    let id = &request.id;
+    let final_dir = state_dir.join(id.as_str());
+    let new_dir = state_dir.join(format!("{NEW_PREFIX}{id}"));
+    if final_dir.exists() || new_dir.exists() {
+        return Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            format!("job id {id} is taken; start it with a new one"),
+        ));
+    }
+    let cannot_record = |e: std::io::Error| {
+        ErrorReport::new(
+            ErrorKind::WriteFailed,
+            format!(
+                "cannot record the job in {}: {}",
+                state_dir.display(),
+                super::io_text(&e)
+            ),
+        )
+    };
+    store::create_private_dir(&new_dir).map_err(cannot_record)?;
+    let record = JobRecord {
+        id: id.clone(),
+        owner_fingerprint: caller.fingerprint.to_string(),
+        owner: caller.name.clone(),
+        command: request.exec.command.clone(),
+        started_ms: super::now_ms(),
+    };
+    if let Err(e) = store::write_record(&new_dir, &record) {
+        let _ = std::fs::remove_dir_all(&new_dir);
+        return Err(cannot_record(e));
+    }
+    let spec = RunnerSpec {
+        exec: request.exec.clone(),
+        requester: caller.name.clone(),
+        shell: state.settings.shell.clone(),
+        run_as: state.settings.run_as.by_client.clone(),
+        max_timeout: state.settings.max_timeout,
+        kill_grace: state.settings.kill_grace,
+        max_output: settings.max_output,
+    };
+    let started = launch(&new_dir, id.as_str(), &spec).await;
+    let pid = match started {
+        Ok(pid) => pid,
+        Err(report) => {
+            let _ = std::fs::remove_dir_all(&new_dir);
+            return Err(report);
+        }
+    };
+    if let Err(e) = std::fs::rename(&new_dir, &final_dir) {
+        // The runner goes on in the directory it has; it is only hidden.
+        return Err(cannot_record(e));
+    }
+    tracing::info!(
+        target: "rexec::audit",
+        peer = %caller.peer,
+        client = caller.name.as_str(),
+        fingerprint = %caller.fingerprint,
+        job = id.as_str(),
+        command = record.command.as_str(),
+        cwd = request.exec.cwd.as_deref().unwrap_or(""),
+        user = request.exec.user.as_deref().unwrap_or(""),
+        pid,
+        "job started"
+    );
+    let found = store::load(&final_dir, id).map_err(|d| internal(d.to_string()))?;
+    Ok(found.summary())
+}
+
+/// How the runner is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launcher {
+    /// In a transient systemd scope.
+    Scope,
+    /// In a session of its own.
+    Session,
+}
+
+/// Whether systemd runs the agent (as a service: it set
+/// `INVOCATION_ID`), and `systemd-run` is there to ask it for a scope.
+fn systemd_run() -> Option<PathBuf> {
+    std::env::var_os("INVOCATION_ID")?;
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    ["/usr/bin/systemd-run", "/bin/systemd-run"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+}
+
+/// Starts the runner in `dir`; the command's process id once it runs.
+async fn launch(dir: &Path, id: &str, spec: &RunnerSpec) -> Result<u32, ErrorReport> {
+    let exe =
+        std::env::current_exe().map_err(|_| internal("cannot find the agent's own executable"))?;
+    // An agent whose binary was replaced (an upgrade) starts the new one.
+    let exe = PathBuf::from(
+        exe.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_owned(),
+    );
+    let spec = serde_json::to_vec(spec).map_err(|_| internal("cannot write the job's spec"))?;
+    let scope = systemd_run();
+    let launchers: &[Launcher] = if scope.is_some() {
+        &[Launcher::Scope, Launcher::Session]
+    } else {
+        &[Launcher::Session]
+    };
+    let mut last = internal("the job runner did not start");
+    for launcher in launchers {
+        let mut command = match (launcher, &scope) {
+            (Launcher::Scope, Some(systemd_run)) => {
+                let mut c = Command::new(systemd_run);
+                c.args(["--scope", "--quiet", "--collect", "--unit"])
+                    .arg(format!("rexec-job-{id}"))
+                    .arg("--")
+                    .arg(&exe);
+                c
+            }
+            _ => Command::new(&exe),
+        };
+        command
+            .arg(SUBCOMMAND)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let spec = spec.clone();
+        let attempt = tokio::task::spawn_blocking(move || -> Result<Ready, ErrorReport> {
+            let mut child = command
+                .spawn()
+                .map_err(|_| internal("cannot start the job runner"))?;
+            let mut stdin = child.stdin.take();
+            let stdout = child.stdout.take();
+            // Reaped whenever it ends; an agent gone by then leaves that
+            // to whoever inherits it.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            if let Some(mut stdin) = stdin.take() {
+                let _ = stdin.write_all(&spec);
+            }
+            let mut line = String::new();
+            if let Some(stdout) = stdout {
+                let _ = BufReader::new(stdout).read_line(&mut line);
+            }
+            serde_json::from_str(line.trim_end())
+                .map_err(|_| internal("the job runner did not start"))
+        });
+        match tokio::time::timeout(READY_TIMEOUT, attempt).await {
+            Ok(Ok(Ok(Ready::Started(pid)))) => {
+                if *launcher == Launcher::Session && scope.is_some() {
+                    tracing::warn!(
+                        job = id,
+                        "systemd would not start a scope for the job; it runs in the agent's unit and ends with it"
+                    );
+                }
+                return Ok(pid);
+            }
+            Ok(Ok(Ok(Ready::Refused(report)))) => return Err(report),
+            Ok(Ok(Err(report))) => last = report,
+            Ok(Err(_)) => last = internal("the job runner did not start"),
+            Err(_) => {
+                return Err(internal(
+                    "the job runner did not say within 30s whether the command started",
+                ));
+            }
+        }
+    }
+    Err(last)
+}

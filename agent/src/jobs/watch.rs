@@ -1,0 +1,109 @@
+//! The agent's eye on its jobs between requests: one audit line when a
+//! job's end is first seen (by whichever agent process sees it, once: a
+//! mark in the job's directory says it was written), and the removal of
+//! jobs ended longer ago than the retention, and of directories left
+//! half made by an agent that died while starting a job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rexec_protocol::{ExitStatus, JobState};
+
+use super::store::{self, END_LOGGED, NEW_PREFIX};
+use crate::state::AgentState;
+
+/// How often the state directory is looked through.
+const EVERY: Duration = Duration::from_secs(1);
+/// How old a half-made job directory must be before it is removed.
+const HALF_MADE: Duration = Duration::from_secs(60);
+
+/// Looks after the jobs until the agent stops.
+pub async fn watch(state: Arc<AgentState>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            () = state.shutdown.stop.cancelled() => return,
+        }
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || look(&state)).await;
+    }
+}
+
+/// One look through the state directory.
+pub fn look(state: &AgentState) {
+    let settings = &state.settings.jobs;
+    let now = super::now_ms();
+    for (id, dir) in store::job_dirs(&settings.state_dir) {
+        let found = match store::load(&dir, &id) {
+            Ok(found) => found,
+            Err(damage) => {
+                state.jobs.log_damaged(id.as_str(), &damage.0);
+                continue;
+            }
+        };
+        let summary = found.summary();
+        if summary.state == JobState::Running {
+            continue;
+        }
+        log_end(&found, &summary);
+        let ended = summary.ended_ms.unwrap_or(now);
+        if now.saturating_sub(ended) >= settings.retention.as_millis() as u64 {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(
+                    job = id.as_str(),
+                    "job removed: ended longer ago than the retention (job_retention)"
+                ),
+                Err(e) => tracing::warn!(
+                    job = id.as_str(),
+                    "cannot remove an old job: {}",
+                    super::io_text(&e)
+                ),
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(&settings.state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let half_made = name.to_str().is_some_and(|n| n.starts_with(NEW_PREFIX));
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > HALF_MADE);
+        if half_made && old && !store::runner_alive(&entry.path()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Writes the audit line of an ended job, unless it was written before.
+pub fn log_end(found: &store::Found, summary: &rexec_protocol::JobSummary) {
+    if summary.state == JobState::Running || found.dir.join(END_LOGGED).exists() {
+        return;
+    }
+    let outcome = match summary.state {
+        JobState::Ended(ExitStatus::Code(code)) => format!("exit {code}"),
+        JobState::Ended(ExitStatus::Signal { signal, .. }) => format!("signal {signal}"),
+        JobState::Ended(ExitStatus::TimedOut) => "timed out".into(),
+        JobState::Lost => "lost".into(),
+        JobState::Damaged => "damaged".into(),
+        _ => "ended".into(),
+    };
+    let ended = summary.ended_ms.unwrap_or_else(super::now_ms);
+    tracing::info!(
+        target: "rexec::audit",
+        client = summary.owner.as_str(),
+        fingerprint = found.record.owner_fingerprint.as_str(),
+        job = summary.id.as_str(),
+        command = summary.command.as_str(),
+        outcome = outcome.as_str(),
+        duration_ms = ended.saturating_sub(summary.started_ms),
+        stdout_bytes = summary.stdout_bytes,
+        stderr_bytes = summary.stderr_bytes,
+        "job ended"
+    );
+    let _ = std::fs::write(found.dir.join(END_LOGGED), b"");
+}
