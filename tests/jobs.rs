@@ -149,3 +149,304 @@ fn a_job_survives_the_agent_stopping_with_sigterm_and_starting_again() {
 fn a_job_survives_the_agent_killed_with_sigkill_and_starting_again() {
     job_survives_agent("KILL");
 }
+
+#[test]
+fn output_follow_from_the_middle_of_a_job_sees_the_rest_live() {
+    let (env, agent) = Env::with_agent();
+    let go = env.root.path().join("go");
+    let command = format!(
+        "echo first; for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done; echo second >&2; echo third; exit 5",
+        go.display()
+    );
+    let id = detach(&env, &agent.target(), &command);
+    let mut follow = env
+        .ctl()
+        .args(["job", "output", "--follow", &agent.target(), &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "first\n", "what the job wrote before");
+    assert_eq!(follow.try_wait().unwrap(), None, "still following");
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!((rest.as_str(), err.as_str()), ("third\n", "second\n"));
+    assert_eq!(follow.wait().unwrap().code(), Some(5));
+}
+
+/// The processes whose pids the command wrote to `file`, one per line.
+fn pids_in(file: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn kill_ends_the_jobs_whole_process_group_and_forget_removes_it() {
+    let (env, agent) = Env::with_agent();
+    let pids = env.root.path().join("pids");
+    let command = format!(
+        "sleep 300 & echo $! >> '{p}'; sh -c 'sleep 300' & echo $! >> '{p}'; echo $$ >> '{p}'; wait",
+        p = pids.display()
+    );
+    let id = detach(&env, &agent.target(), &command);
+    assert!(wait_until(DEADLINE, || pids_in(&pids).len() == 3));
+    let running = pids_in(&pids);
+    assert!(running.iter().all(|p| runs(*p)));
+    let forget_early = job(&env, &["forget", &agent.target(), &id]);
+    assert_failed_saying(&forget_early, 255, "still running");
+    let killed = job(&env, &["kill", &agent.target(), &id]);
+    assert_eq!(killed.status.code(), Some(0), "{}", stderr_of(&killed));
+    assert!(
+        wait_until(DEADLINE, || running.iter().all(|p| !runs(*p))),
+        "every process of the group is gone"
+    );
+    assert_eq!(
+        state_of(&env, &agent.target(), &id).as_deref(),
+        Some("killed")
+    );
+    let waited = job(&env, &["wait", &agent.target(), &id]);
+    assert_eq!(waited.status.code(), Some(128 + 15));
+    agent.expect_log("job kill");
+    let forgot = job(&env, &["forget", &agent.target(), &id]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
+    agent.expect_log("job forget");
+    assert!(listed(&env, &agent.target()).is_empty());
+    assert!(!env.agent_dir.join("jobs").join(&id).exists());
+}
+
+#[test]
+fn past_the_output_cap_the_oldest_bytes_are_dropped_and_counted() {
+    let (env, agent) = Env::with_agent_flags(&["--max-job-output", "80000"]);
+    let data = random_bytes(1_000_000, 0x1234_5678_9abc_def1);
+    let file = env.root.path().join("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let id = detach(&env, &agent.target(), &format!("cat '{}'", file.display()));
+    assert_eq!(
+        job(&env, &["wait", &agent.target(), &id]).status.code(),
+        Some(0)
+    );
+    let out = job(&env, &["output", &agent.target(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let kept = out.stdout.len();
+    assert!(kept <= 80_000 && kept > 70_000, "kept {kept}");
+    let dropped = data.len() - kept;
+    assert!(out.stdout == data[dropped..], "the newest bytes are kept");
+    assert!(
+        stderr_of(&out).contains(&format!(
+            "the oldest {dropped} bytes of the job's stdout were dropped"
+        )),
+        "{}",
+        stderr_of(&out)
+    );
+    let jobs = listed(&env, &agent.target());
+    assert_eq!(
+        (
+            jobs[0]["stdout_bytes"].as_u64(),
+            jobs[0]["stdout_dropped"].as_u64()
+        ),
+        (Some(1_000_000), Some(dropped as u64))
+    );
+}
+
+#[test]
+fn retention_removes_ended_jobs() {
+    let (env, agent) = Env::with_agent_flags(&["--job-retention", "1s"]);
+    let id = detach(&env, &agent.target(), "echo soon gone");
+    assert!(
+        wait_until(DEADLINE, || listed(&env, &agent.target()).is_empty()),
+        "the job is removed"
+    );
+    agent.expect_log("job removed");
+    let out = job(&env, &["output", &agent.target(), &id]);
+    assert_failed_saying(&out, 255, "no such job");
+}
+
+#[test]
+fn another_client_gets_no_such_job_and_an_admin_sees_it() {
+    let env = Env::new();
+    env.write_agent_config("[jobs]\nadmins = [\"ops\"]\n");
+    let agent = env.agent();
+    let id = detach(&env, &agent.target(), "echo mine");
+    assert_eq!(
+        job(&env, &["wait", &agent.target(), &id]).status.code(),
+        Some(0)
+    );
+    let bob = env.other_client(Some("bob"));
+    let as_bob = |args: &[&str]| {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        env.ctl()
+            .env("REXEC_CONFIG_DIR", &bob)
+            .args(all)
+            .output()
+            .unwrap()
+    };
+    let list = as_bob(&["list", "--json", &agent.target()]);
+    assert_eq!(
+        (list.status.code(), stdout_of(&list)),
+        (Some(0), String::new())
+    );
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for action in ["output", "wait", "kill", "forget"] {
+        let theirs = as_bob(&[action, &agent.target(), &id]);
+        let none = as_bob(&[action, &agent.target(), unknown]);
+        assert_failed_saying(&theirs, 255, &format!("no such job: {id}"));
+        assert_failed_saying(&none, 255, &format!("no such job: {unknown}"));
+    }
+    // A second client of this env's own, authorized as "ops".
+    let ops = env.root.path().join("ops");
+    let keygen = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &ops)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    env.authorize(stdout_of(&keygen).trim(), "ops");
+    std::fs::copy(env.ctl_dir.join("known_hosts"), ops.join("known_hosts")).unwrap();
+    let out = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &ops)
+        .args(["job", "output", &agent.target(), &id])
+        .output()
+        .unwrap();
+    assert_eq!(
+        (out.status.code(), stdout_of(&out)),
+        (Some(0), "mine\n".into())
+    );
+}
+
+#[test]
+fn a_corrupted_job_record_is_reported_and_the_agent_serves_on() {
+    let (env, agent) = Env::with_agent();
+    let damaged = detach(&env, &agent.target(), "echo one");
+    let hidden = detach(&env, &agent.target(), "echo two");
+    for id in [&damaged, &hidden] {
+        assert_eq!(
+            job(&env, &["wait", &agent.target(), id]).status.code(),
+            Some(0)
+        );
+    }
+    let jobs_dir = env.agent_dir.join("jobs");
+    std::fs::write(
+        jobs_dir.join(&damaged).join("status.json"),
+        b"{\"runner_pid\": [",
+    )
+    .unwrap();
+    std::fs::write(
+        jobs_dir.join(&hidden).join("job.json"),
+        b"\xff\x00 not json",
+    )
+    .unwrap();
+    let jobs = listed(&env, &agent.target());
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["id"].as_str(), jobs[0]["status"].as_str()),
+        (Some(damaged.as_str()), Some("damaged"))
+    );
+    assert!(
+        jobs[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("status.json is not a valid record")
+    );
+    let waited = job(&env, &["wait", &agent.target(), &damaged]);
+    assert_failed_saying(&waited, 255, "status.json is not a valid record");
+    agent.expect_log("job record damaged");
+    let fresh = detach(&env, &agent.target(), "echo three");
+    let out = job(&env, &["output", &agent.target(), &fresh]);
+    assert_eq!(stdout_of(&out), "three\n");
+    assert_eq!(env.exec(&agent, &["echo", "still"]).stdout, b"still\n");
+}
+
+#[test]
+fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
+    let env = Env::new();
+    let mut agents = Vec::new();
+    let mut inventory = String::from("[groups]\nlab = \"127.0.0.[2-12]\"\n");
+    for i in 2..=11 {
+        let host = format!("127.0.0.{i}");
+        let state = env.root.path().join(format!("state-{host}"));
+        let agent = Agent::start(
+            &env.agent_dir,
+            &format!("{host}:0"),
+            &["--state-dir", state.to_str().unwrap()],
+        );
+        env.trust(&agent);
+        inventory.push_str(&format!(
+            "[hosts.\"{host}\"]\nport = {}\n",
+            agent.addr.port()
+        ));
+        agents.push(agent);
+    }
+    // 127.0.0.12 has no agent: port 9 (discard) takes no connection.
+    inventory.push_str("[hosts.\"127.0.0.12\"]\nport = 9\n");
+    std::fs::write(env.ctl_dir.join("hosts.toml"), inventory).unwrap();
+
+    let out = env.ctl_run(&["exec", "--detach", "@lab", "sleep 0.5; echo done; exit 3"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    let id = stdout_of(&out).trim().to_owned();
+    assert_eq!(id.len(), 32, "one id: {}", stdout_of(&out));
+    assert!(
+        stderr_of(&out).contains("1 of 11 hosts failed: connect: 127.0.0.12"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let list = job(&env, &["list", "--json", "@lab"]);
+    assert_eq!(list.status.code(), Some(255));
+    let records = json_lines(&list);
+    let with_id = records.iter().filter(|r| r["id"] == id.as_str()).count();
+    assert_eq!(with_id, 10, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["host"] == "127.0.0.12" && r["status"] == "error")
+    );
+
+    let waited = job(&env, &["wait", "@lab", &id]);
+    assert_eq!(waited.status.code(), Some(255), "{}", stderr_of(&waited));
+    assert!(
+        stderr_of(&waited).contains("1 of 11 hosts failed")
+            || stderr_of(&waited).contains("11 of 11 hosts failed"),
+        "{}",
+        stderr_of(&waited)
+    );
+    assert!(
+        stderr_of(&waited).contains("exit 3: 127.0.0.[2-11]"),
+        "{}",
+        stderr_of(&waited)
+    );
+    assert!(
+        stderr_of(&waited).contains("connect: 127.0.0.12"),
+        "{}",
+        stderr_of(&waited)
+    );
+    let output = job(&env, &["output", "-x", "127.0.0.12", "@lab", &id]);
+    assert_eq!(output.status.code(), Some(3));
+    let lines = stdout_of(&output);
+    assert_eq!(
+        lines.lines().filter(|l| l.ends_with(": done")).count(),
+        10,
+        "{lines}"
+    );
+}
