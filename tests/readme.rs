@@ -272,6 +272,9 @@ struct World {
     // directory goes.
     agent: Option<Agent>,
     root: tempfile::TempDir,
+    /// The detached job the README's `ID` stands for, started when first
+    /// named.
+    job: std::cell::OnceCell<String>,
 }
 
 impl World {
@@ -279,6 +282,7 @@ impl World {
         let world = World {
             agent: None,
             root: tempfile::tempdir().expect("tempdir"),
+            job: std::cell::OnceCell::new(),
         };
         std::fs::write(
             world.path("agent.toml"),
@@ -421,6 +425,14 @@ impl World {
         }
         for (from, to) in SUBSTITUTIONS {
             out = replace_words(&out, from, to);
+        }
+        if replace_words(&out, "ID", "") != out {
+            let id = self.job.get_or_init(|| {
+                let (code, id, err) = self.run("ctl exec --detach @lab 'echo done'");
+                assert_eq!(code, Some(0), "a job for ID: {err}");
+                id.trim().to_owned()
+            });
+            out = replace_words(&out, "ID", id);
         }
         let remote = self.path("remote");
         let remote = remote.to_str().expect("utf-8 path");
