@@ -76,8 +76,8 @@ if [ "$action" = uninstall ]; then
     step "removed $bindir/rexec-agent, $bindir/ctl and the units in $unitdir"
     if [ "$use_systemctl" = yes ]; then systemctl daemon-reload; fi
     if [ "$purge" = yes ]; then
-        rm -rf "$confdir"
-        step "removed $confdir (identity, authorized clients, config)"
+        rm -rf "$confdir" /var/lib/rexec
+        step "removed $confdir (identity, authorized clients, config) and /var/lib/rexec (detached jobs)"
     else
         step "kept $confdir (identity, authorized clients, config); --purge removes it"
     fi

@@ -259,6 +259,26 @@ check_journal_has_one_audit_line_per_exec_without_own_timestamps() {
     fi
 }
 
+# A detached job is in a scope of its own, not in the unit's cgroup:
+# `systemctl restart` (an upgrade of rexec) leaves it running, and the new
+# agent reports its end, output and status.
+check_a_detached_job_survives_systemctl_restart() {
+    local id out code pid
+    id=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" exec --detach "$target" 'sleep 3; echo job-done; exit 6' </dev/null) ||
+        { echo "detach failed: $id"; return 1; }
+    wait_for 10 running 'sleep 3' || { echo "the job never started"; return 1; }
+    pid=$(pids_of 'sleep 3' | head -1)
+    grep -q "^0::/system.slice/rexec-job-$id.scope$" "/proc/$pid/cgroup" ||
+        { echo "the job is not in its own scope: $(cat "/proc/$pid/cgroup")"; return 1; }
+    systemctl restart rexec-agent.service || { echo "systemctl restart failed"; return 1; }
+    REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job wait "$target" "$id" </dev/null
+    code=$?
+    [ "$code" = 6 ] || { echo "job wait after the restart: exit $code"; return 1; }
+    out=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job output "$target" "$id" </dev/null)
+    [ "$out" = job-done ] || { echo "job output after the restart: $out"; return 1; }
+    [ -d "/var/lib/rexec/jobs/$id" ] || { echo "no /var/lib/rexec/jobs/$id"; return 1; }
+}
+
 check_uninstall_keeps_only_the_identity() {
     "$src/scripts/install.sh" uninstall >/root/uninstall.log 2>&1 || { cat /root/uninstall.log; return 1; }
     local state
@@ -347,6 +367,7 @@ if [ "$failed" = 0 ]; then
     check "systemctl stop, then a connection starts the agent again" check_stop_then_a_connection_starts_the_agent_again
     check "socket disabled: the agent listens itself; enabled, the socket is back" check_disabling_the_socket_opts_out_of_socket_activation
     check "journal: one audit line per exec, systemd's timestamps only" check_journal_has_one_audit_line_per_exec_without_own_timestamps
+    check "a detached job survives systemctl restart in a scope of its own" check_a_detached_job_survives_systemctl_restart
 fi
 check "install.sh uninstall removes all but /etc/rexec" check_uninstall_keeps_only_the_identity
 check "install.sh uninstall --purge leaves nothing behind" check_purge_leaves_nothing_behind
