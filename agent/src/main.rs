@@ -134,8 +134,13 @@ impl SettingsSource {
             Some(run) => run.flags.clone().over(file),
             None => file,
         };
+        let mut settings = given.settings(self.dir.clone());
+        settings.broker = given
+            .broker
+            .settings(config::default_broker_name)
+            .map_err(anyhow::Error::msg)?;
         Ok(Resolved {
-            settings: given.settings(self.dir.clone()),
+            settings,
             listen: given.listen(),
             listen_given: given.listen.is_some(),
             file: path,
@@ -356,8 +361,11 @@ fn validate(resolved: &Resolved) -> anyhow::Result<()> {
             shell.display()
         );
     }
-    if resolved.listen.is_empty() {
+    if resolved.listen.is_empty() && resolved.settings.broker.is_none() {
         bail!("no address to listen on: give --listen or `listen` in the config file");
+    }
+    if let Some(broker) = &resolved.settings.broker {
+        broker.options().check()?;
     }
     for (index, addr) in resolved.listen.iter().enumerate() {
         if resolved.listen[..index].contains(addr) {
