@@ -1262,10 +1262,9 @@ password_file = "/etc/rexec/broker.pass"
 
     #[test]
     fn the_broker_settings_print_and_read_back() {
-        let text = format!(
-            "[broker]\nurl = \"tls://b:4222\"\nca_file = \"/ca.crt\"\ncreds_file = \"/a.creds\"\n"
-        );
-        let file = parse(&text).unwrap();
+        let text =
+            "[broker]\nurl = \"tls://b:4222\"\nca_file = \"/ca.crt\"\ncreds_file = \"/a.creds\"\n";
+        let file = parse(text).unwrap();
         let mut settings = file.settings(None);
         settings.broker = file.broker.settings(|| Ok("labpc07".into())).unwrap();
         let rendered = ConfigFile::from_settings(&settings, &file.listen()).to_toml();

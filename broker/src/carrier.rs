@@ -600,8 +600,14 @@ impl Carrier {
 
     /// Asks our own open subject whether anyone serves it: the server
     /// handles our subscription before this request, so "no responders"
-    /// means it refused the subscription.
-    async fn probe(&self, name: &str) -> Result<(), BrokerError> {
+    /// means it refused the subscription. The agent asks after each
+    /// reconnection, when the subscriptions have been made again, before
+    /// it says it serves.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscribeRefused`]; [`BrokerError::Broker`] when the
+    /// request does not come back in time.
+    pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
         let request = OpenRequest {
             session: String::new(),
             window: 0,
