@@ -68,6 +68,7 @@ const EXIT_CODES: &[(&str, i32)] = &[
         3,
     ),
     ("ctl hosts 'node[1-x]'", 255),
+    ("ctl exec -B @lab 'ls /nonexistent'", 2),
 ];
 
 /// Commands whose shown output is not compared, each with the reason.

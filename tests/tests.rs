@@ -4,6 +4,7 @@
 mod copy;
 mod exec;
 mod fanout;
+mod gather;
 mod hostile;
 mod nodesets;
 mod process;

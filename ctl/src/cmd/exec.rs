@@ -17,7 +17,7 @@ use crate::fanout::{Deadline, Run};
 use crate::host;
 use crate::host::stream::ExecOutcome;
 use crate::output::Output;
-use crate::output::gathered::Gathered;
+use crate::output::gathered::{Gathered, Layout};
 use crate::output::json::JsonLines;
 use crate::output::outdir::OutDir;
 use crate::output::prefixed::Prefixed;
@@ -42,6 +42,9 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
         && !args.gather
+        && !args.gather_all
+        && !args.by_host
+        && !args.diff
         && !args.json
         && args.out_dir.is_none();
     if !single {
@@ -126,15 +129,36 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
     let run = Run::new(targets, args.reach.fanout, deadline);
     let (console, labels) = (&run.console, &run.labels);
-    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
-        Arc::new(Gathered::new(console.clone(), labels.clone()))
+    let layout = if args.diff {
+        Some(Layout::Diff)
+    } else if args.by_host {
+        Some(Layout::ByHost)
+    } else if args.gather || args.gather_all {
+        Some(Layout::Blocks)
+    } else {
+        None
+    };
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if let Some(layout) = layout {
+        let gathered = Gathered::new(console.clone(), labels.clone(), layout, args.gather_all);
+        Arc::new(if args.no_prefix {
+            gathered.without_prefix()
+        } else {
+            gathered
+        })
     } else if args.json {
-        Arc::new(JsonLines::new(console.clone(), labels.clone()))
+        Arc::new(JsonLines::new(
+            console.clone(),
+            labels.clone(),
+            args.max_output,
+        ))
     } else if let Some(dir) = args.out_dir {
         Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+    } else if args.no_prefix {
+        Arc::new(Prefixed::new(console.clone(), labels.clone()).without_prefix())
     } else {
         Arc::new(Prefixed::new(console.clone(), labels.clone()))
     };
+    console.report_on_enter(labels.clone());
     let end = run
         .drive(
             |index, target| {
@@ -145,6 +169,13 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
             |result| output.done(&result),
         )
         .map_err(plain)?;
+    if end.interrupted.is_some() {
+        let running = console.running_hosts();
+        if !running.is_empty() {
+            let names = crate::nodeset::fold(running.iter().map(|&h| labels[h].as_str()));
+            say!("ctl: interrupted; still running then: {names}");
+        }
+    }
     output.end();
     Ok(run.conclude(&end))
 }
