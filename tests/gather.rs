@@ -13,7 +13,7 @@ use crate::util::*;
 /// that between them. ctl's own footprint (runtime, TLS) is well under
 /// it; the outputs below are [`LINES`] lines of `seq` on each of three
 /// hosts, about 31 MB each, and ctl used to hold them all.
-const PEAK_RSS_KIB: u64 = 48 * 1024;
+pub(crate) const PEAK_RSS_KIB: u64 = 48 * 1024;
 
 /// `seq 1 LINES`: about 31 MB of output per host, past the spool's
 /// memory part many times over.
@@ -35,18 +35,18 @@ fn seq_lines(prefix: &str, each: &mut impl FnMut(&[u8])) {
 
 /// What a measured ctl run left: status, stdout's BLAKE3 hash and length,
 /// the first MiBs of stdout, stderr, and the peak RSS in KiB.
-struct Measured {
-    code: Option<i32>,
-    hash: blake3::Hash,
-    len: u64,
-    head: Vec<u8>,
-    stderr: String,
-    peak_kib: u64,
+pub(crate) struct Measured {
+    pub(crate) code: Option<i32>,
+    pub(crate) hash: blake3::Hash,
+    pub(crate) len: u64,
+    pub(crate) head: Vec<u8>,
+    pub(crate) stderr: String,
+    pub(crate) peak_kib: u64,
 }
 
 /// Runs `cmd` with its stdout hashed as it comes, and polls its VmHWM
 /// (the kernel's high-water mark of its RSS) until it exits.
-fn measured(mut cmd: Command) -> Measured {
+pub(crate) fn measured(mut cmd: Command) -> Measured {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,7 +128,7 @@ fn expected(make: impl FnOnce(&mut dyn FnMut(&[u8]))) -> (blake3::Hash, u64) {
 }
 
 #[track_caller]
-fn assert_bounded(mode: &str, run: &Measured) {
+pub(crate) fn assert_bounded(mode: &str, run: &Measured) {
     assert!(run.peak_kib > 0, "{mode}: VmHWM was read");
     assert!(
         run.peak_kib < PEAK_RSS_KIB,

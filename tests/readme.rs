@@ -309,6 +309,7 @@ impl World {
         std::fs::write(work.join("site/css/main.css"), "p {}\n").expect("file");
         std::os::unix::fs::symlink("index.html", work.join("site/home.html")).expect("link");
         std::fs::write(work.join("app.conf"), "key = value\n").expect("file");
+        std::fs::write(work.join("fix.sh"), "echo fixed\n").expect("file");
         std::fs::write(work.join("big.iso"), util::random_bytes(3 << 20, 7)).expect("file");
         world
     }

@@ -6,6 +6,7 @@ mod exec;
 mod fanout;
 mod gather;
 mod hostile;
+mod input;
 mod nodesets;
 mod process;
 mod readme;

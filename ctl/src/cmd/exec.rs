@@ -15,6 +15,7 @@ use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
 use crate::fanout::{Deadline, Run};
 use crate::host;
+use crate::host::input::SharedInput;
 use crate::host::stream::ExecOutcome;
 use crate::output::Output;
 use crate::output::gathered::{Gathered, Layout};
@@ -97,9 +98,9 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
 }
 
 fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
-    if args.stdin || args.tty {
+    if args.tty {
         return Err(plain(CtlError::Usage(
-            "-i/--stdin and -t/--tty work with a single target only".into(),
+            "-t/--tty works with a single target only".into(),
         )));
     }
     let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
@@ -124,6 +125,7 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
         env: args.env,
         cwd: args.cwd,
         timeout: no_limit_if_zero(args.timeout),
+        stdin: args.stdin,
         ..ExecRequest::default()
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
@@ -158,13 +160,31 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
     } else {
         Arc::new(Prefixed::new(console.clone(), labels.clone()))
     };
-    console.report_on_enter(labels.clone());
+    let stdin = if args.stdin {
+        let input = SharedInput::from_stdin(console.clone()).map_err(|e| {
+            plain(CtlError::Local(format!(
+                "cannot make a temporary file for our stdin: {}",
+                crate::plain::io_error(&e)
+            )))
+        })?;
+        Some(input)
+    } else {
+        console.report_on_enter(labels.clone());
+        None
+    };
     let end = run
         .drive(
             |index, target| {
                 let mut request = request.clone();
                 request.user = target.user.clone();
-                host::exec::run(client.clone(), target, request, index, output.clone())
+                host::exec::run(
+                    client.clone(),
+                    target,
+                    request,
+                    index,
+                    output.clone(),
+                    stdin.clone(),
+                )
             },
             |result| output.done(&result),
         )
