@@ -386,3 +386,70 @@ fn enter_prints_the_hosts_still_running_and_ctrl_c_names_them() {
         "{screen}"
     );
 }
+
+#[test]
+fn a_full_stdout_or_an_unusable_spool_fails_the_run_with_one_line() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    for mode in [&["-B"][..], &["-L"], &["--diff"], &["-N"], &["-L", "-B"]] {
+        let out = env
+            .ctl()
+            .arg("exec")
+            .args(mode)
+            .args(["@lab", "seq 100000; echo $$"])
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(
+            stderr_of(&out),
+            "ctl: cannot write to stdout: no space left on the device\n",
+            "{mode:?}"
+        );
+        assert_eq!(out.status.code(), Some(255), "{mode:?}");
+    }
+    // Output past the spool's memory part with nowhere to put it.
+    let out = env
+        .ctl()
+        .env("TMPDIR", env.root.path().join("missing"))
+        .args(["exec", "-b", "@lab", "head -c 3000000 /dev/zero"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    let said = stderr_of(&out);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with("ctl: cannot keep output in a temporary file: "),
+        "{said}"
+    );
+    assert_eq!(stdout_of(&out), "");
+}
+
+#[test]
+fn max_output_sets_what_json_embeds() {
+    let env = Env::new();
+    let _fleet = env.fleet(2);
+    let out = env.ctl_run(&[
+        "exec",
+        "--json",
+        "--max-output",
+        "4K",
+        "@lab",
+        "seq 10000; seq 3 >&2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let all: String = (1..=10000).map(|i| format!("{i}\n")).collect();
+    for record in json_lines(&out) {
+        assert_eq!(record["stdout"], all[..4096]);
+        assert_eq!(record["stdout_omitted"], all.len() - 4096);
+        assert_eq!(record["stderr"], "1\n2\n3\n");
+        assert_eq!(record["stderr_omitted"], 0);
+    }
+    let out = env.ctl_run(&["exec", "--json", "--max-output", "0", "@lab", "echo hi"]);
+    for record in json_lines(&out) {
+        assert_eq!(record["stdout"], "");
+        assert_eq!(record["stdout_omitted"], 3);
+    }
+    let out = env.ctl_run(&["exec", "--json", "--max-output", "lots", "@lab", "true"]);
+    assert_failed_saying(&out, 255, "\"lots\" is not a size");
+    assert_eq!(stderr_of(&out).lines().count(), 1);
+}
