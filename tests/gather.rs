@@ -452,4 +452,7 @@ fn max_output_sets_what_json_embeds() {
     let out = env.ctl_run(&["exec", "--json", "--max-output", "lots", "@lab", "true"]);
     assert_failed_saying(&out, 255, "\"lots\" is not a size");
     assert_eq!(stderr_of(&out).lines().count(), 1);
+    // Without --json the flag would do nothing: it is refused.
+    let out = env.ctl_run(&["exec", "--max-output", "4K", "@lab", "true"]);
+    assert_failed_saying(&out, 255, "--json");
 }

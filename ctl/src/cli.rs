@@ -104,7 +104,8 @@ pub struct Reach {
 /// `ctl exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Forward our stdin to the command (otherwise its stdin is empty).
+    /// Forward our stdin to the command (otherwise its stdin is empty);
+    /// with several targets, every host gets all of it.
     #[arg(short = 'i', long = "stdin")]
     pub stdin: bool,
     /// Run the command on a remote pseudo-terminal (for top, sudo, vim):
@@ -156,8 +157,8 @@ pub struct ExecArgs {
     pub diff: bool,
     /// Most bytes of each host's stdout and of its stderr that --json
     /// embeds (512K, 4M, 1GiB; 0: none); the rest is counted in
-    /// stdout_omitted and stderr_omitted.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    /// stdout_omitted and stderr_omitted. Only with --json.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size, requires = "json")]
     pub max_output: usize,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
     /// node[01-20],@group,!node07 (see `ctl hosts --help`).
