@@ -68,6 +68,7 @@ const EXIT_CODES: &[(&str, i32)] = &[
         3,
     ),
     ("ctl hosts 'node[1-x]'", 255),
+    ("ctl exec -B @lab 'ls /nonexistent'", 2),
 ];
 
 /// Commands whose shown output is not compared, each with the reason.
@@ -312,6 +313,7 @@ impl World {
         std::fs::write(work.join("site/css/main.css"), "p {}\n").expect("file");
         std::os::unix::fs::symlink("index.html", work.join("site/home.html")).expect("link");
         std::fs::write(work.join("app.conf"), "key = value\n").expect("file");
+        std::fs::write(work.join("fix.sh"), "echo fixed\n").expect("file");
         std::fs::write(work.join("big.iso"), util::random_bytes(3 << 20, 7)).expect("file");
         world
     }

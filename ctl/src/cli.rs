@@ -113,7 +113,8 @@ pub struct Reach {
 /// `ctl exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Forward our stdin to the command (otherwise its stdin is empty).
+    /// Forward our stdin to the command (otherwise its stdin is empty);
+    /// with several targets, every host gets all of it.
     #[arg(short = 'i', long = "stdin")]
     pub stdin: bool,
     /// Run the command on a remote pseudo-terminal (for top, sudo, vim):
@@ -152,6 +153,26 @@ pub struct ExecArgs {
     /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
     #[arg(short = 'o', long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Lines without the `host: ` prefix (and -b without headers).
+    #[arg(short = 'N', long, conflicts_with_all = ["json", "out_dir", "diff"])]
+    pub no_prefix: bool,
+    /// After all hosts finish, each host's lines together, `host: ` before
+    /// each, hosts in node order.
+    #[arg(short = 'L', long, conflicts_with_all = ["gather", "json", "out_dir", "diff"])]
+    pub by_host: bool,
+    /// Like -b with stderr gathered too, in the order it came (with -L or
+    /// --diff: stderr gathered with stdout there).
+    #[arg(short = 'B', long, conflicts_with_all = ["json", "out_dir"])]
+    pub gather_all: bool,
+    /// After all hosts finish, a unified diff of each distinct stdout
+    /// against the most common one, headed by the hosts' node sets.
+    #[arg(long, conflicts_with_all = ["gather", "json", "out_dir"])]
+    pub diff: bool,
+    /// Most bytes of each host's stdout and of its stderr that --json
+    /// embeds (512K, 4M, 1GiB; 0: none); the rest is counted in
+    /// stdout_omitted and stderr_omitted. Only with --json.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size, requires = "json")]
+    pub max_output: usize,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
     /// node[01-20],@group,!node07 (see `ctl hosts --help`).
     #[arg(value_name = "TARGETS")]
@@ -272,6 +293,16 @@ fn parse_fanout(s: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("expected a number of hosts, at least 1, got {s:?}")),
     }
+}
+
+/// A size in bytes: `4096`, `512K`, `1M`, `1GiB` (K, M, G are binary).
+fn parse_size(s: &str) -> Result<usize, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("{s:?} is not a size (a number of bytes, or 512K, 4M, 1G)"))
 }
 
 /// `--env KEY=VALUE`.

@@ -15,9 +15,10 @@ use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
 use crate::fanout::{Deadline, Run};
 use crate::host;
+use crate::host::input::SharedInput;
 use crate::host::stream::ExecOutcome;
 use crate::output::Output;
-use crate::output::gathered::Gathered;
+use crate::output::gathered::{Gathered, Layout};
 use crate::output::json::JsonLines;
 use crate::output::outdir::OutDir;
 use crate::output::prefixed::Prefixed;
@@ -45,6 +46,9 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
         && !args.gather
+        && !args.gather_all
+        && !args.by_host
+        && !args.diff
         && !args.json
         && args.out_dir.is_none();
     if !single {
@@ -97,9 +101,9 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
 }
 
 fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
-    if args.stdin || args.tty {
+    if args.tty {
         return Err(plain(CtlError::Usage(
-            "-i/--stdin and -t/--tty work with a single target only".into(),
+            "-t/--tty works with a single target only".into(),
         )));
     }
     let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
@@ -124,30 +128,77 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
         env: args.env,
         cwd: args.cwd,
         timeout: no_limit_if_zero(args.timeout),
+        stdin: args.stdin,
         ..ExecRequest::default()
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
     let run = Run::new(targets, args.reach.fanout, deadline);
     let (console, labels) = (&run.console, &run.labels);
-    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
-        Arc::new(Gathered::new(console.clone(), labels.clone()))
+    let layout = if args.diff {
+        Some(Layout::Diff)
+    } else if args.by_host {
+        Some(Layout::ByHost)
+    } else if args.gather || args.gather_all {
+        Some(Layout::Blocks)
+    } else {
+        None
+    };
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if let Some(layout) = layout {
+        let gathered = Gathered::new(console.clone(), labels.clone(), layout, args.gather_all);
+        Arc::new(if args.no_prefix {
+            gathered.without_prefix()
+        } else {
+            gathered
+        })
     } else if args.json {
-        Arc::new(JsonLines::new(console.clone(), labels.clone()))
+        Arc::new(JsonLines::new(
+            console.clone(),
+            labels.clone(),
+            args.max_output,
+        ))
     } else if let Some(dir) = args.out_dir {
         Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+    } else if args.no_prefix {
+        Arc::new(Prefixed::new(console.clone(), labels.clone()).without_prefix())
     } else {
         Arc::new(Prefixed::new(console.clone(), labels.clone()))
+    };
+    let stdin = if args.stdin {
+        let input = SharedInput::from_stdin(console.clone()).map_err(|e| {
+            plain(CtlError::Local(format!(
+                "cannot make a temporary file for our stdin: {}",
+                crate::plain::io_error(&e)
+            )))
+        })?;
+        Some(input)
+    } else {
+        console.report_on_enter(labels.clone());
+        None
     };
     let end = run
         .drive(
             |index, target| {
                 let mut request = request.clone();
                 request.user = target.user.clone();
-                host::exec::run(client.clone(), target, request, index, output.clone())
+                host::exec::run(
+                    client.clone(),
+                    target,
+                    request,
+                    index,
+                    output.clone(),
+                    stdin.clone(),
+                )
             },
             |result| output.done(&result),
         )
         .map_err(plain)?;
+    if end.interrupted.is_some() {
+        let running = console.running_hosts();
+        if !running.is_empty() {
+            let names = crate::nodeset::fold(running.iter().map(|&h| labels[h].as_str()));
+            say!("ctl: interrupted; still running then: {names}");
+        }
+    }
     output.end();
     Ok(run.conclude(&end))
 }
