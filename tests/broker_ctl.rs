@@ -258,6 +258,10 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
         .args(broker)
         .args(["hosts", "--online", "--fold", "pc[1-20]"]));
     assert_eq!(stdout_of(&out), "pc[1-2,10]\n");
+    let out = run(ctl(&env)
+        .args(broker)
+        .args(["hosts", "--online", "-x", "pc[1-2]"]));
+    assert_eq!(stdout_of(&out), "db1\npc10\n", "{}", stderr_of(&out));
 
     let out = run(ctl(&env).args(["hosts", "--online"]));
     assert_failed_saying(
