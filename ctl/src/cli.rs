@@ -20,7 +20,8 @@ Exit status of ctl exec (one target):
   130    interrupted by a second Ctrl-C (the remote group was sent SIGKILL)
   141    our stdout was closed by its reader (ctl ... | head)
   255    ctl could not run the command (bad usage, unreachable, host key
-         changed, not authorized, protocol error, the agent stopped answering)
+         changed, not authorized, protocol error, the agent stopped answering,
+         not connected to the broker, session lost through the broker)
          or could not write its output; one line on stderr says which
 Several targets: 0 when every host exited 0, else the largest per-host code
 (a host ctl could not run on counts as 255, a timed out one as 124), with a
@@ -39,6 +40,12 @@ pub struct Cli {
     /// [default: hosts.toml in the config directory]
     #[arg(long, global = true, env = "REXEC_INVENTORY", value_name = "FILE")]
     pub inventory: Option<PathBuf>,
+    /// Reach agents through this NATS broker (nats://HOST:PORT or
+    /// tls://HOST:PORT; several, comma-separated, are tried in turn): every
+    /// target is then an agent's name on the broker
+    /// [default: hosts.toml's [broker] url]
+    #[arg(long, global = true, env = "REXEC_BROKER", value_name = "URL[,URL...]")]
+    pub broker: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,7 +88,9 @@ pub enum KnownHostsAction {
     List,
     /// Forget a host's fingerprint (after a legitimate re-install).
     Remove {
-        /// HOST or HOST:PORT (without a port: the inventory's, else 7722)
+        /// HOST or HOST:PORT (without a port: the inventory's, else 7722);
+        /// with a broker given, NAME is the agent of that name on it
+        /// (as is broker/NAME, the entry as `list` shows it)
         host: String,
     },
 }
@@ -200,9 +209,16 @@ pub struct HostsArgs {
     /// Print the hosts folded into one node set instead (node[01-05,07]).
     #[arg(long)]
     pub fold: bool,
+    /// Only the agents connected to the broker now (all of them without
+    /// TARGETS), in node order.
+    #[arg(long)]
+    pub online: bool,
+    /// With --online: one JSON object per agent (name, fingerprint, version).
+    #[arg(long, requires = "online", conflicts_with = "fold")]
+    pub json: bool,
     /// The target list.
-    #[arg(value_name = "TARGETS")]
-    pub targets: String,
+    #[arg(value_name = "TARGETS", required_unless_present = "online")]
+    pub targets: Option<String>,
 }
 
 /// `ctl ping`.
