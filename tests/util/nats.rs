@@ -263,6 +263,9 @@ pub struct BrokerCa {
     /// The broker's certificate and key (PEM), for nats-server.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The broker certificate's pin, `sha256:HEX` of its DER, as
+    /// `openssl x509 -noout -fingerprint -sha256` shows it.
+    pub fingerprint: String,
 }
 
 impl BrokerCa {
@@ -285,6 +288,14 @@ impl BrokerCa {
             ca: dir.join(format!("{name}-ca.crt")),
             cert: dir.join(format!("{name}.crt")),
             key: dir.join(format!("{name}.key")),
+            fingerprint: format!(
+                "sha256:{}",
+                ring::digest::digest(&ring::digest::SHA256, cert.der())
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
         };
         std::fs::write(&made.ca, ca_cert.pem()).expect("write CA");
         std::fs::write(&made.cert, cert.pem()).expect("write certificate");
@@ -301,9 +312,16 @@ pub fn secret_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
-/// The log line an agent writes once it serves `name` on the broker.
-pub fn connected_line(name: &str) -> String {
-    format!(" as {name}")
+/// How many times `agent` said it serves `name` on the broker: its log
+/// line `connected to the broker at URL as NAME`, written when it
+/// connects and again after each reconnection.
+pub fn times_connected(agent: &Agent, name: &str) -> usize {
+    let tail = format!(" as {name}");
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("connected to the broker at") && l.trim_end().ends_with(&tail))
+        .count()
 }
 
 impl Env {
@@ -378,8 +396,11 @@ impl Env {
 /// test with its log when it does not.
 #[track_caller]
 pub fn wait_connected(agent: &Agent, name: &str) {
-    let line = agent.expect_log(&connected_line(name));
-    assert!(line.contains("connected to the broker"), "{line}");
+    assert!(
+        wait_until(DEADLINE, || times_connected(agent, name) >= 1),
+        "the agent did not connect to the broker as {name}:\n{}",
+        agent.log()
+    );
 }
 
 /// How many log lines of `agent` contain `needle`.
