@@ -704,4 +704,33 @@ mod tests {
         let (_next, made) = startups.enter(from("2001:db8:2::1"), NO_SOCKET).unwrap();
         assert_eq!(made.evicted, Some(from("2001:db8:7:1100::1")));
     }
+
+    #[test]
+    fn sessions_through_the_broker_are_never_refused_per_source_and_the_oldest_gives_way() {
+        // As the agent sets up its broker budget: each session is its own
+        // source, so only the total counts.
+        let policy: MaxStartups = "4:30:8".parse().unwrap();
+        let startups = Startups::new(policy, 1);
+        let session = |n: u8| {
+            let mut hex = format!("{n:02x}");
+            hex.push_str(&"0".repeat(30));
+            Source::broker_session(SessionId::parse(&hex).unwrap())
+        };
+        let mut held = Vec::new();
+        for n in 0..8 {
+            let (ticket, made) = startups.enter(session(n), NO_SOCKET).unwrap();
+            assert_eq!(made.evicted, None, "session {n}");
+            held.push(ticket);
+        }
+        // A flood past the total makes the oldest unfinished one give way,
+        // never a refusal.
+        let (_ninth, made) = startups.enter(session(8), NO_SOCKET).unwrap();
+        assert_eq!(made.evicted, Some(session(0)));
+        assert!(held[0].closed().is_cancelled());
+        assert_eq!(startups.pending(), 8);
+        assert_eq!(
+            session(1).to_string(),
+            "broker session 01000000000000000000000000000000"
+        );
+    }
 }
