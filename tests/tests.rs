@@ -2,6 +2,7 @@
 //! identities, driven by the real `ctl` binary.
 
 mod broker_agent;
+mod broker_ctl;
 mod broker_mode;
 mod copy;
 mod exec;
