@@ -3,6 +3,7 @@
 
 mod broker_agent;
 mod broker_ctl;
+mod broker_mode;
 mod copy;
 mod exec;
 mod fanout;

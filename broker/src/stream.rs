@@ -21,8 +21,9 @@
 //! is reported once the bytes that arrived before it have been read.
 //!
 //! Ending: a clean close is an end message each way. Dropping the stream
-//! any other way sends a reset so the peer's side ends at once instead of
-//! waiting. A stream also ends (`lost`) when our broker connection drops,
+//! any other way sends what was already written (as far as credit allows,
+//! as TCP does on close), then a reset so the peer's side ends at once
+//! instead of waiting. A stream also ends (`lost`) when our broker connection drops,
 //! or when nothing at all arrived for the abandon limit — each side sends a
 //! credit message as a heartbeat whenever it has published nothing for the
 //! heartbeat interval, so only a vanished peer is ever that silent.
@@ -407,6 +408,14 @@ impl Task {
         };
         if let Err(error) = outcome {
             let dropped = self.token.is_cancelled();
+            if dropped && error == BrokerError::Lost(LostReason::PeerReset) {
+                // As TCP still sends what was written before a close: the
+                // last bytes written before the drop (the TLS alert that
+                // refuses a client) go out ahead of the reset, as far as
+                // the credit we hold allows.
+                lock(&self.shared).cut(self.out_subject.len(), true);
+                let _ = self.publish_due(&mut last_sent).await;
+            }
             let tell_peer = !matches!(
                 error,
                 BrokerError::Lost(LostReason::PeerReset | LostReason::BrokerDisconnected)

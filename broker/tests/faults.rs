@@ -314,3 +314,24 @@ async fn a_stream_dropped_without_closing_ends_the_peer_at_once() {
         Some(LostReason::PeerReset)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_just_before_a_drop_reach_the_peer_ahead_of_the_reset() {
+    // As over TCP, where close() still sends what was written: a TLS alert
+    // written just before the stream is dropped (a refused client) must
+    // reach the peer, or it cannot say why it was refused.
+    let Some(mut rig) = rig().await else { return };
+    let (mut stream, mut accepted) = rig.session().await;
+    stream.write_all(b"last words").await.unwrap();
+    drop(stream);
+    let mut got = vec![0u8; 10];
+    tokio::time::timeout(Duration::from_secs(20), accepted.read_exact(&mut got))
+        .await
+        .expect("within 20 s")
+        .expect("the bytes before the reset");
+    assert_eq!(got, b"last words");
+    assert_eq!(
+        read_until_failure(&mut accepted).await,
+        Some(LostReason::PeerReset)
+    );
+}

@@ -2,8 +2,8 @@
 //! set of identities and ctl runs (`env`), real agents and their logs
 //! (`agent`), the agent under systemd's ways of starting it (`systemd`),
 //! hostile test doubles speaking the wire protocol (`fake`), checks on the
-//! machine's process table (`procs`), files the tests set up (`fs`), skips (`skip`) and
-//! a real terminal (`tmux`).
+//! machine's process table (`procs`), files the tests set up (`fs`), skips (`skip`),
+//! a real terminal (`tmux`) and a real NATS broker (`nats`).
 
 // Two test binaries include this module (e2e and container) and each uses
 // only part of it.
@@ -13,6 +13,7 @@ mod agent;
 mod env;
 mod fake;
 mod fs;
+mod nats;
 mod procs;
 mod skip;
 mod systemd;
@@ -22,6 +23,7 @@ pub use agent::*;
 pub use env::*;
 pub use fake::*;
 pub use fs::*;
+pub use nats::*;
 pub use procs::*;
 pub use skip::*;
 pub use systemd::*;

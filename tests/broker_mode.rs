@@ -1,0 +1,896 @@
+//! Broker mode end to end: real agents that dial out to a real
+//! `nats-server` on loopback, the real ctl reaching them through it by
+//! name. Everything of exec, cp and ping as in direct mode; the refusals
+//! (strangers, impostors, names nobody serves, hostile messages on the
+//! broker); the repository's example config with TLS and per-agent users;
+//! and the faults (a killed or frozen ctl, a restarted broker or agent).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The agent name most tests serve.
+const NAME: &str = "labpc07";
+
+/// A plain broker, an env and one agent serving [`NAME`] on it, already
+/// pinned in ctl's known hosts; `None` (the test is skipped) without
+/// nats-server.
+fn rig(test: &str, extra: &[&str]) -> Option<(Nats, Env, Agent)> {
+    rig_on(Nats::start(test)?, extra)
+}
+
+/// The same on a server of the test's own.
+fn rig_on(nats: Nats, extra: &[&str]) -> Option<(Nats, Env, Agent)> {
+    let env = Env::new();
+    let agent = env.broker_agent(&nats, NAME, extra);
+    env.trust_broker(&nats, NAME);
+    Some((nats, env, agent))
+}
+
+macro_rules! rig {
+    ($extra:expr) => {
+        match rig(test_name!(), $extra) {
+            Some(rig) => rig,
+            None => return,
+        }
+    };
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `ctl --broker URL exec FLAGS... NAME COMMAND`, stdout and stderr piped.
+fn spawn_exec(env: &Env, nats: &Nats, flags: &[&str], target: &str, command: &str) -> Child {
+    env.broker_ctl(nats)
+        .arg("exec")
+        .args(flags)
+        .arg(target)
+        .arg(command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctl")
+}
+
+/// Reads lines of `stdout` until one ends with `line`.
+fn read_until_line(stdout: &mut impl BufRead, line: &str) {
+    let mut got = String::new();
+    for _ in 0..10_000 {
+        got.clear();
+        let n = stdout.read_line(&mut got).expect("read ctl stdout");
+        assert!(n > 0, "stdout ended before {line:?}");
+        if got.trim_end().ends_with(line) {
+            return;
+        }
+    }
+    panic!("no line {line:?}");
+}
+
+fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    assert!(
+        wait_until(DEADLINE, || child.try_wait().expect("wait").is_some()),
+        "ctl did not exit"
+    );
+    child.wait().expect("wait")
+}
+
+fn rest_of(stream: Option<impl Read>) -> String {
+    let mut rest = String::new();
+    stream
+        .expect("piped")
+        .read_to_string(&mut rest)
+        .expect("read");
+    rest
+}
+
+/// ctl's own lines on stderr (those that start with `ctl: `).
+fn ctl_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("ctl: ")).collect()
+}
+
+// ---------------------------------------------------------------- exec
+
+#[test]
+fn exec_keeps_stdout_and_stderr_apart_and_passes_exit_codes_and_signal_deaths() {
+    let (nats, env, _agent) = rig!(&[]);
+    let out = env.broker_exec(&nats, NAME, &["echo out; echo err >&2; echo out2; exit 3"]);
+    assert_eq!(stdout_of(&out), "out\nout2\n");
+    assert_eq!(stderr_of(&out), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+    for code in [0, 1, 255] {
+        let out = env.broker_exec(&nats, NAME, &[&format!("exit {code}")]);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+        assert_eq!(stderr_of(&out), "", "exit {code}: nothing of ctl's own");
+    }
+    for (signal, code) in [("KILL", 137), ("TERM", 143)] {
+        let out = env.broker_exec(&nats, NAME, &[&format!("kill -{signal} $$")]);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+    }
+    // Several words arrive as exactly those words.
+    let out = env.broker_exec(&nats, NAME, &["--", "printf", "%s\\n", "a b", "$HOME"]);
+    assert_eq!(stdout_of(&out), "a b\n$HOME\n");
+}
+
+#[test]
+fn sixty_four_mib_of_random_bytes_cross_the_broker_byte_exact() {
+    let (nats, env, _agent) = rig!(&[]);
+    let file = env.root.path().join("random.bin");
+    let out = std::process::Command::new("head")
+        .args(["-c", "67108864", "/dev/urandom"])
+        .output()
+        .expect("head");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let data = out.stdout;
+    assert_eq!(data.len(), 64 << 20);
+    let out = env.broker_exec(&nats, NAME, &[&format!("cat '{}'", file.display())]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(out.stdout.len(), data.len());
+    assert_eq!(sha256_hex(&out.stdout), sha256_hex(&data), "bytes differ");
+    assert_eq!(
+        nats.slow_consumers(),
+        0,
+        "the broker cut nobody off as slow"
+    );
+}
+
+#[test]
+fn stdin_with_dash_i_reaches_the_command_and_its_end() {
+    let (nats, env, _agent) = rig!(&[]);
+    let mut ctl = env
+        .broker_ctl(&nats)
+        .args(["exec", "-i", NAME, "wc -c; cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    // 3 MiB: far more than one broker message and the first window.
+    let input = random_bytes(3 << 20, 7);
+    let mut stdin = ctl.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input).expect("write stdin");
+    });
+    let out = ctl.wait_with_output().expect("ctl");
+    writer.join().expect("writer");
+    assert!(out.status.success());
+    assert_eq!(stdout_of(&out).trim(), (3 << 20).to_string());
+
+    // Without -i the command's stdin is empty.
+    let out = env.broker_exec(&nats, NAME, &["wc -c"]);
+    assert_eq!(stdout_of(&out).trim(), "0");
+}
+
+#[test]
+fn dash_t_gives_a_remote_terminal_through_the_broker() {
+    require_tool!("tmux");
+    let (nats, env, _agent) = rig!(&[]);
+    let tmux = Terminal::start(
+        &env,
+        (100, 30),
+        &format!(
+            "{} --broker {} exec -t {NAME} 'tty; echo \"size $(stty size)\"; read line; echo \"read $line\"; \
+             trap \"echo interrupted; exit 9\" INT; sleep 600'",
+            bin("ctl").display(),
+            nats.url,
+        ),
+        "sleep 60",
+    )
+    .joining_wrapped_lines();
+    let screen = tmux.wait_for("size 30 100");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    tmux.keys(&["typed words", "Enter"]);
+    tmux.wait_for("read typed words");
+    // Ctrl-C goes through the remote terminal to the remote job.
+    tmux.keys(&["C-c"]);
+    let screen = tmux.wait_for("rc=9");
+    assert!(screen.contains("interrupted"), "{screen}");
+}
+
+#[test]
+fn timeout_through_the_broker_exits_124_and_kills_the_command() {
+    let (nats, env, _agent) = rig!(&[]);
+    let sleep = unique_sleep(600);
+    let out = env.broker_exec(&nats, NAME, &["--timeout", "1s", &format!("sleep {sleep}")]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+    assert!(
+        wait_until(Duration::from_secs(5), || sleeps_running(&sleep) == 0),
+        "the timed-out command is gone"
+    );
+}
+
+#[test]
+fn ctrl_c_is_forwarded_through_the_broker() {
+    let (nats, env, _agent) = rig!(&[]);
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &nats,
+        &[],
+        NAME,
+        &format!("trap 'echo cleanup; exit 7' INT; echo ready; sleep {sleep}; echo not-reached"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, "ready");
+    assert!(wait_until(DEADLINE, || sleeps_running(&sleep) == 1));
+    send_signal(ctl.id(), "INT");
+    assert_eq!(
+        wait_for_exit(&mut ctl).code(),
+        Some(7),
+        "the remote trap's status"
+    );
+    assert_eq!(rest_of(Some(stdout)), "cleanup\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || sleeps_running(&sleep) == 0),
+        "the interrupted command is gone"
+    );
+}
+
+/// `n` agents named `node01` … on one broker, all with this env's
+/// identity; each agent's shell is a symlink named after it, so that
+/// [`FLEET_HOST`] sets `H` to its name in a command.
+fn broker_fleet(env: &Env, nats: &Nats, n: usize) -> Vec<Agent> {
+    let names: Vec<String> = (1..=n).map(|i| format!("node{i:02}")).collect();
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|name| {
+            let shell = env.root.path().join(format!("shell-{name}"));
+            std::os::unix::fs::symlink("/bin/sh", &shell).expect("shell symlink");
+            env.spawn_broker_agent(
+                &nats.url,
+                name,
+                &["--shell", shell.to_str().expect("utf-8")],
+            )
+        })
+        .collect();
+    for (agent, name) in agents.iter().zip(&names) {
+        wait_connected(agent, name);
+    }
+    agents
+}
+
+#[test]
+fn fan_out_to_ten_agents_by_node_set() {
+    let Some(nats) = Nats::start(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let _agents = broker_fleet(&env, &nats, 10);
+    let names: Vec<String> = (1..=10).map(|i| format!("node{i:02}")).collect();
+    let online = env.broker_run(&nats, &["hosts", "--online"]);
+    assert!(online.status.success(), "{}", stderr_of(&online));
+    assert_eq!(stdout_of(&online).lines().collect::<Vec<_>>(), names);
+    let online = env.broker_run(&nats, &["hosts", "--online", "--json", "node0[2-3]"]);
+    let records = json_lines(&online);
+    assert_eq!(records.len(), 2, "{records:?}");
+    for (record, name) in records.iter().zip(["node02", "node03"]) {
+        assert_eq!(record["name"], name);
+        assert_eq!(record["fingerprint"], env.agent_fingerprint.as_str());
+        assert_eq!(record["version"], env!("CARGO_PKG_VERSION"));
+    }
+    env.trust_broker(&nats, "node[01-10]");
+    let out = env.broker_run(
+        &nats,
+        &[
+            "exec",
+            "node[01-10]",
+            &format!(
+                "{FLEET_HOST} echo \"hi $H\"; echo \"err $H\" >&2; test $H != node04 || exit 3"
+            ),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let mut lines: Vec<String> = stdout_of(&out).lines().map(str::to_owned).collect();
+    lines.sort();
+    let expected: Vec<String> = (1..=10)
+        .map(|i| format!("node{i:02}: hi node{i:02}"))
+        .collect();
+    assert_eq!(lines, expected);
+    let err = stderr_of(&out);
+    for i in 1..=10 {
+        assert!(
+            err.contains(&format!("node{i:02}: err node{i:02}\n")),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        ctl_lines(&err),
+        ["ctl: 1 of 10 hosts failed: exit 3: node04"],
+        "{err}"
+    );
+
+    // --json: one record per host, the status apart from ctl's errors.
+    let out = env.broker_run(&nats, &["exec", "--json", "node[01-10],node11", "echo j"]);
+    assert_eq!(out.status.code(), Some(255));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), 11, "{records:?}");
+    for record in &records {
+        if record["host"] == "node11" {
+            assert_eq!(record["status"], "error");
+            assert_eq!(record["error"]["kind"], "offline");
+        } else {
+            assert_eq!(record["status"], "exited", "{record}");
+            assert_eq!(record["exit_code"], 0);
+            assert_eq!(record["stdout"], "j\n");
+        }
+    }
+}
+
+#[test]
+fn cp_pushes_and_pulls_through_the_broker() {
+    let (nats, env, agent) = rig!(&[]);
+    let root = env.root.path();
+    let (there, back) = (new_dir(root, "there"), new_dir(root, "back"));
+    let source = root.join("payload.bin");
+    let data = random_bytes(5 << 20, 11);
+    std::fs::write(&source, &data).expect("write");
+    let pushed = env.broker_run(
+        &nats,
+        &[
+            "cp",
+            source.to_str().expect("utf-8"),
+            &format!("{NAME}:{}", there.display()),
+        ],
+    );
+    assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    assert_file(there.join("payload.bin"), &data);
+    let pulled = env.broker_run(
+        &nats,
+        &[
+            "cp",
+            &format!("{NAME}:{}", there.join("payload.bin").display()),
+            back.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(pulled.status.success(), "{}", stderr_of(&pulled));
+    assert_file(back.join("payload.bin"), &data);
+    assert!(agent.wait_for_log("direction=\"push\"").is_some());
+}
+
+#[test]
+fn ping_through_the_broker_names_the_agent_and_its_version() {
+    let (nats, env, _agent) = rig!(&[]);
+    let out = env.broker_run(&nats, &["ping", NAME]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(
+        text.contains(&format!("rexec-agent {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    // The broker URL may come from the environment as well.
+    let out = env
+        .ctl()
+        .env("REXEC_BROKER", &nats.url)
+        .args(["ping", NAME])
+        .output()
+        .expect("ctl");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+// ------------------------------------------------------------ refusals
+
+#[test]
+fn an_unauthorized_client_is_refused_and_the_agent_keeps_serving() {
+    let (nats, env, agent) = rig!(&[]);
+    let stranger = env.other_client(None);
+    let out = env
+        .broker_ctl(&nats)
+        .env("REXEC_CONFIG_DIR", &stranger)
+        .args(["exec", NAME, "echo should-not-run"])
+        .output()
+        .expect("ctl");
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    let err = stderr_of(&out);
+    assert!(err.contains("refused this client"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    agent.expect_log("not authorized");
+    let ok = env.broker_exec(&nats, NAME, &["echo still-serving"]);
+    assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
+}
+
+#[test]
+fn an_impostor_under_a_known_name_is_host_key_changed() {
+    let (nats, env, agent) = rig!(&[]);
+    drop(agent);
+    // Another machine's identity, serving the same name on the broker.
+    let impostor = Env::new();
+    let fake = env.spawn_broker_agent_in(&impostor.agent_dir, &nats.url, NAME, &[]);
+    wait_connected(&fake, NAME);
+    let out = env.broker_exec(&nats, NAME, &["echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    let err = stderr_of(&out);
+    assert!(err.contains("HOST KEY CHANGED"), "{err}");
+    assert!(
+        err.contains(&env.agent_fingerprint),
+        "names the pinned key: {err}"
+    );
+    assert!(
+        err.contains(&impostor.agent_fingerprint),
+        "names the new key: {err}"
+    );
+    let known = std::fs::read_to_string(env.ctl_dir.join("known_hosts")).expect("known hosts");
+    assert!(
+        known.contains(&env.agent_fingerprint) && !known.contains(&impostor.agent_fingerprint),
+        "never silently re-trusted: {known}"
+    );
+}
+
+#[test]
+fn a_name_nobody_serves_is_offline_at_once() {
+    let (nats, env, _agent) = rig!(&[]);
+    let started_offline = Instant::now();
+    let out = env.broker_exec(&nats, "labpc99", &["echo should-not-run"]);
+    // A generous bound, not a speed claim: no timeout was waited for.
+    assert!(
+        started_offline.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started_offline.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("labpc99: not connected to the broker"),
+        "{err}"
+    );
+
+    // In a fan-out the summary names it with its kind; the others run.
+    let out = env.broker_run(&nats, &["exec", &format!("{NAME},labpc99"), "echo ran"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), format!("{NAME}: ran\n"));
+    assert_eq!(
+        ctl_lines(&stderr_of(&out)),
+        [
+            "ctl: labpc99: not connected to the broker",
+            "ctl: 1 of 2 hosts failed: offline: labpc99"
+        ],
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn garbage_and_oversized_messages_on_an_agents_subjects_are_dropped() {
+    let (nats, env, mut agent) = rig!(&[]);
+    let raw = RawNats::connect(&nats.url);
+    let open = format!("rexec.v1.agent.{NAME}.open");
+    // Open requests that are not JSON, or far too large, or name no
+    // valid session: refused, answered, logged.
+    for request in [
+        b"\x00\xffnot json".to_vec(),
+        vec![b'{'; 512 << 10],
+        br#"{"session":"../../etc","window":65536}"#.to_vec(),
+        br#"{"session":"00112233445566778899aabbccddeeff","window":0}"#.to_vec(),
+    ] {
+        if let Some(answer) = raw.request(&open, request) {
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.contains("\"accepted\":false"), "{answer}");
+        }
+    }
+    // Stream messages for sessions that do not exist, and ones that are
+    // not stream messages at all.
+    let stray = format!("rexec.v1.agent.{NAME}.session.00112233445566778899aabbccddeeff.from-ctl");
+    raw.publish(&stray, b"garbage".to_vec());
+    raw.publish(&stray, vec![1; 900 << 10]);
+    raw.publish(&format!("rexec.v1.agent.{NAME}.junk"), vec![0; 100]);
+    agent.expect_log("refused a session opened through the broker");
+
+    // A live session hit by garbage on its subject ends, and only it.
+    let mut watch = raw.subscribe(&format!("rexec.v1.agent.{NAME}.session.*.from-agent"));
+    let sleep = unique_sleep(600);
+    let mut victim = spawn_exec(
+        &env,
+        &nats,
+        &[],
+        NAME,
+        &format!("echo ready; sleep {sleep}"),
+    );
+    let mut stdout = BufReader::new(victim.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, "ready");
+    let subject = raw.next_subject(&mut watch).expect("the session's traffic");
+    let from_ctl = subject.replace(".from-agent", ".from-ctl");
+    raw.publish(&from_ctl, vec![9; 40]);
+    let mut oversized = vec![1u8];
+    oversized.extend_from_slice(&[0; 12]);
+    oversized.resize(13 + (200 << 10), 0);
+    raw.publish(&from_ctl, oversized);
+    assert_eq!(wait_for_exit(&mut victim).code(), Some(255));
+    let err = rest_of(victim.stderr.take());
+    assert!(err.contains("lost"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        wait_until(Duration::from_secs(5), || sleeps_running(&sleep) == 0),
+        "the damaged session's command is gone"
+    );
+
+    let ok = env.broker_exec(&nats, NAME, &["echo still-serving"]);
+    assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "the agent runs on"
+    );
+}
+
+// ---------------------------------------------- the example config
+
+/// The example's agent `user` with its password in a 0600 file; flags for
+/// `rexec-agent run`.
+fn agent_credentials(nats: &Nats, trusted: &BrokerCa, user: &str, password: &str) -> Vec<String> {
+    let password_file = nats.file(&format!("{user}-{}.pass", password.len()));
+    secret_file(&password_file, &format!("{password}\n"));
+    vec![
+        "--broker-ca".to_owned(),
+        path_str(&trusted.ca),
+        "--broker-user".to_owned(),
+        user.to_owned(),
+        "--broker-password-file".to_owned(),
+        path_str(&password_file),
+    ]
+}
+
+fn path_str(path: &std::path::Path) -> String {
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// ctl's hosts.toml `[broker]` for the example's user `admin`, trusting
+/// the broker by `trust` (`ca_file = "…"` or `fingerprint = "…"`).
+fn ctl_broker_config(env: &Env, nats: &Nats, trust: &str, password: &str) {
+    let password_file = nats.file(&format!("admin-{}.pass", password.len()));
+    secret_file(&password_file, &format!("{password}\n"));
+    std::fs::create_dir_all(&env.ctl_dir).expect("ctl dir");
+    std::fs::write(
+        env.ctl_dir.join("hosts.toml"),
+        format!(
+            "[broker]\nurl = \"{}\"\n{trust}\nuser = \"admin\"\npassword_file = \"{}\"\n",
+            nats.url,
+            password_file.display()
+        ),
+    )
+    .expect("hosts.toml");
+}
+
+fn ca_file(ca: &BrokerCa) -> String {
+    format!("ca_file = \"{}\"", ca.ca.display())
+}
+
+fn str_args(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn the_example_config_confines_each_agent_to_its_own_name() {
+    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let creds = agent_credentials(&nats, &ca, "labpc07", "change-me-labpc07");
+    let agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    wait_connected(&agent, "labpc07");
+    ctl_broker_config(&env, &nats, &ca_file(&ca), "change-me-admin");
+
+    // ctl reaches the agent with the broker from hosts.toml alone.
+    let out = env.ctl_run(&["exec", "labpc07", "echo over-tls"]);
+    assert_eq!(stdout_of(&out), "over-tls\n", "{}", stderr_of(&out));
+    assert!(out.status.success());
+
+    // labpc08's credentials, used to serve labpc07: the server refuses
+    // the subscription, and the agent says so in its own words.
+    let impostor = Env::new();
+    let creds = agent_credentials(&nats, &ca, "labpc08", "change-me-labpc08");
+    let wrong = impostor.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    let line = wrong.expect_log("does not let us serve the name labpc07");
+    assert!(!line.contains("nats"), "our own words: {line}");
+    // The real labpc07 still answers, under its pinned key.
+    let out = env.ctl_run(&["exec", "labpc07", "echo still-the-real-one"]);
+    assert_eq!(
+        stdout_of(&out),
+        "still-the-real-one\n",
+        "{}",
+        stderr_of(&out)
+    );
+    // Nothing under labpc08's name: its user served nothing.
+    let out = env.ctl_run(&["exec", "labpc08", "true"]);
+    assert_failed_saying(&out, 255, "labpc08: not connected to the broker");
+}
+
+/// Waits for `agent` to log `needle` twice (a first attempt and a retry),
+/// and checks that it still runs and never panicked.
+#[track_caller]
+fn assert_retries_saying(agent: &mut Agent, needle: &str) {
+    assert!(
+        wait_until(DEADLINE, || log_lines_with(agent, needle) >= 2),
+        "no {needle:?}, then a retry:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+}
+
+/// Runs `ctl exec labpc07 true` and checks that it is one line with
+/// `needle` and exit 255.
+#[track_caller]
+fn assert_ctl_refused_saying(env: &Env, needle: &str) {
+    let out = env.ctl_run(&["exec", "labpc07", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{err}");
+}
+
+#[test]
+fn a_wrong_broker_password_is_one_line_and_a_retry() {
+    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let creds = agent_credentials(&nats, &ca, "labpc07", "wrong-password");
+    let mut agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    assert_retries_saying(&mut agent, "refused our credentials");
+    ctl_broker_config(&env, &nats, &ca_file(&ca), "wrong-password");
+    assert_ctl_refused_saying(&env, "refused our credentials");
+}
+
+#[test]
+fn an_untrusted_broker_certificate_is_one_line_and_a_retry() {
+    let Some((nats, _ca)) = Nats::start_example(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    // A CA (and a certificate) that has nothing to do with this broker.
+    let other = BrokerCa::make(nats.dir.path(), "other");
+    ctl_broker_config(&env, &nats, &ca_file(&other), "change-me-admin");
+    assert_ctl_refused_saying(&env, "TLS with the broker");
+    let creds = agent_credentials(&nats, &other, "labpc07", "change-me-labpc07");
+    let mut agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    assert_retries_saying(&mut agent, "TLS with the broker");
+}
+
+#[test]
+fn a_pinned_broker_certificate_replaces_the_ca() {
+    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let other = BrokerCa::make(nats.dir.path(), "other");
+    let password_file = nats.file("labpc07.pass");
+    secret_file(&password_file, "change-me-labpc07\n");
+    let pinned = |fingerprint: &str| {
+        [
+            "--broker-fingerprint".to_owned(),
+            fingerprint.to_owned(),
+            "--broker-user".to_owned(),
+            "labpc07".to_owned(),
+            "--broker-password-file".to_owned(),
+            path_str(&password_file),
+        ]
+    };
+    let mut wrong =
+        env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&pinned(&other.fingerprint)));
+    assert_retries_saying(&mut wrong, "TLS with the broker");
+    drop(wrong);
+    let agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&pinned(&ca.fingerprint)));
+    wait_connected(&agent, "labpc07");
+
+    let pin = |fingerprint: &str| format!("fingerprint = \"{fingerprint}\"");
+    ctl_broker_config(&env, &nats, &pin(&other.fingerprint), "change-me-admin");
+    assert_ctl_refused_saying(&env, "TLS with the broker");
+    ctl_broker_config(&env, &nats, &pin(&ca.fingerprint), "change-me-admin");
+    let out = env.ctl_run(&["exec", "labpc07", "echo pinned"]);
+    assert_eq!(stdout_of(&out), "pinned\n", "{}", stderr_of(&out));
+}
+
+// -------------------------------------------------------------- faults
+
+#[test]
+fn kill_9_of_ctl_mid_command_kills_the_remote_group_within_the_keepalive_bound() {
+    let (nats, env, agent) = rig!(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &nats,
+        &[],
+        NAME,
+        &format!("sleep {sleep} & sleep {sleep}; wait"),
+    );
+    assert!(
+        wait_until(DEADLINE, || sleeps_running(&sleep) >= 2),
+        "both sleeps should start"
+    );
+    ctl.kill().expect("kill -9");
+    ctl.wait().expect("reap");
+    // The keepalive bound is 3 × 200 ms, then a 500 ms kill grace; 5 s is
+    // generous on a loaded machine, and far below the carrier's own
+    // abandon limit, so it is the session's keepalive that decides.
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_with(&sleep).is_empty()),
+        "left behind: {:?}",
+        processes_with(&sleep)
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || zombie_children(agent.child.id())
+            .is_empty()),
+        "unreaped: {:?}",
+        zombie_children(agent.child.id())
+    );
+}
+
+#[test]
+fn kill_9_of_ctl_while_the_command_writes_kills_it_within_the_keepalive_bound() {
+    // The same with a command whose output fills every window on the way,
+    // so that the agent's keepalive waits behind data nobody reads.
+    let (nats, env, _agent) = rig!(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let mark = marker("yes");
+    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, &mark);
+    ctl.kill().expect("kill -9");
+    ctl.wait().expect("reap");
+    let writers = || {
+        processes_with(&mark)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with("yes "))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || writers() == 0),
+        "still writing 5 s after ctl was killed"
+    );
+}
+
+#[test]
+fn ctrl_c_reaches_a_command_that_writes_without_end() {
+    let (nats, env, _agent) = rig!(&[]);
+    let mark = marker("yes");
+    let mut ctl = env
+        .broker_ctl(&nats)
+        .args(["exec", NAME, &format!("yes {mark}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    let writing = || {
+        processes_with(&mark)
+            .iter()
+            .any(|(_, cmd)| cmd.starts_with("yes "))
+    };
+    assert!(wait_until(DEADLINE, writing), "the command starts");
+    // Some output first, so that every window on the way is busy.
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(ctl.id(), "INT");
+    let ended = wait_until(DEADLINE, || ctl.try_wait().expect("wait").is_some());
+    if !ended {
+        let _ = ctl.kill();
+    }
+    let status = ctl.wait().expect("reap");
+    assert!(ended, "ctl did not end after Ctrl-C");
+    assert_eq!(status.code(), Some(130), "{}", rest_of(ctl.stderr.take()));
+    assert!(
+        wait_until(Duration::from_secs(5), || !writing()),
+        "the command is gone"
+    );
+}
+
+#[test]
+fn a_stopped_ctl_holds_back_an_endless_writer_without_memory_or_slow_consumers() {
+    // The server cuts off a client it could not write to for its write
+    // deadline (10 s by default) as a slow consumer, whatever its pending
+    // bytes; 2 s here, so that watching for 4 s covers a ctl stopped far
+    // longer on a default server.
+    let Some(nats) = Nats::start_with(test_name!(), "write_deadline: \"2s\"") else {
+        return;
+    };
+    let Some((nats, env, agent)) = rig_on(nats, &[]) else {
+        return;
+    };
+    let mark = marker("yes");
+    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, &mark);
+    let before = rss_kib(agent.child.id()).expect("agent RSS");
+    send_signal(ctl.id(), "STOP");
+    // At `yes` speed an unbounded buffer would grow by hundreds of MiB a
+    // second; a bounded count of samples over about 4 s.
+    let mut peak = before;
+    for _ in 0..40 {
+        peak = peak.max(rss_kib(agent.child.id()).expect("agent RSS"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let slow = nats.slow_consumers();
+    send_signal(ctl.id(), "CONT");
+    // Going on, ctl gets the rest of the stream: the session survived
+    // (16 MiB: more than every buffer on the way holds).
+    let mut more = vec![0u8; 16 << 20];
+    stdout.read_exact(&mut more).expect("output flows again");
+    // What becomes of the command when ctl goes is other tests' business;
+    // the agent ends it when dropped.
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+    assert!(
+        peak < before + 64 * 1024,
+        "agent RSS grew from {before} KiB to {peak} KiB"
+    );
+    assert_eq!(
+        slow,
+        0,
+        "the broker cut a slow consumer off:\n{}",
+        nats.log()
+    );
+}
+
+#[test]
+fn a_broker_restart_ends_running_sessions_as_lost_and_agents_come_back() {
+    let Some(mut nats) = Nats::start(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let agents = broker_fleet(&env, &nats, 2);
+    env.trust_broker(&nats, "node[01-02]");
+    let sleep = unique_sleep(600);
+    let mut ctl = spawn_exec(
+        &env,
+        &nats,
+        &[],
+        "node[01-02]",
+        &format!("echo ready; sleep {sleep}"),
+    );
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, "ready");
+    read_until_line(&mut stdout, "ready");
+    assert!(wait_until(DEADLINE, || sleeps_running(&sleep) == 2));
+    nats.restart();
+    assert_eq!(wait_for_exit(&mut ctl).code(), Some(255));
+    let err = rest_of(ctl.stderr.take());
+    let mut said = ctl_lines(&err);
+    assert_eq!(
+        said.pop(),
+        Some("ctl: 2 of 2 hosts failed: lost: node[01-02]"),
+        "the summary names both: {err}"
+    );
+    said.sort();
+    assert_eq!(
+        said,
+        ["node01", "node02"].map(|n| format!(
+            "ctl: {n}: the session through the broker was lost: the connection to the broker was lost"
+        )),
+        "{err}"
+    );
+    assert!(
+        wait_until(DEADLINE, || sleeps_running(&sleep) == 0),
+        "the lost sessions' commands are gone"
+    );
+    for (agent, name) in agents.iter().zip(["node01", "node02"]) {
+        assert!(
+            wait_until(DEADLINE, || times_connected(agent, name) >= 2),
+            "{name} reconnects by itself:\n{}",
+            agent.log()
+        );
+    }
+    let out = env.broker_run(&nats, &["exec", "node[01-02]", "echo back"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["node01: back", "node02: back"]);
+}
+
+#[test]
+fn a_restarted_agent_serves_the_next_run() {
+    let (nats, env, agent) = rig!(&[]);
+    drop(agent);
+    let out = env.broker_exec(&nats, NAME, &["true"]);
+    assert_failed_saying(&out, 255, "not connected to the broker");
+    let _agent = env.broker_agent(&nats, NAME, &[]);
+    let out = env.broker_exec(&nats, NAME, &["echo again"]);
+    assert_eq!(stdout_of(&out), "again\n", "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out), "", "the same pinned key, nothing to say");
+}
