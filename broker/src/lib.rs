@@ -19,6 +19,7 @@
 mod carrier;
 mod error;
 pub mod flow;
+mod pin;
 mod stream;
 mod subject;
 pub mod wire;
@@ -28,6 +29,7 @@ pub use carrier::{
     reconnect_delay,
 };
 pub use error::{BrokerError, LostReason};
+pub use pin::{CertFingerprint, ParseCertFingerprintError};
 pub use stream::{BrokerStream, StreamTimers};
 pub use subject::{
     DEFAULT_PREFIX, MAX_NAME_LEN, SessionId, Subjects, validate_name, validate_prefix,

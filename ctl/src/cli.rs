@@ -37,6 +37,12 @@ pub struct Cli {
     /// [default: hosts.toml in the config directory]
     #[arg(long, global = true, env = "REXEC_INVENTORY", value_name = "FILE")]
     pub inventory: Option<PathBuf>,
+    /// Reach agents through this NATS broker (nats://HOST:PORT or
+    /// tls://HOST:PORT; several, comma-separated, are tried in turn): every
+    /// target is then an agent's name on the broker
+    /// [default: hosts.toml's [broker] url]
+    #[arg(long, global = true, env = "REXEC_BROKER", value_name = "URL[,URL...]")]
+    pub broker: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,7 +78,9 @@ pub enum KnownHostsAction {
     List,
     /// Forget a host's fingerprint (after a legitimate re-install).
     Remove {
-        /// HOST or HOST:PORT (without a port: the inventory's, else 7722)
+        /// HOST or HOST:PORT (without a port: the inventory's, else 7722);
+        /// with a broker given, NAME is the agent of that name on it
+        /// (as is broker/NAME, the entry as `list` shows it)
         host: String,
     },
 }
@@ -166,9 +174,16 @@ pub struct HostsArgs {
     /// Print the hosts folded into one node set instead (node[01-05,07]).
     #[arg(long)]
     pub fold: bool,
+    /// Only the agents connected to the broker now (all of them without
+    /// TARGETS), in node order.
+    #[arg(long)]
+    pub online: bool,
+    /// With --online: one JSON object per agent (name, fingerprint, version).
+    #[arg(long, requires = "online", conflicts_with = "fold")]
+    pub json: bool,
     /// The target list.
-    #[arg(value_name = "TARGETS")]
-    pub targets: String,
+    #[arg(value_name = "TARGETS", required_unless_present = "online")]
+    pub targets: Option<String>,
 }
 
 /// `ctl ping`.

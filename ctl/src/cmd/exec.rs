@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
-use super::{Failure, client, load_inventory, no_limit_if_zero, plain, resolve};
+use super::{Failure, Fleet, fleet, no_limit_if_zero, plain};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
@@ -21,7 +21,7 @@ use crate::output::gathered::Gathered;
 use crate::output::json::JsonLines;
 use crate::output::outdir::OutDir;
 use crate::output::prefixed::Prefixed;
-use crate::target::{self, TargetSpec};
+use crate::target;
 use crate::tty;
 
 /// ctl's own deadline on a host is its `--timeout` plus the connect timeout
@@ -38,23 +38,27 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 }
 
 /// Runs the command on the targets.
-pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+pub fn exec(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    broker: Option<&str>,
+    args: ExecArgs,
+) -> Result<u8, Failure> {
+    let fleet = fleet(config, inventory, broker)?;
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
         && !args.gather
         && !args.json
         && args.out_dir.is_none();
     if !single {
-        return exec_many(config, inventory, args);
+        return exec_many(config, &fleet, args);
     }
-    let spec =
-        TargetSpec::parse(&args.target).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
-    let mut target = load_inventory(config, inventory)?.complete(spec);
+    let mut target = fleet.target(&args.target)?;
     if args.user.is_some() {
         target.user = args.user.clone();
     }
     let command = command_line(&args.command).map_err(plain)?;
-    let client = client(config, &args.reach)?;
+    let client = fleet.client(config, &args.reach)?;
     let request = ExecRequest {
         command,
         env: args.env,
@@ -93,13 +97,13 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
     }
 }
 
-fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
     if args.stdin || args.tty {
         return Err(plain(CtlError::Usage(
             "-i/--stdin and -t/--tty work with a single target only".into(),
         )));
     }
-    let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
     if let Some(user) = &args.user {
         for target in &mut targets {
             target.user = Some(user.clone());
@@ -115,7 +119,7 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
             )))
         })?;
     }
-    let client = Arc::new(client(config, &args.reach)?);
+    let client = Arc::new(fleet.client(config, &args.reach)?);
     let request = ExecRequest {
         command,
         env: args.env,
