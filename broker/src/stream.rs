@@ -317,6 +317,12 @@ impl AsyncWrite for BrokerStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut shared = lock(&self.shared);
+        // Bytes that left before the stream failed were flushed: a peer
+        // that answered, closed and went before this was polled again
+        // (a request and its whole answer) is a success, not an error.
+        if shared.sent_everything() {
+            return Poll::Ready(Ok(()));
+        }
         if let Some(error) = &shared.failure {
             return Poll::Ready(Err(error.clone().into_io()));
         }

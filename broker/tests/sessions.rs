@@ -60,6 +60,34 @@ async fn half_close_lets_the_other_direction_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_succeeds_when_the_peer_answered_and_left_before_it_was_polled_again() {
+    let Some(mut rig) = rig().await else { return };
+    let budget = rig.ctl.free_budget();
+    let (stream, mut accepted) = rig.session().await;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"request").await.unwrap();
+    let mut flush = std::pin::pin!(writer.flush());
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(flush.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the request cannot have left yet");
+
+    // The agent reads the request, answers, closes and drops its end (a
+    // reset after its end message), all before ctl looks at the flush.
+    let mut got = [0u8; 7];
+    accepted.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"request");
+    accepted.write_all(b"answer").await.unwrap();
+    accepted.shutdown().await.unwrap();
+    drop(accepted);
+    // ctl's side has ended (its window is back in the budget).
+    assert!(wait_until_async(Duration::from_secs(10), || rig.ctl.free_budget() == budget).await);
+
+    flush.await.expect("the request left: the flush succeeded");
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_nobody_serves_is_offline_without_waiting() {
     let Some(rig) = rig().await else { return };
     let started = Instant::now();
