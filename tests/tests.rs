@@ -1,6 +1,7 @@
 //! End-to-end tests: real `rexec-agent` processes on loopback with fresh
 //! identities, driven by the real `ctl` binary.
 
+mod broker_ctl;
 mod copy;
 mod exec;
 mod fanout;

@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rexec_broker::SessionId;
 use rexec_protocol::Fingerprint;
 use tokio_util::sync::CancellationToken;
 
@@ -200,9 +201,21 @@ impl MaxStartups {
 /// Where a connection comes from, for the per-source limit and eviction:
 /// an IPv4 address, or an IPv6 /48 (one site's usual allocation, as sshd's
 /// `PerSourceNetBlockSize` allows: a holder of a /56 has 256 /64s, enough
-/// to rotate past any per-/64 limit, but only one /48).
+/// to rotate past any per-/64 limit, but only one /48); or one session
+/// through the broker.
+///
+/// Every broker session arrives over our one connection to the broker,
+/// which tells us nothing of who opened it; so each is a source of its
+/// own, counted in a budget apart from TCP's (see
+/// [`crate::state::AgentState::broker_startups`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Source(IpAddr);
+pub struct Source(Origin);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Origin {
+    Ip(IpAddr),
+    Broker(SessionId),
+}
 
 /// The IPv6 prefix length one source stands for.
 const IPV6_PREFIX: u32 = 48;
@@ -210,24 +223,30 @@ const IPV6_PREFIX: u32 = 48;
 impl Source {
     /// The source `ip` counts against.
     pub fn of(ip: IpAddr) -> Source {
-        match ip {
-            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+        Source(Origin::Ip(match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source(IpAddr::V4(v4)),
+                Some(v4) => IpAddr::V4(v4),
                 None => {
                     let bits = u128::from(v6) & !((1u128 << (128 - IPV6_PREFIX)) - 1);
-                    Source(IpAddr::V6(bits.into()))
+                    IpAddr::V6(bits.into())
                 }
             },
-        }
+        }))
+    }
+
+    /// The source a session through the broker counts against: itself.
+    pub fn broker_session(session: SessionId) -> Source {
+        Source(Origin::Broker(session))
     }
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/{IPV6_PREFIX}"),
+            Origin::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Origin::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/{IPV6_PREFIX}"),
+            Origin::Broker(session) => write!(f, "broker session {session}"),
         }
     }
 }

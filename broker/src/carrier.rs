@@ -343,6 +343,28 @@ fn describe_connect_error(kind: ConnectErrorKind, urls: &str, pinned: bool) -> S
     }
 }
 
+/// Checks that `url` is a broker URL we can dial: `nats://HOST:PORT` or
+/// `tls://HOST:PORT` (the port may be left out: 4222).
+///
+/// # Errors
+/// [`BrokerError::Config`] naming the URL.
+pub fn validate_url(url: &str) -> Result<(), BrokerError> {
+    parse_url(url).map(drop)
+}
+
+fn parse_url(url: &str) -> Result<ServerAddr, BrokerError> {
+    let host = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"));
+    let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
+    let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
+    addr.ok_or_else(|| {
+        BrokerError::Config(format!(
+            "broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL"
+        ))
+    })
+}
+
 /// What `connect` needs from the options once they are checked and the
 /// files they name are read.
 struct Prepared {
@@ -368,18 +390,8 @@ fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOpti
     let mut addrs = Vec::new();
     let mut tls_wanted = options.ca_file.is_some() || options.fingerprint.is_some();
     for url in &options.urls {
-        let host = url
-            .strip_prefix("nats://")
-            .or_else(|| url.strip_prefix("tls://"));
-        let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
-        let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
-        let Some(addr) = addr else {
-            return Err(BrokerError::Config(format!(
-                "broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL"
-            )));
-        };
+        addrs.push(parse_url(url)?);
         tls_wanted |= url.starts_with("tls://");
-        addrs.push(addr);
     }
     let mut nats = async_nats::ConnectOptions::new();
     match &options.credentials {
@@ -603,8 +615,14 @@ impl Carrier {
 
     /// Asks our own open subject whether anyone serves it: the server
     /// handles our subscription before this request, so "no responders"
-    /// means it refused the subscription.
-    async fn probe(&self, name: &str) -> Result<(), BrokerError> {
+    /// means it refused the subscription. The agent asks after each
+    /// reconnection, when the subscriptions have been made again, before
+    /// it says it serves.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscribeRefused`]; [`BrokerError::Broker`] when the
+    /// request does not come back in time.
+    pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
         let request = OpenRequest {
             session: String::new(),
             window: 0,

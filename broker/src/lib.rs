@@ -26,7 +26,7 @@ pub mod wire;
 
 pub use carrier::{
     BrokerOptions, Carrier, ConnectionState, Credentials, DiscoveryResponder, Listener, Tuning,
-    reconnect_delay,
+    reconnect_delay, validate_url,
 };
 pub use error::{BrokerError, LostReason};
 pub use pin::{CertFingerprint, ParseCertFingerprintError};

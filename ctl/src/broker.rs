@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rexec_broker::{
-    Announcement, BrokerError, BrokerOptions, BrokerStream, Carrier, Credentials, DEFAULT_PREFIX,
+    Announcement, BrokerError, BrokerOptions, BrokerStream, Carrier, CertFingerprint, Credentials,
+    DEFAULT_PREFIX,
 };
 use rexec_protocol::{ErrorKind, ErrorReport};
 
@@ -52,7 +53,7 @@ pub struct BrokerConfig {
     /// The CA that signed the broker's certificate.
     pub ca_file: Option<PathBuf>,
     /// The broker certificate's SHA-256 fingerprint, pinned instead of a CA.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<CertFingerprint>,
     /// How we prove who we are to the broker.
     pub credentials: Credentials,
 }
@@ -205,11 +206,6 @@ impl BrokerLink {
     /// or a broker that cannot be reached, refuses our credentials or
     /// presents a certificate we do not trust: one line each.
     pub fn connect(config: &BrokerConfig, timeout: Duration) -> Result<BrokerLink, CtlError> {
-        if config.fingerprint.is_some() {
-            return Err(CtlError::Usage(
-                "pinning the broker's certificate by fingerprint is not supported by this ctl yet; give the broker's CA with ca_file".into(),
-            ));
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ctl-broker")
@@ -219,6 +215,7 @@ impl BrokerLink {
         let mut options = BrokerOptions::new(config.urls.clone());
         options.credentials = config.credentials.clone();
         options.ca_file = config.ca_file.clone();
+        options.fingerprint = config.fingerprint;
         options.subject_prefix = config.prefix().to_owned();
         options.client_name = Some(crate::connect::software());
         options.retry_forever = false;
@@ -370,13 +367,9 @@ pub fn parse_section(value: toml::Value, base: &Path) -> Result<BrokerConfig, (S
             "ca_file" => config.ca_file = Some(path(value)?),
             "fingerprint" => {
                 let fingerprint = text(value)?;
-                if !is_sha256_hex(&fingerprint) {
-                    return Err((
-                        at,
-                        "expected sha256: and 64 hex digits (colons allowed), as openssl x509 -fingerprint -sha256 prints".to_owned(),
-                    ));
-                }
-                config.fingerprint = Some(fingerprint);
+                config.fingerprint = Some(fingerprint.parse().map_err(
+                    |e: rexec_broker::ParseCertFingerprintError| (at.clone(), e.to_string()),
+                )?);
             }
             "creds_file" => creds = Some(path(value)?),
             "user" => user = Some(text(value)?),
@@ -445,18 +438,6 @@ fn file_path(text: &str, base: &Path) -> PathBuf {
     base.join(text)
 }
 
-fn is_sha256_hex(text: &str) -> bool {
-    let Some(hex) = text
-        .get(..7)
-        .filter(|p| p.eq_ignore_ascii_case("sha256:"))
-        .map(|_| &text[7..])
-    else {
-        return false;
-    };
-    let digits: String = hex.chars().filter(|c| *c != ':').collect();
-    digits.len() == 64 && digits.chars().all(|c| c.is_ascii_hexdigit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,9 +479,12 @@ mod tests {
             Credentials::TokenFile("/etc/lab/t".into())
         );
         assert_eq!(config.prefix(), "rexec");
-        let fingerprint = format!("SHA256:{}", "ab:".repeat(31) + "ab");
+        let fingerprint = format!("SHA256:{}", "AB:".repeat(31) + "AB");
         let config = parse(&format!("[broker]\nfingerprint = \"{fingerprint}\"\n")).unwrap();
-        assert_eq!(config.fingerprint, Some(fingerprint));
+        assert_eq!(
+            config.fingerprint.map(|f| f.to_string()),
+            Some(format!("sha256:{}", "ab".repeat(32)))
+        );
         assert!(config.urls.is_empty());
     }
 
@@ -530,7 +514,7 @@ mod tests {
             ),
             (
                 "fingerprint = \"md5:00\"",
-                "broker.fingerprint: expected sha256: and 64 hex digits (colons allowed), as openssl x509 -fingerprint -sha256 prints",
+                "broker.fingerprint: broker fingerprint \"md5:00\" is not sha256: and 64 hex digits (the SHA-256 of the broker's certificate, as `openssl x509 -noout -fingerprint -sha256` prints it)",
             ),
             (
                 "urls = \"tls://a:1\"",
