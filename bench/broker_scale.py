@@ -29,6 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (its Rexec, timing helpers and process list)
 from harness import AGENT, CTL, REPO, alternate, fmt_time, free_port, peak_rss_kib, timed  # noqa: E402
