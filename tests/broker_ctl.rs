@@ -5,14 +5,10 @@
 //! hosts form of broker agents, and the one-line errors of a broker that
 //! cannot be used.
 //!
-//! The agents are real `rexec-agent` processes listening on loopback; each
-//! name on the broker is served by `broker-relay` (tests/broker_relay.rs),
-//! which relays a session's bytes to one of them. TLS runs end to end
-//! between the real ctl and the real agent, as through an agent's own
-//! broker connection; the whole of broker mode end to end is
-//! `broker_mode`'s.
+//! The agents are real `rexec-agent` processes serving the broker only;
+//! the whole of broker mode end to end (exec's every feature, faults,
+//! scale) is `broker_mode`'s.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,31 +83,23 @@ fn read_port(dir: &Path) -> Option<u16> {
     value["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
-/// A name on the broker served by relaying to `agent`; stopped when dropped.
-struct Relay(Child);
-
-impl Relay {
-    fn start(nats: &Nats, name: &str, agent: &Agent, fingerprint: &str) -> Relay {
-        let mut child = Command::new(util::bin("examples/broker-relay"))
-            .args([nats.url.as_str(), name, &agent.target(), fingerprint])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("broker-relay");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("relay");
-        assert_eq!(line.trim(), format!("serving {name}"));
-        Relay(child)
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A real agent with identity `dir` serving `name` on the broker and no
+/// TCP port, once it says it is connected; stopped when dropped.
+fn broker_agent(dir: &Path, nats: &Nats, name: &str) -> Agent {
+    let mut cmd = Command::new(util::bin("rexec-agent"));
+    cmd.args(["run", "--dir"])
+        .arg(dir)
+        .args(["--broker", nats.url.as_str(), "--name", name])
+        .args(["--kill-grace", "500ms"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let agent = Agent::spawn(cmd);
+    agent.expect_log(&format!(
+        "connected to the broker at {} as {name}",
+        nats.url
+    ));
+    agent
 }
 
 /// ctl of `env` with no broker from our own environment.
@@ -180,8 +168,8 @@ fn the_broker_is_given_before_or_after_the_command_by_env_or_by_hosts_toml() {
     let Some(nats) = Nats::start(util::test_name!(), "") else {
         return;
     };
-    let (env, agent) = Env::with_agent();
-    let _relay = Relay::start(&nats, "labpc07", &agent, &env.agent_fingerprint);
+    let env = Env::new();
+    let _agent = broker_agent(&env.agent_dir, &nats, "labpc07");
     let inventory = env.root.path().join("hosts.toml");
     std::fs::write(
         &inventory,
@@ -240,11 +228,11 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
     let Some(nats) = Nats::start(util::test_name!(), "") else {
         return;
     };
-    let (env, agent) = Env::with_agent();
+    let env = Env::new();
     let fingerprint = env.agent_fingerprint.clone();
-    let _relays: Vec<Relay> = ["pc10", "pc2", "pc1", "db1"]
+    let _agents: Vec<Agent> = ["pc10", "pc2", "pc1", "db1"]
         .iter()
-        .map(|name| Relay::start(&nats, name, &agent, &fingerprint))
+        .map(|name| broker_agent(&env.agent_dir, &nats, name))
         .collect();
     let broker = ["--broker", nats.url.as_str()];
 
@@ -258,7 +246,7 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
     assert_eq!(names, ["db1", "pc1", "pc2", "pc10"]);
     for record in &records {
         assert_eq!(record["fingerprint"], fingerprint.as_str());
-        assert_eq!(record["version"], "relay 0.1.0");
+        assert_eq!(record["version"], env!("CARGO_PKG_VERSION"));
     }
 
     // Limited to a target list: only those of them that are online.
@@ -288,7 +276,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
     let (env, agent) = Env::with_agent();
     let direct = format!("{} {}", agent.target(), env.agent_fingerprint);
     assert_eq!(known_hosts(&env), format!("{direct}\n"));
-    let relay = Relay::start(&nats, "labpc07", &agent, &env.agent_fingerprint);
+    let genuine = broker_agent(&env.agent_dir, &nats, "labpc07");
     let broker = ["--broker", nats.url.as_str()];
 
     // First contact through the broker: trusted on first use, as directly.
@@ -308,12 +296,11 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
     assert_eq!(stdout_of(&out), format!("{direct}\n{pinned}\n"));
 
     // An impostor under the known name: another agent identity.
-    drop(relay);
+    drop(genuine);
     let impostor_dir = env.root.path().join("impostor");
     let impostor_fingerprint = init_agent(&impostor_dir);
     authorize(&impostor_dir, &env.client_fingerprint);
-    let impostor = Agent::start(&impostor_dir, "127.0.0.1:0", &[]);
-    let relay = Relay::start(&nats, "labpc07", &impostor, &impostor_fingerprint);
+    let _impostor = broker_agent(&impostor_dir, &nats, "labpc07");
     let out = run(ctl(&env).args(broker).args(["exec", "labpc07", "echo ran"]));
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(stdout_of(&out), "", "nothing ran on the impostor");
@@ -327,7 +314,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
         )
     );
     // An unknown name under --strict-host-key is refused, as directly.
-    let _other = Relay::start(&nats, "labpc08", &impostor, &impostor_fingerprint);
+    let _other = broker_agent(&impostor_dir, &nats, "labpc08");
     let out = run(ctl(&env)
         .args(broker)
         .args(["exec", "--strict-host-key", "labpc08", "true"]));
@@ -351,7 +338,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
     let out = run(ctl(&env).args(["known-hosts", "remove", "broker/labpc07"]));
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(known_hosts(&env), format!("{direct}\n"));
-    drop(relay);
+    drop(agent);
 }
 
 #[test]
