@@ -13,6 +13,11 @@ agent through the broker with the same agent direct (`true` latency, 1 GiB
 of output, peak RSS). Writes bench/results-broker.md and stops everything it
 started.
 
+`--baseline DIR` (a directory holding another build's `ctl` and
+`rexec-agent`) adds that build's agent and ctl to the one-host rows, in
+alternation with this build's, so a change is measured before and after in
+one run; `--one-host` runs only the one-host rows (no simulator).
+
 Run it through bench/broker_scale.sh, which installs the tools and builds.
 """
 
@@ -179,8 +184,14 @@ def main():
     parser.add_argument("--latency-runs", type=int, default=20, help="rounds for one-host `true`")
     parser.add_argument("--bulk-runs", type=int, default=3, help="rounds for one-host 1 GiB")
     parser.add_argument("--wave", type=int, default=250, help="simulated agents connecting at once")
+    parser.add_argument("--baseline", help="a directory with another build's ctl and rexec-agent, "
+                        "timed beside this build's in the one-host rows")
+    parser.add_argument("--one-host", action="store_true", help="only the one-host rows (no fleet)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results-broker.md"))
     args = parser.parse_args()
+    if args.one_host:
+        args.agents = "0"
+
     sizes = [int(n) for n in args.agents.split(",")]
     fleet = max(sizes)
 
@@ -194,85 +205,85 @@ def main():
     nats, url, http = start_nats(work)
     lines = []
     notes = []
+    results, drives, med200, prof, sim = {}, {}, {}, None, None
 
     # The fleet: every simulated agent connected and subscribed.
-    t0 = time.perf_counter()
-    sim_out = open(work / "sim.out", "w")
-    drive_fp = subprocess.run([SIM, "drive", "--broker", url, "--agents", "0", "--identity-dir",
-                               str(work / "drive")], capture_output=True, text=True,
-                              check=True).stdout.split()[1]
-    sim = subprocess.Popen([SIM, "serve", "--broker", url, "--agents", str(fleet), "--wave", str(args.wave),
-                            "--identity-dir", str(work / "sim"), "--authorize", ctl_fp,
-                            "--authorize", drive_fp,
-                            "--ready-file", str(work / "ready")],
-                           stdout=sim_out, stderr=subprocess.STDOUT)
-    harness.started.append(sim)
-    wait_until("the simulated agents", lambda: (work / "ready").exists() or sim.poll() is not None, 600)
-    if sim.poll() is not None:
-        sys.exit("the simulator stopped: " + (work / "sim.out").read_text())
-    v = varz(http)
-    # Three subscriptions per agent: its open subject, discovery, and the
-    # client library's inbox for its own check request.
-    wait_until("every agent's subscriptions", lambda: varz(http)["subscriptions"] >= 3 * fleet, 60)
-    up = time.perf_counter() - t0
-    v = varz(http)
-    sim_rss = peak_rss_kib(sim.pid)
-    lines.append(f"Fleet: {fleet} simulated agents in one process, connected in waves of {args.wave} "
-                 f"in {up:.1f} s; nats-server {v['connections']} connections, {v['subscriptions']} "
-                 f"subscriptions; simulator peak RSS {sim_rss / 1024:.0f} MiB.")
+    if not args.one_host:
+        t0 = time.perf_counter()
+        sim_out = open(work / "sim.out", "w")
+        drive_fp = subprocess.run([SIM, "drive", "--broker", url, "--agents", "0", "--identity-dir",
+                                   str(work / "drive")], capture_output=True, text=True,
+                                  check=True).stdout.split()[1]
+        sim = subprocess.Popen([SIM, "serve", "--broker", url, "--agents", str(fleet), "--wave", str(args.wave),
+                                "--identity-dir", str(work / "sim"), "--authorize", ctl_fp,
+                                "--authorize", drive_fp,
+                                "--ready-file", str(work / "ready")],
+                               stdout=sim_out, stderr=subprocess.STDOUT)
+        harness.started.append(sim)
+        wait_until("the simulated agents", lambda: (work / "ready").exists() or sim.poll() is not None, 600)
+        if sim.poll() is not None:
+            sys.exit("the simulator stopped: " + (work / "sim.out").read_text())
+        v = varz(http)
+        # Three subscriptions per agent: its open subject, discovery, and the
+        # client library's inbox for its own check request.
+        wait_until("every agent's subscriptions", lambda: varz(http)["subscriptions"] >= 3 * fleet, 60)
+        up = time.perf_counter() - t0
+        v = varz(http)
+        sim_rss = peak_rss_kib(sim.pid)
+        lines.append(f"Fleet: {fleet} simulated agents in one process, connected in waves of {args.wave} "
+                     f"in {up:.1f} s; nats-server {v['connections']} connections, {v['subscriptions']} "
+                     f"subscriptions; simulator peak RSS {sim_rss / 1024:.0f} MiB.")
 
-    results = {}
-    if not ctl_broker:
-        notes.append("ctl in this build has no --broker: the fleet rows were not run.")
-    for n in sizes if ctl_broker else []:
-        target = f"sim[00001-{n:05d}]"
-        base = [CTL, "exec", "--broker", url]
-        # First contact: every name is trusted on first use and recorded.
-        t = time.perf_counter()
-        ok, code, err = answered(base + ["--json", target, "true"], rx.env, n)
-        first = time.perf_counter() - t
-        if ok != n:
-            notes.append(f"{n} agents, first contact: only {ok} answered exit 0 (ctl exit {code}) {err}")
-        sc0 = varz(http)["slow_consumers"]
-        median, fastest, how = time_runs(base + [target, "true"], rx.env, args.runs)
-        rss, code = peak_rss_of(base + [target, "true"], rx.env)
-        ok2, code2, err2 = answered(base + ["--json", target, "true"], rx.env, n)
-        cpu = cpu_of(base + [target, "true"], rx.env)
-        sc = varz(http)["slow_consumers"] - sc0
-        results[n] = dict(first=first, median=median, fastest=fastest, how=how, rss=rss, ok=ok2,
-                          code=code2, cpu=cpu, slow=sc, err=err2)
+        if not ctl_broker:
+            notes.append("ctl in this build has no --broker: the fleet rows were not run.")
+        for n in sizes if ctl_broker else []:
+            target = f"sim[00001-{n:05d}]"
+            base = [CTL, "exec", "--broker", url]
+            # First contact: every name is trusted on first use and recorded.
+            t = time.perf_counter()
+            ok, code, err = answered(base + ["--json", target, "true"], rx.env, n)
+            first = time.perf_counter() - t
+            if ok != n:
+                notes.append(f"{n} agents, first contact: only {ok} answered exit 0 (ctl exit {code}) {err}")
+            sc0 = varz(http)["slow_consumers"]
+            median, fastest, how = time_runs(base + [target, "true"], rx.env, args.runs)
+            rss, code = peak_rss_of(base + [target, "true"], rx.env)
+            ok2, code2, err2 = answered(base + ["--json", target, "true"], rx.env, n)
+            cpu = cpu_of(base + [target, "true"], rx.env)
+            sc = varz(http)["slow_consumers"] - sc0
+            results[n] = dict(first=first, median=median, fastest=fastest, how=how, rss=rss, ok=ok2,
+                              code=code2, cpu=cpu, slow=sc, err=err2)
 
-    # The same fleets through the simulator's own minimal client (no ctl):
-    # the carrier, TLS and protocol alone.
-    drives = {}
-    for n in sizes:
-        cmd = [SIM, "drive", "--broker", url, "--agents", str(n), "--identity-dir", str(work / "drive")]
-        if n == sizes[0]:
-            subprocess.run([SIM, "drive", "--broker", url, "--agents", "0", "--identity-dir",
-                            str(work / "drive")], capture_output=True)
-        drives[n] = time_runs(cmd, rx.env, args.runs)
+        # The same fleets through the simulator's own minimal client (no ctl):
+        # the carrier, TLS and protocol alone.
+        for n in sizes:
+            cmd = [SIM, "drive", "--broker", url, "--agents", str(n), "--identity-dir", str(work / "drive")]
+            if n == sizes[0]:
+                subprocess.run([SIM, "drive", "--broker", url, "--agents", "0", "--identity-dir",
+                                str(work / "drive")], capture_output=True)
+            drives[n] = time_runs(cmd, rx.env, args.runs)
 
-    # Broker at 200 and direct at 200 hosts, the harness's way: four agent
-    # processes of 50 loopback addresses each.
-    hosts = [f"127.0.0.{i}" for i in range(2, 202)]
-    addrs = [(h, free_port()) for h in hosts]
-    agents = [rx.start(addrs[i:i + 50]) for i in range(0, 200, 50)]
-    rx.inventory({"b200": addrs})
-    direct = [CTL, "exec", "--fanout", "64", "@b200", "true"]
-    pairs = [("direct", lambda: timed(direct, env=rx.env))]
-    if ctl_broker:
-        timed([CTL, "exec", "--broker", url, "sim[00001-00200]", "true"], env=rx.env)
-        pairs.append(("broker", lambda: timed([CTL, "exec", "--broker", url, "sim[00001-00200]", "true"],
-                                              env=rx.env)))
-    timed(direct, env=rx.env)
-    med200 = alternate(pairs, args.runs)
-    direct_rss, _ = peak_rss_of(direct, rx.env)
-    for proc in agents:
-        rx.stop(proc)
+        # Broker at 200 and direct at 200 hosts, the harness's way: four agent
+        # processes of 50 loopback addresses each.
+        hosts = [f"127.0.0.{i}" for i in range(2, 202)]
+        addrs = [(h, free_port()) for h in hosts]
+        agents = [rx.start(addrs[i:i + 50]) for i in range(0, 200, 50)]
+        rx.inventory({"b200": addrs})
+        direct = [CTL, "exec", "--fanout", "64", "@b200", "true"]
+        pairs = [("direct", lambda: timed(direct, env=rx.env))]
+        if ctl_broker:
+            timed([CTL, "exec", "--broker", url, "sim[00001-00200]", "true"], env=rx.env)
+            pairs.append(("broker", lambda: timed([CTL, "exec", "--broker", url, "sim[00001-00200]", "true"],
+                                                  env=rx.env)))
+        timed(direct, env=rx.env)
+        med200 = alternate(pairs, args.runs)
+        direct_rss, _ = peak_rss_of(direct, rx.env)
+        for proc in agents:
+            rx.stop(proc)
 
-    # Where ctl's CPU per host goes, at the largest fleet.
-    prof = profile([CTL, "exec", "--broker", url, f"sim[00001-{fleet:05d}]", "true"], rx.env, work) \
-        if ctl_broker else None
+        # Where ctl's CPU per host goes, at the largest fleet.
+        prof = profile([CTL, "exec", "--broker", url, f"sim[00001-{fleet:05d}]", "true"], rx.env, work) \
+            if ctl_broker else None
 
     # One real agent, through the broker and direct, in alternation.
     one = {}
@@ -284,25 +295,42 @@ def main():
                                           capture_output=True).returncode == 0, 20)
         d = [CTL, "exec", f"127.0.0.1:{port}"]
         b = [CTL, "exec", "--broker", url, "bench-one"]
-        one["true"] = alternate([("direct", lambda: timed(d + ["true"], env=rx.env)),
-                                 ("broker", lambda: timed(b + ["true"], env=rx.env))], args.latency_runs)
         gib = "head -c 1G /dev/zero"
+        ways = [("direct", d), ("broker", b)]
+        if args.baseline:
+            # The other build's agent, on the broker only, under a name of
+            # its own, driven by the other build's ctl.
+            base = Path(args.baseline)
+            old = subprocess.Popen([str(base / "rexec-agent"), "run", "--dir", str(rx.agent_dir),
+                                    "--broker", url, "--name", "bench-before"],
+                                   env=rx.env, stderr=subprocess.DEVNULL)
+            harness.started.append(old)
+            bb = [str(base / "ctl"), "exec", "--broker", url, "bench-before"]
+            wait_until("the baseline agent on the broker",
+                       lambda: subprocess.run(bb + ["true"], env=rx.env, capture_output=True).returncode == 0,
+                       20)
+            ways.append(("baseline", bb))
+        pairs = lambda what: [(name, lambda cmd=cmd: timed(cmd + [what], env=rx.env)) for name, cmd in ways]
+        one["true"] = alternate(pairs("true"), args.latency_runs)
         sc0 = varz(http)["slow_consumers"]
-        one["gib"] = alternate([("direct", lambda: timed(d + [gib], env=rx.env)),
-                                ("broker", lambda: timed(b + [gib], env=rx.env))], args.bulk_runs)
-        one["rss_direct"], _ = peak_rss_of(d + [gib], rx.env)
-        one["rss_broker"], _ = peak_rss_of(b + [gib], rx.env)
+        one["gib"] = alternate(pairs(gib), args.bulk_runs)
+        one["rss"] = {name: peak_rss_of(cmd + [gib], rx.env)[0] for name, cmd in ways}
         one["agent_rss"] = peak_rss_kib(agent.pid)
         one["slow"] = varz(http)["slow_consumers"] - sc0
         rx.stop(agent)
+        if args.baseline:
+            one["baseline_agent_rss"] = peak_rss_kib(old.pid)
+            rx.stop(old)
     else:
         notes.append("the agent or ctl in this build has no broker mode: the one-host rows were not run.")
 
-    sim.send_signal(2)
-    sim.wait(timeout=30)
-    harness.started.remove(sim)
-    sim_out.close()
-    sim_summary = (work / "sim.out").read_text().strip().splitlines()[-1]
+    sim_summary = None
+    if sim:
+        sim.send_signal(2)
+        sim.wait(timeout=30)
+        harness.started.remove(sim)
+        sim_out.close()
+        sim_summary = (work / "sim.out").read_text().strip().splitlines()[-1]
     after = uptime()
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -330,8 +358,9 @@ def main():
                    f"{fmt_time(median)} | {fmt_time(fastest)} | | | | |")
     if "broker" in med200:
         out.append(f"| `ctl exec --broker … 'sim[00001-00200]' true` | {fmt_time(med200['broker'])} | | | | | |")
-    out.append(f"| direct: `ctl exec --fanout 64 @b200 true` (4 agents × 50 addresses) | "
-               f"{fmt_time(med200['direct'])} | | {direct_rss / 1024:.1f} MiB | | | |")
+    if "direct" in med200:
+        out.append(f"| direct: `ctl exec --fanout 64 @b200 true` (4 agents × 50 addresses) | "
+                   f"{fmt_time(med200['direct'])} | | {direct_rss / 1024:.1f} MiB | | | |")
     out.append("")
     if results:
         how = next(iter(results.values()))["how"]
@@ -358,19 +387,39 @@ def main():
             f"{fmt_time(one['gib']['direct'])} ({1073.741824 / one['gib']['direct']:.0f} MB/s) | "
             f"{fmt_time(one['gib']['broker'])} ({1073.741824 / one['gib']['broker']:.0f} MB/s) | "
             f"{one['gib']['broker'] / one['gib']['direct']:.2f} |",
-            f"| ctl peak RSS, one 1 GiB run | {one['rss_direct'] / 1024:.1f} MiB | "
-            f"{one['rss_broker'] / 1024:.1f} MiB | |",
+            f"| ctl peak RSS, one 1 GiB run | {one['rss']['direct'] / 1024:.1f} MiB | "
+            f"{one['rss']['broker'] / 1024:.1f} MiB | |",
             "",
             f"Agent peak RSS over all the one-host runs (both modes, one process): "
             f"{one['agent_rss'] / 1024:.1f} MiB; slow consumers during them: {one['slow']}.",
         ]
+        if "baseline" in one["gib"]:
+            out += [
+                "",
+                f"The baseline build (`--baseline {args.baseline}`: its agent on the broker only, its ctl), "
+                "in the same alternation:",
+                "",
+                "| work | baseline, broker | this build, broker | this/baseline |",
+                "|---|---|---|---|",
+                f"| `true` ({args.latency_runs} rounds, median) | {fmt_time(one['true']['baseline'])} | "
+                f"{fmt_time(one['true']['broker'])} | {one['true']['broker'] / one['true']['baseline']:.2f} |",
+                f"| 1 GiB of output ({args.bulk_runs} rounds) | "
+                f"{fmt_time(one['gib']['baseline'])} ({1073.741824 / one['gib']['baseline']:.0f} MB/s) | "
+                f"{fmt_time(one['gib']['broker'])} ({1073.741824 / one['gib']['broker']:.0f} MB/s) | "
+                f"{one['gib']['broker'] / one['gib']['baseline']:.2f} |",
+                f"| ctl peak RSS, one 1 GiB run | {one['rss']['baseline'] / 1024:.1f} MiB | "
+                f"{one['rss']['broker'] / 1024:.1f} MiB | |",
+                f"| agent peak RSS over the one-host runs | {one['baseline_agent_rss'] / 1024:.1f} MiB | "
+                f"{one['agent_rss'] / 1024:.1f} MiB (serving direct too) | |",
+            ]
     if prof:
         shares, top = prof
         out += ["", f"Where ctl's CPU goes (`perf record --call-graph dwarf` of one run to {fleet} agents; "
                 "inclusive shares of ctl's samples, overlapping):", ""]
         out += [f"- {name.strip()}: {share:.1f} %" for name, share in shares]
         out += ["", "Top symbols (self):", "", "```", *top[:25], "```"]
-    out += ["", f"Simulator at the end: {sim_summary}"]
+    if sim_summary:
+        out += ["", f"Simulator at the end: {sim_summary}"]
     out += [f"Note: {n}" for n in notes]
     text = "\n".join(out) + "\n"
     print(text)
