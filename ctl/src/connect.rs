@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{
-    HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, client_config, server_name,
+    ClientCredentials, HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, TlsError, server_name,
 };
 use rexec_protocol::{
     AgentMessage, ClientCodec, ClientMessage, FrameError, Hello, Identity, PROTOCOL_VERSION,
@@ -162,9 +162,11 @@ impl Client {
             None => HostKeyPolicy::TrustOnFirstUse,
         };
         let verifier = Arc::new(HostKeyVerifier::new(policy));
-        let config = client_config(Some(&self.identity), verifier.clone()).map_err(|e| {
-            CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
-        })?;
+        let config = credentials(&self.identity)
+            .and_then(|credentials| credentials.config(verifier.clone()))
+            .map_err(|e| {
+                CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
+            })?;
         let connector = TlsConnector::from(Arc::new(config));
 
         let attempt = async {
@@ -286,6 +288,22 @@ impl Client {
             CtlError::lost_io(&error)
         }
     }
+}
+
+/// `identity`'s TLS credentials, loaded once per process: a fan-out to
+/// 10,000 hosts would otherwise load the same private key 10,000 times.
+fn credentials(identity: &Identity) -> Result<ClientCredentials, TlsError> {
+    static LOADED: Mutex<Option<(rexec_protocol::Fingerprint, ClientCredentials)>> =
+        Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((fingerprint, credentials)) = loaded.as_ref()
+        && *fingerprint == identity.fingerprint
+    {
+        return Ok(credentials.clone());
+    }
+    let credentials = ClientCredentials::new(identity)?;
+    *loaded = Some((identity.fingerprint, credentials.clone()));
+    Ok(credentials)
 }
 
 /// A connection past the hello exchange, with the agent's hello.
