@@ -9,6 +9,7 @@ mod nodesets;
 mod process;
 mod readme;
 mod review;
+mod select;
 mod systemd;
 mod trust;
 mod util;

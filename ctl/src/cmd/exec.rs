@@ -63,6 +63,7 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
         timeout: no_limit_if_zero(args.timeout),
         stdin: args.stdin || args.tty,
         pty: args.tty.then(tty::pty_request),
+        target: Some(target.host.clone()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,6 +141,7 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
             |index, target| {
                 let mut request = request.clone();
                 request.user = target.user.clone();
+                request.target = Some(target.host.clone());
                 host::exec::run(client.clone(), target, request, index, output.clone())
             },
             |result| output.done(&result),
