@@ -10,6 +10,7 @@ mod process;
 mod readme;
 mod review;
 mod select;
+mod sources;
 mod systemd;
 mod trust;
 mod util;

@@ -139,6 +139,8 @@ pub struct ExecArgs {
     /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
     #[arg(short = 'o', long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub select: Select,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
     /// node[01-20],@group,!node07 (see `ctl hosts --help`).
     #[arg(value_name = "TARGETS")]
@@ -153,9 +155,20 @@ pub const TARGETS_HELP: &str = "\
 TARGETS is a comma-separated list of:
   host, host:port, user@host, [v6addr]:port    one host
   node[01-20], rack[1-3]-n[1,3,5-7]            ranges (zero padding kept)
-  @name                                        a group from the inventory
-  !node07, !@name                              exclusions
+  @name, @source:name, @source:*               a group from the inventory or a source
+  ^FILE                                        hosts from a file, one per line
+  !node07, !@name                              exclusions from the whole list
+Between two names, as ClusterShell's nodeset reads them from left to right:
+  a,b  union   a!b  difference   a&b  intersection   a^b  symmetric difference
 A bracket holding a ':' is an IPv6 address, any other bracket a range.";
+
+/// Which of the resolved hosts a command runs on.
+#[derive(Debug, clap::Args)]
+pub struct Select {
+    /// Only N of the hosts, chosen at random (kept in list order).
+    #[arg(long, value_name = "N", value_parser = parse_fanout)]
+    pub pick: Option<usize>,
+}
 
 /// `ctl hosts`.
 #[derive(Debug, clap::Args)]
@@ -166,6 +179,11 @@ pub struct HostsArgs {
     /// Print the hosts folded into one node set instead (node[01-05,07]).
     #[arg(long)]
     pub fold: bool,
+    /// Print the number of hosts instead.
+    #[arg(short = 'c', long, conflicts_with = "fold")]
+    pub count: bool,
+    #[command(flatten)]
+    pub select: Select,
     /// The target list.
     #[arg(value_name = "TARGETS")]
     pub targets: String,

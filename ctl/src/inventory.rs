@@ -33,7 +33,7 @@ use rexec_protocol::DEFAULT_PORT;
 
 use crate::config::ConfigDir;
 use crate::nodeset;
-use crate::target::{self, ListError, ListItem, Target, TargetSpec};
+use crate::target::{self, ListError, ListItem, Operator, Target, TargetSpec};
 
 /// The inventory file's name in ctl's config directory.
 pub const FILE_NAME: &str = "hosts.toml";
@@ -115,6 +115,16 @@ pub enum InventoryError {
         path: PathBuf,
         /// The groups, from the first to the one that names it again.
         groups: Vec<String>,
+    },
+    /// A host file (`^FILE`) cannot be read or has a bad line.
+    #[error("host file {}{}: {reason}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    HostFile {
+        /// The file, as given.
+        path: PathBuf,
+        /// The line at fault, counted from 1; none when the file cannot be read.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
     },
     /// Nothing is left to run on.
     #[error("the targets expand to no host")]
@@ -323,8 +333,8 @@ impl Inventory {
         for list in exclude {
             // `-x LIST` is `!` before each item of LIST: the same matching.
             let mut exclusions = Vec::new();
-            for (_, item) in target::parse_list(list)? {
-                self.exclusions(item, &mut exclusions, &mut stack)?;
+            for term in target::parse_list(list)? {
+                self.exclusions(term.item, &mut exclusions, &mut stack)?;
             }
             targets.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
         }
@@ -348,25 +358,67 @@ impl Inventory {
         }
     }
 
+    /// Evaluates a target list from left to right, as ClusterShell reads
+    /// its extended node sets: each term's hosts are added (`,`), removed
+    /// (`!`), intersected (`&`) or xor-ed (`^`) with what the terms before
+    /// it chose. Exclusion items (`,!x`) are ours and apply last, to the
+    /// whole list, whatever their place.
     fn expand(&self, list: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
-        let mut included: Vec<Target> = Vec::new();
+        let mut chosen: Vec<Target> = Vec::new();
         let mut exclusions: Vec<TargetSpec> = Vec::new();
-        for (exclude, item) in target::parse_list(list)? {
-            match (exclude, item) {
-                (false, ListItem::Hosts(specs)) => {
-                    included.extend(specs.into_iter().map(|s| self.complete(s)));
-                }
-                (false, ListItem::Group(name)) => included.extend(self.group(&name, stack)?),
-                (true, item) => self.exclusions(item, &mut exclusions, stack)?,
+        for term in target::parse_list(list)? {
+            if term.exclude {
+                self.exclusions(term.item, &mut exclusions, stack)?;
+                continue;
             }
-            if included.len() > nodeset::MAX_NAMES {
+            match term.operator {
+                Operator::Union => chosen.extend(self.members(term.item, stack)?),
+                Operator::Difference => {
+                    let mut removed = Vec::new();
+                    self.exclusions(term.item, &mut removed, stack)?;
+                    chosen.retain(|t| !removed.iter().any(|x| x.excludes(t)));
+                }
+                Operator::Intersection => {
+                    let members = self.members(term.item, stack)?;
+                    let other = agents(&members);
+                    chosen.retain(|t| other.contains(&(t.host.as_str(), t.port)));
+                }
+                Operator::Xor => {
+                    let members = self.members(term.item, stack)?;
+                    let (mine, other) = (agents(&chosen), agents(&members));
+                    let added: Vec<Target> = members
+                        .iter()
+                        .filter(|t| !mine.contains(&(t.host.as_str(), t.port)))
+                        .cloned()
+                        .collect();
+                    chosen.retain(|t| !other.contains(&(t.host.as_str(), t.port)));
+                    chosen.extend(added);
+                }
+            }
+            if chosen.len() > nodeset::MAX_NAMES {
                 return Err(InventoryError::TooMany);
             }
         }
-        included.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
-        let mut seen = std::collections::HashSet::new();
-        included.retain(|t| seen.insert(t.clone()));
-        Ok(included)
+        chosen.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
+        let mut seen = HashSet::new();
+        chosen.retain(|t| seen.insert(t.clone()));
+        Ok(chosen)
+    }
+
+    /// The targets one item names, completed from the inventory.
+    fn members(
+        &self,
+        item: ListItem,
+        stack: &mut Vec<String>,
+    ) -> Result<Vec<Target>, InventoryError> {
+        match item {
+            ListItem::Hosts(specs) => Ok(specs.into_iter().map(|s| self.complete(s)).collect()),
+            ListItem::Group(name) => self.group(&name, stack),
+            ListItem::File(path) => Ok(host_file(&path)?
+                .into_iter()
+                .map(|s| self.complete(s))
+                .collect()),
+        }
     }
 
     /// What an excluded item (`!ITEM`, or an item of a `-x` list) removes:
@@ -380,6 +432,7 @@ impl Inventory {
     ) -> Result<(), InventoryError> {
         match item {
             ListItem::Hosts(specs) => exclusions.extend(specs),
+            ListItem::File(path) => exclusions.extend(host_file(&path)?),
             ListItem::Group(name) => {
                 let members = self.group(&name, stack)?;
                 exclusions.extend(members.into_iter().map(|t| TargetSpec {
@@ -492,36 +545,91 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
     Ok(settings)
 }
 
-/// The hosts a `[hosts]` key names, exclusions applied.
+/// The hosts a `[hosts]` key names, its operators and exclusions applied.
 fn host_names(key: &str) -> Result<Vec<String>, String> {
-    let items = target::parse_list(key).map_err(|e| e.to_string())?;
-    let mut included = Vec::new();
+    let terms = target::parse_list(key).map_err(|e| e.to_string())?;
+    let mut chosen: Vec<String> = Vec::new();
     let mut excluded = HashSet::new();
-    for (exclude, item) in items {
-        let ListItem::Hosts(specs) = item else {
+    for term in terms {
+        let ListItem::Hosts(specs) = term.item else {
             return Err(
                 "a [hosts] key names hosts or ranges (labpc07, \"labpc[01-20]\"), not groups"
                     .to_owned(),
             );
         };
-        for spec in specs {
-            if spec.port.is_some() || spec.user.is_some() {
-                return Err(
-                    "a [hosts] key names hosts only; give the port and user inside the entry"
-                        .to_owned(),
-                );
-            }
-            if exclude {
-                excluded.insert(spec.host);
-            } else {
-                included.push(spec.host);
+        if specs.iter().any(|s| s.port.is_some() || s.user.is_some()) {
+            return Err(
+                "a [hosts] key names hosts only; give the port and user inside the entry"
+                    .to_owned(),
+            );
+        }
+        let names: Vec<String> = specs.into_iter().map(|s| s.host).collect();
+        if term.exclude {
+            excluded.extend(names);
+            continue;
+        }
+        let named: HashSet<&String> = names.iter().collect();
+        match term.operator {
+            Operator::Union => chosen.extend(names.iter().cloned()),
+            Operator::Difference => chosen.retain(|h| !named.contains(h)),
+            Operator::Intersection => chosen.retain(|h| named.contains(h)),
+            Operator::Xor => {
+                let mine: HashSet<String> = chosen.iter().cloned().collect();
+                chosen.retain(|h| !named.contains(h));
+                chosen.extend(names.iter().filter(|h| !mine.contains(*h)).cloned());
             }
         }
     }
-    included.retain(|h| !excluded.contains(h));
+    chosen.retain(|h| !excluded.contains(h));
     let mut seen = HashSet::new();
-    included.retain(|h| seen.insert(h.clone()));
-    Ok(included)
+    chosen.retain(|h| seen.insert(h.clone()));
+    Ok(chosen)
+}
+
+/// The `(host, port)` of each target: what `&` and `^` compare, since a
+/// user is how a host is used, not which host it is.
+fn agents(targets: &[Target]) -> HashSet<(&str, u16)> {
+    targets.iter().map(|t| (t.host.as_str(), t.port)).collect()
+}
+
+/// The hosts of a host file (`^FILE`, as pdsh's `-w ^FILE`): one host or
+/// node set per line; `#` starts a comment, blank lines are skipped.
+fn host_file(path: &str) -> Result<Vec<TargetSpec>, InventoryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::HostFile {
+        path: PathBuf::from(path),
+        line: None,
+        reason: read_reason(&source),
+    })?;
+    let mut specs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line
+            .split_once('#')
+            .map_or(line, |(before, _)| before)
+            .trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| InventoryError::HostFile {
+            path: PathBuf::from(path),
+            line: Some(number + 1),
+            reason,
+        };
+        for term in target::parse_list(line).map_err(|e| bad(e.to_string()))? {
+            match (term.operator, term.exclude, term.item) {
+                (Operator::Union, false, ListItem::Hosts(hosts)) => specs.extend(hosts),
+                _ => {
+                    return Err(bad(
+                        "a host file lists hosts or node sets, one per line, not groups, files or operators"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        if specs.len() > nodeset::MAX_NAMES {
+            return Err(InventoryError::TooMany);
+        }
+    }
+    Ok(specs)
 }
 
 /// Each host's settings, each field from the most specific entry that

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
-use super::{Failure, client, load_inventory, no_limit_if_zero, plain, resolve};
+use super::{Failure, client, load_inventory, no_limit_if_zero, pick, plain, resolve};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
@@ -41,6 +41,7 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
+        && args.select.pick.is_none()
         && !args.gather
         && !args.json
         && args.out_dir.is_none();
@@ -100,7 +101,8 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
             "-i/--stdin and -t/--tty work with a single target only".into(),
         )));
     }
-    let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    let targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    let mut targets = pick(targets, &args.select);
     if let Some(user) = &args.user {
         for target in &mut targets {
             target.user = Some(user.clone());

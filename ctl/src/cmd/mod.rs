@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rexec_protocol::{Identity, IdentityError};
 
-use crate::cli::Reach;
+use crate::cli::{Reach, Select};
 use crate::config::ConfigDir;
 use crate::connect::{Carrier, Client};
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
@@ -82,6 +82,22 @@ pub(crate) fn resolve(
     load_inventory(config, inventory)?
         .resolve(list, exclude)
         .map_err(|e| plain(CtlError::Usage(e.to_string())))
+}
+
+/// `--pick N`: N of `targets` at random, in their order; all of them when
+/// there are no more than N.
+pub(crate) fn pick(targets: Vec<Target>, select: &Select) -> Vec<Target> {
+    let Some(n) = select.pick.filter(|&n| n < targets.len()) else {
+        return targets;
+    };
+    let mut chosen = fastrand::choose_multiple(0..targets.len(), n);
+    chosen.sort_unstable();
+    let mut chosen = chosen.into_iter().peekable();
+    targets
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| chosen.next_if_eq(&i).map(|_| t))
+        .collect()
 }
 
 /// Writes `text` to our stdout: 0 once written, 141 when its reader went
