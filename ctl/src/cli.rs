@@ -184,9 +184,17 @@ pub struct HostsArgs {
     pub count: bool,
     #[command(flatten)]
     pub select: Select,
+    /// List the groups instead: the inventory's, then each source's
+    /// (`@source:group`, from its list command).
+    #[arg(long, conflicts_with_all = ["fold", "count", "pick", "exclude"])]
+    pub groups: bool,
     /// The target list.
-    #[arg(value_name = "TARGETS")]
-    pub targets: String,
+    #[arg(
+        value_name = "TARGETS",
+        required_unless_present = "groups",
+        conflicts_with = "groups"
+    )]
+    pub targets: Option<String>,
 }
 
 /// `ctl ping`.

@@ -28,11 +28,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rexec_protocol::DEFAULT_PORT;
 
 use crate::config::ConfigDir;
 use crate::nodeset;
+use crate::sources::{self, GroupSource, SourceError, Upcall};
 use crate::target::{self, ListError, ListItem, Operator, Target, TargetSpec};
 
 /// The inventory file's name in ctl's config directory.
@@ -116,6 +118,34 @@ pub enum InventoryError {
         /// The groups, from the first to the one that names it again.
         groups: Vec<String>,
     },
+    /// `@source:group` names a source the inventory does not have.
+    #[error("unknown group source {name} in @{name}:… ({})", match .path {
+        Some(path) => format!("no [sources.{name}] in {}", path.display()),
+        None => "there is no inventory file".to_owned(),
+    })]
+    UnknownSource {
+        /// The source.
+        name: String,
+        /// The inventory it is missing from.
+        path: Option<PathBuf>,
+    },
+    /// A source's command gave no answer.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A source's command printed something that is not hosts.
+    #[error(
+        "group source {name}: its {what} command printed {word:?}, which is not a host or node set: {reason}"
+    )]
+    SourceOutput {
+        /// The source.
+        name: String,
+        /// Which command.
+        what: String,
+        /// The word at fault.
+        word: String,
+        /// Why.
+        reason: String,
+    },
     /// A host file (`^FILE`) cannot be read or has a bad line.
     #[error("host file {}{}: {reason}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
     HostFile {
@@ -163,6 +193,9 @@ pub struct Inventory {
     /// one element of an array applies to the others too.
     groups: HashMap<String, String>,
     hosts: HashMap<String, HostSettings>,
+    sources: HashMap<String, GroupSource>,
+    /// Where sources' answers are kept; none keeps nothing.
+    source_cache: Option<PathBuf>,
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
@@ -246,7 +279,10 @@ impl Inventory {
             None => (Inventory::default_path(config), false),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Inventory::parse(&text, path),
+            Ok(text) => Inventory::parse(&text, path).map(|mut inventory| {
+                inventory.source_cache = Some(config.source_cache());
+                inventory
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 Ok(Inventory::default())
             }
@@ -277,6 +313,7 @@ impl Inventory {
             reason,
         };
         let mut groups = HashMap::new();
+        let mut sources = HashMap::new();
         let mut entries = Vec::new();
         for (section, value) in table {
             let toml::Value::Table(items) = value else {
@@ -301,10 +338,19 @@ impl Inventory {
                         entries.push((key, names, settings));
                     }
                 }
+                "sources" => {
+                    for (name, fields) in items {
+                        let key = format!("sources.{}", toml_key(&name));
+                        let source =
+                            group_source(&name, fields, &key).map_err(|(k, r)| invalid(k, r))?;
+                        sources.insert(name, source);
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         toml_key(&section),
-                        "unknown section (an inventory has [groups] and [hosts])".to_owned(),
+                        "unknown section (an inventory has [groups], [hosts] and [sources])"
+                            .to_owned(),
                     ));
                 }
             }
@@ -314,6 +360,8 @@ impl Inventory {
             path: Some(path),
             groups,
             hosts,
+            sources,
+            source_cache: None,
         })
     }
 
@@ -445,7 +493,91 @@ impl Inventory {
         Ok(())
     }
 
+    /// Every group's name as a target list would write it: the
+    /// inventory's `@name`s, then `@source:group` for each source that
+    /// has a `list` command, sorted.
+    ///
+    /// # Errors
+    /// A source's `list` command that gives no answer.
+    pub fn group_names(&self) -> Result<Vec<String>, InventoryError> {
+        let mut names: Vec<String> = self.groups.keys().map(|g| format!("@{g}")).collect();
+        names.sort();
+        let mut sources: Vec<&GroupSource> =
+            self.sources.values().filter(|s| s.list.is_some()).collect();
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        for source in sources {
+            let mut listed: Vec<String> = self
+                .ask(source, Upcall::List, None)?
+                .split_whitespace()
+                .map(|g| format!("@{}:{g}", source.name))
+                .collect();
+            listed.sort();
+            listed.dedup();
+            names.extend(listed);
+        }
+        Ok(names)
+    }
+
+    fn ask(
+        &self,
+        source: &GroupSource,
+        upcall: Upcall,
+        group: Option<&str>,
+    ) -> Result<String, InventoryError> {
+        let path = self.path.clone().unwrap_or_default();
+        Ok(source.ask(upcall, group, self.source_cache.as_deref(), &path)?)
+    }
+
+    /// The hosts of `@source:group`, or of `@source:*` (its `all`
+    /// command, or else every group its `list` names).
+    fn source_group(&self, source: &str, group: &str) -> Result<Vec<Target>, InventoryError> {
+        let Some(source) = self.sources.get(source) else {
+            return Err(InventoryError::UnknownSource {
+                name: source.to_owned(),
+                path: self.path.clone(),
+            });
+        };
+        let mut printed = Vec::new();
+        if group != "*" {
+            let what = format!("map (GROUP={group})");
+            printed.push((what, self.ask(source, Upcall::Map, Some(group))?));
+        } else if source.all.is_some() || source.list.is_none() {
+            printed.push(("all".to_owned(), self.ask(source, Upcall::All, None)?));
+        } else {
+            for group in self.ask(source, Upcall::List, None)?.split_whitespace() {
+                let what = format!("map (GROUP={group})");
+                printed.push((what, self.ask(source, Upcall::Map, Some(group))?));
+            }
+        }
+        let mut targets = Vec::new();
+        for (what, output) in printed {
+            for word in output.split_whitespace() {
+                let bad = |reason: String| InventoryError::SourceOutput {
+                    name: source.name.clone(),
+                    what: what.clone(),
+                    word: word.chars().take(80).collect(),
+                    reason,
+                };
+                for term in target::parse_list(word).map_err(|e| bad(e.to_string()))? {
+                    match (term.operator, term.exclude, term.item) {
+                        (Operator::Union, false, ListItem::Hosts(specs)) => {
+                            targets.extend(specs.into_iter().map(|s| self.complete(s)));
+                        }
+                        _ => return Err(bad("a source prints hosts and node sets only".into())),
+                    }
+                }
+                if targets.len() > nodeset::MAX_NAMES {
+                    return Err(InventoryError::TooMany);
+                }
+            }
+        }
+        Ok(targets)
+    }
+
     fn group(&self, name: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
+        if let Some((source, group)) = name.split_once(':') {
+            return self.source_group(source, group);
+        }
         if let Some(start) = stack.iter().position(|g| g == name) {
             let mut groups = stack[start..].to_vec();
             groups.push(name.to_owned());
@@ -543,6 +675,98 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
         }
     }
     Ok(settings)
+}
+
+/// One `[sources.NAME]` table; an error names the key at fault.
+fn group_source(
+    name: &str,
+    value: toml::Value,
+    key: &str,
+) -> Result<GroupSource, (String, String)> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+    {
+        return Err((
+            key.to_owned(),
+            "a source's name holds letters, digits, '_', '-' and '.' only".to_owned(),
+        ));
+    }
+    let toml::Value::Table(fields) = value else {
+        return Err((
+            key.to_owned(),
+            format!(
+                "expected a table of commands (map, list, all), found {}",
+                kind(&value)
+            ),
+        ));
+    };
+    let mut source = GroupSource {
+        name: name.to_owned(),
+        timeout: sources::DEFAULT_TIMEOUT,
+        ..GroupSource::default()
+    };
+    for (field, value) in fields {
+        let at = format!("{key}.{}", toml_key(&field));
+        match (field.as_str(), value) {
+            ("map" | "list" | "all", toml::Value::String(command)) => {
+                let slot = match field.as_str() {
+                    "map" => &mut source.map,
+                    "list" => &mut source.list,
+                    _ => &mut source.all,
+                };
+                *slot = Some(command);
+            }
+            ("map" | "list" | "all", other) => {
+                return Err((
+                    at,
+                    format!("expected a shell command line, found {}", kind(&other)),
+                ));
+            }
+            ("cache_time" | "timeout", toml::Value::String(text)) => {
+                let duration = humantime::parse_duration(&text)
+                    .ok()
+                    .filter(|d| *d <= Duration::from_secs(366 * 24 * 3600))
+                    .ok_or_else(|| {
+                        (
+                            at.clone(),
+                            format!("{text:?} is not a duration (500ms, 30s, 5m, 1h) of at most 366 days"),
+                        )
+                    })?;
+                if field == "timeout" {
+                    if duration.is_zero() {
+                        return Err((at, "a source's timeout must be longer than 0".to_owned()));
+                    }
+                    source.timeout = duration;
+                } else {
+                    source.cache_time = duration;
+                }
+            }
+            ("cache_time" | "timeout", other) => {
+                return Err((
+                    at,
+                    format!(
+                        "expected a quoted duration (\"5m\"), found {}",
+                        kind(&other)
+                    ),
+                ));
+            }
+            _ => {
+                return Err((
+                    at,
+                    "unknown key (a source has map, list, all, cache_time and timeout)".to_owned(),
+                ));
+            }
+        }
+    }
+    if source.map.is_none() && source.all.is_none() {
+        return Err((
+            key.to_owned(),
+            "a source needs a map command (and may have list and all)".to_owned(),
+        ));
+    }
+    Ok(source)
 }
 
 /// The hosts a `[hosts]` key names, its operators and exclusions applied.
@@ -839,7 +1063,7 @@ port = 9
             ),
             (
                 "[host.a]\nport = 1\n",
-                "inventory h.toml: host: unknown section (an inventory has [groups] and [hosts])",
+                "inventory h.toml: host: unknown section (an inventory has [groups], [hosts] and [sources])",
             ),
             (
                 "[hosts.a]\nprot = 1\n",

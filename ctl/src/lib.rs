@@ -39,6 +39,7 @@ pub mod outcome;
 pub mod output;
 pub mod plain;
 pub mod signals;
+pub mod sources;
 pub mod target;
 pub mod tty;
 
