@@ -130,3 +130,72 @@ fn exec_pick_runs_on_that_many_hosts_of_the_group() {
     }
     assert_ne!(lines[0], lines[1]);
 }
+
+/// A rolling run: one host at a time (`--fanout 1`), three failing hosts
+/// among twelve, `--max-failures 2`. After the second failure no host
+/// starts: the third failing host never runs, and the six left are "not
+/// started", 255, in `--json` and in the summary.
+#[test]
+fn a_rolling_run_stops_starting_hosts_after_max_failures() {
+    let env = Env::new();
+    let fleet = env.fleet(12);
+    let ran = env.root.path().join("ran");
+    let command = format!(
+        "echo $REXEC_TARGET >> {}; case $REXEC_TARGET in 127.0.0.4|127.0.0.7|127.0.0.10) exit 1;; esac",
+        ran.display()
+    );
+    let out = env.ctl_run(&[
+        "exec",
+        "--fanout",
+        "1",
+        "--max-failures",
+        "2",
+        "--json",
+        "@lab",
+        &command,
+    ]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    let records = crate::util::json_lines(&out);
+    assert_eq!(records.len(), 12);
+    let status_of = |host: &str| {
+        let record = records
+            .iter()
+            .find(|r| r["host"] == host)
+            .unwrap_or_else(|| panic!("no record for {host}"));
+        (
+            record["status"].as_str().unwrap_or("").to_owned(),
+            record["exit_code"].as_i64(),
+            record["error"]["kind"].as_str().map(str::to_owned),
+        )
+    };
+    for (i, host) in fleet.hosts.iter().enumerate() {
+        let expected = match i {
+            2 | 5 => ("exited".to_owned(), Some(1), None),
+            0..=5 => ("exited".to_owned(), Some(0), None),
+            _ => (
+                "not-started".to_owned(),
+                None,
+                Some("not-started".to_owned()),
+            ),
+        };
+        assert_eq!(status_of(host), expected, "{host}");
+    }
+    let ran = std::fs::read_to_string(&ran).expect("ran");
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        &fleet.hosts[..6],
+        "hosts ran one at a time, in order, and no more"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "ctl: 8 of 12 hosts failed: exit 1: 127.0.0.[4,7]; not started: 127.0.0.[8-13]\n"
+    );
+    // Without a limit every host runs and all three failures count.
+    let all = env.ctl_run(&["exec", "--max-failures", "5", "@lab", &command]);
+    assert_eq!(all.status.code(), Some(1), "{}", stderr_of(&all));
+    assert!(
+        stderr_of(&all).ends_with("ctl: 3 of 12 hosts failed: exit 1: 127.0.0.[4,7,10]\n"),
+        "{}",
+        stderr_of(&all)
+    );
+}

@@ -99,6 +99,10 @@ pub struct Reach {
     /// first use.
     #[arg(long)]
     pub strict_host_key: bool,
+    /// Start no more hosts once K have failed (a rolling run, with
+    /// --fanout as the batch); the rest are reported "not started" (255).
+    #[arg(long, value_name = "K", value_parser = parse_fanout)]
+    pub max_failures: Option<usize>,
 }
 
 /// `ctl exec`.

@@ -127,7 +127,8 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
         ..ExecRequest::default()
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
-    let run = Run::new(targets, args.reach.fanout, deadline);
+    let mut run = Run::new(targets, args.reach.fanout, deadline);
+    run.fanout.max_failures = args.reach.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
         Arc::new(Gathered::new(console.clone(), labels.clone()))

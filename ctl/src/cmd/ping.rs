@@ -18,7 +18,8 @@ pub fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Res
     let client = Arc::new(client(config, &args.reach)?);
     // Connect is bounded by the client; the round trip gets as long again.
     let deadline = Deadline::NoAnswer(args.reach.connect_timeout.saturating_mul(2));
-    let run = Run::new(targets, args.reach.fanout, Some(deadline));
+    let mut run = Run::new(targets, args.reach.fanout, Some(deadline));
+    run.fanout.max_failures = args.reach.max_failures;
     let end = run
         .drive(
             |_, target| {
