@@ -2,6 +2,7 @@
 //! identities, driven by the real `ctl` binary.
 
 mod copy;
+mod docs;
 mod exec;
 mod fanout;
 mod hostile;

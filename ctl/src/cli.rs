@@ -64,6 +64,20 @@ pub enum Command {
         #[command(subcommand)]
         action: KnownHostsAction,
     },
+    /// Print a completion script for a shell: bash, zsh or fish
+    /// (e.g. ctl completions bash > /etc/bash_completion.d/ctl).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write ctl's man pages (ctl.1, ctl-exec.1, ...) into DIR; for
+    /// packaging (scripts/install.sh, the Debian package).
+    #[command(hide = true)]
+    ManPages {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,6 +75,8 @@ pub fn main() -> ExitCode {
         Command::Ping(args) => cmd::ping::ping(&config, inventory, args),
         Command::Cp(args) => cmd::cp::cp(&config, inventory, args),
         Command::KnownHosts { action } => cmd::known_hosts::known_hosts(&config, inventory, action),
+        Command::Completions { shell } => cmd::docs::completions(shell),
+        Command::ManPages { dir } => cmd::docs::man_pages(&dir),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -4,6 +4,7 @@
 //! command line (`crate::cli`).
 
 pub mod cp;
+pub mod docs;
 pub mod exec;
 pub mod hosts;
 pub mod identity;
