@@ -82,6 +82,11 @@ if [ "$action" = uninstall ]; then
         "$bindir/rexec-agent" "$bindir/ctl" \
         "$mandir"/ctl.1 "$mandir"/ctl-*.1 "$mandir"/rexec-agent.1 "$mandir"/rexec-agent-*.1 \
         "$bashdir/ctl" "$zshdir/_ctl" "$fishdir/ctl.fish"
+    # The directories install made for them, when nothing else is there.
+    for dir in "$mandir" "$bashdir" "${bashdir%/completions}" "$zshdir" "${zshdir%/site-functions}" \
+        "$fishdir" "${fishdir%/vendor_completions.d}"; do
+        rmdir --ignore-fail-on-non-empty "$dir" 2>/dev/null || true
+    done
     step "removed $bindir/rexec-agent, $bindir/ctl, their man pages and completions, and the units in $unitdir"
     if [ "$use_systemctl" = yes ]; then systemctl daemon-reload; fi
     if [ "$purge" = yes ]; then
