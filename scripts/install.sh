@@ -14,6 +14,9 @@
 #
 # Installed:
 #   PREFIX/bin/rexec-agent, PREFIX/bin/ctl
+#   PREFIX/share/man/man1/ctl*.1, rexec-agent*.1 (man pages)
+#   PREFIX/share/bash-completion/completions/ctl, PREFIX/share/zsh/site-functions/_ctl,
+#   PREFIX/share/fish/vendor_completions.d/ctl.fish (ctl's shell completions)
 #   /etc/systemd/system/rexec-agent.service, rexec-agent.socket
 #   /etc/rexec/agent.toml (never overwritten), agent.crt, agent.key (0600),
 #   authorized_clients (created by `rexec-agent init` when there is no identity)
@@ -45,6 +48,10 @@ esac
 
 destdir=${DESTDIR:-}
 bindir=$destdir$prefix/bin
+mandir=$destdir$prefix/share/man/man1
+bashdir=$destdir$prefix/share/bash-completion/completions
+zshdir=$destdir$prefix/share/zsh/site-functions
+fishdir=$destdir$prefix/share/fish/vendor_completions.d
 unitdir=$destdir/etc/systemd/system
 confdir=$destdir/etc/rexec
 
@@ -72,8 +79,15 @@ if [ "$action" = uninstall ]; then
         step "$why: not stopping or disabling units"
     fi
     rm -f "$unitdir/rexec-agent.service" "$unitdir/rexec-agent.socket" \
-        "$bindir/rexec-agent" "$bindir/ctl"
-    step "removed $bindir/rexec-agent, $bindir/ctl and the units in $unitdir"
+        "$bindir/rexec-agent" "$bindir/ctl" \
+        "$mandir"/ctl.1 "$mandir"/ctl-*.1 "$mandir"/rexec-agent.1 "$mandir"/rexec-agent-*.1 \
+        "$bashdir/ctl" "$zshdir/_ctl" "$fishdir/ctl.fish"
+    # The directories install made for them, when nothing else is there.
+    for dir in "$mandir" "$bashdir" "${bashdir%/completions}" "$zshdir" "${zshdir%/site-functions}" \
+        "$fishdir" "${fishdir%/vendor_completions.d}"; do
+        rmdir --ignore-fail-on-non-empty "$dir" 2>/dev/null || true
+    done
+    step "removed $bindir/rexec-agent, $bindir/ctl, their man pages and completions, and the units in $unitdir"
     if [ "$use_systemctl" = yes ]; then systemctl daemon-reload; fi
     if [ "$purge" = yes ]; then
         rm -rf "$confdir" /var/lib/rexec
@@ -103,6 +117,22 @@ done
 install -d -m 0755 "$bindir" "$unitdir"
 install -m 0755 "$from/rexec-agent" "$from/ctl" "$bindir/"
 step "installed rexec-agent and ctl in $bindir"
+
+# Man pages and completions come from the binaries' own command-line
+# definitions, so they match the version installed.
+pages=$(mktemp -d)
+trap 'rm -rf "$pages"' EXIT
+"$from/ctl" man-pages "$pages"
+"$from/rexec-agent" man-pages "$pages"
+install -d -m 0755 "$mandir" "$bashdir" "$zshdir" "$fishdir"
+install -m 0644 "$pages"/*.1 "$mandir/"
+"$from/ctl" completions bash >"$pages/ctl.bash"
+"$from/ctl" completions zsh >"$pages/_ctl"
+"$from/ctl" completions fish >"$pages/ctl.fish"
+install -m 0644 "$pages/ctl.bash" "$bashdir/ctl"
+install -m 0644 "$pages/_ctl" "$zshdir/_ctl"
+install -m 0644 "$pages/ctl.fish" "$fishdir/ctl.fish"
+step "installed the man pages in $mandir and ctl's completions for bash, zsh and fish"
 
 # The units name /usr/bin/rexec-agent, where the Debian package puts it;
 # point them at the prefix.

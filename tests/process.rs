@@ -368,8 +368,18 @@ fn environment_is_a_clean_base_plus_what_the_client_sends() {
     for name in &names {
         assert!(
             [
-                "GREETING", "HOME", "LANG", "LOGNAME", "PATH", "PWD", "SHELL", "SHLVL", "USER",
-                "OLDPWD", "_"
+                "GREETING",
+                "HOME",
+                "LANG",
+                "LOGNAME",
+                "PATH",
+                "PWD",
+                "SHELL",
+                "SHLVL",
+                "USER",
+                "OLDPWD",
+                "_",
+                "REXEC_TARGET"
             ]
             .contains(name),
             "unexpected variable {name} in {names:?}"

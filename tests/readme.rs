@@ -149,6 +149,18 @@ const FORMS_NOT_RUN: &[(&str, &str)] = &[
     ("@name", "placeholder group name"),
     ("!node07", "an exclusion alone expands to no host"),
     ("!@name", "placeholder group name"),
+    (
+        "@source:group",
+        "placeholder source and group (tests/sources.rs runs sources)",
+    ),
+    (
+        "@source:*",
+        "placeholder source (tests/sources.rs runs sources)",
+    ),
+    (
+        "^FILE",
+        "placeholder file (tests/sources.rs runs host files)",
+    ),
 ];
 
 /// The two agents' addresses: `labpc07`, `HOST` and the quick start's
@@ -321,6 +333,11 @@ impl World {
         std::os::unix::fs::symlink("index.html", work.join("site/home.html")).expect("link");
         std::fs::write(work.join("app.conf"), "key = value\n").expect("file");
         std::fs::write(work.join("fix.sh"), "echo fixed\n").expect("file");
+        std::fs::write(
+            work.join("hosts.txt"),
+            format!("# the README's host file\n{FIRST}\n\n{SECOND}  # second\n"),
+        )
+        .expect("file");
         std::fs::write(work.join("big.iso"), util::random_bytes(3 << 20, 7)).expect("file");
         world
     }

@@ -488,9 +488,33 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
         "644 etc/systemd/system/rexec-agent.socket",
         "755 usr/local/bin/ctl",
         "755 usr/local/bin/rexec-agent",
+        "644 usr/local/share/bash-completion/completions/ctl",
+        "644 usr/local/share/zsh/site-functions/_ctl",
+        "644 usr/local/share/fish/vendor_completions.d/ctl.fish",
     ]
     .into_iter()
     .map(String::from)
+    .chain(
+        [
+            "ctl",
+            "ctl-completions",
+            "ctl-cp",
+            "ctl-exec",
+            "ctl-hosts",
+            "ctl-id",
+            "ctl-keygen",
+            "ctl-known-hosts",
+            "ctl-ping",
+            "rexec-agent",
+            "rexec-agent-authorize",
+            "rexec-agent-clients",
+            "rexec-agent-id",
+            "rexec-agent-init",
+            "rexec-agent-revoke",
+            "rexec-agent-run",
+        ]
+        .map(|page| format!("644 usr/local/share/man/man1/{page}.1")),
+    )
     .collect();
     assert_eq!(tree(&stage), expected);
 
@@ -578,7 +602,21 @@ fn install_prefix_places_the_binaries_and_the_units_exec_start() {
         ]
         .into_iter()
         .collect();
-        assert_eq!(tree(&stage), expected, "{prefix}");
+        let (docs, rest): (BTreeSet<String>, BTreeSet<String>) = tree(&stage)
+            .into_iter()
+            .partition(|f| f.contains(&format!(" {bindir}/share/")));
+        assert_eq!(rest, expected, "{prefix}");
+        // Man pages and completions go under the prefix too.
+        for doc in [
+            "man/man1/ctl-exec.1",
+            "man/man1/rexec-agent-run.1",
+            "bash-completion/completions/ctl",
+        ] {
+            assert!(
+                docs.contains(&format!("644 {bindir}/share/{doc}")),
+                "{prefix}: {docs:?}"
+            );
+        }
 
         // Configuration stays in /etc whatever the prefix; only the binary
         // moves, and the service runs it from there.

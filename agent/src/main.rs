@@ -70,6 +70,13 @@ enum Command {
     Clients,
     /// Run the agent in the foreground.
     Run(RunArgs),
+    /// Write the agent's man pages (rexec-agent.1, rexec-agent-run.1, ...)
+    /// into DIR; for packaging.
+    #[command(hide = true)]
+    ManPages {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
     /// Started by `run` itself: ends the agent's commands if it dies.
     #[command(name = "keeper", hide = true)]
     Keeper {
@@ -175,6 +182,15 @@ fn main() -> ExitCode {
     }
     if let Command::JobRunner = cli.command {
         return ExitCode::from(rexec_agent::jobs::runner::run().clamp(0, 255) as u8);
+    }
+    if let Command::ManPages { dir } = &cli.command {
+        return match man_pages(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rexec-agent: error: {}", one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging();
     match dispatch(cli) {
@@ -356,7 +372,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) if args.check => check(&resolved)?,
         Command::Run(_) => run(source, resolved)?,
-        Command::Keeper { .. } | Command::JobRunner => {}
+        Command::Keeper { .. } | Command::JobRunner | Command::ManPages { .. } => {}
+    }
+    Ok(())
+}
+
+/// Writes `rexec-agent.1` and one `rexec-agent-COMMAND.1` per visible
+/// command into `dir`, from the same clap definitions as the command line.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut pages = vec![("rexec-agent".to_owned(), command.clone())];
+    for sub in command
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("rexec-agent-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone()
+                .display_name(name)
+                .version(env!("CARGO_PKG_VERSION")),
+        ));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

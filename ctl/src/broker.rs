@@ -122,8 +122,8 @@ pub fn refuse_ports(list: &str) -> Result<(), CtlError> {
     let Ok(items) = target::parse_list(list) else {
         return Ok(());
     };
-    for (_, item) in items {
-        if let ListItem::Hosts(specs) = item
+    for term in items {
+        if let ListItem::Hosts(specs) = term.item
             && let Some(spec) = specs.iter().find(|s| s.port.is_some())
         {
             return Err(port_refused(spec));

@@ -80,6 +80,20 @@ pub enum Command {
         #[command(subcommand)]
         action: job::JobAction,
     },
+    /// Print a completion script for a shell: bash, zsh or fish
+    /// (e.g. ctl completions bash > /etc/bash_completion.d/ctl).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write ctl's man pages (ctl.1, ctl-exec.1, ...) into DIR; for
+    /// packaging (scripts/install.sh, the Debian package).
+    #[command(hide = true)]
+    ManPages {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +131,10 @@ pub struct Reach {
     /// first use.
     #[arg(long)]
     pub strict_host_key: bool,
+    /// Start no more hosts once K have failed (a rolling run, with
+    /// --fanout as the batch); the rest are reported "not started" (255).
+    #[arg(long, value_name = "K", value_parser = parse_fanout)]
+    pub max_failures: Option<usize>,
 }
 
 /// `ctl exec`.
@@ -182,6 +200,8 @@ pub struct ExecArgs {
     /// stdout_omitted and stderr_omitted. Only with --json.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size, requires = "json")]
     pub max_output: usize,
+    #[command(flatten)]
+    pub select: Select,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
     /// node[01-20],@group,!node07 (see `ctl hosts --help`).
     #[arg(value_name = "TARGETS")]
@@ -196,9 +216,20 @@ pub const TARGETS_HELP: &str = "\
 TARGETS is a comma-separated list of:
   host, host:port, user@host, [v6addr]:port    one host
   node[01-20], rack[1-3]-n[1,3,5-7]            ranges (zero padding kept)
-  @name                                        a group from the inventory
-  !node07, !@name                              exclusions
+  @name, @source:name, @source:*               a group from the inventory or a source
+  ^FILE                                        hosts from a file, one per line
+  !node07, !@name                              exclusions from the whole list
+Between two names, as ClusterShell's nodeset reads them from left to right:
+  a,b  union   a!b  difference   a&b  intersection   a^b  symmetric difference
 A bracket holding a ':' is an IPv6 address, any other bracket a range.";
+
+/// Which of the resolved hosts a command runs on.
+#[derive(Debug, clap::Args)]
+pub struct Select {
+    /// Only N of the hosts, chosen at random (kept in list order).
+    #[arg(long, value_name = "N", value_parser = parse_fanout)]
+    pub pick: Option<usize>,
+}
 
 /// `ctl hosts`.
 #[derive(Debug, clap::Args)]
@@ -211,13 +242,26 @@ pub struct HostsArgs {
     pub fold: bool,
     /// Only the agents connected to the broker now (all of them without
     /// TARGETS), in node order.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "groups")]
     pub online: bool,
     /// With --online: one JSON object per agent (name, fingerprint, version).
     #[arg(long, requires = "online", conflicts_with = "fold")]
     pub json: bool,
+    /// Print the number of hosts instead.
+    #[arg(short = 'c', long, conflicts_with = "fold")]
+    pub count: bool,
+    #[command(flatten)]
+    pub select: Select,
+    /// List the groups instead: the inventory's, then each source's
+    /// (`@source:group`, from its list command).
+    #[arg(long, conflicts_with_all = ["fold", "count", "pick", "exclude"])]
+    pub groups: bool,
     /// The target list.
-    #[arg(value_name = "TARGETS", required_unless_present = "online")]
+    #[arg(
+        value_name = "TARGETS",
+        required_unless_present_any = ["groups", "online"],
+        conflicts_with = "groups"
+    )]
     pub targets: Option<String>,
 }
 

@@ -39,4 +39,10 @@ impl ConfigDir {
     pub fn known_hosts(&self) -> PathBuf {
         self.0.join("known_hosts")
     }
+
+    /// `cache/sources/`: what the inventory's group sources answered,
+    /// kept for their `cache_time`.
+    pub fn source_cache(&self) -> PathBuf {
+        self.0.join("cache").join("sources")
+    }
 }

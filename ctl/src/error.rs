@@ -252,6 +252,10 @@ pub enum HostFailure {
     /// The run was interrupted (Ctrl-C) before this host finished.
     #[error("interrupted")]
     Interrupted,
+    /// `--max-failures K` hosts had failed before this one's turn came,
+    /// so it was never started.
+    #[error("not started: {0} hosts had failed (--max-failures {0})")]
+    NotStarted(usize),
 }
 
 impl HostFailure {
@@ -261,6 +265,7 @@ impl HostFailure {
             HostFailure::Ctl(e) => e.kind(),
             HostFailure::Deadline(_) => "deadline",
             HostFailure::Interrupted => "interrupted",
+            HostFailure::NotStarted(_) => "not-started",
         }
     }
 
@@ -270,13 +275,14 @@ impl HostFailure {
             HostFailure::Ctl(_) => "error",
             HostFailure::Deadline(_) => "timed-out",
             HostFailure::Interrupted => "interrupted",
+            HostFailure::NotStarted(_) => "not-started",
         }
     }
 
     /// The exit code this failure contributes.
     pub fn exit_code(&self) -> u8 {
         match self {
-            HostFailure::Ctl(_) => EXIT_CTL_ERROR,
+            HostFailure::Ctl(_) | HostFailure::NotStarted(_) => EXIT_CTL_ERROR,
             HostFailure::Deadline(_) => EXIT_TIMED_OUT,
             HostFailure::Interrupted => EXIT_INTERRUPTED,
         }
@@ -286,6 +292,7 @@ impl HostFailure {
     pub fn summary_name(&self) -> String {
         match self {
             HostFailure::Deadline(_) => "timed out".into(),
+            HostFailure::NotStarted(_) => "not started".into(),
             other => other.kind().to_owned(),
         }
     }

@@ -77,6 +77,9 @@ pub struct Fanout {
     /// jobs are dropped (closing their connections, which makes the agents
     /// kill the commands) and no new ones start.
     pub cancel: CancellationToken,
+    /// Start no new host once this many have failed (`--max-failures`);
+    /// those running go on to their end.
+    pub max_failures: Option<usize>,
 }
 
 impl Fanout {
@@ -96,9 +99,15 @@ impl Fanout {
     {
         let mut running = JoinSet::new();
         let mut next = 0;
+        let mut failed = 0;
         let limit = self.limit.max(1);
+        let failed_enough = |failed: usize| self.max_failures.is_some_and(|k| failed >= k);
         loop {
-            while running.len() < limit && next < targets.len() && !self.cancel.is_cancelled() {
+            while running.len() < limit
+                && next < targets.len()
+                && !self.cancel.is_cancelled()
+                && !failed_enough(failed)
+            {
                 let target = targets[next].clone();
                 let work = job(next, target.clone());
                 let cancel = self.cancel.clone();
@@ -131,7 +140,9 @@ impl Fanout {
             }
             match running.join_next().await {
                 Some(Ok(result)) => {
-                    console.host_finished(result.index, result.failure().is_some());
+                    let failure = result.failure().is_some();
+                    failed += usize::from(failure);
+                    console.host_finished(result.index, failure);
                     done(result);
                 }
                 // A job panicked: a bug, and the run cannot be trusted.
@@ -141,11 +152,17 @@ impl Fanout {
             }
         }
         for (index, target) in targets.iter().enumerate().skip(next) {
+            let outcome = match self.max_failures {
+                Some(k) if failed_enough(failed) && !self.cancel.is_cancelled() => {
+                    HostFailure::NotStarted(k)
+                }
+                _ => HostFailure::Interrupted,
+            };
             done(HostResult {
                 index,
                 target: target.clone(),
                 duration: Duration::ZERO,
-                outcome: Err(HostFailure::Interrupted),
+                outcome: Err(outcome),
             });
         }
     }
@@ -184,6 +201,7 @@ impl Run {
             limit,
             deadline,
             cancel: CancellationToken::new(),
+            max_failures: None,
         };
         Run {
             labels: crate::outcome::labels(&targets).into(),
@@ -301,6 +319,7 @@ mod tests {
             limit,
             deadline,
             cancel: CancellationToken::new(),
+            max_failures: None,
         }
     }
 
@@ -385,5 +404,36 @@ mod tests {
             .map(|r| (r.index, r.outcome.is_ok()))
             .collect();
         assert_eq!(seen, [(0, true), (1, false), (2, false)]);
+    }
+
+    /// Two slots, hosts 2, 3 and 5 failing: once the second failure is in,
+    /// no host starts, the one running ends, and the rest are not started.
+    #[tokio::test(start_paused = true)]
+    async fn no_host_starts_after_max_failures() {
+        let mut fanout = engine(2, None);
+        fanout.max_failures = Some(2);
+        let failing = |i| if [1, 2, 4].contains(&i) { 1 } else { 0 };
+        let (results, tally) = run_all(&fanout, "n[1-8]", 99, failing).await;
+        let seen: Vec<_> = results
+            .iter()
+            .map(|r| (r.index, r.outcome.as_ref().err().map(HostFailure::kind)))
+            .collect();
+        // n1 and n2 start; n1 ends (0 s) and n3 takes its slot; n2 fails
+        // (1 s) and n4 starts; n3 fails (2 s): two failures, n4 runs on.
+        assert_eq!(
+            seen,
+            [
+                (0, None),
+                (1, None),
+                (2, None),
+                (3, None),
+                (4, Some("not-started")),
+                (5, Some("not-started")),
+                (6, Some("not-started")),
+                (7, Some("not-started")),
+            ]
+        );
+        let summary = "6 of 8 hosts failed: exit 1: n[2-3]; not started: n[5-8]";
+        assert_eq!(tally_of(&tally), (EXIT_CTL_ERROR, Some(summary.into())));
     }
 }

@@ -28,13 +28,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rexec_protocol::DEFAULT_PORT;
 
 use crate::broker::BrokerConfig;
 use crate::config::ConfigDir;
 use crate::nodeset;
-use crate::target::{self, ListError, ListItem, Target, TargetSpec};
+use crate::sources::{self, GroupSource, SourceError, Upcall};
+use crate::target::{self, ListError, ListItem, Operator, Target, TargetSpec};
 
 /// The inventory file's name in ctl's config directory.
 pub const FILE_NAME: &str = "hosts.toml";
@@ -117,6 +119,44 @@ pub enum InventoryError {
         /// The groups, from the first to the one that names it again.
         groups: Vec<String>,
     },
+    /// `@source:group` names a source the inventory does not have.
+    #[error("unknown group source {name} in @{name}:… ({})", match .path {
+        Some(path) => format!("no [sources.{name}] in {}", path.display()),
+        None => "there is no inventory file".to_owned(),
+    })]
+    UnknownSource {
+        /// The source.
+        name: String,
+        /// The inventory it is missing from.
+        path: Option<PathBuf>,
+    },
+    /// A source's command gave no answer.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A source's command printed something that is not hosts.
+    #[error(
+        "group source {name}: its {what} command printed {word:?}, which is not a host or node set: {reason}"
+    )]
+    SourceOutput {
+        /// The source.
+        name: String,
+        /// Which command.
+        what: String,
+        /// The word at fault.
+        word: String,
+        /// Why.
+        reason: String,
+    },
+    /// A host file (`^FILE`) cannot be read or has a bad line.
+    #[error("host file {}{}: {reason}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    HostFile {
+        /// The file, as given.
+        path: PathBuf,
+        /// The line at fault, counted from 1; none when the file cannot be read.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
     /// Nothing is left to run on.
     #[error("the targets expand to no host")]
     Empty,
@@ -155,6 +195,9 @@ pub struct Inventory {
     groups: HashMap<String, String>,
     hosts: HashMap<String, HostSettings>,
     broker: Option<BrokerConfig>,
+    sources: HashMap<String, GroupSource>,
+    /// Where sources' answers are kept; none keeps nothing.
+    source_cache: Option<PathBuf>,
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
@@ -238,7 +281,10 @@ impl Inventory {
             None => (Inventory::default_path(config), false),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Inventory::parse(&text, path),
+            Ok(text) => Inventory::parse(&text, path).map(|mut inventory| {
+                inventory.source_cache = Some(config.source_cache());
+                inventory
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 Ok(Inventory::default())
             }
@@ -269,6 +315,7 @@ impl Inventory {
             reason,
         };
         let mut groups = HashMap::new();
+        let mut sources = HashMap::new();
         let mut entries = Vec::new();
         let mut broker = None;
         for (section, value) in table {
@@ -301,10 +348,18 @@ impl Inventory {
                             .map_err(|(k, r)| invalid(k, r))?,
                     );
                 }
+                "sources" => {
+                    for (name, fields) in items {
+                        let key = format!("sources.{}", toml_key(&name));
+                        let source =
+                            group_source(&name, fields, &key).map_err(|(k, r)| invalid(k, r))?;
+                        sources.insert(name, source);
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         toml_key(&section),
-                        "unknown section (an inventory has [groups], [hosts] and [broker])"
+                        "unknown section (an inventory has [groups], [hosts], [sources] and [broker])"
                             .to_owned(),
                     ));
                 }
@@ -316,6 +371,8 @@ impl Inventory {
             groups,
             hosts,
             broker,
+            sources,
+            source_cache: None,
         })
     }
 
@@ -340,8 +397,8 @@ impl Inventory {
         for list in exclude {
             // `-x LIST` is `!` before each item of LIST: the same matching.
             let mut exclusions = Vec::new();
-            for (_, item) in target::parse_list(list)? {
-                self.exclusions(item, &mut exclusions, &mut stack)?;
+            for term in target::parse_list(list)? {
+                self.exclusions(term.item, &mut exclusions, &mut stack)?;
             }
             targets.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
         }
@@ -365,25 +422,67 @@ impl Inventory {
         }
     }
 
+    /// Evaluates a target list from left to right, as ClusterShell reads
+    /// its extended node sets: each term's hosts are added (`,`), removed
+    /// (`!`), intersected (`&`) or xor-ed (`^`) with what the terms before
+    /// it chose. Exclusion items (`,!x`) are ours and apply last, to the
+    /// whole list, whatever their place.
     fn expand(&self, list: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
-        let mut included: Vec<Target> = Vec::new();
+        let mut chosen: Vec<Target> = Vec::new();
         let mut exclusions: Vec<TargetSpec> = Vec::new();
-        for (exclude, item) in target::parse_list(list)? {
-            match (exclude, item) {
-                (false, ListItem::Hosts(specs)) => {
-                    included.extend(specs.into_iter().map(|s| self.complete(s)));
-                }
-                (false, ListItem::Group(name)) => included.extend(self.group(&name, stack)?),
-                (true, item) => self.exclusions(item, &mut exclusions, stack)?,
+        for term in target::parse_list(list)? {
+            if term.exclude {
+                self.exclusions(term.item, &mut exclusions, stack)?;
+                continue;
             }
-            if included.len() > nodeset::MAX_NAMES {
+            match term.operator {
+                Operator::Union => chosen.extend(self.members(term.item, stack)?),
+                Operator::Difference => {
+                    let mut removed = Vec::new();
+                    self.exclusions(term.item, &mut removed, stack)?;
+                    chosen.retain(|t| !removed.iter().any(|x| x.excludes(t)));
+                }
+                Operator::Intersection => {
+                    let members = self.members(term.item, stack)?;
+                    let other = agents(&members);
+                    chosen.retain(|t| other.contains(&(t.host.as_str(), t.port)));
+                }
+                Operator::Xor => {
+                    let members = self.members(term.item, stack)?;
+                    let (mine, other) = (agents(&chosen), agents(&members));
+                    let added: Vec<Target> = members
+                        .iter()
+                        .filter(|t| !mine.contains(&(t.host.as_str(), t.port)))
+                        .cloned()
+                        .collect();
+                    chosen.retain(|t| !other.contains(&(t.host.as_str(), t.port)));
+                    chosen.extend(added);
+                }
+            }
+            if chosen.len() > nodeset::MAX_NAMES {
                 return Err(InventoryError::TooMany);
             }
         }
-        included.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
-        let mut seen = std::collections::HashSet::new();
-        included.retain(|t| seen.insert(t.clone()));
-        Ok(included)
+        chosen.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
+        let mut seen = HashSet::new();
+        chosen.retain(|t| seen.insert(t.clone()));
+        Ok(chosen)
+    }
+
+    /// The targets one item names, completed from the inventory.
+    fn members(
+        &self,
+        item: ListItem,
+        stack: &mut Vec<String>,
+    ) -> Result<Vec<Target>, InventoryError> {
+        match item {
+            ListItem::Hosts(specs) => Ok(specs.into_iter().map(|s| self.complete(s)).collect()),
+            ListItem::Group(name) => self.group(&name, stack),
+            ListItem::File(path) => Ok(host_file(&path)?
+                .into_iter()
+                .map(|s| self.complete(s))
+                .collect()),
+        }
     }
 
     /// What an excluded item (`!ITEM`, or an item of a `-x` list) removes:
@@ -397,6 +496,7 @@ impl Inventory {
     ) -> Result<(), InventoryError> {
         match item {
             ListItem::Hosts(specs) => exclusions.extend(specs),
+            ListItem::File(path) => exclusions.extend(host_file(&path)?),
             ListItem::Group(name) => {
                 let members = self.group(&name, stack)?;
                 exclusions.extend(members.into_iter().map(|t| TargetSpec {
@@ -409,7 +509,91 @@ impl Inventory {
         Ok(())
     }
 
+    /// Every group's name as a target list would write it: the
+    /// inventory's `@name`s, then `@source:group` for each source that
+    /// has a `list` command, sorted.
+    ///
+    /// # Errors
+    /// A source's `list` command that gives no answer.
+    pub fn group_names(&self) -> Result<Vec<String>, InventoryError> {
+        let mut names: Vec<String> = self.groups.keys().map(|g| format!("@{g}")).collect();
+        names.sort();
+        let mut sources: Vec<&GroupSource> =
+            self.sources.values().filter(|s| s.list.is_some()).collect();
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        for source in sources {
+            let mut listed: Vec<String> = self
+                .ask(source, Upcall::List, None)?
+                .split_whitespace()
+                .map(|g| format!("@{}:{g}", source.name))
+                .collect();
+            listed.sort();
+            listed.dedup();
+            names.extend(listed);
+        }
+        Ok(names)
+    }
+
+    fn ask(
+        &self,
+        source: &GroupSource,
+        upcall: Upcall,
+        group: Option<&str>,
+    ) -> Result<String, InventoryError> {
+        let path = self.path.clone().unwrap_or_default();
+        Ok(source.ask(upcall, group, self.source_cache.as_deref(), &path)?)
+    }
+
+    /// The hosts of `@source:group`, or of `@source:*` (its `all`
+    /// command, or else every group its `list` names).
+    fn source_group(&self, source: &str, group: &str) -> Result<Vec<Target>, InventoryError> {
+        let Some(source) = self.sources.get(source) else {
+            return Err(InventoryError::UnknownSource {
+                name: source.to_owned(),
+                path: self.path.clone(),
+            });
+        };
+        let mut printed = Vec::new();
+        if group != "*" {
+            let what = format!("map (GROUP={group})");
+            printed.push((what, self.ask(source, Upcall::Map, Some(group))?));
+        } else if source.all.is_some() || source.list.is_none() {
+            printed.push(("all".to_owned(), self.ask(source, Upcall::All, None)?));
+        } else {
+            for group in self.ask(source, Upcall::List, None)?.split_whitespace() {
+                let what = format!("map (GROUP={group})");
+                printed.push((what, self.ask(source, Upcall::Map, Some(group))?));
+            }
+        }
+        let mut targets = Vec::new();
+        for (what, output) in printed {
+            for word in output.split_whitespace() {
+                let bad = |reason: String| InventoryError::SourceOutput {
+                    name: source.name.clone(),
+                    what: what.clone(),
+                    word: word.chars().take(80).collect(),
+                    reason,
+                };
+                for term in target::parse_list(word).map_err(|e| bad(e.to_string()))? {
+                    match (term.operator, term.exclude, term.item) {
+                        (Operator::Union, false, ListItem::Hosts(specs)) => {
+                            targets.extend(specs.into_iter().map(|s| self.complete(s)));
+                        }
+                        _ => return Err(bad("a source prints hosts and node sets only".into())),
+                    }
+                }
+                if targets.len() > nodeset::MAX_NAMES {
+                    return Err(InventoryError::TooMany);
+                }
+            }
+        }
+        Ok(targets)
+    }
+
     fn group(&self, name: &str, stack: &mut Vec<String>) -> Result<Vec<Target>, InventoryError> {
+        if let Some((source, group)) = name.split_once(':') {
+            return self.source_group(source, group);
+        }
         if let Some(start) = stack.iter().position(|g| g == name) {
             let mut groups = stack[start..].to_vec();
             groups.push(name.to_owned());
@@ -509,36 +693,183 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
     Ok(settings)
 }
 
-/// The hosts a `[hosts]` key names, exclusions applied.
+/// One `[sources.NAME]` table; an error names the key at fault.
+fn group_source(
+    name: &str,
+    value: toml::Value,
+    key: &str,
+) -> Result<GroupSource, (String, String)> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+    {
+        return Err((
+            key.to_owned(),
+            "a source's name holds letters, digits, '_', '-' and '.' only".to_owned(),
+        ));
+    }
+    let toml::Value::Table(fields) = value else {
+        return Err((
+            key.to_owned(),
+            format!(
+                "expected a table of commands (map, list, all), found {}",
+                kind(&value)
+            ),
+        ));
+    };
+    let mut source = GroupSource {
+        name: name.to_owned(),
+        timeout: sources::DEFAULT_TIMEOUT,
+        ..GroupSource::default()
+    };
+    for (field, value) in fields {
+        let at = format!("{key}.{}", toml_key(&field));
+        match (field.as_str(), value) {
+            ("map" | "list" | "all", toml::Value::String(command)) => {
+                let slot = match field.as_str() {
+                    "map" => &mut source.map,
+                    "list" => &mut source.list,
+                    _ => &mut source.all,
+                };
+                *slot = Some(command);
+            }
+            ("map" | "list" | "all", other) => {
+                return Err((
+                    at,
+                    format!("expected a shell command line, found {}", kind(&other)),
+                ));
+            }
+            ("cache_time" | "timeout", toml::Value::String(text)) => {
+                let duration = humantime::parse_duration(&text)
+                    .ok()
+                    .filter(|d| *d <= Duration::from_secs(366 * 24 * 3600))
+                    .ok_or_else(|| {
+                        (
+                            at.clone(),
+                            format!("{text:?} is not a duration (500ms, 30s, 5m, 1h) of at most 366 days"),
+                        )
+                    })?;
+                if field == "timeout" {
+                    if duration.is_zero() {
+                        return Err((at, "a source's timeout must be longer than 0".to_owned()));
+                    }
+                    source.timeout = duration;
+                } else {
+                    source.cache_time = duration;
+                }
+            }
+            ("cache_time" | "timeout", other) => {
+                return Err((
+                    at,
+                    format!(
+                        "expected a quoted duration (\"5m\"), found {}",
+                        kind(&other)
+                    ),
+                ));
+            }
+            _ => {
+                return Err((
+                    at,
+                    "unknown key (a source has map, list, all, cache_time and timeout)".to_owned(),
+                ));
+            }
+        }
+    }
+    if source.map.is_none() && source.all.is_none() {
+        return Err((
+            key.to_owned(),
+            "a source needs a map command (and may have list and all)".to_owned(),
+        ));
+    }
+    Ok(source)
+}
+
+/// The hosts a `[hosts]` key names, its operators and exclusions applied.
 fn host_names(key: &str) -> Result<Vec<String>, String> {
-    let items = target::parse_list(key).map_err(|e| e.to_string())?;
-    let mut included = Vec::new();
+    let terms = target::parse_list(key).map_err(|e| e.to_string())?;
+    let mut chosen: Vec<String> = Vec::new();
     let mut excluded = HashSet::new();
-    for (exclude, item) in items {
-        let ListItem::Hosts(specs) = item else {
+    for term in terms {
+        let ListItem::Hosts(specs) = term.item else {
             return Err(
                 "a [hosts] key names hosts or ranges (labpc07, \"labpc[01-20]\"), not groups"
                     .to_owned(),
             );
         };
-        for spec in specs {
-            if spec.port.is_some() || spec.user.is_some() {
-                return Err(
-                    "a [hosts] key names hosts only; give the port and user inside the entry"
-                        .to_owned(),
-                );
-            }
-            if exclude {
-                excluded.insert(spec.host);
-            } else {
-                included.push(spec.host);
+        if specs.iter().any(|s| s.port.is_some() || s.user.is_some()) {
+            return Err(
+                "a [hosts] key names hosts only; give the port and user inside the entry"
+                    .to_owned(),
+            );
+        }
+        let names: Vec<String> = specs.into_iter().map(|s| s.host).collect();
+        if term.exclude {
+            excluded.extend(names);
+            continue;
+        }
+        let named: HashSet<&String> = names.iter().collect();
+        match term.operator {
+            Operator::Union => chosen.extend(names.iter().cloned()),
+            Operator::Difference => chosen.retain(|h| !named.contains(h)),
+            Operator::Intersection => chosen.retain(|h| named.contains(h)),
+            Operator::Xor => {
+                let mine: HashSet<String> = chosen.iter().cloned().collect();
+                chosen.retain(|h| !named.contains(h));
+                chosen.extend(names.iter().filter(|h| !mine.contains(*h)).cloned());
             }
         }
     }
-    included.retain(|h| !excluded.contains(h));
+    chosen.retain(|h| !excluded.contains(h));
     let mut seen = HashSet::new();
-    included.retain(|h| seen.insert(h.clone()));
-    Ok(included)
+    chosen.retain(|h| seen.insert(h.clone()));
+    Ok(chosen)
+}
+
+/// The `(host, port)` of each target: what `&` and `^` compare, since a
+/// user is how a host is used, not which host it is.
+fn agents(targets: &[Target]) -> HashSet<(&str, u16)> {
+    targets.iter().map(|t| (t.host.as_str(), t.port)).collect()
+}
+
+/// The hosts of a host file (`^FILE`, as pdsh's `-w ^FILE`): one host or
+/// node set per line; `#` starts a comment, blank lines are skipped.
+fn host_file(path: &str) -> Result<Vec<TargetSpec>, InventoryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::HostFile {
+        path: PathBuf::from(path),
+        line: None,
+        reason: read_reason(&source),
+    })?;
+    let mut specs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line
+            .split_once('#')
+            .map_or(line, |(before, _)| before)
+            .trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| InventoryError::HostFile {
+            path: PathBuf::from(path),
+            line: Some(number + 1),
+            reason,
+        };
+        for term in target::parse_list(line).map_err(|e| bad(e.to_string()))? {
+            match (term.operator, term.exclude, term.item) {
+                (Operator::Union, false, ListItem::Hosts(hosts)) => specs.extend(hosts),
+                _ => {
+                    return Err(bad(
+                        "a host file lists hosts or node sets, one per line, not groups, files or operators"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        if specs.len() > nodeset::MAX_NAMES {
+            return Err(InventoryError::TooMany);
+        }
+    }
+    Ok(specs)
 }
 
 /// Each host's settings, each field from the most specific entry that
@@ -748,7 +1079,7 @@ port = 9
             ),
             (
                 "[host.a]\nport = 1\n",
-                "inventory h.toml: host: unknown section (an inventory has [groups], [hosts] and [broker])",
+                "inventory h.toml: host: unknown section (an inventory has [groups], [hosts], [sources] and [broker])",
             ),
             (
                 "[hosts.a]\nprot = 1\n",

@@ -40,6 +40,7 @@ pub mod outcome;
 pub mod output;
 pub mod plain;
 pub mod signals;
+pub mod sources;
 pub mod target;
 pub mod tty;
 
@@ -79,6 +80,8 @@ pub fn main() -> ExitCode {
             cmd::known_hosts::known_hosts(&config, inventory, broker, action)
         }
         Command::Job { action } => cmd::job::job(&config, inventory, broker, action),
+        Command::Completions { shell } => cmd::docs::completions(shell),
+        Command::ManPages { dir } => cmd::docs::man_pages(&dir),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -3,7 +3,7 @@
 //! form (`node[01-05,07]`) for headers and summaries.
 //!
 //! This module owns the bracket syntax and nothing else: splitting a target
-//! list at its top-level commas, expanding one pattern, folding names. What
+//! list at its top-level operators, expanding one pattern, folding names. What
 //! a name means (user, port, group, exclusion) is [`crate::target`]'s and
 //! [`crate::inventory`]'s business.
 //!
@@ -74,17 +74,39 @@ impl fmt::Display for SyntaxError {
     }
 }
 
-/// Splits a comma-separated list at its top-level commas (not those inside
-/// brackets), returning each item with its byte offset.
+/// Splits a target list at its top-level operators, ClusterShell's
+/// extended node-set syntax: `,` (union), `!` (difference), `&`
+/// (intersection) and `^` (symmetric difference), none inside brackets.
+/// Each term comes with its byte offset and the operator before it (`,`
+/// for the first).
+///
+/// Two places are not operators: a `!` that starts the list or follows a
+/// comma begins an exclusion item (`a,!b`, ours), and a `^` there begins a
+/// host file (`^hosts.txt`, as pdsh has it), whose name runs to the next
+/// operator and is not read for brackets.
 ///
 /// # Errors
-/// An empty item, a `]` without `[`, a `[` without `]`, or nested brackets.
-pub fn split_list(input: &str) -> Result<Vec<(usize, &str)>, SyntaxError> {
-    let mut items = Vec::new();
+/// An empty term, a `]` without `[`, a `[` without `]`, or nested brackets.
+pub fn split_terms(input: &str) -> Result<Vec<(usize, char, &str)>, SyntaxError> {
+    let empty = |at: usize, operator: char| match operator {
+        ',' => SyntaxError::new(input, at, "empty name in the list"),
+        other => SyntaxError::new(input, at, format!("expected a name after {other:?}")),
+    };
+    let mut terms = Vec::new();
+    let mut operator = ',';
     let mut start = 0;
+    // Where the term's name begins: after an exclusion's '!'.
+    let mut body = 0;
+    let mut file = false;
     let mut open: Option<usize> = None;
     for (i, c) in input.char_indices() {
+        let is_operator = matches!(c, ',' | '!' | '&' | '^');
+        if file && !is_operator {
+            continue;
+        }
         match c {
+            '!' if i == start && operator == ',' => body = i + 1,
+            '^' if i == body && open.is_none() => file = true,
             '[' if open.is_some() => {
                 return Err(SyntaxError::new(input, i, "brackets cannot nest"));
             }
@@ -93,12 +115,25 @@ pub fn split_list(input: &str) -> Result<Vec<(usize, &str)>, SyntaxError> {
                 return Err(SyntaxError::new(input, i, "']' without a matching '['"));
             }
             ']' => open = None,
-            ',' if open.is_none() => {
-                if i == start {
-                    return Err(SyntaxError::new(input, i, "empty name in the list"));
+            _ if is_operator && open.is_none() => {
+                if i == body {
+                    return Err(if i == start {
+                        match c {
+                            ',' => empty(i, operator),
+                            _ if terms.is_empty() => {
+                                SyntaxError::new(input, i, format!("expected a name before {c:?}"))
+                            }
+                            _ => empty(i, operator),
+                        }
+                    } else {
+                        SyntaxError::new(input, i, "expected a name after '!'")
+                    });
                 }
-                items.push((start, &input[start..i]));
+                terms.push((start, operator, &input[start..i]));
+                operator = c;
                 start = i + 1;
+                body = start;
+                file = false;
             }
             _ => {}
         }
@@ -106,11 +141,15 @@ pub fn split_list(input: &str) -> Result<Vec<(usize, &str)>, SyntaxError> {
     if let Some(at) = open {
         return Err(SyntaxError::new(input, at, "'[' is never closed"));
     }
-    if start == input.len() {
-        return Err(SyntaxError::new(input, start, "empty name in the list"));
+    if body == input.len() {
+        return Err(if start == body {
+            empty(start, operator)
+        } else {
+            SyntaxError::new(input, body, "expected a name after '!'")
+        });
     }
-    items.push((start, &input[start..]));
-    Ok(items)
+    terms.push((start, operator, &input[start..]));
+    Ok(terms)
 }
 
 /// Checks that brackets pair up and do not nest.
@@ -524,10 +563,10 @@ mod tests {
     use super::*;
 
     fn expand_list(list: &str) -> Vec<String> {
-        split_list(list)
+        split_terms(list)
             .unwrap()
             .into_iter()
-            .flat_map(|(_, item)| expand(item).unwrap())
+            .flat_map(|(_, _, item)| expand(item).unwrap())
             .collect()
     }
 
@@ -563,8 +602,8 @@ mod tests {
             ["[fe80::1]:7001", "[fe80::1]:7002"]
         );
         assert_eq!(
-            split_list("[::1]:7722,n[1,2]").unwrap(),
-            [(0, "[::1]:7722"), (11, "n[1,2]")]
+            split_terms("[::1]:7722,n[1,2]").unwrap(),
+            [(0, ',', "[::1]:7722"), (11, ',', "n[1,2]")]
         );
     }
 
@@ -581,11 +620,11 @@ mod tests {
             ("n[5/2]", 3, "a step needs a range"),
         ];
         for (input, position, reason) in cases {
-            let error = split_list(input)
+            let error = split_terms(input)
                 .and_then(|items| {
                     items
                         .into_iter()
-                        .map(|(at, item)| expand(item).map_err(|e| e.within(input, at)))
+                        .map(|(at, _, item)| expand(item).map_err(|e| e.within(input, at)))
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .unwrap_err();
@@ -597,8 +636,29 @@ mod tests {
             shown.ends_with(" at character 8 of \"node[1-x]\""),
             "{shown}"
         );
-        assert_eq!(split_list("a,,b").unwrap_err().position, 2);
-        assert_eq!(split_list("a,").unwrap_err().position, 2);
+        assert_eq!(split_terms("a,,b").unwrap_err().position, 2);
+        assert_eq!(split_terms("a,").unwrap_err().position, 2);
+        assert_eq!(split_terms("a&").unwrap_err().position, 2);
+        assert_eq!(split_terms("&a").unwrap_err().position, 0);
+        assert_eq!(split_terms("a&!b").unwrap_err().position, 2);
+        assert_eq!(split_terms("a,!").unwrap_err().position, 3);
+    }
+
+    #[test]
+    fn lists_split_at_operators_outside_brackets() {
+        assert_eq!(
+            split_terms("n[1-9]!n6&n[6-12],m^n1,!x,^f[1].txt&y").unwrap(),
+            [
+                (0, ',', "n[1-9]"),
+                (7, '!', "n6"),
+                (10, '&', "n[6-12]"),
+                (18, ',', "m"),
+                (20, '^', "n1"),
+                (23, ',', "!x"),
+                (26, ',', "^f[1].txt"),
+                (36, '&', "y"),
+            ]
+        );
         assert!(expand("n[1-1000000000]").is_err());
         assert!(expand("n[1-1000]m[1-1000]").is_err());
     }

@@ -185,8 +185,39 @@ impl TargetSpec {
 pub enum ListItem {
     /// Hosts written out or as a range: `node[01-04]`, `root@h:7000`.
     Hosts(Vec<TargetSpec>),
-    /// An inventory group: `@lab`.
+    /// An inventory group, `@lab`, or a group of a source, `@slurm:gpu`
+    /// (the text after the `@`).
     Group(String),
+    /// A file of hosts, one per line: `^hosts.txt` (the path after the `^`).
+    File(String),
+}
+
+/// How a term of a target list combines with what the terms before it
+/// chose: ClusterShell's operators, read from left to right, all of the
+/// same precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// `,`: add the term's hosts.
+    Union,
+    /// `!` between two names: remove them.
+    Difference,
+    /// `&`: keep only the hosts the term names too.
+    Intersection,
+    /// `^`: keep the hosts in exactly one of the two.
+    Xor,
+}
+
+/// One term of a target list: its operator, whether it is an exclusion
+/// item (`,!node07`, which removes from the whole list whatever the
+/// order), and what it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// How it combines with the terms before it.
+    pub operator: Operator,
+    /// A `!` item of its own: removed from the whole list at the end.
+    pub exclude: bool,
+    /// What it names.
+    pub item: ListItem,
 }
 
 /// A target list that does not parse.
@@ -200,25 +231,41 @@ pub enum ListError {
     Target(#[from] TargetError),
 }
 
-/// Parses a comma-separated target list into its items, each with whether
-/// it is an exclusion (`!node07`). Ranges are expanded here.
+/// Parses a target list into its terms. Ranges are expanded here.
 ///
 /// # Errors
 /// The first syntax error, pointing at its character.
-pub fn parse_list(input: &str) -> Result<Vec<(bool, ListItem)>, ListError> {
-    let mut items = Vec::new();
-    for (offset, item) in nodeset::split_list(input)? {
+pub fn parse_list(input: &str) -> Result<Vec<Term>, ListError> {
+    let error = |position: usize, reason: String| -> ListError {
+        SyntaxError {
+            input: input.to_owned(),
+            position,
+            reason,
+        }
+        .into()
+    };
+    let mut terms = Vec::new();
+    for (offset, operator, item) in nodeset::split_terms(input)? {
+        let operator = match operator {
+            '!' => Operator::Difference,
+            '&' => Operator::Intersection,
+            '^' => Operator::Xor,
+            _ => Operator::Union,
+        };
         let (exclude, body, at) = match item.strip_prefix('!') {
             Some(body) => (true, body, offset + 1),
             None => (false, item, offset),
         };
-        if body.is_empty() {
-            return Err(SyntaxError {
-                input: input.to_owned(),
-                position: at,
-                reason: "expected a name after '!'".into(),
+        if let Some(path) = body.strip_prefix('^') {
+            if path.trim().is_empty() {
+                return Err(error(at + 1, "expected a file name after '^'".into()));
             }
-            .into());
+            terms.push(Term {
+                operator,
+                exclude,
+                item: ListItem::File(path.to_owned()),
+            });
+            continue;
         }
         // A '/' is a step inside a range bracket (`n[0-10/2]`) and nothing
         // anywhere else: outside brackets it would be a path, not a host.
@@ -231,35 +278,24 @@ pub fn parse_list(input: &str) -> Result<Vec<(bool, ListItem)>, ListError> {
             }
             c.is_whitespace() || c.is_control() || c == '!' || (c == '/' && depth == 0)
         }) {
-            return Err(SyntaxError {
-                input: input.to_owned(),
-                position: at + bad,
-                reason: format!("{c:?} cannot appear in a target"),
-            }
-            .into());
+            return Err(error(at + bad, format!("{c:?} cannot appear in a target")));
         }
         if let Some(group) = body.strip_prefix('@') {
-            if let Some((bad, c)) = group
-                .char_indices()
-                .find(|&(_, c)| !(c.is_alphanumeric() || "_-.".contains(c)))
-                .or(if group.is_empty() {
-                    Some((0, '@'))
-                } else {
-                    None
-                })
-            {
-                return Err(SyntaxError {
-                    input: input.to_owned(),
-                    position: at + 1 + bad,
-                    reason: if group.is_empty() {
-                        "expected a group name after '@'".into()
-                    } else {
-                        format!("{c:?} cannot appear in a group name")
+            if let Some(bad) = bad_group_name(group) {
+                return Err(error(
+                    at + 1 + bad.0,
+                    match bad.1 {
+                        '@' => "expected a group name after '@' (or SOURCE:)".into(),
+                        ':' => "expected a source name before ':'".into(),
+                        c => format!("{c:?} cannot appear in a group name"),
                     },
-                }
-                .into());
+                ));
             }
-            items.push((exclude, ListItem::Group(group.to_owned())));
+            terms.push(Term {
+                operator,
+                exclude,
+                item: ListItem::Group(group.to_owned()),
+            });
             continue;
         }
         let names = nodeset::expand(body).map_err(|e| e.within(input, at))?;
@@ -267,9 +303,41 @@ pub fn parse_list(input: &str) -> Result<Vec<(bool, ListItem)>, ListError> {
             .iter()
             .map(|name| TargetSpec::parse(name))
             .collect::<Result<Vec<_>, _>>()?;
-        items.push((exclude, ListItem::Hosts(specs)));
+        terms.push(Term {
+            operator,
+            exclude,
+            item: ListItem::Hosts(specs),
+        });
     }
-    Ok(items)
+    Ok(terms)
+}
+
+/// The first character that cannot be in `NAME` or `SOURCE:NAME` (a
+/// source's name, then a group's, or `*` for all of the source's hosts),
+/// with its byte offset; the name's end when it is empty.
+fn bad_group_name(group: &str) -> Option<(usize, char)> {
+    let name_char = |c: char| c.is_alphanumeric() || "_-.".contains(c);
+    let (source, name, offset) = match group.split_once(':') {
+        Some((source, name)) => (Some(source), name, source.len() + 1),
+        None => (None, group, 0),
+    };
+    if let Some(source) = source {
+        if source.is_empty() {
+            return Some((0, ':'));
+        }
+        if let Some(bad) = source.char_indices().find(|&(_, c)| !name_char(c)) {
+            return Some(bad);
+        }
+        if name == "*" {
+            return None;
+        }
+    }
+    if name.is_empty() {
+        return Some((offset, '@'));
+    }
+    name.char_indices()
+        .find(|&(_, c)| !name_char(c))
+        .map(|(i, c)| (offset + i, c))
 }
 
 /// Whether `input` names exactly one literal host: no list, range, group
@@ -280,9 +348,8 @@ pub fn is_single(input: &str) -> bool {
         && host
             .split_once(']')
             .is_some_and(|(inner, _)| inner.contains(':'));
-    !input.contains(',')
+    !input.contains([',', '!', '&', '^'])
         && !input.starts_with('@')
-        && !input.starts_with('!')
         && (!input.contains('[') || (v6_literal && input.matches('[').count() == 1))
 }
 
@@ -329,8 +396,8 @@ mod tests {
         }
     }
 
-    fn hosts(item: &(bool, ListItem)) -> Vec<String> {
-        match &item.1 {
+    fn hosts(term: &Term) -> Vec<String> {
+        match &term.item {
             ListItem::Hosts(specs) => specs
                 .iter()
                 .map(|s| {
@@ -340,6 +407,7 @@ mod tests {
                 })
                 .collect(),
             ListItem::Group(name) => vec![format!("@{name}")],
+            ListItem::File(path) => vec![format!("^{path}")],
         }
     }
 
@@ -347,7 +415,7 @@ mod tests {
     fn lists_hold_ranges_groups_exclusions_and_addresses() {
         let items =
             parse_list("root@node[1-2]:7000,@lab,!node2,127.0.0.[2-3],[::1]:8,::1").unwrap();
-        let shown: Vec<_> = items.iter().map(|i| (i.0, hosts(i))).collect();
+        let shown: Vec<_> = items.iter().map(|i| (i.exclude, hosts(i))).collect();
         assert_eq!(
             shown,
             [
@@ -367,6 +435,23 @@ mod tests {
             steps.iter().flat_map(hosts).collect::<Vec<_>>(),
             ["n0", "n2", "n4", "n6", "n8", "n10", "m1", "m5", "m9"]
         );
+        let algebra = parse_list("n[1-3]!n2&@lab^m,!@slurm:gpu,^hosts.txt,@s:*").unwrap();
+        let shown: Vec<_> = algebra
+            .iter()
+            .map(|t| (t.operator, t.exclude, hosts(t).join(" ")))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (Operator::Union, false, "n1 n2 n3".to_owned()),
+                (Operator::Difference, false, "n2".to_owned()),
+                (Operator::Intersection, false, "@lab".to_owned()),
+                (Operator::Xor, false, "m".to_owned()),
+                (Operator::Union, true, "@slurm:gpu".to_owned()),
+                (Operator::Union, false, "^hosts.txt".to_owned()),
+                (Operator::Union, false, "@s:*".to_owned()),
+            ]
+        );
         let spec = TargetSpec::parse("127.0.0.1:7722").unwrap();
         assert_eq!((spec.host.as_str(), spec.port), ("127.0.0.1", Some(7722)));
     }
@@ -382,6 +467,11 @@ mod tests {
             ("ok,@g$", 5),
             ("n[1-4]/2", 6),
             ("a/b", 1),
+            ("@:g", 1),
+            ("@s:", 3),
+            ("@s:g:h", 4),
+            ("a,^", 3),
+            ("a&&b", 2),
         ] {
             match parse_list(input) {
                 Err(ListError::Syntax(e)) => assert_eq!(e.position, position, "{input}: {e}"),
@@ -412,6 +502,10 @@ mod tests {
             "!h",
             "[::1]:[1-2]",
             "[1-2]x",
+            "a&b",
+            "a^b",
+            "a!b",
+            "^f",
         ] {
             assert!(!is_single(several), "{several}");
         }

@@ -347,6 +347,7 @@ mod tests {
                     term: "xterm-256color".into(),
                     size: WindowSize { cols: 80, rows: 24 },
                 }),
+                target: Some("labpc07".into()),
             }),
             ClientMessage::Exec(ExecRequest::default()),
             ClientMessage::Ping,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bumped on any change to the
 /// messages below; peers of different versions refuse each other with an
 /// [`ErrorKind::VersionMismatch`] that names both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first message each side sends after the TLS handshake.
 ///
@@ -244,6 +244,10 @@ pub struct ExecRequest {
     /// output then arrives as [`AgentMessage::Stdout`] only (a terminal has
     /// one output stream).
     pub pty: Option<PtyRequest>,
+    /// The name the client used for this agent (`labpc07`, from
+    /// `ctl exec @lab …`); the command sees it as `REXEC_TARGET`, as pssh
+    /// gives `PSSH_HOST`. Added in protocol 3.
+    pub target: Option<String>,
 }
 
 /// A pseudo-terminal for an exec.

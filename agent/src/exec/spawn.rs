@@ -144,6 +144,14 @@ pub fn prepare(
     if let Some(pty) = &request.pty {
         command.env("TERM", &pty.term);
     }
+    // Before the client's own variables, so `-e REXEC_TARGET=…` still wins
+    // as any `-e` does.
+    if let Some(target) = &request.target {
+        if target.contains('\0') {
+            return Err(bad("the target name contains a NUL byte".into()));
+        }
+        command.env("REXEC_TARGET", target);
+    }
     for (key, value) in &request.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
             return Err(bad(format!(

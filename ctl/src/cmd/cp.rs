@@ -47,7 +47,8 @@ pub fn cp(
     // ctl itself enforces a copy's timeout, from the start of the host's
     // job (connecting included); 0 means none, as for exec.
     let deadline = no_limit_if_zero(args.timeout).map(Deadline::Timeout);
-    let run = Run::new(targets, args.reach.fanout, deadline);
+    let mut run = Run::new(targets, args.reach.fanout, deadline);
+    run.fanout.max_failures = args.reach.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let report = |result: HostResult<copy::Copied>| {
         let label = &labels[result.index];

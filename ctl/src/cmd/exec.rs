@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
-use super::{Failure, Fleet, fleet, no_limit_if_zero, plain};
+use super::{Failure, Fleet, fleet, no_limit_if_zero, pick, plain};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
@@ -51,6 +51,7 @@ pub fn exec(
     }
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
+        && args.select.pick.is_none()
         && !args.gather
         && !args.gather_all
         && !args.by_host
@@ -74,6 +75,7 @@ pub fn exec(
         timeout: no_limit_if_zero(args.timeout),
         stdin: args.stdin || args.tty,
         pty: args.tty.then(tty::pty_request),
+        target: Some(target.host.clone()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +112,8 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
             "-t/--tty works with a single target only".into(),
         )));
     }
-    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
+    let targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
+    let mut targets = pick(targets, &args.select);
     if let Some(user) = &args.user {
         for target in &mut targets {
             target.user = Some(user.clone());
@@ -136,7 +139,8 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
         ..ExecRequest::default()
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
-    let run = Run::new(targets, args.reach.fanout, deadline);
+    let mut run = Run::new(targets, args.reach.fanout, deadline);
+    run.fanout.max_failures = args.reach.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let layout = if args.diff {
         Some(Layout::Diff)
@@ -184,6 +188,7 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
             |index, target| {
                 let mut request = request.clone();
                 request.user = target.user.clone();
+                request.target = Some(target.host.clone());
                 host::exec::run(
                     client.clone(),
                     target,

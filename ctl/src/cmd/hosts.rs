@@ -1,9 +1,10 @@
-//! `ctl hosts`: the hosts a target list expands to, or, with `--online`,
-//! the agents connected to the broker now.
+//! `ctl hosts`: the hosts a target list expands to, folded or counted;
+//! the groups there are; or, with `--online`, the agents connected to the
+//! broker now.
 
 use std::path::Path;
 
-use super::{Failure, fleet, plain, print_out};
+use super::{Failure, fleet, pick, plain, print_out};
 use crate::broker::{BrokerLink, DISCOVERY_WINDOW};
 use crate::cli::HostsArgs;
 use crate::config::ConfigDir;
@@ -23,6 +24,13 @@ pub fn hosts(
     args: HostsArgs,
 ) -> Result<u8, Failure> {
     let fleet = fleet(config, inventory, broker)?;
+    if args.groups {
+        let names = fleet
+            .inventory
+            .group_names()
+            .map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+        return print_out(&names.iter().map(|n| format!("{n}\n")).collect::<String>());
+    }
     let mut targets = match &args.targets {
         Some(list) => Some(fleet.resolve(list, &args.exclude.exclude)?),
         None => None,
@@ -81,8 +89,10 @@ pub fn hosts(
         };
         return print_out(&text);
     }
-    let targets = targets.unwrap_or_default();
-    let text = if args.fold {
+    let targets = pick(targets.unwrap_or_default(), &args.select);
+    let text = if args.count {
+        format!("{}\n", targets.len())
+    } else if args.fold {
         let names: Vec<String> = targets.iter().map(Target::minimal).collect();
         nodeset::fold(names.iter().map(String::as_str)) + "\n"
     } else {

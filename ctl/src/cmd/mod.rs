@@ -4,6 +4,7 @@
 //! command line (`crate::cli`).
 
 pub mod cp;
+pub mod docs;
 pub mod exec;
 pub mod hosts;
 pub mod identity;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use rexec_protocol::{Identity, IdentityError};
 
 use crate::broker::{BrokerConfig, BrokerLink};
-use crate::cli::Reach;
+use crate::cli::{Reach, Select};
 use crate::config::ConfigDir;
 use crate::connect::{Carrier, Client};
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
@@ -139,6 +140,22 @@ impl Fleet {
             carrier,
         })
     }
+}
+
+/// `--pick N`: N of `targets` at random, in their order; all of them when
+/// there are no more than N.
+pub(crate) fn pick(targets: Vec<Target>, select: &Select) -> Vec<Target> {
+    let Some(n) = select.pick.filter(|&n| n < targets.len()) else {
+        return targets;
+    };
+    let mut chosen = fastrand::choose_multiple(0..targets.len(), n);
+    chosen.sort_unstable();
+    let mut chosen = chosen.into_iter().peekable();
+    targets
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| chosen.next_if_eq(&i).map(|_| t))
+        .collect()
 }
 
 /// Writes `text` to our stdout: 0 once written, 141 when its reader went

@@ -24,7 +24,8 @@ pub fn ping(
     let client = Arc::new(fleet.client(config, &args.reach)?);
     // Connect is bounded by the client; the round trip gets as long again.
     let deadline = Deadline::NoAnswer(args.reach.connect_timeout.saturating_mul(2));
-    let run = Run::new(targets, args.reach.fanout, Some(deadline));
+    let mut run = Run::new(targets, args.reach.fanout, Some(deadline));
+    run.fanout.max_failures = args.reach.max_failures;
     let end = run
         .drive(
             |_, target| {

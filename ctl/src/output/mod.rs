@@ -131,7 +131,8 @@ pub(super) fn put_bytes(record: &mut Map<String, Value>, name: &str, bytes: &[u8
 /// (an error, a timeout, a signal); `None` for a plain exit.
 pub fn host_note<T: Describe>(label: &str, result: &HostResult<T>) -> Option<String> {
     match &result.outcome {
-        Err(HostFailure::Interrupted) => None,
+        // The summary names them; a line each would bury the failures.
+        Err(HostFailure::Interrupted | HostFailure::NotStarted(_)) => None,
         Err(failure) => Some(format!(
             "{label}: {}",
             plain::agent_text(&failure.to_string())
