@@ -450,3 +450,54 @@ fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
         "{lines}"
     );
 }
+
+/// A command that runs until the file `go` exists (at most a minute),
+/// then says `ended`.
+fn until_file(go: &std::path::Path) -> String {
+    format!(
+        "for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.1; done; echo ended",
+        go.display()
+    )
+}
+
+#[test]
+fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
+    let (env, agent) = Env::with_agent_flags(&["--max-jobs", "2"]);
+    let target = agent.target();
+    let go = [env.root.path().join("go1"), env.root.path().join("go2")];
+    let first = detach(&env, &target, &until_file(&go[0]));
+    let second = detach(&env, &target, &until_file(&go[1]));
+    let third = env.ctl_run(&["exec", "--detach", &target, "echo third"]);
+    assert_eq!(third.status.code(), Some(255), "{}", stderr_of(&third));
+    assert_eq!(stdout_of(&third), "", "no job id for a refused job");
+    let said = stderr_of(&third);
+    assert_eq!(said.lines().count(), 1, "one line: {said:?}");
+    assert!(
+        said.contains("busy") && said.contains("2 jobs") && said.contains("max_jobs"),
+        "{said}"
+    );
+    // Nothing of the refused job is kept, and plain execs are not jobs.
+    let ids: Vec<String> = listed(&env, &target)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&first) && ids.contains(&second), "{ids:?}");
+    assert_eq!(env.exec(&agent, &["echo", "served"]).stdout, b"served\n");
+    // Once one ends (`job wait` has returned), the next one is accepted
+    // at once.
+    std::fs::write(&go[0], "").unwrap();
+    let waited = job(&env, &["wait", &target, &first]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let fourth = detach(&env, &target, "echo fourth");
+    let out = job(&env, &["output", &target, &fourth]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out)),
+        (Some(0), "fourth\n".into())
+    );
+    std::fs::write(&go[1], "").unwrap();
+    assert_eq!(
+        job(&env, &["wait", &target, &second]).status.code(),
+        Some(0)
+    );
+}
