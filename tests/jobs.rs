@@ -501,3 +501,136 @@ fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
         Some(0)
     );
 }
+
+/// A small file system of our own: unmounted when dropped, lazily if
+/// something still holds it, so that no test leaves a mount behind.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then(|| SmallDisk(at.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_go_on() {
+    require_root!("mounting a tmpfs needs root");
+    require_tool!("mount");
+    let env = Env::new();
+    let state = env.root.path().join("state");
+    // Declared before the agent, so unmounted after it has stopped.
+    let Some(disk) = SmallDisk::mount(&state, "1m") else {
+        skipped(test_name!(), "cannot mount a tmpfs here");
+        return;
+    };
+    let agent = env.agent_with(&["--state-dir", state.to_str().unwrap()]);
+    let target = agent.target();
+    // Three times what the disk holds, then a line on stderr, past the
+    // point where the disk is full.
+    let data = random_bytes(3_000_000, 0x0dd5_eed5_00f0_f00d);
+    let file = env.root.path().join("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let id = detach(
+        &env,
+        &target,
+        &format!("cat '{}'; echo after >&2; exit 9", file.display()),
+    );
+    let waited = job(&env, &["wait", &target, &id]);
+    assert_eq!(waited.status.code(), Some(9), "{}", stderr_of(&waited));
+
+    let jobs = listed(&env, &target);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["status"].as_str(), jobs[0]["exit_code"].as_i64()),
+        (Some("exited"), Some(9))
+    );
+    // Every byte the command wrote is counted, kept or not.
+    assert_eq!(jobs[0]["stdout_bytes"].as_u64(), Some(3_000_000));
+    assert_eq!(jobs[0]["stderr_bytes"].as_u64(), Some(6));
+    let note = jobs[0]["note"].as_str().unwrap_or("").to_owned();
+    let lost_at: usize = note
+        .split("stdout not recorded from byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the note says where stdout was lost: {note:?}"));
+    assert!(lost_at > 0 && lost_at < 1 << 20, "lost at {lost_at}");
+    assert!(
+        note.contains("stderr not recorded from byte 0 on"),
+        "{note}"
+    );
+
+    // What was kept is the stream up to that byte, exactly; the status is
+    // the job's.
+    let out = job(&env, &["output", &target, &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    assert!(
+        out.stdout == data[..lost_at],
+        "kept {} bytes, the first {lost_at} expected",
+        out.stdout.len()
+    );
+    assert!(
+        stderr_of(&out).contains(&format!("stdout not recorded from byte {lost_at} on")),
+        "{}",
+        stderr_of(&out)
+    );
+    let ended = agent.expect_log("job ended");
+    assert!(ended.contains(&id) && ended.contains("exit 9"), "{ended}");
+
+    // The agent serves on: a plain exec, and another job refused with a
+    // plain reason while the disk is full, then accepted once room is
+    // made.
+    assert_eq!(env.exec(&agent, &["echo", "served"]).stdout, b"served\n");
+    let refused = env.ctl_run(&["exec", "--detach", &target, "echo no room"]);
+    assert_eq!(refused.status.code(), Some(255), "{}", stderr_of(&refused));
+    assert_eq!(
+        stderr_of(&refused).lines().count(),
+        1,
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(
+        stderr_of(&refused).contains("the disk is full"),
+        "{}",
+        stderr_of(&refused)
+    );
+    let forgot = job(&env, &["forget", &target, &id]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
+    let again = detach(&env, &target, "echo room again");
+    let out = job(&env, &["output", &target, &again]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out)),
+        (Some(0), "room again\n".into())
+    );
+    drop(agent);
+    drop(disk);
+}
