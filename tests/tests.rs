@@ -1,10 +1,14 @@
 //! End-to-end tests: real `rexec-agent` processes on loopback with fresh
 //! identities, driven by the real `ctl` binary.
 
+mod broker_agent;
+mod broker_ctl;
 mod copy;
 mod exec;
 mod fanout;
+mod gather;
 mod hostile;
+mod input;
 mod jobs;
 mod nodesets;
 mod process;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rexec_broker::{BrokerOptions, CertFingerprint, Credentials};
 use rexec_protocol::IdentityPaths;
 
 use crate::limits::MaxStartups;
@@ -108,6 +109,66 @@ pub struct AgentSettings {
     pub run_as: RunAsPolicy,
     /// Detached jobs: where they are kept, and their limits.
     pub jobs: crate::jobs::JobSettings,
+    /// Broker mode: serve sessions through a NATS broker too (or only).
+    pub broker: Option<BrokerSettings>,
+}
+
+/// Broker mode: the broker the agent dials out to, its name there, and how
+/// it proves to the broker who it is and knows the broker is the right one.
+/// These decide only who may use the broker: every session through it is
+/// the same mutual TLS session as on TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// `nats://` or `tls://` URLs, tried in turn.
+    pub urls: Vec<String>,
+    /// The agent's name on the broker (ctl's target).
+    pub name: String,
+    /// The subject prefix.
+    pub subject_prefix: String,
+    /// The CA that signed the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The broker's certificate, pinned instead of a CA.
+    pub fingerprint: Option<CertFingerprint>,
+    /// Our credentials on the broker.
+    pub credentials: Credentials,
+}
+
+impl BrokerSettings {
+    /// The carrier's options: an agent keeps trying to reach its broker
+    /// for as long as it runs, and shows its name in the broker's
+    /// monitoring.
+    pub fn options(&self) -> BrokerOptions {
+        let mut options = BrokerOptions::new(self.urls.clone());
+        options.credentials = self.credentials.clone();
+        options.ca_file = self.ca_file.clone();
+        options.fingerprint = self.fingerprint;
+        options.subject_prefix = self.subject_prefix.clone();
+        options.client_name = Some(format!("rexec-agent {}", self.name));
+        options.retry_forever = true;
+        options
+    }
+
+    /// The URLs as one would give them to `--broker`.
+    pub fn url_list(&self) -> String {
+        self.urls.join(",")
+    }
+}
+
+/// The agent's name on the broker when none is given: the host name up to
+/// its first dot (`labpc07` for `labpc07.lab.example.org`), as `hostname
+/// -s` prints it and as people name lab machines to ctl.
+///
+/// # Errors
+/// When the host name cannot be read or cannot be a name on the broker.
+pub fn default_broker_name() -> Result<String, String> {
+    let host = nix::unistd::gethostname()
+        .map_err(|_| "cannot read this machine's host name: give the agent's name on the broker (--name or name in [broker])".to_owned())?;
+    let host = host.to_string_lossy();
+    let short = host.split('.').next().unwrap_or_default();
+    rexec_broker::validate_name(short).map_err(|e| {
+        format!("the host name cannot be the agent's name on the broker ({e}): give one with --name or name in [broker]")
+    })?;
+    Ok(short.to_owned())
 }
 
 /// Which users a client may run commands (and copies) as.
@@ -166,6 +227,7 @@ impl AgentSettings {
             shell: PathBuf::from(DEFAULT_SHELL),
             max_copy_bytes: None,
             run_as: RunAsPolicy::default(),
+            broker: None,
         }
     }
 

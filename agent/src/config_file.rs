@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::{AgentSettings, RunAsPolicy};
+use rexec_broker::{CertFingerprint, Credentials};
+
+use crate::config::{AgentSettings, BrokerSettings, RunAsPolicy};
 use crate::limits::MaxStartups;
 
 /// The file name of the config file inside the agent's directory.
@@ -131,6 +133,191 @@ pub struct ConfigFile {
     #[arg(skip)]
     #[serde(deserialize_with = "run_as_rules")]
     pub run_as: Option<BTreeMap<String, Vec<String>>>,
+    /// Broker mode: the `[broker]` table and the `--broker*` flags.
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "BrokerFile::is_empty")]
+    pub broker: BrokerFile,
+}
+
+/// The `[broker]` table and its flags: serve sessions through a NATS
+/// broker the agent dials out to. Secrets are read from files only, never
+/// given on the command line, where other users could see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerFile {
+    /// Serve sessions through the NATS broker at URL too (nats://HOST:PORT
+    /// or tls://HOST:PORT; several, comma-separated, are tried in turn).
+    /// With a broker and no --listen (nor `listen` in the file), the agent
+    /// opens no TCP port. File: `url` in [broker].
+    #[arg(long = "broker", value_name = "URL[,URL...]", value_delimiter = ',', value_parser = broker_url)]
+    #[serde(deserialize_with = "one_or_more_urls")]
+    pub url: Option<Vec<String>>,
+    /// The agent's name on the broker, which ctl names as its target
+    /// (letters, digits, - and _) [default: the host name up to its first
+    /// dot]. File: `name` in [broker].
+    #[arg(long = "name", value_parser = broker_name)]
+    #[serde(deserialize_with = "agent_name")]
+    pub name: Option<String>,
+    /// The first words of every subject on the broker [default: rexec].
+    /// File: `subject_prefix` in [broker].
+    #[arg(long = "broker-prefix", value_name = "PREFIX", value_parser = subject_prefix)]
+    #[serde(deserialize_with = "prefix")]
+    pub subject_prefix: Option<String>,
+    /// The CA certificate (PEM) that signed the broker's certificate
+    /// [default: the system's]. File: `ca_file` in [broker].
+    #[arg(long = "broker-ca", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust the broker by its certificate's fingerprint instead of a CA:
+    /// sha256:HEX, as `openssl x509 -noout -fingerprint -sha256` prints it.
+    /// File: `fingerprint` in [broker].
+    #[arg(long = "broker-fingerprint", value_name = "sha256:HEX")]
+    #[serde(with = "text_opt")]
+    pub fingerprint: Option<CertFingerprint>,
+    /// A NATS .creds file (user JWT and key) to log in to the broker with.
+    /// File: `creds_file` in [broker].
+    #[arg(long = "broker-creds", value_name = "FILE")]
+    pub creds_file: Option<PathBuf>,
+    /// The broker user to log in as, with --broker-password-file. File:
+    /// `user` in [broker].
+    #[arg(long = "broker-user", value_name = "USER")]
+    pub user: Option<String>,
+    /// The file whose first line is the broker user's password (mode
+    /// 0600). File: `password_file` in [broker].
+    #[arg(long = "broker-password-file", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The file whose first line is a token to log in to the broker with
+    /// (mode 0600). File: `token_file` in [broker].
+    #[arg(long = "broker-token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Calls `$apply!` with every key of [`BrokerFile`].
+macro_rules! every_broker_key {
+    ($apply:ident) => {
+        $apply!(
+            url,
+            name,
+            subject_prefix,
+            ca_file,
+            fingerprint,
+            creds_file,
+            user,
+            password_file,
+            token_file
+        )
+    };
+}
+
+impl BrokerFile {
+    /// Whether no key is set (no `[broker]` table, no flag).
+    pub fn is_empty(&self) -> bool {
+        *self == BrokerFile::default()
+    }
+
+    /// `self` (the flags given) laid over `file`, key by key.
+    pub fn over(self, file: BrokerFile) -> BrokerFile {
+        macro_rules! merge {
+            ($($key:ident),*) => {
+                BrokerFile { $($key: self.$key.or(file.$key)),* }
+            };
+        }
+        every_broker_key!(merge)
+    }
+
+    /// The broker settings these keys ask for; `None` without a broker.
+    /// `default_name` gives the name when none is set.
+    ///
+    /// # Errors
+    /// Keys without a URL, more than one kind of credentials, a user
+    /// without a password file or the other way round, or no name.
+    pub fn settings(
+        &self,
+        default_name: impl FnOnce() -> Result<String, String>,
+    ) -> Result<Option<BrokerSettings>, String> {
+        let Some(urls) = &self.url else {
+            if self.is_empty() {
+                return Ok(None);
+            }
+            return Err(
+                "[broker] settings are given without a broker URL: give url in [broker] or --broker"
+                    .to_owned(),
+            );
+        };
+        let credentials = match (
+            &self.creds_file,
+            &self.user,
+            &self.password_file,
+            &self.token_file,
+        ) {
+            (None, None, None, None) => Credentials::None,
+            (Some(creds), None, None, None) => Credentials::CredsFile(creds.clone()),
+            (None, Some(user), Some(password_file), None) => Credentials::UserPassword {
+                user: user.clone(),
+                password_file: password_file.clone(),
+            },
+            (None, None, None, Some(token)) => Credentials::TokenFile(token.clone()),
+            (None, Some(user), None, None) => {
+                return Err(format!(
+                    "broker user {user:?} has no password file: give password_file in [broker] or --broker-password-file (a password is read from a file only)"
+                ));
+            }
+            (None, None, Some(_), None) => {
+                return Err(
+                    "a broker password file is given without a user: give user in [broker] or --broker-user"
+                        .to_owned(),
+                );
+            }
+            _ => {
+                return Err(
+                    "give one kind of broker credentials: creds_file, user with password_file, or token_file"
+                        .to_owned(),
+                );
+            }
+        };
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None => default_name()?,
+        };
+        Ok(Some(BrokerSettings {
+            urls: urls.clone(),
+            name,
+            subject_prefix: self
+                .subject_prefix
+                .clone()
+                .unwrap_or_else(|| rexec_broker::DEFAULT_PREFIX.to_owned()),
+            ca_file: self.ca_file.clone(),
+            fingerprint: self.fingerprint,
+            credentials,
+        }))
+    }
+
+    /// Every key of `settings` spelled out.
+    pub fn from_settings(settings: Option<&BrokerSettings>) -> BrokerFile {
+        let Some(settings) = settings else {
+            return BrokerFile::default();
+        };
+        let mut file = BrokerFile {
+            url: Some(settings.urls.clone()),
+            name: Some(settings.name.clone()),
+            subject_prefix: Some(settings.subject_prefix.clone()),
+            ca_file: settings.ca_file.clone(),
+            fingerprint: settings.fingerprint,
+            ..BrokerFile::default()
+        };
+        match &settings.credentials {
+            Credentials::None => {}
+            Credentials::CredsFile(path) => file.creds_file = Some(path.clone()),
+            Credentials::UserPassword {
+                user,
+                password_file,
+            } => {
+                file.user = Some(user.clone());
+                file.password_file = Some(password_file.clone());
+            }
+            Credentials::TokenFile(path) => file.token_file = Some(path.clone()),
+        }
+        file
+    }
 }
 
 /// The `[jobs]` table.
@@ -319,9 +506,15 @@ impl ConfigFile {
         settings
     }
 
-    /// The listen addresses this file asks for, or the default.
+    /// The listen addresses this file asks for; without any, the default,
+    /// unless a broker is configured: an agent that dials out to a broker
+    /// opens a port only when told to.
     pub fn listen(&self) -> Vec<SocketAddr> {
-        self.listen.clone().unwrap_or_else(default_listen)
+        match &self.listen {
+            Some(listen) => listen.clone(),
+            None if self.broker.url.is_some() => Vec::new(),
+            None => default_listen(),
+        }
     }
 
     /// Every setting of `settings` and `listen` spelled out, as a file that
@@ -329,7 +522,9 @@ impl ConfigFile {
     pub fn from_settings(settings: &AgentSettings, listen: &[SocketAddr]) -> ConfigFile {
         ConfigFile {
             dir: Some(settings.dir.clone()),
-            listen: Some(listen.to_vec()),
+            // An agent with a broker may listen nowhere: the key is then
+            // left out, which with a broker means no TCP port.
+            listen: (!listen.is_empty()).then(|| listen.to_vec()),
             max_sessions: NonZeroUsize::new(settings.max_sessions),
             max_startups: Some(settings.max_startups),
             per_source_max_startups: NonZeroUsize::new(settings.per_source_max_startups),
@@ -352,6 +547,7 @@ impl ConfigFile {
             }),
             run_as: (!settings.run_as.by_client.is_empty())
                 .then(|| settings.run_as.by_client.clone()),
+            broker: BrokerFile::from_settings(settings.broker.as_ref()),
         }
     }
 
@@ -373,6 +569,14 @@ impl ConfigFile {
             };
         }
         every_key!(compare);
+        macro_rules! compare_broker {
+            ($($key:ident),*) => {
+                $(if self.broker.$key != other.broker.$key {
+                    changed.push(concat!("broker.", stringify!($key)));
+                })*
+            };
+        }
+        every_broker_key!(compare_broker);
         changed
     }
 
@@ -380,7 +584,10 @@ impl ConfigFile {
     pub fn over(self, file: ConfigFile) -> ConfigFile {
         macro_rules! merge {
             ($($key:ident),*) => {
-                ConfigFile { $($key: self.$key.or(file.$key)),* }
+                ConfigFile {
+                    $($key: self.$key.or(file.$key),)*
+                    broker: self.broker.over(file.broker),
+                }
             };
         }
         every_key!(merge)
@@ -448,6 +655,70 @@ fn one_or_more_addresses<'de, D: Deserializer<'de>>(
     d.deserialize_any(Addresses).map(Some)
 }
 
+/// `--broker`'s values, each a broker URL.
+fn broker_url(text: &str) -> Result<String, String> {
+    rexec_broker::validate_url(text.trim())
+        .map(|()| text.trim().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `--name`: an agent name on the broker.
+fn broker_name(text: &str) -> Result<String, String> {
+    rexec_broker::validate_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `--broker-prefix`: a subject prefix.
+fn subject_prefix(text: &str) -> Result<String, String> {
+    rexec_broker::validate_prefix(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `url = "URL"` or `url = ["URL", ...]` in `[broker]`.
+fn one_or_more_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    let urls = match OneOrMore::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a broker URL such as \"tls://broker.lab:4222\", or a list of them",
+        )
+    })? {
+        OneOrMore::One(url) => vec![url],
+        OneOrMore::More(urls) => urls,
+    };
+    if urls.is_empty() {
+        return Err(serde::de::Error::custom(
+            "no broker URL: give at least one, such as \"tls://broker.lab:4222\"",
+        ));
+    }
+    for url in &urls {
+        broker_url(url).map_err(serde::de::Error::custom)?;
+    }
+    Ok(Some(urls))
+}
+
+/// `name` in `[broker]`.
+fn agent_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = String::deserialize(d)?;
+    broker_name(&name)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `subject_prefix` in `[broker]`.
+fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let prefix = String::deserialize(d)?;
+    subject_prefix(&prefix)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// The `[run_as]` table: each client needs at least one user, and no user
 /// name is empty.
 fn run_as_rules<'de, D: Deserializer<'de>>(
@@ -507,6 +778,21 @@ impl Text for MaxStartups {
     fn read(text: &str) -> Result<Self, String> {
         text.parse()
             .map_err(|e: crate::limits::ParseMaxStartupsError| e.to_string())
+    }
+}
+
+impl Text for CertFingerprint {
+    const EXPECTING: &'static str =
+        "a fingerprint in quotes, such as \"sha256:3f2a…\" (64 hex digits)";
+    const NUMBER: bool = false;
+
+    fn render(&self) -> String {
+        self.to_string()
+    }
+
+    fn read(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|e: rexec_broker::ParseCertFingerprintError| e.to_string())
     }
 }
 
@@ -689,6 +975,21 @@ ops = ["*"]
     }
 
     #[test]
+    fn example_broker_table_parses_when_uncommented() {
+        let start = EXAMPLE.find("# [broker]").expect("a [broker] example");
+        let table: String = EXAMPLE[start..]
+            .lines()
+            .filter_map(|line| {
+                let line = line.strip_prefix("# ")?.trim_start();
+                (!line.starts_with('#')).then(|| format!("{line}\n"))
+            })
+            .collect();
+        let b = broker(&table).unwrap_or_else(|| panic!("{table}"));
+        assert_eq!(b.name, "labpc07");
+        assert!(matches!(b.credentials, Credentials::UserPassword { .. }));
+    }
+
+    #[test]
     fn dir_flag_wins_over_the_file() {
         let file = parse("dir = \"/srv/rexec\"\n").unwrap();
         let s = file.settings(Some("/tmp/x".into()));
@@ -821,5 +1122,238 @@ ops = ["*"]
         let a = parse("max_sessions = 4\nshell = \"/bin/sh\"\n").unwrap();
         let b = parse("max_sessions = 5\nshell = \"/bin/sh\"\nkill_grace = \"1s\"\n").unwrap();
         assert_eq!(a.changed_keys(&b), vec!["max_sessions", "kill_grace"]);
+    }
+
+    const PIN: &str = "sha256:3f2a6c0d9b1e4f5a8c7d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b";
+
+    fn broker(text: &str) -> Option<BrokerSettings> {
+        parse(text)
+            .unwrap()
+            .broker
+            .settings(|| Ok("thishost".to_owned()))
+            .unwrap()
+    }
+
+    fn broker_error(text: &str) -> String {
+        parse(text)
+            .unwrap()
+            .broker
+            .settings(|| Ok("thishost".to_owned()))
+            .unwrap_err()
+    }
+
+    #[test]
+    fn the_broker_table_reaches_the_broker_settings() {
+        let text = format!(
+            r#"
+[broker]
+url = ["tls://broker1.lab:4222", "tls://broker2.lab:4222"]
+name = "labpc07"
+subject_prefix = "lab.rexec"
+fingerprint = "{PIN}"
+user = "labpc07"
+password_file = "/etc/rexec/broker.pass"
+"#
+        );
+        let b = broker(&text).unwrap();
+        assert_eq!(b.urls, ["tls://broker1.lab:4222", "tls://broker2.lab:4222"]);
+        assert_eq!(b.name, "labpc07");
+        assert_eq!(b.subject_prefix, "lab.rexec");
+        assert_eq!(b.fingerprint.unwrap().to_string(), PIN);
+        assert_eq!(
+            b.credentials,
+            Credentials::UserPassword {
+                user: "labpc07".into(),
+                password_file: "/etc/rexec/broker.pass".into()
+            }
+        );
+        let options = b.options();
+        assert!(
+            options.retry_forever,
+            "an agent never gives up on its broker"
+        );
+        assert_eq!(options.subject_prefix, "lab.rexec");
+
+        let b = broker("[broker]\nurl = \"nats://b:4222\"\ncreds_file = \"/c\"\n").unwrap();
+        assert_eq!(b.urls, ["nats://b:4222"]);
+        assert_eq!(b.name, "thishost", "the host name by default");
+        assert_eq!(b.subject_prefix, "rexec");
+        assert_eq!(b.credentials, Credentials::CredsFile("/c".into()));
+        let b = broker("[broker]\nurl = \"nats://b\"\ntoken_file = \"/t\"\nca_file = \"/ca\"\n")
+            .unwrap();
+        assert_eq!(b.credentials, Credentials::TokenFile("/t".into()));
+        assert_eq!(b.ca_file.as_deref(), Some(Path::new("/ca")));
+        assert_eq!(broker("# none\n"), None);
+    }
+
+    #[test]
+    fn a_broker_without_listen_opens_no_tcp_port_and_with_it_both() {
+        let only = parse("[broker]\nurl = \"nats://b:4222\"\n").unwrap();
+        assert_eq!(only.listen(), Vec::<SocketAddr>::new());
+        let both =
+            parse("listen = \"127.0.0.1:7722\"\n[broker]\nurl = \"nats://b:4222\"\n").unwrap();
+        assert_eq!(both.listen(), vec!["127.0.0.1:7722".parse().unwrap()]);
+        assert_eq!(parse("").unwrap().listen(), default_listen());
+    }
+
+    #[test]
+    fn bad_broker_values_name_their_key_and_line() {
+        let e = error_starting(
+            "[broker]\nurl = \"http://b:4222\"\n",
+            "/etc/rexec/agent.toml:2:7: bad value for `broker.url`",
+        );
+        assert!(
+            e.contains("is not a nats://HOST:PORT or tls://HOST:PORT URL"),
+            "{e}"
+        );
+        error_starting(
+            "[broker]\nurl = [\"nats://a\", \"b:4222\"]\n",
+            "/etc/rexec/agent.toml:2:7: bad value for `broker.url`",
+        );
+        let e = error("[broker]\nurl = []\n");
+        assert!(e.contains("no broker URL"), "{e}");
+        let e = error_starting(
+            "[broker]\nurl = \"nats://b\"\nname = \"lab.pc07\"\n",
+            "/etc/rexec/agent.toml:3:8: bad value for `broker.name`",
+        );
+        assert!(e.contains("only letters, digits"), "{e}");
+        error_starting(
+            "[broker]\nsubject_prefix = \"rexec.>\"\n",
+            "/etc/rexec/agent.toml:2:18: bad value for `broker.subject_prefix`",
+        );
+        let e = error_starting(
+            "[broker]\nfingerprint = \"SHA256:abc\"\n",
+            "/etc/rexec/agent.toml:2:15: bad value for `broker.fingerprint`",
+        );
+        assert!(e.contains("sha256: and 64 hex digits"), "{e}");
+        let e = error_starting("[broker]\npassword = \"x\"\n", "/etc/rexec/agent.toml:");
+        assert!(e.contains("unknown key `password`"), "{e}");
+        for e in [
+            error("[broker]\nurl = 3\n"),
+            error("[broker]\nfingerprint = 3\n"),
+        ] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn broker_credentials_are_one_kind_and_a_user_has_a_password_file() {
+        let e = broker_error(
+            "[broker]\nurl = \"nats://b\"\ncreds_file = \"/c\"\ntoken_file = \"/t\"\n",
+        );
+        assert_eq!(
+            e,
+            "give one kind of broker credentials: creds_file, user with password_file, or token_file"
+        );
+        let e = broker_error("[broker]\nurl = \"nats://b\"\nuser = \"u\"\n");
+        assert!(
+            e.starts_with("broker user \"u\" has no password file"),
+            "{e}"
+        );
+        let e = broker_error("[broker]\nurl = \"nats://b\"\npassword_file = \"/p\"\n");
+        assert!(e.contains("without a user"), "{e}");
+        let e = broker_error("[broker]\nname = \"labpc07\"\n");
+        assert!(e.contains("without a broker URL"), "{e}");
+        let e = parse("[broker]\nurl = \"nats://b\"\n")
+            .unwrap()
+            .broker
+            .settings(|| Err("no host name".to_owned()))
+            .unwrap_err();
+        assert_eq!(e, "no host name");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        flags: ConfigFile,
+    }
+
+    fn flags(args: &[&str]) -> ConfigFile {
+        use clap::Parser;
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv).unwrap().flags
+    }
+
+    #[test]
+    fn broker_flags_lie_over_the_table_key_by_key() {
+        let file = parse(
+            "[broker]\nurl = \"nats://file:4222\"\nname = \"labpc07\"\ntoken_file = \"/t\"\n",
+        )
+        .unwrap();
+        let given = flags(&[
+            "--broker",
+            "tls://a:4222,tls://b:4222",
+            "--broker-prefix",
+            "lab",
+        ])
+        .over(file);
+        let b = given.broker.settings(|| Ok("x".into())).unwrap().unwrap();
+        assert_eq!(b.urls, ["tls://a:4222", "tls://b:4222"]);
+        assert_eq!(b.name, "labpc07", "the file's name stays");
+        assert_eq!(b.subject_prefix, "lab");
+        assert_eq!(b.credentials, Credentials::TokenFile("/t".into()));
+
+        let given = flags(&[
+            "--broker",
+            "nats://a",
+            "--broker",
+            "nats://b",
+            "--name",
+            "node_01",
+            "--broker-user",
+            "node01",
+            "--broker-password-file",
+            "/p",
+            "--broker-fingerprint",
+            PIN,
+        ]);
+        let b = given.broker.settings(|| Ok("x".into())).unwrap().unwrap();
+        assert_eq!(b.urls, ["nats://a", "nats://b"]);
+        assert_eq!(b.name, "node_01");
+        assert_eq!(b.fingerprint.unwrap().to_string(), PIN);
+
+        use clap::Parser;
+        for bad in [
+            &["--broker", "broker.lab:4222"][..],
+            &["--broker", "nats://a", "--name", "a.b"],
+            &["--broker-prefix", "a..b"],
+            &["--broker-fingerprint", "sha256:00"],
+            &["--broker-password", "secret"],
+        ] {
+            let mut argv = vec!["run"];
+            argv.extend_from_slice(bad);
+            assert!(Flags::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_broker_settings_print_and_read_back() {
+        let text =
+            "[broker]\nurl = \"tls://b:4222\"\nca_file = \"/ca.crt\"\ncreds_file = \"/a.creds\"\n";
+        let file = parse(text).unwrap();
+        let mut settings = file.settings(None);
+        settings.broker = file.broker.settings(|| Ok("labpc07".into())).unwrap();
+        let rendered = ConfigFile::from_settings(&settings, &file.listen()).to_toml();
+        assert!(!rendered.contains("listen"), "no TCP port: {rendered}");
+        assert!(rendered.contains("[broker]\nurl = [\"tls://b:4222\"]\nname = \"labpc07\"\nsubject_prefix = \"rexec\"\n"), "{rendered}");
+        let again = parse(&rendered).unwrap();
+        assert_eq!(again.listen(), Vec::<SocketAddr>::new());
+        assert_eq!(
+            again.broker.settings(|| Ok("other".into())).unwrap(),
+            settings.broker
+        );
+        let b = parse("[broker]\nurl = \"nats://b\"\nname = \"a\"\n").unwrap();
+        let c = parse("[broker]\nurl = \"nats://b\"\nname = \"c\"\n").unwrap();
+        assert_eq!(b.changed_keys(&c), vec!["broker.name"]);
+        let pinned = format!("[broker]\nurl = \"nats://b\"\nfingerprint = \"{PIN}\"\n");
+        let file = parse(&pinned).unwrap();
+        let mut settings = file.settings(None);
+        settings.broker = file.broker.settings(|| Ok("labpc07".into())).unwrap();
+        let rendered = ConfigFile::from_settings(&settings, &[]).to_toml();
+        assert!(
+            rendered.contains(&format!("fingerprint = \"{PIN}\"")),
+            "{rendered}"
+        );
     }
 }

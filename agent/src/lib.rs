@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod authorized;
+pub mod broker;
 pub mod config;
 pub mod config_file;
 pub mod copy;

@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rexec_broker::SessionId;
 use rexec_protocol::Fingerprint;
 use tokio_util::sync::CancellationToken;
 
@@ -200,9 +201,21 @@ impl MaxStartups {
 /// Where a connection comes from, for the per-source limit and eviction:
 /// an IPv4 address, or an IPv6 /48 (one site's usual allocation, as sshd's
 /// `PerSourceNetBlockSize` allows: a holder of a /56 has 256 /64s, enough
-/// to rotate past any per-/64 limit, but only one /48).
+/// to rotate past any per-/64 limit, but only one /48); or one session
+/// through the broker.
+///
+/// Every broker session arrives over our one connection to the broker,
+/// which tells us nothing of who opened it; so each is a source of its
+/// own, counted in a budget apart from TCP's (see
+/// [`crate::state::AgentState::broker_startups`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Source(IpAddr);
+pub struct Source(Origin);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Origin {
+    Ip(IpAddr),
+    Broker(SessionId),
+}
 
 /// The IPv6 prefix length one source stands for.
 const IPV6_PREFIX: u32 = 48;
@@ -210,24 +223,30 @@ const IPV6_PREFIX: u32 = 48;
 impl Source {
     /// The source `ip` counts against.
     pub fn of(ip: IpAddr) -> Source {
-        match ip {
-            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+        Source(Origin::Ip(match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source(IpAddr::V4(v4)),
+                Some(v4) => IpAddr::V4(v4),
                 None => {
                     let bits = u128::from(v6) & !((1u128 << (128 - IPV6_PREFIX)) - 1);
-                    Source(IpAddr::V6(bits.into()))
+                    IpAddr::V6(bits.into())
                 }
             },
-        }
+        }))
+    }
+
+    /// The source a session through the broker counts against: itself.
+    pub fn broker_session(session: SessionId) -> Source {
+        Source(Origin::Broker(session))
     }
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/{IPV6_PREFIX}"),
+            Origin::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Origin::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/{IPV6_PREFIX}"),
+            Origin::Broker(session) => write!(f, "broker session {session}"),
         }
     }
 }
@@ -684,5 +703,34 @@ mod tests {
             .unwrap();
         let (_next, made) = startups.enter(from("2001:db8:2::1"), NO_SOCKET).unwrap();
         assert_eq!(made.evicted, Some(from("2001:db8:7:1100::1")));
+    }
+
+    #[test]
+    fn sessions_through_the_broker_are_never_refused_per_source_and_the_oldest_gives_way() {
+        // As the agent sets up its broker budget: each session is its own
+        // source, so only the total counts.
+        let policy: MaxStartups = "4:30:8".parse().unwrap();
+        let startups = Startups::new(policy, 1);
+        let session = |n: u8| {
+            let mut hex = format!("{n:02x}");
+            hex.push_str(&"0".repeat(30));
+            Source::broker_session(SessionId::parse(&hex).unwrap())
+        };
+        let mut held = Vec::new();
+        for n in 0..8 {
+            let (ticket, made) = startups.enter(session(n), NO_SOCKET).unwrap();
+            assert_eq!(made.evicted, None, "session {n}");
+            held.push(ticket);
+        }
+        // A flood past the total makes the oldest unfinished one give way,
+        // never a refusal.
+        let (_ninth, made) = startups.enter(session(8), NO_SOCKET).unwrap();
+        assert_eq!(made.evicted, Some(session(0)));
+        assert!(held[0].closed().is_cancelled());
+        assert_eq!(startups.pending(), 8);
+        assert_eq!(
+            session(1).to_string(),
+            "broker session 01000000000000000000000000000000"
+        );
     }
 }

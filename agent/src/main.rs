@@ -16,12 +16,14 @@ use clap::{Parser, Subcommand};
 use listenfd::ListenFd;
 use nix::sys::socket::{getsockopt, sockopt};
 use rexec_agent::authorized::{self, AuthorizeError, AuthorizedClient};
+use rexec_agent::broker::BrokerLink;
 use rexec_agent::config::{self, AgentSettings};
 use rexec_agent::config_file::{self, ConfigFile};
 use rexec_agent::exec;
 use rexec_agent::notify;
 use rexec_agent::server;
 use rexec_agent::state::{AgentState, Shutdown};
+use rexec_broker::Carrier;
 use rexec_protocol::{Fingerprint, Identity, IdentityError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -137,8 +139,13 @@ impl SettingsSource {
             Some(run) => run.flags.clone().over(file),
             None => file,
         };
+        let mut settings = given.settings(self.dir.clone());
+        settings.broker = given
+            .broker
+            .settings(config::default_broker_name)
+            .map_err(anyhow::Error::msg)?;
         Ok(Resolved {
-            settings: given.settings(self.dir.clone()),
+            settings,
             listen: given.listen(),
             listen_given: given.listen.is_some(),
             file: path,
@@ -235,8 +242,14 @@ fn load_identity(dir: &std::path::Path) -> anyhow::Result<Identity> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The NATS client logs in its own words (the carrier says what
+    // matters in ours), unless someone asks for it by name to debug.
+    let asked = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("async_nats"));
+    if !asked && let Ok(quiet) = "async_nats=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -362,8 +375,11 @@ fn validate(resolved: &Resolved) -> anyhow::Result<()> {
             shell.display()
         );
     }
-    if resolved.listen.is_empty() {
+    if resolved.listen.is_empty() && resolved.settings.broker.is_none() {
         bail!("no address to listen on: give --listen or `listen` in the config file");
+    }
+    if let Some(broker) = &resolved.settings.broker {
+        broker.options().check()?;
     }
     for (index, addr) in resolved.listen.iter().enumerate() {
         if resolved.listen[..index].contains(addr) {
@@ -417,7 +433,7 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let from_systemd = inherited.len() > 0;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listeners = if from_systemd {
             if resolved.listen_given {
                 tracing::warn!(
@@ -426,6 +442,9 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
                 );
             }
             systemd_listeners(&mut inherited)?
+        } else if resolved.listen.is_empty() {
+            // Broker mode only: validate() made sure there is a broker.
+            Vec::new()
         } else {
             bind(&resolved.listen).await?
         };
@@ -438,19 +457,55 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
+        // A broker that is down does not keep us from starting: the
+        // carrier returns at once and keeps trying for as long as we run.
+        let broker = match &state.settings.broker {
+            Some(settings) => Some(BrokerLink {
+                carrier: Carrier::connect(settings.options()).await?,
+                name: settings.name.clone(),
+                urls: settings.url_list(),
+            }),
+            None => None,
+        };
         // The handlers are in place before "listening on" is said: whoever
         // waits for that line (a script, a test) may signal the agent at
         // once, and a SIGHUP before them would end it.
-        spawn_signal_handlers(&shutdown, state.clone(), source, resolved, bound.clone())?;
+        spawn_signal_handlers(
+            &shutdown,
+            state.clone(),
+            source,
+            resolved,
+            bound.clone(),
+            broker.clone(),
+        )?;
         let from = if from_systemd { " (socket from systemd)" } else { "" };
         for addr in &addrs {
             tracing::info!(fingerprint = %state.fingerprint, "listening on {addr}{from}");
         }
+        if let Some(link) = &broker {
+            tracing::info!(
+                fingerprint = %state.fingerprint,
+                "connecting to the broker at {} as {}",
+                link.urls,
+                link.name
+            );
+        }
 
         let limit = state.settings.max_sessions;
-        notify::ready(&notify::status_line(&bound, 0, limit));
+        let broker_status = broker.as_ref().map(BrokerLink::status);
+        notify::ready(&notify::status_line(
+            &bound,
+            broker_status.as_deref(),
+            0,
+            limit,
+        ));
         if notify::enabled() {
-            tokio::spawn(notify::report_sessions(state.sessions.clone(), limit, bound));
+            tokio::spawn(notify::report_sessions(
+                state.sessions.clone(),
+                limit,
+                bound,
+                broker.clone(),
+            ));
         }
         if let Some(interval) = notify::watchdog_interval() {
             tracing::info!(interval = ?interval, "systemd watchdog enabled");
@@ -459,10 +514,14 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
 
         tokio::spawn(rexec_agent::jobs::watch::watch(state.clone()));
         let grace = state.settings.shutdown_grace;
-        server::serve(listeners, state, grace).await;
+        server::serve_with_broker(listeners, broker, state, grace).await;
         tracing::info!("agent stopped");
         Ok(())
-    })
+    });
+    // A name lookup of the broker's host may still be running on a
+    // blocking thread; it must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// Binds every address in `listen`.
@@ -511,6 +570,7 @@ fn spawn_signal_handlers(
     source: SettingsSource,
     running: Resolved,
     bound: String,
+    broker: Option<BrokerLink>,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -544,8 +604,10 @@ fn spawn_signal_handlers(
                     let count = state.authorized.reload();
                     tracing::info!(clients = count, "SIGHUP: authorized clients re-read");
                     check_reloaded_settings(&source, &running);
+                    let broker = broker.as_ref().map(BrokerLink::status);
                     notify::ready(&notify::status_line(
                         &bound,
+                        broker.as_deref(),
                         sessions(),
                         state.settings.max_sessions,
                     ));

@@ -15,6 +15,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::sync::Semaphore;
 
+use crate::broker::BrokerLink;
+
 /// How often the status line is refreshed when the session count changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -62,12 +64,20 @@ pub async fn watchdog(interval: Duration) {
     }
 }
 
-/// The status line: where the agent listens and how many sessions run.
-pub fn status_line(listening: &str, running: usize, limit: usize) -> String {
-    format!(
-        "listening on {listening}; {} running (limit {limit})",
-        sessions(running)
-    )
+/// The status line: where the agent listens (nothing when it listens on no
+/// port), how its broker connection is (`broker`, see
+/// [`crate::broker::status`]), and how many sessions run.
+pub fn status_line(listening: &str, broker: Option<&str>, running: usize, limit: usize) -> String {
+    let mut line = String::new();
+    if !listening.is_empty() {
+        line.push_str(&format!("listening on {listening}; "));
+    }
+    if let Some(broker) = broker {
+        line.push_str(broker);
+        line.push_str("; ");
+    }
+    line.push_str(&format!("{} running (limit {limit})", sessions(running)));
+    line
 }
 
 /// "1 session", "3 sessions".
@@ -79,20 +89,30 @@ pub fn sessions(n: usize) -> String {
     }
 }
 
-/// Keeps the status line's session count current; runs until the runtime
-/// ends.
+/// Keeps the status line current (the session count, the broker
+/// connection); runs until the runtime ends.
 ///
 /// The count is read from the sessions semaphore: one permit is held per
 /// running session.
-pub async fn report_sessions(sessions: Arc<Semaphore>, limit: usize, listening: String) {
-    let mut shown = 0;
+pub async fn report_sessions(
+    sessions: Arc<Semaphore>,
+    limit: usize,
+    listening: String,
+    broker: Option<BrokerLink>,
+) {
+    let line = || {
+        let running = limit.saturating_sub(sessions.available_permits());
+        let broker = broker.as_ref().map(BrokerLink::status);
+        status_line(&listening, broker.as_deref(), running, limit)
+    };
+    let mut shown = line();
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     loop {
         tick.tick().await;
-        let running = limit.saturating_sub(sessions.available_permits());
-        if running != shown {
-            shown = running;
-            status(&status_line(&listening, running, limit));
+        let now = line();
+        if now != shown {
+            status(&now);
+            shown = now;
         }
     }
 }
@@ -110,12 +130,33 @@ mod tests {
     #[test]
     fn status_line_counts_sessions() {
         assert_eq!(
-            status_line("[::]:7722", 1, 256),
+            status_line("[::]:7722", None, 1, 256),
             "listening on [::]:7722; 1 session running (limit 256)"
         );
         assert_eq!(
-            status_line("0.0.0.0:7722", 0, 8),
+            status_line("0.0.0.0:7722", None, 0, 8),
             "listening on 0.0.0.0:7722; 0 sessions running (limit 8)"
+        );
+    }
+
+    #[test]
+    fn status_line_says_whether_the_broker_is_connected() {
+        use rexec_broker::ConnectionState;
+        let mut state = ConnectionState {
+            connected: true,
+            ..ConnectionState::default()
+        };
+        let up = crate::broker::status(&state, "tls://b:4222", "labpc07");
+        assert_eq!(
+            status_line("", Some(&up), 2, 256),
+            "connected to the broker at tls://b:4222 as labpc07; 2 sessions running (limit 256)"
+        );
+        state.connected = false;
+        state.last_error = Some("the broker at tls://b:4222 refused our credentials".into());
+        let down = crate::broker::status(&state, "tls://b:4222", "labpc07");
+        assert_eq!(
+            status_line("127.0.0.1:7722", Some(&down), 0, 8),
+            "listening on 127.0.0.1:7722; not connected to the broker at tls://b:4222, retrying (the broker at tls://b:4222 refused our credentials); 0 sessions running (limit 8)"
         );
     }
 }

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use rexec_broker::SessionId;
+
 use crate::limits::Source;
 
 /// The far end of a session's byte stream.
@@ -14,6 +16,12 @@ use crate::limits::Source;
 pub enum Peer {
     /// A TCP connection from this address.
     Tcp(SocketAddr),
+    /// A session opened to us through the broker. The broker does not say
+    /// who opened it (TLS will); its id names it in the logs.
+    Broker {
+        /// The session's id on the broker.
+        session: SessionId,
+    },
 }
 
 impl Peer {
@@ -21,6 +29,7 @@ impl Peer {
     pub fn source(&self) -> Source {
         match self {
             Peer::Tcp(addr) => Source::of(addr.ip()),
+            Peer::Broker { session } => Source::broker_session(*session),
         }
     }
 }
@@ -29,6 +38,7 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Broker { session } => write!(f, "broker session {session}"),
         }
     }
 }

@@ -5,7 +5,6 @@
 //! handshakes are logged one by one up to a burst, then counted and
 //! summed up in one line per interval ([`RefusalLog`]).
 
-use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,8 +58,8 @@ impl RefusalLog {
     }
 
     /// A new connection closed at accept for a startup limit.
-    pub fn refused(&self, peer: SocketAddr, why: StartupRefusal, settings: &AgentSettings) {
-        let source = Source::of(peer.ip());
+    pub fn refused(&self, peer: Peer, why: StartupRefusal, settings: &AgentSettings) {
+        let source = peer.source();
         let logged = self.line(
             |w| match why {
                 StartupRefusal::PerSource => w.per_source += 1,

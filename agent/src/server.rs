@@ -18,12 +18,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use crate::broker::BrokerLink;
 use crate::config::AgentSettings;
-use crate::limits::Source;
+use crate::limits::{Made, StartupTicket};
 use crate::peer::Peer;
 use crate::refusals::REFUSAL_SUMMARY_INTERVAL;
 use crate::session;
@@ -68,10 +70,28 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// for running sessions: up to `grace` before cancelling `kill`, then until
 /// every session has ended.
 pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AgentState>, grace: Duration) {
+    serve_with_broker(listeners, None, state, grace).await;
+}
+
+/// [`serve`], and with `broker` the sessions opened through the broker as
+/// well, under the same session cap and the same shutdown.
+pub async fn serve_with_broker(
+    listeners: Vec<TcpListener>,
+    broker: Option<BrokerLink>,
+    state: Arc<AgentState>,
+    grace: Duration,
+) {
     let tracker = TaskTracker::new();
     let accept_loops = TaskTracker::new();
     for listener in listeners {
         accept_loops.spawn(accept_loop(listener, state.clone(), tracker.clone()));
+    }
+    if let Some(link) = broker {
+        accept_loops.spawn(crate::broker::accept_loop(
+            link,
+            state.clone(),
+            tracker.clone(),
+        ));
     }
     accept_loops.close();
     let summaries = tokio::spawn(summarize_refusals(state.clone()));
@@ -116,34 +136,49 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, tracker: Tas
                 continue;
             }
         };
-        let source = Source::of(peer.ip());
-        let (ticket, made) = match state.startups.enter(source, Some(&stream)) {
+        let peer = Peer::Tcp(peer);
+        let entered = match state.startups.enter(peer.source(), Some(&stream)) {
             Ok(entered) => entered,
             Err(refusal) => {
                 state.refusals.refused(peer, refusal, &state.settings);
                 continue;
             }
         };
-        if let Some(evicted) = made.evicted {
-            state.refusals.evicted(evicted, &state.settings);
-        }
         let _ = stream.set_nodelay(true);
         bound_unacknowledged_data(&stream, &state.settings);
-        let close = ticket.closed();
-        let startup = Startup::new(ticket, &state);
-        let state = state.clone();
-        tracker.spawn(
-            async move {
-                // Until the client is admitted, giving way means simply
-                // dropping the handshake: nothing has started for it.
-                tokio::select! {
-                    () = session::serve(stream, Peer::Tcp(peer), state, startup) => {}
-                    () = close.cancelled() => {}
-                }
-            }
-            .instrument(tracing::info_span!("session", %peer)),
-        );
+        spawn_session(stream, peer, entered, &state, &tracker);
     }
+}
+
+/// Runs one session that took a place in a startup budget (`entered`),
+/// tracked by `tracker` so that shutdown waits for it.
+pub(crate) fn spawn_session<S>(
+    stream: S,
+    peer: Peer,
+    entered: (StartupTicket, Made),
+    state: &Arc<AgentState>,
+    tracker: &TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (ticket, made) = entered;
+    if let Some(evicted) = made.evicted {
+        state.refusals.evicted(evicted, &state.settings);
+    }
+    let close = ticket.closed();
+    let startup = Startup::new(ticket, state);
+    let state = state.clone();
+    tracker.spawn(
+        async move {
+            // Until the client is admitted, giving way means simply
+            // dropping the handshake: nothing has started for it.
+            tokio::select! {
+                () = session::serve(stream, peer, state, startup) => {}
+                () = close.cancelled() => {}
+            }
+        }
+        .instrument(tracing::info_span!("session", %peer)),
+    );
 }
 
 async fn summarize_refusals(state: Arc<AgentState>) {

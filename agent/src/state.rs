@@ -39,8 +39,16 @@ pub struct AgentState {
     pub acceptor: TlsAcceptor,
     /// One permit per running session.
     pub sessions: Arc<Semaphore>,
-    /// Connections that have not finished their handshake.
+    /// TCP connections that have not finished their handshake.
     pub startups: Arc<Startups>,
+    /// Sessions through the broker that have not finished their handshake:
+    /// a budget of the same size apart from TCP's, so that a flood on the
+    /// broker cannot keep direct clients out nor the other way round. Each
+    /// session is a source of its own there (they all arrive through one
+    /// connection, so a per-source limit would fail a fan-out of many ctls
+    /// that happen to use the same broker); only the total is bounded, and
+    /// at the total the oldest unfinished one gives way.
+    pub broker_startups: Arc<Startups>,
     /// Lines about connections refused or failed before authentication.
     pub refusals: RefusalLog,
     /// Running execs, against the agent's and the per-client limits.
@@ -83,6 +91,7 @@ impl AgentState {
         Ok(AgentState {
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
             startups: Startups::new(settings.max_startups, settings.per_source_max_startups),
+            broker_startups: Startups::new(settings.max_startups, 1),
             refusals: RefusalLog::default(),
             execs: ExecLimits::new(settings.max_execs, settings.max_execs_per_client),
             fingerprint: identity.fingerprint,

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
 use crate::flow::{INITIAL_WINDOW, MAX_WINDOW};
+use crate::pin::{CertFingerprint, PinnedBroker};
 use crate::stream::{BrokerStream, StreamParts, StreamTimers};
 use crate::subject::{SessionId, Subjects, validate_name};
 use crate::wire::{Announcement, OpenAnswer, OpenRequest};
@@ -79,8 +80,12 @@ pub struct BrokerOptions {
     /// How we authenticate.
     pub credentials: Credentials,
     /// The CA certificate(s) (PEM) that signed the broker's TLS certificate;
-    /// without it the system's root certificates are used.
+    /// without it (and without `fingerprint`) the system's root
+    /// certificates are used.
     pub ca_file: Option<PathBuf>,
+    /// The broker's certificate itself, pinned by fingerprint instead of a
+    /// CA (a broker with a self-signed certificate).
+    pub fingerprint: Option<CertFingerprint>,
     /// The subject prefix (default `rexec`).
     pub subject_prefix: String,
     /// The connection's name in the broker's monitoring (e.g. the agent's).
@@ -99,11 +104,21 @@ impl BrokerOptions {
             urls: urls.into_iter().map(Into::into).collect(),
             credentials: Credentials::None,
             ca_file: None,
+            fingerprint: None,
             subject_prefix: crate::subject::DEFAULT_PREFIX.to_owned(),
             client_name: None,
             retry_forever: false,
             tuning: Tuning::default(),
         }
+    }
+
+    /// Checks the options and the files they name (secrets, CA) as
+    /// [`Carrier::connect`] would, without dialling the broker.
+    ///
+    /// # Errors
+    /// As [`Carrier::connect`] for unusable options.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        prepare(self).map(drop)
     }
 
     /// Splits a comma-separated URL list (as given to `--broker`).
@@ -188,7 +203,20 @@ fn first_line(text: &str) -> Option<&str> {
     text.lines().next().map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn broker_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BrokerError> {
+fn broker_tls(
+    ca_file: Option<&Path>,
+    pin: Option<CertFingerprint>,
+) -> Result<rustls::ClientConfig, BrokerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
+    if let Some(pin) = pin {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(PinnedBroker::new(pin, &provider))
+            .with_no_client_auth());
+    }
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -225,13 +253,7 @@ fn broker_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BrokerErro
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 fn describe_server_error(error: &ServerError) -> (String, Option<String>) {
@@ -276,7 +298,7 @@ fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// A failed reconnection attempt, which the library reports as its error
 /// kind's text only.
-fn describe_retry_error(text: &str, urls: &str) -> String {
+fn describe_retry_error(text: &str, urls: &str, pinned: bool) -> String {
     let kinds = [
         ConnectErrorKind::AuthorizationViolation,
         ConnectErrorKind::Authentication,
@@ -289,14 +311,17 @@ fn describe_retry_error(text: &str, urls: &str) -> String {
         .into_iter()
         .find(|kind| kind.to_string() == text)
         .unwrap_or(ConnectErrorKind::Io);
-    describe_connect_error(kind, urls)
+    describe_connect_error(kind, urls, pinned)
 }
 
-fn describe_connect_error(kind: ConnectErrorKind, urls: &str) -> String {
+fn describe_connect_error(kind: ConnectErrorKind, urls: &str, pinned: bool) -> String {
     match kind {
         ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
             format!("the broker at {urls} refused our credentials")
         }
+        ConnectErrorKind::Tls if pinned => format!(
+            "TLS with the broker at {urls} failed (is its certificate the one whose fingerprint we were given?)"
+        ),
         ConnectErrorKind::Tls => format!(
             "TLS with the broker at {urls} failed (is its certificate signed by the CA we were given?)"
         ),
@@ -304,6 +329,103 @@ fn describe_connect_error(kind: ConnectErrorKind, urls: &str) -> String {
         ConnectErrorKind::ServerParse => format!("broker address {urls} is not valid"),
         _ => format!("cannot reach the broker at {urls}"),
     }
+}
+
+/// Checks that `url` is a broker URL we can dial: `nats://HOST:PORT` or
+/// `tls://HOST:PORT` (the port may be left out: 4222).
+///
+/// # Errors
+/// [`BrokerError::Config`] naming the URL.
+pub fn validate_url(url: &str) -> Result<(), BrokerError> {
+    parse_url(url).map(drop)
+}
+
+fn parse_url(url: &str) -> Result<ServerAddr, BrokerError> {
+    let host = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"));
+    let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
+    let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
+    addr.ok_or_else(|| {
+        BrokerError::Config(format!(
+            "broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL"
+        ))
+    })
+}
+
+/// What `connect` needs from the options once they are checked and the
+/// files they name are read.
+struct Prepared {
+    subjects: Subjects,
+    addrs: Vec<ServerAddr>,
+    url_list: String,
+    /// The broker is trusted by a pinned fingerprint, not a CA.
+    pinned: bool,
+}
+
+/// Checks `options` and reads the files they name (secrets, CA) into the
+/// client's options; nothing is dialled yet.
+fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOptions), BrokerError> {
+    let subjects = Subjects::new(&options.subject_prefix)?;
+    if options.urls.is_empty() {
+        return Err(BrokerError::Config("no broker URL given".to_owned()));
+    }
+    if options.ca_file.is_some() && options.fingerprint.is_some() {
+        return Err(BrokerError::Config(
+            "give either a CA file or a fingerprint to trust the broker by, not both".to_owned(),
+        ));
+    }
+    let mut addrs = Vec::new();
+    let mut tls_wanted = options.ca_file.is_some() || options.fingerprint.is_some();
+    for url in &options.urls {
+        addrs.push(parse_url(url)?);
+        tls_wanted |= url.starts_with("tls://");
+    }
+    let mut nats = async_nats::ConnectOptions::new();
+    match &options.credentials {
+        Credentials::None => {}
+        Credentials::CredsFile(path) => {
+            let text = read_secret(path, "broker credentials file")?;
+            nats = nats.credentials(&text).map_err(|_| {
+                BrokerError::Config(format!(
+                    "broker credentials file {} is not a NATS .creds file",
+                    path.display()
+                ))
+            })?;
+        }
+        Credentials::UserPassword {
+            user,
+            password_file,
+        } => {
+            let text = read_secret(password_file, "broker password file")?;
+            let password = first_line(&text).ok_or_else(|| {
+                BrokerError::Config(format!(
+                    "broker password file {} is empty",
+                    password_file.display()
+                ))
+            })?;
+            nats = nats.user_and_password(user.clone(), password.to_owned());
+        }
+        Credentials::TokenFile(path) => {
+            let text = read_secret(path, "broker token file")?;
+            let token = first_line(&text).ok_or_else(|| {
+                BrokerError::Config(format!("broker token file {} is empty", path.display()))
+            })?;
+            nats = nats.token(token.to_owned());
+        }
+    }
+    if tls_wanted {
+        nats = nats
+            .tls_client_config(broker_tls(options.ca_file.as_deref(), options.fingerprint)?)
+            .require_tls(true);
+    }
+    let prepared = Prepared {
+        subjects,
+        addrs,
+        url_list: options.urls.join(","),
+        pinned: options.fingerprint.is_some(),
+    };
+    Ok((prepared, nats))
 }
 
 impl Carrier {
@@ -316,33 +438,19 @@ impl Carrier {
     /// or, without `retry_forever`, a broker that cannot be reached or
     /// refuses us ([`BrokerError::Connect`]).
     pub async fn connect(options: BrokerOptions) -> Result<Carrier, BrokerError> {
-        let subjects = Subjects::new(&options.subject_prefix)?;
-        if options.urls.is_empty() {
-            return Err(BrokerError::Config("no broker URL given".to_owned()));
-        }
-        let mut addrs = Vec::new();
-        let mut tls_wanted = options.ca_file.is_some();
-        for url in &options.urls {
-            let host = url
-                .strip_prefix("nats://")
-                .or_else(|| url.strip_prefix("tls://"));
-            let scheme_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
-            let addr: Option<ServerAddr> = if scheme_ok { url.parse().ok() } else { None };
-            let Some(addr) = addr else {
-                return Err(BrokerError::Config(format!(
-                    "broker address {url:?} is not a nats://HOST:PORT or tls://HOST:PORT URL"
-                )));
-            };
-            tls_wanted |= url.starts_with("tls://");
-            addrs.push(addr);
-        }
-        let url_list = options.urls.join(",");
+        let (prepared, mut nats) = prepare(&options)?;
+        let Prepared {
+            subjects,
+            addrs,
+            url_list,
+            pinned,
+        } = prepared;
 
         let (state_tx, state_rx) = watch::channel(ConnectionState::default());
         let state_tx = Arc::new(state_tx);
         let events = state_tx.clone();
         let urls_for_events = url_list.clone();
-        let mut nats = async_nats::ConnectOptions::new()
+        nats = nats
             // Our own streams hold at most a window of messages each; this
             // is far above it (the buffer grows only as it fills).
             .subscription_capacity(crate::flow::SUBSCRIPTION_CAPACITY)
@@ -374,7 +482,7 @@ impl Carrier {
                             });
                         }
                         Event::ClientError(async_nats::ClientError::Other(text)) => {
-                            let text = describe_retry_error(&text, &urls_for_events);
+                            let text = describe_retry_error(&text, &urls_for_events, pinned);
                             tracing::warn!("{text}");
                             events.send_modify(|s| s.last_error = Some(text));
                         }
@@ -385,43 +493,6 @@ impl Carrier {
         if let Some(name) = &options.client_name {
             nats = nats.name(name);
         }
-        match &options.credentials {
-            Credentials::None => {}
-            Credentials::CredsFile(path) => {
-                let text = read_secret(path, "broker credentials file")?;
-                nats = nats.credentials(&text).map_err(|_| {
-                    BrokerError::Config(format!(
-                        "broker credentials file {} is not a NATS .creds file",
-                        path.display()
-                    ))
-                })?;
-            }
-            Credentials::UserPassword {
-                user,
-                password_file,
-            } => {
-                let text = read_secret(password_file, "broker password file")?;
-                let password = first_line(&text).ok_or_else(|| {
-                    BrokerError::Config(format!(
-                        "broker password file {} is empty",
-                        password_file.display()
-                    ))
-                })?;
-                nats = nats.user_and_password(user.clone(), password.to_owned());
-            }
-            Credentials::TokenFile(path) => {
-                let text = read_secret(path, "broker token file")?;
-                let token = first_line(&text).ok_or_else(|| {
-                    BrokerError::Config(format!("broker token file {} is empty", path.display()))
-                })?;
-                nats = nats.token(token.to_owned());
-            }
-        }
-        if tls_wanted {
-            nats = nats
-                .tls_client_config(broker_tls(options.ca_file.as_deref())?)
-                .require_tls(true);
-        }
         if options.retry_forever {
             nats = nats.retry_on_initial_connect().max_reconnects(None);
         }
@@ -431,7 +502,7 @@ impl Carrier {
             } else {
                 e.kind()
             };
-            BrokerError::Connect(describe_connect_error(kind, &url_list))
+            BrokerError::Connect(describe_connect_error(kind, &url_list, pinned))
         })?;
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_modify(|s| s.connected = true);
@@ -529,8 +600,14 @@ impl Carrier {
 
     /// Asks our own open subject whether anyone serves it: the server
     /// handles our subscription before this request, so "no responders"
-    /// means it refused the subscription.
-    async fn probe(&self, name: &str) -> Result<(), BrokerError> {
+    /// means it refused the subscription. The agent asks after each
+    /// reconnection, when the subscriptions have been made again, before
+    /// it says it serves.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscribeRefused`]; [`BrokerError::Broker`] when the
+    /// request does not come back in time.
+    pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
         let request = OpenRequest {
             session: String::new(),
             window: 0,
@@ -887,11 +964,11 @@ mod tests {
         assert_eq!(text, "the broker refused our credentials");
         assert_eq!(subject, None);
         assert_eq!(
-            describe_retry_error("authorization violation", "tls://b:4222"),
+            describe_retry_error("authorization violation", "tls://b:4222", false),
             "the broker at tls://b:4222 refused our credentials"
         );
         assert_eq!(
-            describe_retry_error("IO error", "tls://b:4222"),
+            describe_retry_error("IO error", "tls://b:4222", false),
             "cannot reach the broker at tls://b:4222"
         );
     }

@@ -19,15 +19,17 @@
 mod carrier;
 mod error;
 pub mod flow;
+mod pin;
 mod stream;
 mod subject;
 pub mod wire;
 
 pub use carrier::{
     BrokerOptions, Carrier, ConnectionState, Credentials, DiscoveryResponder, Listener, Tuning,
-    reconnect_delay,
+    reconnect_delay, validate_url,
 };
 pub use error::{BrokerError, LostReason};
+pub use pin::{CertFingerprint, ParseCertFingerprintError};
 pub use stream::{BrokerStream, StreamTimers};
 pub use subject::{
     DEFAULT_PREFIX, MAX_NAME_LEN, SessionId, Subjects, validate_name, validate_prefix,

@@ -264,3 +264,49 @@ fn tls_to_the_broker_works_without_system_root_certificates() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_pinned_by_its_certificates_fingerprint_needs_no_ca() {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let Some((server, ca)) = example_server() else {
+        return;
+    };
+    let pin_of = |path: &Path| {
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        rexec_broker::CertFingerprint::of(&der)
+    };
+    let broker_pin = pin_of(&server.dir.path().join("broker.crt"));
+    // What users paste: openssl's upper-case, colon-paired form.
+    let hex = broker_pin.to_string()[7..].to_uppercase();
+    let pairs: Vec<&str> = (0..32).map(|i| &hex[2 * i..2 * i + 2]).collect();
+    let openssl = format!("sha256:{}", pairs.join(":"));
+    assert_eq!(openssl.parse(), Ok(broker_pin));
+
+    let mut pinned = options(&server, &ca, "labpc07", "change-me-labpc07");
+    pinned.ca_file = None;
+    pinned.fingerprint = Some(broker_pin);
+    let carrier = Carrier::connect(pinned.clone())
+        .await
+        .expect("the pinned broker is trusted");
+    let _listener = carrier.listen("labpc07").await.expect("serves its name");
+
+    // Another certificate (the CA's own) is not the broker's.
+    pinned.fingerprint = Some(pin_of(&ca));
+    let error = Carrier::connect(pinned.clone()).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "TLS with the broker at {} failed (is its certificate the one whose fingerprint we were given?)",
+            server.url
+        )
+    );
+
+    pinned.ca_file = Some(ca.clone());
+    let error = pinned.check().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "give either a CA file or a fingerprint to trust the broker by, not both"
+    );
+}

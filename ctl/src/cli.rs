@@ -20,7 +20,8 @@ Exit status of ctl exec (one target):
   130    interrupted by a second Ctrl-C (the remote group was sent SIGKILL)
   141    our stdout was closed by its reader (ctl ... | head)
   255    ctl could not run the command (bad usage, unreachable, host key
-         changed, not authorized, protocol error, the agent stopped answering)
+         changed, not authorized, protocol error, the agent stopped answering,
+         not connected to the broker, session lost through the broker)
          or could not write its output; one line on stderr says which
 Several targets: 0 when every host exited 0, else the largest per-host code
 (a host ctl could not run on counts as 255, a timed out one as 124), with a
@@ -39,6 +40,12 @@ pub struct Cli {
     /// [default: hosts.toml in the config directory]
     #[arg(long, global = true, env = "REXEC_INVENTORY", value_name = "FILE")]
     pub inventory: Option<PathBuf>,
+    /// Reach agents through this NATS broker (nats://HOST:PORT or
+    /// tls://HOST:PORT; several, comma-separated, are tried in turn): every
+    /// target is then an agent's name on the broker
+    /// [default: hosts.toml's [broker] url]
+    #[arg(long, global = true, env = "REXEC_BROKER", value_name = "URL[,URL...]")]
+    pub broker: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,7 +88,9 @@ pub enum KnownHostsAction {
     List,
     /// Forget a host's fingerprint (after a legitimate re-install).
     Remove {
-        /// HOST or HOST:PORT (without a port: the inventory's, else 7722)
+        /// HOST or HOST:PORT (without a port: the inventory's, else 7722);
+        /// with a broker given, NAME is the agent of that name on it
+        /// (as is broker/NAME, the entry as `list` shows it)
         host: String,
     },
 }
@@ -113,7 +122,8 @@ pub struct Reach {
 /// `ctl exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Forward our stdin to the command (otherwise its stdin is empty).
+    /// Forward our stdin to the command (otherwise its stdin is empty);
+    /// with several targets, every host gets all of it.
     #[arg(short = 'i', long = "stdin")]
     pub stdin: bool,
     /// Run the command on a remote pseudo-terminal (for top, sudo, vim):
@@ -152,6 +162,26 @@ pub struct ExecArgs {
     /// Write DIR/HOST.out, DIR/HOST.err and DIR/summary.jsonl.
     #[arg(short = 'o', long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Lines without the `host: ` prefix (and -b without headers).
+    #[arg(short = 'N', long, conflicts_with_all = ["json", "out_dir", "diff"])]
+    pub no_prefix: bool,
+    /// After all hosts finish, each host's lines together, `host: ` before
+    /// each, hosts in node order.
+    #[arg(short = 'L', long, conflicts_with_all = ["gather", "json", "out_dir", "diff"])]
+    pub by_host: bool,
+    /// Like -b with stderr gathered too, in the order it came (with -L or
+    /// --diff: stderr gathered with stdout there).
+    #[arg(short = 'B', long, conflicts_with_all = ["json", "out_dir"])]
+    pub gather_all: bool,
+    /// After all hosts finish, a unified diff of each distinct stdout
+    /// against the most common one, headed by the hosts' node sets.
+    #[arg(long, conflicts_with_all = ["gather", "json", "out_dir"])]
+    pub diff: bool,
+    /// Most bytes of each host's stdout and of its stderr that --json
+    /// embeds (512K, 4M, 1GiB; 0: none); the rest is counted in
+    /// stdout_omitted and stderr_omitted. Only with --json.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size, requires = "json")]
+    pub max_output: usize,
     /// HOST, HOST:PORT or USER@HOST[:PORT] (default port 7722), or a list:
     /// node[01-20],@group,!node07 (see `ctl hosts --help`).
     #[arg(value_name = "TARGETS")]
@@ -179,9 +209,16 @@ pub struct HostsArgs {
     /// Print the hosts folded into one node set instead (node[01-05,07]).
     #[arg(long)]
     pub fold: bool,
+    /// Only the agents connected to the broker now (all of them without
+    /// TARGETS), in node order.
+    #[arg(long)]
+    pub online: bool,
+    /// With --online: one JSON object per agent (name, fingerprint, version).
+    #[arg(long, requires = "online", conflicts_with = "fold")]
+    pub json: bool,
     /// The target list.
-    #[arg(value_name = "TARGETS")]
-    pub targets: String,
+    #[arg(value_name = "TARGETS", required_unless_present = "online")]
+    pub targets: Option<String>,
 }
 
 /// `ctl ping`.
@@ -272,6 +309,16 @@ fn parse_fanout(s: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("expected a number of hosts, at least 1, got {s:?}")),
     }
+}
+
+/// A size in bytes: `4096`, `512K`, `1M`, `1GiB` (K, M, G are binary).
+fn parse_size(s: &str) -> Result<usize, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("{s:?} is not a size (a number of bytes, or 512K, 4M, 1G)"))
 }
 
 /// `--env KEY=VALUE`.

@@ -1,5 +1,5 @@
 //! The one way ctl reaches an agent: how to get a byte stream to it (a
-//! [`Carrier`]; TCP today), TLS with our identity over that stream, the
+//! [`Carrier`]: TCP, or a broker), TLS with our identity over that stream, the
 //! host key check against known hosts, the framed halves, and the hello
 //! exchange that opens every request ([`greet`], [`open`]).
 //!
@@ -7,8 +7,8 @@
 //! timeout. What the host key check saw turns into the precise error a
 //! user needs ("host key changed" with both fingerprints, "unknown host
 //! refused", "agent refused this client"). TLS and the hello take any
-//! [`Io`] stream, so a second carrier (a broker's byte stream) only adds a
-//! variant to [`Carrier`].
+//! [`Io`] stream, so the broker's byte stream is one more variant of
+//! [`Carrier`], never a second copy of the session.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +26,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use rexec_broker::BrokerError;
+
+use crate::broker::BrokerLink;
 use crate::error::{ConnectionError, CtlError, FileError};
 use crate::known_hosts::{Added, KnownHosts};
 use crate::target::Target;
@@ -50,24 +53,39 @@ pub type Incoming = FramedRead<ReadHalf<TlsStream<Transport>>, ClientCodec>;
 pub type Outgoing = FramedWrite<WriteHalf<TlsStream<Transport>>, ClientCodec>;
 
 /// How ctl gets a byte stream to a target's agent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub enum Carrier {
     /// A TCP connection to the target's host and port.
     #[default]
     Tcp,
+    /// A session through the broker to the agent of the target's name,
+    /// over the one broker connection of this process.
+    Broker(Arc<BrokerLink>),
 }
 
 impl Carrier {
     /// A stream to `target`'s agent, before TLS.
     ///
     /// # Errors
-    /// The name does not resolve, or no address takes the connection.
-    async fn reach(self, target: &Target) -> Result<Transport, CtlError> {
+    /// The name does not resolve, or no address takes the connection;
+    /// through a broker, no agent of that name is connected, or it does
+    /// not answer within `timeout`.
+    async fn reach(&self, target: &Target, timeout: Duration) -> Result<Transport, CtlError> {
         match self {
             Carrier::Tcp => {
                 let tcp = connect_tcp(target).await?;
                 Ok(Box::new(BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)))
             }
+            Carrier::Broker(link) => Ok(Box::new(link.dial(&target.host, timeout).await?)),
+        }
+    }
+
+    /// The known hosts key of `target`: `host:port` for a direct
+    /// connection, the agent's name under `broker/` through a broker.
+    pub fn known_hosts_key(&self, target: &Target) -> String {
+        match self {
+            Carrier::Tcp => target.host_port(),
+            Carrier::Broker(link) => link.known_hosts_key(&target.host),
         }
     }
 }
@@ -109,7 +127,11 @@ impl Client {
         let mut pause = FIRST_BUSY_PAUSE;
         loop {
             let result = self
-                .secure(target, self.carrier.reach(target), deadline)
+                .secure(
+                    target,
+                    self.carrier.reach(target, self.connect_timeout),
+                    deadline,
+                )
                 .await;
             let busy = matches!(&result, Err(CtlError::Agent(report))
                 if report.kind == rexec_protocol::ErrorKind::Busy);
@@ -133,7 +155,7 @@ impl Client {
         reach: impl std::future::Future<Output = Result<Transport, CtlError>>,
         deadline: tokio::time::Instant,
     ) -> Result<Connection, CtlError> {
-        let host_port = target.host_port();
+        let host_port = self.carrier.known_hosts_key(target);
         let policy = match self.known_hosts().get(&host_port) {
             Some(known) => HostKeyPolicy::Expect(known),
             None if self.strict_host_key => HostKeyPolicy::RefuseUnknown,
@@ -151,6 +173,9 @@ impl Client {
                 .connect(server_name(&target.host), stream)
                 .await
                 .map_err(|e| match verifier.outcome() {
+                    // Through a broker, the carrier's own word on a
+                    // session it lost beats any guess from the I/O kind.
+                    _ if BrokerError::from_io(&e).is_some() => CtlError::lost_io(&e),
                     HostKeyOutcome::Changed { known, presented } => {
                         CtlError::Connection(ConnectionError::HostKeyChanged {
                             host_port: host_port.clone(),
@@ -228,6 +253,9 @@ impl Client {
     /// means: with TLS 1.3 the agent's verdict on our certificate arrives
     /// only then, as an alert.
     pub fn explain_first_read_error(&self, error: std::io::Error) -> CtlError {
+        if BrokerError::from_io(&error).is_some() {
+            return CtlError::lost_io(&error);
+        }
         let refused = error
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -244,7 +272,7 @@ impl Client {
         if refused {
             CtlError::Connection(ConnectionError::NotAuthorized(self.identity.fingerprint))
         } else {
-            CtlError::Connection(ConnectionError::Lost(crate::plain::io_error(&error)))
+            CtlError::lost_io(&error)
         }
     }
 }

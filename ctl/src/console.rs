@@ -1,12 +1,15 @@
 //! Our stdout and stderr during a multi-host run: the progress line (only
 //! when stderr is a terminal), writes that never tear it or each other,
-//! and the record of output we could not write (a closed pipe, a full
-//! disk), which cancels the run.
+//! the record of output we could not write (a closed pipe, a full disk),
+//! which cancels the run, and which hosts are running (printed when Enter
+//! is pressed on the terminal, and after Ctrl-C).
 //!
 //! Every multi-host command writes through here; what it writes (prefixed
 //! lines, JSON, notes) is decided by its output mode (`crate::output`).
 
+use std::collections::BTreeSet;
 use std::io::{self, IsTerminal, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -35,6 +38,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Console {
     progress: Option<ProgressBar>,
     running: AtomicUsize,
+    /// The hosts whose jobs run now; after a cancellation, those that were
+    /// running when it came.
+    running_hosts: Mutex<BTreeSet<usize>>,
     failed: AtomicUsize,
     broken_pipe: AtomicBool,
     /// The first output of ours that could not be written (stdout on a
@@ -63,6 +69,7 @@ impl Console {
         Console {
             progress,
             running: AtomicUsize::new(0),
+            running_hosts: Mutex::default(),
             failed: AtomicUsize::new(0),
             broken_pipe: AtomicBool::new(false),
             lost: Mutex::new(None),
@@ -75,6 +82,7 @@ impl Console {
         Console {
             progress: None,
             running: AtomicUsize::new(0),
+            running_hosts: Mutex::default(),
             failed: AtomicUsize::new(0),
             broken_pipe: AtomicBool::new(false),
             lost: Mutex::new(None),
@@ -82,14 +90,20 @@ impl Console {
         }
     }
 
-    /// A host's job started.
-    pub fn host_started(&self) {
+    /// Host `host`'s job started.
+    pub fn host_started(&self, host: usize) {
+        lock(&self.running_hosts).insert(host);
         self.running.fetch_add(1, Ordering::Relaxed);
         self.update(false);
     }
 
-    /// A host's job ended.
-    pub fn host_finished(&self, failed: bool) {
+    /// Host `host`'s job ended.
+    pub fn host_finished(&self, host: usize, failed: bool) {
+        // Once the run is cancelled, the hosts still running are the ones
+        // it cut short: they stay listed for the end-of-run line.
+        if !self.cancel.is_cancelled() {
+            lock(&self.running_hosts).remove(&host);
+        }
         self.running.fetch_sub(1, Ordering::Relaxed);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +178,43 @@ impl Console {
     /// Whether our stdout was closed by its reader.
     pub fn broken_pipe(&self) -> bool {
         self.broken_pipe.load(Ordering::Relaxed)
+    }
+
+    /// The hosts running now (after a cancellation: when it came).
+    pub fn running_hosts(&self) -> Vec<usize> {
+        lock(&self.running_hosts).iter().copied().collect()
+    }
+
+    /// On a terminal, as clush does: each Enter pressed during the run
+    /// prints the hosts still running, named by `labels`. Nothing when our
+    /// stdin is not a terminal or we are not in its foreground (a read
+    /// there would stop us), or when stdin goes to the command (`-i`).
+    pub fn report_on_enter(self: &Arc<Console>, labels: crate::outcome::Labels) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        let stdin = io::stdin();
+        let foreground = stdin.is_terminal()
+            && nix::unistd::tcgetpgrp(&stdin).is_ok_and(|group| group == nix::unistd::getpgrp());
+        if !foreground {
+            return;
+        }
+        // Sent to the background later (Ctrl-Z, bg), a read fails instead
+        // of stopping ctl, and the watch ends.
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { signal(Signal::SIGTTIN, SigHandler::SigIgn) };
+        let console = self.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(io::stdin().read_line(&mut line), Ok(n) if n > 0) {
+                line.clear();
+                let running = console.running_hosts();
+                let names = crate::nodeset::fold(running.iter().map(|&h| labels[h].as_str()));
+                console.note(&format!(
+                    "{} of {} hosts still running: {names}",
+                    running.len(),
+                    labels.len()
+                ));
+            }
+        });
     }
 
     /// Removes the progress line.

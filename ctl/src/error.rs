@@ -143,6 +143,17 @@ pub enum ConnectionError {
     /// The connection broke before the command's end was reported.
     #[error("connection lost: {0}")]
     Lost(String),
+    /// No agent of that name is connected to the broker (the broker said
+    /// so at once: nobody serves the name).
+    #[error("not connected to the broker")]
+    Offline,
+    /// The broker dropped or damaged the session's messages (or our
+    /// connection to it went down) before the command's end was reported.
+    #[error("the session through the broker was lost: {0}")]
+    SessionLost(String),
+    /// The broker cannot be reached, refused us, or failed us.
+    #[error("{0}")]
+    Broker(String),
 }
 
 impl From<IdentityError> for CtlError {
@@ -155,8 +166,20 @@ impl CtlError {
     /// The connection to the agent broke, in plain words.
     pub fn lost(e: &FrameError) -> CtlError {
         match e {
-            FrameError::Io(io) => ConnectionError::Lost(plain::io_error(io)).into(),
+            FrameError::Io(io) => CtlError::lost_io(io),
             other => ConnectionError::Protocol(plain::frame_error(other)).into(),
+        }
+    }
+
+    /// The stream to the agent broke: through a broker, the carrier says
+    /// why (kind `lost`); over TCP, the system does.
+    pub fn lost_io(io: &std::io::Error) -> CtlError {
+        match rexec_broker::BrokerError::from_io(io) {
+            Some(rexec_broker::BrokerError::Lost(reason)) => {
+                ConnectionError::SessionLost(reason.to_string()).into()
+            }
+            Some(other) => ConnectionError::Broker(other.to_string()).into(),
+            None => ConnectionError::Lost(plain::io_error(io)).into(),
         }
     }
 
@@ -207,6 +230,9 @@ impl CtlError {
                 ConnectionError::Protocol(_) => "protocol",
                 ConnectionError::Lost(_) => "connection-lost",
                 ConnectionError::NoAnswer(_) => "no-answer",
+                ConnectionError::Offline => "offline",
+                ConnectionError::SessionLost(_) => "lost",
+                ConnectionError::Broker(_) => "broker",
             },
             CtlError::Agent(report) => report.kind.as_str(),
             CtlError::Output(_) | CtlError::Local(_) => "local",
@@ -282,5 +308,38 @@ mod tests {
         assert_eq!(exit_code(killed(9)), 137);
         assert_eq!(exit_code(killed(15)), 143);
         assert_eq!(exit_code(ExitStatus::TimedOut), 124);
+    }
+
+    #[test]
+    fn a_session_the_broker_lost_is_kind_lost_however_it_surfaces() {
+        use rexec_broker::{BrokerError, LostReason};
+        // As the stream hands it to TLS, and TLS on to the codec.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            BrokerError::Lost(LostReason::BrokerDisconnected),
+        );
+        let lost = CtlError::lost(&FrameError::Io(io));
+        assert_eq!(lost.kind(), "lost");
+        assert_eq!(
+            lost.to_string(),
+            "the session through the broker was lost: the connection to the broker was lost"
+        );
+        let failure = HostFailure::Ctl(lost);
+        assert_eq!(
+            (
+                failure.exit_code(),
+                failure.status(),
+                failure.summary_name().as_str()
+            ),
+            (EXIT_CTL_ERROR, "error", "lost")
+        );
+        let offline = HostFailure::Ctl(ConnectionError::Offline.into());
+        assert_eq!(
+            (offline.exit_code(), offline.summary_name().as_str()),
+            (EXIT_CTL_ERROR, "offline")
+        );
+        // A direct connection's break keeps its own kind.
+        let tcp = CtlError::lost_io(&std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(tcp.kind(), "connection-lost");
     }
 }

@@ -104,7 +104,7 @@ impl Fanout {
                 let cancel = self.cancel.clone();
                 let deadline = self.deadline;
                 let index = next;
-                console.host_started();
+                console.host_started(index);
                 running.spawn(async move {
                     let started = tokio::time::Instant::now();
                     let bounded = async {
@@ -131,7 +131,7 @@ impl Fanout {
             }
             match running.join_next().await {
                 Some(Ok(result)) => {
-                    console.host_finished(result.failure().is_some());
+                    console.host_finished(result.index, result.failure().is_some());
                     done(result);
                 }
                 // A job panicked: a bug, and the run cannot be trusted.

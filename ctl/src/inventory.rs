@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use rexec_protocol::DEFAULT_PORT;
 
+use crate::broker::BrokerConfig;
 use crate::config::ConfigDir;
 use crate::nodeset;
 use crate::target::{self, ListError, ListItem, Target, TargetSpec};
@@ -153,6 +154,7 @@ pub struct Inventory {
     /// one element of an array applies to the others too.
     groups: HashMap<String, String>,
     hosts: HashMap<String, HostSettings>,
+    broker: Option<BrokerConfig>,
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
@@ -268,6 +270,7 @@ impl Inventory {
         };
         let mut groups = HashMap::new();
         let mut entries = Vec::new();
+        let mut broker = None;
         for (section, value) in table {
             let toml::Value::Table(items) = value else {
                 return Err(invalid(
@@ -291,10 +294,18 @@ impl Inventory {
                         entries.push((key, names, settings));
                     }
                 }
+                "broker" => {
+                    let base = path.parent().unwrap_or(Path::new("."));
+                    broker = Some(
+                        crate::broker::parse_section(toml::Value::Table(items), base)
+                            .map_err(|(k, r)| invalid(k, r))?,
+                    );
+                }
                 _ => {
                     return Err(invalid(
                         toml_key(&section),
-                        "unknown section (an inventory has [groups] and [hosts])".to_owned(),
+                        "unknown section (an inventory has [groups], [hosts] and [broker])"
+                            .to_owned(),
                     ));
                 }
             }
@@ -304,7 +315,13 @@ impl Inventory {
             path: Some(path),
             groups,
             hosts,
+            broker,
         })
+    }
+
+    /// The `[broker]` section, if the file has one.
+    pub fn broker(&self) -> Option<&BrokerConfig> {
+        self.broker.as_ref()
     }
 
     /// The settings for `host`, if the inventory has any.
@@ -731,7 +748,7 @@ port = 9
             ),
             (
                 "[host.a]\nport = 1\n",
-                "inventory h.toml: host: unknown section (an inventory has [groups] and [hosts])",
+                "inventory h.toml: host: unknown section (an inventory has [groups], [hosts] and [broker])",
             ),
             (
                 "[hosts.a]\nprot = 1\n",

@@ -23,6 +23,7 @@ macro_rules! say {
     }};
 }
 
+pub mod broker;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -66,15 +67,18 @@ pub fn main() -> ExitCode {
     };
     let config = ConfigDir::locate(cli.config_dir);
     let inventory = cli.inventory.as_deref();
+    let broker = cli.broker.as_deref();
     let result = match cli.command {
         Command::Keygen => cmd::identity::keygen(&config),
         Command::Id => cmd::identity::id(&config),
-        Command::Exec(args) => cmd::exec::exec(&config, inventory, args),
-        Command::Hosts(args) => cmd::hosts::hosts(&config, inventory, args),
-        Command::Ping(args) => cmd::ping::ping(&config, inventory, args),
-        Command::Cp(args) => cmd::cp::cp(&config, inventory, args),
-        Command::KnownHosts { action } => cmd::known_hosts::known_hosts(&config, inventory, action),
-        Command::Job { action } => cmd::job::job(&config, inventory, action),
+        Command::Exec(args) => cmd::exec::exec(&config, inventory, broker, args),
+        Command::Hosts(args) => cmd::hosts::hosts(&config, inventory, broker, args),
+        Command::Ping(args) => cmd::ping::ping(&config, inventory, broker, args),
+        Command::Cp(args) => cmd::cp::cp(&config, inventory, broker, args),
+        Command::KnownHosts { action } => {
+            cmd::known_hosts::known_hosts(&config, inventory, broker, action)
+        }
+        Command::Job { action } => cmd::job::job(&config, inventory, broker, action),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -478,6 +478,47 @@ fn spans(values: &BTreeSet<u64>) -> Vec<(u64, u64)> {
     spans
 }
 
+/// Node order: names compared run by run, digit runs by their value,
+/// so `node2` comes before `node10` (as `ctl hosts --fold` and
+/// ClusterShell order them); equal values fall back to the text.
+pub fn node_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(name: &str) -> impl Iterator<Item = &str> {
+        let mut rest = name;
+        std::iter::from_fn(move || {
+            let first = rest.chars().next()?;
+            let digit = first.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digit)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(end);
+            rest = tail;
+            Some(run)
+        })
+    }
+    let mut left = runs(a);
+    let mut right = runs(b);
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let both_numbers = x.starts_with(|c: char| c.is_ascii_digit())
+                    && y.starts_with(|c: char| c.is_ascii_digit());
+                let order = if both_numbers {
+                    let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                    x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+                } else {
+                    x.cmp(y)
+                };
+                if order.is_ne() {
+                    return order;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,6 +650,36 @@ mod tests {
                     .map(String::as_str)
             ),
             "rack[1-3]-n[1,3,5-7]"
+        );
+    }
+
+    #[test]
+    fn node_order_counts_numbers_by_value() {
+        let mut names = vec![
+            "pc10",
+            "pc2",
+            "b",
+            "pc02",
+            "a-1",
+            "pc1",
+            "rack2-n10",
+            "rack2-n9",
+            "a",
+        ];
+        names.sort_by(|a, b| node_order(a, b));
+        assert_eq!(
+            names,
+            [
+                "a",
+                "a-1",
+                "b",
+                "pc1",
+                "pc02",
+                "pc2",
+                "pc10",
+                "rack2-n9",
+                "rack2-n10"
+            ]
         );
     }
 }

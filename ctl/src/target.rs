@@ -13,14 +13,20 @@ use rexec_protocol::DEFAULT_PORT;
 
 use crate::nodeset::{self, SyntaxError};
 
+/// The port of a target reached by name through a broker, where there is
+/// no TCP port: such a target prints as its name alone. No port a user
+/// types is 0, so it cannot be mistaken for one.
+pub const NO_PORT: u16 = 0;
+
 /// Where to run a command.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The user to run as, if named.
     pub user: Option<String>,
-    /// Host name or address, without brackets.
+    /// Host name or address, without brackets; in broker mode, the
+    /// agent's name on the broker.
     pub host: String,
-    /// TCP port.
+    /// TCP port; [`NO_PORT`] in broker mode.
     pub port: u16,
 }
 
@@ -47,9 +53,12 @@ impl Target {
         })
     }
 
-    /// `host:port` (`[v6]:port`), the key used in known hosts.
+    /// `host:port` (`[v6]:port`), the key used in known hosts; the name
+    /// alone for an agent on a broker.
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
+        if self.port == NO_PORT {
+            self.host.clone()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -67,7 +76,7 @@ impl Target {
             .as_ref()
             .map(|u| format!("{u}@"))
             .unwrap_or_default();
-        if self.port == DEFAULT_PORT {
+        if self.port == DEFAULT_PORT || self.port == NO_PORT {
             format!("{user}{}", self.host)
         } else {
             format!("{user}{}", self.host_port())

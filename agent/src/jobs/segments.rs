@@ -59,11 +59,11 @@ impl SegmentWriter {
                 self.total += data.len() as u64;
                 return;
             }
-            if self.current.is_none() || self.current_len >= self.segment {
-                if let Err(_e) = self.open_segment() {
-                    self.lost_at = Some(self.total);
-                    continue;
-                }
+            if (self.current.is_none() || self.current_len >= self.segment)
+                && self.open_segment().is_err()
+            {
+                self.lost_at = Some(self.total);
+                continue;
             }
             let room = (self.segment - self.current_len).min(data.len() as u64) as usize;
             let Some(file) = self.current.as_mut() else {

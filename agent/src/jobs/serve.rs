@@ -239,11 +239,11 @@ async fn stream(
                 return Ok(());
             }
         }
-        if let Some(interval) = keepalive {
-            if quiet_since.elapsed() >= interval {
-                outgoing.send(AgentMessage::Keepalive).await?;
-                quiet_since = tokio::time::Instant::now();
-            }
+        if let Some(interval) = keepalive
+            && quiet_since.elapsed() >= interval
+        {
+            outgoing.send(AgentMessage::Keepalive).await?;
+            quiet_since = tokio::time::Instant::now();
         }
         found = match find(state, caller, id) {
             Ok(found) => found,

@@ -84,12 +84,11 @@ pub async fn start(
     let new_dir = state_dir.join(format!("{NEW_PREFIX}{id}"));
     // The same start again (a retry, or one agent reached under two
     // names) is the job that runs already.
-    if let Ok(found) = store::load(&final_dir, id) {
-        if found.record.owner_fingerprint == caller.fingerprint.to_string()
-            && found.record.command == request.exec.command
-        {
-            return Ok(found.summary());
-        }
+    if let Ok(found) = store::load(&final_dir, id)
+        && found.record.owner_fingerprint == caller.fingerprint.to_string()
+        && found.record.command == request.exec.command
+    {
+        return Ok(found.summary());
     }
     if final_dir.exists() || new_dir.exists() {
         return Err(ErrorReport::new(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Failure, client, no_limit_if_zero, plain, resolve};
+use super::{Failure, fleet, no_limit_if_zero, plain};
 use crate::cli::CpArgs;
 use crate::config::ConfigDir;
 use crate::error::CtlError;
@@ -14,7 +14,12 @@ use crate::outcome::HostResult;
 use crate::output;
 
 /// Copies to or from every target.
-pub fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<u8, Failure> {
+pub fn cp(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    broker: Option<&str>,
+    args: CpArgs,
+) -> Result<u8, Failure> {
     let usage = |m: &str| plain(CtlError::Usage(m.to_owned()));
     let (last, sources) = args
         .paths
@@ -36,8 +41,9 @@ pub fn cp(config: &ConfigDir, inventory: Option<&Path>, args: CpArgs) -> Result<
             ));
         }
     };
-    let targets = resolve(config, inventory, &targets_text, &args.exclude.exclude)?;
-    let client = Arc::new(client(config, &args.reach)?);
+    let fleet = fleet(config, inventory, broker)?;
+    let targets = fleet.resolve(&targets_text, &args.exclude.exclude)?;
+    let client = Arc::new(fleet.client(config, &args.reach)?);
     // ctl itself enforces a copy's timeout, from the start of the host's
     // job (connecting included); 0 means none, as for exec.
     let deadline = no_limit_if_zero(args.timeout).map(Deadline::Timeout);

@@ -9,19 +9,20 @@ use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
-use super::{Failure, client, load_inventory, no_limit_if_zero, plain, resolve};
+use super::{Failure, Fleet, fleet, no_limit_if_zero, plain};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
 use crate::fanout::{Deadline, Run};
 use crate::host;
+use crate::host::input::SharedInput;
 use crate::host::stream::ExecOutcome;
 use crate::output::Output;
-use crate::output::gathered::Gathered;
+use crate::output::gathered::{Gathered, Layout};
 use crate::output::json::JsonLines;
 use crate::output::outdir::OutDir;
 use crate::output::prefixed::Prefixed;
-use crate::target::{self, TargetSpec};
+use crate::target;
 use crate::tty;
 
 /// ctl's own deadline on a host is its `--timeout` plus the connect timeout
@@ -38,26 +39,33 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 }
 
 /// Runs the command on the targets.
-pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+pub fn exec(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    broker: Option<&str>,
+    args: ExecArgs,
+) -> Result<u8, Failure> {
+    let fleet = fleet(config, inventory, broker)?;
     if args.detach {
-        return super::job::detach(config, inventory, args);
+        return super::job::detach(config, &fleet, args);
     }
     let single = target::is_single(&args.target)
         && args.exclude.exclude.is_empty()
         && !args.gather
+        && !args.gather_all
+        && !args.by_host
+        && !args.diff
         && !args.json
         && args.out_dir.is_none();
     if !single {
-        return exec_many(config, inventory, args);
+        return exec_many(config, &fleet, args);
     }
-    let spec =
-        TargetSpec::parse(&args.target).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
-    let mut target = load_inventory(config, inventory)?.complete(spec);
+    let mut target = fleet.target(&args.target)?;
     if args.user.is_some() {
         target.user = args.user.clone();
     }
     let command = command_line(&args.command).map_err(plain)?;
-    let client = client(config, &args.reach)?;
+    let client = fleet.client(config, &args.reach)?;
     let request = ExecRequest {
         command,
         env: args.env,
@@ -96,13 +104,13 @@ pub fn exec(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Res
     }
 }
 
-fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
-    if args.stdin || args.tty {
+fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
+    if args.tty {
         return Err(plain(CtlError::Usage(
-            "-i/--stdin and -t/--tty work with a single target only".into(),
+            "-t/--tty works with a single target only".into(),
         )));
     }
-    let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
     if let Some(user) = &args.user {
         for target in &mut targets {
             target.user = Some(user.clone());
@@ -118,36 +126,83 @@ fn exec_many(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Re
             )))
         })?;
     }
-    let client = Arc::new(client(config, &args.reach)?);
+    let client = Arc::new(fleet.client(config, &args.reach)?);
     let request = ExecRequest {
         command,
         env: args.env,
         cwd: args.cwd,
         timeout: no_limit_if_zero(args.timeout),
+        stdin: args.stdin,
         ..ExecRequest::default()
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
     let run = Run::new(targets, args.reach.fanout, deadline);
     let (console, labels) = (&run.console, &run.labels);
-    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if args.gather {
-        Arc::new(Gathered::new(console.clone(), labels.clone()))
+    let layout = if args.diff {
+        Some(Layout::Diff)
+    } else if args.by_host {
+        Some(Layout::ByHost)
+    } else if args.gather || args.gather_all {
+        Some(Layout::Blocks)
+    } else {
+        None
+    };
+    let output: Arc<dyn Output<rexec_protocol::ExitStatus>> = if let Some(layout) = layout {
+        let gathered = Gathered::new(console.clone(), labels.clone(), layout, args.gather_all);
+        Arc::new(if args.no_prefix {
+            gathered.without_prefix()
+        } else {
+            gathered
+        })
     } else if args.json {
-        Arc::new(JsonLines::new(console.clone(), labels.clone()))
+        Arc::new(JsonLines::new(
+            console.clone(),
+            labels.clone(),
+            args.max_output,
+        ))
     } else if let Some(dir) = args.out_dir {
         Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+    } else if args.no_prefix {
+        Arc::new(Prefixed::new(console.clone(), labels.clone()).without_prefix())
     } else {
         Arc::new(Prefixed::new(console.clone(), labels.clone()))
+    };
+    let stdin = if args.stdin {
+        let input = SharedInput::from_stdin(console.clone()).map_err(|e| {
+            plain(CtlError::Local(format!(
+                "cannot make a temporary file for our stdin: {}",
+                crate::plain::io_error(&e)
+            )))
+        })?;
+        Some(input)
+    } else {
+        console.report_on_enter(labels.clone());
+        None
     };
     let end = run
         .drive(
             |index, target| {
                 let mut request = request.clone();
                 request.user = target.user.clone();
-                host::exec::run(client.clone(), target, request, index, output.clone())
+                host::exec::run(
+                    client.clone(),
+                    target,
+                    request,
+                    index,
+                    output.clone(),
+                    stdin.clone(),
+                )
             },
             |result| output.done(&result),
         )
         .map_err(plain)?;
+    if end.interrupted.is_some() {
+        let running = console.running_hosts();
+        if !running.is_empty() {
+            let names = crate::nodeset::fold(running.iter().map(|&h| labels[h].as_str()));
+            say!("ctl: interrupted; still running then: {names}");
+        }
+    }
     output.end();
     Ok(run.conclude(&end))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rexec_protocol::{DetachRequest, ExecRequest, JobId, JobRequest};
 
-use super::{Failure, client, no_limit_if_zero, plain, resolve};
+use super::{Failure, Fleet, fleet, no_limit_if_zero, plain};
 use crate::cli::job::{JobAction, JobTarget};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
@@ -35,16 +35,16 @@ fn new_job_id() -> Result<JobId, Failure> {
 
 /// `ctl exec --detach`: starts the command as one job on every target and
 /// prints its id once, when at least one host runs it.
-pub fn detach(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> Result<u8, Failure> {
+pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
     let single = target::is_single(&args.target) && args.exclude.exclude.is_empty();
-    let mut targets = resolve(config, inventory, &args.target, &args.exclude.exclude)?;
+    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
     if let Some(user) = &args.user {
         for target in &mut targets {
             target.user = Some(user.clone());
         }
     }
     let command = command_line(&args.command).map_err(plain)?;
-    let client = Arc::new(client(config, &args.reach)?);
+    let client = Arc::new(fleet.client(config, &args.reach)?);
     let id = new_job_id()?;
     let exec = ExecRequest {
         command,
@@ -88,47 +88,53 @@ pub fn detach(config: &ConfigDir, inventory: Option<&Path>, args: ExecArgs) -> R
 }
 
 /// `ctl job ACTION`.
-pub fn job(config: &ConfigDir, inventory: Option<&Path>, action: JobAction) -> Result<u8, Failure> {
+pub fn job(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    broker: Option<&str>,
+    action: JobAction,
+) -> Result<u8, Failure> {
+    let fleet = &fleet(config, inventory, broker)?;
     match action {
         JobAction::List {
             json,
             reach,
             exclude,
             targets,
-        } => list(config, inventory, &targets, &exclude.exclude, &reach, json),
+        } => list(config, fleet, &targets, &exclude.exclude, &reach, json),
         JobAction::Output { follow, job } => {
             let request = JobRequest::Output {
                 id: job.id.clone(),
                 follow,
             };
-            about(config, inventory, job, request)
+            about(config, fleet, job, request)
         }
         JobAction::Wait { job } => {
             let request = JobRequest::Wait { id: job.id.clone() };
-            about(config, inventory, job, request)
+            about(config, fleet, job, request)
         }
         JobAction::Kill { job } => {
             let request = JobRequest::Kill { id: job.id.clone() };
-            about(config, inventory, job, request)
+            about(config, fleet, job, request)
         }
         JobAction::Forget { job } => {
             let request = JobRequest::Forget { id: job.id.clone() };
-            about(config, inventory, job, request)
+            about(config, fleet, job, request)
         }
     }
 }
 
 fn list(
     config: &ConfigDir,
-    inventory: Option<&Path>,
+    fleet: &Fleet,
     targets: &str,
     exclude: &[String],
     reach: &crate::cli::Reach,
     json: bool,
 ) -> Result<u8, Failure> {
     let single = target::is_single(targets) && exclude.is_empty();
-    let targets = resolve(config, inventory, targets, exclude)?;
-    let client = Arc::new(client(config, reach)?);
+    let targets = fleet.resolve(targets, exclude)?;
+    let client = Arc::new(fleet.client(config, reach)?);
     let deadline = Deadline::NoAnswer(reach.connect_timeout.saturating_mul(2));
     let run = Run::new(targets, reach.fanout, Some(deadline));
     let end = run
@@ -190,13 +196,13 @@ impl Output<JobEnd> for Raw {
 
 fn about(
     config: &ConfigDir,
-    inventory: Option<&Path>,
+    fleet: &Fleet,
     job: JobTarget,
     request: JobRequest,
 ) -> Result<u8, Failure> {
     let single = target::is_single(&job.targets) && job.exclude.exclude.is_empty();
-    let targets = resolve(config, inventory, &job.targets, &job.exclude.exclude)?;
-    let client = Arc::new(client(config, &job.reach)?);
+    let targets = fleet.resolve(&job.targets, &job.exclude.exclude)?;
+    let client = Arc::new(fleet.client(config, &job.reach)?);
     // Output and wait last as long as the job: keepalives notice a
     // vanished agent. Kill and forget answer within the kill grace.
     let deadline = match request {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Failure, load_inventory, load_known_hosts, plain, print_out};
+use super::{Failure, fleet, load_known_hosts, plain, print_out};
 use crate::cli::KnownHostsAction;
 use crate::config::ConfigDir;
 use crate::error::{CtlError, FileError};
@@ -12,6 +12,7 @@ use crate::target::TargetSpec;
 pub fn known_hosts(
     config: &ConfigDir,
     inventory: Option<&Path>,
+    broker: Option<&str>,
     action: KnownHostsAction,
 ) -> Result<u8, Failure> {
     let mut hosts = load_known_hosts(config)?;
@@ -25,12 +26,25 @@ pub fn known_hosts(
             print_out(&text)
         }
         KnownHostsAction::Remove { host } => {
-            // The port the host is reached on: the inventory's, unless given.
-            let spec =
-                TargetSpec::parse(&host).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
-            let key = load_inventory(config, inventory)?
-                .complete(spec)
-                .host_port();
+            let fleet = fleet(config, inventory, broker)?;
+            let key = if host.starts_with(crate::broker::KNOWN_HOSTS_PREFIX) {
+                // The key as `list` shows it (and HOST KEY CHANGED names it).
+                host
+            } else {
+                let spec =
+                    TargetSpec::parse(&host).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+                match &fleet.broker {
+                    // An agent's name on the broker; HOST:PORT still means a
+                    // direct entry, which cannot be meant otherwise.
+                    Some(broker) if spec.port.is_none() => broker.known_hosts_key(
+                        &crate::broker::agent_from_spec(spec, &fleet.inventory)
+                            .map_err(plain)?
+                            .host,
+                    ),
+                    // The port the host is reached on: the inventory's, unless given.
+                    _ => fleet.inventory.complete(spec).host_port(),
+                }
+            };
             let path = hosts.path().to_path_buf();
             let removed = hosts
                 .remove(&key)

@@ -12,18 +12,19 @@ pub mod known_hosts;
 pub mod ping;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rexec_protocol::{Identity, IdentityError};
 
+use crate::broker::{BrokerConfig, BrokerLink};
 use crate::cli::Reach;
 use crate::config::ConfigDir;
 use crate::connect::{Carrier, Client};
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
 use crate::inventory::Inventory;
 use crate::known_hosts::KnownHosts;
-use crate::target::Target;
+use crate::target::{Target, TargetSpec};
 
 /// An error with the target it concerns, if any.
 pub type Failure = (Option<String>, CtlError);
@@ -73,16 +74,71 @@ pub(crate) fn load_inventory(
     Inventory::load(explicit, config).map_err(|e| plain(CtlError::Usage(e.to_string())))
 }
 
-/// The targets `list` names, less `exclude`.
-pub(crate) fn resolve(
+/// Where a command's targets are: the inventory, and the broker when
+/// there is one (then every target is an agent's name on it).
+pub(crate) struct Fleet {
+    pub inventory: Inventory,
+    pub broker: Option<BrokerConfig>,
+}
+
+/// The inventory and the broker `--broker` (or `REXEC_BROKER`, or the
+/// inventory's `[broker]`) names.
+pub(crate) fn fleet(
     config: &ConfigDir,
     inventory: Option<&Path>,
-    list: &str,
-    exclude: &[String],
-) -> Result<Vec<Target>, Failure> {
-    load_inventory(config, inventory)?
-        .resolve(list, exclude)
-        .map_err(|e| plain(CtlError::Usage(e.to_string())))
+    broker: Option<&str>,
+) -> Result<Fleet, Failure> {
+    let inventory = load_inventory(config, inventory)?;
+    let broker = crate::broker::choose(broker, &inventory).map_err(plain)?;
+    Ok(Fleet { inventory, broker })
+}
+
+impl Fleet {
+    /// The targets `list` names, less `exclude`.
+    pub fn resolve(&self, list: &str, exclude: &[String]) -> Result<Vec<Target>, Failure> {
+        if self.broker.is_some() {
+            for list in std::iter::once(list).chain(exclude.iter().map(String::as_str)) {
+                crate::broker::refuse_ports(list).map_err(plain)?;
+            }
+        }
+        let targets = self
+            .inventory
+            .resolve(list, exclude)
+            .map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+        match self.broker {
+            Some(_) => crate::broker::agents(targets).map_err(plain),
+            None => Ok(targets),
+        }
+    }
+
+    /// The one target `text` names.
+    pub fn target(&self, text: &str) -> Result<Target, Failure> {
+        let spec = TargetSpec::parse(text).map_err(|e| plain(CtlError::Usage(e.to_string())))?;
+        match self.broker {
+            Some(_) => crate::broker::agent_from_spec(spec, &self.inventory).map_err(plain),
+            None => Ok(self.inventory.complete(spec)),
+        }
+    }
+
+    /// What every connection of this run shares, from our files and
+    /// `reach`; in broker mode, connected to the broker.
+    pub fn client(&self, config: &ConfigDir, reach: &Reach) -> Result<Client, Failure> {
+        let identity = load_identity(config)?;
+        let known_hosts = Mutex::new(load_known_hosts(config)?);
+        let carrier = match &self.broker {
+            Some(broker) => Carrier::Broker(Arc::new(
+                BrokerLink::connect(broker, reach.connect_timeout).map_err(plain)?,
+            )),
+            None => Carrier::Tcp,
+        };
+        Ok(Client {
+            identity,
+            known_hosts,
+            strict_host_key: reach.strict_host_key,
+            connect_timeout: reach.connect_timeout,
+            carrier,
+        })
+    }
 }
 
 /// Writes `text` to our stdout: 0 once written, 141 when its reader went
@@ -95,17 +151,6 @@ pub(crate) fn print_out(text: &str) -> Result<u8, Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_BROKEN_PIPE),
         Err(e) => Err(plain(CtlError::write_failed("to stdout", &e))),
     }
-}
-
-/// What every connection of this run shares, from our files and `reach`.
-pub(crate) fn client(config: &ConfigDir, reach: &Reach) -> Result<Client, Failure> {
-    Ok(Client {
-        identity: load_identity(config)?,
-        known_hosts: Mutex::new(load_known_hosts(config)?),
-        strict_host_key: reach.strict_host_key,
-        connect_timeout: reach.connect_timeout,
-        carrier: Carrier::Tcp,
-    })
 }
 
 /// `--timeout 0` asks for no limit, as GNU timeout reads it (and the

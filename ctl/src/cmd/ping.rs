@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Failure, client, plain, resolve};
+use super::{Failure, fleet, plain};
 use crate::cli::PingArgs;
 use crate::config::ConfigDir;
 use crate::console::Stream;
@@ -13,9 +13,15 @@ use crate::host::ping;
 use crate::output;
 
 /// Pings every target; one line (or JSON object) per host.
-pub fn ping(config: &ConfigDir, inventory: Option<&Path>, args: PingArgs) -> Result<u8, Failure> {
-    let targets = resolve(config, inventory, &args.targets, &args.exclude.exclude)?;
-    let client = Arc::new(client(config, &args.reach)?);
+pub fn ping(
+    config: &ConfigDir,
+    inventory: Option<&Path>,
+    broker: Option<&str>,
+    args: PingArgs,
+) -> Result<u8, Failure> {
+    let fleet = fleet(config, inventory, broker)?;
+    let targets = fleet.resolve(&args.targets, &args.exclude.exclude)?;
+    let client = Arc::new(fleet.client(config, &args.reach)?);
     // Connect is bounded by the client; the round trip gets as long again.
     let deadline = Deadline::NoAnswer(args.reach.connect_timeout.saturating_mul(2));
     let run = Run::new(targets, args.reach.fanout, Some(deadline));

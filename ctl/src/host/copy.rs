@@ -181,7 +181,7 @@ fn stopped(
             "unexpected message during a {direction}: {other:?}"
         ))
         .into(),
-        Some(Err(FrameError::Io(e))) => ConnectionError::Lost(e.to_string()).into(),
+        Some(Err(FrameError::Io(e))) => CtlError::lost_io(&e),
         Some(Err(e)) => ConnectionError::Protocol(e.to_string()).into(),
         None => ConnectionError::Lost(format!("the agent closed the connection {early}")).into(),
     }
@@ -287,7 +287,10 @@ pub async fn push(
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
     let lost = |e: FrameError| {
-        SendStop::Connection(CtlError::Connection(ConnectionError::Lost(e.to_string())))
+        SendStop::Connection(match e {
+            FrameError::Io(io) => CtlError::lost_io(&io),
+            other => CtlError::Connection(ConnectionError::Lost(other.to_string())),
+        })
     };
     let mut watch = Watch::default();
     // Reading and hashing happen on a thread of their own, beside the

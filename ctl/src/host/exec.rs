@@ -3,15 +3,23 @@
 //! [`Output`] as they arrive, tagged with the host; the remote exit status
 //! is the job's result.
 //!
-//! There is no stdin and no signal forwarding here: several hosts share our
+//! With `-i` every host gets the same stdin from a [`SharedInput`], at its
+//! own pace. There is no signal forwarding here: several hosts share our
 //! terminal, so Ctrl-C ends the whole run (the engine drops every
 //! connection, and each agent kills its command's process group).
+//!
+//! Sending (stdin, keepalive answers) is polled beside the reading, never
+//! awaited in its place, so that a command slow to read its stdin never
+//! stops us from reading its output; both live in this job's future and
+//! end with it.
 
 use std::sync::Arc;
 
-use futures_util::SinkExt;
-use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus, FrameError};
+use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus};
+use tokio::sync::mpsc;
 
+use super::input::SharedInput;
+use super::stream::send_loop;
 use crate::connect::{self, Client};
 use crate::console::Stream;
 use crate::error::CtlError;
@@ -19,7 +27,8 @@ use crate::liveness::Liveness;
 use crate::output::Output;
 use crate::target::Target;
 
-/// Runs `request` on `target`, reporting output to `output` as host `index`.
+/// Runs `request` on `target`, reporting output to `output` as host `index`
+/// and feeding it `stdin` when given.
 ///
 /// # Errors
 /// When the command could not be run or its end was not reported.
@@ -29,23 +38,45 @@ pub async fn run(
     request: ExecRequest,
     index: usize,
     output: Arc<dyn Output<ExitStatus>>,
+    stdin: Option<Arc<SharedInput>>,
 ) -> Result<ExitStatus, CtlError> {
     let session = connect::open(&client, &target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
-    let mut outgoing = session.connection.outgoing;
-    let lost = |e: FrameError| CtlError::lost(&e);
+    let (data_tx, data_rx) = mpsc::channel(4);
+    let (urgent_tx, urgent_rx) = mpsc::channel(4);
+    let sender = send_loop(session.connection.outgoing, data_rx, urgent_rx);
+    tokio::pin!(sender);
+    let mut sending = true;
+    let feeder = async move {
+        match stdin {
+            Some(input) => input.feed(data_tx).await,
+            None => drop(data_tx),
+        }
+    };
+    tokio::pin!(feeder);
+    let mut feeding = true;
     let mut alive = Liveness::new();
     loop {
-        let message = super::exec_message(alive.next(&mut incoming).await?)?;
+        let message = tokio::select! {
+            message = alive.next(&mut incoming) => message?,
+            () = &mut sender, if sending => {
+                // The connection no longer takes messages; the reading side
+                // reports how it ended.
+                sending = false;
+                continue;
+            }
+            () = &mut feeder, if feeding => {
+                feeding = false;
+                continue;
+            }
+        };
+        let message = super::exec_message(message)?;
         match message {
             AgentMessage::Started { keepalive, .. } => alive.started(keepalive),
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
             AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
             AgentMessage::Keepalive => {
-                outgoing
-                    .send(ClientMessage::Keepalive)
-                    .await
-                    .map_err(lost)?;
+                let _ = urgent_tx.try_send(ClientMessage::Keepalive);
             }
             AgentMessage::Exit(status) => return Ok(status),
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),

@@ -4,10 +4,12 @@
 //!
 //! [`stream`] is single-target exec, attached to our terminal; [`exec`],
 //! [`ping`] and [`copy`] are the jobs the fan-out engine runs for each
-//! host of a multi-host command.
+//! host of a multi-host command; [`input`] is the stdin they share under
+//! `ctl exec -i`.
 
 pub mod copy;
 pub mod exec;
+pub mod input;
 pub mod job;
 pub mod ping;
 pub mod stream;

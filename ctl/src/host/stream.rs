@@ -163,8 +163,9 @@ fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
 }
 
 /// Sends what the other tasks queue: signals first, then stdin, in order.
-/// Ends after a SIGKILL request, or when both queues are closed.
-async fn send_loop(
+/// Ends after a SIGKILL request, when both queues are closed, or when the
+/// connection takes no more.
+pub(super) async fn send_loop(
     mut outgoing: Outgoing,
     mut data: mpsc::Receiver<ClientMessage>,
     mut urgent: mpsc::Receiver<ClientMessage>,

@@ -9,10 +9,12 @@
 //! (`crate::host::stream`). The terminal itself (progress line, writes
 //! that must not tear it) is `crate::console`.
 
+pub mod diff;
 pub mod gathered;
 pub mod json;
 pub mod outdir;
 pub mod prefixed;
+pub mod spool;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

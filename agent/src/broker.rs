@@ -1,0 +1,184 @@
+//! Broker mode's side of the agent: serving our name on the broker,
+//! answering discovery, and saying how the connection to the broker is.
+//!
+//! The carrier (`rexec_broker`) owns the connection, its reconnecting and
+//! the stream rules; each session it yields is served by
+//! [`crate::session`] exactly as a TCP connection is, under the same
+//! session cap and shutdown, with a startup budget of its own
+//! ([`crate::state::AgentState::broker_startups`]).
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rexec_broker::{Announcement, BrokerError, Carrier, ConnectionState, Listener};
+use tokio_util::task::TaskTracker;
+
+use crate::peer::Peer;
+use crate::server::spawn_session;
+use crate::state::AgentState;
+
+/// How long we wait before asking the broker again to let us serve our
+/// name, after it refused.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
+
+/// The connection to the broker and what we serve on it.
+#[derive(Debug, Clone)]
+pub struct BrokerLink {
+    /// The connection (it reconnects by itself, for ever).
+    pub carrier: Carrier,
+    /// Our name on the broker.
+    pub name: String,
+    /// The broker's URLs, for messages.
+    pub urls: String,
+}
+
+impl BrokerLink {
+    /// The systemd status line's part about the broker.
+    pub fn status(&self) -> String {
+        status(&self.carrier.state(), &self.urls, &self.name)
+    }
+}
+
+/// "connected to the broker at URL as NAME", or why not.
+pub fn status(state: &ConnectionState, urls: &str, name: &str) -> String {
+    if state.connected {
+        format!("connected to the broker at {urls} as {name}")
+    } else {
+        match &state.last_error {
+            Some(error) => format!("not connected to the broker at {urls}, retrying ({error})"),
+            None => format!("not connected to the broker at {urls}, retrying"),
+        }
+    }
+}
+
+/// Serves sessions opened to our name until `state.shutdown.stop`; then
+/// stops serving the name (ctl sees `offline` at once) and answering
+/// discovery, while the sessions running go on under the grace.
+pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: TaskTracker) {
+    let stop = state.shutdown.stop.clone();
+    let serving = async {
+        let Some(mut listener) = listen(&link).await else {
+            return;
+        };
+        // Only now, with our subscription made, can the check request
+        // behind "connected" be answered.
+        let _reporting = AbortOnDrop(tokio::spawn(report_connection(link.clone())));
+        let _announcing = announce(&link, &state).await;
+        loop {
+            let Some(stream) = listener.accept().await else {
+                // Only a connection closed for good ends this, and ours
+                // retries for ever: say so if it ever happens.
+                tracing::error!(
+                    "the connection to the broker at {} is closed for good; no more sessions through it",
+                    link.urls
+                );
+                return;
+            };
+            let peer = Peer::Broker {
+                session: stream.session_id(),
+            };
+            let entered = match state.broker_startups.enter(peer.source(), None::<&OwnedFd>) {
+                Ok(entered) => entered,
+                Err(refusal) => {
+                    state.refusals.refused(peer, refusal, &state.settings);
+                    continue;
+                }
+            };
+            spawn_session(stream, peer, entered, &state, &tracker);
+        }
+    };
+    tokio::select! {
+        // Stop first, as on TCP: a session opened after the stop is not taken.
+        biased;
+        () = stop.cancelled() => {}
+        () = serving => {}
+    }
+}
+
+/// Subscribes under our name, asking again while the broker refuses.
+async fn listen(link: &BrokerLink) -> Option<Listener> {
+    loop {
+        match link.carrier.listen(&link.name).await {
+            Ok(listener) => return Some(listener),
+            Err(e @ BrokerError::SubscribeRefused(_)) => {
+                tracing::error!("{e}; asking again in {}s", SUBSCRIBE_RETRY.as_secs());
+                tokio::time::sleep(SUBSCRIBE_RETRY).await;
+            }
+            Err(e) => {
+                tracing::error!("cannot serve our name on the broker: {e}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Answers discovery (`ctl hosts --online`) with our name, fingerprint and
+/// version while the returned responder lives.
+async fn announce(
+    link: &BrokerLink,
+    state: &AgentState,
+) -> Option<rexec_broker::DiscoveryResponder> {
+    let announcement = Announcement {
+        name: link.name.clone(),
+        fingerprint: state.fingerprint.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    match link.carrier.announce(announcement).await {
+        Ok(responder) => Some(responder),
+        Err(e) => {
+            tracing::warn!(
+                "cannot answer discovery on the broker, so ctl hosts --online will not list us: {e}"
+            );
+            None
+        }
+    }
+}
+
+/// Logs each change of the connection: `connected to the broker at URL as
+/// NAME` once the broker passes our own check request back (so that the
+/// line means ctl can reach us), a warning when it drops. The carrier logs
+/// why an attempt failed (refused credentials, an untrusted certificate).
+/// Starts once we listen under our name.
+async fn report_connection(link: BrokerLink) {
+    let mut changes = link.carrier.watch_state();
+    let mut was = changes.borrow_and_update().clone();
+    if was.connected {
+        say_connected(&link).await;
+    }
+    while changes.changed().await.is_ok() {
+        let now = changes.borrow_and_update().clone();
+        let dropped = now.disconnects > was.disconnects || (was.connected && !now.connected);
+        if dropped {
+            tracing::warn!(
+                "lost the connection to the broker at {}; reconnecting",
+                link.urls
+            );
+        }
+        if now.connected && (dropped || !was.connected) {
+            say_connected(&link).await;
+        }
+        was = now;
+    }
+}
+
+async fn say_connected(link: &BrokerLink) {
+    match link.carrier.probe(&link.name).await {
+        Ok(()) => tracing::info!("connected to the broker at {} as {}", link.urls, link.name),
+        Err(e @ BrokerError::SubscribeRefused(_)) => tracing::error!("{e}"),
+        Err(e) => tracing::warn!(
+            "connected to the broker at {} as {}, but our own check request did not come back: {e}",
+            link.urls,
+            link.name
+        ),
+    }
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

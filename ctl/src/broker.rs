@@ -1,0 +1,619 @@
+//! Broker mode, ctl's side: where the broker is and how we talk to it
+//! (`--broker`, `REXEC_BROKER`, hosts.toml's `[broker]`), the one
+//! connection to it that every host of a run shares ([`BrokerLink`]),
+//! what a target is on a broker (an agent's name), how its host key is
+//! recorded, and how the carrier's errors read to a user.
+//!
+//! The session itself is not here: `crate::connect` runs the same TLS,
+//! host key check and hello over the broker's byte stream as over TCP.
+//!
+//! ```toml
+//! [broker]
+//! url = "tls://broker.lab:4222"       # or a list: ["tls://b1:4222", "tls://b2:4222"]
+//! subject_prefix = "rexec"            # the default
+//! ca_file = "broker-ca.pem"           # relative paths are beside hosts.toml
+//! creds_file = "ctl.creds"            # or user + password_file, or token_file
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rexec_broker::{
+    Announcement, BrokerError, BrokerOptions, BrokerStream, Carrier, CertFingerprint, Credentials,
+    DEFAULT_PREFIX,
+};
+use rexec_protocol::{ErrorKind, ErrorReport};
+
+use crate::error::{ConnectionError, CtlError};
+use crate::inventory::Inventory;
+use crate::target::{self, ListItem, NO_PORT, Target, TargetSpec};
+
+/// How long `ctl hosts --online` collects the agents' answers. Every agent
+/// answers from its open connection, without forking anything, so on a LAN
+/// all answers are in within milliseconds; a second leaves room for a
+/// broker on another continent (a few hundred ms there and back) and for a
+/// loaded broker relaying ten thousand answers, and is still short enough
+/// to type at a prompt or call in a loop. An agent slower than that is in
+/// no state to run commands either.
+pub const DISCOVERY_WINDOW: Duration = Duration::from_secs(1);
+
+/// The known hosts entry of agents reached through a broker starts with
+/// this: a direct entry is `HOST:PORT` and a host name never contains a
+/// `/`, so the two can never name the same line.
+pub const KNOWN_HOSTS_PREFIX: &str = "broker/";
+
+/// Where the broker is and how to talk to it, as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// `nats://` or `tls://` URLs, tried in turn; empty when hosts.toml's
+    /// `[broker]` names none (then only `--broker` turns broker mode on).
+    pub urls: Vec<String>,
+    /// The subject prefix; `None` for the default.
+    pub subject_prefix: Option<String>,
+    /// The CA that signed the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The broker certificate's SHA-256 fingerprint, pinned instead of a CA.
+    pub fingerprint: Option<CertFingerprint>,
+    /// How we prove who we are to the broker.
+    pub credentials: Credentials,
+}
+
+impl BrokerConfig {
+    /// The subject prefix in use.
+    pub fn prefix(&self) -> &str {
+        self.subject_prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+
+    /// The known hosts key of agent `name` on this broker's prefix.
+    pub fn known_hosts_key(&self, name: &str) -> String {
+        known_hosts_key(self.prefix(), name)
+    }
+}
+
+/// The known hosts key of agent `name` under subject prefix `prefix`:
+/// `broker/NAME` for the default prefix, `broker/PREFIX/NAME` for another
+/// (two prefixes on one broker are two fleets, whose names may repeat).
+pub fn known_hosts_key(prefix: &str, name: &str) -> String {
+    if prefix == DEFAULT_PREFIX {
+        format!("{KNOWN_HOSTS_PREFIX}{name}")
+    } else {
+        format!("{KNOWN_HOSTS_PREFIX}{prefix}/{name}")
+    }
+}
+
+/// The broker a command uses: the `--broker` URLs (or `REXEC_BROKER`'s)
+/// with hosts.toml's other `[broker]` settings, else hosts.toml's
+/// `[broker]` when it names a URL, else none (direct mode).
+///
+/// # Errors
+/// `--broker` with nothing but commas and spaces.
+pub fn choose(flag: Option<&str>, inventory: &Inventory) -> Result<Option<BrokerConfig>, CtlError> {
+    let configured = inventory.broker().cloned();
+    match flag {
+        // An empty REXEC_BROKER means none, as an empty variable usually does.
+        Some(list) if list.trim().is_empty() => {
+            Ok(configured.filter(|config| !config.urls.is_empty()))
+        }
+        Some(list) => {
+            let urls = BrokerOptions::split_urls(list);
+            if urls.is_empty() {
+                return Err(CtlError::Usage(format!(
+                    "--broker {list:?} names no broker URL (nats://HOST:PORT or tls://HOST:PORT)"
+                )));
+            }
+            Ok(Some(BrokerConfig {
+                urls,
+                ..configured.unwrap_or_default()
+            }))
+        }
+        None => Ok(configured.filter(|config| !config.urls.is_empty())),
+    }
+}
+
+/// A target that is an agent's name on the broker: a port means nothing
+/// there. Checked on the list as typed, before the inventory fills ports
+/// in: an inventory's ports are for direct mode and are left out, so one
+/// hosts.toml serves both modes.
+///
+/// # Errors
+/// A host of the list written with a port.
+pub fn refuse_ports(list: &str) -> Result<(), CtlError> {
+    // A list that does not parse is reported by the resolution itself.
+    let Ok(items) = target::parse_list(list) else {
+        return Ok(());
+    };
+    for (_, item) in items {
+        if let ListItem::Hosts(specs) = item
+            && let Some(spec) = specs.iter().find(|s| s.port.is_some())
+        {
+            return Err(port_refused(spec));
+        }
+    }
+    Ok(())
+}
+
+fn port_refused(spec: &TargetSpec) -> CtlError {
+    CtlError::Usage(format!(
+        "{}:{}: a port means nothing in broker mode (an agent is reached by its name on the broker)",
+        spec.host,
+        spec.port.unwrap_or_default()
+    ))
+}
+
+/// `target` (resolved through the inventory) as an agent on the broker:
+/// its name checked, the port the inventory may have given it left out.
+///
+/// # Errors
+/// A host that cannot be an agent's name on the broker.
+pub fn agent(mut target: Target) -> Result<Target, CtlError> {
+    rexec_broker::validate_name(&target.host)
+        .map_err(|e| CtlError::Usage(format!("bad target: {e}")))?;
+    target.port = NO_PORT;
+    Ok(target)
+}
+
+/// One target typed on the command line, in broker mode.
+///
+/// # Errors
+/// A port, or a host that cannot be an agent's name.
+pub fn agent_from_spec(spec: TargetSpec, inventory: &Inventory) -> Result<Target, CtlError> {
+    if spec.port.is_some() {
+        return Err(port_refused(&spec));
+    }
+    agent(inventory.complete(spec))
+}
+
+/// Every target of a resolved list as an agent on the broker, without the
+/// duplicates that dropping inventory ports may leave.
+///
+/// # Errors
+/// A host that cannot be an agent's name.
+pub fn agents(targets: Vec<Target>) -> Result<Vec<Target>, CtlError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(targets.len());
+    for target in targets {
+        let target = agent(target)?;
+        if seen.insert(target.clone()) {
+            out.push(target);
+        }
+    }
+    Ok(out)
+}
+
+/// The one connection to the broker of this ctl process, shared by every
+/// host of a run. It lives on a runtime of its own (one thread), so it is
+/// made before a run starts, whichever runtime the run then uses: a broker
+/// that cannot be reached is one line, not one failure per host.
+pub struct BrokerLink {
+    carrier: Carrier,
+    prefix: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for BrokerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerLink")
+            .field("carrier", &self.carrier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerLink {
+    /// Connects to the broker of `config`, within `timeout`.
+    ///
+    /// # Errors
+    /// Unusable settings (a bad URL, a credentials file others can read),
+    /// or a broker that cannot be reached, refuses our credentials or
+    /// presents a certificate we do not trust: one line each.
+    pub fn connect(config: &BrokerConfig, timeout: Duration) -> Result<BrokerLink, CtlError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ctl-broker")
+            .enable_all()
+            .build()
+            .map_err(|e| CtlError::runtime(&e))?;
+        let mut options = BrokerOptions::new(config.urls.clone());
+        options.credentials = config.credentials.clone();
+        options.ca_file = config.ca_file.clone();
+        options.fingerprint = config.fingerprint;
+        options.subject_prefix = config.prefix().to_owned();
+        options.client_name = Some(crate::connect::software());
+        options.retry_forever = false;
+        // An agent that does not answer the open request counts against the
+        // same bound as a host that does not answer TCP.
+        options.tuning.open_timeout = timeout;
+        let urls = config.urls.join(",");
+        let carrier = runtime
+            .block_on(async { tokio::time::timeout(timeout, Carrier::connect(options)).await })
+            .map_err(|_| {
+                CtlError::Connection(ConnectionError::Broker(format!(
+                    "the broker at {urls} did not answer within the connect timeout of {}",
+                    humantime::format_duration(timeout)
+                )))
+            })?
+            .map_err(|e| failure(e, timeout))?;
+        Ok(BrokerLink {
+            carrier,
+            prefix: config.prefix().to_owned(),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The known hosts key of agent `name` on this broker.
+    pub fn known_hosts_key(&self, name: &str) -> String {
+        known_hosts_key(&self.prefix, name)
+    }
+
+    /// A byte stream to agent `name`, for TLS to run over.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Offline`] at once when no agent of that name is
+    /// connected to the broker; a busy or silent agent; a broken broker
+    /// connection.
+    pub async fn dial(&self, name: &str, timeout: Duration) -> Result<BrokerStream, CtlError> {
+        self.carrier
+            .dial(name)
+            .await
+            .map_err(|e| failure(e, timeout))
+    }
+
+    /// The agents connected to the broker now, sorted by name.
+    ///
+    /// # Errors
+    /// The request cannot be sent.
+    pub fn discover(&self, window: Duration) -> Result<Vec<Announcement>, CtlError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| CtlError::Local("the broker connection is closed".into()))?;
+        runtime
+            .block_on(self.carrier.discover(window))
+            .map_err(|e| failure(e, window))
+    }
+}
+
+impl Drop for BrokerLink {
+    fn drop(&mut self) {
+        // Possibly dropped on a task of the run's runtime, where waiting
+        // for this one to stop is not allowed; nothing on it needs waiting
+        // for once the run is over.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A carrier error as ctl's own: `offline` and `lost` for the agent,
+/// `broker` for the broker, bad usage for unusable settings.
+pub fn failure(error: BrokerError, timeout: Duration) -> CtlError {
+    match error {
+        BrokerError::Offline(_) => CtlError::Connection(ConnectionError::Offline),
+        BrokerError::Lost(reason) => {
+            CtlError::Connection(ConnectionError::SessionLost(reason.to_string()))
+        }
+        BrokerError::Timeout(_) => CtlError::Connection(ConnectionError::ConnectTimeout(timeout)),
+        // Retried within the connect timeout, as an agent that had no room
+        // for our TCP handshake is.
+        BrokerError::Refused { reason, .. } if reason == "busy" => {
+            CtlError::Agent(ErrorReport::new(
+                ErrorKind::Busy,
+                "the agent has too many sessions being set up; try again later",
+            ))
+        }
+        BrokerError::Refused { reason, .. } => {
+            CtlError::Connection(ConnectionError::Protocol(format!(
+                "the agent refused the session through the broker ({})",
+                crate::plain::agent_text(&reason)
+            )))
+        }
+        BrokerError::BadName(text) | BrokerError::Config(text) => CtlError::Usage(text),
+        other => CtlError::Connection(ConnectionError::Broker(other.to_string())),
+    }
+}
+
+/// Parses hosts.toml's `[broker]` section; relative paths are taken from
+/// `base` (the file's directory). An error names the key at fault.
+///
+/// # Errors
+/// An unknown key, a value of the wrong kind, conflicting credentials.
+pub fn parse_section(value: toml::Value, base: &Path) -> Result<BrokerConfig, (String, String)> {
+    let toml::Value::Table(fields) = value else {
+        return Err((
+            "broker".to_owned(),
+            "expected a table ([broker]) of url, subject_prefix, ca_file, fingerprint, creds_file, user, password_file, token_file".to_owned(),
+        ));
+    };
+    let mut config = BrokerConfig::default();
+    let (mut creds, mut user, mut password, mut token) = (None, None, None, None);
+    for (field, value) in fields {
+        let at = format!("broker.{field}");
+        let text = |value: toml::Value| match value {
+            toml::Value::String(s) if !s.trim().is_empty() => Ok(s),
+            _ => Err((at.clone(), "expected a non-empty string".to_owned())),
+        };
+        let path = |value: toml::Value| text(value).map(|s| file_path(&s, base));
+        match field.as_str() {
+            "url" => {
+                let lists = match value {
+                    toml::Value::String(s) => vec![s],
+                    toml::Value::Array(items) => items
+                        .into_iter()
+                        .map(|item| match item {
+                            toml::Value::String(s) => Ok(s),
+                            _ => Err((at.clone(), "expected broker URLs (strings)".to_owned())),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => {
+                        return Err((
+                            at,
+                            "expected a broker URL (\"tls://broker:4222\") or a list of them"
+                                .to_owned(),
+                        ));
+                    }
+                };
+                config.urls = lists
+                    .iter()
+                    .flat_map(|l| BrokerOptions::split_urls(l))
+                    .collect();
+                if config.urls.is_empty() {
+                    return Err((at, "names no broker URL".to_owned()));
+                }
+            }
+            "subject_prefix" => {
+                let prefix = text(value)?;
+                rexec_broker::validate_prefix(&prefix).map_err(|e| (at.clone(), e.to_string()))?;
+                config.subject_prefix = Some(prefix);
+            }
+            "ca_file" => config.ca_file = Some(path(value)?),
+            "fingerprint" => {
+                let fingerprint = text(value)?;
+                config.fingerprint = Some(fingerprint.parse().map_err(
+                    |e: rexec_broker::ParseCertFingerprintError| (at.clone(), e.to_string()),
+                )?);
+            }
+            "creds_file" => creds = Some(path(value)?),
+            "user" => user = Some(text(value)?),
+            "password_file" => password = Some(path(value)?),
+            "token_file" => token = Some(path(value)?),
+            "password" | "token" => {
+                return Err((
+                    at,
+                    format!(
+                        "a secret is never written in hosts.toml: put it in a file of mode 0600 and give {field}_file"
+                    ),
+                ));
+            }
+            _ => {
+                return Err((
+                    at,
+                    "unknown setting (a broker has url, subject_prefix, ca_file, fingerprint, creds_file, user, password_file, token_file)".to_owned(),
+                ));
+            }
+        }
+    }
+    if config.ca_file.is_some() && config.fingerprint.is_some() {
+        return Err((
+            "broker.fingerprint".to_owned(),
+            "give either ca_file or fingerprint, not both".to_owned(),
+        ));
+    }
+    config.credentials = match (creds, user, password, token) {
+        (None, None, None, None) => Credentials::None,
+        (Some(file), None, None, None) => Credentials::CredsFile(file),
+        (None, Some(user), Some(password_file), None) => Credentials::UserPassword {
+            user,
+            password_file,
+        },
+        (None, None, None, Some(file)) => Credentials::TokenFile(file),
+        (None, Some(_), None, None) => {
+            return Err((
+                "broker.user".to_owned(),
+                "a user needs password_file".to_owned(),
+            ));
+        }
+        (None, None, Some(_), None) => {
+            return Err((
+                "broker.password_file".to_owned(),
+                "a password needs a user".to_owned(),
+            ));
+        }
+        _ => {
+            return Err((
+                "broker".to_owned(),
+                "give one kind of broker credentials: creds_file, or user and password_file, or token_file".to_owned(),
+            ));
+        }
+    };
+    Ok(config)
+}
+
+/// A path from hosts.toml: `~/` is the home directory, a relative path is
+/// beside the file.
+fn file_path(text: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = text.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return Path::new(&home).join(rest);
+    }
+    base.join(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<BrokerConfig, String> {
+        let table: toml::Table = text.parse().unwrap();
+        let value = table.get("broker").cloned().unwrap();
+        parse_section(value, Path::new("/etc/lab"))
+            .map_err(|(key, reason)| format!("{key}: {reason}"))
+    }
+
+    #[test]
+    fn a_broker_section_reads_urls_paths_and_credentials() {
+        let config = parse(
+            "[broker]\nurl = [\"tls://a:4222\", \"tls://b:4222,tls://c:4222\"]\n\
+             subject_prefix = \"lab.rexec\"\nca_file = \"ca.pem\"\n\
+             user = \"alice\"\npassword_file = \"/secrets/pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.urls,
+            ["tls://a:4222", "tls://b:4222", "tls://c:4222"]
+        );
+        assert_eq!(config.prefix(), "lab.rexec");
+        assert_eq!(
+            config.ca_file.as_deref(),
+            Some(Path::new("/etc/lab/ca.pem"))
+        );
+        assert_eq!(
+            config.credentials,
+            Credentials::UserPassword {
+                user: "alice".into(),
+                password_file: "/secrets/pw".into()
+            }
+        );
+        let config = parse("[broker]\nurl = \"nats://a:4222\"\ntoken_file = \"t\"\n").unwrap();
+        assert_eq!(
+            config.credentials,
+            Credentials::TokenFile("/etc/lab/t".into())
+        );
+        assert_eq!(config.prefix(), "rexec");
+        let fingerprint = format!("SHA256:{}", "AB:".repeat(31) + "AB");
+        let config = parse(&format!("[broker]\nfingerprint = \"{fingerprint}\"\n")).unwrap();
+        assert_eq!(
+            config.fingerprint.map(|f| f.to_string()),
+            Some(format!("sha256:{}", "ab".repeat(32)))
+        );
+        assert!(config.urls.is_empty());
+    }
+
+    #[test]
+    fn a_bad_broker_section_is_one_line_naming_the_key() {
+        for (text, message) in [
+            (
+                "url = 5",
+                "broker.url: expected a broker URL (\"tls://broker:4222\") or a list of them",
+            ),
+            ("url = \" , \"", "broker.url: names no broker URL"),
+            (
+                "password = \"hunter2\"",
+                "broker.password: a secret is never written in hosts.toml: put it in a file of mode 0600 and give password_file",
+            ),
+            (
+                "user = \"alice\"",
+                "broker.user: a user needs password_file",
+            ),
+            (
+                "creds_file = \"a\"\ntoken_file = \"b\"",
+                "broker: give one kind of broker credentials: creds_file, or user and password_file, or token_file",
+            ),
+            (
+                "subject_prefix = \"rexec.>\"",
+                "broker.subject_prefix: subject prefix \"rexec.>\" must be words of letters, digits, '-' and '_' joined by '.'",
+            ),
+            (
+                "fingerprint = \"md5:00\"",
+                "broker.fingerprint: broker fingerprint \"md5:00\" is not sha256: and 64 hex digits (the SHA-256 of the broker's certificate, as `openssl x509 -noout -fingerprint -sha256` prints it)",
+            ),
+            (
+                "urls = \"tls://a:1\"",
+                "broker.urls: unknown setting (a broker has url, subject_prefix, ca_file, fingerprint, creds_file, user, password_file, token_file)",
+            ),
+        ] {
+            assert_eq!(parse(&format!("[broker]\n{text}\n")).unwrap_err(), message);
+        }
+    }
+
+    #[test]
+    fn the_flag_overrides_the_files_urls_and_keeps_its_credentials() {
+        let inventory = Inventory::parse(
+            "[broker]\nurl = \"tls://file:4222\"\ntoken_file = \"/t\"\n",
+            PathBuf::from("/h/hosts.toml"),
+        )
+        .unwrap();
+        let chosen = choose(Some("tls://flag:1, tls://flag:2"), &inventory)
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen.urls, ["tls://flag:1", "tls://flag:2"]);
+        assert_eq!(chosen.credentials, Credentials::TokenFile("/t".into()));
+        assert_eq!(
+            choose(None, &inventory).unwrap().unwrap().urls,
+            ["tls://file:4222"]
+        );
+        assert_eq!(
+            choose(Some(""), &inventory).unwrap().unwrap().urls,
+            ["tls://file:4222"]
+        );
+        assert_eq!(choose(None, &Inventory::default()).unwrap(), None);
+        assert!(choose(Some(","), &Inventory::default()).is_err());
+        // Credentials alone do not turn broker mode on.
+        let credentials_only =
+            Inventory::parse("[broker]\ntoken_file = \"/t\"\n", PathBuf::from("h.toml")).unwrap();
+        assert_eq!(choose(None, &credentials_only).unwrap(), None);
+    }
+
+    #[test]
+    fn targets_on_a_broker_are_names_without_ports() {
+        let inventory = Inventory::parse(
+            "[groups]\nlab = \"pc[1-2]\"\n[hosts.\"pc[1-2]\"]\nport = 7000\nuser = \"lab\"\n",
+            PathBuf::from("h.toml"),
+        )
+        .unwrap();
+        let targets = agents(inventory.resolve("@lab,pc1", &[]).unwrap()).unwrap();
+        let shown: Vec<String> = targets.iter().map(Target::to_string).collect();
+        assert_eq!(shown, ["lab@pc1", "lab@pc2"]);
+        assert_eq!(targets[0].minimal(), "lab@pc1");
+        assert_eq!(
+            refuse_ports("pc1,pc2:7722").unwrap_err().to_string(),
+            "pc2:7722: a port means nothing in broker mode (an agent is reached by its name on the broker)"
+        );
+        assert!(refuse_ports("@lab,pc[1-3]").is_ok());
+        let spec = TargetSpec::parse("labpc07:7000").unwrap();
+        assert!(agent_from_spec(spec, &inventory).is_err());
+        let spec = TargetSpec::parse("10.0.0.1").unwrap();
+        assert_eq!(
+            agent_from_spec(spec, &inventory).unwrap_err().to_string(),
+            "bad target: agent name \"10.0.0.1\" contains '.': only letters, digits, '-' and '_' are allowed"
+        );
+    }
+
+    #[test]
+    fn broker_keys_cannot_meet_direct_ones() {
+        assert_eq!(known_hosts_key("rexec", "labpc07"), "broker/labpc07");
+        assert_eq!(
+            known_hosts_key("lab.rexec", "7722"),
+            "broker/lab.rexec/7722"
+        );
+        // An agent named like a port is still no `host:port`.
+        let direct = Target::parse("broker:7722").unwrap().host_port();
+        assert_ne!(known_hosts_key("rexec", "7722"), direct);
+        assert!(Target::parse("broker/7722").is_err());
+    }
+
+    #[test]
+    fn the_carriers_errors_get_our_kinds() {
+        let kind = |e| failure(e, Duration::from_secs(5)).kind();
+        assert_eq!(kind(BrokerError::Offline("a".into())), "offline");
+        assert_eq!(
+            kind(BrokerError::Lost(
+                rexec_broker::LostReason::BrokerDisconnected
+            )),
+            "lost"
+        );
+        assert_eq!(
+            kind(BrokerError::Connect("cannot reach the broker at x".into())),
+            "broker"
+        );
+        assert_eq!(kind(BrokerError::Config("bad".into())), "usage");
+        let busy = BrokerError::Refused {
+            name: "a".into(),
+            reason: "busy".into(),
+        };
+        assert_eq!(kind(busy), "busy");
+        assert_eq!(
+            failure(BrokerError::Offline("a".into()), Duration::ZERO).to_string(),
+            "not connected to the broker"
+        );
+    }
+}
