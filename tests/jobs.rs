@@ -634,3 +634,154 @@ fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_
     drop(agent);
     drop(disk);
 }
+
+/// A `nats-server` on a loopback port it picks, killed and reaped when
+/// dropped; `None` (the test skipped, said) without nats-server.
+struct JobBroker {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl JobBroker {
+    fn start(test: &str) -> Option<JobBroker> {
+        if !have_tool("nats-server", test) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ports = dir.path().join("ports");
+        std::fs::create_dir(&ports).unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "host: 127.0.0.1\nport: -1\nports_file_dir: \"{}\"\n",
+                ports.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut broker = JobBroker {
+            child,
+            url: String::new(),
+            _dir: dir,
+        };
+        let mut port = None;
+        let up = wait_until(DEADLINE, || {
+            port = std::fs::read_dir(&ports)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(Result::ok)
+                .and_then(|entry| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| {
+                    v["nats"][0]
+                        .as_str()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                });
+            port.is_some()
+        });
+        assert!(up, "nats-server did not start");
+        broker.url = format!("nats://127.0.0.1:{}", port.unwrap());
+        Some(broker)
+    }
+}
+
+impl Drop for JobBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real agent serving the broker `url` as `name` only (no TCP port),
+/// its jobs in `state`, once it says it is connected.
+fn broker_agent(env: &Env, url: &str, name: &str, state: &std::path::Path) -> Agent {
+    let mut run = agent_run_command(&env.agent_dir);
+    run.args(["--broker", url, "--name", name, "--state-dir"])
+        .arg(state);
+    let agent = Agent::spawn(run);
+    agent.expect_log(&format!("connected to the broker at {url} as {name}"));
+    agent
+}
+
+#[test]
+fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
+    let Some(broker) = JobBroker::start(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let states = [
+        env.root.path().join("state-07"),
+        env.root.path().join("state-08"),
+    ];
+    let _agents = [
+        broker_agent(&env, &broker.url, "labpc07", &states[0]),
+        broker_agent(&env, &broker.url, "labpc08", &states[1]),
+    ];
+    let ctl = |args: &[&str]| {
+        env.ctl()
+            .env_remove("REXEC_BROKER")
+            .arg("--broker")
+            .arg(&broker.url)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // One agent: as in direct mode.
+    let started = ctl(&[
+        "exec",
+        "--detach",
+        "labpc07",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(started.status.code(), Some(0), "{}", stderr_of(&started));
+    let id = stdout_of(&started).trim().to_owned();
+    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
+    let waited = ctl(&["job", "wait", "labpc07", &id]);
+    assert_eq!(waited.status.code(), Some(3), "{}", stderr_of(&waited));
+    let out = ctl(&["job", "output", "labpc07", &id]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out), stderr_of(&out)),
+        (Some(3), "out\n".into(), "err\n".into())
+    );
+    let list = ctl(&["job", "list", "--json", "labpc07"]);
+    let jobs = json_lines(&list);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["id"].as_str(), jobs[0]["exit_code"].as_i64()),
+        (Some(id.as_str()), Some(3))
+    );
+    assert!(states[0].join(&id).is_dir(), "kept by the agent labpc07");
+
+    // Several, one of them not on the broker: the id is printed for the
+    // two that run it, the third is named offline, and wait goes across.
+    let started = ctl(&["exec", "--detach", "labpc[07-09]", "echo $((6 * 7))"]);
+    assert_eq!(started.status.code(), Some(255), "{}", stderr_of(&started));
+    let id = stdout_of(&started).trim().to_owned();
+    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
+    assert!(
+        stderr_of(&started).contains("labpc09: not connected to the broker"),
+        "{}",
+        stderr_of(&started)
+    );
+    let waited = ctl(&["job", "wait", "labpc[07-08]", &id]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let out = ctl(&["job", "output", "labpc[07-08]", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let mut lines: Vec<String> = stdout_of(&out).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, ["labpc07: 42", "labpc08: 42"]);
+    assert!(states.iter().all(|state| state.join(&id).is_dir()));
+}
