@@ -450,3 +450,338 @@ fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
         "{lines}"
     );
 }
+
+/// A command that runs until the file `go` exists (at most a minute),
+/// then says `ended`.
+fn until_file(go: &std::path::Path) -> String {
+    format!(
+        "for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.1; done; echo ended",
+        go.display()
+    )
+}
+
+#[test]
+fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
+    let (env, agent) = Env::with_agent_flags(&["--max-jobs", "2"]);
+    let target = agent.target();
+    let go = [env.root.path().join("go1"), env.root.path().join("go2")];
+    let first = detach(&env, &target, &until_file(&go[0]));
+    let second = detach(&env, &target, &until_file(&go[1]));
+    let third = env.ctl_run(&["exec", "--detach", &target, "echo third"]);
+    assert_eq!(third.status.code(), Some(255), "{}", stderr_of(&third));
+    assert_eq!(stdout_of(&third), "", "no job id for a refused job");
+    let said = stderr_of(&third);
+    assert_eq!(said.lines().count(), 1, "one line: {said:?}");
+    assert!(
+        said.contains("busy") && said.contains("2 jobs") && said.contains("max_jobs"),
+        "{said}"
+    );
+    // Nothing of the refused job is kept, and plain execs are not jobs.
+    let ids: Vec<String> = listed(&env, &target)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&first) && ids.contains(&second), "{ids:?}");
+    assert_eq!(env.exec(&agent, &["echo", "served"]).stdout, b"served\n");
+    // Once one ends (`job wait` has returned), the next one is accepted
+    // at once.
+    std::fs::write(&go[0], "").unwrap();
+    let waited = job(&env, &["wait", &target, &first]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let fourth = detach(&env, &target, "echo fourth");
+    let out = job(&env, &["output", &target, &fourth]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out)),
+        (Some(0), "fourth\n".into())
+    );
+    std::fs::write(&go[1], "").unwrap();
+    assert_eq!(
+        job(&env, &["wait", &target, &second]).status.code(),
+        Some(0)
+    );
+}
+
+/// A small file system of our own: unmounted when dropped, lazily if
+/// something still holds it, so that no test leaves a mount behind.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then(|| SmallDisk(at.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_go_on() {
+    require_root!("mounting a tmpfs needs root");
+    require_tool!("mount");
+    let env = Env::new();
+    let state = env.root.path().join("state");
+    // Declared before the agent, so unmounted after it has stopped.
+    let Some(disk) = SmallDisk::mount(&state, "1m") else {
+        skipped(test_name!(), "cannot mount a tmpfs here");
+        return;
+    };
+    let agent = env.agent_with(&["--state-dir", state.to_str().unwrap()]);
+    let target = agent.target();
+    // Three times what the disk holds, then a line on stderr, past the
+    // point where the disk is full.
+    let data = random_bytes(3_000_000, 0x0dd5_eed5_00f0_f00d);
+    let file = env.root.path().join("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let id = detach(
+        &env,
+        &target,
+        &format!("cat '{}'; echo after >&2; exit 9", file.display()),
+    );
+    let waited = job(&env, &["wait", &target, &id]);
+    assert_eq!(waited.status.code(), Some(9), "{}", stderr_of(&waited));
+
+    let jobs = listed(&env, &target);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["status"].as_str(), jobs[0]["exit_code"].as_i64()),
+        (Some("exited"), Some(9))
+    );
+    // Every byte the command wrote is counted, kept or not.
+    assert_eq!(jobs[0]["stdout_bytes"].as_u64(), Some(3_000_000));
+    assert_eq!(jobs[0]["stderr_bytes"].as_u64(), Some(6));
+    let note = jobs[0]["note"].as_str().unwrap_or("").to_owned();
+    let lost_at: usize = note
+        .split("stdout not recorded from byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the note says where stdout was lost: {note:?}"));
+    assert!(lost_at > 0 && lost_at < 1 << 20, "lost at {lost_at}");
+    assert!(
+        note.contains("stderr not recorded from byte 0 on"),
+        "{note}"
+    );
+
+    // What was kept is the stream up to that byte, exactly; the status is
+    // the job's.
+    let out = job(&env, &["output", &target, &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    assert!(
+        out.stdout == data[..lost_at],
+        "kept {} bytes, the first {lost_at} expected",
+        out.stdout.len()
+    );
+    assert!(
+        stderr_of(&out).contains(&format!("stdout not recorded from byte {lost_at} on")),
+        "{}",
+        stderr_of(&out)
+    );
+    let ended = agent.expect_log("job ended");
+    assert!(ended.contains(&id) && ended.contains("exit 9"), "{ended}");
+
+    // The agent serves on: a plain exec, and another job refused with a
+    // plain reason while the disk is full, then accepted once room is
+    // made.
+    assert_eq!(env.exec(&agent, &["echo", "served"]).stdout, b"served\n");
+    let refused = env.ctl_run(&["exec", "--detach", &target, "echo no room"]);
+    assert_eq!(refused.status.code(), Some(255), "{}", stderr_of(&refused));
+    assert_eq!(
+        stderr_of(&refused).lines().count(),
+        1,
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(
+        stderr_of(&refused).contains("the disk is full"),
+        "{}",
+        stderr_of(&refused)
+    );
+    let forgot = job(&env, &["forget", &target, &id]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
+    let again = detach(&env, &target, "echo room again");
+    let out = job(&env, &["output", &target, &again]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out)),
+        (Some(0), "room again\n".into())
+    );
+    drop(agent);
+    drop(disk);
+}
+
+/// A `nats-server` on a loopback port it picks, killed and reaped when
+/// dropped; `None` (the test skipped, said) without nats-server.
+struct JobBroker {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl JobBroker {
+    fn start(test: &str) -> Option<JobBroker> {
+        if !have_tool("nats-server", test) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ports = dir.path().join("ports");
+        std::fs::create_dir(&ports).unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "host: 127.0.0.1\nport: -1\nports_file_dir: \"{}\"\n",
+                ports.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut broker = JobBroker {
+            child,
+            url: String::new(),
+            _dir: dir,
+        };
+        let mut port = None;
+        let up = wait_until(DEADLINE, || {
+            port = std::fs::read_dir(&ports)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(Result::ok)
+                .and_then(|entry| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| {
+                    v["nats"][0]
+                        .as_str()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                });
+            port.is_some()
+        });
+        assert!(up, "nats-server did not start");
+        broker.url = format!("nats://127.0.0.1:{}", port.unwrap());
+        Some(broker)
+    }
+}
+
+impl Drop for JobBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real agent serving the broker `url` as `name` only (no TCP port),
+/// its jobs in `state`, once it says it is connected.
+fn broker_agent(env: &Env, url: &str, name: &str, state: &std::path::Path) -> Agent {
+    let mut run = agent_run_command(&env.agent_dir);
+    run.args(["--broker", url, "--name", name, "--state-dir"])
+        .arg(state);
+    let agent = Agent::spawn(run);
+    agent.expect_log(&format!("connected to the broker at {url} as {name}"));
+    agent
+}
+
+#[test]
+fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
+    let Some(broker) = JobBroker::start(test_name!()) else {
+        return;
+    };
+    let env = Env::new();
+    let states = [
+        env.root.path().join("state-07"),
+        env.root.path().join("state-08"),
+    ];
+    let _agents = [
+        broker_agent(&env, &broker.url, "labpc07", &states[0]),
+        broker_agent(&env, &broker.url, "labpc08", &states[1]),
+    ];
+    let ctl = |args: &[&str]| {
+        env.ctl()
+            .env_remove("REXEC_BROKER")
+            .arg("--broker")
+            .arg(&broker.url)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // One agent: as in direct mode.
+    let started = ctl(&[
+        "exec",
+        "--detach",
+        "labpc07",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(started.status.code(), Some(0), "{}", stderr_of(&started));
+    let id = stdout_of(&started).trim().to_owned();
+    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
+    let waited = ctl(&["job", "wait", "labpc07", &id]);
+    assert_eq!(waited.status.code(), Some(3), "{}", stderr_of(&waited));
+    let out = ctl(&["job", "output", "labpc07", &id]);
+    assert_eq!(
+        (out.status.code(), stdout_of(&out), stderr_of(&out)),
+        (Some(3), "out\n".into(), "err\n".into())
+    );
+    let list = ctl(&["job", "list", "--json", "labpc07"]);
+    let jobs = json_lines(&list);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["id"].as_str(), jobs[0]["exit_code"].as_i64()),
+        (Some(id.as_str()), Some(3))
+    );
+    assert!(states[0].join(&id).is_dir(), "kept by the agent labpc07");
+
+    // Several, one of them not on the broker: the id is printed for the
+    // two that run it, the third is named offline, and wait goes across.
+    let started = ctl(&["exec", "--detach", "labpc[07-09]", "echo $((6 * 7))"]);
+    assert_eq!(started.status.code(), Some(255), "{}", stderr_of(&started));
+    let id = stdout_of(&started).trim().to_owned();
+    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
+    assert!(
+        stderr_of(&started).contains("labpc09: not connected to the broker"),
+        "{}",
+        stderr_of(&started)
+    );
+    let waited = ctl(&["job", "wait", "labpc[07-08]", &id]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let out = ctl(&["job", "output", "labpc[07-08]", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let mut lines: Vec<String> = stdout_of(&out).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, ["labpc07: 42", "labpc08: 42"]);
+    assert!(states.iter().all(|state| state.join(&id).is_dir()));
+}

@@ -59,6 +59,9 @@ prop() { systemctl show -p "$2" --value "$1"; }
 # The journal's newest entry, and the agent's lines after such a mark.
 journal_mark() { journalctl -n 1 --show-cursor -o cat -q | sed -n 's/^-- cursor: //p'; }
 journal_after() { journalctl -u rexec-agent -o cat --no-pager --after-cursor "$1"; }
+journal_says() { journal_after "$1" | grep -qF "$2"; }
+# Whether one of the agent's last five lines holds TEXT.
+recent_agent_line() { journalctl -u rexec-agent -o cat -n 5 | grep -qF "$1"; }
 
 target=127.0.0.1:7722
 audited=()
@@ -150,7 +153,9 @@ check_reload_rereads_clients_and_names_changed_settings() {
     out=$(ctl_as alice 'echo alice-is-served' 2>&1)
     local code=$?
     [ "$code" = 255 ] || { echo "revoked alice: exit $code, $out"; return 1; }
-    journal_after "$mark" | grep -q "refusing client: fingerprint not authorized fingerprint=$(cat /root/alice.fp)" ||
+    # The agent logs the refusal as it closes the connection; journald may
+    # take it in a moment after ctl has exited.
+    wait_for 10 journal_says "$mark" "refusing client: fingerprint not authorized fingerprint=$(cat /root/alice.fp)" ||
         { journal_after "$mark"; return 1; }
     [ "$(prop rexec-agent.service ActiveState)" = active ] || { echo "not active after reload"; return 1; }
 }
@@ -231,7 +236,7 @@ check_disabling_the_socket_opts_out_of_socket_activation() {
     systemctl disable --now rexec-agent.socket 2>/dev/null || { echo "disable failed"; return 1; }
     systemctl restart rexec-agent.service || { echo "restart failed"; return 1; }
     [ "$(systemctl is-active rexec-agent.socket)" = inactive ] || { echo "socket is $(systemctl is-active rexec-agent.socket)"; return 1; }
-    journalctl -u rexec-agent -o cat -n 5 | grep -q "listening on 0.0.0.0:7722 fingerprint=" ||
+    wait_for 10 recent_agent_line "listening on 0.0.0.0:7722 fingerprint=" ||
         { journalctl -u rexec-agent -o cat -n 20 --no-pager; return 1; }
     out=$(ctl_as alice 'echo served-without-the-socket') || { echo "ctl exec failed: $out"; return 1; }
     expect_audit 'echo served-without-the-socket'
@@ -239,7 +244,7 @@ check_disabling_the_socket_opts_out_of_socket_activation() {
     systemctl enable --now rexec-agent.socket 2>/dev/null || return 1
     systemctl start rexec-agent.service || return 1
     check_service_and_socket_are_active || return 1
-    journalctl -u rexec-agent -o cat -n 5 | grep -q "listening on \[::\]:7722 (socket from systemd)" ||
+    wait_for 10 recent_agent_line "listening on [::]:7722 (socket from systemd)" ||
         { journalctl -u rexec-agent -o cat -n 20 --no-pager; return 1; }
 }
 
@@ -261,22 +266,46 @@ check_journal_has_one_audit_line_per_exec_without_own_timestamps() {
 
 # A detached job is in a scope of its own, not in the unit's cgroup:
 # `systemctl restart` (an upgrade of rexec) leaves it running, and the new
-# agent reports its end, output and status.
+# agent finds it running, then reports its end, output and status. The job
+# waits for a file made only after the restart, so it cannot have ended
+# before the old agent was gone (the agent's shutdown_grace is 3 s here).
+# audited_end PID ID TEXT: the agent PID logged the end of job ID, with TEXT.
+audited_end() {
+    journalctl _PID="$1" -o cat | grep 'job ended' | grep -F "job=\"$2\"" | grep -qF "$3"
+}
 check_a_detached_job_survives_systemctl_restart() {
-    local id out code pid
-    id=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" exec --detach "$target" 'sleep 3; echo job-done; exit 6' </dev/null) ||
+    local id out code pid old new listed
+    rm -f /root/job.pid /root/job.go
+    id=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" exec --detach "$target" \
+        'echo $$ >/root/job.pid; echo job-start; for i in $(seq 1200); do [ -e /root/job.go ] && break; sleep 0.1; done; echo job-done >&2; exit 6' </dev/null) ||
         { echo "detach failed: $id"; return 1; }
-    wait_for 10 running 'sleep 3' || { echo "the job never started"; return 1; }
-    pid=$(pids_of 'sleep 3' | head -1)
+    wait_for 10 test -s /root/job.pid || { echo "the job never started"; return 1; }
+    pid=$(cat /root/job.pid)
     grep -q "^0::/system.slice/rexec-job-$id.scope$" "/proc/$pid/cgroup" ||
         { echo "the job is not in its own scope: $(cat "/proc/$pid/cgroup")"; return 1; }
+    [ "$(prop "rexec-job-$id.scope" ActiveState)" = active ] ||
+        { echo "rexec-job-$id.scope is $(prop "rexec-job-$id.scope" ActiveState)"; return 1; }
+    old=$(prop rexec-agent.service MainPID)
     systemctl restart rexec-agent.service || { echo "systemctl restart failed"; return 1; }
+    new=$(prop rexec-agent.service MainPID)
+    [ "$new" != "$old" ] && [ "$new" != 0 ] || { echo "MainPID $old then $new"; return 1; }
+    grep -q '^State:.*[RS]' "/proc/$pid/status" 2>/dev/null ||
+        { echo "the job's shell $pid did not outlive the restart"; return 1; }
+    listed=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job list --json "$target" </dev/null)
+    echo "$listed" | grep -q "\"id\":\"$id\".*\"status\":\"running\"" ||
+        echo "$listed" | grep -q "\"status\":\"running\".*\"id\":\"$id\"" ||
+        { echo "the new agent lists: $listed"; return 1; }
+    touch /root/job.go
     REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job wait "$target" "$id" </dev/null
     code=$?
     [ "$code" = 6 ] || { echo "job wait after the restart: exit $code"; return 1; }
-    out=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job output "$target" "$id" </dev/null)
-    [ "$out" = job-done ] || { echo "job output after the restart: $out"; return 1; }
+    out=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job output "$target" "$id" 2>/root/job.err </dev/null)
+    [ "$out" = job-start ] && [ "$(cat /root/job.err)" = job-done ] ||
+        { echo "job output after the restart: stdout $out, stderr $(cat /root/job.err)"; return 1; }
     [ -d "/var/lib/rexec/jobs/$id" ] || { echo "no /var/lib/rexec/jobs/$id"; return 1; }
+    # The new agent wrote the end to the audit log.
+    wait_for 10 audited_end "$new" "$id" 'outcome="exit 6"' ||
+        { echo "no audit line of the end from the new agent:"; journalctl _PID="$new" -o cat --no-pager | tail -5; return 1; }
 }
 
 check_uninstall_keeps_only_the_identity() {

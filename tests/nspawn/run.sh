@@ -82,11 +82,37 @@ flock -u 9
 
 work=$(mktemp -d /var/tmp/rexec-nspawn.XXXXXX)
 root=$work/root
+# With --keep-unit and no systemd on the machine, nspawn puts the
+# container in "payload" and itself in "supervisor" under the cgroup it
+# was started in. Two runs at once from the same cgroup (two checkouts
+# tested on one machine) would share those: each container's systemd
+# would see, and stop, the other's units. So each run starts nspawn in a
+# cgroup of its own, in every hierarchy that has our processes (the
+# unified one, and systemd's named one on a hybrid machine).
+cgroups=
+own_cgroup() {
+    local mnt path dir
+    while read -r mnt; do
+        if [ -f "$mnt/cgroup.procs" ] && [ "$(stat -f -c %T "$mnt")" = cgroup2fs ]; then
+            path=$(sed -n 's/^0:://p' /proc/self/cgroup)
+        else
+            path=$(sed -n 's/^[0-9]*:name=systemd://p' /proc/self/cgroup)
+        fi
+        [ -n "$path" ] || continue
+        dir=$mnt${path%/}/rexec-nspawn-$$
+        mkdir "$dir" 2>/dev/null && cgroups="$cgroups $dir"
+    done <<EOF_MOUNTS
+$(awk '$3 == "cgroup2" || ($3 == "cgroup" && $4 ~ /(^|,)name=systemd(,|$)/) { print $2 }' /proc/self/mounts)
+EOF_MOUNTS
+}
 cleanup() {
     # A container whose nspawn was killed can leave processes behind: ours
     # are those whose root directory is this copy.
     for p in /proc/[0-9]*; do
         [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
+    done
+    for dir in $cgroups; do
+        find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null
     done
     rm -rf "$work"
 }
@@ -136,7 +162,10 @@ say "booting $suite with systemd (at most $limit s)"
 # port 7722 must not meet the machine's. --register=no and --keep-unit:
 # no machined or systemd on the host is needed.
 set +e
-timeout -k 10 "$limit" systemd-nspawn --quiet -D "$root" --boot --register=no --keep-unit \
+own_cgroup
+# The shell that becomes nspawn moves itself into those cgroups first.
+timeout -k 10 "$limit" sh -c 'for dir in $0; do echo $$ >"$dir/cgroup.procs" || exit 2; done; exec "$@"' "$cgroups" \
+    systemd-nspawn --quiet -D "$root" --boot --register=no --keep-unit \
     --private-network --console=read-only </dev/null >"$work/console.log" 2>&1
 rc=$?
 set -e

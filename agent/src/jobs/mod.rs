@@ -86,6 +86,9 @@ pub struct Jobs {
     starting: tokio::sync::Mutex<()>,
     /// Job directories whose damaged record was logged already.
     damaged_logged: Mutex<HashSet<String>>,
+    /// Jobs whose end was logged by this agent process without a mark on
+    /// disk (the disk refused it): logged once all the same.
+    end_logged: Mutex<HashSet<String>>,
 }
 
 impl Jobs {
@@ -99,6 +102,24 @@ impl Jobs {
         if logged.insert(name.to_owned()) {
             tracing::warn!(job = name, "job record damaged, left in place: {why}");
         }
+    }
+}
+
+impl Jobs {
+    /// Whether this agent process logged the end of job `id` already
+    /// though the mark could not be written.
+    fn end_logged_unmarked(&self, id: &str) -> bool {
+        self.end_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+    }
+
+    fn remember_end_unmarked(&self, id: &str) {
+        self.end_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned());
     }
 }
 

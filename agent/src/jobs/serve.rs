@@ -319,7 +319,7 @@ fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessag
         ));
     }
     let summary = found.summary();
-    super::watch::log_end(&found, &summary);
+    super::watch::log_end(&state.jobs, &found, &summary);
     std::fs::remove_dir_all(&found.dir).map_err(|e| {
         ErrorReport::new(
             ErrorKind::WriteFailed,

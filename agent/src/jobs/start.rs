@@ -71,7 +71,7 @@ pub async fn start(
     })?;
     let running = store::job_dirs(&state_dir)
         .iter()
-        .filter(|(_, dir)| store::runner_alive(dir))
+        .filter(|(_, dir)| store::holds_a_place(dir))
         .count();
     if running >= settings.max_jobs {
         return Err(ErrorReport::new(

@@ -194,6 +194,18 @@ pub fn runner_alive(dir: &Path) -> bool {
     }
 }
 
+/// Whether the job in `dir` takes one of the `max_jobs` places: its
+/// runner lives and has not recorded an end. A runner that recorded the
+/// end and is only exiting counts no more, so that a job started right
+/// after `ctl job wait` returned is not refused for it.
+pub fn holds_a_place(dir: &Path) -> bool {
+    runner_alive(dir)
+        && !matches!(
+            read_json::<RunnerStatus>(&dir.join(STATUS)),
+            Ok(Some(RunnerStatus { end: Some(_), .. }))
+        )
+}
+
 /// One job as the agent finds it on disk.
 #[derive(Debug, Clone)]
 pub struct Found {

@@ -45,7 +45,7 @@ pub fn look(state: &AgentState) {
         if summary.state == JobState::Running {
             continue;
         }
-        log_end(&found, &summary);
+        log_end(&state.jobs, &found, &summary);
         let ended = summary.ended_ms.unwrap_or(now);
         if now.saturating_sub(ended) >= settings.retention.as_millis() as u64 {
             match std::fs::remove_dir_all(&dir) {
@@ -79,10 +79,21 @@ pub fn look(state: &AgentState) {
     }
 }
 
-/// Writes the audit line of an ended job, unless it was written before.
-pub fn log_end(found: &store::Found, summary: &rexec_protocol::JobSummary) {
-    if summary.state == JobState::Running || found.dir.join(END_LOGGED).exists() {
-        return;
+/// Writes the audit line of an ended job, unless it was written before;
+/// whether it wrote it now. The mark that says so is a file in the job's
+/// directory, for agents started later; where the disk refuses it (full),
+/// this agent remembers instead, so that the line is not written again at
+/// every look.
+pub fn log_end(
+    jobs: &super::Jobs,
+    found: &store::Found,
+    summary: &rexec_protocol::JobSummary,
+) -> bool {
+    if summary.state == JobState::Running
+        || found.dir.join(END_LOGGED).exists()
+        || jobs.end_logged_unmarked(summary.id.as_str())
+    {
+        return false;
     }
     let outcome = match summary.state {
         JobState::Ended(ExitStatus::Code(code)) => format!("exit {code}"),
@@ -105,5 +116,48 @@ pub fn log_end(found: &store::Found, summary: &rexec_protocol::JobSummary) {
         stderr_bytes = summary.stderr_bytes,
         "job ended"
     );
-    let _ = std::fs::write(found.dir.join(END_LOGGED), b"");
+    if std::fs::write(found.dir.join(END_LOGGED), b"").is_err() {
+        jobs.remember_end_unmarked(summary.id.as_str());
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rexec_protocol::JobId;
+
+    #[test]
+    fn an_end_whose_mark_the_disk_refuses_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = JobId::from_bytes([3; 16]);
+        let record = store::JobRecord {
+            id: id.clone(),
+            owner_fingerprint: "SHA256:x".into(),
+            owner: "alice".into(),
+            command: "true".into(),
+            started_ms: 1,
+        };
+        store::write_record(dir.path(), &record).unwrap();
+        let status = store::RunnerStatus {
+            end: Some(ExitStatus::Code(0)),
+            ended_ms: Some(2),
+            ..store::RunnerStatus::default()
+        };
+        store::StatusFile::create(dir.path(), &status).unwrap();
+        let mut found = store::load(dir.path(), &id).unwrap();
+        let summary = found.summary();
+        // A directory that is not there: writing the mark fails as on a
+        // full disk.
+        found.dir = dir.path().join("gone");
+        let jobs = super::super::Jobs::default();
+        assert!(log_end(&jobs, &found, &summary));
+        assert!(!log_end(&jobs, &found, &summary), "logged again");
+        // Another job is logged as usual, its mark on disk.
+        let found = store::load(dir.path(), &id).unwrap();
+        let other = super::super::Jobs::default();
+        assert!(log_end(&other, &found, &summary));
+        assert!(dir.path().join(END_LOGGED).exists());
+        assert!(!log_end(&other, &found, &summary));
+    }
 }

@@ -13,7 +13,7 @@ use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::console::{Console, Stream};
 use crate::error::CtlError;
-use crate::fanout::{Deadline, Run};
+use crate::fanout::{Deadline, Run, RunEnd};
 use crate::host::job::{self, JobEnd, state_text, time_text};
 use crate::outcome::{HostResult, Labels};
 use crate::output::{self, Output, host_note};
@@ -36,6 +36,7 @@ fn new_job_id() -> Result<JobId, Failure> {
 /// `ctl exec --detach`: starts the command as one job on every target and
 /// prints its id once, when at least one host runs it.
 pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
+    let single = target::is_single(&args.target) && args.exclude.exclude.is_empty();
     let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
     if let Some(user) = &args.user {
         for target in &mut targets {
@@ -83,7 +84,7 @@ pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Resul
         run.console
             .write(Stream::Stdout, format!("{id}\n").as_bytes());
     }
-    Ok(run.conclude(&end))
+    Ok(conclude(&run, &end, single && !args.json))
 }
 
 /// `ctl job ACTION`.
@@ -131,6 +132,7 @@ fn list(
     reach: &crate::cli::Reach,
     json: bool,
 ) -> Result<u8, Failure> {
+    let single = target::is_single(targets) && exclude.is_empty();
     let targets = fleet.resolve(targets, exclude)?;
     let client = Arc::new(fleet.client(config, reach)?);
     let deadline = Deadline::NoAnswer(reach.connect_timeout.saturating_mul(2));
@@ -171,7 +173,7 @@ fn list(
             },
         )
         .map_err(plain)?;
-    Ok(run.conclude(&end))
+    Ok(conclude(&run, &end, single && !json))
 }
 
 /// A single literal host's output goes out raw, as `ctl exec` prints it.
@@ -241,13 +243,19 @@ fn about(
         )
         .map_err(plain)?;
     output.end();
-    // One host reads as ctl exec on one host: its status, no summary.
+    Ok(conclude(&run, &end, single))
+}
+
+/// The exit code of a run on `single` literal target or on many. One host
+/// reads as ctl exec on one host: its status, and on a failure its one
+/// line, without a summary of one.
+fn conclude(run: &Run, end: &RunEnd, single: bool) -> u8 {
     let plain_end = single
         && end.interrupted.is_none()
         && run.console.output_lost().is_none()
         && !run.console.broken_pipe();
     if plain_end {
-        return Ok(end.tally.exit_code());
+        return end.tally.exit_code();
     }
-    Ok(run.conclude(&end))
+    run.conclude(end)
 }
