@@ -518,3 +518,24 @@ fn the_readme_broker_examples_run_as_written() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(remote.join("app.conf").is_file(), "the copy made no file");
 }
+
+/// An agent that refuses our key is reported as over TCP, though through
+/// the broker its TLS alert may not arrive before the session's reset.
+#[test]
+fn a_client_the_agent_refuses_is_told_so_through_the_broker() {
+    let Some(nats) = Nats::start(util::test_name!(), "") else {
+        return;
+    };
+    let env = Env::new();
+    let _agent = broker_agent(&env.agent_dir, &nats, "labpc07");
+    let (stranger, fingerprint) = env.stranger();
+    let out = run(ctl(&env)
+        .env("REXEC_CONFIG_DIR", &stranger)
+        .args(["--broker", &nats.url, "exec", "labpc07", "echo ran"]));
+    assert_eq!(stdout_of(&out), "");
+    assert_failed_saying(
+        &out,
+        255,
+        &format!("ctl: labpc07: the agent refused this client: is {fingerprint} authorized there?"),
+    );
+}

@@ -186,6 +186,18 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(millis)
 }
 
+/// The wait before connection attempt `attempts` (from 1): none before
+/// the very first (the library asks before it connects at all, and every
+/// ctl call would pay the wait), [`reconnect_delay`] after that.
+fn connect_delay(state: &ConnectionState, attempts: usize) -> Duration {
+    let never_connected = !state.connected && state.disconnects == 0;
+    if attempts <= 1 && never_connected {
+        Duration::ZERO
+    } else {
+        reconnect_delay(attempts)
+    }
+}
+
 fn read_secret(path: &Path, what: &str) -> Result<String, BrokerError> {
     let unusable = |why: &str| BrokerError::Config(format!("{what} {}: {why}", path.display()));
     let meta = fs::metadata(path).map_err(|_| unusable("cannot be read"))?;
@@ -638,7 +650,10 @@ impl Carrier {
             // Our own streams hold at most a window of messages each; this
             // is far above it (the buffer grows only as it fills).
             .subscription_capacity(crate::flow::SUBSCRIPTION_CAPACITY)
-            .reconnect_delay_callback(reconnect_delay)
+            .reconnect_delay_callback({
+                let state = state_rx.clone();
+                move |attempts| connect_delay(&state.borrow(), attempts)
+            })
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
                 let events = events.clone();
@@ -1143,6 +1158,18 @@ mod tests {
         }
         let waits: std::collections::HashSet<_> = (0..50).map(|_| reconnect_delay(10)).collect();
         assert!(waits.len() > 1, "waits are drawn, not fixed");
+    }
+
+    #[test]
+    fn the_first_connection_is_tried_at_once_and_reconnections_wait() {
+        let fresh = ConnectionState::default();
+        assert_eq!(connect_delay(&fresh, 1), Duration::ZERO);
+        assert!(connect_delay(&fresh, 2) >= Duration::from_millis(250));
+        let dropped = ConnectionState {
+            disconnects: 1,
+            ..ConnectionState::default()
+        };
+        assert!(connect_delay(&dropped, 1) >= Duration::from_millis(250));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rexec_broker::{Announcement, BrokerError};
+use rexec_broker::{Announcement, BrokerError, Carrier, LostReason, StreamTimers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{NatsServer, exchange, random_bytes, rig, wait_until_async};
@@ -57,6 +57,115 @@ async fn half_close_lets_the_other_direction_go_on() {
     assert_eq!(back, b"answer after the client's EOF");
     let error = stream.write_all(b"more").await.unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_succeeds_when_the_peer_answered_and_left_before_it_was_polled_again() {
+    let Some(mut rig) = rig().await else { return };
+    let budget = rig.ctl.free_budget();
+    let (stream, mut accepted) = rig.session().await;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"request").await.unwrap();
+    // A flush hands the bytes to the stream's task and returns at once.
+    writer.flush().await.expect("handed over");
+
+    // The agent reads the request, answers, closes and drops its end (a
+    // reset after its end message), all before ctl flushes again.
+    let mut got = [0u8; 7];
+    accepted.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"request");
+    accepted.write_all(b"answer").await.unwrap();
+    accepted.shutdown().await.unwrap();
+    drop(accepted);
+    // ctl's side has ended (its window is back in the budget).
+    assert!(wait_until_async(Duration::from_secs(10), || rig.ctl.free_budget() == budget).await);
+
+    writer
+        .flush()
+        .await
+        .expect("the request left: the flush succeeded");
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"answer");
+}
+
+/// More than the first window and less than one write buffer: a flush of
+/// this much leaves most of it waiting for credit in the stream's task.
+const BEYOND_THE_FIRST_WINDOW: usize = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_flushed_before_a_drop_or_a_shutdown_all_arrive() {
+    let Some(mut rig) = rig().await else { return };
+
+    // Dropped: the peer reads every flushed byte, then the reset.
+    let (mut stream, mut accepted) = rig.session().await;
+    let data = random_bytes(BEYOND_THE_FIRST_WINDOW);
+    stream.write_all(&data).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stream.flush())
+        .await
+        .expect("a flush does not wait for the peer to read")
+        .unwrap();
+    drop(stream);
+    let mut got = Vec::new();
+    let error = tokio::time::timeout(Duration::from_secs(20), accepted.read_to_end(&mut got))
+        .await
+        .expect("the stream ends")
+        .expect_err("a dropped stream ends with a reset, not EOF");
+    assert!(
+        got == data,
+        "{} of {} flushed bytes arrived before the reset",
+        got.len(),
+        data.len()
+    );
+    assert!(
+        matches!(
+            BrokerError::from_io(&error),
+            Some(BrokerError::Lost(reason)) if *reason == LostReason::PeerReset
+        ),
+        "{error}"
+    );
+
+    // Shut down: every byte, then EOF.
+    let (mut stream, accepted) = rig.session().await;
+    stream.write_all(&data).await.unwrap();
+    stream.flush().await.unwrap();
+    let closing = tokio::spawn(async move {
+        stream.shutdown().await.expect("shutdown");
+        stream
+    });
+    let got = exchange(accepted, Vec::new()).await;
+    assert!(got == data, "{} of {} bytes arrived", got.len(), data.len());
+    closing.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_whose_peer_never_reads_gives_up_and_frees_its_window() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (_agent, mut incoming) = crate::util::agent(&server, "labpc07").await;
+    let mut options = server.options();
+    options.tuning.timers = StreamTimers {
+        heartbeat: Duration::from_millis(100),
+        abandon_after: Duration::from_millis(800),
+    };
+    let ctl = Carrier::connect(options).await.expect("connect");
+    let budget = ctl.free_budget();
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let _accepted = incoming.recv().await.expect("accepted");
+    stream
+        .write_all(&random_bytes(BEYOND_THE_FIRST_WINDOW))
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    drop(stream);
+    // The agent's side holds its stream open and never reads: the flushed
+    // bytes can never all leave, and ctl stops trying after the abandon
+    // limit although the peer's heartbeats keep coming.
+    assert!(
+        wait_until_async(Duration::from_secs(20), || ctl.free_budget() == budget).await,
+        "the dropped stream's window went back to the budget"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

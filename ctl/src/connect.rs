@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{
-    HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, client_config, server_name,
+    ClientCredentials, HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, TlsError, server_name,
 };
 use rexec_protocol::{
     AgentMessage, ClientCodec, ClientMessage, FrameError, Hello, Identity, PROTOCOL_VERSION,
@@ -162,9 +162,11 @@ impl Client {
             None => HostKeyPolicy::TrustOnFirstUse,
         };
         let verifier = Arc::new(HostKeyVerifier::new(policy));
-        let config = client_config(Some(&self.identity), verifier.clone()).map_err(|e| {
-            CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
-        })?;
+        let config = credentials(&self.identity)
+            .and_then(|credentials| credentials.config(verifier.clone()))
+            .map_err(|e| {
+                CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
+            })?;
         let connector = TlsConnector::from(Arc::new(config));
 
         let attempt = async {
@@ -253,8 +255,19 @@ impl Client {
     /// means: with TLS 1.3 the agent's verdict on our certificate arrives
     /// only then, as an alert.
     pub fn explain_first_read_error(&self, error: std::io::Error) -> CtlError {
-        if BrokerError::from_io(&error).is_some() {
-            return CtlError::lost_io(&error);
+        match BrokerError::from_io(&error) {
+            // Through a broker, the agent's TLS alert does not always
+            // arrive ahead of its reset, so an agent that abandons the
+            // session between the handshake and its hello is taken for
+            // what it nearly always is: it refused our key (a busy agent
+            // refuses before TLS, with a word of its own).
+            Some(BrokerError::Lost(rexec_broker::LostReason::PeerReset)) => {
+                return CtlError::Connection(ConnectionError::NotAuthorized(
+                    self.identity.fingerprint,
+                ));
+            }
+            Some(_) => return CtlError::lost_io(&error),
+            None => {}
         }
         let refused = error
             .get_ref()
@@ -275,6 +288,22 @@ impl Client {
             CtlError::lost_io(&error)
         }
     }
+}
+
+/// `identity`'s TLS credentials, loaded once per process: a fan-out to
+/// 10,000 hosts would otherwise load the same private key 10,000 times.
+fn credentials(identity: &Identity) -> Result<ClientCredentials, TlsError> {
+    static LOADED: Mutex<Option<(rexec_protocol::Fingerprint, ClientCredentials)>> =
+        Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((fingerprint, credentials)) = loaded.as_ref()
+        && *fingerprint == identity.fingerprint
+    {
+        return Ok(credentials.clone());
+    }
+    let credentials = ClientCredentials::new(identity)?;
+    *loaded = Some((identity.fingerprint, credentials.clone()));
+    Ok(credentials)
 }
 
 /// A connection past the hello exchange, with the agent's hello.
@@ -310,7 +339,12 @@ pub async fn greet(
     mut connection: Connection,
     request: ClientMessage,
 ) -> Result<Session, CtlError> {
-    let lost = |e: FrameError| CtlError::lost(&e);
+    // Before the agent's hello, a broken stream says what the agent made
+    // of our key, whichever of our writes or reads meets it first.
+    let lost = |e: FrameError| match e {
+        FrameError::Io(io) => client.explain_first_read_error(io),
+        other => CtlError::lost(&other),
+    };
     connection
         .outgoing
         .feed(ClientMessage::Hello(Hello::new(software())))

@@ -7,13 +7,17 @@
 //!
 //! People edit the file by hand, and several ctl processes may meet new
 //! hosts at once, so every change is made under a lock (`known_hosts.lock`
-//! beside it), from the file as it is then, written to a temporary file and
-//! renamed into place: a line we do not understand is reported and kept as
-//! it is, and no update can lose another's.
+//! beside it), from the file as it is then: a line we do not understand is
+//! reported and kept as it is, and no update can lose another's. A first
+//! contact appends its line in one write, after reading only what others
+//! appended since we last looked (a fan-out to 10,000 new hosts would
+//! otherwise read, parse and rewrite the whole file 10,000 times); a
+//! removal rewrites the file to a temporary one renamed into place.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -24,7 +28,21 @@ use rexec_protocol::Fingerprint;
 pub struct KnownHosts {
     path: PathBuf,
     entries: Vec<(String, Fingerprint)>,
+    /// Host to its first entry's place in `entries` (the one that counts).
+    index: HashMap<String, usize>,
     malformed: Vec<usize>,
+    /// How far we have read the file, to read only what others append.
+    seen: Seen,
+}
+
+/// The file as we last read it: which file, how much of it, how many
+/// lines, and whether it ended in a newline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seen {
+    inode: Option<(u64, u64)>,
+    len: u64,
+    lines: usize,
+    ends_with_newline: bool,
 }
 
 /// What recording a first contact did.
@@ -39,12 +57,14 @@ pub enum Added {
     Conflict(Fingerprint),
 }
 
-/// The entries of a known hosts text, and the numbers of the lines that
-/// are neither an entry, a comment nor blank.
-fn parse(text: &str) -> (Vec<(String, Fingerprint)>, Vec<usize>) {
+/// The entries of a known hosts text whose first line is line `first + 1`
+/// of the file, and the numbers of the lines that are neither an entry, a
+/// comment nor blank.
+fn parse_from(text: &str, first: usize) -> (Vec<(String, Fingerprint)>, Vec<usize>) {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
     for (number, line) in text.lines().enumerate() {
+        let number = number + first;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -73,18 +93,99 @@ fn read(path: &Path) -> io::Result<String> {
     }
 }
 
+/// The file's identity (device, inode), if it exists.
+fn inode(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(Some((meta.dev(), meta.ino()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Seen {
+    /// After reading `text` at its start, or after it at `self`.
+    fn after(self, inode: Option<(u64, u64)>, text: &str) -> Seen {
+        Seen {
+            inode,
+            len: self.len + text.len() as u64,
+            lines: self.lines + text.lines().count(),
+            ends_with_newline: if text.is_empty() {
+                self.ends_with_newline
+            } else {
+                text.ends_with('\n')
+            },
+        }
+    }
+}
+
 impl KnownHosts {
     /// Reads `path`; a missing file is an empty list.
     ///
     /// # Errors
     /// When the file exists but cannot be read.
     pub fn load(path: &Path) -> io::Result<KnownHosts> {
-        let (entries, malformed) = parse(&read(path)?);
-        Ok(KnownHosts {
+        let mut hosts = KnownHosts {
             path: path.to_path_buf(),
-            entries,
-            malformed,
-        })
+            entries: Vec::new(),
+            index: HashMap::new(),
+            malformed: Vec::new(),
+            seen: Seen::default(),
+        };
+        hosts.reread()?;
+        Ok(hosts)
+    }
+
+    /// Reads the whole file again.
+    fn reread(&mut self) -> io::Result<()> {
+        let inode = inode(&self.path)?;
+        let text = read(&self.path)?;
+        self.entries.clear();
+        self.index.clear();
+        self.malformed.clear();
+        self.seen = Seen::default();
+        self.take(inode, &text);
+        Ok(())
+    }
+
+    /// Files `text`, read from where `seen` ends.
+    fn take(&mut self, inode: Option<(u64, u64)>, text: &str) {
+        let (entries, malformed) = parse_from(text, self.seen.lines);
+        for (host, fingerprint) in entries {
+            self.index.entry(host.clone()).or_insert(self.entries.len());
+            self.entries.push((host, fingerprint));
+        }
+        self.malformed.extend(malformed);
+        self.seen = self.seen.after(inode, text);
+    }
+
+    /// Brings us up to date with the file, under the lock: what others
+    /// appended is read; a file replaced, shortened or ending mid-line
+    /// when we looked is read again whole.
+    fn catch_up(&mut self) -> io::Result<()> {
+        let inode = inode(&self.path)?;
+        let Some(_) = inode else {
+            return self.reread();
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.reread(),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let appended_to = inode == self.seen.inode
+            && len >= self.seen.len
+            && (self.seen.len == 0 || self.seen.ends_with_newline);
+        if !appended_to {
+            return self.reread();
+        }
+        if len == self.seen.len {
+            return Ok(());
+        }
+        file.seek(SeekFrom::Start(self.seen.len))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        self.take(inode, &text);
+        Ok(())
     }
 
     /// The file's path.
@@ -100,10 +201,7 @@ impl KnownHosts {
 
     /// The fingerprint on record for `host_port`.
     pub fn get(&self, host_port: &str) -> Option<Fingerprint> {
-        self.entries
-            .iter()
-            .find(|(h, _)| h == host_port)
-            .map(|(_, fp)| *fp)
+        self.index.get(host_port).map(|&i| self.entries[i].1)
     }
 
     /// Every entry, in file order.
@@ -111,7 +209,8 @@ impl KnownHosts {
         &self.entries
     }
 
-    /// Records a first contact: one line added to the file as it is now.
+    /// Records a first contact: one line appended to the file as it is
+    /// now, in one write.
     ///
     /// # Errors
     /// When the file or its directory cannot be written.
@@ -120,28 +219,28 @@ impl KnownHosts {
             fs::create_dir_all(dir)?;
         }
         let _lock = self.lock()?;
-        let mut text = read(&self.path)?;
-        let (entries, _) = parse(&text);
-        let existing = entries
-            .iter()
-            .find(|(h, _)| h == host_port)
-            .map(|(_, fp)| *fp);
-        let added = match existing {
-            Some(fp) if fp == fingerprint => Added::AlreadyKnown,
-            Some(fp) => Added::Conflict(fp),
-            None => {
-                // A last line without its newline (a hand edit) must not
-                // swallow ours.
-                if !text.is_empty() && !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                text.push_str(&format!("{host_port} {fingerprint}\n"));
-                self.replace(&text)?;
-                Added::New
-            }
-        };
-        (self.entries, self.malformed) = parse(&text);
-        Ok(added)
+        self.catch_up()?;
+        match self.get(host_port) {
+            Some(fp) if fp == fingerprint => return Ok(Added::AlreadyKnown),
+            Some(fp) => return Ok(Added::Conflict(fp)),
+            None => {}
+        }
+        let mut line = String::new();
+        // A last line without its newline (a hand edit) must not swallow
+        // ours.
+        if self.seen.len > 0 && !self.seen.ends_with_newline {
+            line.push('\n');
+        }
+        line.push_str(&format!("{host_port} {fingerprint}\n"));
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(&self.path)?;
+        file.write_all(line.as_bytes())?;
+        let inode = inode(&self.path)?;
+        self.take(inode, &line);
+        Ok(Added::New)
     }
 
     /// Removes every line for `host_port`; returns how many were removed.
@@ -167,7 +266,7 @@ impl KnownHosts {
         if removed > 0 {
             self.replace(&kept)?;
         }
-        (self.entries, self.malformed) = parse(&kept);
+        self.reread()?;
         Ok(removed)
     }
 
@@ -283,5 +382,44 @@ mod tests {
         assert_eq!(second.add("h:1", a).unwrap(), Added::AlreadyKnown);
         assert_eq!(second.add("h:1", b).unwrap(), Added::Conflict(a));
         assert_eq!(fs::read_to_string(&path).unwrap(), format!("h:1 {a}\n"));
+    }
+
+    #[test]
+    fn what_others_append_or_remove_meanwhile_is_seen_before_adding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let (a, b) = (fingerprint('A'), fingerprint('Q'));
+        let mut first = KnownHosts::load(&path).unwrap();
+        let mut second = KnownHosts::load(&path).unwrap();
+        assert_eq!(first.add("f:1", a).unwrap(), Added::New);
+        assert_eq!(second.add("g:1", a).unwrap(), Added::New);
+        // A hand edit appends a line, and a broken one.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(file, "h:2 {a}\nbroken\n").unwrap();
+        drop(file);
+        assert_eq!(first.add("g:1", b).unwrap(), Added::Conflict(a));
+        assert_eq!(first.get("h:2"), Some(a));
+        assert_eq!(first.malformed(), [4]);
+        // Another ctl removes an entry (the file is rewritten).
+        assert_eq!(second.remove("g:1").unwrap(), 1);
+        assert_eq!(first.add("g:1", b).unwrap(), Added::New);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("f:1 {a}\nh:2 {a}\nbroken\ng:1 {b}\n")
+        );
+        let reloaded = KnownHosts::load(&path).unwrap();
+        assert_eq!(reloaded.get("g:1"), Some(b));
+        assert_eq!(reloaded.malformed(), [3]);
+    }
+
+    #[test]
+    fn the_first_entry_for_a_host_is_the_one_that_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let (a, b) = (fingerprint('A'), fingerprint('Q'));
+        fs::write(&path, format!("h:1 {a}\nh:1 {b}\n")).unwrap();
+        let mut hosts = KnownHosts::load(&path).unwrap();
+        assert_eq!(hosts.get("h:1"), Some(a));
+        assert_eq!(hosts.add("h:1", b).unwrap(), Added::Conflict(a));
     }
 }

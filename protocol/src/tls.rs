@@ -237,18 +237,65 @@ pub fn client_config(
     identity: Option<&Identity>,
     verifier: Arc<HostKeyVerifier>,
 ) -> Result<ClientConfig, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let credentials = identity.map(ClientCredentials::new).transpose()?;
+    credentials_config(credentials.as_ref(), verifier)
+}
+
+/// A client's certificate and signing key, made ready once for all the
+/// connections of a run: loading the key costs a scalar multiplication,
+/// which a fan-out would otherwise pay once per host.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    key: Arc<rustls::sign::CertifiedKey>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCredentials {
+    /// `identity`'s certificate and key.
+    ///
+    /// # Errors
+    /// When the identity's key is unusable.
+    pub fn new(identity: &Identity) -> Result<ClientCredentials, TlsError> {
+        let provider = provider();
+        // As rustls's own `with_client_auth_cert`: the key must match the
+        // certificate.
+        let key = rustls::sign::CertifiedKey::from_der(
+            vec![identity.certificate.clone()],
+            identity.private_key.clone_key(),
+            &provider,
+        )?;
+        Ok(ClientCredentials {
+            key: Arc::new(key),
+            provider,
+        })
+    }
+
+    /// A client configuration presenting these credentials and checking
+    /// the agent with `verifier`: [`client_config`] without loading the
+    /// key again.
+    ///
+    /// # Errors
+    /// When rustls refuses the protocol version (it never does for ours).
+    pub fn config(&self, verifier: Arc<HostKeyVerifier>) -> Result<ClientConfig, TlsError> {
+        credentials_config(Some(self), verifier)
+    }
+}
+
+fn credentials_config(
+    credentials: Option<&ClientCredentials>,
+    verifier: Arc<HostKeyVerifier>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = credentials.map_or_else(provider, |c| c.provider.clone());
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match identity {
-        Some(identity) => builder.with_client_auth_cert(
-            vec![identity.certificate.clone()],
-            identity.private_key.clone_key(),
-        )?,
+    Ok(match credentials {
+        Some(credentials) => builder.with_client_cert_resolver(Arc::new(
+            rustls::sign::SingleCertAndKey::from(credentials.key.clone()),
+        )),
         None => builder.with_no_client_auth(),
-    };
-    Ok(config)
+    })
 }
 
 /// A client configuration for tests of the peer's signature check: it
