@@ -7,14 +7,16 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectErrorKind, Event, RequestErrorKind, ServerAddr, ServerError};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use rustls_pki_types::CertificateDer;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -215,18 +217,134 @@ fn first_line(text: &str) -> Option<&str> {
     text.lines().next().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// Why our own check of the broker's certificate failed, in the terms a
+/// user fixes it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Untrusted {
+    /// Not the certificate whose fingerprint we pin.
+    NotPinned,
+    /// Not signed by the CA we trust (the CA file, or the system's roots).
+    UnknownIssuer,
+    /// Outside its validity dates.
+    Expired,
+    /// Not issued for the host name in the URL.
+    WrongName,
+    /// Any other reason the certificate is refused.
+    Other,
+}
+
+/// The last verdict of our certificate check, shared between the TLS
+/// configuration and the connection's event handler: on a reconnection the
+/// library reports a refused certificate as plain I/O, so the handler reads
+/// the reason here instead.
+#[derive(Debug, Default)]
+struct TrustVerdict(Mutex<Option<Untrusted>>);
+
+impl TrustVerdict {
+    fn set(&self, verdict: Option<Untrusted>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = verdict;
+    }
+
+    /// The reason of the last refusal, once.
+    fn take(&self) -> Option<Untrusted> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Checks the broker's certificate with `inner` (the pin, or the CA) and
+/// notes why it refused one.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn ServerCertVerifier>,
+    pinned: bool,
+    verdict: Arc<TrustVerdict>,
+}
+
+fn untrusted(error: &rustls::Error, pinned: bool) -> Untrusted {
+    use rustls::CertificateError as E;
+    match error {
+        rustls::Error::InvalidCertificate(_) if pinned => Untrusted::NotPinned,
+        rustls::Error::InvalidCertificate(E::UnknownIssuer | E::BadSignature) => {
+            Untrusted::UnknownIssuer
+        }
+        rustls::Error::InvalidCertificate(
+            E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. },
+        ) => Untrusted::Expired,
+        rustls::Error::InvalidCertificate(
+            E::NotValidForName | E::NotValidForNameContext { .. },
+        ) => Untrusted::WrongName,
+        _ => Untrusted::Other,
+    }
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        self.verdict.set(
+            result
+                .as_ref()
+                .err()
+                .map(|error| untrusted(error, self.pinned)),
+        );
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn broker_tls(
     ca_file: Option<&Path>,
     pin: Option<CertFingerprint>,
+    verdict: Arc<TrustVerdict>,
 ) -> Result<rustls::ClientConfig, BrokerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
+    let recording = |inner: Arc<dyn ServerCertVerifier>| {
+        Arc::new(Recording {
+            inner,
+            pinned: pin.is_some(),
+            verdict,
+        })
+    };
     if let Some(pin) = pin {
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(PinnedBroker::new(pin, &provider))
+            .with_custom_certificate_verifier(recording(PinnedBroker::new(pin, &provider)))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -265,7 +383,14 @@ fn broker_tls(
             }
         }
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(recording(webpki))
+        .with_no_client_auth())
 }
 
 fn describe_server_error(error: &ServerError) -> (String, Option<String>) {
@@ -308,9 +433,26 @@ fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What we trust the broker's certificate by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrustedBy {
+    /// Its pinned fingerprint.
+    Pin,
+    /// The CA file we were given.
+    CaFile,
+    /// The system's root certificates.
+    System,
+}
+
 /// A failed reconnection attempt, which the library reports as its error
-/// kind's text only.
-fn describe_retry_error(text: &str, urls: &str, pinned: bool) -> String {
+/// kind's text only; `untrusted` is why our own check refused the broker's
+/// certificate in that attempt, if it did.
+fn describe_retry_error(
+    text: &str,
+    urls: &str,
+    trust: TrustedBy,
+    untrusted: Option<Untrusted>,
+) -> String {
     let kinds = [
         ConnectErrorKind::AuthorizationViolation,
         ConnectErrorKind::Authentication,
@@ -323,22 +465,49 @@ fn describe_retry_error(text: &str, urls: &str, pinned: bool) -> String {
         .into_iter()
         .find(|kind| kind.to_string() == text)
         .unwrap_or(ConnectErrorKind::Io);
-    describe_connect_error(kind, urls, pinned)
+    let kind = if untrusted.is_some() {
+        ConnectErrorKind::Tls
+    } else {
+        kind
+    };
+    describe_connect_error(kind, urls, trust, untrusted)
 }
 
-fn describe_connect_error(kind: ConnectErrorKind, urls: &str, pinned: bool) -> String {
-    match kind {
-        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
-            format!("the broker at {urls} refused our credentials")
+fn describe_connect_error(
+    kind: ConnectErrorKind,
+    urls: &str,
+    trust: TrustedBy,
+    untrusted: Option<Untrusted>,
+) -> String {
+    let tls = |why: &str| format!("TLS with the broker at {urls} failed: {why}");
+    match (kind, untrusted) {
+        (ConnectErrorKind::Tls, Some(Untrusted::NotPinned)) => {
+            tls("its certificate does not match the fingerprint we pin")
         }
-        ConnectErrorKind::Tls if pinned => format!(
+        (ConnectErrorKind::Tls, Some(Untrusted::UnknownIssuer)) if trust == TrustedBy::System => {
+            tls("its certificate is not signed by a CA this machine trusts")
+        }
+        (ConnectErrorKind::Tls, Some(Untrusted::UnknownIssuer)) => {
+            tls("its certificate is not signed by the CA we were given")
+        }
+        (ConnectErrorKind::Tls, Some(Untrusted::Expired)) => {
+            tls("its certificate has expired or is not valid yet")
+        }
+        (ConnectErrorKind::Tls, Some(Untrusted::WrongName)) => {
+            tls("its certificate is not issued for the host name in the URL")
+        }
+        (ConnectErrorKind::Tls, Some(Untrusted::Other)) => tls("its certificate is not trusted"),
+        (ConnectErrorKind::Tls, None) if trust == TrustedBy::Pin => format!(
             "TLS with the broker at {urls} failed (is its certificate the one whose fingerprint we were given?)"
         ),
-        ConnectErrorKind::Tls => format!(
+        (ConnectErrorKind::Tls, None) => format!(
             "TLS with the broker at {urls} failed (is its certificate signed by the CA we were given?)"
         ),
-        ConnectErrorKind::TimedOut => format!("the broker at {urls} did not answer in time"),
-        ConnectErrorKind::ServerParse => format!("broker address {urls} is not valid"),
+        (ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation, _) => {
+            format!("the broker at {urls} refused our credentials")
+        }
+        (ConnectErrorKind::TimedOut, _) => format!("the broker at {urls} did not answer in time"),
+        (ConnectErrorKind::ServerParse, _) => format!("broker address {urls} is not valid"),
         _ => format!("cannot reach the broker at {urls}"),
     }
 }
@@ -371,8 +540,10 @@ struct Prepared {
     subjects: Subjects,
     addrs: Vec<ServerAddr>,
     url_list: String,
-    /// The broker is trusted by a pinned fingerprint, not a CA.
-    pinned: bool,
+    /// What the broker's certificate is trusted by.
+    trust: TrustedBy,
+    /// Why our check last refused the broker's certificate.
+    verdict: Arc<TrustVerdict>,
 }
 
 /// Checks `options` and reads the files they name (secrets, CA) into the
@@ -426,16 +597,27 @@ fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOpti
             nats = nats.token(token.to_owned());
         }
     }
+    let verdict = Arc::new(TrustVerdict::default());
     if tls_wanted {
         nats = nats
-            .tls_client_config(broker_tls(options.ca_file.as_deref(), options.fingerprint)?)
+            .tls_client_config(broker_tls(
+                options.ca_file.as_deref(),
+                options.fingerprint,
+                verdict.clone(),
+            )?)
             .require_tls(true);
     }
+    let trust = match (&options.fingerprint, &options.ca_file) {
+        (Some(_), _) => TrustedBy::Pin,
+        (None, Some(_)) => TrustedBy::CaFile,
+        (None, None) => TrustedBy::System,
+    };
     let prepared = Prepared {
         subjects,
         addrs,
         url_list: options.urls.join(","),
-        pinned: options.fingerprint.is_some(),
+        trust,
+        verdict,
     };
     Ok((prepared, nats))
 }
@@ -455,13 +637,15 @@ impl Carrier {
             subjects,
             addrs,
             url_list,
-            pinned,
+            trust,
+            verdict,
         } = prepared;
 
         let (state_tx, state_rx) = watch::channel(ConnectionState::default());
         let state_tx = Arc::new(state_tx);
         let events = state_tx.clone();
         let urls_for_events = url_list.clone();
+        let verdict_for_events = verdict.clone();
         nats = nats
             // Our own streams hold at most a window of messages each; this
             // is far above it (the buffer grows only as it fills).
@@ -474,6 +658,7 @@ impl Carrier {
             .event_callback(move |event| {
                 let events = events.clone();
                 let urls_for_events = urls_for_events.clone();
+                let verdict = verdict_for_events.clone();
                 async move {
                     match event {
                         Event::Connected => events.send_modify(|s| {
@@ -497,7 +682,12 @@ impl Carrier {
                             });
                         }
                         Event::ClientError(async_nats::ClientError::Other(text)) => {
-                            let text = describe_retry_error(&text, &urls_for_events, pinned);
+                            let text = describe_retry_error(
+                                &text,
+                                &urls_for_events,
+                                trust,
+                                verdict.take(),
+                            );
                             tracing::warn!("{text}");
                             events.send_modify(|s| s.last_error = Some(text));
                         }
@@ -517,7 +707,12 @@ impl Carrier {
             } else {
                 e.kind()
             };
-            BrokerError::Connect(describe_connect_error(kind, &url_list, pinned))
+            BrokerError::Connect(describe_connect_error(
+                kind,
+                &url_list,
+                trust,
+                verdict.take(),
+            ))
         })?;
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_modify(|s| s.connected = true);
@@ -991,12 +1186,37 @@ mod tests {
         assert_eq!(text, "the broker refused our credentials");
         assert_eq!(subject, None);
         assert_eq!(
-            describe_retry_error("authorization violation", "tls://b:4222", false),
+            describe_retry_error(
+                "authorization violation",
+                "tls://b:4222",
+                TrustedBy::CaFile,
+                None
+            ),
             "the broker at tls://b:4222 refused our credentials"
         );
         assert_eq!(
-            describe_retry_error("IO error", "tls://b:4222", false),
+            describe_retry_error("IO error", "tls://b:4222", TrustedBy::CaFile, None),
             "cannot reach the broker at tls://b:4222"
+        );
+        // A certificate our own check refused, which the library passes on
+        // as plain I/O when it reconnects.
+        assert_eq!(
+            describe_retry_error(
+                "IO error",
+                "tls://b:4222",
+                TrustedBy::CaFile,
+                Some(Untrusted::UnknownIssuer)
+            ),
+            "TLS with the broker at tls://b:4222 failed: its certificate is not signed by the CA we were given"
+        );
+        assert_eq!(
+            describe_retry_error(
+                "IO error",
+                "tls://b:4222",
+                TrustedBy::Pin,
+                Some(Untrusted::NotPinned)
+            ),
+            "TLS with the broker at tls://b:4222 failed: its certificate does not match the fingerprint we pin"
         );
     }
 

@@ -155,7 +155,7 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
     assert_eq!(
         error.to_string(),
         format!(
-            "TLS with the broker at {} failed (is its certificate signed by the CA we were given?)",
+            "TLS with the broker at {} failed: its certificate is not signed by the CA we were given",
             server.url
         )
     );
@@ -181,6 +181,23 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
             "the broker at {} refused our credentials",
             server.url
         ))
+    );
+
+    // A certificate refused on a retry reaches the library as plain I/O;
+    // the agent still says it is the certificate, not the network.
+    let mut retrying = options(&server, &untrusted, "labpc07", "change-me-labpc07");
+    retrying.retry_forever = true;
+    let agent = Carrier::connect(retrying).await.expect("returns at once");
+    let said = format!(
+        "TLS with the broker at {} failed: its certificate is not signed by the CA we were given",
+        server.url
+    );
+    assert!(
+        wait_until_async(Duration::from_secs(10), || agent.state().last_error
+            == Some(said.clone()))
+        .await,
+        "{:?}",
+        agent.state().last_error
     );
 }
 
@@ -298,7 +315,7 @@ async fn a_broker_pinned_by_its_certificates_fingerprint_needs_no_ca() {
     assert_eq!(
         error.to_string(),
         format!(
-            "TLS with the broker at {} failed (is its certificate the one whose fingerprint we were given?)",
+            "TLS with the broker at {} failed: its certificate does not match the fingerprint we pin",
             server.url
         )
     );
