@@ -118,6 +118,7 @@ fn man_pages_cover_every_command_of_both_binaries() {
             "ctl-exec.1",
             "ctl-hosts.1",
             "ctl-id.1",
+            "ctl-job.1",
             "ctl-keygen.1",
             "ctl-known-hosts.1",
             "ctl-ping.1",

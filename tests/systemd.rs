@@ -502,6 +502,7 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
             "ctl-exec",
             "ctl-hosts",
             "ctl-id",
+            "ctl-job",
             "ctl-keygen",
             "ctl-known-hosts",
             "ctl-ping",
