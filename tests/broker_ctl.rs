@@ -258,6 +258,10 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
         .args(broker)
         .args(["hosts", "--online", "--fold", "pc[1-20]"]));
     assert_eq!(stdout_of(&out), "pc[1-2,10]\n");
+    let out = run(ctl(&env)
+        .args(broker)
+        .args(["hosts", "--online", "-x", "pc[1-2]"]));
+    assert_eq!(stdout_of(&out), "db1\npc10\n", "{}", stderr_of(&out));
 
     let out = run(ctl(&env).args(["hosts", "--online"]));
     assert_failed_saying(
@@ -423,4 +427,115 @@ fn authorize(dir: &Path, fingerprint: &str) {
         .status()
         .expect("authorize");
     assert!(status.success());
+}
+
+/// The commands of the README's "Broker mode: ctl", run as written
+/// against a nats-server and two agents on it, `labpc07` and `labpc08`
+/// (the group `@lab`); `labpc09` is not connected. Only the broker's URL
+/// and the remote directory are changed, and `SHA256:...` in what the
+/// README shows is the agents' fingerprint.
+#[test]
+fn the_readme_broker_examples_run_as_written() {
+    use crate::readme::{SECTIONS_RUN_ELSEWHERE, check, section_examples};
+    let Some(nats) = Nats::start(util::test_name!(), "") else {
+        return;
+    };
+    let readme = std::fs::read_to_string(util::repo_root().join("README.md")).expect("README");
+    let heading = SECTIONS_RUN_ELSEWHERE[0].0;
+    let examples = section_examples(&readme, heading);
+    assert!(examples.len() >= 8, "{examples:?}");
+
+    let env = Env::new();
+    let _agents = [
+        broker_agent(&env.agent_dir, &nats, "labpc07"),
+        broker_agent(&env.agent_dir, &nats, "labpc08"),
+    ];
+    let root = env.root.path();
+    let (work, remote) = (root.join("work"), root.join("remote/etc/app"));
+    std::fs::create_dir_all(&work).expect("work");
+    std::fs::create_dir_all(&remote).expect("remote");
+    std::fs::write(work.join("app.conf"), "key = value\n").expect("app.conf");
+    let inventory = root.join("hosts.toml");
+    std::fs::write(&inventory, "[groups]\nlab = \"labpc[07-08]\"\n").expect("hosts.toml");
+    let bin_dir = util::bin("ctl").parent().expect("bin dir").to_path_buf();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(&path)))
+        .expect("PATH");
+    let substitute = |text: &str| {
+        text.replace("tls://broker.lab:4222", &nats.url).replace(
+            "/etc/app/",
+            &format!("{}/", remote.to_str().expect("utf-8 path")),
+        )
+    };
+
+    // The [broker] example parses as an inventory.
+    let example = readme
+        .split(heading)
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the section's hosts.toml example");
+    let parsed = root.join("example.toml");
+    std::fs::write(&parsed, example).expect("example");
+    let out = run(ctl(&env)
+        .arg("--inventory")
+        .arg(&parsed)
+        .args(["hosts", "labpc07"]));
+    assert_eq!(stdout_of(&out), "labpc07\n", "{}", stderr_of(&out));
+
+    let mut failures = Vec::new();
+    for example in &examples {
+        let text = substitute(&example.text);
+        let out = Command::new("bash")
+            .args(["-o", "pipefail", "-c", &text])
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("REXEC_CONFIG_DIR", &env.ctl_dir)
+            .env("REXEC_INVENTORY", &inventory)
+            .env_remove("REXEC_BROKER")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash");
+        let mut shown = example.clone();
+        for line in &mut shown.shown {
+            *line = line.replace("SHA256:...", &env.agent_fingerprint);
+        }
+        if let Some(why) = check(
+            &shown,
+            out.status.code(),
+            &stdout_of(&out),
+            &stderr_of(&out),
+        ) {
+            failures.push(format!(
+                "README.md:{}: {}\n    {why}\n    stdout: {:?}\n    stderr: {:?}",
+                example.line,
+                example.text,
+                stdout_of(&out),
+                stderr_of(&out)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(remote.join("app.conf").is_file(), "the copy made no file");
+}
+
+/// An agent that refuses our key is reported as over TCP, though through
+/// the broker its TLS alert may not arrive before the session's reset.
+#[test]
+fn a_client_the_agent_refuses_is_told_so_through_the_broker() {
+    let Some(nats) = Nats::start(util::test_name!(), "") else {
+        return;
+    };
+    let env = Env::new();
+    let _agent = broker_agent(&env.agent_dir, &nats, "labpc07");
+    let (stranger, fingerprint) = env.stranger();
+    let out = run(ctl(&env)
+        .env("REXEC_CONFIG_DIR", &stranger)
+        .args(["--broker", &nats.url, "exec", "labpc07", "echo ran"]));
+    assert_eq!(stdout_of(&out), "");
+    assert_failed_saying(
+        &out,
+        255,
+        &format!("ctl: labpc07: the agent refused this client: is {fingerprint} authorized there?"),
+    );
 }

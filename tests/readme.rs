@@ -61,6 +61,13 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
 ];
 
+/// README sections whose commands another test runs, as written, in a
+/// world this runner does not have, with that test's name.
+pub(crate) const SECTIONS_RUN_ELSEWHERE: &[(&str, &str)] = &[(
+    "### Broker mode: ctl",
+    "broker_ctl::the_readme_broker_examples_run_as_written, against a nats-server and agents on it",
+)];
+
 /// Commands the README implies do not exit 0, with the status.
 const EXIT_CODES: &[(&str, i32)] = &[
     (
@@ -175,16 +182,16 @@ const REMOTE_PATHS: &[&str] = &[
 const COMMAND_DEADLINE: Duration = Duration::from_secs(180);
 
 /// One command from the README, with what the README shows it printing.
-#[derive(Debug)]
-struct Example {
+#[derive(Debug, Clone)]
+pub(crate) struct Example {
     /// Line in README.md, counted from 1.
-    line: usize,
+    pub line: usize,
     /// Which fenced block it is in.
-    block: usize,
+    pub block: usize,
     /// The command as written, without its comment.
-    text: String,
+    pub text: String,
     /// The lines shown after a `$ ` command; empty in `sh` blocks.
-    shown: Vec<String>,
+    pub shown: Vec<String>,
 }
 
 /// Cuts a trailing `# comment` that is outside quotes.
@@ -214,7 +221,7 @@ fn runs_ours(line: &str) -> bool {
 }
 
 /// The README's commands, in order.
-fn examples(readme: &str) -> Vec<Example> {
+pub(crate) fn examples(readme: &str) -> Vec<Example> {
     let mut examples = Vec::new();
     let mut block: Option<(usize, String)> = None;
     let mut blocks = 0;
@@ -454,8 +461,30 @@ fn replace_words(text: &str, from: &str, to: &str) -> String {
     out
 }
 
+/// The commands of the README's section that starts with `heading`.
+pub(crate) fn section_examples(readme: &str, heading: &str) -> Vec<Example> {
+    let Some(start) = readme.lines().position(|l| l == heading) else {
+        return Vec::new();
+    };
+    let end = readme
+        .lines()
+        .enumerate()
+        .skip(start + 1)
+        .find(|(_, l)| l.starts_with("## ") || l.starts_with("### "))
+        .map_or(usize::MAX, |(i, _)| i);
+    examples(readme)
+        .into_iter()
+        .filter(|e| e.line > start && e.line <= end)
+        .collect()
+}
+
 /// Why `example`'s result is not what the README implies, if it is not.
-fn check(example: &Example, code: Option<i32>, stdout: &str, stderr: &str) -> Option<String> {
+pub(crate) fn check(
+    example: &Example,
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) -> Option<String> {
     let want = lookup(EXIT_CODES, &example.text).copied().unwrap_or(0);
     if code != Some(want) {
         return Some(format!("exit {code:?}, the README implies {want}"));
@@ -521,7 +550,15 @@ fn lookup<'a, T>(table: &'a [(&str, T)], text: &str) -> Option<&'a T> {
 #[test]
 fn the_readme_examples_run_as_written() {
     let readme = std::fs::read_to_string(util::repo_root().join("README.md")).expect("README");
-    let examples = examples(&readme);
+    let elsewhere: Vec<usize> = SECTIONS_RUN_ELSEWHERE
+        .iter()
+        .flat_map(|(heading, _)| section_examples(&readme, heading))
+        .map(|e| e.line)
+        .collect();
+    let examples: Vec<Example> = examples(&readme)
+        .into_iter()
+        .filter(|e| !elsewhere.contains(&e.line))
+        .collect();
     assert!(
         examples.len() >= 20,
         "only {} examples found",

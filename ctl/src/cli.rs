@@ -18,7 +18,8 @@ Exit status of ctl exec (one target):
   130    interrupted by a second Ctrl-C (the remote group was sent SIGKILL)
   141    our stdout was closed by its reader (ctl ... | head)
   255    ctl could not run the command (bad usage, unreachable, host key
-         changed, not authorized, protocol error, the agent stopped answering)
+         changed, not authorized, protocol error, the agent stopped answering,
+         not connected to the broker, session lost through the broker)
          or could not write its output; one line on stderr says which
 Several targets: 0 when every host exited 0, else the largest per-host code
 (a host ctl could not run on counts as 255, a timed out one as 124), with a

@@ -255,8 +255,19 @@ impl Client {
     /// means: with TLS 1.3 the agent's verdict on our certificate arrives
     /// only then, as an alert.
     pub fn explain_first_read_error(&self, error: std::io::Error) -> CtlError {
-        if BrokerError::from_io(&error).is_some() {
-            return CtlError::lost_io(&error);
+        match BrokerError::from_io(&error) {
+            // Through a broker, the agent's TLS alert does not always
+            // arrive ahead of its reset, so an agent that abandons the
+            // session between the handshake and its hello is taken for
+            // what it nearly always is: it refused our key (a busy agent
+            // refuses before TLS, with a word of its own).
+            Some(BrokerError::Lost(rexec_broker::LostReason::PeerReset)) => {
+                return CtlError::Connection(ConnectionError::NotAuthorized(
+                    self.identity.fingerprint,
+                ));
+            }
+            Some(_) => return CtlError::lost_io(&error),
+            None => {}
         }
         let refused = error
             .get_ref()
@@ -328,7 +339,12 @@ pub async fn greet(
     mut connection: Connection,
     request: ClientMessage,
 ) -> Result<Session, CtlError> {
-    let lost = |e: FrameError| CtlError::lost(&e);
+    // Before the agent's hello, a broken stream says what the agent made
+    // of our key, whichever of our writes or reads meets it first.
+    let lost = |e: FrameError| match e {
+        FrameError::Io(io) => client.explain_first_read_error(io),
+        other => CtlError::lost(&other),
+    };
     connection
         .outgoing
         .feed(ClientMessage::Hello(Hello::new(software())))

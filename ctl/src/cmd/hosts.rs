@@ -37,6 +37,14 @@ pub fn hosts(
         let mut online = link.discover(DISCOVERY_WINDOW).map_err(plain)?;
         online.sort_by(|a, b| nodeset::node_order(&a.name, &b.name));
         online.dedup_by(|a, b| a.name == b.name);
+        if targets.is_none() {
+            // `-x` without a target list leaves those out of all of them.
+            let mut excluded = Vec::new();
+            for list in &args.exclude.exclude {
+                excluded.extend(fleet.resolve(list, &[])?.into_iter().map(|t| t.host));
+            }
+            online.retain(|agent| !excluded.contains(&agent.name));
+        }
         // Named targets keep their user, so that the names feed ctl again.
         let listed: Vec<(String, &rexec_broker::Announcement)> = match &mut targets {
             Some(targets) => online
