@@ -253,6 +253,20 @@ def main():
             sc = varz(http)["slow_consumers"] - sc0
             results[n] = dict(first=first, median=median, fastest=fastest, how=how, rss=rss, ok=ok2,
                               code=code2, cpu=cpu, slow=sc, err=err2)
+            if args.baseline:
+                # The other build's ctl, with its own known hosts (the same
+                # identity): its first contact and its repeat runs.
+                base_env = dict(rx.env, REXEC_CONFIG_DIR=str(work / f"ctl-baseline-{n}"))
+                shutil.copytree(rx.ctl_dir, base_env["REXEC_CONFIG_DIR"],
+                                ignore=shutil.ignore_patterns("known_hosts*"))
+                bbase = [str(Path(args.baseline) / "ctl"), "exec", "--broker", url]
+                t = time.perf_counter()
+                bok, _, _ = answered(bbase + ["--json", target, "true"], base_env, n)
+                bfirst = time.perf_counter() - t
+                bmedian, bfastest, _ = time_runs(bbase + [target, "true"], base_env, args.runs)
+                brss, _ = peak_rss_of(bbase + [target, "true"], base_env)
+                results[n]["baseline"] = dict(first=bfirst, ok=bok, median=bmedian, fastest=bfastest,
+                                              rss=brss)
 
         # The same fleets through the simulator's own minimal client (no ctl):
         # the carrier, TLS and protocol alone.
@@ -343,9 +357,10 @@ def main():
         "",
         *lines,
         "",
-        "| work | wall (median) | fastest | ctl peak RSS | ctl CPU | answered exit 0 | slow consumers |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if results or drives or med200:
+        out += ["| work | wall (median) | fastest | ctl peak RSS | ctl CPU | answered exit 0 | slow consumers |",
+                "|---|---|---|---|---|---|---|"]
     for n, r in results.items():
         out.append(f"| `ctl exec --broker … 'sim[00001-{n:05d}]' true` | {fmt_time(r['median'])} | "
                    f"{fmt_time(r['fastest'])} | {r['rss'] / 1024:.1f} MiB | "
@@ -353,6 +368,13 @@ def main():
     for n, r in results.items():
         out.append(f"| the same, first contact (trust on first use, {n} known hosts written) | "
                    f"{fmt_time(r['first'])} | | | | | |")
+    for n, r in results.items():
+        if "baseline" in r:
+            b = r["baseline"]
+            out.append(f"| baseline ctl (`--baseline`): `ctl exec --broker … 'sim[00001-{n:05d}]' true` | "
+                       f"{fmt_time(b['median'])} | {fmt_time(b['fastest'])} | {b['rss'] / 1024:.1f} MiB | | | |")
+            out.append(f"| baseline ctl, first contact ({n} known hosts written) | {fmt_time(b['first'])} | "
+                       f"| | | {b['ok']}/{n} | |")
     for n, (median, fastest, _) in drives.items():
         out.append(f"| no ctl: `broker-sim drive --agents {n}` (carrier, TLS, protocol only) | "
                    f"{fmt_time(median)} | {fmt_time(fastest)} | | | | |")
