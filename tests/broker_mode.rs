@@ -748,6 +748,44 @@ fn kill_9_of_ctl_while_the_command_writes_kills_it_within_the_keepalive_bound() 
 }
 
 #[test]
+fn a_stopped_ctl_outlives_the_keepalive_bound_while_the_command_writes() {
+    // As in direct mode, where the kernel of a stopped ctl still answers
+    // TCP's probes: the agent asks the broker, finds ctl still there, and
+    // holds the command instead of ending it as it ends a killed ctl's.
+    let (nats, env, _agent) = rig!(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
+    let mark = marker("yes");
+    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, &mark);
+    send_signal(ctl.id(), "STOP");
+    // Past the agent's bound of 600 ms, when it asks the broker, and short
+    // of ctl's own limit (2 s without a sign of life from the agent, which
+    // a ctl stopped longer counts against the agent when it goes on); a
+    // bounded count of samples, none of which may find the writer gone.
+    let writing = || {
+        processes_with(&mark)
+            .iter()
+            .any(|(_, cmd)| cmd.starts_with("yes "))
+    };
+    let mut held = true;
+    for _ in 0..13 {
+        held &= writing();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send_signal(ctl.id(), "CONT");
+    let mut more = vec![0u8; 16 << 20];
+    let flowed = stdout.read_exact(&mut more).is_ok();
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+    assert!(held, "the command was ended while ctl was only stopped");
+    assert!(
+        flowed,
+        "output flows again once ctl goes on: {}",
+        rest_of(ctl.stderr.take())
+    );
+}
+
+#[test]
 fn ctrl_c_reaches_a_command_that_writes_without_end() {
     let (nats, env, _agent) = rig!(&[]);
     let mark = marker("yes");

@@ -22,6 +22,25 @@ use crate::state::AgentState;
 /// name, after it refused.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 
+/// The carrier's options for our broker settings. A session whose output
+/// waits for credit while ctl has said nothing for the keepalive bound
+/// (interval times count) has the broker asked whether ctl is still
+/// there: a ctl whose process died is gone from the broker, and its
+/// command ends within the bound, as a direct session ends on the reset
+/// its kernel sends; a stopped ctl is still there, and holds the command
+/// as a stopped reader holds a TCP connection.
+pub fn carrier_options(
+    broker: &crate::config::BrokerSettings,
+    settings: &crate::config::AgentSettings,
+) -> rexec_broker::BrokerOptions {
+    let mut options = broker.options();
+    let bound = settings
+        .keepalive_interval
+        .saturating_mul(settings.keepalive_count);
+    options.tuning.timers.peer_check = (!bound.is_zero()).then_some(bound);
+    options
+}
+
 /// The connection to the broker and what we serve on it.
 #[derive(Debug, Clone)]
 pub struct BrokerLink {

@@ -506,7 +506,11 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         // carrier returns at once and keeps trying for as long as we run.
         let broker = match &state.settings.broker {
             Some(settings) => Some(BrokerLink {
-                carrier: Carrier::connect(settings.options()).await?,
+                carrier: Carrier::connect(rexec_agent::broker::carrier_options(
+                    settings,
+                    &state.settings,
+                ))
+                .await?,
                 name: settings.name.clone(),
                 urls: settings.url_list(),
             }),

@@ -34,6 +34,10 @@ pub enum LostReason {
     /// Nothing was heard from the peer for longer than the abandon limit.
     #[error("nothing was heard from the peer for too long")]
     PeerSilent,
+    /// The broker says the peer is no longer subscribed: its connection to
+    /// the broker is gone (its process died).
+    #[error("the peer's connection to the broker is gone")]
+    PeerGone,
     /// Our connection to the broker went down while the stream was open.
     #[error("the connection to the broker was lost")]
     BrokerDisconnected,

@@ -19,6 +19,7 @@
 mod carrier;
 mod error;
 pub mod flow;
+mod peer_check;
 mod pin;
 mod stream;
 mod subject;

@@ -51,6 +51,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::carrier::ConnectionState;
 use crate::error::{BrokerError, LostReason};
 use crate::flow::{Inbound, Outbound, message_cost};
+use crate::peer_check::{Answer, PeerCheck};
 use crate::subject::SessionId;
 use crate::wire::{HEADER_LEN, Header, Kind, MAX_PAYLOAD};
 
@@ -62,6 +63,11 @@ pub struct StreamTimers {
     /// A stream that received nothing for this long ends (`lost`), and its
     /// state is freed.
     pub abandon_after: Duration,
+    /// With data waiting for credit and nothing heard for this long, ask
+    /// the broker whether the peer is still subscribed: gone ends the
+    /// stream (`lost`), there counts as hearing from it (`peer_check`).
+    /// `None`: never ask.
+    pub peer_check: Option<Duration>,
 }
 
 impl Default for StreamTimers {
@@ -72,6 +78,7 @@ impl Default for StreamTimers {
         StreamTimers {
             heartbeat: Duration::from_secs(10),
             abandon_after: Duration::from_secs(90),
+            peer_check: None,
         }
     }
 }
@@ -245,6 +252,8 @@ impl BrokerStream {
             connection: parts.connection,
             timers: parts.timers,
             pacer: Pacer::new(Instant::now()),
+            peer_check: PeerCheck::default(),
+            reply_next: None,
             hold_until: None,
         };
         tokio::spawn(task.run());
@@ -387,6 +396,9 @@ struct Task {
     connection: watch::Receiver<ConnectionState>,
     timers: StreamTimers,
     pacer: Pacer,
+    peer_check: PeerCheck,
+    /// The reply subject the next published message carries.
+    reply_next: Option<Subject>,
     /// Until when flushed bytes wait for more to join them.
     hold_until: Option<Instant>,
 }
@@ -476,7 +488,21 @@ impl Task {
             let abandon_at = last_heard + self.timers.abandon_after;
             let linger_at = linger_until.unwrap_or(abandon_at);
             let hold_at = self.hold_until.unwrap_or(abandon_at);
+            let check_at = self
+                .timers
+                .peer_check
+                .filter(|_| self.peer_check.usable() && lock(&self.shared).buffered() > 0)
+                .map(|bound| last_heard + bound);
             tokio::select! {
+                () = tokio::time::sleep_until(check_at.unwrap_or(abandon_at)), if check_at.is_some() => {
+                    match self.ask_for_peer(&mut last_sent).await {
+                        Err(error) => break Err(error),
+                        Ok(Answer::Gone) => break Err(BrokerError::Lost(LostReason::PeerGone)),
+                        Ok(Answer::There) => last_heard = Instant::now(),
+                        Ok(Answer::Unknown) => {}
+                    }
+                }
+                () = self.peer_check.gone() => break Err(BrokerError::Lost(LostReason::PeerGone)),
                 () = tokio::time::sleep_until(hold_at), if self.hold_until.is_some() => {
                     self.hold_until = None;
                 }
@@ -545,7 +571,19 @@ impl Task {
         // Dropping the subscriber unsubscribes; dropping the permit returns
         // the window to the connection's budget.
         let _ = self.subscriber.unsubscribe().await;
+        self.peer_check.close().await;
         drop(self.permit);
+    }
+
+    /// A heartbeat that asks the broker whether the peer is subscribed.
+    async fn ask_for_peer(&mut self, last_sent: &mut Instant) -> Result<Answer, BrokerError> {
+        let Some(reply) = self.peer_check.reply_subject(&self.parts_client).await else {
+            return Ok(Answer::Unknown);
+        };
+        self.reply_next = Some(reply);
+        self.publish(Kind::Credit, BytesMut::new(), last_sent)
+            .await?;
+        self.peer_check.answer(&self.parts_client).await
     }
 
     fn finished_cleanly(&self) -> bool {
@@ -679,10 +717,19 @@ impl Task {
             message[..HEADER_LEN].copy_from_slice(&header.encode());
             message.freeze()
         };
-        self.parts_client
-            .publish(self.out_subject.clone(), payload)
-            .await
-            .map_err(|_| BrokerError::Lost(LostReason::BrokerDisconnected))?;
+        let published = match self.reply_next.take() {
+            Some(reply) => {
+                self.parts_client
+                    .publish_with_reply(self.out_subject.clone(), reply, payload)
+                    .await
+            }
+            None => {
+                self.parts_client
+                    .publish(self.out_subject.clone(), payload)
+                    .await
+            }
+        };
+        published.map_err(|_| BrokerError::Lost(LostReason::BrokerDisconnected))?;
         *last_sent = Instant::now();
         Ok(())
     }

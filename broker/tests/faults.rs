@@ -269,6 +269,7 @@ async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
     options.tuning.timers = StreamTimers {
         heartbeat: Duration::from_millis(100),
         abandon_after: Duration::from_millis(800),
+        ..StreamTimers::default()
     };
     let agent_carrier = Carrier::connect(options).await.expect("connect");
     let mut listener = agent_carrier.listen("labpc07").await.expect("listen");

@@ -148,6 +148,7 @@ async fn a_dropped_stream_whose_peer_never_reads_gives_up_and_frees_its_window()
     options.tuning.timers = StreamTimers {
         heartbeat: Duration::from_millis(100),
         abandon_after: Duration::from_millis(800),
+        ..StreamTimers::default()
     };
     let ctl = Carrier::connect(options).await.expect("connect");
     let budget = ctl.free_budget();
