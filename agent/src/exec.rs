@@ -5,7 +5,6 @@
 //! This module sees typed messages only; the session hands it the two halves
 //! of an established connection after the request has been read.
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use rexec_protocol::{
 use crate::exec::group::{
     GROUP_POLL, GroupGuard, exit_status, exited_unreaped, terminate_group, to_signal,
 };
-use crate::exec::pipes::{Output, OutputStream, PTY_EOF, grow_pipe, reserve, spawn_stdin_writer};
+use crate::exec::pipes::{Output, OutputStream, PTY_EOF, reserve, spawn_stdin_writer};
 use crate::exec::spawn::{Prepared, chdir_refusal, prepare};
 use crate::job::{Incoming, Job, Outgoing, finish, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
@@ -174,21 +173,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             }
         }
         None => {
-            for fd in [
-                child.stdout.as_ref().map(AsRawFd::as_raw_fd),
-                child.stderr.as_ref().map(AsRawFd::as_raw_fd),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                grow_pipe(fd);
-            }
-            if let Some(pipe) = child.stdout.take() {
-                output.stdout = OutputStream::new(pipe, AgentMessage::Stdout);
-            }
-            if let Some(pipe) = child.stderr.take() {
-                output.stderr = OutputStream::new(pipe, AgentMessage::Stderr);
-            }
+            output = Output::take_pipes(&mut child);
             stdin = child
                 .stdin
                 .take()

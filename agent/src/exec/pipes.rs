@@ -44,6 +44,21 @@ pub struct Output {
 }
 
 impl Output {
+    /// The child's stdout and stderr pipes, taken from it and grown to
+    /// [`PIPE_CAPACITY`]; a stream the child has no pipe for stays ended.
+    pub fn take_pipes(child: &mut tokio::process::Child) -> Output {
+        let mut output = Output::default();
+        if let Some(pipe) = child.stdout.take() {
+            grow_pipe(std::os::fd::AsRawFd::as_raw_fd(&pipe));
+            output.stdout = OutputStream::new(pipe, AgentMessage::Stdout);
+        }
+        if let Some(pipe) = child.stderr.take() {
+            grow_pipe(std::os::fd::AsRawFd::as_raw_fd(&pipe));
+            output.stderr = OutputStream::new(pipe, AgentMessage::Stderr);
+        }
+        output
+    }
+
     /// Whether either stream may still have output.
     pub fn is_open(&self) -> bool {
         self.stdout.reader.is_some() || self.stderr.reader.is_some()

@@ -25,7 +25,7 @@ use super::segments::SegmentWriter;
 use super::store::{LOCK, RunnerStatus, StatusFile};
 use crate::config::{AgentSettings, RunAsPolicy};
 use crate::exec::group::exit_status;
-use crate::exec::pipes::{Output, OutputStream, grow_pipe};
+use crate::exec::pipes::Output;
 use crate::exec::spawn::{chdir_refusal, prepare};
 use crate::run_as::Requester;
 
@@ -221,22 +221,7 @@ async fn run_job(spec: RunnerSpec) -> i32 {
     let _ = status_file.write(&status);
     ready(&Ready::Started(pid));
 
-    let mut output = Output::default();
-    for fd in [
-        child.stdout.as_ref().map(AsRawFd::as_raw_fd),
-        child.stderr.as_ref().map(AsRawFd::as_raw_fd),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        grow_pipe(fd);
-    }
-    if let Some(pipe) = child.stdout.take() {
-        output.stdout = OutputStream::new(pipe, AgentMessage::Stdout);
-    }
-    if let Some(pipe) = child.stderr.take() {
-        output.stderr = OutputStream::new(pipe, AgentMessage::Stderr);
-    }
+    let mut output = Output::take_pipes(&mut child);
     let mut stdout = SegmentWriter::new(here, "stdout", spec.max_output);
     let mut stderr = SegmentWriter::new(here, "stderr", spec.max_output);
 
