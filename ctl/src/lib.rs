@@ -66,20 +66,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CTL_ERROR);
         }
     };
-    let config = ConfigDir::locate(cli.config_dir);
-    let inventory = cli.inventory.as_deref();
-    let broker = cli.broker.as_deref();
+    let globals = cmd::Globals {
+        config: ConfigDir::locate(cli.config_dir),
+        inventory: cli.inventory.as_deref(),
+        broker: cli.broker.as_deref(),
+    };
     let result = match cli.command {
-        Command::Keygen => cmd::identity::keygen(&config),
-        Command::Id => cmd::identity::id(&config),
-        Command::Exec(args) => cmd::exec::exec(&config, inventory, broker, args),
-        Command::Hosts(args) => cmd::hosts::hosts(&config, inventory, broker, args),
-        Command::Ping(args) => cmd::ping::ping(&config, inventory, broker, args),
-        Command::Cp(args) => cmd::cp::cp(&config, inventory, broker, args),
-        Command::KnownHosts { action } => {
-            cmd::known_hosts::known_hosts(&config, inventory, broker, action)
-        }
-        Command::Job { action } => cmd::job::job(&config, inventory, broker, action),
+        Command::Keygen => cmd::identity::keygen(&globals.config),
+        Command::Id => cmd::identity::id(&globals.config),
+        Command::Exec(args) => cmd::exec::exec(&globals, args),
+        Command::Hosts(args) => cmd::hosts::hosts(&globals, args),
+        Command::Ping(args) => cmd::ping::ping(&globals, args),
+        Command::Cp(args) => cmd::cp::cp(&globals, args),
+        Command::KnownHosts { action } => cmd::known_hosts::known_hosts(&globals, action),
+        Command::Job { action } => cmd::job::job(&globals, action),
         Command::Completions { shell } => cmd::docs::completions(shell),
         Command::ManPages { dir } => cmd::docs::man_pages(&dir),
     };

@@ -1,12 +1,11 @@
 //! `ctl cp`: the operands read, the direction decided, and the push or
 //! pull of each host run through the fan-out engine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Failure, fleet, no_limit_if_zero, plain};
+use super::{Failure, Globals, no_limit_if_zero, plain};
 use crate::cli::CpArgs;
-use crate::config::ConfigDir;
 use crate::error::CtlError;
 use crate::fanout::{Deadline, Run};
 use crate::host::copy;
@@ -14,12 +13,8 @@ use crate::outcome::HostResult;
 use crate::output;
 
 /// Copies to or from every target.
-pub fn cp(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    args: CpArgs,
-) -> Result<u8, Failure> {
+pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
+    let config = &globals.config;
     let usage = |m: &str| plain(CtlError::Usage(m.to_owned()));
     let (last, sources) = args
         .paths
@@ -41,7 +36,7 @@ pub fn cp(
             ));
         }
     };
-    let fleet = fleet(config, inventory, broker)?;
+    let fleet = globals.fleet()?;
     let targets = fleet.resolve(&targets_text, &args.exclude.exclude)?;
     let client = Arc::new(fleet.client(config, &args.reach)?);
     // ctl itself enforces a copy's timeout, from the start of the host's

@@ -3,13 +3,12 @@
 //! `crate::host::exec` on every host through the fan-out engine, into the
 //! output mode asked for.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
-use super::{Failure, Fleet, fleet, no_limit_if_zero, pick, plain};
+use super::{Failure, Fleet, Globals, no_limit_if_zero, pick, plain};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
 use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
@@ -39,13 +38,9 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 }
 
 /// Runs the command on the targets.
-pub fn exec(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    args: ExecArgs,
-) -> Result<u8, Failure> {
-    let fleet = fleet(config, inventory, broker)?;
+pub fn exec(globals: &Globals, args: ExecArgs) -> Result<u8, Failure> {
+    let config = &globals.config;
+    let fleet = globals.fleet()?;
     if args.detach {
         return super::job::detach(config, &fleet, args);
     }

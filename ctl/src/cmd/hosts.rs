@@ -2,12 +2,9 @@
 //! the groups there are; or, with `--online`, the agents connected to the
 //! broker now.
 
-use std::path::Path;
-
-use super::{Failure, fleet, pick, plain, print_out};
+use super::{Failure, Globals, pick, plain, print_out};
 use crate::broker::{BrokerLink, DISCOVERY_WINDOW};
 use crate::cli::HostsArgs;
-use crate::config::ConfigDir;
 use crate::error::CtlError;
 use crate::nodeset;
 use crate::target::Target;
@@ -17,13 +14,8 @@ use crate::target::Target;
 const BROKER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Prints the hosts, one per line or folded into one node set.
-pub fn hosts(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    args: HostsArgs,
-) -> Result<u8, Failure> {
-    let fleet = fleet(config, inventory, broker)?;
+pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
+    let fleet = globals.fleet()?;
     if args.groups {
         let names = fleet
             .inventory

@@ -2,12 +2,11 @@
 //! job id for every host, then per host the request about it, and the
 //! exit status as `ctl exec` gives it.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rexec_protocol::{DetachRequest, ExecRequest, JobId, JobRequest};
 
-use super::{Failure, Fleet, fleet, no_limit_if_zero, plain};
+use super::{Failure, Fleet, Globals, no_limit_if_zero, plain};
 use crate::cli::job::{JobAction, JobTarget};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
@@ -88,13 +87,9 @@ pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Resul
 }
 
 /// `ctl job ACTION`.
-pub fn job(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    action: JobAction,
-) -> Result<u8, Failure> {
-    let fleet = &fleet(config, inventory, broker)?;
+pub fn job(globals: &Globals, action: JobAction) -> Result<u8, Failure> {
+    let config = &globals.config;
+    let fleet = &globals.fleet()?;
     match action {
         JobAction::List {
             json,

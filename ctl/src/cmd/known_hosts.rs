@@ -1,20 +1,13 @@
 //! `ctl known-hosts`: list or remove the agents' recorded fingerprints.
 
-use std::path::Path;
-
-use super::{Failure, fleet, load_known_hosts, plain, print_out};
+use super::{Failure, Globals, load_known_hosts, plain, print_out};
 use crate::cli::KnownHostsAction;
-use crate::config::ConfigDir;
 use crate::error::{CtlError, FileError};
 use crate::target::TargetSpec;
 
 /// Lists known hosts, or removes one.
-pub fn known_hosts(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    action: KnownHostsAction,
-) -> Result<u8, Failure> {
+pub fn known_hosts(globals: &Globals, action: KnownHostsAction) -> Result<u8, Failure> {
+    let config = &globals.config;
     let mut hosts = load_known_hosts(config)?;
     match action {
         KnownHostsAction::List => {
@@ -26,7 +19,7 @@ pub fn known_hosts(
             print_out(&text)
         }
         KnownHostsAction::Remove { host } => {
-            let fleet = fleet(config, inventory, broker)?;
+            let fleet = globals.fleet()?;
             let key = if host.starts_with(crate::broker::KNOWN_HOSTS_PREFIX) {
                 // The key as `list` shows it (and HOST KEY CHANGED names it).
                 host

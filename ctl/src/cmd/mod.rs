@@ -82,16 +82,22 @@ pub(crate) struct Fleet {
     pub broker: Option<BrokerConfig>,
 }
 
-/// The inventory and the broker `--broker` (or `REXEC_BROKER`, or the
-/// inventory's `[broker]`) names.
-pub(crate) fn fleet(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-) -> Result<Fleet, Failure> {
-    let inventory = load_inventory(config, inventory)?;
-    let broker = crate::broker::choose(broker, &inventory).map_err(plain)?;
-    Ok(Fleet { inventory, broker })
+/// What the global flags give every command: the config directory, and
+/// where its targets are (`--inventory`, `--broker`).
+pub struct Globals<'a> {
+    pub config: ConfigDir,
+    pub inventory: Option<&'a Path>,
+    pub broker: Option<&'a str>,
+}
+
+impl Globals<'_> {
+    /// The inventory and the broker `--broker` (or `REXEC_BROKER`, or the
+    /// inventory's `[broker]`) names.
+    pub(crate) fn fleet(&self) -> Result<Fleet, Failure> {
+        let inventory = load_inventory(&self.config, self.inventory)?;
+        let broker = crate::broker::choose(self.broker, &inventory).map_err(plain)?;
+        Ok(Fleet { inventory, broker })
+    }
 }
 
 impl Fleet {

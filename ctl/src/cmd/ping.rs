@@ -1,25 +1,19 @@
 //! `ctl ping`: the handshake and one round trip per host, through the
 //! fan-out engine.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use super::{Failure, fleet, plain};
+use super::{Failure, Globals, plain};
 use crate::cli::PingArgs;
-use crate::config::ConfigDir;
 use crate::console::Stream;
 use crate::fanout::{Deadline, Run};
 use crate::host::ping;
 use crate::output;
 
 /// Pings every target; one line (or JSON object) per host.
-pub fn ping(
-    config: &ConfigDir,
-    inventory: Option<&Path>,
-    broker: Option<&str>,
-    args: PingArgs,
-) -> Result<u8, Failure> {
-    let fleet = fleet(config, inventory, broker)?;
+pub fn ping(globals: &Globals, args: PingArgs) -> Result<u8, Failure> {
+    let config = &globals.config;
+    let fleet = globals.fleet()?;
     let targets = fleet.resolve(&args.targets, &args.exclude.exclude)?;
     let client = Arc::new(fleet.client(config, &args.reach)?);
     // Connect is bounded by the client; the round trip gets as long again.
