@@ -377,33 +377,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `rexec-agent.1` and one `rexec-agent-COMMAND.1` per visible
-/// command into `dir`, from the same clap definitions as the command line.
+/// Writes the man pages into `dir` (see `rexec_man`).
 fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut command = Cli::command();
-    command.build();
-    let mut pages = vec![("rexec-agent".to_owned(), command.clone())];
-    for sub in command
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let name = format!("rexec-agent-{}", sub.get_name());
-        pages.push((
-            name.clone(),
-            sub.clone()
-                .display_name(name)
-                .version(env!("CARGO_PKG_VERSION")),
-        ));
-    }
-    for (name, page) in pages {
-        let path = dir.join(format!("{name}.1"));
-        let mut text = Vec::new();
-        clap_mangen::Man::new(page).render(&mut text)?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    rexec_man::write(Cli::command(), env!("CARGO_PKG_VERSION"), dir).map_err(|e| {
+        anyhow::Error::new(e.error).context(format!("cannot write {}", e.path.display()))
+    })
 }
 
 /// What `run` refuses beyond the config file's own checks, so that
