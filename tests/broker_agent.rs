@@ -8,8 +8,8 @@
 //! the broker is tested elsewhere.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,93 +23,6 @@ use rexec_protocol::{
 use tokio_util::codec::Framed;
 
 use crate::util::{self, Agent, DEADLINE, Env, NotifySocket, agent_run_command, wait_until};
-
-/// A `nats-server` of this test, killed and reaped when dropped.
-struct Nats {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    config: String,
-    port: u16,
-    url: String,
-}
-
-impl Nats {
-    /// A server on a loopback port of its choice, with `extra` config;
-    /// `None` (said on stderr) when nats-server is not installed.
-    fn start(test: &str, extra: &str) -> Option<Nats> {
-        if !util::have_tool("nats-server", test) {
-            return None;
-        }
-        let mut nats = Nats {
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            config: format!("host: 127.0.0.1\nport: -1\n{extra}\n"),
-            port: 0,
-            url: String::new(),
-        };
-        nats.launch(&nats.config.clone());
-        Some(nats)
-    }
-
-    fn launch(&mut self, config: &str) {
-        let ports = self.dir.path().join("ports");
-        let _ = std::fs::remove_dir_all(&ports);
-        std::fs::create_dir_all(&ports).expect("ports dir");
-        let path = self.dir.path().join("nats-server.conf");
-        let config = format!("{config}\nports_file_dir: \"{}\"\n", ports.display());
-        std::fs::write(&path, config).expect("nats config");
-        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log");
-        self.child = Some(
-            Command::new("nats-server")
-                .arg("-c")
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start nats-server"),
-        );
-        let mut port = None;
-        let up = wait_until(DEADLINE, || {
-            port = read_port(&ports);
-            port.is_some()
-        });
-        assert!(up, "nats-server did not start");
-        self.port = port.expect("port");
-        self.url = format!("nats://127.0.0.1:{}", self.port);
-    }
-
-    /// Kills the server (SIGKILL) and reaps it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the port it had.
-    fn restart(&mut self) {
-        self.kill();
-        let config = self
-            .config
-            .replace("port: -1", &format!("port: {}", self.port));
-        self.launch(&config);
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn read_port(dir: &Path) -> Option<u16> {
-    // The server writes one file; a half-written one is read again.
-    let entry = std::fs::read_dir(dir).ok()?.next()?.ok()?;
-    let text = std::fs::read_to_string(entry.path()).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
-}
 
 /// `rexec-agent run` of `env` with `args`, not waited for.
 fn spawn_agent(env: &Env, args: &[&str]) -> Agent {
@@ -218,13 +131,6 @@ impl Client {
     }
 }
 
-/// Writes a secret file, mode 0600.
-fn secret(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write secret");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
 /// TCP sockets of process `pid` that are listening, as `ss -ltnp` shows
 /// them: its socket descriptors matched against the kernel's tables.
 fn listening_sockets(pid: u32) -> Vec<String> {
@@ -262,18 +168,9 @@ fn assert_no_library_text(log: &str) {
     }
 }
 
-fn count(log: &str, needle: &str) -> usize {
-    log.lines().filter(|l| l.contains(needle)).count()
-}
-
 #[test]
 fn with_only_a_broker_the_agent_opens_no_port_and_serves_through_the_broker() {
-    let Some(nats) = Nats::start(
-        "with_only_a_broker_the_agent_opens_no_port_and_serves_through_the_broker",
-        "",
-    ) else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
     let agent = spawn_agent(&env, &["--broker", &nats.url, "--name", "labpc07"]);
     agent.expect_log(&format!(
@@ -315,13 +212,8 @@ fn with_only_a_broker_the_agent_opens_no_port_and_serves_through_the_broker() {
 
 #[test]
 fn an_agent_started_while_its_broker_is_down_serves_tcp_and_connects_when_it_comes_up() {
-    let Some(mut nats) = Nats::start(
-        "an_agent_started_while_its_broker_is_down_serves_tcp_and_connects_when_it_comes_up",
-        "",
-    ) else {
-        return;
-    };
-    nats.kill();
+    let mut nats = util::require_nats!();
+    nats.stop();
     let env = Env::new();
     let mut agent = spawn_agent(
         &env,
@@ -357,14 +249,14 @@ fn an_agent_started_while_its_broker_is_down_serves_tcp_and_connects_when_it_com
     assert_eq!(ran.stdout, b"via broker\n");
 
     // A drop is a warning, and the agent comes back by itself.
-    nats.kill();
+    nats.stop();
     agent.expect_log(&format!(
         "WARN lost the connection to the broker at {}; reconnecting",
         nats.url
     ));
     nats.restart();
     assert!(
-        wait_until(DEADLINE, || count(&agent.log(), &connected) >= 2),
+        wait_until(DEADLINE, || util::log_lines_with(&agent, &connected) >= 2),
         "{}",
         agent.log()
     );
@@ -378,15 +270,10 @@ fn an_agent_started_while_its_broker_is_down_serves_tcp_and_connects_when_it_com
 
 #[test]
 fn a_refused_password_is_one_plain_line_and_the_agent_keeps_trying() {
-    let Some(nats) = Nats::start(
-        "a_refused_password_is_one_plain_line_and_the_agent_keeps_trying",
-        "authorization { user: labpc07, password: right }",
-    ) else {
-        return;
-    };
+    let nats = util::require_nats!("authorization { user: labpc07, password: right }");
     let env = Env::new();
     let password = env.root.path().join("broker.pass");
-    secret(&password, "wrong\n");
+    util::secret_file(&password, "wrong\n");
     let mut agent = spawn_agent(
         &env,
         &[
@@ -400,7 +287,7 @@ fn a_refused_password_is_one_plain_line_and_the_agent_keeps_trying() {
     );
     let refused = format!("the broker at {} refused our credentials", nats.url);
     assert!(
-        wait_until(DEADLINE, || count(&agent.log(), &refused) >= 2),
+        wait_until(DEADLINE, || util::log_lines_with(&agent, &refused) >= 2),
         "tried again: {}",
         agent.log()
     );
@@ -426,12 +313,7 @@ fn a_refused_password_is_one_plain_line_and_the_agent_keeps_trying() {
 
 #[test]
 fn sigterm_stops_serving_the_name_and_lets_a_running_command_finish() {
-    let Some(nats) = Nats::start(
-        "sigterm_stops_serving_the_name_and_lets_a_running_command_finish",
-        "",
-    ) else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
     let mut agent = spawn_agent(&env, &["--broker", &nats.url, "--name", "labpc07"]);
     agent.expect_log("connected to the broker at");
@@ -477,10 +359,7 @@ fn sigterm_stops_serving_the_name_and_lets_a_running_command_finish() {
 
 #[test]
 fn the_status_line_says_whether_the_broker_is_connected() {
-    let Some(mut nats) = Nats::start("the_status_line_says_whether_the_broker_is_connected", "")
-    else {
-        return;
-    };
+    let mut nats = util::require_nats!();
     let env = Env::new();
     let mut notify = NotifySocket::new(env.root.path());
     let mut cmd = notify.agent_command(&env.agent_dir);
@@ -498,7 +377,7 @@ fn the_status_line_says_whether_the_broker_is_connected() {
     let up = up.expect("a status line with the broker connected");
     assert!(up.contains("STATUS=listening on 127.0.0.1:"), "{up}");
 
-    nats.kill();
+    nats.stop();
     let down = format!("; not connected to the broker at {}, retrying", nats.url);
     let mut seen = None;
     while seen.is_none() && Instant::now() < end {
@@ -511,7 +390,7 @@ fn the_status_line_says_whether_the_broker_is_connected() {
 fn run_check_prints_the_broker_table_and_refuses_bad_broker_settings() {
     let env = Env::new();
     let token = env.root.path().join("broker.token");
-    secret(&token, "s3cret\n");
+    util::secret_file(&token, "s3cret\n");
     let config = env.root.path().join("agent.toml");
     std::fs::write(
         &config,

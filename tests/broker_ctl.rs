@@ -10,97 +10,10 @@
 //! scale) is `broker_mode`'s.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{self, Agent, Env, assert_failed_saying, stderr_of, stdout_of};
-
-/// A `nats-server` of this test's own, stopped when dropped.
-struct Nats {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Nats {
-    /// A server on a loopback port it picks, with `extra` configuration;
-    /// `None` (the test skipped, said on stderr) without nats-server.
-    fn start(test: &str, extra: &str) -> Option<Nats> {
-        if !util::have_tool("nats-server", test) {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ports = dir.path().join("ports");
-        std::fs::create_dir(&ports).expect("ports dir");
-        let config = dir.path().join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "host: 127.0.0.1\nport: -1\nports_file_dir: \"{}\"\n{extra}\n",
-                ports.display()
-            ),
-        )
-        .expect("config");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
-        let mut url = None;
-        let started = util::wait_until(util::DEADLINE, || {
-            url = read_port(&ports).map(|port| format!("nats://127.0.0.1:{port}"));
-            url.is_some()
-        });
-        let mut nats = Nats {
-            child,
-            url: String::new(),
-            _dir: dir,
-        };
-        assert!(started, "nats-server did not start");
-        nats.url = url.expect("url");
-        Some(nats)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn read_port(dir: &Path) -> Option<u16> {
-    let entry = std::fs::read_dir(dir).ok()?.next()?.ok()?;
-    let text = std::fs::read_to_string(entry.path()).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
-}
-
-/// A real agent with identity `dir` serving `name` on the broker and no
-/// TCP port, once it says it is connected; stopped when dropped.
-fn broker_agent(dir: &Path, nats: &Nats, name: &str) -> Agent {
-    let mut cmd = Command::new(util::bin("rexec-agent"));
-    cmd.args(["run", "--dir"])
-        .arg(dir)
-        .args(["--broker", nats.url.as_str(), "--name", name])
-        .args(["--kill-grace", "500ms"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let agent = Agent::spawn(cmd);
-    agent.expect_log(&format!(
-        "connected to the broker at {} as {name}",
-        nats.url
-    ));
-    agent
-}
 
 /// ctl of `env` with no broker from our own environment.
 fn ctl(env: &Env) -> Command {
@@ -119,9 +32,7 @@ fn known_hosts(env: &Env) -> String {
 
 #[test]
 fn an_agent_nobody_serves_is_offline_at_once() {
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
     let started = Instant::now();
     let out = run(ctl(&env).args(["exec", "--broker", &nats.url, "labpc07", "true"]));
@@ -165,11 +76,9 @@ fn an_agent_nobody_serves_is_offline_at_once() {
 
 #[test]
 fn the_broker_is_given_before_or_after_the_command_by_env_or_by_hosts_toml() {
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
-    let _agent = broker_agent(&env.agent_dir, &nats, "labpc07");
+    let _agent = env.broker_agent(&nats, "labpc07", &[]);
     let inventory = env.root.path().join("hosts.toml");
     std::fs::write(
         &inventory,
@@ -225,14 +134,12 @@ fn the_broker_is_given_before_or_after_the_command_by_env_or_by_hosts_toml() {
 
 #[test]
 fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
     let fingerprint = env.agent_fingerprint.clone();
     let _agents: Vec<Agent> = ["pc10", "pc2", "pc1", "db1"]
         .iter()
-        .map(|name| broker_agent(&env.agent_dir, &nats, name))
+        .map(|name| env.broker_agent(&nats, name, &[]))
         .collect();
     let broker = ["--broker", nats.url.as_str()];
 
@@ -273,14 +180,12 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
 
 #[test]
 fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     // The agent is known directly (env.agent() records it as ADDRESS:PORT).
     let (env, agent) = Env::with_agent();
     let direct = format!("{} {}", agent.target(), env.agent_fingerprint);
     assert_eq!(known_hosts(&env), format!("{direct}\n"));
-    let genuine = broker_agent(&env.agent_dir, &nats, "labpc07");
+    let genuine = env.broker_agent(&nats, "labpc07", &[]);
     let broker = ["--broker", nats.url.as_str()];
 
     // First contact through the broker: trusted on first use, as directly.
@@ -304,7 +209,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
     let impostor_dir = env.root.path().join("impostor");
     let impostor_fingerprint = init_agent(&impostor_dir);
     authorize(&impostor_dir, &env.client_fingerprint);
-    let _impostor = broker_agent(&impostor_dir, &nats, "labpc07");
+    let _impostor = env.broker_agent_in(&impostor_dir, &nats, "labpc07", &[]);
     let out = run(ctl(&env).args(broker).args(["exec", "labpc07", "echo ran"]));
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(stdout_of(&out), "", "nothing ran on the impostor");
@@ -318,7 +223,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
         )
     );
     // An unknown name under --strict-host-key is refused, as directly.
-    let _other = broker_agent(&impostor_dir, &nats, "labpc08");
+    let _other = env.broker_agent_in(&impostor_dir, &nats, "labpc08", &[]);
     let out = run(ctl(&env)
         .args(broker)
         .args(["exec", "--strict-host-key", "labpc08", "true"]));
@@ -347,12 +252,7 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
 
 #[test]
 fn a_broker_that_cannot_be_used_is_one_line() {
-    let Some(mut nats) = Nats::start(
-        util::test_name!(),
-        "authorization {\n  user: alice\n  password: right\n}",
-    ) else {
-        return;
-    };
+    let mut nats = util::require_nats!("authorization {\n  user: alice\n  password: right\n}");
     let env = Env::new();
     let dir = env.root.path();
     let password = dir.join("broker.password");
@@ -437,9 +337,7 @@ fn authorize(dir: &Path, fingerprint: &str) {
 #[test]
 fn the_readme_broker_examples_run_as_written() {
     use crate::readme::{SECTIONS_RUN_ELSEWHERE, check, section_examples};
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     let readme = std::fs::read_to_string(util::repo_root().join("README.md")).expect("README");
     let heading = SECTIONS_RUN_ELSEWHERE[0].0;
     let examples = section_examples(&readme, heading);
@@ -447,8 +345,8 @@ fn the_readme_broker_examples_run_as_written() {
 
     let env = Env::new();
     let _agents = [
-        broker_agent(&env.agent_dir, &nats, "labpc07"),
-        broker_agent(&env.agent_dir, &nats, "labpc08"),
+        env.broker_agent(&nats, "labpc07", &[]),
+        env.broker_agent(&nats, "labpc08", &[]),
     ];
     let root = env.root.path();
     let (work, remote) = (root.join("work"), root.join("remote/etc/app"));
@@ -523,11 +421,9 @@ fn the_readme_broker_examples_run_as_written() {
 /// the broker its TLS alert may not arrive before the session's reset.
 #[test]
 fn a_client_the_agent_refuses_is_told_so_through_the_broker() {
-    let Some(nats) = Nats::start(util::test_name!(), "") else {
-        return;
-    };
+    let nats = util::require_nats!();
     let env = Env::new();
-    let _agent = broker_agent(&env.agent_dir, &nats, "labpc07");
+    let _agent = env.broker_agent(&nats, "labpc07", &[]);
     let (stranger, fingerprint) = env.stranger();
     let out = run(ctl(&env)
         .env("REXEC_CONFIG_DIR", &stranger)

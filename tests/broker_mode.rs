@@ -6,7 +6,7 @@
 //! and the faults (a killed or frozen ctl, a restarted broker or agent).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -18,15 +18,15 @@ const NAME: &str = "labpc07";
 /// pinned in ctl's known hosts; `None` (the test is skipped) without
 /// nats-server.
 fn rig(test: &str, extra: &[&str]) -> Option<(Nats, Env, Agent)> {
-    rig_on(Nats::start(test)?, extra)
+    Some(rig_on(Nats::start(test)?, extra))
 }
 
 /// The same on a server of the test's own.
-fn rig_on(nats: Nats, extra: &[&str]) -> Option<(Nats, Env, Agent)> {
+fn rig_on(nats: Nats, extra: &[&str]) -> (Nats, Env, Agent) {
     let env = Env::new();
     let agent = env.broker_agent(&nats, NAME, extra);
     env.trust_broker(&nats, NAME);
-    Some((nats, env, agent))
+    (nats, env, agent)
 }
 
 macro_rules! rig {
@@ -88,6 +88,21 @@ fn rest_of(stream: Option<impl Read>) -> String {
         .read_to_string(&mut rest)
         .expect("read");
     rest
+}
+
+/// [`spawn_exec`] of `command` on `target` without flags, once its stdout
+/// has shown a line ending with `line`: ctl and the rest of its stdout.
+fn spawn_exec_until(
+    env: &Env,
+    nats: &Nats,
+    target: &str,
+    command: &str,
+    line: &str,
+) -> (Child, BufReader<ChildStdout>) {
+    let mut ctl = spawn_exec(env, nats, &[], target, command);
+    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
+    read_until_line(&mut stdout, line);
+    (ctl, stdout)
 }
 
 /// ctl's own lines on stderr (those that start with `ctl: `).
@@ -208,15 +223,13 @@ fn timeout_through_the_broker_exits_124_and_kills_the_command() {
 fn ctrl_c_is_forwarded_through_the_broker() {
     let (nats, env, _agent) = rig!(&[]);
     let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(
+    let (mut ctl, stdout) = spawn_exec_until(
         &env,
         &nats,
-        &[],
         NAME,
         &format!("trap 'echo cleanup; exit 7' INT; echo ready; sleep {sleep}; echo not-reached"),
+        "ready",
     );
-    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, "ready");
     assert!(wait_until(DEADLINE, || sleeps_running(&sleep) == 1));
     send_signal(ctl.id(), "INT");
     assert_eq!(
@@ -256,9 +269,7 @@ fn broker_fleet(env: &Env, nats: &Nats, n: usize) -> Vec<Agent> {
 
 #[test]
 fn fan_out_to_ten_agents_by_node_set() {
-    let Some(nats) = Nats::start(test_name!()) else {
-        return;
-    };
+    let nats = require_nats!();
     let env = Env::new();
     let _agents = broker_fleet(&env, &nats, 10);
     let names: Vec<String> = (1..=10).map(|i| format!("node{i:02}")).collect();
@@ -485,15 +496,13 @@ fn garbage_and_oversized_messages_on_an_agents_subjects_are_dropped() {
     // A live session hit by garbage on its subject ends, and only it.
     let mut watch = raw.subscribe(&format!("rexec.v1.agent.{NAME}.session.*.from-agent"));
     let sleep = unique_sleep(600);
-    let mut victim = spawn_exec(
+    let (mut victim, _stdout) = spawn_exec_until(
         &env,
         &nats,
-        &[],
         NAME,
         &format!("echo ready; sleep {sleep}"),
+        "ready",
     );
-    let mut stdout = BufReader::new(victim.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, "ready");
     let subject = raw.next_subject(&mut watch).expect("the session's traffic");
     let from_ctl = subject.replace(".from-agent", ".from-ctl");
     raw.publish(&from_ctl, vec![9; 40]);
@@ -566,9 +575,7 @@ fn str_args(args: &[String]) -> Vec<&str> {
 
 #[test]
 fn the_example_config_confines_each_agent_to_its_own_name() {
-    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
-        return;
-    };
+    let (nats, ca) = require_example_nats!();
     let env = Env::new();
     let creds = agent_credentials(&nats, &ca, "labpc07", "change-me-labpc07");
     let agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
@@ -629,9 +636,7 @@ fn assert_ctl_refused_saying(env: &Env, needle: &str) {
 
 #[test]
 fn a_wrong_broker_password_is_one_line_and_a_retry() {
-    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
-        return;
-    };
+    let (nats, ca) = require_example_nats!();
     let env = Env::new();
     let creds = agent_credentials(&nats, &ca, "labpc07", "wrong-password");
     let mut agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
@@ -642,9 +647,7 @@ fn a_wrong_broker_password_is_one_line_and_a_retry() {
 
 #[test]
 fn an_untrusted_broker_certificate_is_one_line_and_a_retry() {
-    let Some((nats, _ca)) = Nats::start_example(test_name!()) else {
-        return;
-    };
+    let (nats, _ca) = require_example_nats!();
     let env = Env::new();
     // A CA (and a certificate) that has nothing to do with this broker.
     let other = BrokerCa::make(nats.dir.path(), "other");
@@ -657,9 +660,7 @@ fn an_untrusted_broker_certificate_is_one_line_and_a_retry() {
 
 #[test]
 fn a_pinned_broker_certificate_replaces_the_ca() {
-    let Some((nats, ca)) = Nats::start_example(test_name!()) else {
-        return;
-    };
+    let (nats, ca) = require_example_nats!();
     let env = Env::new();
     let other = BrokerCa::make(nats.dir.path(), "other");
     let password_file = nats.file("labpc07.pass");
@@ -730,9 +731,7 @@ fn kill_9_of_ctl_while_the_command_writes_kills_it_within_the_keepalive_bound() 
     // so that the agent's keepalive waits behind data nobody reads.
     let (nats, env, _agent) = rig!(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let mark = marker("yes");
-    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
-    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, &mark);
+    let (mut ctl, _stdout) = spawn_exec_until(&env, &nats, NAME, &format!("yes {mark}"), &mark);
     ctl.kill().expect("kill -9");
     ctl.wait().expect("reap");
     let writers = || {
@@ -754,9 +753,7 @@ fn a_stopped_ctl_outlives_the_keepalive_bound_while_the_command_writes() {
     // holds the command instead of ending it as it ends a killed ctl's.
     let (nats, env, _agent) = rig!(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let mark = marker("yes");
-    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
-    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, &mark);
+    let (mut ctl, mut stdout) = spawn_exec_until(&env, &nats, NAME, &format!("yes {mark}"), &mark);
     send_signal(ctl.id(), "STOP");
     // Past the agent's bound of 600 ms, when it asks the broker, and short
     // of ctl's own limit (2 s without a sign of life from the agent, which
@@ -824,16 +821,9 @@ fn a_stopped_ctl_holds_back_an_endless_writer_without_memory_or_slow_consumers()
     // deadline (10 s by default) as a slow consumer, whatever its pending
     // bytes; 2 s here, so that watching for 4 s covers a ctl stopped far
     // longer on a default server.
-    let Some(nats) = Nats::start_with(test_name!(), "write_deadline: \"2s\"") else {
-        return;
-    };
-    let Some((nats, env, agent)) = rig_on(nats, &[]) else {
-        return;
-    };
+    let (nats, env, agent) = rig_on(require_nats!("write_deadline: \"2s\""), &[]);
     let mark = marker("yes");
-    let mut ctl = spawn_exec(&env, &nats, &[], NAME, &format!("yes {mark}"));
-    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, &mark);
+    let (mut ctl, mut stdout) = spawn_exec_until(&env, &nats, NAME, &format!("yes {mark}"), &mark);
     let before = rss_kib(agent.child.id()).expect("agent RSS");
     send_signal(ctl.id(), "STOP");
     // At `yes` speed an unbounded buffer would grow by hundreds of MiB a
@@ -867,22 +857,19 @@ fn a_stopped_ctl_holds_back_an_endless_writer_without_memory_or_slow_consumers()
 
 #[test]
 fn a_broker_restart_ends_running_sessions_as_lost_and_agents_come_back() {
-    let Some(mut nats) = Nats::start(test_name!()) else {
-        return;
-    };
+    let mut nats = require_nats!();
     let env = Env::new();
     let agents = broker_fleet(&env, &nats, 2);
     env.trust_broker(&nats, "node[01-02]");
     let sleep = unique_sleep(600);
-    let mut ctl = spawn_exec(
+    // One "ready" from each of the two.
+    let (mut ctl, mut stdout) = spawn_exec_until(
         &env,
         &nats,
-        &[],
         "node[01-02]",
         &format!("echo ready; sleep {sleep}"),
+        "ready",
     );
-    let mut stdout = BufReader::new(ctl.stdout.take().expect("stdout"));
-    read_until_line(&mut stdout, "ready");
     read_until_line(&mut stdout, "ready");
     assert!(wait_until(DEADLINE, || sleeps_running(&sleep) == 2));
     nats.restart();

@@ -9,10 +9,15 @@ use crate::util::*;
 /// `ctl exec --detach TARGET COMMAND`: the job id it printed.
 #[track_caller]
 fn detach(env: &Env, target: &str, command: &str) -> String {
-    let out = env.ctl_run(&["exec", "--detach", target, command]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let id = stdout_of(&out).trim().to_owned();
-    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&out));
+    job_id(&env.ctl_run(&["exec", "--detach", target, command]), 0)
+}
+
+/// The one job id a `ctl exec --detach` that exited `code` printed.
+#[track_caller]
+fn job_id(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr_of(out));
+    let id = stdout_of(out).trim().to_owned();
+    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(out));
     id
 }
 
@@ -20,6 +25,12 @@ fn job(env: &Env, args: &[&str]) -> Output {
     let mut all = vec!["job"];
     all.extend_from_slice(args);
     env.ctl_run(&all)
+}
+
+/// What `ctl job output TARGET ID` gave: its exit code and stdout.
+fn output_of(env: &Env, target: &str, id: &str) -> (Option<i32>, String) {
+    let out = job(env, &["output", target, id]);
+    (out.status.code(), stdout_of(&out))
 }
 
 /// The jobs of `target` as `ctl job list --json` gives them.
@@ -109,9 +120,8 @@ fn a_job_finishes_when_ctl_is_killed_right_after_detaching() {
         wait_until(DEADLINE, || marker.exists()),
         "the job ran to its end"
     );
-    let out = job(&env, &["output", &agent.target(), &id]);
     assert_eq!(
-        (out.status.code(), stdout_of(&out)),
+        output_of(&env, &agent.target(), &id),
         (Some(0), "out\n".into())
     );
 }
@@ -403,14 +413,8 @@ fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
     std::fs::write(env.ctl_dir.join("hosts.toml"), inventory).unwrap();
 
     let out = env.ctl_run(&["exec", "--detach", "@lab", "sleep 0.5; echo done; exit 3"]);
-    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
-    let id = stdout_of(&out).trim().to_owned();
-    assert_eq!(id.len(), 32, "one id: {}", stdout_of(&out));
-    assert!(
-        stderr_of(&out).contains("1 of 11 hosts failed: connect: 127.0.0.12"),
-        "{}",
-        stderr_of(&out)
-    );
+    let id = job_id(&out, 255);
+    assert_failed_saying(&out, 255, "1 of 11 hosts failed: connect: 127.0.0.12");
 
     let list = job(&env, &["list", "--json", "@lab"]);
     assert_eq!(list.status.code(), Some(255));
@@ -424,23 +428,15 @@ fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
     );
 
     let waited = job(&env, &["wait", "@lab", &id]);
-    assert_eq!(waited.status.code(), Some(255), "{}", stderr_of(&waited));
     assert!(
         stderr_of(&waited).contains("1 of 11 hosts failed")
             || stderr_of(&waited).contains("11 of 11 hosts failed"),
         "{}",
         stderr_of(&waited)
     );
-    assert!(
-        stderr_of(&waited).contains("exit 3: 127.0.0.[2-11]"),
-        "{}",
-        stderr_of(&waited)
-    );
-    assert!(
-        stderr_of(&waited).contains("connect: 127.0.0.12"),
-        "{}",
-        stderr_of(&waited)
-    );
+    for needle in ["exit 3: 127.0.0.[2-11]", "connect: 127.0.0.12"] {
+        assert_failed_saying(&waited, 255, needle);
+    }
     let output = job(&env, &["output", "-x", "127.0.0.12", "@lab", &id]);
     assert_eq!(output.status.code(), Some(3));
     let lines = stdout_of(&output);
@@ -490,9 +486,8 @@ fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
     let waited = job(&env, &["wait", &target, &first]);
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     let fourth = detach(&env, &target, "echo fourth");
-    let out = job(&env, &["output", &target, &fourth]);
     assert_eq!(
-        (out.status.code(), stdout_of(&out)),
+        output_of(&env, &target, &fourth),
         (Some(0), "fourth\n".into())
     );
     std::fs::write(&go[1], "").unwrap();
@@ -626,118 +621,32 @@ fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_
     let forgot = job(&env, &["forget", &target, &id]);
     assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
     let again = detach(&env, &target, "echo room again");
-    let out = job(&env, &["output", &target, &again]);
     assert_eq!(
-        (out.status.code(), stdout_of(&out)),
+        output_of(&env, &target, &again),
         (Some(0), "room again\n".into())
     );
     drop(agent);
     drop(disk);
 }
 
-/// A `nats-server` on a loopback port it picks, killed and reaped when
-/// dropped; `None` (the test skipped, said) without nats-server.
-struct JobBroker {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl JobBroker {
-    fn start(test: &str) -> Option<JobBroker> {
-        if !have_tool("nats-server", test) {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let ports = dir.path().join("ports");
-        std::fs::create_dir(&ports).unwrap();
-        let config = dir.path().join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "host: 127.0.0.1\nport: -1\nports_file_dir: \"{}\"\n",
-                ports.display()
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("nats-server")
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut broker = JobBroker {
-            child,
-            url: String::new(),
-            _dir: dir,
-        };
-        let mut port = None;
-        let up = wait_until(DEADLINE, || {
-            port = std::fs::read_dir(&ports)
-                .ok()
-                .and_then(|mut entries| entries.next())
-                .and_then(Result::ok)
-                .and_then(|entry| std::fs::read_to_string(entry.path()).ok())
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .and_then(|v| {
-                    v["nats"][0]
-                        .as_str()?
-                        .rsplit(':')
-                        .next()?
-                        .parse::<u16>()
-                        .ok()
-                });
-            port.is_some()
-        });
-        assert!(up, "nats-server did not start");
-        broker.url = format!("nats://127.0.0.1:{}", port.unwrap());
-        Some(broker)
-    }
-}
-
-impl Drop for JobBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A real agent serving the broker `url` as `name` only (no TCP port),
-/// its jobs in `state`, once it says it is connected.
-fn broker_agent(env: &Env, url: &str, name: &str, state: &std::path::Path) -> Agent {
-    let mut run = agent_run_command(&env.agent_dir);
-    run.args(["--broker", url, "--name", name, "--state-dir"])
-        .arg(state);
-    let agent = Agent::spawn(run);
-    agent.expect_log(&format!("connected to the broker at {url} as {name}"));
-    agent
-}
-
 #[test]
 fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
-    let Some(broker) = JobBroker::start(test_name!()) else {
-        return;
-    };
+    let nats = require_nats!();
     let env = Env::new();
     let states = [
         env.root.path().join("state-07"),
         env.root.path().join("state-08"),
     ];
-    let _agents = [
-        broker_agent(&env, &broker.url, "labpc07", &states[0]),
-        broker_agent(&env, &broker.url, "labpc08", &states[1]),
-    ];
-    let ctl = |args: &[&str]| {
-        env.ctl()
-            .env_remove("REXEC_BROKER")
-            .arg("--broker")
-            .arg(&broker.url)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    // Each agent serves the broker only (no TCP port), its jobs in a
+    // state dir of its own.
+    let _agents = ["labpc07", "labpc08"]
+        .iter()
+        .zip(&states)
+        .map(|(name, state)| {
+            env.broker_agent(&nats, name, &["--state-dir", state.to_str().unwrap()])
+        })
+        .collect::<Vec<_>>();
+    let ctl = |args: &[&str]| env.broker_run(&nats, args);
 
     // One agent: as in direct mode.
     let started = ctl(&[
@@ -746,9 +655,7 @@ fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
         "labpc07",
         "echo out; echo err >&2; exit 3",
     ]);
-    assert_eq!(started.status.code(), Some(0), "{}", stderr_of(&started));
-    let id = stdout_of(&started).trim().to_owned();
-    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
+    let id = job_id(&started, 0);
     let waited = ctl(&["job", "wait", "labpc07", &id]);
     assert_eq!(waited.status.code(), Some(3), "{}", stderr_of(&waited));
     let out = ctl(&["job", "output", "labpc07", &id]);
@@ -768,14 +675,8 @@ fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
     // Several, one of them not on the broker: the id is printed for the
     // two that run it, the third is named offline, and wait goes across.
     let started = ctl(&["exec", "--detach", "labpc[07-09]", "echo $((6 * 7))"]);
-    assert_eq!(started.status.code(), Some(255), "{}", stderr_of(&started));
-    let id = stdout_of(&started).trim().to_owned();
-    assert_eq!(id.len(), 32, "one job id: {:?}", stdout_of(&started));
-    assert!(
-        stderr_of(&started).contains("labpc09: not connected to the broker"),
-        "{}",
-        stderr_of(&started)
-    );
+    let id = job_id(&started, 255);
+    assert_failed_saying(&started, 255, "labpc09: not connected to the broker");
     let waited = ctl(&["job", "wait", "labpc[07-08]", &id]);
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     let out = ctl(&["job", "output", "labpc[07-08]", &id]);

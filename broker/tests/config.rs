@@ -5,63 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rexec_broker::{BrokerError, BrokerOptions, Carrier, Credentials};
 
-use crate::util::{NatsServer, exchange_and_check, secret_file, wait_until_async};
+use crate::util::{BrokerCa, Nats, exchange_and_check, secret_file, wait_until_async};
 
-const EXAMPLE: &str = include_str!("../nats-server.conf.example");
-
-/// A CA and a broker certificate for 127.0.0.1 signed by it; returns the
-/// CA's PEM path.
-fn make_certificates(dir: &Path) -> PathBuf {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "test broker CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("broker.crt"), cert.pem()).unwrap();
-    secret_file(&dir.join("broker.key"), &key.serialize_pem());
-    let ca_path = dir.join("ca.crt");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    ca_path
+/// The example, made to run here (see [`Nats::example`]), and the CA file
+/// that trusts its certificate.
+fn example_server() -> Option<(Nats, PathBuf)> {
+    let (server, ca) = Nats::start_example()?;
+    Some((server, ca.ca))
 }
 
-/// The example, made to run here: loopback on a free port, the test's
-/// certificate. Every replaced line must be in the example as shipped.
-fn example_server() -> Option<(NatsServer, PathBuf)> {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = make_certificates(dir.path());
-    let mut config = EXAMPLE.to_owned();
-    for (from, to) in [
-        (
-            "listen: 0.0.0.0:4222",
-            "host: 127.0.0.1\nport: -1\nhttp: \"127.0.0.1:-1\"".to_owned(),
-        ),
-        (
-            "/etc/nats/rexec/broker.crt",
-            dir.path().join("broker.crt").display().to_string(),
-        ),
-        (
-            "/etc/nats/rexec/broker.key",
-            dir.path().join("broker.key").display().to_string(),
-        ),
-    ] {
-        assert!(config.contains(from), "the example has {from:?}");
-        config = config.replace(from, &to);
-    }
-    let server = NatsServer::start_config(config, dir, "tls")?;
-    Some((server, ca))
-}
-
-fn options(server: &NatsServer, ca: &Path, user: &str, password: &str) -> BrokerOptions {
+fn options(server: &Nats, ca: &Path, user: &str, password: &str) -> BrokerOptions {
     let password_file = server.file(&format!("{user}.pass"));
     secret_file(&password_file, &format!("{password}\n"));
     let mut options = BrokerOptions::new([server.url.clone()]);
@@ -75,7 +30,7 @@ fn options(server: &NatsServer, ca: &Path, user: &str, password: &str) -> Broker
 
 /// A carrier on the example server as `user`, trusting `ca`.
 async fn connect(
-    server: &NatsServer,
+    server: &Nats,
     ca: &Path,
     user: &str,
     password: &str,
@@ -148,7 +103,7 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
     );
 
     let other_ca = tempfile::tempdir().unwrap();
-    let untrusted = make_certificates(other_ca.path());
+    let untrusted = BrokerCa::make(other_ca.path(), "other").ca;
     let error = connect(&server, &untrusted, "labpc07", "change-me-labpc07")
         .await
         .unwrap_err();
@@ -203,7 +158,7 @@ async fn a_wrong_password_or_an_untrusted_broker_is_one_clear_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_in_files_others_can_read_are_refused() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
     let path = server.file("token");
@@ -221,7 +176,7 @@ async fn secrets_in_files_others_can_read_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_a_file_is_accepted() {
-    let Some(server) = NatsServer::start_with("authorization { token: \"s3cret\" }") else {
+    let Some(server) = Nats::start_with("authorization { token: \"s3cret\" }") else {
         return;
     };
     let path = server.file("token");

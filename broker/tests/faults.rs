@@ -8,12 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use rexec_broker::flow::MAX_WINDOW;
 use rexec_broker::wire::{Header, Kind, MAX_PAYLOAD, OpenRequest};
-use rexec_broker::{
-    BrokerError, BrokerStream, Carrier, LostReason, SessionId, StreamTimers, Subjects,
-};
+use rexec_broker::{BrokerError, BrokerStream, Carrier, LostReason, SessionId, Subjects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{NatsServer, exchange, exchange_and_check, rig, wait_until_async};
+use crate::util::{Nats, exchange, exchange_and_check, rig, wait_until_async};
 
 fn lost_reason(error: &std::io::Error) -> Option<LostReason> {
     match BrokerError::from_io(error) {
@@ -103,7 +101,7 @@ async fn a_reader_that_stops_blocks_the_writer_and_the_server_sees_no_slow_consu
 }
 
 /// A raw NATS connection that publishes whatever a test wants.
-async fn raw(server: &NatsServer) -> async_nats::Client {
+async fn raw(server: &Nats) -> async_nats::Client {
     async_nats::connect(server.url.as_str())
         .await
         .expect("raw connect")
@@ -208,7 +206,7 @@ async fn garbage_open_requests_are_refused_and_the_agent_serves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
-    let Some(mut server) = NatsServer::start() else {
+    let Some(mut server) = Nats::start() else {
         return;
     };
     let mut agent_options = server.options();
@@ -236,7 +234,7 @@ async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
     let mut buf = [0u8; 6];
     accepted.read_exact(&mut buf).await.unwrap();
 
-    server.kill();
+    server.stop();
     assert_eq!(
         read_until_failure(&mut stream).await,
         Some(LostReason::BrokerDisconnected)
@@ -249,7 +247,7 @@ async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
     assert_eq!(lost_reason(&error), Some(LostReason::BrokerDisconnected));
     assert!(!ctl.state().connected);
 
-    server.restart("nats");
+    server.restart();
     let both_up = wait_until_async(Duration::from_secs(30), || {
         agent_carrier.state().connected && ctl.state().connected
     })
@@ -262,16 +260,12 @@ async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
-    let mut options = server.options();
-    options.tuning.timers = StreamTimers {
-        heartbeat: Duration::from_millis(100),
-        abandon_after: Duration::from_millis(800),
-        ..StreamTimers::default()
-    };
-    let agent_carrier = Carrier::connect(options).await.expect("connect");
+    let agent_carrier = Carrier::connect(server.impatient_options())
+        .await
+        .expect("connect");
     let mut listener = agent_carrier.listen("labpc07").await.expect("listen");
     let full = agent_carrier.free_budget();
 

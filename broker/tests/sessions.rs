@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use rexec_broker::{Announcement, BrokerError, Carrier, LostReason, StreamTimers};
+use rexec_broker::{Announcement, BrokerError, Carrier, LostReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{NatsServer, exchange, random_bytes, rig, wait_until_async};
+use crate::util::{Nats, assert_bytes, exchange, random_bytes, rig, wait_until_async};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_arrive_exact_in_both_directions_at_once() {
@@ -19,18 +19,8 @@ async fn sixty_four_mib_arrive_exact_in_both_directions_at_once() {
         exchange(accepted, down.clone()),
         exchange(stream, up.clone())
     );
-    assert!(
-        at_agent == up,
-        "ctl → agent bytes differ ({} of {} bytes)",
-        at_agent.len(),
-        up.len()
-    );
-    assert!(
-        at_ctl == down,
-        "agent → ctl bytes differ ({} of {} bytes)",
-        at_ctl.len(),
-        down.len()
-    );
+    assert_bytes(&at_agent, &up, "ctl → agent");
+    assert_bytes(&at_ctl, &down, "agent → ctl");
     assert_eq!(rig.server.varz()["slow_consumers"], 0);
 }
 
@@ -111,12 +101,7 @@ async fn bytes_flushed_before_a_drop_or_a_shutdown_all_arrive() {
         .await
         .expect("the stream ends")
         .expect_err("a dropped stream ends with a reset, not EOF");
-    assert!(
-        got == data,
-        "{} of {} flushed bytes arrived before the reset",
-        got.len(),
-        data.len()
-    );
+    assert_bytes(&got, &data, "flushed, then dropped: before the reset");
     assert!(
         matches!(
             BrokerError::from_io(&error),
@@ -134,23 +119,19 @@ async fn bytes_flushed_before_a_drop_or_a_shutdown_all_arrive() {
         stream
     });
     let got = exchange(accepted, Vec::new()).await;
-    assert!(got == data, "{} of {} bytes arrived", got.len(), data.len());
+    assert_bytes(&got, &data, "flushed, then shut down: before EOF");
     closing.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_stream_whose_peer_never_reads_gives_up_and_frees_its_window() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
     let (_agent, mut incoming) = crate::util::agent(&server, "labpc07").await;
-    let mut options = server.options();
-    options.tuning.timers = StreamTimers {
-        heartbeat: Duration::from_millis(100),
-        abandon_after: Duration::from_millis(800),
-        ..StreamTimers::default()
-    };
-    let ctl = Carrier::connect(options).await.expect("connect");
+    let ctl = Carrier::connect(server.impatient_options())
+        .await
+        .expect("connect");
     let budget = ctl.free_budget();
     let mut stream = ctl.dial("labpc07").await.expect("dial");
     let _accepted = incoming.recv().await.expect("accepted");
@@ -187,7 +168,7 @@ async fn a_name_nobody_serves_is_offline_without_waiting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_would_add_subject_tokens_are_refused_before_the_broker() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
     let carrier = server.carrier().await;
@@ -205,7 +186,7 @@ async fn names_that_would_add_subject_tokens_are_refused_before_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_collects_every_agent_with_its_fingerprint_and_version() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
     let mut responders = Vec::new();

@@ -13,7 +13,7 @@ use rexec_protocol::tls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::util::{NatsServer, agent, rig, wait_until_async};
+use crate::util::{Nats, agent, rig, wait_until_async};
 
 #[derive(Debug)]
 struct Only(Fingerprint);
@@ -36,7 +36,7 @@ const SECRET: &[u8] = b"plaintext that only ctl and the agent may ever see";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_session_runs_end_to_end_and_the_broker_sees_only_ciphertext() {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = Nats::start() else {
         return;
     };
     let (_keys, [agent_id, ctl_id]) = identities(["agent", "ctl"]);

@@ -1,14 +1,10 @@
 //! Helpers for the carrier's tests: a real `nats-server` per test on a
-//! loopback port it picks itself, its monitoring endpoint, waiting on
-//! conditions with a deadline.
+//! loopback port it picks itself (the rig in `nats.rs`), carriers on it,
+//! sessions and their bytes, waiting on conditions with a deadline.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rexec_broker::{BrokerOptions, BrokerStream, Carrier, Tuning};
+use rexec_broker::{BrokerOptions, BrokerStream, Carrier, StreamTimers, Tuning};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
@@ -29,89 +25,28 @@ pub async fn wait_until_async(limit: Duration, condition: impl FnMut() -> bool) 
     tokio::task::block_in_place(|| wait_until(limit, condition))
 }
 
-/// A running `nats-server`, stopped (and reaped) on drop.
-pub struct NatsServer {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    config: String,
-    /// `nats://127.0.0.1:PORT` (or `tls://` when the config has TLS).
-    pub url: String,
-    pub port: u16,
-    /// The monitoring endpoint, `127.0.0.1:PORT`.
-    pub monitor: String,
-}
+// The nats-server rig, shared with the end-to-end tests by path.
+#[path = "nats.rs"]
+mod nats;
 
-impl NatsServer {
+pub use nats::*;
+
+impl Nats {
     /// A plain server on loopback with monitoring; `None` (the test is
     /// skipped, said on stderr) when nats-server is not installed.
-    pub fn start() -> Option<NatsServer> {
-        NatsServer::start_with("")
+    pub fn start() -> Option<Nats> {
+        Nats::start_with("")
     }
 
     /// A server with `extra` appended to the loopback base config.
-    pub fn start_with(extra: &str) -> Option<NatsServer> {
-        let config = format!("host: 127.0.0.1\nport: -1\nhttp: \"127.0.0.1:-1\"\n{extra}\n");
-        NatsServer::start_config(config, tempfile::tempdir().expect("temp dir"), "nats")
+    pub fn start_with(extra: &str) -> Option<Nats> {
+        installed().then(|| Nats::plain(extra))
     }
 
-    /// A server with exactly `config` (which must listen on a port of its
-    /// choice and may use files in `dir`); URLs use `scheme`.
-    pub fn start_config(
-        config: String,
-        dir: tempfile::TempDir,
-        scheme: &str,
-    ) -> Option<NatsServer> {
-        if !installed() {
-            return None;
-        }
-        let mut server = NatsServer {
-            child: None,
-            dir,
-            config,
-            url: String::new(),
-            port: 0,
-            monitor: String::new(),
-        };
-        server.launch(scheme);
-        Some(server)
-    }
-
-    fn launch(&mut self, scheme: &str) {
-        let ports_dir = self.dir.path().join("ports");
-        let _ = std::fs::remove_dir_all(&ports_dir);
-        std::fs::create_dir_all(&ports_dir).expect("ports dir");
-        let config = format!(
-            "{}\nports_file_dir: \"{}\"\n",
-            self.config,
-            ports_dir.display()
-        );
-        let path = self.dir.path().join("nats-server.conf");
-        std::fs::write(&path, config).expect("write config");
-        let log = std::fs::File::create(self.dir.path().join("nats-server.log")).expect("log");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("nats-server is installed (apt-get install nats-server)");
-        self.child = Some(child);
-        let mut ports = None;
-        let found = wait_until(Duration::from_secs(10), || {
-            ports = read_ports(&ports_dir);
-            ports.is_some()
-        });
-        assert!(found, "nats-server did not start: {}", self.log());
-        let (client, monitor) = ports.expect("ports");
-        let port: u16 = client
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("client port");
-        self.port = port;
-        self.url = format!("{scheme}://127.0.0.1:{port}");
-        self.monitor = monitor.trim_start_matches("http://").to_owned();
+    /// The repository's example config, made to run here (see
+    /// [`Nats::example`]).
+    pub fn start_example() -> Option<(Nats, BrokerCa)> {
+        installed().then(Nats::example)
     }
 
     /// Options for a carrier on this server.
@@ -121,70 +56,25 @@ impl NatsServer {
         options
     }
 
+    /// Options whose streams give up a peer that says nothing, or never
+    /// reads, within a second: heartbeats every 100 ms, abandoned after
+    /// 800 ms.
+    pub fn impatient_options(&self) -> BrokerOptions {
+        let mut options = self.options();
+        options.tuning.timers = StreamTimers {
+            heartbeat: Duration::from_millis(100),
+            abandon_after: Duration::from_millis(800),
+            ..StreamTimers::default()
+        };
+        options
+    }
+
     /// A carrier on this server with default options.
     pub async fn carrier(&self) -> Carrier {
         Carrier::connect(self.options())
             .await
             .expect("connect to nats-server")
     }
-
-    /// Kills the server at once (SIGKILL) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same client port.
-    pub fn restart(&mut self, scheme: &str) {
-        self.kill();
-        let fixed = self
-            .config
-            .replace("port: -1", &format!("port: {}", self.port));
-        let old = std::mem::replace(&mut self.config, fixed);
-        self.launch(scheme);
-        self.config = old;
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
-    }
-
-    /// `GET /varz` from the monitoring endpoint.
-    pub fn varz(&self) -> serde_json::Value {
-        let mut tcp = TcpStream::connect(&self.monitor).expect("monitoring endpoint");
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        write!(tcp, "GET /varz HTTP/1.0\r\nHost: {}\r\n\r\n", self.monitor).expect("request");
-        let mut response = String::new();
-        tcp.read_to_string(&mut response).expect("response");
-        let body = response.split("\r\n\r\n").nth(1).expect("body");
-        serde_json::from_str(body).expect("varz is JSON")
-    }
-
-    /// The path of a file in the server's temp dir.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn read_ports(dir: &Path) -> Option<(String, String)> {
-    // The server writes one file; a half-written one fails to parse and is
-    // read again on the next poll.
-    let entry = std::fs::read_dir(dir).ok()?.next()?.ok()?;
-    let text = std::fs::read_to_string(entry.path()).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let client = value["nats"][0].as_str()?.to_owned();
-    let monitor = value["monitoring"][0].as_str().unwrap_or("").to_owned();
-    Some((client, monitor))
 }
 
 /// `len` random bytes.
@@ -197,11 +87,16 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     out
 }
 
-/// Writes a secret file with mode 0600.
-pub fn secret_file(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write secret");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+/// Asserts that `got` is `sent` byte for byte; a failure says `what` and
+/// how much came rather than showing megabytes of both.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], sent: &[u8], what: &str) {
+    assert!(
+        got == sent,
+        "{what}: {} bytes came, not the {} sent",
+        got.len(),
+        sent.len()
+    );
 }
 
 /// Whether nats-server is on the PATH. Without it the broker tests are
@@ -225,7 +120,7 @@ fn installed() -> bool {
 
 /// An agent carrier serving `name`, accepting sessions into a channel.
 pub async fn agent(
-    server: &NatsServer,
+    server: &Nats,
     name: &str,
 ) -> (Carrier, tokio::sync::mpsc::Receiver<BrokerStream>) {
     let carrier = server.carrier().await;
@@ -244,7 +139,7 @@ pub async fn agent(
 /// What most tests start from: a server, an agent carrier serving labpc07
 /// whose sessions arrive on `incoming`, and a ctl carrier.
 pub struct Rig {
-    pub server: NatsServer,
+    pub server: Nats,
     _agent: Carrier,
     pub incoming: tokio::sync::mpsc::Receiver<BrokerStream>,
     pub ctl: Carrier,
@@ -253,7 +148,7 @@ pub struct Rig {
 /// A [`Rig`]; `None` (the test is skipped) when nats-server is not
 /// installed.
 pub async fn rig() -> Option<Rig> {
-    let server = NatsServer::start()?;
+    let server = Nats::start()?;
     let (_agent, incoming) = agent(&server, "labpc07").await;
     let ctl = server.carrier().await;
     Some(Rig {
