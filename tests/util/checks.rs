@@ -1,0 +1,86 @@
+//! Checks several test files make the same way: a refusal before anything
+//! ran, a ctl run read line by line while it runs, an agent that reaped
+//! its children.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::{Agent, stderr_of, stdout_of, wait_until, zombie_children};
+
+/// Asserts that ctl refused before running anything (exit 255, nothing on
+/// stdout) with `headline` on stderr, naming each fingerprint of `named`
+/// (the fingerprint, then what it is to the reader); returns stderr.
+#[track_caller]
+pub fn assert_refused(out: &Output, headline: &str, named: &[(&str, &str)]) -> String {
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(out));
+    assert_eq!(stdout_of(out), "");
+    let err = stderr_of(out);
+    assert!(err.contains(headline), "{err}");
+    for (fingerprint, what) in named {
+        assert!(err.contains(fingerprint), "names {what}: {err}");
+    }
+    err
+}
+
+/// Starts `ctl` (as `cmd` is set up) with `exec FLAGS... TARGET COMMAND`,
+/// stdout and stderr piped.
+pub fn spawn_piped_exec(mut cmd: Command, flags: &[&str], target: &str, command: &str) -> Child {
+    cmd.arg("exec")
+        .args(flags)
+        .arg(target)
+        .arg(command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctl")
+}
+
+/// Reads lines of ctl's `stdout` until one equals `line`.
+#[track_caller]
+pub fn read_until_line(stdout: &mut impl BufRead, line: &str) {
+    read_until(stdout, line, |got| got == line);
+}
+
+/// Reads lines of ctl's `stdout` until one ends with `end` (a fan-out's
+/// lines start with their host).
+#[track_caller]
+pub fn read_until_line_ending(stdout: &mut impl BufRead, end: &str) {
+    read_until(stdout, end, |got| got.ends_with(end));
+}
+
+#[track_caller]
+fn read_until(stdout: &mut impl BufRead, wanted: &str, found: impl Fn(&str) -> bool) {
+    let mut got = String::new();
+    // A command that prints forever without the line fails the test
+    // instead of hanging it.
+    for _ in 0..10_000 {
+        got.clear();
+        let n = stdout.read_line(&mut got).expect("read ctl stdout");
+        assert!(n > 0, "stdout ended before {wanted:?}");
+        if found(got.trim_end()) {
+            return;
+        }
+    }
+    panic!("no line {wanted:?}");
+}
+
+/// Asserts that `agent` soon has no zombie children: what it started, it
+/// reaped.
+#[track_caller]
+pub fn assert_reaped_by(agent: &Agent) {
+    assert!(
+        wait_until(Duration::from_secs(3), || zombie_children(agent.child.id())
+            .is_empty()),
+        "unreaped: {:?}",
+        zombie_children(agent.child.id())
+    );
+}
+
+/// Sets `path`'s permission bits to `mode`.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
