@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::checks::{assert_reaped_by, assert_refused};
+use crate::util::checks::{assert_gone_soon, assert_reaped_by, assert_refused};
 use crate::util::*;
 
 #[test]
@@ -524,10 +524,7 @@ fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
             agent.target()
         )
     );
-    assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
-        "the agent, running again, cleans up"
-    );
+    assert_gone_soon(&sleep, "the agent, running again, cleans up");
 }
 
 fn known_hosts_text(env: &Env) -> String {

@@ -3,11 +3,13 @@
 //! its children.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{Agent, stderr_of, stdout_of, wait_until, zombie_children};
+use super::{
+    Agent, DEADLINE, Env, Fleet, processes_with, stderr_of, stdout_of, wait_until, zombie_children,
+};
 
 /// Asserts that ctl refused before running anything (exit 255, nothing on
 /// stdout) with `headline` on stderr, naming each fingerprint of `named`
@@ -83,4 +85,56 @@ pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Writes the file `dir/NAME` with `contents` and returns its path.
+pub fn new_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+/// A new env and `n` agents in its inventory (see [`Env::fleet`]), as the
+/// fan-out tests start.
+pub fn env_with_fleet(n: usize) -> (Env, Fleet) {
+    let env = Env::new();
+    let fleet = env.fleet(n);
+    (env, fleet)
+}
+
+/// Asserts that no process with `marker` in its command line is left
+/// within the tests' deadline; `what` says what that means.
+#[track_caller]
+pub fn assert_gone_soon(marker: &str, what: &str) {
+    assert!(
+        wait_until(DEADLINE, || processes_with(marker).is_empty()),
+        "{what}: {:?} left",
+        processes_with(marker)
+    );
+}
+
+/// Kills the fleet's last agent and reaps it: its port refuses
+/// connections from now on.
+pub fn take_down_last(fleet: &mut Fleet) {
+    let down = fleet.agents.last_mut().expect("a fleet agent");
+    down.child.kill().expect("kill the agent");
+    down.child.wait().expect("reap the agent");
+}
+
+/// The lines of `text`, sorted: a fan-out's output in a fixed order.
+pub fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// Runs `echo $REXEC_TARGET` on the hosts `list` names and asserts that
+/// exactly `hosts` ran it, each printing its own name after its prefix.
+#[track_caller]
+pub fn assert_runs_on(env: &Env, list: &str, hosts: &[&str]) {
+    let out = env.ctl_run(&["exec", list, "echo $REXEC_TARGET"]);
+    assert_eq!(out.status.code(), Some(0), "{list}: {}", stderr_of(&out));
+    let mut expected: Vec<String> = hosts.iter().map(|h| format!("{h}: {h}")).collect();
+    expected.sort();
+    assert_eq!(sorted_lines(&stdout_of(&out)), expected, "{list}");
 }
