@@ -4,7 +4,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::checks::{assert_gone_soon, assert_reaped_by, assert_refused};
+use crate::util::checks::{
+    assert_gone_soon, assert_one_ctl_line, assert_reaped_by, assert_refused,
+};
 use crate::util::*;
 
 #[test]
@@ -345,44 +347,30 @@ fn missing_identity_is_a_clear_error() {
     assert_failed_saying(&out, 255, "ctl keygen");
 }
 
-/// The one line ctl prints about a failure of its own, after checking
-/// that it is exactly one line, starts `ctl: ` and that ctl exited 255.
-fn one_ctl_line(out: &std::process::Output, what: &str) -> String {
-    let err = stderr_of(out);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(out.status.code(), Some(255), "{what}: {err}");
-    assert_eq!(lines.len(), 1, "{what}: one line: {err}");
-    assert!(lines[0].starts_with("ctl: "), "{what}: {err}");
-    for leak in ["Usage:", "os error", "https://", "docs.rs"] {
-        assert!(!lines[0].contains(leak), "{what}: {err}");
-    }
-    lines[0].to_owned()
-}
-
 #[test]
 fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
     let (env, agent) = Env::with_agent();
 
     let usage = env.ctl().args(["exec", "onlyatarget"]).output().unwrap();
-    one_ctl_line(&usage, "usage");
+    assert_one_ctl_line(&usage, "usage");
     let port = env
         .ctl()
         .args(["exec", "host:99999", "true"])
         .output()
         .unwrap();
     assert!(
-        one_ctl_line(&port, "bad port").contains("port"),
+        assert_one_ctl_line(&port, "bad port").contains("port"),
         "{}",
         stderr_of(&port)
     );
 
     let no_identity = exec_without_identity(&env, &agent);
-    assert!(one_ctl_line(&no_identity, "missing identity").contains("ctl keygen"));
+    assert!(assert_one_ctl_line(&no_identity, "missing identity").contains("ctl keygen"));
 
     let stranger = env.other_client(None);
     let refused = env.exec_as(&stranger, &agent, "true");
     assert!(
-        one_ctl_line(&refused, "not authorized").contains("is SHA256:"),
+        assert_one_ctl_line(&refused, "not authorized").contains("is SHA256:"),
         "{}",
         stderr_of(&refused)
     );
@@ -393,7 +381,7 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
         .args(["exec", "--strict-host-key", &unknown.target(), "true"])
         .output()
         .unwrap();
-    assert!(one_ctl_line(&strict, "unknown host").contains("--strict-host-key"));
+    assert!(assert_one_ctl_line(&strict, "unknown host").contains("--strict-host-key"));
 
     // A pin that is not the agent's key.
     let elsewhere = env.unknown_agent_with(&[]);
@@ -403,7 +391,7 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
         env.client_fingerprint
     ));
     let changed = env.exec(&elsewhere, &["true"]);
-    assert!(one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
+    assert!(assert_one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
 }
 
 #[test]
@@ -416,7 +404,7 @@ fn output_that_cannot_be_written_is_an_error_not_success() {
         .output()
         .unwrap();
     assert_eq!(
-        one_ctl_line(&out, "stdout on /dev/full"),
+        assert_one_ctl_line(&out, "stdout on /dev/full"),
         format!(
             "ctl: {}: cannot write to stdout: no space left on the device",
             agent.target()
@@ -475,7 +463,7 @@ fn huge_durations_are_refused_at_parse_time_not_a_panic() {
         ],
     ] {
         let out = env.ctl().args(&args).output().unwrap();
-        let line = one_ctl_line(&out, &format!("{args:?}"));
+        let line = assert_one_ctl_line(&out, &format!("{args:?}"));
         assert!(line.contains("too long: at most 366 days"), "{line}");
     }
     let cp = env
@@ -489,7 +477,7 @@ fn huge_durations_are_refused_at_parse_time_not_a_panic() {
         ])
         .output()
         .unwrap();
-    assert!(one_ctl_line(&cp, "cp").contains("too long"));
+    assert!(assert_one_ctl_line(&cp, "cp").contains("too long"));
 }
 
 #[test]
@@ -518,7 +506,7 @@ fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
     agent.signal("CONT");
     // --timeout + --connect-timeout + 5 s; nobody killed the command.
     assert_eq!(
-        one_ctl_line(&out, "frozen agent"),
+        assert_one_ctl_line(&out, "frozen agent"),
         format!(
             "ctl: {}: no answer from the agent within 7s; ctl gave up on this host (the command may still be running there)",
             agent.target()
@@ -728,7 +716,7 @@ async fn an_agent_that_vanishes_is_one_plain_line() {
     });
     let out = ctl_output_off_the_runtime(&env, &["exec", &addr, "true"]).await;
     served.abort();
-    let line = one_ctl_line(&out, "vanished agent");
+    let line = assert_one_ctl_line(&out, "vanished agent");
     assert!(!line.contains("close_notify"), "{line}");
     assert!(line.contains("connection lost"), "{line}");
 }

@@ -2,6 +2,10 @@
 //! ran, a ctl run read line by line while it runs, an agent that reaped
 //! its children.
 
+mod ctl_line;
+
+pub use ctl_line::assert_one_ctl_line;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
