@@ -927,11 +927,18 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
 /// name; the agent's target last.
 fn root_agent_running_tester_as_nobody() -> (Env, Agent, std::path::PathBuf, String) {
     let env = Env::new();
-    env.write_agent_config("[run_as]\ntester = [\"nobody\"]\n");
-    let agent = env.agent();
-    let other = env.other_client(Some("other"));
+    let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
     let host = agent.target();
     (env, agent, other, host)
+}
+
+/// A root agent with the run-as `rules` (lines of the `[run_as]` table),
+/// and the config dir of another client ("other") authorized on it.
+fn root_agent_with_run_as(env: &Env, rules: &str) -> (Agent, std::path::PathBuf) {
+    env.write_agent_config(format!("[run_as]\n{rules}\n"));
+    let agent = env.agent();
+    let other = env.other_client(Some("other"));
+    (agent, other)
 }
 
 fn exec_at(

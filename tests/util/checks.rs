@@ -1,6 +1,9 @@
-//! Checks several test files make the same way: a refusal before anything
-//! ran, a ctl run read line by line while it runs, an agent that reaped
-//! its children.
+//! Steps and checks several test files make the same way: a refusal
+//! before anything ran, a ctl run read line by line while it runs, an
+//! agent that reaped its children, a fleet started, taken down in part and
+//! run on, commands that must be gone, files written for a test, and the
+//! one-line rule for ctl's own failures (`ctl_line`, which ctl's own tests
+//! include as well).
 
 mod ctl_line;
 
