@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::util::checks::{env_with_fleet, new_file, take_down_last};
 use crate::util::*;
 
 fn cp(env: &Env, args: &[&str]) -> std::process::Output {
@@ -79,8 +80,9 @@ fn copying_as_another_user(test: &str, run_as: &str) -> Option<(Env, Agent)> {
 }
 
 /// A sparse file of `len` bytes: large to send, cheap to make.
-fn sparse(path: &Path, len: u64) {
-    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+fn sparse(path: PathBuf, len: u64) -> PathBuf {
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    path
 }
 
 /// The directory `root/NAME`, holding a file `big` that says "the old
@@ -90,6 +92,36 @@ fn dir_with_old_file(root: &Path, name: &str) -> PathBuf {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("big"), b"the old file").unwrap();
     dir
+}
+
+/// Waits until a copy's temporary shows in `dir`: the transfer started.
+#[track_caller]
+fn wait_for_a_temporary(dir: &Path) {
+    assert!(
+        wait_until(DEADLINE, || !temporaries(dir).is_empty()),
+        "the transfer started"
+    );
+}
+
+/// `ctl cp ARGS...` started, stdout and stderr piped.
+fn cp_piped(env: &Env, args: &[&str]) -> std::process::Child {
+    env.ctl()
+        .arg("cp")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// An agent, a sparse 2 GiB `big` and the directory `NAME` holding the
+/// old file: the start of a copy that is cut short.
+fn a_big_copy_and_an_old_file_in(name: &str) -> (Env, Agent, PathBuf, PathBuf) {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    let source = sparse(root.join("big"), 2 << 30);
+    let dir = dir_with_old_file(root, name);
+    (env, agent, source, dir)
 }
 
 /// `ctl cp FROM TO` started, its stderr discarded.
@@ -210,11 +242,9 @@ fn a_tree_with_links_and_odd_names_round_trips() {
 
 #[test]
 fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
-    let env = Env::new();
-    let fleet = env.fleet(10);
+    let (env, fleet) = env_with_fleet(10);
     let root = env.root.path();
-    let script = root.join("deploy.sh");
-    std::fs::write(&script, b"#!/bin/sh\necho deployed\n").unwrap();
+    let script = new_file(root, "deploy.sh", b"#!/bin/sh\necho deployed\n");
     let dest = new_dir(root, "deployed");
     let pushed = cp(&env, &["--json", script.to_str().unwrap(), &at_lab(&dest)]);
     assert!(pushed.status.success(), "{}", stderr_of(&pushed));
@@ -257,16 +287,9 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
 
 #[test]
 fn a_client_killed_mid_push_leaves_the_old_file_and_no_temporary() {
-    let (env, agent) = Env::with_agent();
-    let root = env.root.path();
-    let source = root.join("big");
-    sparse(&source, 2 << 30);
-    let dest_dir = dir_with_old_file(root, "dest");
+    let (env, agent, source, dest_dir) = a_big_copy_and_an_old_file_in("dest");
     let mut ctl = cp_started(&env, source.to_str().unwrap(), &remote(&agent, &dest_dir));
-    assert!(
-        wait_until(DEADLINE, || !temporaries(&dest_dir).is_empty()),
-        "the transfer started"
-    );
+    wait_for_a_temporary(&dest_dir);
     ctl.kill().unwrap();
     ctl.wait().unwrap();
     agent.expect_log("client gone");
@@ -278,19 +301,12 @@ fn a_client_killed_mid_push_leaves_the_old_file_and_no_temporary() {
 
 #[test]
 fn an_interrupted_pull_leaves_the_old_file_and_no_temporary() {
-    let (env, agent) = Env::with_agent();
-    let root = env.root.path();
-    let source = root.join("big");
-    sparse(&source, 2 << 30);
-    let back = dir_with_old_file(root, "back");
+    let (env, agent, source, back) = a_big_copy_and_an_old_file_in("back");
     // Ctrl-C, or a script's SIGTERM or SIGHUP: ctl stops, cleans up after
     // itself before it exits, and exits as a shell reports that signal.
     for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
         let mut ctl = cp_started(&env, &remote(&agent, &source), back.to_str().unwrap());
-        assert!(
-            wait_until(DEADLINE, || !temporaries(&back).is_empty()),
-            "the transfer started"
-        );
+        wait_for_a_temporary(&back);
         send_signal(ctl.id(), signal);
         let status = ctl.wait().unwrap();
         assert_eq!(status.code(), Some(code), "SIG{signal}");
@@ -303,7 +319,9 @@ fn an_interrupted_pull_leaves_the_old_file_and_no_temporary() {
 struct Mount(PathBuf);
 
 impl Mount {
-    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
+    /// A tmpfs mounted at `at`, or `test` said skipped where this machine
+    /// cannot mount one.
+    fn tmpfs(at: &Path, options: &str, test: &str) -> Option<Mount> {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
@@ -311,6 +329,9 @@ impl Mount {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
+        if !ok {
+            skipped(test, "cannot mount a tmpfs here (needs root)");
+        }
         ok.then(|| Mount(at.to_path_buf()))
     }
 }
@@ -325,18 +346,13 @@ impl Drop for Mount {
 fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let Some(small) = Mount::tmpfs(&root.join("small"), "size=1m") else {
-        skipped(
-            "a_full_disk_is_a_clear_error_and_the_old_file_stays",
-            "cannot mount a tmpfs here (needs root)",
-        );
+    let Some(small) = Mount::tmpfs(&root.join("small"), "size=1m", test_name!()) else {
         return;
     };
     std::fs::write(small.0.join("file"), b"old contents").unwrap();
-    let source = root.join("file");
     // Far larger than the disk: ctl is still sending when the agent
     // refuses and closes, and must still read the agent's reason.
-    sparse(&source, 256 << 20);
+    let source = sparse(root.join("file"), 256 << 20);
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &small.0)]);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);
@@ -357,8 +373,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
 fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let source = root.join("f");
-    std::fs::write(&source, b"x").unwrap();
+    let source = new_file(root, "f", b"x");
 
     let out = cp(
         &env,
@@ -379,11 +394,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
     assert_failed_saying(&out, 255, "no-such-file");
 
     // A file system with the old file on it, then made read-only.
-    let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m") else {
-        skipped(
-            "a_read_only_file_system_and_a_missing_directory_are_clear_errors",
-            "cannot mount a tmpfs here (needs root)",
-        );
+    let Some(ro) = Mount::tmpfs(&root.join("ro"), "size=1m", test_name!()) else {
         return;
     };
     std::fs::write(ro.0.join("f"), b"old contents").unwrap();
@@ -403,8 +414,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
 fn a_size_limit_refuses_large_pushes_before_writing() {
     let (env, agent) = Env::with_agent_flags(&["--max-copy-bytes", "1000"]);
     let root = env.root.path();
-    let source = root.join("big");
-    std::fs::write(&source, vec![1u8; 2000]).unwrap();
+    let source = new_file(root, "big", vec![1u8; 2000]);
     let dest = new_dir(root, "dest");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
     assert_failed_saying(&out, 255, "too-large");
@@ -421,16 +431,6 @@ async fn pull_from_a_fake_agent(
     local: &Path,
 ) -> std::process::Output {
     pull_with_flags_from_a_fake_agent(env, &[], messages, path, local).await
-}
-
-/// `ctl cp -r AGENT:/PATH local` against a fake agent sending `messages`.
-async fn pull_tree_from_a_fake_agent(
-    env: &Env,
-    messages: Vec<rexec_protocol::AgentMessage>,
-    path: &str,
-    local: &Path,
-) -> std::process::Output {
-    pull_with_flags_from_a_fake_agent(env, &["-r"], messages, path, local).await
 }
 
 /// `ctl cp FLAGS... AGENT:/PATH local` against a fake agent sending `messages`.
@@ -526,15 +526,11 @@ async fn a_pull_whose_checksum_does_not_match_keeps_the_old_file() {
 /// and the exit status is the worst.
 #[test]
 fn a_copy_to_several_hosts_names_the_ones_that_failed() {
-    let env = Env::new();
-    let mut fleet = env.fleet(4);
+    let (env, mut fleet) = env_with_fleet(4);
     // 127.0.0.5 goes down: its port refuses connections.
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    take_down_last(&mut fleet);
     let root = env.root.path();
-    let file = root.join("app.conf");
-    std::fs::write(&file, b"setting = 1\n").unwrap();
+    let file = new_file(root, "app.conf", b"setting = 1\n");
     let dest = new_dir(root, "etc");
 
     let pushed = cp(&env, &["--json", file.to_str().unwrap(), &at_lab(&dest)]);
@@ -579,8 +575,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
         .parse()
         .unwrap();
     let root = env.root.path();
-    let source = root.join("note");
-    std::fs::write(&source, b"for nobody").unwrap();
+    let source = new_file(root, "note", b"for nobody");
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
     let theirs = root.join("theirs");
     let locked = root.join("locked");
@@ -604,8 +599,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     assert_failed_saying(&out, 255, "permission-denied");
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 
-    let secret = root.join("secret");
-    std::fs::write(&secret, b"root only").unwrap();
+    let secret = new_file(root, "secret", b"root only");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let back = new_dir(root, "back");
     let out = cp(&env, &[&as_nobody(&secret), back.to_str().unwrap()]);
@@ -778,7 +772,9 @@ async fn a_hostile_agent_cannot_write_through_a_link_it_sent() {
     ];
     for (what, messages) in attacks {
         let local = tempfile::tempdir_in(env.root.path()).unwrap();
-        let out = pull_tree_from_a_fake_agent(&env, messages, "/srv/tree", local.path()).await;
+        let out =
+            pull_with_flags_from_a_fake_agent(&env, &["-r"], messages, "/srv/tree", local.path())
+                .await;
         assert_eq!(out.status.code(), Some(255), "{what}: {}", stderr_of(&out));
         assert!(
             stderr_of(&out).contains("in the way"),
@@ -858,11 +854,9 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
 /// several hosts: that host's copy is refused, the others land.
 #[test]
 fn a_planted_link_as_a_host_directory_is_not_followed() {
-    let env = Env::new();
-    let fleet = env.fleet(2);
+    let (env, fleet) = env_with_fleet(2);
     let root = env.root.path();
-    let source = root.join("syslog");
-    std::fs::write(&source, b"log\n").unwrap();
+    let source = new_file(root, "syslog", b"log\n");
     let victim = new_dir(root, "victim");
     let logs = new_dir(root, "logs");
     std::os::unix::fs::symlink(&victim, logs.join(&fleet.hosts[0])).unwrap();
@@ -930,29 +924,16 @@ fn a_swapped_temporary_never_changes_what_it_points_to() {
     require_root!("keeping owners needs root");
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
-    let shadow = root.join("shadow");
-    std::fs::write(&shadow, b"root:secret").unwrap();
+    let shadow = new_file(root, "shadow", b"root:secret");
     std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let source = root.join("big");
-    sparse(&source, 2 << 30);
+    let source = sparse(root.join("big"), 2 << 30);
     std::os::unix::fs::chown(&source, Some(4321), Some(4321)).unwrap();
     let shared = new_dir(root, "shared");
-    let ctl = env
-        .ctl()
-        .args([
-            "cp",
-            "-p",
-            source.to_str().unwrap(),
-            &remote(&agent, &shared),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(DEADLINE, || !temporaries(&shared).is_empty()),
-        "the transfer started"
+    let ctl = cp_piped(
+        &env,
+        &["-p", source.to_str().unwrap(), &remote(&agent, &shared)],
     );
+    wait_for_a_temporary(&shared);
     let temp = temporaries(&shared).remove(0);
     let swap = shared.join("swap");
     std::os::unix::fs::symlink(&shadow, &swap).unwrap();
@@ -970,12 +951,10 @@ fn a_swapped_temporary_never_changes_what_it_points_to() {
 /// a missing parent or a `NAME/` that is no directory is a clear error.
 #[test]
 fn a_file_copied_to_a_new_name_becomes_that_name() {
-    let env = Env::new();
-    let fleet = env.fleet(2);
+    let (env, fleet) = env_with_fleet(2);
     let agent = fleet.agent(&fleet.hosts[0]);
     let root = env.root.path();
-    let conf = root.join("local.conf");
-    std::fs::write(&conf, b"setting = 1\n").unwrap();
+    let conf = new_file(root, "local.conf", b"setting = 1\n");
     let etc = root.join("etc/app");
     std::fs::create_dir_all(&etc).unwrap();
     for exists in [false, true] {
@@ -1043,23 +1022,13 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
 /// A connect timeout far above the deadline shows it is not added in.
 #[test]
 fn a_copy_timeout_bounds_the_whole_copy() {
-    let (env, agent) = Env::with_agent();
+    let (env, agent, source, dest) = a_big_copy_and_an_old_file_in("dest");
     let root = env.root.path();
-    let source = root.join("big");
-    sparse(&source, 2 << 30);
-    let dest = dir_with_old_file(root, "dest");
-    let out = cp(
-        &env,
-        &[
-            "--timeout",
-            "1s",
-            "--connect-timeout",
-            "60s",
-            "--json",
-            source.to_str().unwrap(),
-            &remote(&agent, &dest),
-        ],
-    );
+    let within_a_second = |args: &[&str]| {
+        let limits = ["--timeout", "1s", "--connect-timeout", "60s"];
+        cp(&env, &[&limits[..], args].concat())
+    };
+    let out = within_a_second(&["--json", source.to_str().unwrap(), &remote(&agent, &dest)]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     let record = &json_lines(&out)[0];
     assert_eq!(record["error"]["kind"], "deadline", "{record}");
@@ -1067,47 +1036,31 @@ fn a_copy_timeout_bounds_the_whole_copy() {
     assert_file(dest.join("big"), b"the old file");
 
     let back = new_dir(root, "back");
-    let out = cp(
-        &env,
-        &[
-            "--timeout",
-            "1s",
-            "--connect-timeout",
-            "60s",
-            &remote(&agent, &source),
-            back.to_str().unwrap(),
-        ],
-    );
+    let out = within_a_second(&[&remote(&agent, &source), back.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
     assert!(!back.join("big").exists());
 
     // 0 is no limit, as for exec and GNU timeout.
-    let small = root.join("small");
-    std::fs::write(&small, b"x").unwrap();
-    let out = cp(
-        &env,
-        &[
-            "--timeout",
-            "0",
-            small.to_str().unwrap(),
-            &remote(&agent, &dest),
-        ],
-    );
+    let small = new_file(root, "small", b"x");
+    let push_small_within = |timeout: &str| {
+        cp(
+            &env,
+            &[
+                "--timeout",
+                timeout,
+                small.to_str().unwrap(),
+                &remote(&agent, &dest),
+            ],
+        )
+    };
+    let out = push_small_within("0");
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_file(dest.join("small"), b"x");
 
     // The largest value a duration can hold is refused at parse time, in
     // one line, as every duration flag of ctl's: no overflow, no panic.
-    let out = cp(
-        &env,
-        &[
-            "--timeout",
-            "18446744073709551615s",
-            small.to_str().unwrap(),
-            &remote(&agent, &dest),
-        ],
-    );
+    let out = push_small_within("18446744073709551615s");
     assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
 }
@@ -1120,22 +1073,12 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
     let (env, agent) =
         Env::with_agent_flags(&["--keepalive-interval", "200ms", "--keepalive-count", "3"]);
     let root = env.root.path();
-    let source = root.join("big");
-    sparse(&source, 4 << 30);
+    let source = sparse(root.join("big"), 4 << 30);
     let back = dir_with_old_file(root, "back");
     let dest = new_dir(root, "dest");
-    let pull = env
-        .ctl()
-        .args(["cp", &remote(&agent, &source), back.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pull = cp_piped(&env, &[&remote(&agent, &source), back.to_str().unwrap()]);
     let push = |ctl: std::process::Child, watched: &Path| {
-        assert!(
-            wait_until(DEADLINE, || !temporaries(watched).is_empty()),
-            "the transfer started"
-        );
+        wait_for_a_temporary(watched);
         agent.signal("STOP");
         let mut ctl = ctl;
         let ended = wait_until(DEADLINE, || ctl.try_wait().unwrap().is_some());
@@ -1152,13 +1095,7 @@ fn a_copy_gives_up_on_an_agent_that_falls_silent() {
     assert_file(back.join("big"), b"the old file");
     assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
 
-    let pushing = env
-        .ctl()
-        .args(["cp", source.to_str().unwrap(), &remote(&agent, &dest)])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pushing = cp_piped(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
     let out = push(pushing, &dest);
     assert_failed_saying(&out, 255, "no sign of life");
     assert!(wait_until(DEADLINE, || temporaries(&dest).is_empty()));
@@ -1172,8 +1109,7 @@ fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let size: u64 = 512 << 20;
-    let log = root.join("syslog");
-    sparse(&log, size);
+    let log = sparse(root.join("syslog"), size);
     let append = || {
         std::io::Write::write_all(
             &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
@@ -1204,10 +1140,7 @@ fn a_file_that_grows_during_the_copy_is_copied_as_it_was_and_flagged() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        assert!(
-            wait_until(DEADLINE, || !temporaries(&watched).is_empty()),
-            "the transfer started"
-        );
+        wait_for_a_temporary(&watched);
         append();
         let out = ctl.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));

@@ -4,6 +4,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::util::checks::{
+    assert_gone_soon, assert_one_ctl_line, assert_reaped_by, assert_refused,
+};
 use crate::util::*;
 
 #[test]
@@ -194,11 +197,11 @@ fn unauthorized_client_is_refused_and_agent_keeps_serving() {
         .args(["exec", &agent.target(), "echo should-not-run"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    assert_eq!(stdout_of(&out), "");
-    let err = stderr_of(&out);
-    assert!(err.contains("refused this client"), "{err}");
-    assert!(err.contains(&stranger_fp), "names our fingerprint: {err}");
+    assert_refused(
+        &out,
+        "refused this client",
+        &[(&stranger_fp, "our fingerprint")],
+    );
     agent.expect_log("not authorized");
 
     let ok = env.exec(&agent, &["echo still-serving"]);
@@ -220,17 +223,13 @@ fn changed_host_key_is_refused_naming_both_keys() {
     .unwrap();
 
     let out = env.exec(&agent, &["echo should-not-run"]);
-    assert_eq!(out.status.code(), Some(255));
-    assert_eq!(stdout_of(&out), "");
-    let err = stderr_of(&out);
-    assert!(err.contains("HOST KEY CHANGED"), "{err}");
-    assert!(
-        err.contains(&other.agent_fingerprint),
-        "names the known key: {err}"
-    );
-    assert!(
-        err.contains(&env.agent_fingerprint),
-        "names the new key: {err}"
+    let err = assert_refused(
+        &out,
+        "HOST KEY CHANGED",
+        &[
+            (&other.agent_fingerprint, "the known key"),
+            (&env.agent_fingerprint, "the new key"),
+        ],
     );
     assert!(
         err.contains("ctl known-hosts remove"),
@@ -302,12 +301,7 @@ fn kill_9_of_ctl_leaves_no_process_behind() {
     assert!(killed.elapsed() < Duration::from_secs(3));
     assert!(agent.wait_for_log("client gone").is_some());
     // And reaped: the shell is no zombie child of the agent.
-    assert!(
-        wait_until(Duration::from_secs(3), || zombie_children(agent.child.id())
-            .is_empty()),
-        "unreaped: {:?}",
-        zombie_children(agent.child.id())
-    );
+    assert_reaped_by(&agent);
 }
 
 #[test]
@@ -337,30 +331,20 @@ fn closed_stdout_ends_ctl_quietly_and_stops_the_command() {
     );
 }
 
-#[test]
-fn missing_identity_is_a_clear_error() {
-    let (env, agent) = Env::with_agent();
-    let out = env
-        .ctl()
+/// `ctl exec TARGET true` with a config dir that holds no identity.
+fn exec_without_identity(env: &Env, agent: &Agent) -> std::process::Output {
+    env.ctl()
         .env("REXEC_CONFIG_DIR", env.root.path().join("nobody"))
         .args(["exec", &agent.target(), "true"])
         .output()
-        .unwrap();
-    assert_failed_saying(&out, 255, "ctl keygen");
+        .unwrap()
 }
 
-/// The one line ctl prints about a failure of its own, after checking
-/// that it is exactly one line, starts `ctl: ` and that ctl exited 255.
-fn one_ctl_line(out: &std::process::Output, what: &str) -> String {
-    let err = stderr_of(out);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(out.status.code(), Some(255), "{what}: {err}");
-    assert_eq!(lines.len(), 1, "{what}: one line: {err}");
-    assert!(lines[0].starts_with("ctl: "), "{what}: {err}");
-    for leak in ["Usage:", "os error", "https://", "docs.rs"] {
-        assert!(!lines[0].contains(leak), "{what}: {err}");
-    }
-    lines[0].to_owned()
+#[test]
+fn missing_identity_is_a_clear_error() {
+    let (env, agent) = Env::with_agent();
+    let out = exec_without_identity(&env, &agent);
+    assert_failed_saying(&out, 255, "ctl keygen");
 }
 
 #[test]
@@ -368,30 +352,25 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
     let (env, agent) = Env::with_agent();
 
     let usage = env.ctl().args(["exec", "onlyatarget"]).output().unwrap();
-    one_ctl_line(&usage, "usage");
+    assert_one_ctl_line(&usage, "usage");
     let port = env
         .ctl()
         .args(["exec", "host:99999", "true"])
         .output()
         .unwrap();
     assert!(
-        one_ctl_line(&port, "bad port").contains("port"),
+        assert_one_ctl_line(&port, "bad port").contains("port"),
         "{}",
         stderr_of(&port)
     );
 
-    let no_identity = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", env.root.path().join("nobody"))
-        .args(["exec", &agent.target(), "true"])
-        .output()
-        .unwrap();
-    assert!(one_ctl_line(&no_identity, "missing identity").contains("ctl keygen"));
+    let no_identity = exec_without_identity(&env, &agent);
+    assert!(assert_one_ctl_line(&no_identity, "missing identity").contains("ctl keygen"));
 
     let stranger = env.other_client(None);
     let refused = env.exec_as(&stranger, &agent, "true");
     assert!(
-        one_ctl_line(&refused, "not authorized").contains("is SHA256:"),
+        assert_one_ctl_line(&refused, "not authorized").contains("is SHA256:"),
         "{}",
         stderr_of(&refused)
     );
@@ -402,7 +381,7 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
         .args(["exec", "--strict-host-key", &unknown.target(), "true"])
         .output()
         .unwrap();
-    assert!(one_ctl_line(&strict, "unknown host").contains("--strict-host-key"));
+    assert!(assert_one_ctl_line(&strict, "unknown host").contains("--strict-host-key"));
 
     // A pin that is not the agent's key.
     let elsewhere = env.unknown_agent_with(&[]);
@@ -412,7 +391,7 @@ fn every_failure_of_ctls_own_is_one_ctl_line_and_exit_255() {
         env.client_fingerprint
     ));
     let changed = env.exec(&elsewhere, &["true"]);
-    assert!(one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
+    assert!(assert_one_ctl_line(&changed, "host key changed").contains("HOST KEY CHANGED"));
 }
 
 #[test]
@@ -425,7 +404,7 @@ fn output_that_cannot_be_written_is_an_error_not_success() {
         .output()
         .unwrap();
     assert_eq!(
-        one_ctl_line(&out, "stdout on /dev/full"),
+        assert_one_ctl_line(&out, "stdout on /dev/full"),
         format!(
             "ctl: {}: cannot write to stdout: no space left on the device",
             agent.target()
@@ -484,7 +463,7 @@ fn huge_durations_are_refused_at_parse_time_not_a_panic() {
         ],
     ] {
         let out = env.ctl().args(&args).output().unwrap();
-        let line = one_ctl_line(&out, &format!("{args:?}"));
+        let line = assert_one_ctl_line(&out, &format!("{args:?}"));
         assert!(line.contains("too long: at most 366 days"), "{line}");
     }
     let cp = env
@@ -498,7 +477,7 @@ fn huge_durations_are_refused_at_parse_time_not_a_panic() {
         ])
         .output()
         .unwrap();
-    assert!(one_ctl_line(&cp, "cp").contains("too long"));
+    assert!(assert_one_ctl_line(&cp, "cp").contains("too long"));
 }
 
 #[test]
@@ -527,16 +506,13 @@ fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
     agent.signal("CONT");
     // --timeout + --connect-timeout + 5 s; nobody killed the command.
     assert_eq!(
-        one_ctl_line(&out, "frozen agent"),
+        assert_one_ctl_line(&out, "frozen agent"),
         format!(
             "ctl: {}: no answer from the agent within 7s; ctl gave up on this host (the command may still be running there)",
             agent.target()
         )
     );
-    assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
-        "the agent, running again, cleans up"
-    );
+    assert_gone_soon(&sleep, "the agent, running again, cleans up");
 }
 
 fn known_hosts_text(env: &Env) -> String {
@@ -636,33 +612,44 @@ fn known_hosts_remove_uses_the_inventorys_port() {
     );
 }
 
+/// A fake agent, at the address returned, that greets ctl with a hello of
+/// `protocol` and `software`, then answers ctl's request with `answer`.
+async fn fake_agent_answering(
+    env: &Env,
+    protocol: u32,
+    software: String,
+    answer: rexec_protocol::AgentMessage,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    use rexec_protocol::{AgentMessage, Hello};
+    let fake = FakeAgent::bind(env).await;
+    let addr = fake.addr.to_string();
+    let served = tokio::spawn(async move {
+        let (mut incoming, mut outgoing) = fake.accept().await;
+        let _ = incoming.next().await;
+        let _ = outgoing
+            .send(AgentMessage::Hello(Hello { protocol, software }))
+            .await;
+        let _ = incoming.next().await;
+        let _ = outgoing.send(answer).await;
+    });
+    (addr, served)
+}
+
 #[tokio::test]
 async fn text_from_an_agent_cannot_drive_the_terminal_or_forge_ctl_lines() {
-    use futures_util::{SinkExt, StreamExt};
-    use rexec_protocol::{AgentMessage, ErrorKind, ErrorReport, Hello};
+    use rexec_protocol::{AgentMessage, ErrorKind, ErrorReport};
     let hostile = "busy\x1b]0;owned\x07\x1b[2J\nctl: all good\r\u{9b}31m";
     let env = Env::new();
     // An error report, through exec (one target and several) and ping.
     for args in [vec!["exec"], vec!["exec", "--json"], vec!["ping"]] {
-        let fake = FakeAgent::bind(&env).await;
-        let addr = fake.addr.to_string();
-        let served = tokio::spawn(async move {
-            let (mut incoming, mut outgoing) = fake.accept().await;
-            let _ = incoming.next().await;
-            let _ = outgoing
-                .send(AgentMessage::Hello(Hello {
-                    protocol: rexec_protocol::PROTOCOL_VERSION,
-                    software: format!("rexec-agent {hostile}"),
-                }))
-                .await;
-            let _ = incoming.next().await;
-            let _ = outgoing
-                .send(AgentMessage::Error(ErrorReport::new(
-                    ErrorKind::Busy,
-                    hostile,
-                )))
-                .await;
-        });
+        let (addr, served) = fake_agent_answering(
+            &env,
+            rexec_protocol::PROTOCOL_VERSION,
+            format!("rexec-agent {hostile}"),
+            AgentMessage::Error(ErrorReport::new(ErrorKind::Busy, hostile)),
+        )
+        .await;
         let mut words = args.clone();
         words.push(&addr);
         if args[0] == "exec" {
@@ -687,20 +674,13 @@ async fn text_from_an_agent_cannot_drive_the_terminal_or_forge_ctl_lines() {
     }
     // The hello's software string, where ctl prints it.
     for (protocol, args) in [(99, "exec"), (rexec_protocol::PROTOCOL_VERSION, "ping")] {
-        let fake = FakeAgent::bind(&env).await;
-        let addr = fake.addr.to_string();
-        let served = tokio::spawn(async move {
-            let (mut incoming, mut outgoing) = fake.accept().await;
-            let _ = incoming.next().await;
-            let _ = outgoing
-                .send(AgentMessage::Hello(Hello {
-                    protocol,
-                    software: format!("rexec-agent {hostile}"),
-                }))
-                .await;
-            let _ = incoming.next().await;
-            let _ = outgoing.send(AgentMessage::Pong).await;
-        });
+        let (addr, served) = fake_agent_answering(
+            &env,
+            protocol,
+            format!("rexec-agent {hostile}"),
+            AgentMessage::Pong,
+        )
+        .await;
         let words: Vec<&str> = match args {
             "exec" => vec!["exec", &addr, "true"],
             _ => vec!["ping", &addr],
@@ -736,7 +716,7 @@ async fn an_agent_that_vanishes_is_one_plain_line() {
     });
     let out = ctl_output_off_the_runtime(&env, &["exec", &addr, "true"]).await;
     served.abort();
-    let line = one_ctl_line(&out, "vanished agent");
+    let line = assert_one_ctl_line(&out, "vanished agent");
     assert!(!line.contains("close_notify"), "{line}");
     assert!(line.contains("connection lost"), "{line}");
 }

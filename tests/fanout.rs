@@ -9,12 +9,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::util::checks::{assert_gone_soon, env_with_fleet, take_down_last};
 use crate::util::*;
 
 const FLEET: usize = 20;
 
 fn lines(text: &str) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
+}
+
+/// Asserts that ctl's stderr is its summary line and nothing else.
+#[track_caller]
+fn assert_summary(out: &std::process::Output, summary: &str) {
+    assert_eq!(lines(&stderr_of(out)), [summary]);
 }
 
 #[test]
@@ -126,8 +133,7 @@ fn hosts_fold_and_expand_round_trip() {
 
 #[test]
 fn twenty_agents_give_prefixed_lines_that_never_mix() {
-    let env = Env::new();
-    let fleet = env.fleet(FLEET);
+    let (env, fleet) = env_with_fleet(FLEET);
     // A 300 kB line arrives in many chunks, interleaved with other hosts'.
     let command = format!(
         "{FLEET_HOST} echo \"first $H\"; head -c 300000 /dev/zero | tr '\\0' x; echo; \
@@ -169,8 +175,7 @@ fn twenty_agents_give_prefixed_lines_that_never_mix() {
 
 #[test]
 fn lines_over_one_mib_are_cut_into_prefixed_pieces() {
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     // 2.5 MiB without a newline, then a short line.
     let out = env.ctl_run(&[
         "exec",
@@ -195,8 +200,7 @@ fn lines_over_one_mib_are_cut_into_prefixed_pieces() {
 
 #[test]
 fn a_single_literal_target_keeps_raw_output() {
-    let env = Env::new();
-    let fleet = env.fleet(2);
+    let (env, fleet) = env_with_fleet(2);
     let agent = fleet.agent("127.0.0.2");
     let out = env.ctl_run(&["exec", &agent.target(), "printf 'raw'; exit 3"]);
     assert_eq!(stdout_of(&out), "raw");
@@ -211,8 +215,7 @@ fn a_single_literal_target_keeps_raw_output() {
 
 #[test]
 fn gather_prints_identical_outputs_once_under_a_node_set() {
-    let env = Env::new();
-    let _fleet = env.fleet(FLEET);
+    let (env, _fleet) = env_with_fleet(FLEET);
     let command = format!(
         "{FLEET_HOST} case $H in 127.0.0.[2-9]) echo low; echo same;; \
          127.0.0.1[0-5]) echo mid; echo same;; 127.0.0.21) ;; *) printf high;; esac"
@@ -231,12 +234,9 @@ fn gather_prints_identical_outputs_once_under_a_node_set() {
 
 #[test]
 fn json_keeps_remote_exit_255_apart_from_an_unreachable_host() {
-    let env = Env::new();
-    let mut fleet = env.fleet(FLEET);
+    let (env, mut fleet) = env_with_fleet(FLEET);
     // 127.0.0.21 goes down: its port refuses connections.
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    take_down_last(&mut fleet);
     let command = format!(
         "{FLEET_HOST} case $H in 127.0.0.5) echo bye; exit 255;; \
          127.0.0.6) printf '\\377\\000'; exit 0;; *) echo \"hi $H\"; echo e >&2;; esac"
@@ -274,23 +274,20 @@ fn json_keeps_remote_exit_255_apart_from_an_unreachable_host() {
     assert_eq!(plain["exit_code"], 0);
     assert!(plain["target"].as_str().unwrap().starts_with("127.0.0.2:"));
     assert!(plain["duration_ms"].as_f64().unwrap() > 0.0);
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 2 of 20 hosts failed: connect: 127.0.0.21; exit 255: 127.0.0.5"]
+    assert_summary(
+        &out,
+        "ctl: 2 of 20 hosts failed: connect: 127.0.0.21; exit 255: 127.0.0.5",
     );
 }
 
 #[test]
 fn down_and_hung_hosts_never_hold_up_the_others() {
-    let env = Env::new();
-    let mut fleet = env.fleet(FLEET);
+    let (env, mut fleet) = env_with_fleet(FLEET);
     // 127.0.0.20 is hung: its agent is stopped, so TCP connects but TLS
     // never answers. 127.0.0.21 is down. 127.0.0.19's command outlives
     // --timeout.
     fleet.agent("127.0.0.20").signal("STOP");
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    take_down_last(&mut fleet);
     let sleep = unique_sleep(60);
     let command = format!(
         "{FLEET_HOST} case $H in 127.0.0.19) echo before; exec sleep {sleep};; *) echo ok;; esac"
@@ -352,10 +349,7 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
             "ctl: 3 of 20 hosts failed: connect: 127.0.0.21; connect-timeout: 127.0.0.20; timed out: 127.0.0.19"
         ]
     );
-    assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
-        "the timed out command's group was killed"
-    );
+    assert_gone_soon(&sleep, "the timed out command's group was killed");
 
     // When the only failure is a timeout, the run exits 124, as a single
     // host would (README: the largest per-host code, 124 for a timeout).
@@ -376,16 +370,12 @@ fn down_and_hung_hosts_never_hold_up_the_others() {
     printed.sort();
     assert_eq!(printed.len(), FLEET - 2);
     assert!(printed.contains(&"127.0.0.19: before".to_owned()));
-    assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
-        "the timed out command's group was killed"
-    );
+    assert_gone_soon(&sleep, "the timed out command's group was killed");
 }
 
 #[test]
 fn an_agent_frozen_after_its_command_started_is_an_error_at_the_deadline_not_a_timeout() {
-    let env = Env::new();
-    let fleet = env.fleet(4);
+    let (env, fleet) = env_with_fleet(4);
     let started = env.root.path().join("started");
     let sleep = unique_sleep(60);
     let command = format!(
@@ -449,21 +439,17 @@ fn an_agent_frozen_after_its_command_started_is_an_error_at_the_deadline_not_a_t
         "no answer from the agent within 9s; ctl gave up on this host (the command may still be running there)"
     );
     assert!(gave_up["duration_ms"].as_f64().unwrap() >= 9000.0);
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 1 of 4 hosts failed: no-answer: 127.0.0.5"]
-    );
+    assert_summary(&out, "ctl: 1 of 4 hosts failed: no-answer: 127.0.0.5");
     // Running again, the agent finds its client gone and kills the command.
-    assert!(
-        wait_until(DEADLINE, || processes_with(&sleep).is_empty()),
-        "the frozen host's command was cleaned up after SIGCONT"
+    assert_gone_soon(
+        &sleep,
+        "the frozen host's command was cleaned up after SIGCONT",
     );
 }
 
 #[test]
 fn json_reports_a_host_killed_by_a_signal() {
-    let env = Env::new();
-    let _fleet = env.fleet(3);
+    let (env, _fleet) = env_with_fleet(3);
     let command = format!(
         "{FLEET_HOST} case $H in 127.0.0.3) echo partial; echo why >&2; kill -9 $$;; *) echo ok;; esac"
     );
@@ -485,37 +471,29 @@ fn json_reports_a_host_killed_by_a_signal() {
         assert_eq!(other["status"], "exited", "{other}");
         assert_eq!(other["signal"], Value::Null);
     }
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 1 of 3 hosts failed: signal 9: 127.0.0.3"]
-    );
+    assert_summary(&out, "ctl: 1 of 3 hosts failed: signal 9: 127.0.0.3");
 }
 
 #[test]
 fn default_mode_summary_names_failures_and_exit_is_the_largest_code() {
-    let env = Env::new();
-    let _fleet = env.fleet(FLEET);
+    let (env, _fleet) = env_with_fleet(FLEET);
     let command =
         format!("{FLEET_HOST} case $H in 127.0.0.[3-4]) exit 3;; 127.0.0.9) exit 7;; esac");
     let out = env.ctl_run(&["exec", "@lab", &command]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(stdout_of(&out), "");
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 3 of 20 hosts failed: exit 3: 127.0.0.[3-4]; exit 7: 127.0.0.9"]
+    assert_summary(
+        &out,
+        "ctl: 3 of 20 hosts failed: exit 3: 127.0.0.[3-4]; exit 7: 127.0.0.9",
     );
     let out = env.ctl_run(&["exec", "@lab,!127.0.0.9", "-x", "127.0.0.3", &command]);
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 1 of 18 hosts failed: exit 3: 127.0.0.4"]
-    );
+    assert_summary(&out, "ctl: 1 of 18 hosts failed: exit 3: 127.0.0.4");
 }
 
 #[test]
 fn fanout_bounds_how_many_hosts_run_at_once() {
-    let env = Env::new();
-    let _fleet = env.fleet(FLEET);
+    let (env, _fleet) = env_with_fleet(FLEET);
     let log = env.root.path().join("events");
     std::fs::write(&log, "").unwrap();
     let command = format!(
@@ -542,11 +520,8 @@ fn fanout_bounds_how_many_hosts_run_at_once() {
 
 #[test]
 fn out_dir_holds_each_hosts_output_and_a_summary() {
-    let env = Env::new();
-    let mut fleet = env.fleet(FLEET);
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    let (env, mut fleet) = env_with_fleet(FLEET);
+    take_down_last(&mut fleet);
     let dir = env.root.path().join("out");
     let command = format!("{FLEET_HOST} echo \"out $H\"; echo \"err $H\" >&2; [ $H != 127.0.0.4 ]");
     let out = env.ctl_run(&["exec", "-o", dir.to_str().unwrap(), "@lab", &command]);
@@ -589,8 +564,7 @@ fn out_dir_holds_each_hosts_output_and_a_summary() {
 
 #[test]
 fn ping_reports_latency_and_agent_version() {
-    let env = Env::new();
-    let mut fleet = env.fleet(FLEET);
+    let (env, mut fleet) = env_with_fleet(FLEET);
     let out = env.ctl_run(&["ping", "@lab"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let answered: BTreeSet<String> = stdout_of(&out)
@@ -607,9 +581,7 @@ fn ping_reports_latency_and_agent_version() {
         .collect();
     assert_eq!(answered, fleet.hosts.iter().cloned().collect());
 
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    take_down_last(&mut fleet);
     let out = env.ctl_run(&["ping", "--json", "127.0.0.[20-21]"]);
     assert_eq!(out.status.code(), Some(255));
     let records = json_lines(&out);
@@ -620,17 +592,13 @@ fn ping_reports_latency_and_agent_version() {
     assert_eq!(by_host["127.0.0.20"]["status"], "answered");
     assert!(by_host["127.0.0.20"]["latency_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(by_host["127.0.0.21"]["error"]["kind"], "connect");
-    assert_eq!(
-        lines(&stderr_of(&out)),
-        ["ctl: 1 of 2 hosts failed: connect: 127.0.0.21"]
-    );
+    assert_summary(&out, "ctl: 1 of 2 hosts failed: connect: 127.0.0.21");
 }
 
 #[test]
 fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
     require_tool!("tmux");
-    let env = Env::new();
-    let _fleet = env.fleet(4);
+    let (env, _fleet) = env_with_fleet(4);
     // 127.0.0.5 is slow: it waits for the test to release it.
     let release = env.root.path().join("release");
     let command = format!(
@@ -700,8 +668,7 @@ fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
 /// exits as a shell reports that signal.
 #[test]
 fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
-    let env = Env::new();
-    let _fleet = env.fleet(3);
+    let (env, _fleet) = env_with_fleet(3);
     for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
         let sleep = unique_sleep(600);
         let pattern = format!("sleep {sleep}");
@@ -744,8 +711,7 @@ fn a_signal_to_ctl_ends_the_run_and_every_remote_command() {
 #[test]
 fn a_run_started_with_sighup_ignored_rides_out_a_hangup() {
     use std::io::BufRead;
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     let mut ctl = env
         .ctl_ignoring("HUP")
         .args(["exec", "@lab", "echo ready; sleep 1; echo done"])
@@ -778,8 +744,7 @@ fn only_line(out: &std::process::Output, what: &str) -> String {
 
 #[test]
 fn output_to_a_full_device_fails_the_run_in_every_mode() {
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     for args in [
         &["exec", "@lab", "seq 100000"][..],
         &["exec", "--json", "@lab", "seq 100000"],
@@ -809,8 +774,7 @@ fn output_to_a_full_device_fails_the_run_in_every_mode() {
 #[test]
 fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
     require_root!("mounting a tmpfs needs root");
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     let mount_point = new_dir(env.root.path(), "small");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
@@ -842,8 +806,7 @@ fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
 #[test]
 fn a_closed_stdout_with_several_targets_exits_141_quietly() {
     use std::io::BufRead;
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     let mark = marker("yes");
     let mut ctl = env
         .ctl()
@@ -860,16 +823,12 @@ fn a_closed_stdout_with_several_targets_exits_141_quietly() {
     let out = ctl.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141));
     assert_eq!(stderr_of(&out), "", "no message for a closed pipe");
-    assert!(
-        wait_until(DEADLINE, || processes_with(&mark).is_empty()),
-        "the remote commands are stopped"
-    );
+    assert_gone_soon(&mark, "the remote commands are stopped");
 }
 
 #[test]
 fn a_line_of_exactly_one_or_two_mib_gets_no_empty_line_after_it() {
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     for (mib, redirect) in [(1, ""), (2, ""), (1, " >&2"), (2, " >&2")] {
         let command = format!(
             "{{ head -c {} /dev/zero | tr '\\0' b; echo; echo end; }}{redirect}",

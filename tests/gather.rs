@@ -7,6 +7,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::util::checks::{env_with_fleet, take_down_last};
 use crate::util::*;
 
 /// The most ctl's peak RSS may reach while hosts print far more than
@@ -140,8 +141,7 @@ pub(crate) fn assert_bounded(mode: &str, run: &Measured) {
 
 #[test]
 fn gathering_modes_hold_big_outputs_in_bounded_memory() {
-    let env = Env::new();
-    let _fleet = env.fleet(3);
+    let (env, _fleet) = env_with_fleet(3);
     let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
     let seq = format!("seq 1 {LINES}");
     let ctl = |args: &[&str]| {
@@ -226,8 +226,7 @@ fn gathering_modes_hold_big_outputs_in_bounded_memory() {
 
 #[test]
 fn no_prefix_and_by_host_give_the_lines_byte_exact() {
-    let env = Env::new();
-    let _fleet = env.fleet(10);
+    let (env, _fleet) = env_with_fleet(10);
     // 127.0.0.[11,2,10,3]: node order is .2, .3, .10, .11.
     let command = format!("{FLEET_HOST} printf 'one %s\\ntwo\\n' $H; echo err $H >&2; printf tail");
     let out = env.ctl_run(&["exec", "-L", "127.0.0.[11,2,10,3]", &command]);
@@ -278,8 +277,7 @@ fn no_prefix_and_by_host_give_the_lines_byte_exact() {
 
 #[test]
 fn gather_all_puts_stderr_with_stdout() {
-    let env = Env::new();
-    let _fleet = env.fleet(4);
+    let (env, _fleet) = env_with_fleet(4);
     // The same text on stderr of two hosts and on stdout of a third: -B
     // gathers them as one output.
     let command = format!(
@@ -303,12 +301,9 @@ fn gather_all_puts_stderr_with_stdout() {
 
 #[test]
 fn diff_shows_the_odd_host_against_the_most_common_output() {
-    let env = Env::new();
-    let mut fleet = env.fleet(5);
+    let (env, mut fleet) = env_with_fleet(5);
     // 127.0.0.6 is down: ctl got no output from it, and it is left out.
-    let down = fleet.agents.last_mut().unwrap();
-    down.child.kill().unwrap();
-    down.child.wait().unwrap();
+    take_down_last(&mut fleet);
     let command = format!(
         "{FLEET_HOST} echo a; [ $H = 127.0.0.4 ] && echo B || echo b; echo c; echo d; echo e; \
          echo f; echo g; [ $H = 127.0.0.4 ] && printf h || echo h"
@@ -346,8 +341,7 @@ fn diff_shows_the_odd_host_against_the_most_common_output() {
 #[test]
 fn enter_prints_the_hosts_still_running_and_ctrl_c_names_them() {
     require_tool!("tmux");
-    let env = Env::new();
-    let _fleet = env.fleet(4);
+    let (env, _fleet) = env_with_fleet(4);
     // 127.0.0.4 and .5 wait (20 s at most) for the test to release them.
     let release = env.root.path().join("release");
     let command = format!(
@@ -356,13 +350,17 @@ fn enter_prints_the_hosts_still_running_and_ctrl_c_names_them() {
         release.display()
     );
     let ctl = bin("ctl");
-    let terminal = Terminal::start(
-        &env,
-        (200, 50),
-        &format!("{} exec @lab '{command}'", ctl.display()),
-        "exec sleep 600",
-    );
-    terminal.wait_for("2/4 done");
+    let started = || {
+        let terminal = Terminal::start(
+            &env,
+            (200, 50),
+            &format!("{} exec @lab '{command}'", ctl.display()),
+            "exec sleep 600",
+        );
+        terminal.wait_for("2/4 done");
+        terminal
+    };
+    let terminal = started();
     terminal.keys(&["Enter"]);
     terminal.wait_for("ctl: 2 of 4 hosts still running: 127.0.0.[4-5]");
     std::fs::write(&release, "").unwrap();
@@ -372,13 +370,7 @@ fn enter_prints_the_hosts_still_running_and_ctrl_c_names_them() {
 
     // Ctrl-C: the end of the run names the hosts it cut short.
     std::fs::remove_file(&release).unwrap();
-    let terminal = Terminal::start(
-        &env,
-        (200, 50),
-        &format!("{} exec @lab '{command}'", ctl.display()),
-        "exec sleep 600",
-    );
-    terminal.wait_for("2/4 done");
+    let terminal = started();
     terminal.keys(&["C-c"]);
     let screen = terminal.wait_for("rc=130");
     assert!(
@@ -389,8 +381,7 @@ fn enter_prints_the_hosts_still_running_and_ctrl_c_names_them() {
 
 #[test]
 fn a_full_stdout_or_an_unusable_spool_fails_the_run_with_one_line() {
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     for mode in [&["-B"][..], &["-L"], &["--diff"], &["-N"], &["-L", "-B"]] {
         let out = env
             .ctl()
@@ -426,8 +417,7 @@ fn a_full_stdout_or_an_unusable_spool_fails_the_run_with_one_line() {
 
 #[test]
 fn max_output_sets_what_json_embeds() {
-    let env = Env::new();
-    let _fleet = env.fleet(2);
+    let (env, _fleet) = env_with_fleet(2);
     let out = env.ctl_run(&[
         "exec",
         "--json",

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use rexec_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
+use crate::util::checks::spawn_piped_exec;
 use crate::util::*;
 
 /// Reads until the peer closes; returns how long that took, or None if it
@@ -212,6 +212,13 @@ impl RawClient {
         }
     }
 
+    /// A new env and agent, and a session to it that has sent nothing yet.
+    async fn to_a_new_agent() -> (Env, Agent, RawClient) {
+        let (env, agent) = Env::with_agent();
+        let raw = RawClient::connect(&env, &agent).await;
+        (env, agent, raw)
+    }
+
     /// Connects, says hello and runs a `sleep` unique to the caller; returns
     /// once it runs, with its duration (to find the process by).
     async fn running_a_sleep(env: &Env, agent: &Agent) -> (RawClient, String) {
@@ -287,8 +294,7 @@ fn last_error(messages: &[AgentMessage], kind: ErrorKind) -> String {
 
 #[tokio::test]
 async fn a_request_before_hello_is_a_protocol_error() {
-    let (env, agent) = Env::with_agent();
-    let mut raw = RawClient::connect(&env, &agent).await;
+    let (env, agent, mut raw) = RawClient::to_a_new_agent().await;
     raw.send(vec![exec("echo should-not-run")]).await;
     let got = raw.read_to_end().await;
     let why = last_error(&got, ErrorKind::Protocol);
@@ -299,8 +305,7 @@ async fn a_request_before_hello_is_a_protocol_error() {
 
 #[tokio::test]
 async fn stdin_before_a_request_is_a_protocol_error() {
-    let (env, agent) = Env::with_agent();
-    let mut raw = RawClient::connect(&env, &agent).await;
+    let (env, agent, mut raw) = RawClient::to_a_new_agent().await;
     raw.send(vec![
         hello(),
         ClientMessage::Stdin(Bytes::from_static(b"x")),
@@ -338,8 +343,7 @@ async fn stdin_on_an_exec_without_stdin_is_a_protocol_error() {
 
 #[tokio::test]
 async fn another_protocol_version_is_refused_naming_both() {
-    let (env, agent) = Env::with_agent();
-    let mut raw = RawClient::connect(&env, &agent).await;
+    let (env, agent, mut raw) = RawClient::to_a_new_agent().await;
     raw.send(vec![
         ClientMessage::Hello(Hello {
             protocol: 99,
@@ -874,16 +878,7 @@ fn a_burst_of_calls_from_one_workstation_all_run_despite_the_handshake_budget() 
         TcpStream::connect(agent.addr).unwrap(),
     ];
     let calls: Vec<_> = (0..60)
-        .map(|i| {
-            env.ctl()
-                .arg("exec")
-                .arg(agent.target())
-                .arg(format!("echo call-{i}"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run ctl")
-        })
+        .map(|i| spawn_piped_exec(env.ctl(), &[], &agent.target(), &format!("echo call-{i}")))
         .collect();
     agent.expect_log("(per_source_max_startups)");
     drop(idle);

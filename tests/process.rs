@@ -3,7 +3,7 @@
 //! Every "it is gone" claim is checked on the process table, by a marker in
 //! the command line, not by trusting a log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rexec_agent::config::AgentSettings;
 use rexec_agent::server::{AgentState, Shutdown, serve};
 
+use crate::util::checks::{assert_refused, read_until_line, set_mode, spawn_piped_exec};
 use crate::util::*;
 
 /// Starts `ctl exec TARGET COMMAND` with piped stdout and stderr.
@@ -20,28 +21,7 @@ fn spawn_exec(env: &Env, agent: &Agent, flags: &[&str], command: &str) -> Child 
 }
 
 fn spawn_exec_at(env: &Env, target: &str, flags: &[&str], command: &str) -> Child {
-    env.ctl()
-        .arg("exec")
-        .args(flags)
-        .arg(target)
-        .arg(command)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ctl")
-}
-
-/// Reads stdout lines until one equals `line`.
-fn read_until_line(stdout: &mut impl BufRead, line: &str) {
-    let mut got = String::new();
-    loop {
-        got.clear();
-        let n = stdout.read_line(&mut got).expect("read ctl stdout");
-        assert!(n > 0, "stdout ended before {line:?}");
-        if got.trim_end() == line {
-            return;
-        }
-    }
+    spawn_piped_exec(env.ctl(), flags, target, command)
 }
 
 /// A running `ctl exec` whose command has printed "ready" and started
@@ -427,6 +407,22 @@ fn another_user_is_refused_unless_the_agent_allows_it() {
     assert_eq!(out.status.code(), Some(255));
 }
 
+/// `user`'s home in /etc/passwd, or `/` where that is no directory (as
+/// the agent falls back), and login shell.
+fn home_and_shell_of(user: &str) -> (String, String) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let entry: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .unwrap()
+        .split(':')
+        .collect();
+    let home = Some(entry[5])
+        .filter(|h| std::path::Path::new(h).is_dir())
+        .unwrap_or("/");
+    (home.to_owned(), entry[6].to_owned())
+}
+
 #[test]
 fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
     require_root!("the agent must run as root to switch users");
@@ -441,17 +437,7 @@ fn a_root_agent_runs_commands_as_users_its_run_as_rules_allow() {
         .args(["-c", "id -u nobody; id -g nobody; id -G nobody"])
         .output()
         .unwrap();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let entry: Vec<&str> = passwd
-        .lines()
-        .find(|l| l.starts_with("nobody:"))
-        .unwrap()
-        .split(':')
-        .collect();
-    let home = Some(entry[5])
-        .filter(|h| std::path::Path::new(h).is_dir())
-        .unwrap_or("/");
-    let shell = entry[6];
+    let (home, shell) = home_and_shell_of("nobody");
     assert_eq!(
         stdout_of(&out),
         format!(
@@ -762,21 +748,11 @@ fn the_environment_has_exact_base_values_and_a_c_utf8_default_lang() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let user = Command::new("id").arg("-un").output().unwrap();
     let user = stdout_of(&user).trim().to_owned();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let entry: Vec<&str> = passwd
-        .lines()
-        .find(|l| l.starts_with(&format!("{user}:")))
-        .unwrap()
-        .split(':')
-        .collect();
-    let home = Some(entry[5])
-        .filter(|h| std::path::Path::new(h).is_dir())
-        .unwrap_or("/");
+    let (home, shell) = home_and_shell_of(&user);
     assert_eq!(
         stdout_of(&out),
         format!(
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|{home}|{user}|{user}|{}|C.UTF-8|unset|unset|",
-            entry[6]
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|{home}|{user}|{user}|{shell}|C.UTF-8|unset|unset|",
         )
     );
     // The agent's own LANG is passed on; the client's -e wins over both.
@@ -946,6 +922,18 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
 
 /// `[run_as]` for the env's client (`tester`), and a second client
 /// (`other`) the rules do not name.
+/// A root agent whose run-as rules let the env's client run as nobody
+/// only, and the config dir of another client ("other") the rules do not
+/// name; the agent's target last.
+fn root_agent_running_tester_as_nobody() -> (Env, Agent, std::path::PathBuf, String) {
+    let env = Env::new();
+    let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
+    let host = agent.target();
+    (env, agent, other, host)
+}
+
+/// A root agent with the run-as `rules` (lines of the `[run_as]` table),
+/// and the config dir of another client ("other") authorized on it.
 fn root_agent_with_run_as(env: &Env, rules: &str) -> (Agent, std::path::PathBuf) {
     env.write_agent_config(format!("[run_as]\n{rules}\n"));
     let agent = env.agent();
@@ -969,19 +957,15 @@ fn exec_at(
 #[test]
 fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
     require_root!("the agent must run as root to switch users");
-    let env = Env::new();
-    let (agent, other) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
-    let host = agent.target();
+    let (env, _agent, other, host) = root_agent_running_tester_as_nobody();
     // The listed client: its first user by default, never root.
     let out = exec_at(&env, None, &host, &["id -un"]);
     assert_eq!(stdout_of(&out), "nobody\n", "{}", stderr_of(&out));
     let out = exec_at(&env, None, &format!("root@{host}"), &["id -un"]);
-    assert_eq!(out.status.code(), Some(255));
-    assert_eq!(stdout_of(&out), "");
-    assert!(
-        stderr_of(&out).contains("client \"tester\" may not run commands as \"root\""),
-        "{}",
-        stderr_of(&out)
+    assert_refused(
+        &out,
+        "client \"tester\" may not run commands as \"root\"",
+        &[],
     );
     let out = exec_at(&env, None, &host, &["--user", "root", "id -un"]);
     assert_eq!(out.status.code(), Some(255), "{}", stdout_of(&out));
@@ -995,23 +979,21 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
     // a push lands as nobody's.
     let secret = env.root.path().join("secret");
     std::fs::write(&secret, "root only\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    set_mode(&secret, 0o600);
     let local = new_dir(env.root.path(), "pulled");
-    let pull = env
-        .ctl()
-        .args(["cp", &format!("{host}:{}", secret.display())])
-        .arg(&local)
-        .output()
-        .unwrap();
+    let pull_secret_as = |target: &str| {
+        env.ctl()
+            .args(["cp", &format!("{target}:{}", secret.display())])
+            .arg(&local)
+            .output()
+            .unwrap()
+    };
+    let pull = pull_secret_as(&host);
     assert_ne!(pull.status.code(), Some(0), "{}", stderr_of(&pull));
     assert!(!local.join("secret").exists());
-    std::fs::set_permissions(
-        env.root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    set_mode(env.root.path(), 0o755);
     let dest = new_dir(env.root.path(), "drop");
-    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    set_mode(&dest, 0o777);
     let file = env.root.path().join("pushed.txt");
     std::fs::write(&file, "hello\n").unwrap();
     let push = env
@@ -1026,12 +1008,7 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dest.join("pushed.txt")).unwrap());
     let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
     assert_eq!(owner.to_string(), stdout_of(&nobody).trim());
-    let root_pull = env
-        .ctl()
-        .args(["cp", &format!("root@{host}:{}", secret.display())])
-        .arg(&local)
-        .output()
-        .unwrap();
+    let root_pull = pull_secret_as(&format!("root@{host}"));
     assert_eq!(
         root_pull.status.code(),
         Some(255),
@@ -1044,19 +1021,13 @@ fn run_as_rules_confine_a_listed_client_and_leave_others_as_they_were() {
 #[test]
 fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
     require_root!("the agent must run as root to switch users");
-    let env = Env::new();
-    let (agent, _) = root_agent_with_run_as(&env, "tester = [\"nobody\"]");
-    let host = agent.target();
+    let (env, _agent, _, host) = root_agent_running_tester_as_nobody();
     let hidden = env.root.path().join("root-only");
     std::fs::create_dir_all(hidden.join("inner")).unwrap();
     std::fs::write(hidden.join("inner/secret.txt"), "the secret\n").unwrap();
-    std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    set_mode(&hidden, 0o700);
     // The env's temp dir itself must be enterable by nobody for the rest.
-    std::fs::set_permissions(
-        env.root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    set_mode(env.root.path(), 0o755);
     let marker_file = env.root.path().join("must-not-exist");
     let mut messages = Vec::new();
     for dir in ["inner", "missing"] {

@@ -4,29 +4,13 @@
 //! left-to-right order, `--count`, `--pick`, and rolling runs that stop at
 //! `--max-failures`.
 
+use crate::util::checks::{assert_runs_on, env_with_fleet, sorted_lines};
 use crate::util::{Env, stderr_of, stdout_of};
-
-/// Sorted lines of `text`.
-fn sorted_lines(text: &str) -> Vec<String> {
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    lines.sort();
-    lines
-}
 
 #[test]
 fn the_command_sees_the_name_ctl_used_as_rexec_target() {
-    let env = Env::new();
-    let _fleet = env.fleet(3);
-    let out = env.ctl_run(&["exec", "@lab", "echo $REXEC_TARGET"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(
-        sorted_lines(&stdout_of(&out)),
-        [
-            "127.0.0.2: 127.0.0.2",
-            "127.0.0.3: 127.0.0.3",
-            "127.0.0.4: 127.0.0.4"
-        ]
-    );
+    let (env, _fleet) = env_with_fleet(3);
+    assert_runs_on(&env, "@lab", &["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
     // One literal host, raw output: the same name, without the port the
     // inventory gave it.
     let one = env.ctl_run(&["exec", "127.0.0.3", "echo \"[$REXEC_TARGET]\""]);
@@ -117,8 +101,7 @@ fn hosts_count_and_pick_choose_from_the_expansion() {
 
 #[test]
 fn exec_pick_runs_on_that_many_hosts_of_the_group() {
-    let env = Env::new();
-    let fleet = env.fleet(6);
+    let (env, fleet) = env_with_fleet(6);
     let out = env.ctl_run(&["exec", "--pick", "2", "@lab", "echo $REXEC_TARGET"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let lines = sorted_lines(&stdout_of(&out));
@@ -137,8 +120,7 @@ fn exec_pick_runs_on_that_many_hosts_of_the_group() {
 /// started", 255, in `--json` and in the summary.
 #[test]
 fn a_rolling_run_stops_starting_hosts_after_max_failures() {
-    let env = Env::new();
-    let fleet = env.fleet(12);
+    let (env, fleet) = env_with_fleet(12);
     let ran = env.root.path().join("ran");
     let command = format!(
         "echo $REXEC_TARGET >> {}; case $REXEC_TARGET in 127.0.0.4|127.0.0.7|127.0.0.10) exit 1;; esac",

@@ -3,24 +3,17 @@
 //! group sources (`@source:group`, as ClusterShell's groups.conf), with
 //! their failures and hangs.
 
+use crate::util::checks::{assert_runs_on, env_with_fleet, new_file, set_mode};
 use crate::util::{Env, stderr_of, stdout_of};
-
-fn sorted_lines(text: &str) -> Vec<String> {
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    lines.sort();
-    lines
-}
 
 #[test]
 fn a_host_file_gives_one_host_per_line_without_comments_and_blanks() {
-    let env = Env::new();
-    let _fleet = env.fleet(4);
-    let file = env.root.path().join("hosts.txt");
-    std::fs::write(
-        &file,
+    let (env, _fleet) = env_with_fleet(4);
+    let file = new_file(
+        env.root.path(),
+        "hosts.txt",
         "# the lab's first row\n127.0.0.2\n\n   \n127.0.0.[3-4]   # a node set\n\t# indented comment\n127.0.0.5\n",
-    )
-    .expect("host file");
+    );
     let list = format!("^{}", file.display());
     let hosts = env.ctl_run(&["hosts", &list]);
     // Printed with the ports the fleet's inventory gives them.
@@ -37,15 +30,10 @@ fn a_host_file_gives_one_host_per_line_without_comments_and_blanks() {
     );
     // The file's hosts take the inventory's ports like any other, and
     // combine with the rest of the list.
-    let out = env.ctl_run(&["exec", &format!("{list}!127.0.0.3"), "echo $REXEC_TARGET"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(
-        sorted_lines(&stdout_of(&out)),
-        [
-            "127.0.0.2: 127.0.0.2",
-            "127.0.0.4: 127.0.0.4",
-            "127.0.0.5: 127.0.0.5"
-        ]
+    assert_runs_on(
+        &env,
+        &format!("{list}!127.0.0.3"),
+        &["127.0.0.2", "127.0.0.4", "127.0.0.5"],
     );
     let fold = env.ctl_run(&[
         "hosts",
@@ -99,40 +87,29 @@ fn with_source(env: &Env, name: &str, table: &str) {
     std::fs::write(&path, inventory).expect("inventory");
 }
 
+/// A stand-in for Slurm's `sinfo -h -o %N -p $GROUP`: `list` prints the
+/// partitions gpu and cpu, `all` every host, `map GROUP` the hosts of a
+/// partition, and an unknown one fails as sinfo does.
+const FAKE_SINFO: &str = "#!/bin/sh\ncase \"$1\" in\n  list) echo 'gpu cpu' ;;\n  all) echo '127.0.0.[2-5]' ;;\n  \
+     map) case \"$2\" in\n    gpu) printf '127.0.0.2\\n127.0.0.[4-5]\\n' ;;\n    cpu) echo 127.0.0.3 ;;\n    \
+     *) echo \"sinfo: error: invalid partition specified: $2\" >&2; exit 1 ;;\n  esac ;;\nesac\n";
+
 /// A source whose commands print groups and hosts, as a Slurm one would
 /// (`sinfo -h -o %N -p $GROUP`): `@source:group` runs on what `map`
 /// printed for that group, `@source:*` on `all`, and `hosts --groups`
 /// lists what `list` printed.
 #[test]
 fn a_source_maps_groups_to_hosts_with_its_commands() {
-    let env = Env::new();
-    let _fleet = env.fleet(4);
-    let script = env.root.path().join("fake-sinfo");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ncase \"$1\" in\n  list) echo 'gpu cpu' ;;\n  all) echo '127.0.0.[2-5]' ;;\n  \
-         map) case \"$2\" in\n    gpu) printf '127.0.0.2\\n127.0.0.[4-5]\\n' ;;\n    cpu) echo 127.0.0.3 ;;\n    \
-         *) echo \"sinfo: error: invalid partition specified: $2\" >&2; exit 1 ;;\n  esac ;;\nesac\n",
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let (env, _fleet) = env_with_fleet(4);
+    let script = new_file(env.root.path(), "fake-sinfo", FAKE_SINFO);
+    set_mode(&script, 0o755);
     let s = script.display();
     with_source(
         &env,
         "slurm",
         &format!("map = '{s} map \"$GROUP\"'\nlist = '{s} list'\nall = '{s} all'"),
     );
-    let out = env.ctl_run(&["exec", "@slurm:gpu", "echo $REXEC_TARGET"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(
-        sorted_lines(&stdout_of(&out)),
-        [
-            "127.0.0.2: 127.0.0.2",
-            "127.0.0.4: 127.0.0.4",
-            "127.0.0.5: 127.0.0.5"
-        ]
-    );
+    assert_runs_on(&env, "@slurm:gpu", &["127.0.0.2", "127.0.0.4", "127.0.0.5"]);
     let fold = |list: &str| {
         let out = env.ctl_run(&["hosts", "--fold", list]);
         assert_eq!(out.status.code(), Some(0), "{list}: {}", stderr_of(&out));

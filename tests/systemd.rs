@@ -468,17 +468,25 @@ fn install_script(stage: &Path, args: &[&str]) -> Output {
         .expect("run install.sh")
 }
 
-#[test]
-fn install_into_a_staging_dir_produces_the_documented_tree() {
+/// install.sh with `args` into a fresh staging dir, which must succeed:
+/// the temp dir holding the stage (removed when dropped), the stage and
+/// the script's output.
+fn installed_into_a_stage(args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Output) {
     let root = tempfile::tempdir().unwrap();
     let stage = root.path().join("stage");
-    let out = install_script(&stage, &[]);
+    let out = install_script(&stage, args);
     assert!(
         out.status.success(),
-        "{}{}",
+        "install.sh {args:?}: {}{}",
         stdout_of(&out),
         stderr_of(&out)
     );
+    (root, stage, out)
+}
+
+#[test]
+fn install_into_a_staging_dir_produces_the_documented_tree() {
+    let (_root, stage, out) = installed_into_a_stage(&[]);
     let expected: BTreeSet<String> = [
         "644 etc/rexec/agent.crt",
         "600 etc/rexec/agent.key",
@@ -581,15 +589,7 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
 #[test]
 fn install_prefix_places_the_binaries_and_the_units_exec_start() {
     for prefix in ["/usr", "/opt/rexec"] {
-        let root = tempfile::tempdir().unwrap();
-        let stage = root.path().join("stage");
-        let out = install_script(&stage, &["--prefix", prefix]);
-        assert!(
-            out.status.success(),
-            "{prefix}: {}{}",
-            stdout_of(&out),
-            stderr_of(&out)
-        );
+        let (_root, stage, _) = installed_into_a_stage(&["--prefix", prefix]);
         let bindir = prefix.trim_start_matches('/');
         let expected: BTreeSet<String> = [
             "644 etc/rexec/agent.crt".to_owned(),

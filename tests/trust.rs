@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
+use crate::util::checks::assert_refused;
 use crate::util::*;
 
 fn agent_cli(env: &Env, args: &[&str]) -> std::process::Output {
@@ -44,13 +45,7 @@ fn a_revoked_client_is_refused_at_once_without_a_restart() {
     let revoke = agent_cli(&env, &["revoke", "tester"]);
     assert!(revoke.status.success(), "{}", stderr_of(&revoke));
     let out = env.exec(&agent, &["echo should-not-run"]);
-    assert_eq!(out.status.code(), Some(255));
-    assert_eq!(stdout_of(&out), "");
-    assert!(
-        stderr_of(&out).contains("refused this client"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_refused(&out, "refused this client", &[]);
     assert!(agent.wait_for_log("fingerprint not authorized").is_some());
 
     // Enrolled again, by fingerprint, and in at once.
@@ -148,13 +143,10 @@ fn strict_host_key_refuses_unknown_hosts_and_accepts_known_ones() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
-    assert_eq!(stdout_of(&out), "");
-    let err = stderr_of(&out);
-    assert!(err.contains("unknown host"), "{err}");
-    assert!(
-        err.contains(&env.agent_fingerprint),
-        "names what it saw: {err}"
+    assert_refused(
+        &out,
+        "unknown host",
+        &[(&env.agent_fingerprint, "what it saw")],
     );
     assert!(
         !env.ctl_dir.join("known_hosts").exists()

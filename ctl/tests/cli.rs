@@ -2,12 +2,17 @@
 
 use std::process::Command;
 
+// A failure of ctl's own is held to the same rule here as in the
+// end-to-end tests: exit 255 and one `ctl:` line, never a panic (101),
+// never clap's usage block.
+#[path = "../../tests/util/checks/ctl_line.rs"]
+mod ctl_line;
+
+use ctl_line::assert_one_ctl_line;
+
+/// `ctl ARGS...` with config dir `dir`, run to completion.
 fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ctl"))
-        .env("REXEC_CONFIG_DIR", dir)
-        .args(args)
-        .output()
-        .expect("run ctl")
+    ctl_in(dir).args(args).output().expect("run ctl")
 }
 
 #[test]
@@ -35,6 +40,8 @@ fn help_documents_exit_codes() {
     }
 }
 
+/// ctl with config dir `dir`, no inventory from the environment and no
+/// stdin.
 fn ctl_in(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctl"));
     cmd.env("REXEC_CONFIG_DIR", dir)
@@ -53,19 +60,6 @@ fn stderr_lines(out: &std::process::Output) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// A failure of ctl's own: exit 255 and one `ctl:` line, never a panic
-/// (101), never clap's usage block.
-fn assert_one_ctl_line(out: &std::process::Output, what: &str) -> String {
-    let lines = stderr_lines(out);
-    assert_eq!(out.status.code(), Some(255), "{what}: {lines:?}");
-    assert_eq!(lines.len(), 1, "{what}: one line: {lines:?}");
-    assert!(lines[0].starts_with("ctl: "), "{what}: {lines:?}");
-    for leak in ["Usage:", "os error", "https://", "panicked"] {
-        assert!(!lines[0].contains(leak), "{what}: {lines:?}");
-    }
-    lines[0].clone()
 }
 
 #[test]

@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 mod agent;
+pub mod checks;
 mod env;
 mod fake;
 mod fs;
