@@ -1,0 +1,132 @@
+//! What TLS 1.3 session resumption would save a `ctl exec`: full handshakes
+//! against resumed ones with this project's configurations (Ed25519 on both
+//! sides, client certificates, X25519), in memory, one thread, alternating.
+//! Each side's own work is timed apart, as the two processes pay it.
+//!
+//!   cargo run --release -p rexec-protocol --example tls_resume [ROUNDS]
+//!
+//! The resumed case adds to the agent's configuration a ticketer and one
+//! ticket per connection, and to ctl's an in-memory ticket store; the
+//! ticket arrives after the handshake, so reading it is counted too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rexec_protocol::tls::{
+    ClientAuthorizer, HostKeyPolicy, HostKeyVerifier, client_config, server_config, server_name,
+};
+use rexec_protocol::{Fingerprint, Identity, IdentityPaths};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+
+#[derive(Debug)]
+struct Everyone;
+impl ClientAuthorizer for Everyone {
+    fn is_authorized(&self, _: &Fingerprint) -> bool {
+        true
+    }
+}
+
+/// One handshake and the first application bytes each way; returns the
+/// time spent in the client and in the server, and whether it resumed.
+fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> (Duration, Duration, bool) {
+    let (mut tc, mut ts) = (Duration::ZERO, Duration::ZERO);
+    let t = Instant::now();
+    let mut c = ClientConnection::new(client.clone(), server_name("127.0.0.1")).unwrap();
+    tc += t.elapsed();
+    let t = Instant::now();
+    let mut s = ServerConnection::new(server.clone()).unwrap();
+    ts += t.elapsed();
+    let mut wire = Vec::new();
+    // Hello and request from ctl, Started from the agent: the ticket and
+    // both sides' first records are processed as they would be.
+    let mut sent_c = false;
+    let mut sent_s = false;
+    for _ in 0..8 {
+        let t = Instant::now();
+        if !c.is_handshaking() && !sent_c {
+            use std::io::Write;
+            c.writer().write_all(&[0u8; 54]).unwrap();
+            sent_c = true;
+        }
+        wire.clear();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        tc += t.elapsed();
+        let t = Instant::now();
+        s.read_tls(&mut wire.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        if !s.is_handshaking() && !sent_s {
+            use std::io::Write;
+            s.writer().write_all(&[0u8; 64]).unwrap();
+            sent_s = true;
+        }
+        wire.clear();
+        while s.wants_write() {
+            s.write_tls(&mut wire).unwrap();
+        }
+        ts += t.elapsed();
+        let t = Instant::now();
+        c.read_tls(&mut wire.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+        tc += t.elapsed();
+        if sent_c && sent_s && !c.wants_write() && !s.wants_write() {
+            break;
+        }
+    }
+    assert!(s.peer_certificates().is_some_and(|c| !c.is_empty()));
+    let resumed = matches!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    (tc, ts, resumed)
+}
+
+fn main() {
+    let rounds: usize = std::env::args().nth(1).map_or(2000, |n| n.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Identity::create(&IdentityPaths::in_dir(dir.path(), "agent")).unwrap();
+    let client = Identity::create(&IdentityPaths::in_dir(dir.path(), "client")).unwrap();
+    let verifier = || {
+        Arc::new(HostKeyVerifier::new(HostKeyPolicy::Expect(
+            agent.fingerprint,
+        )))
+    };
+
+    let full_server = Arc::new(server_config(&agent, Arc::new(Everyone)).unwrap());
+    let mut resuming_server = server_config(&agent, Arc::new(Everyone)).unwrap();
+    resuming_server.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    resuming_server.send_tls13_tickets = 1;
+    let resuming_server = Arc::new(resuming_server);
+
+    let mut full_client = client_config(Some(&client), verifier()).unwrap();
+    full_client.resumption = rustls::client::Resumption::disabled();
+    let full_client = Arc::new(full_client);
+    let resuming_client = Arc::new(client_config(Some(&client), verifier()).unwrap());
+    // A first handshake fills the ticket store.
+    handshake(&resuming_client, &resuming_server);
+
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..rounds * 2 {
+        if i % 2 == 0 {
+            let (c, s, resumed) = handshake(&full_client, &full_server);
+            assert!(!resumed);
+            times[0].push(c);
+            times[1].push(s);
+        } else {
+            let (c, s, resumed) = handshake(&resuming_client, &resuming_server);
+            assert!(resumed, "a ticket was kept, so the handshake resumes");
+            times[2].push(c);
+            times[3].push(s);
+        }
+    }
+    let q = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+    };
+    let names = ["full, ctl", "full, agent", "resumed, ctl", "resumed, agent"];
+    for (name, v) in names.iter().zip(times.iter_mut()) {
+        println!(
+            "{name:>15}: median {:6.1} µs  p10 {:6.1} µs",
+            q(v, 0.5),
+            q(v, 0.1)
+        );
+    }
+}
