@@ -9,6 +9,7 @@
 //! ticket per connection, and to ctl's an in-memory ticket store; the
 //! ticket arrives after the handshake, so reading it is counted too.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use rexec_protocol::tls::{
     server_config, server_name,
 };
 use rexec_protocol::{Fingerprint, Identity, IdentityPaths};
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 #[derive(Debug)]
 struct Everyone;
@@ -27,51 +28,50 @@ impl ClientAuthorizer for Everyone {
     }
 }
 
-/// One handshake and the first application bytes each way; returns the
-/// time spent in the client and in the server, and whether it resumed.
+/// One side's turn: takes in what the peer sent, sends `first` bytes of
+/// application data once its handshake is done (once), and leaves its
+/// records in `wire`; returns the time it took.
+fn turn(
+    side: &mut Connection,
+    mut incoming: &[u8],
+    first: usize,
+    sent: &mut bool,
+    wire: &mut Vec<u8>,
+) -> Duration {
+    let t = Instant::now();
+    while !incoming.is_empty() {
+        side.read_tls(&mut incoming).unwrap();
+        side.process_new_packets().unwrap();
+    }
+    if !side.is_handshaking() && !*sent {
+        side.writer().write_all(&vec![0u8; first]).unwrap();
+        *sent = true;
+    }
+    wire.clear();
+    while side.wants_write() {
+        side.write_tls(wire).unwrap();
+    }
+    t.elapsed()
+}
+
+/// One handshake and the first application bytes each way (hello and
+/// request from ctl, Started from the agent, so that the ticket and both
+/// sides' first records are processed as they would be); returns the time
+/// spent in the client and in the server, and whether it resumed.
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> (Duration, Duration, bool) {
-    let (mut tc, mut ts) = (Duration::ZERO, Duration::ZERO);
     let t = Instant::now();
-    let mut c = ClientConnection::new(client.clone(), server_name("127.0.0.1")).unwrap();
-    tc += t.elapsed();
+    let mut c =
+        Connection::from(ClientConnection::new(client.clone(), server_name("127.0.0.1")).unwrap());
+    let mut tc = t.elapsed();
     let t = Instant::now();
-    let mut s = ServerConnection::new(server.clone()).unwrap();
-    ts += t.elapsed();
-    let mut wire = Vec::new();
-    // Hello and request from ctl, Started from the agent: the ticket and
-    // both sides' first records are processed as they would be.
-    let mut sent_c = false;
-    let mut sent_s = false;
+    let mut s = Connection::from(ServerConnection::new(server.clone()).unwrap());
+    let mut ts = t.elapsed();
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let (mut sent_c, mut sent_s) = (false, false);
     for _ in 0..8 {
-        let t = Instant::now();
-        if !c.is_handshaking() && !sent_c {
-            use std::io::Write;
-            c.writer().write_all(&[0u8; 54]).unwrap();
-            sent_c = true;
-        }
-        wire.clear();
-        while c.wants_write() {
-            c.write_tls(&mut wire).unwrap();
-        }
-        tc += t.elapsed();
-        let t = Instant::now();
-        s.read_tls(&mut wire.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        if !s.is_handshaking() && !sent_s {
-            use std::io::Write;
-            s.writer().write_all(&[0u8; 64]).unwrap();
-            sent_s = true;
-        }
-        wire.clear();
-        while s.wants_write() {
-            s.write_tls(&mut wire).unwrap();
-        }
-        ts += t.elapsed();
-        let t = Instant::now();
-        c.read_tls(&mut wire.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
-        tc += t.elapsed();
-        if sent_c && sent_s && !c.wants_write() && !s.wants_write() {
+        tc += turn(&mut c, &to_client, 54, &mut sent_c, &mut to_server);
+        ts += turn(&mut s, &to_server, 64, &mut sent_s, &mut to_client);
+        if sent_c && sent_s && to_server.is_empty() && to_client.is_empty() {
             break;
         }
     }
