@@ -13,15 +13,7 @@ need=
 command -v nats-server >/dev/null || need="$need nats-server"
 command -v hyperfine >/dev/null || need="$need hyperfine"
 [ -x /usr/bin/time ] || need="$need time"
-if [ -n "$need" ]; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
-    else
-        echo "missing:$need (install them, or run as root)" >&2
-        exit 1
-    fi
-fi
+. bench/need.sh
 hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt 20000 ]; then
     echo "the open-files hard limit is $hard; 10,000 agents need 20,000 (or run with --agents 1000)" >&2

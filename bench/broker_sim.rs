@@ -14,6 +14,9 @@
 //! `drive` is a minimal client of the same protocol (no ctl), to check the
 //! simulator and to measure the carrier's fan-out without ctl's own costs.
 
+#[path = "peak_rss.rs"]
+mod peak_rss;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,17 +145,6 @@ fn raise_open_files_limit() -> u64 {
         return hard;
     }
     soft
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn identity(dir: &std::path::Path, name: &str) -> Result<Identity, String> {
@@ -359,7 +351,7 @@ async fn serve(
         "ready: {} agents listening in {:.2} s (waves of {wave}); peak RSS {} MiB",
         agents.len(),
         took.as_secs_f64(),
-        peak_rss_kib() / 1024
+        peak_rss::peak_rss_kib() / 1024
     );
     if let Some(path) = ready_file {
         std::fs::write(&path, format!("{}\n", agents.len()))
@@ -383,7 +375,7 @@ async fn serve(
         c.pings.load(Ordering::Relaxed),
         c.refused.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
-        peak_rss_kib() / 1024
+        peak_rss::peak_rss_kib() / 1024
     );
     Ok(())
 }
@@ -478,7 +470,7 @@ async fn drive(
         fleet.agents,
         started.elapsed().as_secs_f64(),
         connected.as_secs_f64(),
-        peak_rss_kib() / 1024
+        peak_rss::peak_rss_kib() / 1024
     );
     if failed > 0 || nonzero > 0 {
         return Err("not every agent answered exit 0".to_owned());

@@ -4,6 +4,9 @@
 //! Plaintext over the carrier, no TLS: this measures the carrier, not the
 //! session. Run with `bench/broker.sh` (release build).
 
+#[path = "peak_rss.rs"]
+mod peak_rss;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,17 +58,6 @@ fn start_server(dir: &std::path::Path) -> (Server, String) {
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +138,6 @@ async fn main() {
     }
     println!(
         "bench process peak RSS (agent and ctl carriers together): {} MiB",
-        peak_rss_kib() / 1024
+        peak_rss::peak_rss_kib() / 1024
     );
 }

@@ -11,14 +11,6 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need="$need openssh-serve
 command -v ssh >/dev/null || need="$need openssh-client"
 command -v pdsh >/dev/null || need="$need pdsh"
 [ -x /usr/bin/time ] || need="$need time"
-if [ -n "$need" ]; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
-    else
-        echo "missing:$need (install them, or run as root)" >&2
-        exit 1
-    fi
-fi
+. bench/need.sh
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo build --release --quiet --bins
 exec python3 bench/harness.py "$@"

@@ -358,6 +358,73 @@ macro_rules! every_key {
     };
 }
 
+/// Calls `$apply!` with every key of [`ConfigFile`] that is one setting
+/// of [`AgentSettings`] as it is (a count that may not be zero is the
+/// setting's number): `key => field`.
+macro_rules! every_plain_key {
+    ($apply:ident) => {
+        $apply!(
+            max_sessions => max_sessions,
+            max_startups => max_startups,
+            per_source_max_startups => per_source_max_startups,
+            max_execs => max_execs,
+            max_execs_per_client => max_execs_per_client,
+            handshake_timeout => handshake_timeout,
+            kill_grace => kill_grace,
+            shutdown_grace => shutdown_grace,
+            keepalive_interval => keepalive_interval,
+            keepalive_count => keepalive_count,
+            shell => shell,
+            state_dir => jobs.state_dir,
+            max_jobs => jobs.max_jobs,
+            max_job_output => jobs.max_output,
+            job_retention => jobs.retention
+        )
+    };
+}
+
+/// A key's value as the file holds it, and the setting it stands for.
+trait FileValue: Sized {
+    /// The setting's type.
+    type Setting;
+    /// The setting this value asks for.
+    fn setting(self) -> Self::Setting;
+    /// The value that reads back to `setting`, if the file can write it.
+    fn of_setting(setting: &Self::Setting) -> Option<Self>;
+}
+
+/// Counts that may not be zero: the setting is the plain number.
+macro_rules! nonzero_file_values {
+    ($($nonzero:ty => $number:ty),*) => {
+        $(impl FileValue for $nonzero {
+            type Setting = $number;
+            fn setting(self) -> $number {
+                self.get()
+            }
+            fn of_setting(setting: &$number) -> Option<Self> {
+                <$nonzero>::new(*setting)
+            }
+        })*
+    };
+}
+nonzero_file_values!(NonZeroUsize => usize, NonZeroU32 => u32, NonZeroU64 => u64);
+
+/// Values the setting holds as the file gives them.
+macro_rules! same_file_values {
+    ($($value:ty),*) => {
+        $(impl FileValue for $value {
+            type Setting = $value;
+            fn setting(self) -> $value {
+                self
+            }
+            fn of_setting(setting: &$value) -> Option<Self> {
+                Some(setting.clone())
+            }
+        })*
+    };
+}
+same_file_values!(Duration, MaxStartups, PathBuf);
+
 /// Why the config file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -444,56 +511,19 @@ impl ConfigFile {
             .or_else(|| self.dir.clone())
             .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DIR));
         let mut settings = AgentSettings::new(dir);
-        if let Some(n) = self.max_sessions {
-            settings.max_sessions = n.get();
+        macro_rules! apply {
+            ($($key:ident => $($field:ident).+),*) => {
+                $(if let Some(value) = &self.$key {
+                    settings.$($field).+ = value.clone().setting();
+                })*
+            };
         }
-        if let Some(policy) = self.max_startups {
-            settings.max_startups = policy;
-        }
-        if let Some(n) = self.per_source_max_startups {
-            settings.per_source_max_startups = n.get();
-        }
-        if let Some(n) = self.max_execs {
-            settings.max_execs = n.get();
-        }
-        if let Some(n) = self.max_execs_per_client {
-            settings.max_execs_per_client = n.get();
-        }
-        if let Some(d) = self.handshake_timeout {
-            settings.handshake_timeout = d;
-        }
-        if let Some(d) = self.kill_grace {
-            settings.kill_grace = d;
-        }
-        if let Some(d) = self.shutdown_grace {
-            settings.shutdown_grace = d;
-        }
+        every_plain_key!(apply);
         if let Some(d) = self.max_timeout {
             settings.max_timeout = limit(d);
         }
-        if let Some(d) = self.keepalive_interval {
-            settings.keepalive_interval = d;
-        }
-        if let Some(n) = self.keepalive_count {
-            settings.keepalive_count = n.get();
-        }
-        if let Some(shell) = &self.shell {
-            settings.shell = shell.clone();
-        }
         if let Some(bytes) = self.max_copy_bytes {
             settings.max_copy_bytes = (bytes > 0).then_some(bytes);
-        }
-        if let Some(path) = &self.state_dir {
-            settings.jobs.state_dir = path.clone();
-        }
-        if let Some(n) = self.max_jobs {
-            settings.jobs.max_jobs = n.get();
-        }
-        if let Some(n) = self.max_job_output {
-            settings.jobs.max_output = n.get();
-        }
-        if let Some(d) = self.job_retention {
-            settings.jobs.retention = d;
         }
         if let Some(table) = &self.jobs {
             settings.jobs.admins = table.admins.clone();
@@ -520,35 +550,26 @@ impl ConfigFile {
     /// Every setting of `settings` and `listen` spelled out, as a file that
     /// reads back to the same settings.
     pub fn from_settings(settings: &AgentSettings, listen: &[SocketAddr]) -> ConfigFile {
-        ConfigFile {
-            dir: Some(settings.dir.clone()),
-            // An agent with a broker may listen nowhere: the key is then
-            // left out, which with a broker means no TCP port.
-            listen: (!listen.is_empty()).then(|| listen.to_vec()),
-            max_sessions: NonZeroUsize::new(settings.max_sessions),
-            max_startups: Some(settings.max_startups),
-            per_source_max_startups: NonZeroUsize::new(settings.per_source_max_startups),
-            max_execs: NonZeroUsize::new(settings.max_execs),
-            max_execs_per_client: NonZeroUsize::new(settings.max_execs_per_client),
-            handshake_timeout: Some(settings.handshake_timeout),
-            kill_grace: Some(settings.kill_grace),
-            shutdown_grace: Some(settings.shutdown_grace),
-            max_timeout: Some(settings.max_timeout.unwrap_or(Duration::ZERO)),
-            keepalive_interval: Some(settings.keepalive_interval),
-            keepalive_count: NonZeroU32::new(settings.keepalive_count),
-            shell: Some(settings.shell.clone()),
-            max_copy_bytes: Some(settings.max_copy_bytes.unwrap_or(0)),
-            state_dir: Some(settings.jobs.state_dir.clone()),
-            max_jobs: NonZeroUsize::new(settings.jobs.max_jobs),
-            max_job_output: NonZeroU64::new(settings.jobs.max_output),
-            job_retention: Some(settings.jobs.retention),
-            jobs: (!settings.jobs.admins.is_empty()).then(|| JobsTable {
-                admins: settings.jobs.admins.clone(),
-            }),
-            run_as: (!settings.run_as.by_client.is_empty())
-                .then(|| settings.run_as.by_client.clone()),
-            broker: BrokerFile::from_settings(settings.broker.as_ref()),
+        macro_rules! spell_out {
+            ($($key:ident => $($field:ident).+),*) => {
+                ConfigFile {
+                    $($key: FileValue::of_setting(&settings.$($field).+),)*
+                    dir: Some(settings.dir.clone()),
+                    // An agent with a broker may listen nowhere: the key is
+                    // then left out, which with a broker means no TCP port.
+                    listen: (!listen.is_empty()).then(|| listen.to_vec()),
+                    max_timeout: Some(settings.max_timeout.unwrap_or(Duration::ZERO)),
+                    max_copy_bytes: Some(settings.max_copy_bytes.unwrap_or(0)),
+                    jobs: (!settings.jobs.admins.is_empty()).then(|| JobsTable {
+                        admins: settings.jobs.admins.clone(),
+                    }),
+                    run_as: (!settings.run_as.by_client.is_empty())
+                        .then(|| settings.run_as.by_client.clone()),
+                    broker: BrokerFile::from_settings(settings.broker.as_ref()),
+                }
+            };
         }
+        every_plain_key!(spell_out)
     }
 
     /// This file as TOML text.

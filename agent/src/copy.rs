@@ -242,13 +242,7 @@ fn write_tree(
                 writer.item(CopyItem::File(header))?;
             }
             ToWriter::Item(item) => writer.item(item)?,
-            ToWriter::Finish if writer.in_file() => {
-                return Err(CopyError::new(
-                    ErrorKind::Protocol,
-                    "the push ended in the middle of a file",
-                ));
-            }
-            ToWriter::Finish => return Ok((writer.entries, writer.bytes)),
+            ToWriter::Finish => return writer.complete("the push ended in the middle of a file"),
         }
     }
     Err(CopyError::new(ErrorKind::Internal, "abandoned"))

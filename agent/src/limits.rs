@@ -679,29 +679,26 @@ mod tests {
     #[test]
     fn a_56_rotating_through_its_64s_is_one_source_for_limit_and_eviction() {
         let from = |ip: &str| Source::of(ip.parse::<IpAddr>().unwrap());
+        let enter = |startups: &Arc<Startups>, ip: &str| startups.enter(from(ip), NO_SOCKET);
+        // Two of the /56's /64s, each holding a place.
+        let rotated = |startups: &Arc<Startups>| {
+            [
+                enter(startups, "2001:db8:7:1100::1").unwrap(),
+                enter(startups, "2001:db8:7:1101::1").unwrap(),
+            ]
+        };
+
         let startups = Startups::new(policy("10"), 2);
-        let _a = startups
-            .enter(from("2001:db8:7:1100::1"), NO_SOCKET)
-            .unwrap();
-        let _b = startups
-            .enter(from("2001:db8:7:1101::1"), NO_SOCKET)
-            .unwrap();
+        let _held = rotated(&startups);
         assert_eq!(
-            startups
-                .enter(from("2001:db8:7:11ff::1"), NO_SOCKET)
-                .unwrap_err(),
+            enter(&startups, "2001:db8:7:11ff::1").unwrap_err(),
             StartupRefusal::PerSource
         );
 
         let startups = Startups::new(policy("3"), 3);
-        let _client = startups.enter(from("2001:db8:1::1"), NO_SOCKET).unwrap();
-        let _a = startups
-            .enter(from("2001:db8:7:1100::1"), NO_SOCKET)
-            .unwrap();
-        let _b = startups
-            .enter(from("2001:db8:7:1101::1"), NO_SOCKET)
-            .unwrap();
-        let (_next, made) = startups.enter(from("2001:db8:2::1"), NO_SOCKET).unwrap();
+        let _client = enter(&startups, "2001:db8:1::1").unwrap();
+        let _held = rotated(&startups);
+        let (_next, made) = enter(&startups, "2001:db8:2::1").unwrap();
         assert_eq!(made.evicted, Some(from("2001:db8:7:1100::1")));
     }
 

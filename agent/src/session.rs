@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::audit::{Caller, audit};
 use crate::copy::{self, CopyRequest};
 use crate::exec;
 use crate::job::{Job, finish, name_of, refuse};
@@ -112,27 +113,6 @@ where
     }
 }
 
-/// Who asked, for the audit log: the fields every audit event starts with.
-struct Audit<'a> {
-    peer: Peer,
-    client: &'a Client,
-}
-
-/// One audit event: who asked (written here once for every kind of
-/// request), then the request's own fields and the message.
-macro_rules! audit {
-    ($level:expr, $audit:expr, $($rest:tt)*) => {
-        tracing::event!(
-            target: "rexec::audit",
-            $level,
-            peer = %$audit.peer,
-            client = $audit.client.name.as_str(),
-            fingerprint = %$audit.client.fingerprint,
-            $($rest)*
-        )
-    };
-}
-
 async fn serve_inner<S>(
     stream: S,
     peer: Peer,
@@ -161,9 +141,10 @@ where
         }
         Ok(Ok(opened)) => opened,
     };
-    let audit = Audit {
+    let caller = Caller {
         peer,
-        client: &client,
+        name: client.name.clone(),
+        fingerprint: client.fingerprint,
     };
 
     // Our hello leaves with the first answer: one write, one TLS record.
@@ -187,7 +168,7 @@ where
             Err(busy) => {
                 audit!(
                     tracing::Level::WARN,
-                    audit,
+                    caller,
                     request = request.subject(),
                     "{kind} refused: {busy}"
                 );
@@ -204,11 +185,6 @@ where
     }
     let request = match request {
         Request::Job(call) => {
-            let caller = crate::jobs::serve::Caller {
-                peer,
-                name: client.name.clone(),
-                fingerprint: client.fingerprint,
-            };
             crate::jobs::serve(call, caller, state, &mut incoming, &mut outgoing).await?;
             return Ok(());
         }
@@ -235,7 +211,7 @@ where
             let report = exec::run(request, job).await;
             audit!(
                 tracing::Level::INFO,
-                audit,
+                caller,
                 command = request.command.as_str(),
                 started_at = %started_at,
                 cwd = report.cwd.as_deref().unwrap_or(""),
@@ -253,7 +229,7 @@ where
     let report = copy::serve(copy, job).await;
     audit!(
         tracing::Level::INFO,
-        audit,
+        caller,
         direction = copy.direction(),
         path = ?copy.path(),
         user = ?report.user,

@@ -13,16 +13,18 @@ use std::time::Duration;
 use async_nats::{Client, ConnectErrorKind, Event, RequestErrorKind, ServerAddr, ServerError};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rexec_protocol::tls::PresentedServerCert;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
 use crate::flow::{INITIAL_WINDOW, MAX_WINDOW};
-use crate::pin::{CertFingerprint, PinnedBroker};
+use crate::pin::CertFingerprint;
 use crate::stream::{BrokerStream, StreamParts, StreamTimers};
 use crate::subject::{SessionId, Subjects, validate_name};
 use crate::wire::{Announcement, OpenAnswer, OpenRequest};
@@ -251,13 +253,22 @@ impl TrustVerdict {
     }
 }
 
-/// Checks the broker's certificate with `inner` (the pin, or the CA) and
-/// notes why it refused one.
+/// Checks the broker's certificate by its pin or by the CA, and notes why
+/// it refused one.
 #[derive(Debug)]
-struct Recording {
-    inner: Arc<dyn ServerCertVerifier>,
-    pinned: bool,
+struct BrokerTrust {
+    check: TrustBy,
+    /// The provider's, for the handshake's signatures (as the CA's
+    /// verifier would check them).
+    algorithms: WebPkiSupportedAlgorithms,
     verdict: Arc<TrustVerdict>,
+}
+
+/// What the broker's certificate is checked against.
+#[derive(Debug)]
+enum TrustBy {
+    Pin(CertFingerprint),
+    Ca(Arc<WebPkiServerVerifier>),
 }
 
 fn untrusted(error: &rustls::Error, pinned: bool) -> Untrusted {
@@ -277,53 +288,29 @@ fn untrusted(error: &rustls::Error, pinned: bool) -> Untrusted {
     }
 }
 
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
+impl BrokerTrust {
+    fn check_server_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
+        cert: PresentedServerCert<'_>,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        self.verdict.set(
-            result
-                .as_ref()
-                .err()
-                .map(|error| untrusted(error, self.pinned)),
-        );
+        let result = match &self.check {
+            TrustBy::Pin(pin) => pin.check(cert.end_entity),
+            TrustBy::Ca(ca) => ca.verify_server_cert(
+                cert.end_entity,
+                cert.intermediates,
+                cert.server_name,
+                cert.ocsp_response,
+                cert.now,
+            ),
+        };
+        let pinned = matches!(self.check, TrustBy::Pin(_));
+        self.verdict
+            .set(result.as_ref().err().map(|error| untrusted(error, pinned)));
         result
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
+
+rexec_protocol::server_cert_verifier_by_provider!(BrokerTrust);
 
 fn broker_tls(
     ca_file: Option<&Path>,
@@ -334,17 +321,17 @@ fn broker_tls(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
-    let recording = |inner: Arc<dyn ServerCertVerifier>| {
-        Arc::new(Recording {
-            inner,
-            pinned: pin.is_some(),
+    let trust = |check: TrustBy| {
+        Arc::new(BrokerTrust {
+            check,
+            algorithms: provider.signature_verification_algorithms,
             verdict,
         })
     };
     if let Some(pin) = pin {
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(recording(PinnedBroker::new(pin, &provider)))
+            .with_custom_certificate_verifier(trust(TrustBy::Pin(pin)))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -383,13 +370,12 @@ fn broker_tls(
             }
         }
     }
-    let webpki =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
+    let ca = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|_| BrokerError::Config("TLS to the broker cannot be set up".to_owned()))?;
     Ok(builder
         .dangerous()
-        .with_custom_certificate_verifier(recording(webpki))
+        .with_custom_certificate_verifier(trust(TrustBy::Ca(ca)))
         .with_no_client_auth())
 }
 

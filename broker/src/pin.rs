@@ -7,12 +7,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::danger::ServerCertVerified;
+use rustls_pki_types::CertificateDer;
 
 /// The SHA-256 of a certificate's DER, written `sha256:` and 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,63 +72,19 @@ impl FromStr for CertFingerprint {
     }
 }
 
-/// Accepts exactly the broker certificate whose fingerprint is pinned.
-#[derive(Debug)]
-pub(crate) struct PinnedBroker {
-    pin: CertFingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinnedBroker {
-    pub(crate) fn new(
-        pin: CertFingerprint,
-        provider: &rustls::crypto::CryptoProvider,
-    ) -> Arc<Self> {
-        Arc::new(PinnedBroker {
-            pin,
-            algorithms: provider.signature_verification_algorithms,
-        })
-    }
-}
-
-impl ServerCertVerifier for PinnedBroker {
-    fn verify_server_cert(
+impl CertFingerprint {
+    /// Accepts exactly the certificate with this fingerprint.
+    pub(crate) fn check(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if CertFingerprint::of(end_entity) == self.pin {
+        if CertFingerprint::of(end_entity) == *self {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

@@ -525,13 +525,14 @@ mod tests {
         }
     }
 
+    /// An inventory file (`/h/hosts.toml`) holding `text`.
+    fn hosts_toml(text: &str) -> Inventory {
+        Inventory::parse(text, PathBuf::from("/h/hosts.toml")).unwrap()
+    }
+
     #[test]
     fn the_flag_overrides_the_files_urls_and_keeps_its_credentials() {
-        let inventory = Inventory::parse(
-            "[broker]\nurl = \"tls://file:4222\"\ntoken_file = \"/t\"\n",
-            PathBuf::from("/h/hosts.toml"),
-        )
-        .unwrap();
+        let inventory = hosts_toml("[broker]\nurl = \"tls://file:4222\"\ntoken_file = \"/t\"\n");
         let chosen = choose(Some("tls://flag:1, tls://flag:2"), &inventory)
             .unwrap()
             .unwrap();
@@ -548,18 +549,15 @@ mod tests {
         assert_eq!(choose(None, &Inventory::default()).unwrap(), None);
         assert!(choose(Some(","), &Inventory::default()).is_err());
         // Credentials alone do not turn broker mode on.
-        let credentials_only =
-            Inventory::parse("[broker]\ntoken_file = \"/t\"\n", PathBuf::from("h.toml")).unwrap();
+        let credentials_only = hosts_toml("[broker]\ntoken_file = \"/t\"\n");
         assert_eq!(choose(None, &credentials_only).unwrap(), None);
     }
 
     #[test]
     fn targets_on_a_broker_are_names_without_ports() {
-        let inventory = Inventory::parse(
+        let inventory = hosts_toml(
             "[groups]\nlab = \"pc[1-2]\"\n[hosts.\"pc[1-2]\"]\nport = 7000\nuser = \"lab\"\n",
-            PathBuf::from("h.toml"),
-        )
-        .unwrap();
+        );
         let targets = agents(inventory.resolve("@lab,pc1", &[]).unwrap()).unwrap();
         let shown: Vec<String> = targets.iter().map(Target::to_string).collect();
         assert_eq!(shown, ["lab@pc1", "lab@pc2"]);

@@ -648,17 +648,20 @@ fn group_members(members: toml::Value) -> Result<String, String> {
     }
 }
 
+/// The fields of `value`, which at `key` must be a table of `what`.
+fn table_of(value: toml::Value, key: &str, what: &str) -> Result<toml::Table, (String, String)> {
+    match value {
+        toml::Value::Table(fields) => Ok(fields),
+        other => Err((
+            key.to_owned(),
+            format!("expected a table of {what}, found {}", kind(&other)),
+        )),
+    }
+}
+
 /// The settings of one `[hosts.KEY]` entry; an error names the key at fault.
 fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String, String)> {
-    let toml::Value::Table(fields) = value else {
-        return Err((
-            key.to_owned(),
-            format!(
-                "expected a table of settings (port, user), found {}",
-                kind(&value)
-            ),
-        ));
-    };
+    let fields = table_of(value, key, "settings (port, user)")?;
     let mut settings = HostSettings::default();
     for (field, value) in fields {
         let at = format!("{key}.{}", toml_key(&field));
@@ -709,15 +712,7 @@ fn group_source(
             "a source's name holds letters, digits, '_', '-' and '.' only".to_owned(),
         ));
     }
-    let toml::Value::Table(fields) = value else {
-        return Err((
-            key.to_owned(),
-            format!(
-                "expected a table of commands (map, list, all), found {}",
-                kind(&value)
-            ),
-        ));
-    };
+    let fields = table_of(value, key, "commands (map, list, all)")?;
     let mut source = GroupSource {
         name: name.to_owned(),
         timeout: sources::DEFAULT_TIMEOUT,

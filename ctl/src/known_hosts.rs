@@ -317,6 +317,14 @@ mod tests {
             .unwrap()
     }
 
+    /// A known hosts file holding `text` in a new directory, and its path.
+    fn file_holding(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn add_get_remove_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
@@ -336,10 +344,8 @@ mod tests {
 
     #[test]
     fn a_last_line_without_newline_keeps_its_pin() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known_hosts");
         let (a, b) = (fingerprint('A'), fingerprint('Q'));
-        fs::write(&path, format!("# by hand\nh:1 {a}")).unwrap();
+        let (_dir, path) = file_holding(&format!("# by hand\nh:1 {a}"));
         let mut hosts = KnownHosts::load(&path).unwrap();
         assert_eq!(hosts.add("g:2", b).unwrap(), Added::New);
         let text = fs::read_to_string(&path).unwrap();
@@ -352,14 +358,10 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_reported_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known_hosts");
         let a = fingerprint('A');
-        fs::write(
-            &path,
-            format!("h:1 {a}\nnonsense\n\nh:2 {a} extra\nh:3 SHA256:short\n"),
-        )
-        .unwrap();
+        let (_dir, path) = file_holding(&format!(
+            "h:1 {a}\nnonsense\n\nh:2 {a} extra\nh:3 SHA256:short\n"
+        ));
         let mut hosts = KnownHosts::load(&path).unwrap();
         assert_eq!(hosts.malformed(), [2, 4, 5]);
         assert_eq!(hosts.add("g:9", a).unwrap(), Added::New);
@@ -371,13 +373,31 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_contact_recorded_meanwhile_is_not_written_twice() {
+    /// Two ctl runs that loaded the same known hosts file (none yet) in a
+    /// new directory, and two host keys for them to record.
+    fn two_runs() -> (
+        tempfile::TempDir,
+        PathBuf,
+        KnownHosts,
+        KnownHosts,
+        (Fingerprint, Fingerprint),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("known_hosts");
-        let (a, b) = (fingerprint('A'), fingerprint('Q'));
-        let mut first = KnownHosts::load(&path).unwrap();
-        let mut second = KnownHosts::load(&path).unwrap();
+        let first = KnownHosts::load(&path).unwrap();
+        let second = KnownHosts::load(&path).unwrap();
+        (
+            dir,
+            path,
+            first,
+            second,
+            (fingerprint('A'), fingerprint('Q')),
+        )
+    }
+
+    #[test]
+    fn a_contact_recorded_meanwhile_is_not_written_twice() {
+        let (_dir, path, mut first, mut second, (a, b)) = two_runs();
         assert_eq!(first.add("h:1", a).unwrap(), Added::New);
         assert_eq!(second.add("h:1", a).unwrap(), Added::AlreadyKnown);
         assert_eq!(second.add("h:1", b).unwrap(), Added::Conflict(a));
@@ -386,11 +406,7 @@ mod tests {
 
     #[test]
     fn what_others_append_or_remove_meanwhile_is_seen_before_adding() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known_hosts");
-        let (a, b) = (fingerprint('A'), fingerprint('Q'));
-        let mut first = KnownHosts::load(&path).unwrap();
-        let mut second = KnownHosts::load(&path).unwrap();
+        let (_dir, path, mut first, mut second, (a, b)) = two_runs();
         assert_eq!(first.add("f:1", a).unwrap(), Added::New);
         assert_eq!(second.add("g:1", a).unwrap(), Added::New);
         // A hand edit appends a line, and a broken one.
@@ -414,10 +430,8 @@ mod tests {
 
     #[test]
     fn the_first_entry_for_a_host_is_the_one_that_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known_hosts");
         let (a, b) = (fingerprint('A'), fingerprint('Q'));
-        fs::write(&path, format!("h:1 {a}\nh:1 {b}\n")).unwrap();
+        let (_dir, path) = file_holding(&format!("h:1 {a}\nh:1 {b}\n"));
         let mut hosts = KnownHosts::load(&path).unwrap();
         assert_eq!(hosts.get("h:1"), Some(a));
         assert_eq!(hosts.add("h:1", b).unwrap(), Added::Conflict(a));

@@ -1134,6 +1134,18 @@ impl TreeWriter {
     pub fn in_file(&self) -> bool {
         self.current.is_some()
     }
+
+    /// The sender says the tree is complete: the entries and bytes put in
+    /// place.
+    ///
+    /// # Errors
+    /// A protocol error saying `unfinished` when a file is still open.
+    pub fn complete(&self, unfinished: &str) -> Result<(u64, u64), CopyError> {
+        if self.in_file() {
+            return Err(CopyError::new(ErrorKind::Protocol, unfinished));
+        }
+        Ok((self.entries, self.bytes))
+    }
 }
 
 /// Gives the open `file` the sent owner, when the copy keeps owners.

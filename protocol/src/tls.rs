@@ -10,14 +10,11 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    ServerConfig, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DistinguishedName, OtherError, ServerConfig};
 
 use crate::identity::{Fingerprint, Identity};
 
@@ -75,14 +72,17 @@ pub fn server_config(
     Ok(config)
 }
 
-/// The handshake-signature half of a certificate verifier, the same on both
-/// sides: signatures are checked with the provider's algorithms (a field
-/// `algorithms`); only the certificate checks differ.
+/// The handshake-signature half of a certificate verifier, the same for
+/// every verifier in rexec: signatures are checked with the provider's
+/// algorithms (a field `algorithms`); only the certificate checks differ.
+/// Exported for the broker crate's check of the broker's certificate.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! signature_checks_by_provider {
     () => {
-        signature_checks_by_provider!(verify_tls12_signature, verify_tls13_signature);
+        $crate::signature_checks_by_provider!(verify_tls12_signature, verify_tls13_signature);
 
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        fn supported_verify_schemes(&self) -> Vec<::rustls::SignatureScheme> {
             self.algorithms.supported_schemes()
         }
     };
@@ -92,12 +92,59 @@ macro_rules! signature_checks_by_provider {
             fn $check(
                 &self,
                 message: &[u8],
-                cert: &CertificateDer<'_>,
-                dss: &DigitallySignedStruct,
-            ) -> Result<HandshakeSignatureValid, rustls::Error> {
-                rustls::crypto::$check(message, cert, dss, &self.algorithms)
+                cert: &::rustls::pki_types::CertificateDer<'_>,
+                dss: &::rustls::DigitallySignedStruct,
+            ) -> Result<::rustls::client::danger::HandshakeSignatureValid, ::rustls::Error> {
+                ::rustls::crypto::$check(message, cert, dss, &self.algorithms)
             }
         )+
+    };
+}
+
+/// What a server's certificate check is shown: the certificates the
+/// server presented and the name the client dialled.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedServerCert<'a> {
+    /// The server's own certificate.
+    pub end_entity: &'a CertificateDer<'a>,
+    /// The certificates it sent along, towards a root.
+    pub intermediates: &'a [CertificateDer<'a>],
+    /// The name the client dialled.
+    pub server_name: &'a ServerName<'a>,
+    /// The OCSP response stapled to the certificate (empty without one).
+    pub ocsp_response: &'a [u8],
+    /// The time the certificates must be valid at.
+    pub now: UnixTime,
+}
+
+/// Implements rustls's `ServerCertVerifier` for `$verifier`, a type with a
+/// method `check_server_cert(&self, PresentedServerCert) -> Result<ServerCertVerified, rustls::Error>`
+/// and a field `algorithms` (the provider's signature algorithms): every
+/// server check in rexec (ctl's host keys, the broker's pin or CA) differs
+/// only in what it makes of the certificate.
+#[macro_export]
+macro_rules! server_cert_verifier_by_provider {
+    ($verifier:ty) => {
+        impl ::rustls::client::danger::ServerCertVerifier for $verifier {
+            fn verify_server_cert(
+                &self,
+                end_entity: &::rustls::pki_types::CertificateDer<'_>,
+                intermediates: &[::rustls::pki_types::CertificateDer<'_>],
+                server_name: &::rustls::pki_types::ServerName<'_>,
+                ocsp_response: &[u8],
+                now: ::rustls::pki_types::UnixTime,
+            ) -> Result<::rustls::client::danger::ServerCertVerified, ::rustls::Error> {
+                self.check_server_cert($crate::tls::PresentedServerCert {
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                })
+            }
+
+            $crate::signature_checks_by_provider!();
+        }
     };
 }
 
@@ -201,16 +248,12 @@ enum HostKeyRefused {
     Unknown(Fingerprint),
 }
 
-impl ServerCertVerifier for HostKeyVerifier {
-    fn verify_server_cert(
+impl HostKeyVerifier {
+    fn check_server_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        cert: PresentedServerCert<'_>,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = Fingerprint::of_certificate(end_entity)
+        let presented = Fingerprint::of_certificate(cert.end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let (outcome, refusal) = match self.policy {
             HostKeyPolicy::Expect(known) if known == presented => {
@@ -234,9 +277,9 @@ impl ServerCertVerifier for HostKeyVerifier {
             ))),
         }
     }
-
-    signature_checks_by_provider!();
 }
+
+crate::server_cert_verifier_by_provider!(HostKeyVerifier);
 
 /// The client's TLS configuration: checks the agent with `verifier` and,
 /// when `identity` is given, presents it. (Without an identity every agent
@@ -329,7 +372,7 @@ pub fn impostor_client_config(
         fn resolve(
             &self,
             _: &[&[u8]],
-            _: &[SignatureScheme],
+            _: &[rustls::SignatureScheme],
         ) -> Option<Arc<rustls::sign::CertifiedKey>> {
             Some(self.0.clone())
         }

@@ -86,28 +86,14 @@ pub fn run() -> i32 {
     {
         return 2;
     }
-    let spec: RunnerSpec = match serde_json::from_slice(&text) {
-        Ok(spec) => spec,
-        Err(_) => {
-            ready(&Ready::Refused(ErrorReport::new(
-                ErrorKind::Internal,
-                "the job runner got a spec it cannot read",
-            )));
-            return 2;
-        }
+    let Ok(spec) = serde_json::from_slice::<RunnerSpec>(&text) else {
+        return cannot_start("the job runner got a spec it cannot read");
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(_) => {
-            ready(&Ready::Refused(ErrorReport::new(
-                ErrorKind::Internal,
-                "the job runner cannot start its runtime",
-            )));
-            return 2;
-        }
+    else {
+        return cannot_start("the job runner cannot start its runtime");
     };
     runtime.block_on(run_job(spec))
 }
@@ -123,6 +109,13 @@ fn ready(line: &Ready) {
         // SAFETY: dup2 onto our own stdout, which nothing else uses now.
         unsafe { nix::libc::dup2(null.as_raw_fd(), 1) };
     }
+}
+
+/// The runner itself could not get going: the agent is told so, and the
+/// exit code is 2 (1 is a refused command).
+fn cannot_start(why: &str) -> i32 {
+    ready(&Ready::Refused(ErrorReport::new(ErrorKind::Internal, why)));
+    2
 }
 
 fn refuse(report: ErrorReport) -> i32 {

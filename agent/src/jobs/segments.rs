@@ -208,14 +208,26 @@ mod tests {
         }
     }
 
+    /// `len` bytes counting up modulo `modulus`: a prime, so that a piece
+    /// read from the wrong place does not match by chance.
+    fn pattern(len: u32, modulus: u32) -> Vec<u8> {
+        (0..len).map(|i| (i % modulus) as u8).collect()
+    }
+
+    /// A writer capped at 800 bytes, given `data` in pieces of `piece`.
+    fn written(dir: &Path, name: &'static str, data: &[u8], piece: usize) -> SegmentWriter {
+        let mut w = SegmentWriter::new(dir, name, 800);
+        for piece in data.chunks(piece) {
+            w.write(piece);
+        }
+        w
+    }
+
     #[test]
     fn a_stream_under_its_cap_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::new(dir.path(), "stdout", 800);
-        let data: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
-        for piece in data.chunks(33) {
-            w.write(piece);
-        }
+        let data = pattern(700, 251);
+        let w = written(dir.path(), "stdout", &data, 33);
         assert_eq!(w.dropped(), 0);
         assert_eq!(everything(dir.path(), "stdout"), (0, data));
         assert_eq!(
@@ -230,11 +242,8 @@ mod tests {
     #[test]
     fn past_the_cap_the_oldest_bytes_go_and_the_rest_is_the_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::new(dir.path(), "stderr", 800);
-        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
-        for piece in data.chunks(61) {
-            w.write(piece);
-        }
+        let data = pattern(5000, 253);
+        let w = written(dir.path(), "stderr", &data, 61);
         let (dropped, kept) = everything(dir.path(), "stderr");
         assert_eq!(dropped, w.dropped());
         assert!(

@@ -13,6 +13,7 @@ use rexec_protocol::{
 
 pub use super::start::Caller;
 use super::store::{self, Found};
+use crate::audit::audit;
 use crate::job::{Incoming, Outgoing, finish, refuse};
 use crate::state::AgentState;
 
@@ -291,15 +292,7 @@ async fn kill(
         nix::unistd::Pid::from_raw(runner as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    tracing::info!(
-        target: "rexec::audit",
-        peer = %caller.peer,
-        client = caller.name.as_str(),
-        fingerprint = %caller.fingerprint,
-        job = id.as_str(),
-        owner = found.record.owner.as_str(),
-        "job kill"
-    );
+    audit_request(caller, &found, "kill");
     let bound = state.settings.kill_grace + Duration::from_secs(5);
     let deadline = tokio::time::Instant::now() + bound;
     let mut now = find(state, caller, id)?;
@@ -308,6 +301,18 @@ async fn kill(
         now = find(state, caller, id)?;
     }
     Ok(AgentMessage::Job(now.summary()))
+}
+
+/// The audit line of a request that changes a job: who asked, for which
+/// job, whose it is.
+fn audit_request(caller: &Caller, found: &Found, request: &str) {
+    audit!(
+        tracing::Level::INFO,
+        caller,
+        job = found.record.id.as_str(),
+        owner = found.record.owner.as_str(),
+        "job {request}"
+    );
 }
 
 fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessage, ErrorReport> {
@@ -326,14 +331,6 @@ fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessag
             format!("cannot remove job {id}: {}", super::io_text(&e)),
         )
     })?;
-    tracing::info!(
-        target: "rexec::audit",
-        peer = %caller.peer,
-        client = caller.name.as_str(),
-        fingerprint = %caller.fingerprint,
-        job = id.as_str(),
-        owner = found.record.owner.as_str(),
-        "job forget"
-    );
+    audit_request(caller, &found, "forget");
     Ok(AgentMessage::Job(summary))
 }

@@ -20,21 +20,13 @@ use rexec_protocol::{DetachRequest, ErrorKind, ErrorReport, JobSummary};
 
 use super::runner::{Ready, RunnerSpec, SUBCOMMAND};
 use super::store::{self, JobRecord, NEW_PREFIX};
+use crate::audit::audit;
 use crate::state::AgentState;
 
 /// How long a runner may take to say whether its command started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Who asks, as the session identified them.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Where from.
-    pub peer: crate::peer::Peer,
-    /// The client's name.
-    pub name: String,
-    /// The client's key.
-    pub fingerprint: rexec_protocol::Fingerprint,
-}
+pub use crate::audit::Caller;
 
 fn internal(message: impl Into<String>) -> ErrorReport {
     ErrorReport::new(ErrorKind::Internal, message)
@@ -139,11 +131,9 @@ pub async fn start(
         // The runner goes on in the directory it has; it is only hidden.
         return Err(cannot_record(e));
     }
-    tracing::info!(
-        target: "rexec::audit",
-        peer = %caller.peer,
-        client = caller.name.as_str(),
-        fingerprint = %caller.fingerprint,
+    audit!(
+        tracing::Level::INFO,
+        caller,
         job = id.as_str(),
         command = record.command.as_str(),
         cwd = request.exec.cwd.as_deref().unwrap_or(""),

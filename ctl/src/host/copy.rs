@@ -239,13 +239,9 @@ fn write_on_a_thread(mut writer: TreeWriter) -> (tokio::sync::mpsc::Sender<ToDis
         while let Some(next) = rx.blocking_recv() {
             match next {
                 ToDisk::Item(item) => writer.item(item)?,
-                ToDisk::Finish if writer.in_file() => {
-                    return Err(CopyError::new(
-                        ErrorKind::Protocol,
-                        "the agent ended the copy in the middle of a file",
-                    ));
+                ToDisk::Finish => {
+                    return writer.complete("the agent ended the copy in the middle of a file");
                 }
-                ToDisk::Finish => return Ok((writer.entries, writer.bytes)),
             }
         }
         Err(CopyError::new(ErrorKind::Internal, "abandoned"))

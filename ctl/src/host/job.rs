@@ -147,6 +147,23 @@ fn closed_early() -> CtlError {
     ))
 }
 
+/// Sends `request` to `target` and reads the agent's one answer; an error
+/// report is its refusal.
+async fn answer(
+    client: &Client,
+    target: &Target,
+    request: ClientMessage,
+) -> Result<AgentMessage, CtlError> {
+    let session = connect::open(client, target, request).await?;
+    let mut incoming = session.connection.incoming;
+    match Liveness::new().next(&mut incoming).await? {
+        Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
+        Some(Ok(answer)) => Ok(answer),
+        Some(Err(e)) => Err(CtlError::lost(&e)),
+        None => Err(closed_early()),
+    }
+}
+
 /// Starts `request` on `target`.
 ///
 /// # Errors
@@ -156,14 +173,9 @@ pub async fn detach(
     target: Target,
     request: DetachRequest,
 ) -> Result<Accepted, CtlError> {
-    let session = connect::open(&client, &target, ClientMessage::Detach(request)).await?;
-    let mut incoming = session.connection.incoming;
-    match Liveness::new().next(&mut incoming).await? {
-        Some(Ok(AgentMessage::Job(summary))) => Ok(Accepted(summary)),
-        Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
-        Some(Ok(other)) => Err(CtlError::unexpected(&other)),
-        Some(Err(e)) => Err(CtlError::lost(&e)),
-        None => Err(closed_early()),
+    match answer(&client, &target, ClientMessage::Detach(request)).await? {
+        AgentMessage::Job(summary) => Ok(Accepted(summary)),
+        other => Err(CtlError::unexpected(&other)),
     }
 }
 
@@ -172,14 +184,9 @@ pub async fn detach(
 /// # Errors
 /// When the agent could not be reached or refused.
 pub async fn list(client: Arc<Client>, target: Target) -> Result<Listed, CtlError> {
-    let session = connect::open(&client, &target, ClientMessage::Job(JobRequest::List)).await?;
-    let mut incoming = session.connection.incoming;
-    match Liveness::new().next(&mut incoming).await? {
-        Some(Ok(AgentMessage::Jobs(jobs))) => Ok(Listed(jobs)),
-        Some(Ok(AgentMessage::Error(report))) => Err(CtlError::Agent(report)),
-        Some(Ok(other)) => Err(CtlError::unexpected(&other)),
-        Some(Err(e)) => Err(CtlError::lost(&e)),
-        None => Err(closed_early()),
+    match answer(&client, &target, ClientMessage::Job(JobRequest::List)).await? {
+        AgentMessage::Jobs(jobs) => Ok(Listed(jobs)),
+        other => Err(CtlError::unexpected(&other)),
     }
 }
 
