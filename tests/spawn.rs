@@ -3,7 +3,6 @@
 //! the agent's session, with no controlling terminal, including when the
 //! agent was started from a shell on a terminal.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -45,14 +44,18 @@ fn ids_of(pid: u32) -> Ids {
     ids_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap())
 }
 
-/// Runs [`PROBE`] through `agent`: the command's ids and its answer.
-fn probe(env: &Env, agent: &Agent) -> (Ids, String) {
+/// Runs [`PROBE`] through `agent` and checks what a command is given: a
+/// process group of its own, inside `session`, no controlling terminal.
+fn assert_own_group_in(session: i32, env: &Env, agent: &Agent) {
     let out = env.exec(agent, &[PROBE]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let text = stdout_of(&out);
     let mut lines = text.lines();
     let ids = ids_in(lines.next().expect("stat line"));
-    (ids, lines.next().unwrap_or_default().to_owned())
+    assert_eq!(ids.group, ids.pid, "its own process group: {ids:?}");
+    assert_eq!(ids.session, session, "in the agent's session: {ids:?}");
+    assert_eq!(ids.tty, 0, "no controlling terminal: {ids:?}");
+    assert_eq!(lines.next(), Some("no-tty"), "{text}");
 }
 
 fn have_dev_tty(test: &str) -> bool {
@@ -72,15 +75,7 @@ fn a_command_leads_a_process_group_of_its_own_in_the_agents_session() {
         return;
     }
     let (env, agent) = Env::with_agent();
-    let agent_ids = ids_of(agent.child.id());
-    let (ids, tty) = probe(&env, &agent);
-    assert_eq!(ids.group, ids.pid, "its own process group: {ids:?}");
-    assert_eq!(
-        ids.session, agent_ids.session,
-        "in the agent's session: {ids:?}"
-    );
-    assert_eq!(ids.tty, 0, "no controlling terminal: {ids:?}");
-    assert_eq!(tty, "no-tty");
+    assert_own_group_in(ids_of(agent.child.id()).session, &env, &agent);
 }
 
 /// The agent's process, once the shell that runs it has started it.
@@ -113,15 +108,17 @@ impl Drop for StopsAgent {
 
 #[test]
 fn an_agent_started_from_a_shell_on_a_terminal_gives_it_up_for_its_commands() {
-    if !have_dev_tty("an_agent_started_from_a_shell_on_a_terminal_gives_it_up_for_its_commands") {
+    let test = "an_agent_started_from_a_shell_on_a_terminal_gives_it_up_for_its_commands";
+    if !have_dev_tty(test) || !have_tool("setsid", test) {
         return;
     }
     // As an admin starts it by hand: a shell leads the session whose
-    // controlling terminal this is, and runs the agent as a command.
+    // controlling terminal this is (`setsid -c` makes stdin's terminal
+    // that), and runs the agent as a command.
     let pty = nix::pty::openpty(None, None).unwrap();
     let env = Env::new();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "\"$0\" \"$@\"; :"])
+    let mut cmd = Command::new("setsid");
+    cmd.args(["-c", "sh", "-c", "\"$0\" \"$@\"; :"])
         .arg(bin("rexec-agent"))
         .args(["run", "--dir"])
         .arg(&env.agent_dir)
@@ -129,37 +126,20 @@ fn an_agent_started_from_a_shell_on_a_terminal_gives_it_up_for_its_commands() {
         .env("RUST_LOG", "info")
         .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(Stdio::from(pty.slave));
-    // SAFETY: setsid and ioctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut agent = Agent::spawn(cmd);
     let shell = agent.child.id();
     let stop = StopsAgent(child_of(shell));
     agent.wait_listening();
     env.trust(&agent);
-    let agent_pid = stop.0;
 
-    let (shell_ids, agent_ids) = (ids_of(shell), ids_of(agent_pid));
+    let (shell_ids, agent_ids) = (ids_of(shell), ids_of(stop.0));
+    assert_eq!(shell_ids.session, shell_ids.pid, "{shell_ids:?}");
     assert_ne!(
         shell_ids.tty, 0,
         "the shell keeps the terminal: {shell_ids:?}"
     );
     assert_eq!(agent_ids.session, shell_ids.session, "{agent_ids:?}");
     assert_eq!(agent_ids.tty, 0, "the agent gave it up: {agent_ids:?}");
-    let (ids, tty) = probe(&env, &agent);
-    assert_eq!(ids.group, ids.pid, "its own process group: {ids:?}");
-    assert_eq!(
-        ids.session, shell_ids.session,
-        "in the agent's session: {ids:?}"
-    );
-    assert_eq!(ids.tty, 0, "no controlling terminal: {ids:?}");
-    assert_eq!(tty, "no-tty");
+    assert_own_group_in(shell_ids.session, &env, &agent);
     drop(pty.master);
 }

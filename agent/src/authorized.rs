@@ -411,11 +411,17 @@ mod tests {
         assert_eq!(check_name("alice laptop"), Ok(()));
     }
 
+    /// A store watching a file in `dir` that does not exist yet.
+    fn store_in(dir: &tempfile::TempDir) -> (PathBuf, AuthorizedClients) {
+        let path = dir.path().join("authorized_clients");
+        let store = AuthorizedClients::open(&path);
+        (path, store)
+    }
+
     #[test]
     fn authorize_revoke_and_notice_changes_without_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("authorized_clients");
-        let store = AuthorizedClients::open(&path);
+        let (path, store) = store_in(&dir);
         let a: Fingerprint = A.parse().unwrap();
         let b: Fingerprint = B.parse().unwrap();
         assert!(!store.is_authorized(&a), "missing file authorizes nobody");
@@ -448,13 +454,12 @@ mod tests {
     #[test]
     fn the_name_after_a_handshake_is_what_its_check_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("authorized_clients");
-        let store = AuthorizedClients::open(&path);
-        let a: Fingerprint = A.parse().unwrap();
+        let (path, store) = store_in(&dir);
         let alice = AuthorizedClient {
-            fingerprint: a,
+            fingerprint: A.parse().unwrap(),
             name: "alice".into(),
         };
+        let a = alice.fingerprint;
         authorize(&path, &alice).unwrap();
         assert!(store.as_loaded(&a).is_none(), "not looked at yet");
         assert!(store.is_authorized(&a));
