@@ -18,6 +18,7 @@ mod readme;
 mod review;
 mod select;
 mod sources;
+mod spawn;
 mod systemd;
 mod trust;
 mod util;

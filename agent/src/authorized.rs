@@ -208,6 +208,15 @@ impl AuthorizedClients {
     /// first if it changed).
     pub fn lookup(&self, fingerprint: &Fingerprint) -> Option<AuthorizedClient> {
         self.reload_if_changed();
+        self.as_loaded(fingerprint)
+    }
+
+    /// The client with this fingerprint as the file read last says, without
+    /// looking whether it changed since: for the session naming the client
+    /// that the handshake has just checked with [`Self::lookup`], one `stat`
+    /// per connection being enough. A change since then that is already
+    /// loaded is seen; one not yet loaded counts as made a moment later.
+    pub fn as_loaded(&self, fingerprint: &Fingerprint) -> Option<AuthorizedClient> {
         self.loaded
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -402,11 +411,17 @@ mod tests {
         assert_eq!(check_name("alice laptop"), Ok(()));
     }
 
+    /// A store watching a file in `dir` that does not exist yet.
+    fn store_in(dir: &tempfile::TempDir) -> (PathBuf, AuthorizedClients) {
+        let path = dir.path().join("authorized_clients");
+        let store = AuthorizedClients::open(&path);
+        (path, store)
+    }
+
     #[test]
     fn authorize_revoke_and_notice_changes_without_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("authorized_clients");
-        let store = AuthorizedClients::open(&path);
+        let (path, store) = store_in(&dir);
         let a: Fingerprint = A.parse().unwrap();
         let b: Fingerprint = B.parse().unwrap();
         assert!(!store.is_authorized(&a), "missing file authorizes nobody");
@@ -434,6 +449,26 @@ mod tests {
         assert!(store.is_authorized(&b));
         assert_eq!(revoke(&path, B).unwrap().len(), 1);
         assert!(!store.is_authorized(&b));
+    }
+
+    #[test]
+    fn the_name_after_a_handshake_is_what_its_check_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store) = store_in(&dir);
+        let alice = AuthorizedClient {
+            fingerprint: A.parse().unwrap(),
+            name: "alice".into(),
+        };
+        let a = alice.fingerprint;
+        authorize(&path, &alice).unwrap();
+        assert!(store.as_loaded(&a).is_none(), "not looked at yet");
+        assert!(store.is_authorized(&a));
+        assert_eq!(store.as_loaded(&a), Some(alice));
+        revoke(&path, "alice").unwrap();
+        // The next handshake's check reads the change; whoever asks after
+        // it is refused too.
+        assert!(!store.is_authorized(&a));
+        assert!(store.as_loaded(&a).is_none());
     }
 
     #[test]

@@ -231,7 +231,9 @@ fn write_tree(
     // Opened as the copying user, before anything is written: from here on
     // entries are resolved beneath this directory, never through a link.
     let placement = Placement::for_destination(&dest)?;
-    let mut writer = TreeWriter::new(placement, limit).keeping_set_id(keep_owners);
+    let mut writer = TreeWriter::new(placement, limit)
+        .keeping_set_id(keep_owners)
+        .allocating_whole_files();
     while let Some(next) = items.blocking_recv() {
         match next {
             ToWriter::Item(CopyItem::File(mut header)) => {

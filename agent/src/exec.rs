@@ -29,6 +29,8 @@ pub mod keeper;
 pub(crate) mod pipes;
 pub(crate) mod spawn;
 
+pub use spawn::give_up_terminal;
+
 /// How an exec ended, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEnd {

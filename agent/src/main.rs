@@ -431,6 +431,11 @@ fn check(resolved: &Resolved) -> anyhow::Result<()> {
 
 fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
     validate(&resolved)?;
+    // Before the keeper and the runtime's threads: from here on no process
+    // of ours holds the terminal we were started from.
+    if !exec::give_up_terminal() {
+        tracing::debug!("keeping a controlling terminal; commands start in sessions of their own");
+    }
     if let Err(e) = exec::keeper::start(resolved.settings.kill_grace) {
         tracing::warn!(
             "cannot start the keeper, so commands would outlive a killed agent: {}",

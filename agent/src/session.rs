@@ -298,7 +298,8 @@ fn identify<S>(tls: &TlsStream<S>, state: &AgentState) -> Result<Client, Session
         .ok_or_else(|| SessionError::Protocol("client presented no certificate".into()))?;
     let fingerprint = Fingerprint::of_certificate(certificate)
         .map_err(|e| SessionError::Protocol(e.to_string()))?;
-    client_named(state.authorized.lookup(&fingerprint), fingerprint)
+    // The handshake's check has just looked at the file.
+    client_named(state.authorized.as_loaded(&fingerprint), fingerprint)
 }
 
 /// The client TLS accepted, as the file names it now. Revoked or renamed

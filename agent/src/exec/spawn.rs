@@ -1,12 +1,24 @@
 //! Building the command for an exec request: the shell, its clean
-//! environment, its terminal or pipes, and what the child does between
-//! fork and exec (its own session, the run-as user, the working
-//! directory), or the refusal to send instead.
+//! environment, its terminal or pipes, and how it starts, or the refusal
+//! to send instead.
+//!
+//! Two ways to start. A command without a terminal that runs as the
+//! agent's own user is spawned the way `posix_spawn` does it
+//! (`clone(CLONE_VM|CLONE_VFORK)`, no copy of the agent's memory map): in
+//! a process group of its own, in the directory the agent checked it can
+//! enter, with no controlling terminal because the agent gave its own up
+//! at start ([`give_up_terminal`]). Everything else (a terminal, a switch
+//! of user, a directory the check refuses, an agent that kept a terminal)
+//! forks, and the child does the work between fork and exec: its own
+//! session, the switch of user, the change of directory and its failure
+//! report.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 
 use nix::fcntl::OFlag;
 use rexec_protocol::{ErrorKind, ErrorReport, ExecRequest};
@@ -35,28 +47,97 @@ pub struct Prepared {
 }
 
 /// Tells the agent, after a failed spawn, whether it was the change of
-/// working directory that failed: the child writes one byte before it
-/// gives up. The spawn's own error carries only the errno.
-pub struct ChdirProbe {
-    read: OwnedFd,
-    write: OwnedFd,
+/// working directory that failed. The spawn's own error carries only the
+/// errno.
+pub struct ChdirProbe(Probe);
+
+enum Probe {
+    /// Forked: the child writes one byte here before it gives up.
+    Child { read: OwnedFd, write: OwnedFd },
+    /// Spawned into a directory the agent found it can enter: failing to
+    /// enter it now means it changed in between.
+    Agent(PathBuf),
 }
 
 impl ChdirProbe {
-    fn new() -> Result<ChdirProbe, ErrorReport> {
+    fn child() -> Result<ChdirProbe, ErrorReport> {
         let (read, write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| {
                 ErrorReport::new(ErrorKind::Internal, format!("cannot make a pipe: {e}"))
             })?;
-        Ok(ChdirProbe { read, write })
+        Ok(ChdirProbe(Probe::Child { read, write }))
     }
 
-    /// Whether the child said the change of directory failed. Called once
-    /// the spawn has returned, by which time the child has written or exited.
+    /// Whether the change of directory failed. Called once the spawn has
+    /// returned an error, by which time a forked child has written or exited.
     pub fn failed(&self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(nix::unistd::read(&self.read, &mut byte), Ok(1))
+        match &self.0 {
+            Probe::Child { read, .. } => {
+                let mut byte = [0u8; 1];
+                matches!(nix::unistd::read(read, &mut byte), Ok(1))
+            }
+            Probe::Agent(dir) => !enterable(dir),
+        }
     }
+}
+
+/// Whether this process may spawn commands without a controlling terminal
+/// of their own making: true once it has none. The first call gives up the
+/// terminal the agent was started from, if any, so that a command started
+/// without `setsid` cannot open it as `/dev/tty` (or push input into it);
+/// the agent's own process group stays where it was, so Ctrl-C in that
+/// terminal still stops the agent. A session leader keeps its terminal
+/// (giving it up would hang up its whole session) and its commands are
+/// forked into sessions of their own, as are those of any process where
+/// the answer is unclear.
+pub fn give_up_terminal() -> bool {
+    static WITHOUT_TERMINAL: OnceLock<bool> = OnceLock::new();
+    *WITHOUT_TERMINAL.get_or_init(|| {
+        let Some(tty) = controlling_terminal() else {
+            return false;
+        };
+        let Some(tty) = tty else {
+            return true;
+        };
+        let own = nix::unistd::getpid();
+        if nix::unistd::getsid(None).is_ok_and(|sid| sid == own) {
+            return false;
+        }
+        // SAFETY: TIOCNOTTY takes no argument; `tty` is open for the call.
+        let _ = unsafe { nix::libc::ioctl(tty.as_raw_fd(), nix::libc::TIOCNOTTY) };
+        drop(tty);
+        matches!(controlling_terminal(), Some(None))
+    })
+}
+
+/// This process's controlling terminal: `Some(None)` when it has none,
+/// `None` when that cannot be told (no `/dev/tty` to ask).
+fn controlling_terminal() -> Option<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open("/dev/tty")
+    {
+        Ok(tty) => Some(Some(tty)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => Some(None),
+        Err(_) => None,
+    }
+}
+
+/// Whether this process can make `dir` its working directory: a
+/// directory it may search, as the kernel's `chdir` checks it (effective
+/// ids and capabilities).
+fn enterable(dir: &Path) -> bool {
+    use nix::unistd::{AccessFlags, faccessat};
+    dir.is_dir()
+        && faccessat(
+            nix::fcntl::AT_FDCWD,
+            dir,
+            AccessFlags::X_OK,
+            nix::fcntl::AtFlags::AT_EACCESS,
+        )
+        .is_ok()
 }
 
 /// The refusal for a working directory the command's user cannot enter.
@@ -108,11 +189,12 @@ pub fn prepare(
     let home = Some(user.dir.clone())
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| "/".into());
-    // The directory is entered in the child, after the switch to the user,
-    // so the kernel checks it as that user. The agent looks at nothing
-    // beforehand: an answer from root would tell a client what exists
-    // where its user may not look. A relative one is taken from the home
-    // directory, as a login shell's `cd` would.
+    // With a switch of user, the directory is entered in the child, after
+    // the switch, so the kernel checks it as that user. The agent looks at
+    // nothing beforehand: an answer from root would tell a client what
+    // exists where its user may not look. Without a switch the agent is
+    // that user, and its own look is theirs. A relative one is taken from
+    // the home directory, as a login shell's `cd` would.
     let cwd = match &request.cwd {
         Some(dir) if dir.contains('\0') => {
             return Err(bad("the working directory contains a NUL byte".into()));
@@ -124,8 +206,6 @@ pub fn prepare(
         .map_err(|_| bad("the working directory contains a NUL byte".into()))?;
     // Only the default, the home directory, falls back to `/`, as login does.
     let fall_back_to_root = request.cwd.is_none();
-    let chdir_probe = ChdirProbe::new()?;
-    let chdir_failed = chdir_probe.write.as_raw_fd();
 
     let mut command = Command::new(&settings.shell);
     command
@@ -199,10 +279,53 @@ pub fn prepare(
             None
         }
     };
-    let uid = user.uid;
-    let gid = user.gid;
     let user_name = user.name.clone();
-    let with_terminal = pty.is_some();
+    let chdir_probe = if pty.is_none() && switch.is_none() && give_up_terminal() && enterable(&cwd)
+    {
+        // A process group of its own for the group kill; no session of its
+        // own, which `posix_spawn` cannot make, and none needed: there is no
+        // controlling terminal to keep it from.
+        command.process_group(0).current_dir(&cwd);
+        ChdirProbe(Probe::Agent(cwd.clone()))
+    } else {
+        let probe = ChdirProbe::child()?;
+        fork_and_enter(
+            &mut command,
+            &probe,
+            cwd_c,
+            fall_back_to_root,
+            switch,
+            &user,
+            pty.is_some(),
+        );
+        probe
+    };
+    Ok(Prepared {
+        command,
+        cwd: cwd.to_string_lossy().into_owned(),
+        user: user_name,
+        pty,
+        chdir_probe,
+    })
+}
+
+/// Makes `command` fork, and its child take its own session (with the
+/// terminal on its stdin for `-t`), switch to the user, and enter `cwd`
+/// before exec, writing to the probe when it cannot.
+fn fork_and_enter(
+    command: &mut Command,
+    probe: &ChdirProbe,
+    cwd: CString,
+    fall_back_to_root: bool,
+    switch: Option<Vec<nix::unistd::Gid>>,
+    user: &nix::unistd::User,
+    with_terminal: bool,
+) {
+    let Probe::Child { write, .. } = &probe.0 else {
+        return;
+    };
+    let chdir_failed = write.as_raw_fd();
+    let (uid, gid) = (user.uid, user.gid);
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (setsid, ioctl, setgroups,
     // setgid, setuid, chdir, write); everything it needs was computed
@@ -221,16 +344,9 @@ pub fn prepare(
             if let Some(groups) = &switch {
                 drop_privileges(groups, gid, uid)?;
             }
-            enter_directory(&cwd_c, fall_back_to_root, chdir_failed)
+            enter_directory(&cwd, fall_back_to_root, chdir_failed)
         });
     }
-    Ok(Prepared {
-        command,
-        cwd: cwd.to_string_lossy().into_owned(),
-        user: user_name,
-        pty,
-        chdir_probe,
-    })
 }
 
 /// In the child, as the command's user: changes to `dir` (or to `/` when
@@ -254,4 +370,20 @@ fn enter_directory(
     // returns; one byte from a static buffer.
     let _ = unsafe { nix::libc::write(failed, b"d".as_ptr().cast(), 1) };
     Err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_enterable_and_a_file_or_a_missing_path_is_not() {
+        let missing = Path::new("/proc/self/no-such-entry");
+        assert!(enterable(Path::new("/")));
+        assert!(!enterable(Path::new("/proc/self/stat")));
+        assert!(!enterable(missing));
+        let probe = ChdirProbe(Probe::Agent(missing.into()));
+        assert!(probe.failed(), "a directory gone since the check");
+        assert!(!ChdirProbe(Probe::Agent("/".into())).failed());
+    }
 }
