@@ -19,8 +19,13 @@ fn main() {
         .split(',')
         .any(|f| f == "crt-static");
     // A static build links the unwinder statically already; other
-    // targets' unwinders are not libgcc's.
-    if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" || static_crt {
+    // targets' unwinders are not libgcc's; and `cc` is the host's
+    // compiler, whose archive is only right for a native build.
+    if var("CARGO_CFG_TARGET_OS") != "linux"
+        || var("CARGO_CFG_TARGET_ENV") != "gnu"
+        || static_crt
+        || var("TARGET") != var("HOST")
+    {
         return;
     }
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());

@@ -920,8 +920,6 @@ async fn a_timeout_beyond_any_deadline_is_refused_and_the_agent_serves_on() {
     assert_eq!(stdout_of(&out), "still\n", "{}", stderr_of(&out));
 }
 
-/// `[run_as]` for the env's client (`tester`), and a second client
-/// (`other`) the rules do not name.
 /// A root agent whose run-as rules let the env's client run as nobody
 /// only, and the config dir of another client ("other") the rules do not
 /// name; the agent's target last.

@@ -381,7 +381,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     rexec_man::write(Cli::command(), env!("CARGO_PKG_VERSION"), dir).map_err(|e| {
-        anyhow::Error::new(e.error).context(format!("cannot write {}", e.path.display()))
+        let action = if e.path == dir { "create" } else { "write" };
+        anyhow::Error::new(e.error).context(format!("cannot {action} {}", e.path.display()))
     })
 }
 
