@@ -199,13 +199,19 @@ impl std::fmt::Debug for BrokerLink {
 }
 
 impl BrokerLink {
-    /// Connects to the broker of `config`, within `timeout`.
+    /// Connects to the broker of `config`, within `timeout`, naming
+    /// ourselves `client_name` to it (ctl's name and version, as in the
+    /// hello).
     ///
     /// # Errors
     /// Unusable settings (a bad URL, a credentials file others can read),
     /// or a broker that cannot be reached, refuses our credentials or
     /// presents a certificate we do not trust: one line each.
-    pub fn connect(config: &BrokerConfig, timeout: Duration) -> Result<BrokerLink, CtlError> {
+    pub fn connect(
+        config: &BrokerConfig,
+        timeout: Duration,
+        client_name: String,
+    ) -> Result<BrokerLink, CtlError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ctl-broker")
@@ -217,7 +223,7 @@ impl BrokerLink {
         options.ca_file = config.ca_file.clone();
         options.fingerprint = config.fingerprint;
         options.subject_prefix = config.prefix().to_owned();
-        options.client_name = Some(crate::connect::software());
+        options.client_name = Some(client_name);
         options.retry_forever = false;
         // An agent that does not answer the open request counts against the
         // same bound as a host that does not answer TCP.

@@ -377,7 +377,8 @@ pub async fn greet(
     Ok(Session { connection, hello })
 }
 
-/// ctl's name and version, for the hello.
+/// ctl's name and version, for the hello and for the broker (`cmd` hands
+/// it to `BrokerLink::connect`).
 pub fn software() -> String {
     format!("ctl {}", env!("CARGO_PKG_VERSION"))
 }

@@ -33,7 +33,8 @@ pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
                 "--online lists the agents on a broker: give one with --broker URL, REXEC_BROKER or hosts.toml's [broker]".into(),
             )));
         };
-        let link = BrokerLink::connect(broker, BROKER_CONNECT_TIMEOUT).map_err(plain)?;
+        let link = BrokerLink::connect(broker, BROKER_CONNECT_TIMEOUT, crate::connect::software())
+            .map_err(plain)?;
         let mut online = link.discover(DISCOVERY_WINDOW).map_err(plain)?;
         online.sort_by(|a, b| nodeset::node_order(&a.name, &b.name));
         online.dedup_by(|a, b| a.name == b.name);

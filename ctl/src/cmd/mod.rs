@@ -21,7 +21,7 @@ use rexec_protocol::{Identity, IdentityError};
 use crate::broker::{BrokerConfig, BrokerLink};
 use crate::cli::{Reach, Select};
 use crate::config::ConfigDir;
-use crate::connect::{Carrier, Client};
+use crate::connect::{Carrier, Client, software};
 use crate::error::{CtlError, EXIT_BROKEN_PIPE, FileError};
 use crate::inventory::Inventory;
 use crate::known_hosts::KnownHosts;
@@ -134,7 +134,7 @@ impl Fleet {
         let known_hosts = Mutex::new(load_known_hosts(config)?);
         let carrier = match &self.broker {
             Some(broker) => Carrier::Broker(Arc::new(
-                BrokerLink::connect(broker, reach.connect_timeout).map_err(plain)?,
+                BrokerLink::connect(broker, reach.connect_timeout, software()).map_err(plain)?,
             )),
             None => Carrier::Tcp,
         };
