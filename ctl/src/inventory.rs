@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use rexec_protocol::DEFAULT_PORT;
 
-use crate::broker::BrokerConfig;
+use crate::broker_config::BrokerConfig;
 use crate::config::ConfigDir;
 use crate::nodeset;
 use crate::sources::{self, GroupSource, SourceError, Upcall};
@@ -344,7 +344,7 @@ impl Inventory {
                 "broker" => {
                     let base = path.parent().unwrap_or(Path::new("."));
                     broker = Some(
-                        crate::broker::parse_section(toml::Value::Table(items), base)
+                        crate::broker_config::parse_section(toml::Value::Table(items), base)
                             .map_err(|(k, r)| invalid(k, r))?,
                     );
                 }

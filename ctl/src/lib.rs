@@ -24,6 +24,7 @@ macro_rules! say {
 }
 
 pub mod broker;
+pub mod broker_config;
 pub mod cli;
 pub mod cmd;
 pub mod config;

@@ -20,7 +20,7 @@ pub fn known_hosts(globals: &Globals, action: KnownHostsAction) -> Result<u8, Fa
         }
         KnownHostsAction::Remove { host } => {
             let fleet = globals.fleet()?;
-            let key = if host.starts_with(crate::broker::KNOWN_HOSTS_PREFIX) {
+            let key = if host.starts_with(crate::broker_config::KNOWN_HOSTS_PREFIX) {
                 // The key as `list` shows it (and HOST KEY CHANGED names it).
                 host
             } else {

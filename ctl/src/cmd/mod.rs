@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use rexec_protocol::{Identity, IdentityError};
 
-use crate::broker::{BrokerConfig, BrokerLink};
+use crate::broker::BrokerLink;
+use crate::broker_config::BrokerConfig;
 use crate::cli::{Reach, Select};
 use crate::config::ConfigDir;
 use crate::connect::{Carrier, Client, software};
