@@ -6,12 +6,14 @@
 //! two being compared are read back into memory, and only when each is at
 //! most [`DIFF_LIMIT`]: past that a line on stderr says they differ.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use similar::TextDiff;
 
-use super::gathered::Gathered;
-use crate::console::Stream;
+use super::lock;
+use super::spool::Spool;
+use crate::console::{Console, Stream};
 use crate::plain;
 
 /// The largest output compared line by line.
@@ -21,22 +23,33 @@ pub const DIFF_LIMIT: u64 = 8 << 20;
 /// coarser (still correct) diff.
 const DIFF_TIME: Duration = Duration::from_secs(2);
 
-/// Writes the diffs of `gathered`'s outputs to our stdout.
-pub(super) fn write(gathered: &Gathered) {
-    let groups = gathered.groups(gathered.compared().into_iter());
-    if groups.len() < 2 {
+/// One distinct output of the run, as the gathered modes found it.
+pub(super) struct Distinct<'a> {
+    /// The hosts that produced it, as a node set with their count.
+    pub header: String,
+    /// How many hosts produced it.
+    pub hosts: usize,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The spool of one of those hosts.
+    pub spool: &'a Mutex<Spool>,
+}
+
+/// Writes the diffs of `outputs` (in the order of each one's first host,
+/// in node order) to our stdout.
+pub(super) fn write(console: &Console, outputs: &[Distinct<'_>]) {
+    if outputs.len() < 2 {
         return;
     }
     // The most common output; on a tie, the one whose first host comes
     // first in node order.
     let mut reference = 0;
-    for (i, (_, hosts)) in groups.iter().enumerate() {
-        if hosts.len() > groups[reference].1.len() {
+    for (i, output) in outputs.iter().enumerate() {
+        if output.hosts > outputs[reference].hosts {
             reference = i;
         }
     }
-    let console = gathered.console();
-    let read = |host: usize| match gathered.spool(host).read_all(DIFF_LIMIT) {
+    let read = |spool: &Mutex<Spool>| match lock(spool).read_all(DIFF_LIMIT) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             console.lose(format!(
@@ -46,24 +59,23 @@ pub(super) fn write(gathered: &Gathered) {
             None
         }
     };
-    let (_, reference_hosts) = &groups[reference];
-    let reference_header = gathered.header(reference_hosts);
-    let Some(old) = read(reference_hosts[0]) else {
+    let reference_header = &outputs[reference].header;
+    let Some(old) = read(outputs[reference].spool) else {
         return;
     };
-    for (i, (digest, hosts)) in groups.iter().enumerate() {
+    for (i, output) in outputs.iter().enumerate() {
         if i == reference || console.output_lost().is_some() || console.broken_pipe() {
             continue;
         }
-        let header = gathered.header(hosts);
-        let Some(new) = read(hosts[0]) else {
+        let header = &output.header;
+        let Some(new) = read(output.spool) else {
             return;
         };
         let (Some(old), Some(new)) = (&old, new) else {
             console.note(&format!(
                 "{header}: output of {} bytes differs from that of {reference_header}; \
                  over {} MiB, not compared line by line",
-                digest.0,
+                output.len,
                 DIFF_LIMIT >> 20
             ));
             continue;
@@ -79,7 +91,7 @@ pub(super) fn write(gathered: &Gathered) {
         let written = diff
             .unified_diff()
             .context_radius(3)
-            .header(&reference_header, &header)
+            .header(reference_header, header)
             .to_writer(&mut text);
         if written.is_ok() {
             console.write(Stream::Stdout, &text);

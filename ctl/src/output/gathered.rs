@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as Atomic};
 use std::sync::{Arc, Mutex};
 
+use super::diff::{self, Distinct};
 use super::prefixed::Prefixed;
 use super::spool::{Digest, Spool};
 use super::{Describe, Output, host_note, lock};
@@ -97,7 +98,7 @@ impl Gathered {
 
     /// The distinct outputs of `hosts` (in that order), each with its
     /// hosts, in the order of each one's first host.
-    pub(super) fn groups(&self, hosts: impl Iterator<Item = usize>) -> Vec<(Digest, Vec<usize>)> {
+    fn groups(&self, hosts: impl Iterator<Item = usize>) -> Vec<(Digest, Vec<usize>)> {
         let mut groups: Vec<(Digest, Vec<usize>)> = Vec::new();
         let mut seen: HashMap<Digest, usize> = HashMap::new();
         for host in hosts {
@@ -114,17 +115,9 @@ impl Gathered {
     }
 
     /// `hosts` as a node set with their count: `node[1-3] (3)`.
-    pub(super) fn header(&self, hosts: &[usize]) -> String {
+    fn header(&self, hosts: &[usize]) -> String {
         let names = nodeset::fold(hosts.iter().map(|&h| self.labels[h].as_str()));
         format!("{names} ({})", hosts.len())
-    }
-
-    pub(super) fn console(&self) -> &Console {
-        &self.console
-    }
-
-    pub(super) fn spool(&self, host: usize) -> std::sync::MutexGuard<'_, Spool> {
-        lock(&self.spools[host])
     }
 
     /// Writes host `host`'s output to our stdout as it is.
@@ -177,13 +170,24 @@ impl Gathered {
         }
     }
 
-    /// The hosts `--diff` compares: in node order, those ctl got a result
-    /// from.
-    pub(super) fn compared(&self) -> Vec<usize> {
-        self.node_order()
+    /// `--diff`: the distinct outputs of the hosts ctl got a result from,
+    /// in node order, handed to `diff`.
+    fn diff(&self) {
+        let compared = self
+            .node_order()
             .into_iter()
-            .filter(|&h| !self.failed[h].load(Atomic::Relaxed))
-            .collect()
+            .filter(|&h| !self.failed[h].load(Atomic::Relaxed));
+        let outputs: Vec<Distinct<'_>> = self
+            .groups(compared)
+            .into_iter()
+            .map(|((len, _), hosts)| Distinct {
+                header: self.header(&hosts),
+                hosts: hosts.len(),
+                len,
+                spool: &self.spools[hosts[0]],
+            })
+            .collect();
+        diff::write(&self.console, &outputs);
     }
 }
 
@@ -240,7 +244,7 @@ impl<T: Describe> Output<T> for Gathered {
         match self.layout {
             Layout::Blocks => self.blocks(),
             Layout::ByHost => self.by_host(),
-            Layout::Diff => super::diff::write(self),
+            Layout::Diff => self.diff(),
         }
     }
 }
