@@ -15,7 +15,7 @@ use rexec_broker::{Announcement, BrokerError, Carrier, ConnectionState, Listener
 use tokio_util::task::TaskTracker;
 
 use crate::peer::Peer;
-use crate::server::spawn_session;
+use crate::session;
 use crate::state::AgentState;
 
 /// How long we wait before asking the broker again to let us serve our
@@ -104,7 +104,7 @@ pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: Task
                     continue;
                 }
             };
-            spawn_session(stream, peer, entered, &state, &tracker);
+            session::spawn(stream, peer, entered, &state, &tracker);
         }
     };
     tokio::select! {

@@ -108,9 +108,60 @@ pub struct AgentSettings {
     /// root). See [`RunAsPolicy`].
     pub run_as: RunAsPolicy,
     /// Detached jobs: where they are kept, and their limits.
-    pub jobs: crate::jobs::JobSettings,
+    pub jobs: JobSettings,
     /// Broker mode: serve sessions through a NATS broker too (or only).
     pub broker: Option<BrokerSettings>,
+}
+
+/// Where job directories go for an agent whose files are in the default
+/// place (/etc/rexec); the systemd unit's `StateDirectory=rexec`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rexec/jobs";
+/// Jobs running at once, all clients together.
+pub const DEFAULT_MAX_JOBS: usize = 64;
+/// Bytes kept of each stream of a job's output.
+pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 64 << 20;
+/// How long an ended job is kept.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The agent's settings for detached jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    /// The directory holding one directory per job.
+    pub state_dir: PathBuf,
+    /// Most jobs running at once.
+    pub max_jobs: usize,
+    /// Bytes kept of each output stream; past it the oldest go.
+    pub max_output: u64,
+    /// How long an ended job is kept before it is removed.
+    pub retention: Duration,
+    /// Client names that see and control every client's jobs.
+    pub admins: Vec<String>,
+}
+
+impl JobSettings {
+    /// The defaults for an agent whose files are in `dir`: the system's
+    /// state directory for the default `/etc/rexec`, else `DIR/jobs`, so
+    /// that an agent run by hand (the quick start, the tests) keeps its
+    /// jobs beside its identity and needs no root.
+    pub fn for_dir(dir: &Path) -> JobSettings {
+        let state_dir = if dir == Path::new(DEFAULT_DIR) {
+            PathBuf::from(DEFAULT_STATE_DIR)
+        } else {
+            dir.join("jobs")
+        };
+        JobSettings {
+            state_dir,
+            max_jobs: DEFAULT_MAX_JOBS,
+            max_output: DEFAULT_MAX_JOB_OUTPUT,
+            retention: DEFAULT_JOB_RETENTION,
+            admins: Vec::new(),
+        }
+    }
+
+    /// Whether the client named `name` sees every job.
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.admins.iter().any(|admin| admin == name)
+    }
 }
 
 /// Broker mode: the broker the agent dials out to, its name there, and how
@@ -211,7 +262,7 @@ impl AgentSettings {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         AgentSettings {
-            jobs: crate::jobs::JobSettings::for_dir(&dir),
+            jobs: JobSettings::for_dir(&dir),
             dir,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_startups: DEFAULT_MAX_STARTUPS,

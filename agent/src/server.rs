@@ -18,18 +18,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 pub use crate::broker::BrokerLink;
 use crate::config::AgentSettings;
-use crate::limits::{Made, StartupTicket};
 use crate::peer::Peer;
 use crate::refusals::REFUSAL_SUMMARY_INTERVAL;
 use crate::session;
-use crate::state::Startup;
 pub use crate::state::{AgentState, Shutdown, StartError};
 
 /// Raises this process's soft limit on open files to its hard limit, so that
@@ -146,39 +142,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, tracker: Tas
         };
         let _ = stream.set_nodelay(true);
         bound_unacknowledged_data(&stream, &state.settings);
-        spawn_session(stream, peer, entered, &state, &tracker);
+        session::spawn(stream, peer, entered, &state, &tracker);
     }
-}
-
-/// Runs one session that took a place in a startup budget (`entered`),
-/// tracked by `tracker` so that shutdown waits for it.
-pub(crate) fn spawn_session<S>(
-    stream: S,
-    peer: Peer,
-    entered: (StartupTicket, Made),
-    state: &Arc<AgentState>,
-    tracker: &TaskTracker,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (ticket, made) = entered;
-    if let Some(evicted) = made.evicted {
-        state.refusals.evicted(evicted, &state.settings);
-    }
-    let close = ticket.closed();
-    let startup = Startup::new(ticket, state);
-    let state = state.clone();
-    tracker.spawn(
-        async move {
-            // Until the client is admitted, giving way means simply
-            // dropping the handshake: nothing has started for it.
-            tokio::select! {
-                () = session::serve(stream, peer, state, startup) => {}
-                () = close.cancelled() => {}
-            }
-        }
-        .instrument(tracing::info_span!("session", %peer)),
-    );
 }
 
 async fn summarize_refusals(state: Arc<AgentState>) {

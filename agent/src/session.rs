@@ -15,11 +15,14 @@ use rexec_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::audit::{Caller, audit};
 use crate::copy::{self, CopyRequest};
 use crate::exec;
 use crate::job::{Job, finish, name_of, refuse};
+use crate::limits::{Made, StartupTicket};
 use crate::peer::Peer;
 use crate::run_as::Requester;
 use crate::state::{AgentState, Startup};
@@ -30,6 +33,37 @@ type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
 /// The software name and version the agent announces.
 pub fn software() -> String {
     format!("rexec-agent {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Runs one session that took a place in a startup budget (`entered`),
+/// tracked by `tracker` so that shutdown waits for it.
+pub(crate) fn spawn<S>(
+    stream: S,
+    peer: Peer,
+    entered: (StartupTicket, Made),
+    state: &Arc<AgentState>,
+    tracker: &TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (ticket, made) = entered;
+    if let Some(evicted) = made.evicted {
+        state.refusals.evicted(evicted, &state.settings);
+    }
+    let close = ticket.closed();
+    let startup = Startup::new(ticket, state);
+    let state = state.clone();
+    tracker.spawn(
+        async move {
+            // Until the client is admitted, giving way means simply
+            // dropping the handshake: nothing has started for it.
+            tokio::select! {
+                () = serve(stream, peer, state, startup) => {}
+                () = close.cancelled() => {}
+            }
+        }
+        .instrument(tracing::info_span!("session", %peer)),
+    );
 }
 
 /// Why a session ended before its request was carried out.

@@ -22,6 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::connection::ConnectionState;
 use crate::error::BrokerError;
 use crate::flow::{INITIAL_WINDOW, MAX_WINDOW};
 use crate::pin::CertFingerprint;
@@ -133,22 +134,6 @@ impl BrokerOptions {
             .map(str::to_owned)
             .collect()
     }
-}
-
-/// Whether we are connected to the broker, for logs and `systemctl status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionState {
-    /// Connected now.
-    pub connected: bool,
-    /// How many times the connection went down since it was made.
-    pub disconnects: u64,
-    /// The last thing the broker or the connection complained about, in our
-    /// words (wrong credentials, a refused subscription, …).
-    pub last_error: Option<String>,
-    /// Subscriptions or publications the broker refused so far.
-    pub permission_violations: u64,
-    /// The subject of the last refusal.
-    pub last_refused_subject: Option<String>,
 }
 
 struct CarrierInner {

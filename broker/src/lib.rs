@@ -17,6 +17,7 @@
 //! and in the module docs of `wire`, `flow` and `stream`.
 
 mod carrier;
+mod connection;
 mod error;
 pub mod flow;
 mod peer_check;
@@ -26,9 +27,10 @@ mod subject;
 pub mod wire;
 
 pub use carrier::{
-    BrokerOptions, Carrier, ConnectionState, Credentials, DiscoveryResponder, Listener, Tuning,
-    reconnect_delay, validate_url,
+    BrokerOptions, Carrier, Credentials, DiscoveryResponder, Listener, Tuning, reconnect_delay,
+    validate_url,
 };
+pub use connection::ConnectionState;
 pub use error::{BrokerError, LostReason};
 pub use pin::{CertFingerprint, ParseCertFingerprintError};
 pub use stream::{BrokerStream, StreamTimers};

@@ -48,7 +48,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::carrier::ConnectionState;
+use crate::connection::ConnectionState;
 use crate::error::{BrokerError, LostReason};
 use crate::flow::{Inbound, Outbound, message_cost};
 use crate::peer_check::{Answer, PeerCheck};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{ExecRequest, ExitStatus};
+use crate::exec::{ExecRequest, ExitStatus};
 
 /// Length of a job id in hex digits (128 bits).
 pub const JOB_ID_LEN: usize = 32;

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod copy;
+pub mod exec;
 pub mod identity;
 pub mod job;
 pub mod message;

@@ -10,6 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::exec::{ExecRequest, ExitStatus, PtyRequest, RemoteSignal, WindowSize};
+use crate::job::{DetachRequest, JobRequest, JobStream, JobSummary};
+
 /// The protocol version this build speaks. Bumped on any change to the
 /// messages below; peers of different versions refuse each other with an
 /// [`ErrorKind::VersionMismatch`] that names both versions.
@@ -71,9 +74,9 @@ pub enum ClientMessage {
     /// No more entries: the push is complete.
     CopyEnd,
     /// The connection's one request: start a detached job.
-    Detach(crate::job::DetachRequest),
+    Detach(DetachRequest),
     /// The connection's one request: about jobs already started.
-    Job(crate::job::JobRequest),
+    Job(JobRequest),
 }
 
 /// Messages from the agent to `ctl`.
@@ -124,12 +127,12 @@ pub enum AgentMessage {
         keepalive: Option<Duration>,
     },
     /// The jobs a list request may see; last.
-    Jobs(Vec<crate::job::JobSummary>),
+    Jobs(Vec<JobSummary>),
     /// A job as it stands: the answer to a detach, kill or forget, and the
     /// last message of an output or wait request.
-    Job(crate::job::JobSummary),
+    Job(JobSummary),
     /// An output or wait request was accepted: first after `Hello`.
-    JobStream(crate::job::JobStream),
+    JobStream(JobStream),
 }
 
 /// A request to receive files.
@@ -222,84 +225,6 @@ pub struct CopyDone {
     pub entries: u64,
     /// Bytes of file data written.
     pub bytes: u64,
-}
-
-/// A request to run one command through the agent's shell.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecRequest {
-    /// The command line, run as `$SHELL -c COMMAND`.
-    pub command: String,
-    /// Variables added to the child's clean base environment, in order.
-    pub env: Vec<(String, String)>,
-    /// Working directory; the target user's home when absent.
-    pub cwd: Option<String>,
-    /// Run as this user instead of the agent's own.
-    pub user: Option<String>,
-    /// Kill the command's process group when it runs longer than this.
-    pub timeout: Option<Duration>,
-    /// Whether [`ClientMessage::Stdin`] chunks follow; when false the child's
-    /// stdin is empty (`/dev/null`).
-    pub stdin: bool,
-    /// Run the command on a pseudo-terminal of this kind and size. Its
-    /// output then arrives as [`AgentMessage::Stdout`] only (a terminal has
-    /// one output stream).
-    pub pty: Option<PtyRequest>,
-    /// The name the client used for this agent (`labpc07`, from
-    /// `ctl exec @lab …`); the command sees it as `REXEC_TARGET`, as pssh
-    /// gives `PSSH_HOST`. Added in protocol 3.
-    pub target: Option<String>,
-}
-
-/// A pseudo-terminal for an exec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PtyRequest {
-    /// The `TERM` value for the command (e.g. `xterm-256color`).
-    pub term: String,
-    /// The initial size.
-    pub size: WindowSize,
-}
-
-/// A terminal's size in character cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WindowSize {
-    /// Columns.
-    pub cols: u16,
-    /// Rows.
-    pub rows: u16,
-}
-
-/// A signal the client may ask the agent to deliver. Named rather than
-/// numbered because numbers differ between systems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum RemoteSignal {
-    /// SIGINT, what Ctrl-C sends.
-    Interrupt,
-    /// SIGTERM.
-    Terminate,
-    /// SIGHUP.
-    Hangup,
-    /// SIGKILL.
-    Kill,
-    /// SIGQUIT.
-    Quit,
-}
-
-/// How a remote command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ExitStatus {
-    /// It exited with this code.
-    Code(i32),
-    /// It was killed by this signal number.
-    Signal {
-        /// The signal number on the agent's system.
-        signal: i32,
-        /// Whether it dumped core.
-        core_dumped: bool,
-    },
-    /// Its timeout expired and the agent killed its process group.
-    TimedOut,
 }
 
 /// Why a request failed, as the agent reports it.

@@ -10,8 +10,9 @@
 //! agent started again finds every job there.
 //!
 //! What this module does not own: how a command is built (the exec
-//! module's `spawn`, shared with plain execs) and who may run as whom
-//! (`run_as`).
+//! module's `spawn`, shared with plain execs), who may run as whom
+//! (`run_as`), and its settings with their defaults (`config`'s
+//! `JobSettings`).
 
 pub mod runner;
 pub mod segments;
@@ -21,62 +22,9 @@ pub mod store;
 pub mod watch;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 pub use serve::serve;
-
-/// Where job directories go for an agent whose files are in the default
-/// place (/etc/rexec); the systemd unit's `StateDirectory=rexec`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/rexec/jobs";
-/// Jobs running at once, all clients together.
-pub const DEFAULT_MAX_JOBS: usize = 64;
-/// Bytes kept of each stream of a job's output.
-pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 64 << 20;
-/// How long an ended job is kept.
-pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The agent's settings for detached jobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobSettings {
-    /// The directory holding one directory per job.
-    pub state_dir: PathBuf,
-    /// Most jobs running at once.
-    pub max_jobs: usize,
-    /// Bytes kept of each output stream; past it the oldest go.
-    pub max_output: u64,
-    /// How long an ended job is kept before it is removed.
-    pub retention: Duration,
-    /// Client names that see and control every client's jobs.
-    pub admins: Vec<String>,
-}
-
-impl JobSettings {
-    /// The defaults for an agent whose files are in `dir`: the system's
-    /// state directory for the default `/etc/rexec`, else `DIR/jobs`, so
-    /// that an agent run by hand (the quick start, the tests) keeps its
-    /// jobs beside its identity and needs no root.
-    pub fn for_dir(dir: &Path) -> JobSettings {
-        let state_dir = if dir == Path::new(crate::config::DEFAULT_DIR) {
-            PathBuf::from(DEFAULT_STATE_DIR)
-        } else {
-            dir.join("jobs")
-        };
-        JobSettings {
-            state_dir,
-            max_jobs: DEFAULT_MAX_JOBS,
-            max_output: DEFAULT_MAX_JOB_OUTPUT,
-            retention: DEFAULT_JOB_RETENTION,
-            admins: Vec::new(),
-        }
-    }
-
-    /// Whether the client named `name` sees every job.
-    pub fn is_admin(&self, name: &str) -> bool {
-        self.admins.iter().any(|admin| admin == name)
-    }
-}
 
 /// What the agent's sessions share about jobs.
 #[derive(Debug, Default)]
