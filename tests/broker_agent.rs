@@ -321,7 +321,10 @@ fn sigterm_stops_serving_the_name_and_lets_a_running_command_finish() {
     let pid = agent.child.id();
     let marker = env.root.path().join("released");
     let wait_for = marker.display().to_string();
-    let command = format!("while [ ! -e {wait_for} ]; do sleep 0.05; done; echo finished");
+    // Released by the test; 20 s at most.
+    let command = format!(
+        "i=0; while [ ! -e {wait_for} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo finished"
+    );
     let client = Client::of(&env);
     let url = nats.url.clone();
     let running = rt.spawn(async move {

@@ -599,11 +599,12 @@ fn ping_reports_latency_and_agent_version() {
 fn progress_line_shows_on_a_terminal_and_never_on_a_pipe() {
     require_tool!("tmux");
     let (env, _fleet) = env_with_fleet(4);
-    // 127.0.0.5 is slow: it waits for the test to release it.
+    // 127.0.0.5 is slow: it waits (20 s at most) for the test to release it.
     let release = env.root.path().join("release");
     let command = format!(
         "{FLEET_HOST} case $H in 127.0.0.3) exit 3;; \
-         127.0.0.5) while [ ! -e {} ]; do sleep 0.05; done; echo slow;; *) echo fast;; esac",
+         127.0.0.5) i=0; while [ ! -e {} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo slow;; *) echo fast;; esac",
         release.display()
     );
     let terminal = Terminal::start(
