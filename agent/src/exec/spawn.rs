@@ -14,7 +14,7 @@
 //! report.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -52,20 +52,30 @@ pub struct Prepared {
 pub struct ChdirProbe(Probe);
 
 enum Probe {
-    /// Forked: the child writes one byte here before it gives up.
-    Child { read: OwnedFd, write: OwnedFd },
+    /// Forked: the child writes one byte to `_write` (held open here until
+    /// the spawn has returned) before it gives up.
+    Child { read: OwnedFd, _write: OwnedFd },
     /// Spawned into a directory the agent found it can enter: failing to
     /// enter it now means it changed in between.
     Agent(PathBuf),
 }
 
 impl ChdirProbe {
-    fn child() -> Result<ChdirProbe, ErrorReport> {
+    /// A probe for a forked child, and the descriptor the child writes to,
+    /// open as long as the probe is.
+    fn child() -> Result<(ChdirProbe, RawFd), ErrorReport> {
         let (read, write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| {
                 ErrorReport::new(ErrorKind::Internal, format!("cannot make a pipe: {e}"))
             })?;
-        Ok(ChdirProbe(Probe::Child { read, write }))
+        let fd = write.as_raw_fd();
+        Ok((
+            ChdirProbe(Probe::Child {
+                read,
+                _write: write,
+            }),
+            fd,
+        ))
     }
 
     /// Whether the change of directory failed. Called once the spawn has
@@ -288,17 +298,14 @@ pub fn prepare(
         command.process_group(0).current_dir(&cwd);
         ChdirProbe(Probe::Agent(cwd.clone()))
     } else {
-        let probe = ChdirProbe::child()?;
         fork_and_enter(
             &mut command,
-            &probe,
             cwd_c,
             fall_back_to_root,
             switch,
             &user,
             pty.is_some(),
-        );
-        probe
+        )?
     };
     Ok(Prepared {
         command,
@@ -311,20 +318,16 @@ pub fn prepare(
 
 /// Makes `command` fork, and its child take its own session (with the
 /// terminal on its stdin for `-t`), switch to the user, and enter `cwd`
-/// before exec, writing to the probe when it cannot.
+/// before exec, writing to the returned probe when it cannot.
 fn fork_and_enter(
     command: &mut Command,
-    probe: &ChdirProbe,
     cwd: CString,
     fall_back_to_root: bool,
     switch: Option<Vec<nix::unistd::Gid>>,
     user: &nix::unistd::User,
     with_terminal: bool,
-) {
-    let Probe::Child { write, .. } = &probe.0 else {
-        return;
-    };
-    let chdir_failed = write.as_raw_fd();
+) -> Result<ChdirProbe, ErrorReport> {
+    let (probe, chdir_failed) = ChdirProbe::child()?;
     let (uid, gid) = (user.uid, user.gid);
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (setsid, ioctl, setgroups,
@@ -347,6 +350,7 @@ fn fork_and_enter(
             enter_directory(&cwd, fall_back_to_root, chdir_failed)
         });
     }
+    Ok(probe)
 }
 
 /// In the child, as the command's user: changes to `dir` (or to `/` when
