@@ -75,11 +75,24 @@ def timed(cmd, env=None, stdout=subprocess.DEVNULL, shell=False):
     return time.perf_counter() - t0
 
 
+def settled(thunk):
+    """`thunk` timed from a clean page cache state: what the previous run
+    (or the making of the test file) left to write back is written first,
+    outside the timing, so that no run pays for another's writes."""
+    def run_settled():
+        os.sync()
+        return thunk()
+    return run_settled
+
+
 def alternate(pairs, runs):
-    """Runs each (name, thunk) in turn, `runs` rounds; medians by name."""
+    """Runs each (name, thunk) in turn, `runs` rounds, each round starting
+    one pair further on, so that no command always runs after the same
+    other (a copy after a copy that left the disk busy); medians by name."""
     times = {name: [] for name, _ in pairs}
-    for _ in range(runs):
-        for name, thunk in pairs:
+    for round_ in range(runs):
+        start = round_ % len(pairs)
+        for name, thunk in pairs[start:] + pairs[:start]:
             times[name].append(thunk())
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -257,21 +270,25 @@ def main():
     for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
         (work / d).mkdir()
     scp = ["scp", "-q", "-F", str(ssh.config), *fastest]
+    # ctl cp makes each file durable before it takes its name; scp does
+    # not, so the fair comparison adds a sync of what scp wrote (`sync -f`,
+    # the file system that holds it), each way.
+    def scp_sync(src, dst, local_dir):
+        return timed(" ".join(scp) + f" {src} {dst} && sync -f {local_dir}", shell=True)
     med = alternate([
-        ("rexec", lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to-rexec'}"], env=rx.env)),
-        ("scp", lambda: timed(scp + [str(data), f"bench:{work / 'to-scp'}"])),
-        # ctl cp makes each file durable before it takes its name; scp does
-        # not, so the fair comparison adds a sync of what it wrote.
-        ("scp-sync", lambda: timed(" ".join(scp) + f" {data} bench:{work / 'to-scp'} && sync -f {work / 'to-scp'}",
-                                   shell=True)),
+        ("rexec", settled(lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to-rexec'}"], env=rx.env))),
+        ("scp", settled(lambda: timed(scp + [str(data), f"bench:{work / 'to-scp'}"]))),
+        ("scp-sync", settled(lambda: scp_sync(data, f"bench:{work / 'to-scp'}", work / "to-scp"))),
     ], args.bulk_runs)
     rows.append(("push 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
     rows.append(("push 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
     med = alternate([
-        ("rexec", lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from-rexec")], env=rx.env)),
-        ("scp", lambda: timed(scp + [f"bench:{data}", str(work / "from-scp")])),
+        ("rexec", settled(lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from-rexec")], env=rx.env))),
+        ("scp", settled(lambda: timed(scp + [f"bench:{data}", str(work / "from-scp")]))),
+        ("scp-sync", settled(lambda: scp_sync(f"bench:{data}", work / "from-scp", work / "from-scp"))),
     ], args.bulk_runs)
     rows.append(("pull 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
+    rows.append(("pull 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
     for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
         shutil.rmtree(work / d)
     rx.stop(agent)
