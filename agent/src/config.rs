@@ -186,8 +186,8 @@ pub struct BrokerSettings {
 
 impl BrokerSettings {
     /// The carrier's options: an agent keeps trying to reach its broker
-    /// for as long as it runs, and shows its name in the broker's
-    /// monitoring.
+    /// for as long as it runs, shows its name in the broker's monitoring,
+    /// and takes its replies under its own name.
     pub fn options(&self) -> BrokerOptions {
         let mut options = BrokerOptions::new(self.urls.clone());
         options.credentials = self.credentials.clone();
@@ -195,6 +195,7 @@ impl BrokerSettings {
         options.fingerprint = self.fingerprint;
         options.subject_prefix = self.subject_prefix.clone();
         options.client_name = Some(format!("rexec-agent {}", self.name));
+        options.serves = Some(self.name.clone());
         options.retry_forever = true;
         options
     }

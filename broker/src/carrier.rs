@@ -95,6 +95,11 @@ pub struct BrokerOptions {
     pub subject_prefix: String,
     /// The connection's name in the broker's monitoring (e.g. the agent's).
     pub client_name: Option<String>,
+    /// The agent name this connection serves (the agent's, `None` for
+    /// ctl): its reply inboxes are made under that name
+    /// ([`Subjects::inbox`]) instead of `_INBOX`, so that the broker's
+    /// permissions can keep each agent to its own replies.
+    pub serves: Option<String>,
     /// Keep trying, from the first connection on, for ever (the agent);
     /// otherwise the first connection must succeed at once (ctl).
     pub retry_forever: bool,
@@ -112,6 +117,7 @@ impl BrokerOptions {
             fingerprint: None,
             subject_prefix: crate::subject::DEFAULT_PREFIX.to_owned(),
             client_name: None,
+            serves: None,
             retry_forever: false,
             tuning: Tuning::default(),
         }
@@ -139,6 +145,9 @@ impl BrokerOptions {
 struct CarrierInner {
     client: Client,
     subjects: Subjects,
+    /// The prefix of our reply inboxes when we serve a name
+    /// ([`BrokerOptions::serves`]); NATS's `_INBOX` otherwise.
+    inbox: Option<String>,
     state: watch::Receiver<ConnectionState>,
     pool: Arc<Semaphore>,
     tuning: Tuning,
@@ -536,6 +545,10 @@ fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOpti
         tls_wanted |= url.starts_with("tls://");
     }
     let mut nats = async_nats::ConnectOptions::new();
+    if let Some(name) = &options.serves {
+        validate_name(name)?;
+        nats = nats.custom_inbox_prefix(subjects.inbox(name));
+    }
     match &options.credentials {
         Credentials::None => {}
         Credentials::CredsFile(path) => {
@@ -689,9 +702,11 @@ impl Carrier {
             state_tx.send_modify(|s| s.connected = true);
         }
         let budget = options.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
+        let inbox = options.serves.as_deref().map(|name| subjects.inbox(name));
         Ok(Carrier {
             inner: Arc::new(CarrierInner {
                 client,
+                inbox,
                 subjects,
                 state: state_rx,
                 pool: Arc::new(Semaphore::new(budget)),
@@ -798,11 +813,23 @@ impl Carrier {
         let subject = self.inner.subjects.open(name);
         let mut state = self.inner.state.clone();
         // The broker may refuse the request itself (no permission to
-        // publish under that name either): its refusal of our subject then
-        // answers first.
+        // publish under that name either), or the inbox its answer would
+        // come back to: its refusal then answers first.
+        let inbox = self.inner.inbox.as_deref();
+        let ours = |refused: &str| {
+            inbox.is_some_and(|inbox| {
+                refused
+                    .strip_prefix(inbox)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+        };
         let refused = async {
             let _ = state
-                .wait_for(|s| s.last_refused_subject.as_deref() == Some(subject.as_str()))
+                .wait_for(|s| {
+                    s.last_refused_subject
+                        .as_deref()
+                        .is_some_and(|refused| refused == subject || ours(refused))
+                })
                 .await;
         };
         let request = self.inner.client.send_request(
@@ -813,7 +840,18 @@ impl Carrier {
         );
         let result = tokio::select! {
             result = request => result,
-            () = refused => return Err(BrokerError::SubscribeRefused(name.to_owned())),
+            () = refused => {
+                let refused = self.inner.state.borrow().last_refused_subject.clone();
+                return Err(match inbox {
+                    Some(inbox) if refused.as_deref().is_some_and(ours) => {
+                        BrokerError::Broker(format!(
+                            "the broker does not let us read the replies to our own requests \
+                             under {inbox} (its user needs to subscribe to {inbox}.>)"
+                        ))
+                    }
+                    _ => BrokerError::SubscribeRefused(name.to_owned()),
+                });
+            }
         };
         match result {
             Ok(_) => Ok(()),

@@ -157,6 +157,13 @@ impl Subjects {
         format!("{}.v1.agent.{name}.session.{session}.from-ctl", self.prefix)
     }
 
+    /// The prefix of agent `name`'s reply inboxes, so that the broker can
+    /// let each agent read its own replies and nobody else's. `name` must
+    /// be valid.
+    pub fn inbox(&self, name: &str) -> String {
+        format!("{}.v1.agent.{name}.inbox", self.prefix)
+    }
+
     /// The agent → ctl subject of a session.
     pub fn from_agent(&self, name: &str, session: SessionId) -> String {
         format!(
@@ -215,6 +222,7 @@ mod tests {
         let id = SessionId::parse("00112233445566778899aabbccddeeff").unwrap();
         assert_eq!(subjects.open("labpc07"), "rexec.v1.agent.labpc07.open");
         assert_eq!(subjects.discover(), "rexec.v1.discover");
+        assert_eq!(subjects.inbox("labpc07"), "rexec.v1.agent.labpc07.inbox");
         assert_eq!(
             subjects.from_ctl("labpc07", id),
             "rexec.v1.agent.labpc07.session.00112233445566778899aabbccddeeff.from-ctl"

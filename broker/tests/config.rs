@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use rexec_broker::{BrokerError, BrokerOptions, Carrier, Credentials};
 
 use crate::util::{BrokerCa, Nats, exchange_and_check, secret_file, wait_until_async};
@@ -28,6 +30,14 @@ fn options(server: &Nats, ca: &Path, user: &str, password: &str) -> BrokerOption
     options
 }
 
+/// Options for agent `name` on the example server, as the agent makes
+/// them: its password from the example, its replies under its name.
+fn agent_options(server: &Nats, ca: &Path, name: &str) -> BrokerOptions {
+    let mut options = options(server, ca, name, &format!("change-me-{name}"));
+    options.serves = Some(name.to_owned());
+    options
+}
+
 /// A carrier on the example server as `user`, trusting `ca`.
 async fn connect(
     server: &Nats,
@@ -38,18 +48,26 @@ async fn connect(
     Carrier::connect(options(server, ca, user, password)).await
 }
 
+/// Agent `name` connected to the example server over TLS with its password
+/// and serving its name, as the agent does: serving needs the reply to
+/// its own check, which comes back under its name.
+async fn serving(server: &Nats, ca: &Path, name: &str) -> (Carrier, rexec_broker::Listener) {
+    let carrier = Carrier::connect(agent_options(server, ca, name))
+        .await
+        .expect("the agent connects over TLS with its password");
+    let listener = carrier
+        .listen(name)
+        .await
+        .expect("the agent serves its name");
+    (carrier, listener)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_config_confines_each_agent_to_its_own_name() {
     let Some((server, ca)) = example_server() else {
         return;
     };
-    let labpc07 = connect(&server, &ca, "labpc07", "change-me-labpc07")
-        .await
-        .expect("agent labpc07 connects over TLS with its password");
-    let mut listener = labpc07
-        .listen("labpc07")
-        .await
-        .expect("labpc07 serves its own name");
+    let (labpc07, mut listener) = serving(&server, &ca, "labpc07").await;
     let _announce = labpc07
         .announce(rexec_broker::Announcement {
             name: "labpc07".to_owned(),
@@ -89,6 +107,86 @@ async fn the_example_config_confines_each_agent_to_its_own_name() {
     let found = admin.discover(Duration::from_millis(300)).await.unwrap();
     assert_eq!(found.len(), 1);
     exchange_and_check(listener.accept(), &admin, "labpc07").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_the_replies_to_its_own_requests_and_nobody_elses() {
+    let Some((server, ca)) = example_server() else {
+        return;
+    };
+    let (_labpc07, mut listener) = serving(&server, &ca, "labpc07").await;
+
+    // Another agent's user, by hand, asks for every reply on the broker.
+    let (refusals, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    let snoop = async_nats::ConnectOptions::with_user_and_password(
+        "labpc08".to_owned(),
+        "change-me-labpc08".to_owned(),
+    )
+    .add_root_certificates(ca.clone())
+    .require_tls(true)
+    .event_callback(move |event| {
+        let refusals = refusals.clone();
+        async move {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = event {
+                let _ = refusals.send(text);
+            }
+        }
+    })
+    .connect(server.url.as_str())
+    .await
+    .expect("labpc08 connects");
+    let mut replies = snoop.subscribe("_INBOX.>").await.expect("sent");
+    let refusal = tokio::time::timeout(Duration::from_secs(5), refused.recv())
+        .await
+        .expect("the server answers the subscription")
+        .expect("a refusal");
+    assert!(
+        refusal
+            .to_ascii_lowercase()
+            .contains("permissions violation"),
+        "{refusal}"
+    );
+
+    // ctl opens a session to labpc07; the answer goes to ctl's inbox, and
+    // labpc08 sees none of it.
+    let admin = connect(&server, &ca, "admin", "change-me-admin")
+        .await
+        .expect("ctl user connects");
+    exchange_and_check(listener.accept(), &admin, "labpc07").await;
+    let seen = tokio::time::timeout(Duration::from_millis(300), replies.next()).await;
+    assert!(
+        !matches!(seen, Ok(Some(_))),
+        "labpc08 read a reply meant for ctl"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_user_without_its_inbox_is_told_which_permission_is_missing() {
+    // An agent user as an earlier example had it: `_INBOX.>`, not the
+    // inbox under its name.
+    let Some(server) = Nats::start_with(
+        r#"authorization { users = [ { user: labpc07, password: pw, permissions: {
+            subscribe: { allow: ["rexec.v1.agent.labpc07.open", "_INBOX.>"] }
+            publish: { allow: ["rexec.v1.agent.labpc07.open"] }
+            allow_responses: true } } ] }"#,
+    ) else {
+        return;
+    };
+    let password_file = server.file("labpc07.pass");
+    secret_file(&password_file, "pw\n");
+    let mut options = server.options();
+    options.credentials = Credentials::UserPassword {
+        user: "labpc07".to_owned(),
+        password_file,
+    };
+    options.serves = Some("labpc07".to_owned());
+    let labpc07 = Carrier::connect(options).await.expect("connects");
+    let error = labpc07.listen("labpc07").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the broker does not let us read the replies to our own requests under \
+         rexec.v1.agent.labpc07.inbox (its user needs to subscribe to rexec.v1.agent.labpc07.inbox.>)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +354,7 @@ async fn a_broker_pinned_by_its_certificates_fingerprint_needs_no_ca() {
     let openssl = format!("sha256:{}", pairs.join(":"));
     assert_eq!(openssl.parse(), Ok(broker_pin));
 
-    let mut pinned = options(&server, &ca, "labpc07", "change-me-labpc07");
+    let mut pinned = agent_options(&server, &ca, "labpc07");
     pinned.ca_file = None;
     pinned.fingerprint = Some(broker_pin);
     let carrier = Carrier::connect(pinned.clone())
