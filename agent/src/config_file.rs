@@ -1194,6 +1194,11 @@ password_file = "/etc/rexec/broker.pass"
             "an agent never gives up on its broker"
         );
         assert_eq!(options.subject_prefix, "lab.rexec");
+        assert_eq!(
+            options.serves.as_deref(),
+            Some("labpc07"),
+            "its replies come back under its name"
+        );
 
         let b = broker("[broker]\nurl = \"nats://b:4222\"\ncreds_file = \"/c\"\n").unwrap();
         assert_eq!(b.urls, ["nats://b:4222"]);
