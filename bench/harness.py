@@ -291,6 +291,23 @@ def main():
     rows.append(("pull 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
     for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
         shutil.rmtree(work / d)
+    # The same copies into memory (tmpfs: fsync and sync cost nothing), for
+    # the transfer alone without this machine's disk.
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 3 << 30:
+        mem = Path(tempfile.mkdtemp(prefix="rexec-bench.", dir=shm))
+        atexit.register(shutil.rmtree, mem, True)
+        for d in ("rexec", "scp"):
+            (mem / d).mkdir()
+        for way in ("push", "pull"):
+            src = (lambda _: str(data)) if way == "push" else (lambda remote: f"{remote}:{data}")
+            dst = (lambda remote, d: f"{remote}:{mem / d}") if way == "push" else (lambda _, d: str(mem / d))
+            med = alternate([
+                ("rexec", lambda: timed([CTL, "cp", src(target), dst(target, "rexec")], env=rx.env)),
+                ("scp", lambda: timed(scp + [src("bench"), dst("bench", "scp")])),
+            ], args.bulk_runs)
+            rows.append((f"{way} 1 GiB into tmpfs (no disk): `ctl cp` vs `scp`", med["rexec"], med["scp"]))
+        shutil.rmtree(mem)
     rx.stop(agent)
 
     # Peak RSS of agent and ctl over one 1 GiB push and one 1 GiB pull, each
