@@ -267,7 +267,11 @@ def main():
     with open(data, "wb") as out, open("/dev/urandom", "rb") as rnd:
         for _ in range(1024):
             out.write(rnd.read(1 << 20))
-    for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
+    # Both tools write the same file in the same directory, each run
+    # replacing the last: on this VM's disk a directory's place alone made
+    # one destination 0.6 s slower than another for the same program
+    # (BENCHMARKS.md, "Copies: what the disk does").
+    for d in ("to", "from"):
         (work / d).mkdir()
     scp = ["scp", "-q", "-F", str(ssh.config), *fastest]
     # ctl cp makes each file durable before it takes its name; scp does
@@ -276,20 +280,20 @@ def main():
     def scp_sync(src, dst, local_dir):
         return timed(" ".join(scp) + f" {src} {dst} && sync -f {local_dir}", shell=True)
     med = alternate([
-        ("rexec", settled(lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to-rexec'}"], env=rx.env))),
-        ("scp", settled(lambda: timed(scp + [str(data), f"bench:{work / 'to-scp'}"]))),
-        ("scp-sync", settled(lambda: scp_sync(data, f"bench:{work / 'to-scp'}", work / "to-scp"))),
+        ("rexec", settled(lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to'}"], env=rx.env))),
+        ("scp", settled(lambda: timed(scp + [str(data), f"bench:{work / 'to'}"]))),
+        ("scp-sync", settled(lambda: scp_sync(data, f"bench:{work / 'to'}", work / "to"))),
     ], args.bulk_runs)
     rows.append(("push 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
     rows.append(("push 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
     med = alternate([
-        ("rexec", settled(lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from-rexec")], env=rx.env))),
-        ("scp", settled(lambda: timed(scp + [f"bench:{data}", str(work / "from-scp")]))),
-        ("scp-sync", settled(lambda: scp_sync(f"bench:{data}", work / "from-scp", work / "from-scp"))),
+        ("rexec", settled(lambda: timed([CTL, "cp", f"{target}:{data}", str(work / "from")], env=rx.env))),
+        ("scp", settled(lambda: timed(scp + [f"bench:{data}", str(work / "from")]))),
+        ("scp-sync", settled(lambda: scp_sync(f"bench:{data}", work / "from", work / "from"))),
     ], args.bulk_runs)
     rows.append(("pull 1 GiB: `ctl cp` vs `scp` (aes128-gcm)", med["rexec"], med["scp"]))
     rows.append(("pull 1 GiB: `ctl cp` vs `scp` then `sync` (both durable)", med["rexec"], med["scp-sync"]))
-    for d in ("to-rexec", "to-scp", "from-rexec", "from-scp"):
+    for d in ("to", "from"):
         shutil.rmtree(work / d)
     # The same copies into memory (tmpfs: fsync and sync cost nothing), for
     # the transfer alone without this machine's disk.
