@@ -120,7 +120,9 @@ async fn listen(link: &BrokerLink) -> Option<Listener> {
     loop {
         match link.carrier.listen(&link.name).await {
             Ok(listener) => return Some(listener),
-            Err(e @ BrokerError::SubscribeRefused(_)) => {
+            // Refusals are the broker's permissions: once they are
+            // changed, the next try succeeds without a restart.
+            Err(e @ (BrokerError::SubscribeRefused(_) | BrokerError::InboxRefused(_))) => {
                 tracing::error!("{e}; asking again in {}s", SUBSCRIBE_RETRY.as_secs());
                 tokio::time::sleep(SUBSCRIBE_RETRY).await;
             }

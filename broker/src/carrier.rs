@@ -801,8 +801,9 @@ impl Carrier {
     /// it says it serves.
     ///
     /// # Errors
-    /// [`BrokerError::SubscribeRefused`]; [`BrokerError::Broker`] when the
-    /// request does not come back in time.
+    /// [`BrokerError::SubscribeRefused`], [`BrokerError::InboxRefused`]
+    /// (the broker's permissions); [`BrokerError::Broker`] when the request
+    /// does not come back in time.
     pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
         let request = OpenRequest {
             session: String::new(),
@@ -844,10 +845,7 @@ impl Carrier {
                 let refused = self.inner.state.borrow().last_refused_subject.clone();
                 return Err(match inbox {
                     Some(inbox) if refused.as_deref().is_some_and(ours) => {
-                        BrokerError::Broker(format!(
-                            "the broker does not let us read the replies to our own requests \
-                             under {inbox} (its user needs to subscribe to {inbox}.>)"
-                        ))
+                        BrokerError::InboxRefused(inbox.to_owned())
                     }
                     _ => BrokerError::SubscribeRefused(name.to_owned()),
                 });

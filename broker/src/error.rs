@@ -76,6 +76,12 @@ pub enum BrokerError {
     /// The broker refused to let us subscribe under a name (permissions).
     #[error("the broker does not let us serve the name {0} (check the broker user's permissions)")]
     SubscribeRefused(String),
+    /// The broker refused to let us read the replies to our own requests
+    /// under our inbox prefix (permissions; the prefix is given).
+    #[error(
+        "the broker does not let us read the replies to our own requests under {0} (its user needs to subscribe to {0}.>)"
+    )]
+    InboxRefused(String),
     /// Talking to the broker failed after we had connected.
     #[error("{0}")]
     Broker(String),
@@ -91,9 +97,10 @@ impl BrokerError {
             BrokerError::Timeout(_) => "timeout",
             BrokerError::Refused { .. } => "busy",
             BrokerError::BadName(_) | BrokerError::Config(_) => "config",
-            BrokerError::Connect(_) | BrokerError::SubscribeRefused(_) | BrokerError::Broker(_) => {
-                "broker"
-            }
+            BrokerError::Connect(_)
+            | BrokerError::SubscribeRefused(_)
+            | BrokerError::InboxRefused(_)
+            | BrokerError::Broker(_) => "broker",
         }
     }
 
