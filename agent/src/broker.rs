@@ -120,8 +120,10 @@ async fn listen(link: &BrokerLink) -> Option<Listener> {
     loop {
         match link.carrier.listen(&link.name).await {
             Ok(listener) => return Some(listener),
-            // Refusals are the broker's permissions: once they are
-            // changed, the next try succeeds without a restart.
+            // Refusals are the broker's permissions, which may change
+            // meanwhile: a refused name mends on the next try, a refused
+            // inbox once the broker restarts (the client library
+            // subscribes its inbox once per connection) or we do.
             Err(e @ (BrokerError::SubscribeRefused(_) | BrokerError::InboxRefused(_))) => {
                 tracing::error!("{e}; asking again in {}s", SUBSCRIBE_RETRY.as_secs());
                 tokio::time::sleep(SUBSCRIBE_RETRY).await;

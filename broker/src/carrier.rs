@@ -518,6 +518,8 @@ fn parse_url(url: &str) -> Result<ServerAddr, BrokerError> {
 /// files they name are read.
 struct Prepared {
     subjects: Subjects,
+    /// Our reply inboxes' prefix, when we serve a name.
+    inbox: Option<String>,
     addrs: Vec<ServerAddr>,
     url_list: String,
     /// What the broker's certificate is trusted by.
@@ -545,9 +547,15 @@ fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOpti
         tls_wanted |= url.starts_with("tls://");
     }
     let mut nats = async_nats::ConnectOptions::new();
-    if let Some(name) = &options.serves {
-        validate_name(name)?;
-        nats = nats.custom_inbox_prefix(subjects.inbox(name));
+    let inbox = match &options.serves {
+        Some(name) => {
+            validate_name(name)?;
+            Some(subjects.inbox(name))
+        }
+        None => None,
+    };
+    if let Some(inbox) = &inbox {
+        nats = nats.custom_inbox_prefix(inbox);
     }
     match &options.credentials {
         Credentials::None => {}
@@ -598,6 +606,7 @@ fn prepare(options: &BrokerOptions) -> Result<(Prepared, async_nats::ConnectOpti
     };
     let prepared = Prepared {
         subjects,
+        inbox,
         addrs,
         url_list: options.urls.join(","),
         trust,
@@ -619,6 +628,7 @@ impl Carrier {
         let (prepared, mut nats) = prepare(&options)?;
         let Prepared {
             subjects,
+            inbox,
             addrs,
             url_list,
             trust,
@@ -702,7 +712,6 @@ impl Carrier {
             state_tx.send_modify(|s| s.connected = true);
         }
         let budget = options.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
-        let inbox = options.serves.as_deref().map(|name| subjects.inbox(name));
         Ok(Carrier {
             inner: Arc::new(CarrierInner {
                 client,
@@ -825,13 +834,15 @@ impl Carrier {
             })
         };
         let refused = async {
-            let _ = state
+            state
                 .wait_for(|s| {
                     s.last_refused_subject
                         .as_deref()
                         .is_some_and(|refused| refused == subject || ours(refused))
                 })
-                .await;
+                .await
+                .ok()
+                .and_then(|s| s.last_refused_subject.clone())
         };
         let request = self.inner.client.send_request(
             subject.clone(),
@@ -841,8 +852,7 @@ impl Carrier {
         );
         let result = tokio::select! {
             result = request => result,
-            () = refused => {
-                let refused = self.inner.state.borrow().last_refused_subject.clone();
+            refused = refused => {
                 return Err(match inbox {
                     Some(inbox) if refused.as_deref().is_some_and(ours) => {
                         BrokerError::InboxRefused(inbox.to_owned())
