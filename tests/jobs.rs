@@ -190,6 +190,160 @@ fn output_follow_from_the_middle_of_a_job_sees_the_rest_live() {
     assert_eq!(follow.wait().unwrap().code(), Some(5));
 }
 
+/// An agent on `listen` that logs each job stream it opens (a debug line).
+fn streams_logged(env: &Env, listen: &str) -> Agent {
+    let mut cmd = agent_run_command(&env.agent_dir);
+    cmd.args(["--listen", listen])
+        .env("RUST_LOG", "info,rexec_agent=debug");
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    agent
+}
+
+/// `ctl job wait` and `ctl job output --follow` running while the agent is
+/// stopped with `signal` and started again on the same address: each tells
+/// once why it asks again (`why`), then ends with the job's status, the
+/// follower having printed each byte once.
+fn wait_and_follow_ride_over(signal: &str, why: &str) {
+    let env = Env::new();
+    let mut agent = streams_logged(&env, "127.0.0.1:0");
+    env.trust(&agent);
+    let target = agent.target();
+    let go = env.root.path().join("go");
+    let command = format!(
+        "echo first; echo early >&2; for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.1; done; echo second; echo late >&2; exit 6",
+        go.display()
+    );
+    let id = detach(&env, &target, &command);
+    let spawn = |args: &[&str]| {
+        env.ctl()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut follow = spawn(&["job", "output", "--follow", &target, &id]);
+    let wait = spawn(&["job", "wait", &target, &id]);
+    let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "first\n");
+    assert!(
+        wait_until(DEADLINE, || agent
+            .log()
+            .matches("job stream opened")
+            .count()
+            == 2),
+        "both requests are being served:\n{}",
+        agent.log()
+    );
+    agent.signal(signal);
+    assert!(agent.wait_exit().is_some(), "agent stopped");
+    // Back on the same address a moment later, as after an upgrade.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _again = Agent::start(&env.agent_dir, &target, &[]);
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(follow.wait().unwrap().code(), Some(6), "{err}");
+    assert_eq!(rest, "second\n", "each byte once: {err}");
+    let job_err: Vec<&str> = err.lines().filter(|l| !l.starts_with("ctl: ")).collect();
+    assert_eq!(job_err, ["early", "late"], "{err}");
+    let waited = wait.wait_with_output().unwrap();
+    assert_eq!(waited.status.code(), Some(6), "{}", stderr_of(&waited));
+    assert!(waited.stdout.is_empty());
+    for text in [err.as_str(), &stderr_of(&waited)] {
+        let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("ctl: ")).collect();
+        assert_eq!(notes.len(), 1, "{text}");
+        assert!(
+            notes[0].starts_with(&format!("ctl: 127.0.0.1: {why}"))
+                && notes[0].ends_with("; the job goes on there, asking again for up to 10m"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn wait_and_follow_ride_over_an_agent_restart_and_pass_each_byte_once() {
+    wait_and_follow_ride_over("TERM", "the agent is stopping");
+}
+
+#[test]
+fn wait_and_follow_ride_over_an_agent_killed_with_sigkill_and_started_again() {
+    wait_and_follow_ride_over("KILL", "connection lost: ");
+}
+
+#[test]
+fn wait_gives_up_once_the_agent_has_been_away_for_reconnect_for() {
+    let env = Env::new();
+    let mut agent = streams_logged(&env, "127.0.0.1:0");
+    env.trust(&agent);
+    let target = agent.target();
+    let id = detach(&env, &target, "sleep 60");
+    let spawn = |extra: &str| {
+        env.ctl()
+            .args(["job", "wait", "--reconnect-for", extra, &target, &id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let at_once = spawn("0");
+    let soon = spawn("1s");
+    assert!(
+        wait_until(DEADLINE, || agent
+            .log()
+            .matches("job stream opened")
+            .count()
+            == 2),
+        "both waits are being served:\n{}",
+        agent.log()
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit().is_some(), "agent stopped");
+    let at_once = at_once.wait_with_output().unwrap();
+    assert_eq!(at_once.status.code(), Some(255));
+    assert_eq!(
+        stderr_of(&at_once),
+        format!(
+            "ctl: 127.0.0.1: agent error (shutting-down): the agent is stopping; the job goes on (ask again once it is back)\n"
+        )
+    );
+    let soon = soon.wait_with_output().unwrap();
+    assert_eq!(soon.status.code(), Some(255));
+    let lines: Vec<String> = stderr_of(&soon).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "ctl: 127.0.0.1: the agent is stopping; the job goes on there, asking again for up to 1s"
+    );
+    assert!(
+        lines[1].starts_with("ctl: 127.0.0.1: cannot connect: "),
+        "the last error: {lines:?}"
+    );
+    // A wait that finds no agent at the start fails at once, as for a
+    // host that is down.
+    let down = job(&env, &["wait", &target, &id]);
+    assert_eq!(down.status.code(), Some(255));
+    assert!(
+        stderr_of(&down).starts_with("ctl: 127.0.0.1: cannot connect: ")
+            && stderr_of(&down).lines().count() == 1,
+        "{}",
+        stderr_of(&down)
+    );
+    // The job itself is still there for the next agent.
+    let again = Agent::start(&env.agent_dir, &target, &[]);
+    assert_eq!(
+        state_of(&env, &again.target(), &id).as_deref(),
+        Some("running")
+    );
+    let killed = job(&env, &["kill", &target, &id]);
+    assert_eq!(killed.status.code(), Some(0), "{}", stderr_of(&killed));
+}
+
 /// The processes whose pids the command wrote to `file`, one per line.
 fn pids_in(file: &std::path::Path) -> Vec<u32> {
     std::fs::read_to_string(file)

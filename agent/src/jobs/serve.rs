@@ -176,6 +176,7 @@ async fn stream(
             stderr_dropped: if with_output { err.dropped } else { 0 },
         }))
         .await?;
+    tracing::debug!(client = caller.name.as_str(), job = %id, "job stream opened");
     let mut quiet_since = tokio::time::Instant::now();
     loop {
         // Looked at before the output is read: a job seen over has all

@@ -1,5 +1,7 @@
 //! `ctl job …`: the clap definitions of the commands about detached jobs.
 
+use std::time::Duration;
+
 use rexec_protocol::JobId;
 
 use super::{Exclude, Reach, TARGETS_HELP};
@@ -12,6 +14,8 @@ stay on the agent (each stream capped, the oldest bytes dropped past the cap)
 until ctl job forget, or the agent's retention, removes them.
 Only the client key that started a job sees it, unless the agent names this
 client an admin; any other job is \"no such job\".
+wait and output --follow ask again an agent that goes away once it has
+answered (a restart, a dropped connection), for up to --reconnect-for.
 Exit status of output and wait: the job's, as ctl exec gives it (several
 hosts: the largest; a lost or damaged job counts as 255); output of a job that
 still runs, without --follow: 0.";
@@ -42,11 +46,21 @@ pub enum JobAction {
         /// with its status.
         #[arg(long)]
         follow: bool,
+        /// With --follow: how long an agent that goes away (it restarts,
+        /// the network drops) is asked again before ctl gives up on the
+        /// host; 0 gives up at once.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = super::parse_duration, requires = "follow")]
+        reconnect_for: Duration,
         #[command(flatten)]
         job: JobTarget,
     },
     /// Wait for the job to end, without its output; exit with its status.
     Wait {
+        /// How long an agent that goes away (it restarts, the network
+        /// drops) is asked again before ctl gives up on the host; 0 gives
+        /// up at once.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = super::parse_duration)]
+        reconnect_for: Duration,
         #[command(flatten)]
         job: JobTarget,
     },

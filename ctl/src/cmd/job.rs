@@ -3,6 +3,7 @@
 //! exit status as `ctl exec` gives it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rexec_protocol::{DetachRequest, ExecRequest, JobId, JobRequest};
 
@@ -97,24 +98,33 @@ pub fn job(globals: &Globals, action: JobAction) -> Result<u8, Failure> {
             exclude,
             targets,
         } => list(config, fleet, &targets, &exclude.exclude, &reach, json),
-        JobAction::Output { follow, job } => {
+        JobAction::Output {
+            follow,
+            reconnect_for,
+            job,
+        } => {
             let request = JobRequest::Output {
                 id: job.id.clone(),
                 follow,
             };
-            about(config, fleet, job, request)
+            let reconnect = if follow {
+                reconnect_for
+            } else {
+                Duration::ZERO
+            };
+            about(config, fleet, job, request, reconnect)
         }
-        JobAction::Wait { job } => {
+        JobAction::Wait { reconnect_for, job } => {
             let request = JobRequest::Wait { id: job.id.clone() };
-            about(config, fleet, job, request)
+            about(config, fleet, job, request, reconnect_for)
         }
         JobAction::Kill { job } => {
             let request = JobRequest::Kill { id: job.id.clone() };
-            about(config, fleet, job, request)
+            about(config, fleet, job, request, Duration::ZERO)
         }
         JobAction::Forget { job } => {
             let request = JobRequest::Forget { id: job.id.clone() };
-            about(config, fleet, job, request)
+            about(config, fleet, job, request, Duration::ZERO)
         }
     }
 }
@@ -194,6 +204,7 @@ fn about(
     fleet: &Fleet,
     job: JobTarget,
     request: JobRequest,
+    reconnect: Duration,
 ) -> Result<u8, Failure> {
     let single = target::is_single(&job.targets) && job.exclude.exclude.is_empty();
     let targets = fleet.resolve(&job.targets, &job.exclude.exclude)?;
@@ -232,6 +243,7 @@ fn about(
                     index,
                     output.clone(),
                     notes,
+                    reconnect,
                 )
             },
             |result| output.done(&result),

@@ -3,13 +3,15 @@
 //! to ([`Accepted`], [`Listed`], [`JobEnd`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use rexec_protocol::{
-    AgentMessage, ClientMessage, DetachRequest, ExitStatus, FrameError, JobRequest, JobState,
-    JobSummary,
+    AgentMessage, ClientMessage, DetachRequest, ErrorKind, ExitStatus, FrameError, JobRequest,
+    JobState, JobSummary,
 };
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use crate::connect::{self, Client};
 use crate::console::Stream;
@@ -190,8 +192,72 @@ pub async fn list(client: Arc<Client>, target: Target) -> Result<Listed, CtlErro
     }
 }
 
+/// How the agent's first pause between attempts grows, and to what.
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a request that failed with `e` may work when asked again once
+/// the agent is back: it was stopping (a restart, an upgrade), could not be
+/// reached, or the connection to it broke. Everything else (a name that
+/// does not resolve, a refused identity, a changed host key, no such job)
+/// would fail the same way again.
+fn comes_back(e: &CtlError) -> bool {
+    use crate::error::ConnectionError as C;
+    match e {
+        CtlError::Agent(report) => report.kind == ErrorKind::ShuttingDown,
+        CtlError::Connection(c) => matches!(
+            c,
+            C::Connect(_) | C::ConnectTimeout(_) | C::Lost(_) | C::Offline | C::SessionLost(_)
+        ),
+        _ => false,
+    }
+}
+
+/// The bytes of each stream already passed on, counted from the job's
+/// first byte, so that output asked for again after a reconnection goes
+/// out once: the agent sends what it keeps from the start again.
+#[derive(Debug, Default)]
+struct Passed {
+    at: [u64; 2],
+    /// Whether an earlier answer opened a stream (the first one tells of
+    /// the oldest bytes dropped; the later ones only of new gaps).
+    opened: bool,
+}
+
+impl Passed {
+    /// The agent opened the job's stream with `dropped` bytes of each
+    /// stream gone before its first chunk: the notes to give for bytes
+    /// ctl will never pass on.
+    fn open(&mut self, dropped: [u64; 2]) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
+            let gap = dropped[i].saturating_sub(self.at[i]);
+            if gap == 0 {
+                continue;
+            }
+            notes.push(if self.opened {
+                format!(
+                    "{gap} more bytes of the job's {name} were dropped while ctl was away (the agent's max_job_output)"
+                )
+            } else {
+                format!(
+                    "the oldest {gap} bytes of the job's {name} were dropped (the agent's max_job_output)"
+                )
+            });
+            self.at[i] = dropped[i];
+        }
+        self.opened = true;
+        notes
+    }
+}
+
 /// Output, wait, kill or forget on `target`: output chunks to `output`
 /// as host `index`, a note for dropped output, the job as it stands last.
+///
+/// With `reconnect`, an agent that goes away once it has answered (it
+/// restarts, the network drops) is asked again, the pauses growing to 2 s,
+/// until it answers or has been away that long; a note says so once per
+/// absence. One that cannot be reached at the start fails at once.
 ///
 /// # Errors
 /// When the agent could not be reached, refused, or stopped answering.
@@ -202,13 +268,91 @@ pub async fn request(
     index: usize,
     output: Arc<dyn Output<JobEnd>>,
     notes: Arc<dyn Fn(String) + Send + Sync>,
+    reconnect: Duration,
 ) -> Result<JobEnd, CtlError> {
     let passes_status = matches!(request, JobRequest::Output { .. } | JobRequest::Wait { .. });
-    let session = connect::open(&client, &target, ClientMessage::Job(request)).await?;
+    let mut passed = Passed::default();
+    let mut away: Option<Instant> = None;
+    let mut pause = FIRST_PAUSE;
+    // Whether the agent has answered at all in this run.
+    let mut answered = false;
+    loop {
+        let mut served = false;
+        let asked = ask(
+            &client,
+            &target,
+            request.clone(),
+            index,
+            &*output,
+            &*notes,
+            &mut passed,
+            &mut served,
+        )
+        .await;
+        let e = match asked {
+            Ok(summary) => {
+                return Ok(JobEnd {
+                    summary,
+                    passes_status,
+                });
+            }
+            Err(e) => e,
+        };
+        if served {
+            answered = true;
+            away = None;
+            pause = FIRST_PAUSE;
+        }
+        // A host that could not be reached before it ever answered fails at
+        // once, as a host that is down does for every other request; one
+        // that answered, or said it is stopping, is waited for.
+        let stopping = matches!(&e, CtlError::Agent(_));
+        if reconnect.is_zero() || !comes_back(&e) || !(answered || stopping) {
+            return Err(e);
+        }
+        let since = match away {
+            Some(since) => since,
+            None => {
+                let why = match &e {
+                    CtlError::Agent(_) => "the agent is stopping".to_owned(),
+                    other => other.to_string(),
+                };
+                notes(format!(
+                    "{why}; the job goes on there, asking again for up to {}",
+                    humantime::format_duration(reconnect)
+                ));
+                *away.insert(Instant::now())
+            }
+        };
+        if since.elapsed() >= reconnect {
+            return Err(e);
+        }
+        tokio::time::sleep(pause.min(reconnect.saturating_sub(since.elapsed()))).await;
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// One request and its answers; `served` is set once the agent has
+/// answered our hello (it is there, and speaks to us).
+#[allow(clippy::too_many_arguments)]
+async fn ask(
+    client: &Client,
+    target: &Target,
+    request: JobRequest,
+    index: usize,
+    output: &dyn Output<JobEnd>,
+    notes: &(dyn Fn(String) + Send + Sync),
+    passed: &mut Passed,
+    served: &mut bool,
+) -> Result<JobSummary, CtlError> {
+    let session = connect::open(client, target, ClientMessage::Job(request)).await?;
+    *served = true;
     let mut incoming = session.connection.incoming;
     let mut outgoing = session.connection.outgoing;
     let lost = |e: FrameError| CtlError::lost(&e);
     let mut alive = Liveness::new();
+    // Where the next chunk of each stream starts, counted as `passed` is.
+    let mut at = [0u64; 2];
     loop {
         let message = match alive.next(&mut incoming).await? {
             Some(Ok(message)) => message,
@@ -218,33 +362,131 @@ pub async fn request(
         match message {
             AgentMessage::JobStream(opening) => {
                 alive.started(opening.keepalive);
-                for (name, dropped) in [
-                    ("stdout", opening.stdout_dropped),
-                    ("stderr", opening.stderr_dropped),
-                ] {
-                    if dropped > 0 {
-                        notes(format!(
-                            "the oldest {dropped} bytes of the job's {name} were dropped (the agent's max_job_output)"
-                        ));
-                    }
+                at = [opening.stdout_dropped, opening.stderr_dropped];
+                for note in passed.open(at) {
+                    notes(note);
                 }
             }
-            AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
-            AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
+            AgentMessage::Stdout(chunk) => {
+                pass(output, index, Stream::Stdout, &chunk, 0, &mut at, passed)
+            }
+            AgentMessage::Stderr(chunk) => {
+                pass(output, index, Stream::Stderr, &chunk, 1, &mut at, passed)
+            }
             AgentMessage::Keepalive => {
                 outgoing
                     .send(ClientMessage::Keepalive)
                     .await
                     .map_err(lost)?;
             }
-            AgentMessage::Job(summary) => {
-                return Ok(JobEnd {
-                    summary,
-                    passes_status,
-                });
-            }
+            AgentMessage::Job(summary) => return Ok(summary),
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
             other => return Err(CtlError::unexpected(&other)),
         }
+    }
+}
+
+/// Passes on the part of `chunk` (stream `i`, starting at `at[i]`) that
+/// has not gone out before.
+fn pass(
+    output: &dyn Output<JobEnd>,
+    index: usize,
+    stream: Stream,
+    chunk: &[u8],
+    i: usize,
+    at: &mut [u64; 2],
+    passed: &mut Passed,
+) {
+    let start = at[i];
+    at[i] += chunk.len() as u64;
+    let seen = usize::try_from(passed.at[i].saturating_sub(start)).unwrap_or(usize::MAX);
+    if let Some(new) = chunk.get(seen..).filter(|new| !new.is_empty()) {
+        output.chunk(index, stream, new);
+        passed.at[i] = at[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::outcome::HostResult;
+    use rexec_protocol::ErrorReport;
+
+    /// What went out, per stream.
+    #[derive(Default)]
+    struct Record(Mutex<[Vec<u8>; 2]>);
+
+    impl Output<JobEnd> for Record {
+        fn chunk(&self, _host: usize, stream: Stream, data: &[u8]) {
+            let i = usize::from(matches!(stream, Stream::Stderr));
+            self.0.lock().unwrap()[i].extend_from_slice(data);
+        }
+        fn done(&self, _result: &HostResult<JobEnd>) {}
+    }
+
+    #[test]
+    fn output_sent_again_after_a_reconnection_goes_out_once() {
+        let out = Record::default();
+        let mut passed = Passed::default();
+        // The first answer: "hello " and "e1", then the connection breaks.
+        let mut at = [0, 0];
+        pass(&out, 0, Stream::Stdout, b"hel", 0, &mut at, &mut passed);
+        pass(&out, 0, Stream::Stdout, b"lo ", 0, &mut at, &mut passed);
+        pass(&out, 0, Stream::Stderr, b"e1", 1, &mut at, &mut passed);
+        // The second from the start again, in other pieces, and more.
+        let mut at = [0, 0];
+        pass(&out, 0, Stream::Stdout, b"he", 0, &mut at, &mut passed);
+        pass(&out, 0, Stream::Stdout, b"llo wor", 0, &mut at, &mut passed);
+        pass(&out, 0, Stream::Stderr, b"e1e2", 1, &mut at, &mut passed);
+        pass(&out, 0, Stream::Stdout, b"ld", 0, &mut at, &mut passed);
+        let [stdout, stderr] = out.0.into_inner().unwrap();
+        assert_eq!(stdout, b"hello world");
+        assert_eq!(stderr, b"e1e2");
+        assert_eq!(passed.at, [11, 4]);
+    }
+
+    #[test]
+    fn output_past_a_gap_starts_where_the_agent_says_and_is_noted_once() {
+        let out = Record::default();
+        let mut passed = Passed::default();
+        assert_eq!(
+            passed.open([2, 0]),
+            ["the oldest 2 bytes of the job's stdout were dropped (the agent's max_job_output)"]
+        );
+        let mut at = [2, 0];
+        pass(&out, 0, Stream::Stdout, b"abc", 0, &mut at, &mut passed);
+        // Back after a reconnection: the agent has dropped up to byte 10.
+        assert_eq!(
+            passed.open([10, 0]),
+            [
+                "5 more bytes of the job's stdout were dropped while ctl was away (the agent's max_job_output)"
+            ]
+        );
+        let mut at = [10, 0];
+        pass(&out, 0, Stream::Stdout, b"tail", 0, &mut at, &mut passed);
+        // And again with nothing new dropped: no note, nothing twice.
+        assert!(passed.open([10, 0]).is_empty());
+        let mut at = [10, 0];
+        pass(&out, 0, Stream::Stdout, b"tail!", 0, &mut at, &mut passed);
+        assert_eq!(out.0.into_inner().unwrap()[0], b"abctail!");
+        assert_eq!(passed.at[0], 15);
+    }
+
+    #[test]
+    fn only_a_stopping_agent_or_a_lost_connection_is_asked_again() {
+        use crate::error::ConnectionError as C;
+        let stopping = ErrorReport::new(ErrorKind::ShuttingDown, "stopping");
+        let no_job = ErrorReport::new(ErrorKind::NoSuchJob, "no such job");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(comes_back(&CtlError::Agent(stopping)));
+        assert!(comes_back(&C::Connect(refused).into()));
+        assert!(comes_back(&C::Lost("reset".into()).into()));
+        assert!(comes_back(&C::Offline.into()));
+        assert!(!comes_back(&CtlError::Agent(no_job)));
+        let unresolved = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!comes_back(&C::Resolve(unresolved).into()));
+        assert!(!comes_back(&C::Protocol("bad".into()).into()));
     }
 }
