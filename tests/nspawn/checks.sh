@@ -266,7 +266,9 @@ check_journal_has_one_audit_line_per_exec_without_own_timestamps() {
 
 # A detached job is in a scope of its own, not in the unit's cgroup:
 # `systemctl restart` (an upgrade of rexec) leaves it running, and the new
-# agent finds it running, then reports its end, output and status. The job
+# agent finds it running, then reports its end, output and status; a
+# `ctl job output --follow` started before the restart asks again and ends
+# with the job's output, each byte once, and its status. The job
 # waits for a file made only after the restart, so it cannot have ended
 # before the old agent was gone (the agent's shutdown_grace is 3 s here).
 # audited_end PID ID TEXT: the agent PID logged the end of job ID, with TEXT.
@@ -274,7 +276,7 @@ audited_end() {
     journalctl _PID="$1" -o cat | grep 'job ended' | grep -F "job=\"$2\"" | grep -qF "$3"
 }
 check_a_detached_job_survives_systemctl_restart() {
-    local id out code pid old new listed
+    local id out code pid old new listed follower
     rm -f /root/job.pid /root/job.go
     id=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" exec --detach "$target" \
         'echo $$ >/root/job.pid; echo job-start; for i in $(seq 1200); do [ -e /root/job.go ] && break; sleep 0.1; done; echo job-done >&2; exit 6' </dev/null) ||
@@ -285,6 +287,11 @@ check_a_detached_job_survives_systemctl_restart() {
         { echo "the job is not in its own scope: $(cat "/proc/$pid/cgroup")"; return 1; }
     [ "$(prop "rexec-job-$id.scope" ActiveState)" = active ] ||
         { echo "rexec-job-$id.scope is $(prop "rexec-job-$id.scope" ActiveState)"; return 1; }
+    # A follower started before the restart rides over it.
+    REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job output --follow "$target" "$id" \
+        >/root/follow.out 2>/root/follow.err </dev/null &
+    follower=$!
+    wait_for 10 grep -q job-start /root/follow.out || { echo "the follower printed nothing"; return 1; }
     old=$(prop rexec-agent.service MainPID)
     systemctl restart rexec-agent.service || { echo "systemctl restart failed"; return 1; }
     new=$(prop rexec-agent.service MainPID)
@@ -299,6 +306,12 @@ check_a_detached_job_survives_systemctl_restart() {
     REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job wait "$target" "$id" </dev/null
     code=$?
     [ "$code" = 6 ] || { echo "job wait after the restart: exit $code"; return 1; }
+    wait "$follower"
+    code=$?
+    [ "$code" = 6 ] && [ "$(cat /root/follow.out)" = job-start ] &&
+        [ "$(grep -v '^ctl: ' /root/follow.err)" = job-done ] &&
+        grep -q '^ctl: .*: the agent is stopping; the job goes on there, asking again for up to 10m$' /root/follow.err ||
+        { echo "the follower across the restart: exit $code, stdout $(cat /root/follow.out), stderr $(cat /root/follow.err)"; return 1; }
     out=$(REXEC_CONFIG_DIR=/root/alice "$bin/ctl" job output "$target" "$id" 2>/root/job.err </dev/null)
     [ "$out" = job-start ] && [ "$(cat /root/job.err)" = job-done ] ||
         { echo "job output after the restart: stdout $out, stderr $(cat /root/job.err)"; return 1; }
