@@ -840,3 +840,48 @@ fn jobs_detached_through_the_broker_are_waited_for_and_read_back_through_it() {
     assert_eq!(lines, ["labpc07: 42", "labpc08: 42"]);
     assert!(states.iter().all(|state| state.join(&id).is_dir()));
 }
+
+#[test]
+fn a_wait_through_the_broker_rides_over_the_agent_restarting() {
+    let nats = require_nats!();
+    let env = Env::new();
+    let state = env.root.path().join("state");
+    let go = env.root.path().join("go");
+    let start = || {
+        let mut cmd = agent_run_command(&env.agent_dir);
+        cmd.args(["--broker", &nats.url, "--name", "labpc07", "--state-dir"])
+            .arg(&state)
+            .env("RUST_LOG", "info,rexec_agent=debug");
+        let agent = Agent::spawn(cmd);
+        wait_connected(&agent, "labpc07");
+        agent
+    };
+    let mut agent = start();
+    let command = format!("{}; exit 5", until_file(&go));
+    let id = job_id(
+        &env.broker_run(&nats, &["exec", "--detach", "labpc07", &command]),
+        0,
+    );
+    let wait = env
+        .broker_ctl(&nats)
+        .args(["job", "wait", "labpc07", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || agent.log().contains("job stream opened")),
+        "the wait is being served:\n{}",
+        agent.log()
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit().is_some(), "agent stopped");
+    let _again = start();
+    std::fs::write(&go, "").unwrap();
+    let waited = wait.wait_with_output().unwrap();
+    assert_eq!(waited.status.code(), Some(5), "{}", stderr_of(&waited));
+    assert_eq!(
+        stderr_of(&waited),
+        "ctl: labpc07: the agent is stopping; the job goes on there, asking again for up to 10m\n"
+    );
+}
