@@ -164,7 +164,10 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, D
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(_) => return Err(Damage(format!("{} cannot be read", file_name(path)))),
     };
-    let mut text = Vec::new();
+    // Sized from the file, so the record comes in one read, not in
+    // growing steps from 32 bytes (followers read it on every poll).
+    let size = file.metadata().map_or(0, |m| m.len()).min(MAX_RECORD + 1);
+    let mut text = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
     file.take(MAX_RECORD + 1)
         .read_to_end(&mut text)
         .map_err(|_| Damage(format!("{} cannot be read", file_name(path))))?;
