@@ -47,15 +47,30 @@ pub mod tty;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, Command, usage_line};
+use crate::cli::{Cli, Command, Deferred, usage_line};
 use crate::config::ConfigDir;
 use crate::error::EXIT_CTL_ERROR;
 
+/// The process's arguments, as `Cli::try_parse` reads them, except that
+/// the clap command tree is left to the process's exit instead of being
+/// freed here: a few thousand allocations fewer to undo on every run
+/// (BENCHMARKS.md, "ctl's command line").
+fn parse() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    let parsed = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|mut matches| {
+            Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+        });
+    std::mem::forget(command);
+    parsed
+}
+
 /// Runs ctl with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version, as clap writes them.
@@ -75,12 +90,12 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen => cmd::identity::keygen(&globals.config),
         Command::Id => cmd::identity::id(&globals.config),
-        Command::Exec(args) => cmd::exec::exec(&globals, args),
-        Command::Hosts(args) => cmd::hosts::hosts(&globals, args),
-        Command::Ping(args) => cmd::ping::ping(&globals, args),
-        Command::Cp(args) => cmd::cp::cp(&globals, args),
-        Command::KnownHosts { action } => cmd::known_hosts::known_hosts(&globals, action),
-        Command::Job { action } => cmd::job::job(&globals, action),
+        Command::Exec(Deferred(args)) => cmd::exec::exec(&globals, args),
+        Command::Hosts(Deferred(args)) => cmd::hosts::hosts(&globals, args),
+        Command::Ping(Deferred(args)) => cmd::ping::ping(&globals, args),
+        Command::Cp(Deferred(args)) => cmd::cp::cp(&globals, args),
+        Command::KnownHosts(Deferred(args)) => cmd::known_hosts::known_hosts(&globals, args.action),
+        Command::Job(Deferred(args)) => cmd::job::job(&globals, args.action),
         Command::Completions { shell } => cmd::docs::completions(shell),
         Command::ManPages { dir } => cmd::docs::man_pages(&dir),
     };
