@@ -12,7 +12,6 @@ deciding more than the program: run it with CTL_A and CTL_B the same
 binary). Prints each one's median and every time."""
 
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -51,14 +50,7 @@ def main():
             ("scp+sync", h.settled(lambda: h.timed(
                 " ".join(scp) + f" bench:{data} {shared} && sync -f {shared}", shell=True))),
         ]
-        times = {name: [] for name, _ in pairs}
-        for r in range(rounds):
-            order = pairs if r % 2 == 0 else [pairs[1], pairs[0], pairs[2]]
-            for name, run in order:
-                times[name].append(run())
-        for name, ts in times.items():
-            print(f"{name}: median {statistics.median(ts):.2f} s  "
-                  + " ".join(f"{t:.2f}" for t in ts))
+        h.print_times(h.swap_two(pairs, rounds))
     finally:
         h.stop_all()
         shutil.rmtree(work, True)

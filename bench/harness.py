@@ -97,6 +97,24 @@ def alternate(pairs, runs):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def swap_two(pairs, rounds):
+    """Runs the (name, thunk) pairs `rounds` times, the first two trading
+    places every other round and the rest after them (an A/B with its
+    references); every time by name."""
+    times = {name: [] for name, _ in pairs}
+    for round_ in range(rounds):
+        order = pairs if round_ % 2 == 0 else [pairs[1], pairs[0], *pairs[2:]]
+        for name, thunk in order:
+            times[name].append(thunk())
+    return times
+
+
+def print_times(times):
+    """Each name's median, then every time, in seconds."""
+    for name, ts in times.items():
+        print(f"{name}: median {statistics.median(ts):.2f} s  " + " ".join(f"{t:.2f}" for t in ts))
+
+
 def peak_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -12,7 +12,6 @@ agents are what differs; all three write the same file in one directory
 timing. Prints each one's median and every time."""
 
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -50,14 +49,7 @@ def main():
             ("scp+sync", h.settled(lambda: h.timed(
                 " ".join(scp) + f" {data} bench:{into} && sync -f {into}", shell=True))),
         ]
-        times = {name: [] for name, _ in pairs}
-        for r in range(rounds):
-            order = pairs if r % 2 == 0 else [pairs[1], pairs[0], pairs[2]]
-            for name, run in order:
-                times[name].append(run())
-        for name, ts in times.items():
-            print(f"{name}: median {statistics.median(ts):.2f} s  "
-                  + " ".join(f"{t:.2f}" for t in ts))
+        h.print_times(h.swap_two(pairs, rounds))
     finally:
         h.stop_all()
         shutil.rmtree(work, True)

@@ -190,6 +190,21 @@ fn output_follow_from_the_middle_of_a_job_sees_the_rest_live() {
     assert_eq!(follow.wait().unwrap().code(), Some(5));
 }
 
+/// Waits until `agent` (from [`streams_logged`]) has opened `n` job
+/// streams: the requests are being served.
+#[track_caller]
+fn wait_for_streams(agent: &Agent, n: usize) {
+    assert!(
+        wait_until(DEADLINE, || agent
+            .log()
+            .matches("job stream opened")
+            .count()
+            >= n),
+        "{n} job streams opened:\n{}",
+        agent.log()
+    );
+}
+
 /// An agent on `listen` that logs each job stream it opens (a debug line).
 fn streams_logged(env: &Env, listen: &str) -> Agent {
     let mut cmd = agent_run_command(&env.agent_dir);
@@ -229,15 +244,7 @@ fn wait_and_follow_ride_over(signal: &str, why: &str) {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert_eq!(line, "first\n");
-    assert!(
-        wait_until(DEADLINE, || agent
-            .log()
-            .matches("job stream opened")
-            .count()
-            == 2),
-        "both requests are being served:\n{}",
-        agent.log()
-    );
+    wait_for_streams(&agent, 2);
     agent.signal(signal);
     assert!(agent.wait_exit().is_some(), "agent stopped");
     // Back on the same address a moment later, as after an upgrade.
@@ -293,15 +300,7 @@ fn wait_gives_up_once_the_agent_has_been_away_for_reconnect_for() {
     };
     let at_once = spawn("0");
     let soon = spawn("1s");
-    assert!(
-        wait_until(DEADLINE, || agent
-            .log()
-            .matches("job stream opened")
-            .count()
-            == 2),
-        "both waits are being served:\n{}",
-        agent.log()
-    );
+    wait_for_streams(&agent, 2);
     agent.signal("TERM");
     assert!(agent.wait_exit().is_some(), "agent stopped");
     let at_once = at_once.wait_with_output().unwrap();
@@ -869,11 +868,7 @@ fn a_wait_through_the_broker_rides_over_the_agent_restarting() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        wait_until(DEADLINE, || agent.log().contains("job stream opened")),
-        "the wait is being served:\n{}",
-        agent.log()
-    );
+    wait_for_streams(&agent, 1);
     agent.signal("TERM");
     assert!(agent.wait_exit().is_some(), "agent stopped");
     let _again = start();
