@@ -1,5 +1,5 @@
 /* A spawn of /bin/true by posix_spawn (mode 0) or vfork + execve (mode 1),
- * from a process with six signal handlers: the cost of glibc resetting
+ * from a process with seven signal handlers: the cost of glibc resetting
  * every signal in the posix_spawn child. gcc -O2 -o spawn_sig spawn_sig.c;
  * ./spawn_sig 2000 0; ./spawn_sig 2000 1 (BENCHMARKS.md, "The agent's spawn"). */
 #define _GNU_SOURCE
