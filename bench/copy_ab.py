@@ -39,7 +39,6 @@ def main():
             d.mkdir()
         shared = work / "from"
         shared.mkdir(exist_ok=True)
-        scp = ["scp", "-q", "-F", str(ssh.config), "-c", "aes128-gcm@openssh.com"]
 
         def pull(ctl, into):
             return h.settled(lambda: h.timed([ctl, "cp", f"{target}:{data}", str(into)], env=rx.env))
@@ -47,8 +46,7 @@ def main():
         pairs = [
             ("A", pull(ctl_a, dirs["a"])),
             ("B", pull(ctl_b, dirs["b"])),
-            ("scp+sync", h.settled(lambda: h.timed(
-                " ".join(scp) + f" bench:{data} {shared} && sync -f {shared}", shell=True))),
+            ("scp+sync", h.settled(lambda: ssh.scp_then_sync(f"bench:{data}", shared, shared))),
         ]
         h.print_times(h.swap_two(pairs, rounds))
     finally:

@@ -179,6 +179,8 @@ class Rexec:
 class Ssh:
     """An sshd run by hand on 127.0.0.1 with throwaway keys."""
 
+    FASTEST = ("-c", "aes128-gcm@openssh.com")  # ssh's fastest cipher here
+
     def __init__(self, work):
         self.dir = work / "ssh"
         self.dir.mkdir()
@@ -227,6 +229,17 @@ LogLevel ERROR
     def cmd(self, *opts):
         return ["ssh", "-F", str(self.config), *opts, "bench"]
 
+    def scp(self):
+        """`scp` to and from host `bench` with ssh's fastest cipher."""
+        return ["scp", "-q", "-F", str(self.config), *self.FASTEST]
+
+    def scp_then_sync(self, src, dst, local_dir):
+        """Time of `scp SRC DST` then `sync -f LOCAL_DIR`: ctl cp makes each
+        file durable before it takes its name and scp does not, so the fair
+        comparison adds a sync of what scp wrote (the file system that holds
+        it)."""
+        return timed(" ".join(self.scp()) + f" {src} {dst} && sync -f {local_dir}", shell=True)
+
 
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "-"
@@ -271,7 +284,7 @@ def main():
 
     # 1 GiB to /dev/null.
     gib = "head -c 1G /dev/zero"
-    fastest = ("-c", "aes128-gcm@openssh.com")
+    fastest = Ssh.FASTEST
     med = alternate([
         ("rexec", lambda: timed([CTL, "exec", target, gib], env=rx.env)),
         ("ssh", lambda: timed(ssh.cmd(*fastest) + [gib])),
@@ -291,12 +304,8 @@ def main():
     # (BENCHMARKS.md, "Copies: what the disk does").
     for d in ("to", "from"):
         (work / d).mkdir()
-    scp = ["scp", "-q", "-F", str(ssh.config), *fastest]
-    # ctl cp makes each file durable before it takes its name; scp does
-    # not, so the fair comparison adds a sync of what scp wrote (`sync -f`,
-    # the file system that holds it), each way.
-    def scp_sync(src, dst, local_dir):
-        return timed(" ".join(scp) + f" {src} {dst} && sync -f {local_dir}", shell=True)
+    scp = ssh.scp()
+    scp_sync = ssh.scp_then_sync
     med = alternate([
         ("rexec", settled(lambda: timed([CTL, "cp", str(data), f"{target}:{work / 'to'}"], env=rx.env))),
         ("scp", settled(lambda: timed(scp + [str(data), f"bench:{work / 'to'}"]))),

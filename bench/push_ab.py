@@ -38,7 +38,6 @@ def main():
                 out.write(rnd.read(1 << 20))
         into = work / "to"
         into.mkdir()
-        scp = ["scp", "-q", "-F", str(ssh.config), "-c", "aes128-gcm@openssh.com"]
 
         def push(name):
             return h.settled(lambda: h.timed([h.CTL, "cp", str(data), f"{targets[name]}:{into}"], env=rx.env))
@@ -46,8 +45,7 @@ def main():
         pairs = [
             ("A", push("A")),
             ("B", push("B")),
-            ("scp+sync", h.settled(lambda: h.timed(
-                " ".join(scp) + f" {data} bench:{into} && sync -f {into}", shell=True))),
+            ("scp+sync", h.settled(lambda: ssh.scp_then_sync(data, f"bench:{into}", into))),
         ]
         h.print_times(h.swap_two(pairs, rounds))
     finally:

@@ -276,15 +276,18 @@ pub async fn request(
     let mut pause = FIRST_PAUSE;
     // Whether the agent has answered at all in this run.
     let mut answered = false;
+    let to = To {
+        output: &*output,
+        index,
+        notes: &*notes,
+    };
     loop {
         let mut served = false;
         let asked = ask(
             &client,
             &target,
             request.clone(),
-            index,
-            &*output,
-            &*notes,
+            &to,
             &mut passed,
             &mut served,
         )
@@ -332,16 +335,20 @@ pub async fn request(
     }
 }
 
+/// Where a request's output and notes go: host `index` of `output`.
+struct To<'a> {
+    output: &'a dyn Output<JobEnd>,
+    index: usize,
+    notes: &'a (dyn Fn(String) + Send + Sync),
+}
+
 /// One request and its answers; `served` is set once the agent has
 /// answered our hello (it is there, and speaks to us).
-#[allow(clippy::too_many_arguments)]
 async fn ask(
     client: &Client,
     target: &Target,
     request: JobRequest,
-    index: usize,
-    output: &dyn Output<JobEnd>,
-    notes: &(dyn Fn(String) + Send + Sync),
+    to: &To<'_>,
     passed: &mut Passed,
     served: &mut bool,
 ) -> Result<JobSummary, CtlError> {
@@ -364,15 +371,11 @@ async fn ask(
                 alive.started(opening.keepalive);
                 at = [opening.stdout_dropped, opening.stderr_dropped];
                 for note in passed.open(at) {
-                    notes(note);
+                    (to.notes)(note);
                 }
             }
-            AgentMessage::Stdout(chunk) => {
-                pass(output, index, Stream::Stdout, &chunk, 0, &mut at, passed)
-            }
-            AgentMessage::Stderr(chunk) => {
-                pass(output, index, Stream::Stderr, &chunk, 1, &mut at, passed)
-            }
+            AgentMessage::Stdout(chunk) => pass(to, Stream::Stdout, &chunk, &mut at, passed),
+            AgentMessage::Stderr(chunk) => pass(to, Stream::Stderr, &chunk, &mut at, passed),
             AgentMessage::Keepalive => {
                 outgoing
                     .send(ClientMessage::Keepalive)
@@ -386,22 +389,15 @@ async fn ask(
     }
 }
 
-/// Passes on the part of `chunk` (stream `i`, starting at `at[i]`) that
-/// has not gone out before.
-fn pass(
-    output: &dyn Output<JobEnd>,
-    index: usize,
-    stream: Stream,
-    chunk: &[u8],
-    i: usize,
-    at: &mut [u64; 2],
-    passed: &mut Passed,
-) {
+/// Passes on the part of `chunk` (of `stream`, starting where `at` says)
+/// that has not gone out before.
+fn pass(to: &To<'_>, stream: Stream, chunk: &[u8], at: &mut [u64; 2], passed: &mut Passed) {
+    let i = usize::from(stream == Stream::Stderr);
     let start = at[i];
     at[i] += chunk.len() as u64;
     let seen = usize::try_from(passed.at[i].saturating_sub(start)).unwrap_or(usize::MAX);
     if let Some(new) = chunk.get(seen..).filter(|new| !new.is_empty()) {
-        output.chunk(index, stream, new);
+        to.output.chunk(to.index, stream, new);
         passed.at[i] = at[i];
     }
 }
@@ -418,6 +414,14 @@ mod tests {
     #[derive(Default)]
     struct Record(Mutex<[Vec<u8>; 2]>);
 
+    fn to(out: &Record) -> To<'_> {
+        To {
+            output: out,
+            index: 0,
+            notes: &|_| {},
+        }
+    }
+
     impl Output<JobEnd> for Record {
         fn chunk(&self, _host: usize, stream: Stream, data: &[u8]) {
             let i = usize::from(matches!(stream, Stream::Stderr));
@@ -432,15 +436,15 @@ mod tests {
         let mut passed = Passed::default();
         // The first answer: "hello " and "e1", then the connection breaks.
         let mut at = [0, 0];
-        pass(&out, 0, Stream::Stdout, b"hel", 0, &mut at, &mut passed);
-        pass(&out, 0, Stream::Stdout, b"lo ", 0, &mut at, &mut passed);
-        pass(&out, 0, Stream::Stderr, b"e1", 1, &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"hel", &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"lo ", &mut at, &mut passed);
+        pass(&to(&out), Stream::Stderr, b"e1", &mut at, &mut passed);
         // The second from the start again, in other pieces, and more.
         let mut at = [0, 0];
-        pass(&out, 0, Stream::Stdout, b"he", 0, &mut at, &mut passed);
-        pass(&out, 0, Stream::Stdout, b"llo wor", 0, &mut at, &mut passed);
-        pass(&out, 0, Stream::Stderr, b"e1e2", 1, &mut at, &mut passed);
-        pass(&out, 0, Stream::Stdout, b"ld", 0, &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"he", &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"llo wor", &mut at, &mut passed);
+        pass(&to(&out), Stream::Stderr, b"e1e2", &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"ld", &mut at, &mut passed);
         let [stdout, stderr] = out.0.into_inner().unwrap();
         assert_eq!(stdout, b"hello world");
         assert_eq!(stderr, b"e1e2");
@@ -456,7 +460,7 @@ mod tests {
             ["the oldest 2 bytes of the job's stdout were dropped (the agent's max_job_output)"]
         );
         let mut at = [2, 0];
-        pass(&out, 0, Stream::Stdout, b"abc", 0, &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"abc", &mut at, &mut passed);
         // Back after a reconnection: the agent has dropped up to byte 10.
         assert_eq!(
             passed.open([10, 0]),
@@ -465,11 +469,11 @@ mod tests {
             ]
         );
         let mut at = [10, 0];
-        pass(&out, 0, Stream::Stdout, b"tail", 0, &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"tail", &mut at, &mut passed);
         // And again with nothing new dropped: no note, nothing twice.
         assert!(passed.open([10, 0]).is_empty());
         let mut at = [10, 0];
-        pass(&out, 0, Stream::Stdout, b"tail!", 0, &mut at, &mut passed);
+        pass(&to(&out), Stream::Stdout, b"tail!", &mut at, &mut passed);
         assert_eq!(out.0.into_inner().unwrap()[0], b"abctail!");
         assert_eq!(passed.at[0], 15);
     }
