@@ -570,9 +570,28 @@ fn the_example_config_confines_each_agent_to_its_own_name() {
     // the subscription, and the agent says so in its own words.
     let impostor = Env::new();
     let creds = agent_credentials(&nats, &ca, "labpc08", "change-me-labpc08");
-    let wrong = impostor.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    let mut notify = NotifySocket::new(impostor.root.path());
+    let mut cmd = notify.agent_command(&impostor.agent_dir);
+    cmd.args(["--broker", &nats.url, "--name", "labpc07"])
+        .args(&creds);
+    let wrong = Agent::spawn(cmd);
     let line = wrong.expect_log("does not let us serve the name labpc07");
     assert!(!line.contains("nats"), "our own words: {line}");
+    // Its status line says it, too, rather than "connected … as labpc07".
+    let refused = format!(
+        "; connected to the broker at {}, but the broker does not let us serve the name labpc07",
+        nats.url
+    );
+    let end = Instant::now() + DEADLINE;
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < end {
+        seen = notify.wait_for("STATUS=").filter(|m| m.contains(&refused));
+    }
+    assert!(
+        seen.is_some(),
+        "a status line saying the name is refused: {:?}",
+        notify.received
+    );
     // The real labpc07 still answers, under its pinned key.
     let out = env.ctl_run(&["exec", "labpc07", "echo still-the-real-one"]);
     assert_eq!(

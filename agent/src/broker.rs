@@ -8,7 +8,7 @@
 //! ([`crate::state::AgentState::broker_startups`]).
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rexec_broker::{Announcement, BrokerError, Carrier, ConnectionState, Listener};
@@ -50,24 +50,50 @@ pub struct BrokerLink {
     pub name: String,
     /// The broker's URLs, for messages.
     pub urls: String,
+    /// Why the broker does not let us serve our name, while it refuses:
+    /// connected, but unreachable for ctl.
+    refusal: Arc<Mutex<Option<String>>>,
 }
 
 impl BrokerLink {
+    /// Our link to the broker through `carrier`, serving `name`.
+    pub fn new(carrier: Carrier, name: String, urls: String) -> BrokerLink {
+        BrokerLink {
+            carrier,
+            name,
+            urls,
+            refusal: Arc::default(),
+        }
+    }
+
     /// The systemd status line's part about the broker.
     pub fn status(&self) -> String {
-        status(&self.carrier.state(), &self.urls, &self.name)
+        let refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        status(
+            &self.carrier.state(),
+            &self.urls,
+            &self.name,
+            refusal.as_deref(),
+        )
+    }
+
+    fn refused(&self, why: Option<&BrokerError>) {
+        *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) = why.map(ToString::to_string);
     }
 }
 
-/// "connected to the broker at URL as NAME", or why not.
-pub fn status(state: &ConnectionState, urls: &str, name: &str) -> String {
-    if state.connected {
-        format!("connected to the broker at {urls} as {name}")
-    } else {
-        match &state.last_error {
+/// "connected to the broker at URL as NAME", or why not: not connected, or
+/// connected but refused our name (`refusal`).
+pub fn status(state: &ConnectionState, urls: &str, name: &str, refusal: Option<&str>) -> String {
+    if !state.connected {
+        return match &state.last_error {
             Some(error) => format!("not connected to the broker at {urls}, retrying ({error})"),
             None => format!("not connected to the broker at {urls}, retrying"),
-        }
+        };
+    }
+    match refusal {
+        Some(refusal) => format!("connected to the broker at {urls}, but {refusal}"),
+        None => format!("connected to the broker at {urls} as {name}"),
     }
 }
 
@@ -119,13 +145,17 @@ pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: Task
 async fn listen(link: &BrokerLink) -> Option<Listener> {
     loop {
         match link.carrier.listen(&link.name).await {
-            Ok(listener) => return Some(listener),
+            Ok(listener) => {
+                link.refused(None);
+                return Some(listener);
+            }
             // Refusals are the broker's permissions, which may change
             // meanwhile: a refused name mends on the next try, a refused
             // inbox once the broker restarts (the client library
             // subscribes its inbox once per connection) or we do.
             Err(e @ (BrokerError::SubscribeRefused(_) | BrokerError::InboxRefused(_))) => {
                 tracing::error!("{e}; asking again in {}s", SUBSCRIBE_RETRY.as_secs());
+                link.refused(Some(&e));
                 tokio::time::sleep(SUBSCRIBE_RETRY).await;
             }
             Err(e) => {
@@ -187,8 +217,14 @@ async fn report_connection(link: BrokerLink) {
 
 async fn say_connected(link: &BrokerLink) {
     match link.carrier.probe(&link.name).await {
-        Ok(()) => tracing::info!("connected to the broker at {} as {}", link.urls, link.name),
-        Err(e @ BrokerError::SubscribeRefused(_)) => tracing::error!("{e}"),
+        Ok(()) => {
+            link.refused(None);
+            tracing::info!("connected to the broker at {} as {}", link.urls, link.name);
+        }
+        Err(e @ BrokerError::SubscribeRefused(_)) => {
+            tracing::error!("{e}");
+            link.refused(Some(&e));
+        }
         Err(e) => tracing::warn!(
             "connected to the broker at {} as {}, but our own check request did not come back: {e}",
             link.urls,

@@ -490,15 +490,15 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
         // A broker that is down does not keep us from starting: the
         // carrier returns at once and keeps trying for as long as we run.
         let broker = match &state.settings.broker {
-            Some(settings) => Some(BrokerLink {
-                carrier: Carrier::connect(rexec_agent::broker::carrier_options(
+            Some(settings) => Some(BrokerLink::new(
+                Carrier::connect(rexec_agent::broker::carrier_options(
                     settings,
                     &state.settings,
                 ))
                 .await?,
-                name: settings.name.clone(),
-                urls: settings.url_list(),
-            }),
+                settings.name.clone(),
+                settings.url_list(),
+            )),
             None => None,
         };
         // The handlers are in place before "listening on" is said: whoever

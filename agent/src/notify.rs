@@ -146,17 +146,25 @@ mod tests {
             connected: true,
             ..ConnectionState::default()
         };
-        let up = crate::broker::status(&state, "tls://b:4222", "labpc07");
+        let up = crate::broker::status(&state, "tls://b:4222", "labpc07", None);
         assert_eq!(
             status_line("", Some(&up), 2, 256),
             "connected to the broker at tls://b:4222 as labpc07; 2 sessions running (limit 256)"
         );
         state.connected = false;
         state.last_error = Some("the broker at tls://b:4222 refused our credentials".into());
-        let down = crate::broker::status(&state, "tls://b:4222", "labpc07");
+        let down = crate::broker::status(&state, "tls://b:4222", "labpc07", None);
         assert_eq!(
             status_line("127.0.0.1:7722", Some(&down), 0, 8),
             "listening on 127.0.0.1:7722; not connected to the broker at tls://b:4222, retrying (the broker at tls://b:4222 refused our credentials); 0 sessions running (limit 8)"
+        );
+        // Connected, but not allowed to serve our name: ctl cannot reach us.
+        state.connected = true;
+        let refused = rexec_broker::BrokerError::SubscribeRefused("labpc07".into()).to_string();
+        let refused = crate::broker::status(&state, "tls://b:4222", "labpc07", Some(&refused));
+        assert_eq!(
+            status_line("", Some(&refused), 0, 8),
+            "connected to the broker at tls://b:4222, but the broker does not let us serve the name labpc07 (check the broker user's permissions); 0 sessions running (limit 8)"
         );
     }
 }
