@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use rexec_agent::config::AgentSettings;
 use rexec_agent::server::{AgentState, Shutdown, serve};
 
-use crate::util::checks::{assert_refused, read_until_line, set_mode, spawn_piped_exec};
+use crate::util::checks::{
+    assert_gone_soon, assert_refused, read_until_line, set_mode, spawn_piped_exec,
+};
 use crate::util::*;
 
 /// Starts `ctl exec TARGET COMMAND` with piped stdout and stderr.
@@ -251,6 +253,45 @@ fn agent_maximum_timeout_applies_when_the_client_sets_none_or_more() {
     let shorter = env.exec(&agent, &["--timeout", "10s", "echo quick"]);
     assert_eq!(stdout_of(&shorter), "quick\n");
     assert!(all_gone(&sleep));
+}
+
+#[test]
+fn the_timeout_holds_while_ctl_is_not_reading_the_output() {
+    let (env, agent) = Env::with_agent_flags(&["--max-timeout", "1s"]);
+    let sleep = unique_sleep(600);
+    // Quoted apart, so that only the remote `sleep`, not ctl, shows it.
+    let (whole, fraction) = sleep.split_once('.').expect("a fraction");
+    // Nobody reads ctl's stdout for now: the pipe, ctl and the connection
+    // fill up, and the agent waits to send.
+    let mut ctl = env
+        .ctl()
+        .args([
+            "exec",
+            &agent.target(),
+            &format!("sleep {whole}''.{fraction} & yes"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctl");
+    assert!(
+        wait_until(DEADLINE, || !processes_with(&sleep).is_empty()),
+        "the command started"
+    );
+    assert_gone_soon(&sleep, "the group is killed at the timeout all the same");
+    let mut stdout = ctl.stdout.take().expect("stdout");
+    let read = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        stdout.read_to_end(&mut all).expect("read stdout");
+        all
+    });
+    let status = wait_for_exit(&mut ctl);
+    let out = read.join().expect("reader");
+    assert_eq!(status.code(), Some(124));
+    assert!(
+        out.starts_with(b"y\ny\n"),
+        "the output before the kill is kept"
+    );
 }
 
 /// Runs `ctl exec --connect-timeout 1s ADDR true` against a peer that

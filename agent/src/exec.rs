@@ -224,11 +224,16 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    // A client that stops reading holds this send, but not
-                    // the agent's shutdown.
+                    // A client that stops reading holds this send, but
+                    // neither the agent's shutdown nor the timeout: a chunk
+                    // cut off here stays in the frame buffer and goes out
+                    // first with what follows.
                     let sent = tokio::select! {
                         sent = job.outgoing.send(message) => sent,
                         () = job.kill.cancelled() => break Err(ExecEnd::ShutDown),
+                        () = tokio::time::sleep_until(deadline) => {
+                            break Err(ExecEnd::Finished(ExitStatus::TimedOut));
+                        }
                     };
                     if sent.is_err() {
                         client_open = false;
