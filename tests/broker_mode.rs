@@ -116,6 +116,17 @@ fn exec_keeps_stdout_and_stderr_apart_and_passes_exit_codes_and_signal_deaths() 
     assert_eq!(stdout_of(&out), "a b\n$HOME\n");
 }
 
+/// A session through the broker ends with its command: one after another,
+/// each takes the agent's only place (`--max-sessions 1`).
+#[test]
+fn sessions_through_the_broker_end_with_their_commands() {
+    let (nats, env, _agent) = rig!(&["--max-sessions", "1"]);
+    for i in 0..4 {
+        let out = env.broker_exec(&nats, NAME, &["-i", &format!("echo {i}")]);
+        assert_eq!(stdout_of(&out), format!("{i}\n"), "{}", stderr_of(&out));
+    }
+}
+
 #[test]
 fn sixty_four_mib_of_random_bytes_cross_the_broker_byte_exact() {
     let (nats, env, _agent) = rig!(&[]);

@@ -143,6 +143,37 @@ fn stdin_and_output_flow_together_through_cat() {
     assert!(output == data, "cat returned different bytes");
 }
 
+/// A command that exits before reading all its stdin, its output read
+/// slowly: every byte of the output and the exit status still arrive (the
+/// agent reads what ctl still sends until ctl closes, rather than closing
+/// on unread input, which resets the connection).
+#[test]
+fn output_read_slowly_arrives_whole_when_the_command_leaves_stdin_unread() {
+    let (env, agent) = Env::with_agent();
+    let mut ctl = env
+        .ctl()
+        .args(["exec", "-i", &agent.target(), "head -c 50000000; exit 3"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = ctl.stdout.take().unwrap();
+    let mut total = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = stdout.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(total, 50_000_000, "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+}
+
 /// Without -i the command's stdin is empty even when ours stays open: the
 /// `while read host; do ctl exec "$host" ...; done < hosts` loop keeps its input.
 #[test]

@@ -257,10 +257,12 @@ where
                 stderr_bytes = report.stderr_bytes,
                 "exec"
             );
+            linger(&mut incoming, peer, state).await;
             return Ok(());
         }
     };
     let report = copy::serve(copy, job).await;
+    linger(&mut incoming, peer, state).await;
     audit!(
         tracing::Level::INFO,
         caller,
@@ -275,6 +277,38 @@ where
         "copy"
     );
     Ok(())
+}
+
+/// Reads and drops what a TCP client still sends after our last message,
+/// until it closes the connection (ctl does once it has read that
+/// message), for at most the keepalive bound (or the kill grace, with
+/// keepalives off), or until the agent stops. Closing a socket with input
+/// unread makes the kernel reset the connection and throw away what it
+/// has not sent yet: the end of the output and the exit status of a
+/// command that exited before reading all its stdin (`ctl exec -i` with
+/// a reader slower than the command). A session through the broker has no
+/// such reset, and its end reaches the broker as it is.
+async fn linger<R: AsyncRead + Unpin>(
+    incoming: &mut FramedRead<R, AgentCodec>,
+    peer: Peer,
+    state: &AgentState,
+) {
+    if !matches!(peer, Peer::Tcp(_)) {
+        return;
+    }
+    let settings = &state.settings;
+    let bound = match settings
+        .keepalive_interval
+        .saturating_mul(settings.keepalive_count)
+    {
+        bound if bound.is_zero() => settings.kill_grace,
+        bound => bound,
+    };
+    let until_closed = async { while let Some(Ok(_)) = incoming.next().await {} };
+    tokio::select! {
+        _ = tokio::time::timeout(bound, until_closed) => {}
+        () = state.shutdown.kill.cancelled() => {}
+    }
 }
 
 struct OpenError<S> {
