@@ -362,6 +362,65 @@ fn closed_stdout_ends_ctl_quietly_and_stops_the_command() {
     );
 }
 
+#[test]
+fn closed_stderr_ends_ctl_quietly_and_stops_the_command() {
+    let (env, agent) = Env::with_agent();
+    let mark = marker("loop");
+    let mut ctl = env
+        .ctl()
+        .args([
+            "exec",
+            &agent.target(),
+            &format!("while :; do echo {mark} >&2; sleep 0.01; done"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stderr = BufReader::new(ctl.stderr.take().unwrap());
+    stderr.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), mark);
+    drop(stderr); // `2>&1 | head -1` exiting
+    assert_eq!(ctl.wait().unwrap().code(), Some(141));
+    assert_gone_soon(&format!("echo {mark}"), "the remote command is stopped");
+}
+
+#[test]
+fn stderr_that_cannot_be_written_is_an_error_not_success() {
+    let (env, agent) = Env::with_agent();
+    let out = env
+        .ctl()
+        .args(["exec", &agent.target(), "echo out; echo err >&2"])
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "the command's stderr was lost"
+    );
+}
+
+#[test]
+fn stdin_that_cannot_be_read_fails_the_run_without_an_end_of_input() {
+    let (env, agent) = Env::with_agent();
+    let out = env
+        .ctl()
+        .args(["exec", "-i", &agent.target(), "wc -c"])
+        .stdin(std::fs::File::open("/etc").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        assert_one_ctl_line(&out, "stdin is a directory"),
+        format!(
+            "ctl: {}: cannot pass our stdin on to the command: is a directory",
+            agent.target()
+        )
+    );
+    assert_eq!(stdout_of(&out), "", "the command never saw an end of input");
+}
+
 /// `ctl exec TARGET true` with a config dir that holds no identity.
 fn exec_without_identity(env: &Env, agent: &Agent) -> std::process::Output {
     env.ctl()

@@ -773,6 +773,22 @@ fn output_to_a_full_device_fails_the_run_in_every_mode() {
 }
 
 #[test]
+fn stderr_that_cannot_be_written_fails_a_run_of_several_targets() {
+    let (env, _fleet) = env_with_fleet(2);
+    let out = env
+        .ctl()
+        .args(["exec", "@lab", "echo out; echo err >&2"])
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "the commands' stderr was lost"
+    );
+}
+
+#[test]
 fn out_dir_on_a_full_file_system_fails_the_run_with_one_line() {
     require_root!("mounting a tmpfs needs root");
     let (env, _fleet) = env_with_fleet(2);

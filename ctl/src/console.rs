@@ -125,8 +125,8 @@ impl Console {
     }
 
     /// Writes `bytes` to our stdout or stderr in one piece, around the
-    /// progress line. A stdout that cannot take them (closed by its reader,
-    /// or on a full disk) cancels the run.
+    /// progress line. A stream that cannot take them (closed by its
+    /// reader, or on a full disk) cancels the run.
     pub fn write(&self, stream: Stream, bytes: &[u8]) {
         if bytes.is_empty() || self.broken_pipe() || self.output_lost().is_some() {
             return;
@@ -145,16 +145,21 @@ impl Console {
             Some(bar) => bar.suspend(write),
             None => write(),
         };
-        // Nowhere to report a failing stderr; a failing stdout ends the run.
+        // The end-of-run line for a failing stderr may find no stderr to
+        // go to; the exit status says it all the same.
         match result {
-            Err(e) if stream == Stream::Stdout && e.kind() == io::ErrorKind::BrokenPipe => {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.broken_pipe.store(true, Ordering::Relaxed);
                 self.cancel.cancel();
             }
-            Err(e) if stream == Stream::Stdout => {
-                self.lose(format!("cannot write to stdout: {}", plain::io_error(&e)));
+            Err(e) => {
+                let name = match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                self.lose(format!("cannot write to {name}: {}", plain::io_error(&e)));
             }
-            _ => {}
+            Ok(()) => {}
         }
     }
 
@@ -175,7 +180,7 @@ impl Console {
         self.write(Stream::Stderr, format!("ctl: {line}\n").as_bytes());
     }
 
-    /// Whether our stdout was closed by its reader.
+    /// Whether our stdout or stderr was closed by its reader.
     pub fn broken_pipe(&self) -> bool {
         self.broken_pipe.load(Ordering::Relaxed)
     }

@@ -60,8 +60,9 @@ pub async fn exec_streaming(
     let (data_tx, data_rx) = mpsc::channel(4);
     let (urgent_tx, urgent_rx) = mpsc::channel(4);
     let sender = tokio::spawn(send_loop(outgoing, data_rx, urgent_rx));
+    let (stdin_failed_tx, mut stdin_failed) = mpsc::channel(1);
     if forward_stdin {
-        spawn_stdin_reader(data_tx);
+        spawn_stdin_reader(data_tx, stdin_failed_tx);
     } else {
         drop(data_tx);
     }
@@ -83,6 +84,14 @@ pub async fn exec_streaming(
     loop {
         let message = tokio::select! {
             message = alive.next(&mut incoming) => message?,
+            // The command must not take part of our input for all of it:
+            // no end of input is sent, and leaving ends the command.
+            Some(e) = stdin_failed.recv() => {
+                return Err(CtlError::Local(format!(
+                    "cannot pass our stdin on to the command: {}",
+                    plain::io_error(&e)
+                )));
+            }
             _ = window_change.recv(), if with_pty => {
                 let size = crate::tty::current_size();
                 let _ = urgent_tx.try_send(ClientMessage::WindowSize(size));
@@ -127,17 +136,18 @@ pub async fn exec_streaming(
             AgentMessage::Keepalive => {
                 let _ = urgent_tx.try_send(ClientMessage::Keepalive);
             }
+            // Output that cannot be written ends the run, from either
+            // stream: a closed pipe quietly, anything else as a failure
+            // (its line may find no stderr to go to; the exit status says it).
             AgentMessage::Stdout(chunk) => {
                 if let Err(e) = stdout.write_all(&chunk) {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        return Ok(ExecOutcome::BrokenPipe);
-                    }
-                    return Err(CtlError::write_failed("to stdout", &e));
+                    return written_or_gone(&e, "to stdout");
                 }
             }
             AgentMessage::Stderr(chunk) => {
-                // Nowhere to report a failing stderr; the command goes on.
-                let _ = stderr.write_all(&chunk);
+                if let Err(e) = stderr.write_all(&chunk) {
+                    return written_or_gone(&e, "to stderr");
+                }
             }
             AgentMessage::Exit(status) => {
                 drop(raw_mode);
@@ -149,6 +159,14 @@ pub async fn exec_streaming(
             }
         }
     }
+}
+
+/// How a failed write of the command's output ends the run.
+fn written_or_gone(e: &io::Error, to: &str) -> Result<ExecOutcome, CtlError> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return Ok(ExecOutcome::BrokenPipe);
+    }
+    Err(CtlError::write_failed(to, e))
 }
 
 /// An unbuffered handle on one of our output descriptors: chunks go out
@@ -185,8 +203,9 @@ pub(super) async fn send_loop(
 }
 
 /// Reads our stdin on a thread of its own (reads block) and queues it for
-/// the agent, then stdin EOF.
-fn spawn_stdin_reader(tx: mpsc::Sender<ClientMessage>) {
+/// the agent, then stdin EOF; or, when a read fails, says so on `failed`
+/// instead of the EOF.
+fn spawn_stdin_reader(tx: mpsc::Sender<ClientMessage>, failed: mpsc::Sender<io::Error>) {
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buf = vec![0u8; STDIN_CHUNK];
@@ -200,7 +219,10 @@ fn spawn_stdin_reader(tx: mpsc::Sender<ClientMessage>) {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) => {
+                    let _ = failed.blocking_send(e);
+                    return;
+                }
             }
         }
         let _ = tx.blocking_send(ClientMessage::StdinEof);
