@@ -675,6 +675,82 @@ fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
     assert_eq!(ids(&back.join("owned/file")), (4321, 8765));
 }
 
+// ---- Modes of directories --------------------------------------------------
+
+/// The permission bits of `path` (set-id and sticky bits included).
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// As with cp and scp, a tree copied over directories that exist leaves
+/// their modes alone: `ctl cp -r ./home root@h:/` keeps a private home
+/// private and `ctl cp -r ./tmp h:/` keeps /tmp's sticky bit. Only -p
+/// gives them the sender's.
+#[test]
+fn an_existing_directory_keeps_its_mode_unless_dash_p() {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    let src = new_dir(root, "home");
+    for dir in ["alice", "tmp"] {
+        new_dir(&src, dir);
+        set_mode(&src.join(dir), 0o755);
+    }
+    std::fs::write(src.join("alice/notes"), b"notes").unwrap();
+    let dest = new_dir(root, "dest");
+    let home = new_dir(&dest, "home");
+    let (alice, tmp) = (new_dir(&home, "alice"), new_dir(&home, "tmp"));
+    set_mode(&alice, 0o700);
+    set_mode(&tmp, 0o1777);
+    set_mode(&home, 0o711);
+
+    let out = cp(&env, &["-r", src.to_str().unwrap(), &remote(&agent, &dest)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_file(alice.join("notes"), b"notes");
+    assert_eq!(mode_of(&alice), 0o700);
+    assert_eq!(mode_of(&tmp), 0o1777);
+    assert_eq!(mode_of(&home), 0o711);
+
+    if running_as_root() {
+        let out = cp(
+            &env,
+            &["-r", "-p", src.to_str().unwrap(), &remote(&agent, &dest)],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert_eq!(mode_of(&alice), 0o755, "-p gives the sender's mode");
+        assert_eq!(mode_of(&tmp), 0o755);
+    }
+}
+
+/// An agent cannot widen a private local directory by sending it with a
+/// wide mode: on a pull too, a directory that exists keeps its mode.
+#[tokio::test]
+async fn a_pull_leaves_an_existing_local_directory_as_it_was() {
+    let env = Env::new();
+    let local = new_dir(env.root.path(), "local");
+    let private = new_dir(&local, "private");
+    set_mode(&private, 0o700);
+    let messages = fake_copy(vec![
+        header_only(rexec_protocol::FileHeader {
+            mode: 0o777,
+            ..dir_header(b"private")
+        }),
+        file_messages(file_header(b"private/x", 1), b"x"),
+    ]);
+    let out =
+        pull_with_flags_from_a_fake_agent(&env, &["-r"], messages, "/srv/private", &local).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_file(private.join("x"), b"x");
+    assert_eq!(mode_of(&private), 0o700);
+}
+
 // ---- Links, names and placement -------------------------------------------
 
 fn link_header(path: &'static [u8], target: &[u8]) -> rexec_protocol::FileHeader {

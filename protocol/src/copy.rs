@@ -779,7 +779,9 @@ pub struct TreeWriter {
     /// The new name of the top-level entry, for [`Placement::As`].
     rename_top: Option<OsString>,
     expected: Option<Expected>,
-    keep_set_id: bool,
+    /// `-p`: set-id bits are kept, and a directory that exists takes the
+    /// sent mode and owner.
+    preserve: bool,
     /// Whether files get their blocks before their data.
     allocate: bool,
     /// The first top-level entry's name, and whether it is a directory.
@@ -796,7 +798,8 @@ pub struct TreeWriter {
 impl TreeWriter {
     /// A writer placing entries per `placement`, refusing more than `limit`
     /// bytes of data when given. Set-user-id and set-group-id bits are
-    /// dropped unless [`TreeWriter::keeping_set_id`] says otherwise.
+    /// dropped, and directories that exist are left as they are, unless
+    /// [`TreeWriter::preserving`] says otherwise.
     pub fn new(placement: Placement, limit: Option<u64>) -> TreeWriter {
         let (root, root_path, rename_top) = match placement {
             Placement::Into { dir, path } => (dir, path, None),
@@ -811,7 +814,7 @@ impl TreeWriter {
             root_path,
             rename_top,
             expected: None,
-            keep_set_id: false,
+            preserve: false,
             allocate: false,
             top: None,
             current: None,
@@ -832,9 +835,10 @@ impl TreeWriter {
         self
     }
 
-    /// Keeps set-user-id and set-group-id bits (`-p`).
-    pub fn keeping_set_id(mut self, keep: bool) -> Self {
-        self.keep_set_id = keep;
+    /// Does what `-p` asks: keeps set-user-id and set-group-id bits, and
+    /// gives directories that exist already the sent mode and owner.
+    pub fn preserving(mut self, preserve: bool) -> Self {
+        self.preserve = preserve;
         self
     }
 
@@ -965,14 +969,16 @@ impl TreeWriter {
             ));
         }
         let (parent, name, path) = self.destination(&header.path, &header.kind)?;
-        let mode = header.mode & if self.keep_set_id { 0o7777 } else { 0o1777 };
+        let mode = header.mode & if self.preserve { 0o7777 } else { 0o1777 };
         let owner = header.owner;
         match header.kind {
             FileKind::Directory => {
-                match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                let created = match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700))
+                {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false,
                     Err(e) => return Err(CopyError::errno(&path, "create directory", e)),
-                }
+                };
                 // What is there now, never through a link: a directory we
                 // made or one that was there already.
                 let dir = rustix::fs::openat(
@@ -985,10 +991,15 @@ impl TreeWriter {
                     Errno::NOTDIR | Errno::LOOP => in_the_way(&path),
                     e => CopyError::errno(&path, "create directory", e),
                 })?;
-                let dir = File::from(dir);
-                apply_owner(&dir, owner, &path)?;
-                dir.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                // As cp and scp: a directory that was there keeps its
+                // owner and mode (a private home, the sticky bit of /tmp)
+                // unless -p asks for the sender's.
+                if created || self.preserve {
+                    let dir = File::from(dir);
+                    apply_owner(&dir, owner, &path)?;
+                    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                }
                 self.entries += 1;
             }
             FileKind::Symlink { target } => {
@@ -1414,8 +1425,8 @@ mod tests {
             if let CopyItem::File(h) = &mut items[0] {
                 h.mode = 0o6755;
             }
-            let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None)
-                .keeping_set_id(keep);
+            let mut writer =
+                TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None).preserving(keep);
             write_all(&mut writer, items).unwrap();
             let mode = fs::metadata(dir.path().join("tool"))
                 .unwrap()
