@@ -79,6 +79,14 @@ fn copying_as_another_user(test: &str, run_as: &str) -> Option<(Env, Agent)> {
     Some((env, agent))
 }
 
+/// The user id of `user`, as `id -u` says.
+fn uid_of(user: &str) -> u32 {
+    stdout_of(&Command::new("id").args(["-u", user]).output().unwrap())
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A sparse file of `len` bytes: large to send, cheap to make.
 fn sparse(path: PathBuf, len: u64) -> PathBuf {
     std::fs::File::create(&path).unwrap().set_len(len).unwrap();
@@ -570,10 +578,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     ) else {
         return;
     };
-    let nobody: u32 = stdout_of(&Command::new("id").args(["-u", "nobody"]).output().unwrap())
-        .trim()
-        .parse()
-        .unwrap();
+    let nobody = uid_of("nobody");
     let root = env.root.path();
     let source = new_file(root, "note", b"for nobody");
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -749,6 +754,39 @@ async fn a_pull_leaves_an_existing_local_directory_as_it_was() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_file(private.join("x"), b"x");
     assert_eq!(mode_of(&private), 0o700);
+}
+
+/// A tree with read-only directories (a Go module cache, say) copies for
+/// a user who is not root: as with cp and scp, each new directory gets
+/// its mode only once its entries are written.
+#[test]
+fn a_tree_with_read_only_directories_copies_as_a_user_who_is_not_root() {
+    let Some((env, agent)) = copying_as_another_user(
+        "a_tree_with_read_only_directories_copies_as_a_user_who_is_not_root",
+        r#"["nobody"]"#,
+    ) else {
+        return;
+    };
+    let root = env.root.path();
+    let src = new_dir(root, "modcache");
+    let pkg = new_dir(&src, "pkg");
+    std::fs::write(pkg.join("go.mod"), b"module example.com/pkg\n").unwrap();
+    std::fs::write(src.join("README"), b"cache").unwrap();
+    set_mode(&pkg.join("go.mod"), 0o444);
+    set_mode(&pkg, 0o555);
+    set_mode(&src, 0o555);
+    let dest = new_dir(root, "dest");
+    std::os::unix::fs::chown(&dest, Some(uid_of("nobody")), None).unwrap();
+    let as_nobody = format!("nobody@{}:{}", agent.target(), dest.display());
+
+    let out = cp(&env, &["-r", src.to_str().unwrap(), &as_nobody]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let copy = dest.join("modcache");
+    assert_file(copy.join("pkg/go.mod"), b"module example.com/pkg\n");
+    assert_file(copy.join("README"), b"cache");
+    assert_eq!(mode_of(&copy), 0o555);
+    assert_eq!(mode_of(&copy.join("pkg")), 0o555);
+    assert_eq!(mode_of(&copy.join("pkg/go.mod")), 0o444);
 }
 
 // ---- Links, names and placement -------------------------------------------

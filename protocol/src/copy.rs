@@ -759,6 +759,35 @@ impl Drop for Incoming {
     }
 }
 
+/// A directory of the tree whose entries are still arriving. Meanwhile a
+/// new one has its owner's read, write and search bits, so that a
+/// read-only directory (a Go module cache) can still receive its entries;
+/// it takes its own mode once they are written, as with cp and scp.
+#[derive(Debug)]
+struct OpenDirectory {
+    /// Its name in the stream.
+    stream: Bytes,
+    /// The directory, open: its mode is set through this, never by name.
+    dir: File,
+    mode: u32,
+    /// Its path, for messages.
+    shown: PathBuf,
+}
+
+impl OpenDirectory {
+    /// Whether the entry named `raw` in the stream is inside it.
+    fn holds(&self, raw: &[u8]) -> bool {
+        raw.strip_prefix(self.stream.as_ref())
+            .is_some_and(|rest| rest.starts_with(b"/"))
+    }
+
+    fn close(self) -> Result<(), CopyError> {
+        self.dir
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| CopyError::io(&self.shown, "set the mode of", &e))
+    }
+}
+
 /// What a puller asked for: the one top-level entry it may receive.
 #[derive(Debug, Clone)]
 struct Expected {
@@ -787,6 +816,9 @@ pub struct TreeWriter {
     /// The first top-level entry's name, and whether it is a directory.
     top: Option<(Vec<u8>, bool)>,
     current: Option<Incoming>,
+    /// The directories still receiving entries, outermost first: one
+    /// descriptor per level of depth.
+    open_dirs: Vec<OpenDirectory>,
     /// Refuse more than this many bytes of data in all.
     limit: Option<u64>,
     /// Entries put in place.
@@ -818,6 +850,7 @@ impl TreeWriter {
             allocate: false,
             top: None,
             current: None,
+            open_dirs: Vec::new(),
             limit,
             entries: 0,
             bytes: 0,
@@ -968,6 +1001,7 @@ impl TreeWriter {
                 "a new entry began before the last file ended",
             ));
         }
+        self.close_directories(Some(&header.path))?;
         let (parent, name, path) = self.destination(&header.path, &header.kind)?;
         let mode = header.mode & if self.preserve { 0o7777 } else { 0o1777 };
         let owner = header.owner;
@@ -993,12 +1027,22 @@ impl TreeWriter {
                 })?;
                 // As cp and scp: a directory that was there keeps its
                 // owner and mode (a private home, the sticky bit of /tmp)
-                // unless -p asks for the sender's.
+                // unless -p asks for the sender's. The mode waits until
+                // the directory's entries are written; until then a new
+                // one is its owner's to write in.
                 if created || self.preserve {
                     let dir = File::from(dir);
                     apply_owner(&dir, owner, &path)?;
-                    dir.set_permissions(std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                    if created {
+                        dir.set_permissions(std::fs::Permissions::from_mode(mode | 0o700))
+                            .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                    }
+                    self.open_dirs.push(OpenDirectory {
+                        stream: header.path.clone(),
+                        dir,
+                        mode,
+                        shown: path,
+                    });
                 }
                 self.entries += 1;
             }
@@ -1166,16 +1210,35 @@ impl TreeWriter {
         self.current.is_some()
     }
 
-    /// The sender says the tree is complete: the entries and bytes put in
-    /// place.
+    /// The sender says the tree is complete: the directories still open
+    /// take their modes; the entries and bytes put in place.
     ///
     /// # Errors
-    /// A protocol error saying `unfinished` when a file is still open.
-    pub fn complete(&self, unfinished: &str) -> Result<(u64, u64), CopyError> {
+    /// A protocol error saying `unfinished` when a file is still open; a
+    /// mode that cannot be set.
+    pub fn complete(&mut self, unfinished: &str) -> Result<(u64, u64), CopyError> {
         if self.in_file() {
             return Err(CopyError::new(ErrorKind::Protocol, unfinished));
         }
+        self.close_directories(None)?;
         Ok((self.entries, self.bytes))
+    }
+
+    /// Gives each open directory that the entry named `next` is not inside
+    /// (at the end, `None`: all) its mode, innermost first. The stream is
+    /// depth first, so such a directory has received all its entries; and
+    /// each open directory is inside the one before it, so those that hold
+    /// `next` come first.
+    fn close_directories(&mut self, next: Option<&[u8]>) -> Result<(), CopyError> {
+        let holding = self
+            .open_dirs
+            .iter()
+            .take_while(|open| next.is_some_and(|raw| open.holds(raw)))
+            .count();
+        for open in self.open_dirs.drain(holding..).rev() {
+            open.close()?;
+        }
+        Ok(())
     }
 }
 
@@ -1415,6 +1478,43 @@ mod tests {
         .concat();
         write_all(&mut writer, items).unwrap();
         assert_eq!(fs::read(local.join("etc/hosts")).unwrap(), b"h");
+    }
+
+    #[test]
+    fn a_read_only_directory_takes_its_mode_once_its_entries_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
+        let items = [
+            vec![
+                header(b"cache", FileKind::Directory, 0o555),
+                header(b"cache/mod", FileKind::Directory, 0o555),
+            ],
+            file(b"cache/mod/go.mod", b"module"),
+        ]
+        .concat();
+        write_all(&mut writer, items).unwrap();
+        // Still receiving entries: their owner may write in them.
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o755, 0o755));
+        // An entry beside it: cache/mod is complete.
+        write_all(&mut writer, file(b"cache/sum", b"sum")).unwrap();
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o755, 0o555));
+        writer.complete("unfinished").unwrap();
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o555, 0o555));
+        assert_eq!(
+            fs::read(dir.path().join("cache/mod/go.mod")).unwrap(),
+            b"module"
+        );
+        // So that a user who is not root can remove the temporary tree.
+        for name in ["cache", "cache/mod"] {
+            fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
 
     #[test]
