@@ -1129,6 +1129,39 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
     assert!(!back.join("new-name").exists());
 }
 
+/// Any name a directory can hold copies, both ways, a tree's too: the
+/// temporary name beside it is cut short to fit in 255 bytes.
+#[test]
+fn a_name_of_250_bytes_copies_both_ways() {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    // Two-byte characters: the cut may fall inside one.
+    let name = "\u{e9}".repeat(125);
+    let source = new_file(root, &name, b"a long name");
+    let tree = new_dir(root, "tree");
+    std::fs::write(tree.join(&name), b"in a tree").unwrap();
+    let (there, back) = (new_dir(root, "there"), new_dir(root, "back"));
+    for from in [&source, &tree] {
+        let out = cp(
+            &env,
+            &["-r", from.to_str().unwrap(), &remote(&agent, &there)],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    assert_file(there.join(&name), b"a long name");
+    assert_file(there.join("tree").join(&name), b"in a tree");
+    for from in [there.join(&name), there.join("tree")] {
+        let out = cp(
+            &env,
+            &["-r", &remote(&agent, &from), back.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    assert_file(back.join(&name), b"a long name");
+    assert_file(back.join("tree").join(&name), b"in a tree");
+    assert!(temporaries(&there).is_empty() && temporaries(&back).is_empty());
+}
+
 // ---- Time, silence, changing files, privileges -----------------------------
 
 /// `--timeout` bounds the whole copy, connecting included, in both

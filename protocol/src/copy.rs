@@ -25,7 +25,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, FileTimes, Metadata};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -1285,15 +1285,27 @@ fn own_link(
     .map_err(|e| CopyError::errno(path, "set the owner of", e))
 }
 
+/// The longest name a directory entry may have, in bytes (Linux's
+/// `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
 /// A fresh temporary name beside `name`: `.NAME.rexec-PID-N`, hidden, in
-/// the same directory so the final rename is atomic.
+/// the same directory so the final rename is atomic. A long NAME is cut
+/// short so that the whole fits in [`NAME_MAX`] and any name can be
+/// copied; the PID and the counter alone keep it unique.
 fn temp_name(name: &OsStr) -> OsString {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut temp = OsStr::new(".").to_os_string();
-    temp.push(name);
-    temp.push(format!(".rexec-{}-{n}", std::process::id()));
-    temp
+    let suffix = format!(".rexec-{}-{n}", std::process::id());
+    let room = NAME_MAX.saturating_sub(1 + suffix.len());
+    let name = name.as_bytes();
+    let mut temp = Vec::with_capacity(NAME_MAX);
+    temp.push(b'.');
+    // Names are bytes here: a cut inside a UTF-8 character is still a
+    // valid name.
+    temp.extend_from_slice(&name[..name.len().min(room)]);
+    temp.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(temp)
 }
 
 /// Whether `name` is one of our temporary names (for tests and cleanup).
@@ -1515,6 +1527,20 @@ mod tests {
         for name in ["cache", "cache/mod"] {
             fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o755)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_temporary_name_fits_in_a_directory_entry_whatever_the_name() {
+        let longest = "\u{e9}".repeat(127) + "x";
+        for name in ["f", longest.as_str()] {
+            let temp = temp_name(OsStr::new(name));
+            assert!(temp.len() <= NAME_MAX, "{} bytes", temp.len());
+            assert!(is_temp_name(&temp), "{temp:?}");
+        }
+        assert_ne!(
+            temp_name(OsStr::new(&longest)),
+            temp_name(OsStr::new(&longest))
+        );
     }
 
     #[test]
