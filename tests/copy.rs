@@ -964,6 +964,25 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
     assert_eq!(mode & 0o7777, 0o755);
 }
 
+/// An agent that ends a pull without sending what was asked for (an
+/// honest one sends it or says why not) fails the copy as a protocol
+/// error, rather than reporting a success of 0 entries.
+#[tokio::test]
+async fn a_pull_that_receives_no_entry_is_a_protocol_error() {
+    let env = Env::new();
+    let local = new_dir(env.root.path(), "local");
+    let out = pull_from_a_fake_agent(&env, fake_copy(vec![]), "/var/log/syslog", &local).await;
+    assert_failed_saying(&out, 255, "protocol error");
+    let err = stderr_of(&out);
+    assert!(
+        err.lines().next().is_some_and(
+            |line| line.starts_with("ctl: ") && line.contains("without sending \"syslog\"")
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+}
+
 /// Someone else plants `LOCAL_DIR/HOST -> /victim` before a pull from
 /// several hosts: that host's copy is refused, the others land.
 #[test]

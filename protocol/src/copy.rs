@@ -1214,11 +1214,21 @@ impl TreeWriter {
     /// take their modes; the entries and bytes put in place.
     ///
     /// # Errors
-    /// A protocol error saying `unfinished` when a file is still open; a
-    /// mode that cannot be set.
+    /// A protocol error saying `unfinished` when a file is still open, or
+    /// when a pull's entry never came (an agent sends it or says why not);
+    /// a mode that cannot be set.
     pub fn complete(&mut self, unfinished: &str) -> Result<(u64, u64), CopyError> {
         if self.in_file() {
             return Err(CopyError::new(ErrorKind::Protocol, unfinished));
+        }
+        if let (Some(expected), None) = (&self.expected, &self.top) {
+            return Err(CopyError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the agent ended the copy without sending {:?}",
+                    String::from_utf8_lossy(&expected.name)
+                ),
+            ));
         }
         self.close_directories(None)?;
         Ok((self.entries, self.bytes))
@@ -1541,6 +1551,18 @@ mod tests {
             temp_name(OsStr::new(&longest)),
             temp_name(OsStr::new(&longest))
         );
+    }
+
+    #[test]
+    fn a_pull_that_ends_before_its_entry_came_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None)
+            .expecting(b"syslog", false);
+        let err = writer.complete("unfinished").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+        // A push expects nothing in particular: an empty one is done.
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
+        assert_eq!(writer.complete("unfinished").unwrap(), (0, 0));
     }
 
     #[test]
