@@ -418,8 +418,11 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
     assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
 
+/// `max_copy_bytes`, as the README says: a file larger than the limit is
+/// refused before anything is written; a push announces no total, so a
+/// tree stops at the file that would pass it, and the files before stay.
 #[test]
-fn a_size_limit_refuses_large_pushes_before_writing() {
+fn a_size_limit_refuses_a_large_file_before_writing_and_stops_a_tree_at_it() {
     let (env, agent) = Env::with_agent_flags(&["--max-copy-bytes", "1000"]);
     let root = env.root.path();
     let source = new_file(root, "big", vec![1u8; 2000]);
@@ -427,6 +430,18 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
     assert_failed_saying(&out, 255, "too-large");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+
+    let tree = new_dir(root, "tree");
+    std::fs::write(tree.join("a"), vec![1u8; 600]).unwrap();
+    std::fs::write(tree.join("b"), vec![2u8; 600]).unwrap();
+    let out = cp(
+        &env,
+        &["-r", tree.to_str().unwrap(), &remote(&agent, &dest)],
+    );
+    assert_failed_saying(&out, 255, "too-large");
+    assert_file(dest.join("tree/a"), &[1u8; 600]);
+    assert!(!dest.join("tree/b").exists());
+    assert_eq!(temporaries(&dest.join("tree")), Vec::<PathBuf>::new());
 }
 
 /// `ctl cp AGENT:/PATH local` against an agent played by a TLS server in
