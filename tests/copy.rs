@@ -79,6 +79,14 @@ fn copying_as_another_user(test: &str, run_as: &str) -> Option<(Env, Agent)> {
     Some((env, agent))
 }
 
+/// The user id of `user`, as `id -u` says.
+fn uid_of(user: &str) -> u32 {
+    stdout_of(&Command::new("id").args(["-u", user]).output().unwrap())
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A sparse file of `len` bytes: large to send, cheap to make.
 fn sparse(path: PathBuf, len: u64) -> PathBuf {
     std::fs::File::create(&path).unwrap().set_len(len).unwrap();
@@ -410,8 +418,11 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
     assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
 
+/// `max_copy_bytes`, as the README says: a file larger than the limit is
+/// refused before anything is written; a push announces no total, so a
+/// tree stops at the file that would pass it, and the files before stay.
 #[test]
-fn a_size_limit_refuses_large_pushes_before_writing() {
+fn a_size_limit_refuses_a_large_file_before_writing_and_stops_a_tree_at_it() {
     let (env, agent) = Env::with_agent_flags(&["--max-copy-bytes", "1000"]);
     let root = env.root.path();
     let source = new_file(root, "big", vec![1u8; 2000]);
@@ -419,6 +430,18 @@ fn a_size_limit_refuses_large_pushes_before_writing() {
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &dest)]);
     assert_failed_saying(&out, 255, "too-large");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+
+    let tree = new_dir(root, "tree");
+    std::fs::write(tree.join("a"), vec![1u8; 600]).unwrap();
+    std::fs::write(tree.join("b"), vec![2u8; 600]).unwrap();
+    let out = cp(
+        &env,
+        &["-r", tree.to_str().unwrap(), &remote(&agent, &dest)],
+    );
+    assert_failed_saying(&out, 255, "too-large");
+    assert_file(dest.join("tree/a"), &[1u8; 600]);
+    assert!(!dest.join("tree/b").exists());
+    assert_eq!(temporaries(&dest.join("tree")), Vec::<PathBuf>::new());
 }
 
 /// `ctl cp AGENT:/PATH local` against an agent played by a TLS server in
@@ -570,10 +593,7 @@ fn a_copy_as_another_user_is_checked_and_owned_as_that_user() {
     ) else {
         return;
     };
-    let nobody: u32 = stdout_of(&Command::new("id").args(["-u", "nobody"]).output().unwrap())
-        .trim()
-        .parse()
-        .unwrap();
+    let nobody = uid_of("nobody");
     let root = env.root.path();
     let source = new_file(root, "note", b"for nobody");
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -673,6 +693,115 @@ fn dash_p_keeps_numeric_owners_when_the_copy_runs_as_root() {
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(ids(&back.join("owned/file")), (4321, 8765));
+}
+
+// ---- Modes of directories --------------------------------------------------
+
+/// The permission bits of `path` (set-id and sticky bits included).
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// As with cp and scp, a tree copied over directories that exist leaves
+/// their modes alone: `ctl cp -r ./home root@h:/` keeps a private home
+/// private and `ctl cp -r ./tmp h:/` keeps /tmp's sticky bit. Only -p
+/// gives them the sender's.
+#[test]
+fn an_existing_directory_keeps_its_mode_unless_dash_p() {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    let src = new_dir(root, "home");
+    for dir in ["alice", "tmp"] {
+        new_dir(&src, dir);
+        set_mode(&src.join(dir), 0o755);
+    }
+    std::fs::write(src.join("alice/notes"), b"notes").unwrap();
+    let dest = new_dir(root, "dest");
+    let home = new_dir(&dest, "home");
+    let (alice, tmp) = (new_dir(&home, "alice"), new_dir(&home, "tmp"));
+    set_mode(&alice, 0o700);
+    set_mode(&tmp, 0o1777);
+    set_mode(&home, 0o711);
+
+    let out = cp(&env, &["-r", src.to_str().unwrap(), &remote(&agent, &dest)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_file(alice.join("notes"), b"notes");
+    assert_eq!(mode_of(&alice), 0o700);
+    assert_eq!(mode_of(&tmp), 0o1777);
+    assert_eq!(mode_of(&home), 0o711);
+
+    if running_as_root() {
+        let out = cp(
+            &env,
+            &["-r", "-p", src.to_str().unwrap(), &remote(&agent, &dest)],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert_eq!(mode_of(&alice), 0o755, "-p gives the sender's mode");
+        assert_eq!(mode_of(&tmp), 0o755);
+    }
+}
+
+/// An agent cannot widen a private local directory by sending it with a
+/// wide mode: on a pull too, a directory that exists keeps its mode.
+#[tokio::test]
+async fn a_pull_leaves_an_existing_local_directory_as_it_was() {
+    let env = Env::new();
+    let local = new_dir(env.root.path(), "local");
+    let private = new_dir(&local, "private");
+    set_mode(&private, 0o700);
+    let messages = fake_copy(vec![
+        header_only(rexec_protocol::FileHeader {
+            mode: 0o777,
+            ..dir_header(b"private")
+        }),
+        file_messages(file_header(b"private/x", 1), b"x"),
+    ]);
+    let out =
+        pull_with_flags_from_a_fake_agent(&env, &["-r"], messages, "/srv/private", &local).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_file(private.join("x"), b"x");
+    assert_eq!(mode_of(&private), 0o700);
+}
+
+/// A tree with read-only directories (a Go module cache, say) copies for
+/// a user who is not root: as with cp and scp, each new directory gets
+/// its mode only once its entries are written.
+#[test]
+fn a_tree_with_read_only_directories_copies_as_a_user_who_is_not_root() {
+    let Some((env, agent)) = copying_as_another_user(
+        "a_tree_with_read_only_directories_copies_as_a_user_who_is_not_root",
+        r#"["nobody"]"#,
+    ) else {
+        return;
+    };
+    let root = env.root.path();
+    let src = new_dir(root, "modcache");
+    let pkg = new_dir(&src, "pkg");
+    std::fs::write(pkg.join("go.mod"), b"module example.com/pkg\n").unwrap();
+    std::fs::write(src.join("README"), b"cache").unwrap();
+    set_mode(&pkg.join("go.mod"), 0o444);
+    set_mode(&pkg, 0o555);
+    set_mode(&src, 0o555);
+    let dest = new_dir(root, "dest");
+    std::os::unix::fs::chown(&dest, Some(uid_of("nobody")), None).unwrap();
+    let as_nobody = format!("nobody@{}:{}", agent.target(), dest.display());
+
+    let out = cp(&env, &["-r", src.to_str().unwrap(), &as_nobody]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let copy = dest.join("modcache");
+    assert_file(copy.join("pkg/go.mod"), b"module example.com/pkg\n");
+    assert_file(copy.join("README"), b"cache");
+    assert_eq!(mode_of(&copy), 0o555);
+    assert_eq!(mode_of(&copy.join("pkg")), 0o555);
+    assert_eq!(mode_of(&copy.join("pkg/go.mod")), 0o444);
 }
 
 // ---- Links, names and placement -------------------------------------------
@@ -850,6 +979,25 @@ async fn a_pull_takes_only_the_entry_it_asked_for_and_drops_set_id_bits() {
     assert_eq!(mode & 0o7777, 0o755);
 }
 
+/// An agent that ends a pull without sending what was asked for (an
+/// honest one sends it or says why not) fails the copy as a protocol
+/// error, rather than reporting a success of 0 entries.
+#[tokio::test]
+async fn a_pull_that_receives_no_entry_is_a_protocol_error() {
+    let env = Env::new();
+    let local = new_dir(env.root.path(), "local");
+    let out = pull_from_a_fake_agent(&env, fake_copy(vec![]), "/var/log/syslog", &local).await;
+    assert_failed_saying(&out, 255, "protocol error");
+    let err = stderr_of(&out);
+    assert!(
+        err.lines().next().is_some_and(
+            |line| line.starts_with("ctl: ") && line.contains("without sending \"syslog\"")
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+}
+
 /// Someone else plants `LOCAL_DIR/HOST -> /victim` before a pull from
 /// several hosts: that host's copy is refused, the others land.
 #[test]
@@ -1013,6 +1161,39 @@ fn a_file_copied_to_a_new_name_becomes_that_name() {
     );
     assert_failed_saying(&out, 255, "not a directory");
     assert!(!back.join("new-name").exists());
+}
+
+/// Any name a directory can hold copies, both ways, a tree's too: the
+/// temporary name beside it is cut short to fit in 255 bytes.
+#[test]
+fn a_name_of_250_bytes_copies_both_ways() {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    // Two-byte characters: the cut may fall inside one.
+    let name = "\u{e9}".repeat(125);
+    let source = new_file(root, &name, b"a long name");
+    let tree = new_dir(root, "tree");
+    std::fs::write(tree.join(&name), b"in a tree").unwrap();
+    let (there, back) = (new_dir(root, "there"), new_dir(root, "back"));
+    for from in [&source, &tree] {
+        let out = cp(
+            &env,
+            &["-r", from.to_str().unwrap(), &remote(&agent, &there)],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    assert_file(there.join(&name), b"a long name");
+    assert_file(there.join("tree").join(&name), b"in a tree");
+    for from in [there.join(&name), there.join("tree")] {
+        let out = cp(
+            &env,
+            &["-r", &remote(&agent, &from), back.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    assert_file(back.join(&name), b"a long name");
+    assert_file(back.join("tree").join(&name), b"in a tree");
+    assert!(temporaries(&there).is_empty() && temporaries(&back).is_empty());
 }
 
 // ---- Time, silence, changing files, privileges -----------------------------

@@ -232,7 +232,7 @@ fn write_tree(
     // entries are resolved beneath this directory, never through a link.
     let placement = Placement::for_destination(&dest)?;
     let mut writer = TreeWriter::new(placement, limit)
-        .keeping_set_id(keep_owners)
+        .preserving(keep_owners)
         .allocating_whole_files();
     while let Some(next) = items.blocking_recv() {
         match next {

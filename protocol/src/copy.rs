@@ -25,7 +25,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, FileTimes, Metadata};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -759,6 +759,35 @@ impl Drop for Incoming {
     }
 }
 
+/// A directory of the tree whose entries are still arriving. Meanwhile a
+/// new one has its owner's read, write and search bits, so that a
+/// read-only directory (a Go module cache) can still receive its entries;
+/// it takes its own mode once they are written, as with cp and scp.
+#[derive(Debug)]
+struct OpenDirectory {
+    /// Its name in the stream.
+    stream: Bytes,
+    /// The directory, open: its mode is set through this, never by name.
+    dir: File,
+    mode: u32,
+    /// Its path, for messages.
+    shown: PathBuf,
+}
+
+impl OpenDirectory {
+    /// Whether the entry named `raw` in the stream is inside it.
+    fn holds(&self, raw: &[u8]) -> bool {
+        raw.strip_prefix(self.stream.as_ref())
+            .is_some_and(|rest| rest.starts_with(b"/"))
+    }
+
+    fn close(self) -> Result<(), CopyError> {
+        self.dir
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| CopyError::io(&self.shown, "set the mode of", &e))
+    }
+}
+
 /// What a puller asked for: the one top-level entry it may receive.
 #[derive(Debug, Clone)]
 struct Expected {
@@ -779,12 +808,17 @@ pub struct TreeWriter {
     /// The new name of the top-level entry, for [`Placement::As`].
     rename_top: Option<OsString>,
     expected: Option<Expected>,
-    keep_set_id: bool,
+    /// `-p`: set-id bits are kept, and a directory that exists takes the
+    /// sent mode and owner.
+    preserve: bool,
     /// Whether files get their blocks before their data.
     allocate: bool,
     /// The first top-level entry's name, and whether it is a directory.
     top: Option<(Vec<u8>, bool)>,
     current: Option<Incoming>,
+    /// The directories still receiving entries, outermost first: one
+    /// descriptor per level of depth.
+    open_dirs: Vec<OpenDirectory>,
     /// Refuse more than this many bytes of data in all.
     limit: Option<u64>,
     /// Entries put in place.
@@ -796,7 +830,8 @@ pub struct TreeWriter {
 impl TreeWriter {
     /// A writer placing entries per `placement`, refusing more than `limit`
     /// bytes of data when given. Set-user-id and set-group-id bits are
-    /// dropped unless [`TreeWriter::keeping_set_id`] says otherwise.
+    /// dropped, and directories that exist are left as they are, unless
+    /// [`TreeWriter::preserving`] says otherwise.
     pub fn new(placement: Placement, limit: Option<u64>) -> TreeWriter {
         let (root, root_path, rename_top) = match placement {
             Placement::Into { dir, path } => (dir, path, None),
@@ -811,10 +846,11 @@ impl TreeWriter {
             root_path,
             rename_top,
             expected: None,
-            keep_set_id: false,
+            preserve: false,
             allocate: false,
             top: None,
             current: None,
+            open_dirs: Vec::new(),
             limit,
             entries: 0,
             bytes: 0,
@@ -832,9 +868,10 @@ impl TreeWriter {
         self
     }
 
-    /// Keeps set-user-id and set-group-id bits (`-p`).
-    pub fn keeping_set_id(mut self, keep: bool) -> Self {
-        self.keep_set_id = keep;
+    /// Does what `-p` asks: keeps set-user-id and set-group-id bits, and
+    /// gives directories that exist already the sent mode and owner.
+    pub fn preserving(mut self, preserve: bool) -> Self {
+        self.preserve = preserve;
         self
     }
 
@@ -964,15 +1001,18 @@ impl TreeWriter {
                 "a new entry began before the last file ended",
             ));
         }
+        self.close_directories(Some(&header.path))?;
         let (parent, name, path) = self.destination(&header.path, &header.kind)?;
-        let mode = header.mode & if self.keep_set_id { 0o7777 } else { 0o1777 };
+        let mode = header.mode & if self.preserve { 0o7777 } else { 0o1777 };
         let owner = header.owner;
         match header.kind {
             FileKind::Directory => {
-                match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                let created = match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700))
+                {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false,
                     Err(e) => return Err(CopyError::errno(&path, "create directory", e)),
-                }
+                };
                 // What is there now, never through a link: a directory we
                 // made or one that was there already.
                 let dir = rustix::fs::openat(
@@ -985,10 +1025,25 @@ impl TreeWriter {
                     Errno::NOTDIR | Errno::LOOP => in_the_way(&path),
                     e => CopyError::errno(&path, "create directory", e),
                 })?;
-                let dir = File::from(dir);
-                apply_owner(&dir, owner, &path)?;
-                dir.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                // As cp and scp: a directory that was there keeps its
+                // owner and mode (a private home, the sticky bit of /tmp)
+                // unless -p asks for the sender's. The mode waits until
+                // the directory's entries are written; until then a new
+                // one is its owner's to write in.
+                if created || self.preserve {
+                    let dir = File::from(dir);
+                    apply_owner(&dir, owner, &path)?;
+                    if created {
+                        dir.set_permissions(std::fs::Permissions::from_mode(mode | 0o700))
+                            .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
+                    }
+                    self.open_dirs.push(OpenDirectory {
+                        stream: header.path.clone(),
+                        dir,
+                        mode,
+                        shown: path,
+                    });
+                }
                 self.entries += 1;
             }
             FileKind::Symlink { target } => {
@@ -1155,16 +1210,45 @@ impl TreeWriter {
         self.current.is_some()
     }
 
-    /// The sender says the tree is complete: the entries and bytes put in
-    /// place.
+    /// The sender says the tree is complete: the directories still open
+    /// take their modes; the entries and bytes put in place.
     ///
     /// # Errors
-    /// A protocol error saying `unfinished` when a file is still open.
-    pub fn complete(&self, unfinished: &str) -> Result<(u64, u64), CopyError> {
+    /// A protocol error saying `unfinished` when a file is still open, or
+    /// when a pull's entry never came (an agent sends it or says why not);
+    /// a mode that cannot be set.
+    pub fn complete(&mut self, unfinished: &str) -> Result<(u64, u64), CopyError> {
         if self.in_file() {
             return Err(CopyError::new(ErrorKind::Protocol, unfinished));
         }
+        if let (Some(expected), None) = (&self.expected, &self.top) {
+            return Err(CopyError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the agent ended the copy without sending {:?}",
+                    String::from_utf8_lossy(&expected.name)
+                ),
+            ));
+        }
+        self.close_directories(None)?;
         Ok((self.entries, self.bytes))
+    }
+
+    /// Gives each open directory that the entry named `next` is not inside
+    /// (at the end, `None`: all) its mode, innermost first. The stream is
+    /// depth first, so such a directory has received all its entries; and
+    /// each open directory is inside the one before it, so those that hold
+    /// `next` come first.
+    fn close_directories(&mut self, next: Option<&[u8]>) -> Result<(), CopyError> {
+        let holding = self
+            .open_dirs
+            .iter()
+            .take_while(|open| next.is_some_and(|raw| open.holds(raw)))
+            .count();
+        for open in self.open_dirs.drain(holding..).rev() {
+            open.close()?;
+        }
+        Ok(())
     }
 }
 
@@ -1211,15 +1295,27 @@ fn own_link(
     .map_err(|e| CopyError::errno(path, "set the owner of", e))
 }
 
+/// The longest name a directory entry may have, in bytes (Linux's
+/// `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
 /// A fresh temporary name beside `name`: `.NAME.rexec-PID-N`, hidden, in
-/// the same directory so the final rename is atomic.
+/// the same directory so the final rename is atomic. A long NAME is cut
+/// short so that the whole fits in [`NAME_MAX`] and any name can be
+/// copied; the PID and the counter alone keep it unique.
 fn temp_name(name: &OsStr) -> OsString {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut temp = OsStr::new(".").to_os_string();
-    temp.push(name);
-    temp.push(format!(".rexec-{}-{n}", std::process::id()));
-    temp
+    let suffix = format!(".rexec-{}-{n}", std::process::id());
+    let room = NAME_MAX.saturating_sub(1 + suffix.len());
+    let name = name.as_bytes();
+    let mut temp = Vec::with_capacity(NAME_MAX);
+    temp.push(b'.');
+    // Names are bytes here: a cut inside a UTF-8 character is still a
+    // valid name.
+    temp.extend_from_slice(&name[..name.len().min(room)]);
+    temp.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(temp)
 }
 
 /// Whether `name` is one of our temporary names (for tests and cleanup).
@@ -1407,6 +1503,69 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_directory_takes_its_mode_once_its_entries_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
+        let items = [
+            vec![
+                header(b"cache", FileKind::Directory, 0o555),
+                header(b"cache/mod", FileKind::Directory, 0o555),
+            ],
+            file(b"cache/mod/go.mod", b"module"),
+        ]
+        .concat();
+        write_all(&mut writer, items).unwrap();
+        // Still receiving entries: their owner may write in them.
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o755, 0o755));
+        // An entry beside it: cache/mod is complete.
+        write_all(&mut writer, file(b"cache/sum", b"sum")).unwrap();
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o755, 0o555));
+        writer.complete("unfinished").unwrap();
+        assert_eq!((mode("cache"), mode("cache/mod")), (0o555, 0o555));
+        assert_eq!(
+            fs::read(dir.path().join("cache/mod/go.mod")).unwrap(),
+            b"module"
+        );
+        // So that a user who is not root can remove the temporary tree.
+        for name in ["cache", "cache/mod"] {
+            fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_temporary_name_fits_in_a_directory_entry_whatever_the_name() {
+        let longest = "\u{e9}".repeat(127) + "x";
+        for name in ["f", longest.as_str()] {
+            let temp = temp_name(OsStr::new(name));
+            assert!(temp.len() <= NAME_MAX, "{} bytes", temp.len());
+            assert!(is_temp_name(&temp), "{temp:?}");
+        }
+        assert_ne!(
+            temp_name(OsStr::new(&longest)),
+            temp_name(OsStr::new(&longest))
+        );
+    }
+
+    #[test]
+    fn a_pull_that_ends_before_its_entry_came_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None)
+            .expecting(b"syslog", false);
+        let err = writer.complete("unfinished").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+        // A push expects nothing in particular: an empty one is done.
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
+        assert_eq!(writer.complete("unfinished").unwrap(), (0, 0));
+    }
+
+    #[test]
     fn set_id_bits_are_dropped_unless_kept() {
         let dir = tempfile::tempdir().unwrap();
         for (keep, want) in [(false, 0o755), (true, 0o6755)] {
@@ -1414,8 +1573,8 @@ mod tests {
             if let CopyItem::File(h) = &mut items[0] {
                 h.mode = 0o6755;
             }
-            let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None)
-                .keeping_set_id(keep);
+            let mut writer =
+                TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None).preserving(keep);
             write_all(&mut writer, items).unwrap();
             let mode = fs::metadata(dir.path().join("tool"))
                 .unwrap()

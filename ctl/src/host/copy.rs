@@ -401,7 +401,7 @@ pub async fn pull(
     // half-received file.
     let writer = TreeWriter::new(placement, None)
         .expecting(&name, options.recursive)
-        .keeping_set_id(options.preserve_owner);
+        .preserving(options.preserve_owner);
     let (disk, writing) = write_on_a_thread(writer);
     let umask = process_umask();
     let mut watch = Watch::default();
