@@ -1414,3 +1414,44 @@ fn a_copy_as_another_user_cannot_reach_through_a_root_process() {
     assert_failed_saying(&out, 255, "permission-denied");
     assert!(!back.join("secret.txt").exists());
 }
+
+/// The copy runs on a thread of the root agent, which /proc would show as
+/// its own process (readable by it whatever its user): refused there, and
+/// nothing is reached through a magic link such as `/proc/self/root`.
+#[test]
+fn a_copy_as_another_user_cannot_read_the_agents_own_process() {
+    let Some((env, agent)) = copying_as_another_user(
+        "a_copy_as_another_user_cannot_read_the_agents_own_process",
+        r#"["nobody"]"#,
+    ) else {
+        return;
+    };
+    let back = new_dir(env.root.path(), "back");
+    for path in [
+        "/proc/self/maps",
+        "/proc/self/environ",
+        "/proc/thread-self/environ",
+    ] {
+        let out = cp(
+            &env,
+            &[
+                &format!("nobody@{}:{path}", agent.target()),
+                back.to_str().unwrap(),
+            ],
+        );
+        assert_failed_saying(&out, 255, "permission-denied");
+    }
+    let out = cp(
+        &env,
+        &[
+            &format!("nobody@{}:/proc/self/root/etc/hostname", agent.target()),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read_dir(&back).unwrap().count(),
+        0,
+        "nothing copied"
+    );
+}

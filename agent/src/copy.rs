@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rexec_protocol::copy::{CopyError, CopyItem, Placement, TreeReader, TreeWriter};
+use rexec_protocol::copy::{CopyError, CopyItem, Placement, Reach, TreeReader, TreeWriter};
 use rexec_protocol::{
     AgentMessage, ClientMessage, CopyDone, ErrorKind, ErrorReport, FrameError, PullRequest,
     PushRequest,
@@ -209,6 +209,16 @@ async fn drain(incoming: &mut impl Incoming) {
     .await;
 }
 
+/// Where a copy may go: as another user, not into `/proc`, where the
+/// copying thread, one of the agent's own, would find the agent's process
+/// as its own.
+fn reach_of(identity: Option<&FsIdentity>) -> Reach {
+    match identity {
+        Some(_) => Reach::OutsideProc,
+        None => Reach::Anywhere,
+    }
+}
+
 /// What the connection hands a push's worker.
 enum ToWriter {
     /// The next piece of the tree.
@@ -227,10 +237,11 @@ fn write_tree(
     keep_owners: bool,
     mut items: tokio::sync::mpsc::Receiver<ToWriter>,
 ) -> Result<(u64, u64), CopyError> {
+    let reach = reach_of(identity.as_ref());
     take_identity(identity.as_ref())?;
     // Opened as the copying user, before anything is written: from here on
     // entries are resolved beneath this directory, never through a link.
-    let placement = Placement::for_destination(&dest)?;
+    let placement = Placement::for_destination_within(&dest, reach)?;
     let mut writer = TreeWriter::new(placement, limit)
         .preserving(keep_owners)
         .allocating_whole_files();
@@ -390,8 +401,9 @@ fn read_tree(
     out: tokio::sync::mpsc::Sender<FromReader>,
 ) {
     let run = || -> Result<(u64, u64), CopyError> {
+        let reach = reach_of(identity.as_ref());
         take_identity(identity.as_ref())?;
-        let mut reader = TreeReader::new(&path, recursive)?.with_owners(owners);
+        let mut reader = TreeReader::within(&path, recursive, reach)?.with_owners(owners);
         while let Some(item) = reader.next_item()? {
             if out.blocking_send(FromReader::Item(item)).is_err() {
                 break;

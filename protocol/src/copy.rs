@@ -219,10 +219,10 @@ pub const MAX_UNSIZED_FILE: usize = 16 << 20;
 /// An entry still to send.
 #[derive(Debug)]
 struct Pending {
-    /// The open directory it is in; `None` for the top-level entry, which
-    /// is opened by its path as given (the user's own path).
+    /// The open directory it is in (for the top-level entry, the one its
+    /// path names); `None` for a name to take from the working directory.
     parent: Option<Arc<OwnedFd>>,
-    /// Its name in `parent`, or the whole path for the top.
+    /// Its name in `parent`.
     name: PathBuf,
     /// Its path, for messages.
     shown: PathBuf,
@@ -259,6 +259,7 @@ struct Sending {
 #[derive(Debug)]
 pub struct TreeReader {
     pending: Vec<Pending>,
+    reach: Reach,
     recursive: bool,
     owners: bool,
     current: Option<Sending>,
@@ -276,21 +277,40 @@ impl TreeReader {
     /// When `path` does not exist, has no name, or is a directory without
     /// `recursive`.
     pub fn new(path: &Path, recursive: bool) -> Result<TreeReader, CopyError> {
-        let meta = std::fs::symlink_metadata(path).map_err(|e| CopyError::io(path, "read", &e))?;
-        if meta.is_dir() && !recursive {
+        TreeReader::within(path, recursive, Reach::Anywhere)
+    }
+
+    /// [`TreeReader::new`], with `path` resolved per `reach` and, for
+    /// [`Reach::OutsideProc`], no directory of the tree in `/proc`.
+    ///
+    /// # Errors
+    /// As there, and a path outside `reach` (a permission).
+    pub fn within(path: &Path, recursive: bool, reach: Reach) -> Result<TreeReader, CopyError> {
+        let name = entry_name(path)?;
+        // The entry itself is taken from its directory as it is there, a
+        // link as a link; only the way to that directory is resolved.
+        let parent_path = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let last = OsStr::from_bytes(&name);
+        let parent = open_dir(parent_path, reach).map_err(|e| CopyError::errno(path, "read", e))?;
+        let stat = rustix::fs::statat(&parent, last, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| CopyError::errno(path, "read", e))?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && !recursive {
             return Err(CopyError::new(
                 ErrorKind::BadRequest,
                 format!("{} is a directory (copy it with -r)", path.display()),
             ));
         }
-        let name = entry_name(path)?;
         Ok(TreeReader {
             pending: vec![Pending {
-                parent: None,
-                name: path.to_path_buf(),
+                parent: Some(Arc::new(parent)),
+                name: PathBuf::from(last),
                 shown: path.to_path_buf(),
                 stream: name,
             }],
+            reach,
             recursive,
             owners: false,
             current: None,
@@ -353,6 +373,7 @@ impl TreeReader {
             FileType::Directory => {
                 let (file, meta) =
                     open_as(dir, &entry.name, OFlags::DIRECTORY, shown, Metadata::is_dir)?;
+                check_reach(&file, self.reach).map_err(|e| CopyError::errno(shown, "read", e))?;
                 if self.recursive {
                     self.list(OwnedFd::from(file), &entry)?;
                 }
@@ -607,12 +628,41 @@ pub enum Placement {
     },
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(
-        path,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+/// Where the user-given path of a copy (the source of a pull, the
+/// destination of a push) may lead. Never through a magic link of
+/// `/proc` (`/proc/PID/fd/N`, `cwd`, `root`): those reach files by what a
+/// process holds open, not by the permissions on their path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Wherever the path's user may go.
+    Anywhere,
+    /// Nowhere in `/proc`, either: for a copy an agent runs as another
+    /// user on a thread of its own process, which `/proc` shows that
+    /// thread as its own (its memory map, its environment).
+    OutsideProc,
+}
+
+/// Opens the directory at the user-given `path`, resolved per `reach`.
+fn open_dir(path: &Path, reach: Reach) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let dir =
+        match rustix::fs::openat2(CWD, path, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS) {
+            // A kernel before 5.6: as the path says.
+            Err(Errno::NOSYS) => rustix::fs::open(path, flags, Mode::empty())?,
+            opened => opened?,
+        };
+    check_reach(&dir, reach)?;
+    Ok(dir)
+}
+
+/// Refuses (as a permission) an open directory outside `reach`.
+fn check_reach(dir: impl AsFd, reach: Reach) -> Result<(), Errno> {
+    if reach == Reach::OutsideProc
+        && rustix::fs::fstatfs(dir)?.f_type == rustix::fs::PROC_SUPER_MAGIC
+    {
+        return Err(Errno::ACCESS);
+    }
+    Ok(())
 }
 
 impl Placement {
@@ -626,13 +676,21 @@ impl Placement {
     /// A parent that does not exist, a `dest` that names no file, a
     /// directory that cannot be opened.
     pub fn for_destination(dest: &Path) -> Result<Placement, CopyError> {
+        Placement::for_destination_within(dest, Reach::Anywhere)
+    }
+
+    /// [`Placement::for_destination`], with `dest` resolved per `reach`.
+    ///
+    /// # Errors
+    /// As there, and a `dest` outside `reach` (a permission).
+    pub fn for_destination_within(dest: &Path, reach: Reach) -> Result<Placement, CopyError> {
         let no_such_dir = |dir: &Path| {
             CopyError::new(
                 ErrorKind::NoSuchFile,
                 format!("no such directory: {}", dir.display()),
             )
         };
-        match open_dir(dest) {
+        match open_dir(dest, reach) {
             Ok(dir) => {
                 return Ok(Placement::Into {
                     dir,
@@ -655,7 +713,7 @@ impl Placement {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let parent = match open_dir(parent_path) {
+        let parent = match open_dir(parent_path, reach) {
             Ok(parent) => parent,
             Err(Errno::NOENT | Errno::NOTDIR) => return Err(no_such_dir(parent_path)),
             Err(e) => return Err(CopyError::errno(parent_path, "open", e)),
@@ -672,7 +730,7 @@ impl Placement {
     /// # Errors
     /// When `dir` is not a directory that can be opened.
     pub fn into_dir(dir: &Path) -> Result<Placement, CopyError> {
-        let fd = open_dir(dir).map_err(|e| CopyError::errno(dir, "open", e))?;
+        let fd = open_dir(dir, Reach::Anywhere).map_err(|e| CopyError::errno(dir, "open", e))?;
         Ok(Placement::Into {
             dir: fd,
             path: dir.to_path_buf(),
@@ -695,7 +753,8 @@ impl Placement {
                 format!("{name:?} cannot name one directory"),
             ));
         }
-        let parent = open_dir(dir).map_err(|e| CopyError::errno(dir, "open", e))?;
+        let parent =
+            open_dir(dir, Reach::Anywhere).map_err(|e| CopyError::errno(dir, "open", e))?;
         match rustix::fs::mkdirat(&parent, &relative, Mode::from_raw_mode(0o777)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(CopyError::errno(&path, "create directory", e)),
