@@ -195,7 +195,7 @@ where
         }
     };
     // Commands and copies are work, under the agent's and the client's limits.
-    let _slot = match request.kind() {
+    let slot = match request.kind() {
         None => None,
         Some(kind) => match state.execs.acquire(client.fingerprint) {
             Ok(slot) => Some(slot),
@@ -257,11 +257,14 @@ where
                 stderr_bytes = report.stderr_bytes,
                 "exec"
             );
+            // The command is over: its place is free while we linger.
+            drop(slot);
             linger(&mut incoming, peer, state).await;
             return Ok(());
         }
     };
     let report = copy::serve(copy, job).await;
+    drop(slot);
     linger(&mut incoming, peer, state).await;
     audit!(
         tracing::Level::INFO,
