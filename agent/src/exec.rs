@@ -13,7 +13,6 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rexec_protocol::{
     AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, ExitStatus, FrameError,
-    STDIN_WINDOW,
 };
 
 use crate::exec::group::{
@@ -199,16 +198,11 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
     }
     keepalive.sent();
 
-    // Stdin the child has not taken yet: at most STDIN_WINDOW bytes, since
-    // the client sends only as much as we have given room for (each chunk
-    // handed to the child gives its size back). So we read the client at
-    // all times, and a signal behind stdin the command leaves unread still
-    // reaches it; output goes on meanwhile (a `cat` with a full output pipe
-    // reads its stdin only after its output drains).
-    let mut stdin_queue = StdinQueue::default();
-    // The client's end of stdin came while some of it still waits: the
-    // command's stdin closes once the rest is handed over.
-    let mut stdin_ending = false;
+    // A stdin chunk the child has not taken yet. While one waits we read no
+    // further client messages (TCP pushes back on the client) but keep
+    // forwarding output: a `cat` with a full output pipe reads its stdin
+    // only after its output drains.
+    let mut pending_stdin: Option<Bytes> = None;
 
     // Once the client has forwarded a signal (Ctrl-C, SIGTERM or SIGHUP on
     // ctl), the command is being interrupted: when the shell then exits,
@@ -265,47 +259,28 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 group_kill_at = None;
                 let _ = killpg(pgid, Signal::SIGKILL);
             },
-            permit = reserve(stdin.clone()), if !stdin_queue.is_empty() => {
-                let taken = match permit {
-                    Some(permit) => {
-                        let chunk = stdin_queue.pop();
-                        let taken = chunk.len();
-                        permit.send(chunk);
-                        if stdin_ending && stdin_queue.is_empty() {
-                            stdin = None;
-                        }
-                        taken
-                    }
-                    // The child closed its stdin: it gets no more.
-                    None => {
-                        stdin = None;
-                        stdin_queue.clear()
-                    }
-                };
-                if job.outgoing.send(AgentMessage::StdinTaken(taken as u32)).await.is_err() {
-                    client_open = false;
+            permit = reserve(stdin.clone()), if pending_stdin.is_some() => match permit {
+                Some(permit) => {
+                    permit.send(pending_stdin.take().unwrap_or_default());
+                }
+                // The child closed its stdin: it gets no more.
+                None => {
+                    pending_stdin = None;
+                    stdin = None;
                 }
             },
-            message = job.incoming.next() => {
+            message = job.incoming.next(), if pending_stdin.is_none() => {
                 keepalive.heard();
                 match message {
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
-                        if stdin.is_none() {
-                            // Dropped: room back at once.
-                            if job.outgoing.send(AgentMessage::StdinTaken(chunk.len() as u32)).await.is_err() {
-                                client_open = false;
-                            }
-                        } else if let Err(why) = stdin_queue.push(&chunk) {
-                            break Err(ExecEnd::ProtocolError(why));
+                        if stdin.is_some() {
+                            // A copy of its own: the received chunk is a view
+                            // into the connection's read buffer, whose whole
+                            // allocation it would keep while it waits.
+                            pending_stdin = Some(Bytes::copy_from_slice(&chunk));
                         }
                     }
-                    Some(Ok(ClientMessage::StdinEof)) if request.stdin => {
-                        if stdin_queue.is_empty() {
-                            stdin = None;
-                        } else {
-                            stdin_ending = true;
-                        }
-                    }
+                    Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
                     Some(Ok(ClientMessage::Signal(signal))) => {
                         interrupted = true;
                         let _ = killpg(pgid, to_signal(signal));
@@ -324,6 +299,10 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 }
             }
             () = keepalive.due() => {
+                if pending_stdin.is_some() {
+                    // We are not reading the client: its silence means nothing.
+                    keepalive.heard();
+                }
                 if let Some(bound) = keepalive.client_lost() {
                     break Err(ExecEnd::ClientSilent(bound));
                 }
@@ -394,46 +373,6 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
         }
     }
     report
-}
-
-/// The stdin received and not yet handed to the command, within the
-/// window the client keeps to.
-#[derive(Default)]
-struct StdinQueue {
-    chunks: std::collections::VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl StdinQueue {
-    fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// Queues a copy of `chunk` (the received one is a view into the
-    /// connection's read buffer, whose whole allocation it would keep); a
-    /// client past [`STDIN_WINDOW`] breaks the protocol.
-    fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
-        if self.bytes + chunk.len() > STDIN_WINDOW as usize {
-            return Err(format!(
-                "the client sent more stdin than the {STDIN_WINDOW} bytes of room it was given"
-            ));
-        }
-        self.bytes += chunk.len();
-        self.chunks.push_back(Bytes::copy_from_slice(chunk));
-        Ok(())
-    }
-
-    fn pop(&mut self) -> Bytes {
-        let chunk = self.chunks.pop_front().unwrap_or_default();
-        self.bytes -= chunk.len();
-        chunk
-    }
-
-    /// Drops everything; how many bytes that was.
-    fn clear(&mut self) -> usize {
-        self.chunks.clear();
-        std::mem::take(&mut self.bytes)
-    }
 }
 
 /// The timeout an exec runs under: the client's, capped by the agent's maximum.

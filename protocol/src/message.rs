@@ -16,13 +16,7 @@ use crate::job::{DetachRequest, JobRequest, JobStream, JobSummary};
 /// The protocol version this build speaks. Bumped on any change to the
 /// messages below; peers of different versions refuse each other with an
 /// [`ErrorKind::VersionMismatch`] that names both versions.
-pub const PROTOCOL_VERSION: u32 = 4;
-
-/// How many bytes of stdin a client may have sent that the agent has not
-/// yet handed to the command ([`AgentMessage::StdinTaken`] gives room
-/// back). The agent so never has to stop reading the connection to pace
-/// stdin, and a signal sent behind stdin reaches it at once. Protocol 4.
-pub const STDIN_WINDOW: u32 = 512 * 1024;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first message each side sends after the TLS handshake.
 ///
@@ -139,10 +133,6 @@ pub enum AgentMessage {
     Job(JobSummary),
     /// An output or wait request was accepted: first after `Hello`.
     JobStream(JobStream),
-    /// The command took (or, its stdin closed, the agent dropped) this many
-    /// bytes of the stdin the client sent: room for as many more within
-    /// [`STDIN_WINDOW`]. Protocol 4.
-    StdinTaken(u32),
 }
 
 /// A request to receive files.
