@@ -22,6 +22,7 @@ use crate::audit::{Caller, audit};
 use crate::copy::{self, CopyRequest};
 use crate::exec;
 use crate::job::{Job, finish, name_of, refuse};
+use crate::keepalive::Keepalive;
 use crate::limits::{Made, StartupTicket};
 use crate::peer::Peer;
 use crate::run_as::Requester;
@@ -299,14 +300,7 @@ async fn linger<R: AsyncRead + Unpin>(
     if !matches!(peer, Peer::Tcp(_)) {
         return;
     }
-    let settings = &state.settings;
-    let bound = match settings
-        .keepalive_interval
-        .saturating_mul(settings.keepalive_count)
-    {
-        bound if bound.is_zero() => settings.kill_grace,
-        bound => bound,
-    };
+    let bound = Keepalive::of(&state.settings).silence_bound(state.settings.kill_grace);
     let until_closed = async { while let Some(Ok(_)) = incoming.next().await {} };
     tokio::select! {
         _ = tokio::time::timeout(bound, until_closed) => {}

@@ -220,8 +220,8 @@ pub const MAX_UNSIZED_FILE: usize = 16 << 20;
 #[derive(Debug)]
 struct Pending {
     /// The open directory it is in (for the top-level entry, the one its
-    /// path names); `None` for a name to take from the working directory.
-    parent: Option<Arc<OwnedFd>>,
+    /// path names).
+    parent: Arc<OwnedFd>,
     /// Its name in `parent`.
     name: PathBuf,
     /// Its path, for messages.
@@ -305,7 +305,7 @@ impl TreeReader {
         }
         Ok(TreeReader {
             pending: vec![Pending {
-                parent: Some(Arc::new(parent)),
+                parent: Arc::new(parent),
                 name: PathBuf::from(last),
                 shown: path.to_path_buf(),
                 stream: name,
@@ -351,7 +351,7 @@ impl TreeReader {
         let Some(entry) = self.pending.pop() else {
             return Ok(None);
         };
-        let dir = entry.parent.as_ref().map_or(CWD, |fd| fd.as_fd());
+        let dir = entry.parent.as_fd();
         let shown = &entry.shown;
         let stat = rustix::fs::statat(dir, &entry.name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| CopyError::errno(shown, "read", e))?;
@@ -437,7 +437,7 @@ impl TreeReader {
             stream.push(b'/');
             stream.extend_from_slice(name.as_bytes());
             children.push(Pending {
-                parent: Some(dir.clone()),
+                parent: dir.clone(),
                 name: PathBuf::from(name),
                 shown: entry.shown.join(name),
                 stream,
