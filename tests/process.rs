@@ -809,6 +809,85 @@ fn the_environment_has_exact_base_values_and_a_c_utf8_default_lang() {
     assert_eq!(stdout_of(&out), "C /opt/x\n", "{}", stderr_of(&out));
 }
 
+/// The descriptors a command's shell holds, listed by a child while the
+/// shell only waits (a loop in the shell itself would see its own
+/// directory and pipes).
+const OPEN_FILES: &str = "ls -l /proc/$$/fd";
+
+/// The descriptor numbers in `ls -l` lines ("… 0 -> /dev/null").
+fn open_file_numbers(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter(|line| line.contains(" -> "))
+        .filter_map(|line| line.split(" -> ").next()?.rsplit(' ').next())
+        .filter(|n| n.parse::<u32>().is_ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A terminal one client has open (`-t`, perhaps a root shell) never
+/// reaches another command, which could otherwise read its screen and type
+/// into it through the master; nor does the terminal session's own command
+/// hold more than its three copies of the slave.
+#[test]
+fn a_command_holds_no_other_sessions_terminal() {
+    require_tool!("tmux");
+    let (env, agent) = Env::with_agent();
+    let tmux = Terminal::start(
+        &env,
+        (100, 30),
+        &format!(
+            "{} exec -t {} '{OPEN_FILES}; echo opened; sleep 600'",
+            bin("ctl").display(),
+            agent.target(),
+        ),
+        "sleep 60",
+    );
+    let own = tmux.wait_for("opened");
+    let out = env.exec(&agent, &[OPEN_FILES]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let other = stdout_of(&out);
+    assert_eq!(open_file_numbers(&other), ["0", "1", "2"], "{other}");
+    assert!(
+        !other.contains("ptmx") && !other.contains("/dev/pts"),
+        "{other}"
+    );
+    assert_eq!(open_file_numbers(&own), ["0", "1", "2"], "{own}");
+    assert!(!own.contains("ptmx"), "{own}");
+}
+
+/// Descriptors the agent was started with (a shell's, a supervisor's)
+/// are not passed on to its commands, by either way of starting them.
+#[test]
+fn a_command_gets_none_of_the_descriptors_the_agent_was_started_with() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let agent = hand_started_agent(&env, |cmd| {
+        // SAFETY: dup2 only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if nix::libc::dup2(2, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // Without a terminal (the spawn path) and with one (the fork path).
+    let out = env.exec(&agent, &[OPEN_FILES]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        open_file_numbers(&stdout_of(&out)),
+        ["0", "1", "2"],
+        "{}",
+        stdout_of(&out)
+    );
+    let out = env.exec(&agent, &["-t", OPEN_FILES]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out).replace('\r', "");
+    assert_eq!(open_file_numbers(&text), ["0", "1", "2"], "{text}");
+}
+
 #[test]
 fn a_command_gets_its_own_session_without_the_agents_terminal() {
     use std::os::unix::process::CommandExt;

@@ -29,7 +29,7 @@ pub mod keeper;
 pub(crate) mod pipes;
 pub(crate) mod spawn;
 
-pub use spawn::give_up_terminal;
+pub use spawn::{give_up_terminal, mark_close_on_exec_from};
 
 /// How an exec ended, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]

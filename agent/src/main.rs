@@ -432,6 +432,10 @@ fn check(resolved: &Resolved) -> anyhow::Result<()> {
 
 fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
     validate(&resolved)?;
+    // Descriptors we were started with (a shell's, a supervisor's) are not
+    // for the commands we run; systemd's listening sockets, taken below,
+    // are ours alone too.
+    exec::mark_close_on_exec_from(3);
     // Before the keeper and the runtime's threads: from here on no process
     // of ours holds the terminal we were started from.
     if !exec::give_up_terminal() {

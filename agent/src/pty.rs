@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::pty::{Winsize, openpty};
+use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
 use rexec_protocol::WindowSize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,14 +39,43 @@ fn winsize(size: WindowSize) -> Winsize {
 
 /// Opens a terminal pair of `size`.
 ///
+/// Both ends are close-on-exec from the moment they exist: another
+/// session's command, spawned by another thread meanwhile, must never hold
+/// this terminal (its master would let it read the screen of, and type
+/// into, a shell that may be root's). The command gets its copies of the
+/// slave as stdin, stdout and stderr, which the spawn makes.
+///
 /// # Errors
 /// When the system has no terminal to give.
 pub fn open(size: WindowSize) -> io::Result<PtyPair> {
-    let pair = openpty(&winsize(size), None).map_err(io::Error::from)?;
-    Ok(PtyPair {
-        master: pair.master,
-        slave: pair.slave,
-    })
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave = open_slave(&master)?;
+    let master = OwnedFd::from(master);
+    resize(&master, size)?;
+    Ok(PtyPair { master, slave })
+}
+
+/// The slave of `master`, close-on-exec: asked of the master itself
+/// (`TIOCGPTPEER`, no path to race on), else opened by its name.
+fn open_slave(master: &nix::pty::PtyMaster) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let flags = nix::libc::O_RDWR | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags and returns a new descriptor,
+    // which we then own.
+    let fd = unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCGPTPEER, flags) };
+    if fd >= 0 {
+        // SAFETY: a fresh descriptor no one else owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let name = ptsname_r(master)?;
+    let oflags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::open(
+        name.as_str(),
+        oflags,
+        nix::sys::stat::Mode::empty(),
+    )?)
 }
 
 /// Sets the terminal's size; the kernel tells the foreground job (SIGWINCH).

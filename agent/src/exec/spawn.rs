@@ -347,10 +347,30 @@ fn fork_and_enter(
             if let Some(groups) = &switch {
                 drop_privileges(groups, gid, uid)?;
             }
-            enter_directory(&cwd, fall_back_to_root, chdir_failed)
+            enter_directory(&cwd, fall_back_to_root, chdir_failed)?;
+            // Whatever another thread opened without close-on-exec stays
+            // ours: the command gets its stdin, stdout and stderr only.
+            mark_close_on_exec_from(3);
+            Ok(())
         });
     }
     Ok(probe)
+}
+
+/// Marks every descriptor from `first` up close-on-exec (closing them here
+/// would also close std's own report of a failed exec). Async-signal-safe:
+/// one system call. Kernels before 5.11 refuse the flag; then nothing
+/// changes.
+pub fn mark_close_on_exec_from(first: u32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC changes only flags.
+    let _ = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first,
+            u32::MAX,
+            nix::libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 }
 
 /// In the child, as the command's user: changes to `dir` (or to `/` when
