@@ -341,6 +341,33 @@ async fn stdin_on_an_exec_without_stdin_is_a_protocol_error() {
     still_serves(&env, &agent);
 }
 
+/// A client that sends more stdin than the room it was given (a command
+/// that reads nothing): refused as a protocol error, not held in memory.
+#[tokio::test]
+async fn stdin_beyond_the_room_given_is_a_protocol_error() {
+    let (env, agent) = Env::with_agent();
+    let sleep = unique_sleep(600);
+    let mut raw = RawClient::connect(&env, &agent).await;
+    raw.send(vec![
+        hello(),
+        ClientMessage::Exec(ExecRequest {
+            command: format!("sleep {sleep}"),
+            stdin: true,
+            ..ExecRequest::default()
+        }),
+    ])
+    .await;
+    // The room, and more than the two chunks the command's stdin writer
+    // takes (one in the pipe's write, one waiting for it).
+    let chunk = Bytes::from(vec![b'x'; rexec_protocol::MAX_CHUNK_LEN]);
+    let chunks = rexec_protocol::STDIN_WINDOW as usize / chunk.len() + 3;
+    raw.send(vec![ClientMessage::Stdin(chunk); chunks]).await;
+    let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
+    assert!(why.contains("more stdin than"), "{why}");
+    assert!(gone_soon(&sleep).await, "the command is killed");
+    still_serves(&env, &agent);
+}
+
 #[tokio::test]
 async fn another_protocol_version_is_refused_naming_both() {
     let (env, agent, mut raw) = RawClient::to_a_new_agent().await;

@@ -179,6 +179,39 @@ fn sigterm_and_sighup_to_ctl_are_forwarded_to_the_remote_group() {
     }
 }
 
+/// With `-i`, a signal does not wait behind stdin the command leaves
+/// unread: ctl sends stdin only as the agent gives room for it, so the
+/// connection never backs up with it.
+#[test]
+fn a_signal_reaches_a_command_that_leaves_its_stdin_unread() {
+    let (env, agent) = Env::with_agent();
+    let mut ctl = env
+        .ctl()
+        .args([
+            "exec",
+            "-i",
+            &agent.target(),
+            "trap 'echo bye; exit 5' TERM; echo ready; sleep 600 & wait",
+        ])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(ctl.stdout.take().unwrap());
+    read_until_line(&mut stdout, "ready");
+    // Time for ctl to send all the stdin it may (before, to fill the
+    // connection): not a bound on anything.
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(ctl.id(), "TERM");
+    let ended = wait_until(DEADLINE, || ctl.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = ctl.kill();
+    }
+    assert!(ended, "the signal reached the command and it ended");
+    assert_eq!(rest_of(&mut stdout), "bye\n");
+    assert_eq!(wait_for_exit(&mut ctl).code(), Some(5));
+}
+
 /// `nohup ctl exec …`: ctl started with SIGHUP ignored keeps ignoring it,
 /// so a hang-up neither ends ctl nor reaches the remote command.
 #[test]

@@ -13,6 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rexec_protocol::{
     AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, ExitStatus, FrameError,
+    STDIN_WINDOW,
 };
 
 use crate::exec::group::{
@@ -198,11 +199,28 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
     }
     keepalive.sent();
 
-    // A stdin chunk the child has not taken yet. While one waits we read no
-    // further client messages (TCP pushes back on the client) but keep
-    // forwarding output: a `cat` with a full output pipe reads its stdin
-    // only after its output drains.
-    let mut pending_stdin: Option<Bytes> = None;
+    // Stdin the child has not taken yet: at most STDIN_WINDOW bytes, since
+    // the client sends only as much as we have given room for. While the
+    // command takes it we read the client only when the queue is empty, as
+    // TCP would pace it (reading at all times wakes us for every segment
+    // and costs a third of stdin's throughput, BENCHMARKS "Stdin paced by
+    // room"); once the front chunk has waited STDIN_STALL, the command is
+    // not reading, so we read the client at all times until the queue is
+    // empty again, and a signal behind that stdin still reaches it. Output
+    // goes on meanwhile (a `cat` with a full output pipe reads its stdin
+    // only after its output drains).
+    let mut stdin_queue = StdinQueue::default();
+    let mut stdin_stalled = false;
+    // One timer, set again as each chunk comes to the front: a timer made
+    // afresh on every turn of the loop costs more than the chunk's write.
+    let stdin_stall = tokio::time::sleep_until(far_future());
+    tokio::pin!(stdin_stall);
+    // The client's end of stdin came while some of it still waits: the
+    // command's stdin closes once the rest is handed over.
+    let mut stdin_ending = false;
+    // Room taken and not yet given back: given in pieces of STDIN_ROOM_BACK,
+    // one message per piece rather than one per chunk.
+    let mut room_owed = 0usize;
 
     // Once the client has forwarded a signal (Ctrl-C, SIGTERM or SIGHUP on
     // ctl), the command is being interrupted: when the shell then exits,
@@ -224,19 +242,9 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    // A client that stops reading holds this send, but
-                    // neither the agent's shutdown nor the timeout: a chunk
-                    // cut off here stays in the frame buffer and goes out
-                    // first with what follows.
-                    let sent = tokio::select! {
-                        sent = job.outgoing.send(message) => sent,
-                        () = job.kill.cancelled() => break Err(ExecEnd::ShutDown),
-                        () = tokio::time::sleep_until(deadline) => {
-                            break Err(ExecEnd::Finished(ExitStatus::TimedOut));
-                        }
-                    };
-                    if sent.is_err() {
-                        client_open = false;
+                    match send_bounded(job.outgoing, message, job.kill, deadline).await {
+                        Ok(sent) => client_open = sent,
+                        Err(end) => break Err(end),
                     }
                     keepalive.sent();
                 }
@@ -259,28 +267,68 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 group_kill_at = None;
                 let _ = killpg(pgid, Signal::SIGKILL);
             },
-            permit = reserve(stdin.clone()), if pending_stdin.is_some() => match permit {
-                Some(permit) => {
-                    permit.send(pending_stdin.take().unwrap_or_default());
+            () = &mut stdin_stall, if !stdin_queue.is_empty() && !stdin_stalled => {
+                stdin_stalled = true;
+            },
+            permit = reserve(stdin.clone()), if !stdin_queue.is_empty() => {
+                match permit {
+                    Some(permit) => {
+                        let chunk = stdin_queue.pop();
+                        room_owed += chunk.len();
+                        permit.send(chunk);
+                        if stdin_ending && stdin_queue.is_empty() {
+                            stdin = None;
+                        }
+                    }
+                    // The child closed its stdin: it gets no more.
+                    None => {
+                        stdin = None;
+                        room_owed += stdin_queue.clear();
+                    }
                 }
-                // The child closed its stdin: it gets no more.
-                None => {
-                    pending_stdin = None;
-                    stdin = None;
+                if stdin_queue.is_empty() {
+                    stdin_stalled = false;
+                } else {
+                    stdin_stall.as_mut().reset(tokio::time::Instant::now() + STDIN_STALL);
+                }
+                if room_owed >= STDIN_ROOM_BACK {
+                    let room = AgentMessage::StdinTaken(std::mem::take(&mut room_owed) as u32);
+                    match send_bounded(job.outgoing, room, job.kill, deadline).await {
+                        Ok(sent) => client_open = sent,
+                        Err(end) => break Err(end),
+                    }
                 }
             },
-            message = job.incoming.next(), if pending_stdin.is_none() => {
+            message = job.incoming.next(), if stdin_queue.is_empty() || stdin_stalled => {
                 keepalive.heard();
                 match message {
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
-                        if stdin.is_some() {
-                            // A copy of its own: the received chunk is a view
-                            // into the connection's read buffer, whose whole
-                            // allocation it would keep while it waits.
-                            pending_stdin = Some(Bytes::copy_from_slice(&chunk));
+                        if stdin.is_none() {
+                            // Dropped: its room is given back with the rest.
+                            room_owed += chunk.len();
+                            if room_owed >= STDIN_ROOM_BACK {
+                                let room = AgentMessage::StdinTaken(std::mem::take(&mut room_owed) as u32);
+                                match send_bounded(job.outgoing, room, job.kill, deadline).await {
+                                    Ok(sent) => client_open = sent,
+                                    Err(end) => break Err(end),
+                                }
+                            }
+                        } else {
+                            if stdin_queue.is_empty() {
+                                stdin_stall.as_mut().reset(tokio::time::Instant::now() + STDIN_STALL);
+                            }
+                            if let Err(why) = stdin_queue.push(&chunk) {
+                                break Err(ExecEnd::ProtocolError(why));
+                            }
                         }
                     }
-                    Some(Ok(ClientMessage::StdinEof)) if request.stdin => stdin = None,
+                    Some(Ok(ClientMessage::StdinEof)) if request.stdin => {
+                        if stdin_queue.is_empty() {
+                            stdin = None;
+                        } else {
+                            stdin_ending = true;
+                        }
+                    }
                     Some(Ok(ClientMessage::Signal(signal))) => {
                         interrupted = true;
                         let _ = killpg(pgid, to_signal(signal));
@@ -299,7 +347,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 }
             }
             () = keepalive.due() => {
-                if pending_stdin.is_some() {
+                if !stdin_queue.is_empty() && !stdin_stalled {
                     // We are not reading the client: its silence means nothing.
                     keepalive.heard();
                 }
@@ -373,6 +421,73 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
         }
     }
     report
+}
+
+/// How long the front stdin chunk may wait for the command before the
+/// client is read at all times (so a signal behind stdin the command leaves
+/// unread waits this long at most).
+const STDIN_STALL: Duration = Duration::from_millis(20);
+
+/// Room is given back once this much has been taken: a quarter of the
+/// window, so the client, with at most this much unanswered, still has room
+/// for three quarters of it.
+const STDIN_ROOM_BACK: usize = STDIN_WINDOW as usize / 4;
+
+/// Sends `message` to the client unless the agent's shutdown or the
+/// command's deadline comes first: a client that stops reading holds
+/// neither. A message cut off stays in the frame buffer and goes out first
+/// with what follows. `Ok(false)`: the client is gone.
+async fn send_bounded(
+    outgoing: &mut impl Outgoing,
+    message: AgentMessage,
+    kill: &tokio_util::sync::CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Result<bool, ExecEnd> {
+    tokio::select! {
+        sent = outgoing.send(message) => Ok(sent.is_ok()),
+        () = kill.cancelled() => Err(ExecEnd::ShutDown),
+        () = tokio::time::sleep_until(deadline) => Err(ExecEnd::Finished(ExitStatus::TimedOut)),
+    }
+}
+
+/// The stdin received and not yet handed to the command, within the
+/// window the client keeps to.
+#[derive(Default)]
+struct StdinQueue {
+    chunks: std::collections::VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl StdinQueue {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Queues a copy of `chunk` (the received one is a view into the
+    /// connection's read buffer, whose whole allocation it would keep); a
+    /// client past [`STDIN_WINDOW`] breaks the protocol.
+    fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if self.bytes + chunk.len() > STDIN_WINDOW as usize {
+            return Err(format!(
+                "the client sent more stdin than the {STDIN_WINDOW} bytes of room it was given"
+            ));
+        }
+        self.bytes += chunk.len();
+        self.chunks.push_back(Bytes::copy_from_slice(chunk));
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Bytes {
+        let chunk = self.chunks.pop_front().unwrap_or_default();
+        self.bytes -= chunk.len();
+        chunk
+    }
+
+    /// Drops everything; how many bytes that was.
+    fn clear(&mut self) -> usize {
+        self.chunks.clear();
+        std::mem::take(&mut self.bytes)
+    }
 }
 
 /// The timeout an exec runs under: the client's, capped by the agent's maximum.

@@ -445,6 +445,7 @@ mod tests {
                 stderr_dropped: 0,
             }),
             AgentMessage::Stdout(Bytes::from(vec![7u8; MAX_CHUNK_LEN])),
+            AgentMessage::StdinTaken(65536),
             AgentMessage::Stderr(Bytes::from_static(b"err\n")),
             AgentMessage::Exit(ExitStatus::Code(3)),
             AgentMessage::Exit(ExitStatus::Code(-1)),

@@ -16,7 +16,15 @@ use crate::job::{DetachRequest, JobRequest, JobStream, JobSummary};
 /// The protocol version this build speaks. Bumped on any change to the
 /// messages below; peers of different versions refuse each other with an
 /// [`ErrorKind::VersionMismatch`] that names both versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// How many bytes of stdin a client may have sent that the agent has not
+/// yet handed to the command ([`AgentMessage::StdinTaken`] gives room
+/// back). The agent so can always read the whole of what is in flight, and
+/// a signal sent behind stdin a command leaves unread still reaches it.
+/// As much as TCP kept in flight before (loopback's buffers), so stdin's
+/// throughput stays. Protocol 4.
+pub const STDIN_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// The first message each side sends after the TLS handshake.
 ///
@@ -133,6 +141,10 @@ pub enum AgentMessage {
     Job(JobSummary),
     /// An output or wait request was accepted: first after `Hello`.
     JobStream(JobStream),
+    /// The command took (or, its stdin closed, the agent dropped) this many
+    /// bytes of the stdin the client sent: room for as many more within
+    /// [`STDIN_WINDOW`]. Protocol 4.
+    StdinTaken(u32),
 }
 
 /// A request to receive files.

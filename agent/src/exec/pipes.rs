@@ -14,10 +14,10 @@ const READ_CHUNK: usize = rexec_protocol::MAX_CHUNK_LEN;
 /// 64 KiB). A larger pipe lets the child write on while we send, so a fast
 /// producer is not stopped and woken once per 64 KiB.
 const PIPE_CAPACITY: i32 = 1024 * 1024;
-/// How many stdin chunks may wait for the child to read them, besides the
-/// one being written and the one the session holds back while the queue is
-/// full. Chunks are at most `MAX_CHUNK_LEN` (256 KiB), so a session holds at
-/// most 768 KiB of stdin; past that the client is pushed back by TCP.
+/// How many stdin chunks may wait for the child to read them here, besides
+/// the one being written. The session holds what has not come this far
+/// (at most `STDIN_WINDOW`, the room the client keeps to); chunks are at
+/// most `MAX_CHUNK_LEN` (256 KiB), so an exec holds at most 2.5 MiB of stdin.
 const STDIN_QUEUE: usize = 1;
 /// What we write to a terminal's master when the client's stdin ends: the
 /// terminal's end-of-file character, so a reading program sees EOF.

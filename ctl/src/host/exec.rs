@@ -19,7 +19,7 @@ use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus};
 use tokio::sync::mpsc;
 
 use super::input::SharedInput;
-use super::stream::send_loop;
+use super::stream::{send_loop, stdin_room};
 use crate::connect::{self, Client};
 use crate::console::Stream;
 use crate::error::CtlError;
@@ -44,7 +44,13 @@ pub async fn run(
     let mut incoming = session.connection.incoming;
     let (data_tx, data_rx) = mpsc::channel(4);
     let (urgent_tx, urgent_rx) = mpsc::channel(4);
-    let sender = send_loop(session.connection.outgoing, data_rx, urgent_rx);
+    let room = stdin_room();
+    let sender = send_loop(
+        session.connection.outgoing,
+        data_rx,
+        urgent_rx,
+        room.clone(),
+    );
     tokio::pin!(sender);
     let mut sending = true;
     let feeder = async move {
@@ -75,6 +81,7 @@ pub async fn run(
             AgentMessage::Started { keepalive, .. } => alive.started(keepalive),
             AgentMessage::Stdout(chunk) => output.chunk(index, Stream::Stdout, &chunk),
             AgentMessage::Stderr(chunk) => output.chunk(index, Stream::Stderr, &chunk),
+            AgentMessage::StdinTaken(bytes) => room.add_permits(bytes as usize),
             AgentMessage::Keepalive => {
                 let _ = urgent_tx.try_send(ClientMessage::Keepalive);
             }

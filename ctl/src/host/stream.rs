@@ -9,14 +9,17 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use nix::sys::signal::Signal;
-use rexec_protocol::{AgentMessage, ClientMessage, ExecRequest, ExitStatus, RemoteSignal};
+use rexec_protocol::{
+    AgentMessage, ClientMessage, ExecRequest, ExitStatus, RemoteSignal, STDIN_WINDOW,
+};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::connect::{self, Client, Outgoing};
 use crate::error::CtlError;
@@ -59,7 +62,8 @@ pub async fn exec_streaming(
 
     let (data_tx, data_rx) = mpsc::channel(4);
     let (urgent_tx, urgent_rx) = mpsc::channel(4);
-    let sender = tokio::spawn(send_loop(outgoing, data_rx, urgent_rx));
+    let room = stdin_room();
+    let sender = tokio::spawn(send_loop(outgoing, data_rx, urgent_rx, room.clone()));
     let (stdin_failed_tx, mut stdin_failed) = mpsc::channel(1);
     if forward_stdin {
         spawn_stdin_reader(data_tx, stdin_failed_tx);
@@ -136,6 +140,7 @@ pub async fn exec_streaming(
             AgentMessage::Keepalive => {
                 let _ = urgent_tx.try_send(ClientMessage::Keepalive);
             }
+            AgentMessage::StdinTaken(bytes) => room.add_permits(bytes as usize),
             // Output that cannot be written ends the run, from either
             // stream: a closed pipe quietly, anything else as a failure
             // (its line may find no stderr to go to; the exit status says it).
@@ -180,19 +185,45 @@ fn raw_output(fd: std::os::fd::BorrowedFd<'_>) -> Result<File, CtlError> {
     })
 }
 
-/// Sends what the other tasks queue: signals first, then stdin, in order.
-/// Ends after a SIGKILL request, when both queues are closed, or when the
-/// connection takes no more.
+/// Room for stdin: the bytes we may still send before the agent says the
+/// command took some ([`AgentMessage::StdinTaken`]).
+pub(super) fn stdin_room() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(STDIN_WINDOW as usize))
+}
+
+/// Sends what the other tasks queue: signals first, then stdin, in order,
+/// each stdin chunk once `room` has space for it. Ends after a SIGKILL
+/// request, when both queues are closed, or when the connection takes no
+/// more. Since stdin waits for room here rather than in the connection, a
+/// signal never waits behind stdin the command has not read.
 pub(super) async fn send_loop(
     mut outgoing: Outgoing,
     mut data: mpsc::Receiver<ClientMessage>,
     mut urgent: mpsc::Receiver<ClientMessage>,
+    room: Arc<Semaphore>,
 ) {
+    // A stdin chunk waiting for room.
+    let mut held: Option<(ClientMessage, u32)> = None;
     loop {
+        let need = held.as_ref().map_or(0, |(_, len)| *len);
         let message = tokio::select! {
             biased;
             Some(message) = urgent.recv() => message,
-            Some(message) = data.recv() => message,
+            Ok(space) = room.acquire_many(need), if held.is_some() => {
+                space.forget();
+                match held.take() {
+                    Some((message, _)) => message,
+                    None => continue,
+                }
+            }
+            Some(message) = data.recv(), if held.is_none() => match message {
+                ClientMessage::Stdin(chunk) => {
+                    let len = chunk.len() as u32;
+                    held = Some((ClientMessage::Stdin(chunk), len));
+                    continue;
+                }
+                other => other,
+            },
             else => return,
         };
         let last = matches!(message, ClientMessage::Signal(RemoteSignal::Kill));
