@@ -859,6 +859,53 @@ fn a_client_beyond_max_sessions_is_told_the_agent_is_busy() {
         .success()));
 }
 
+/// One client key holds at most half the agent's session places, so its
+/// sessions (commands, job waits, connections lingering after their last
+/// message) cannot shut another client out.
+#[test]
+fn one_client_cannot_take_every_session_place() {
+    let (env, agent) = Env::with_agent_flags(&["--max-sessions", "4"]);
+    let sleep = unique_sleep(600);
+    let mut holders: Vec<_> = (0..2)
+        .map(|_| {
+            env.ctl()
+                .args(["exec", &agent.target(), &format!("sleep {sleep}")])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ctls: Vec<u32> = holders.iter().map(std::process::Child::id).collect();
+    assert!(wait_until(DEADLINE, || processes_with(&sleep)
+        .iter()
+        .filter(|(pid, _)| !ctls.contains(pid))
+        .count()
+        >= 2));
+    let out = env.exec(&agent, &["echo should-not-run"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stdout_of(&out), "");
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("busy") && err.contains("this client already holds 2 sessions here"),
+        "{err}"
+    );
+    // Another client still gets in.
+    let other = env.other_client(Some("other"));
+    let out = env.exec_as(&other, &agent, "echo other-ran");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "other-ran\n");
+    for holder in &mut holders {
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+    assert!(wait_until(DEADLINE, || processes_with(&sleep).is_empty()));
+    assert!(wait_until(DEADLINE, || env
+        .exec(&agent, &["true"])
+        .status
+        .success()));
+}
+
 #[test]
 fn ctl_says_busy_when_the_agent_has_no_room_for_its_handshake() {
     let (env, agent) = Env::with_agent_flags(&[

@@ -186,7 +186,7 @@ where
     outgoing
         .feed(AgentMessage::Hello(Hello::new(software())))
         .await?;
-    let _session = match startup.admit() {
+    let _session = match startup.admit(client.fingerprint) {
         Ok(permit) => permit,
         Err(full) => {
             tracing::warn!(%peer, client = client.name.as_str(), "refusing session: {full}");

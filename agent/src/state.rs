@@ -5,10 +5,11 @@
 //! The accept loop ([`crate::server`]) builds these and the session
 //! ([`crate::session`]) uses them; neither needs the other to do so.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rexec_protocol::tls::server_config;
-use rexec_protocol::{Identity, IdentityError};
+use rexec_protocol::{Fingerprint, Identity, IdentityError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,8 @@ pub struct AgentState {
     pub acceptor: TlsAcceptor,
     /// One permit per running session.
     pub sessions: Arc<Semaphore>,
+    /// The sessions each client key holds.
+    pub client_sessions: Arc<ClientSessions>,
     /// TCP connections that have not finished their handshake.
     pub startups: Arc<Startups>,
     /// Sessions through the broker that have not finished their handshake:
@@ -90,6 +93,7 @@ impl AgentState {
         let config = server_config(&identity, authorized.clone())?;
         Ok(AgentState {
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
+            client_sessions: Arc::default(),
             startups: Startups::new(settings.max_startups, settings.per_source_max_startups),
             broker_startups: Startups::new(settings.max_startups, 1),
             refusals: RefusalLog::default(),
@@ -110,7 +114,48 @@ impl AgentState {
 pub struct Startup {
     ticket: StartupTicket,
     sessions: Arc<Semaphore>,
+    client_sessions: Arc<ClientSessions>,
     max_sessions: usize,
+}
+
+/// How many sessions each client key holds. One key may hold at most half
+/// of `max_sessions`: its jobs' waits and follows, and connections that
+/// linger after their last message, are sessions without a command, which
+/// the exec limits do not see; without this one key could take every
+/// place and shut every other client out.
+#[derive(Debug, Default)]
+pub struct ClientSessions {
+    held: Mutex<HashMap<Fingerprint, usize>>,
+}
+
+/// The most sessions one client key may hold, for `max_sessions`.
+pub fn max_sessions_per_client(max_sessions: usize) -> usize {
+    max_sessions.div_ceil(2)
+}
+
+/// A session's place: one of the agent's and one of its client's, both
+/// given back when dropped.
+#[derive(Debug)]
+pub struct SessionPlace {
+    _permit: OwnedSemaphorePermit,
+    sessions: Arc<ClientSessions>,
+    client: Fingerprint,
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        let mut held = self
+            .sessions
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(mine) = held.get_mut(&self.client) {
+            *mine -= 1;
+            if *mine == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Startup {
@@ -120,6 +165,7 @@ impl Startup {
         Startup {
             ticket,
             sessions: state.sessions.clone(),
+            client_sessions: state.client_sessions.clone(),
             max_sessions: state.settings.max_sessions,
         }
     }
@@ -131,6 +177,11 @@ pub enum NotAdmitted {
     /// Every session place is taken.
     #[error("the agent already serves {0} sessions, its limit (max_sessions); try again later")]
     SessionsFull(usize),
+    /// This client's key holds as many sessions as one key may.
+    #[error(
+        "this client already holds {0} sessions here, the most one client may (half of max_sessions); try again later"
+    )]
+    ClientSessionsFull(usize),
     /// The connection had just been made to give way to another.
     #[error("the agent closed this connection to make room for others; try again later")]
     GaveWay,
@@ -142,14 +193,32 @@ impl Startup {
     /// busy.
     ///
     /// # Errors
-    /// [`NotAdmitted`] when `max_sessions` sessions run, or when the
-    /// connection was closed to make room an instant before.
-    pub fn admit(self) -> Result<OwnedSemaphorePermit, NotAdmitted> {
+    /// [`NotAdmitted`] when `max_sessions` sessions run, when `client`
+    /// holds as many as one client may, or when the connection was closed
+    /// to make room an instant before.
+    pub fn admit(self, client: Fingerprint) -> Result<SessionPlace, NotAdmitted> {
         if !self.ticket.finish() {
             return Err(NotAdmitted::GaveWay);
         }
-        self.sessions
+        let most = max_sessions_per_client(self.max_sessions);
+        let mut held = self
+            .client_sessions
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let permit = self
+            .sessions
             .try_acquire_owned()
-            .map_err(|_| NotAdmitted::SessionsFull(self.max_sessions))
+            .map_err(|_| NotAdmitted::SessionsFull(self.max_sessions))?;
+        if held.get(&client).is_some_and(|&mine| mine >= most) {
+            return Err(NotAdmitted::ClientSessionsFull(most));
+        }
+        *held.entry(client).or_insert(0) += 1;
+        drop(held);
+        Ok(SessionPlace {
+            _permit: permit,
+            sessions: self.client_sessions,
+            client,
+        })
     }
 }
