@@ -363,6 +363,63 @@ fn runs(pid: u32) -> bool {
         .is_some_and(|zombie| !zombie)
 }
 
+/// A job whose runner is killed is lost, but its command may run on:
+/// `ctl job list` says so, and `ctl job kill` still ends the whole group.
+#[test]
+fn kill_ends_the_command_of_a_job_whose_runner_was_killed() {
+    let (env, agent) = Env::with_agent();
+    let pids = env.root.path().join("pids");
+    let command = format!(
+        "sleep 300 & echo $! >> '{p}'; echo $$ >> '{p}'; wait",
+        p = pids.display()
+    );
+    let id = detach(&env, &agent.target(), &command);
+    assert!(wait_until(DEADLINE, || pids_in(&pids).len() == 2));
+    let running = pids_in(&pids);
+    let shell = running[1];
+    let stat = std::fs::read_to_string(format!("/proc/{shell}/stat")).unwrap();
+    let runner: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    send_signal(runner as u32, "KILL");
+    assert!(wait_until(DEADLINE, || state_of(
+        &env,
+        &agent.target(),
+        &id
+    )
+    .as_deref()
+        == Some("lost")));
+    assert!(
+        running.iter().all(|p| runs(*p)),
+        "the command outlives its runner"
+    );
+    let note = |env: &Env| {
+        listed(env, &agent.target())
+            .into_iter()
+            .find(|j| j["id"] == id)
+            .map(|j| j.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        note(&env).contains("its command still runs"),
+        "{}",
+        note(&env)
+    );
+    let _ = job(&env, &["kill", &agent.target(), &id]);
+    assert!(
+        wait_until(DEADLINE, || running.iter().all(|p| !runs(*p))),
+        "every process of the group is gone"
+    );
+    assert!(!note(&env).contains("still runs"), "{}", note(&env));
+    agent.expect_log("job kill");
+}
+
 #[test]
 fn kill_ends_the_jobs_whole_process_group_and_forget_removes_it() {
     let (env, agent) = Env::with_agent();
@@ -535,6 +592,10 @@ fn a_corrupted_job_record_is_reported_and_the_agent_serves_on() {
     let waited = job(&env, &["wait", &agent.target(), &damaged]);
     assert_failed_saying(&waited, 255, "status.json is not a valid record");
     agent.expect_log("job record damaged");
+    // Forgetting it works, and says so with 0 (scripts would retry a 255).
+    let forgot = job(&env, &["forget", &agent.target(), &damaged]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
+    assert!(!jobs_dir.join(&damaged).exists());
     let fresh = detach(&env, &agent.target(), "echo three");
     let out = job(&env, &["output", &agent.target(), &fresh]);
     assert_eq!(stdout_of(&out), "three\n");

@@ -276,6 +276,25 @@ async fn kill(
     id: &JobId,
 ) -> Result<AgentMessage, ErrorReport> {
     let found = find(state, caller, id)?;
+    if let Some(group) = found.orphaned_group() {
+        // Lost: its runner is gone, its command is not. Ended here, as the
+        // runner would have: TERM, KILL after the grace.
+        audit_request(caller, &found, "kill");
+        let group = nix::unistd::Pid::from_raw(group);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + state.settings.kill_grace;
+        while found.orphaned_group().is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if found.orphaned_group().is_some() {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while found.orphaned_group().is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        return Ok(AgentMessage::Job(find(state, caller, id)?.summary()));
+    }
     if found.over() {
         return Ok(AgentMessage::Job(found.summary()));
     }

@@ -12,6 +12,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rexec_protocol::{ExitStatus, JobId, JobState, JobSummary};
 use serde::{Deserialize, Serialize};
@@ -291,6 +292,54 @@ impl Found {
         segments::extent(&self.dir, name)
     }
 
+    /// The process group of a lost job's command that still runs (the
+    /// runner was killed, and nothing records or ends the command): the
+    /// group recorded at its start, only while it is still that job's.
+    /// A process id is not given out again while a process has it as its
+    /// group or session, so members in the group and in the runner's
+    /// session (or a session of the group's own, when the command was
+    /// forked into one) are the job's; a leader of that id that started
+    /// after the runner last wrote its status is somebody else's.
+    pub fn orphaned_group(&self) -> Option<i32> {
+        let Ok(Some(status)) = &self.status else {
+            return None;
+        };
+        if self.alive || status.end.is_some() {
+            return None;
+        }
+        let pgid = i32::try_from(status.pid?).ok().filter(|&p| p > 1)?;
+        let runner = i32::try_from(status.runner_pid).ok()?;
+        let written = std::fs::metadata(self.dir.join(STATUS))
+            .and_then(|m| m.modified())
+            .ok()?;
+        let mut members = 0;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(stat) = ProcStat::of(pid) else {
+                continue;
+            };
+            if stat.zombie || stat.pgrp != pgid || (stat.session != runner && stat.session != pgid)
+            {
+                continue;
+            }
+            if pid == pgid
+                && stat
+                    .started()
+                    .is_none_or(|t| t > written + Duration::from_secs(1))
+            {
+                return None;
+            }
+            members += 1;
+        }
+        (members > 0).then_some(pgid)
+    }
+
     /// What the protocol says of this job.
     pub fn summary(&self) -> JobSummary {
         let stdout = self.extent("stdout");
@@ -348,12 +397,55 @@ impl Found {
                 "whatever ran the job vanished without recording its end (a reboot, or it was killed)"
                     .into(),
             );
+            if self.orphaned_group().is_some() {
+                notes.push("its command still runs: ctl job kill ends it".into());
+            }
         }
         if summary.ended_ms.is_none() && summary.state != JobState::Running {
             summary.ended_ms = self.ended_ms();
         }
         summary.note = (!notes.is_empty()).then(|| notes.join("; "));
         summary
+    }
+}
+
+/// What `/proc/PID/stat` says of a process's group, session and start.
+struct ProcStat {
+    /// A zombie: gone, but for its parent's wait.
+    zombie: bool,
+    pgrp: i32,
+    session: i32,
+    /// Clock ticks after boot.
+    start_ticks: u64,
+}
+
+impl ProcStat {
+    fn of(pid: i32) -> Option<ProcStat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name, which may hold anything but ends at the
+        // last ')': state, ppid, pgrp, session, … starttime (the 20th).
+        let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+        Some(ProcStat {
+            zombie: *fields.first()? == "Z",
+            pgrp: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// When the process started, by the wall clock.
+    fn started(&self) -> Option<std::time::SystemTime> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let boot: u64 = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+        let after_boot = Duration::from_millis(self.start_ticks * 1000 / ticks);
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(boot) + after_boot)
     }
 }
 

@@ -72,10 +72,15 @@ pub fn state_text(state: &JobState) -> String {
     }
 }
 
+/// A kill or a forget answered with the job worked whatever the job's
+/// state (a lost or damaged job is forgotten, or what is left of it
+/// killed, as asked); output and wait pass the job's own end on, and a job
+/// lost or damaged is a failure there.
 impl Finished for JobEnd {
     fn exit_code(&self) -> u8 {
         match self.summary.state {
             JobState::Ended(status) if self.passes_status => exit_code(status),
+            _ if !self.passes_status => 0,
             JobState::Running | JobState::Ended(_) => 0,
             _ => EXIT_CTL_ERROR,
         }
@@ -84,6 +89,7 @@ impl Finished for JobEnd {
     fn failure(&self) -> Option<String> {
         match self.summary.state {
             JobState::Ended(status) if self.passes_status => status.failure(),
+            _ if !self.passes_status => None,
             JobState::Running | JobState::Ended(_) => None,
             state => Some(state_text(&state)),
         }
