@@ -202,9 +202,9 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
     // Stdin the child has not taken yet: at most STDIN_WINDOW bytes, since
     // the client sends only as much as we have given room for. While the
     // command takes it we read the client only when the queue is empty, as
-    // TCP would pace it (reading at all times wakes us for every segment
-    // and costs a third of stdin's throughput, BENCHMARKS "Stdin paced by
-    // room"); once the front chunk has waited STDIN_STALL, the command is
+    // TCP paced it before the window existed (which keeps stdin's
+    // throughput, BENCHMARKS "Stdin paced by room"); once the front chunk
+    // has waited STDIN_STALL, the command is
     // not reading, so we read the client at all times until the queue is
     // empty again, and a signal behind that stdin still reaches it. Output
     // goes on meanwhile (a `cat` with a full output pipe reads its stdin
@@ -218,9 +218,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
     // The client's end of stdin came while some of it still waits: the
     // command's stdin closes once the rest is handed over.
     let mut stdin_ending = false;
-    // Room taken and not yet given back: given in pieces of STDIN_ROOM_BACK,
-    // one message per piece rather than one per chunk.
-    let mut room_owed = 0usize;
+    let mut room = RoomOwed::default();
 
     // Once the client has forwarded a signal (Ctrl-C, SIGTERM or SIGHUP on
     // ctl), the command is being interrupted: when the shell then exits,
@@ -274,7 +272,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 match permit {
                     Some(permit) => {
                         let chunk = stdin_queue.pop();
-                        room_owed += chunk.len();
+                        room.owe(chunk.len());
                         permit.send(chunk);
                         if stdin_ending && stdin_queue.is_empty() {
                             stdin = None;
@@ -283,7 +281,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                     // The child closed its stdin: it gets no more.
                     None => {
                         stdin = None;
-                        room_owed += stdin_queue.clear();
+                        room.owe(stdin_queue.clear());
                     }
                 }
                 if stdin_queue.is_empty() {
@@ -291,9 +289,8 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                 } else {
                     stdin_stall.as_mut().reset(tokio::time::Instant::now() + STDIN_STALL);
                 }
-                if room_owed >= STDIN_ROOM_BACK {
-                    let room = AgentMessage::StdinTaken(std::mem::take(&mut room_owed) as u32);
-                    match send_bounded(job.outgoing, room, job.kill, deadline).await {
+                if let Some(given) = room.due() {
+                    match send_bounded(job.outgoing, given, job.kill, deadline).await {
                         Ok(sent) => client_open = sent,
                         Err(end) => break Err(end),
                     }
@@ -305,10 +302,9 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                     Some(Ok(ClientMessage::Stdin(chunk))) if request.stdin => {
                         if stdin.is_none() {
                             // Dropped: its room is given back with the rest.
-                            room_owed += chunk.len();
-                            if room_owed >= STDIN_ROOM_BACK {
-                                let room = AgentMessage::StdinTaken(std::mem::take(&mut room_owed) as u32);
-                                match send_bounded(job.outgoing, room, job.kill, deadline).await {
+                            room.owe(chunk.len());
+                            if let Some(given) = room.due() {
+                                match send_bounded(job.outgoing, given, job.kill, deadline).await {
                                     Ok(sent) => client_open = sent,
                                     Err(end) => break Err(end),
                                 }
@@ -432,6 +428,24 @@ const STDIN_STALL: Duration = Duration::from_millis(20);
 /// window, so the client, with at most this much unanswered, still has room
 /// for three quarters of it.
 const STDIN_ROOM_BACK: usize = STDIN_WINDOW as usize / 4;
+
+/// Stdin room taken and not yet given back: given in pieces of
+/// [`STDIN_ROOM_BACK`], one message per piece rather than one per chunk.
+#[derive(Default)]
+struct RoomOwed(usize);
+
+impl RoomOwed {
+    fn owe(&mut self, bytes: usize) {
+        self.0 += bytes;
+    }
+
+    /// The message that gives the room back, once a piece is owed.
+    fn due(&mut self) -> Option<AgentMessage> {
+        (self.0 >= STDIN_ROOM_BACK).then(|| {
+            AgentMessage::StdinTaken(u32::try_from(std::mem::take(&mut self.0)).unwrap_or(u32::MAX))
+        })
+    }
+}
 
 /// Sends `message` to the client unless the agent's shutdown or the
 /// command's deadline comes first: a client that stops reading holds
