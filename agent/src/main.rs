@@ -715,4 +715,45 @@ mod tests {
             assert!(help.contains(&text), "{text} in:\n{help}");
         }
     }
+
+    /// Every text that says how IPv6 addresses are grouped for
+    /// `per_source_max_startups` names the block the limit counts.
+    #[test]
+    fn the_per_source_limit_is_documented_with_the_ipv6_block_it_counts() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string();
+        let example = include_str!("../../systemd/agent.toml");
+        let readme = include_str!("../../README.md");
+        let block = format!("/{}", rexec_agent::limits::IPV6_PREFIX);
+        for (name, text) in [
+            ("run --help", help.as_str()),
+            ("agent.toml", example),
+            ("README.md", readme),
+        ] {
+            let text = text
+                .replace("#", " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let said: Vec<&str> = text
+                .match_indices("IPv6: one /")
+                .map(|(at, found)| {
+                    let rest = &text[at + found.len() - 1..];
+                    let end = rest[1..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(rest.len(), |e| e + 1);
+                    &rest[..end]
+                })
+                .collect();
+            assert!(!said.is_empty(), "{name} says how IPv6 is grouped");
+            assert!(
+                said.iter().all(|s| *s == block),
+                "{name} says {said:?}, the code counts {block}"
+            );
+        }
+    }
 }
