@@ -9,9 +9,14 @@ use crate::util::checks::assert_refused;
 use crate::util::*;
 
 fn agent_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    agent_cli_in(&env.agent_dir, args)
+}
+
+/// `rexec-agent --dir DIR ARGS...`, run to completion.
+fn agent_cli_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(bin("rexec-agent"))
         .arg("--dir")
-        .arg(&env.agent_dir)
+        .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -202,6 +207,58 @@ fn a_readable_agent_key_keeps_the_agent_from_starting() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("too open").count(), 1, "{err}");
     assert!(!err.contains("init"), "{err}");
+}
+
+/// A certificate and key restored from two different backups: every ctl
+/// command says so in one line, before any host is tried.
+#[test]
+fn a_client_key_from_another_identity_is_one_line_before_any_host() {
+    let (env, agent) = Env::with_agent();
+    let second = env.agent();
+    let (stranger_dir, stranger_fp) = env.stranger();
+    let key = env.ctl_dir.join("client.key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::copy(stranger_dir.join("client.key"), &key).unwrap();
+    let expected = format!(
+        "ctl: {} and client.key are not one identity (the certificate's fingerprint is {}, the private key's is {stranger_fp})",
+        env.ctl_dir.join("client.crt").display(),
+        env.client_fingerprint
+    );
+    let targets = format!("{},{}", agent.target(), second.target());
+    for args in [&["exec", &targets, "echo should-not-run"][..], &["id"]] {
+        let out = env.ctl_run(args);
+        assert_eq!(out.status.code(), Some(255), "{args:?}");
+        assert_eq!(stdout_of(&out), "", "{args:?}: no fingerprint nobody holds");
+        assert_eq!(stderr_of(&out).trim_end(), expected, "{args:?}");
+    }
+    assert!(!agent.log().contains("should-not-run"));
+}
+
+#[test]
+fn an_agent_key_from_another_identity_keeps_the_agent_from_starting() {
+    let env = Env::new();
+    let other = env.root.path().join("other");
+    let other_fp = stdout_of(&agent_cli_in(&other, &["init"]))
+        .trim()
+        .to_owned();
+    let key = env.agent_dir.join("agent.key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::copy(other.join("agent.key"), &key).unwrap();
+    let expected = format!(
+        "rexec-agent: error: {} and agent.key are not one identity (the certificate's fingerprint is {}, the private key's is {other_fp})",
+        env.agent_dir.join("agent.crt").display(),
+        env.agent_fingerprint
+    );
+    for args in [
+        &["run", "--listen", "127.0.0.1:0"][..],
+        &["run", "--check"],
+        &["id"],
+    ] {
+        let out = agent_cli(&env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stdout_of(&out), "", "{args:?}");
+        assert_eq!(stderr_of(&out).trim_end(), expected, "{args:?}");
+    }
 }
 
 #[test]
