@@ -209,6 +209,128 @@ fn a_readable_agent_key_keeps_the_agent_from_starting() {
     assert!(!err.contains("init"), "{err}");
 }
 
+/// A fingerprint of its own for each `i` (nobody holds its key).
+fn nth_fingerprint(i: usize) -> String {
+    format!("SHA256:{:A<43}", format!("u{i}"))
+}
+
+/// `rexec-agent --dir DIR ARGS...` under umask `umask`, started.
+fn agent_cli_spawned(dir: &std::path::Path, umask: &str, args: &[&str]) -> std::process::Child {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("umask {umask}; exec \"$@\""))
+        .arg("sh")
+        .arg(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rexec-agent")
+}
+
+#[test]
+fn parallel_authorize_and_revoke_lose_no_update() {
+    let env = Env::new();
+    let mut expected: Vec<String> = vec![format!("{} tester", env.client_fingerprint)];
+    for round in 0..3 {
+        env.authorize(&nth_fingerprint(1000), "mallory");
+        let fresh: Vec<(String, String)> = (0..20)
+            .map(|i| {
+                (
+                    nth_fingerprint(round * 20 + i),
+                    format!("u{}", round * 20 + i),
+                )
+            })
+            .collect();
+        let mut running: Vec<_> = fresh
+            .iter()
+            .map(|(fp, name)| {
+                agent_cli_spawned(&env.agent_dir, "022", &["authorize", fp, "--name", name])
+            })
+            .collect();
+        running.push(agent_cli_spawned(
+            &env.agent_dir,
+            "022",
+            &["revoke", "mallory"],
+        ));
+        for child in running {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr_of(&out));
+        }
+        expected.extend(fresh.iter().map(|(fp, name)| format!("{fp} {name}")));
+        let mut listed: Vec<String> = stdout_of(&agent_cli(&env, &["clients"]))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(
+            listed, expected,
+            "round {round}: mallory revoked, every other kept"
+        );
+    }
+}
+
+#[test]
+fn authorize_keeps_the_files_mode_and_owner_and_ignores_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let file = env.agent_dir.join("authorized_clients");
+    let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+    let authorize = |i: usize| {
+        let out = agent_cli_spawned(
+            &env.agent_dir,
+            "000",
+            &["authorize", &nth_fingerprint(i), "--name", &format!("u{i}")],
+        )
+        .wait_with_output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    std::fs::remove_file(&file).unwrap();
+    authorize(0);
+    assert_eq!(mode(), 0o644, "a new file, under umask 000");
+    // `init` makes the same file, whatever the umask.
+    for umask in ["000", "077"] {
+        let dir = env.root.path().join(format!("init-{umask}"));
+        let out = agent_cli_spawned(&dir, umask, &["init"])
+            .wait_with_output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let made = std::fs::metadata(dir.join("authorized_clients")).unwrap();
+        assert_eq!(
+            made.permissions().mode() & 0o7777,
+            0o644,
+            "init under umask {umask}"
+        );
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    authorize(1);
+    assert_eq!(mode(), 0o600, "an existing file keeps its mode");
+    if root_or_skip(
+        "authorize_keeps_the_files_mode_and_owner_and_ignores_the_umask",
+        "only root can give the file another group",
+    ) {
+        let group = 4242;
+        std::os::unix::fs::chown(&file, Some(0), Some(group)).unwrap();
+        authorize(2);
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), mode()), (0, group, 0o600));
+    }
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    assert!(
+        clients.starts_with(&format!(
+            "{} u0\n{} u1\n",
+            nth_fingerprint(0),
+            nth_fingerprint(1)
+        )),
+        "{clients}"
+    );
+}
+
 /// A certificate and key restored from two different backups: every ctl
 /// command says so in one line, before any host is tried.
 #[test]

@@ -3,19 +3,30 @@
 //!
 //! The file is plain text, one client per line: `SHA256:<base64> NAME`, with
 //! `#` comments (a whole line, or the rest of one) and blank lines allowed.
-//! A name is unique: `authorize` refuses one that another key already has. The agent notices edits by itself:
+//! A name is unique: `authorize` refuses one that another key already has.
+//!
+//! `authorize` and `revoke` change the file under a lock
+//! (`authorized_clients.lock` beside it), from the file as it is then, so
+//! that several run at once lose no update and a revocation is never undone
+//! by an authorization that read the file before it. The new text goes to a
+//! temporary file created exclusively beside the old one, with the old one's
+//! mode and owner (0644 and ours for a new file), and is renamed into place
+//! once on disk.
+//!
+//! The agent notices edits by itself:
 //! every lookup compares the file's modification time, size and inode with
 //! what it last read (one `stat`, far cheaper than the handshake it guards)
 //! and re-reads it when they differ; SIGHUP forces a re-read. A missing or
 //! unreadable file authorizes nobody: the agent fails closed.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::fcntl::{Flock, FlockArg};
 use rexec_protocol::Fingerprint;
 use rexec_protocol::tls::ClientAuthorizer;
 
@@ -289,6 +300,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// # Errors
 /// When another key has the same name, or the file cannot be read or written.
 pub fn authorize(path: &Path, client: &AuthorizedClient) -> Result<bool, AuthorizeError> {
+    let _lock = lock(path)?;
     let text = read_or_empty(path)?;
     if let Some(other) = parse(&text)
         .0
@@ -321,6 +333,12 @@ pub fn authorize(path: &Path, client: &AuthorizedClient) -> Result<bool, Authori
 /// # Errors
 /// When the file cannot be read or written.
 pub fn revoke(path: &Path, who: &str) -> io::Result<Vec<AuthorizedClient>> {
+    let _lock = match lock(path) {
+        Ok(lock) => lock,
+        // No directory, so no file: nobody to revoke.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let text = read_or_empty(path)?;
     let mut removed = Vec::new();
     let mut lines: Vec<String> = Vec::new();
@@ -345,23 +363,100 @@ fn read_or_empty(path: &Path) -> io::Result<String> {
     }
 }
 
+/// The mode of a clients file `authorize` creates: the list is not secret,
+/// and group and others must not write it.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// What a clients file made by `rexec-agent init` says.
+const NEW_FILE_HEADER: &str =
+    "# Clients allowed to connect: one per line, SHA256:<fingerprint> NAME\n";
+
+/// The directory `path` is in.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `path`'s file name, with `before` and `after` it: the names of the
+/// files we keep beside it.
+fn named_after(path: &Path, before: &str, after: &str) -> std::ffi::OsString {
+    let mut name = std::ffi::OsString::from(before);
+    name.push(path.file_name().unwrap_or("authorized_clients".as_ref()));
+    name.push(after);
+    name
+}
+
+/// Creates an empty clients file (a comment saying what goes in it), mode
+/// 0644 whatever the umask, unless there is one. Returns whether it made one.
+///
+/// # Errors
+/// When the file cannot be created or written.
+pub fn create(path: &Path) -> io::Result<bool> {
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(NEW_FILE_MODE)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // The umask may have taken bits off.
+    file.set_permissions(fs::Permissions::from_mode(NEW_FILE_MODE))?;
+    file.write_all(NEW_FILE_HEADER.as_bytes())?;
+    file.sync_all()?;
+    Ok(true)
+}
+
+/// Holds the update lock, `NAME.lock` beside the file, until dropped.
+fn lock(path: &Path) -> io::Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dir_of(path).join(named_after(path, "", ".lock")))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io::Error::from(errno))
+}
+
 /// Writes `lines` to a temporary file beside `path` and renames it into
 /// place, so the running agent reads either the old file or the new one.
+/// The temporary file is created exclusively under a name nobody can guess
+/// (no link or file planted in advance is followed or reused), gets the
+/// old file's mode and owner before it takes its place, and both it and
+/// the directory reach the disk before we say it is done.
 fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    {
-        let mut file = fs::File::create(&tmp)?;
-        for line in lines {
-            writeln!(file, "{line}")?;
-        }
-        file.sync_all()?;
+    let dir = dir_of(path);
+    let old = match fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let mut temporary = tempfile::Builder::new()
+        .prefix(&named_after(path, ".", ".tmp."))
+        .tempfile_in(dir)?;
+    for line in lines {
+        writeln!(temporary, "{line}")?;
     }
-    fs::rename(&tmp, path)
+    let file = temporary.as_file();
+    let mode = old
+        .as_ref()
+        .map_or(NEW_FILE_MODE, |meta| meta.permissions().mode() & 0o7777);
+    if let Some(meta) = &old {
+        let made = file.metadata()?;
+        if (made.uid(), made.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))?;
+        }
+    }
+    // After the owner: a change of owner clears the set-id bits.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.sync_all()?;
+    temporary.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -469,6 +564,114 @@ mod tests {
         // it is refused too.
         assert!(!store.is_authorized(&a));
         assert!(store.as_loaded(&a).is_none());
+    }
+
+    /// A valid fingerprint of its own for each `i`.
+    fn nth_fingerprint(i: usize) -> Fingerprint {
+        format!("SHA256:{:A<43}", format!("u{i}")).parse().unwrap()
+    }
+
+    #[test]
+    fn parallel_authorizations_and_a_revocation_lose_no_update() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("authorized_clients");
+            let mallory = AuthorizedClient {
+                fingerprint: B.parse().unwrap(),
+                name: "mallory".into(),
+            };
+            authorize(&path, &mallory).unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(21));
+            let mut threads = Vec::new();
+            for i in 0..20 {
+                let (path, start) = (path.clone(), start.clone());
+                threads.push(std::thread::spawn(move || {
+                    let client = AuthorizedClient {
+                        fingerprint: nth_fingerprint(i),
+                        name: format!("u{i}"),
+                    };
+                    start.wait();
+                    authorize(&path, &client)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }));
+            }
+            let revoker = {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    revoke(&path, "mallory").map_err(|e| e.to_string())
+                })
+            };
+            for thread in threads {
+                thread.join().unwrap().unwrap();
+            }
+            assert_eq!(revoker.join().unwrap().unwrap(), vec![mallory]);
+            let mut names: Vec<String> = parse(&fs::read_to_string(&path).unwrap())
+                .0
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            names.sort();
+            let mut expected: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+            expected.sort();
+            assert_eq!(names, expected);
+            let left: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp"))
+                .collect();
+            assert!(left.is_empty(), "temporary files left: {left:?}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_files_mode_and_a_new_file_is_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let client = |i| AuthorizedClient {
+            fingerprint: nth_fingerprint(i),
+            name: format!("u{i}"),
+        };
+        authorize(&path, &client(0)).unwrap();
+        assert_eq!(mode(&path), NEW_FILE_MODE);
+        for kept in [0o600, 0o640, 0o444] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(kept)).unwrap();
+            authorize(&path, &client(kept as usize)).unwrap();
+            assert_eq!(mode(&path), kept, "after authorize");
+            revoke(&path, &format!("u{kept}")).unwrap();
+            assert_eq!(mode(&path), kept, "after revoke");
+        }
+    }
+
+    #[test]
+    fn a_link_planted_where_the_old_temporary_file_went_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let target = dir.path().join("target");
+        fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(
+            &target,
+            dir.path()
+                .join(format!(".authorized_clients.tmp.{}", std::process::id())),
+        )
+        .unwrap();
+        authorize(
+            &path,
+            &AuthorizedClient {
+                fingerprint: A.parse().unwrap(),
+                name: "alice".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

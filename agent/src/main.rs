@@ -317,13 +317,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let paths = config::identity_paths(&dir);
             let identity = Identity::create(&paths)?;
             let clients = config::authorized_clients_path(&dir);
-            if !clients.exists() {
-                std::fs::write(
-                    &clients,
-                    "# Clients allowed to connect: one per line, SHA256:<fingerprint> NAME\n",
-                )
+            authorized::create(&clients)
                 .with_context(|| format!("cannot create {}", clients.display()))?;
-            }
             eprintln!("created agent identity in {}", dir.display());
             println!("{}", identity.fingerprint);
         }
