@@ -331,6 +331,110 @@ fn authorize_keeps_the_files_mode_and_owner_and_ignores_the_umask() {
     );
 }
 
+/// What `child` said, once it has exited; it is killed, and the test
+/// fails, if it runs longer than `within` (an agent that started).
+fn exited_within(
+    mut child: std::process::Child,
+    within: std::time::Duration,
+    what: &[&str],
+) -> std::process::Output {
+    if !wait_until(within, || child.try_wait().unwrap().is_some()) {
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        panic!("{what:?} still runs: {}", stderr_of(&out));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_clients_file_others_can_write_keeps_the_agent_from_starting() {
+    let env = Env::new();
+    let file = env.agent_dir.join("authorized_clients");
+    let refused = |path: &std::path::Path, fix: &str| {
+        for args in [&["run", "--listen", "127.0.0.1:0"][..], &["run", "--check"]] {
+            let out = exited_within(
+                agent_cli_spawned(&env.agent_dir, "022", args),
+                DEADLINE,
+                args,
+            );
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+            let err = stderr_of(&out);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("rexec-agent: error: {} ", path.display())),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("(run: {fix} {})", path.display())),
+                "{err}"
+            );
+        }
+    };
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(&file, "chmod go-w");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&env.agent_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&env.agent_dir, "chmod go-w");
+    std::fs::set_permissions(&env.agent_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `authorize` will not add to it either; `revoke` still takes away.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let (_, other) = env.stranger();
+    let out = agent_cli(&env, &["authorize", &other, "--name", "other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("writable by group"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!stdout_of(&agent_cli(&env, &["clients"])).contains(&other));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if root_or_skip(
+        "a_clients_file_others_can_write_keeps_the_agent_from_starting",
+        "only root can give the file to another user",
+    ) {
+        // Group ownership is no matter while the group cannot write.
+        std::os::unix::fs::chown(&file, Some(0), Some(4242)).unwrap();
+        assert!(agent_cli(&env, &["run", "--check"]).status.success());
+        std::os::unix::fs::chown(&file, Some(4242), None).unwrap();
+        refused(&file, "chown root");
+    }
+}
+
+#[test]
+fn a_clients_file_made_writable_while_running_grants_nothing_new() {
+    let (env, agent) = Env::with_agent();
+    let (other_dir, other_fp) = env.stranger();
+    std::fs::copy(
+        env.ctl_dir.join("known_hosts"),
+        other_dir.join("known_hosts"),
+    )
+    .unwrap();
+    let file = env.agent_dir.join("authorized_clients");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // What a local user could do now: add themselves.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!("{other_fp} intruder\n"));
+    std::fs::write(&file, &text).unwrap();
+    for _ in 0..3 {
+        let out = env.exec_as(&other_dir, &agent, "echo should-not-run");
+        assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+        assert_eq!(stdout_of(&env.exec(&agent, &["echo still"])), "still\n");
+    }
+    let said = "writable by group and others (mode 0666)";
+    let line = agent.wait_for_log(said).expect("said why");
+    assert!(
+        line.contains("keeping the 1 clients authorized before"),
+        "{line}"
+    );
+    assert_eq!(agent.log().matches(said).count(), 1, "one line per change");
+
+    // Fixed: the file counts again, without a signal.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.exec_as(&other_dir, &agent, "echo in");
+    assert_eq!(stdout_of(&out), "in\n", "{}", stderr_of(&out));
+}
+
 /// A certificate and key restored from two different backups: every ctl
 /// command says so in one line, before any host is tried.
 #[test]

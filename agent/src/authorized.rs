@@ -13,11 +13,21 @@
 //! mode and owner (0644 and ours for a new file), and is renamed into place
 //! once on disk.
 //!
+//! Whoever can write the file can authorize themselves, so, as ssh's
+//! `StrictModes`, the file and its directory must not be writable by group
+//! or others, and must belong to root or to the agent's own user. The agent
+//! refuses to start with a file that fails this; a file that comes to fail
+//! it while the agent runs grants nothing new: the clients already
+//! authorized stay (under their names as last read), less any the file no
+//! longer lists, until it is fixed. `authorize` refuses to add to such a
+//! file; `revoke`, which only takes access away, still works.
+//!
 //! The agent notices edits by itself:
-//! every lookup compares the file's modification time, size and inode with
-//! what it last read (one `stat`, far cheaper than the handshake it guards)
-//! and re-reads it when they differ; SIGHUP forces a re-read. A missing or
-//! unreadable file authorizes nobody: the agent fails closed.
+//! every lookup compares the file's modification time, size, inode, mode
+//! and owner, and its directory's mode and owner, with what it last read
+//! (two `stat`s, far cheaper than the handshake they guard) and re-reads it
+//! when they differ; SIGHUP forces a re-read. A missing or unreadable file
+//! authorizes nobody: the agent fails closed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -80,21 +90,114 @@ pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
     (clients, bad)
 }
 
+/// Why the clients file, or its directory, is not to be trusted: someone
+/// other than root and the agent's user can change what it says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Untrusted {
+    /// Group or others may write it.
+    #[error(
+        "{} is writable by {who} (mode {mode:04o}), who could authorize themselves: the agent does not trust it (run: chmod go-w {})",
+        .path.display(),
+        .path.display()
+    )]
+    Writable {
+        /// The file or the directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// `group`, `others`, or both.
+        who: &'static str,
+    },
+    /// It belongs to someone else.
+    #[error(
+        "{} belongs to uid {uid}, neither root nor the agent's user: the agent does not trust it (run: chown {owner} {})",
+        .path.display(),
+        .path.display()
+    )]
+    Owner {
+        /// The file or the directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Whom it should belong to: root, or the agent's user when that
+        /// is not root.
+        owner: String,
+    },
+}
+
+/// Whether `meta`, the metadata of `path`, lets only root or us change it.
+fn check_trusted(path: &Path, meta: &fs::Metadata) -> Result<(), Untrusted> {
+    let us = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != us {
+        return Err(Untrusted::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            owner: if us == 0 {
+                "root".into()
+            } else {
+                us.to_string()
+            },
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "group",
+        (false, true) => "others",
+        (true, true) => "group and others",
+    };
+    Err(Untrusted::Writable {
+        path: path.to_path_buf(),
+        mode,
+        who,
+    })
+}
+
+/// Whether the clients file at `path`, if there is one, and its directory
+/// let only root or us change them.
+///
+/// # Errors
+/// What is wrong with the first of the two that fails (the directory
+/// first). One that cannot be looked at is left to the read that follows.
+pub fn check_file(path: &Path) -> Result<(), Untrusted> {
+    let dir = dir_of(path);
+    if let Ok(meta) = fs::metadata(dir) {
+        check_trusted(dir, &meta)?;
+    }
+    match fs::metadata(path) {
+        Ok(meta) => check_trusted(path, &meta),
+        Err(_) => Ok(()),
+    }
+}
+
+/// What of a file and its directory tells us it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
+    /// Mode and owner, of the file and of its directory: fixing either is
+    /// seen without a SIGHUP.
+    access: (u32, u32),
+    dir_access: Option<(u32, u32)>,
 }
 
 impl FileStamp {
     fn of(path: &Path) -> Option<FileStamp> {
         let meta = fs::metadata(path).ok()?;
-        Some(FileStamp {
+        Some(FileStamp::from(path, &meta))
+    }
+
+    fn from(path: &Path, meta: &fs::Metadata) -> FileStamp {
+        FileStamp {
             modified: meta.modified().ok(),
             len: meta.len(),
             inode: meta.ino(),
-        })
+            access: (meta.mode(), meta.uid()),
+            dir_access: fs::metadata(dir_of(path))
+                .ok()
+                .map(|dir| (dir.mode(), dir.uid())),
+        }
     }
 }
 
@@ -102,6 +205,47 @@ impl FileStamp {
 struct Loaded {
     stamp: Option<FileStamp>,
     clients: Vec<AuthorizedClient>,
+}
+
+/// What reading the file found.
+enum Reading {
+    /// The clients it lists, and its lines we could not read.
+    Trusted(Vec<AuthorizedClient>, Vec<BadLine>),
+    /// Someone else could have written it; what it lists, for revocations
+    /// only.
+    Untrusted(Untrusted, Vec<AuthorizedClient>),
+    /// It could not be read.
+    Unreadable(io::Error),
+}
+
+/// Reads the file at `path`: its stamp, taken from the file we read, and
+/// what it says.
+fn read_clients(path: &Path) -> (Option<FileStamp>, Reading) {
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) => return (FileStamp::of(path), Reading::Unreadable(e)),
+    };
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return (None, Reading::Unreadable(e)),
+    };
+    let stamp = Some(FileStamp::from(path, &meta));
+    let mut text = String::new();
+    if let Err(e) = file.read_to_string(&mut text) {
+        return (stamp, Reading::Unreadable(e));
+    }
+    let (clients, bad) = parse(&text);
+    let dir = dir_of(path);
+    let trusted = match fs::metadata(dir) {
+        Ok(dir_meta) => check_trusted(dir, &dir_meta),
+        Err(_) => Ok(()),
+    }
+    .and_then(|()| check_trusted(path, &meta));
+    match trusted {
+        Ok(()) => (stamp, Reading::Trusted(clients, bad)),
+        Err(untrusted) => (stamp, Reading::Untrusted(untrusted, clients)),
+    }
 }
 
 /// The authorized clients file, kept current as it changes.
@@ -154,15 +298,24 @@ impl RefusedKeys {
 }
 
 impl AuthorizedClients {
-    /// Watches `path`; reads it now.
-    pub fn open(path: impl Into<PathBuf>) -> Self {
+    /// Watches `path`; reads it now. A missing or unreadable file
+    /// authorizes nobody until it can be read.
+    ///
+    /// # Errors
+    /// When the file or its directory can be changed by someone other
+    /// than root and the agent's user ([`Untrusted`]).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, Untrusted> {
         let store = AuthorizedClients {
             path: path.into(),
             loaded: RwLock::new(Loaded::default()),
             refused: Mutex::default(),
         };
-        store.reload();
-        store
+        let (stamp, reading) = read_clients(&store.path);
+        if let Reading::Untrusted(untrusted, _) = reading {
+            return Err(untrusted);
+        }
+        store.take(stamp, reading);
+        Ok(store)
     }
 
     /// The file this store reads.
@@ -171,12 +324,21 @@ impl AuthorizedClients {
     }
 
     /// Re-reads the file now, whether or not it changed. Returns how many
-    /// clients it authorizes.
+    /// clients are authorized now.
     pub fn reload(&self) -> usize {
-        let stamp = FileStamp::of(&self.path);
-        let clients = match fs::read_to_string(&self.path) {
-            Ok(text) => {
-                let (clients, bad) = parse(&text);
+        let (stamp, reading) = read_clients(&self.path);
+        self.take(stamp, reading)
+    }
+
+    /// Puts what reading the file found in place of what it said before.
+    /// A file someone else could have written grants nothing new: of the
+    /// clients authorized, those it no longer lists are dropped, the rest
+    /// stay as they were (a rename there could change what run-as rules
+    /// allow).
+    fn take(&self, stamp: Option<FileStamp>, reading: Reading) -> usize {
+        let mut loaded = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
+        let clients = match reading {
+            Reading::Trusted(clients, bad) => {
                 for bad in bad {
                     tracing::warn!(
                         file = %self.path.display(),
@@ -187,7 +349,20 @@ impl AuthorizedClients {
                 }
                 clients
             }
-            Err(e) => {
+            Reading::Untrusted(untrusted, listed) => {
+                let kept: Vec<AuthorizedClient> = loaded
+                    .clients
+                    .iter()
+                    .filter(|c| listed.iter().any(|l| l.fingerprint == c.fingerprint))
+                    .cloned()
+                    .collect();
+                tracing::warn!(
+                    "{untrusted}; keeping the {} clients authorized before that it still lists, and no other, until it is fixed",
+                    kept.len()
+                );
+                kept
+            }
+            Reading::Unreadable(e) => {
                 tracing::warn!(
                     file = %self.path.display(),
                     error = %e,
@@ -197,7 +372,6 @@ impl AuthorizedClients {
             }
         };
         let count = clients.len();
-        let mut loaded = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
         *loaded = Loaded { stamp, clients };
         tracing::debug!(file = %self.path.display(), clients = count, "authorized clients loaded");
         count
@@ -224,7 +398,7 @@ impl AuthorizedClients {
 
     /// The client with this fingerprint as the file read last says, without
     /// looking whether it changed since: for the session naming the client
-    /// that the handshake has just checked with [`Self::lookup`], one `stat`
+    /// that the handshake has just checked with [`Self::lookup`], one look at the file
     /// per connection being enough. A change since then that is already
     /// loaded is seen; one not yet loaded counts as made a moment later.
     pub fn as_loaded(&self, fingerprint: &Fingerprint) -> Option<AuthorizedClient> {
@@ -267,6 +441,10 @@ pub enum AuthorizeError {
         /// The key that has it.
         fingerprint: Fingerprint,
     },
+    /// The file or its directory can be changed by someone else: the
+    /// agent would not take the new entry.
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
     /// The file could not be read or written.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -298,9 +476,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// entry was replaced.
 ///
 /// # Errors
-/// When another key has the same name, or the file cannot be read or written.
+/// When another key has the same name, the file or its directory is not
+/// trusted ([`check_file`]), or the file cannot be read or written.
 pub fn authorize(path: &Path, client: &AuthorizedClient) -> Result<bool, AuthorizeError> {
     let _lock = lock(path)?;
+    check_file(path)?;
     let text = read_or_empty(path)?;
     if let Some(other) = parse(&text)
         .0
@@ -509,7 +689,7 @@ mod tests {
     /// A store watching a file in `dir` that does not exist yet.
     fn store_in(dir: &tempfile::TempDir) -> (PathBuf, AuthorizedClients) {
         let path = dir.path().join("authorized_clients");
-        let store = AuthorizedClients::open(&path);
+        let store = AuthorizedClients::open(&path).unwrap();
         (path, store)
     }
 
@@ -672,6 +852,117 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_file_or_directory_others_can_write_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        fs::write(&path, format!("{A} alice\n")).unwrap();
+        for (mode, who) in [
+            (0o646, "others"),
+            (0o620, "group"),
+            (0o622, "group and others"),
+        ] {
+            chmod(&path, mode);
+            let e = AuthorizedClients::open(&path).unwrap_err();
+            assert_eq!(
+                e,
+                Untrusted::Writable {
+                    path: path.clone(),
+                    mode,
+                    who
+                }
+            );
+            assert!(e.to_string().contains("chmod go-w"), "{e}");
+        }
+        chmod(&path, 0o640);
+        assert!(
+            AuthorizedClients::open(&path)
+                .unwrap()
+                .is_authorized(&A.parse().unwrap())
+        );
+        chmod(dir.path(), 0o777);
+        let e = AuthorizedClients::open(&path).unwrap_err();
+        assert!(
+            matches!(&e, Untrusted::Writable { path, .. } if path == dir.path()),
+            "{e}"
+        );
+        chmod(dir.path(), 0o700);
+        // A missing file is no reason to stop: it authorizes nobody.
+        fs::remove_file(&path).unwrap();
+        assert!(
+            !AuthorizedClients::open(&path)
+                .unwrap()
+                .is_authorized(&A.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        // Only root can give a file away.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        fs::write(&path, format!("{A} alice\n")).unwrap();
+        std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+        let e = AuthorizedClients::open(&path).unwrap_err();
+        assert!(matches!(e, Untrusted::Owner { uid: 4242, .. }), "{e}");
+        assert!(e.to_string().contains("chown root"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_others_can_write_grants_nothing_new_but_still_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let (a, b, c): (Fingerprint, Fingerprint, Fingerprint) =
+            (A.parse().unwrap(), B.parse().unwrap(), nth_fingerprint(7));
+        fs::write(&path, format!("{a} alice\n{b} bob\n")).unwrap();
+        chmod(&path, 0o644);
+        let store = AuthorizedClients::open(&path).unwrap();
+        assert!(store.is_authorized(&a) && store.is_authorized(&b));
+
+        // Made writable by all, and written: bob gone, mallory added, and
+        // alice renamed to what a run-as rule may allow more.
+        chmod(&path, 0o666);
+        fs::write(&path, format!("{a} admin\n{c} mallory\n")).unwrap();
+        assert!(!store.is_authorized(&c), "nothing new");
+        assert!(!store.is_authorized(&b), "a removal applies");
+        assert_eq!(store.lookup(&a).unwrap().name, "alice", "names as before");
+        assert_eq!(store.reload(), 1);
+        assert_eq!(store.lookup(&a).unwrap().name, "alice");
+
+        // Fixed: what it says counts again, seen without a reload.
+        chmod(&path, 0o644);
+        assert!(store.is_authorized(&c));
+        assert_eq!(store.lookup(&a).unwrap().name, "admin");
+    }
+
+    #[test]
+    fn authorize_refuses_a_file_others_can_write_and_revoke_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let client = |fp: &str, name: &str| AuthorizedClient {
+            fingerprint: fp.parse().unwrap(),
+            name: name.into(),
+        };
+        authorize(&path, &client(A, "alice")).unwrap();
+        chmod(&path, 0o646);
+        let before = fs::read_to_string(&path).unwrap();
+        let e = authorize(&path, &client(B, "bob")).unwrap_err();
+        assert!(matches!(e, AuthorizeError::Untrusted(_)), "{e}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            before,
+            "nothing written"
+        );
+        assert_eq!(revoke(&path, "alice").unwrap().len(), 1);
     }
 
     #[test]

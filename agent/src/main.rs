@@ -6,6 +6,7 @@
 //! and reports readiness, status and stopping (see `notify`).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -314,6 +315,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let dir = resolved.settings.dir.clone();
     match cli.command {
         Command::Init => {
+            // Made 0755, not from the umask: the agent refuses a directory
+            // of its clients file that group or others can write.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let paths = config::identity_paths(&dir);
             let identity = Identity::create(&paths)?;
             let clients = config::authorized_clients_path(&dir);
