@@ -554,6 +554,37 @@ fn authorize_refuses_a_name_another_key_has_and_an_empty_name() {
 }
 
 #[test]
+fn authorize_without_a_name_works_for_every_key() {
+    let env = Env::new();
+    let fingerprints: Vec<String> = (0..3).map(nth_fingerprint).collect();
+    for fp in &fingerprints {
+        let out = agent_cli(&env, &["authorize", fp]);
+        assert!(out.status.success(), "{fp}: {}", stderr_of(&out));
+        let name = &fp[.."SHA256:".len() + 8];
+        assert_eq!(
+            stderr_of(&out),
+            format!(
+                "authorized {fp} as {name:?} in {}\n",
+                env.agent_dir.join("authorized_clients").display()
+            )
+        );
+    }
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    for fp in &fingerprints {
+        assert!(
+            clients.contains(&format!("{fp} {}\n", &fp[..15])),
+            "{clients}"
+        );
+    }
+    // The name it got is one to revoke it by.
+    let out = agent_cli(&env, &["revoke", &fingerprints[1][..15]]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    assert!(!clients.contains(&fingerprints[1]), "{clients}");
+    assert_eq!(clients.lines().count(), 3, "{clients}");
+}
+
+#[test]
 fn a_comment_after_a_name_in_the_clients_file_is_not_part_of_the_name() {
     let env = Env::new();
     std::fs::write(

@@ -4,6 +4,8 @@
 //! The file is plain text, one client per line: `SHA256:<base64> NAME`, with
 //! `#` comments (a whole line, or the rest of one) and blank lines allowed.
 //! A name is unique: `authorize` refuses one that another key already has.
+//! A client given no name, on the command line or in the file, is named
+//! after its fingerprint ([`default_name`]), so that each has its own.
 //!
 //! `authorize` and `revoke` change the file under a lock
 //! (`authorized_clients.lock` beside it), from the file as it is then, so
@@ -58,6 +60,21 @@ pub struct BadLine {
     pub reason: String,
 }
 
+/// How many characters of the fingerprint, after `SHA256:`, name a client
+/// that was given no name: 48 bits, so two keys of one site do not share
+/// one by chance (and `authorize` refuses the second if they ever do).
+const DEFAULT_NAME_CHARS: usize = 8;
+
+/// The name of a client given none: the start of its fingerprint, as
+/// `SHA256:AbCdEfGh`, which tells its holder which key it is.
+pub fn default_name(fingerprint: &Fingerprint) -> String {
+    fingerprint
+        .to_string()
+        .chars()
+        .take("SHA256:".len() + DEFAULT_NAME_CHARS)
+        .collect()
+}
+
 /// Parses the file's text; good lines are kept even when others are bad.
 pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
     let mut clients = Vec::new();
@@ -74,12 +91,12 @@ pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
         };
         match fingerprint.parse::<Fingerprint>() {
             Ok(fingerprint) => clients.push(AuthorizedClient {
-                fingerprint,
                 name: if name.is_empty() {
-                    "unnamed".to_owned()
+                    default_name(&fingerprint)
                 } else {
                     name.to_owned()
                 },
+                fingerprint,
             }),
             Err(e) => bad.push(BadLine {
                 line: index + 1,
@@ -398,8 +415,8 @@ impl AuthorizedClients {
 
     /// The client with this fingerprint as the file read last says, without
     /// looking whether it changed since: for the session naming the client
-    /// that the handshake has just checked with [`Self::lookup`], one look at the file
-    /// per connection being enough. A change since then that is already
+    /// that the handshake has just checked with [`Self::lookup`], one look at
+    /// the file per connection being enough. A change since then that is already
     /// loaded is seen; one not yet loaded counts as made a moment later.
     pub fn as_loaded(&self, fingerprint: &Fingerprint) -> Option<AuthorizedClient> {
         self.loaded
@@ -652,7 +669,7 @@ mod tests {
         let (clients, bad) = parse(&text);
         assert_eq!(clients.len(), 2);
         assert_eq!(clients[0].name, "alice laptop");
-        assert_eq!(clients[1].name, "unnamed");
+        assert_eq!(clients[1].name, "SHA256:BBBBBBBB");
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].line, 4);
     }
@@ -663,7 +680,7 @@ mod tests {
         let (clients, bad) = parse(&text);
         assert_eq!(bad, vec![]);
         assert_eq!(clients[0].name, "ok");
-        assert_eq!(clients[1].name, "unnamed");
+        assert_eq!(clients[1].name, "SHA256:BBBBBBBB");
     }
 
     #[test]
@@ -684,6 +701,27 @@ mod tests {
             assert!(check_name(name).is_err(), "{name:?}");
         }
         assert_eq!(check_name("alice laptop"), Ok(()));
+    }
+
+    #[test]
+    fn clients_without_names_each_have_one_of_their_own() {
+        let (a, b): (Fingerprint, Fingerprint) = (A.parse().unwrap(), nth_fingerprint(1));
+        assert_eq!(default_name(&a), "SHA256:AAAAAAAA");
+        assert_eq!(default_name(&b), "SHA256:u1AAAAAA");
+        assert_eq!(check_name(&default_name(&b)), Ok(()));
+        let (clients, bad) = parse(&format!("{a}\n{b}   # no name\n"));
+        assert_eq!(bad, vec![]);
+        assert_ne!(clients[0].name, clients[1].name);
+        // Each can be revoked by its name alone.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        for fingerprint in [a, b] {
+            let name = default_name(&fingerprint);
+            authorize(&path, &AuthorizedClient { fingerprint, name }).unwrap();
+        }
+        let removed = revoke(&path, &default_name(&a)).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].fingerprint, a);
     }
 
     /// A store watching a file in `dir` that does not exist yet.

@@ -58,9 +58,10 @@ enum Command {
     Authorize {
         /// The client's fingerprint, SHA256:...
         fingerprint: Fingerprint,
-        /// A name for the logs and for `revoke`.
-        #[arg(long, default_value = "unnamed")]
-        name: String,
+        /// A name for the logs, run-as rules and `revoke`, which no other
+        /// key has [default: the fingerprint's start, SHA256:AbCdEfGh].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Remove a client by name or fingerprint; its new connections fail at once.
     Revoke {
@@ -335,6 +336,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", identity.fingerprint);
         }
         Command::Authorize { fingerprint, name } => {
+            let name = name.unwrap_or_else(|| authorized::default_name(&fingerprint));
             authorized::check_name(&name).map_err(anyhow::Error::msg)?;
             let path = config::authorized_clients_path(&dir);
             let client = AuthorizedClient {
