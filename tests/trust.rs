@@ -9,9 +9,14 @@ use crate::util::checks::assert_refused;
 use crate::util::*;
 
 fn agent_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    agent_cli_in(&env.agent_dir, args)
+}
+
+/// `rexec-agent --dir DIR ARGS...`, run to completion.
+fn agent_cli_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(bin("rexec-agent"))
         .arg("--dir")
-        .arg(&env.agent_dir)
+        .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -204,6 +209,284 @@ fn a_readable_agent_key_keeps_the_agent_from_starting() {
     assert!(!err.contains("init"), "{err}");
 }
 
+/// A fingerprint of its own for each `i` (nobody holds its key).
+fn nth_fingerprint(i: usize) -> String {
+    format!("SHA256:{:A<43}", format!("u{i}"))
+}
+
+/// `rexec-agent --dir DIR ARGS...` under umask `umask`, started.
+fn agent_cli_spawned(dir: &std::path::Path, umask: &str, args: &[&str]) -> std::process::Child {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("umask {umask}; exec \"$@\""))
+        .arg("sh")
+        .arg(bin("rexec-agent"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rexec-agent")
+}
+
+#[test]
+fn parallel_authorize_and_revoke_lose_no_update() {
+    let env = Env::new();
+    let mut expected: Vec<String> = vec![format!("{} tester", env.client_fingerprint)];
+    for round in 0..3 {
+        env.authorize(&nth_fingerprint(1000), "mallory");
+        let fresh: Vec<(String, String)> = (0..20)
+            .map(|i| {
+                (
+                    nth_fingerprint(round * 20 + i),
+                    format!("u{}", round * 20 + i),
+                )
+            })
+            .collect();
+        let mut running: Vec<_> = fresh
+            .iter()
+            .map(|(fp, name)| {
+                agent_cli_spawned(&env.agent_dir, "022", &["authorize", fp, "--name", name])
+            })
+            .collect();
+        running.push(agent_cli_spawned(
+            &env.agent_dir,
+            "022",
+            &["revoke", "mallory"],
+        ));
+        for child in running {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr_of(&out));
+        }
+        expected.extend(fresh.iter().map(|(fp, name)| format!("{fp} {name}")));
+        let mut listed: Vec<String> = stdout_of(&agent_cli(&env, &["clients"]))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(
+            listed, expected,
+            "round {round}: mallory revoked, every other kept"
+        );
+    }
+}
+
+#[test]
+fn authorize_keeps_the_files_mode_and_owner_and_ignores_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let file = env.agent_dir.join("authorized_clients");
+    let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+    let authorize = |i: usize| {
+        let out = agent_cli_spawned(
+            &env.agent_dir,
+            "000",
+            &["authorize", &nth_fingerprint(i), "--name", &format!("u{i}")],
+        )
+        .wait_with_output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    std::fs::remove_file(&file).unwrap();
+    authorize(0);
+    assert_eq!(mode(), 0o644, "a new file, under umask 000");
+    // `init` makes the same file, whatever the umask.
+    for umask in ["000", "077"] {
+        let dir = env.root.path().join(format!("init-{umask}"));
+        let out = agent_cli_spawned(&dir, umask, &["init"])
+            .wait_with_output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let made = std::fs::metadata(dir.join("authorized_clients")).unwrap();
+        assert_eq!(
+            made.permissions().mode() & 0o7777,
+            0o644,
+            "init under umask {umask}"
+        );
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    authorize(1);
+    assert_eq!(mode(), 0o600, "an existing file keeps its mode");
+    if root_or_skip(
+        "authorize_keeps_the_files_mode_and_owner_and_ignores_the_umask",
+        "only root can give the file another group",
+    ) {
+        let group = 4242;
+        std::os::unix::fs::chown(&file, Some(0), Some(group)).unwrap();
+        authorize(2);
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), mode()), (0, group, 0o600));
+    }
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    assert!(
+        clients.starts_with(&format!(
+            "{} u0\n{} u1\n",
+            nth_fingerprint(0),
+            nth_fingerprint(1)
+        )),
+        "{clients}"
+    );
+}
+
+/// What `child` said, once it has exited; it is killed, and the test
+/// fails, if it runs longer than `within` (an agent that started).
+fn exited_within(
+    mut child: std::process::Child,
+    within: std::time::Duration,
+    what: &[&str],
+) -> std::process::Output {
+    if !wait_until(within, || child.try_wait().unwrap().is_some()) {
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        panic!("{what:?} still runs: {}", stderr_of(&out));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_clients_file_others_can_write_keeps_the_agent_from_starting() {
+    let env = Env::new();
+    let file = env.agent_dir.join("authorized_clients");
+    let refused = |path: &std::path::Path, fix: &str| {
+        for args in [&["run", "--listen", "127.0.0.1:0"][..], &["run", "--check"]] {
+            let out = exited_within(
+                agent_cli_spawned(&env.agent_dir, "022", args),
+                DEADLINE,
+                args,
+            );
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+            let err = stderr_of(&out);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("rexec-agent: error: {} ", path.display())),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("(run: {fix} {})", path.display())),
+                "{err}"
+            );
+        }
+    };
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(&file, "chmod go-w");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&env.agent_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&env.agent_dir, "chmod go-w");
+    std::fs::set_permissions(&env.agent_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `authorize` will not add to it either; `revoke` still takes away.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let (_, other) = env.stranger();
+    let out = agent_cli(&env, &["authorize", &other, "--name", "other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("writable by group"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!stdout_of(&agent_cli(&env, &["clients"])).contains(&other));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if root_or_skip(
+        "a_clients_file_others_can_write_keeps_the_agent_from_starting",
+        "only root can give the file to another user",
+    ) {
+        // Group ownership is no matter while the group cannot write.
+        std::os::unix::fs::chown(&file, Some(0), Some(4242)).unwrap();
+        assert!(agent_cli(&env, &["run", "--check"]).status.success());
+        std::os::unix::fs::chown(&file, Some(4242), None).unwrap();
+        refused(&file, "chown root");
+    }
+}
+
+#[test]
+fn a_clients_file_made_writable_while_running_grants_nothing_new() {
+    let (env, agent) = Env::with_agent();
+    let (other_dir, other_fp) = env.stranger();
+    std::fs::copy(
+        env.ctl_dir.join("known_hosts"),
+        other_dir.join("known_hosts"),
+    )
+    .unwrap();
+    let file = env.agent_dir.join("authorized_clients");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // What a local user could do now: add themselves.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!("{other_fp} intruder\n"));
+    std::fs::write(&file, &text).unwrap();
+    for _ in 0..3 {
+        let out = env.exec_as(&other_dir, &agent, "echo should-not-run");
+        assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+        assert_eq!(stdout_of(&env.exec(&agent, &["echo still"])), "still\n");
+    }
+    let said = "writable by group and others (mode 0666)";
+    let line = agent.wait_for_log(said).expect("said why");
+    assert!(
+        line.contains("keeping the 1 clients authorized before"),
+        "{line}"
+    );
+    assert_eq!(agent.log().matches(said).count(), 1, "one line per change");
+
+    // Fixed: the file counts again, without a signal.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.exec_as(&other_dir, &agent, "echo in");
+    assert_eq!(stdout_of(&out), "in\n", "{}", stderr_of(&out));
+}
+
+/// A certificate and key restored from two different backups: every ctl
+/// command says so in one line, before any host is tried.
+#[test]
+fn a_client_key_from_another_identity_is_one_line_before_any_host() {
+    let (env, agent) = Env::with_agent();
+    let second = env.agent();
+    let (stranger_dir, stranger_fp) = env.stranger();
+    let key = env.ctl_dir.join("client.key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::copy(stranger_dir.join("client.key"), &key).unwrap();
+    let expected = format!(
+        "ctl: {} and client.key are not one identity (the certificate's fingerprint is {}, the private key's is {stranger_fp})",
+        env.ctl_dir.join("client.crt").display(),
+        env.client_fingerprint
+    );
+    let targets = format!("{},{}", agent.target(), second.target());
+    for args in [&["exec", &targets, "echo should-not-run"][..], &["id"]] {
+        let out = env.ctl_run(args);
+        assert_eq!(out.status.code(), Some(255), "{args:?}");
+        assert_eq!(stdout_of(&out), "", "{args:?}: no fingerprint nobody holds");
+        assert_eq!(stderr_of(&out).trim_end(), expected, "{args:?}");
+    }
+    assert!(!agent.log().contains("should-not-run"));
+}
+
+#[test]
+fn an_agent_key_from_another_identity_keeps_the_agent_from_starting() {
+    let env = Env::new();
+    let other = env.root.path().join("other");
+    let other_fp = stdout_of(&agent_cli_in(&other, &["init"]))
+        .trim()
+        .to_owned();
+    let key = env.agent_dir.join("agent.key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::copy(other.join("agent.key"), &key).unwrap();
+    let expected = format!(
+        "rexec-agent: error: {} and agent.key are not one identity (the certificate's fingerprint is {}, the private key's is {other_fp})",
+        env.agent_dir.join("agent.crt").display(),
+        env.agent_fingerprint
+    );
+    for args in [
+        &["run", "--listen", "127.0.0.1:0"][..],
+        &["run", "--check"],
+        &["id"],
+    ] {
+        let out = agent_cli(&env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stdout_of(&out), "", "{args:?}");
+        assert_eq!(stderr_of(&out).trim_end(), expected, "{args:?}");
+    }
+}
+
 #[test]
 fn a_missing_agent_dir_is_one_line_that_says_how_to_create_it() {
     let env = Env::new();
@@ -268,6 +551,37 @@ fn authorize_refuses_a_name_another_key_has_and_an_empty_name() {
         stdout_of(&clients),
         format!("{} tester\n", env.client_fingerprint)
     );
+}
+
+#[test]
+fn authorize_without_a_name_works_for_every_key() {
+    let env = Env::new();
+    let fingerprints: Vec<String> = (0..3).map(nth_fingerprint).collect();
+    for fp in &fingerprints {
+        let out = agent_cli(&env, &["authorize", fp]);
+        assert!(out.status.success(), "{fp}: {}", stderr_of(&out));
+        let name = &fp[.."SHA256:".len() + 8];
+        assert_eq!(
+            stderr_of(&out),
+            format!(
+                "authorized {fp} as {name:?} in {}\n",
+                env.agent_dir.join("authorized_clients").display()
+            )
+        );
+    }
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    for fp in &fingerprints {
+        assert!(
+            clients.contains(&format!("{fp} {}\n", &fp[..15])),
+            "{clients}"
+        );
+    }
+    // The name it got is one to revoke it by.
+    let out = agent_cli(&env, &["revoke", &fingerprints[1][..15]]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let clients = stdout_of(&agent_cli(&env, &["clients"]));
+    assert!(!clients.contains(&fingerprints[1]), "{clients}");
+    assert_eq!(clients.lines().count(), 3, "{clients}");
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub const DEFAULT_MAX_STARTUPS: MaxStartups = MaxStartups {
     rate: 30,
     full: 128,
 };
-/// Connections still in their handshake from one address (IPv6: one /64).
+/// Connections still in their handshake from one address (IPv6: one /48).
 pub const DEFAULT_PER_SOURCE_MAX_STARTUPS: usize = 16;
 /// Time between SIGTERM and SIGKILL when a command's process group is killed.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);

@@ -60,7 +60,7 @@ pub struct ConfigFile {
     #[serde(with = "text_opt")]
     pub max_startups: Option<MaxStartups>,
     /// Connections still in their handshake from one address (IPv6: one
-    /// /64); more from it are closed at once [default: 16].
+    /// /48); more from it are closed at once [default: 16].
     #[arg(long)]
     pub per_source_max_startups: Option<NonZeroUsize>,
     /// Most commands running at once for all clients; more are refused as

@@ -218,7 +218,7 @@ enum Origin {
 }
 
 /// The IPv6 prefix length one source stands for.
-const IPV6_PREFIX: u32 = 48;
+pub const IPV6_PREFIX: u32 = 48;
 
 impl Source {
     /// The source `ip` counts against.

@@ -6,6 +6,7 @@
 //! and reports readiness, status and stopping (see `notify`).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,9 +58,10 @@ enum Command {
     Authorize {
         /// The client's fingerprint, SHA256:...
         fingerprint: Fingerprint,
-        /// A name for the logs and for `revoke`.
-        #[arg(long, default_value = "unnamed")]
-        name: String,
+        /// A name for the logs, run-as rules and `revoke`, which no other
+        /// key has [default: the fingerprint's start, SHA256:AbCdEfGh].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Remove a client by name or fingerprint; its new connections fail at once.
     Revoke {
@@ -314,16 +316,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let dir = resolved.settings.dir.clone();
     match cli.command {
         Command::Init => {
+            // Made 0755, not from the umask: the agent refuses a directory
+            // of its clients file that group or others can write.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let paths = config::identity_paths(&dir);
             let identity = Identity::create(&paths)?;
             let clients = config::authorized_clients_path(&dir);
-            if !clients.exists() {
-                std::fs::write(
-                    &clients,
-                    "# Clients allowed to connect: one per line, SHA256:<fingerprint> NAME\n",
-                )
+            authorized::create(&clients)
                 .with_context(|| format!("cannot create {}", clients.display()))?;
-            }
             eprintln!("created agent identity in {}", dir.display());
             println!("{}", identity.fingerprint);
         }
@@ -332,6 +336,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", identity.fingerprint);
         }
         Command::Authorize { fingerprint, name } => {
+            let name = name.unwrap_or_else(|| authorized::default_name(&fingerprint));
             authorized::check_name(&name).map_err(anyhow::Error::msg)?;
             let path = config::authorized_clients_path(&dir);
             let client = AuthorizedClient {
@@ -717,6 +722,47 @@ mod tests {
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for text in expected {
             assert!(help.contains(&text), "{text} in:\n{help}");
+        }
+    }
+
+    /// Every text that says how IPv6 addresses are grouped for
+    /// `per_source_max_startups` names the block the limit counts.
+    #[test]
+    fn the_per_source_limit_is_documented_with_the_ipv6_block_it_counts() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string();
+        let example = include_str!("../../systemd/agent.toml");
+        let readme = include_str!("../../README.md");
+        let block = format!("/{}", rexec_agent::limits::IPV6_PREFIX);
+        for (name, text) in [
+            ("run --help", help.as_str()),
+            ("agent.toml", example),
+            ("README.md", readme),
+        ] {
+            let text = text
+                .replace("#", " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let said: Vec<&str> = text
+                .match_indices("IPv6: one /")
+                .map(|(at, found)| {
+                    let rest = &text[at + found.len() - 1..];
+                    let end = rest[1..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(rest.len(), |e| e + 1);
+                    &rest[..end]
+                })
+                .collect();
+            assert!(!said.is_empty(), "{name} says how IPv6 is grouped");
+            assert!(
+                said.iter().all(|s| *s == block),
+                "{name} says {said:?}, the code counts {block}"
+            );
         }
     }
 }

@@ -438,7 +438,7 @@ mod tests {
         let fingerprint: Fingerprint = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
             .parse()
             .unwrap();
-        let store = AuthorizedClients::open(&path);
+        let store = AuthorizedClients::open(&path).unwrap();
         let confined = AuthorizedClient {
             fingerprint,
             name: "confined".into(),

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::authorized::AuthorizedClients;
+use crate::authorized::{AuthorizedClients, Untrusted};
 use crate::config::AgentSettings;
 use crate::limits::{ExecLimits, StartupTicket, Startups};
 use crate::refusals::RefusalLog;
@@ -80,16 +80,21 @@ pub enum StartError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] rexec_protocol::tls::TlsError),
+    /// Someone other than root and the agent's user can change the
+    /// authorized clients file or its directory.
+    #[error(transparent)]
+    Clients(#[from] Untrusted),
 }
 
 impl AgentState {
     /// Loads the identity and the authorized clients from `settings.dir`.
     ///
     /// # Errors
-    /// When the identity is missing, unreadable or too open.
+    /// When the identity is missing, unreadable or too open, or the
+    /// authorized clients file is not to be trusted.
     pub fn load(settings: AgentSettings, shutdown: Shutdown) -> Result<AgentState, StartError> {
         let identity = Identity::load(&settings.identity_paths())?;
-        let authorized = Arc::new(AuthorizedClients::open(settings.authorized_clients_path()));
+        let authorized = Arc::new(AuthorizedClients::open(settings.authorized_clients_path())?);
         let config = server_config(&identity, authorized.clone())?;
         Ok(AgentState {
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),

@@ -33,11 +33,18 @@ impl Fingerprint {
     pub fn of_certificate(cert: &CertificateDer<'_>) -> Result<Self, IdentityError> {
         let parsed = webpki::EndEntityCert::try_from(cert)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        let spki = parsed.subject_public_key_info();
-        let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
+        Ok(Fingerprint::of_public_key(
+            parsed.subject_public_key_info().as_ref(),
+        ))
+    }
+
+    /// The fingerprint of a DER-encoded SubjectPublicKeyInfo, as
+    /// certificates carry it.
+    fn of_public_key(spki: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, spki);
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(digest.as_ref());
-        Ok(Fingerprint(bytes))
+        Fingerprint(bytes)
     }
 
     /// The raw digest.
@@ -115,6 +122,39 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The private key is not the one the certificate was made for.
+    #[error(transparent)]
+    KeyMismatch(Box<KeyMismatch>),
+}
+
+/// A certificate and a private key of two different identities: a peer
+/// would see a fingerprint whose key we do not hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} and {} are not one identity (the certificate's fingerprint is {certificate_fingerprint}, the private key's is {key_fingerprint})",
+    .certificate.display(),
+    key_name(.certificate, .private_key)
+)]
+pub struct KeyMismatch {
+    /// The certificate file.
+    pub certificate: PathBuf,
+    /// The private key file.
+    pub private_key: PathBuf,
+    /// The fingerprint of the certificate's public key.
+    pub certificate_fingerprint: Fingerprint,
+    /// The fingerprint of the private key's public half.
+    pub key_fingerprint: Fingerprint,
+}
+
+/// The key file as named after its certificate: its bare name when the two
+/// are in one directory, as they usually are.
+fn key_name(certificate: &Path, private_key: &Path) -> String {
+    match private_key.file_name() {
+        Some(name) if certificate.parent() == private_key.parent() => {
+            name.to_string_lossy().into_owned()
+        }
+        _ => private_key.display().to_string(),
+    }
 }
 
 /// A certificate and its private key, loaded and ready for TLS.
@@ -198,11 +238,12 @@ impl Identity {
     }
 
     /// Loads an identity, refusing a private key file that group or others
-    /// can read.
+    /// can read, and a key that is not the certificate's.
     ///
     /// # Errors
-    /// I/O errors naming the file, [`IdentityError::KeyTooOpen`], and
-    /// [`IdentityError::BadPem`] for files without a usable certificate or key.
+    /// I/O errors naming the file, [`IdentityError::KeyTooOpen`],
+    /// [`IdentityError::BadPem`] for files without a usable certificate or
+    /// key, and [`IdentityError::KeyMismatch`].
     pub fn load(paths: &IdentityPaths) -> Result<Identity, IdentityError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -227,6 +268,27 @@ impl Identity {
         let private_key =
             PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad_pem(&paths.private_key, e))?;
         let fingerprint = Fingerprint::of_certificate(&certificate)?;
+        // Checked here rather than left to the TLS configuration, which
+        // would refuse the pair at every connection in its own words, and
+        // after `id` had printed a fingerprint nobody holds the key of.
+        let signing_key =
+            rustls::crypto::ring::sign::any_supported_type(&private_key).map_err(|_| {
+                IdentityError::BadPem {
+                    path: paths.private_key.clone(),
+                    reason: "not an Ed25519, ECDSA or RSA private key".into(),
+                }
+            })?;
+        if let Some(public) = signing_key.public_key() {
+            let key_fingerprint = Fingerprint::of_public_key(public.as_ref());
+            if key_fingerprint != fingerprint {
+                return Err(IdentityError::KeyMismatch(Box::new(KeyMismatch {
+                    certificate: paths.certificate.clone(),
+                    private_key: paths.private_key.clone(),
+                    certificate_fingerprint: fingerprint,
+                    key_fingerprint,
+                })));
+            }
+        }
         Ok(Identity {
             certificate,
             private_key,
@@ -302,6 +364,34 @@ mod tests {
         let err = Identity::load(&paths).unwrap_err();
         assert!(matches!(err, IdentityError::KeyTooOpen { mode: 0o644, .. }));
         assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = IdentityPaths::in_dir(dir.path(), "client");
+        let created = Identity::create(&ours).unwrap();
+        let other = Identity::create(&IdentityPaths::in_dir(dir.path(), "other")).unwrap();
+        fs::remove_file(&ours.private_key).unwrap();
+        fs::copy(dir.path().join("other.key"), &ours.private_key).unwrap();
+        fs::set_permissions(&ours.private_key, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Identity::load(&ours).unwrap_err();
+        match &err {
+            IdentityError::KeyMismatch(mismatch) => {
+                assert_eq!(mismatch.certificate_fingerprint, created.fingerprint);
+                assert_eq!(mismatch.key_fingerprint, other.fingerprint);
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{} and client.key are not one identity (",
+                ours.certificate.display()
+            )),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 
     #[test]

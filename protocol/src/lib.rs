@@ -12,7 +12,7 @@ pub mod message;
 pub mod tls;
 
 pub use codec::{AgentCodec, ClientCodec, FrameError, MAX_CHUNK_LEN, MAX_FRAME_LEN};
-pub use identity::{Fingerprint, Identity, IdentityError, IdentityPaths};
+pub use identity::{Fingerprint, Identity, IdentityError, IdentityPaths, KeyMismatch};
 pub use job::{DetachRequest, JobId, JobRequest, JobState, JobStream, JobSummary};
 pub use message::*;
 
