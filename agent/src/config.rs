@@ -75,8 +75,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub struct AgentSettings {
     /// The directory holding the identity and the authorized clients file.
     pub dir: PathBuf,
-    /// Most concurrent sessions of clients that finished their handshake;
-    /// more are told the agent is busy.
+    /// Most concurrent sessions of clients that finished their handshake,
+    /// at most half of them one client key's; more are told the agent is
+    /// busy.
     pub max_sessions: usize,
     /// The budget of connections that have not finished their handshake.
     pub max_startups: MaxStartups,

@@ -48,8 +48,9 @@ pub struct ConfigFile {
     #[arg(long)]
     #[serde(deserialize_with = "one_or_more_addresses")]
     pub listen: Option<Vec<SocketAddr>>,
-    /// Most concurrent sessions of clients that finished their handshake;
-    /// more are told the agent is busy [default: 256].
+    /// Most concurrent sessions of clients that finished their handshake,
+    /// at most half of them one client key's; more are told the agent is
+    /// busy [default: 256].
     #[arg(long)]
     pub max_sessions: Option<NonZeroUsize>,
     /// Connections still in their handshake, as sshd's MaxStartups
