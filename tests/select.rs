@@ -71,6 +71,27 @@ fn node_set_operators_read_left_to_right_as_nodeset_does() {
     );
 }
 
+/// `-x` reads its list with the same operators: it used to take each term
+/// as one more exclusion, so `-x 'n[1-4]!n3'` removed n3 as well and
+/// `-x 'n[1-4]&n[4-9]'` removed every host.
+#[test]
+fn dash_x_reads_its_list_with_the_node_set_operators() {
+    let env = Env::new();
+    for (excluded, left) in [
+        ("n[1-4]!n3", "n3\nn5\n"),
+        ("n[1-4]&n[4-9]", "n1\nn2\nn3\nn5\n"),
+        ("n[1-3]^n[2-4]", "n2\nn3\nn5\n"),
+    ] {
+        let out = env.ctl_run(&["hosts", "n[1-5]", "-x", excluded]);
+        assert_eq!(
+            (stdout_of(&out).as_str(), out.status.code()),
+            (left, Some(0)),
+            "-x {excluded}: {}",
+            stderr_of(&out)
+        );
+    }
+}
+
 #[test]
 fn hosts_count_and_pick_choose_from_the_expansion() {
     let env = Env::new();

@@ -199,7 +199,8 @@ pub enum KnownHostsAction {
 /// a target list has this.
 #[derive(Debug, clap::Args)]
 pub struct Exclude {
-    /// Remove these hosts from the targets (repeatable; a target list).
+    /// Remove the hosts this target list names, operators included
+    /// (repeatable).
     #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
     pub exclude: Vec<String>,
 }

@@ -395,12 +395,8 @@ impl Inventory {
         let mut stack = Vec::new();
         let mut targets = self.expand(list, &mut stack)?;
         for list in exclude {
-            // `-x LIST` is `!` before each item of LIST: the same matching.
-            let mut exclusions = Vec::new();
-            for term in target::parse_list(list)? {
-                self.exclusions(term.item, &mut exclusions, &mut stack)?;
-            }
-            targets.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
+            let excluded = self.excluded(list, &mut stack)?;
+            targets.retain(|t| !excluded.removes(t));
         }
         if targets.is_empty() {
             return Err(InventoryError::Empty);
@@ -507,6 +503,24 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// What a `-x LIST` removes: LIST read with the algebra of
+    /// [`Inventory::expand`], each item matching as an exclusion does (a
+    /// port or user only when written), so `-x 'n[1-4]!n3'` removes n1, n2
+    /// and n4 on whatever port or user they run.
+    fn excluded(&self, list: &str, stack: &mut Vec<String>) -> Result<Excluded, InventoryError> {
+        let mut terms = Vec::new();
+        for term in target::parse_list(list)? {
+            let mut specs = Vec::new();
+            self.exclusions(term.item, &mut specs, stack)?;
+            let mut by_host: HashMap<String, Vec<TargetSpec>> = HashMap::new();
+            for spec in specs {
+                by_host.entry(spec.host.clone()).or_default().push(spec);
+            }
+            terms.push((term.operator, term.exclude, by_host));
+        }
+        Ok(Excluded { terms })
     }
 
     /// Every group's name as a target list would write it: the
@@ -628,6 +642,39 @@ impl Inventory {
         };
         stack.pop();
         Ok(members)
+    }
+}
+
+/// A `-x` list, kept as its terms: whether it names a target is decided
+/// term by term, from left to right, as [`Inventory::expand`] combines
+/// hosts, with each term's hosts matched as exclusions match.
+struct Excluded {
+    /// Each term's operator, whether it is an exclusion item of its own
+    /// (`,!x`: left out of what the list removes), and its hosts by name.
+    terms: Vec<(Operator, bool, HashMap<String, Vec<TargetSpec>>)>,
+}
+
+impl Excluded {
+    /// Whether the list names `target`.
+    fn removes(&self, target: &Target) -> bool {
+        let mut named = false;
+        let mut spared = false;
+        for (operator, exclude, by_host) in &self.terms {
+            let hit = by_host
+                .get(&target.host)
+                .is_some_and(|specs| specs.iter().any(|s| s.excludes(target)));
+            if *exclude {
+                spared |= hit;
+                continue;
+            }
+            named = match operator {
+                Operator::Union => named || hit,
+                Operator::Difference => named && !hit,
+                Operator::Intersection => named && hit,
+                Operator::Xor => named != hit,
+            };
+        }
+        named && !spared
     }
 }
 
@@ -1020,6 +1067,41 @@ port = 9
             shown(&inv.resolve(list, &["a".into(), "bob@c".into()]).unwrap()),
             ["b:7722", "alice@c:7722", "admin@pc01:7000", "d:7002"]
         );
+    }
+
+    /// `-x` used to take each term of its list as one more exclusion,
+    /// whatever its operator: `-x 'n[1-4]!n3'` removed n3 too.
+    #[test]
+    fn dash_x_reads_its_list_with_the_operators() {
+        let inv = inventory();
+        for (excluded, left) in [
+            ("n[1-4]!n3", "n3 n5"),
+            ("n[1-4]&n[4-9]", "n1 n2 n3 n5"),
+            ("n[1-3]^n[2-4]", "n2 n3 n5"),
+            ("n[1-5]!n[2-3]&n[3-5]", "n1 n2 n3"),
+            ("n[1-4],!n2", "n2 n5"),
+            ("!n2,n[1-4]", "n2 n5"),
+            // A port or user, when written, must match; else any.
+            ("n[1-5]!n2:7722", "n2"),
+            ("n[1-4]!n2:7000", "n5"),
+            ("n[1-5]&bob@n[1-5]", "n1 n2 n3 n4 n5"),
+        ] {
+            let shown: Vec<String> = inv
+                .resolve("n[1-5]", &[excluded.into()])
+                .unwrap()
+                .iter()
+                .map(Target::minimal)
+                .collect();
+            assert_eq!(shown.join(" "), left, "-x {excluded}");
+        }
+        // A group in the list removes its members on their own ports.
+        let shown: Vec<String> = inv
+            .resolve("pc01:7001,pc[02-05]", &["@lab&pc[01-04]".into()])
+            .unwrap()
+            .iter()
+            .map(Target::minimal)
+            .collect();
+        assert_eq!(shown, ["admin@pc01:7001", "pc03", "pc05"]);
     }
 
     #[test]
