@@ -24,7 +24,9 @@
 //! This module also resolves a whole target list: it expands groups (and
 //! finds cycles and unknown names), applies exclusions, fills in port and
 //! user, and removes duplicates. A port or user written in the list wins
-//! over the inventory's; the default port is the last resort.
+//! over the inventory's; the default port is the last resort. A user given
+//! for the whole run (`-u`, [`Inventory::run_as`]) wins over both, and is
+//! filled in with the rest, so the duplicates it makes are removed too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -198,6 +200,9 @@ pub struct Inventory {
     sources: HashMap<String, GroupSource>,
     /// Where sources' answers are kept; none keeps nothing.
     source_cache: Option<PathBuf>,
+    /// The user every target runs as (`-u`), whatever the list and the
+    /// hosts' entries say.
+    run_as: Option<String>,
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
@@ -373,6 +378,7 @@ impl Inventory {
             broker,
             sources,
             source_cache: None,
+            run_as: None,
         })
     }
 
@@ -404,12 +410,23 @@ impl Inventory {
         Ok(targets)
     }
 
-    /// Resolves one spec: the list's port and user first, then the
-    /// inventory's, then the defaults.
+    /// Makes every target resolved from now on run as `user` (`-u`),
+    /// whatever the list and the inventory say: `root@h,h` is then one
+    /// host, run once, and exclusions and `&` see the user it runs as.
+    pub fn run_as(&mut self, user: Option<String>) {
+        self.run_as = user;
+    }
+
+    /// Resolves one spec: the user of [`Inventory::run_as`], then the
+    /// list's port and user, then the inventory's, then the defaults.
     pub fn complete(&self, spec: TargetSpec) -> Target {
         let settings = self.host(&spec.host);
         Target {
-            user: spec.user.or_else(|| settings.and_then(|s| s.user.clone())),
+            user: self
+                .run_as
+                .clone()
+                .or(spec.user)
+                .or_else(|| settings.and_then(|s| s.user.clone())),
             port: spec
                 .port
                 .or_else(|| settings.and_then(|s| s.port))
@@ -1066,6 +1083,33 @@ port = 9
         assert_eq!(
             shown(&inv.resolve(list, &["a".into(), "bob@c".into()]).unwrap()),
             ["b:7722", "alice@c:7722", "admin@pc01:7000", "d:7002"]
+        );
+    }
+
+    /// `-u` used to be applied after duplicates were removed, so
+    /// `-u root 'root@h,h'` ran twice on h.
+    #[test]
+    fn the_run_s_user_is_given_before_duplicates_are_removed() {
+        let mut inv = inventory();
+        inv.run_as(Some("root".into()));
+        assert_eq!(
+            shown(&inv.resolve("root@h,h,bob@h,@lab", &[]).unwrap()),
+            [
+                "root@h:7722",
+                "root@pc01:7000",
+                "root@pc02:7000",
+                "root@pc04:7722",
+                "root@pc05:7722"
+            ]
+        );
+        // Exclusions see the user the hosts run as.
+        assert_eq!(
+            shown(&inv.resolve("g,h", &["root@h".into()]).unwrap()),
+            ["root@g:7722"]
+        );
+        assert_eq!(
+            shown(&inv.resolve("h", &["bob@h".into()]).unwrap()),
+            ["root@h:7722"]
         );
     }
 

@@ -37,12 +37,7 @@ fn new_job_id() -> Result<JobId, Failure> {
 /// prints its id once, when at least one host runs it.
 pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
     let single = target::is_single(&args.target) && args.exclude.exclude.is_empty();
-    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
-    if let Some(user) = &args.user {
-        for target in &mut targets {
-            target.user = Some(user.clone());
-        }
-    }
+    let targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
     let command = command_line(&args.command).map_err(plain)?;
     let client = Arc::new(fleet.client(config, &args.reach)?);
     let id = new_job_id()?;
