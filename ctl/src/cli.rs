@@ -247,7 +247,7 @@ pub struct ExecArgs {
     #[arg(short = 'C', long = "cwd", value_name = "DIR")]
     pub cwd: Option<String>,
     /// Run as this user (also: USER@HOST).
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, value_parser = parse_user)]
     pub user: Option<String>,
     /// Start the command as a detached job and print its id (the same on
     /// every host) once every agent has it running; see `ctl job --help`.
@@ -450,6 +450,15 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is not a size (a number of bytes, or 512K, 4M, 1G)"))
+}
+
+/// `--user NAME`: a name that is one plain word (see
+/// [`crate::target::bad_user_name`]).
+fn parse_user(s: &str) -> Result<String, String> {
+    match crate::target::bad_user_name(s) {
+        Some(reason) => Err(reason.to_owned()),
+        None => Ok(s.to_owned()),
+    }
 }
 
 /// `--env KEY=VALUE`.

@@ -741,7 +741,10 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
                 ));
             }
             ("user", toml::Value::String(user)) => {
-                if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == '@') {
+                if let Some(reason) = target::bad_user_name(&user) {
+                    return Err((at, format!("{user:?} is not a user name: {reason}")));
+                }
+                if user.chars().any(|c| c.is_whitespace() || c == '@') {
                     return Err((at, format!("{user:?} is not a user name")));
                 }
                 settings.user = Some(user);
@@ -1217,6 +1220,16 @@ port = 9
             (
                 "[hosts.a]\nuser = 1\n",
                 "inventory h.toml: hosts.a.user: a user is a string, found a number",
+            ),
+            (
+                "[hosts.a]\nuser = \"../../esc\"\n",
+                "inventory h.toml: hosts.a.user: \"../../esc\" is not a user name: \
+                 a user name cannot hold '/' or a control character",
+            ),
+            (
+                "[hosts.a]\nuser = \"..\"\n",
+                "inventory h.toml: hosts.a.user: \"..\" is not a user name: \
+                 a user name cannot be '.' or '..'",
             ),
             (
                 "[hosts]\na = 7000\n",

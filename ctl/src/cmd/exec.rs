@@ -153,7 +153,10 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
             args.max_output,
         ))
     } else if let Some(dir) = args.out_dir {
-        Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+        Arc::new(
+            OutDir::new(console.clone(), labels.clone(), dir)
+                .map_err(|e| plain(CtlError::Output(e)))?,
+        )
     } else if args.no_prefix {
         Arc::new(Prefixed::new(console.clone(), labels.clone()).without_prefix())
     } else {
