@@ -218,6 +218,13 @@ pub struct Reach {
     /// first use.
     #[arg(long)]
     pub strict_host_key: bool,
+}
+
+/// When a run that starts work on its hosts stops starting more: exec,
+/// ping and cp have it. Requests about jobs already started (`ctl job`)
+/// do not: a kill that stopped halfway would leave the job running.
+#[derive(Debug, clap::Args)]
+pub struct Rolling {
     /// Start no more hosts once K have failed (a rolling run, with
     /// --fanout as the batch); the rest are reported "not started" (255).
     #[arg(long, value_name = "K", value_parser = parse_fanout)]
@@ -251,10 +258,18 @@ pub struct ExecArgs {
     pub user: Option<String>,
     /// Start the command as a detached job and print its id (the same on
     /// every host) once every agent has it running; see `ctl job --help`.
-    #[arg(short = 'd', long, conflicts_with_all = ["stdin", "tty", "gather", "out_dir"])]
+    #[arg(
+        short = 'd',
+        long,
+        conflicts_with_all = [
+            "stdin", "tty", "gather", "gather_all", "by_host", "diff", "no_prefix", "out_dir",
+        ]
+    )]
     pub detach: bool,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     #[command(flatten)]
     pub exclude: Exclude,
     /// After all hosts finish, print each distinct stdout once, under the
@@ -360,6 +375,8 @@ pub struct PingArgs {
     pub exclude: Exclude,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     /// One JSON object per host per line.
     #[arg(long)]
     pub json: bool,
@@ -395,6 +412,8 @@ pub struct CpArgs {
     pub exclude: Exclude,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     /// Give up on a host whose copy (connecting included) takes longer
     /// than this: exit 124, the partial file removed; 0 for no limit.
     #[arg(long, value_parser = parse_duration)]

@@ -128,7 +128,7 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
     let mut run = Run::new(targets, args.reach.fanout, deadline);
-    run.fanout.max_failures = args.reach.max_failures;
+    run.fanout.max_failures = args.rolling.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let layout = if args.diff {
         Some(Layout::Diff)
