@@ -164,6 +164,57 @@ fn strict_host_key_refuses_unknown_hosts_and_accepts_known_ones() {
     assert_eq!(stdout_of(&out), "known\n", "{}", stderr_of(&out));
 }
 
+/// Known hosts compared host names with their case: `localhost:P` and
+/// `LOCALHOST:P` were two first contacts, and a key refused under one
+/// name was trusted on first use under the other.
+#[test]
+fn a_host_name_is_one_known_host_in_any_case() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let port = agent.addr.port();
+    let exec = |host: &str| {
+        env.ctl()
+            .args(["exec", &format!("{host}:{port}"), "echo ran"])
+            .output()
+            .unwrap()
+    };
+    let first = exec("localhost");
+    assert_eq!(stdout_of(&first), "ran\n", "{}", stderr_of(&first));
+    assert!(
+        stderr_of(&first).starts_with(&format!("ctl: new host localhost:{port}, ")),
+        "{}",
+        stderr_of(&first)
+    );
+    let again = exec("LOCALHOST");
+    assert_eq!(stdout_of(&again), "ran\n", "{}", stderr_of(&again));
+    assert_eq!(stderr_of(&again), "", "no second first contact");
+    let known = env.ctl_dir.join("known_hosts");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("localhost:{port} {}\n", env.agent_fingerprint)
+    );
+
+    // Another key on record, written by hand in capitals: refused under
+    // every spelling, and removed under any.
+    let other = Env::new();
+    env.write_known_hosts(format!("LocalHost:{port} {}\n", other.agent_fingerprint));
+    for host in ["localhost", "LOCALHOST"] {
+        let out = exec(host);
+        assert_refused(
+            &out,
+            "HOST KEY CHANGED",
+            &[(&other.agent_fingerprint, "the known key")],
+        );
+    }
+    let removed = env
+        .ctl()
+        .args(["known-hosts", "remove", &format!("LOCALHOST:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(removed.status.code(), Some(0), "{}", stderr_of(&removed));
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), "");
+}
+
 #[test]
 fn a_readable_client_key_is_refused_with_the_fix() {
     let (env, agent) = Env::with_agent();

@@ -81,10 +81,11 @@ impl Carrier {
     }
 
     /// The known hosts key of `target`: `host:port` for a direct
-    /// connection, the agent's name under `broker/` through a broker.
+    /// connection (a DNS name in lower case, as ssh records it), the
+    /// agent's name under `broker/` through a broker.
     pub fn known_hosts_key(&self, target: &Target) -> String {
         match self {
-            Carrier::Tcp => target.host_port(),
+            Carrier::Tcp => crate::known_hosts::canonical(&target.host_port()),
             Carrier::Broker(link) => link.known_hosts_key(&target.host),
         }
     }
