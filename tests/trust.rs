@@ -215,6 +215,79 @@ fn a_host_name_is_one_known_host_in_any_case() {
     assert_eq!(std::fs::read_to_string(&known).unwrap(), "");
 }
 
+/// The HOST KEY CHANGED hint named no config directory, so after
+/// `--config-dir DIR` the command it gave looked in the default one and
+/// answered "is not in known hosts".
+#[test]
+fn the_host_key_changed_hint_works_pasted_after_config_dir() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let other = Env::new();
+    env.write_known_hosts(format!("{} {}\n", agent.target(), other.agent_fingerprint));
+    // A home whose default config directory is empty, and no
+    // REXEC_CONFIG_DIR: only the flag names ours.
+    let home = env.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = env.ctl_dir.to_str().unwrap();
+    let out = Command::new(bin("ctl"))
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .args(["--config-dir", dir, "exec", &agent.target(), "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = assert_refused(&out, "HOST KEY CHANGED", &[]);
+    let hint = format!(
+        "run: ctl --config-dir {dir} known-hosts remove {}\n",
+        agent.target()
+    );
+    assert!(err.ends_with(&hint), "{err}");
+    // The command as given, pasted into a shell elsewhere.
+    let command = err.rsplit("run: ").next().unwrap().trim_end();
+    let pasted = Command::new("sh")
+        .arg("-c")
+        .arg(command.replacen("ctl", &bin("ctl").to_string_lossy(), 1))
+        .current_dir(&home)
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(
+        pasted.status.code(),
+        Some(0),
+        "{command}: {}",
+        stderr_of(&pasted)
+    );
+    let known = std::fs::read_to_string(env.ctl_dir.join("known_hosts")).unwrap();
+    assert!(!known.contains(&other.agent_fingerprint), "{known}");
+    // With the default directory, the hint needs no flag.
+    let default = home.join(".config/rexec");
+    std::fs::create_dir_all(&default).unwrap();
+    for file in ["client.crt", "client.key"] {
+        std::fs::copy(env.ctl_dir.join(file), default.join(file)).unwrap();
+    }
+    std::fs::write(
+        default.join("known_hosts"),
+        format!("{} {}\n", agent.target(), other.agent_fingerprint),
+    )
+    .unwrap();
+    let out = Command::new(bin("ctl"))
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .args(["exec", &agent.target(), "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = assert_refused(&out, "HOST KEY CHANGED", &[]);
+    assert!(
+        err.ends_with(&format!("run: ctl known-hosts remove {}\n", agent.target())),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_readable_client_key_is_refused_with_the_fix() {
     let (env, agent) = Env::with_agent();
