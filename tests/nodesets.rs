@@ -192,3 +192,22 @@ fn a_folded_ipv6_list_reads_back_as_the_same_hosts() {
         assert_eq!(set(&again), set(&expanded), "{list} folded to {folded}");
     }
 }
+
+/// A TOML syntax error used to lose the parser's reason: a duplicate
+/// `[hosts.n1]` read "this is not valid TOML (check the quotes, brackets
+/// and '=' there)". Now the reason and the line, on one line.
+#[test]
+fn an_inventory_syntax_error_says_what_the_parser_found() {
+    let env = Env::new();
+    let file = env.ctl_dir.join("hosts.toml");
+    std::fs::write(&file, "[hosts.n1]\nport = 1\n[hosts.n1]\nport = 2\n").expect("inventory");
+    let out = env.ctl_run(&["hosts", "n1"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        util::stderr_of(&out),
+        format!(
+            "ctl: inventory {}:3:8: not valid TOML: duplicate key: `[hosts.n1]`\n",
+            file.display()
+        )
+    );
+}

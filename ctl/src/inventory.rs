@@ -55,7 +55,7 @@ pub enum InventoryError {
         source: std::io::Error,
     },
     /// The inventory file is not TOML.
-    #[error("inventory {}:{line}:{column}: this is not valid TOML (check the quotes, brackets and '=' there)", .path.display())]
+    #[error("inventory {}:{line}:{column}: not valid TOML: {reason}", .path.display())]
     Syntax {
         /// The file.
         path: PathBuf,
@@ -63,6 +63,9 @@ pub enum InventoryError {
         line: usize,
         /// Where in the line, in characters counted from 1.
         column: usize,
+        /// The TOML parser's words for what is wrong there, and the line,
+        /// which names the key: one line.
+        reason: String,
     },
     /// A key of the file has a value of the wrong kind or an unknown name.
     #[error("inventory {}: {key}: {reason}", .path.display())]
@@ -230,6 +233,31 @@ fn kind(value: &toml::Value) -> &'static str {
     }
 }
 
+/// What the TOML parser says is wrong at `line` (from 1) of `text`, as
+/// one line, then that line quoted (at most 80 characters of it), as the
+/// agent reports its own file: `duplicate key: `[hosts.n1]``.
+fn syntax_reason(text: &str, line: usize, message: &str) -> String {
+    let reason = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let quoted = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or("")
+        .trim();
+    match quoted.chars().count() {
+        0 => reason,
+        1..=80 => format!("{reason}: `{quoted}`"),
+        _ => format!(
+            "{reason}: `{}…`",
+            quoted.chars().take(80).collect::<String>()
+        ),
+    }
+}
+
 /// Line and column (both from 1, the column in characters) of byte `at`.
 fn line_column(text: &str, at: usize) -> (usize, usize) {
     let before = text.get(..at).unwrap_or(text);
@@ -312,6 +340,7 @@ impl Inventory {
                 path: path.clone(),
                 line,
                 column,
+                reason: syntax_reason(text, line, e.message()),
             }
         })?;
         let invalid = |key: String, reason: String| InventoryError::Invalid {
@@ -1246,7 +1275,22 @@ port = 9
             ),
             (
                 "[groups]\nlab = \"a\"\n\n[hosts.a\nport = 1\n",
-                "inventory h.toml:4:9: this is not valid TOML (check the quotes, brackets and '=' there)",
+                "inventory h.toml:4:9: not valid TOML: unclosed table, expected `]`: `[hosts.a`",
+            ),
+            // The parser's reason used to be dropped: a duplicate table
+            // read as a matter of quotes and brackets.
+            (
+                "[hosts.n1]\nport = 1\n[hosts.n1]\nport = 2\n",
+                "inventory h.toml:3:8: not valid TOML: duplicate key: `[hosts.n1]`",
+            ),
+            (
+                "[groups]\nlab = \"a\n",
+                "inventory h.toml:2:9: not valid TOML: invalid basic string, expected `\"`: `lab = \"a`",
+            ),
+            (
+                "[groups]\nlab = \n",
+                "inventory h.toml:2:7: not valid TOML: string values must be quoted, \
+                 expected literal string: `lab =`",
             ),
         ] {
             let shown = error(text);
