@@ -218,8 +218,9 @@ fn broker_agents_are_pinned_by_name_apart_from_direct_entries() {
         format!(
             "ctl: labpc07: HOST KEY CHANGED: known hosts has {}, the agent presented {impostor_fingerprint}. \
              This may be an attack, or the agent was re-installed. If you know it was re-installed, \
-             run: ctl known-hosts remove broker/labpc07\n",
-            env.agent_fingerprint
+             run: ctl --config-dir {} known-hosts remove broker/labpc07\n",
+            env.agent_fingerprint,
+            env.ctl_dir.display()
         )
     );
     // An unknown name under --strict-host-key is refused, as directly.

@@ -562,6 +562,76 @@ fn out_dir_holds_each_hosts_output_and_a_summary() {
     );
 }
 
+/// A user name with a '/' in it, from `-u`, from `user@host` or from the
+/// inventory, used to reach `-o DIR`'s file names: the output of
+/// `-u ../../esc -o DIR 'root@h,h'` went to `DIR/../../esc@h:7722.out`.
+#[test]
+fn a_user_name_that_would_leave_the_out_dir_is_refused() {
+    let (env, fleet) = env_with_fleet(1);
+    let work = env.root.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let ctl = |args: &[&str], inventory: Option<&str>| {
+        let mut cmd = env.ctl();
+        cmd.current_dir(&work).args(args);
+        if let Some(text) = inventory {
+            let file = env.root.path().join("escape.toml");
+            std::fs::write(&file, text).expect("inventory");
+            cmd.env("REXEC_INVENTORY", file);
+        }
+        cmd.output().expect("run ctl")
+    };
+    let port = fleet.agents[0].addr.port();
+    let inventory = format!("[hosts.\"127.0.0.2\"]\nport = {port}\nuser = \"../../esc\"\n");
+    for (args, inventory, says) in [
+        (
+            vec![
+                "exec",
+                "-u",
+                "../../esc",
+                "-o",
+                "od",
+                "root@127.0.0.2,127.0.0.2",
+                "true",
+            ],
+            None,
+            "a user name cannot hold '/' or a control character",
+        ),
+        (
+            vec!["exec", "-o", "od", "../../esc@127.0.0.2,127.0.0.2", "true"],
+            None,
+            "'/' cannot appear in a target",
+        ),
+        (
+            vec!["exec", "-o", "od", "..@127.0.0.2,127.0.0.2", "true"],
+            None,
+            "a user name cannot be '.' or '..'",
+        ),
+        (
+            vec!["exec", "-o", "od", "root@127.0.0.2,127.0.0.2", "true"],
+            Some(inventory.as_str()),
+            "\"../../esc\" is not a user name",
+        ),
+    ] {
+        let out = ctl(&args, inventory);
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        let stderr = stderr_of(&out);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!work.join("od").exists(), "{args:?} made the out dir");
+    }
+    let escaped: Vec<_> = std::fs::read_dir(env.root.path().parent().expect("parent"))
+        .expect("tmp")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("esc@"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
 #[test]
 fn ping_reports_latency_and_agent_version() {
     let (env, mut fleet) = env_with_fleet(FLEET);

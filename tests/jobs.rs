@@ -602,13 +602,19 @@ fn a_corrupted_job_record_is_reported_and_the_agent_serves_on() {
     assert_eq!(env.exec(&agent, &["echo", "still"]).stdout, b"still\n");
 }
 
-#[test]
-fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
-    let env = Env::new();
+/// `up` agents on 127.0.0.2 … with a state directory each, then `down`
+/// hosts after them where nothing listens (port 9, discard, takes no
+/// connection), all in the inventory's `@lab`.
+fn job_agents(env: &Env, up: usize, down: usize) -> Vec<Agent> {
+    let last = 1 + up + down;
     let mut agents = Vec::new();
-    let mut inventory = String::from("[groups]\nlab = \"127.0.0.[2-12]\"\n");
-    for i in 2..=11 {
+    let mut inventory = format!("[groups]\nlab = \"127.0.0.[2-{last}]\"\n");
+    for i in 2..=last {
         let host = format!("127.0.0.{i}");
+        if i > 1 + up {
+            inventory.push_str(&format!("[hosts.\"{host}\"]\nport = 9\n"));
+            continue;
+        }
         let state = env.root.path().join(format!("state-{host}"));
         let agent = Agent::start(
             &env.agent_dir,
@@ -622,9 +628,103 @@ fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
         ));
         agents.push(agent);
     }
-    // 127.0.0.12 has no agent: port 9 (discard) takes no connection.
-    inventory.push_str("[hosts.\"127.0.0.12\"]\nport = 9\n");
     std::fs::write(env.ctl_dir.join("hosts.toml"), inventory).unwrap();
+    agents
+}
+
+/// `--detach` used to take `--pick` and `--max-failures` and ignore
+/// them: `--pick 1` started the job on every host, and a rolling start
+/// went on after its failures.
+#[test]
+fn detach_starts_on_the_picked_hosts_and_stops_at_max_failures() {
+    let env = Env::new();
+    let _agents = job_agents(&env, 4, 1);
+    let jobs = |list: &str| {
+        let out = job(&env, &["list", "--json", list]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        json_lines(&out).len()
+    };
+    let out = env.ctl_run(&[
+        "exec",
+        "--detach",
+        "--pick",
+        "1",
+        "127.0.0.[2-5]",
+        "sleep 1",
+    ]);
+    let id = job_id(&out, 0);
+    let listed = job(&env, &["list", "--json", "127.0.0.[2-5]"]);
+    let records = json_lines(&listed);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["id"], id.as_str());
+
+    // One at a time, the host that is down first: nothing starts after it.
+    let before = jobs("127.0.0.[2-5]");
+    let out = env.ctl_run(&[
+        "exec",
+        "--detach",
+        "-f",
+        "1",
+        "--max-failures",
+        "1",
+        "127.0.0.6,127.0.0.[2-5]",
+        "sleep 1",
+    ]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "", "no host runs the job, so no id");
+    assert!(
+        stderr_of(&out).ends_with(
+            "ctl: 5 of 5 hosts failed: connect: 127.0.0.6; not started: 127.0.0.[2-5]\n"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(jobs("127.0.0.[2-5]"), before);
+}
+
+/// `ctl job` took `--max-failures` and ignored it, and `--detach` took the
+/// output modes `-L`, `-B`, `--diff` and `-N` and ignored them: both are
+/// bad usage now, one line, before anything runs.
+#[test]
+fn flags_a_job_command_cannot_honour_are_refused() {
+    let env = Env::new();
+    let id = "0".repeat(32);
+    for args in [
+        vec![
+            "job",
+            "kill",
+            "-f",
+            "1",
+            "--max-failures",
+            "1",
+            "127.0.0.[2-3]",
+            &id,
+        ],
+        vec!["job", "wait", "--max-failures", "1", "127.0.0.2", &id],
+        vec!["job", "list", "--max-failures", "1", "127.0.0.2"],
+        vec!["exec", "--detach", "-L", "127.0.0.[2-3]", "true"],
+        vec!["exec", "--detach", "-B", "127.0.0.[2-3]", "true"],
+        vec!["exec", "--detach", "--diff", "127.0.0.[2-3]", "true"],
+        vec!["exec", "--detach", "-N", "127.0.0.[2-3]", "true"],
+    ] {
+        let out = env.ctl_run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        let stderr = stderr_of(&out);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.ends_with("(see ctl --help)\n"), "{args:?}: {stderr}");
+        assert_eq!(stdout_of(&out), "");
+    }
+}
+
+#[test]
+fn detach_to_ten_hosts_with_one_down_lists_and_waits_across_them() {
+    let env = Env::new();
+    let _agents = job_agents(&env, 10, 1);
 
     let out = env.ctl_run(&["exec", "--detach", "@lab", "sleep 0.5; echo done; exit 3"]);
     let id = job_id(&out, 255);

@@ -158,3 +158,56 @@ fn a_bad_inventory_value_is_one_line_with_the_file_and_the_key() {
         )
     );
 }
+
+/// `--fold` (and every summary, which folds the same way) used to cut the
+/// digits inside an IPv6 literal: `[::1]:7723,[::2]:7723` folded to
+/// `[::[1-2]]:7723`, which `ctl hosts` refuses ("brackets cannot nest").
+#[test]
+fn a_folded_ipv6_list_reads_back_as_the_same_hosts() {
+    let env = Env::new();
+    for list in [
+        "[::1]:7723,[::2]:7723",
+        "[::1]:[7723-7725],[fe80::a1]:7723",
+        "root@[::1]:7723,n[1-3]",
+    ] {
+        let expanded = env.ctl_run(&["hosts", list]);
+        assert_eq!(
+            expanded.status.code(),
+            Some(0),
+            "{}",
+            util::stderr_of(&expanded)
+        );
+        let folded = env.ctl_run(&["hosts", "--fold", list]);
+        let folded = util::stdout_of(&folded).trim_end().to_owned();
+        let again = env.ctl_run(&["hosts", &folded]);
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{list} folded to {folded}: {}",
+            util::stderr_of(&again)
+        );
+        let set = |out: &std::process::Output| -> BTreeSet<String> {
+            util::stdout_of(out).lines().map(str::to_owned).collect()
+        };
+        assert_eq!(set(&again), set(&expanded), "{list} folded to {folded}");
+    }
+}
+
+/// A TOML syntax error used to lose the parser's reason: a duplicate
+/// `[hosts.n1]` read "this is not valid TOML (check the quotes, brackets
+/// and '=' there)". Now the reason and the line, on one line.
+#[test]
+fn an_inventory_syntax_error_says_what_the_parser_found() {
+    let env = Env::new();
+    let file = env.ctl_dir.join("hosts.toml");
+    std::fs::write(&file, "[hosts.n1]\nport = 1\n[hosts.n1]\nport = 2\n").expect("inventory");
+    let out = env.ctl_run(&["hosts", "n1"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        util::stderr_of(&out),
+        format!(
+            "ctl: inventory {}:3:8: not valid TOML: duplicate key: `[hosts.n1]`\n",
+            file.display()
+        )
+    );
+}

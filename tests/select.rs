@@ -71,6 +71,64 @@ fn node_set_operators_read_left_to_right_as_nodeset_does() {
     );
 }
 
+/// `-x` reads its list with the same operators: it used to take each term
+/// as one more exclusion, so `-x 'n[1-4]!n3'` removed n3 as well and
+/// `-x 'n[1-4]&n[4-9]'` removed every host.
+#[test]
+fn dash_x_reads_its_list_with_the_node_set_operators() {
+    let env = Env::new();
+    for (excluded, left) in [
+        ("n[1-4]!n3", "n3\nn5\n"),
+        ("n[1-4]&n[4-9]", "n1\nn2\nn3\nn5\n"),
+        ("n[1-3]^n[2-4]", "n2\nn3\nn5\n"),
+    ] {
+        let out = env.ctl_run(&["hosts", "n[1-5]", "-x", excluded]);
+        assert_eq!(
+            (stdout_of(&out).as_str(), out.status.code()),
+            (left, Some(0)),
+            "-x {excluded}: {}",
+            stderr_of(&out)
+        );
+    }
+}
+
+/// `-u` used to be applied after duplicates were removed: `root@h,h`
+/// ran twice, and `-o` kept one file for the two runs with two records.
+#[test]
+fn a_host_named_twice_runs_once_under_dash_u() {
+    let (env, _fleet) = env_with_fleet(1);
+    let dir = env.root.path().join("out");
+    let out = env.ctl_run(&[
+        "exec",
+        "-u",
+        "root",
+        "-o",
+        dir.to_str().expect("utf-8 path"),
+        "root@127.0.0.2,127.0.0.2",
+        "echo ran",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["127.0.0.2.err", "127.0.0.2.out", "summary.jsonl"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("127.0.0.2.out")).expect("output"),
+        "ran\n"
+    );
+    let summary = std::fs::read_to_string(dir.join("summary.jsonl")).expect("summary");
+    assert_eq!(summary.lines().count(), 1, "{summary}");
+    let prefixed = env.ctl_run(&["exec", "-u", "root", "root@127.0.0.2,127.0.0.2", "echo ran"]);
+    assert_eq!(
+        stdout_of(&prefixed),
+        "127.0.0.2: ran\n",
+        "{}",
+        stderr_of(&prefixed)
+    );
+}
+
 #[test]
 fn hosts_count_and_pick_choose_from_the_expansion() {
     let env = Env::new();

@@ -169,6 +169,130 @@ fn strict_host_key_refuses_unknown_hosts_and_accepts_known_ones() {
     assert_eq!(stdout_of(&out), "known\n", "{}", stderr_of(&out));
 }
 
+/// Known hosts compared host names with their case: `localhost:P` and
+/// `LOCALHOST:P` were two first contacts, and a key refused under one
+/// name was trusted on first use under the other.
+#[test]
+fn a_host_name_is_one_known_host_in_any_case() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let port = agent.addr.port();
+    let exec = |host: &str| {
+        env.ctl()
+            .args(["exec", &format!("{host}:{port}"), "echo ran"])
+            .output()
+            .unwrap()
+    };
+    let first = exec("localhost");
+    assert_eq!(stdout_of(&first), "ran\n", "{}", stderr_of(&first));
+    assert!(
+        stderr_of(&first).starts_with(&format!("ctl: new host localhost:{port}, ")),
+        "{}",
+        stderr_of(&first)
+    );
+    let again = exec("LOCALHOST");
+    assert_eq!(stdout_of(&again), "ran\n", "{}", stderr_of(&again));
+    assert_eq!(stderr_of(&again), "", "no second first contact");
+    let known = env.ctl_dir.join("known_hosts");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("localhost:{port} {}\n", env.agent_fingerprint)
+    );
+
+    // Another key on record, written by hand in capitals: refused under
+    // every spelling, and removed under any.
+    let other = Env::new();
+    env.write_known_hosts(format!("LocalHost:{port} {}\n", other.agent_fingerprint));
+    for host in ["localhost", "LOCALHOST"] {
+        let out = exec(host);
+        assert_refused(
+            &out,
+            "HOST KEY CHANGED",
+            &[(&other.agent_fingerprint, "the known key")],
+        );
+    }
+    let removed = env
+        .ctl()
+        .args(["known-hosts", "remove", &format!("LOCALHOST:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(removed.status.code(), Some(0), "{}", stderr_of(&removed));
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), "");
+}
+
+/// The HOST KEY CHANGED hint named no config directory, so after
+/// `--config-dir DIR` the command it gave looked in the default one and
+/// answered "is not in known hosts".
+#[test]
+fn the_host_key_changed_hint_works_pasted_after_config_dir() {
+    let env = Env::new();
+    let agent = env.unknown_agent_with(&[]);
+    let other = Env::new();
+    env.write_known_hosts(format!("{} {}\n", agent.target(), other.agent_fingerprint));
+    // A home whose default config directory is empty, and no
+    // REXEC_CONFIG_DIR: only the flag names ours.
+    let home = env.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = env.ctl_dir.to_str().unwrap();
+    let out = Command::new(bin("ctl"))
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .args(["--config-dir", dir, "exec", &agent.target(), "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = assert_refused(&out, "HOST KEY CHANGED", &[]);
+    let hint = format!(
+        "run: ctl --config-dir {dir} known-hosts remove {}\n",
+        agent.target()
+    );
+    assert!(err.ends_with(&hint), "{err}");
+    // The command as given, pasted into a shell elsewhere.
+    let command = err.rsplit("run: ").next().unwrap().trim_end();
+    let pasted = Command::new("sh")
+        .arg("-c")
+        .arg(command.replacen("ctl", &bin("ctl").to_string_lossy(), 1))
+        .current_dir(&home)
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(
+        pasted.status.code(),
+        Some(0),
+        "{command}: {}",
+        stderr_of(&pasted)
+    );
+    let known = std::fs::read_to_string(env.ctl_dir.join("known_hosts")).unwrap();
+    assert!(!known.contains(&other.agent_fingerprint), "{known}");
+    // With the default directory, the hint needs no flag.
+    let default = home.join(".config/rexec");
+    std::fs::create_dir_all(&default).unwrap();
+    for file in ["client.crt", "client.key"] {
+        std::fs::copy(env.ctl_dir.join(file), default.join(file)).unwrap();
+    }
+    std::fs::write(
+        default.join("known_hosts"),
+        format!("{} {}\n", agent.target(), other.agent_fingerprint),
+    )
+    .unwrap();
+    let out = Command::new(bin("ctl"))
+        .env_remove("REXEC_CONFIG_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &home)
+        .args(["exec", &agent.target(), "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = assert_refused(&out, "HOST KEY CHANGED", &[]);
+    assert!(
+        err.ends_with(&format!("run: ctl known-hosts remove {}\n", agent.target())),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_readable_client_key_is_refused_with_the_fix() {
     let (env, agent) = Env::with_agent();

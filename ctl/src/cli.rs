@@ -199,7 +199,8 @@ pub enum KnownHostsAction {
 /// a target list has this.
 #[derive(Debug, clap::Args)]
 pub struct Exclude {
-    /// Remove these hosts from the targets (repeatable; a target list).
+    /// Remove the hosts this target list names, operators included
+    /// (repeatable).
     #[arg(short = 'x', long = "exclude", value_name = "TARGETS")]
     pub exclude: Vec<String>,
 }
@@ -217,6 +218,13 @@ pub struct Reach {
     /// first use.
     #[arg(long)]
     pub strict_host_key: bool,
+}
+
+/// When a run that starts work on its hosts stops starting more: exec,
+/// ping and cp have it. Requests about jobs already started (`ctl job`)
+/// do not: a kill that stopped halfway would leave the job running.
+#[derive(Debug, clap::Args)]
+pub struct Rolling {
     /// Start no more hosts once K have failed (a rolling run, with
     /// --fanout as the batch); the rest are reported "not started" (255).
     #[arg(long, value_name = "K", value_parser = parse_fanout)]
@@ -246,14 +254,22 @@ pub struct ExecArgs {
     #[arg(short = 'C', long = "cwd", value_name = "DIR")]
     pub cwd: Option<String>,
     /// Run as this user (also: USER@HOST).
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, value_parser = parse_user)]
     pub user: Option<String>,
     /// Start the command as a detached job and print its id (the same on
     /// every host) once every agent has it running; see `ctl job --help`.
-    #[arg(short = 'd', long, conflicts_with_all = ["stdin", "tty", "gather", "out_dir"])]
+    #[arg(
+        short = 'd',
+        long,
+        conflicts_with_all = [
+            "stdin", "tty", "gather", "gather_all", "by_host", "diff", "no_prefix", "out_dir",
+        ]
+    )]
     pub detach: bool,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     #[command(flatten)]
     pub exclude: Exclude,
     /// After all hosts finish, print each distinct stdout once, under the
@@ -359,6 +375,8 @@ pub struct PingArgs {
     pub exclude: Exclude,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     /// One JSON object per host per line.
     #[arg(long)]
     pub json: bool,
@@ -394,6 +412,8 @@ pub struct CpArgs {
     pub exclude: Exclude,
     #[command(flatten)]
     pub reach: Reach,
+    #[command(flatten)]
+    pub rolling: Rolling,
     /// Give up on a host whose copy (connecting included) takes longer
     /// than this: exit 124, the partial file removed; 0 for no limit.
     #[arg(long, value_parser = parse_duration)]
@@ -449,6 +469,15 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is not a size (a number of bytes, or 512K, 4M, 1G)"))
+}
+
+/// `--user NAME`: a name that is one plain word (see
+/// [`crate::target::bad_user_name`]).
+fn parse_user(s: &str) -> Result<String, String> {
+    match crate::target::bad_user_name(s) {
+        Some(reason) => Err(reason.to_owned()),
+        None => Ok(s.to_owned()),
+    }
 }
 
 /// `--env KEY=VALUE`.

@@ -81,10 +81,11 @@ impl Carrier {
     }
 
     /// The known hosts key of `target`: `host:port` for a direct
-    /// connection, the agent's name under `broker/` through a broker.
+    /// connection (a DNS name in lower case, as ssh records it), the
+    /// agent's name under `broker/` through a broker.
     pub fn known_hosts_key(&self, target: &Target) -> String {
         match self {
-            Carrier::Tcp => target.host_port(),
+            Carrier::Tcp => crate::known_hosts::canonical(&target.host_port()),
             Carrier::Broker(link) => link.known_hosts_key(&target.host),
         }
     }
@@ -103,6 +104,9 @@ pub struct Client {
     pub connect_timeout: Duration,
     /// How targets are reached.
     pub carrier: Carrier,
+    /// `--config-dir DIR` for the commands ctl tells the user to run; none
+    /// for the default directory.
+    pub config_dir_flag: Option<String>,
 }
 
 /// An established, verified connection.
@@ -114,6 +118,15 @@ pub struct Connection {
 }
 
 impl Client {
+    /// The command that forgets `host_port`'s recorded key, in our config
+    /// directory wherever it is pasted.
+    fn remove_command(&self, host_port: &str) -> String {
+        match &self.config_dir_flag {
+            Some(flag) => format!("ctl {flag} known-hosts remove {host_port}"),
+            None => format!("ctl known-hosts remove {host_port}"),
+        }
+    }
+
     /// Connects to `target` and checks its host key.
     ///
     /// # Errors
@@ -180,7 +193,7 @@ impl Client {
                     _ if BrokerError::from_io(&e).is_some() => CtlError::lost_io(&e),
                     HostKeyOutcome::Changed { known, presented } => {
                         CtlError::Connection(ConnectionError::HostKeyChanged {
-                            host_port: host_port.clone(),
+                            remove: self.remove_command(&host_port),
                             known,
                             presented,
                         })
@@ -228,7 +241,7 @@ impl Client {
                 // Another ctl met a different key under this name meanwhile.
                 Added::Conflict(known) => {
                     return Err(CtlError::Connection(ConnectionError::HostKeyChanged {
-                        host_port,
+                        remove: self.remove_command(&host_port),
                         known,
                         presented: fingerprint,
                     }));

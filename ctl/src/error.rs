@@ -94,11 +94,12 @@ pub enum ConnectionError {
     #[error(
         "HOST KEY CHANGED: known hosts has {known}, the agent presented {presented}. \
          This may be an attack, or the agent was re-installed. If you know it was \
-         re-installed, run: ctl known-hosts remove {host_port}"
+         re-installed, run: {remove}"
     )]
     HostKeyChanged {
-        /// The `host:port` key.
-        host_port: String,
+        /// The command that forgets the old key, as the user can paste it:
+        /// `ctl [--config-dir DIR] known-hosts remove HOST:PORT`.
+        remove: String,
         /// On record.
         known: Fingerprint,
         /// Presented.

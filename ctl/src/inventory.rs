@@ -24,7 +24,9 @@
 //! This module also resolves a whole target list: it expands groups (and
 //! finds cycles and unknown names), applies exclusions, fills in port and
 //! user, and removes duplicates. A port or user written in the list wins
-//! over the inventory's; the default port is the last resort.
+//! over the inventory's; the default port is the last resort. A user given
+//! for the whole run (`-u`, [`Inventory::run_as`]) wins over both, and is
+//! filled in with the rest, so the duplicates it makes are removed too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,7 +55,7 @@ pub enum InventoryError {
         source: std::io::Error,
     },
     /// The inventory file is not TOML.
-    #[error("inventory {}:{line}:{column}: this is not valid TOML (check the quotes, brackets and '=' there)", .path.display())]
+    #[error("inventory {}:{line}:{column}: not valid TOML: {reason}", .path.display())]
     Syntax {
         /// The file.
         path: PathBuf,
@@ -61,6 +63,9 @@ pub enum InventoryError {
         line: usize,
         /// Where in the line, in characters counted from 1.
         column: usize,
+        /// The TOML parser's words for what is wrong there, and the line,
+        /// which names the key: one line.
+        reason: String,
     },
     /// A key of the file has a value of the wrong kind or an unknown name.
     #[error("inventory {}: {key}: {reason}", .path.display())]
@@ -198,6 +203,9 @@ pub struct Inventory {
     sources: HashMap<String, GroupSource>,
     /// Where sources' answers are kept; none keeps nothing.
     source_cache: Option<PathBuf>,
+    /// The user every target runs as (`-u`), whatever the list and the
+    /// hosts' entries say.
+    run_as: Option<String>,
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
@@ -222,6 +230,31 @@ fn kind(value: &toml::Value) -> &'static str {
         toml::Value::Datetime(_) => "a date",
         toml::Value::Array(_) => "an array",
         toml::Value::Table(_) => "a table",
+    }
+}
+
+/// What the TOML parser says is wrong at `line` (from 1) of `text`, as
+/// one line, then that line quoted (at most 80 characters of it), as the
+/// agent reports its own file: `duplicate key: `[hosts.n1]``.
+fn syntax_reason(text: &str, line: usize, message: &str) -> String {
+    let reason = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let quoted = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or("")
+        .trim();
+    match quoted.chars().count() {
+        0 => reason,
+        1..=80 => format!("{reason}: `{quoted}`"),
+        _ => format!(
+            "{reason}: `{}…`",
+            quoted.chars().take(80).collect::<String>()
+        ),
     }
 }
 
@@ -307,6 +340,7 @@ impl Inventory {
                 path: path.clone(),
                 line,
                 column,
+                reason: syntax_reason(text, line, e.message()),
             }
         })?;
         let invalid = |key: String, reason: String| InventoryError::Invalid {
@@ -373,6 +407,7 @@ impl Inventory {
             broker,
             sources,
             source_cache: None,
+            run_as: None,
         })
     }
 
@@ -395,12 +430,8 @@ impl Inventory {
         let mut stack = Vec::new();
         let mut targets = self.expand(list, &mut stack)?;
         for list in exclude {
-            // `-x LIST` is `!` before each item of LIST: the same matching.
-            let mut exclusions = Vec::new();
-            for term in target::parse_list(list)? {
-                self.exclusions(term.item, &mut exclusions, &mut stack)?;
-            }
-            targets.retain(|t| !exclusions.iter().any(|x| x.excludes(t)));
+            let excluded = self.excluded(list, &mut stack)?;
+            targets.retain(|t| !excluded.removes(t));
         }
         if targets.is_empty() {
             return Err(InventoryError::Empty);
@@ -408,12 +439,23 @@ impl Inventory {
         Ok(targets)
     }
 
-    /// Resolves one spec: the list's port and user first, then the
-    /// inventory's, then the defaults.
+    /// Makes every target resolved from now on run as `user` (`-u`),
+    /// whatever the list and the inventory say: `root@h,h` is then one
+    /// host, run once, and exclusions and `&` see the user it runs as.
+    pub fn run_as(&mut self, user: Option<String>) {
+        self.run_as = user;
+    }
+
+    /// Resolves one spec: the user of [`Inventory::run_as`], then the
+    /// list's port and user, then the inventory's, then the defaults.
     pub fn complete(&self, spec: TargetSpec) -> Target {
         let settings = self.host(&spec.host);
         Target {
-            user: spec.user.or_else(|| settings.and_then(|s| s.user.clone())),
+            user: self
+                .run_as
+                .clone()
+                .or(spec.user)
+                .or_else(|| settings.and_then(|s| s.user.clone())),
             port: spec
                 .port
                 .or_else(|| settings.and_then(|s| s.port))
@@ -507,6 +549,24 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// What a `-x LIST` removes: LIST read with the algebra of
+    /// [`Inventory::expand`], each item matching as an exclusion does (a
+    /// port or user only when written), so `-x 'n[1-4]!n3'` removes n1, n2
+    /// and n4 on whatever port or user they run.
+    fn excluded(&self, list: &str, stack: &mut Vec<String>) -> Result<Excluded, InventoryError> {
+        let mut terms = Vec::new();
+        for term in target::parse_list(list)? {
+            let mut specs = Vec::new();
+            self.exclusions(term.item, &mut specs, stack)?;
+            let mut by_host: HashMap<String, Vec<TargetSpec>> = HashMap::new();
+            for spec in specs {
+                by_host.entry(spec.host.clone()).or_default().push(spec);
+            }
+            terms.push((term.operator, term.exclude, by_host));
+        }
+        Ok(Excluded { terms })
     }
 
     /// Every group's name as a target list would write it: the
@@ -631,6 +691,39 @@ impl Inventory {
     }
 }
 
+/// A `-x` list, kept as its terms: whether it names a target is decided
+/// term by term, from left to right, as [`Inventory::expand`] combines
+/// hosts, with each term's hosts matched as exclusions match.
+struct Excluded {
+    /// Each term's operator, whether it is an exclusion item of its own
+    /// (`,!x`: left out of what the list removes), and its hosts by name.
+    terms: Vec<(Operator, bool, HashMap<String, Vec<TargetSpec>>)>,
+}
+
+impl Excluded {
+    /// Whether the list names `target`.
+    fn removes(&self, target: &Target) -> bool {
+        let mut named = false;
+        let mut spared = false;
+        for (operator, exclude, by_host) in &self.terms {
+            let hit = by_host
+                .get(&target.host)
+                .is_some_and(|specs| specs.iter().any(|s| s.excludes(target)));
+            if *exclude {
+                spared |= hit;
+                continue;
+            }
+            named = match operator {
+                Operator::Union => named || hit,
+                Operator::Difference => named && !hit,
+                Operator::Intersection => named && hit,
+                Operator::Xor => named != hit,
+            };
+        }
+        named && !spared
+    }
+}
+
 /// A group's members as one target list.
 fn group_members(members: toml::Value) -> Result<String, String> {
     let expected = "expected a target list (a string such as \"labpc[01-20]\") or an array of them";
@@ -677,7 +770,10 @@ fn host_settings(value: toml::Value, key: &str) -> Result<HostSettings, (String,
                 ));
             }
             ("user", toml::Value::String(user)) => {
-                if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == '@') {
+                if let Some(reason) = target::bad_user_name(&user) {
+                    return Err((at, format!("{user:?} is not a user name: {reason}")));
+                }
+                if user.chars().any(|c| c.is_whitespace() || c == '@') {
                     return Err((at, format!("{user:?} is not a user name")));
                 }
                 settings.user = Some(user);
@@ -1022,6 +1118,68 @@ port = 9
         );
     }
 
+    /// `-u` used to be applied after duplicates were removed, so
+    /// `-u root 'root@h,h'` ran twice on h.
+    #[test]
+    fn the_run_s_user_is_given_before_duplicates_are_removed() {
+        let mut inv = inventory();
+        inv.run_as(Some("root".into()));
+        assert_eq!(
+            shown(&inv.resolve("root@h,h,bob@h,@lab", &[]).unwrap()),
+            [
+                "root@h:7722",
+                "root@pc01:7000",
+                "root@pc02:7000",
+                "root@pc04:7722",
+                "root@pc05:7722"
+            ]
+        );
+        // Exclusions see the user the hosts run as.
+        assert_eq!(
+            shown(&inv.resolve("g,h", &["root@h".into()]).unwrap()),
+            ["root@g:7722"]
+        );
+        assert_eq!(
+            shown(&inv.resolve("h", &["bob@h".into()]).unwrap()),
+            ["root@h:7722"]
+        );
+    }
+
+    /// `-x` used to take each term of its list as one more exclusion,
+    /// whatever its operator: `-x 'n[1-4]!n3'` removed n3 too.
+    #[test]
+    fn dash_x_reads_its_list_with_the_operators() {
+        let inv = inventory();
+        for (excluded, left) in [
+            ("n[1-4]!n3", "n3 n5"),
+            ("n[1-4]&n[4-9]", "n1 n2 n3 n5"),
+            ("n[1-3]^n[2-4]", "n2 n3 n5"),
+            ("n[1-5]!n[2-3]&n[3-5]", "n1 n2 n3"),
+            ("n[1-4],!n2", "n2 n5"),
+            ("!n2,n[1-4]", "n2 n5"),
+            // A port or user, when written, must match; else any.
+            ("n[1-5]!n2:7722", "n2"),
+            ("n[1-4]!n2:7000", "n5"),
+            ("n[1-5]&bob@n[1-5]", "n1 n2 n3 n4 n5"),
+        ] {
+            let shown: Vec<String> = inv
+                .resolve("n[1-5]", &[excluded.into()])
+                .unwrap()
+                .iter()
+                .map(Target::minimal)
+                .collect();
+            assert_eq!(shown.join(" "), left, "-x {excluded}");
+        }
+        // A group in the list removes its members on their own ports.
+        let shown: Vec<String> = inv
+            .resolve("pc01:7001,pc[02-05]", &["@lab&pc[01-04]".into()])
+            .unwrap()
+            .iter()
+            .map(Target::minimal)
+            .collect();
+        assert_eq!(shown, ["admin@pc01:7001", "pc03", "pc05"]);
+    }
+
     #[test]
     fn cycles_unknown_groups_and_empty_results_are_errors() {
         let inv = inventory();
@@ -1093,6 +1251,16 @@ port = 9
                 "inventory h.toml: hosts.a.user: a user is a string, found a number",
             ),
             (
+                "[hosts.a]\nuser = \"../../esc\"\n",
+                "inventory h.toml: hosts.a.user: \"../../esc\" is not a user name: \
+                 a user name cannot hold '/' or a control character",
+            ),
+            (
+                "[hosts.a]\nuser = \"..\"\n",
+                "inventory h.toml: hosts.a.user: \"..\" is not a user name: \
+                 a user name cannot be '.' or '..'",
+            ),
+            (
                 "[hosts]\na = 7000\n",
                 "inventory h.toml: hosts.a: expected a table of settings (port, user), found a number",
             ),
@@ -1107,7 +1275,22 @@ port = 9
             ),
             (
                 "[groups]\nlab = \"a\"\n\n[hosts.a\nport = 1\n",
-                "inventory h.toml:4:9: this is not valid TOML (check the quotes, brackets and '=' there)",
+                "inventory h.toml:4:9: not valid TOML: unclosed table, expected `]`: `[hosts.a`",
+            ),
+            // The parser's reason used to be dropped: a duplicate table
+            // read as a matter of quotes and brackets.
+            (
+                "[hosts.n1]\nport = 1\n[hosts.n1]\nport = 2\n",
+                "inventory h.toml:3:8: not valid TOML: duplicate key: `[hosts.n1]`",
+            ),
+            (
+                "[groups]\nlab = \"a\n",
+                "inventory h.toml:2:9: not valid TOML: invalid basic string, expected `\"`: `lab = \"a`",
+            ),
+            (
+                "[groups]\nlab = \n",
+                "inventory h.toml:2:7: not valid TOML: string values must be quoted, \
+                 expected literal string: `lab =`",
             ),
         ] {
             let shown = error(text);

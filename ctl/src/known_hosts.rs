@@ -13,6 +13,10 @@
 //! appended since we last looked (a fan-out to 10,000 new hosts would
 //! otherwise read, parse and rewrite the whole file 10,000 times); a
 //! removal rewrites the file to a temporary one renamed into place.
+//!
+//! Host names are compared as DNS compares them, without regard to case,
+//! as ssh does: `LabPC07:7722` and `labpc07:7722` are one entry, written
+//! in lower case ([`canonical`]).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -43,6 +47,21 @@ struct Seen {
     len: u64,
     lines: usize,
     ends_with_newline: bool,
+}
+
+/// `host_port` as entries are compared and recorded: the host's letters
+/// in lower case, since DNS names (and IPv6 hex digits) are the same in
+/// either; an IPv6 zone (`%eth0`, an interface name, which is not) and an
+/// agent's name on a broker (`broker/…`, a case-sensitive subject) as
+/// they are.
+pub fn canonical(host_port: &str) -> String {
+    if host_port.starts_with(crate::broker_config::KNOWN_HOSTS_PREFIX) {
+        return host_port.to_owned();
+    }
+    match host_port.split_once('%') {
+        Some((address, zone)) => format!("{}%{zone}", address.to_ascii_lowercase()),
+        None => host_port.to_ascii_lowercase(),
+    }
 }
 
 /// What recording a first contact did.
@@ -151,7 +170,9 @@ impl KnownHosts {
     fn take(&mut self, inode: Option<(u64, u64)>, text: &str) {
         let (entries, malformed) = parse_from(text, self.seen.lines);
         for (host, fingerprint) in entries {
-            self.index.entry(host.clone()).or_insert(self.entries.len());
+            self.index
+                .entry(canonical(&host))
+                .or_insert(self.entries.len());
             self.entries.push((host, fingerprint));
         }
         self.malformed.extend(malformed);
@@ -199,9 +220,11 @@ impl KnownHosts {
         &self.malformed
     }
 
-    /// The fingerprint on record for `host_port`.
+    /// The fingerprint on record for `host_port`, its host in any case.
     pub fn get(&self, host_port: &str) -> Option<Fingerprint> {
-        self.index.get(host_port).map(|&i| self.entries[i].1)
+        self.index
+            .get(&canonical(host_port))
+            .map(|&i| self.entries[i].1)
     }
 
     /// Every entry, in file order.
@@ -231,7 +254,7 @@ impl KnownHosts {
         if self.seen.len > 0 && !self.seen.ends_with_newline {
             line.push('\n');
         }
-        line.push_str(&format!("{host_port} {fingerprint}\n"));
+        line.push_str(&format!("{} {fingerprint}\n", canonical(host_port)));
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -243,7 +266,8 @@ impl KnownHosts {
         Ok(Added::New)
     }
 
-    /// Removes every line for `host_port`; returns how many were removed.
+    /// Removes every line for `host_port`, its host written in any case;
+    /// returns how many were removed.
     ///
     /// # Errors
     /// When the file cannot be rewritten.
@@ -255,8 +279,9 @@ impl KnownHosts {
         let text = read(&self.path)?;
         let mut kept = String::with_capacity(text.len());
         let mut removed = 0;
+        let key = canonical(host_port);
         for line in text.lines() {
-            if line.split_whitespace().next() == Some(host_port) {
+            if line.split_whitespace().next().map(canonical) == Some(key.clone()) {
                 removed += 1;
             } else {
                 kept.push_str(line);
@@ -426,6 +451,30 @@ mod tests {
         let reloaded = KnownHosts::load(&path).unwrap();
         assert_eq!(reloaded.get("g:1"), Some(b));
         assert_eq!(reloaded.malformed(), [3]);
+    }
+
+    /// Names differing only in case were two entries: a changed key refused
+    /// under `labpc07` was trusted on first use under `LabPC07`.
+    #[test]
+    fn host_names_match_in_any_case() {
+        let (a, b) = (fingerprint('A'), fingerprint('Q'));
+        let (_dir, path) = file_holding(&format!("LOCALHOST:1 {a}\n"));
+        let mut hosts = KnownHosts::load(&path).unwrap();
+        assert_eq!(hosts.get("localhost:1"), Some(a));
+        assert_eq!(hosts.add("LocalHost:1", b).unwrap(), Added::Conflict(a));
+        assert_eq!(hosts.add("LabPC07:7722", b).unwrap(), Added::New);
+        assert_eq!(hosts.get("labpc07:7722"), Some(b));
+        assert_eq!(hosts.add("labpc07:7722", a).unwrap(), Added::Conflict(b));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("LOCALHOST:1 {a}\nlabpc07:7722 {b}\n")
+        );
+        assert_eq!(hosts.remove("localhost:1").unwrap(), 1);
+        assert_eq!(hosts.remove("LABPC07:7722").unwrap(), 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "");
+        // An interface name and an agent's name on a broker keep their case.
+        assert_eq!(canonical("[FE80::1%ETH0]:7722"), "[fe80::1%ETH0]:7722");
+        assert_eq!(canonical("broker/LabPC07"), "broker/LabPC07");
     }
 
     #[test]

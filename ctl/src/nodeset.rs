@@ -11,7 +11,8 @@
 //! zero padding comes from the lower bound (`[08-10]` gives `08 09 10`).
 //! A bracket that holds a `:` is an IPv6 literal (`[::1]:7722`), never a
 //! range: range brackets only ever hold digits, `,`, `-` and `/`, so the
-//! two cannot be confused.
+//! two cannot be confused. Folding keeps such a literal whole, since a
+//! range inside it would nest brackets.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -370,11 +371,22 @@ pub fn fold<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     folded.join(",")
 }
 
-/// Cuts a name at its digit runs.
+/// Cuts a name at its digit runs. An IPv6 literal in brackets
+/// (`[::1]:7723`) stays one piece of text: a range folded inside it
+/// (`[::[1-2]]`) would nest brackets, which no target list may.
 fn parts(name: &str) -> Vec<Part> {
     let mut out = Vec::new();
     let mut rest = name;
     while !rest.is_empty() {
+        if rest.starts_with('[') {
+            let address = rest
+                .find(']')
+                .filter(|&end| rest[..end].contains(':'))
+                .map_or(1, |end| end + 1);
+            push_text(&mut out, &rest[..address]);
+            rest = &rest[address..];
+            continue;
+        }
         let digits = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
@@ -394,7 +406,7 @@ fn parts(name: &str) -> Vec<Part> {
             rest = &rest[digits..];
         } else {
             let text = rest
-                .find(|c: char| c.is_ascii_digit())
+                .find(|c: char| c.is_ascii_digit() || c == '[')
                 .unwrap_or(rest.len());
             push_text(&mut out, &rest[..text]);
             rest = &rest[text..];
@@ -683,6 +695,33 @@ mod tests {
             fold_all(&["127.0.0.2", "127.0.0.3", "127.0.0.9"]),
             "127.0.0.[2-3,9]"
         );
+    }
+
+    /// Digits inside `[v6]` used to be folded too: `[::1]:7723` and
+    /// `[::2]:7723` gave `[::[1-2]]:7723`, which ctl refuses to read.
+    #[test]
+    fn an_ipv6_literal_in_brackets_folds_as_one_word() {
+        let fold_all = |names: &[&str]| fold(names.iter().copied());
+        assert_eq!(
+            fold_all(&["[::1]:7723", "[::2]:7723"]),
+            "[::1]:7723,[::2]:7723"
+        );
+        assert_eq!(fold_all(&["[::1]:7723", "[::1]:7724"]), "[::1]:[7723-7724]");
+        assert_eq!(
+            fold_all(&["root@[fe80::1]:7001", "root@[fe80::1]:7002"]),
+            "root@[fe80::1]:[7001-7002]"
+        );
+        for names in [
+            &["[::1]:7723", "[::2]:7723", "[::1]:7724"][..],
+            &["[fe80::a1]:1", "[fe80::a2]:1", "n1", "n2"],
+        ] {
+            let folded = fold_all(names);
+            let mut again = expand_list(&folded);
+            again.sort();
+            let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            want.sort();
+            assert_eq!(again, want, "{folded}");
+        }
     }
 
     #[test]

@@ -30,6 +30,21 @@ pub struct Target {
     pub port: u16,
 }
 
+/// Why `name` cannot be a user to run as, if it cannot: it must be one
+/// plain word for a file name too, since `-o DIR` names a host's files
+/// `user@host:port.out` when the run needs the user to tell two apart.
+pub fn bad_user_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("a user name cannot be empty")
+    } else if name == "." || name == ".." {
+        Some("a user name cannot be '.' or '..'")
+    } else if name.chars().any(|c| c == '/' || c.is_control()) {
+        Some("a user name cannot hold '/' or a control character")
+    } else {
+        None
+    }
+}
+
 /// A target that does not parse; the message says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad target {input:?}: {reason}")]
@@ -117,8 +132,11 @@ impl TargetSpec {
             reason,
         };
         let (user, rest) = match input.rsplit_once('@') {
-            Some((user, rest)) if !user.is_empty() => (Some(user.to_owned()), rest),
-            Some(_) => return Err(err("empty user name before '@'")),
+            Some(("", _)) => return Err(err("empty user name before '@'")),
+            Some((user, rest)) => match bad_user_name(user) {
+                Some(reason) => return Err(err(reason)),
+                None => (Some(user.to_owned()), rest),
+            },
             None => (None, input),
         };
         let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
@@ -394,6 +412,21 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A user name with a '/' used to pass, and `-o DIR` then wrote
+    /// `DIR/../../esc@h:7722.out`, outside DIR.
+    #[test]
+    fn refuses_user_names_that_are_not_one_plain_word() {
+        for bad in ["../../esc@h", "a/b@h", ".@h", "..@h", "a\tb@h", "a\u{1b}@h"] {
+            let error = Target::parse(bad).unwrap_err().to_string();
+            assert!(error.contains("a user name cannot"), "{bad:?}: {error}");
+        }
+        for good in ["root@h", "alice@corp.example@h", "lab.user@h", "a..b@h"] {
+            assert!(Target::parse(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(bad_user_name("root"), None);
+        assert!(bad_user_name("").is_some());
     }
 
     fn hosts(term: &Term) -> Vec<String> {

@@ -16,6 +16,8 @@ Only the client key that started a job sees it, unless the agent names this
 client an admin; any other job is \"no such job\".
 wait and output --follow ask again an agent that goes away once it has
 answered (a restart, a dropped connection), for up to --reconnect-for.
+Every host named is asked, whatever fails: there is no --max-failures here,
+as a kill that stopped after a few failures would leave the job running.
 Exit status of output and wait: the job's, as ctl exec gives it (several
 hosts: the largest; a lost or damaged job counts as 255); output of a job that
 still runs, without --follow: 0.";

@@ -43,7 +43,7 @@ pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
     // job (connecting included); 0 means none, as for exec.
     let deadline = no_limit_if_zero(args.timeout).map(Deadline::Timeout);
     let mut run = Run::new(targets, args.reach.fanout, deadline);
-    run.fanout.max_failures = args.reach.max_failures;
+    run.fanout.max_failures = args.rolling.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let report = |result: HostResult<copy::Copied>| {
         let label = &labels[result.index];

@@ -40,7 +40,8 @@ fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<De
 /// Runs the command on the targets.
 pub fn exec(globals: &Globals, args: ExecArgs) -> Result<u8, Failure> {
     let config = &globals.config;
-    let fleet = globals.fleet()?;
+    let mut fleet = globals.fleet()?;
+    fleet.inventory.run_as(args.user.clone());
     if args.detach {
         return super::job::detach(config, &fleet, args);
     }
@@ -56,10 +57,7 @@ pub fn exec(globals: &Globals, args: ExecArgs) -> Result<u8, Failure> {
     if !single {
         return exec_many(config, &fleet, args);
     }
-    let mut target = fleet.target(&args.target)?;
-    if args.user.is_some() {
-        target.user = args.user.clone();
-    }
+    let target = fleet.target(&args.target)?;
     let command = command_line(&args.command).map_err(plain)?;
     let client = fleet.client(config, &args.reach)?;
     let request = ExecRequest {
@@ -108,12 +106,7 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
         )));
     }
     let targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
-    let mut targets = pick(targets, &args.select);
-    if let Some(user) = &args.user {
-        for target in &mut targets {
-            target.user = Some(user.clone());
-        }
-    }
+    let targets = pick(targets, &args.select);
     let command = command_line(&args.command).map_err(plain)?;
     if let Some(dir) = &args.out_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -135,7 +128,7 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
     };
     let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
     let mut run = Run::new(targets, args.reach.fanout, deadline);
-    run.fanout.max_failures = args.reach.max_failures;
+    run.fanout.max_failures = args.rolling.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let layout = if args.diff {
         Some(Layout::Diff)
@@ -160,7 +153,10 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
             args.max_output,
         ))
     } else if let Some(dir) = args.out_dir {
-        Arc::new(OutDir::new(console.clone(), labels.clone(), dir))
+        Arc::new(
+            OutDir::new(console.clone(), labels.clone(), dir)
+                .map_err(|e| plain(CtlError::Output(e)))?,
+        )
     } else if args.no_prefix {
         Arc::new(Prefixed::new(console.clone(), labels.clone()).without_prefix())
     } else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rexec_protocol::{DetachRequest, ExecRequest, JobId, JobRequest};
 
-use super::{Failure, Fleet, Globals, no_limit_if_zero, plain};
+use super::{Failure, Fleet, Globals, no_limit_if_zero, pick, plain};
 use crate::cli::job::{JobAction, JobTarget};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
@@ -36,13 +36,11 @@ fn new_job_id() -> Result<JobId, Failure> {
 /// `ctl exec --detach`: starts the command as one job on every target and
 /// prints its id once, when at least one host runs it.
 pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Failure> {
-    let single = target::is_single(&args.target) && args.exclude.exclude.is_empty();
-    let mut targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
-    if let Some(user) = &args.user {
-        for target in &mut targets {
-            target.user = Some(user.clone());
-        }
-    }
+    let single = target::is_single(&args.target)
+        && args.exclude.exclude.is_empty()
+        && args.select.pick.is_none();
+    let targets = fleet.resolve(&args.target, &args.exclude.exclude)?;
+    let targets = pick(targets, &args.select);
     let command = command_line(&args.command).map_err(plain)?;
     let client = Arc::new(fleet.client(config, &args.reach)?);
     let id = new_job_id()?;
@@ -54,7 +52,8 @@ pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Resul
         ..ExecRequest::default()
     };
     let deadline = Deadline::NoAnswer(args.reach.connect_timeout.saturating_mul(2));
-    let run = Run::new(targets, args.reach.fanout, Some(deadline));
+    let mut run = Run::new(targets, args.reach.fanout, Some(deadline));
+    run.fanout.max_failures = args.rolling.max_failures;
     let mut accepted = 0usize;
     let end = run
         .drive(

@@ -34,8 +34,9 @@ pub fn known_hosts(globals: &Globals, action: KnownHostsAction) -> Result<u8, Fa
                             .map_err(plain)?
                             .host,
                     ),
-                    // The port the host is reached on: the inventory's, unless given.
-                    _ => fleet.inventory.complete(spec).host_port(),
+                    // The port the host is reached on: the inventory's,
+                    // unless given; the name in lower case, as recorded.
+                    _ => crate::known_hosts::canonical(&fleet.inventory.complete(spec).host_port()),
                 }
             };
             let path = hosts.path().to_path_buf();

@@ -145,6 +145,7 @@ impl Fleet {
             strict_host_key: reach.strict_host_key,
             connect_timeout: reach.connect_timeout,
             carrier,
+            config_dir_flag: config.flag(),
         })
     }
 }

@@ -19,7 +19,7 @@ pub fn ping(globals: &Globals, args: PingArgs) -> Result<u8, Failure> {
     // Connect is bounded by the client; the round trip gets as long again.
     let deadline = Deadline::NoAnswer(args.reach.connect_timeout.saturating_mul(2));
     let mut run = Run::new(targets, args.reach.fanout, Some(deadline));
-    run.fanout.max_failures = args.reach.max_failures;
+    run.fanout.max_failures = args.rolling.max_failures;
     let end = run
         .drive(
             |_, target| {

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Describe, Output, host_note, lock, record, slot};
@@ -22,16 +22,36 @@ pub struct OutDir {
     records: Mutex<Vec<(usize, String)>>,
 }
 
+/// Whether `label` names a file in the directory itself: one plain path
+/// component, not empty, `.`, `..` or a path through other directories.
+fn is_plain_file_name(label: &str) -> bool {
+    let mut components = Path::new(label).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(name)), None) if name == label
+    ) && !label.contains('\0')
+}
+
 impl OutDir {
     /// Files in `dir` (which must exist) for hosts named `labels`.
-    pub fn new(console: Arc<Console>, labels: Labels, dir: PathBuf) -> OutDir {
-        OutDir {
+    ///
+    /// # Errors
+    /// A label that is not one plain file name: its files would land
+    /// outside `dir` (`../x`) or be no file at all.
+    pub fn new(console: Arc<Console>, labels: Labels, dir: PathBuf) -> Result<OutDir, String> {
+        if let Some(bad) = labels.iter().find(|l| !is_plain_file_name(l)) {
+            return Err(format!(
+                "cannot write {bad:?}'s output in {}: the name is not one plain file name",
+                dir.display()
+            ));
+        }
+        Ok(OutDir {
             console,
             files: labels.iter().map(|_| Mutex::default()).collect(),
             dir,
             labels,
             records: Mutex::default(),
-        }
+        })
     }
 
     fn path(&self, host: usize, stream: Stream) -> PathBuf {
@@ -109,6 +129,28 @@ impl<T: Describe> Output<T> for OutDir {
                 path.display(),
                 plain::io_error(&e)
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels carry user names, which once could hold '/': `-o DIR` then
+    /// wrote `DIR/../../esc@h:7722.out`.
+    #[test]
+    fn a_label_that_is_not_one_plain_file_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../../esc@h:7722", "a/b", ".", "..", "", "/abs", "a\0b"] {
+            let labels: Labels = vec!["ok".to_owned(), bad.to_owned()].into();
+            let made = OutDir::new(Arc::new(Console::quiet()), labels, dir.path().into());
+            assert!(made.is_err(), "{bad:?}");
+        }
+        for good in ["labpc07", "root@h:7722", "[::1]:7722", "..x", "a..b"] {
+            let labels: Labels = vec![good.to_owned()].into();
+            let made = OutDir::new(Arc::new(Console::quiet()), labels, dir.path().into());
+            assert!(made.is_ok(), "{good:?}");
         }
     }
 }
