@@ -420,6 +420,21 @@ fn kill_ends_the_command_of_a_job_whose_runner_was_killed() {
     agent.expect_log("job kill");
 }
 
+/// A detached job sees the name ctl reached its agent by, as `ctl exec`
+/// gives it.
+#[test]
+fn a_detached_job_gets_its_target_name() {
+    let (env, agent) = Env::with_agent();
+    let id = detach(&env, &agent.target(), "echo \"[$REXEC_TARGET]\"");
+    let waited = job(&env, &["wait", &agent.target(), &id]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let (code, out) = output_of(&env, &agent.target(), &id);
+    assert_eq!(code, Some(0));
+    let plain = env.exec(&agent, &["echo \"[$REXEC_TARGET]\""]);
+    assert_eq!(out, stdout_of(&plain));
+    assert_ne!(out, "[]\n");
+}
+
 #[test]
 fn kill_ends_the_jobs_whole_process_group_and_forget_removes_it() {
     let (env, agent) = Env::with_agent();

@@ -60,6 +60,7 @@ pub(crate) fn detach(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Resul
             |_, target| {
                 let mut exec = exec.clone();
                 exec.user = target.user.clone();
+                exec.target = Some(target.host.clone());
                 let request = DetachRequest {
                     id: id.clone(),
                     exec,
