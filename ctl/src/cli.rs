@@ -30,7 +30,10 @@ SIGTERM or SIGHUP ended the run.";
 
 /// Run commands on rexec agents.
 #[derive(Debug, Parser)]
-#[command(name = "ctl", version, after_help = EXIT_STATUS_HELP)]
+// An option given twice takes its last value (an alias that sets
+// `--timeout 30s`, then `--timeout 5m` typed after it), as GNU tools and
+// git do; options that gather values (`-e`, `-x`) still gather them.
+#[command(name = "ctl", version, after_help = EXIT_STATUS_HELP, args_override_self = true)]
 pub struct Cli {
     /// Directory with ctl's identity and known hosts
     /// [default: $XDG_CONFIG_HOME/rexec or ~/.config/rexec]
@@ -548,6 +551,37 @@ mod tests {
             Ok(_) => "parsed".into(),
             Err(e) => e.render().to_string(),
         }
+    }
+
+    #[test]
+    fn an_option_given_twice_takes_its_last_value_and_lists_still_gather() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "ctl",
+            "exec",
+            "--timeout",
+            "30s",
+            "-b",
+            "-e",
+            "A=1",
+            "--timeout",
+            "5m",
+            "-b",
+            "-e",
+            "B=2",
+            "h",
+            "true",
+        ])
+        .unwrap();
+        let Command::Exec(Deferred(exec)) = cli.command else {
+            panic!("exec");
+        };
+        assert_eq!(exec.timeout, Some(Duration::from_secs(300)));
+        let env = [
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "2".to_owned()),
+        ];
+        assert_eq!(exec.env, env);
     }
 
     #[test]
