@@ -149,6 +149,55 @@ fn sixty_four_mib_of_random_bytes_cross_the_broker_byte_exact() {
     );
 }
 
+/// Uploads grow their sessions' windows; four of them used to take the
+/// agent's whole receive budget on the broker, and every other session
+/// was refused as busy until they ended. (Windows grow only while the
+/// agent keeps up: a release build's does, and this failed there before;
+/// a debug build's agent lags, its windows stay small, and the carrier's
+/// own test, `growing_windows_leave_room_for_new_sessions`, covers it.)
+#[test]
+fn four_uploads_to_one_agent_leave_room_for_everyone_else() {
+    let (nats, env, _agent) = rig!(&[]);
+    let marks = env.root.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks dir");
+    let mark = |i: usize| marks.join(i.to_string());
+    let mut uploads = Vec::new();
+    for i in 0..4 {
+        // Past 32 MiB each window has grown as far as it will.
+        let command = format!(
+            "head -c 33554432 >/dev/null; touch '{}'; exec cat >/dev/null",
+            mark(i).display()
+        );
+        let mut ctl = env
+            .broker_ctl(&nats)
+            .args(["exec", "-i", NAME, &command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctl");
+        let mut stdin = ctl.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            while stdin.write_all(&chunk).is_ok() {}
+        });
+        uploads.push((ctl, writer));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || (0..4).all(|i| mark(i).exists())),
+        "the uploads did not get through 32 MiB each"
+    );
+    let out = env.broker_exec(&nats, NAME, &["echo fine"]);
+    assert_eq!(stdout_of(&out), "fine\n", "{}", stderr_of(&out));
+    let out = env.broker_run(&nats, &["job", "list", NAME]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for (mut ctl, writer) in uploads {
+        let _ = ctl.kill();
+        let _ = ctl.wait();
+        writer.join().expect("writer");
+    }
+}
+
 #[test]
 fn stdin_with_dash_i_reaches_the_command_and_its_end() {
     let (nats, env, _agent) = rig!(&[]);

@@ -29,6 +29,10 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 /// command ends within the bound, as a direct session ends on the reset
 /// its kernel sends; a stopped ctl is still there, and holds the command
 /// as a stopped reader holds a TCP connection.
+///
+/// Bulk sessions grow their windows only as far as leaves every session we
+/// may run, and every handshake we may have under way, its start window:
+/// it takes `max_sessions`, not a few uploads, to make us busy.
 pub fn carrier_options(
     broker: &crate::config::BrokerSettings,
     settings: &crate::config::AgentSettings,
@@ -38,6 +42,9 @@ pub fn carrier_options(
         .keepalive_interval
         .saturating_mul(settings.keepalive_count);
     options.tuning.timers.peer_check = (!bound.is_zero()).then_some(bound);
+    options.tuning.reserved_starts = settings
+        .max_sessions
+        .saturating_add(settings.max_startups.full);
     options
 }
 

@@ -64,6 +64,11 @@ pub struct Tuning {
     pub timers: StreamTimers,
     /// Streams opened but not yet taken by `accept`; more are refused busy.
     pub accept_backlog: usize,
+    /// New streams whose start windows a growing window always leaves
+    /// room for in the budget (up to half of it): however many bulk
+    /// streams run, this many more can still open. The agent sets its
+    /// session limit here.
+    pub reserved_starts: usize,
 }
 
 impl Default for Tuning {
@@ -73,6 +78,8 @@ impl Default for Tuning {
             open_timeout: Duration::from_secs(10),
             timers: StreamTimers::default(),
             accept_backlog: 128,
+            // The agent's default max_sessions.
+            reserved_starts: 256,
         }
     }
 }
@@ -744,6 +751,17 @@ impl Carrier {
         self.inner.pool.available_permits()
     }
 
+    /// Bytes of the budget that growing windows leave free for new
+    /// streams' start windows.
+    fn reserve(&self) -> usize {
+        let budget = self.inner.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
+        self.inner
+            .tuning
+            .reserved_starts
+            .saturating_mul(INITIAL_WINDOW as usize)
+            .min(budget / 2)
+    }
+
     fn spawn_stream(
         &self,
         subscriber: async_nats::Subscriber,
@@ -762,6 +780,7 @@ impl Carrier {
             credit,
             permit,
             pool: self.inner.pool.clone(),
+            reserve: self.reserve(),
             connection: self.inner.state.clone(),
             timers: self.inner.tuning.timers,
             session,
@@ -939,12 +958,14 @@ impl Carrier {
         if incoming.capacity() == 0 {
             return Err("busy");
         }
+        // Growing windows leave room for this many start windows; only
+        // as many sessions as that at once, each holding its own, use it up.
         let permit = self
             .inner
             .pool
             .clone()
             .try_acquire_many_owned(INITIAL_WINDOW)
-            .map_err(|_| "busy")?;
+            .map_err(|_| "no-room")?;
         let in_subject = self.inner.subjects.from_ctl(name, session);
         let subscriber = self
             .subscribe(in_subject.clone())
