@@ -566,6 +566,70 @@ fn garbage_and_oversized_messages_on_an_agents_subjects_are_dropped() {
     );
 }
 
+/// Anyone on the broker can send open requests under an agent's name, and
+/// discovery requests that every agent answers: neither may cost the
+/// agent a line of log each. Before, each refused open was a warning, and
+/// a discovery request whose reply subject was another agent's open
+/// subject made every agent answer there, a line on that agent for each.
+#[test]
+fn open_and_discovery_floods_cost_the_agents_log_a_bounded_number_of_lines() {
+    let nats = require_nats!();
+    let env = Env::new();
+    let agents = broker_fleet(&env, &nats, 3);
+    let raw = RawNats::connect(&nats.url);
+    let open = |name: &str| format!("rexec.v1.agent.{name}.open");
+    let inbox = "_INBOX.flood";
+    raw.publish_many(&open("node01"), Some(inbox), b"garbage", 5_000);
+    raw.publish_many(&open("node01"), None, b"garbage", 5_000);
+    raw.publish_many("rexec.v1.discover", Some(&open("node02")), b"", 100);
+    // Each is a line, up to 20 per interval (10 s), or counted in the
+    // interval's summary line. The flood may span two intervals.
+    let refused = "refused a session opened through the broker";
+    let logged = |log: &str| -> (u64, u64) {
+        let lines = log.lines().filter(|l| l.contains(refused)).count() as u64;
+        let counted = log
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" opens through the broker refused")?
+                    .0
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+        (lines, counted)
+    };
+    let all_told = wait_until(Duration::from_secs(30), || {
+        let (lines, counted) = logged(&agents[0].log());
+        lines + counted >= 10_000
+    });
+    let log = agents[0].log();
+    let (lines, counted) = logged(&log);
+    assert!(lines <= 40, "{lines} lines about refused opens:\n{log}");
+    assert!(all_told, "not every refusal was logged or counted:\n{log}");
+    assert_eq!(lines + counted, 10_000, "{log}");
+    // Discovery with another agent's open subject as its reply was not
+    // answered there.
+    assert_eq!(
+        log_lines_with(&agents[1], refused),
+        0,
+        "{}",
+        agents[1].log()
+    );
+    // ctl still discovers and reaches them.
+    let online = env.broker_run(&nats, &["hosts", "--online"]);
+    assert_eq!(
+        stdout_of(&online),
+        "node01\nnode02\nnode03\n",
+        "{}",
+        stderr_of(&online)
+    );
+    env.trust_broker(&nats, "node01");
+    let ok = env.broker_exec(&nats, "node01", &["echo still-serving"]);
+    assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
+}
+
 // ---------------------------------------------- the example config
 
 /// The example's agent `user` with its password in a 0600 file; flags for

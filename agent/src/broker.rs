@@ -110,7 +110,7 @@ pub fn status(state: &ConnectionState, urls: &str, name: &str, refusal: Option<&
 pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: TaskTracker) {
     let stop = state.shutdown.stop.clone();
     let serving = async {
-        let Some(mut listener) = listen(&link).await else {
+        let Some(mut listener) = listen(&link, &state).await else {
             return;
         };
         // Only now, with our subscription made, can the check request
@@ -148,10 +148,21 @@ pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: Task
     }
 }
 
-/// Subscribes under our name, asking again while the broker refuses.
-async fn listen(link: &BrokerLink) -> Option<Listener> {
+/// Subscribes under our name, asking again while the broker refuses. Open
+/// requests turned away before a session exists are logged under the
+/// limit for refusals before authentication: anyone on the broker can
+/// send them.
+async fn listen(link: &BrokerLink, state: &Arc<AgentState>) -> Option<Listener> {
+    let refusals = state.clone();
+    let report: rexec_broker::RefusalReport = Arc::new(move |why: rexec_broker::OpenRefusal| {
+        refusals.refusals.broker_open_refused(why.word(), &why);
+    });
     loop {
-        match link.carrier.listen(&link.name).await {
+        match link
+            .carrier
+            .listen_reporting(&link.name, report.clone())
+            .await
+        {
             Ok(listener) => {
                 link.refused(None);
                 return Some(listener);
