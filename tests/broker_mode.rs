@@ -149,6 +149,55 @@ fn sixty_four_mib_of_random_bytes_cross_the_broker_byte_exact() {
     );
 }
 
+/// Uploads grow their sessions' windows; four of them used to take the
+/// agent's whole receive budget on the broker, and every other session
+/// was refused as busy until they ended. (Windows grow only while the
+/// agent keeps up: a release build's does, and this failed there before;
+/// a debug build's agent lags, its windows stay small, and the carrier's
+/// own test, `growing_windows_leave_room_for_new_sessions`, covers it.)
+#[test]
+fn four_uploads_to_one_agent_leave_room_for_everyone_else() {
+    let (nats, env, _agent) = rig!(&[]);
+    let marks = env.root.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks dir");
+    let mark = |i: usize| marks.join(i.to_string());
+    let mut uploads = Vec::new();
+    for i in 0..4 {
+        // Past 32 MiB each window has grown as far as it will.
+        let command = format!(
+            "head -c 33554432 >/dev/null; touch '{}'; exec cat >/dev/null",
+            mark(i).display()
+        );
+        let mut ctl = env
+            .broker_ctl(&nats)
+            .args(["exec", "-i", NAME, &command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctl");
+        let mut stdin = ctl.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            while stdin.write_all(&chunk).is_ok() {}
+        });
+        uploads.push((ctl, writer));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || (0..4).all(|i| mark(i).exists())),
+        "the uploads did not get through 32 MiB each"
+    );
+    let out = env.broker_exec(&nats, NAME, &["echo fine"]);
+    assert_eq!(stdout_of(&out), "fine\n", "{}", stderr_of(&out));
+    let out = env.broker_run(&nats, &["job", "list", NAME]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for (mut ctl, writer) in uploads {
+        let _ = ctl.kill();
+        let _ = ctl.wait();
+        writer.join().expect("writer");
+    }
+}
+
 #[test]
 fn stdin_with_dash_i_reaches_the_command_and_its_end() {
     let (nats, env, _agent) = rig!(&[]);
@@ -515,6 +564,70 @@ fn garbage_and_oversized_messages_on_an_agents_subjects_are_dropped() {
         agent.child.try_wait().expect("wait").is_none(),
         "the agent runs on"
     );
+}
+
+/// Anyone on the broker can send open requests under an agent's name, and
+/// discovery requests that every agent answers: neither may cost the
+/// agent a line of log each. Before, each refused open was a warning, and
+/// a discovery request whose reply subject was another agent's open
+/// subject made every agent answer there, a line on that agent for each.
+#[test]
+fn open_and_discovery_floods_cost_the_agents_log_a_bounded_number_of_lines() {
+    let nats = require_nats!();
+    let env = Env::new();
+    let agents = broker_fleet(&env, &nats, 3);
+    let raw = RawNats::connect(&nats.url);
+    let open = |name: &str| format!("rexec.v1.agent.{name}.open");
+    let inbox = "_INBOX.flood";
+    raw.publish_many(&open("node01"), Some(inbox), b"garbage", 5_000);
+    raw.publish_many(&open("node01"), None, b"garbage", 5_000);
+    raw.publish_many("rexec.v1.discover", Some(&open("node02")), b"", 100);
+    // Each is a line, up to 20 per interval (10 s), or counted in the
+    // interval's summary line. The flood may span two intervals.
+    let refused = "refused a session opened through the broker";
+    let logged = |log: &str| -> (u64, u64) {
+        let lines = log.lines().filter(|l| l.contains(refused)).count() as u64;
+        let counted = log
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" opens through the broker refused")?
+                    .0
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+        (lines, counted)
+    };
+    let all_told = wait_until(Duration::from_secs(30), || {
+        let (lines, counted) = logged(&agents[0].log());
+        lines + counted >= 10_000
+    });
+    let log = agents[0].log();
+    let (lines, counted) = logged(&log);
+    assert!(lines <= 40, "{lines} lines about refused opens:\n{log}");
+    assert!(all_told, "not every refusal was logged or counted:\n{log}");
+    assert_eq!(lines + counted, 10_000, "{log}");
+    // Discovery with another agent's open subject as its reply was not
+    // answered there.
+    assert_eq!(
+        log_lines_with(&agents[1], refused),
+        0,
+        "{}",
+        agents[1].log()
+    );
+    // ctl still discovers and reaches them.
+    let online = env.broker_run(&nats, &["hosts", "--online"]);
+    assert_eq!(
+        stdout_of(&online),
+        "node01\nnode02\nnode03\n",
+        "{}",
+        stderr_of(&online)
+    );
+    env.trust_broker(&nats, "node01");
+    let ok = env.broker_exec(&nats, "node01", &["echo still-serving"]);
+    assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
 }
 
 // ---------------------------------------------- the example config

@@ -29,6 +29,10 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 /// command ends within the bound, as a direct session ends on the reset
 /// its kernel sends; a stopped ctl is still there, and holds the command
 /// as a stopped reader holds a TCP connection.
+///
+/// Bulk sessions grow their windows only as far as leaves every session we
+/// may run, and every handshake we may have under way, its start window:
+/// it takes `max_sessions`, not a few uploads, to make us busy.
 pub fn carrier_options(
     broker: &crate::config::BrokerSettings,
     settings: &crate::config::AgentSettings,
@@ -38,6 +42,9 @@ pub fn carrier_options(
         .keepalive_interval
         .saturating_mul(settings.keepalive_count);
     options.tuning.timers.peer_check = (!bound.is_zero()).then_some(bound);
+    options.tuning.reserved_starts = settings
+        .max_sessions
+        .saturating_add(settings.max_startups.full);
     options
 }
 
@@ -103,7 +110,7 @@ pub fn status(state: &ConnectionState, urls: &str, name: &str, refusal: Option<&
 pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: TaskTracker) {
     let stop = state.shutdown.stop.clone();
     let serving = async {
-        let Some(mut listener) = listen(&link).await else {
+        let Some(mut listener) = listen(&link, &state).await else {
             return;
         };
         // Only now, with our subscription made, can the check request
@@ -141,10 +148,21 @@ pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: Task
     }
 }
 
-/// Subscribes under our name, asking again while the broker refuses.
-async fn listen(link: &BrokerLink) -> Option<Listener> {
+/// Subscribes under our name, asking again while the broker refuses. Open
+/// requests turned away before a session exists are logged under the
+/// limit for refusals before authentication: anyone on the broker can
+/// send them.
+async fn listen(link: &BrokerLink, state: &Arc<AgentState>) -> Option<Listener> {
+    let refusals = state.clone();
+    let report: rexec_broker::RefusalReport = Arc::new(move |why: rexec_broker::OpenRefusal| {
+        refusals.refusals.broker_open_refused(why.word(), &why);
+    });
     loop {
-        match link.carrier.listen(&link.name).await {
+        match link
+            .carrier
+            .listen_reporting(&link.name, report.clone())
+            .await
+        {
             Ok(listener) => {
                 link.refused(None);
                 return Some(listener);

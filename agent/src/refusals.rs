@@ -1,7 +1,8 @@
 //! Log lines about connections turned away before authentication.
 //!
-//! Anyone who can reach the port can open connections, so nothing they do
-//! before the handshake may cost a line of log each: refusals and failed
+//! Anyone who can reach the port can open connections, and anyone on the
+//! broker can send open requests under our name, so nothing they do before
+//! the handshake may cost a line of log each: refusals and failed
 //! handshakes are logged one by one up to a burst, then counted and
 //! summed up in one line per interval ([`RefusalLog`]).
 
@@ -33,22 +34,25 @@ struct RefusalWindow {
     early_drop: u64,
     evicted: u64,
     handshake: u64,
+    broker_opens: u64,
     last_source: Option<Source>,
 }
 
 impl RefusalWindow {
     fn unlogged(&self) -> u64 {
-        self.per_source + self.early_drop + self.evicted + self.handshake
+        self.per_source + self.early_drop + self.evicted + self.handshake + self.broker_opens
     }
 }
 
 impl RefusalLog {
     /// Takes a line from this interval's budget; `false` when it is spent
     /// and the caller should count instead.
-    fn line(&self, count: impl FnOnce(&mut RefusalWindow), source: Source) -> bool {
+    fn line(&self, count: impl FnOnce(&mut RefusalWindow), source: Option<Source>) -> bool {
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         window.started.get_or_insert_with(Instant::now);
-        window.last_source = Some(source);
+        if source.is_some() {
+            window.last_source = source;
+        }
         if window.lines < REFUSAL_LINES_PER_INTERVAL {
             window.lines += 1;
             return true;
@@ -65,7 +69,7 @@ impl RefusalLog {
                 StartupRefusal::PerSource => w.per_source += 1,
                 StartupRefusal::EarlyDrop => w.early_drop += 1,
             },
-            source,
+            Some(source),
         );
         if !logged {
             return;
@@ -86,7 +90,7 @@ impl RefusalLog {
 
     /// The oldest unfinished handshake of `source` was closed to make room.
     pub fn evicted(&self, source: Source, settings: &AgentSettings) {
-        if self.line(|w| w.evicted += 1, source) {
+        if self.line(|w| w.evicted += 1, Some(source)) {
             tracing::warn!(
                 "closing the oldest unfinished handshake from {source} to make room: {} unfinished handshakes, the limit (max_startups {})",
                 settings.max_startups.full,
@@ -97,8 +101,18 @@ impl RefusalLog {
 
     /// A connection failed or timed out in its handshake; `message` says how.
     pub fn handshake_failed(&self, peer: &Peer, message: &dyn std::fmt::Display) {
-        if self.line(|w| w.handshake += 1, peer.source()) {
+        if self.line(|w| w.handshake += 1, Some(peer.source())) {
             tracing::warn!(%peer, "session refused: {message}");
+        }
+    }
+
+    /// An open request through the broker was turned away before any
+    /// session existed (`reason`: its short word, `why`: in words). Such
+    /// a request comes from anyone on the broker, with no address of its
+    /// own to name.
+    pub fn broker_open_refused(&self, reason: &str, why: &dyn std::fmt::Display) {
+        if self.line(|w| w.broker_opens += 1, None) {
+            tracing::warn!(reason, "refused a session opened through the broker: {why}");
         }
     }
 
@@ -112,16 +126,17 @@ impl RefusalLog {
         if window.unlogged() > 0 {
             let last = window
                 .last_source
-                .map(|s| s.to_string())
+                .map(|s| format!("; the latest from {s}"))
                 .unwrap_or_default();
             tracing::warn!(
-                "{} more connections refused before authentication in the last {}s, not logged one by one: {} past per_source_max_startups, {} dropped early past max_startups, {} closed to make room, {} failed or timed out in the handshake; the latest from {last}",
+                "{} more connections refused before authentication in the last {}s, not logged one by one: {} past per_source_max_startups, {} dropped early past max_startups, {} closed to make room, {} failed or timed out in the handshake, {} opens through the broker refused{last}",
                 window.unlogged(),
                 started.elapsed().as_secs(),
                 window.per_source,
                 window.early_drop,
                 window.evicted,
                 window.handshake,
+                window.broker_opens,
             );
         }
         *window = RefusalWindow::default();

@@ -64,6 +64,11 @@ pub struct Tuning {
     pub timers: StreamTimers,
     /// Streams opened but not yet taken by `accept`; more are refused busy.
     pub accept_backlog: usize,
+    /// New streams whose start windows a growing window always leaves
+    /// room for in the budget (up to half of it): however many bulk
+    /// streams run, this many more can still open. The agent sets its
+    /// session limit here.
+    pub reserved_starts: usize,
 }
 
 impl Default for Tuning {
@@ -73,6 +78,8 @@ impl Default for Tuning {
             open_timeout: Duration::from_secs(10),
             timers: StreamTimers::default(),
             accept_backlog: 128,
+            // The agent's default max_sessions.
+            reserved_starts: 256,
         }
     }
 }
@@ -744,6 +751,17 @@ impl Carrier {
         self.inner.pool.available_permits()
     }
 
+    /// Bytes of the budget that growing windows leave free for new
+    /// streams' start windows.
+    fn reserve(&self) -> usize {
+        let budget = self.inner.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
+        self.inner
+            .tuning
+            .reserved_starts
+            .saturating_mul(INITIAL_WINDOW as usize)
+            .min(budget / 2)
+    }
+
     fn spawn_stream(
         &self,
         subscriber: async_nats::Subscriber,
@@ -762,6 +780,7 @@ impl Carrier {
             credit,
             permit,
             pool: self.inner.pool.clone(),
+            reserve: self.reserve(),
             connection: self.inner.state.clone(),
             timers: self.inner.tuning.timers,
             session,
@@ -776,13 +795,30 @@ impl Carrier {
     /// [`BrokerError::BadName`]; [`BrokerError::SubscribeRefused`] when the
     /// broker's permissions do not let us serve `name`.
     pub async fn listen(&self, name: &str) -> Result<Listener, BrokerError> {
+        self.listen_reporting(name, Arc::new(|_| {})).await
+    }
+
+    /// [`Carrier::listen`], calling `report` for each open request turned
+    /// away before a session existed. Anyone on the broker can send those,
+    /// as many as they like, so we log none of them here: the agent counts
+    /// them under its limit for refusals before authentication.
+    ///
+    /// # Errors
+    /// As [`Carrier::listen`].
+    pub async fn listen_reporting(
+        &self,
+        name: &str,
+        report: RefusalReport,
+    ) -> Result<Listener, BrokerError> {
         validate_name(name)?;
         let subject = self.inner.subjects.open(name);
         let subscriber = self.subscribe(subject.clone()).await?;
         let (tx, rx) = mpsc::channel(self.inner.tuning.accept_backlog.max(1));
         let carrier = self.clone();
         let owner = name.to_owned();
-        let task = tokio::spawn(async move { carrier.serve_opens(owner, subscriber, tx).await });
+        let task = tokio::spawn(async move {
+            carrier.serve_opens(owner, subscriber, tx, report).await;
+        });
         let listener = Listener {
             incoming: rx,
             task,
@@ -877,10 +913,17 @@ impl Carrier {
         name: String,
         mut subscriber: async_nats::Subscriber,
         incoming: mpsc::Sender<BrokerStream>,
+        report: RefusalReport,
     ) {
         while let Some(message) = subscriber.next().await {
-            let Some(reply) = message.reply.clone() else {
-                tracing::warn!(agent = %name, "dropped a broker open message without a reply subject");
+            // Only a reply inbox gets an answer: anything else would let
+            // anyone aim our answers at another agent's subjects.
+            let Some(reply) = message
+                .reply
+                .clone()
+                .filter(|reply| self.inner.subjects.is_reply_inbox(reply))
+            else {
+                report(OpenRefusal::NoReply);
                 continue;
             };
             let answer = self.open_one(&name, &message.payload, &incoming).await;
@@ -895,13 +938,14 @@ impl Carrier {
                         permit.send(stream);
                         answer
                     } else {
-                        refused("busy")
+                        report(OpenRefusal::Busy);
+                        refused(OpenRefusal::Busy.word())
                     }
                 }
                 Ok(None) => refused("probe"),
-                Err(reason) => {
-                    tracing::warn!(agent = %name, reason, "refused a session opened through the broker");
-                    refused(reason)
+                Err(why) => {
+                    report(why);
+                    refused(why.word())
                 }
             };
             let payload = serde_json::to_vec(&answer).unwrap_or_default();
@@ -912,7 +956,8 @@ impl Carrier {
                 .await
                 .is_err()
             {
-                tracing::warn!(agent = %name, "could not answer an open request on the broker");
+                // Only when our connection is down, not per sender.
+                tracing::debug!(agent = %name, "could not answer an open request on the broker");
             }
         }
     }
@@ -924,32 +969,35 @@ impl Carrier {
         name: &str,
         payload: &[u8],
         incoming: &mpsc::Sender<BrokerStream>,
-    ) -> Result<Option<BrokerStream>, &'static str> {
+    ) -> Result<Option<BrokerStream>, OpenRefusal> {
+        use OpenRefusal::BadRequest;
         if payload.len() > 1024 {
-            return Err("bad-request");
+            return Err(BadRequest);
         }
-        let request: OpenRequest = serde_json::from_slice(payload).map_err(|_| "bad-request")?;
+        let request: OpenRequest = serde_json::from_slice(payload).map_err(|_| BadRequest)?;
         if request.probe {
             return Ok(None);
         }
-        let session = SessionId::parse(&request.session).ok_or("bad-request")?;
+        let session = SessionId::parse(&request.session).ok_or(BadRequest)?;
         if request.window == 0 || request.window > 2 * MAX_WINDOW {
-            return Err("bad-request");
+            return Err(BadRequest);
         }
         if incoming.capacity() == 0 {
-            return Err("busy");
+            return Err(OpenRefusal::Busy);
         }
+        // Growing windows leave room for this many start windows; only
+        // as many sessions as that at once, each holding its own, use it up.
         let permit = self
             .inner
             .pool
             .clone()
             .try_acquire_many_owned(INITIAL_WINDOW)
-            .map_err(|_| "busy")?;
+            .map_err(|_| OpenRefusal::NoRoom)?;
         let in_subject = self.inner.subjects.from_ctl(name, session);
         let subscriber = self
             .subscribe(in_subject.clone())
             .await
-            .map_err(|_| "internal")?;
+            .map_err(|_| OpenRefusal::Internal)?;
         let out_subject = self.inner.subjects.from_agent(name, session);
         Ok(Some(self.spawn_stream(
             subscriber,
@@ -974,9 +1022,16 @@ impl Carrier {
         let mut subscriber = self.subscribe(self.inner.subjects.discover()).await?;
         let client = self.inner.client.clone();
         let payload = Bytes::from(serde_json::to_vec(&announcement).unwrap_or_default());
+        let subjects = self.inner.subjects.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                if let Some(reply) = message.reply {
+                // Every agent answers each request: a reply subject that
+                // is not an inbox (an agent's open subject) would turn one
+                // request into an answer from each agent at its target.
+                // Silently: that costs no line of log per request either.
+                if let Some(reply) = message.reply
+                    && subjects.is_reply_inbox(&reply)
+                {
                     let _ = client.publish(reply, payload.clone()).await;
                 }
             }
@@ -1119,6 +1174,54 @@ fn refused(reason: &str) -> OpenAnswer {
         refused: Some(reason.to_owned()),
     }
 }
+
+/// Why an open request was turned away before any session existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenRefusal {
+    /// Not an open request we understand (not our JSON, over 1 KiB, a bad
+    /// session id or window).
+    BadRequest,
+    /// No reply subject, or one that is not a reply inbox: not answered.
+    NoReply,
+    /// Too many sessions waiting to be taken.
+    Busy,
+    /// The other sessions' windows hold our connection's whole receive
+    /// budget.
+    NoRoom,
+    /// Subscribing to the session's subject failed.
+    Internal,
+}
+
+impl OpenRefusal {
+    /// The word the refusal carries on the wire (and in `reason=` fields).
+    pub fn word(self) -> &'static str {
+        match self {
+            OpenRefusal::BadRequest => "bad-request",
+            OpenRefusal::NoReply => "no-reply",
+            OpenRefusal::Busy => "busy",
+            OpenRefusal::NoRoom => "no-room",
+            OpenRefusal::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for OpenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenRefusal::BadRequest => "a request that is not a valid open request",
+            OpenRefusal::NoReply => "a request without a reply inbox, not answered",
+            OpenRefusal::Busy => "too many sessions waiting to be taken",
+            OpenRefusal::NoRoom => {
+                "the other sessions' windows hold all of our connection's receive budget"
+            }
+            OpenRefusal::Internal => "subscribing to the session's subject failed",
+        })
+    }
+}
+
+/// Called by a [`Listener`]'s task for each open request it turned away.
+pub type RefusalReport = Arc<dyn Fn(OpenRefusal) + Send + Sync>;
 
 /// The agent's side of a name: yields each session opened to it.
 #[derive(Debug)]

@@ -17,9 +17,10 @@
 //!   window, it is granted to the peer, riding on the next outgoing message
 //!   or in a credit message of its own.
 //! - A window grows (doubling, up to [`MAX_WINDOW`], as far as the
-//!   connection's budget allows) when the sender has used up its credit
-//!   while our reader is keeping up; it never grows for a reader that lags,
-//!   so a stopped reader holds at most one window.
+//!   connection's budget allows beyond a reserve kept for new streams'
+//!   start windows) when the sender has used up its credit while our
+//!   reader is keeping up; it never grows for a reader that lags, so a
+//!   stopped reader holds at most one window.
 
 use crate::error::LostReason;
 use crate::wire::{HEADER_LEN, Header, Kind};

@@ -27,8 +27,8 @@ mod subject;
 pub mod wire;
 
 pub use carrier::{
-    BrokerOptions, Carrier, Credentials, DiscoveryResponder, Listener, Tuning, reconnect_delay,
-    validate_url,
+    BrokerOptions, Carrier, Credentials, DiscoveryResponder, Listener, OpenRefusal, RefusalReport,
+    Tuning, reconnect_delay, validate_url,
 };
 pub use connection::ConnectionState;
 pub use error::{BrokerError, LostReason};

@@ -215,6 +215,8 @@ pub(crate) struct StreamParts {
     pub credit: u32,
     pub permit: OwnedSemaphorePermit,
     pub pool: Arc<Semaphore>,
+    /// Bytes of `pool` that growth leaves free for new streams.
+    pub reserve: usize,
     pub connection: watch::Receiver<ConnectionState>,
     pub timers: StreamTimers,
     pub session: SessionId,
@@ -249,6 +251,7 @@ impl BrokerStream {
             in_subject_len: parts.in_subject_len,
             permit: parts.permit,
             pool: parts.pool,
+            reserve: parts.reserve,
             connection: parts.connection,
             timers: parts.timers,
             pacer: Pacer::new(Instant::now()),
@@ -393,6 +396,7 @@ struct Task {
     in_subject_len: usize,
     permit: OwnedSemaphorePermit,
     pool: Arc<Semaphore>,
+    reserve: usize,
     connection: watch::Receiver<ConnectionState>,
     timers: StreamTimers,
     pacer: Pacer,
@@ -401,6 +405,26 @@ struct Task {
     reply_next: Option<Subject>,
     /// Until when flushed bytes wait for more to join them.
     hold_until: Option<Instant>,
+}
+
+/// Up to `step` more bytes of `pool` for a growing window, as far as
+/// `reserve` bytes stay free after it for the start windows of streams
+/// still to come: bulk streams otherwise take the whole budget between
+/// them (four at the largest window fill 32 MiB) and no new session can
+/// open. Taken, then checked again, because streams grow on several
+/// threads at once. `None` when nothing is left to grow by.
+fn take_growth(
+    pool: &Arc<Semaphore>,
+    step: u32,
+    reserve: usize,
+) -> Option<(u32, OwnedSemaphorePermit)> {
+    let room = pool.available_permits().saturating_sub(reserve);
+    let step = step.min(u32::try_from(room).unwrap_or(u32::MAX));
+    if step == 0 {
+        return None;
+    }
+    let extra = pool.clone().try_acquire_many_owned(step).ok()?;
+    (pool.available_permits() >= reserve).then_some((step, extra))
 }
 
 /// How long flushed bytes may wait for more to join them in a bulk
@@ -629,7 +653,7 @@ impl Task {
         if accepted.wants_growth {
             let step = shared.inbound.growth_step();
             if step > 0
-                && let Ok(extra) = self.pool.clone().try_acquire_many_owned(step)
+                && let Some((step, extra)) = take_growth(&self.pool, step, self.reserve)
             {
                 shared.inbound.grow(step);
                 self.permit.merge(extra);
@@ -738,6 +762,22 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growth_leaves_the_reserve_for_new_streams_start_windows() {
+        let pool = Arc::new(Semaphore::new(1000));
+        let (step, grown) = take_growth(&pool, 600, 300).expect("600 leaves 400 free");
+        assert_eq!((step, pool.available_permits()), (600, 400));
+        let (step, more) = take_growth(&pool, 200, 300).expect("100 of it fits");
+        assert_eq!((step, pool.available_permits()), (100, 300));
+        assert!(
+            take_growth(&pool, 200, 300).is_none(),
+            "only the reserve is left"
+        );
+        assert_eq!(pool.available_permits(), 300, "nothing taken");
+        drop((grown, more));
+        assert_eq!(pool.available_permits(), 1000);
+    }
 
     #[test]
     fn only_a_bulk_stream_holds_flushed_bytes_and_never_past_the_limit() {

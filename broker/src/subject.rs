@@ -164,6 +164,32 @@ impl Subjects {
         format!("{}.v1.agent.{name}.inbox", self.prefix)
     }
 
+    /// Whether `subject` is a reply inbox, the only kind of reply subject
+    /// an agent answers: NATS's own (`_INBOX.…`, where ctl's requests
+    /// ask for their answers) or an agent's under this prefix
+    /// (`PREFIX.v1.agent.NAME.inbox.…`). Anything else — an agent's open
+    /// subject above all — would let anyone aim our answers at it.
+    pub fn is_reply_inbox(&self, subject: &str) -> bool {
+        if subject
+            .strip_prefix("_INBOX.")
+            .is_some_and(|rest| !rest.is_empty())
+        {
+            return true;
+        }
+        let Some(rest) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".v1.agent."))
+        else {
+            return false;
+        };
+        let mut tokens = rest.splitn(3, '.');
+        matches!(
+            (tokens.next(), tokens.next(), tokens.next()),
+            (Some(name), Some("inbox"), Some(tail))
+                if validate_name(name).is_ok() && !tail.is_empty()
+        )
+    }
+
     /// The agent → ctl subject of a session.
     pub fn from_agent(&self, name: &str, session: SessionId) -> String {
         format!(
@@ -231,6 +257,31 @@ mod tests {
             subjects.from_agent("labpc07", id),
             "rexec.v1.agent.labpc07.session.00112233445566778899aabbccddeeff.from-agent"
         );
+    }
+
+    #[test]
+    fn only_reply_inboxes_count_as_reply_subjects() {
+        let subjects = Subjects::default();
+        for inbox in [
+            "_INBOX.abc.1",
+            "rexec.v1.agent.labpc07.inbox.abc",
+            "rexec.v1.agent.labpc07.inbox.abc.1",
+        ] {
+            assert!(subjects.is_reply_inbox(inbox), "{inbox}");
+        }
+        for not in [
+            "_INBOX.",
+            "_INBOXES.x",
+            "rexec.v1.agent.labpc07.open",
+            "rexec.v1.agent.labpc07.session.00112233445566778899aabbccddeeff.from-ctl",
+            "rexec.v1.agent.labpc07.inbox",
+            "rexec.v1.agent.labpc07.inbox.",
+            "rexec.v1.discover",
+            "other.v1.agent.labpc07.inbox.abc",
+            "app.orders",
+        ] {
+            assert!(!subjects.is_reply_inbox(not), "{not}");
+        }
     }
 
     #[test]

@@ -121,7 +121,9 @@ pub struct OpenAnswer {
     /// The credit, in bytes, the agent gives ctl to start with.
     #[serde(default)]
     pub window: u32,
-    /// Why not, when refused (a short word: `busy`, `bad-request`).
+    /// Why not, when refused, in a short word: `busy` (too many sessions
+    /// waiting to be taken), `no-room` (the receive budget of the agent's
+    /// connection is held by its other sessions), `bad-request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }

@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use rexec_broker::flow::MAX_WINDOW;
 use rexec_broker::wire::{Header, Kind, MAX_PAYLOAD, OpenRequest};
-use rexec_broker::{BrokerError, BrokerStream, Carrier, LostReason, SessionId, Subjects};
+use rexec_broker::{
+    Announcement, BrokerError, BrokerStream, Carrier, LostReason, OpenRefusal, SessionId, Subjects,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{Nats, exchange, exchange_and_check, rig, wait_until_async};
@@ -202,6 +205,85 @@ async fn garbage_open_requests_are_refused_and_the_agent_serves_on() {
         .await
         .unwrap();
     exchange_and_check(rig.incoming.recv(), &rig.ctl, "labpc07").await;
+}
+
+/// Anyone on the broker can send open and discovery requests: those
+/// turned away are reported to the agent, to count under its limit, and
+/// nothing answers a reply subject that is not an inbox, where one
+/// request would become an answer from every agent at another agent's
+/// open subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_opens_are_reported_and_only_reply_inboxes_are_answered() {
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let reported = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let agent = server.carrier().await;
+    let seen = reported.clone();
+    let mut listener = agent
+        .listen_reporting(
+            "labpc07",
+            Arc::new(move |why: OpenRefusal| {
+                seen.lock().unwrap().push(why);
+            }),
+        )
+        .await
+        .expect("listen");
+    let _announcing = agent
+        .announce(Announcement {
+            name: "labpc07".to_owned(),
+            fingerprint: "SHA256:x".to_owned(),
+            version: "0".to_owned(),
+        })
+        .await
+        .expect("announce");
+    let intruder = raw(&server).await;
+    let subjects = Subjects::default();
+    // A victim's open subject, watched.
+    let mut victim = intruder
+        .subscribe(subjects.open("labpc08"))
+        .await
+        .expect("subscribe");
+    for _ in 0..50 {
+        intruder
+            .publish_with_reply(subjects.discover(), subjects.open("labpc08"), Bytes::new())
+            .await
+            .unwrap();
+        intruder
+            .publish_with_reply(
+                subjects.open("labpc07"),
+                subjects.open("labpc08"),
+                Bytes::from_static(b"garbage"),
+            )
+            .await
+            .unwrap();
+        intruder
+            .publish(subjects.open("labpc07"), Bytes::from_static(b"garbage"))
+            .await
+            .unwrap();
+    }
+    intruder.flush().await.unwrap();
+    let reply = intruder
+        .request(subjects.open("labpc07"), Bytes::from_static(b"garbage"))
+        .await
+        .expect("a request with an inbox is answered");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(answer["refused"], "bad-request");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), victim.next())
+            .await
+            .is_err(),
+        "something answered at another agent's open subject"
+    );
+    let reported = reported.lock().unwrap().clone();
+    let count = |why| reported.iter().filter(|&&r| r == why).count();
+    assert_eq!(count(OpenRefusal::NoReply), 100, "{reported:?}");
+    assert_eq!(count(OpenRefusal::BadRequest), 1, "{reported:?}");
+    // Discovery from a ctl still finds the agent, and it still serves.
+    let ctl = server.carrier().await;
+    let found = ctl.discover(Duration::from_millis(300)).await.unwrap();
+    assert_eq!(found.len(), 1);
+    exchange_and_check(listener.accept(), &ctl, "labpc07").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

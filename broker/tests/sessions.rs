@@ -251,3 +251,58 @@ async fn many_sessions_to_one_agent_stay_apart() {
         "closed streams gave their windows back"
     );
 }
+
+/// Bulk streams grow their windows only as far as leaves room for new
+/// streams' start windows: before, a few uploads to one agent took its
+/// whole receive budget and every later session was refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_windows_leave_room_for_new_sessions() {
+    // Small enough that one upload's window would take it all.
+    const BUDGET: u32 = 1 << 20;
+    const RESERVED_STARTS: usize = 64;
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.tuning.receive_budget = BUDGET;
+    options.tuning.reserved_starts = RESERVED_STARTS;
+    let agent = Carrier::connect(options).await.expect("connect");
+    let mut listener = agent.listen("labpc07").await.expect("listen");
+    let ctl = server.carrier().await;
+
+    // An upload whose reader keeps up: its window grows as far as it may
+    // (before, to the whole budget), a few MiB at a time, bounded.
+    let reserve = RESERVED_STARTS * 2048;
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let mut accepted = listener.accept().await.expect("accepted");
+    let chunk = random_bytes(1 << 20);
+    let mut rounds = 0;
+    while agent.free_budget() > reserve + (16 << 10) && rounds < 64 {
+        let write = async {
+            for _ in 0..4 {
+                stream.write_all(&chunk).await.unwrap();
+            }
+            stream.flush().await.unwrap();
+        };
+        let read = async {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut left = 4 << 20;
+            while left > 0 {
+                left -= accepted.read(&mut buf).await.unwrap();
+            }
+        };
+        tokio::join!(write, read);
+        rounds += 1;
+    }
+    let free = agent.free_budget();
+    assert!(
+        free <= reserve + (16 << 10),
+        "the window never grew: {free} free after {rounds} rounds"
+    );
+    assert!(free >= reserve, "growth took the reserve: {free} free");
+    // Every new session still gets its start window.
+    for _ in 0..16 {
+        crate::util::exchange_and_check(listener.accept(), &ctl, "labpc07").await;
+    }
+    drop((stream, accepted));
+}

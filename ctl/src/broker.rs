@@ -252,6 +252,12 @@ pub fn failure(error: BrokerError, timeout: Duration) -> CtlError {
                 "the agent has too many sessions being set up; try again later",
             ))
         }
+        BrokerError::Refused { reason, .. } if reason == "no-room" => {
+            CtlError::Agent(ErrorReport::new(
+                ErrorKind::Busy,
+                "the agent's sessions through the broker hold all the room its connection has; try again later",
+            ))
+        }
         BrokerError::Refused { reason, .. } => {
             CtlError::Connection(ConnectionError::Protocol(format!(
                 "the agent refused the session through the broker ({})",
@@ -342,6 +348,14 @@ mod tests {
             reason: "busy".into(),
         };
         assert_eq!(kind(busy), "busy");
+        let no_room = BrokerError::Refused {
+            name: "a".into(),
+            reason: "no-room".into(),
+        };
+        assert_eq!(
+            failure(no_room, Duration::ZERO).to_string(),
+            "agent error (busy): the agent's sessions through the broker hold all the room its connection has; try again later"
+        );
         assert_eq!(
             failure(BrokerError::Offline("a".into()), Duration::ZERO).to_string(),
             "not connected to the broker"

@@ -209,6 +209,29 @@ impl RawNats {
         });
     }
 
+    /// Publishes `payload` on `subject` `times` times, each with `reply`
+    /// as its reply subject when given, then flushes.
+    pub fn publish_many(&self, subject: &str, reply: Option<&str>, payload: &[u8], times: usize) {
+        self.runtime.block_on(async {
+            for _ in 0..times {
+                let payload = bytes::Bytes::copy_from_slice(payload);
+                match reply {
+                    Some(reply) => self
+                        .client
+                        .publish_with_reply(subject.to_owned(), reply.to_owned(), payload)
+                        .await
+                        .expect("publish"),
+                    None => self
+                        .client
+                        .publish(subject.to_owned(), payload)
+                        .await
+                        .expect("publish"),
+                }
+            }
+            self.client.flush().await.expect("flush");
+        });
+    }
+
     /// Sends a request on `subject`; returns the answer's payload, or
     /// `None` when nobody answers within a few seconds (or nobody serves
     /// the subject).
