@@ -676,9 +676,19 @@ impl Carrier {
                             tracing::warn!("{text}");
                             events.send_modify(|s| {
                                 s.last_error = Some(text);
-                                if refused.is_some() {
+                                if let Some(refused) = refused {
                                     s.permission_violations += 1;
-                                    s.last_refused_subject = refused;
+                                    // A name we may not serve refuses both its
+                                    // open subject and the inbox beneath it, in
+                                    // either order: the first says why, so a
+                                    // refusal of the inbox does not hide it.
+                                    let serving = |subject: &str| subject.ends_with(".open");
+                                    let hides =
+                                        s.last_refused_subject.as_deref().is_some_and(serving)
+                                            && !serving(&refused);
+                                    if !hides {
+                                        s.last_refused_subject = Some(refused);
+                                    }
                                 }
                             });
                         }
