@@ -225,7 +225,7 @@ def main():
             sys.exit("the simulator stopped: " + (work / "sim.out").read_text())
         v = varz(http)
         # Three subscriptions per agent: its open subject, discovery, and the
-        # client library's inbox for its own check request.
+        # inbox its own check requests are answered on.
         wait_until("every agent's subscriptions", lambda: varz(http)["subscriptions"] >= 3 * fleet, 60)
         up = time.perf_counter() - t0
         v = varz(http)

@@ -304,6 +304,68 @@ fn a_broker_that_cannot_be_used_is_one_line() {
     );
 }
 
+/// A ctl user whose broker permissions do not let it receive replies is
+/// told so in one line, at once. Before, `exec` waited out the connect
+/// timeout and said the agent did not answer, and `hosts --online` printed
+/// nothing and exited 0.
+#[test]
+fn a_ctl_user_the_broker_does_not_let_read_replies_is_told_so() {
+    let nats = util::require_nats!(
+        r#"authorization { users = [
+            { user: agent, password: right }
+            { user: viewer, password: right, permissions: {
+                subscribe: { allow: ["rexec.v1.agent.*.session.*.from-agent"] } } }
+        ] }"#
+    );
+    let env = Env::new();
+    let dir = env.root.path();
+    let password = dir.join("broker.password");
+    std::fs::write(&password, "right\n").expect("password");
+    set_mode(&password, 0o600);
+    let password_arg = password.to_str().expect("utf-8");
+    let _agent = env.broker_agent(
+        &nats,
+        "a5",
+        &[
+            "--broker-user",
+            "agent",
+            "--broker-password-file",
+            password_arg,
+        ],
+    );
+    let inventory = dir.join("hosts.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[broker]\nurl = \"{}\"\nuser = \"viewer\"\npassword_file = \"broker.password\"\n",
+            nats.url
+        ),
+    )
+    .expect("hosts.toml");
+    let line = "the broker does not let us read the replies to our own requests under _INBOX (its user needs to subscribe to _INBOX.>)";
+    for args in [&["exec", "a5", "true"][..], &["hosts", "--online"]] {
+        let started = Instant::now();
+        let out = run(ctl(&env).arg("--inventory").arg(&inventory).args(args));
+        let took = started.elapsed();
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("ctl: ") && err.trim_end().ends_with(line),
+            "{args:?}: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "{args:?}: told after {took:?}"
+        );
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");

@@ -472,6 +472,42 @@ fn an_impostor_under_a_known_name_is_host_key_changed() {
     );
 }
 
+/// Two machines whose host names share their first word (node1.siteA,
+/// node1.siteB) serve one name by default. Every session to it reaches
+/// both and fails; before, that read as "a message was missing,
+/// duplicated or out of order", and neither agent said a word.
+#[test]
+fn two_agents_under_one_name_say_so_and_so_does_ctl() {
+    let (nats, env, first) = rig!(&[]);
+    let other = Env::new();
+    let second = env.spawn_broker_agent_in(&other.agent_dir, &nats.url, NAME, &[]);
+    let clash = format!("two agents answer to the name {NAME} on the broker");
+    for agent in [&second, &first] {
+        agent.expect_log(&clash);
+    }
+    let out = env.broker_exec(&nats, NAME, &["true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert_eq!(ctl_lines(&err).len(), 1, "{err}");
+    assert!(err.starts_with(&format!("ctl: {NAME}: {clash}")), "{err}");
+    let online = env.broker_run(&nats, &["hosts", "--online"]);
+    assert!(online.status.success(), "{}", stderr_of(&online));
+    assert_eq!(stdout_of(&online), format!("{NAME}\n"));
+    assert!(
+        stderr_of(&online).contains(&clash),
+        "{}",
+        stderr_of(&online)
+    );
+    // Each agent said it once.
+    for agent in [&first, &second] {
+        assert_eq!(log_lines_with(agent, &clash), 1, "{}", agent.log());
+    }
+    // With one gone, the name works again.
+    drop(second);
+    let ok = env.broker_exec(&nats, NAME, &["echo alone"]);
+    assert_eq!(stdout_of(&ok), "alone\n", "{}", stderr_of(&ok));
+}
+
 #[test]
 fn a_name_nobody_serves_is_offline_at_once() {
     let (nats, env, _agent) = rig!(&[]);

@@ -22,6 +22,10 @@ use crate::state::AgentState;
 /// name, after it refused.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 
+/// How often we probe our name again while another agent serves it too,
+/// to say so once it no longer does.
+const CLASH_RECHECK: Duration = Duration::from_secs(60);
+
 /// The carrier's options for our broker settings. A session whose output
 /// waits for credit while ctl has said nothing for the keepalive bound
 /// (interval times count) has the broker asked whether ctl is still
@@ -57,9 +61,9 @@ pub struct BrokerLink {
     pub name: String,
     /// The broker's URLs, for messages.
     pub urls: String,
-    /// Why the broker does not let us serve our name, while it refuses:
-    /// connected, but unreachable for ctl.
-    refusal: Arc<Mutex<Option<String>>>,
+    /// Why ctl cannot reach us by our name although we are connected: the
+    /// broker refuses to let us serve it, or another agent serves it too.
+    refusal: Arc<Mutex<Option<BrokerError>>>,
 }
 
 impl BrokerLink {
@@ -75,7 +79,12 @@ impl BrokerLink {
 
     /// The systemd status line's part about the broker.
     pub fn status(&self) -> String {
-        let refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        let refusal = self
+            .refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(ToString::to_string);
         status(
             &self.carrier.state(),
             &self.urls,
@@ -84,8 +93,22 @@ impl BrokerLink {
         )
     }
 
-    fn refused(&self, why: Option<&BrokerError>) {
-        *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) = why.map(ToString::to_string);
+    /// Notes why ctl cannot reach us (`None`: it can); returns what was
+    /// noted before.
+    fn refused(&self, why: Option<&BrokerError>) -> Option<BrokerError> {
+        std::mem::replace(
+            &mut *self.refusal.lock().unwrap_or_else(PoisonError::into_inner),
+            why.cloned(),
+        )
+    }
+
+    /// Whether another agent was found serving our name, and has not been
+    /// found gone since.
+    fn clashing(&self) -> bool {
+        matches!(
+            *self.refusal.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(BrokerError::NameClash(_))
+        )
     }
 }
 
@@ -168,9 +191,7 @@ async fn listen(link: &BrokerLink, state: &Arc<AgentState>) -> Option<Listener> 
                 return Some(listener);
             }
             // Refusals are the broker's permissions, which may change
-            // meanwhile: a refused name mends on the next try, a refused
-            // inbox once the broker restarts (the client library
-            // subscribes its inbox once per connection) or we do.
+            // meanwhile: a refused name or inbox mends on the next try.
             Err(e @ (BrokerError::SubscribeRefused(_) | BrokerError::InboxRefused(_))) => {
                 tracing::error!("{e}; asking again in {}s", SUBSCRIBE_RETRY.as_secs());
                 link.refused(Some(&e));
@@ -211,13 +232,39 @@ async fn announce(
 /// line means ctl can reach us), a warning when it drops. The carrier logs
 /// why an attempt failed (refused credentials, an untrusted certificate).
 /// Starts once we listen under our name.
+///
+/// Another agent serving our name shows in our probe (its answer beside
+/// ours) or as its probe reaching us: then we probe for ourselves (a probe
+/// sent in its name by anyone else is answered by us alone), say so in one
+/// error line and in the status line, and probe again every minute until
+/// it is gone.
 async fn report_connection(link: BrokerLink) {
     let mut changes = link.carrier.watch_state();
     let mut was = changes.borrow_and_update().clone();
     if was.connected {
-        say_connected(&link).await;
+        say_connected(&link, Why::Connected).await;
     }
-    while changes.changed().await.is_ok() {
+    loop {
+        let recheck = async {
+            if link.clashing() {
+                tokio::time::sleep(CLASH_RECHECK).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = recheck => {
+                if link.carrier.state().connected {
+                    say_connected(&link, Why::Recheck).await;
+                }
+                continue;
+            }
+        }
         let now = changes.borrow_and_update().clone();
         let dropped = now.disconnects > was.disconnects || (was.connected && !now.connected);
         if dropped {
@@ -227,17 +274,35 @@ async fn report_connection(link: BrokerLink) {
             );
         }
         if now.connected && (dropped || !was.connected) {
-            say_connected(&link).await;
+            say_connected(&link, Why::Connected).await;
+        } else if now.connected && now.name_clashes > was.name_clashes && !link.clashing() {
+            say_connected(&link, Why::Recheck).await;
         }
         was = now;
     }
 }
 
-async fn say_connected(link: &BrokerLink) {
+/// Why we probe our name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// We (re)connected: say how it went.
+    Connected,
+    /// To see whether another agent serves it: say only what changed.
+    Recheck,
+}
+
+async fn say_connected(link: &BrokerLink, why: Why) {
     match link.carrier.probe(&link.name).await {
         Ok(()) => {
-            link.refused(None);
-            tracing::info!("connected to the broker at {} as {}", link.urls, link.name);
+            let before = link.refused(None);
+            if why == Why::Connected || before.is_some() {
+                tracing::info!("connected to the broker at {} as {}", link.urls, link.name);
+            }
+        }
+        Err(e @ BrokerError::NameClash(_)) => {
+            if !matches!(link.refused(Some(&e)), Some(BrokerError::NameClash(_))) {
+                tracing::error!("{e}");
+            }
         }
         Err(e @ BrokerError::SubscribeRefused(_)) => {
             tracing::error!("{e}");
@@ -257,5 +322,23 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_says_when_another_agent_serves_our_name() {
+        let state = ConnectionState {
+            connected: true,
+            ..ConnectionState::default()
+        };
+        let clash = BrokerError::NameClash("labpc07".into()).to_string();
+        assert_eq!(
+            status(&state, "tls://b:4222", "labpc07", Some(&clash)),
+            "connected to the broker at tls://b:4222, but two agents answer to the name labpc07 on the broker, so sessions to it fail; give each agent a name of its own (rexec-agent run --name, or name in [broker]; the default is the host name up to its first dot)"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectErrorKind, Event, RequestErrorKind, ServerAddr, ServerError};
+use async_nats::{Client, ConnectErrorKind, Event, ServerAddr, ServerError, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rexec_protocol::tls::PresentedServerCert;
@@ -26,7 +26,8 @@ use crate::connection::ConnectionState;
 use crate::error::BrokerError;
 use crate::flow::{INITIAL_WINDOW, MAX_WINDOW};
 use crate::pin::CertFingerprint;
-use crate::stream::{BrokerStream, StreamParts, StreamTimers};
+use crate::replies::{Replies, ReplyWait};
+use crate::stream::{AnswerWatch, BrokerStream, RefusalWatch, StreamParts, StreamTimers};
 use crate::subject::{SessionId, Subjects, validate_name};
 use crate::wire::{Announcement, OpenAnswer, OpenRequest};
 
@@ -156,8 +157,44 @@ struct CarrierInner {
     /// ([`BrokerOptions::serves`]); NATS's `_INBOX` otherwise.
     inbox: Option<String>,
     state: watch::Receiver<ConnectionState>,
+    /// Where the carrier itself notes what it learns (a probe of another
+    /// agent under our name); the connection's events note the rest.
+    state_tx: Arc<watch::Sender<ConnectionState>>,
     pool: Arc<Semaphore>,
     tuning: Tuning,
+    /// A random id of this connection, sent in our probes and in our
+    /// answers to probes, so that two agents serving one name tell each
+    /// other apart.
+    instance: String,
+    /// Where the answers to our open requests and probes come back.
+    replies: Replies,
+}
+
+/// How long a probe waits for more answers after our own: another agent
+/// serving the name answers about as soon as we do on one server, and
+/// this leaves room for one that is a server or two further away in a
+/// cluster.
+const PROBE_GRACE: Duration = Duration::from_millis(250);
+
+/// What came of a request sent with [`Carrier::ask`].
+enum Asked {
+    /// The first answer, and the wait that may bring more.
+    Answered(Box<(ReplyWait, async_nats::Message)>),
+    /// Nobody subscribes to the subject.
+    NoResponders,
+    /// No answer within the open timeout.
+    TimedOut,
+    /// The broker refused us a subject this request needs (its name).
+    Refused(String),
+}
+
+/// What an open request turned out to be.
+enum Opened {
+    Session(BrokerStream),
+    /// An agent's probe, and the process it came from.
+    Probe {
+        instance: Option<String>,
+    },
 }
 
 /// A connection to the broker, shared by every stream over it. Cheap to
@@ -731,12 +768,15 @@ impl Carrier {
         let budget = options.tuning.receive_budget.max(INITIAL_WINDOW) as usize;
         Ok(Carrier {
             inner: Arc::new(CarrierInner {
+                replies: Replies::new(client.clone()),
                 client,
                 inbox,
                 subjects,
                 state: state_rx,
+                state_tx,
                 pool: Arc::new(Semaphore::new(budget)),
                 tuning: options.tuning,
+                instance: SessionId::random()?.to_string(),
             }),
         })
     }
@@ -772,6 +812,9 @@ impl Carrier {
             .min(budget / 2)
     }
 
+    // Each argument is one of the stream's own parts, which the two sides
+    // come by differently; a struct for them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_stream(
         &self,
         subscriber: async_nats::Subscriber,
@@ -780,6 +823,8 @@ impl Carrier {
         credit: u32,
         permit: tokio::sync::OwnedSemaphorePermit,
         session: SessionId,
+        answers: Option<AnswerWatch>,
+        refusal: Option<RefusalWatch>,
     ) -> BrokerStream {
         BrokerStream::spawn(StreamParts {
             client: self.inner.client.clone(),
@@ -794,6 +839,8 @@ impl Carrier {
             connection: self.inner.state.clone(),
             timers: self.inner.tuning.timers,
             session,
+            answers,
+            refusal,
         })
     }
 
@@ -835,7 +882,12 @@ impl Carrier {
             name: name.to_owned(),
         };
         if self.state().connected {
-            self.probe(name).await?;
+            match self.probe(name).await {
+                // We serve the name; whoever else does is the agent's to
+                // say, from its own probe.
+                Ok(()) | Err(BrokerError::NameClash(_)) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(listener)
     }
@@ -849,72 +901,154 @@ impl Carrier {
             .map_err(|_| BrokerError::Broker("subscribing on the broker failed".to_owned()))
     }
 
-    /// Asks our own open subject whether anyone serves it: the server
-    /// handles our subscription before this request, so "no responders"
-    /// means it refused the subscription. The agent asks after each
-    /// reconnection, when the subscriptions have been made again, before
-    /// it says it serves.
-    ///
-    /// # Errors
-    /// [`BrokerError::SubscribeRefused`], [`BrokerError::InboxRefused`]
-    /// (the broker's permissions); [`BrokerError::Broker`] when the request
-    /// does not come back in time.
-    pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
-        let request = OpenRequest {
-            session: String::new(),
-            window: 0,
-            probe: true,
-        };
-        let payload = serde_json::to_vec(&request).unwrap_or_default();
-        let subject = self.inner.subjects.open(name);
+    /// The prefix of our reply inboxes.
+    fn inbox_prefix(&self) -> &str {
+        self.inner.inbox.as_deref().unwrap_or("_INBOX")
+    }
+
+    /// Whether `subject` is one of our reply inboxes.
+    fn is_our_inbox(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.inbox_prefix())
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// The count of the broker's refusals so far, to tell a refusal of
+    /// what we do next from older ones.
+    fn refusals_so_far(&self) -> u64 {
+        self.inner.state.borrow().permission_violations
+    }
+
+    /// Sends a request on `subject` with a reply subject of its own, so
+    /// that every answer can be seen, not only the first. The broker may
+    /// refuse us the request itself, our answers' subscription, or one of
+    /// `also` (a subject subscribed to for the request since `before`, a
+    /// [`Carrier::refusals_so_far`]): its refusal then comes before any
+    /// answer.
+    async fn ask(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        also: &[&str],
+        before: u64,
+    ) -> Result<Asked, BrokerError> {
         let mut state = self.inner.state.clone();
-        // The broker may refuse the request itself (no permission to
-        // publish under that name either), or the inbox its answer would
-        // come back to: its refusal then answers first.
-        let inbox = self.inner.inbox.as_deref();
-        let ours = |refused: &str| {
-            inbox.is_some_and(|inbox| {
-                refused
-                    .strip_prefix(inbox)
-                    .is_some_and(|rest| rest.starts_with('.'))
-            })
-        };
+        let mut wait = self.inner.replies.wait().await?;
+        let subscription = wait.subscription.clone();
         let refused = async {
             state
                 .wait_for(|s| {
-                    s.last_refused_subject
-                        .as_deref()
-                        .is_some_and(|refused| refused == subject || ours(refused))
+                    s.last_refused_subject.as_deref().is_some_and(|refused| {
+                        // Our answers' subscription is refused once, when
+                        // it is made; a request that shares it sees that.
+                        refused == subscription
+                            || (s.permission_violations > before
+                                && (refused == subject || also.contains(&refused)))
+                    })
                 })
                 .await
                 .ok()
                 .and_then(|s| s.last_refused_subject.clone())
         };
-        let request = self.inner.client.send_request(
-            subject.clone(),
-            async_nats::Request::new()
-                .payload(Bytes::from(payload))
-                .timeout(Some(self.inner.tuning.open_timeout)),
-        );
-        let result = tokio::select! {
-            result = request => result,
+        self.inner
+            .client
+            .publish_with_reply(subject.to_owned(), wait.subject.clone(), payload)
+            .await
+            .map_err(|_| {
+                BrokerError::Broker("sending a request to the broker failed".to_owned())
+            })?;
+        let timeout = self.inner.tuning.open_timeout;
+        let first = tokio::select! {
+            // A refusal comes before any answer could.
+            biased;
             refused = refused => {
-                return Err(match inbox {
-                    Some(inbox) if refused.as_deref().is_some_and(ours) => {
-                        BrokerError::InboxRefused(inbox.to_owned())
-                    }
-                    _ => BrokerError::SubscribeRefused(name.to_owned()),
-                });
+                let refused = refused.unwrap_or_default();
+                if refused == wait.subscription {
+                    self.inner.replies.refused(&wait).await;
+                }
+                return Ok(Asked::Refused(refused));
             }
+            first = tokio::time::timeout(timeout, wait.next()) => first,
         };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
-                Err(BrokerError::SubscribeRefused(name.to_owned()))
+        Ok(match first {
+            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
+                Asked::NoResponders
             }
-            Err(_) => Err(BrokerError::Broker(
-                "the broker did not pass our own check request back in time".to_owned(),
-            )),
+            Ok(Some(message)) => Asked::Answered(Box::new((wait, message))),
+            Ok(None) => {
+                return Err(BrokerError::Broker(
+                    "the connection to the broker is closed".to_owned(),
+                ));
+            }
+            Err(_) => Asked::TimedOut,
+        })
+    }
+
+    /// Asks our own open subject whether anyone serves it, and who: the
+    /// server handles our subscription before this request, so "no
+    /// responders" means it refused the subscription, and an answer from
+    /// another agent process means that two serve the name. The agent asks
+    /// after each reconnection, when the subscriptions have been made
+    /// again, before it says it serves.
+    ///
+    /// # Errors
+    /// [`BrokerError::SubscribeRefused`], [`BrokerError::InboxRefused`]
+    /// (the broker's permissions); [`BrokerError::NameClash`] when another
+    /// agent answers too; [`BrokerError::Broker`] when the request does not
+    /// come back in time.
+    pub async fn probe(&self, name: &str) -> Result<(), BrokerError> {
+        let instance = self.inner.instance.as_str();
+        let request = OpenRequest {
+            session: String::new(),
+            window: 0,
+            probe: true,
+            instance: Some(instance.to_owned()),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let subject = self.inner.subjects.open(name);
+        let before = self.refusals_so_far();
+        let (mut answers, first) = match self.ask(&subject, payload, &[], before).await? {
+            Asked::Answered(answered) => *answered,
+            Asked::NoResponders => return Err(BrokerError::SubscribeRefused(name.to_owned())),
+            Asked::TimedOut => {
+                return Err(BrokerError::Broker(
+                    "the broker did not pass our own check request back in time".to_owned(),
+                ));
+            }
+            Asked::Refused(refused) if self.is_our_inbox(&refused) => {
+                return Err(BrokerError::InboxRefused(self.inbox_prefix().to_owned()));
+            }
+            Asked::Refused(_) => return Err(BrokerError::SubscribeRefused(name.to_owned())),
+        };
+        let from_us = |message: &async_nats::Message| {
+            serde_json::from_slice::<OpenAnswer>(&message.payload)
+                .is_ok_and(|answer| answer.instance.as_deref() == Some(instance))
+        };
+        let asked_at = tokio::time::Instant::now();
+        let mut ours = from_us(&first);
+        let mut others = !ours;
+        let mut until = if ours {
+            asked_at + PROBE_GRACE
+        } else {
+            asked_at + self.inner.tuning.open_timeout
+        };
+        while let Ok(Some(message)) = tokio::time::timeout_at(until, answers.next()).await {
+            if message.status.is_some() {
+                continue;
+            }
+            if from_us(&message) {
+                if !ours {
+                    until = tokio::time::Instant::now() + PROBE_GRACE;
+                }
+                ours = true;
+            } else {
+                others = true;
+            }
+        }
+        if others {
+            Err(BrokerError::NameClash(name.to_owned()))
+        } else {
+            Ok(())
         }
     }
 
@@ -938,11 +1072,12 @@ impl Carrier {
             };
             let answer = self.open_one(&name, &message.payload, &incoming).await;
             let answer = match answer {
-                Ok(Some(stream)) => {
+                Ok(Opened::Session(stream)) => {
                     let answer = OpenAnswer {
                         accepted: true,
                         window: INITIAL_WINDOW,
                         refused: None,
+                        instance: None,
                     };
                     if let Ok(permit) = incoming.try_reserve() {
                         permit.send(stream);
@@ -952,7 +1087,17 @@ impl Carrier {
                         refused(OpenRefusal::Busy.word())
                     }
                 }
-                Ok(None) => refused("probe"),
+                Ok(Opened::Probe { instance }) => {
+                    if instance.as_deref() != Some(self.inner.instance.as_str()) {
+                        // Another agent serves our name (or someone sends
+                        // probes in its name: the agent asks for itself).
+                        self.inner.state_tx.send_modify(|s| s.name_clashes += 1);
+                    }
+                    OpenAnswer {
+                        instance: Some(self.inner.instance.clone()),
+                        ..refused("probe")
+                    }
+                }
                 Err(why) => {
                     report(why);
                     refused(why.word())
@@ -973,20 +1118,21 @@ impl Carrier {
     }
 
     /// Checks one open request and, when it is good, sets up its stream.
-    /// `Ok(None)` for our own probe.
     async fn open_one(
         &self,
         name: &str,
         payload: &[u8],
         incoming: &mpsc::Sender<BrokerStream>,
-    ) -> Result<Option<BrokerStream>, OpenRefusal> {
+    ) -> Result<Opened, OpenRefusal> {
         use OpenRefusal::BadRequest;
         if payload.len() > 1024 {
             return Err(BadRequest);
         }
         let request: OpenRequest = serde_json::from_slice(payload).map_err(|_| BadRequest)?;
         if request.probe {
-            return Ok(None);
+            return Ok(Opened::Probe {
+                instance: request.instance,
+            });
         }
         let session = SessionId::parse(&request.session).ok_or(BadRequest)?;
         if request.window == 0 || request.window > 2 * MAX_WINDOW {
@@ -1009,13 +1155,15 @@ impl Carrier {
             .await
             .map_err(|_| OpenRefusal::Internal)?;
         let out_subject = self.inner.subjects.from_agent(name, session);
-        Ok(Some(self.spawn_stream(
+        Ok(Opened::Session(self.spawn_stream(
             subscriber,
             &in_subject,
             out_subject,
             request.window,
             permit,
             session,
+            None,
+            None,
         )))
     }
 
@@ -1049,12 +1197,16 @@ impl Carrier {
         Ok(DiscoveryResponder { task })
     }
 
-    /// Opens a session to agent `name`.
+    /// Opens a session to agent `name`. A second agent that accepts it too
+    /// (two serve the name) fails the stream with
+    /// [`BrokerError::NameClash`].
     ///
     /// # Errors
     /// [`BrokerError::Offline`] at once when nobody serves `name`;
     /// [`BrokerError::Timeout`], [`BrokerError::Refused`],
-    /// [`BrokerError::BadName`], [`BrokerError::Broker`].
+    /// [`BrokerError::BadName`]; [`BrokerError::InboxRefused`] or
+    /// [`BrokerError::Broker`] when the broker's permissions refuse us a
+    /// subject the session needs.
     pub async fn dial(&self, name: &str) -> Result<BrokerStream, BrokerError> {
         validate_name(name)?;
         let timeout = self.inner.tuning.open_timeout;
@@ -1070,37 +1222,38 @@ impl Carrier {
         let out_subject = self.inner.subjects.from_ctl(name, session);
         // Subscribed before asking, so the agent's first message has a
         // subscriber waiting.
+        let before = self.refusals_so_far();
         let subscriber = self.subscribe(in_subject.clone()).await?;
         let request = OpenRequest {
             session: session.to_string(),
             window: INITIAL_WINDOW,
             probe: false,
+            instance: None,
         };
-        let payload = serde_json::to_vec(&request).unwrap_or_default();
-        let result = self
-            .inner
-            .client
-            .send_request(
-                self.inner.subjects.open(name),
-                async_nats::Request::new()
-                    .payload(Bytes::from(payload))
-                    .timeout(Some(timeout)),
-            )
-            .await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(e) => {
-                return Err(match e.kind() {
-                    RequestErrorKind::NoResponders => BrokerError::Offline(name.to_owned()),
-                    RequestErrorKind::TimedOut => {
-                        // An agent that answers late must not keep the
-                        // session waiting for its abandon limit.
-                        self.reset(&out_subject).await;
-                        BrokerError::Timeout(name.to_owned())
-                    }
-                    _ => BrokerError::Broker("asking the broker for the agent failed".to_owned()),
-                });
+        let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let open = self.inner.subjects.open(name);
+        let unreadable = BrokerError::Broker(format!(
+            "the broker does not let us read sessions from {name}: its user needs to subscribe to {}",
+            self.inner.subjects.from_agent_all(name)
+        ));
+        let (answers, reply) = match self.ask(&open, payload, &[&in_subject], before).await? {
+            Asked::Answered(answered) => *answered,
+            Asked::NoResponders => return Err(BrokerError::Offline(name.to_owned())),
+            Asked::TimedOut => {
+                // An agent that answers late must not keep the session
+                // waiting for its abandon limit.
+                self.reset(&out_subject).await;
+                return Err(BrokerError::Timeout(name.to_owned()));
             }
+            Asked::Refused(refused) if self.is_our_inbox(&refused) => {
+                return Err(BrokerError::InboxRefused(self.inbox_prefix().to_owned()));
+            }
+            Asked::Refused(refused) if refused == open => {
+                return Err(BrokerError::Broker(format!(
+                    "the broker does not let us open sessions to {name}: its user needs to publish to {open}"
+                )));
+            }
+            Asked::Refused(_) => return Err(unreadable),
         };
         let answer: OpenAnswer =
             serde_json::from_slice(&reply.payload).map_err(|_| BrokerError::Refused {
@@ -1115,6 +1268,21 @@ impl Carrier {
                     .unwrap_or_else(|| "no reason given".to_owned()),
             });
         }
+        // Another agent under the same name accepts the same request and
+        // answers on the same subjects; its acceptance comes as late as
+        // an answer may.
+        let watch = AnswerWatch {
+            answers,
+            until: tokio::time::Instant::now() + timeout,
+            name: name.to_owned(),
+        };
+        // The broker's refusal of our subscription may come after the
+        // answer: the stream ends on it.
+        let refusal = RefusalWatch {
+            subject: in_subject.clone(),
+            after: before,
+            error: unreadable,
+        };
         Ok(self.spawn_stream(
             subscriber,
             &in_subject,
@@ -1122,6 +1290,8 @@ impl Carrier {
             answer.window.min(2 * MAX_WINDOW),
             permit,
             session,
+            Some(watch),
+            Some(refusal),
         ))
     }
 
@@ -1142,15 +1312,29 @@ impl Carrier {
     /// answers that arrive within `window`, sorted by name.
     ///
     /// # Errors
-    /// [`BrokerError::Broker`] when the request cannot be sent.
+    /// [`BrokerError::Broker`] when the request cannot be sent or the
+    /// broker does not let us send it; [`BrokerError::InboxRefused`] when
+    /// it does not let us read the answers.
     pub async fn discover(&self, window: Duration) -> Result<Vec<Announcement>, BrokerError> {
         const MAX_ANSWERS: usize = 1_000_000;
         let failed = |_| BrokerError::Broker("asking the broker for its agents failed".to_owned());
+        let discover = self.inner.subjects.discover();
+        let mut state = self.inner.state.clone();
+        let before = state.borrow().permission_violations;
+        // A broker that refuses us the request or the inbox says so, and
+        // answers never come: that is an error, not an empty broker.
+        let refused = state.wait_for(|s| {
+            s.permission_violations > before
+                && s.last_refused_subject
+                    .as_deref()
+                    .is_some_and(|refused| refused == discover || self.is_our_inbox(refused))
+        });
+        tokio::pin!(refused);
         let inbox = self.inner.client.new_inbox();
         let mut subscriber = self.subscribe(inbox.clone()).await?;
         self.inner
             .client
-            .publish_with_reply(self.inner.subjects.discover(), inbox, Bytes::new())
+            .publish_with_reply(discover.clone(), inbox, Bytes::new())
             .await
             .map_err(failed)?;
         self.inner.client.flush().await.map_err(|_| {
@@ -1159,8 +1343,19 @@ impl Carrier {
         let deadline = tokio::time::Instant::now() + window;
         let mut answers = Vec::new();
         while answers.len() < MAX_ANSWERS {
-            let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await
-            else {
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(deadline, subscriber.next()) => message,
+                refused = &mut refused => {
+                    let refused = refused.ok().and_then(|s| s.last_refused_subject.clone());
+                    return Err(match refused {
+                        Some(refused) if refused == discover => BrokerError::Broker(format!(
+                            "the broker does not let us ask for its agents: its user needs to publish to {discover}"
+                        )),
+                        _ => BrokerError::InboxRefused(self.inbox_prefix().to_owned()),
+                    });
+                }
+            };
+            let Ok(Some(message)) = message else {
                 break;
             };
             if message.payload.len() > 4096 {
@@ -1182,6 +1377,7 @@ fn refused(reason: &str) -> OpenAnswer {
         accepted: false,
         window: 0,
         refused: Some(reason.to_owned()),
+        instance: None,
     }
 }
 

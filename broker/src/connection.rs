@@ -16,4 +16,8 @@ pub struct ConnectionState {
     pub permission_violations: u64,
     /// The subject of the last refusal.
     pub last_refused_subject: Option<String>,
+    /// Probes of another agent process under the name we serve that
+    /// reached us: two agents serve one name (or someone sends probes in
+    /// its name; the agent probes itself to tell).
+    pub name_clashes: u64,
 }

@@ -82,6 +82,13 @@ pub enum BrokerError {
         "the broker does not let us read the replies to our own requests under {0} (its user needs to subscribe to {0}.>)"
     )]
     InboxRefused(String),
+    /// Two agents serve one name: each session to it reaches both, and
+    /// fails. Seen by an agent in its own probe, by ctl as a second
+    /// acceptance of one open request.
+    #[error(
+        "two agents answer to the name {0} on the broker, so sessions to it fail; give each agent a name of its own (rexec-agent run --name, or name in [broker]; the default is the host name up to its first dot)"
+    )]
+    NameClash(String),
     /// Talking to the broker failed after we had connected.
     #[error("{0}")]
     Broker(String),
@@ -100,6 +107,7 @@ impl BrokerError {
             BrokerError::Connect(_)
             | BrokerError::SubscribeRefused(_)
             | BrokerError::InboxRefused(_)
+            | BrokerError::NameClash(_)
             | BrokerError::Broker(_) => "broker",
         }
     }

@@ -22,6 +22,7 @@ mod error;
 pub mod flow;
 mod peer_check;
 mod pin;
+mod replies;
 mod stream;
 mod subject;
 pub mod wire;

@@ -52,8 +52,9 @@ use crate::connection::ConnectionState;
 use crate::error::{BrokerError, LostReason};
 use crate::flow::{Inbound, Outbound, message_cost};
 use crate::peer_check::{Answer, PeerCheck};
+use crate::replies::ReplyWait;
 use crate::subject::SessionId;
-use crate::wire::{HEADER_LEN, Header, Kind, MAX_PAYLOAD};
+use crate::wire::{HEADER_LEN, Header, Kind, MAX_PAYLOAD, OpenAnswer};
 
 /// Timing rules of a stream.
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +221,58 @@ pub(crate) struct StreamParts {
     pub connection: watch::Receiver<ConnectionState>,
     pub timers: StreamTimers,
     pub session: SessionId,
+    /// ctl's: the open request's reply inbox, watched.
+    pub answers: Option<AnswerWatch>,
+    /// ctl's: the broker refusing us our subscription to the session's
+    /// subject after the refusal count given, and the error that is then.
+    pub refusal: Option<RefusalWatch>,
+}
+
+/// A refusal of the broker that ends a stream: it would never receive a
+/// message.
+pub(crate) struct RefusalWatch {
+    pub subject: String,
+    pub after: u64,
+    pub error: BrokerError,
+}
+
+/// The reply inbox of a session's open request, watched for a while after
+/// the first answer was taken: a second acceptance means that two agents
+/// serve the name, and both answer on the session's subjects, where their
+/// messages collide.
+pub(crate) struct AnswerWatch {
+    pub answers: ReplyWait,
+    /// When no acceptance can come any more (the open timeout).
+    pub until: Instant,
+    /// The agent's name, for the error.
+    pub name: String,
+}
+
+impl AnswerWatch {
+    /// Whether `message` is an agent's acceptance.
+    fn accepts(message: &async_nats::Message) -> bool {
+        message.status.is_none()
+            && serde_json::from_slice::<OpenAnswer>(&message.payload)
+                .is_ok_and(|answer| answer.accepted)
+    }
+
+    /// Whether an acceptance already waits, unread.
+    fn acceptance_queued(&mut self) -> bool {
+        while let Some(message) = self.answers.try_next() {
+            if AnswerWatch::accepts(&message) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The next answer on the watched inbox, if one is watched (else never).
+async fn next_answer(watch: &mut Option<AnswerWatch>) -> Option<async_nats::Message> {
+    match watch {
+        Some(watch) => watch.answers.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl BrokerStream {
@@ -254,6 +307,8 @@ impl BrokerStream {
             reserve: parts.reserve,
             connection: parts.connection,
             timers: parts.timers,
+            answers: parts.answers,
+            refusal: parts.refusal,
             pacer: Pacer::new(Instant::now()),
             peer_check: PeerCheck::default(),
             reply_next: None,
@@ -399,6 +454,8 @@ struct Task {
     reserve: usize,
     connection: watch::Receiver<ConnectionState>,
     timers: StreamTimers,
+    answers: Option<AnswerWatch>,
+    refusal: Option<RefusalWatch>,
     pacer: Pacer,
     peer_check: PeerCheck,
     /// The reply subject the next published message carries.
@@ -512,6 +569,10 @@ impl Task {
             let abandon_at = last_heard + self.timers.abandon_after;
             let linger_at = linger_until.unwrap_or(abandon_at);
             let hold_at = self.hold_until.unwrap_or(abandon_at);
+            let answers_until = self
+                .answers
+                .as_ref()
+                .map_or(abandon_at, |watch| watch.until);
             let check_at = self
                 .timers
                 .peer_check
@@ -527,6 +588,16 @@ impl Task {
                     }
                 }
                 () = self.peer_check.gone() => break Err(BrokerError::Lost(LostReason::PeerGone)),
+                answer = next_answer(&mut self.answers), if self.answers.is_some() => {
+                    match answer {
+                        Some(answer) if AnswerWatch::accepts(&answer) => break Err(self.name_clash()),
+                        Some(_) => {}
+                        None => self.answers = None,
+                    }
+                }
+                () = tokio::time::sleep_until(answers_until), if self.answers.is_some() => {
+                    self.answers = None;
+                }
                 () = tokio::time::sleep_until(hold_at), if self.hold_until.is_some() => {
                     self.hold_until = None;
                 }
@@ -544,6 +615,9 @@ impl Task {
                     if down {
                         break Err(BrokerError::Lost(LostReason::BrokerDisconnected));
                     }
+                    if let Some(error) = self.refused() {
+                        break Err(error);
+                    }
                 }
                 message = self.subscriber.next() => {
                     let Some(message) = message else {
@@ -551,6 +625,11 @@ impl Task {
                     };
                     last_heard = Instant::now();
                     if let Err(reason) = self.take_in(message.payload) {
+                        // The other agent's acceptance left ahead of its
+                        // first message, which collides with ours.
+                        if self.answers.as_mut().is_some_and(AnswerWatch::acceptance_queued) {
+                            break Err(self.name_clash());
+                        }
                         break Err(BrokerError::Lost(reason));
                     }
                 }
@@ -597,6 +676,21 @@ impl Task {
         let _ = self.subscriber.unsubscribe().await;
         self.peer_check.close().await;
         drop(self.permit);
+    }
+
+    /// The error due when the broker refused what the stream needs.
+    fn refused(&self) -> Option<BrokerError> {
+        let watch = self.refusal.as_ref()?;
+        let state = self.connection.borrow();
+        (state.permission_violations > watch.after
+            && state.last_refused_subject.as_deref() == Some(watch.subject.as_str()))
+        .then(|| watch.error.clone())
+    }
+
+    /// The error of a session that two agents accepted.
+    fn name_clash(&self) -> BrokerError {
+        let name = self.answers.as_ref().map(|watch| watch.name.clone());
+        BrokerError::NameClash(name.unwrap_or_default())
     }
 
     /// A heartbeat that asks the broker whether the peer is subscribed.

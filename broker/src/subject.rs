@@ -190,6 +190,12 @@ impl Subjects {
         )
     }
 
+    /// Every agent → ctl subject of agent `name`'s sessions (a wildcard,
+    /// as a broker permission names them).
+    pub fn from_agent_all(&self, name: &str) -> String {
+        format!("{}.v1.agent.{name}.session.*.from-agent", self.prefix)
+    }
+
     /// The agent → ctl subject of a session.
     pub fn from_agent(&self, name: &str, session: SessionId) -> String {
         format!(

@@ -111,6 +111,11 @@ pub struct OpenRequest {
     /// answered, never opened.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// A probe's sender: a random id of the agent process asking, so that
+    /// an agent that receives a probe not its own knows that another
+    /// agent serves its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The agent's answer to an [`OpenRequest`].
@@ -126,6 +131,10 @@ pub struct OpenAnswer {
     /// connection is held by its other sessions), `bad-request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// In the answer to a probe: the answering agent process's random id
+    /// (see [`OpenRequest::instance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// What an agent answers to a discovery request.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -187,6 +187,102 @@ async fn an_agent_user_without_its_inbox_is_told_which_permission_is_missing() {
         "the broker does not let us read the replies to our own requests under \
          rexec.v1.agent.labpc07.inbox (its user needs to subscribe to rexec.v1.agent.labpc07.inbox.>)"
     );
+}
+
+/// A ctl user the broker does not let receive replies, send opens or read
+/// sessions is told which, at once. Before, a dial waited for the whole
+/// open timeout and said the agent did not answer, and discovery found
+/// nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ctl_user_the_broker_refuses_a_subject_is_told_which() {
+    let Some(server) = Nats::start_with(
+        r#"authorization { users = [
+            { user: agent, password: pw }
+            { user: noinbox, password: pw, permissions: {
+                subscribe: { allow: ["rexec.v1.agent.*.session.*.from-agent"] } } }
+            { user: noopen, password: pw, permissions: {
+                publish: { deny: ["rexec.v1.agent.*.open"] } } }
+            { user: nosession, password: pw, permissions: {
+                subscribe: { allow: ["_INBOX.>"] } } }
+        ] }"#,
+    ) else {
+        return;
+    };
+    let password_file = server.file("pw.pass");
+    secret_file(&password_file, "pw\n");
+    let user = |name: &str| {
+        let mut options = server.options();
+        options.credentials = Credentials::UserPassword {
+            user: name.to_owned(),
+            password_file: password_file.clone(),
+        };
+        options
+    };
+    let agent = Carrier::connect(user("agent")).await.expect("agent");
+    let _listener = agent.listen("labpc07").await.expect("listen");
+    let _announcing = agent
+        .announce(rexec_broker::Announcement {
+            name: "labpc07".to_owned(),
+            fingerprint: "SHA256:x".to_owned(),
+            version: "0".to_owned(),
+        })
+        .await
+        .expect("announce");
+    let inbox = BrokerError::InboxRefused("_INBOX".to_owned());
+    for (name, dialled) in [
+        ("noinbox", inbox.clone()),
+        (
+            "noopen",
+            BrokerError::Broker(
+                "the broker does not let us open sessions to labpc07: its user needs to publish to rexec.v1.agent.labpc07.open"
+                    .to_owned(),
+            ),
+        ),
+        (
+            "nosession",
+            BrokerError::Broker(
+                "the broker does not let us read sessions from labpc07: its user needs to subscribe to rexec.v1.agent.labpc07.session.*.from-agent"
+                    .to_owned(),
+            ),
+        ),
+    ] {
+        let ctl = Carrier::connect(user(name)).await.expect("ctl connects");
+        let started = Instant::now();
+        // Twice: the second dial shares what the first one made.
+        for _ in 0..2 {
+            // A refusal that comes after the agent's answer ends the
+            // session instead.
+            let error = match ctl.dial("labpc07").await {
+                Err(error) => error,
+                Ok(mut stream) => {
+                    let mut buf = [0u8; 8];
+                    let read = tokio::io::AsyncReadExt::read(&mut stream, &mut buf);
+                    let error = tokio::time::timeout(Duration::from_secs(5), read)
+                        .await
+                        .expect("the session ends")
+                        .expect_err("the session fails");
+                    BrokerError::from_io(&error).cloned().expect("a carrier error")
+                }
+            };
+            assert_eq!(error, dialled, "{name}");
+            assert_eq!(error.kind(), "broker");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name}: told after {:?}, the open timeout is 10 s",
+            started.elapsed()
+        );
+        if name == "noinbox" {
+            assert_eq!(
+                ctl.discover(Duration::from_secs(1)).await,
+                Err(inbox.clone())
+            );
+            assert_eq!(
+                inbox.to_string(),
+                "the broker does not let us read the replies to our own requests under _INBOX (its user needs to subscribe to _INBOX.>)"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

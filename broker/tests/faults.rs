@@ -286,6 +286,67 @@ async fn refused_opens_are_reported_and_only_reply_inboxes_are_answered() {
     exchange_and_check(listener.accept(), &ctl, "labpc07").await;
 }
 
+/// Two agents under one name both accept every session and both answer on
+/// its subjects, so every session fails. Before, that read as messages
+/// missing or out of order, and neither agent knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_under_one_name_know_it_and_ctl_says_so() {
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let first = server.carrier().await;
+    let mut first_listener = first.listen("labpc07").await.expect("listen");
+    assert_eq!(first.probe("labpc07").await, Ok(()), "alone on the name");
+    let second = server.carrier().await;
+    let mut second_listener = second
+        .listen("labpc07")
+        .await
+        .expect("the second agent still listens");
+    // The second sees the first's answer to its probe; the first saw the
+    // second's probe arrive.
+    assert_eq!(
+        second.probe("labpc07").await,
+        Err(BrokerError::NameClash("labpc07".to_owned()))
+    );
+    assert!(first.state().name_clashes >= 1, "{:?}", first.state());
+    assert_eq!(
+        first.probe("labpc07").await,
+        Err(BrokerError::NameClash("labpc07".to_owned()))
+    );
+
+    // ctl: both accept; the session fails naming the clash.
+    let ctl = server.carrier().await;
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let _a = first_listener.accept().await.expect("first accepted");
+    let _b = second_listener.accept().await.expect("second accepted");
+    let error = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut [0u8; 16]))
+        .await
+        .expect("the session fails at once")
+        .expect_err("the session fails");
+    assert_eq!(
+        BrokerError::from_io(&error),
+        Some(&BrokerError::NameClash("labpc07".to_owned())),
+        "{error}"
+    );
+    assert_eq!(
+        BrokerError::NameClash("labpc07".to_owned()).to_string(),
+        "two agents answer to the name labpc07 on the broker, so sessions to it fail; give each agent a name of its own (rexec-agent run --name, or name in [broker]; the default is the host name up to its first dot)"
+    );
+
+    // Once one is gone, the other is alone again.
+    drop(second_listener);
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while first.probe("labpc07").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first agent never found itself alone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exchange_and_check(first_listener.accept(), &ctl, "labpc07").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_ends_the_stream_and_the_next_dial_works() {
     let Some(mut server) = Nats::start() else {
@@ -358,6 +419,7 @@ async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
         session: session.to_string(),
         window: 4096,
         probe: false,
+        instance: None,
     };
     let reply = ghost
         .request(

@@ -209,18 +209,25 @@ impl BrokerLink {
             .map_err(|e| failure(e, timeout))
     }
 
-    /// The agents connected to the broker now, sorted by name.
+    /// The agents connected to the broker now, sorted by name. A name two
+    /// agents answer to is said on stderr, one line each: sessions to it
+    /// fail, and the list shows it once.
     ///
     /// # Errors
-    /// The request cannot be sent.
+    /// The request cannot be sent, or the broker's permissions do not let
+    /// us ask or read the answers.
     pub fn discover(&self, window: Duration) -> Result<Vec<Announcement>, CtlError> {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| CtlError::Local("the broker connection is closed".into()))?;
-        runtime
+        let found = runtime
             .block_on(self.carrier.discover(window))
-            .map_err(|e| failure(e, window))
+            .map_err(|e| failure(e, window))?;
+        for name in shared_names(&found) {
+            say!("ctl: {name}: {}", BrokerError::NameClash(name.to_owned()));
+        }
+        Ok(found)
     }
 }
 
@@ -233,6 +240,18 @@ impl Drop for BrokerLink {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The names more than one agent answered to, once each, in order
+/// (`found` is sorted by name).
+fn shared_names(found: &[Announcement]) -> Vec<&str> {
+    let mut shared: Vec<&str> = found
+        .windows(2)
+        .filter(|pair| pair[0].name == pair[1].name)
+        .map(|pair| pair[0].name.as_str())
+        .collect();
+    shared.dedup();
+    shared
 }
 
 /// A carrier error as ctl's own: `offline` and `lost` for the agent,
@@ -329,6 +348,18 @@ mod tests {
     }
 
     #[test]
+    fn names_two_agents_answer_to_are_found_once_each() {
+        let agent = |name: &str| Announcement {
+            name: name.to_owned(),
+            fingerprint: String::new(),
+            version: String::new(),
+        };
+        let found = ["a1", "a1", "a1", "a2", "a3", "a3"].map(agent);
+        assert_eq!(shared_names(&found), ["a1", "a3"]);
+        assert!(shared_names(&[agent("a1"), agent("a2")]).is_empty());
+    }
+
+    #[test]
     fn the_carriers_errors_get_our_kinds() {
         let kind = |e| failure(e, Duration::from_secs(5)).kind();
         assert_eq!(kind(BrokerError::Offline("a".into())), "offline");
@@ -359,6 +390,14 @@ mod tests {
         assert_eq!(
             failure(BrokerError::Offline("a".into()), Duration::ZERO).to_string(),
             "not connected to the broker"
+        );
+        let clash = failure(BrokerError::NameClash("a1".into()), Duration::ZERO);
+        assert_eq!(clash.kind(), "broker");
+        assert!(
+            clash
+                .to_string()
+                .starts_with("two agents answer to the name a1 on the broker"),
+            "{clash}"
         );
     }
 }
