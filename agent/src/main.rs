@@ -690,17 +690,20 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    fn run_long_help() -> String {
+        Cli::command()
+            .find_subcommand_mut("run")
+            .expect("run subcommand")
+            .render_long_help()
+            .to_string()
+    }
+
     /// The `run` flags have no clap defaults (a flag applies only when
     /// given), so their help states the defaults in words; they must be
     /// the ones `config` applies.
     #[test]
     fn run_help_states_the_defaults_that_apply() {
-        let mut cli = Cli::command();
-        let help = cli
-            .find_subcommand_mut("run")
-            .expect("run subcommand")
-            .render_long_help()
-            .to_string();
+        let help = run_long_help();
         let d = AgentSettings::new(config::DEFAULT_DIR);
         let time = |t: Duration| humantime::format_duration(t).to_string();
         let mut expected = vec![
@@ -729,12 +732,7 @@ mod tests {
     /// `per_source_max_startups` names the block the limit counts.
     #[test]
     fn the_per_source_limit_is_documented_with_the_ipv6_block_it_counts() {
-        let mut cli = Cli::command();
-        let help = cli
-            .find_subcommand_mut("run")
-            .expect("run subcommand")
-            .render_long_help()
-            .to_string();
+        let help = run_long_help();
         let example = include_str!("../../systemd/agent.toml");
         let readme = include_str!("../../README.md");
         let block = format!("/{}", rexec_agent::limits::IPV6_PREFIX);
