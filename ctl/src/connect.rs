@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::tls::{
-    ClientCredentials, HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, TlsError, server_name,
+    ClientCredentials, HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, server_name,
 };
 use rexec_protocol::{
     AgentMessage, ClientCodec, ClientMessage, FrameError, Hello, Identity, PROTOCOL_VERSION,
@@ -176,7 +176,7 @@ impl Client {
         };
         let verifier = Arc::new(HostKeyVerifier::new(policy));
         let config = credentials(&self.identity)
-            .and_then(|credentials| credentials.config(verifier.clone()))
+            .config(verifier.clone())
             .map_err(|e| {
                 CtlError::Connection(ConnectionError::Handshake(std::io::Error::other(e)))
             })?;
@@ -303,20 +303,20 @@ impl Client {
     }
 }
 
-/// `identity`'s TLS credentials, loaded once per process: a fan-out to
-/// 10,000 hosts would otherwise load the same private key 10,000 times.
-fn credentials(identity: &Identity) -> Result<ClientCredentials, TlsError> {
+/// `identity`'s TLS credentials, made once per process and shared by every
+/// connection of a fan-out.
+fn credentials(identity: &Identity) -> ClientCredentials {
     static LOADED: Mutex<Option<(rexec_protocol::Fingerprint, ClientCredentials)>> =
         Mutex::new(None);
     let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((fingerprint, credentials)) = loaded.as_ref()
         && *fingerprint == identity.fingerprint
     {
-        return Ok(credentials.clone());
+        return credentials.clone();
     }
-    let credentials = ClientCredentials::new(identity)?;
+    let credentials = ClientCredentials::new(identity);
     *loaded = Some((identity.fingerprint, credentials.clone()));
-    Ok(credentials)
+    credentials
 }
 
 /// A connection past the hello exchange, with the agent's hello.

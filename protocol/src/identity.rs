@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -166,6 +167,10 @@ pub struct Identity {
     pub private_key: PrivateKeyDer<'static>,
     /// The certificate's fingerprint.
     pub fingerprint: Fingerprint,
+    /// The private key made ready to sign, once: that costs a scalar
+    /// multiplication, which checking the key at load and presenting it
+    /// in TLS would otherwise each pay.
+    pub signing_key: Arc<dyn rustls::sign::SigningKey>,
 }
 
 /// Where an identity's two files live.
@@ -293,6 +298,7 @@ impl Identity {
             certificate,
             private_key,
             fingerprint,
+            signing_key,
         })
     }
 }

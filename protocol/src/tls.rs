@@ -291,13 +291,12 @@ pub fn client_config(
     identity: Option<&Identity>,
     verifier: Arc<HostKeyVerifier>,
 ) -> Result<ClientConfig, TlsError> {
-    let credentials = identity.map(ClientCredentials::new).transpose()?;
+    let credentials = identity.map(ClientCredentials::new);
     credentials_config(credentials.as_ref(), verifier)
 }
 
 /// A client's certificate and signing key, made ready once for all the
-/// connections of a run: loading the key costs a scalar multiplication,
-/// which a fan-out would otherwise pay once per host.
+/// connections of a run.
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
     key: Arc<rustls::sign::CertifiedKey>,
@@ -305,23 +304,17 @@ pub struct ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// `identity`'s certificate and key.
-    ///
-    /// # Errors
-    /// When the identity's key is unusable.
-    pub fn new(identity: &Identity) -> Result<ClientCredentials, TlsError> {
-        let provider = provider();
-        // As rustls's own `with_client_auth_cert`: the key must match the
-        // certificate.
-        let key = rustls::sign::CertifiedKey::from_der(
+    /// `identity`'s certificate and key (checked against each other when
+    /// the identity was loaded).
+    pub fn new(identity: &Identity) -> ClientCredentials {
+        let key = rustls::sign::CertifiedKey::new(
             vec![identity.certificate.clone()],
-            identity.private_key.clone_key(),
-            &provider,
-        )?;
-        Ok(ClientCredentials {
+            identity.signing_key.clone(),
+        );
+        ClientCredentials {
             key: Arc::new(key),
-            provider,
-        })
+            provider: provider(),
+        }
     }
 
     /// A client configuration presenting these credentials and checking
