@@ -10,11 +10,11 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt};
 use rexec_protocol::{
     AgentCodec, AgentMessage, ClientMessage, ErrorKind, ErrorReport, ExecRequest, Fingerprint,
-    FrameError, Hello, PROTOCOL_VERSION, PullRequest, PushRequest,
+    FrameError, FrameWriter, Hello, PROTOCOL_VERSION, PullRequest, PushRequest,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -29,7 +29,7 @@ use crate::run_as::Requester;
 use crate::state::{AgentState, Startup};
 
 type Incoming<S> = FramedRead<ReadHalf<S>, AgentCodec>;
-type Outgoing<S> = FramedWrite<WriteHalf<S>, AgentCodec>;
+type Outgoing<S> = FrameWriter<WriteHalf<S>, AgentMessage>;
 
 /// The software name and version the agent announces.
 pub fn software() -> String {
@@ -341,7 +341,7 @@ where
     let client = identify(&tls, state)?;
     let (read, write) = tokio::io::split(tls);
     let mut incoming = FramedRead::new(read, AgentCodec::new());
-    let outgoing = FramedWrite::new(write, AgentCodec::new());
+    let outgoing = FrameWriter::new(write);
     match read_request(&mut incoming).await {
         Ok(request) => Ok((client, incoming, outgoing, request)),
         Err(error @ (SessionError::Protocol(_) | SessionError::VersionMismatch { .. })) => {

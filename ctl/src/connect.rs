@@ -18,13 +18,14 @@ use rexec_protocol::tls::{
     ClientCredentials, HostKeyOutcome, HostKeyPolicy, HostKeyVerifier, server_name,
 };
 use rexec_protocol::{
-    AgentMessage, ClientCodec, ClientMessage, FrameError, Hello, Identity, PROTOCOL_VERSION,
+    AgentMessage, ClientCodec, ClientMessage, FrameError, FrameWriter, Hello, Identity,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use rexec_broker::BrokerError;
 
@@ -50,7 +51,7 @@ type Transport = Box<dyn Io>;
 /// Frames from the agent.
 pub type Incoming = FramedRead<ReadHalf<TlsStream<Transport>>, ClientCodec>;
 /// Frames to the agent.
-pub type Outgoing = FramedWrite<WriteHalf<TlsStream<Transport>>, ClientCodec>;
+pub type Outgoing = FrameWriter<WriteHalf<TlsStream<Transport>>, ClientMessage>;
 
 /// How ctl gets a byte stream to a target's agent.
 #[derive(Debug, Clone, Default)]
@@ -254,7 +255,7 @@ impl Client {
             // Room for several full frames, so that bulk output is read
             // from TLS in large pieces rather than a frame's worth at a time.
             incoming: FramedRead::with_capacity(read, ClientCodec::new(), READ_BUFFER),
-            outgoing: FramedWrite::new(write, ClientCodec::new()),
+            outgoing: FrameWriter::new(write),
         })
     }
 

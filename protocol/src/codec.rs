@@ -95,6 +95,9 @@ pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError>
     Ok(message)
 }
 
+/// A bulk message taken apart: its variant's constructor and its payload.
+pub type Bulk<M> = (fn(Bytes) -> M, Bytes);
+
 /// Messages with variants whose only field is a byte payload: output,
 /// stdin and file data, the bulk of every session's bytes. The decoder hands
 /// those payloads out as slices of the received frame instead of copying
@@ -102,6 +105,13 @@ pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError>
 pub trait BulkMessage: Sized + 'static {
     /// The constructors of the variants whose only field is a byte payload.
     fn bulk_variants() -> &'static [fn(Bytes) -> Self];
+
+    /// A bulk variant taken apart into its constructor and its payload;
+    /// any other message as it is.
+    ///
+    /// # Errors
+    /// The message, when it is not a bulk variant.
+    fn into_bulk(self) -> Result<Bulk<Self>, Self>;
 }
 
 impl BulkMessage for AgentMessage {
@@ -112,12 +122,60 @@ impl BulkMessage for AgentMessage {
             AgentMessage::FileData,
         ]
     }
+
+    fn into_bulk(self) -> Result<Bulk<Self>, Self> {
+        match self {
+            AgentMessage::Stdout(payload) => Ok((AgentMessage::Stdout, payload)),
+            AgentMessage::Stderr(payload) => Ok((AgentMessage::Stderr, payload)),
+            AgentMessage::FileData(payload) => Ok((AgentMessage::FileData, payload)),
+            other => Err(other),
+        }
+    }
 }
 
 impl BulkMessage for ClientMessage {
     fn bulk_variants() -> &'static [fn(Bytes) -> Self] {
         &[ClientMessage::Stdin, ClientMessage::FileData]
     }
+
+    fn into_bulk(self) -> Result<Bulk<Self>, Self> {
+        match self {
+            ClientMessage::Stdin(payload) => Ok((ClientMessage::Stdin, payload)),
+            ClientMessage::FileData(payload) => Ok((ClientMessage::FileData, payload)),
+            other => Err(other),
+        }
+    }
+}
+
+/// Writes into `dst` the frame of `make(payload)` up to where its payload
+/// of `payload_len` bytes begins: the length prefix, the variant index and
+/// the payload's length, as [`MessageCodec`] would encode them.
+///
+/// # Errors
+/// [`FrameError::Encode`] when the frame would be larger than
+/// [`MAX_FRAME_LEN`]; `dst` is left as it was.
+pub(crate) fn bulk_frame_head<Out: Serialize>(
+    make: fn(Bytes) -> Out,
+    payload_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    // The empty payload's encoding is the variant index and a zero length;
+    // the real length replaces the zero, in bincode's form for a length.
+    let mut head = encode_message(&make(Bytes::new()))?;
+    head.pop();
+    let len = bincode::serde::encode_to_vec(payload_len as u64, config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    head.extend_from_slice(&len);
+    let body_len = head.len() + payload_len;
+    if body_len > MAX_FRAME_LEN {
+        return Err(FrameError::Encode(format!(
+            "{body_len} bytes is larger than the maximum frame of {MAX_FRAME_LEN}"
+        )));
+    }
+    // Cannot truncate: the body is at most MAX_FRAME_LEN, well within u32.
+    dst.put_u32(body_len as u32);
+    dst.extend_from_slice(&head);
+    Ok(())
 }
 
 /// A bulk variant's index on the wire and its constructor.

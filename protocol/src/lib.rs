@@ -6,12 +6,14 @@
 pub mod codec;
 pub mod copy;
 pub mod exec;
+pub mod frame_writer;
 pub mod identity;
 pub mod job;
 pub mod message;
 pub mod tls;
 
 pub use codec::{AgentCodec, ClientCodec, FrameError, MAX_CHUNK_LEN, MAX_FRAME_LEN};
+pub use frame_writer::FrameWriter;
 pub use identity::{Fingerprint, Identity, IdentityError, IdentityPaths, KeyMismatch};
 pub use job::{DetachRequest, JobId, JobRequest, JobState, JobStream, JobSummary};
 pub use message::*;
