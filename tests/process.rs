@@ -260,6 +260,37 @@ fn timeout_kills_the_whole_group_and_exits_124() {
 }
 
 #[test]
+fn output_flowing_at_the_timeout_arrives_without_a_gap() {
+    let (env, agent) = Env::with_agent();
+    // Output still flows when the deadline comes, so the agent has read a
+    // chunk it has not sent yet; what the command wrote before it was
+    // killed follows it. Five runs: which of the two comes first at the
+    // deadline is chance.
+    for run in 1..=5 {
+        let out = env.exec(&agent, &["--timeout", "100ms", "seq 1 1000000000"]);
+        assert_eq!(out.status.code(), Some(124), "{}", stderr_of(&out));
+        let text = stdout_of(&out);
+        // The command was killed in the middle of a write: the last line
+        // may be cut short, but only there.
+        let (whole, cut) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let mut lines = 0u64;
+        for line in whole.lines() {
+            lines += 1;
+            assert_eq!(
+                line,
+                lines.to_string(),
+                "run {run}: line {lines} is not the next number: output went missing"
+            );
+        }
+        assert!(lines > 0, "output before the timeout is kept");
+        assert!(
+            (lines + 1).to_string().starts_with(cut),
+            "run {run}: the output ends in {cut:?} after {lines}"
+        );
+    }
+}
+
+#[test]
 fn timeout_kill_escalates_to_sigkill_for_a_command_that_ignores_term() {
     let (env, agent) = Env::with_agent();
     let sleep = unique_sleep(600);

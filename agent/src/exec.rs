@@ -189,6 +189,8 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
         .unwrap_or_else(far_future);
     let mut keepalive = Keepalive::of(job.settings);
     let mut client_open = true;
+    // A message a kill or the deadline kept from the client's writer.
+    let mut unsent = None;
 
     let started = AgentMessage::Started {
         pid,
@@ -240,7 +242,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             message = output.next(), if output.is_open() => {
                 if let Some(message) = message {
                     count(&mut report, &message);
-                    match send_bounded(job.outgoing, message, job.kill, deadline).await {
+                    match send_bounded(job.outgoing, message, job.kill, deadline, &mut unsent).await {
                         Ok(sent) => client_open = sent,
                         Err(end) => break Err(end),
                     }
@@ -290,7 +292,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                     stdin_stall.as_mut().reset(tokio::time::Instant::now() + STDIN_STALL);
                 }
                 if let Some(given) = room.due() {
-                    match send_bounded(job.outgoing, given, job.kill, deadline).await {
+                    match send_bounded(job.outgoing, given, job.kill, deadline, &mut unsent).await {
                         Ok(sent) => client_open = sent,
                         Err(end) => break Err(end),
                     }
@@ -304,7 +306,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
                             // Dropped: its room is given back with the rest.
                             room.owe(chunk.len());
                             if let Some(given) = room.due() {
-                                match send_bounded(job.outgoing, given, job.kill, deadline).await {
+                                match send_bounded(job.outgoing, given, job.kill, deadline, &mut unsent).await {
                                     Ok(sent) => client_open = sent,
                                     Err(end) => break Err(end),
                                 }
@@ -389,6 +391,11 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             // pipe open must not hold us, hence the bound.
             if client_open && !matches!(end, ExecEnd::ClientSilent(_)) {
                 let drain = async {
+                    if let Some(message) = unsent.take()
+                        && job.outgoing.send(message).await.is_err()
+                    {
+                        return;
+                    }
                     while let Some(message) = output.next().await {
                         count(&mut report, &message);
                         if job.outgoing.send(message).await.is_err() {
@@ -449,19 +456,33 @@ impl RoomOwed {
 
 /// Sends `message` to the client unless the agent's shutdown or the
 /// command's deadline comes first: a client that stops reading holds
-/// neither. A message cut off stays in the frame buffer and goes out first
-/// with what follows. `Ok(false)`: the client is gone.
+/// neither. Nothing cut off is lost: a message the writer already took
+/// goes out first with what follows, and one it had no room for yet is
+/// left in `unsent`, for the drain after the kill to send first (else a
+/// client reading slowly past the deadline got the output after it and
+/// not it). `Ok(false)`: the client is gone.
 async fn send_bounded(
     outgoing: &mut impl Outgoing,
     message: AgentMessage,
     kill: &tokio_util::sync::CancellationToken,
     deadline: tokio::time::Instant,
+    unsent: &mut Option<AgentMessage>,
 ) -> Result<bool, ExecEnd> {
-    tokio::select! {
-        sent = outgoing.send(message) => Ok(sent.is_ok()),
+    let mut message = Some(message);
+    let send = async {
+        std::future::poll_fn(|cx| outgoing.poll_ready_unpin(cx)).await?;
+        if let Some(message) = message.take() {
+            outgoing.start_send_unpin(message)?;
+        }
+        outgoing.flush().await
+    };
+    let sent = tokio::select! {
+        sent = send => Ok(sent.is_ok()),
         () = kill.cancelled() => Err(ExecEnd::ShutDown),
         () = tokio::time::sleep_until(deadline) => Err(ExecEnd::Finished(ExitStatus::TimedOut)),
-    }
+    };
+    *unsent = message;
+    sent
 }
 
 /// The stdin received and not yet handed to the command, within the
@@ -528,6 +549,34 @@ fn far_future() -> tokio::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_message_the_deadline_cuts_off_is_sent_or_handed_back() {
+        let kill = tokio_util::sync::CancellationToken::new();
+        let past = tokio::time::Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap();
+        // The writer always has room and the deadline has passed: which of
+        // the two the agent sees first is chance, so ask many times.
+        for _ in 0..64 {
+            let mut writer = Vec::new().sink_map_err(|never| match never {});
+            let mut unsent = None;
+            let result = send_bounded(
+                &mut writer,
+                AgentMessage::Keepalive,
+                &kill,
+                past,
+                &mut unsent,
+            )
+            .await;
+            assert!(matches!(
+                result,
+                Ok(true) | Err(ExecEnd::Finished(ExitStatus::TimedOut))
+            ));
+            let delivered = writer.get_ref().len() + usize::from(unsent.is_some());
+            assert_eq!(delivered, 1, "the message was lost");
+        }
+    }
 
     #[test]
     fn the_agent_maximum_caps_the_clients_timeout() {
