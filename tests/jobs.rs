@@ -436,6 +436,34 @@ fn a_detached_job_gets_its_target_name() {
 }
 
 #[test]
+fn waiting_for_a_job_that_ran_out_of_time_exits_124_and_says_so() {
+    let (env, agent) = Env::with_agent();
+    let out = env.ctl_run(&[
+        "exec",
+        "--detach",
+        "--timeout",
+        "500ms",
+        &agent.target(),
+        "echo started; sleep 30",
+    ]);
+    let id = job_id(&out, 0);
+    for (what, args) in [
+        ("wait", vec!["wait", &agent.target(), &id]),
+        ("output", vec!["output", &agent.target(), &id]),
+    ] {
+        let out = job(&env, &args);
+        assert_eq!(out.status.code(), Some(124), "{what}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("command timed out; its process group was killed"),
+            "{what}: {}",
+            stderr_of(&out)
+        );
+    }
+    let (_, output) = output_of(&env, &agent.target(), &id);
+    assert_eq!(output, "started\n");
+}
+
+#[test]
 fn kill_ends_the_jobs_whole_process_group_and_forget_removes_it() {
     let (env, agent) = Env::with_agent();
     let pids = env.root.path().join("pids");

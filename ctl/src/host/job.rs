@@ -101,8 +101,13 @@ impl Describe for JobEnd {
         describe_job(&self.summary, record);
     }
 
+    /// The agent's note on the job; for output and wait of a job that ran
+    /// out of time, the line `ctl exec` gives a timed-out command.
     fn note(&self) -> Option<String> {
-        self.summary.note.clone()
+        self.summary.note.clone().or_else(|| {
+            (self.passes_status && self.summary.state == JobState::Ended(ExitStatus::TimedOut))
+                .then(|| "command timed out; its process group was killed".into())
+        })
     }
 }
 
