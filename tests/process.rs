@@ -282,7 +282,6 @@ fn output_flowing_at_the_timeout_arrives_without_a_gap() {
                 "run {run}: line {lines} is not the next number: output went missing"
             );
         }
-        assert!(lines > 0, "output before the timeout is kept");
         assert!(
             (lines + 1).to_string().starts_with(cut),
             "run {run}: the output ends in {cut:?} after {lines}"
