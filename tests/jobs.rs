@@ -749,6 +749,16 @@ fn flags_a_job_command_cannot_honour_are_refused() {
         vec!["exec", "--detach", "-B", "127.0.0.[2-3]", "true"],
         vec!["exec", "--detach", "--diff", "127.0.0.[2-3]", "true"],
         vec!["exec", "--detach", "-N", "127.0.0.[2-3]", "true"],
+        // A job's --json record carries no output to cap.
+        vec![
+            "exec",
+            "--detach",
+            "--json",
+            "--max-output",
+            "4K",
+            "127.0.0.[2-3]",
+            "true",
+        ],
     ] {
         let out = env.ctl_run(&args);
         assert_eq!(

@@ -266,6 +266,7 @@ pub struct ExecArgs {
         long,
         conflicts_with_all = [
             "stdin", "tty", "gather", "gather_all", "by_host", "diff", "no_prefix", "out_dir",
+            "max_output",
         ]
     )]
     pub detach: bool,
