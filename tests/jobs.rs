@@ -640,6 +640,8 @@ fn a_corrupted_job_record_is_reported_and_the_agent_serves_on() {
     assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
     assert!(!jobs_dir.join(&damaged).exists());
     let fresh = detach(&env, &agent.target(), "echo three");
+    let waited = job(&env, &["wait", &agent.target(), &fresh]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     let out = job(&env, &["output", &agent.target(), &fresh]);
     assert_eq!(stdout_of(&out), "three\n");
     assert_eq!(env.exec(&agent, &["echo", "still"]).stdout, b"still\n");
@@ -853,6 +855,8 @@ fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
     let waited = job(&env, &["wait", &target, &first]);
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     let fourth = detach(&env, &target, "echo fourth");
+    let waited = job(&env, &["wait", &target, &fourth]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     assert_eq!(
         output_of(&env, &target, &fourth),
         (Some(0), "fourth\n".into())
@@ -988,6 +992,9 @@ fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_
     let forgot = job(&env, &["forget", &target, &id]);
     assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
     let again = detach(&env, &target, "echo room again");
+    // Detaching returns once the job runs; its output is there once it ends.
+    let waited = job(&env, &["wait", &target, &again]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
     assert_eq!(
         output_of(&env, &target, &again),
         (Some(0), "room again\n".into())
