@@ -153,12 +153,16 @@ fn ctrl_c_interrupts_the_remote_command_and_its_cleanup_output_arrives() {
 #[test]
 fn second_ctrl_c_kills_the_group_and_exits_130() {
     let env = Env::new();
-    // A long kill grace, and a shell and children that ignore SIGINT and
-    // SIGTERM: only the forwarded SIGKILL can end them within 3 s, not the
-    // TERM-then-KILL the agent uses when a client goes away.
+    // A long kill grace, and a background child that ignores SIGINT and
+    // SIGTERM (the foreground one dies of the first Ctrl-C): only the
+    // forwarded SIGKILL can end it within 3 s, not the TERM-then-KILL the
+    // agent uses when a client goes away.
     let agent = env.agent_with(&["--kill-grace", "30s"]);
-    let mut run = start_sleeping(&env, &agent, "trap '' INT TERM; ", 2);
+    let mut run = start_sleeping(&env, &agent, "trap 'echo got-int' INT; trap '' TERM; ", 2);
     send_signal(run.ctl.id(), "INT");
+    // The second Ctrl-C once the first has reached the command: two
+    // signals sent back to back can arrive at ctl as one.
+    read_until_line(&mut run.stdout, "got-int");
     send_signal(run.ctl.id(), "INT");
     assert_eq!(wait_for_exit(&mut run.ctl).code(), Some(130));
     assert_gone_within(&run.sleep, Duration::from_secs(3));
