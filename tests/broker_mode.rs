@@ -232,8 +232,8 @@ fn dash_t_gives_a_remote_terminal_through_the_broker() {
         &env,
         (100, 30),
         &format!(
-            "{} --broker {} exec -t {NAME} 'tty; echo \"size $(stty size)\"; read line; echo \"read $line\"; \
-             trap \"echo interrupted; exit 9\" INT; sleep 600'",
+            "{} --broker {} exec -t {NAME} 'trap \"echo interrupted; exit 9\" INT; tty; echo \"size $(stty size)\"; \
+             read line; echo \"read $line\"; sleep 600'",
             bin("ctl").display(),
             nats.url,
         ),
@@ -913,17 +913,18 @@ fn a_stopped_ctl_outlives_the_keepalive_bound_while_the_command_writes() {
     let mark = marker("yes");
     let (mut ctl, mut stdout) = spawn_exec_until(&env, &nats, NAME, &format!("yes {mark}"), &mark);
     send_signal(ctl.id(), "STOP");
+    let stopped = Instant::now();
     // Past the agent's bound of 600 ms, when it asks the broker, and short
     // of ctl's own limit (2 s without a sign of life from the agent, which
-    // a ctl stopped longer counts against the agent when it goes on); a
-    // bounded count of samples, none of which may find the writer gone.
+    // a ctl stopped longer counts against the agent when it goes on):
+    // samples for 1.2 s by the clock, none of which may find the writer gone.
     let writing = || {
         processes_with(&mark)
             .iter()
             .any(|(_, cmd)| cmd.starts_with("yes "))
     };
     let mut held = true;
-    for _ in 0..13 {
+    while stopped.elapsed() < Duration::from_millis(1200) {
         held &= writing();
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -580,7 +580,7 @@ fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
         .args([
             "exec",
             "--timeout",
-            "1s",
+            "3s",
             "--connect-timeout",
             "1s",
             &agent.target(),
@@ -598,7 +598,7 @@ fn a_frozen_agent_is_an_error_at_ctls_deadline_not_a_timeout() {
     assert_eq!(
         assert_one_ctl_line(&out, "frozen agent"),
         format!(
-            "ctl: {}: no answer from the agent within 7s; ctl gave up on this host (the command may still be running there)",
+            "ctl: {}: no answer from the agent within 9s; ctl gave up on this host (the command may still be running there)",
             agent.target()
         )
     );

@@ -497,7 +497,7 @@ fn fanout_bounds_how_many_hosts_run_at_once() {
     let log = env.root.path().join("events");
     std::fs::write(&log, "").unwrap();
     let command = format!(
-        "{FLEET_HOST} echo \"start $H\" >> {log}; sleep 0.5; echo \"end $H\" >> {log}",
+        "{FLEET_HOST} echo \"start $H\" >> {log}; sleep 1; echo \"end $H\" >> {log}",
         log = log.display()
     );
     let out = env.ctl_run(&["exec", "--fanout", "4", "@lab", &command]);

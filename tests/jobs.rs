@@ -131,8 +131,15 @@ fn a_job_finishes_when_ctl_is_killed_right_after_detaching() {
 fn job_survives_agent(signal: &str) {
     let env = Env::new();
     let mut agent = env.agent();
-    let command = "for i in $(seq 1 30); do echo line $i; echo err $i >&2; sleep 0.1; done; exit 4";
-    let id = detach(&env, &agent.target(), command);
+    // It writes for 3 s, then ends only once the test has seen it running
+    // under the new agent (at most 20 s later).
+    let go = env.root.path().join("go");
+    let command = format!(
+        "for i in $(seq 1 30); do echo line $i; echo err $i >&2; sleep 0.1; done; \
+         for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done; exit 4",
+        go.display()
+    );
+    let id = detach(&env, &agent.target(), &command);
     agent.signal(signal);
     assert!(agent.wait_exit().is_some(), "agent stopped");
     let again = env.agent();
@@ -140,6 +147,7 @@ fn job_survives_agent(signal: &str) {
         state_of(&env, &again.target(), &id).as_deref(),
         Some("running")
     );
+    std::fs::write(&go, "").unwrap();
     let waited = job(&env, &["wait", &again.target(), &id]);
     assert_eq!(waited.status.code(), Some(4), "{}", stderr_of(&waited));
     let out = job(&env, &["output", &again.target(), &id]);

@@ -187,14 +187,14 @@ fn a_hanging_source_command_is_killed_at_its_timeout() {
         &env,
         "slow",
         &format!(
-            "map = 'echo \"asking the scheduler\" >&2; sleep 600 & sleep 600 # {marker}'\ntimeout = \"300ms\""
+            "map = 'echo \"asking the scheduler\" >&2; sleep 600 & sleep 600 # {marker}'\ntimeout = \"2s\""
         ),
     );
     let out = env.ctl_run(&["hosts", "@slow:gpu"]);
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(
         stderr_of(&out),
-        "ctl: group source slow: its map (GROUP=gpu) command gave no answer within 300ms \
+        "ctl: group source slow: its map (GROUP=gpu) command gave no answer within 2s \
          and was killed: asking the scheduler\n"
     );
     assert!(

@@ -318,11 +318,7 @@ fn watchdog_is_pinged_when_the_unit_sets_watchdogsec() {
     for _ in 0..3 {
         notify.wait_for("WATCHDOG=1").expect("watchdog ping");
     }
-    assert!(
-        agent.log().contains("systemd watchdog enabled"),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("systemd watchdog enabled");
 }
 
 #[test]
