@@ -198,7 +198,7 @@ fn with_only_a_broker_the_agent_opens_no_port_and_serves_through_the_broker() {
             .await
             .expect("connect");
         carrier
-            .discover(Duration::from_millis(500))
+            .discover(Duration::from_secs(3))
             .await
             .expect("discover")
     });

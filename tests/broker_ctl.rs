@@ -44,7 +44,7 @@ fn an_agent_nobody_serves_is_offline_at_once() {
     );
     // A bound, not a speed claim: no timeout was waited for (the connect
     // timeout is 5 s).
-    assert!(took < Duration::from_secs(1), "offline took {took:?}");
+    assert!(took < Duration::from_secs(4), "offline took {took:?}");
 
     let out = run(ctl(&env).args(["--broker", &nats.url, "exec", "--json", "pc[1-2]", "true"]));
     assert_eq!(out.status.code(), Some(255));
