@@ -87,7 +87,10 @@ pub struct ExecReport {
 }
 
 /// Runs `request` and streams it over the job's connection.
-pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoing>) -> ExecReport {
+pub async fn run(
+    request: &ExecRequest,
+    mut job: Job<'_, impl Incoming, impl Outgoing>,
+) -> ExecReport {
     let mut report = ExecReport {
         end: ExecEnd::ClientGone,
         pid: None,
@@ -372,6 +375,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             guard.armed = false;
             drop(guard);
             drop(tracked);
+            drop(job.place.take());
             let status = exit_status(status);
             report.end = ExecEnd::Finished(status);
             let last = finish(job.outgoing, AgentMessage::Exit(status));
@@ -386,6 +390,7 @@ pub async fn run(request: &ExecRequest, job: Job<'_, impl Incoming, impl Outgoin
             guard.armed = false;
             drop(guard);
             drop(tracked);
+            drop(job.place.take());
             // Output written before the kill still reaches a client that is
             // there to read it; a process that escaped the group and holds a
             // pipe open must not hold us, hence the bound.

@@ -8,6 +8,7 @@ use rexec_protocol::{AgentMessage, ClientMessage, ErrorReport, FrameError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
+use crate::limits::ExecSlot;
 use crate::run_as::Requester;
 
 /// What the handler of a request (exec, push, pull) works with, once the
@@ -24,6 +25,11 @@ pub struct Job<'a, I, O> {
     /// The agent's order to end every request now (shutdown past its
     /// grace period).
     pub kill: &'a CancellationToken,
+    /// The request's place under the agent's and the client's limits;
+    /// exec gives it up as soon as its command is reaped, before the
+    /// client hears of the end, so that the client's next request finds it
+    /// free.
+    pub place: Option<ExecSlot<'a>>,
 }
 
 /// What a request reads from its client: typed messages, or why not.

@@ -235,6 +235,7 @@ where
         incoming: &mut incoming,
         outgoing: &mut outgoing,
         kill: &state.shutdown.kill,
+        place: slot,
     };
     let started = Instant::now();
     let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
@@ -258,14 +259,13 @@ where
                 stderr_bytes = report.stderr_bytes,
                 "exec"
             );
-            // The command is over: its place is free while we linger.
-            drop(slot);
+            // The command is over and gave up its place (exec::run).
             linger(&mut incoming, peer, state).await;
             return Ok(());
         }
     };
+    // The copy's place went with its job.
     let report = copy::serve(copy, job).await;
-    drop(slot);
     linger(&mut incoming, peer, state).await;
     audit!(
         tracing::Level::INFO,
