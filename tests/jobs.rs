@@ -450,7 +450,7 @@ fn waiting_for_a_job_that_ran_out_of_time_exits_124_and_says_so() {
         "exec",
         "--detach",
         "--timeout",
-        "1s",
+        "3s",
         &agent.target(),
         "echo started; sleep 30",
     ]);
