@@ -147,6 +147,36 @@ fn hosts_online_lists_the_agents_on_the_broker_in_node_order() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(stdout_of(&out), "db1\npc1\npc2\npc10\n");
 
+    // A longer wait for the answers, as Salt's -t gives: the same list,
+    // after the whole wait (it cannot know how many will answer).
+    let started = Instant::now();
+    let out = run(ctl(&env)
+        .args(broker)
+        .args(["hosts", "--online", "--wait", "2s"]));
+    assert_eq!(
+        stdout_of(&out),
+        "db1\npc1\npc2\npc10\n",
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the whole wait"
+    );
+    for (wait, says) in [("0s", "longer than 0"), ("soon", "not a duration")] {
+        let out = run(ctl(&env)
+            .args(broker)
+            .args(["hosts", "--online", "--wait", wait]));
+        let line = util::checks::assert_one_ctl_line(&out, "--wait");
+        assert!(line.contains(says), "{line}");
+    }
+    let out = run(ctl(&env)
+        .args(broker)
+        .args(["hosts", "--wait", "2s", "pc1"]));
+    assert!(
+        util::checks::assert_one_ctl_line(&out, "--wait without --online").contains("--online")
+    );
+
     let out = run(ctl(&env).args(broker).args(["hosts", "--online", "--json"]));
     let records = util::json_lines(&out);
     let names: Vec<&str> = records.iter().filter_map(|r| r["name"].as_str()).collect();

@@ -353,6 +353,10 @@ pub struct HostsArgs {
     /// With --online: one JSON object per agent (name, fingerprint, version).
     #[arg(long, requires = "online", conflicts_with = "fold")]
     pub json: bool,
+    /// With --online: how long to wait for the agents' answers (e.g. 5s;
+    /// default 1s); an agent that answers later is not listed.
+    #[arg(long, value_name = "DURATION", requires = "online", value_parser = parse_wait)]
+    pub wait: Option<Duration>,
     /// Print the number of hosts instead.
     #[arg(short = 'c', long, conflicts_with = "fold")]
     pub count: bool,
@@ -453,6 +457,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         Duration::ZERO => Err("the connect timeout must be longer than 0".into()),
+        duration => Ok(duration),
+    }
+}
+
+/// `hosts --online --wait`: a duration that is not zero.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("the wait for answers must be longer than 0".into()),
         duration => Ok(duration),
     }
 }

@@ -35,7 +35,9 @@ pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
         };
         let link = BrokerLink::connect(broker, BROKER_CONNECT_TIMEOUT, crate::connect::software())
             .map_err(plain)?;
-        let mut online = link.discover(DISCOVERY_WINDOW).map_err(plain)?;
+        let mut online = link
+            .discover(args.wait.unwrap_or(DISCOVERY_WINDOW))
+            .map_err(plain)?;
         online.sort_by(|a, b| nodeset::node_order(&a.name, &b.name));
         online.dedup_by(|a, b| a.name == b.name);
         if targets.is_none() {
