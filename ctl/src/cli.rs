@@ -455,16 +455,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A connect timeout: a duration that is not zero.
 fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        Duration::ZERO => Err("the connect timeout must be longer than 0".into()),
-        duration => Ok(duration),
-    }
+    parse_nonzero_duration(s, "the connect timeout")
 }
 
 /// `hosts --online --wait`: a duration that is not zero.
 fn parse_wait(s: &str) -> Result<Duration, String> {
+    parse_nonzero_duration(s, "the wait for answers")
+}
+
+/// A duration that is not zero; `what` names it in the refusal.
+fn parse_nonzero_duration(s: &str, what: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
-        Duration::ZERO => Err("the wait for answers must be longer than 0".into()),
+        Duration::ZERO => Err(format!("{what} must be longer than 0")),
         duration => Ok(duration),
     }
 }
