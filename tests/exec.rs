@@ -82,10 +82,7 @@ fn output_arrives_while_the_command_still_runs() {
         .args([
             "exec",
             &agent.target(),
-            &format!(
-                "echo first; for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done; echo second",
-                go.display()
-            ),
+            &format!("echo first; {}; echo second", sh_wait_for(&go)),
         ])
         .stdout(Stdio::piped())
         .spawn()

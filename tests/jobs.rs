@@ -135,9 +135,8 @@ fn job_survives_agent(signal: &str) {
     // under the new agent (at most 20 s later).
     let go = env.root.path().join("go");
     let command = format!(
-        "for i in $(seq 1 30); do echo line $i; echo err $i >&2; sleep 0.1; done; \
-         for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done; exit 4",
-        go.display()
+        "for i in $(seq 1 30); do echo line $i; echo err $i >&2; sleep 0.1; done; {}; exit 4",
+        sh_wait_for(&go)
     );
     let id = detach(&env, &agent.target(), &command);
     agent.signal(signal);
@@ -173,8 +172,8 @@ fn output_follow_from_the_middle_of_a_job_sees_the_rest_live() {
     let (env, agent) = Env::with_agent();
     let go = env.root.path().join("go");
     let command = format!(
-        "echo first; for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done; echo second >&2; echo third; exit 5",
-        go.display()
+        "echo first; {}; echo second >&2; echo third; exit 5",
+        sh_wait_for(&go)
     );
     let id = detach(&env, &agent.target(), &command);
     let mut follow = env

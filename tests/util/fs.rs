@@ -9,6 +9,15 @@ pub fn new_dir(parent: &Path, name: &str) -> PathBuf {
     dir
 }
 
+/// A shell loop that goes on once `go` exists, or after 20 s (when the test
+/// that was to create it has failed already): a command paced by the test.
+pub fn sh_wait_for(go: &Path) -> String {
+    format!(
+        "for i in $(seq 400); do [ -e '{}' ] && break; sleep 0.05; done",
+        go.display()
+    )
+}
+
 /// Deterministic pseudo-random bytes (xorshift), fast enough for tens of MiB.
 pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
