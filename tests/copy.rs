@@ -1455,3 +1455,107 @@ fn a_copy_as_another_user_cannot_read_the_agents_own_process() {
         "nothing copied"
     );
 }
+
+/// The thread of `agent_pid` whose file-system user is `uid` (the fourth
+/// field of its `Uid:` line), if any.
+fn thread_with_fsuid(agent_pid: u32, uid: u32) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{agent_pid}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        let ids = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
+        let fsuid: u32 = ids.split_whitespace().nth(4)?.parse().ok()?;
+        (fsuid == uid).then_some(ids)
+    })
+}
+
+/// A copy as another user runs on a thread of the root agent that takes
+/// the user's file-system identity only: the user's own processes can
+/// neither signal that thread nor set its limits, which would act on the
+/// whole agent (a `kill -KILL` of its thread id ended the agent, and every
+/// client's commands with it).
+#[test]
+fn a_copy_as_another_user_is_out_of_that_users_reach() {
+    let Some((env, agent)) = copying_as_another_user(
+        "a_copy_as_another_user_is_out_of_that_users_reach",
+        r#"["nobody"]"#,
+    ) else {
+        return;
+    };
+    let root = env.root.path();
+    let source = sparse(root.join("big"), 4 << 30);
+    let back = new_dir(root, "back");
+    let mut pull = cp_piped(
+        &env,
+        &[
+            &format!("nobody@{}:{}", agent.target(), source.display()),
+            back.to_str().unwrap(),
+        ],
+    );
+    wait_for_a_temporary(&back);
+    send_signal(pull.id(), "STOP");
+    let agent_pid = agent.child.id();
+    let nobody = uid_of("nobody");
+    assert!(
+        wait_until(DEADLINE, || thread_with_fsuid(agent_pid, nobody).is_some()),
+        "the copy's thread reads as nobody"
+    );
+    // As nobody, the way a confined client would: every thread of the agent.
+    let probe = format!(
+        "for t in /proc/{agent_pid}/task/*; do t=${{t##*/}}; \
+         kill -0 $t 2>/dev/null && echo reached $t; done; echo checked"
+    );
+    let out = env.exec(&agent, &[&probe]);
+    let ids = thread_with_fsuid(agent_pid, nobody);
+    send_signal(pull.id(), "CONT");
+    let _ = pull.kill();
+    let _ = pull.wait();
+    assert_eq!(stdout_of(&out), "checked\n", "{}", stderr_of(&out));
+    let ids = ids.expect("the copy still ran");
+    assert!(ids.starts_with("Uid:\t0\t0\t0\t"), "{ids}");
+    assert_eq!(stdout_of(&env.exec(&agent, &["echo alive"])), "alive\n");
+}
+
+/// A client that stops reading in the middle of a pull holds neither the
+/// copy nor the agent's shutdown: past its grace periods the agent ends
+/// the copy and exits, even with keepalives off, where no TCP timeout
+/// would ever end the wait.
+#[test]
+fn a_stalled_pull_does_not_hold_the_agents_shutdown() {
+    let (env, mut agent) = Env::with_agent_flags(&[
+        "--shutdown-grace",
+        "500ms",
+        "--kill-grace",
+        "500ms",
+        "--keepalive-interval",
+        "0s",
+    ]);
+    let root = env.root.path();
+    let source = sparse(root.join("big"), 4 << 30);
+    let back = new_dir(root, "back");
+    let mut pull = cp_piped(&env, &[&remote(&agent, &source), back.to_str().unwrap()]);
+    wait_for_a_temporary(&back);
+    send_signal(pull.id(), "STOP");
+    agent.signal("TERM");
+    let exited = wait_until(DEADLINE, || agent.child.try_wait().unwrap().is_some());
+    send_signal(pull.id(), "CONT");
+    let ended = wait_until(DEADLINE, || pull.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = pull.kill();
+    }
+    let out = pull.wait_with_output().unwrap();
+    assert!(
+        exited,
+        "the agent waits on a client that stopped reading:\n{}",
+        agent.log()
+    );
+    assert!(ended, "ctl did not end");
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert_eq!(temporaries(&back), Vec::<PathBuf>::new());
+    assert!(
+        agent
+            .log()
+            .contains("agent shutting down; the copy was abandoned"),
+        "{}",
+        agent.log()
+    );
+}

@@ -34,7 +34,7 @@ use rexec_protocol::{
 };
 
 use crate::config::AgentSettings;
-use crate::job::{Incoming, Job, Outgoing, name_of, refuse, refused};
+use crate::job::{Incoming, Job, Outgoing, finish, name_of, refuse, refused};
 use crate::keepalive::Keepalive;
 use crate::run_as::{FsIdentity, Requester, resolve_user, take_identity};
 
@@ -299,7 +299,7 @@ async fn push(
                 continue;
             }
             () = job.kill.cancelled() => {
-                fail(job.outgoing, &mut report, shut_down()).await;
+                tell_shut_down(job.outgoing, &mut report, job.settings.kill_grace).await;
                 stopped = Some(report.outcome.clone());
                 break;
             }
@@ -419,7 +419,9 @@ fn read_tree(
 }
 
 /// Sends the file or tree at `request.path`, as `identity`, noticing a
-/// client that goes away meanwhile.
+/// client that goes away meanwhile. Every write to the client races the
+/// agent's order to end every request: a client that has stopped reading
+/// holds neither the pull nor the agent's shutdown.
 async fn pull(
     request: &PullRequest,
     job: Job<'_, impl Incoming, impl Outgoing>,
@@ -431,6 +433,9 @@ async fn pull(
     let (path, recursive) = (PathBuf::from(&request.path), request.recursive);
     let owners = request.preserve_owner;
     std::thread::spawn(move || read_tree(identity, path, recursive, owners, out));
+    let kill = job.kill;
+    // Set when the agent's order came, perhaps while we were writing.
+    let mut killed = false;
     loop {
         let next = tokio::select! {
             next = items.recv() => next,
@@ -448,24 +453,34 @@ async fn pull(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a pull", name_of(&other)),
                     );
-                    fail(job.outgoing, &mut report, refusal).await;
+                    let told = unless_killed(kill, fail(job.outgoing, &mut report, refusal)).await;
+                    killed = told.is_none();
                     break;
                 }
                 Some(Err(e)) => {
-                    fail(job.outgoing, &mut report, ErrorReport::new(ErrorKind::Protocol, e.to_string())).await;
+                    let refusal = ErrorReport::new(ErrorKind::Protocol, e.to_string());
+                    let told = unless_killed(kill, fail(job.outgoing, &mut report, refusal)).await;
+                    killed = told.is_none();
                     break;
                 }
             },
             () = keepalive.due() => {
-                if job.outgoing.send(AgentMessage::Keepalive).await.is_err() {
-                    report.outcome = "client gone, abandoned".into();
-                    break;
+                match unless_killed(kill, job.outgoing.send(AgentMessage::Keepalive)).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => {
+                        report.outcome = "client gone, abandoned".into();
+                        break;
+                    }
+                    None => {
+                        killed = true;
+                        break;
+                    }
                 }
                 keepalive.sent();
                 continue;
             }
-            () = job.kill.cancelled() => {
-                fail(job.outgoing, &mut report, shut_down()).await;
+            () = kill.cancelled() => {
+                killed = true;
                 break;
             }
         };
@@ -476,41 +491,66 @@ async fn pull(
             Some(FromReader::End { entries, bytes }) => {
                 report.entries = entries;
                 report.bytes = bytes;
-                if job.outgoing.feed(AgentMessage::CopyEnd).await.is_err()
-                    || job.outgoing.close().await.is_err()
-                {
-                    report.outcome = "client gone, abandoned".into();
+                match unless_killed(kill, finish(job.outgoing, AgentMessage::CopyEnd)).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => report.outcome = "client gone, abandoned".into(),
+                    None => killed = true,
                 }
                 break;
             }
             Some(FromReader::Failed(e)) => {
-                fail(job.outgoing, &mut report, report_of(e)).await;
+                let told = unless_killed(kill, fail(job.outgoing, &mut report, report_of(e))).await;
+                killed = told.is_none();
                 break;
             }
             None => {
-                fail(
-                    job.outgoing,
-                    &mut report,
-                    ErrorReport::new(ErrorKind::Internal, "the copy worker died"),
-                )
-                .await;
+                let died = ErrorReport::new(ErrorKind::Internal, "the copy worker died");
+                let told = unless_killed(kill, fail(job.outgoing, &mut report, died)).await;
+                killed = told.is_none();
                 break;
             }
         };
         // The sink flushes by itself once enough is buffered, so TCP's
         // flow control paces the reading of files. A worker slow to read
         // must not leave what it did read waiting in our buffer.
-        let flush = items.is_empty();
-        let sent = if flush {
-            job.outgoing.send(message).await
+        let sent = if items.is_empty() {
+            unless_killed(kill, job.outgoing.send(message)).await
         } else {
-            job.outgoing.feed(message).await
+            unless_killed(kill, job.outgoing.feed(message)).await
         };
-        if sent.is_err() {
-            report.outcome = "client gone, abandoned".into();
-            break;
+        match sent {
+            Some(Ok(())) => keepalive.sent(),
+            Some(Err(_)) => {
+                report.outcome = "client gone, abandoned".into();
+                break;
+            }
+            None => {
+                killed = true;
+                break;
+            }
         }
-        keepalive.sent();
+    }
+    if killed {
+        tell_shut_down(job.outgoing, &mut report, job.settings.kill_grace).await;
     }
     report
+}
+
+/// `write` (to the client), unless the agent's order to end every request
+/// comes first: then `None`, and the write is dropped.
+async fn unless_killed<T>(
+    kill: &tokio_util::sync::CancellationToken,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = write => Some(done),
+        () = kill.cancelled() => None,
+    }
+}
+
+/// The agent is shutting down: as for a command, the client hears why if
+/// it still reads, within the kill `grace`.
+async fn tell_shut_down(outgoing: &mut impl Outgoing, report: &mut CopyReport, grace: Duration) {
+    report.outcome = refused(&shut_down());
+    let _ = tokio::time::timeout(grace, fail(outgoing, report, shut_down())).await;
 }

@@ -114,10 +114,17 @@ pub struct FsIdentity {
 }
 
 /// On the worker thread, before any file work: takes `identity` for this
-/// thread only, then gives up every capability of this thread. glibc's
-/// `setgroups` and `setresuid` would change every thread of the agent, so
-/// the ids are set with the raw system calls; `capset` is per thread by
-/// nature.
+/// thread's file access only, then gives up every capability of this
+/// thread. The real, effective and saved ids stay the agent's: a thread
+/// whose ids were the user's could be signalled and have its limits set by
+/// that user's processes (`kill`, `prlimit` on its thread id), and those
+/// act on the whole agent. The file-system ids are what the kernel checks
+/// for file access; `/proc`, where the effective id matters too, is out of
+/// a copy's reach (`Reach::OutsideProc`). With its real ids root's, the
+/// thread could set its file-system ids back; nothing in a copy does, and
+/// no code of the user's runs there. glibc's `setgroups` would change
+/// every thread of the agent, so the groups are set with the raw system
+/// call; the file-system ids and `capset` are per thread by nature.
 pub fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     let Some(identity) = identity else {
         return Ok(());
@@ -140,19 +147,8 @@ pub fn take_identity(identity: Option<&FsIdentity>) -> Result<(), CopyError> {
     if status != 0 {
         return Err(failed("setgroups"));
     }
-    // The whole identity, real, effective and saved, not the fs ids alone:
-    // some checks (sysctls under /proc/sys) look at the effective uid. The
-    // raw calls change this thread only, a fresh one that ends with the
-    // copy; glibc's wrappers would change every thread of the agent.
-    let (uid, gid) = (identity.uid.as_raw(), identity.gid.as_raw());
-    // SAFETY: plain integer arguments; this thread's credentials only.
-    if unsafe { nix::libc::syscall(nix::libc::SYS_setresgid, gid, gid, gid) } != 0 {
-        return Err(failed("setresgid"));
-    }
-    // SAFETY: as above.
-    if unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, uid, uid, uid) } != 0 {
-        return Err(failed("setresuid"));
-    }
+    nix::unistd::setfsgid(identity.gid);
+    nix::unistd::setfsuid(identity.uid);
     // Both calls report the previous value; asking confirms the change.
     let no_change = Gid::from_raw(u32::MAX);
     if nix::unistd::setfsgid(no_change) != identity.gid {
