@@ -647,25 +647,38 @@ fn known_hosts_without_a_final_newline_keeps_every_pin() {
     }
 }
 
+/// Lines ctl does not understand are named and kept as they are: a bad
+/// fingerprint, a host without its port (as ssh users write it: it would
+/// pin nothing), a line that is not UTF-8; a Latin-1 comment is a comment.
 #[test]
 fn a_malformed_known_hosts_line_is_reported_with_its_number_and_kept() {
     let (env, agent) = Env::with_agent();
-    let mut text = known_hosts_text(&env);
-    text.push_str("labpc07 SHA256:not-a-fingerprint\n");
-    env.write_known_hosts(&text);
-    let line = text.lines().count();
+    let mut text = b"# \xe9quipe du labo\n".to_vec();
+    text.extend_from_slice(known_hosts_text(&env).as_bytes());
+    text.extend_from_slice(b"labpc07 SHA256:not-a-fingerprint\n");
+    text.extend_from_slice(format!("labpc08 {}\n", env.agent_fingerprint).as_bytes());
+    text.extend_from_slice(b"labpc\xe9:7722 ");
+    text.extend_from_slice(format!("{}\n", env.agent_fingerprint).as_bytes());
+    let path = env.ctl_dir.join("known_hosts");
+    std::fs::write(&path, &text).unwrap();
+    let lines = text.split(|&b| b == b'\n').count() - 1;
     let out = env.exec(&agent, &["true"]);
-    assert!(out.status.success());
-    assert_eq!(
-        stderr_of(&out),
-        format!(
-            "ctl: {}:{line}: not HOST:PORT SHA256:<fingerprint>; line ignored\n",
-            env.ctl_dir.join("known_hosts").display()
-        )
-    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let expected: String = (lines - 2..=lines)
+        .map(|line| {
+            format!(
+                "ctl: {}:{line}: not HOST:PORT SHA256:<fingerprint>; line ignored\n",
+                path.display()
+            )
+        })
+        .collect();
+    assert_eq!(stderr_of(&out), expected);
     let other = env.unknown_agent_with(&[]);
     assert!(env.exec(&other, &["true"]).status.success());
-    assert!(known_hosts_text(&env).starts_with(&text), "nothing lost");
+    assert!(
+        std::fs::read(&path).unwrap().starts_with(&text),
+        "nothing lost"
+    );
 }
 
 #[test]

@@ -78,24 +78,27 @@ pub enum Added {
 
 /// The entries of a known hosts text whose first line is line `first + 1`
 /// of the file, and the numbers of the lines that are neither an entry, a
-/// comment nor blank.
-fn parse_from(text: &str, first: usize) -> (Vec<(String, Fingerprint)>, Vec<usize>) {
+/// comment nor blank. A line that is not UTF-8 text (a comment may be in
+/// Latin-1) is one of those, unless it is a comment.
+fn parse_from(text: &[u8], first: usize) -> (Vec<(String, Fingerprint)>, Vec<usize>) {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    for (number, line) in lines(text).enumerate() {
         let number = number + first;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let entry = match (fields.next(), fields.next(), fields.next()) {
-            (Some(host), Some(fingerprint), None) => fingerprint
-                .parse::<Fingerprint>()
-                .ok()
-                .map(|fp| (host.to_owned(), fp)),
-            _ => None,
-        };
+        let entry = std::str::from_utf8(line).ok().and_then(|line| {
+            let mut fields = line.split_whitespace();
+            match (fields.next(), fields.next(), fields.next()) {
+                (Some(host), Some(fingerprint), None) if is_key(host) => fingerprint
+                    .parse::<Fingerprint>()
+                    .ok()
+                    .map(|fp| (host.to_owned(), fp)),
+                _ => None,
+            }
+        });
         match entry {
             Some(entry) => entries.push(entry),
             None => malformed.push(number + 1),
@@ -104,10 +107,34 @@ fn parse_from(text: &str, first: usize) -> (Vec<(String, Fingerprint)>, Vec<usiz
     (entries, malformed)
 }
 
-fn read(path: &Path) -> io::Result<String> {
-    match fs::read_to_string(path) {
+/// Whether `host` is a key ctl records: `HOST:PORT` (`[ADDRESS]:PORT` for
+/// IPv6) or an agent's name on a broker. A host without its port, as ssh
+/// users write it, would never match, and so pin nothing.
+fn is_key(host: &str) -> bool {
+    if host.starts_with(crate::broker_config::KNOWN_HOSTS_PREFIX) {
+        return true;
+    }
+    let Some((name, port)) = host.rsplit_once(':') else {
+        return false;
+    };
+    let bracketed = name.starts_with('[') && name.ends_with(']');
+    !name.is_empty() && (bracketed || !name.contains(':')) && port.parse::<u16>().is_ok()
+}
+
+/// The lines of `text`, split as `str::lines` splits them: a last line may
+/// lack its newline.
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let count = if text.is_empty() { 0 } else { usize::MAX };
+    body.split(|&b| b == b'\n').take(count)
+}
+
+/// The file's bytes; a missing file is empty. Bytes, not text: a line
+/// that is not UTF-8 is reported and kept as it is, not the end of ctl.
+fn read(path: &Path) -> io::Result<Vec<u8>> {
+    match fs::read(path) {
         Ok(text) => Ok(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
 }
@@ -123,15 +150,15 @@ fn inode(path: &Path) -> io::Result<Option<(u64, u64)>> {
 
 impl Seen {
     /// After reading `text` at its start, or after it at `self`.
-    fn after(self, inode: Option<(u64, u64)>, text: &str) -> Seen {
+    fn after(self, inode: Option<(u64, u64)>, text: &[u8]) -> Seen {
         Seen {
             inode,
             len: self.len + text.len() as u64,
-            lines: self.lines + text.lines().count(),
+            lines: self.lines + lines(text).count(),
             ends_with_newline: if text.is_empty() {
                 self.ends_with_newline
             } else {
-                text.ends_with('\n')
+                text.ends_with(b"\n")
             },
         }
     }
@@ -167,7 +194,7 @@ impl KnownHosts {
     }
 
     /// Files `text`, read from where `seen` ends.
-    fn take(&mut self, inode: Option<(u64, u64)>, text: &str) {
+    fn take(&mut self, inode: Option<(u64, u64)>, text: &[u8]) {
         let (entries, malformed) = parse_from(text, self.seen.lines);
         for (host, fingerprint) in entries {
             self.index
@@ -203,8 +230,8 @@ impl KnownHosts {
             return Ok(());
         }
         file.seek(SeekFrom::Start(self.seen.len))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)?;
         self.take(inode, &text);
         Ok(())
     }
@@ -262,7 +289,7 @@ impl KnownHosts {
             .open(&self.path)?;
         file.write_all(line.as_bytes())?;
         let inode = inode(&self.path)?;
-        self.take(inode, &line);
+        self.take(inode, line.as_bytes());
         Ok(Added::New)
     }
 
@@ -277,15 +304,18 @@ impl KnownHosts {
         }
         let _lock = self.lock()?;
         let text = read(&self.path)?;
-        let mut kept = String::with_capacity(text.len());
+        let mut kept = Vec::with_capacity(text.len());
         let mut removed = 0;
         let key = canonical(host_port);
-        for line in text.lines() {
-            if line.split_whitespace().next().map(canonical) == Some(key.clone()) {
+        for line in lines(&text) {
+            let host = std::str::from_utf8(line)
+                .ok()
+                .and_then(|line| line.split_whitespace().next());
+            if host.map(canonical) == Some(key.clone()) {
                 removed += 1;
             } else {
-                kept.push_str(line);
-                kept.push('\n');
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
             }
         }
         if removed > 0 {
@@ -313,7 +343,7 @@ impl KnownHosts {
 
     /// Puts `text` in place of the file in one step: written beside it
     /// under another name, then renamed over it, keeping its permissions.
-    fn replace(&self, text: &str) -> io::Result<()> {
+    fn replace(&self, text: &[u8]) -> io::Result<()> {
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
@@ -322,7 +352,7 @@ impl KnownHosts {
         let mut temporary = tempfile::Builder::new()
             .prefix(".known_hosts.")
             .tempfile_in(dir)?;
-        temporary.write_all(text.as_bytes())?;
+        temporary.write_all(text)?;
         temporary
             .as_file()
             .set_permissions(fs::Permissions::from_mode(mode))?;
@@ -365,6 +395,30 @@ mod tests {
         let reloaded = KnownHosts::load(&path).unwrap();
         assert_eq!(reloaded.get("h:7722"), None);
         assert_eq!(reloaded.get("g:1"), Some(a));
+    }
+
+    #[test]
+    fn lines_not_utf8_or_without_a_port_are_reported_and_kept_byte_for_byte() {
+        let a = fingerprint('A');
+        let mut text = b"# \xe9quipe du labo\n".to_vec();
+        text.extend_from_slice(format!("labpc07 {a}\n").as_bytes());
+        text.extend_from_slice(format!("h\u{e9}:1 {a}\n").as_bytes());
+        text.extend_from_slice(b"h\xe9:1 ");
+        text.extend_from_slice(format!("{a}\nfe80::1 {a}\n[fe80::1]:22 {a}\n").as_bytes());
+        text.extend_from_slice(format!("broker/pc1 {a}\ng:2 {a}\n").as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        fs::write(&path, &text).unwrap();
+        let mut hosts = KnownHosts::load(&path).unwrap();
+        assert_eq!(hosts.malformed(), &[2, 4, 5]);
+        for key in ["h\u{e9}:1", "[fe80::1]:22", "broker/pc1", "g:2"] {
+            assert_eq!(hosts.get(key), Some(a), "{key}");
+        }
+        assert_eq!(hosts.remove("g:2").unwrap(), 1);
+        let kept = fs::read(&path).unwrap();
+        assert_eq!(kept, text[..text.len() - format!("g:2 {a}\n").len()]);
+        assert_eq!(hosts.add("n:3", a).unwrap(), Added::New);
+        assert!(fs::read(&path).unwrap().starts_with(&kept));
     }
 
     #[test]
