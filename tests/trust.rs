@@ -1010,3 +1010,21 @@ fn a_command_cannot_forge_an_audit_line() {
     );
     assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
 }
+
+/// A key without its certificate is not a missing identity: the error
+/// names the certificate, and does not send the user to `ctl keygen`,
+/// which would refuse to overwrite the key.
+#[test]
+fn a_missing_client_certificate_is_named_not_taken_for_no_identity() {
+    let env = Env::new();
+    let cert = env.ctl_dir.join("client.crt");
+    std::fs::remove_file(&cert).unwrap();
+    let out = env.ctl_run(&["id"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        stderr_of(&out),
+        format!("ctl: {}: no such file or directory\n", cert.display())
+    );
+    let keygen = env.ctl_run(&["keygen"]);
+    assert_eq!(keygen.status.code(), Some(255), "the key is still there");
+}

@@ -36,15 +36,17 @@ pub(crate) fn plain(e: CtlError) -> Failure {
     (None, e)
 }
 
-/// Our identity; a missing one says how to create it.
+/// Our identity; a missing one says how to create it. A key without its
+/// certificate is not a missing identity (`ctl keygen` would refuse to
+/// overwrite the key): the certificate is named.
 pub(crate) fn load_identity(config: &ConfigDir) -> Result<Identity, Failure> {
     let paths = config.identity();
     match Identity::load(&paths) {
         Ok(identity) => Ok(identity),
-        Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(plain(CtlError::File(FileError::NoIdentity(
-                paths.private_key,
-            ))))
+        Err(IdentityError::Io { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound && path == paths.private_key =>
+        {
+            Err(plain(CtlError::File(FileError::NoIdentity(path))))
         }
         Err(e) => Err(plain(e.into())),
     }
