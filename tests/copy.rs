@@ -1559,3 +1559,36 @@ fn a_stalled_pull_does_not_hold_the_agents_shutdown() {
         agent.log()
     );
 }
+
+/// A push whose source cannot be read fails once, in plain words, before
+/// any host is reached: not once per host of the fan-out.
+#[test]
+fn a_push_of_a_missing_source_fails_once_before_any_host_is_reached() {
+    let env = Env::new();
+    let fleet = env.fleet(3);
+    let missing = env.root.path().join("nonexist");
+    let out = cp(&env, &[missing.to_str().unwrap(), "@lab:/tmp/"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "ctl: cannot read {}: no such file or directory\n",
+            missing.display()
+        )
+    );
+    for agent in &fleet.agents {
+        assert!(!agent.log().contains("push"), "{}", agent.log());
+    }
+    // The agent's own refusal of a path is in plain words too.
+    let out = cp(
+        &env,
+        &[
+            &remote(&fleet.agents[0], &missing),
+            env.root.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert!(err.contains("no such file or directory"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+}

@@ -11,22 +11,10 @@ use std::io;
 
 use rexec_protocol::{FrameError, IdentityError};
 
-/// `text` with every control character (C0, DEL, C1, and the line and
-/// paragraph separators) written as a Rust-style escape, so that it prints
-/// as one inert line.
-pub fn agent_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use rexec_protocol::plain::agent_text;
 
-/// What went wrong with a file, a socket or a pipe, in a few plain words.
+/// What went wrong with a file, a socket or a pipe, in a few plain words;
+/// a TLS failure in TLS's own terms.
 pub fn io_error(e: &io::Error) -> String {
     if let Some(tls) = e
         .get_ref()
@@ -34,56 +22,7 @@ pub fn io_error(e: &io::Error) -> String {
     {
         return tls_error(tls);
     }
-    use io::ErrorKind as K;
-    let words = match e.kind() {
-        K::NotFound => "no such file or directory",
-        K::PermissionDenied => "permission denied",
-        K::ConnectionRefused => "connection refused",
-        K::ConnectionReset => "connection reset by the other side",
-        K::ConnectionAborted => "connection aborted",
-        K::BrokenPipe => "the other side closed the connection",
-        K::UnexpectedEof => "the other side closed the connection",
-        K::TimedOut => "timed out",
-        K::StorageFull => "no space left on the device",
-        K::ReadOnlyFilesystem => "read-only file system",
-        K::QuotaExceeded => "disk quota exceeded",
-        K::FileTooLarge => "file too large",
-        K::AlreadyExists => "it already exists",
-        K::NotADirectory => "not a directory",
-        K::IsADirectory => "is a directory",
-        K::HostUnreachable => "host unreachable",
-        K::NetworkUnreachable => "network unreachable",
-        K::NetworkDown => "network down",
-        K::AddrNotAvailable => "address not available",
-        K::AddrInUse => "address in use",
-        K::OutOfMemory => "out of memory",
-        K::Interrupted => "interrupted",
-        _ => return other_io_error(e),
-    };
-    words.to_owned()
-}
-
-fn other_io_error(e: &io::Error) -> String {
-    if let Some(code) = e.raw_os_error() {
-        return lower_first(nix::errno::Errno::from_raw(code).desc());
-    }
-    // A message of the standard library or of getaddrinfo, sometimes with
-    // a context in front ("failed to lookup address information: …"):
-    // the last part says what happened.
-    let text = e.to_string();
-    let last = text.rsplit(": ").next().unwrap_or(&text);
-    if last.is_empty() || last.contains("://") {
-        return "input/output error".to_owned();
-    }
-    lower_first(&agent_text(last))
-}
-
-fn lower_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
+    rexec_protocol::plain::io_error(e)
 }
 
 /// What went wrong in TLS, in plain words.
@@ -155,29 +94,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn agent_text_cannot_move_the_cursor_or_start_a_line() {
-        let hostile = "busy\x1b]0;owned\x07\n\rctl: fake\u{9b}2J\u{2028}";
-        let shown = agent_text(hostile);
-        assert!(!shown.chars().any(char::is_control), "{shown:?}");
-        assert_eq!(
-            shown,
-            r"busy\u{1b}]0;owned\u{7}\n\rctl: fake\u{9b}2J\u{2028}"
-        );
-        assert_eq!(agent_text("plain words, é"), "plain words, é");
-    }
-
-    #[test]
-    fn io_errors_lose_their_codes_and_urls() {
+    fn a_tls_failure_under_an_io_error_is_said_in_tls_terms() {
+        let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(io_error(&tls), tls_error(&rustls::Error::DecryptError));
         let full = io::Error::from_raw_os_error(nix::libc::ENOSPC);
         assert_eq!(io_error(&full), "no space left on the device");
-        let eof = io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "peer closed connection without sending TLS close_notify: https://docs.rs/x",
-        );
-        assert_eq!(io_error(&eof), "the other side closed the connection");
-        let odd = io::Error::from_raw_os_error(nix::libc::EXDEV);
-        assert!(!io_error(&odd).contains("os error"), "{}", io_error(&odd));
-        let url = io::Error::other("see: https://docs.rs/y");
-        assert!(!io_error(&url).contains("https"));
     }
 }

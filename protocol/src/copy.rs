@@ -78,7 +78,8 @@ impl CopyError {
             io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory => ErrorKind::BadRequest,
             _ => ErrorKind::WriteFailed,
         };
-        CopyError::new(kind, format!("cannot {action} {}: {e}", path.display()))
+        let why = crate::plain::io_error(e);
+        CopyError::new(kind, format!("cannot {action} {}: {why}", path.display()))
     }
 
     fn errno(path: &Path, action: &str, e: Errno) -> Self {

@@ -10,6 +10,7 @@ pub mod frame_writer;
 pub mod identity;
 pub mod job;
 pub mod message;
+pub mod plain;
 pub mod tls;
 
 pub use codec::{AgentCodec, ClientCodec, FrameError, MAX_CHUNK_LEN, MAX_FRAME_LEN};

@@ -64,6 +64,7 @@ pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
     let end = if direction {
         let dest = pushing.map(|d| d.path).unwrap_or_default();
         let sources: Arc<[PathBuf]> = sources.iter().map(PathBuf::from).collect();
+        copy::check_sources(&sources, options).map_err(plain)?;
         run.drive(
             |_, target| {
                 let (client, sources, dest) = (client.clone(), sources.clone(), dest.clone());

@@ -107,6 +107,18 @@ impl Copied {
     }
 }
 
+/// Opens each of a push's `sources` once, before any host is reached: a
+/// source that cannot be read is one error, not one per host.
+///
+/// # Errors
+/// The first source that cannot be read, in plain words.
+pub fn check_sources(sources: &[PathBuf], options: CopyOptions) -> Result<(), CtlError> {
+    for source in sources {
+        TreeReader::new(source, options.recursive).map_err(local)?;
+    }
+    Ok(())
+}
+
 fn local(e: CopyError) -> CtlError {
     match e.kind {
         // Our writer refusing what the agent sent.
