@@ -365,7 +365,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_file_stays() {
     assert_eq!(out.status.code(), Some(255));
     let err = stderr_of(&out);
     assert!(
-        err.contains("write-failed") && err.contains("No space left"),
+        err.contains("write-failed") && err.contains("no space left on the device"),
         "{err}"
     );
     assert_file(small.0.join("file"), b"old contents");
@@ -413,7 +413,7 @@ fn a_read_only_file_system_and_a_missing_directory_are_clear_errors() {
         .is_ok_and(|s| s.success());
     assert!(remounted, "remount the tmpfs read-only");
     let out = cp(&env, &[source.to_str().unwrap(), &remote(&agent, &ro.0)]);
-    assert_failed_saying(&out, 255, "Read-only");
+    assert_failed_saying(&out, 255, "read-only file system");
     assert_file(ro.0.join("f"), b"old contents");
     assert_eq!(temporaries(&ro.0), Vec::<PathBuf>::new());
 }
@@ -1591,4 +1591,17 @@ fn a_push_of_a_missing_source_fails_once_before_any_host_is_reached() {
     let err = stderr_of(&out);
     assert!(err.contains("no such file or directory"), "{err}");
     assert!(!err.contains("os error"), "{err}");
+}
+
+/// scp's relative remote path (`web1:tmp/`) is a local path to ctl, whose
+/// remote paths are absolute: the refusal says so, in one line.
+#[test]
+fn a_relative_remote_path_is_refused_with_the_absolute_form() {
+    let env = Env::new();
+    let file = new_file(env.root.path(), "f.txt", b"x");
+    let out = cp(&env, &[file.to_str().unwrap(), "web1:tmp/"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("web1:/tmp/, not web1:tmp/"), "{err}");
 }

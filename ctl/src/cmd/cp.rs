@@ -29,7 +29,11 @@ pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
         (Some(dest), []) => (dest.targets.clone(), true),
         (None, [source]) if sources.len() == 1 => (source.targets.clone(), false),
         (Some(_), _) => return Err(usage("copy either to remote hosts or from them, not both")),
-        (None, []) => return Err(usage("one side of ctl cp must be remote: TARGETS:/PATH")),
+        (None, []) => {
+            return Err(usage(
+                "one side of ctl cp must be remote, as TARGETS:/ABSOLUTE/PATH (web1:/tmp/, not web1:tmp/)",
+            ));
+        }
         (None, _) => {
             return Err(usage(
                 "pull one remote path at a time: ctl cp TARGETS:/PATH LOCAL_DIR",
