@@ -465,16 +465,9 @@ async fn pull(
                 }
             },
             () = keepalive.due() => {
-                match unless_killed(kill, job.outgoing.send(AgentMessage::Keepalive)).await {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => {
-                        report.outcome = "client gone, abandoned".into();
-                        break;
-                    }
-                    None => {
-                        killed = true;
-                        break;
-                    }
+                let sent = unless_killed(kill, job.outgoing.send(AgentMessage::Keepalive)).await;
+                if ends_pull(sent, &mut report, &mut killed) {
+                    break;
                 }
                 keepalive.sent();
                 continue;
@@ -491,11 +484,8 @@ async fn pull(
             Some(FromReader::End { entries, bytes }) => {
                 report.entries = entries;
                 report.bytes = bytes;
-                match unless_killed(kill, finish(job.outgoing, AgentMessage::CopyEnd)).await {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => report.outcome = "client gone, abandoned".into(),
-                    None => killed = true,
-                }
+                let sent = unless_killed(kill, finish(job.outgoing, AgentMessage::CopyEnd)).await;
+                ends_pull(sent, &mut report, &mut killed);
                 break;
             }
             Some(FromReader::Failed(e)) => {
@@ -518,22 +508,32 @@ async fn pull(
         } else {
             unless_killed(kill, job.outgoing.feed(message)).await
         };
-        match sent {
-            Some(Ok(())) => keepalive.sent(),
-            Some(Err(_)) => {
-                report.outcome = "client gone, abandoned".into();
-                break;
-            }
-            None => {
-                killed = true;
-                break;
-            }
+        if ends_pull(sent, &mut report, &mut killed) {
+            break;
         }
+        keepalive.sent();
     }
     if killed {
         tell_shut_down(job.outgoing, &mut report, job.settings.kill_grace).await;
     }
     report
+}
+
+/// Whether a write to the client (`sent`, as [`unless_killed`] gives it)
+/// ends the pull: the client gone (noted in `report`) or the agent's kill
+/// order (noted in `killed`).
+fn ends_pull<E>(sent: Option<Result<(), E>>, report: &mut CopyReport, killed: &mut bool) -> bool {
+    match sent {
+        Some(Ok(())) => false,
+        Some(Err(_)) => {
+            report.outcome = "client gone, abandoned".into();
+            true
+        }
+        None => {
+            *killed = true;
+            true
+        }
+    }
 }
 
 /// `write` (to the client), unless the agent's order to end every request
