@@ -228,8 +228,24 @@ fn gather_prints_identical_outputs_once_under_a_node_set() {
          {rule}\n127.0.0.[10-15] (6)\n{rule}\nmid\nsame\n\
          {rule}\n127.0.0.[16-20] (5)\n{rule}\nhigh\n"
     );
-    // Blocks come in the order of each group's first host.
+    // The most hosts first, then in node order.
     assert_eq!(stdout_of(&out), expected);
+    // Whatever order the targets come in: two one-host blocks after the
+    // block of three, in node order.
+    let command = format!(
+        "{FLEET_HOST} case $H in 127.0.0.2) echo two;; 127.0.0.10) echo ten;; *) echo rest;; esac"
+    );
+    let targets = "127.0.0.10,127.0.0.[3-5],127.0.0.2";
+    let out = env.ctl_run(&["exec", "-b", targets, &command]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        format!(
+            "{rule}\n127.0.0.[3-5] (3)\n{rule}\nrest\n\
+             {rule}\n127.0.0.2 (1)\n{rule}\ntwo\n\
+             {rule}\n127.0.0.10 (1)\n{rule}\nten\n"
+        )
+    );
 }
 
 #[test]

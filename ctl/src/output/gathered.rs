@@ -135,9 +135,17 @@ impl Gathered {
         }
     }
 
+    /// As `clush -b` orders them: the blocks of the most hosts first, then
+    /// by each one's first host in node order, whatever order the targets
+    /// were given in.
     fn blocks(&self) {
-        let with_output = (0..self.labels.len()).filter(|&h| !lock(&self.spools[h]).is_empty());
-        for (_, hosts) in self.groups(with_output) {
+        let with_output = self
+            .node_order()
+            .into_iter()
+            .filter(|&h| !lock(&self.spools[h]).is_empty());
+        let mut groups = self.groups(with_output);
+        groups.sort_by_key(|(_, hosts)| std::cmp::Reverse(hosts.len()));
+        for (_, hosts) in groups {
             if self.stopped() {
                 return;
             }
