@@ -123,6 +123,32 @@ fn inventory_entries_merge_field_by_field() {
     );
 }
 
+/// `USER@@GROUP` is the group's hosts as that user, as `USER@RANGE` is for
+/// a range (pdsh and clush spell it `-l USER -g GROUP`); the user on the
+/// command line wins over the inventory's. `h:22:33` is a mistyped port,
+/// not a host.
+#[test]
+fn user_at_group_runs_the_groups_hosts_as_that_user() {
+    let inventory = "[groups]\nlab = \"n[1-3]\"\n\n[hosts.n2]\nuser = \"lab\"\nport = 7000\n";
+    assert_hosts_with_inventory(
+        inventory,
+        &["root@@lab"],
+        "root@n1\nroot@n2:7000\nroot@n3\n",
+    );
+    assert_hosts_with_inventory(
+        inventory,
+        &["alice@corp.example@@lab,!alice@corp.example@n3"],
+        "alice@corp.example@n1\nalice@corp.example@n2:7000\n",
+    );
+    let out = hosts_with_inventory(inventory, &["h:22:33"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        util::stderr_of(&out).contains("must be an IPv6 address"),
+        "{}",
+        util::stderr_of(&out)
+    );
+}
+
 /// Two ranges of the same size that disagree about a host are refused,
 /// naming both, rather than one winning by the order of the keys.
 #[test]

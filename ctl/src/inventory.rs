@@ -519,7 +519,15 @@ impl Inventory {
     ) -> Result<Vec<Target>, InventoryError> {
         match item {
             ListItem::Hosts(specs) => Ok(specs.into_iter().map(|s| self.complete(s)).collect()),
-            ListItem::Group(name) => self.group(&name, stack),
+            ListItem::Group { name, user } => {
+                let mut members = self.group(&name, stack)?;
+                if let Some(user) = user {
+                    for member in &mut members {
+                        member.user = Some(user.clone());
+                    }
+                }
+                Ok(members)
+            }
             ListItem::File(path) => Ok(host_file(&path)?
                 .into_iter()
                 .map(|s| self.complete(s))
@@ -539,10 +547,10 @@ impl Inventory {
         match item {
             ListItem::Hosts(specs) => exclusions.extend(specs),
             ListItem::File(path) => exclusions.extend(host_file(&path)?),
-            ListItem::Group(name) => {
+            ListItem::Group { name, user } => {
                 let members = self.group(&name, stack)?;
                 exclusions.extend(members.into_iter().map(|t| TargetSpec {
-                    user: None,
+                    user: user.clone(),
                     host: t.host,
                     port: Some(t.port),
                 }));

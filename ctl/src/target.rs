@@ -161,6 +161,14 @@ impl TargetSpec {
         if host.is_empty() {
             return Err(err("empty host"));
         }
+        // Without brackets, a host with several ':' can only be an IPv6
+        // address (`::1`, `fe80::1%eth0`); `h:22:33` is a mistyped port.
+        let address = host.split_once('%').map_or(host, |(address, _)| address);
+        if port.is_none() && host.contains(':') && address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(err(
+                "a host with several ':' must be an IPv6 address (with a port: [ADDRESS]:PORT)",
+            ));
+        }
         if host
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '/')
@@ -204,8 +212,14 @@ pub enum ListItem {
     /// Hosts written out or as a range: `node[01-04]`, `root@h:7000`.
     Hosts(Vec<TargetSpec>),
     /// An inventory group, `@lab`, or a group of a source, `@slurm:gpu`
-    /// (the text after the `@`).
-    Group(String),
+    /// (the text after the `@`); `root@@lab` is the group's hosts as user
+    /// `root`, as `root@node[1-4]` is for a range.
+    Group {
+        /// The group's name.
+        name: String,
+        /// The user every member runs as, when given.
+        user: Option<String>,
+    },
     /// A file of hosts, one per line: `^hosts.txt` (the path after the `^`).
     File(String),
 }
@@ -298,10 +312,21 @@ pub fn parse_list(input: &str) -> Result<Vec<Term>, ListError> {
         }) {
             return Err(error(at + bad, format!("{c:?} cannot appear in a target")));
         }
-        if let Some(group) = body.strip_prefix('@') {
+        // `USER@@GROUP`: a user name may hold an '@' (`alice@corp@@lab`),
+        // never end in one.
+        let (user, group, group_at) = match body.rsplit_once("@@") {
+            Some((user, group)) if !body.starts_with('@') => {
+                if let Some(reason) = bad_user_name(user) {
+                    return Err(error(at, reason.into()));
+                }
+                (Some(user.to_owned()), Some(group), at + user.len() + 2)
+            }
+            _ => (None, body.strip_prefix('@'), at + 1),
+        };
+        if let Some(group) = group {
             if let Some(bad) = bad_group_name(group) {
                 return Err(error(
-                    at + 1 + bad.0,
+                    group_at + bad.0,
                     match bad.1 {
                         '@' => "expected a group name after '@' (or SOURCE:)".into(),
                         ':' => "expected a source name before ':'".into(),
@@ -312,7 +337,10 @@ pub fn parse_list(input: &str) -> Result<Vec<Term>, ListError> {
             terms.push(Term {
                 operator,
                 exclude,
-                item: ListItem::Group(group.to_owned()),
+                item: ListItem::Group {
+                    name: group.to_owned(),
+                    user,
+                },
             });
             continue;
         }
@@ -368,6 +396,7 @@ pub fn is_single(input: &str) -> bool {
             .is_some_and(|(inner, _)| inner.contains(':'));
     !input.contains([',', '!', '&', '^'])
         && !input.starts_with('@')
+        && !input.contains("@@")
         && (!input.contains('[') || (v6_literal && input.matches('[').count() == 1))
 }
 
@@ -408,7 +437,7 @@ mod tests {
     fn refuses_what_cannot_be_a_target() {
         for bad in [
             "", ":7722", "h:", "h:0", "h:70000", "h:x", "@h", "[::1", "[::1]x", "a b", "a/b", ".",
-            "..", "..:7722", "root@..",
+            "..", "..:7722", "root@..", "h:22:33", "[h:1]",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
@@ -439,8 +468,23 @@ mod tests {
                     format!("{user}{}{port}", s.host)
                 })
                 .collect(),
-            ListItem::Group(name) => vec![format!("@{name}")],
+            ListItem::Group { name, user } => {
+                let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                vec![format!("{user}@{name}")]
+            }
             ListItem::File(path) => vec![format!("^{path}")],
+        }
+    }
+
+    #[test]
+    fn user_at_group_is_the_group_with_a_user() {
+        let items = parse_list("root@@lab,!alice@corp@@gpu,@slurm:*").unwrap();
+        let shown: Vec<Vec<String>> = items.iter().map(hosts).collect();
+        assert_eq!(shown, [["root@@lab"], ["alice@corp@@gpu"], ["@slurm:*"]]);
+        assert!(items[1].exclude);
+        assert!(is_single("root@h") && !is_single("root@@lab"));
+        for bad in ["root@@", "/@@lab", "root@@la b"] {
+            assert!(parse_list(bad).is_err(), "{bad:?}");
         }
     }
 
