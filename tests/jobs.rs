@@ -925,7 +925,14 @@ fn a_full_disk_loses_output_from_a_byte_on_and_the_job_its_status_and_the_agent_
         skipped(test_name!(), "cannot mount a tmpfs here");
         return;
     };
-    let agent = env.agent_with(&["--state-dir", state.to_str().unwrap()]);
+    // A bound on the jobs kept far above what the disk holds (by default a
+    // tenth of it), so that the disk is what fills, not the bound.
+    let agent = env.agent_with(&[
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--max-kept-job-bytes",
+        "1000000000",
+    ]);
     let target = agent.target();
     // Three times what the disk holds, then a line on stderr, past the
     // point where the disk is full.
@@ -1107,4 +1114,85 @@ fn a_wait_through_the_broker_rides_over_the_agent_restarting() {
         stderr_of(&waited),
         "ctl: labpc07: the agent is stopping; the job goes on there, asking again for up to 10m\n"
     );
+}
+
+/// The ids of `target`'s jobs, as `ctl job list` gives them.
+fn listed_ids(env: &Env, target: &str) -> Vec<String> {
+    listed(env, target)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The bytes of the files in `dir`.
+fn bytes_in(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The jobs kept hold at most `max_kept_job_bytes`: a new job first
+/// removes the oldest ended ones past it, as journald does with its files,
+/// and is refused as busy when running jobs alone hold more. Before, ended
+/// jobs were kept for `job_retention` however many there were, so a client
+/// could fill the state directory's file system.
+#[test]
+fn the_oldest_ended_jobs_make_room_under_max_kept_job_bytes() {
+    let (env, agent) = Env::with_agent_flags(&["--max-kept-job-bytes", "1000000"]);
+    let target = agent.target();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = detach(&env, &target, "head -c 400000 /dev/zero");
+        let waited = job(&env, &["wait", &target, &id]);
+        assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+        ids.push(id);
+    }
+    assert_eq!(
+        listed_ids(&env, &target).len(),
+        3,
+        "1.2 MB kept until a start"
+    );
+    // The next start removes the oldest, and only it.
+    let fourth = detach(&env, &target, "echo fourth");
+    let kept = listed_ids(&env, &target);
+    assert!(!kept.contains(&ids[0]), "{kept:?}");
+    for id in [&ids[1], &ids[2], &fourth] {
+        assert!(kept.contains(id), "{id} in {kept:?}");
+    }
+    agent.expect_log("job removed: the jobs kept held more than max_kept_job_bytes");
+    assert_failed_saying(
+        &job(&env, &["output", &target, &ids[0]]),
+        255,
+        "no such job",
+    );
+
+    // A running job that alone holds more: the next start is refused.
+    let go = env.root.path().join("go");
+    let command = format!("head -c 1200000 /dev/zero; {}", until_file(&go));
+    let big = detach(&env, &target, &command);
+    let dir = env.agent_dir.join("jobs").join(&big);
+    assert!(
+        wait_until(DEADLINE, || bytes_in(&dir) >= 1_200_000),
+        "the running job's output is on disk"
+    );
+    let refused = env.ctl_run(&["exec", "--detach", &target, "echo refused"]);
+    assert_eq!(refused.status.code(), Some(255), "{}", stderr_of(&refused));
+    let said = stderr_of(&refused);
+    assert!(
+        said.contains("busy") && said.contains("max_kept_job_bytes"),
+        "{said}"
+    );
+    assert!(
+        listed_ids(&env, &target).contains(&big),
+        "a running job stays"
+    );
+    std::fs::write(&go, "").unwrap();
+    let waited = job(&env, &["wait", &target, &big]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
 }

@@ -123,6 +123,10 @@ pub const DEFAULT_MAX_JOBS: usize = 64;
 pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 64 << 20;
 /// How long an ended job is kept.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most bytes the kept jobs may hold by default, whatever the size of
+/// their file system (a tenth of it, if that is less), as journald bounds
+/// its files.
+pub const DEFAULT_MAX_KEPT_JOB_BYTES: u64 = 4 << 30;
 
 /// The agent's settings for detached jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +139,10 @@ pub struct JobSettings {
     pub max_output: u64,
     /// How long an ended job is kept before it is removed.
     pub retention: Duration,
+    /// The most bytes the jobs kept may hold, when set; by default a tenth
+    /// of the state directory's file system, at most
+    /// [`DEFAULT_MAX_KEPT_JOB_BYTES`].
+    pub max_kept_bytes: Option<u64>,
     /// Client names that see and control every client's jobs.
     pub admins: Vec<String>,
 }
@@ -155,6 +163,7 @@ impl JobSettings {
             max_jobs: DEFAULT_MAX_JOBS,
             max_output: DEFAULT_MAX_JOB_OUTPUT,
             retention: DEFAULT_JOB_RETENTION,
+            max_kept_bytes: None,
             admins: Vec::new(),
         }
     }

@@ -125,6 +125,11 @@ pub struct ConfigFile {
     #[arg(long, value_parser = crate::config::parse_duration)]
     #[serde(with = "text_opt")]
     pub job_retention: Option<Duration>,
+    /// The most bytes all kept jobs may hold; a new job first removes the
+    /// oldest ended ones past it [default: a tenth of the state
+    /// directory's file system, at most 4294967296].
+    #[arg(long)]
+    pub max_kept_job_bytes: Option<NonZeroU64>,
     /// `[jobs]`: `admins`, client names that see and control every
     /// client's jobs; in the file only.
     #[arg(skip)]
@@ -353,6 +358,7 @@ macro_rules! every_key {
             max_jobs,
             max_job_output,
             job_retention,
+            max_kept_job_bytes,
             jobs,
             run_as
         )
@@ -526,6 +532,9 @@ impl ConfigFile {
         if let Some(bytes) = self.max_copy_bytes {
             settings.max_copy_bytes = (bytes > 0).then_some(bytes);
         }
+        if let Some(bytes) = self.max_kept_job_bytes {
+            settings.jobs.max_kept_bytes = Some(bytes.get());
+        }
         if let Some(table) = &self.jobs {
             settings.jobs.admins = table.admins.clone();
         }
@@ -561,6 +570,7 @@ impl ConfigFile {
                     listen: (!listen.is_empty()).then(|| listen.to_vec()),
                     max_timeout: Some(settings.max_timeout.unwrap_or(Duration::ZERO)),
                     max_copy_bytes: Some(settings.max_copy_bytes.unwrap_or(0)),
+                    max_kept_job_bytes: settings.jobs.max_kept_bytes.and_then(NonZeroU64::new),
                     jobs: (!settings.jobs.admins.is_empty()).then(|| JobsTable {
                         admins: settings.jobs.admins.clone(),
                     }),

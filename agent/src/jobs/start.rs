@@ -21,6 +21,7 @@ use rexec_protocol::{DetachRequest, ErrorKind, ErrorReport, JobSummary};
 use super::runner::{Ready, RunnerSpec, SUBCOMMAND};
 use super::store::{self, JobRecord, NEW_PREFIX};
 use crate::audit::audit;
+use crate::config::JobSettings;
 use crate::state::AgentState;
 
 /// How long a runner may take to say whether its command started.
@@ -30,6 +31,85 @@ pub use crate::audit::Caller;
 
 fn internal(message: impl Into<String>) -> ErrorReport {
     ErrorReport::new(ErrorKind::Internal, message)
+}
+
+/// The most bytes the kept jobs may hold: the setting, else a tenth of
+/// the state directory's file system, at most
+/// [`DEFAULT_MAX_KEPT_JOB_BYTES`](crate::config::DEFAULT_MAX_KEPT_JOB_BYTES).
+fn kept_bound(settings: &JobSettings, state_dir: &Path) -> u64 {
+    settings.max_kept_bytes.unwrap_or_else(|| {
+        let most = crate::config::DEFAULT_MAX_KEPT_JOB_BYTES;
+        rustix::fs::statvfs(state_dir).map_or(most, |fs| {
+            (fs.f_blocks.saturating_mul(fs.f_frsize) / 10).min(most)
+        })
+    })
+}
+
+/// The bytes of the files in a job's directory.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Makes room under the kept-bytes bound before a job starts, as journald
+/// does for its files: while the jobs kept hold more, the oldest ended
+/// ones are removed. A job whose runner still lives is never removed; when
+/// those alone hold more, the start is refused as busy. Without the bound,
+/// a client could fill the state directory's file system (its jobs'
+/// output is written by the agent, outside any quota of the client's
+/// user) by starting jobs that end.
+fn make_room(settings: &JobSettings, state_dir: &Path) -> Result<(), ErrorReport> {
+    let bound = kept_bound(settings, state_dir);
+    let mut total = 0u64;
+    let mut ended = Vec::new();
+    for (id, dir) in store::job_dirs(state_dir) {
+        let bytes = dir_bytes(&dir);
+        total = total.saturating_add(bytes);
+        if !store::runner_alive(&dir) {
+            let when = store::load(&dir, &id)
+                .ok()
+                .and_then(|found| found.ended_ms())
+                .unwrap_or(0);
+            ended.push((when, id, dir, bytes));
+        }
+    }
+    ended.sort_by_key(|(when, ..)| *when);
+    for (_, id, dir, bytes) in ended {
+        if total <= bound {
+            break;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                total -= bytes;
+                tracing::info!(
+                    job = id.as_str(),
+                    "job removed: the jobs kept held more than max_kept_job_bytes ({bound})"
+                );
+            }
+            Err(e) => tracing::warn!(
+                job = id.as_str(),
+                "cannot remove an old job: {}",
+                super::io_text(&e)
+            ),
+        }
+    }
+    if total > bound {
+        return Err(ErrorReport::new(
+            ErrorKind::Busy,
+            format!(
+                "the agent's running jobs hold {total} bytes, more than max_kept_job_bytes \
+                 ({bound}); try again once some have ended"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Starts `request` as a job of `caller`'s.
@@ -61,6 +141,7 @@ pub async fn start(
             ),
         )
     })?;
+    make_room(settings, &state_dir)?;
     let running = store::job_dirs(&state_dir)
         .iter()
         .filter(|(_, dir)| store::holds_a_place(dir))
