@@ -1188,10 +1188,14 @@ fn the_oldest_ended_jobs_make_room_under_max_kept_job_bytes() {
         said.contains("busy") && said.contains("max_kept_job_bytes"),
         "{said}"
     );
-    assert!(
-        listed_ids(&env, &target).contains(&big),
-        "a running job stays"
-    );
+    let kept = listed_ids(&env, &target);
+    assert!(kept.contains(&big), "a running job stays: {kept:?}");
+    for id in [&ids[1], &ids[2], &fourth] {
+        assert!(
+            kept.contains(id),
+            "a refused start removes nothing: {id} in {kept:?}"
+        );
+    }
     std::fs::write(&go, "").unwrap();
     let waited = job(&env, &["wait", &target, &big]);
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));

@@ -255,6 +255,17 @@ async fn stream(
             }
         };
     }
+    // Removed while we read it (retention, max_kept_job_bytes, a forget):
+    // what was sent is not the whole output, and the client must not take
+    // it for that.
+    if with_output && !found.dir.exists() {
+        let report = ErrorReport::new(
+            ErrorKind::NoSuchJob,
+            format!("job {id} was removed while its output was read; what came is not all of it"),
+        );
+        refuse(outgoing, report).await;
+        return Ok(());
+    }
     finish(outgoing, AgentMessage::Job(found.summary())).await
 }
 

@@ -60,32 +60,51 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Makes room under the kept-bytes bound before a job starts, as journald
 /// does for its files: while the jobs kept hold more, the oldest ended
-/// ones are removed. A job whose runner still lives is never removed; when
-/// those alone hold more, the start is refused as busy. Without the bound,
-/// a client could fill the state directory's file system (its jobs'
-/// output is written by the agent, outside any quota of the client's
-/// user) by starting jobs that end.
-fn make_room(settings: &JobSettings, state_dir: &Path) -> Result<(), ErrorReport> {
-    let bound = kept_bound(settings, state_dir);
-    let mut total = 0u64;
-    let mut ended = Vec::new();
+/// ones are removed (each audited as ended first, if it was not yet).
+/// Only a job whose runner recorded its end and is gone is removed: a lost
+/// job keeps the record of its command's process group for `ctl job
+/// kill`. When the jobs that cannot be removed hold more on their own, the
+/// start is refused as busy and nothing is removed. Without the bound, a
+/// client could fill the state directory's file system (its jobs' output
+/// is written by the agent, outside any quota of the client's user) by
+/// starting jobs that end.
+fn make_room(state: &AgentState, state_dir: &Path) -> Result<(), ErrorReport> {
+    let bound = kept_bound(&state.settings.jobs, state_dir);
+    let (mut total, mut kept) = (0u64, 0u64);
+    let mut removable = Vec::new();
     for (id, dir) in store::job_dirs(state_dir) {
         let bytes = dir_bytes(&dir);
         total = total.saturating_add(bytes);
-        if !store::runner_alive(&dir) {
-            let when = store::load(&dir, &id)
-                .ok()
-                .and_then(|found| found.ended_ms())
-                .unwrap_or(0);
-            ended.push((when, id, dir, bytes));
+        let found = store::load(&dir, &id).ok();
+        let ended = found.as_ref().filter(|found| {
+            !found.alive && matches!(&found.status, Ok(Some(status)) if status.end.is_some())
+        });
+        match ended {
+            Some(found) => {
+                removable.push((found.ended_ms().unwrap_or(0), id, bytes, found.clone()))
+            }
+            None => kept = kept.saturating_add(bytes),
         }
     }
-    ended.sort_by_key(|(when, ..)| *when);
-    for (_, id, dir, bytes) in ended {
+    if total <= bound {
+        return Ok(());
+    }
+    if kept > bound {
+        return Err(ErrorReport::new(
+            ErrorKind::Busy,
+            format!(
+                "the agent's running jobs hold {kept} bytes, more than max_kept_job_bytes \
+                 ({bound}); try again once some have ended"
+            ),
+        ));
+    }
+    removable.sort_by_key(|(when, ..)| *when);
+    for (_, id, bytes, found) in removable {
         if total <= bound {
             break;
         }
-        match std::fs::remove_dir_all(&dir) {
+        super::watch::log_end(&state.jobs, &found, &found.summary());
+        match std::fs::remove_dir_all(&found.dir) {
             Ok(()) => {
                 total -= bytes;
                 tracing::info!(
@@ -99,15 +118,6 @@ fn make_room(settings: &JobSettings, state_dir: &Path) -> Result<(), ErrorReport
                 super::io_text(&e)
             ),
         }
-    }
-    if total > bound {
-        return Err(ErrorReport::new(
-            ErrorKind::Busy,
-            format!(
-                "the agent's running jobs hold {total} bytes, more than max_kept_job_bytes \
-                 ({bound}); try again once some have ended"
-            ),
-        ));
     }
     Ok(())
 }
@@ -141,7 +151,6 @@ pub async fn start(
             ),
         )
     })?;
-    make_room(settings, &state_dir)?;
     let running = store::job_dirs(&state_dir)
         .iter()
         .filter(|(_, dir)| store::holds_a_place(dir))
@@ -169,6 +178,9 @@ pub async fn start(
             format!("job id {id} is taken; start it with a new one"),
         ));
     }
+    // After the checks that refuse or answer without a new job: those
+    // remove nothing.
+    make_room(state, &state_dir)?;
     let cannot_record = |e: std::io::Error| {
         ErrorReport::new(
             ErrorKind::WriteFailed,
