@@ -318,10 +318,13 @@ async fn push(
                 break;
             }
             Ok(Some(Err(e))) => {
-                fail(
+                let refusal = ErrorReport::new(ErrorKind::Protocol, e.to_string());
+                refuse_unless_killed(
                     job.outgoing,
+                    job.kill,
+                    job.settings.kill_grace,
                     &mut report,
-                    ErrorReport::new(ErrorKind::Protocol, e.to_string()),
+                    refusal,
                 )
                 .await;
                 stopped = Some(report.outcome.clone());
@@ -341,7 +344,14 @@ async fn push(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a push", name_of(&other)),
                     );
-                    fail(job.outgoing, &mut report, refusal).await;
+                    refuse_unless_killed(
+                        job.outgoing,
+                        job.kill,
+                        job.settings.kill_grace,
+                        &mut report,
+                        refusal,
+                    )
+                    .await;
                     stopped = Some(report.outcome.clone());
                     break;
                 }
@@ -373,12 +383,24 @@ async fn push(
             report.entries = entries;
             report.bytes = bytes;
             let done = AgentMessage::CopyDone(CopyDone { entries, bytes });
-            if job.outgoing.feed(done).await.is_err() || job.outgoing.close().await.is_err() {
-                report.outcome = "client gone after the copy".into();
+            match unless_killed(job.kill, finish(job.outgoing, done)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => report.outcome = "client gone after the copy".into(),
+                // The copy is complete on disk; the client may not hear it.
+                None => {
+                    report.outcome = "done; the client was not told (agent shutting down)".into()
+                }
             }
         }
         (None, Err(e)) => {
-            fail(job.outgoing, &mut report, report_of(e)).await;
+            refuse_unless_killed(
+                job.outgoing,
+                job.kill,
+                job.settings.kill_grace,
+                &mut report,
+                report_of(e),
+            )
+            .await;
             drain(job.incoming).await;
         }
     }
@@ -421,7 +443,7 @@ fn read_tree(
 /// Sends the file or tree at `request.path`, as `identity`, noticing a
 /// client that goes away meanwhile. Every write to the client races the
 /// agent's order to end every request: a client that has stopped reading
-/// holds neither the pull nor the agent's shutdown.
+/// does not hold the agent's shutdown.
 async fn pull(
     request: &PullRequest,
     job: Job<'_, impl Incoming, impl Outgoing>,
@@ -545,6 +567,24 @@ async fn unless_killed<T>(
     tokio::select! {
         done = write => Some(done),
         () = kill.cancelled() => None,
+    }
+}
+
+/// Refuses the copy with `refusal`, unless the agent's order to end every
+/// request comes first: then the client is told that, within the kill
+/// grace.
+async fn refuse_unless_killed(
+    outgoing: &mut impl Outgoing,
+    kill: &tokio_util::sync::CancellationToken,
+    grace: Duration,
+    report: &mut CopyReport,
+    refusal: ErrorReport,
+) {
+    if unless_killed(kill, fail(outgoing, report, refusal))
+        .await
+        .is_none()
+    {
+        tell_shut_down(outgoing, report, grace).await;
     }
 }
 

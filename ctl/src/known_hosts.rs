@@ -151,10 +151,14 @@ fn inode(path: &Path) -> io::Result<Option<(u64, u64)>> {
 impl Seen {
     /// After reading `text` at its start, or after it at `self`.
     fn after(self, inode: Option<(u64, u64)>, text: &[u8]) -> Seen {
+        // Text behind a last line that lacked its newline (our own first
+        // contact finishes it) starts by ending that line, not a new one.
+        let continues = self.len > 0 && !self.ends_with_newline;
+        let added = lines(text).count().saturating_sub(usize::from(continues));
         Seen {
             inode,
             len: self.len + text.len() as u64,
-            lines: self.lines + lines(text).count(),
+            lines: self.lines + added,
             ends_with_newline: if text.is_empty() {
                 self.ends_with_newline
             } else {
@@ -419,6 +423,19 @@ mod tests {
         assert_eq!(kept, text[..text.len() - format!("g:2 {a}\n").len()]);
         assert_eq!(hosts.add("n:3", a).unwrap(), Added::New);
         assert!(fs::read(&path).unwrap().starts_with(&kept));
+    }
+
+    #[test]
+    fn lines_appended_after_a_line_without_newline_are_numbered_right() {
+        let (a, b) = (fingerprint('A'), fingerprint('Q'));
+        let (_dir, path) = file_holding(&format!("h:1 {a}"));
+        let mut hosts = KnownHosts::load(&path).unwrap();
+        assert_eq!(hosts.add("g:2", b).unwrap(), Added::New);
+        // Another hand appends a bad third line; our next contact reads it.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"junk\n").unwrap();
+        assert_eq!(hosts.add("n:4", b).unwrap(), Added::New);
+        assert_eq!(hosts.malformed(), &[3]);
     }
 
     #[test]

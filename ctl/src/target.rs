@@ -319,6 +319,12 @@ pub fn parse_list(input: &str) -> Result<Vec<Term>, ListError> {
                 if let Some(reason) = bad_user_name(user) {
                     return Err(error(at, reason.into()));
                 }
+                if user.ends_with('@') {
+                    return Err(error(
+                        at + user.len() - 1,
+                        "a user name cannot end in '@'".into(),
+                    ));
+                }
                 (Some(user.to_owned()), Some(group), at + user.len() + 2)
             }
             _ => (None, body.strip_prefix('@'), at + 1),
@@ -483,7 +489,7 @@ mod tests {
         assert_eq!(shown, [["root@@lab"], ["alice@corp@@gpu"], ["@slurm:*"]]);
         assert!(items[1].exclude);
         assert!(is_single("root@h") && !is_single("root@@lab"));
-        for bad in ["root@@", "/@@lab", "root@@la b"] {
+        for bad in ["root@@", "/@@lab", "root@@la b", "root@@@lab"] {
             assert!(parse_list(bad).is_err(), "{bad:?}");
         }
     }

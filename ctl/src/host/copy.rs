@@ -115,6 +115,11 @@ impl Copied {
 pub fn check_sources(sources: &[PathBuf], options: CopyOptions) -> Result<(), CtlError> {
     for source in sources {
         TreeReader::new(source, options.recursive).map_err(local)?;
+        // A file that is there but cannot be read (mode 000) is found out
+        // only by opening it.
+        if std::fs::symlink_metadata(source).is_ok_and(|meta| meta.is_file()) {
+            std::fs::File::open(source).map_err(|e| local(CopyError::io(source, "read", &e)))?;
+        }
     }
     Ok(())
 }
