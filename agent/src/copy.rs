@@ -283,7 +283,7 @@ async fn push(
     let mut last_heard = tokio::time::Instant::now();
     // Why the connection side stopped early, if it did.
     let mut stopped: Option<String> = None;
-    loop {
+    'receive: loop {
         let silent_at = last_heard
             .checked_add(bound)
             .unwrap_or_else(|| last_heard + Duration::from_secs(86400 * 365));
@@ -305,57 +305,44 @@ async fn push(
             }
         };
         last_heard = tokio::time::Instant::now();
-        let item = match next {
-            Err(_) => {
-                stopped = Some(format!(
-                    "client gone (silent for {}), abandoned",
-                    humantime::format_duration(bound)
-                ));
-                break;
-            }
-            Ok(None) | Ok(Some(Err(FrameError::Io(_)))) => {
-                stopped = Some("client gone, abandoned".into());
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                let refusal = ErrorReport::new(ErrorKind::Protocol, e.to_string());
-                refuse_unless_killed(
-                    job.outgoing,
-                    job.kill,
-                    job.settings.kill_grace,
-                    &mut report,
-                    refusal,
-                )
-                .await;
-                stopped = Some(report.outcome.clone());
-                break;
-            }
-            Ok(Some(Ok(message))) => match message {
-                ClientMessage::File(header) => ToWriter::Item(CopyItem::File(header)),
-                ClientMessage::FileData(chunk) => ToWriter::Item(CopyItem::Data(chunk)),
-                ClientMessage::FileEnd(end) => ToWriter::Item(CopyItem::End(end)),
-                ClientMessage::Keepalive => continue,
-                ClientMessage::CopyEnd => {
-                    let _ = items.send(ToWriter::Finish).await;
-                    break;
+        // The next item for the worker, or what the client did wrong.
+        let item = 'item: {
+            let refusal = match next {
+                Err(_) => {
+                    stopped = Some(format!(
+                        "client gone (silent for {}), abandoned",
+                        humantime::format_duration(bound)
+                    ));
+                    break 'receive;
                 }
-                other => {
-                    let refusal = ErrorReport::new(
+                Ok(None) | Ok(Some(Err(FrameError::Io(_)))) => {
+                    stopped = Some("client gone, abandoned".into());
+                    break 'receive;
+                }
+                Ok(Some(Err(e))) => ErrorReport::new(ErrorKind::Protocol, e.to_string()),
+                Ok(Some(Ok(message))) => match message {
+                    ClientMessage::File(header) => {
+                        break 'item ToWriter::Item(CopyItem::File(header));
+                    }
+                    ClientMessage::FileData(chunk) => {
+                        break 'item ToWriter::Item(CopyItem::Data(chunk));
+                    }
+                    ClientMessage::FileEnd(end) => break 'item ToWriter::Item(CopyItem::End(end)),
+                    ClientMessage::Keepalive => continue 'receive,
+                    ClientMessage::CopyEnd => {
+                        let _ = items.send(ToWriter::Finish).await;
+                        break 'receive;
+                    }
+                    other => ErrorReport::new(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a push", name_of(&other)),
-                    );
-                    refuse_unless_killed(
-                        job.outgoing,
-                        job.kill,
-                        job.settings.kill_grace,
-                        &mut report,
-                        refusal,
-                    )
-                    .await;
-                    stopped = Some(report.outcome.clone());
-                    break;
-                }
-            },
+                    ),
+                },
+            };
+            let grace = job.settings.kill_grace;
+            refuse_unless_killed(job.outgoing, job.kill, grace, &mut report, refusal).await;
+            stopped = Some(report.outcome.clone());
+            break 'receive;
         };
         // A closed queue means the worker stopped on an error: it is below.
         if items.send(item).await.is_err() {
