@@ -445,7 +445,8 @@ async fn pull(
     let kill = job.kill;
     // Set when the agent's order came, perhaps while we were writing.
     let mut killed = false;
-    loop {
+    // What the client is to be told, if the pull ends in a refusal.
+    let refusal = loop {
         let next = tokio::select! {
             next = items.recv() => next,
             // The client says nothing during a pull but its keepalives;
@@ -455,35 +456,27 @@ async fn pull(
                 Some(Ok(ClientMessage::Keepalive)) => continue,
                 None | Some(Err(FrameError::Io(_))) => {
                     report.outcome = "client gone, abandoned".into();
-                    break;
+                    break None;
                 }
                 Some(Ok(other)) => {
-                    let refusal = ErrorReport::new(
+                    break Some(ErrorReport::new(
                         ErrorKind::Protocol,
                         format!("unexpected {} during a pull", name_of(&other)),
-                    );
-                    let told = unless_killed(kill, fail(job.outgoing, &mut report, refusal)).await;
-                    killed = told.is_none();
-                    break;
+                    ));
                 }
-                Some(Err(e)) => {
-                    let refusal = ErrorReport::new(ErrorKind::Protocol, e.to_string());
-                    let told = unless_killed(kill, fail(job.outgoing, &mut report, refusal)).await;
-                    killed = told.is_none();
-                    break;
-                }
+                Some(Err(e)) => break Some(ErrorReport::new(ErrorKind::Protocol, e.to_string())),
             },
             () = keepalive.due() => {
                 let sent = unless_killed(kill, job.outgoing.send(AgentMessage::Keepalive)).await;
                 if ends_pull(sent, &mut report, &mut killed) {
-                    break;
+                    break None;
                 }
                 keepalive.sent();
                 continue;
             }
             () = kill.cancelled() => {
                 killed = true;
-                break;
+                break None;
             }
         };
         let message = match next {
@@ -495,18 +488,14 @@ async fn pull(
                 report.bytes = bytes;
                 let sent = unless_killed(kill, finish(job.outgoing, AgentMessage::CopyEnd)).await;
                 ends_pull(sent, &mut report, &mut killed);
-                break;
+                break None;
             }
-            Some(FromReader::Failed(e)) => {
-                let told = unless_killed(kill, fail(job.outgoing, &mut report, report_of(e))).await;
-                killed = told.is_none();
-                break;
-            }
+            Some(FromReader::Failed(e)) => break Some(report_of(e)),
             None => {
-                let died = ErrorReport::new(ErrorKind::Internal, "the copy worker died");
-                let told = unless_killed(kill, fail(job.outgoing, &mut report, died)).await;
-                killed = told.is_none();
-                break;
+                break Some(ErrorReport::new(
+                    ErrorKind::Internal,
+                    "the copy worker died",
+                ));
             }
         };
         // The sink flushes by itself once enough is buffered, so TCP's
@@ -518,12 +507,17 @@ async fn pull(
             unless_killed(kill, job.outgoing.feed(message)).await
         };
         if ends_pull(sent, &mut report, &mut killed) {
-            break;
+            break None;
         }
         keepalive.sent();
-    }
-    if killed {
-        tell_shut_down(job.outgoing, &mut report, job.settings.kill_grace).await;
+    };
+    let grace = job.settings.kill_grace;
+    match refusal {
+        Some(refusal) => {
+            refuse_unless_killed(job.outgoing, kill, grace, &mut report, refusal).await
+        }
+        None if killed => tell_shut_down(job.outgoing, &mut report, grace).await,
+        None => {}
     }
     report
 }

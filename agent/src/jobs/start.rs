@@ -75,15 +75,14 @@ fn make_room(state: &AgentState, state_dir: &Path) -> Result<(), ErrorReport> {
     for (id, dir) in store::job_dirs(state_dir) {
         let bytes = dir_bytes(&dir);
         total = total.saturating_add(bytes);
-        let found = store::load(&dir, &id).ok();
-        let ended = found.as_ref().filter(|found| {
-            !found.alive && matches!(&found.status, Ok(Some(status)) if status.end.is_some())
-        });
-        match ended {
-            Some(found) => {
-                removable.push((found.ended_ms().unwrap_or(0), id, bytes, found.clone()))
+        match store::load(&dir, &id) {
+            Ok(found)
+                if !found.alive
+                    && matches!(&found.status, Ok(Some(status)) if status.end.is_some()) =>
+            {
+                removable.push((found.ended_ms().unwrap_or(0), id, bytes, found));
             }
-            None => kept = kept.saturating_add(bytes),
+            _ => kept = kept.saturating_add(bytes),
         }
     }
     if total <= bound {
@@ -104,19 +103,9 @@ fn make_room(state: &AgentState, state_dir: &Path) -> Result<(), ErrorReport> {
             break;
         }
         super::watch::log_end(&state.jobs, &found, &found.summary());
-        match std::fs::remove_dir_all(&found.dir) {
-            Ok(()) => {
-                total -= bytes;
-                tracing::info!(
-                    job = id.as_str(),
-                    "job removed: the jobs kept held more than max_kept_job_bytes ({bound})"
-                );
-            }
-            Err(e) => tracing::warn!(
-                job = id.as_str(),
-                "cannot remove an old job: {}",
-                super::io_text(&e)
-            ),
+        let why = format!("the jobs kept held more than max_kept_job_bytes ({bound})");
+        if super::watch::remove_old(&id, &found.dir, &why) {
+            total -= bytes;
         }
     }
     Ok(())

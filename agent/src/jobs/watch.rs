@@ -4,10 +4,11 @@
 //! jobs ended longer ago than the retention, and of directories left
 //! half made by an agent that died while starting a job.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rexec_protocol::{ExitStatus, JobState};
+use rexec_protocol::{ExitStatus, JobId, JobState};
 
 use super::store::{self, END_LOGGED, NEW_PREFIX};
 use crate::state::AgentState;
@@ -48,17 +49,11 @@ pub fn look(state: &AgentState) {
         log_end(&state.jobs, &found, &summary);
         let ended = summary.ended_ms.unwrap_or(now);
         if now.saturating_sub(ended) >= settings.retention.as_millis() as u64 {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => tracing::info!(
-                    job = id.as_str(),
-                    "job removed: ended longer ago than the retention (job_retention)"
-                ),
-                Err(e) => tracing::warn!(
-                    job = id.as_str(),
-                    "cannot remove an old job: {}",
-                    super::io_text(&e)
-                ),
-            }
+            remove_old(
+                &id,
+                &dir,
+                "ended longer ago than the retention (job_retention)",
+            );
         }
     }
     let Ok(entries) = std::fs::read_dir(&settings.state_dir) else {
@@ -75,6 +70,25 @@ pub fn look(state: &AgentState) {
             .is_some_and(|age| age > HALF_MADE);
         if half_made && old && !store::runner_alive(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the ended job `id` in `dir`, saying `why` in the log; whether
+/// it is gone.
+pub fn remove_old(id: &JobId, dir: &Path, why: &str) -> bool {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(job = id.as_str(), "job removed: {why}");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                job = id.as_str(),
+                "cannot remove an old job: {}",
+                super::io_text(&e)
+            );
+            false
         }
     }
 }
