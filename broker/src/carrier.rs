@@ -70,6 +70,10 @@ pub struct Tuning {
     /// streams run, this many more can still open. The agent sets its
     /// session limit here.
     pub reserved_starts: usize,
+    /// Dropped streams that may linger at once to send what they still
+    /// owe their peer; beyond this, a dropped stream sends what its credit
+    /// allows at once and ends.
+    pub max_lingering: usize,
 }
 
 impl Default for Tuning {
@@ -81,6 +85,9 @@ impl Default for Tuning {
             accept_backlog: 128,
             // The agent's default max_sessions.
             reserved_starts: 256,
+            // Far above what working sessions leave behind (one each, for
+            // a round trip), far below what costs the broker anything.
+            max_lingering: 1024,
         }
     }
 }
@@ -161,6 +168,8 @@ struct CarrierInner {
     /// agent under our name); the connection's events note the rest.
     state_tx: Arc<watch::Sender<ConnectionState>>,
     pool: Arc<Semaphore>,
+    /// Room for dropped streams still sending what they owe their peer.
+    lingering: Arc<Semaphore>,
     tuning: Tuning,
     /// A random id of this connection, sent in our probes and in our
     /// answers to probes, so that two agents serving one name tell each
@@ -775,6 +784,7 @@ impl Carrier {
                 state: state_rx,
                 state_tx,
                 pool: Arc::new(Semaphore::new(budget)),
+                lingering: Arc::new(Semaphore::new(options.tuning.max_lingering)),
                 tuning: options.tuning,
                 instance: SessionId::random()?.to_string(),
             }),
@@ -836,6 +846,7 @@ impl Carrier {
             permit,
             pool: self.inner.pool.clone(),
             reserve: self.reserve(),
+            lingering: self.inner.lingering.clone(),
             connection: self.inner.state.clone(),
             timers: self.inner.tuning.timers,
             session,
@@ -849,8 +860,10 @@ impl Carrier {
     /// are connected, it checks that the broker let us subscribe.
     ///
     /// # Errors
-    /// [`BrokerError::BadName`]; [`BrokerError::SubscribeRefused`] when the
-    /// broker's permissions do not let us serve `name`.
+    /// [`BrokerError::BadName`]; [`BrokerError::SubscribeRefused`] or
+    /// [`BrokerError::InboxRefused`] when the broker's permissions do not
+    /// let us serve `name`; [`BrokerError::Broker`] when the connection is
+    /// closed for good.
     pub async fn listen(&self, name: &str) -> Result<Listener, BrokerError> {
         self.listen_reporting(name, Arc::new(|_| {})).await
     }
@@ -882,11 +895,16 @@ impl Carrier {
             name: name.to_owned(),
         };
         if self.state().connected {
-            match self.probe(name).await {
-                // We serve the name; whoever else does is the agent's to
-                // say, from its own probe.
-                Ok(()) | Err(BrokerError::NameClash(_)) => {}
-                Err(error) => return Err(error),
+            // We serve the name; whoever else does is the agent's to say,
+            // from its own probe. A probe that did not come back (a slow
+            // broker, a connection that dropped meanwhile) says nothing of
+            // our subscription, which the connection makes again when it
+            // comes back: before, it ended the agent's serving on the
+            // broker until a restart. Only the broker's refusals count.
+            if let Err(error @ (BrokerError::SubscribeRefused(_) | BrokerError::InboxRefused(_))) =
+                self.probe(name).await
+            {
+                return Err(error);
             }
         }
         Ok(listener)

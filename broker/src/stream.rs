@@ -28,7 +28,9 @@
 //! any other way sends a reset so the peer's side ends at once instead of
 //! waiting; bytes flushed before the drop are published first (as credit
 //! allows, for at most the abandon limit), as a closed socket still sends
-//! what it was given. A stream also ends (`lost`) when our broker connection drops,
+//! what it was given. The window goes back to the budget at the drop, what
+//! arrives after it is dropped, and only so many dropped streams of a
+//! connection linger at once (`Tuning::max_lingering`). A stream also ends (`lost`) when our broker connection drops,
 //! or when nothing at all arrived for the abandon limit — each side sends a
 //! credit message as a heartbeat whenever it has published nothing for the
 //! heartbeat interval, so only a vanished peer is ever that silent.
@@ -108,6 +110,8 @@ struct Shared {
     end_requested: bool,
     end_written: bool,
     write_waker: Option<Waker>,
+    /// The application dropped its end: what arrives is not kept.
+    dropped: bool,
 }
 
 impl Shared {
@@ -218,6 +222,8 @@ pub(crate) struct StreamParts {
     pub pool: Arc<Semaphore>,
     /// Bytes of `pool` that growth leaves free for new streams.
     pub reserve: usize,
+    /// Room for dropped streams that linger (see [`Task::linger`]).
+    pub lingering: Arc<Semaphore>,
     pub connection: watch::Receiver<ConnectionState>,
     pub timers: StreamTimers,
     pub session: SessionId,
@@ -290,6 +296,7 @@ impl BrokerStream {
             end_requested: false,
             end_written: false,
             write_waker: None,
+            dropped: false,
         }));
         let notify = Arc::new(Notify::new());
         let token = CancellationToken::new();
@@ -302,9 +309,11 @@ impl BrokerStream {
             parts_client: parts.client,
             subscriber: parts.subscriber,
             in_subject_len: parts.in_subject_len,
-            permit: parts.permit,
+            permit: Some(parts.permit),
             pool: parts.pool,
             reserve: parts.reserve,
+            lingering: parts.lingering,
+            lingering_room: None,
             connection: parts.connection,
             timers: parts.timers,
             answers: parts.answers,
@@ -449,9 +458,14 @@ struct Task {
     parts_client: Client,
     subscriber: Subscriber,
     in_subject_len: usize,
-    permit: OwnedSemaphorePermit,
+    /// Our receive window's bytes of the connection's budget, until the
+    /// application drops its end.
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Semaphore>,
     reserve: usize,
+    lingering: Arc<Semaphore>,
+    /// Held while the stream lingers after the application dropped it.
+    lingering_room: Option<OwnedSemaphorePermit>,
     connection: watch::Receiver<ConnectionState>,
     timers: StreamTimers,
     answers: Option<AnswerWatch>,
@@ -602,7 +616,7 @@ impl Task {
                     self.hold_until = None;
                 }
                 () = self.token.cancelled(), if linger_until.is_none() => {
-                    linger_until = Some(Instant::now() + self.timers.abandon_after);
+                    linger_until = Some(self.linger());
                 }
                 () = tokio::time::sleep_until(linger_at), if linger_until.is_some() => {
                     break Err(BrokerError::Lost(LostReason::PeerReset));
@@ -672,10 +686,38 @@ impl Task {
             }
         }
         // Dropping the subscriber unsubscribes; dropping the permit returns
-        // the window to the connection's budget.
+        // the window to the connection's budget (if the drop has not).
         let _ = self.subscriber.unsubscribe().await;
         self.peer_check.close().await;
         drop(self.permit);
+        drop(self.lingering_room);
+    }
+
+    /// After the application dropped its end: until when the stream may go
+    /// on sending what the application flushed, as credit comes.
+    ///
+    /// Nobody reads any more, so the receive window goes back to the
+    /// connection's budget at once, and what still arrives is dropped as
+    /// it comes (no credit is given for it): before, a stranger that
+    /// opened sessions and never gave credit kept the agent's refusal of
+    /// each unsent, and with it a window, for the abandon limit, until the
+    /// budget was gone and every session was refused as busy. Only
+    /// [`crate::Tuning::max_lingering`] streams of a connection linger at
+    /// once; the rest end now, after one try.
+    fn linger(&mut self) -> Instant {
+        drop(self.permit.take());
+        {
+            let mut shared = lock(&self.shared);
+            shared.queue.clear();
+            shared.dropped = true;
+        }
+        match self.lingering.clone().try_acquire_owned() {
+            Ok(room) => {
+                self.lingering_room = Some(room);
+                Instant::now() + self.timers.abandon_after
+            }
+            Err(_) => Instant::now(),
+        }
     }
 
     /// The error due when the broker refused what the stream needs.
@@ -723,6 +765,7 @@ impl Task {
             shared.outbound.add_grant(header.grant)?;
         }
         match header.kind {
+            Kind::Data if shared.dropped => {}
             Kind::Data => {
                 if !body.is_empty() {
                     shared.queue.push_back(Chunk {
@@ -747,10 +790,11 @@ impl Task {
         if accepted.wants_growth {
             let step = shared.inbound.growth_step();
             if step > 0
+                && let Some(permit) = self.permit.as_mut()
                 && let Some((step, extra)) = take_growth(&self.pool, step, self.reserve)
             {
                 shared.inbound.grow(step);
-                self.permit.merge(extra);
+                permit.merge(extra);
             }
         }
         Ok(())

@@ -474,3 +474,141 @@ async fn bytes_written_just_before_a_drop_reach_the_peer_ahead_of_the_reset() {
         Some(LostReason::PeerReset)
     );
 }
+
+/// A stranger's open request whose credit (1 byte) never grows, accepted
+/// and answered by the application with a few bytes (the TLS alert that
+/// refuses it), then dropped. Returns once the drop was made.
+async fn open_and_refuse_a_stranger(
+    intruder: &async_nats::Client,
+    listener: &mut rexec_broker::Listener,
+) {
+    let request = OpenRequest {
+        session: SessionId::random().unwrap().to_string(),
+        window: 1,
+        probe: false,
+        instance: None,
+    };
+    let reply = intruder
+        .request(
+            Subjects::default().open("labpc07"),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .expect("answered");
+    let answer = String::from_utf8_lossy(&reply.payload);
+    assert!(answer.contains("\"accepted\":true"), "{answer}");
+    let mut stream = listener.accept().await.expect("accepted");
+    stream
+        .write_all(b"\x15\x03\x03\x00\x02\x02\x30")
+        .await
+        .unwrap();
+    drop(stream);
+}
+
+/// Anyone on the broker can open sessions to an agent and never give it
+/// credit; the agent refuses them before authentication and drops them,
+/// with the bytes of its refusal still unsent. Before, each dropped
+/// stream held its receive window until those bytes left or the abandon
+/// limit (90 s) passed: a stranger's opens took the agent's whole receive
+/// budget and every real session was refused as busy. Now a dropped
+/// stream gives its window back at once, whatever it still sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_who_never_give_credit_cannot_use_up_the_receive_budget() {
+    // Room for 32 start windows.
+    const BUDGET: u32 = 64 << 10;
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.tuning.receive_budget = BUDGET;
+    let agent = Carrier::connect(options).await.expect("connect");
+    let mut listener = agent.listen("labpc07").await.expect("listen");
+    let full = agent.free_budget();
+    let intruder = raw(&server).await;
+    // Subscribed to the agent's half, as a stranger would be to hold the
+    // streams (the broker then says that the peer is there).
+    let _reading = intruder
+        .subscribe("rexec.v1.agent.labpc07.session.*.from-agent")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        open_and_refuse_a_stranger(&intruder, &mut listener).await;
+    }
+    assert!(
+        wait_until_async(Duration::from_secs(5), || agent.free_budget() == full).await,
+        "the dropped streams' windows went back to the budget: {} of {full} free",
+        agent.free_budget()
+    );
+    let ctl = server.carrier().await;
+    exchange_and_check(listener.accept(), &ctl, "labpc07").await;
+}
+
+/// The subscriptions of `server`'s connections on subjects ending in
+/// `suffix`.
+fn subscriptions_ending_in(server: &Nats, suffix: &str) -> usize {
+    let connz = server.monitoring("/connz?subs=1");
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["subscriptions_list"].as_array().into_iter().flatten())
+        .filter(|s| s.as_str().is_some_and(|s| s.ends_with(suffix)))
+        .count()
+}
+
+/// Dropped streams that still owe their peer bytes linger to send them,
+/// as a closed socket does, but only so many at once per connection: the
+/// rest end at once after one try, so strangers' streams cannot pile up
+/// subscriptions and tasks for the abandon limit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_so_many_dropped_streams_linger_at_once() {
+    const LINGERING: usize = 4;
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.tuning.max_lingering = LINGERING;
+    let agent = Carrier::connect(options).await.expect("connect");
+    let mut listener = agent.listen("labpc07").await.expect("listen");
+    let intruder = raw(&server).await;
+    for _ in 0..3 * LINGERING {
+        open_and_refuse_a_stranger(&intruder, &mut listener).await;
+    }
+    let settled = wait_until_async(Duration::from_secs(5), || {
+        subscriptions_ending_in(&server, ".from-ctl") == LINGERING
+    })
+    .await;
+    assert!(
+        settled,
+        "{} streams' subscriptions left, not {LINGERING}",
+        subscriptions_ending_in(&server, ".from-ctl")
+    );
+    // New sessions open as before.
+    let ctl = server.carrier().await;
+    exchange_and_check(listener.accept(), &ctl, "labpc07").await;
+}
+
+/// The check that the broker lets us serve a name is a request to
+/// ourselves; one that does not come back in time (a busy broker, as when
+/// a whole lab's agents start at once) says nothing of our subscription.
+/// Before, it failed `listen`, and the agent served nothing through the
+/// broker until it was restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_request_that_does_not_come_back_in_time_still_serves_the_name() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.tuning.open_timeout = Duration::from_millis(500);
+    let agent = Carrier::connect(options).await.expect("connect");
+    // The broker stalls while we subscribe and check, then goes on.
+    let broker = Pid::from_raw(i32::try_from(server.pid()).unwrap());
+    kill(broker, Signal::SIGSTOP).unwrap();
+    let listening = agent.listen("labpc07").await;
+    kill(broker, Signal::SIGCONT).unwrap();
+    let mut listener = listening.expect("listening despite the check");
+    let ctl = server.carrier().await;
+    exchange_and_check(listener.accept(), &ctl, "labpc07").await;
+}
