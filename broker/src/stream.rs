@@ -71,6 +71,15 @@ pub struct StreamTimers {
     /// stream (`lost`), there counts as hearing from it (`peer_check`).
     /// `None`: never ask.
     pub peer_check: Option<Duration>,
+    /// How long the broker's word that the peer is still subscribed holds
+    /// a stream whose peer itself has sent nothing: then the abandon limit
+    /// runs. Anyone allowed to subscribe to the peer's subject with a
+    /// wildcard (a ctl user, an admin watching the broker) looks the same
+    /// to the broker as the peer, and kept a dead ctl's command running
+    /// for as long as they stayed; a peer that is there but not reading
+    /// (a stopped ctl) is dropped by the broker itself after about as
+    /// long (its missed pings, 2 min apart by default).
+    pub hold_silent: Duration,
 }
 
 impl Default for StreamTimers {
@@ -82,6 +91,7 @@ impl Default for StreamTimers {
             heartbeat: Duration::from_secs(10),
             abandon_after: Duration::from_secs(90),
             peer_check: None,
+            hold_silent: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -565,7 +575,10 @@ impl Task {
     async fn run(mut self) {
         let disconnects_at_start = self.connection.borrow().disconnects;
         let mut last_sent = Instant::now();
+        // Refreshed by the broker's word that the peer is there too.
         let mut last_heard = Instant::now();
+        // Only by the peer's own messages.
+        let mut last_word = Instant::now();
         // Once the application dropped its end: until when the bytes it
         // flushed may still wait for credit.
         let mut linger_until: Option<Instant> = None;
@@ -590,7 +603,11 @@ impl Task {
             let check_at = self
                 .timers
                 .peer_check
-                .filter(|_| self.peer_check.usable() && lock(&self.shared).buffered() > 0)
+                .filter(|_| {
+                    self.peer_check.usable()
+                        && lock(&self.shared).buffered() > 0
+                        && last_word.elapsed() < self.timers.hold_silent
+                })
                 .map(|bound| last_heard + bound);
             tokio::select! {
                 () = tokio::time::sleep_until(check_at.unwrap_or(abandon_at)), if check_at.is_some() => {
@@ -638,6 +655,7 @@ impl Task {
                         break Err(BrokerError::Lost(LostReason::BrokerDisconnected));
                     };
                     last_heard = Instant::now();
+                    last_word = last_heard;
                     if let Err(reason) = self.take_in(message.payload) {
                         // The other agent's acceptance left ahead of its
                         // first message, which collides with ours.

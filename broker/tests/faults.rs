@@ -612,3 +612,71 @@ async fn a_check_request_that_does_not_come_back_in_time_still_serves_the_name()
     let ctl = server.carrier().await;
     exchange_and_check(listener.accept(), &ctl, "labpc07").await;
 }
+
+/// A ctl that died while its command's output waited for credit: the
+/// agent asks the broker whether it is still subscribed. Anyone with a
+/// wildcard subscription over the sessions (here a bystander, as a ctl
+/// user or an admin watching the broker may be) makes the broker say yes.
+/// Before, that held the stream, and the command, for as long as the
+/// bystander stayed; now the broker's word holds a peer that itself says
+/// nothing only for `hold_silent`, then the abandon limit ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bystanders_wildcard_subscription_keeps_a_dead_peers_stream_only_so_long() {
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let mut options = server.impatient_options();
+    options.tuning.timers.peer_check = Some(Duration::from_millis(200));
+    options.tuning.timers.hold_silent = Duration::from_secs(1);
+    let agent = Carrier::connect(options).await.expect("connect");
+    let mut listener = agent.listen("labpc07").await.expect("listen");
+    let bystander = raw(&server).await;
+    let _watching = bystander
+        .subscribe("rexec.v1.agent.labpc07.session.*.from-agent")
+        .await
+        .unwrap();
+    bystander.flush().await.unwrap();
+
+    // The ctl: opens with a small window, reads nothing, and dies.
+    let ctl = raw(&server).await;
+    let session = SessionId::random().unwrap();
+    let _reading = ctl
+        .subscribe(Subjects::default().from_agent("labpc07", session))
+        .await
+        .unwrap();
+    let request = OpenRequest {
+        session: session.to_string(),
+        window: 4096,
+        probe: false,
+        instance: None,
+    };
+    let reply = ctl
+        .request(
+            Subjects::default().open("labpc07"),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .expect("answered");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("\"accepted\":true"));
+    let mut accepted = listener.accept().await.expect("accepted");
+    ctl.drain().await.unwrap();
+
+    // The command's output: more than the window, so it waits for credit.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'y'; 64 << 10];
+        loop {
+            if let Err(e) = accepted.write_all(&chunk).await {
+                return lost_reason(&e);
+            }
+            if let Err(e) = accepted.flush().await {
+                return lost_reason(&e);
+            }
+        }
+    });
+    // 1 s held, then 0.8 s of the abandon limit; 10 s is far beyond.
+    let ended = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    assert_eq!(
+        ended.expect("the stream ended within 10 s").unwrap(),
+        Some(LostReason::PeerSilent)
+    );
+}
