@@ -765,6 +765,47 @@ fn the_example_config_confines_each_agent_to_its_own_name() {
     assert_failed_saying(&out, 255, "labpc08: not connected to the broker");
 }
 
+/// The broker's permissions changed under a running agent: restarted with
+/// a config that no longer lets it serve its name, the agent says so; once
+/// the admin fixes the config and reloads the broker (its clients stay
+/// connected), the agent asks for its subscription again and serves.
+/// Before, nothing asked again, and the agent stayed unreachable until it
+/// was restarted.
+#[test]
+fn an_agent_refused_its_name_after_a_broker_restart_serves_again_once_allowed() {
+    let (mut nats, ca) = require_example_nats!();
+    let env = Env::new();
+    let creds = agent_credentials(&nats, &ca, "labpc07", "change-me-labpc07");
+    let agent = env.spawn_broker_agent(&nats.url, "labpc07", &str_args(&creds));
+    wait_connected(&agent, "labpc07");
+    ctl_broker_config(&env, &nats, &ca_file(&ca), "change-me-admin");
+    let out = env.ctl_run(&["exec", "labpc07", "echo before"]);
+    assert_eq!(stdout_of(&out), "before\n", "{}", stderr_of(&out));
+
+    let allowed = nats.config().to_owned();
+    let open = "\"rexec.v1.agent.labpc07.open\",\n";
+    assert!(
+        allowed.contains(open),
+        "the example lets labpc07 serve its name"
+    );
+    nats.restart_with(allowed.replacen(open, "", 1));
+    agent.expect_log("does not let us serve the name labpc07");
+    let out = env.ctl_run(&["exec", "labpc07", "true"]);
+    assert_failed_saying(&out, 255, "labpc07: not connected to the broker");
+
+    nats.reload_with(allowed);
+    // The agent asks again every 30 s.
+    assert!(
+        wait_until(Duration::from_secs(60), || times_connected(
+            &agent, "labpc07"
+        ) >= 2),
+        "the agent serves its name again:\n{}",
+        agent.log()
+    );
+    let out = env.ctl_run(&["exec", "labpc07", "echo after"]);
+    assert_eq!(stdout_of(&out), "after\n", "{}", stderr_of(&out));
+}
+
 /// Waits for `agent` to log `needle` twice (a first attempt and a retry),
 /// and checks that it still runs and never panicked.
 #[track_caller]

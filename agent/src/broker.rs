@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rexec_broker::{Announcement, BrokerError, Carrier, ConnectionState, Listener};
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::peer::Peer;
@@ -133,34 +134,24 @@ pub fn status(state: &ConnectionState, urls: &str, name: &str, refusal: Option<&
 pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: TaskTracker) {
     let stop = state.shutdown.stop.clone();
     let serving = async {
-        let Some(mut listener) = listen(&link, &state).await else {
-            return;
-        };
-        // Only now, with our subscription made, can the check request
-        // behind "connected" be answered.
-        let _reporting = AbortOnDrop(tokio::spawn(report_connection(link.clone())));
-        let _announcing = announce(&link, &state).await;
+        let refused = Arc::new(Notify::new());
         loop {
-            let Some(stream) = listener.accept().await else {
-                // Only a connection closed for good ends this, and ours
-                // retries for ever: say so if it ever happens.
-                tracing::error!(
-                    "the connection to the broker at {} is closed for good; no more sessions through it",
-                    link.urls
-                );
+            let Some(listener) = listen(&link, &state).await else {
                 return;
             };
-            let peer = Peer::Broker {
-                session: stream.session_id(),
-            };
-            let entered = match state.broker_startups.enter(peer.source(), None::<&OwnedFd>) {
-                Ok(entered) => entered,
-                Err(refusal) => {
-                    state.refusals.refused(peer, refusal, &state.settings);
-                    continue;
-                }
-            };
-            session::spawn(stream, peer, entered, &state, &tracker);
+            // Only now, with our subscription made, can the check request
+            // behind "connected" be answered.
+            let _reporting = AbortOnDrop(tokio::spawn(report_connection(
+                link.clone(),
+                refused.clone(),
+            )));
+            let _announcing = announce(&link, &state).await;
+            if !serve(&link, &state, &tracker, listener, &refused).await {
+                return;
+            }
+            // The broker refused our subscription when we reconnected (its
+            // permissions changed): the connection never asks for it
+            // again, so we do, as at the start, until it is allowed.
         }
     };
     tokio::select! {
@@ -168,6 +159,44 @@ pub async fn accept_loop(link: BrokerLink, state: Arc<AgentState>, tracker: Task
         biased;
         () = stop.cancelled() => {}
         () = serving => {}
+    }
+}
+
+/// Serves the sessions `listener` yields; false once the connection is
+/// closed for good, true when `refused` says the broker no longer passes
+/// our open subject to us.
+async fn serve(
+    link: &BrokerLink,
+    state: &Arc<AgentState>,
+    tracker: &TaskTracker,
+    mut listener: Listener,
+    refused: &Notify,
+) -> bool {
+    loop {
+        let stream = tokio::select! {
+            stream = listener.accept() => stream,
+            () = refused.notified() => return true,
+        };
+        let Some(stream) = stream else {
+            // Only a connection closed for good ends this, and ours
+            // retries for ever: say so if it ever happens.
+            tracing::error!(
+                "the connection to the broker at {} is closed for good; no more sessions through it",
+                link.urls
+            );
+            return false;
+        };
+        let peer = Peer::Broker {
+            session: stream.session_id(),
+        };
+        let entered = match state.broker_startups.enter(peer.source(), None::<&OwnedFd>) {
+            Ok(entered) => entered,
+            Err(refusal) => {
+                state.refusals.refused(peer, refusal, &state.settings);
+                continue;
+            }
+        };
+        session::spawn(stream, peer, entered, state, tracker);
     }
 }
 
@@ -238,11 +267,15 @@ async fn announce(
 /// sent in its name by anyone else is answered by us alone), say so in one
 /// error line and in the status line, and probe again every minute until
 /// it is gone.
-async fn report_connection(link: BrokerLink) {
+///
+/// A probe that finds our open subject refused (after a reconnection, the
+/// broker's permissions changed) tells `refused`, and the accept loop asks
+/// for the subscription again, saying why.
+async fn report_connection(link: BrokerLink, refused: Arc<Notify>) {
     let mut changes = link.carrier.watch_state();
     let mut was = changes.borrow_and_update().clone();
     if was.connected {
-        say_connected(&link, Why::Connected).await;
+        say_connected(&link, Why::Connected, &refused).await;
     }
     loop {
         let recheck = async {
@@ -260,7 +293,7 @@ async fn report_connection(link: BrokerLink) {
             }
             () = recheck => {
                 if link.carrier.state().connected {
-                    say_connected(&link, Why::Recheck).await;
+                    say_connected(&link, Why::Recheck, &refused).await;
                 }
                 continue;
             }
@@ -274,9 +307,9 @@ async fn report_connection(link: BrokerLink) {
             );
         }
         if now.connected && (dropped || !was.connected) {
-            say_connected(&link, Why::Connected).await;
+            say_connected(&link, Why::Connected, &refused).await;
         } else if now.connected && now.name_clashes > was.name_clashes && !link.clashing() {
-            say_connected(&link, Why::Recheck).await;
+            say_connected(&link, Why::Recheck, &refused).await;
         }
         was = now;
     }
@@ -291,7 +324,7 @@ enum Why {
     Recheck,
 }
 
-async fn say_connected(link: &BrokerLink, why: Why) {
+async fn say_connected(link: &BrokerLink, why: Why, refused: &Notify) {
     match link.carrier.probe(&link.name).await {
         Ok(()) => {
             let before = link.refused(None);
@@ -305,8 +338,9 @@ async fn say_connected(link: &BrokerLink, why: Why) {
             }
         }
         Err(e @ BrokerError::SubscribeRefused(_)) => {
-            tracing::error!("{e}");
+            // Said by the accept loop as it asks again.
             link.refused(Some(&e));
+            refused.notify_one();
         }
         Err(e) => tracing::warn!(
             "connected to the broker at {} as {}, but our own check request did not come back: {e}",

@@ -162,15 +162,7 @@ impl Nats {
     /// monitoring ports.
     pub fn restart(&mut self) {
         self.stop();
-        let monitor_port = port_of(&self.monitor);
-        let fixed = self
-            .config
-            .replacen("port: -1", &format!("port: {}", self.port), 1)
-            .replacen(
-                "http: \"127.0.0.1:-1\"",
-                &format!("http: \"127.0.0.1:{monitor_port}\""),
-                1,
-            );
+        let fixed = self.config_on_our_ports();
         let port = self.port;
         // The ports may be briefly unbindable after the kill; nats-server
         // then exits at once, and we try again, a bounded number of times.
@@ -182,6 +174,60 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("nats-server did not start again:\n{}", self.log());
+    }
+
+    /// The config with the ports the server runs on in place of `-1`.
+    fn config_on_our_ports(&self) -> String {
+        let monitor_port = port_of(&self.monitor);
+        self.config
+            .replacen("port: -1", &format!("port: {}", self.port), 1)
+            .replacen(
+                "http: \"127.0.0.1:-1\"",
+                &format!("http: \"127.0.0.1:{monitor_port}\""),
+                1,
+            )
+    }
+
+    /// The config, as a restart or a reload gives it to the server.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// Starts the server again, on the same ports, with `config` (from
+    /// [`Nats::config`]) instead of its own.
+    pub fn restart_with(&mut self, config: String) {
+        self.config = config;
+        self.restart();
+    }
+
+    /// Gives the running server `config` instead of its own, as an admin's
+    /// `systemctl reload nats-server` does (SIGHUP): its clients stay
+    /// connected. Returns once the server says it reloaded.
+    pub fn reload_with(&mut self, config: String) {
+        self.config = config;
+        let path = self.dir.path().join("nats-server.conf");
+        let ports_dir = self.dir.path().join("ports");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\nports_file_dir: \"{}\"\n",
+                self.config_on_our_ports(),
+                ports_dir.display()
+            ),
+        )
+        .expect("write config");
+        let reloads = |log: &str| log.matches("Reloaded server configuration").count();
+        let before = reloads(&self.log());
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(sent.success(), "kill -HUP nats-server");
+        assert!(
+            wait_until(WAIT, || reloads(&self.log()) > before),
+            "nats-server did not reload:\n{}",
+            self.log()
+        );
     }
 
     /// Everything the server logged so far.
