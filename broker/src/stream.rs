@@ -311,6 +311,7 @@ impl BrokerStream {
         let notify = Arc::new(Notify::new());
         let token = CancellationToken::new();
         let session = parts.session;
+        let disconnects_at_start = parts.connection.borrow().disconnects;
         let task = Task {
             shared: shared.clone(),
             notify: notify.clone(),
@@ -330,6 +331,7 @@ impl BrokerStream {
             refusal: parts.refusal,
             pacer: Pacer::new(Instant::now()),
             peer_check: PeerCheck::default(),
+            disconnects_at_start,
             reply_next: None,
             hold_until: None,
         };
@@ -482,6 +484,9 @@ struct Task {
     refusal: Option<RefusalWatch>,
     pacer: Pacer,
     peer_check: PeerCheck,
+    /// The connection's disconnect count when the stream began: any other
+    /// is a connection that dropped under it.
+    disconnects_at_start: u64,
     /// The reply subject the next published message carries.
     reply_next: Option<Subject>,
     /// Until when flushed bytes wait for more to join them.
@@ -573,7 +578,7 @@ impl Pacer {
 
 impl Task {
     async fn run(mut self) {
-        let disconnects_at_start = self.connection.borrow().disconnects;
+        let disconnects_at_start = self.disconnects_at_start;
         let mut last_sent = Instant::now();
         // Refreshed by the broker's word that the peer is there too.
         let mut last_heard = Instant::now();
@@ -700,7 +705,7 @@ impl Task {
                 // reset ends the stream whatever it carries.
                 let mut last = Instant::now();
                 let _ = self.publish(Kind::Reset, BytesMut::new(), &mut last).await;
-                let _ = self.parts_client.flush().await;
+                let _ = self.flush().await;
             }
         }
         // Dropping the subscriber unsubscribes; dropping the permit returns
@@ -738,6 +743,30 @@ impl Task {
         }
     }
 
+    /// Resolves once our connection is down or has dropped since the
+    /// stream began. A publication or a flush waits for the connection,
+    /// which may be reconnecting for minutes: raced with this, it fails
+    /// the stream (`lost`) at once instead, as the stream's loop would.
+    fn connection_lost(&self) -> impl Future<Output = ()> + 'static {
+        let mut watch = self.connection.clone();
+        let start = self.disconnects_at_start;
+        async move {
+            let _ = watch
+                .wait_for(|s| !s.connected || s.disconnects != start)
+                .await;
+        }
+    }
+
+    /// Waits for the connection to have written what we published, unless
+    /// it is lost meanwhile.
+    async fn flush(&self) -> Result<(), BrokerError> {
+        let lost = BrokerError::Lost(LostReason::BrokerDisconnected);
+        tokio::select! {
+            flushed = self.parts_client.flush() => flushed.map_err(|_| lost),
+            () = self.connection_lost() => Err(lost),
+        }
+    }
+
     /// The error due when the broker refused what the stream needs.
     fn refused(&self) -> Option<BrokerError> {
         let watch = self.refusal.as_ref()?;
@@ -761,7 +790,11 @@ impl Task {
         self.reply_next = Some(reply);
         self.publish(Kind::Credit, BytesMut::new(), last_sent)
             .await?;
-        self.peer_check.answer(&self.parts_client).await
+        let lost = self.connection_lost();
+        tokio::select! {
+            answer = self.peer_check.answer(&self.parts_client) => answer,
+            () = lost => Err(BrokerError::Lost(LostReason::BrokerDisconnected)),
+        }
     }
 
     fn finished_cleanly(&self) -> bool {
@@ -857,10 +890,7 @@ impl Task {
             };
             self.publish(kind, message, last_sent).await?;
             if kind == Kind::End {
-                self.parts_client
-                    .flush()
-                    .await
-                    .map_err(|_| BrokerError::Lost(LostReason::BrokerDisconnected))?;
+                self.flush().await?;
             }
             if kind == Kind::End {
                 let mut shared = lock(&self.shared);
@@ -897,19 +927,23 @@ impl Task {
             message[..HEADER_LEN].copy_from_slice(&header.encode());
             message.freeze()
         };
-        let published = match self.reply_next.take() {
-            Some(reply) => {
-                self.parts_client
-                    .publish_with_reply(self.out_subject.clone(), reply, payload)
-                    .await
-            }
-            None => {
-                self.parts_client
-                    .publish(self.out_subject.clone(), payload)
-                    .await
+        let lost = self.connection_lost();
+        let client = &self.parts_client;
+        let subject = self.out_subject.clone();
+        let reply = self.reply_next.take();
+        let publishing = async {
+            match reply {
+                Some(reply) => client.publish_with_reply(subject, reply, payload).await,
+                None => client.publish(subject, payload).await,
             }
         };
-        published.map_err(|_| BrokerError::Lost(LostReason::BrokerDisconnected))?;
+        let published = tokio::select! {
+            published = publishing => published.is_ok(),
+            () = lost => false,
+        };
+        if !published {
+            return Err(BrokerError::Lost(LostReason::BrokerDisconnected));
+        }
         *last_sent = Instant::now();
         Ok(())
     }

@@ -680,3 +680,36 @@ async fn a_bystanders_wildcard_subscription_keeps_a_dead_peers_stream_only_so_lo
         Some(LostReason::PeerSilent)
     );
 }
+
+/// A stream closed just as the broker goes away: its end message waits
+/// for a connection that is not coming back soon. The close fails
+/// (`lost`) once the connection is seen down, instead of waiting for the
+/// broker's return (before, it waited with the session's slot held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_while_the_broker_is_down_fails_instead_of_waiting_for_it() {
+    let Some(mut server) = Nats::start() else {
+        return;
+    };
+    let mut agent_options = server.options();
+    agent_options.retry_forever = true;
+    let agent_carrier = Carrier::connect(agent_options).await.expect("agent");
+    assert!(wait_until_async(Duration::from_secs(10), || agent_carrier.state().connected).await);
+    let mut listener = agent_carrier.listen("labpc07").await.expect("listen");
+    let ctl = server.carrier().await;
+    let mut stream = ctl.dial("labpc07").await.expect("dial");
+    let mut accepted = listener.accept().await.expect("accepted");
+    stream.write_all(b"hello").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = [0u8; 5];
+    accepted.read_exact(&mut buf).await.unwrap();
+
+    server.stop();
+    // May fail already, if the stream has seen the connection drop.
+    let _ = accepted.write_all(b"last words").await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), accepted.shutdown()).await;
+    // Written to the connection's socket before the drop was seen, the
+    // end message counts as sent, as a close(2) on TCP succeeds then.
+    if let Err(error) = closed.expect("the close ended within 10 s, the broker still down") {
+        assert_eq!(lost_reason(&error), Some(LostReason::BrokerDisconnected));
+    }
+}
