@@ -666,6 +666,64 @@ fn open_and_discovery_floods_cost_the_agents_log_a_bounded_number_of_lines() {
     assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
 }
 
+/// Answers to requests that ask twice with one reply inbox: the broker
+/// lets an agent answer each request once (`allow_responses`) and refuses
+/// the second answer. Anyone on the broker can send such pairs, as many as
+/// they like; before, each refusal was a warning in every agent's log
+/// (hundreds a second from one sender), outside any limit.
+#[test]
+fn refused_answers_to_doubled_requests_cost_the_agents_log_nothing() {
+    let nats = require_nats!(
+        r#"authorization {
+  users = [
+    { user: labpc07, password: "pw-labpc07", permissions: {
+        subscribe: { allow: ["rexec.v1.agent.labpc07.open", "rexec.v1.agent.labpc07.session.*.from-ctl", "rexec.v1.discover", "rexec.v1.agent.labpc07.inbox.>"] }
+        publish: { allow: ["rexec.v1.agent.labpc07.session.*.from-agent", "rexec.v1.agent.labpc07.open"] }
+        allow_responses: true } }
+    { user: bob, password: "pw-bob" }
+  ]
+}
+no_auth_user: bob"#
+    );
+    let env = Env::new();
+    let password_file = nats.file("labpc07.pass");
+    secret_file(&password_file, "pw-labpc07\n");
+    let agent = env.broker_agent(
+        &nats,
+        NAME,
+        &[
+            "--broker-user",
+            "labpc07",
+            "--broker-password-file",
+            &path_str(&password_file),
+        ],
+    );
+    // bob, as is ctl: any user of the broker.
+    let raw = RawNats::connect(&nats.url);
+    for i in 0..300 {
+        let reply = format!("_INBOX.doubled.{i}");
+        raw.publish_many("rexec.v1.discover", Some(&reply), b"", 2);
+        raw.publish_many(
+            &format!("rexec.v1.agent.{NAME}.open"),
+            Some(&reply),
+            b"garbage",
+            2,
+        );
+    }
+    // Every request was taken: the last one's answer is in the log's
+    // count of refused opens by now, or soon.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        log_lines_with(&agent, "refused us permission"),
+        0,
+        "{}",
+        agent.log()
+    );
+    env.trust_broker(&nats, NAME);
+    let ok = env.broker_exec(&nats, NAME, &["echo still-serving"]);
+    assert_eq!(stdout_of(&ok), "still-serving\n", "{}", stderr_of(&ok));
+}
+
 // ---------------------------------------------- the example config
 
 /// The example's agent `user` with its password in a 0600 file; flags for

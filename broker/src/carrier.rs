@@ -446,6 +446,13 @@ fn describe_server_error(error: &ServerError) -> (String, Option<String>) {
     }
 }
 
+/// Whether the server refused us a publication to `subject`, a reply
+/// inbox: an answer to somebody's request, not a subject of our own.
+fn answer_refused(error: &ServerError, subjects: &Subjects, subject: &str) -> bool {
+    matches!(error, ServerError::Other(text) if text.to_ascii_lowercase().contains("publish"))
+        && subjects.is_reply_inbox(subject)
+}
+
 /// Whether a connection failed in the TLS handshake (the library reports
 /// that as plain I/O).
 fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -693,6 +700,7 @@ impl Carrier {
         let events = state_tx.clone();
         let urls_for_events = url_list.clone();
         let verdict_for_events = verdict.clone();
+        let subjects_for_events = subjects.clone();
         nats = nats
             // Our own streams hold at most a window of messages each; this
             // is far above it (the buffer grows only as it fills).
@@ -706,6 +714,7 @@ impl Carrier {
                 let events = events.clone();
                 let urls_for_events = urls_for_events.clone();
                 let verdict = verdict_for_events.clone();
+                let subjects_for_events = subjects_for_events.clone();
                 async move {
                     match event {
                         Event::Connected => events.send_modify(|s| {
@@ -719,6 +728,18 @@ impl Carrier {
                         }),
                         Event::ServerError(error) => {
                             let (text, refused) = describe_server_error(&error);
+                            if refused.as_deref().is_some_and(|subject| {
+                                answer_refused(&error, &subjects_for_events, subject)
+                            }) {
+                                // An answer to a request, refused at its
+                                // reply inbox: the asker's business (one
+                                // that asks twice with one inbox gets one
+                                // answer), and anyone on the broker can
+                                // cause as many as they like. Not a line
+                                // each, nor a refusal of ours.
+                                tracing::debug!("{text}");
+                                return;
+                            }
                             tracing::warn!("{text}");
                             events.send_modify(|s| {
                                 s.last_error = Some(text);
