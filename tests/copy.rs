@@ -1605,3 +1605,26 @@ fn a_relative_remote_path_is_refused_with_the_absolute_form() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("web1:/tmp/, not web1:tmp/"), "{err}");
 }
+
+/// A message with no place in a pull (here 300 KB of output, with a
+/// terminal escape in front) is named by its kind, in one short line.
+#[tokio::test]
+async fn a_message_out_of_place_in_a_pull_is_named_in_one_short_line() {
+    use bytes::Bytes;
+    use rexec_protocol::{AgentMessage, Hello};
+
+    let env = Env::new();
+    let local = env.root.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let mut flood = b"\x1b]0;owned\x07".to_vec();
+    flood.resize(300_000, b'A');
+    let messages = vec![
+        AgentMessage::Hello(Hello::new("rexec-agent 0.1.0")),
+        AgentMessage::Stdout(Bytes::from(flood)),
+    ];
+    let out = pull_from_a_fake_agent(&env, messages, "/x/y", &local).await;
+    assert_failed_saying(&out, 255, "the agent sent an unexpected Stdout message");
+    let err = stderr_of(&out);
+    assert!(err.len() < 300, "{} bytes of stderr", err.len());
+    assert!(!err.contains('\x1b'), "{err:?}");
+}

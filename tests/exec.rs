@@ -814,6 +814,49 @@ async fn text_from_an_agent_cannot_drive_the_terminal_or_forge_ctl_lines() {
     }
 }
 
+/// No process ends with 256 or with signal -122: an agent that says so is
+/// not believed to have succeeded. Before, 256 wrapped to exit 0, beside
+/// "1 of 1 hosts failed: exit 256" in a fan-out.
+#[tokio::test]
+async fn an_exit_status_no_process_can_have_is_a_failure() {
+    use rexec_protocol::{AgentMessage, ExitStatus};
+    let env = Env::new();
+    for status in [
+        ExitStatus::Code(256),
+        ExitStatus::Code(-256),
+        ExitStatus::Signal {
+            signal: -122,
+            core_dumped: false,
+        },
+    ] {
+        // One target, then two (a fan-out), each saying so.
+        for hosts in [1, 2] {
+            let mut addrs = Vec::new();
+            let mut served = Vec::new();
+            for _ in 0..hosts {
+                let (addr, serving) = fake_agent_answering(
+                    &env,
+                    rexec_protocol::PROTOCOL_VERSION,
+                    "rexec-agent 0.1.0".to_owned(),
+                    AgentMessage::Exit(status),
+                )
+                .await;
+                addrs.push(addr);
+                served.push(serving);
+            }
+            let targets = addrs.join(",");
+            let out = ctl_output_off_the_runtime(&env, &["exec", &targets, "true"]).await;
+            served.iter().for_each(tokio::task::JoinHandle::abort);
+            assert_eq!(
+                out.status.code(),
+                Some(255),
+                "{status:?} on {hosts}: {}",
+                stderr_of(&out)
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_agent_that_vanishes_is_one_plain_line() {
     use futures_util::StreamExt;

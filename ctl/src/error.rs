@@ -23,8 +23,11 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// The exit code `ctl` passes on for a remote status.
 pub fn exit_code(status: ExitStatus) -> u8 {
     match status {
-        ExitStatus::Code(code) => (code & 0xff) as u8,
-        ExitStatus::Signal { signal, .. } => (128 + signal).clamp(0, 255) as u8,
+        // No process ends with a code outside 0-255 or a signal outside
+        // 1-127: an agent that says so (a broken or hostile one) gets
+        // ctl's own failure, never a wrapped 0 beside "1 of 1 hosts failed".
+        ExitStatus::Code(code) => u8::try_from(code).unwrap_or(EXIT_CTL_ERROR),
+        ExitStatus::Signal { signal, .. } if (1..=127).contains(&signal) => (128 + signal) as u8,
         ExitStatus::TimedOut => EXIT_TIMED_OUT,
         _ => EXIT_CTL_ERROR,
     }
@@ -308,13 +311,16 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::Code(0)), 0);
         assert_eq!(exit_code(ExitStatus::Code(3)), 3);
         assert_eq!(exit_code(ExitStatus::Code(255)), 255);
-        assert_eq!(exit_code(ExitStatus::Code(256)), 0);
+        assert_eq!(exit_code(ExitStatus::Code(256)), 255);
+        assert_eq!(exit_code(ExitStatus::Code(-256)), 255);
         let killed = |signal| ExitStatus::Signal {
             signal,
             core_dumped: false,
         };
         assert_eq!(exit_code(killed(9)), 137);
         assert_eq!(exit_code(killed(15)), 143);
+        assert_eq!(exit_code(killed(-122)), 255);
+        assert_eq!(exit_code(killed(200)), 255);
         assert_eq!(exit_code(ExitStatus::TimedOut), 124);
     }
 

@@ -185,19 +185,13 @@ impl Watch {
 }
 
 /// Why a copy's conversation stopped at `next`, which is none of the
-/// messages the `direction` ("push", "pull") expects: the agent's error,
-/// a message out of place, a broken connection, or one closed `early`.
-fn stopped(
-    next: Option<Result<AgentMessage, FrameError>>,
-    direction: &str,
-    early: &str,
-) -> CtlError {
+/// messages it expects: the agent's error, a message out of place (named
+/// by its kind only: its contents may be large or hostile), a broken
+/// connection, or one closed `early`.
+fn stopped(next: Option<Result<AgentMessage, FrameError>>, early: &str) -> CtlError {
     match next {
         Some(Ok(AgentMessage::Error(report))) => CtlError::Agent(report),
-        Some(Ok(other)) => ConnectionError::Protocol(format!(
-            "unexpected message during a {direction}: {other:?}"
-        ))
-        .into(),
+        Some(Ok(other)) => CtlError::unexpected(&other),
         Some(Err(FrameError::Io(e))) => CtlError::lost_io(&e),
         Some(Err(e)) => ConnectionError::Protocol(e.to_string()).into(),
         None => ConnectionError::Lost(format!("the agent closed the connection {early}")).into(),
@@ -340,7 +334,7 @@ pub async fn push(
                 Some(Ok(AgentMessage::CopyDone(done))) => return Ok(done),
                 Some(Ok(AgentMessage::CopyStarted { keepalive })) => alive.started(keepalive),
                 Some(Ok(AgentMessage::Keepalive)) => continue,
-                next => return Err(stopped(next, "push", "before confirming the copy")),
+                next => return Err(stopped(next, "before confirming the copy")),
             }
         }
     };
@@ -454,7 +448,7 @@ pub async fn pull(
                 continue;
             }
             Some(Ok(AgentMessage::Keepalive)) => continue,
-            next => break Some(stopped(next, "pull", "before the copy ended")),
+            next => break Some(stopped(next, "before the copy ended")),
         };
         watch.see(&item);
         // A closed queue means the writer stopped on an error: it is below.
