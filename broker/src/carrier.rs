@@ -1300,11 +1300,24 @@ impl Carrier {
                 reason: "an answer we do not understand".to_owned(),
             })?;
         if !answer.accepted || answer.window == 0 {
+            // The answer comes before TLS, from anyone who can answer at
+            // our inbox: only our own words are passed on, never its text.
+            let known = [
+                "bad-request",
+                "no-reply",
+                "busy",
+                "no-room",
+                "internal",
+                "probe",
+            ];
+            let reason = match answer.refused.as_deref() {
+                Some(word) if known.contains(&word) => word,
+                Some(_) => "a reason we do not know",
+                None => "no reason given",
+            };
             return Err(BrokerError::Refused {
                 name: name.to_owned(),
-                reason: answer
-                    .refused
-                    .unwrap_or_else(|| "no reason given".to_owned()),
+                reason: reason.to_owned(),
             });
         }
         // Another agent under the same name accepts the same request and

@@ -713,3 +713,44 @@ async fn a_close_while_the_broker_is_down_fails_instead_of_waiting_for_it() {
         assert_eq!(lost_reason(&error), Some(LostReason::BrokerDisconnected));
     }
 }
+
+/// An open answered, before any TLS, by whoever can answer at our inbox:
+/// its reason is passed on only if it is one of our own words, so a
+/// 200 KB reason with a bidi override is not shown to the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_words_not_ours_is_not_passed_on() {
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let impostor = raw(&server).await;
+    let mut opens = impostor
+        .subscribe(Subjects::default().open("labpc09"))
+        .await
+        .unwrap();
+    impostor.flush().await.unwrap();
+    let answering = tokio::spawn(async move {
+        let mut reasons = vec![
+            "busy".to_owned(),
+            format!("{}\u{202e}evil", "x".repeat(200_000)),
+        ];
+        while let Some(open) = opens.next().await {
+            let Some(reason) = reasons.pop() else { break };
+            let answer = serde_json::json!({"accepted": false, "refused": reason});
+            let reply = open.reply.expect("a reply inbox");
+            impostor
+                .publish(reply, serde_json::to_vec(&answer).unwrap().into())
+                .await
+                .unwrap();
+        }
+    });
+    let ctl = server.carrier().await;
+    let reason = |error: BrokerError| match error {
+        BrokerError::Refused { reason, .. } => reason,
+        other => panic!("not a refusal: {other:?}"),
+    };
+    let first = ctl.dial("labpc09").await.expect_err("refused");
+    assert_eq!(reason(first), "a reason we do not know");
+    let second = ctl.dial("labpc09").await.expect_err("refused");
+    assert_eq!(reason(second), "busy");
+    answering.abort();
+}
