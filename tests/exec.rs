@@ -875,3 +875,67 @@ async fn an_agent_that_vanishes_is_one_plain_line() {
     assert!(!line.contains("close_notify"), "{line}");
     assert!(line.contains("connection lost"), "{line}");
 }
+
+/// A command with a timeout whose output ctl cannot write as fast as it
+/// comes (a pager nobody reads, here a pipe read only after 9 s): the
+/// agent kills it at its timeout, and everything it wrote before reaches
+/// ctl's stdout, then exit 124. Before, ctl counted the time it spent
+/// blocked on its own stdout as the agent's silence, gave up at
+/// `--timeout` + `--connect-timeout` + 5 s (7 s), dropped what had come and
+/// exited 255 with "no answer from the agent".
+#[test]
+fn output_that_waits_for_a_slow_reader_is_all_delivered_after_a_timeout() {
+    let env = Env::new();
+    let fleet = env.fleet(2);
+    for target in ["127.0.0.2", "@lab"] {
+        let ctl = env
+            .ctl()
+            .args([
+                "exec",
+                "--timeout",
+                "1s",
+                "--connect-timeout",
+                "1s",
+                target,
+                "seq 3000000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ctl");
+        std::thread::sleep(Duration::from_secs(9));
+        let out = ctl.wait_with_output().expect("ctl");
+        let stdout = stdout_of(&out);
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(124), "{target}: {stderr}");
+        assert!(!stderr.contains("no answer"), "{target}: {stderr}");
+        // Each host's lines are 1, 2, 3, … up to where the kill caught it.
+        for host in &fleet.hosts {
+            let prefix = format!("{host}: ");
+            let lines: Vec<&str> = if target == "@lab" {
+                stdout
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                    .collect()
+            } else if host == "127.0.0.2" {
+                stdout.lines().collect()
+            } else {
+                continue;
+            };
+            assert!(
+                lines.len() > 10_000,
+                "{target} {host}: {} lines",
+                lines.len()
+            );
+            let whole = &lines[..lines.len() - 1];
+            for (i, line) in whole.iter().enumerate() {
+                assert_eq!(
+                    *line,
+                    (i + 1).to_string(),
+                    "{target} {host}: line {}",
+                    i + 1
+                );
+            }
+        }
+    }
+}

@@ -392,23 +392,16 @@ pub async fn run(
             drop(tracked);
             drop(job.place.take());
             // Output written before the kill still reaches a client that is
-            // there to read it; a process that escaped the group and holds a
-            // pipe open must not hold us, hence the bound.
+            // there to read it, at its own pace (ctl writing to a pager that
+            // is not read): only our shutdown cuts it short, as it does a
+            // running command's output. Before, sending was bounded by the
+            // kill grace, and a client that read slowly lost the rest of
+            // the output and the exit status. What the pipes still hold is
+            // read for at most the grace and DRAINED_AFTER_KILL bytes: a
+            // process that escaped the group and holds a pipe open, or
+            // writes on without end, must not hold us.
             if client_open && !matches!(end, ExecEnd::ClientSilent(_)) {
-                let drain = async {
-                    if let Some(message) = unsent.take()
-                        && job.outgoing.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                    while let Some(message) = output.next().await {
-                        count(&mut report, &message);
-                        if job.outgoing.send(message).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(job.settings.kill_grace, drain).await;
+                let grace = job.settings.kill_grace;
                 let last = match &end {
                     ExecEnd::Finished(status) => AgentMessage::Exit(*status),
                     ExecEnd::ShutDown => AgentMessage::Error(ErrorReport::new(
@@ -422,13 +415,54 @@ pub async fn run(
                         AgentMessage::Error(ErrorReport::new(ErrorKind::Internal, end.to_string()))
                     }
                 };
-                let _ =
-                    tokio::time::timeout(job.settings.kill_grace, finish(job.outgoing, last)).await;
+                let report = &mut report;
+                let outgoing = &mut job.outgoing;
+                let told = async {
+                    if let Some(message) = unsent.take()
+                        && outgoing.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                    let (mut waited, mut drained) = (Duration::ZERO, 0);
+                    while waited < grace && drained < DRAINED_AFTER_KILL {
+                        let asked = tokio::time::Instant::now();
+                        let next = tokio::time::timeout(grace - waited, output.next()).await;
+                        waited += asked.elapsed();
+                        let Ok(Some(message)) = next else { break };
+                        drained += output_len(&message);
+                        count(report, &message);
+                        if outgoing.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = finish(outgoing, last).await;
+                };
+                if matches!(end, ExecEnd::ShutDown) {
+                    let _ = tokio::time::timeout(grace, told).await;
+                } else {
+                    tokio::select! {
+                        () = told => {}
+                        () = job.kill.cancelled() => {}
+                    }
+                }
             }
             report.end = end;
         }
     }
     report
+}
+
+/// The most output read from a killed command's pipes after the kill:
+/// far more than its pipes and our readers hold, far less than a process
+/// that escaped the group could write without end.
+const DRAINED_AFTER_KILL: usize = 4 << 20;
+
+/// The bytes of output a message carries.
+fn output_len(message: &AgentMessage) -> usize {
+    match message {
+        AgentMessage::Stdout(b) | AgentMessage::Stderr(b) => b.len(),
+        _ => 0,
+    }
 }
 
 /// How long the front stdin chunk may wait for the command before the

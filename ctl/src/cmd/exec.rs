@@ -4,15 +4,14 @@
 //! output mode asked for.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rexec_protocol::ExecRequest;
 
 use super::{Failure, Fleet, Globals, no_limit_if_zero, pick, plain};
 use crate::cli::{ExecArgs, command_line};
 use crate::config::ConfigDir;
-use crate::error::{ConnectionError, CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
-use crate::fanout::{Deadline, Run};
+use crate::error::{CtlError, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code};
+use crate::fanout::Run;
 use crate::host;
 use crate::host::input::SharedInput;
 use crate::host::stream::ExecOutcome;
@@ -23,19 +22,6 @@ use crate::output::outdir::OutDir;
 use crate::output::prefixed::Prefixed;
 use crate::target;
 use crate::tty;
-
-/// ctl's own deadline on a host is its `--timeout` plus the connect timeout
-/// plus this: time for the agent to kill the command's group (its kill
-/// grace) and report. Past it the agent is taken as hung.
-const DEADLINE_SLACK: Duration = Duration::from_secs(5);
-
-/// How long ctl waits for an exec's end before it takes the agent as
-/// unresponsive: the agent enforces the timeout itself, so only an agent
-/// that stopped answering gets this far. None without a timeout: a command
-/// may run for hours, and keepalives notice a vanished agent.
-fn no_answer_deadline(timeout: Option<Duration>, connect: Duration) -> Option<Deadline> {
-    timeout.map(|t| Deadline::NoAnswer(t.saturating_add(connect).saturating_add(DEADLINE_SLACK)))
-}
 
 /// Runs the command on the targets.
 pub fn exec(globals: &Globals, args: ExecArgs) -> Result<u8, Failure> {
@@ -74,16 +60,9 @@ pub fn exec(globals: &Globals, args: ExecArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| plain(CtlError::runtime(&e)))?;
-    let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
-    let outcome = runtime.block_on(async {
-        let run = host::stream::exec_streaming(&client, &target, request);
-        match deadline {
-            Some(Deadline::NoAnswer(limit)) => tokio::time::timeout(limit, run)
-                .await
-                .unwrap_or(Err(CtlError::Connection(ConnectionError::NoAnswer(limit)))),
-            _ => run.await,
-        }
-    });
+    // An agent that stops answering is given up by the silence rules of
+    // `liveness` (with a timeout, `no_answer_bound`).
+    let outcome = runtime.block_on(host::stream::exec_streaming(&client, &target, request));
     // The stdin reader thread may be blocked in a read; do not wait for it.
     runtime.shutdown_background();
     match outcome {
@@ -126,8 +105,7 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
         stdin: args.stdin,
         ..ExecRequest::default()
     };
-    let deadline = no_answer_deadline(request.timeout, args.reach.connect_timeout);
-    let mut run = Run::new(targets, args.reach.fanout, deadline);
+    let mut run = Run::new(targets, args.reach.fanout, None);
     run.fanout.max_failures = args.rolling.max_failures;
     let (console, labels) = (&run.console, &run.labels);
     let layout = if args.diff {

@@ -40,6 +40,7 @@ pub async fn run(
     output: Arc<dyn Output<ExitStatus>>,
     stdin: Option<Arc<SharedInput>>,
 ) -> Result<ExitStatus, CtlError> {
+    let no_answer = crate::liveness::no_answer_bound(request.timeout, client.connect_timeout);
     let session = connect::open(&client, &target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
     let (data_tx, data_rx) = mpsc::channel(4);
@@ -61,7 +62,7 @@ pub async fn run(
     };
     tokio::pin!(feeder);
     let mut feeding = true;
-    let mut alive = Liveness::new();
+    let mut alive = Liveness::answering_within(no_answer);
     loop {
         let message = tokio::select! {
             message = alive.next(&mut incoming) => message?,

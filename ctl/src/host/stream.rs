@@ -56,6 +56,7 @@ pub async fn exec_streaming(
 ) -> Result<ExecOutcome, CtlError> {
     let forward_stdin = request.stdin;
     let with_pty = request.pty.is_some();
+    let no_answer = crate::liveness::no_answer_bound(request.timeout, client.connect_timeout);
     let session = connect::open(client, target, ClientMessage::Exec(request)).await?;
     let mut incoming = session.connection.incoming;
     let outgoing = session.connection.outgoing;
@@ -83,7 +84,7 @@ pub async fn exec_streaming(
     // connection leaves the terminal as it was; restored when dropped.
     let mut raw_mode = None;
     let mut last_interrupt: Option<Instant> = None;
-    let mut alive = Liveness::new();
+    let mut alive = Liveness::answering_within(no_answer);
 
     loop {
         let message = tokio::select! {
