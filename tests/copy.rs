@@ -291,6 +291,23 @@ fn push_to_ten_hosts_and_pull_from_them_without_collisions() {
         10,
         "one directory per host"
     );
+    // The group with all but one host excluded, and a range of one host:
+    // still one directory per host, as the script that pulled from ten
+    // expects.
+    for (targets, exclude) in [("@lab", Some("127.0.0.[3-11]")), ("127.0.0.[2]", None)] {
+        let one = new_dir(root, &format!("one-{}", exclude.is_some()));
+        let source = format!("{targets}:{}", dest.join("deploy.sh").display());
+        let mut args = vec![source.as_str(), one.to_str().unwrap()];
+        if let Some(exclude) = exclude {
+            args.extend(["-x", exclude]);
+        }
+        let pulled = cp(&env, &args);
+        assert!(pulled.status.success(), "{targets}: {}", stderr_of(&pulled));
+        assert_file(
+            one.join("127.0.0.2").join("deploy.sh"),
+            b"#!/bin/sh\necho deployed\n",
+        );
+    }
 }
 
 #[test]
@@ -1574,6 +1591,22 @@ fn a_push_of_a_missing_source_fails_once_before_any_host_is_reached() {
         format!(
             "ctl: cannot read {}: no such file or directory\n",
             missing.display()
+        )
+    );
+    for agent in &fleet.agents {
+        assert!(!agent.log().contains("push"), "{}", agent.log());
+    }
+    // Nor a source that is no file at all, a FIFO: one line, no host
+    // reached (before, a line per host and its summary).
+    let fifo = env.root.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = cp(&env, &[fifo.to_str().unwrap(), "@lab:/tmp/"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "ctl: {} is not a regular file, directory or link\n",
+            fifo.display()
         )
     );
     for agent in &fleet.agents {

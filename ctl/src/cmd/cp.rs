@@ -84,8 +84,14 @@ pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
             .unwrap_or_default();
         let local = PathBuf::from(last);
         // From one host, as cp does: into an existing directory, else the
-        // new name. From several, one directory per host inside LOCAL_DIR.
-        let into: Vec<copy::LocalDestination> = if run.targets.len() > 1 {
+        // new name. From several, or from a list, range or group that
+        // happens to name one (as exec decides whether to prefix), one
+        // directory per host inside LOCAL_DIR: a script's paths do not
+        // change when its group shrinks to one machine.
+        let several = run.targets.len() > 1
+            || !crate::target::is_single(&targets_text)
+            || !args.exclude.exclude.is_empty();
+        let into: Vec<copy::LocalDestination> = if several {
             if !local.is_dir() {
                 return Err(usage(&format!(
                     "{} is not a directory (a pull from several hosts needs one)",

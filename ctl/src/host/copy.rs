@@ -115,10 +115,22 @@ impl Copied {
 pub fn check_sources(sources: &[PathBuf], options: CopyOptions) -> Result<(), CtlError> {
     for source in sources {
         TreeReader::new(source, options.recursive).map_err(local)?;
+        let Ok(meta) = std::fs::symlink_metadata(source) else {
+            continue;
+        };
         // A file that is there but cannot be read (mode 000) is found out
         // only by opening it.
-        if std::fs::symlink_metadata(source).is_ok_and(|meta| meta.is_file()) {
+        if meta.is_file() {
             std::fs::File::open(source).map_err(|e| local(CopyError::io(source, "read", &e)))?;
+        }
+        // Nor is a source that is no file at all (a device, a FIFO) before
+        // the first host asks for it.
+        let kind = meta.file_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            return Err(CtlError::Local(format!(
+                "{} is not a regular file, directory or link",
+                source.display()
+            )));
         }
     }
     Ok(())
