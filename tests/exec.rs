@@ -939,3 +939,27 @@ fn output_that_waits_for_a_slow_reader_is_all_delivered_after_a_timeout() {
         }
     }
 }
+
+/// A command line longer than the system gives one argument (128 KiB):
+/// the shell cannot be started, said in our words (before: "Argument list
+/// too long (os error 7)").
+#[test]
+fn a_command_too_long_for_the_system_is_refused_in_plain_words() {
+    let (env, agent) = Env::with_agent();
+    let word = "a".repeat(100_000);
+    for flags in [vec![], vec!["--detach"]] {
+        let mut args = vec!["exec"];
+        args.extend(flags.iter().copied());
+        let target = agent.target();
+        args.extend([target.as_str(), "echo", &word, &word]);
+        let out = env.ctl_run(&args);
+        assert_eq!(out.status.code(), Some(255), "{flags:?}");
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{flags:?}: {err}");
+        assert!(
+            err.contains("the command and its environment are longer than this system lets a program be given"),
+            "{flags:?}: {err}"
+        );
+        assert!(!err.contains("os error"), "{flags:?}: {err}");
+    }
+}

@@ -132,7 +132,7 @@ pub async fn run(
         Err(e) => {
             let refusal = ErrorReport::new(
                 ErrorKind::SpawnFailed,
-                format!("cannot start {}: {e}", job.settings.shell.display()),
+                cannot_start(&job.settings.shell, &e),
             );
             report.end = ExecEnd::Refused(refuse(job.outgoing, refusal).await);
             return report;
@@ -450,6 +450,18 @@ pub async fn run(
         }
     }
     report
+}
+
+/// Why the shell could not be started, in plain words. E2BIG is the one a
+/// client causes: a command line (or `-e` value) over the system's 128 KiB
+/// for one argument, or all of them over its total.
+pub(crate) fn cannot_start(shell: &std::path::Path, e: &std::io::Error) -> String {
+    let why = if e.raw_os_error() == Some(nix::libc::E2BIG) {
+        "the command and its environment are longer than this system lets a program be given (128 KiB for one argument)".to_owned()
+    } else {
+        rexec_protocol::plain::io_error(e)
+    };
+    format!("cannot start {}: {why}", shell.display())
 }
 
 /// The most output read from a killed command's pipes after the kill:

@@ -197,7 +197,7 @@ async fn run_job(spec: RunnerSpec) -> i32 {
         Err(e) => {
             return refuse(ErrorReport::new(
                 ErrorKind::SpawnFailed,
-                format!("cannot start {}: {e}", spec.shell.display()),
+                crate::exec::cannot_start(&spec.shell, &e),
             ));
         }
     };
