@@ -170,6 +170,8 @@ struct CarrierInner {
     pool: Arc<Semaphore>,
     /// Room for dropped streams still sending what they owe their peer.
     lingering: Arc<Semaphore>,
+    /// The ids of this connection's streams, until each stream's task ends.
+    live: crate::stream::LiveSessions,
     tuning: Tuning,
     /// A random id of this connection, sent in our probes and in our
     /// answers to probes, so that two agents serving one name tell each
@@ -806,6 +808,7 @@ impl Carrier {
                 state_tx,
                 pool: Arc::new(Semaphore::new(budget)),
                 lingering: Arc::new(Semaphore::new(options.tuning.max_lingering)),
+                live: crate::stream::LiveSessions::default(),
                 tuning: options.tuning,
                 instance: SessionId::random()?.to_string(),
             }),
@@ -868,6 +871,7 @@ impl Carrier {
             pool: self.inner.pool.clone(),
             reserve: self.reserve(),
             lingering: self.inner.lingering.clone(),
+            live: self.inner.live.clone(),
             connection: self.inner.state.clone(),
             timers: self.inner.tuning.timers,
             session,
@@ -1175,6 +1179,12 @@ impl Carrier {
         }
         let session = SessionId::parse(&request.session).ok_or(BadRequest)?;
         if request.window == 0 || request.window > 2 * MAX_WINDOW {
+            return Err(BadRequest);
+        }
+        // Anyone who reads a session's subjects knows its id: a second
+        // open under it would be a second stream on the same subjects,
+        // whose messages collide with the first's and end it.
+        if self.inner.live.contains(session) {
             return Err(BadRequest);
         }
         if incoming.capacity() == 0 {

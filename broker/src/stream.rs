@@ -96,6 +96,33 @@ impl Default for StreamTimers {
     }
 }
 
+/// The session ids of a connection's streams whose tasks still run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveSessions(Arc<Mutex<std::collections::HashSet<SessionId>>>);
+
+impl LiveSessions {
+    fn insert(&self, session: SessionId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session);
+    }
+
+    fn remove(&self, session: SessionId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session);
+    }
+
+    pub(crate) fn contains(&self, session: SessionId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&session)
+    }
+}
+
 struct Chunk {
     data: Bytes,
     cost: u32,
@@ -234,6 +261,8 @@ pub(crate) struct StreamParts {
     pub reserve: usize,
     /// Room for dropped streams that linger (see [`Task::linger`]).
     pub lingering: Arc<Semaphore>,
+    /// Where the stream's id is kept while its task runs.
+    pub live: LiveSessions,
     pub connection: watch::Receiver<ConnectionState>,
     pub timers: StreamTimers,
     pub session: SessionId,
@@ -311,6 +340,7 @@ impl BrokerStream {
         let notify = Arc::new(Notify::new());
         let token = CancellationToken::new();
         let session = parts.session;
+        parts.live.insert(session);
         let disconnects_at_start = parts.connection.borrow().disconnects;
         let task = Task {
             shared: shared.clone(),
@@ -325,6 +355,8 @@ impl BrokerStream {
             reserve: parts.reserve,
             lingering: parts.lingering,
             lingering_room: None,
+            live: parts.live,
+            session,
             connection: parts.connection,
             timers: parts.timers,
             answers: parts.answers,
@@ -478,6 +510,8 @@ struct Task {
     lingering: Arc<Semaphore>,
     /// Held while the stream lingers after the application dropped it.
     lingering_room: Option<OwnedSemaphorePermit>,
+    live: LiveSessions,
+    session: SessionId,
     connection: watch::Receiver<ConnectionState>,
     timers: StreamTimers,
     answers: Option<AnswerWatch>,
@@ -714,6 +748,7 @@ impl Task {
         self.peer_check.close().await;
         drop(self.permit);
         drop(self.lingering_room);
+        self.live.remove(self.session);
     }
 
     /// After the application dropped its end: until when the stream may go

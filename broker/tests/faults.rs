@@ -754,3 +754,37 @@ async fn a_refusal_in_words_not_ours_is_not_passed_on() {
     assert_eq!(reason(second), "busy");
     answering.abort();
 }
+
+/// Anyone who reads a session's subjects knows its id. A second open
+/// under a live session's id is refused: before, it made a second stream
+/// on the same subjects, whose messages collided with the first's and
+/// ended it ("out of order").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_under_a_live_sessions_id_is_refused_and_the_session_goes_on() {
+    let Some(mut rig) = rig().await else { return };
+    let intruder = raw(&rig.server).await;
+    let (stream, accepted) = rig.session().await;
+    let request = OpenRequest {
+        session: stream.session_id().to_string(),
+        window: 2048,
+        probe: false,
+        instance: None,
+    };
+    let reply = intruder
+        .request(
+            Subjects::default().open("labpc07"),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .expect("answered");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(answer["accepted"], false, "{answer}");
+    assert_eq!(answer["refused"], "bad-request");
+    let up = b"still one session".repeat(10_000);
+    let down = b"and its answer".repeat(10_000);
+    let (a, c) = tokio::join!(
+        exchange(accepted, down.clone()),
+        exchange(stream, up.clone())
+    );
+    assert!(a == up && c == down, "the session goes on untouched");
+}
