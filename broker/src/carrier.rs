@@ -1424,7 +1424,7 @@ impl Carrier {
                 continue;
             }
             if let Ok(answer) = serde_json::from_slice::<Announcement>(&message.payload)
-                && validate_name(&answer.name).is_ok()
+                && answer.plausible()
             {
                 answers.push(answer);
             }

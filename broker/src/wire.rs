@@ -149,9 +149,61 @@ pub struct Announcement {
     pub version: String,
 }
 
+impl Announcement {
+    /// Whether this could be an agent's answer: a usable name, a
+    /// fingerprint of our form and a short printable version. Anyone who
+    /// may answer discovery can send anything; ctl shows only these.
+    pub fn plausible(&self) -> bool {
+        crate::subject::validate_name(&self.name).is_ok()
+            && self
+                .fingerprint
+                .parse::<rexec_protocol::Fingerprint>()
+                .is_ok()
+            && (1..=64).contains(&self.version.len())
+            && self
+                .version
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ')
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plausible_announcements_are_shown() {
+        let real = Announcement {
+            name: "labpc07".into(),
+            fingerprint: "SHA256:XiqeskhnIcIL1/EU6dpcSdWbEywa8xwMTccBdhGcQwM".into(),
+            version: "0.1.0".into(),
+        };
+        assert!(real.plausible());
+        for lie in [
+            Announcement {
+                fingerprint: "SHA256:\u{9b}2J\u{9b}31mFAKE\u{202e}".into(),
+                ..real.clone()
+            },
+            Announcement {
+                version: "0.1.0\u{7f}\u{85}\u{2028}x".into(),
+                ..real.clone()
+            },
+            Announcement {
+                version: "A".repeat(3000),
+                ..real.clone()
+            },
+            Announcement {
+                version: String::new(),
+                ..real.clone()
+            },
+            Announcement {
+                name: "lab.pc07".into(),
+                ..real.clone()
+            },
+        ] {
+            assert!(!lie.plausible(), "{lie:?}");
+        }
+    }
 
     #[test]
     fn header_round_trips() {

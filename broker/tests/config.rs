@@ -71,7 +71,7 @@ async fn the_example_config_confines_each_agent_to_its_own_name() {
     let _announce = labpc07
         .announce(rexec_broker::Announcement {
             name: "labpc07".to_owned(),
-            fingerprint: "SHA256:x".to_owned(),
+            fingerprint: format!("SHA256:{}", "x".repeat(42) + "A"),
             version: "0.1.0".to_owned(),
         })
         .await
@@ -223,7 +223,7 @@ async fn a_ctl_user_the_broker_refuses_a_subject_is_told_which() {
     let _announcing = agent
         .announce(rexec_broker::Announcement {
             name: "labpc07".to_owned(),
-            fingerprint: "SHA256:x".to_owned(),
+            fingerprint: format!("SHA256:{}", "x".repeat(42) + "A"),
             version: "0".to_owned(),
         })
         .await

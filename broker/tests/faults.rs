@@ -232,7 +232,7 @@ async fn refused_opens_are_reported_and_only_reply_inboxes_are_answered() {
     let _announcing = agent
         .announce(Announcement {
             name: "labpc07".to_owned(),
-            fingerprint: "SHA256:x".to_owned(),
+            fingerprint: format!("SHA256:{}", "x".repeat(42) + "A"),
             version: "0".to_owned(),
         })
         .await

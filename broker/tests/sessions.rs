@@ -197,7 +197,7 @@ async fn discovery_collects_every_agent_with_its_fingerprint_and_version() {
             carrier
                 .announce(Announcement {
                     name: name.to_owned(),
-                    fingerprint: format!("SHA256:{name}"),
+                    fingerprint: format!("SHA256:{name}{}", "A".repeat(43 - name.len())),
                     version: "0.1.0".to_owned(),
                 })
                 .await
@@ -212,7 +212,10 @@ async fn discovery_collects_every_agent_with_its_fingerprint_and_version() {
         .expect("discover");
     let names: Vec<_> = found.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["labpc01", "labpc02", "labpc03"]);
-    assert_eq!(found[0].fingerprint, "SHA256:labpc01");
+    assert_eq!(
+        found[0].fingerprint,
+        format!("SHA256:labpc01{}", "A".repeat(36))
+    );
     assert_eq!(found[0].version, "0.1.0");
 
     drop(responders.pop());
