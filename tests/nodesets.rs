@@ -237,3 +237,34 @@ fn an_inventory_syntax_error_says_what_the_parser_found() {
         )
     );
 }
+
+/// A list that names no host is an empty expansion for `ctl hosts`, as
+/// for `nodeset` (`-c` says 0), so `n=$(ctl hosts --count …)` works in a
+/// script; running a command on it is still refused.
+#[test]
+fn a_list_that_names_no_host_counts_0() {
+    let env = Env::new();
+    for list in ["a&b", "a,!a", "node[1-3]!node[1-3]"] {
+        let count = env.ctl_run(&["hosts", "--count", list]);
+        assert_eq!(
+            util::stdout_of(&count),
+            "0\n",
+            "{list}: {}",
+            util::stderr_of(&count)
+        );
+        assert!(count.status.success(), "{list}");
+        let listed = env.ctl_run(&["hosts", list]);
+        assert_eq!(util::stdout_of(&listed), "", "{list}");
+        assert!(
+            listed.status.success(),
+            "{list}: {}",
+            util::stderr_of(&listed)
+        );
+        let exec = env.ctl_run(&["exec", list, "true"]);
+        assert_eq!(exec.status.code(), Some(255), "{list}");
+        assert_eq!(
+            util::stderr_of(&exec),
+            "ctl: the targets expand to no host\n"
+        );
+    }
+}

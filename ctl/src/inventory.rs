@@ -427,14 +427,28 @@ impl Inventory {
     /// # Errors
     /// Bad syntax, an unknown group, a group cycle, or no host left.
     pub fn resolve(&self, list: &str, exclude: &[String]) -> Result<Vec<Target>, InventoryError> {
+        let targets = self.resolve_any(list, exclude)?;
+        if targets.is_empty() {
+            return Err(InventoryError::Empty);
+        }
+        Ok(targets)
+    }
+
+    /// [`Inventory::resolve`], where no host left is an empty list (`ctl
+    /// hosts --count 'a&b'` is 0, as `nodeset -c` says).
+    ///
+    /// # Errors
+    /// Bad syntax, an unknown group or a group cycle.
+    pub fn resolve_any(
+        &self,
+        list: &str,
+        exclude: &[String],
+    ) -> Result<Vec<Target>, InventoryError> {
         let mut stack = Vec::new();
         let mut targets = self.expand(list, &mut stack)?;
         for list in exclude {
             let excluded = self.excluded(list, &mut stack)?;
             targets.retain(|t| !excluded.removes(t));
-        }
-        if targets.is_empty() {
-            return Err(InventoryError::Empty);
         }
         Ok(targets)
     }

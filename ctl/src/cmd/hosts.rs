@@ -24,8 +24,8 @@ pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
         return print_out(&names.iter().map(|n| format!("{n}\n")).collect::<String>());
     }
     let mut targets = match &args.targets {
-        Some(list) => Some(fleet.resolve(list, &args.exclude.exclude)?),
-        None => None,
+        Some(list) if args.online => Some(fleet.resolve(list, &args.exclude.exclude)?),
+        _ => None,
     };
     if args.online {
         let Some(broker) = &fleet.broker else {
@@ -83,6 +83,10 @@ pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
             listed.iter().map(|(name, _)| format!("{name}\n")).collect()
         };
         return print_out(&text);
+    }
+    // Only here may a list name no host: counted 0, listed as nothing.
+    if let (Some(list), None) = (&args.targets, &targets) {
+        targets = Some(fleet.resolve_any(list, &args.exclude.exclude)?);
     }
     let targets = pick(targets.unwrap_or_default(), &args.select);
     let text = if args.count {

@@ -104,8 +104,18 @@ impl Globals<'_> {
 }
 
 impl Fleet {
-    /// The targets `list` names, less `exclude`.
+    /// The targets `list` names, less `exclude`; none left is an error.
     pub fn resolve(&self, list: &str, exclude: &[String]) -> Result<Vec<Target>, Failure> {
+        let targets = self.resolve_any(list, exclude)?;
+        if targets.is_empty() {
+            let empty = crate::inventory::InventoryError::Empty;
+            return Err(plain(CtlError::Usage(empty.to_string())));
+        }
+        Ok(targets)
+    }
+
+    /// The same where none left is an empty list (`ctl hosts --count`).
+    pub fn resolve_any(&self, list: &str, exclude: &[String]) -> Result<Vec<Target>, Failure> {
         if self.broker.is_some() {
             for list in std::iter::once(list).chain(exclude.iter().map(String::as_str)) {
                 crate::broker::refuse_ports(list).map_err(plain)?;
@@ -113,7 +123,7 @@ impl Fleet {
         }
         let targets = self
             .inventory
-            .resolve(list, exclude)
+            .resolve_any(list, exclude)
             .map_err(|e| plain(CtlError::Usage(e.to_string())))?;
         match self.broker {
             Some(_) => crate::broker::agents(targets).map_err(plain),
