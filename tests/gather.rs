@@ -446,3 +446,39 @@ fn max_output_sets_what_json_embeds() {
     let out = env.ctl_run(&["exec", "--max-output", "4K", "@lab", "true"]);
     assert_failed_saying(&out, 255, "--json");
 }
+
+/// Ctrl-C while gathered output (`-b`) is written out to a slow reader,
+/// after every host ended: ctl stops writing and exits 130. Before, the
+/// signal went to the run's runtime, gone by then, and was lost: ctl
+/// wrote on to the end (or until its reader gave up).
+#[test]
+fn ctrl_c_stops_gathered_output_being_written_out() {
+    let (env, fleet) = env_with_fleet(2);
+    let mut ctl = env
+        .ctl()
+        .args(["exec", "-b", "@lab", "seq 1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    for agent in &fleet.agents {
+        assert!(
+            agent.wait_for_log("outcome=\"exit 0\"").is_some(),
+            "{}",
+            agent.log()
+        );
+    }
+    // ctl writes out the first block into a pipe nobody reads yet.
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(ctl.id(), "INT");
+    let mut stdout = Vec::new();
+    ctl.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let out = ctl.wait_with_output().expect("ctl");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr_of(&out));
+    // Both hosts print the same, one block of about 6.9 MB: cut short.
+    assert!(
+        stdout.len() < 6_000_000,
+        "{} bytes written after Ctrl-C",
+        stdout.len()
+    );
+}

@@ -253,6 +253,7 @@ impl Run {
         // Copies' disk threads remove a half-written file once their job is
         // dropped (Ctrl-C, a deadline): let them, within reason.
         runtime.shutdown_timeout(DISK_CLEANUP);
+        crate::signals::note_stops_after_the_runtime();
         self.console.finish();
         Ok(RunEnd {
             tally,
@@ -274,7 +275,7 @@ impl Run {
         if let Some(summary) = end.tally.summary() {
             say!("ctl: {summary}");
         }
-        match end.interrupted {
+        match end.interrupted.or_else(crate::signals::stopped_late) {
             // 128 + the signal, as a shell reports a command the signal ended:
             // 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP.
             Some(signal) => u8::try_from(128 + signal).unwrap_or(EXIT_INTERRUPTED),

@@ -68,6 +68,40 @@ async fn next(stream: &mut Option<unix::Signal>) {
     }
 }
 
+/// The stop signal that came after [`note_stops_after_the_runtime`], or 0.
+static STOPPED_LATE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_stop(signal: nix::libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOPPED_LATE.store(signal, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Once the runtime that listened for the stop signals is gone (a fan-out
+/// whose hosts all ended), notes them instead, for what ctl still writes
+/// (gathered output, `-b`, `--diff`, replayed from its spools) to stop at
+/// ([`stopped_late`]). The runtime's own handler stays installed and only
+/// wakes listeners that no longer exist: Ctrl-C was lost while a long
+/// gathered output went to a slow reader.
+pub fn note_stops_after_the_runtime() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(note_stop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        if !ignored_at_start(sig) {
+            // SAFETY: the handler does only an atomic store.
+            let _ = unsafe { sigaction(sig, &action) };
+        }
+    }
+}
+
+/// The stop signal noted since [`note_stops_after_the_runtime`], if any.
+pub fn stopped_late() -> Option<i32> {
+    Some(STOPPED_LATE.load(std::sync::atomic::Ordering::Relaxed)).filter(|&s| s != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

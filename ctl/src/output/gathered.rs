@@ -83,9 +83,12 @@ impl Gathered {
         ));
     }
 
-    /// Whether writing on is pointless (our stdout is gone or failed).
+    /// Whether writing on is pointless (our stdout is gone or failed) or
+    /// unwanted (Ctrl-C while the hosts' outputs are written out).
     fn stopped(&self) -> bool {
-        self.console.broken_pipe() || self.console.output_lost().is_some()
+        self.console.broken_pipe()
+            || self.console.output_lost().is_some()
+            || crate::signals::stopped_late().is_some()
     }
 
     /// Host indices in node order: names compared piece by piece, numbers
