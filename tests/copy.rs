@@ -1661,3 +1661,35 @@ async fn a_message_out_of_place_in_a_pull_is_named_in_one_short_line() {
     assert!(err.len() < 300, "{} bytes of stderr", err.len());
     assert!(!err.contains('\x1b'), "{err:?}");
 }
+
+/// A pull from several hosts where some give nothing (one unreachable,
+/// one without the file) leaves no empty `LOCAL_DIR/HOST` for them, which
+/// would look as if they had delivered.
+#[test]
+fn a_pull_leaves_no_directory_for_hosts_that_gave_nothing() {
+    let (env, fleet) = env_with_fleet(2);
+    let root = env.root.path();
+    let file = root.join("only-on-one");
+    let logs = new_dir(root, "logs");
+    // The agents share this machine, so the file is on both; a third host
+    // is unreachable.
+    std::fs::write(&file, b"here\n").unwrap();
+    let source = format!("@lab,127.0.0.1:9:{}", file.display());
+    let pulled = cp(&env, &[&source, logs.to_str().unwrap()]);
+    assert_eq!(pulled.status.code(), Some(255), "{}", stderr_of(&pulled));
+    for host in &fleet.hosts {
+        assert_file(logs.join(host).join("only-on-one"), b"here\n");
+    }
+    let mut dirs: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, fleet.hosts, "no directory for the unreachable host");
+    // A path missing on every host: no directory at all.
+    let missing = format!("@lab:{}", root.join("nowhere").display());
+    let empty = new_dir(root, "empty");
+    let pulled = cp(&env, &[&missing, empty.to_str().unwrap()]);
+    assert_eq!(pulled.status.code(), Some(255), "{}", stderr_of(&pulled));
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}

@@ -405,6 +405,26 @@ pub async fn pull(
     options: CopyOptions,
     local_dest: &LocalDestination,
 ) -> Result<Copied, CtlError> {
+    let pulled = pull_to(client, target, path, options, local_dest).await;
+    // A host that gave nothing (unreachable, the path missing there)
+    // leaves no LOCAL_DIR/HOST behind to look as if it had: removed if it
+    // is still an empty directory (never a link someone planted there,
+    // nor anything with contents).
+    if pulled.is_err()
+        && let LocalDestination::HostDirectory { dir, label } = local_dest
+    {
+        let _ = std::fs::remove_dir(dir.join(label));
+    }
+    pulled
+}
+
+async fn pull_to(
+    client: &Client,
+    target: &Target,
+    path: &str,
+    options: CopyOptions,
+    local_dest: &LocalDestination,
+) -> Result<Copied, CtlError> {
     let placement = match local_dest {
         LocalDestination::Path(dest) => Placement::for_destination(dest),
         LocalDestination::HostDirectory { dir, label } => Placement::subdirectory(dir, label),
