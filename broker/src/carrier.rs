@@ -1121,6 +1121,7 @@ impl Carrier {
                         window: INITIAL_WINDOW,
                         refused: None,
                         instance: None,
+                        session: Some(stream.session_id().to_string()),
                     };
                     if let Ok(permit) = incoming.try_reserve() {
                         permit.send(stream);
@@ -1304,11 +1305,8 @@ impl Carrier {
             }
             Asked::Refused(_) => return Err(unreadable),
         };
-        let answer: OpenAnswer =
-            serde_json::from_slice(&reply.payload).map_err(|_| BrokerError::Refused {
-                name: name.to_owned(),
-                reason: "an answer we do not understand".to_owned(),
-            })?;
+        let ours = session.to_string();
+        let (answers, answer) = first_answer_for(answers, &reply, &ours, name, timeout).await?;
         if !answer.accepted || answer.window == 0 {
             // The answer comes before TLS, from anyone who can answer at
             // our inbox: only our own words are passed on, never its text.
@@ -1337,6 +1335,7 @@ impl Carrier {
             answers,
             until: tokio::time::Instant::now() + timeout,
             name: name.to_owned(),
+            session: ours,
         };
         // The broker's refusal of our subscription may come after the
         // answer: the stream ends on it.
@@ -1434,12 +1433,41 @@ impl Carrier {
     }
 }
 
+/// The first answer on `answers` (`first` already taken) that is not an
+/// acceptance of another session: those are someone else's requests
+/// answered at our inbox, and are skipped.
+async fn first_answer_for(
+    mut answers: ReplyWait,
+    first: &async_nats::Message,
+    session: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(ReplyWait, OpenAnswer), BrokerError> {
+    let unclear = || BrokerError::Refused {
+        name: name.to_owned(),
+        reason: "an answer we do not understand".to_owned(),
+    };
+    let until = tokio::time::Instant::now() + timeout;
+    let mut answer: OpenAnswer = serde_json::from_slice(&first.payload).map_err(|_| unclear())?;
+    while answer.accepted && !answer.accepts(session) {
+        let next = tokio::time::timeout_at(until, answers.next())
+            .await
+            .map_err(|_| BrokerError::Timeout(name.to_owned()))?
+            .ok_or_else(|| {
+                BrokerError::Broker("the connection to the broker is closed".to_owned())
+            })?;
+        answer = serde_json::from_slice(&next.payload).map_err(|_| unclear())?;
+    }
+    Ok((answers, answer))
+}
+
 fn refused(reason: &str) -> OpenAnswer {
     OpenAnswer {
         accepted: false,
         window: 0,
         refused: Some(reason.to_owned()),
         instance: None,
+        session: None,
     }
 }
 

@@ -291,20 +291,22 @@ pub(crate) struct AnswerWatch {
     pub until: Instant,
     /// The agent's name, for the error.
     pub name: String,
+    /// Our session's id: only an acceptance of it is a second agent's.
+    pub session: String,
 }
 
 impl AnswerWatch {
-    /// Whether `message` is an agent's acceptance.
-    fn accepts(message: &async_nats::Message) -> bool {
+    /// Whether `message` is an agent's acceptance of our session.
+    fn accepts(&self, message: &async_nats::Message) -> bool {
         message.status.is_none()
             && serde_json::from_slice::<OpenAnswer>(&message.payload)
-                .is_ok_and(|answer| answer.accepted)
+                .is_ok_and(|answer| answer.accepts(&self.session))
     }
 
     /// Whether an acceptance already waits, unread.
     fn acceptance_queued(&mut self) -> bool {
         while let Some(message) = self.answers.try_next() {
-            if AnswerWatch::accepts(&message) {
+            if self.accepts(&message) {
                 return true;
             }
         }
@@ -660,7 +662,9 @@ impl Task {
                 () = self.peer_check.gone() => break Err(BrokerError::Lost(LostReason::PeerGone)),
                 answer = next_answer(&mut self.answers), if self.answers.is_some() => {
                     match answer {
-                        Some(answer) if AnswerWatch::accepts(&answer) => break Err(self.name_clash()),
+                        Some(answer) if self.answers.as_ref().is_some_and(|w| w.accepts(&answer)) => {
+                            break Err(self.name_clash());
+                        }
                         Some(_) => {}
                         None => self.answers = None,
                     }

@@ -135,6 +135,19 @@ pub struct OpenAnswer {
     /// (see [`OpenRequest::instance`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// In an acceptance: the session accepted. Anyone who reads our inbox's
+    /// traffic can have an agent accept another session there (a request
+    /// of theirs, with our inbox as its reply); this tells it apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+impl OpenAnswer {
+    /// Whether this accepts `session` (an acceptance that names none is
+    /// taken as ours, as older agents send).
+    pub fn accepts(&self, session: &str) -> bool {
+        self.accepted && self.session.as_deref().is_none_or(|s| s == session)
+    }
 }
 
 /// What an agent answers to a discovery request.

@@ -788,3 +788,58 @@ async fn an_open_under_a_live_sessions_id_is_refused_and_the_session_goes_on() {
     );
     assert!(a == up && c == down, "the session goes on untouched");
 }
+
+/// Anyone allowed to read `_INBOX.>` (ctl users are) sees an agent's
+/// acceptance arrive at a ctl's inbox, and can have an agent accept
+/// another session there (an open request of theirs, with that inbox as
+/// its reply). Before, ctl took that second acceptance for a second agent
+/// under the name and failed its session with "two agents answer"; the
+/// acceptance now names its session, and one of another is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptance_of_another_session_at_our_inbox_is_no_name_clash() {
+    let Some(mut rig) = rig().await else { return };
+    let intruder = raw(&rig.server).await;
+    let mut watching = intruder.subscribe("_INBOX.>").await.unwrap();
+    intruder.flush().await.unwrap();
+    let forging = tokio::spawn(async move {
+        // One forged acceptance for each acceptance seen, a few at most.
+        for _ in 0..4 {
+            let Some(seen) = watching.next().await else {
+                return;
+            };
+            if !String::from_utf8_lossy(&seen.payload).contains("\"accepted\":true") {
+                continue;
+            }
+            let request = OpenRequest {
+                session: SessionId::random().unwrap().to_string(),
+                window: 2048,
+                probe: false,
+                instance: None,
+            };
+            intruder
+                .publish_with_reply(
+                    Subjects::default().open("labpc07"),
+                    seen.subject.clone(),
+                    serde_json::to_vec(&request).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            intruder.flush().await.unwrap();
+        }
+    });
+    let stream = rig.ctl.dial("labpc07").await.expect("dial");
+    let ours = loop {
+        let accepted = rig.incoming.recv().await.expect("accepted");
+        if accepted.session_id() == stream.session_id() {
+            break accepted;
+        }
+    };
+    // Long enough for the forged acceptance to have come (the agent
+    // answers at once), within the watch for a second agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let up = b"one agent".repeat(10_000);
+    let down = b"answers".repeat(10_000);
+    let (a, c) = tokio::join!(exchange(ours, down.clone()), exchange(stream, up.clone()));
+    assert!(a == up && c == down, "the session went on");
+    forging.abort();
+}

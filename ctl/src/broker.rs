@@ -242,12 +242,14 @@ impl Drop for BrokerLink {
     }
 }
 
-/// The names more than one agent answered to, once each, in order
-/// (`found` is sorted by name).
+/// The names agents of more than one identity answered to, once each, in
+/// order (`found` is sorted by name). One agent's answers repeated (anyone
+/// on the broker can send our discovery request again, with our inbox as
+/// its reply) are not two agents.
 fn shared_names(found: &[Announcement]) -> Vec<&str> {
     let mut shared: Vec<&str> = found
         .windows(2)
-        .filter(|pair| pair[0].name == pair[1].name)
+        .filter(|pair| pair[0].name == pair[1].name && pair[0].fingerprint != pair[1].fingerprint)
         .map(|pair| pair[0].name.as_str())
         .collect();
     shared.dedup();
@@ -349,14 +351,25 @@ mod tests {
 
     #[test]
     fn names_two_agents_answer_to_are_found_once_each() {
-        let agent = |name: &str| Announcement {
+        let agent = |(name, key): (&str, &str)| Announcement {
             name: name.to_owned(),
-            fingerprint: String::new(),
+            fingerprint: key.to_owned(),
             version: String::new(),
         };
-        let found = ["a1", "a1", "a1", "a2", "a3", "a3"].map(agent);
+        let found = [
+            ("a1", "k1"),
+            ("a1", "k1"),
+            ("a1", "k2"),
+            ("a2", "k3"),
+            ("a3", "k4"),
+            ("a3", "k5"),
+            ("a4", "k6"),
+            ("a4", "k6"),
+        ]
+        .map(agent);
+        // a4's one agent answered twice: not two agents.
         assert_eq!(shared_names(&found), ["a1", "a3"]);
-        assert!(shared_names(&[agent("a1"), agent("a2")]).is_empty());
+        assert!(shared_names(&[agent(("a1", "k1")), agent(("a2", "k1"))]).is_empty());
     }
 
     #[test]
