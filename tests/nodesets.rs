@@ -253,13 +253,15 @@ fn a_list_that_names_no_host_counts_0() {
             util::stderr_of(&count)
         );
         assert!(count.status.success(), "{list}");
-        let listed = env.ctl_run(&["hosts", list]);
-        assert_eq!(util::stdout_of(&listed), "", "{list}");
-        assert!(
-            listed.status.success(),
-            "{list}: {}",
-            util::stderr_of(&listed)
-        );
+        for flags in [&[][..], &["--fold"]] {
+            let listed = env.ctl_run(&[&["hosts"], flags, &[list]].concat());
+            assert_eq!(util::stdout_of(&listed), "", "{list} {flags:?}");
+            assert!(
+                listed.status.success(),
+                "{list}: {}",
+                util::stderr_of(&listed)
+            );
+        }
         let exec = env.ctl_run(&["exec", list, "true"]);
         assert_eq!(exec.status.code(), Some(255), "{list}");
         assert_eq!(

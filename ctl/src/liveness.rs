@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::{ConnectionError, CtlError};
@@ -24,6 +24,9 @@ use crate::error::{ConnectionError, CtlError};
 const AGENT_SILENCE_INTERVALS: u32 = 6;
 /// The least silence we take as a dead agent, however short its interval.
 const MIN_AGENT_SILENCE: Duration = Duration::from_secs(2);
+/// How long a request whose deadline passed while ctl was away still
+/// waits for a message that may already be there.
+const LATE_LOOK: Duration = Duration::from_secs(1);
 /// Beyond a command's timeout and the connect timeout, time for the agent
 /// to kill the command's group (its kill grace) and report.
 const NO_ANSWER_SLACK: Duration = Duration::from_secs(5);
@@ -93,10 +96,15 @@ impl Liveness {
         let next = match tokio::time::timeout_at(self.deadline(), incoming.next()).await {
             Ok(next) => Some(next),
             // The deadline may have passed while we were away, writing
-            // what came to a reader that takes it slowly, and the task's
-            // budget may be spent on the backlog: a message that is there
-            // is no silence. Asked once more, outside the budget.
-            Err(_) => tokio::task::unconstrained(incoming.next()).now_or_never(),
+            // what came to a reader that takes it slowly (every worker
+            // blocked so, the runtime has not even looked at the sockets
+            // since, and the task's budget may be spent on the backlog):
+            // a message that is there is no silence. Asked once more,
+            // outside the budget, for a moment in which the runtime can
+            // look.
+            Err(_) => tokio::task::unconstrained(tokio::time::timeout(LATE_LOOK, incoming.next()))
+                .await
+                .ok(),
         };
         match next {
             Some(next) => {

@@ -91,6 +91,8 @@ pub fn hosts(globals: &Globals, args: HostsArgs) -> Result<u8, Failure> {
     let targets = pick(targets.unwrap_or_default(), &args.select);
     let text = if args.count {
         format!("{}\n", targets.len())
+    } else if args.fold && targets.is_empty() {
+        String::new()
     } else if args.fold {
         let names: Vec<String> = targets.iter().map(Target::minimal).collect();
         nodeset::fold(names.iter().map(String::as_str)) + "\n"
