@@ -110,6 +110,29 @@ async fn raw(server: &Nats) -> async_nats::Client {
         .expect("raw connect")
 }
 
+/// Sends an open request for `session` with `window` of credit to
+/// labpc07 from `client`, as ctl would; returns the agent's answer.
+async fn open_raw(
+    client: &async_nats::Client,
+    session: SessionId,
+    window: u32,
+) -> serde_json::Value {
+    let request = OpenRequest {
+        session: session.to_string(),
+        window,
+        probe: false,
+        instance: None,
+    };
+    let reply = client
+        .request(
+            Subjects::default().open("labpc07"),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .expect("answered");
+    serde_json::from_slice(&reply.payload).expect("a JSON answer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_oversized_and_out_of_order_messages_end_only_their_stream() {
     let Some(mut rig) = rig().await else { return };
@@ -415,20 +438,8 @@ async fn a_peer_that_vanishes_is_given_up_and_its_window_freed() {
     // A client that opens a session and then says nothing, ever.
     let ghost = raw(&server).await;
     let session = SessionId::random().unwrap();
-    let request = OpenRequest {
-        session: session.to_string(),
-        window: 4096,
-        probe: false,
-        instance: None,
-    };
-    let reply = ghost
-        .request(
-            Subjects::default().open("labpc07"),
-            serde_json::to_vec(&request).unwrap().into(),
-        )
-        .await
-        .expect("answered");
-    assert!(String::from_utf8_lossy(&reply.payload).contains("\"accepted\":true"));
+    let answer = open_raw(&ghost, session, 4096).await;
+    assert_eq!(answer["accepted"], true, "{answer}");
     let mut accepted = listener.accept().await.expect("accepted");
     assert!(agent_carrier.free_budget() < full);
     assert_eq!(
@@ -482,21 +493,8 @@ async fn open_and_refuse_a_stranger(
     intruder: &async_nats::Client,
     listener: &mut rexec_broker::Listener,
 ) {
-    let request = OpenRequest {
-        session: SessionId::random().unwrap().to_string(),
-        window: 1,
-        probe: false,
-        instance: None,
-    };
-    let reply = intruder
-        .request(
-            Subjects::default().open("labpc07"),
-            serde_json::to_vec(&request).unwrap().into(),
-        )
-        .await
-        .expect("answered");
-    let answer = String::from_utf8_lossy(&reply.payload);
-    assert!(answer.contains("\"accepted\":true"), "{answer}");
+    let answer = open_raw(&intruder, SessionId::random().unwrap(), 1).await;
+    assert_eq!(answer["accepted"], true, "{answer}");
     let mut stream = listener.accept().await.expect("accepted");
     stream
         .write_all(b"\x15\x03\x03\x00\x02\x02\x30")
@@ -644,20 +642,8 @@ async fn a_bystanders_wildcard_subscription_keeps_a_dead_peers_stream_only_so_lo
         .subscribe(Subjects::default().from_agent("labpc07", session))
         .await
         .unwrap();
-    let request = OpenRequest {
-        session: session.to_string(),
-        window: 4096,
-        probe: false,
-        instance: None,
-    };
-    let reply = ctl
-        .request(
-            Subjects::default().open("labpc07"),
-            serde_json::to_vec(&request).unwrap().into(),
-        )
-        .await
-        .expect("answered");
-    assert!(String::from_utf8_lossy(&reply.payload).contains("\"accepted\":true"));
+    let answer = open_raw(&ctl, session, 4096).await;
+    assert_eq!(answer["accepted"], true, "{answer}");
     let mut accepted = listener.accept().await.expect("accepted");
     ctl.drain().await.unwrap();
 
@@ -764,20 +750,7 @@ async fn an_open_under_a_live_sessions_id_is_refused_and_the_session_goes_on() {
     let Some(mut rig) = rig().await else { return };
     let intruder = raw(&rig.server).await;
     let (stream, accepted) = rig.session().await;
-    let request = OpenRequest {
-        session: stream.session_id().to_string(),
-        window: 2048,
-        probe: false,
-        instance: None,
-    };
-    let reply = intruder
-        .request(
-            Subjects::default().open("labpc07"),
-            serde_json::to_vec(&request).unwrap().into(),
-        )
-        .await
-        .expect("answered");
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let answer = open_raw(&intruder, stream.session_id(), 2048).await;
     assert_eq!(answer["accepted"], false, "{answer}");
     assert_eq!(answer["refused"], "bad-request");
     let up = b"still one session".repeat(10_000);
