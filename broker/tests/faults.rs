@@ -493,7 +493,7 @@ async fn open_and_refuse_a_stranger(
     intruder: &async_nats::Client,
     listener: &mut rexec_broker::Listener,
 ) {
-    let answer = open_raw(&intruder, SessionId::random().unwrap(), 1).await;
+    let answer = open_raw(intruder, SessionId::random().unwrap(), 1).await;
     assert_eq!(answer["accepted"], true, "{answer}");
     let mut stream = listener.accept().await.expect("accepted");
     stream
