@@ -963,3 +963,25 @@ fn a_line_of_exactly_one_or_two_mib_gets_no_empty_line_after_it() {
         }
     }
 }
+
+/// `-o` naming a file, not a directory: said so, in one line, before any
+/// host is reached (before: "cannot create afile: it already exists").
+#[test]
+fn an_out_dir_that_is_a_file_is_named_so() {
+    let (env, fleet) = env_with_fleet(2);
+    let file = env.root.path().join("afile");
+    std::fs::write(&file, b"kept\n").unwrap();
+    let out = env.ctl_run(&["exec", "-o", file.to_str().unwrap(), "@lab", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "ctl: {} is not a directory (-o names the directory for the hosts' output files)\n",
+            file.display()
+        )
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"kept\n");
+    for agent in &fleet.agents {
+        assert!(!agent.log().contains("exec peer"), "{}", agent.log());
+    }
+}

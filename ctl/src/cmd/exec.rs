@@ -88,6 +88,13 @@ fn exec_many(config: &ConfigDir, fleet: &Fleet, args: ExecArgs) -> Result<u8, Fa
     let targets = pick(targets, &args.select);
     let command = command_line(&args.command).map_err(plain)?;
     if let Some(dir) = &args.out_dir {
+        // create_dir_all says "it already exists" of a file in the way.
+        if dir.exists() && !dir.is_dir() {
+            return Err(plain(CtlError::Output(format!(
+                "{} is not a directory (-o names the directory for the hosts' output files)",
+                dir.display()
+            ))));
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             plain(CtlError::Output(format!(
                 "cannot create {}: {}",
