@@ -1310,16 +1310,8 @@ impl Carrier {
         if !answer.accepted || answer.window == 0 {
             // The answer comes before TLS, from anyone who can answer at
             // our inbox: only our own words are passed on, never its text.
-            let known = [
-                "bad-request",
-                "no-reply",
-                "busy",
-                "no-room",
-                "internal",
-                "probe",
-            ];
             let reason = match answer.refused.as_deref() {
-                Some(word) if known.contains(&word) => word,
+                Some(word) if OpenRefusal::is_word(word) => word,
                 Some(_) => "a reason we do not know",
                 None => "no reason given",
             };
@@ -1490,6 +1482,16 @@ pub enum OpenRefusal {
 }
 
 impl OpenRefusal {
+    /// Whether `word` is one an agent refuses with: [`OpenRefusal::word`]'s,
+    /// or `probe` (the answer to a probe).
+    pub fn is_word(word: &str) -> bool {
+        use OpenRefusal::{BadRequest, Busy, Internal, NoReply, NoRoom};
+        word == "probe"
+            || [BadRequest, NoReply, Busy, NoRoom, Internal]
+                .iter()
+                .any(|refusal| refusal.word() == word)
+    }
+
     /// The word the refusal carries on the wire (and in `reason=` fields).
     pub fn word(self) -> &'static str {
         match self {

@@ -30,8 +30,9 @@
 //! allows, for at most the abandon limit), as a closed socket still sends
 //! what it was given. The window goes back to the budget at the drop, what
 //! arrives after it is dropped, and only so many dropped streams of a
-//! connection linger at once (`Tuning::max_lingering`). A stream also ends (`lost`) when our broker connection drops,
-//! or when nothing at all arrived for the abandon limit — each side sends a
+//! connection linger at once (`Tuning::max_lingering`). A stream also ends
+//! (`lost`) when our broker connection drops, or when nothing at all
+//! arrived for the abandon limit — each side sends a
 //! credit message as a heartbeat whenever it has published nothing for the
 //! heartbeat interval, so only a vanished peer is ever that silent.
 
@@ -93,6 +94,22 @@ impl Default for StreamTimers {
             peer_check: None,
             hold_silent: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+/// The error of a stream whose connection to the broker dropped.
+fn disconnected() -> BrokerError {
+    BrokerError::Lost(LostReason::BrokerDisconnected)
+}
+
+/// `work`, unless `lost` (see `Task::connection_lost`) resolves first.
+async fn unless_lost<T>(
+    lost: impl Future<Output = ()>,
+    work: impl Future<Output = T>,
+) -> Result<T, BrokerError> {
+    tokio::select! {
+        done = work => Ok(done),
+        () = lost => Err(disconnected()),
     }
 }
 
@@ -799,11 +816,9 @@ impl Task {
     /// Waits for the connection to have written what we published, unless
     /// it is lost meanwhile.
     async fn flush(&self) -> Result<(), BrokerError> {
-        let lost = BrokerError::Lost(LostReason::BrokerDisconnected);
-        tokio::select! {
-            flushed = self.parts_client.flush() => flushed.map_err(|_| lost),
-            () = self.connection_lost() => Err(lost),
-        }
+        unless_lost(self.connection_lost(), self.parts_client.flush())
+            .await?
+            .map_err(|_| disconnected())
     }
 
     /// The error due when the broker refused what the stream needs.
@@ -830,10 +845,7 @@ impl Task {
         self.publish(Kind::Credit, BytesMut::new(), last_sent)
             .await?;
         let lost = self.connection_lost();
-        tokio::select! {
-            answer = self.peer_check.answer(&self.parts_client) => answer,
-            () = lost => Err(BrokerError::Lost(LostReason::BrokerDisconnected)),
-        }
+        unless_lost(lost, self.peer_check.answer(&self.parts_client)).await?
     }
 
     fn finished_cleanly(&self) -> bool {
@@ -976,13 +988,9 @@ impl Task {
                 None => client.publish(subject, payload).await,
             }
         };
-        let published = tokio::select! {
-            published = publishing => published.is_ok(),
-            () = lost => false,
-        };
-        if !published {
-            return Err(BrokerError::Lost(LostReason::BrokerDisconnected));
-        }
+        unless_lost(lost, publishing)
+            .await?
+            .map_err(|_| disconnected())?;
         *last_sent = Instant::now();
         Ok(())
     }

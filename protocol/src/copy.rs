@@ -57,6 +57,17 @@ impl CopyError {
         }
     }
 
+    /// `path` is no file a copy takes (a device, a FIFO, a socket).
+    pub fn not_copyable(path: &Path) -> Self {
+        CopyError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{} is not a regular file, directory or link",
+                path.display()
+            ),
+        )
+    }
+
     /// An I/O error on `path`, with the kind the error's cause suggests.
     pub fn io(path: &Path, action: &str, e: &io::Error) -> Self {
         if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
@@ -399,15 +410,7 @@ impl TreeReader {
                 });
                 (FileKind::File { size }, LinkMeta::of(&meta))
             }
-            _ => {
-                return Err(CopyError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "{} is not a regular file, directory or link",
-                        shown.display()
-                    ),
-                ));
-            }
+            _ => return Err(CopyError::not_copyable(shown)),
         };
         self.entries += 1;
         Ok(Some(CopyItem::File(FileHeader {

@@ -127,10 +127,7 @@ pub fn check_sources(sources: &[PathBuf], options: CopyOptions) -> Result<(), Ct
         // the first host asks for it.
         let kind = meta.file_type();
         if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            return Err(CtlError::Local(format!(
-                "{} is not a regular file, directory or link",
-                source.display()
-            )));
+            return Err(local(CopyError::not_copyable(source)));
         }
     }
     Ok(())
