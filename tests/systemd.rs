@@ -8,6 +8,7 @@
 //! the test owns the datagram socket the agent reports to.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -289,22 +290,33 @@ fn status_line_counts_running_sessions() {
         .arg(agent.target())
         .arg(format!("sleep {sleep}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let one = notify.wait_for("STATUS=");
+    let killed = std::time::Instant::now();
+    ctl.kill().unwrap();
+    let mut said = String::new();
+    ctl.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    ctl.wait().unwrap();
     assert!(
         one.as_deref()
             .is_some_and(|m| m.contains("; 1 session running")),
-        "{one:?}"
+        "{one:?}\nctl said: {said}\nagent log:\n{}",
+        agent.log()
     );
-    ctl.kill().unwrap();
-    ctl.wait().unwrap();
     let zero = notify.wait_for("STATUS=");
     assert!(
         zero.as_deref()
             .is_some_and(|m| m.contains("; 0 sessions running")),
-        "{zero:?}"
+        "{zero:?} {:?} after the kill, after {:?}\nctl said: {said}\nagent log:\n{}",
+        killed.elapsed(),
+        notify.received,
+        agent.log()
     );
 }
 

@@ -90,8 +90,24 @@ impl NotifySocket {
             self.socket
                 .set_read_timeout(Some(end - now))
                 .expect("read timeout");
-            let Ok(n) = self.socket.recv(&mut buf) else {
-                return None;
+            // A read with a receive timeout is not restarted after a
+            // signal handler runs (signal(7)), whatever SA_RESTART says:
+            // once anything in the test process catches SIGCHLD (tokio
+            // does when it cannot use a pidfd for a child), every child
+            // of the test process that exits can interrupt it. A timeout
+            // is looked at above, with the deadline.
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("cannot read the notify socket: {e}"),
             };
             let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.received.push(message.clone());
