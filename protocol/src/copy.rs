@@ -830,11 +830,27 @@ impl Drop for Incoming {
 struct OpenDirectory {
     /// Its name in the stream.
     stream: Bytes,
-    /// The directory, open: its mode is set through this, never by name.
-    dir: File,
+    dir: HeldDirectory,
     mode: u32,
     /// Its path, for messages.
     shown: PathBuf,
+}
+
+/// How many directories of a tree a writer keeps open until their modes
+/// are set; those deeper down are opened again beneath the destination,
+/// without following links, once their entries are written. A tree as
+/// deep as a path can name (2,048 levels) would otherwise hold as many
+/// descriptors, and a fan-out of pulls from hostile agents could take all
+/// that ctl may open.
+const HELD_DIRECTORIES: usize = 32;
+
+/// A directory waiting for its mode.
+#[derive(Debug)]
+enum HeldDirectory {
+    /// Open: its mode is set through this, never by name.
+    Open(File),
+    /// Its path beneath the writer's root, past [`HELD_DIRECTORIES`].
+    Beneath(PathBuf),
 }
 
 impl OpenDirectory {
@@ -844,9 +860,16 @@ impl OpenDirectory {
             .is_some_and(|rest| rest.starts_with(b"/"))
     }
 
-    fn close(self) -> Result<(), CopyError> {
-        self.dir
-            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+    fn close(self, root: BorrowedFd<'_>) -> Result<(), CopyError> {
+        let dir = match self.dir {
+            HeldDirectory::Open(dir) => dir,
+            HeldDirectory::Beneath(within) => {
+                open_beneath(root, &within, OFlags::DIRECTORY | OFlags::RDONLY)
+                    .map(File::from)
+                    .map_err(|e| CopyError::errno(&self.shown, "set the mode of", e))?
+            }
+        };
+        dir.set_permissions(std::fs::Permissions::from_mode(self.mode))
             .map_err(|e| CopyError::io(&self.shown, "set the mode of", &e))
     }
 }
@@ -1100,6 +1123,14 @@ impl TreeWriter {
                         dir.set_permissions(std::fs::Permissions::from_mode(mode | 0o700))
                             .map_err(|e| CopyError::io(&path, "set the mode of", &e))?;
                     }
+                    let dir = if self.open_dirs.len() < HELD_DIRECTORIES {
+                        HeldDirectory::Open(dir)
+                    } else {
+                        let within = path.strip_prefix(&self.root_path).map_err(|_| {
+                            CopyError::new(ErrorKind::Internal, "a directory outside the copy")
+                        })?;
+                        HeldDirectory::Beneath(within.to_path_buf())
+                    };
                     self.open_dirs.push(OpenDirectory {
                         stream: header.path.clone(),
                         dir,
@@ -1309,7 +1340,7 @@ impl TreeWriter {
             .take_while(|open| next.is_some_and(|raw| open.holds(raw)))
             .count();
         for open in self.open_dirs.drain(holding..).rev() {
-            open.close()?;
+            open.close(self.root.as_fd())?;
         }
         Ok(())
     }
@@ -1599,6 +1630,54 @@ mod tests {
         // So that a user who is not root can remove the temporary tree.
         for name in ["cache", "cache/mod"] {
             fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_deep_tree_holds_few_descriptors_and_every_directory_takes_its_mode() {
+        const DEPTH: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let opened_inside = || {
+            fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter_map(|fd| fs::read_link(fd.path()).ok())
+                .filter(|to| to.starts_with(dir.path()))
+                .count()
+        };
+        let mut writer = TreeWriter::new(Placement::into_dir(dir.path()).unwrap(), None);
+        let mut path = Vec::new();
+        for _ in 0..DEPTH {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.push(b'd');
+            let item = CopyItem::File(FileHeader {
+                path: Bytes::from(path.clone()),
+                kind: FileKind::Directory,
+                mode: 0o555,
+                mtime: 0,
+                owner: None,
+            });
+            writer.item(item).unwrap();
+        }
+        // The root and the directories held, not one per level.
+        const { assert!(HELD_DIRECTORIES + 1 < DEPTH / 4) };
+        let held = opened_inside();
+        assert!(held <= HELD_DIRECTORIES + 1, "{held} open");
+        writer.complete("unfinished").unwrap();
+        drop(writer);
+        assert_eq!(opened_inside(), 0);
+        let mut at = dir.path().to_path_buf();
+        for level in 0..DEPTH {
+            at.push("d");
+            let mode = fs::symlink_metadata(&at).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o555, "level {level}");
+        }
+        // So that a user who is not root can remove the temporary tree.
+        while at != dir.path() {
+            fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
+            at.pop();
         }
     }
 
