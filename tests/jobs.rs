@@ -68,6 +68,8 @@ fn five_megabytes(env: &Env) -> (String, Vec<u8>, Vec<u8>) {
 fn a_detached_job_keeps_five_megabytes_byte_exact_streams_apart_and_its_status() {
     let (env, agent) = Env::with_agent();
     let (command, out_data, err_data) = five_megabytes(&env);
+    // A tab, which the listing gives back as the command had it.
+    let command = format!("{command}\t# tab");
     let id = detach(&env, &agent.target(), &command);
     let waited = job(&env, &["wait", &agent.target(), &id]);
     assert_eq!(waited.status.code(), Some(7), "{}", stderr_of(&waited));
@@ -90,6 +92,7 @@ fn a_detached_job_keeps_five_megabytes_byte_exact_streams_apart_and_its_status()
     assert_eq!(jobs[0]["exit_code"], 7);
     assert_eq!(jobs[0]["stdout_bytes"], 5 << 20);
     assert_eq!(jobs[0]["stderr_bytes"], 1 << 20);
+    assert_eq!(jobs[0]["command"], command);
     agent.expect_log("job started");
     let ended = agent.expect_log("job ended");
     assert!(ended.contains(&id) && ended.contains("exit 7"), "{ended}");

@@ -131,10 +131,10 @@ pub fn describe_job(job: &JobSummary, record: &mut Map<String, Value>) {
     record.insert("exit_code".into(), code);
     record.insert("signal".into(), signal);
     record.insert("id".into(), json!(job.id.as_str()));
-    record.insert(
-        "command".into(),
-        json!(crate::plain::agent_text(&job.command)),
-    );
+    // The command as it was given, for a script to run again or compare:
+    // JSON escapes what needs escaping, and escaping it once more here
+    // would turn a tab into the two characters `\t`.
+    record.insert("command".into(), json!(job.command));
     record.insert("owner".into(), json!(job.owner));
     record.insert("started".into(), json!(time_text(job.started_ms)));
     record.insert("ended".into(), json!(job.ended_ms.map(time_text)));
@@ -439,6 +439,32 @@ mod tests {
             self.0.lock().unwrap()[i].extend_from_slice(data);
         }
         fn done(&self, _result: &HostResult<JobEnd>) {}
+    }
+
+    #[test]
+    fn a_jobs_json_record_carries_its_command_exactly() {
+        let command = "printf 'a\tb\n' | tr '\t' ' ' # \u{1b}[2J";
+        let job = JobSummary {
+            id: rexec_protocol::JobId::from_bytes([0xab; 16]),
+            state: JobState::Running,
+            command: command.into(),
+            owner: "alice".into(),
+            started_ms: 0,
+            ended_ms: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            note: Some("disk full\nfrom byte 7".into()),
+        };
+        let mut record = Map::new();
+        describe_job(&job, &mut record);
+        let line = serde_json::to_string(&record).unwrap();
+        let back: Map<String, Value> = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["command"], command);
+        // The agent's note is its words, printed as one inert line.
+        assert_eq!(back["note"], "disk full\\nfrom byte 7");
+        assert!(!line.contains('\u{1b}'), "{line}");
     }
 
     #[test]
