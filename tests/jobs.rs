@@ -3,6 +3,7 @@
 //! the job runs.
 
 use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -258,7 +259,7 @@ fn wait_and_follow_ride_over(signal: &str, why: &str) {
     agent.signal(signal);
     assert!(agent.wait_exit().is_some(), "agent stopped");
     // Back on the same address a moment later, as after an upgrade.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     let _again = Agent::start(&env.agent_dir, &target, &[]);
     std::fs::write(&go, "").unwrap();
     let mut rest = String::new();
@@ -375,9 +376,12 @@ fn runs(pid: u32) -> bool {
 
 /// A job whose runner is killed is lost, but its command may run on:
 /// `ctl job list` says so, and `ctl job kill` still ends the whole group.
+/// Until then the record stays, the one handle on that command: `forget`
+/// is refused, and the retention (1 s here, the job older than that when
+/// lost) does not remove it.
 #[test]
 fn kill_ends_the_command_of_a_job_whose_runner_was_killed() {
-    let (env, agent) = Env::with_agent();
+    let (env, agent) = Env::with_agent_flags(&["--job-retention", "1s"]);
     let pids = env.root.path().join("pids");
     let command = format!(
         "sleep 300 & echo $! >> '{p}'; echo $$ >> '{p}'; wait",
@@ -385,6 +389,8 @@ fn kill_ends_the_command_of_a_job_whose_runner_was_killed() {
     );
     let id = detach(&env, &agent.target(), &command);
     assert!(wait_until(DEADLINE, || pids_in(&pids).len() == 2));
+    // Older than the retention when its runner goes.
+    std::thread::sleep(Duration::from_millis(1500));
     let running = pids_in(&pids);
     let shell = running[1];
     let stat = std::fs::read_to_string(format!("/proc/{shell}/stat")).unwrap();
@@ -421,6 +427,11 @@ fn kill_ends_the_command_of_a_job_whose_runner_was_killed() {
         "{}",
         note(&env)
     );
+    let forget = job(&env, &["forget", &agent.target(), &id]);
+    assert_failed_saying(&forget, 255, "was lost but its command still runs");
+    // Three of the agent's looks for jobs past their retention.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(note(&env).contains("still runs"), "{}", note(&env));
     let _ = job(&env, &["kill", &agent.target(), &id]);
     assert!(
         wait_until(DEADLINE, || running.iter().all(|p| !runs(*p))),
@@ -1202,4 +1213,83 @@ fn the_oldest_ended_jobs_make_room_under_max_kept_job_bytes() {
     std::fs::write(&go, "").unwrap();
     let waited = job(&env, &["wait", &target, &big]);
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+}
+
+/// A job's command gets the signals an exec's command gets: the runner
+/// outlives SIGINT, SIGHUP and SIGQUIT, but does not hand them on ignored,
+/// so `kill -INT`, `timeout -s INT` and a daemon's SIGHUP reload work in a
+/// job as they do under `ctl exec`.
+#[test]
+fn a_jobs_command_ignores_no_signal_an_execs_command_would_get() {
+    let (env, agent) = Env::with_agent();
+    let probe = "grep '^SigIgn:' /proc/self/status";
+    let exec = env.exec(&agent, &[probe]);
+    assert_eq!(exec.status.code(), Some(0), "{}", stderr_of(&exec));
+    let id = detach(&env, &agent.target(), probe);
+    let (code, job_says) = output_of_ended(&env, &agent.target(), &id);
+    assert_eq!(code, Some(0));
+    assert_eq!(job_says, stdout_of(&exec));
+    // And what a user sees: an interrupt ends a shell of the job.
+    let command = "sh -c 'kill -INT $$; echo survived'; echo status $?";
+    let id = detach(&env, &agent.target(), command);
+    let (_, said) = output_of_ended(&env, &agent.target(), &id);
+    assert_eq!(said, "status 130\n");
+}
+
+/// `ctl job wait`, then `ctl job output`: the exit code and stdout of a
+/// job that has ended.
+fn output_of_ended(env: &Env, target: &str, id: &str) -> (Option<i32>, String) {
+    let waited = job(env, &["wait", target, id]);
+    assert!(waited.status.code().is_some(), "{}", stderr_of(&waited));
+    output_of(env, target, id)
+}
+
+/// A follower that falls behind while the job writes past its cap: every
+/// byte dropped before ctl read it is counted in a note, so what ctl
+/// printed plus what it said was dropped is all the job wrote (before, a
+/// drop during the stream joined two pieces of output without a word).
+#[test]
+fn a_follower_that_falls_behind_is_told_of_every_byte_dropped() {
+    let (env, agent) = Env::with_agent_flags(&["--max-job-output", "80000"]);
+    let data = random_bytes(4_000_000, 0x0bad_cafe_f00d_d00d);
+    let file = env.root.path().join("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let id = detach(
+        &env,
+        &agent.target(),
+        &format!("sleep 1; cat '{}'", file.display()),
+    );
+    let mut follower = env
+        .ctl()
+        .args(["job", "output", "--follow", &agent.target(), &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not read until the job has written it all: ctl blocks on its stdout,
+    // the agent on the connection, and the job's oldest output goes.
+    assert!(wait_until(DEADLINE, || {
+        state_of(&env, &agent.target(), &id).as_deref() == Some("exited")
+    }));
+    let mut printed = Vec::new();
+    std::io::Read::read_to_end(follower.stdout.as_mut().unwrap(), &mut printed).unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(follower.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert_eq!(follower.wait().unwrap().code(), Some(0), "{said}");
+    let noted: u64 = said
+        .lines()
+        .filter(|l| l.contains("bytes of the job's stdout were dropped"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|word| word.parse::<u64>().ok())
+        })
+        .sum();
+    assert!(noted > 0, "{said}");
+    assert_eq!(
+        printed.len() as u64 + noted,
+        data.len() as u64,
+        "printed {} bytes; notes: {said}",
+        printed.len()
+    );
+    assert!(printed.ends_with(&data[data.len() - 1000..]));
 }

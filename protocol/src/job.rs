@@ -120,15 +120,19 @@ pub enum JobRequest {
     },
 }
 
-/// The first answer to an output or wait request.
+/// The first answer to an output or wait request; sent again, with the
+/// new places, when the oldest output was dropped (`max_job_output`)
+/// while the stream ran, so that the client knows the next bytes do not
+/// follow on from the last ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStream {
     /// How often the agent sends a keepalive while it has nothing else to
     /// send; `None` when it sends none.
     pub keepalive: Option<Duration>,
-    /// Bytes of stdout dropped (the oldest) before what follows.
+    /// Where the stdout that follows starts, counted from the job's first
+    /// byte: the bytes before it that were not sent are dropped.
     pub stdout_dropped: u64,
-    /// Bytes of stderr dropped (the oldest) before what follows.
+    /// Where the stderr that follows starts, likewise.
     pub stderr_dropped: u64,
 }
 

@@ -57,6 +57,9 @@ pub struct RunnerSpec {
     pub max_output: u64,
 }
 
+/// What the runner does on SIGINT, SIGHUP and SIGQUIT: nothing.
+extern "C" fn outlived(_: nix::libc::c_int) {}
+
 /// The runner's one line to the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Ready {
@@ -73,9 +76,14 @@ pub fn run() -> i32 {
     // SAFETY: closes descriptors this process does not use; no Rust object
     // owns any of them yet.
     let _ = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // The runner outlives these (a hangup or an interrupt meant for the
+    // agent's session must not orphan the job), but its command gets them
+    // as an exec's command does: an ignored signal stays ignored across
+    // exec, a caught one is set back to its default there. So they are
+    // caught and do nothing, rather than ignored.
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
-        // SAFETY: ignoring a signal installs no handler code.
-        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        let _ = unsafe { signal(sig, SigHandler::Handler(outlived)) };
     }
     let mut text = Vec::new();
     if std::io::stdin()

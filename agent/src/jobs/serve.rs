@@ -198,6 +198,20 @@ async fn stream(
                     if bytes.is_empty() {
                         break;
                     }
+                    if from > at[index] {
+                        // Dropped for the cap since we last read: said
+                        // before the bytes, which do not follow on.
+                        at[index] = from;
+                        let gap = AgentMessage::JobStream(JobStream {
+                            keepalive,
+                            stdout_dropped: at[0],
+                            stderr_dropped: at[1],
+                        });
+                        tokio::select! {
+                            sent = outgoing.send(gap) => sent?,
+                            () = state.shutdown.kill.cancelled() => return Ok(()),
+                        }
+                    }
                     at[index] = from + bytes.len() as u64;
                     let chunk = bytes::Bytes::from(bytes);
                     let message = if index == 0 {
@@ -352,6 +366,13 @@ fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessag
         return Err(ErrorReport::new(
             ErrorKind::BadRequest,
             format!("job {id} is still running: kill it first, or wait for it"),
+        ));
+    }
+    // Its record is the only handle on a lost job's command that runs on.
+    if found.orphaned_group().is_some() {
+        return Err(ErrorReport::new(
+            ErrorKind::BadRequest,
+            format!("job {id} was lost but its command still runs: kill it first"),
         ));
     }
     let summary = found.summary();

@@ -277,13 +277,18 @@ impl Found {
         match &self.status {
             Ok(Some(status)) if status.end.is_some() => status.ended_ms,
             _ if self.alive => None,
-            // Lost or damaged: the status file's last change says when.
-            _ => std::fs::metadata(self.dir.join(STATUS))
-                .or_else(|_| std::fs::metadata(self.dir.join(RECORD)))
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64),
+            // Lost or damaged: when the agent first found it so, which
+            // the mark of its logged end keeps; before that mark, now. Not
+            // the status file's last change: a runner writes it when the
+            // command starts, so a job lost after a week would count as
+            // ended a week ago (and be past its retention at once).
+            _ => Some(
+                std::fs::metadata(self.dir.join(END_LOGGED))
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or_else(super::now_ms, |d| d.as_millis() as u64),
+            ),
         }
     }
 

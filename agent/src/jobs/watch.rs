@@ -47,6 +47,11 @@ pub fn look(state: &AgentState) {
             continue;
         }
         log_end(&state.jobs, &found, &summary);
+        // A lost job whose command still runs stays for `ctl job kill`,
+        // however old: without its record nothing could end the command.
+        if found.orphaned_group().is_some() {
+            continue;
+        }
         let ended = summary.ended_ms.unwrap_or(now);
         if now.saturating_sub(ended) >= settings.retention.as_millis() as u64 {
             remove_old(

@@ -248,7 +248,7 @@ impl Passed {
             }
             notes.push(if self.opened {
                 format!(
-                    "{gap} more bytes of the job's {name} were dropped while ctl was away (the agent's max_job_output)"
+                    "{gap} more bytes of the job's {name} were dropped before ctl could read them (the agent's max_job_output)"
                 )
             } else {
                 format!(
@@ -378,6 +378,8 @@ async fn ask(
             None => return Err(closed_early()),
         };
         match message {
+            // The opening, or output dropped for the cap while the stream
+            // ran: the next bytes start at these places.
             AgentMessage::JobStream(opening) => {
                 alive.started(opening.keepalive);
                 at = [opening.stdout_dropped, opening.stderr_dropped];
@@ -502,7 +504,7 @@ mod tests {
         assert_eq!(
             passed.open([10, 0]),
             [
-                "5 more bytes of the job's stdout were dropped while ctl was away (the agent's max_job_output)"
+                "5 more bytes of the job's stdout were dropped before ctl could read them (the agent's max_job_output)"
             ]
         );
         let mut at = [10, 0];
