@@ -1369,7 +1369,11 @@ impl Carrier {
     /// broker does not let us send it; [`BrokerError::InboxRefused`] when
     /// it does not let us read the answers.
     pub async fn discover(&self, window: Duration) -> Result<Vec<Announcement>, BrokerError> {
-        const MAX_ANSWERS: usize = 1_000_000;
+        // Ten times the largest fleet we design for: anyone who may answer
+        // discovery can send answers without end, and ctl keeps at most
+        // this many different ones (a few hundred bytes each), however
+        // many copies arrive.
+        const MAX_ANSWERS: usize = 100_000;
         let failed = |_| BrokerError::Broker("asking the broker for its agents failed".to_owned());
         let discover = self.inner.subjects.discover();
         let mut state = self.inner.state.clone();
@@ -1394,7 +1398,7 @@ impl Carrier {
             BrokerError::Broker("asking the broker for its agents failed".to_owned())
         })?;
         let deadline = tokio::time::Instant::now() + window;
-        let mut answers = Vec::new();
+        let mut answers = std::collections::HashSet::new();
         while answers.len() < MAX_ANSWERS {
             let message = tokio::select! {
                 message = tokio::time::timeout_at(deadline, subscriber.next()) => message,
@@ -1417,10 +1421,13 @@ impl Carrier {
             if let Ok(answer) = serde_json::from_slice::<Announcement>(&message.payload)
                 && answer.plausible()
             {
-                answers.push(answer);
+                answers.insert(answer);
             }
         }
-        answers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut answers: Vec<Announcement> = answers.into_iter().collect();
+        answers.sort_by(|a, b| {
+            (&a.name, &a.fingerprint, &a.version).cmp(&(&b.name, &b.fingerprint, &b.version))
+        });
         Ok(answers)
     }
 }

@@ -151,7 +151,7 @@ impl OpenAnswer {
 }
 
 /// What an agent answers to a discovery request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Announcement {
     /// The agent's name on the broker.
     pub name: String,

@@ -816,3 +816,47 @@ async fn an_acceptance_of_another_session_at_our_inbox_is_no_name_clash() {
     assert!(a == up && c == down, "the session went on");
     forging.abort();
 }
+
+/// Anyone who may answer discovery can answer it without end: ctl keeps
+/// each different answer once, so copies cost it nothing, and the agents
+/// that answered are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_discovery_answer_are_kept_once() {
+    let Some(server) = Nats::start() else {
+        return;
+    };
+    let agent = server.carrier().await;
+    let real = Announcement {
+        name: "labpc07".to_owned(),
+        fingerprint: format!("SHA256:{}", "x".repeat(42) + "A"),
+        version: "0".to_owned(),
+    };
+    let _announcing = agent.announce(real.clone()).await.expect("announce");
+    let intruder = raw(&server).await;
+    let subjects = Subjects::default();
+    let mut requests = intruder
+        .subscribe(subjects.discover())
+        .await
+        .expect("subscribe");
+    intruder.flush().await.expect("flush");
+    let copy = Announcement {
+        name: "labpc99".to_owned(),
+        ..real.clone()
+    };
+    let payload = Bytes::from(serde_json::to_vec(&copy).unwrap());
+    let flood = tokio::spawn(async move {
+        let request = requests.next().await.expect("a discovery request");
+        let inbox = request.reply.expect("a reply inbox");
+        for _ in 0..5_000 {
+            intruder
+                .publish(inbox.clone(), payload.clone())
+                .await
+                .unwrap();
+        }
+        intruder.flush().await.unwrap();
+    });
+    let ctl = server.carrier().await;
+    let found = ctl.discover(Duration::from_secs(2)).await.unwrap();
+    flood.await.unwrap();
+    assert_eq!(found, [real, copy]);
+}
