@@ -1032,10 +1032,12 @@ fn a_planted_link_as_a_host_directory_is_not_followed() {
 }
 
 /// `ctl cp -r one/A two/A HOST:/DEST/` where `one/A/s` is a link to a
-/// victim directory and `two/A/s/pwned` a file: the second tree must not
-/// write through the link the first one placed.
+/// victim directory and `two/A/s/pwned` a file: two sources of one name
+/// are refused before any host, as they would land on one path (and the
+/// agent never writes through a link the stream placed either: the
+/// writer's unit tests).
 #[test]
-fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
+fn two_sources_of_one_name_are_refused_before_anything_is_written() {
     let (env, agent) = Env::with_agent();
     let root = env.root.path();
     let victim = new_dir(root, "victim");
@@ -1053,9 +1055,50 @@ fn two_sources_of_one_name_cannot_write_through_the_first_ones_link() {
             &format!("{}/", remote(&agent, &dest)),
         ],
     );
-    assert_failed_saying(&out, 255, "in the way");
+    assert_failed_saying(&out, 255, "have the same name");
     assert!(!victim.join("pwned").exists());
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    // Two files called x: the second would have replaced the first.
+    std::fs::write(root.join("one/x"), b"A").unwrap();
+    std::fs::write(root.join("two/x"), b"B").unwrap();
+    let out = cp(
+        &env,
+        &[
+            root.join("one/x").to_str().unwrap(),
+            root.join("two/x").to_str().unwrap(),
+            &remote(&agent, &dest),
+        ],
+    );
+    assert_failed_saying(&out, 255, "have the same name");
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+}
+
+/// Several sources need a directory that exists, as with cp: a file at
+/// the destination is left as it was, and a missing one is not made.
+#[test]
+fn several_sources_to_a_path_that_is_no_directory_write_nothing() {
+    let (env, agent) = Env::with_agent();
+    let root = env.root.path();
+    let first = new_file(root, "first.txt", b"first\n");
+    let second = new_file(root, "second.txt", b"second\n");
+    let dest = new_dir(root, "dest");
+    let plain = new_file(&dest, "plain", b"precious\n");
+    let missing = dest.join("missing");
+    for target in [&plain, &missing] {
+        let out = cp(
+            &env,
+            &[
+                first.to_str().unwrap(),
+                second.to_str().unwrap(),
+                &remote(&agent, target),
+            ],
+        );
+        assert_failed_saying(&out, 255, "no such directory");
+    }
+    assert_file(&plain, b"precious\n");
+    assert!(!missing.exists());
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
 }
 
 /// A push into a directory others can write, where someone planted

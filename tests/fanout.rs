@@ -964,6 +964,34 @@ fn a_line_of_exactly_one_or_two_mib_gets_no_empty_line_after_it() {
     }
 }
 
+/// `-o DIR` in a directory someone else can write: links planted at the
+/// summary and at a host's files are not written through (ctl often runs
+/// as root): the run fails, saying which file, and the link's target is
+/// as it was.
+#[test]
+fn an_out_dir_never_writes_through_a_planted_link() {
+    let (env, fleet) = env_with_fleet(2);
+    let root = env.root.path();
+    let out_dir = root.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let planted = out_dir.join(format!("{}.out", fleet.hosts[0]));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::symlink(&victim, out_dir.join("summary.jsonl")).unwrap();
+    let out = env.ctl_run(&["exec", "-o", out_dir.to_str().unwrap(), "@lab", "echo hi"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    let said = stderr_of(&out);
+    assert!(
+        said.contains(&format!(
+            "cannot create {}: it is a link, which ctl does not write through",
+            planted.display()
+        )),
+        "{said}"
+    );
+}
+
 /// `-o` naming a file, not a directory: said so, in one line, before any
 /// host is reached (before: "cannot create afile: it already exists").
 #[test]

@@ -1393,14 +1393,22 @@ fn own_link(
 /// `NAME_MAX`).
 const NAME_MAX: usize = 255;
 
-/// A fresh temporary name beside `name`: `.NAME.rexec-PID-N`, hidden, in
-/// the same directory so the final rename is atomic. A long NAME is cut
+/// A fresh temporary name beside `name`: `.NAME.rexec-RANDOM`, hidden,
+/// in the same directory so the final rename is atomic. A long NAME is cut
 /// short so that the whole fits in [`NAME_MAX`] and any name can be
-/// copied; the PID and the counter alone keep it unique.
+/// copied; 64 random bits keep it unique. Random, not the process id and a
+/// counter: anyone who may write in a shared destination could plant the
+/// names to come, and every copy there would fail on the first.
 fn temp_name(name: &OsStr) -> OsString {
+    use ring::rand::SecureRandom;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let suffix = format!(".rexec-{}-{n}", std::process::id());
+    let mut random = [0u8; 8];
+    let suffix = if ring::rand::SystemRandom::new().fill(&mut random).is_ok() {
+        format!(".rexec-{:016x}", u64::from_le_bytes(random))
+    } else {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(".rexec-{}-{n}", std::process::id())
+    };
     let room = NAME_MAX.saturating_sub(1 + suffix.len());
     let name = name.as_bytes();
     let mut temp = Vec::with_capacity(NAME_MAX);
@@ -1693,6 +1701,11 @@ mod tests {
             temp_name(OsStr::new(&longest)),
             temp_name(OsStr::new(&longest))
         );
+        // Nothing another user could work out ahead: 64 random bits.
+        let temp = temp_name(OsStr::new("f")).into_vec();
+        let random = temp.strip_prefix(b".f.rexec-").expect("our form");
+        assert_eq!(random.len(), 16, "{temp:?}");
+        assert!(random.iter().all(u8::is_ascii_hexdigit), "{temp:?}");
     }
 
     #[test]

@@ -66,7 +66,14 @@ pub fn cp(globals: &Globals, args: CpArgs) -> Result<u8, Failure> {
         preserve_owner: args.preserve_owner,
     };
     let end = if direction {
-        let dest = pushing.map(|d| d.path).unwrap_or_default();
+        let mut dest = pushing.map(|d| d.path).unwrap_or_default();
+        // Several sources go into a directory that exists, as with cp: the
+        // agent refuses a DEST ending in `/` that is not one before it
+        // writes anything, where it would otherwise put the first source
+        // at DEST and refuse only the second.
+        if sources.len() > 1 && !dest.ends_with('/') {
+            dest.push('/');
+        }
         let sources: Arc<[PathBuf]> = sources.iter().map(PathBuf::from).collect();
         copy::check_sources(&sources, options).map_err(plain)?;
         run.drive(

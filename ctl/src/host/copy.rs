@@ -113,6 +113,24 @@ impl Copied {
 /// # Errors
 /// The first source that cannot be read, in plain words.
 pub fn check_sources(sources: &[PathBuf], options: CopyOptions) -> Result<(), CtlError> {
+    // Two sources of one name would land on one path, the second over the
+    // first (or two trees merged): refused, as cp does, before any host.
+    let mut names = std::collections::HashMap::new();
+    for source in sources {
+        let Ok(name) = entry_name(source) else {
+            continue;
+        };
+        if let Some(first) = names.insert(name, source) {
+            return Err(local(CopyError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{} and {} have the same name, and would both be copied to one path",
+                    first.display(),
+                    source.display()
+                ),
+            )));
+        }
+    }
     for source in sources {
         TreeReader::new(source, options.recursive).map_err(local)?;
         let Ok(meta) = std::fs::symlink_metadata(source) else {

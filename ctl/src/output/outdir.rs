@@ -32,6 +32,33 @@ fn is_plain_file_name(label: &str) -> bool {
     ) && !label.contains('\0')
 }
 
+/// Creates or empties the regular file `path`, never through a link and
+/// never a FIFO or device put there: `-o DIR` may be a directory others
+/// can write in, and ctl often runs as root, so a link planted at
+/// `DIR/summary.jsonl` must not make it overwrite the file it points to.
+/// The reason in plain words when it cannot.
+fn create(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        // Not O_NONBLOCK's effect on a regular file: none. A FIFO without
+        // a reader fails at once instead of holding ctl.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => "it is a link, which ctl does not write through".to_owned(),
+            Some(nix::libc::ENXIO) => "it is not a regular file".to_owned(),
+            _ => plain::io_error(&e),
+        })?;
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(file),
+        Ok(_) => Err("it is not a regular file".to_owned()),
+        Err(e) => Err(plain::io_error(&e)),
+    }
+}
+
 impl OutDir {
     /// Files in `dir` (which must exist) for hosts named `labels`.
     ///
@@ -71,13 +98,11 @@ impl OutDir {
         let slot = &mut files[slot(stream)];
         if slot.is_none() {
             let path = self.path(host, stream);
-            match File::create(&path) {
+            match create(&path) {
                 Ok(file) => *slot = Some(file),
-                Err(e) => self.console.lose(format!(
-                    "cannot create {}: {}",
-                    path.display(),
-                    plain::io_error(&e)
-                )),
+                Err(why) => self
+                    .console
+                    .lose(format!("cannot create {}: {why}", path.display())),
             }
         }
         slot.as_mut()
@@ -123,12 +148,13 @@ impl<T: Describe> Output<T> for OutDir {
         records.sort();
         let text: String = records.into_iter().map(|(_, line)| line).collect();
         let path = self.dir.join("summary.jsonl");
-        if let Err(e) = std::fs::write(&path, text) {
-            self.console.lose(format!(
-                "cannot write {}: {}",
-                path.display(),
-                plain::io_error(&e)
-            ));
+        let written = create(&path).and_then(|mut file| {
+            file.write_all(text.as_bytes())
+                .map_err(|e| plain::io_error(&e))
+        });
+        if let Err(why) = written {
+            self.console
+                .lose(format!("cannot write {}: {why}", path.display()));
         }
     }
 }
