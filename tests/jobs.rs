@@ -1293,3 +1293,61 @@ fn a_follower_that_falls_behind_is_told_of_every_byte_dropped() {
     );
     assert!(printed.ends_with(&data[data.len() - 1000..]));
 }
+
+/// A job whose own record (job.json) cannot be read names no owner: its
+/// owner no longer sees it, an admin does and can forget it, and one
+/// nobody forgets goes once the retention has passed, so that it does
+/// not keep its room on the disk for ever.
+#[test]
+fn a_job_whose_record_is_damaged_is_an_admins_to_forget_and_goes_in_time() {
+    let env = Env::new();
+    env.write_agent_config("[jobs]\nadmins = [\"ops\"]\n");
+    let agent = env.agent_with(&["--job-retention", "5s"]);
+    let ops = env.root.path().join("ops");
+    let keygen = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &ops)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    env.authorize(stdout_of(&keygen).trim(), "ops");
+    std::fs::copy(env.ctl_dir.join("known_hosts"), ops.join("known_hosts")).unwrap();
+    let as_ops = |args: &[&str]| {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        env.ctl()
+            .env("REXEC_CONFIG_DIR", &ops)
+            .args(all)
+            .output()
+            .unwrap()
+    };
+    let forgotten = detach(&env, &agent.target(), "echo one");
+    let left = detach(&env, &agent.target(), "echo two");
+    let jobs_dir = env.agent_dir.join("jobs");
+    for id in [&forgotten, &left] {
+        assert_eq!(
+            job(&env, &["wait", &agent.target(), id]).status.code(),
+            Some(0)
+        );
+        std::fs::write(jobs_dir.join(id).join("job.json"), b"{garbage").unwrap();
+    }
+    assert!(listed(&env, &agent.target()).is_empty());
+    let list = as_ops(&["list", "--json", &agent.target()]);
+    let records = json_lines(&list);
+    assert_eq!(records.len(), 2, "{}", stdout_of(&list));
+    assert!(
+        records.iter().all(|r| r["status"] == "damaged"),
+        "{records:?}"
+    );
+    let forgot = as_ops(&["forget", &agent.target(), &forgotten]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", stderr_of(&forgot));
+    assert!(!jobs_dir.join(&forgotten).exists());
+    // Its owner cannot forget what it cannot be told is theirs.
+    let theirs = job(&env, &["forget", &agent.target(), &left]);
+    assert_failed_saying(&theirs, 255, "no such job");
+    assert!(
+        wait_until(DEADLINE, || !jobs_dir.join(&left).exists()),
+        "removed after the retention"
+    );
+    agent.expect_log("its record is damaged and it has not run");
+}

@@ -48,7 +48,10 @@ impl Jobs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if logged.insert(name.to_owned()) {
-            tracing::warn!(job = name, "job record damaged, left in place: {why}");
+            tracing::warn!(
+                job = name,
+                "job record damaged, left in place until an admin forgets it or the retention passes: {why}"
+            );
         }
     }
 }

@@ -137,7 +137,14 @@ fn list(state: &AgentState, caller: &Caller) -> Vec<JobSummary> {
                 jobs.push(summary);
             }
             Ok(_) => {}
-            Err(damage) => state.jobs.log_damaged(id.as_str(), &damage.0),
+            Err(damage) => {
+                state.jobs.log_damaged(id.as_str(), &damage.0);
+                // Whose it was cannot be read: shown to the admins, who
+                // can forget it.
+                if state.settings.jobs.is_admin(&caller.name) {
+                    jobs.push(damaged_summary(&id, &dir, &damage));
+                }
+            }
         }
     }
     jobs.sort_by_key(|job| job.started_ms);
@@ -360,7 +367,58 @@ fn audit_request(caller: &Caller, found: &Found, request: &str) {
     );
 }
 
+/// What a job whose record cannot be read is listed as: started, as far
+/// as anyone can tell, when its directory last changed.
+fn damaged_summary(id: &JobId, dir: &std::path::Path, damage: &store::Damage) -> JobSummary {
+    let changed = std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    JobSummary {
+        id: id.clone(),
+        state: rexec_protocol::JobState::Damaged,
+        command: String::new(),
+        owner: String::new(),
+        started_ms: changed,
+        ended_ms: None,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        stdout_dropped: 0,
+        stderr_dropped: 0,
+        note: Some(format!("its record is damaged: {damage}")),
+    }
+}
+
 fn forget(state: &AgentState, caller: &Caller, id: &JobId) -> Result<AgentMessage, ErrorReport> {
+    // A record nobody can read names no owner: an admin may remove it,
+    // once nothing runs it any more.
+    let dir = state.settings.jobs.state_dir.join(id.as_str());
+    if state.settings.jobs.is_admin(&caller.name)
+        && dir.is_dir()
+        && let Err(damage) = store::load(&dir, id)
+    {
+        if store::runner_alive(&dir) {
+            return Err(ErrorReport::new(
+                ErrorKind::BadRequest,
+                format!("job {id} has a damaged record and still runs: kill it first"),
+            ));
+        }
+        let summary = damaged_summary(id, &dir, &damage);
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            ErrorReport::new(
+                ErrorKind::WriteFailed,
+                format!("cannot remove job {id}: {}", super::io_text(&e)),
+            )
+        })?;
+        audit!(
+            tracing::Level::INFO,
+            caller,
+            job = id.as_str(),
+            "job forget (its record was damaged)"
+        );
+        return Ok(AgentMessage::Job(summary));
+    }
     let found = find(state, caller, id)?;
     if !found.over() {
         return Err(ErrorReport::new(

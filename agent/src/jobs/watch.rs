@@ -39,6 +39,20 @@ pub fn look(state: &AgentState) {
             Ok(found) => found,
             Err(damage) => {
                 state.jobs.log_damaged(id.as_str(), &damage.0);
+                // Nothing runs it and nobody can say whose it is: it goes
+                // once its last change is older than the retention, so
+                // that it does not hold its place on the disk for ever.
+                let age = std::fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if !store::runner_alive(&dir) && age.is_some_and(|age| age >= settings.retention) {
+                    remove_old(
+                        &id,
+                        &dir,
+                        "its record is damaged and it has not run for longer than the retention (job_retention)",
+                    );
+                }
                 continue;
             }
         };
