@@ -1085,7 +1085,13 @@ fn several_sources_to_a_path_that_is_no_directory_write_nothing() {
     let dest = new_dir(root, "dest");
     let plain = new_file(&dest, "plain", b"precious\n");
     let missing = dest.join("missing");
-    for target in [&plain, &missing] {
+    for (target, said) in [
+        (&plain, format!("{}/ is not a directory", plain.display())),
+        (
+            &missing,
+            format!("no such directory: {}/", missing.display()),
+        ),
+    ] {
         let out = cp(
             &env,
             &[
@@ -1094,7 +1100,7 @@ fn several_sources_to_a_path_that_is_no_directory_write_nothing() {
                 &remote(&agent, target),
             ],
         );
-        assert_failed_saying(&out, 255, "no such directory");
+        assert_failed_saying(&out, 255, &said);
     }
     assert_file(&plain, b"precious\n");
     assert!(!missing.exists());
@@ -1735,4 +1741,21 @@ fn a_pull_leaves_no_directory_for_hosts_that_gave_nothing() {
     let pulled = cp(&env, &[&missing, empty.to_str().unwrap()]);
     assert_eq!(pulled.status.code(), Some(255), "{}", stderr_of(&pulled));
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // A host that never answers, given up at the run's timeout: its
+    // directory goes with the unfinished pull.
+    fleet.agent(&fleet.hosts[0]).signal("STOP");
+    let late = new_dir(root, "late");
+    let pulled = cp(
+        &env,
+        &[
+            "--timeout",
+            "1s",
+            &format!("@lab:{}", file.display()),
+            late.to_str().unwrap(),
+        ],
+    );
+    fleet.agent(&fleet.hosts[0]).signal("CONT");
+    assert_eq!(pulled.status.code(), Some(124), "{}", stderr_of(&pulled));
+    assert!(!late.join(&fleet.hosts[0]).exists());
+    assert_file(late.join(&fleet.hosts[1]).join("only-on-one"), b"here\n");
 }

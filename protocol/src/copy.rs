@@ -694,18 +694,25 @@ impl Placement {
                 format!("no such directory: {}", dir.display()),
             )
         };
-        match open_dir(dest, reach) {
+        let missing = match open_dir(dest, reach) {
             Ok(dir) => {
                 return Ok(Placement::Into {
                     dir,
                     path: dest.to_path_buf(),
                 });
             }
-            Err(Errno::NOENT | Errno::NOTDIR) => {}
+            Err(e @ (Errno::NOENT | Errno::NOTDIR)) => e,
             Err(e) => return Err(CopyError::errno(dest, "open", e)),
-        }
+        };
         if dest.as_os_str().as_bytes().ends_with(b"/") {
-            return Err(no_such_dir(dest));
+            return Err(if missing == Errno::NOTDIR {
+                CopyError::new(
+                    ErrorKind::NoSuchFile,
+                    format!("{} is not a directory", dest.display()),
+                )
+            } else {
+                no_such_dir(dest)
+            });
         }
         let name = dest.file_name().ok_or_else(|| {
             CopyError::new(

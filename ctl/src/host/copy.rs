@@ -420,17 +420,31 @@ pub async fn pull(
     options: CopyOptions,
     local_dest: &LocalDestination,
 ) -> Result<Copied, CtlError> {
+    // A host that gave nothing (unreachable, the path missing there, the
+    // run's timeout or Ctrl-C before anything came) leaves no
+    // LOCAL_DIR/HOST behind to look as if it had: removed if it is still
+    // an empty directory (never a link someone planted there, nor anything
+    // with contents), also when this future is dropped unfinished.
+    let mut unused = EmptyHostDirectory(match local_dest {
+        LocalDestination::HostDirectory { dir, label } => Some(dir.join(label)),
+        LocalDestination::Path(_) => None,
+    });
     let pulled = pull_to(client, target, path, options, local_dest).await;
-    // A host that gave nothing (unreachable, the path missing there)
-    // leaves no LOCAL_DIR/HOST behind to look as if it had: removed if it
-    // is still an empty directory (never a link someone planted there,
-    // nor anything with contents).
-    if pulled.is_err()
-        && let LocalDestination::HostDirectory { dir, label } = local_dest
-    {
-        let _ = std::fs::remove_dir(dir.join(label));
+    if pulled.is_ok() {
+        unused.0 = None;
     }
     pulled
+}
+
+/// A pull's `LOCAL_DIR/HOST`, removed when dropped if it is still empty.
+struct EmptyHostDirectory(Option<PathBuf>);
+
+impl Drop for EmptyHostDirectory {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 async fn pull_to(
