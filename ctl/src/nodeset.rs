@@ -462,14 +462,15 @@ fn merge(patterns: Vec<Vec<Part>>, from_end: usize) -> Vec<Vec<Part>> {
             continue;
         };
         let (shape, position) = key;
-        // An unpadded number as wide as a padded set belongs to it:
-        // node09 and node10 fold to node[09-10], not node09,node10.
+        // An unpadded number at least as wide as a padded set belongs to
+        // it, since padding leaves it as it is: node09 and node10 fold to
+        // node[09-10], not node09,node10, and n01…n1000 to n[01-1000].
         let pads: BTreeSet<usize> = numbers.iter().map(|&(_, pad)| pad).collect();
         let mut by_pad: HashMap<usize, BTreeSet<u64>> = HashMap::new();
         for (value, pad) in numbers {
             let width = value.to_string().len();
-            let pad = if pad == 0 && pads.contains(&width) {
-                width
+            let pad = if pad == 0 {
+                pads.range(1..=width).next_back().copied().unwrap_or(0)
             } else {
                 pad
             };
@@ -684,6 +685,11 @@ mod tests {
         );
         assert_eq!(fold_all(&["node09", "node10", "node11"]), "node[09-11]");
         assert_eq!(fold_all(&["n9", "n10"]), "n[9-10]");
+        assert_eq!(
+            fold(expand_list("n[01-1000]").iter().map(String::as_str)),
+            "n[01-1000]"
+        );
+        assert_eq!(fold_all(&["n1", "n01", "n100"]), "n1,n[01,100]");
         assert_eq!(fold_all(&["n1", "n01"]), "n01,n1");
         assert_eq!(fold_all(&["solo"]), "solo");
         assert_eq!(fold_all(&["b", "a", "a"]), "a,b");
@@ -733,6 +739,8 @@ mod tests {
             "127.0.0.[2-21]",
             "a[1-3]b[4-5]c,x,y[7-8]",
             "n[098-101]",
+            "n[01-1000]",
+            "n1,n01,n100,n0100",
         ] {
             let names = expand_list(list);
             let folded = fold(names.iter().map(String::as_str));
