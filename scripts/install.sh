@@ -54,6 +54,7 @@ zshdir=$destdir$prefix/share/zsh/site-functions
 fishdir=$destdir$prefix/share/fish/vendor_completions.d
 unitdir=$destdir/etc/systemd/system
 confdir=$destdir/etc/rexec
+statedir=$destdir/var/lib/rexec
 
 if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (sudo), or set DESTDIR to stage the files elsewhere" >&2
@@ -90,8 +91,8 @@ if [ "$action" = uninstall ]; then
     step "removed $bindir/rexec-agent, $bindir/ctl, their man pages and completions, and the units in $unitdir"
     if [ "$use_systemctl" = yes ]; then systemctl daemon-reload; fi
     if [ "$purge" = yes ]; then
-        rm -rf "$confdir" /var/lib/rexec
-        step "removed $confdir (identity, authorized clients, config) and /var/lib/rexec (detached jobs)"
+        rm -rf "$confdir" "$statedir"
+        step "removed $confdir (identity, authorized clients, config) and $statedir (detached jobs)"
     else
         step "kept $confdir (identity, authorized clients, config); --purge removes it"
     fi

@@ -320,6 +320,64 @@ fn status_line_counts_running_sessions() {
     );
 }
 
+/// Once SIGTERM has said "stopping", the status line never says
+/// "listening" again while sessions finish: it counts them down.
+#[test]
+fn the_status_line_says_stopping_until_the_last_session_ends() {
+    let env = Env::new();
+    let mut notify = NotifySocket::new(env.root.path());
+    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
+    notify.wait_for("READY=1").expect("READY=1");
+    agent.wait_listening();
+    env.trust(&agent);
+    // Two sessions, which end a second and a few seconds after the stop:
+    // the count changes while the agent is stopping.
+    let mut ctls: Vec<_> = ["sleep 1", "sleep 4"]
+        .into_iter()
+        .map(|command| {
+            env.ctl()
+                .arg("exec")
+                .arg(agent.target())
+                .arg(command)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    while !notify
+        .wait_for("STATUS=")
+        .expect("a status line")
+        .contains("; 2 sessions running")
+    {}
+    agent.signal("TERM");
+    assert!(
+        agent.wait_exit().is_some_and(|s| s.success()),
+        "{}",
+        agent.log()
+    );
+    for ctl in &mut ctls {
+        ctl.wait().unwrap();
+    }
+    notify.drain();
+    let statuses: Vec<&str> = notify
+        .received
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| l.strip_prefix("STATUS="))
+        .collect();
+    let stopped = statuses
+        .iter()
+        .position(|s| s.starts_with("stopping"))
+        .expect("a stopping status");
+    assert!(
+        statuses[stopped..]
+            .iter()
+            .all(|s| s.starts_with("stopping")),
+        "{statuses:?}"
+    );
+}
+
 #[test]
 fn watchdog_is_pinged_when_the_unit_sets_watchdogsec() {
     let env = Env::new();
@@ -355,11 +413,18 @@ fn sighup_reloads_and_names_settings_that_need_a_restart() {
     // A broken file is reported on reload, and the agent keeps serving.
     std::fs::write(&config, "max_sessions = 9\nmax_sesions = 10\n").unwrap();
     agent.signal("HUP");
-    let line = agent.wait_for_log("has an error").unwrap();
+    let line = agent.wait_for_log("would not restart").unwrap();
     assert!(
         line.contains("agent.toml:2:1: unknown key `max_sesions`"),
         "{line}"
     );
+    // So is one that `run` refuses beyond the file's own checks.
+    std::fs::write(&config, "shell = \"/nonexistent\"\n").unwrap();
+    agent.signal("HUP");
+    let line = agent
+        .wait_for_any_log(&["the shell /nonexistent does not exist"])
+        .unwrap();
+    assert!(line.contains("would not restart"), "{line}");
     let out = env.exec(&agent, &["echo still serving"]);
     assert_eq!(stdout_of(&out), "still serving\n");
 }
@@ -589,8 +654,23 @@ fn install_into_a_staging_dir_produces_the_documented_tree() {
         .collect();
     assert_eq!(kept, BTreeSet::new(), "only /etc/rexec is left");
     assert!(stage.join("etc/rexec/agent.key").exists());
+    // Jobs kept under the staged /var/lib/rexec: --purge removes those,
+    // never the machine's own.
+    let jobs = stage.join("var/lib/rexec/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("record"), b"job").unwrap();
     let out = install_script(&stage, &["uninstall", "--purge"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
+    let said = format!("{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        said.contains(&format!(
+            "{}/var/lib/rexec (detached jobs)",
+            stage.display()
+        )),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir(stage.join("var/lib"));
+    let _ = std::fs::remove_dir(stage.join("var"));
     assert_eq!(tree(&stage), BTreeSet::new());
 }
 

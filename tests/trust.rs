@@ -908,14 +908,15 @@ fn the_agents_parsers_refuse_extreme_and_malformed_values_in_one_line() {
             }
         }
     }
-    // A clients file of garbage: good lines kept, no panic.
+    // A clients file of garbage: the good line kept, no panic (the key
+    // listed again, under a huge name, is a line ignored).
     let garbage = format!(
-        "{}\nSHA256:\nSHA256:{}\n\u{0}\u{ff}\n{} {}\n#\n{} ok\n",
+        "{}\nSHA256:\nSHA256:{}\n\u{0}\u{ff}\n{} ok\n#\n{} {}\n",
         "x".repeat(100_000),
         "A".repeat(10_000),
         env.client_fingerprint,
+        env.client_fingerprint,
         "n".repeat(100_000),
-        env.client_fingerprint
     );
     std::fs::write(env.agent_dir.join("authorized_clients"), garbage).unwrap();
     let out = agent_cli(&env, &["clients"]);
@@ -1027,4 +1028,49 @@ fn a_missing_client_certificate_is_named_not_taken_for_no_identity() {
     );
     let keygen = env.ctl_run(&["keygen"]);
     assert_eq!(keygen.status.code(), Some(255), "the key is still there");
+}
+
+/// A hand-edited clients file: a Latin-1 comment locks nobody out, and a
+/// second key given a listed name gets neither the name nor in; both
+/// `rexec-agent clients` and the agent's log say which line was ignored.
+#[test]
+fn a_hand_edited_clients_file_keeps_one_key_per_name_and_any_comment() {
+    let env = Env::new();
+    let other = "SHA256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA";
+    let file = env.agent_dir.join("authorized_clients");
+    let text = [
+        b"# \xe9quipe du labo\n".as_slice(),
+        format!("{} tester\n{other} tester\n", env.client_fingerprint).as_bytes(),
+    ]
+    .concat();
+    std::fs::write(&file, text).unwrap();
+    let clients = agent_cli(&env, &["clients"]);
+    assert_eq!(
+        stdout_of(&clients),
+        format!("{} tester\n", env.client_fingerprint)
+    );
+    assert_eq!(
+        stderr_of(&clients),
+        format!(
+            "{}:3: the name \"tester\" belongs to the key on line 2; line ignored\n",
+            file.display()
+        )
+    );
+    let agent = env.agent();
+    let out = env.exec(&agent, &["echo in"]);
+    assert_eq!(stdout_of(&out), "in\n", "{}", stderr_of(&out));
+    agent.expect_log("ignoring a line of the authorized clients file");
+}
+
+/// A handshake timeout of nothing would refuse every client: `run` and
+/// `run --check` refuse it in one line instead of serving nobody.
+#[test]
+fn a_zero_handshake_timeout_is_refused_at_start() {
+    let env = Env::new();
+    let out = agent_cli(&env, &["run", "--check", "--handshake-timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        "rexec-agent: error: handshake_timeout is 0s, within which no client can connect: give it a length (default 5s)\n"
+    );
 }

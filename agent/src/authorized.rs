@@ -75,13 +75,30 @@ pub fn default_name(fingerprint: &Fingerprint) -> String {
         .collect()
 }
 
-/// Parses the file's text; good lines are kept even when others are bad.
-pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
-    let mut clients = Vec::new();
+/// Parses the file's bytes; good lines are kept even when others are bad.
+/// A comment may be in any encoding (an admin's `# café` in Latin-1); an
+/// entry must be UTF-8. A key listed twice, or a name a second key claims,
+/// is a bad line: the first line counts, so that a hand edit cannot give
+/// one client's name, and with it its `[run_as]` rules, to another key.
+pub fn parse(text: impl AsRef<[u8]>) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
+    let mut clients: Vec<AuthorizedClient> = Vec::new();
+    let mut lines_of: Vec<usize> = Vec::new();
     let mut bad = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
+    for (index, raw) in text.as_ref().split(|b| *b == b'\n').enumerate() {
+        let number = index + 1;
+        let mut complain = |reason: String| {
+            bad.push(BadLine {
+                line: number,
+                reason,
+            });
+        };
         // Neither fingerprints nor names contain `#`: the rest is a comment.
-        let line = raw.split('#').next().unwrap_or("").trim();
+        let entry = raw.split(|b| *b == b'#').next().unwrap_or_default();
+        let Ok(line) = std::str::from_utf8(entry) else {
+            complain("not UTF-8 text".to_owned());
+            continue;
+        };
+        let line = line.trim();
         if line.is_empty() {
             continue;
         }
@@ -89,22 +106,41 @@ pub fn parse(text: &str) -> (Vec<AuthorizedClient>, Vec<BadLine>) {
             Some((fp, name)) => (fp, name.trim()),
             None => (line, ""),
         };
-        match fingerprint.parse::<Fingerprint>() {
-            Ok(fingerprint) => clients.push(AuthorizedClient {
-                name: if name.is_empty() {
-                    default_name(&fingerprint)
-                } else {
-                    name.to_owned()
-                },
-                fingerprint,
-            }),
-            Err(e) => bad.push(BadLine {
-                line: index + 1,
-                reason: e.to_string(),
-            }),
+        let fingerprint = match fingerprint.parse::<Fingerprint>() {
+            Ok(fingerprint) => fingerprint,
+            Err(e) => {
+                complain(e.to_string());
+                continue;
+            }
+        };
+        let name = if name.is_empty() {
+            default_name(&fingerprint)
+        } else {
+            name.to_owned()
+        };
+        if let Some(i) = clients.iter().position(|c| c.fingerprint == fingerprint) {
+            complain(format!(
+                "this key is listed on line {} already, which counts",
+                lines_of[i]
+            ));
+            continue;
         }
+        if let Some(i) = clients.iter().position(|c| c.name == name) {
+            complain(format!(
+                "the name {name:?} belongs to the key on line {}",
+                lines_of[i]
+            ));
+            continue;
+        }
+        clients.push(AuthorizedClient { name, fingerprint });
+        lines_of.push(number);
     }
     (clients, bad)
+}
+
+/// The key a line of the file lists, if it lists one.
+fn listed_key(line: &[u8]) -> Option<Fingerprint> {
+    parse(line).0.first().map(|c| c.fingerprint)
 }
 
 /// Why the clients file, or its directory, is not to be trusted: someone
@@ -248,8 +284,8 @@ fn read_clients(path: &Path) -> (Option<FileStamp>, Reading) {
         Err(e) => return (None, Reading::Unreadable(e)),
     };
     let stamp = Some(FileStamp::from(path, &meta));
-    let mut text = String::new();
-    if let Err(e) = file.read_to_string(&mut text) {
+    let mut text = Vec::new();
+    if let Err(e) = file.read_to_end(&mut text) {
         return (stamp, Reading::Unreadable(e));
     }
     let (clients, bad) = parse(&text);
@@ -361,7 +397,7 @@ impl AuthorizedClients {
                         file = %self.path.display(),
                         line = bad.line,
                         reason = %bad.reason,
-                        "ignoring malformed line in authorized clients file"
+                        "ignoring a line of the authorized clients file"
                     );
                 }
                 clients
@@ -485,6 +521,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return Err("a client name cannot contain control characters".into());
     }
+    if name.parse::<Fingerprint>().is_ok() {
+        return Err(
+            "a client name cannot be a fingerprint, which `revoke` would take for that key".into(),
+        );
+    }
     Ok(())
 }
 
@@ -509,17 +550,17 @@ pub fn authorize(path: &Path, client: &AuthorizedClient) -> Result<bool, Authori
             fingerprint: other.fingerprint,
         });
     }
-    let fp = client.fingerprint.to_string();
     let mut replaced = false;
-    let mut lines: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if line.split_whitespace().next() == Some(fp.as_str()) {
+    let mut lines: Vec<&[u8]> = Vec::new();
+    for line in file_lines(&text) {
+        if listed_key(line) == Some(client.fingerprint) {
             replaced = true;
             continue;
         }
-        lines.push(line.to_owned());
+        lines.push(line);
     }
-    lines.push(format!("{fp} {}", client.name));
+    let entry = format!("{} {}", client.fingerprint, client.name);
+    lines.push(entry.as_bytes());
     write_atomically(path, &lines)?;
     Ok(replaced)
 }
@@ -538,12 +579,12 @@ pub fn revoke(path: &Path, who: &str) -> io::Result<Vec<AuthorizedClient>> {
     };
     let text = read_or_empty(path)?;
     let mut removed = Vec::new();
-    let mut lines: Vec<String> = Vec::new();
-    for line in text.lines() {
+    let mut lines: Vec<&[u8]> = Vec::new();
+    for line in file_lines(&text) {
         let (entry, _) = parse(line);
         match entry.first() {
             Some(c) if c.name == who || c.fingerprint.to_string() == who => removed.push(c.clone()),
-            _ => lines.push(line.to_owned()),
+            _ => lines.push(line),
         }
     }
     if !removed.is_empty() {
@@ -552,12 +593,20 @@ pub fn revoke(path: &Path, who: &str) -> io::Result<Vec<AuthorizedClient>> {
     Ok(removed)
 }
 
-fn read_or_empty(path: &Path) -> io::Result<String> {
-    match fs::read_to_string(path) {
+fn read_or_empty(path: &Path) -> io::Result<Vec<u8>> {
+    match fs::read(path) {
         Ok(text) => Ok(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// The file's lines, as bytes and without their newlines (kept as they
+/// are when the file is written again).
+fn file_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.split(|b| *b == b'\n')
+        .filter(move |_| !text.is_empty())
 }
 
 /// The mode of a clients file `authorize` creates: the list is not secret,
@@ -626,7 +675,7 @@ fn lock(path: &Path) -> io::Result<Flock<File>> {
 /// (no link or file planted in advance is followed or reused), gets the
 /// old file's mode and owner before it takes its place, and both it and
 /// the directory reach the disk before we say it is done.
-fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
+fn write_atomically(path: &Path, lines: &[&[u8]]) -> io::Result<()> {
     let dir = dir_of(path);
     let old = match fs::metadata(path) {
         Ok(meta) => Some(meta),
@@ -637,7 +686,8 @@ fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
         .prefix(&named_after(path, ".", ".tmp."))
         .tempfile_in(dir)?;
     for line in lines {
-        writeln!(temporary, "{line}")?;
+        temporary.write_all(line)?;
+        temporary.write_all(b"\n")?;
     }
     let file = temporary.as_file();
     let mode = old
@@ -675,6 +725,62 @@ mod tests {
     }
 
     #[test]
+    fn a_comment_in_any_encoding_is_kept_and_an_entry_must_be_text() {
+        let text = [
+            b"# caf\xe9 (Latin-1)\n".as_slice(),
+            format!("{A} alice\n{B} ").as_bytes(),
+            b"b\xe9\n",
+        ]
+        .concat();
+        let (clients, bad) = parse(&text);
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].name, "alice");
+        assert_eq!(bad.len(), 1);
+        assert_eq!((bad[0].line, bad[0].reason.as_str()), (3, "not UTF-8 text"));
+        // authorize and revoke keep the comment byte for byte.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        fs::write(&path, b"# caf\xe9\n").unwrap();
+        let client = AuthorizedClient {
+            fingerprint: A.parse().unwrap(),
+            name: "alice".into(),
+        };
+        authorize(&path, &client).unwrap();
+        assert_eq!(revoke(&path, "alice").unwrap().len(), 1);
+        assert_eq!(fs::read(&path).unwrap(), b"# caf\xe9\n");
+    }
+
+    #[test]
+    fn a_key_listed_twice_and_a_name_two_keys_claim_count_once() {
+        let text = format!("{A} alice\n{B} alice\n{A} bob\n");
+        let (clients, bad) = parse(&text);
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].fingerprint.to_string(), A);
+        let lines: Vec<(usize, &str)> = bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (2, "the name \"alice\" belongs to the key on line 1"),
+                (3, "this key is listed on line 1 already, which counts"),
+            ]
+        );
+        assert!(check_name(A).is_err());
+    }
+
+    #[test]
+    fn authorize_replaces_an_entry_with_a_comment_after_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        fs::write(&path, format!("{A}#old\n")).unwrap();
+        let client = AuthorizedClient {
+            fingerprint: A.parse().unwrap(),
+            name: "alice".into(),
+        };
+        assert!(authorize(&path, &client).unwrap(), "replaced");
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{A} alice\n"));
+    }
+
+    #[test]
     fn a_comment_after_a_name_is_not_part_of_it() {
         let text = format!("{A} ok   # the lab's laptop\n{B}# no name\n");
         let (clients, bad) = parse(&text);
@@ -694,7 +800,7 @@ mod tests {
         authorize(&path, &client(A, "other")).unwrap();
         let e = authorize(&path, &client(B, "other")).unwrap_err();
         assert!(matches!(e, AuthorizeError::NameTaken { .. }), "{e}");
-        assert_eq!(parse(&fs::read_to_string(&path).unwrap()).0.len(), 1);
+        assert_eq!(parse(fs::read_to_string(&path).unwrap()).0.len(), 1);
         // The same key may be renamed.
         assert!(authorize(&path, &client(A, "renamed")).unwrap());
         for name in ["", " ", " x", "x ", "a#b", "a\tb"] {
@@ -709,7 +815,7 @@ mod tests {
         assert_eq!(default_name(&a), "SHA256:AAAAAAAA");
         assert_eq!(default_name(&b), "SHA256:u1AAAAAA");
         assert_eq!(check_name(&default_name(&b)), Ok(()));
-        let (clients, bad) = parse(&format!("{a}\n{b}   # no name\n"));
+        let (clients, bad) = parse(format!("{a}\n{b}   # no name\n"));
         assert_eq!(bad, vec![]);
         assert_ne!(clients[0].name, clients[1].name);
         // Each can be revoked by its name alone.
@@ -825,7 +931,7 @@ mod tests {
                 thread.join().unwrap().unwrap();
             }
             assert_eq!(revoker.join().unwrap().unwrap(), vec![mallory]);
-            let mut names: Vec<String> = parse(&fs::read_to_string(&path).unwrap())
+            let mut names: Vec<String> = parse(fs::read_to_string(&path).unwrap())
                 .0
                 .into_iter()
                 .map(|c| c.name)

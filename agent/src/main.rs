@@ -369,10 +369,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Clients => {
             let path = config::authorized_clients_path(&dir);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            for c in authorized::parse(&text).0 {
+            let text =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let (clients, bad) = authorized::parse(&text);
+            for c in clients {
                 println!("{} {}", c.fingerprint, c.name);
+            }
+            // What the agent ignores is said, so the list is not taken
+            // for all the file holds.
+            for bad in bad {
+                eprintln!(
+                    "{}:{}: {}; line ignored",
+                    path.display(),
+                    bad.line,
+                    bad.reason
+                );
             }
         }
         Command::Run(args) if args.check => check(&resolved)?,
@@ -403,6 +414,11 @@ fn validate(resolved: &Resolved) -> anyhow::Result<()> {
         bail!(
             "the shell {} does not exist or is not an executable file (see `shell` in the config file or --shell)",
             shell.display()
+        );
+    }
+    if resolved.settings.handshake_timeout.is_zero() {
+        bail!(
+            "handshake_timeout is 0s, within which no client can connect: give it a length (default 5s)"
         );
     }
     if resolved.listen.is_empty() && resolved.settings.broker.is_none() {
@@ -548,6 +564,7 @@ fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
                 limit,
                 bound,
                 broker.clone(),
+                state.shutdown.stop.clone(),
             ));
         }
         if let Some(interval) = notify::watchdog_interval() {
@@ -665,11 +682,17 @@ fn spawn_signal_handlers(
 /// change: the settings are fixed for the agent's lifetime (running
 /// sessions hold them), so only the authorized clients change in place.
 fn check_reloaded_settings(source: &SettingsSource, running: &Resolved) {
-    let reloaded = match source.resolve() {
+    // What a restart would refuse, `run`'s own checks included (a shell
+    // that is not there, a broker's missing files), is said now.
+    let reloaded = match source.resolve().and_then(|reloaded| {
+        validate(&reloaded)?;
+        Ok(reloaded)
+    }) {
         Ok(reloaded) => reloaded,
         Err(e) => {
             tracing::error!(
-                "SIGHUP: the config file has an error; the agent would not restart with it: {e:#}"
+                "SIGHUP: the agent would not restart with these settings: {}",
+                one_line(&e)
             );
             return;
         }

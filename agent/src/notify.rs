@@ -94,14 +94,21 @@ pub fn sessions(n: usize) -> String {
 ///
 /// The count is read from the sessions semaphore: one permit is held per
 /// running session.
+/// Once `stopping` is cancelled (SIGTERM), the line says the agent is
+/// stopping and how many sessions are still finishing, as the stop's own
+/// notification does: never "listening" again.
 pub async fn report_sessions(
     sessions: Arc<Semaphore>,
     limit: usize,
     listening: String,
     broker: Option<BrokerLink>,
+    stopping: tokio_util::sync::CancellationToken,
 ) {
     let line = || {
         let running = limit.saturating_sub(sessions.available_permits());
+        if stopping.is_cancelled() {
+            return format!("stopping; {} finishing", self::sessions(running));
+        }
         let broker = broker.as_ref().map(BrokerLink::status);
         status_line(&listening, broker.as_deref(), running, limit)
     };
