@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -965,4 +966,55 @@ fn a_burst_of_calls_from_one_workstation_all_run_despite_the_handshake_budget() 
         assert!(out.status.success(), "call {i}: {}", stderr_of(&out));
         assert_eq!(stdout_of(&out), format!("call-{i}\n"));
     }
+}
+
+/// A client whose commands leave a process holding stdin open, unread,
+/// after the command exits: each session ends, and the agent keeps none
+/// of those pipes (before, the writer of each waited for ever, holding a
+/// descriptor and its chunk: enough sessions and the agent could open no
+/// more connections for anyone).
+#[test]
+fn stdin_left_unread_by_a_background_process_is_not_kept_by_the_agent() {
+    let (env, agent) = Env::with_agent();
+    let held = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = held();
+    let sleep = unique_sleep(120);
+    let command =
+        format!("exec 3<&0; setsid sleep {sleep} <&3 >/dev/null 2>&1 & sleep 0.3; exit 0");
+    let input = random_bytes(3_000_000, 7);
+    for _ in 0..5 {
+        let mut ctl = env
+            .ctl()
+            .args(["exec", "-i", &agent.target(), &command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = ctl.stdin.take().unwrap();
+        let input = input.clone();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = ctl.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        feeder.join().unwrap();
+    }
+    let settled = wait_until(DEADLINE, || held() <= before + 1);
+    for (pid, _) in processes_with(&sleep) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        settled,
+        "the agent holds {} descriptors, {before} before",
+        held()
+    );
+    still_serves(&env, &agent);
 }

@@ -153,6 +153,8 @@ pub async fn run(
 
     let mut output = Output::default();
     let mut stdin = None;
+    // Ends the writer with the exec, however it ends (see StdinTask).
+    let mut _stdin_task = None;
     match &master {
         Some(master) => {
             let streams =
@@ -161,7 +163,8 @@ pub async fn run(
                 Ok((reader, writer)) => {
                     output.stdout = OutputStream::new(reader, AgentMessage::Stdout);
                     if request.stdin {
-                        stdin = Some(spawn_stdin_writer(writer, Some(PTY_EOF)));
+                        let (sender, task) = spawn_stdin_writer(writer, Some(PTY_EOF));
+                        (stdin, _stdin_task) = (Some(sender), Some(task));
                     }
                 }
                 Err(e) => {
@@ -180,10 +183,10 @@ pub async fn run(
         }
         None => {
             output = Output::take_pipes(&mut child);
-            stdin = child
-                .stdin
-                .take()
-                .map(|pipe| spawn_stdin_writer(pipe, None));
+            if let Some(pipe) = child.stdin.take() {
+                let (sender, task) = spawn_stdin_writer(pipe, None);
+                (stdin, _stdin_task) = (Some(sender), Some(task));
+            }
         }
     }
 

@@ -138,14 +138,29 @@ pub async fn reserve(stdin: Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPe
     stdin?.reserve_owned().await.ok()
 }
 
+/// The task writing a command's stdin, ended when this is dropped (at the
+/// end of the exec). Without it, a process the command left running with
+/// its stdin (`setsid sleep 120 <&0 &`), which never reads, would keep the
+/// writer waiting, and with it the pipe and the chunk, after the session
+/// ended: a descriptor and up to a chunk of memory per session, for ever.
+pub struct StdinTask(tokio::task::AbortHandle);
+
+impl Drop for StdinTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Starts the task that writes the client's stdin into `stdin`; `eof` is
-/// written at the end when closing is not possible (a terminal).
-pub fn spawn_stdin_writer<P>(mut stdin: P, eof: Option<u8>) -> mpsc::Sender<Bytes>
+/// written at the end when closing is not possible (a terminal). Dropping
+/// the sender lets the task write what it was given and close; dropping
+/// the [`StdinTask`] ends it at once.
+pub fn spawn_stdin_writer<P>(mut stdin: P, eof: Option<u8>) -> (mpsc::Sender<Bytes>, StdinTask)
 where
     P: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             if stdin.write_all(&chunk).await.is_err() {
                 return;
@@ -157,5 +172,5 @@ where
             let _ = stdin.write_all(&[eof]).await;
         }
     });
-    tx
+    (tx, StdinTask(task.abort_handle()))
 }
