@@ -846,9 +846,11 @@ fn until_file(go: &std::path::Path) -> String {
     )
 }
 
+/// One client may hold half of `max_jobs` (4 here): its third is refused,
+/// and another client still starts one.
 #[test]
-fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
-    let (env, agent) = Env::with_agent_flags(&["--max-jobs", "2"]);
+fn a_job_past_a_clients_share_of_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
+    let (env, agent) = Env::with_agent_flags(&["--max-jobs", "4"]);
     let target = agent.target();
     let go = [env.root.path().join("go1"), env.root.path().join("go2")];
     let first = detach(&env, &target, &until_file(&go[0]));
@@ -859,9 +861,17 @@ fn a_job_past_max_jobs_is_refused_as_busy_and_one_after_an_end_is_accepted() {
     let said = stderr_of(&third);
     assert_eq!(said.lines().count(), 1, "one line: {said:?}");
     assert!(
-        said.contains("busy") && said.contains("2 jobs") && said.contains("max_jobs"),
+        said.contains("busy") && said.contains("2 jobs") && said.contains("half of max_jobs"),
         "{said}"
     );
+    let bob = env.other_client(Some("bob"));
+    let theirs = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &bob)
+        .args(["exec", "--detach", &target, "echo bob"])
+        .output()
+        .unwrap();
+    assert_eq!(theirs.status.code(), Some(0), "{}", stderr_of(&theirs));
     // Nothing of the refused job is kept, and plain execs are not jobs.
     let ids: Vec<String> = listed(&env, &target)
         .iter()

@@ -140,14 +140,34 @@ pub async fn start(
             ),
         )
     })?;
-    let running = store::job_dirs(&state_dir)
-        .iter()
+    let running: Vec<_> = store::job_dirs(&state_dir)
+        .into_iter()
         .filter(|(_, dir)| store::holds_a_place(dir))
-        .count();
-    if running >= settings.max_jobs {
+        .collect();
+    if running.len() >= settings.max_jobs {
         return Err(ErrorReport::new(
             ErrorKind::Busy,
-            format!("the agent already runs {running} jobs, its limit (max_jobs); try again later"),
+            format!(
+                "the agent already runs {} jobs, its limit (max_jobs); try again later",
+                running.len()
+            ),
+        ));
+    }
+    // As for sessions, one key cannot take every place: jobs outlive their
+    // connections, so one that did would shut the others out for as long
+    // as its jobs run.
+    let most = crate::state::max_sessions_per_client(settings.max_jobs);
+    let owner = caller.fingerprint.to_string();
+    let mine = running
+        .iter()
+        .filter(|(id, dir)| store::load(dir, id).is_ok_and(|f| f.record.owner_fingerprint == owner))
+        .count();
+    if mine >= most {
+        return Err(ErrorReport::new(
+            ErrorKind::Busy,
+            format!(
+                "this client already runs {mine} jobs here, the most one client may (half of max_jobs); try again later"
+            ),
         ));
     }
     let id = &request.id;
