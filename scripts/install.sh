@@ -137,6 +137,10 @@ step "installed the man pages in $mandir and ctl's completions for bash, zsh and
 
 # The units name /usr/bin/rexec-agent, where the Debian package puts it;
 # point them at the prefix.
+# Units there already: an upgrade, which leaves them enabled or disabled
+# as the admin has them (`systemctl disable --now rexec-agent.socket` to
+# listen on agent.toml's addresses stays so).
+if [ -e "$unitdir/rexec-agent.service" ]; then upgrade=yes; else upgrade=no; fi
 for unit in rexec-agent.service rexec-agent.socket; do
     sed "s|/usr/bin/rexec-agent|$prefix/bin/rexec-agent|g" "$repo/systemd/$unit" >"$unitdir/$unit.tmp"
     chmod 0644 "$unitdir/$unit.tmp"
@@ -160,11 +164,14 @@ else
     step "created the agent identity in $confdir"
 fi
 
-if [ "$use_systemctl" = yes ]; then
+if [ "$use_systemctl" = yes ] && [ "$upgrade" = yes ]; then
+    systemctl daemon-reload
+    # The running agent picks up the new binary.
+    systemctl try-restart rexec-agent.service
+    step "upgraded: the units stay enabled or disabled as they were; a running agent was restarted"
+elif [ "$use_systemctl" = yes ]; then
     systemctl daemon-reload
     systemctl enable --now rexec-agent.socket rexec-agent.service
-    # An upgrade: the running agent picks up the new binary.
-    systemctl try-restart rexec-agent.service
     step "enabled and started rexec-agent.socket and rexec-agent.service"
 else
     step "$why: not running systemctl; to start the agent on the target machine:"

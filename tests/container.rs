@@ -72,6 +72,7 @@ fn agent_under_a_real_systemd_passes_every_check() {
     let mut expected = vec![
         "PASS systemctl restart gives a running command shutdown_grace, then kills it",
         "PASS a detached job survives systemctl restart in a scope of its own",
+        "PASS install.sh again (an upgrade) keeps the socket disabled as the admin left it",
         "PASS install.sh uninstall --purge leaves nothing behind",
     ];
     if deb.is_some() {

@@ -248,6 +248,25 @@ check_disabling_the_socket_opts_out_of_socket_activation() {
         { journalctl -u rexec-agent -o cat -n 20 --no-pager; return 1; }
 }
 
+check_an_upgrade_keeps_the_socket_disabled_as_the_admin_left_it() {
+    local out
+    systemctl disable --now rexec-agent.socket 2>/dev/null || { echo "disable failed"; return 1; }
+    systemctl restart rexec-agent.service || { echo "restart failed"; return 1; }
+    "$src/scripts/install.sh" --from "$bin" >/root/upgrade.log 2>&1 || { cat /root/upgrade.log; return 1; }
+    grep -q '^install.sh: upgraded: the units stay enabled or disabled as they were' /root/upgrade.log ||
+        { cat /root/upgrade.log; return 1; }
+    [ "$(systemctl is-enabled rexec-agent.socket)" = disabled ] ||
+        { echo "socket is $(systemctl is-enabled rexec-agent.socket) after the upgrade"; return 1; }
+    [ "$(systemctl is-active rexec-agent.service)" = active ] || { echo "service not active"; return 1; }
+    out=$(ctl_as alice 'echo served-after-the-upgrade') || { echo "ctl exec failed: $out"; return 1; }
+    expect_audit 'echo served-after-the-upgrade'
+    # As before, for the checks that follow.
+    systemctl stop rexec-agent.service
+    systemctl enable --now rexec-agent.socket 2>/dev/null || return 1
+    systemctl start rexec-agent.service || return 1
+    check_service_and_socket_are_active
+}
+
 check_journal_has_one_audit_line_per_exec_without_own_timestamps() {
     local lines cmd n
     lines=$(journalctl -u rexec-agent -o cat | grep ' exec peer=')
@@ -408,6 +427,7 @@ if [ "$failed" = 0 ]; then
     check "kill -9 of the agent: restarted, no command left" check_kill_9_of_the_agent_restarts_it_and_leaves_no_command
     check "systemctl stop, then a connection starts the agent again" check_stop_then_a_connection_starts_the_agent_again
     check "socket disabled: the agent listens itself; enabled, the socket is back" check_disabling_the_socket_opts_out_of_socket_activation
+    check "install.sh again (an upgrade) keeps the socket disabled as the admin left it" check_an_upgrade_keeps_the_socket_disabled_as_the_admin_left_it
     check "journal: one audit line per exec, systemd's timestamps only" check_journal_has_one_audit_line_per_exec_without_own_timestamps
     check "a detached job survives systemctl restart in a scope of its own" check_a_detached_job_survives_systemctl_restart
 fi
