@@ -548,7 +548,7 @@ fn a_clients_file_made_writable_while_running_grants_nothing_new() {
     let said = "writable by group and others (mode 0666)";
     let line = agent.wait_for_log(said).expect("said why");
     assert!(
-        line.contains("keeping the 1 clients authorized before"),
+        line.contains("keeping the 1 client authorized before"),
         "{line}"
     );
     assert_eq!(agent.log().matches(said).count(), 1, "one line per change");
@@ -1072,5 +1072,20 @@ fn a_zero_handshake_timeout_is_refused_at_start() {
     assert_eq!(
         stderr_of(&out),
         "rexec-agent: error: handshake_timeout is 0s, within which no client can connect: give it a length (default 5s)\n"
+    );
+    let config = env.root.path().join("empty-dir.toml");
+    std::fs::write(&config, "dir = \"\"\n").unwrap();
+    let out = Command::new(bin("rexec-agent"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--check"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    assert!(
+        stderr_of(&out).starts_with("rexec-agent: error: the agent's directory is empty"),
+        "{}",
+        stderr_of(&out)
     );
 }

@@ -409,16 +409,19 @@ impl AuthorizedClients {
                     .filter(|c| listed.iter().any(|l| l.fingerprint == c.fingerprint))
                     .cloned()
                     .collect();
+                let clients = match kept.len() {
+                    1 => "the 1 client".to_owned(),
+                    n => format!("the {n} clients"),
+                };
                 tracing::warn!(
-                    "{untrusted}; keeping the {} clients authorized before that it still lists, and no other, until it is fixed",
-                    kept.len()
+                    "{untrusted}; keeping {clients} authorized before that it still lists, and no other, until it is fixed"
                 );
                 kept
             }
             Reading::Unreadable(e) => {
                 tracing::warn!(
                     file = %self.path.display(),
-                    error = %e,
+                    error = %rexec_protocol::plain::io_error(&e),
                     "cannot read authorized clients file; no client is authorized"
                 );
                 Vec::new()

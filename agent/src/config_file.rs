@@ -481,7 +481,8 @@ impl ConfigFile {
                 .span()
                 .map(|span| line_and_column(text, span.start))
                 .unwrap_or((1, 1));
-            let message = error.message().trim_end();
+            let message = plain_expectation(error.message().trim_end());
+            let message = message.as_str();
             let problem = match key {
                 Some(key) => format!("bad value for `{key}`: {message}"),
                 None if message.starts_with("unknown field") => {
@@ -637,6 +638,43 @@ pub fn limit(max_timeout: Duration) -> Option<Duration> {
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
+/// A value error in our words: what serde expects is named by Rust types
+/// (`a nonzero usize`, `u64`, `a sequence`), which an admin editing a
+/// config file should not have to read.
+fn plain_expectation(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        (" as i128", ""),
+        (" as u128", ""),
+        (
+            "expected a nonzero usize",
+            "expected a whole number from 1 up",
+        ),
+        (
+            "expected a nonzero u64",
+            "expected a whole number from 1 up",
+        ),
+        (
+            "expected a nonzero u32",
+            "expected a whole number from 1 up",
+        ),
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a table"),
+        ("expected path string", "expected a path"),
+        ("invalid type: ", ""),
+        ("invalid value: ", ""),
+    ];
+    let mut message = message.to_owned();
+    for (rust, ours) in WORDS {
+        message = message.replace(rust, ours);
+    }
+    message
+}
+
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -898,6 +936,37 @@ mod tests {
     }
 
     #[test]
+    fn value_errors_name_no_rust_types() {
+        for text in [
+            "max_sessions = \"5\"\n",
+            "max_sessions = 0\n",
+            "max_sessions = 99999999999999999999999\n",
+            "max_copy_bytes = \"x\"\n",
+            "[run_as]\nalice = 3\n",
+            "run_as = 3\n",
+            "dir = 5\n",
+        ] {
+            let e = error(text);
+            for rust in [
+                "usize",
+                "u64",
+                "i128",
+                "sequence",
+                "map",
+                "path string",
+                "invalid type",
+            ] {
+                assert!(!e.contains(rust), "{text:?}: {e}");
+            }
+        }
+        assert!(
+            error("max_sessions = 0\n").ends_with("expected a whole number from 1 up"),
+            "{}",
+            error("max_sessions = 0\n")
+        );
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         let file = parse("# nothing set\n").unwrap();
         assert_eq!(file, ConfigFile::default());
@@ -1076,7 +1145,7 @@ ops = ["*"]
             "\nmax_execs_per_client = 0\n",
             "/etc/rexec/agent.toml:2:24: bad value for `max_execs_per_client`",
         );
-        assert!(e.contains("nonzero"), "{e}");
+        assert!(e.contains("from 1 up"), "{e}");
     }
 
     #[test]

@@ -167,13 +167,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // clap's first line says what is wrong; the usage block after it
-            // is what --help is for.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad usage");
+            // clap's first paragraph says what is wrong; the usage block
+            // after it is what --help is for.
             eprintln!(
                 "rexec-agent: {} (see rexec-agent --help)",
-                first.strip_prefix("error: ").unwrap_or(first)
+                rexec_protocol::plain::usage_message(&e.render().to_string())
             );
             return ExitCode::from(2);
         }
@@ -414,6 +412,11 @@ fn validate(resolved: &Resolved) -> anyhow::Result<()> {
         bail!(
             "the shell {} does not exist or is not an executable file (see `shell` in the config file or --shell)",
             shell.display()
+        );
+    }
+    if resolved.settings.dir.as_os_str().is_empty() {
+        bail!(
+            "the agent's directory is empty (`dir` in the config file, or --dir): give a path such as /etc/rexec"
         );
     }
     if resolved.settings.handshake_timeout.is_zero() {

@@ -70,7 +70,7 @@ pub(crate) fn spawn<S>(
 /// Why a session ended before its request was carried out.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", rexec_protocol::plain::io_error(.0))]
     Handshake(std::io::Error),
     #[error("client did not finish the handshake and request within {0:?}")]
     HandshakeTimeout(std::time::Duration),

@@ -522,22 +522,7 @@ pub fn command_line(words: &[String]) -> Result<String, CtlError> {
 /// clap's message for bad usage as our one line: its first line without
 /// the `error:` tag, then where to look (clap adds a usage block and tips).
 pub fn usage_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    // The message is the first paragraph (a list of missing arguments
-    // continues it on indented lines); the usage block and tips follow.
-    let message: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| l.is_empty())
-        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("tip:"))
-        .collect();
-    let message = message.join(" ");
-    let message = message.strip_prefix("error:").unwrap_or(&message).trim();
-    let message = if message.is_empty() {
-        "bad usage"
-    } else {
-        message
-    };
+    let message = rexec_protocol::plain::usage_message(&e.render().to_string());
     format!("{message} (see ctl --help)")
 }
 

@@ -7,56 +7,11 @@
 //! string) could carry escape sequences that retitle the terminal or forge
 //! a `ctl:` line, so it goes through [`agent_text`] before it is shown.
 
-use std::io;
-
 use rexec_protocol::{FrameError, IdentityError};
 
 pub use rexec_protocol::plain::agent_text;
 
-/// What went wrong with a file, a socket or a pipe, in a few plain words;
-/// a TLS failure in TLS's own terms.
-pub fn io_error(e: &io::Error) -> String {
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return tls_error(tls);
-    }
-    rexec_protocol::plain::io_error(e)
-}
-
-/// What went wrong in TLS, in plain words.
-pub fn tls_error(e: &rustls::Error) -> String {
-    use rustls::Error as E;
-    match e {
-        E::AlertReceived(alert) => format!(
-            "the other side ended the TLS session ({})",
-            alert_words(*alert)
-        ),
-        E::InvalidCertificate(_) | E::NoCertificatesPresented => {
-            "the certificate presented is not acceptable".to_owned()
-        }
-        E::PeerIncompatible(_) => {
-            "the other side does not speak TLS 1.3 with the algorithms we use".to_owned()
-        }
-        E::DecryptError => "TLS data did not decrypt (corrupted or forged)".to_owned(),
-        _ => "the TLS session broke (the other side did not follow the protocol)".to_owned(),
-    }
-}
-
-fn alert_words(alert: rustls::AlertDescription) -> &'static str {
-    use rustls::AlertDescription as A;
-    match alert {
-        A::AccessDenied | A::CertificateRequired | A::BadCertificate => {
-            "our certificate was refused"
-        }
-        A::HandshakeFailure => "handshake failure",
-        A::ProtocolVersion => "unsupported protocol version",
-        A::DecryptError | A::BadRecordMac => "decryption failed",
-        A::InternalError => "internal error",
-        _ => "alert",
-    }
-}
+pub use rexec_protocol::plain::{io_error, tls_error};
 
 /// What went wrong reading or writing frames, in plain words.
 pub fn frame_error(e: &FrameError) -> String {
@@ -92,6 +47,7 @@ pub fn identity_error(e: &IdentityError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[test]
     fn a_tls_failure_under_an_io_error_is_said_in_tls_terms() {

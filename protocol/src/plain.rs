@@ -21,9 +21,16 @@ pub fn agent_text(text: &str) -> String {
     out
 }
 
-/// What went wrong with a file, a socket or a pipe, in a few plain words.
+/// What went wrong with a file, a socket or a pipe, in a few plain words;
+/// a TLS failure in TLS's own terms.
 pub fn io_error(e: &io::Error) -> String {
     use io::ErrorKind as K;
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return tls_error(tls);
+    }
     let words = match e.kind() {
         K::NotFound => "no such file or directory",
         K::PermissionDenied => "permission denied",
@@ -50,6 +57,42 @@ pub fn io_error(e: &io::Error) -> String {
         _ => return other_io_error(e),
     };
     words.to_owned()
+}
+
+/// What went wrong in TLS, in plain words.
+pub fn tls_error(e: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match e {
+        E::AlertReceived(alert) => format!(
+            "the other side ended the TLS session ({})",
+            alert_words(*alert)
+        ),
+        E::InvalidCertificate(rustls::CertificateError::BadSignature) => {
+            "the signature does not match the certificate presented (not its key)".to_owned()
+        }
+        E::InvalidCertificate(_) | E::NoCertificatesPresented => {
+            "the certificate presented is not acceptable".to_owned()
+        }
+        E::PeerIncompatible(_) => {
+            "the other side does not speak TLS 1.3 with the algorithms we use".to_owned()
+        }
+        E::DecryptError => "TLS data did not decrypt (corrupted or forged)".to_owned(),
+        _ => "the TLS session broke (the other side did not follow the protocol)".to_owned(),
+    }
+}
+
+fn alert_words(alert: rustls::AlertDescription) -> &'static str {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::AccessDenied | A::CertificateRequired | A::BadCertificate => {
+            "our certificate was refused"
+        }
+        A::HandshakeFailure => "handshake failure",
+        A::ProtocolVersion => "unsupported protocol version",
+        A::DecryptError | A::BadRecordMac => "decryption failed",
+        A::InternalError => "internal error",
+        _ => "alert",
+    }
 }
 
 fn other_io_error(e: &io::Error) -> String {
@@ -80,9 +123,60 @@ fn lower_first(text: &str) -> String {
     }
 }
 
+/// A command line parser's message for bad usage (clap's, rendered) as
+/// one line of ours: its first paragraph without the `error:` tag (a list
+/// of missing arguments continues it on indented lines; the usage block
+/// and tips follow), with Rust's words for a bad number in plain ones.
+pub fn usage_message(rendered: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        (
+            "number would be zero for non-zero type",
+            "it must be 1 or more",
+        ),
+        ("invalid digit found in string", "not a whole number"),
+        ("number too large to fit in target type", "too large"),
+        ("cannot parse integer from empty string", "empty"),
+    ];
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("tip:"))
+        .collect();
+    let joined = lines.join(" ");
+    let mut message = joined
+        .strip_prefix("error:")
+        .unwrap_or(&joined)
+        .trim()
+        .to_owned();
+    for (rust, ours) in WORDS {
+        message = message.replace(rust, ours);
+    }
+    if message.is_empty() {
+        "bad usage".to_owned()
+    } else {
+        message
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_messages_are_one_line_without_rusts_words() {
+        let missing = "error: the following required arguments were not provided:\n  <FINGERPRINT>\n\nUsage: rexec-agent authorize <FINGERPRINT>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_message(missing),
+            "the following required arguments were not provided: <FINGERPRINT>"
+        );
+        let zero = "error: invalid value '0' for '--max-sessions <N>': number would be zero for non-zero type\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_message(zero),
+            "invalid value '0' for '--max-sessions <N>': it must be 1 or more"
+        );
+        assert_eq!(usage_message(""), "bad usage");
+    }
 
     #[test]
     fn agent_text_cannot_move_the_cursor_or_start_a_line() {
