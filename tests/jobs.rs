@@ -576,15 +576,7 @@ fn another_client_gets_no_such_job_and_an_admin_sees_it() {
         Some(0)
     );
     let bob = env.other_client(Some("bob"));
-    let as_bob = |args: &[&str]| {
-        let mut all = vec!["job"];
-        all.extend_from_slice(args);
-        env.ctl()
-            .env("REXEC_CONFIG_DIR", &bob)
-            .args(all)
-            .output()
-            .unwrap()
-    };
+    let as_bob = |args: &[&str]| job_as(&env, &bob, args);
     let list = as_bob(&["list", "--json", &agent.target()]);
     assert_eq!(
         (list.status.code(), stdout_of(&list)),
@@ -598,25 +590,37 @@ fn another_client_gets_no_such_job_and_an_admin_sees_it() {
         assert_failed_saying(&none, 255, &format!("no such job: {unknown}"));
     }
     // A second client of this env's own, authorized as "ops".
-    let ops = env.root.path().join("ops");
-    let keygen = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", &ops)
-        .arg("keygen")
-        .output()
-        .unwrap();
-    env.authorize(stdout_of(&keygen).trim(), "ops");
-    std::fs::copy(env.ctl_dir.join("known_hosts"), ops.join("known_hosts")).unwrap();
-    let out = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", &ops)
-        .args(["job", "output", &agent.target(), &id])
-        .output()
-        .unwrap();
+    let ops = second_client(&env, "ops");
+    let out = job_as(&env, &ops, &["output", &agent.target(), &id]);
     assert_eq!(
         (out.status.code(), stdout_of(&out)),
         (Some(0), "mine\n".into())
     );
+}
+
+/// A second client of `env`'s own, authorized as `name` and knowing the
+/// same hosts: its config directory.
+fn second_client(env: &Env, name: &str) -> std::path::PathBuf {
+    let dir = env.root.path().join(name);
+    let keygen = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &dir)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    env.authorize(stdout_of(&keygen).trim(), name);
+    std::fs::copy(env.ctl_dir.join("known_hosts"), dir.join("known_hosts")).unwrap();
+    dir
+}
+
+/// `ctl job ARGS…` as the client whose config directory is `dir`.
+fn job_as(env: &Env, dir: &std::path::Path, args: &[&str]) -> Output {
+    env.ctl()
+        .env("REXEC_CONFIG_DIR", dir)
+        .arg("job")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -1313,24 +1317,8 @@ fn a_job_whose_record_is_damaged_is_an_admins_to_forget_and_goes_in_time() {
     let env = Env::new();
     env.write_agent_config("[jobs]\nadmins = [\"ops\"]\n");
     let agent = env.agent_with(&["--job-retention", "5s"]);
-    let ops = env.root.path().join("ops");
-    let keygen = env
-        .ctl()
-        .env("REXEC_CONFIG_DIR", &ops)
-        .arg("keygen")
-        .output()
-        .unwrap();
-    env.authorize(stdout_of(&keygen).trim(), "ops");
-    std::fs::copy(env.ctl_dir.join("known_hosts"), ops.join("known_hosts")).unwrap();
-    let as_ops = |args: &[&str]| {
-        let mut all = vec!["job"];
-        all.extend_from_slice(args);
-        env.ctl()
-            .env("REXEC_CONFIG_DIR", &ops)
-            .args(all)
-            .output()
-            .unwrap()
-    };
+    let ops = second_client(&env, "ops");
+    let as_ops = |args: &[&str]| job_as(&env, &ops, args);
     let forgotten = detach(&env, &agent.target(), "echo one");
     let left = detach(&env, &agent.target(), "echo two");
     let jobs_dir = env.agent_dir.join("jobs");

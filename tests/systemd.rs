@@ -274,14 +274,21 @@ fn agent_says_ready_after_listening_and_stopping_on_sigterm() {
     assert_eq!(states, ["READY=1", "STOPPING=1"], "{:?}", notify.received);
 }
 
-#[test]
-fn status_line_counts_running_sessions() {
-    let env = Env::new();
+/// An agent of `env` notifying a socket of ours as systemd's, ready
+/// (READY=1 received), listening and trusted by ctl.
+fn ready_agent(env: &Env) -> (NotifySocket, Agent) {
     let mut notify = NotifySocket::new(env.root.path());
     let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
     notify.wait_for("READY=1").expect("READY=1");
     agent.wait_listening();
     env.trust(&agent);
+    (notify, agent)
+}
+
+#[test]
+fn status_line_counts_running_sessions() {
+    let env = Env::new();
+    let (mut notify, agent) = ready_agent(&env);
 
     let sleep = unique_sleep(600);
     let mut ctl = env
@@ -325,11 +332,7 @@ fn status_line_counts_running_sessions() {
 #[test]
 fn the_status_line_says_stopping_until_the_last_session_ends() {
     let env = Env::new();
-    let mut notify = NotifySocket::new(env.root.path());
-    let mut agent = Agent::spawn(notify.agent_command(&env.agent_dir));
-    notify.wait_for("READY=1").expect("READY=1");
-    agent.wait_listening();
-    env.trust(&agent);
+    let (mut notify, mut agent) = ready_agent(&env);
     // Two sessions, which end a second and a few seconds after the stop:
     // the count changes while the agent is stopping.
     let mut ctls: Vec<_> = ["sleep 1", "sleep 4"]
