@@ -228,3 +228,36 @@ fn a_source_answer_is_kept_for_its_cache_time() {
     let asked = std::fs::read_to_string(&runs).expect("runs");
     assert_eq!(asked.lines().count(), 2, "one run per group");
 }
+
+/// ctl raises its soft limit on open files to the hard one (a wide
+/// fan-out holds a connection per host), and what it starts, a source's
+/// command here, gets back the limit ctl was started with.
+#[test]
+fn ctl_raises_its_open_files_limit_and_a_source_gets_the_original() {
+    let env = Env::new();
+    let seen = env.root.path().join("seen");
+    with_source(
+        &env,
+        "probe",
+        &format!(
+            "map = 'ulimit -Sn > \"{p}\"; grep \"^Max open files\" /proc/$PPID/limits >> \"{p}\"; echo 127.0.0.2'",
+            p = seen.display()
+        ),
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+        .arg(crate::util::bin("ctl"))
+        .args(["hosts", "@probe:x"])
+        .env("REXEC_CONFIG_DIR", &env.ctl_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), Some("512"), "{seen}");
+    let limits: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    // "Max open files SOFT HARD files"
+    assert_eq!(limits.get(3), limits.get(4), "ctl's own limit: {seen}");
+    assert_ne!(limits.get(3), Some(&"512"), "ctl's own limit: {seen}");
+}

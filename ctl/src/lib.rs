@@ -35,6 +35,7 @@ pub mod fanout;
 pub mod host;
 pub mod inventory;
 pub mod known_hosts;
+pub mod limits;
 pub mod liveness;
 pub mod nodeset;
 pub mod outcome;
@@ -70,6 +71,7 @@ fn parse() -> Result<Cli, clap::Error> {
 
 /// Runs ctl with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
+    limits::raise_open_files();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

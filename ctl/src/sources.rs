@@ -215,6 +215,7 @@ impl GroupSource {
         if let Some(group) = group {
             shell.env("GROUP", group);
         }
+        crate::limits::start_with_the_original_limit(&mut shell);
         let mut child = shell.spawn().map_err(|e| SourceError::Spawn {
             name: self.name.clone(),
             reason: crate::plain::io_error(&e),
