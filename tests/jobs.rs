@@ -22,6 +22,17 @@ fn job_id(out: &Output, code: i32) -> String {
     id
 }
 
+/// `ctl job ARGS…` started, stdout and stderr piped.
+fn spawn_job(env: &Env, args: &[&str]) -> std::process::Child {
+    env.ctl()
+        .arg("job")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn job(env: &Env, args: &[&str]) -> Output {
     let mut all = vec!["job"];
     all.extend_from_slice(args);
@@ -180,13 +191,7 @@ fn output_follow_from_the_middle_of_a_job_sees_the_rest_live() {
         sh_wait_for(&go)
     );
     let id = detach(&env, &agent.target(), &command);
-    let mut follow = env
-        .ctl()
-        .args(["job", "output", "--follow", &agent.target(), &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follow = spawn_job(&env, &["output", "--follow", &agent.target(), &id]);
     let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
@@ -241,16 +246,8 @@ fn wait_and_follow_ride_over(signal: &str, why: &str) {
         go.display()
     );
     let id = detach(&env, &target, &command);
-    let spawn = |args: &[&str]| {
-        env.ctl()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut follow = spawn(&["job", "output", "--follow", &target, &id]);
-    let wait = spawn(&["job", "wait", &target, &id]);
+    let mut follow = spawn_job(&env, &["output", "--follow", &target, &id]);
+    let wait = spawn_job(&env, &["wait", &target, &id]);
     let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
@@ -1273,13 +1270,7 @@ fn a_follower_that_falls_behind_is_told_of_every_byte_dropped() {
         &agent.target(),
         &format!("sleep 1; cat '{}'", file.display()),
     );
-    let mut follower = env
-        .ctl()
-        .args(["job", "output", "--follow", &agent.target(), &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = spawn_job(&env, &["output", "--follow", &agent.target(), &id]);
     // Not read until the job has written it all: ctl blocks on its stdout,
     // the agent on the connection, and the job's oldest output goes.
     assert!(wait_until(DEADLINE, || {

@@ -133,9 +133,10 @@ pub struct ClientSessions {
     held: Mutex<HashMap<Fingerprint, usize>>,
 }
 
-/// The most sessions one client key may hold, for `max_sessions`.
-pub fn max_sessions_per_client(max_sessions: usize) -> usize {
-    max_sessions.div_ceil(2)
+/// The most one client key may hold of `limit` places (sessions, jobs):
+/// half, so that one key cannot shut the others out.
+pub fn one_clients_share(limit: usize) -> usize {
+    limit.div_ceil(2)
 }
 
 /// A session's place: one of the agent's and one of its client's, both
@@ -205,7 +206,7 @@ impl Startup {
         if !self.ticket.finish() {
             return Err(NotAdmitted::GaveWay);
         }
-        let most = max_sessions_per_client(self.max_sessions);
+        let most = one_clients_share(self.max_sessions);
         let mut held = self
             .client_sessions
             .held

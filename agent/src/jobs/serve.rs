@@ -370,17 +370,12 @@ fn audit_request(caller: &Caller, found: &Found, request: &str) {
 /// What a job whose record cannot be read is listed as: started, as far
 /// as anyone can tell, when its directory last changed.
 fn damaged_summary(id: &JobId, dir: &std::path::Path, damage: &store::Damage) -> JobSummary {
-    let changed = std::fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64);
     JobSummary {
         id: id.clone(),
         state: rexec_protocol::JobState::Damaged,
         command: String::new(),
         owner: String::new(),
-        started_ms: changed,
+        started_ms: store::changed_ms(dir).unwrap_or(0),
         ended_ms: None,
         stdout_bytes: 0,
         stderr_bytes: 0,

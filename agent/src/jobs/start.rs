@@ -153,10 +153,9 @@ pub async fn start(
             ),
         ));
     }
-    // As for sessions, one key cannot take every place: jobs outlive their
-    // connections, so one that did would shut the others out for as long
-    // as its jobs run.
-    let most = crate::state::max_sessions_per_client(settings.max_jobs);
+    // As for sessions: jobs outlive their connections, so a key that took
+    // every place would shut the others out for as long as its jobs run.
+    let most = crate::state::one_clients_share(settings.max_jobs);
     let owner = caller.fingerprint.to_string();
     let mine = running
         .iter()

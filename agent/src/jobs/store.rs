@@ -187,6 +187,13 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// When `path` last changed, in milliseconds since the Unix epoch.
+pub fn changed_ms(path: &Path) -> Option<u64> {
+    let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    let since = changed.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since.as_millis() as u64)
+}
+
 /// Whether the runner of the job in `dir` still lives: it holds the lock.
 pub fn runner_alive(dir: &Path) -> bool {
     let Ok(file) = std::fs::File::open(dir.join(LOCK)) else {
@@ -282,13 +289,7 @@ impl Found {
             // the status file's last change: a runner writes it when the
             // command starts, so a job lost after a week would count as
             // ended a week ago (and be past its retention at once).
-            _ => Some(
-                std::fs::metadata(self.dir.join(END_LOGGED))
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or_else(super::now_ms, |d| d.as_millis() as u64),
-            ),
+            _ => Some(changed_ms(&self.dir.join(END_LOGGED)).unwrap_or_else(super::now_ms)),
         }
     }
 
