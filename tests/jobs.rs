@@ -1226,6 +1226,41 @@ fn the_oldest_ended_jobs_make_room_under_max_kept_job_bytes() {
     assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
 }
 
+/// Room under `max_kept_job_bytes` comes first from the client whose jobs
+/// hold the most: one that starts and ends jobs removes its own results,
+/// not another client's older ones. Before, the oldest ended job went
+/// whoever owned it, so any client could remove every other's results.
+#[test]
+fn room_under_max_kept_job_bytes_is_made_from_the_client_holding_the_most() {
+    let (env, agent) = Env::with_agent_flags(&["--max-kept-job-bytes", "1000000"]);
+    let target = agent.target();
+    let bob = env.other_client(Some("bob"));
+    let started = env
+        .ctl()
+        .env("REXEC_CONFIG_DIR", &bob)
+        .args(["exec", "--detach", &target, "head -c 300000 /dev/zero"])
+        .output()
+        .unwrap();
+    let bobs = job_id(&started, 0);
+    let waited = job_as(&env, &bob, &["wait", &target, &bobs]);
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        let id = detach(&env, &target, "head -c 400000 /dev/zero");
+        let waited = job(&env, &["wait", &target, &id]);
+        assert_eq!(waited.status.code(), Some(0), "{}", stderr_of(&waited));
+        mine.push(id);
+    }
+    // 1.1 MB kept; bob's job is the oldest, this client's hold the most.
+    let third = detach(&env, &target, "echo third");
+    let kept = listed_ids(&env, &target);
+    assert!(!kept.contains(&mine[0]), "{kept:?}");
+    assert!(kept.contains(&mine[1]) && kept.contains(&third), "{kept:?}");
+    let out = job_as(&env, &bob, &["output", &target, &bobs]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(out.stdout.len(), 300_000, "bob's result is kept whole");
+}
+
 /// A job's command gets the signals an exec's command gets: the runner
 /// outlives SIGINT, SIGHUP and SIGQUIT, but does not hand them on ignored,
 /// so `kill -INT`, `timeout -s INT` and a daemon's SIGHUP reload work in a

@@ -125,8 +125,9 @@ pub struct ConfigFile {
     #[arg(long, value_parser = crate::config::parse_duration)]
     #[serde(with = "text_opt")]
     pub job_retention: Option<Duration>,
-    /// The most bytes all kept jobs may hold; a new job first removes the
-    /// oldest ended ones past it [default: a tenth of the state
+    /// The most bytes all kept jobs may hold; a new job first removes ended
+    /// ones past it, the oldest of the client holding the most first
+    /// [default: a tenth of the state
     /// directory's file system, at most 4294967296].
     #[arg(long)]
     pub max_kept_job_bytes: Option<NonZeroU64>,

@@ -10,6 +10,7 @@
 //! systemd does not run the agent, a session of its own is enough: the
 //! agent's death, Ctrl-C on its terminal and the keeper do not reach it.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -58,9 +59,14 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Makes room under the kept-bytes bound before a job starts, as journald
-/// does for its files: while the jobs kept hold more, the oldest ended
-/// ones are removed (each audited as ended first, if it was not yet).
+/// Makes room under the kept-bytes bound before a job starts: while the
+/// jobs kept hold more, ended ones are removed (each audited as ended
+/// first, if it was not yet), the oldest of the client whose jobs hold
+/// the most bytes first. So a client that starts and ends jobs removes
+/// its own results before anyone else's, and another client's are
+/// touched only once theirs hold more (oldest first across all clients,
+/// as journald does with its files, would let one client remove every
+/// other client's results by starting small jobs).
 /// Only a job whose runner recorded its end and is gone is removed: a lost
 /// job keeps the record of its command's process group for `ctl job
 /// kill`. When the jobs that cannot be removed hold more on their own, the
@@ -71,18 +77,25 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn make_room(state: &AgentState, state_dir: &Path) -> Result<(), ErrorReport> {
     let bound = kept_bound(&state.settings.jobs, state_dir);
     let (mut total, mut kept) = (0u64, 0u64);
+    // The bytes each owner's jobs hold, running or ended.
+    let mut held: HashMap<String, u64> = HashMap::new();
     let mut removable = Vec::new();
     for (id, dir) in store::job_dirs(state_dir) {
         let bytes = dir_bytes(&dir);
         total = total.saturating_add(bytes);
         match store::load(&dir, &id) {
-            Ok(found)
-                if !found.alive
-                    && matches!(&found.status, Ok(Some(status)) if status.end.is_some()) =>
-            {
-                removable.push((found.ended_ms().unwrap_or(0), id, bytes, found));
+            Ok(found) => {
+                let owner = found.record.owner_fingerprint.clone();
+                let theirs = held.entry(owner.clone()).or_default();
+                *theirs = theirs.saturating_add(bytes);
+                if !found.alive && matches!(&found.status, Ok(Some(status)) if status.end.is_some())
+                {
+                    removable.push((found.ended_ms().unwrap_or(0), owner, id, bytes, found));
+                } else {
+                    kept = kept.saturating_add(bytes);
+                }
             }
-            _ => kept = kept.saturating_add(bytes),
+            Err(_) => kept = kept.saturating_add(bytes),
         }
     }
     if total <= bound {
@@ -98,14 +111,26 @@ fn make_room(state: &AgentState, state_dir: &Path) -> Result<(), ErrorReport> {
         ));
     }
     removable.sort_by_key(|(when, ..)| *when);
-    for (_, id, bytes, found) in removable {
-        if total <= bound {
+    let why = format!("the jobs kept held more than max_kept_job_bytes ({bound})");
+    while total > bound {
+        // The oldest ended job of the owner holding the most (the first
+        // of theirs in end order; `max_by_key` keeps the last of equals,
+        // so the reversed index picks the oldest).
+        let Some(next) = removable
+            .iter()
+            .enumerate()
+            .max_by_key(|(at, (_, owner, ..))| (held.get(owner).copied(), std::cmp::Reverse(*at)))
+            .map(|(at, _)| at)
+        else {
             break;
-        }
+        };
+        let (_, owner, id, bytes, found) = removable.remove(next);
         super::watch::log_end(&state.jobs, &found, &found.summary());
-        let why = format!("the jobs kept held more than max_kept_job_bytes ({bound})");
         if super::watch::remove_old(&id, &found.dir, &why) {
             total -= bytes;
+        }
+        if let Some(theirs) = held.get_mut(&owner) {
+            *theirs = theirs.saturating_sub(bytes);
         }
     }
     Ok(())
