@@ -125,11 +125,24 @@ async fn length_prefix_of_4_gib_is_refused_before_allocation() {
 async fn garbage_and_unknown_frames_inside_tls_are_refused() {
     let (env, agent) = Env::with_agent();
     let random = random_bytes(4096, 11);
-    let cases: [(&[u8], &str); 3] = [
+    // Each in our words: bincode's own are its errors' Debug form
+    // ("UnexpectedEnd { additional: 3 }"), serde's name its internals.
+    let unknown = "malformed message: it holds a kind or value this version does not know";
+    let cases: [(&[u8], &str); 5] = [
         // A well-formed frame whose body is no message.
-        (&[0, 0, 0, 3, 0xee, 0xee, 0xee], "malformed message"),
+        (&[0, 0, 0, 3, 0xee, 0xee, 0xee], unknown),
         // Variant 200 of the client's messages does not exist.
-        (&[0, 0, 0, 1, 200], "malformed message"),
+        (&[0, 0, 0, 1, 200], unknown),
+        // 251 announces a two-byte number that is not there.
+        (
+            &[0, 0, 0, 1, 251],
+            "malformed message: it ends before its last field",
+        ),
+        // 255 is no number's form.
+        (
+            &[0, 0, 0, 1, 255],
+            "malformed message: a number in it is not encoded as one",
+        ),
         // Noise: its first four bytes announce a frame far too large.
         (&random, "frame of"),
     ];
@@ -140,6 +153,7 @@ async fn garbage_and_unknown_frames_inside_tls_are_refused() {
         raw.send_raw(bytes).await;
         let why = last_error(&raw.read_to_end().await, ErrorKind::Protocol);
         assert!(why.contains(expected), "{expected:?}: {why}");
+        assert!(!why.contains('{') && !why.contains("variant"), "{why}");
         assert!(
             wait_until(DEADLINE, || agent.log().matches(expected).count() > before),
             "{expected:?} for {:?}: {}",
@@ -148,6 +162,28 @@ async fn garbage_and_unknown_frames_inside_tls_are_refused() {
         );
         still_serves(&env, &agent);
     }
+}
+
+/// A client gone without TLS's goodbye, in the middle of a frame: the
+/// agent's line is in our words (it quoted rustls's, with its web address,
+/// behind "connection error: connection error:").
+#[tokio::test]
+async fn a_client_gone_without_a_tls_goodbye_is_logged_in_our_words() {
+    let (env, agent, mut raw) = RawClient::to_a_new_agent().await;
+    raw.send(vec![hello()]).await;
+    raw.send_raw(&[0, 0, 0, 100, b'a', b'b', b'c']).await;
+    drop(raw);
+    let line = agent.wait_for_log("session ended").expect("logged");
+    assert!(
+        line.contains("the other side closed the connection"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("://") && !line.contains("close_notify"),
+        "{line}"
+    );
+    assert_eq!(line.matches("connection error").count(), 1, "{line}");
+    still_serves(&env, &agent);
 }
 
 /// Garbage in the middle of a running exec: the agent answers with a
@@ -398,6 +434,28 @@ async fn another_protocol_version_is_refused_naming_both() {
         .wait_for_log("client speaks protocol 99")
         .expect("logged");
     assert!(line.contains("ctl 9.0.0"), "{line}");
+    still_serves(&env, &agent);
+}
+
+/// A hello's software is quoted at most 64 characters long: a client
+/// chose the length of the agent's log line (5 MB of it per connection,
+/// control characters escaped), and an answer that no longer fitted in a
+/// frame was silently not sent.
+#[tokio::test]
+async fn another_version_with_a_huge_software_string_is_answered_in_a_short_line() {
+    let (env, agent, mut raw) = RawClient::to_a_new_agent().await;
+    raw.send(vec![ClientMessage::Hello(Hello {
+        protocol: 99,
+        software: "\u{1}".repeat(250_000),
+    })])
+    .await;
+    let why = last_error(&raw.read_to_end().await, ErrorKind::VersionMismatch);
+    assert!(why.len() < 600, "{} bytes", why.len());
+    let line = agent
+        .wait_for_log("client speaks protocol 99")
+        .expect("logged");
+    assert!(line.len() < 600, "{} bytes", line.len());
+    assert!(line.contains("\\u{1}…"), "{line}");
     still_serves(&env, &agent);
 }
 

@@ -78,7 +78,7 @@ enum SessionError {
     ClosedEarly,
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("client speaks protocol {client} ({software:?}), this agent speaks {PROTOCOL_VERSION}")]
+    #[error("client speaks protocol {client} ({software}), this agent speaks {PROTOCOL_VERSION}")]
     VersionMismatch { client: u32, software: String },
     #[error("connection error: {0}")]
     Frame(#[from] FrameError),
@@ -391,7 +391,10 @@ async fn read_request<S: AsyncRead + AsyncWrite>(
         ClientMessage::Hello(hello) => {
             return Err(SessionError::VersionMismatch {
                 client: hello.protocol,
-                software: hello.software,
+                software: rexec_protocol::plain::short_text(
+                    &hello.software,
+                    rexec_protocol::SOFTWARE_SHOWN,
+                ),
             });
         }
         other => {

@@ -124,7 +124,7 @@ pub enum ConnectionError {
     /// The peers speak different protocol versions.
     #[error(
         "the agent speaks protocol {agent} ({}), this ctl speaks {ours}",
-        plain::agent_text(.software)
+        plain::short_text(.software, rexec_protocol::SOFTWARE_SHOWN)
     )]
     VersionMismatch {
         /// The agent's version.

@@ -11,7 +11,7 @@ use rexec_protocol::{FrameError, IdentityError};
 
 pub use rexec_protocol::plain::agent_text;
 
-pub use rexec_protocol::plain::{io_error, tls_error};
+pub use rexec_protocol::plain::{io_error, short_text, tls_error};
 
 /// What went wrong reading or writing frames, in plain words.
 pub fn frame_error(e: &FrameError) -> String {

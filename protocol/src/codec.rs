@@ -32,7 +32,7 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The transport failed.
-    #[error("connection error: {0}")]
+    #[error("{}", crate::plain::io_error(.0))]
     Io(#[from] io::Error),
     /// A length prefix announced a frame larger than [`MAX_FRAME_LEN`].
     #[error("frame of {len} bytes announced, the maximum is {max}")]
@@ -68,8 +68,7 @@ fn config() -> impl bincode::config::Config {
 /// [`FrameError::Encode`] when the message cannot be encoded or is larger
 /// than [`MAX_FRAME_LEN`].
 pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let body = bincode::serde::encode_to_vec(message, config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let body = bincode::serde::encode_to_vec(message, config()).map_err(|_| unencodable())?;
     if body.len() > MAX_FRAME_LEN {
         return Err(FrameError::Encode(format!(
             "{} bytes is larger than the maximum frame of {MAX_FRAME_LEN}",
@@ -85,7 +84,7 @@ pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> 
 /// [`FrameError::Malformed`] when the bytes are not exactly one message.
 pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (message, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+        .map_err(|e| FrameError::Malformed(decode_words(&e).into()))?;
     if used != body.len() {
         return Err(FrameError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -93,6 +92,32 @@ pub fn decode_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError>
         )));
     }
     Ok(message)
+}
+
+/// A message bincode would not encode: a value serde cannot write (a
+/// mistake of ours, not the peer's), in our words rather than bincode's.
+fn unencodable() -> FrameError {
+    FrameError::Encode("a value in it has no encoding".into())
+}
+
+/// Why a frame did not decode, in our words: bincode's own text is its
+/// error's `Debug` form (`UnexpectedEnd { additional: 3 }`), and serde's
+/// names its internals ("expected variant index 0 <= i < 16").
+fn decode_words(e: &bincode::error::DecodeError) -> &'static str {
+    use bincode::error::DecodeError as D;
+    match e {
+        D::UnexpectedEnd { .. } => "it ends before its last field",
+        D::LimitExceeded => "it declares a length larger than a frame",
+        D::InvalidIntegerType { .. } | D::OutsideUsizeRange(_) | D::NonZeroTypeIsZero { .. } => {
+            "a number in it is not encoded as one"
+        }
+        D::Utf8 { .. } | D::InvalidCharEncoding(_) => "a text in it is not UTF-8",
+        D::InvalidBooleanValue(_) => "a yes-or-no field in it holds another value",
+        D::UnexpectedVariant { .. } | D::Other(_) | D::OtherString(_) => {
+            "it holds a kind or value this version does not know"
+        }
+        _ => "it is not a message of this protocol",
+    }
 }
 
 /// A bulk message taken apart: its variant's constructor and its payload.
@@ -163,8 +188,8 @@ pub(crate) fn bulk_frame_head<Out: Serialize>(
     // the real length replaces the zero, in bincode's form for a length.
     let mut head = encode_message(&make(Bytes::new()))?;
     head.pop();
-    let len = bincode::serde::encode_to_vec(payload_len as u64, config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len =
+        bincode::serde::encode_to_vec(payload_len as u64, config()).map_err(|_| unencodable())?;
     head.extend_from_slice(&len);
     let body_len = head.len() + payload_len;
     if body_len > MAX_FRAME_LEN {
@@ -282,7 +307,7 @@ impl<Out: Serialize, In> Encoder<Out> for MessageCodec<Out, In> {
             bincode::serde::encode_into_std_write(&message, &mut (&mut *dst).writer(), config());
         let body_len = dst.len() - start - LENGTH_PREFIX_LEN;
         let checked = match encoded {
-            Err(e) => Err(FrameError::Encode(e.to_string())),
+            Err(_) => Err(unencodable()),
             Ok(_) if body_len > MAX_FRAME_LEN => Err(FrameError::Encode(format!(
                 "{body_len} bytes is larger than the maximum frame of {MAX_FRAME_LEN}"
             ))),

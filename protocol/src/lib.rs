@@ -22,6 +22,10 @@ pub use message::*;
 /// The TCP port agents listen on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7722;
 
+/// The most characters of a peer's software string (its hello's
+/// `software`) that a message or log line quotes.
+pub const SOFTWARE_SHOWN: usize = 64;
+
 #[cfg(test)]
 mod handshake_tests {
     //! Full TLS handshakes over an in-memory pipe, checking who gets in.

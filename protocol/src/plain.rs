@@ -21,6 +21,17 @@ pub fn agent_text(text: &str) -> String {
     out
 }
 
+/// At most `most` characters of `text`, made inert as [`agent_text`]
+/// does, with "…" where it was cut: for a field a peer fills that only
+/// names something (the software of a hello), which a line quotes in
+/// full only at the cost of letting the peer decide the line's length.
+pub fn short_text(text: &str, most: usize) -> String {
+    match text.char_indices().nth(most) {
+        Some((cut, _)) => format!("{}…", agent_text(&text[..cut])),
+        None => agent_text(text),
+    }
+}
+
 /// What went wrong with a file, a socket or a pipe, in a few plain words;
 /// a TLS failure in TLS's own terms.
 pub fn io_error(e: &io::Error) -> String {
@@ -162,6 +173,14 @@ pub fn usage_message(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_text_cuts_at_a_character_and_escapes_what_is_left() {
+        assert_eq!(short_text("ctl 0.1.0", 64), "ctl 0.1.0");
+        assert_eq!(short_text("äöü\u{1}xyz", 4), "äöü\\u{1}…");
+        // Each `\u{1}` five characters, then the three bytes of "…".
+        assert_eq!(short_text(&"\u{1}".repeat(1_000_000), 64).len(), 64 * 5 + 3);
+    }
 
     #[test]
     fn usage_messages_are_one_line_without_rusts_words() {
