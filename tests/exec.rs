@@ -963,3 +963,39 @@ fn a_command_too_long_for_the_system_is_refused_in_plain_words() {
         assert!(!err.contains("os error"), "{flags:?}: {err}");
     }
 }
+
+/// A reader that pauses (`| less` left on a page) holds the command
+/// through TCP flow control for as long as it pauses, past the keepalive
+/// bound, and then gets every byte. The agent used to bound unacknowledged
+/// data with TCP_USER_TIMEOUT, which this kernel also applies to a peer
+/// that acknowledges its zero-window probes: the command was killed after
+/// the keepalive bound (60 s by default) and its output lost.
+#[test]
+fn a_reader_that_pauses_past_the_keepalive_bound_gets_every_byte() {
+    let (env, agent) =
+        Env::with_agent_flags(&["--keepalive-interval", "500ms", "--keepalive-count", "2"]);
+    let mut child = env
+        .ctl()
+        .args([
+            "exec",
+            &agent.target(),
+            "head -c 20000000 /dev/zero; echo done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Four times the bound (1 s) without reading a byte.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(out.len(), 20_000_005);
+    assert!(out.ends_with(b"done\n"));
+}

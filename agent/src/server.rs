@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use crate::broker::BrokerLink;
-use crate::config::AgentSettings;
 use crate::peer::Peer;
 use crate::refusals::REFUSAL_SUMMARY_INTERVAL;
 use crate::session;
@@ -38,25 +37,6 @@ pub fn raise_open_files_limit() -> Option<u64> {
         return Some(hard);
     }
     Some(soft)
-}
-
-/// A peer that vanished (machine off, cable pulled) while we had output on
-/// the way stops acknowledging it; without a bound, the kernel would retry
-/// for a quarter of an hour before our writes fail and the command is
-/// cleaned up. We give it as long as a quiet session gets (keepalive
-/// interval times count). A slow but present reader still acknowledges the
-/// kernel's probes, so flow control is unaffected.
-fn bound_unacknowledged_data(stream: &tokio::net::TcpStream, settings: &AgentSettings) {
-    let bound = settings.keepalive_interval * settings.keepalive_count;
-    if bound.is_zero() {
-        return;
-    }
-    let millis = u32::try_from(bound.as_millis()).unwrap_or(u32::MAX);
-    if let Err(e) =
-        nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
-    {
-        tracing::debug!(error = %e, "cannot bound unacknowledged data on this socket");
-    }
 }
 
 /// Longest pause after a failed accept (for example, out of file descriptors).
@@ -141,7 +121,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, tracker: Tas
             }
         };
         let _ = stream.set_nodelay(true);
-        bound_unacknowledged_data(&stream, &state.settings);
         session::spawn(stream, peer, entered, &state, &tracker);
     }
 }
