@@ -1273,3 +1273,42 @@ fn a_working_directory_is_entered_as_the_user_and_hidden_paths_stay_hidden() {
     let out = exec_at(&env, None, &host, &["-C", "/tmp", "pwd; id -un"]);
     assert_eq!(stdout_of(&out), "/tmp\nnobody\n", "{}", stderr_of(&out));
 }
+
+/// Signals reach the command while our stdout's reader takes nothing (a
+/// paused `less`, a full pipe): the first Ctrl-C is forwarded at once and
+/// a second ends ctl with 130. ctl used to write output with a blocking
+/// write in the loop that handles signals, so it heard none until its
+/// reader read again.
+#[test]
+fn ctrl_c_is_heard_while_stdouts_reader_takes_nothing() {
+    let (env, agent) = Env::with_agent();
+    let marker = unique_sleep(600);
+    // Output that fills every pipe on the way, then a process to find.
+    let command = format!("sleep {marker} & yes paused-reader");
+    let mut ctl = env
+        .ctl()
+        .args(["exec", &agent.target(), &command])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || !processes_with(&marker).is_empty()),
+        "the command runs"
+    );
+    // Long enough for the pipe to ctl and the connection to fill.
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(ctl.id(), "INT");
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(ctl.id(), "INT");
+    let ended = wait_until(Duration::from_secs(10), || {
+        matches!(ctl.try_wait(), Ok(Some(_)))
+    });
+    assert!(
+        ended,
+        "ctl ends at a second Ctrl-C though nothing reads its stdout"
+    );
+    assert_eq!(ctl.wait().unwrap().code(), Some(130));
+    assert_gone_within(&marker, Duration::from_secs(5));
+    drop(ctl.stdout.take());
+}

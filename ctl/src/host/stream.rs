@@ -72,8 +72,14 @@ pub async fn exec_streaming(
         drop(data_tx);
     }
 
-    let mut stdout = raw_output(io::stdout().as_fd())?;
-    let mut stderr = raw_output(io::stderr().as_fd())?;
+    let mut output = OutputWriter::new(
+        raw_output(io::stdout().as_fd())?,
+        raw_output(io::stderr().as_fd())?,
+    );
+    // A chunk of output our reader has not yet taken: until it has, we read
+    // nothing more from the agent (TCP flow control holds the command),
+    // but signals are still handled.
+    let mut pending: Option<Output> = None;
     // Forwarded to the remote group, unless ctl was started with them
     // ignored (nohup, a script's trap ''): then they stay ignored.
     let mut stop_signals = StopSignals::new()
@@ -86,9 +92,20 @@ pub async fn exec_streaming(
     let mut last_interrupt: Option<Instant> = None;
     let mut alive = Liveness::answering_within(no_answer);
 
+    let mut writer_failed = false;
     loop {
+        if writer_failed {
+            return output.failed().await;
+        }
         let message = tokio::select! {
-            message = alive.next(&mut incoming) => message?,
+            room = output.room(), if pending.is_some() => {
+                match (room, pending.take()) {
+                    (Some(room), Some(chunk)) => room.send(chunk),
+                    _ => writer_failed = true,
+                }
+                continue;
+            }
+            message = alive.next(&mut incoming), if pending.is_none() => message?,
             // The command must not take part of our input for all of it:
             // no end of input is sent, and leaving ends the command.
             Some(e) = stdin_failed.recv() => {
@@ -145,25 +162,112 @@ pub async fn exec_streaming(
             // Output that cannot be written ends the run, from either
             // stream: a closed pipe quietly, anything else as a failure
             // (its line may find no stderr to go to; the exit status says it).
-            AgentMessage::Stdout(chunk) => {
-                if let Err(e) = stdout.write_all(&chunk) {
-                    return written_or_gone(&e, "to stdout");
-                }
-            }
-            AgentMessage::Stderr(chunk) => {
-                if let Err(e) = stderr.write_all(&chunk) {
-                    return written_or_gone(&e, "to stderr");
-                }
-            }
+            AgentMessage::Stdout(chunk) => pending = Some(Output::Stdout(chunk)),
+            AgentMessage::Stderr(chunk) => pending = Some(Output::Stderr(chunk)),
             AgentMessage::Exit(status) => {
+                // The status after all of the output, or the failure to
+                // write it; a stop signal while our reader still takes it
+                // ends the wait (the command has ended already).
+                let written = tokio::select! {
+                    written = output.finish() => written,
+                    _ = stop_signals.next() => Ok(Some(ExecOutcome::Interrupted)),
+                };
                 drop(raw_mode);
-                return Ok(ExecOutcome::Finished(status));
+                return match written {
+                    Ok(None) => Ok(ExecOutcome::Finished(status)),
+                    Ok(Some(outcome)) => Ok(outcome),
+                    Err(e) => Err(e),
+                };
             }
             AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
             other => {
                 return Err(CtlError::unexpected(&other));
             }
         }
+    }
+}
+
+/// A chunk of the command's output, for the stream it came on.
+enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// Writes the command's output on a thread of its own, chunk by chunk in
+/// the order it arrived, so that a reader that stops taking it (a paused
+/// `less`, a full pipe) blocks that thread and not the loop that handles
+/// Ctrl-C, SIGTERM and the agent's keepalives: a blocking write there
+/// left ctl deaf to signals for as long as its reader paused. Started at
+/// the first chunk (a command without output starts no thread); one
+/// chunk waits in the queue while the thread writes another, so the
+/// agent is still held back by how fast our reader reads.
+struct OutputWriter {
+    files: Option<(File, File)>,
+    queue: Option<mpsc::Sender<Output>>,
+    failed: Option<tokio::sync::oneshot::Receiver<(io::Error, &'static str)>>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl OutputWriter {
+    fn new(stdout: File, stderr: File) -> OutputWriter {
+        OutputWriter {
+            files: Some((stdout, stderr)),
+            queue: None,
+            failed: None,
+            done: None,
+        }
+    }
+
+    /// Room for the next chunk, once the thread has taken the one before;
+    /// `None` when it stopped on a failed write.
+    async fn room(&mut self) -> Option<mpsc::Permit<'_, Output>> {
+        if let Some((mut stdout, mut stderr)) = self.files.take() {
+            let (queue, mut chunks) = mpsc::channel::<Output>(1);
+            let (failed_tx, failed) = tokio::sync::oneshot::channel();
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                while let Some(chunk) = chunks.blocking_recv() {
+                    let (written, to) = match &chunk {
+                        Output::Stdout(bytes) => (stdout.write_all(bytes), "to stdout"),
+                        Output::Stderr(bytes) => (stderr.write_all(bytes), "to stderr"),
+                    };
+                    if let Err(e) = written {
+                        let _ = failed_tx.send((e, to));
+                        return;
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+            self.queue = Some(queue);
+            self.failed = Some(failed);
+            self.done = Some(done);
+        }
+        self.queue.as_ref()?.reserve().await.ok()
+    }
+
+    /// How the run ends after the thread stopped on a failed write.
+    async fn failed(&mut self) -> Result<ExecOutcome, CtlError> {
+        match self.failed.take() {
+            Some(failed) => match failed.await {
+                Ok((e, to)) => written_or_gone(&e, to),
+                Err(_) => Err(CtlError::Local("the output writer stopped".into())),
+            },
+            None => Err(CtlError::Local("the output writer stopped".into())),
+        }
+    }
+
+    /// Waits until everything queued is written: `None` then, or how a
+    /// failed write ends the run.
+    async fn finish(&mut self) -> Result<Option<ExecOutcome>, CtlError> {
+        // Closing the queue lets the thread end after its last chunk.
+        self.queue = None;
+        let Some(done) = self.done.take() else {
+            return Ok(None);
+        };
+        if done.await.is_ok() {
+            return Ok(None);
+        }
+        self.failed().await.map(Some)
     }
 }
 
