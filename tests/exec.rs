@@ -999,3 +999,51 @@ fn a_reader_that_pauses_past_the_keepalive_bound_gets_every_byte() {
     assert_eq!(out.len(), 20_000_005);
     assert!(out.ends_with(b"done\n"));
 }
+
+/// Commands start as from a login, whatever the agent's starter did: a
+/// signal it was started with ignored (a script's `agent &` ignores
+/// SIGQUIT, `nohup` SIGHUP) is back to its default, and the soft limit
+/// on open files is the one the agent was started with, not the hard
+/// limit the agent raised its own to (some programs still use
+/// `select(2)`). Both held for execs and for detached jobs; before,
+/// `kill -QUIT $$` did nothing and `ulimit -Sn` said the hard limit.
+#[test]
+fn commands_get_default_signals_and_the_agents_original_open_files_limit() {
+    let env = Env::new();
+    let inner = agent_run_command(&env.agent_dir);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("trap '' QUIT; ulimit -Sn 512; exec \"$@\"")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_listening();
+    env.trust(&agent);
+    let target = agent.target();
+
+    let limit = env.ctl_run(&["exec", &target, "ulimit -Sn"]);
+    assert_eq!(String::from_utf8_lossy(&limit.stdout), "512\n");
+    let quit = env.ctl_run(&["exec", &target, "kill -QUIT $$; echo alive"]);
+    assert_eq!(
+        (
+            quit.status.code(),
+            String::from_utf8_lossy(&quit.stdout).into_owned()
+        ),
+        (Some(131), String::new()),
+        "{}",
+        String::from_utf8_lossy(&quit.stderr)
+    );
+
+    let started = env.ctl_run(&["exec", "--detach", &target, "ulimit -Sn"]);
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    assert_eq!(id.len(), 32, "{}", String::from_utf8_lossy(&started.stderr));
+    let waited = env.ctl_run(&["job", "wait", &target, &id]);
+    assert_eq!(waited.status.code(), Some(0));
+    let output = env.ctl_run(&["job", "output", &target, &id]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "512\n");
+}

@@ -30,7 +30,7 @@ pub mod keeper;
 pub(crate) mod pipes;
 pub(crate) mod spawn;
 
-pub use spawn::{give_up_terminal, mark_close_on_exec_from};
+pub use spawn::{default_signal_dispositions, give_up_terminal, mark_close_on_exec_from};
 
 /// How an exec ended, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +144,7 @@ pub async fn run(
         return report;
     };
     report.pid = Some(pid);
+    spawn::give_back_open_files_limit(pid);
     let pgid = Pid::from_raw(pid as i32);
     // Declared before the guard, so dropped after it: the keeper lists the
     // group until the guard has killed it. Both go as soon as the group is

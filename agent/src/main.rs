@@ -456,6 +456,9 @@ fn check(resolved: &Resolved) -> anyhow::Result<()> {
 
 fn run(source: SettingsSource, resolved: Resolved) -> anyhow::Result<()> {
     validate(&resolved)?;
+    // Before the keeper, the runtime and any command: what the agent's
+    // starter ignored is not for the commands.
+    exec::default_signal_dispositions();
     // Descriptors we were started with (a shell's, a supervisor's) are not
     // for the commands we run; systemd's listening sockets, taken below,
     // are ours alone too.

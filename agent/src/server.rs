@@ -27,17 +27,7 @@ use crate::refusals::REFUSAL_SUMMARY_INTERVAL;
 use crate::session;
 pub use crate::state::{AgentState, Shutdown, StartError};
 
-/// Raises this process's soft limit on open files to its hard limit, so that
-/// a burst of connections meets the session cap, not the descriptor limit.
-/// Returns the limit now in force.
-pub fn raise_open_files_limit() -> Option<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return Some(hard);
-    }
-    Some(soft)
-}
+pub use crate::exec::spawn::raise_open_files_limit;
 
 /// Longest pause after a failed accept (for example, out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);

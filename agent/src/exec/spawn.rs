@@ -329,9 +329,10 @@ fn fork_and_enter(
 ) -> Result<ChdirProbe, ErrorReport> {
     let (probe, chdir_failed) = ChdirProbe::child()?;
     let (uid, gid) = (user.uid, user.gid);
+    let limits = STARTED_WITH.get();
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (setsid, ioctl, setgroups,
-    // setgid, setuid, chdir, write); everything it needs was computed
+    // setgid, setuid, chdir, setrlimit, write); everything it needs was computed
     // before the fork.
     unsafe {
         command.pre_exec(move || {
@@ -348,6 +349,13 @@ fn fork_and_enter(
                 drop_privileges(groups, gid, uid)?;
             }
             enter_directory(&cwd, fall_back_to_root, chdir_failed)?;
+            if let Some(&(soft, hard)) = limits {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )?;
+            }
             // Whatever another thread opened without close-on-exec stays
             // ours: the command gets its stdin, stdout and stderr only.
             mark_close_on_exec_from(3);
@@ -355,6 +363,77 @@ fn fork_and_enter(
         });
     }
     Ok(probe)
+}
+
+/// The open-files limits the agent was started with, when it raised its
+/// soft limit (see [`raise_open_files_limit`]).
+static STARTED_WITH: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Raises this process's soft limit on open files to its hard limit, so that
+/// a burst of connections meets the session cap, not the descriptor limit,
+/// and remembers the limits we were started with for the commands. Returns
+/// the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        let _ = STARTED_WITH.set((soft, hard));
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+/// The open-files limits the agent was started with, if it raised them.
+pub fn original_open_files_limit() -> Option<(u64, u64)> {
+    STARTED_WITH.get().copied()
+}
+
+/// Gives a command just started the soft limit on open files the agent was
+/// started with (under systemd 1,024 where the agent runs with 524,288):
+/// some programs still use `select(2)`, which breaks with descriptors past
+/// 1,023, and some close every descriptor up to the limit. A command that
+/// forks has it from [`fork_and_enter`] before its exec; one spawned the
+/// `posix_spawn` way, which cannot set limits, gets it here, right after
+/// its exec, before the shell has read its command. Not a confinement: any
+/// process may raise its soft limit to the hard one.
+pub fn give_back_open_files_limit(pid: u32) {
+    let (Some(&(soft, hard)), Some(pid)) = (
+        STARTED_WITH.get(),
+        rustix::process::Pid::from_raw(pid as i32),
+    ) else {
+        return;
+    };
+    let limit = rustix::process::Rlimit {
+        current: Some(soft),
+        maximum: Some(hard),
+    };
+    let _ = rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit);
+}
+
+/// Every signal the agent was started with ignored (a shell's background
+/// job ignores SIGINT and SIGQUIT, `nohup` SIGHUP) set back to its
+/// default, so that commands start with the dispositions they would get
+/// from a login: an ignored signal stays ignored across `exec`, and a
+/// command started by an agent that a script ran with `&` would shrug off
+/// `kill -QUIT`. SIGPIPE is left to Rust's runtime and std, which ignore it
+/// in the agent and give commands the default.
+pub fn default_signal_dispositions() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGPIPE) {
+            continue;
+        }
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: installs no handler (only the default, or the old
+        // disposition back), so no handler can run in a bad state.
+        let Ok(old) = (unsafe { sigaction(signal, &default) }) else {
+            continue;
+        };
+        if !matches!(old.handler(), SigHandler::SigIgn) {
+            // SAFETY: as above; the disposition it had before.
+            let _ = unsafe { sigaction(signal, &old) };
+        }
+    }
 }
 
 /// Marks every descriptor from `first` up close-on-exec (closing them here

@@ -329,10 +329,20 @@ async fn launch(dir: &Path, id: &str, spec: &RunnerSpec) -> Result<u32, ErrorRep
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe.
+        // The runner passes the open-files limits on to its command: the
+        // ones the agent was started with.
+        let limits = crate::exec::spawn::original_open_files_limit();
+        // SAFETY: setsid and setrlimit are async-signal-safe.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if let Some((soft, hard)) = limits {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )?;
+                }
                 Ok(())
             });
         }
