@@ -105,7 +105,7 @@ pub async fn exec_streaming(
                 }
                 continue;
             }
-            message = alive.next(&mut incoming), if pending.is_none() => message?,
+            message = alive.next(&mut incoming), if pending.is_none() => message,
             // The command must not take part of our input for all of it:
             // no end of input is sent, and leaving ends the command.
             Some(e) = stdin_failed.recv() => {
@@ -142,7 +142,14 @@ pub async fn exec_streaming(
                 continue;
             }
         };
-        let message = super::exec_message(message)?;
+        // Output that came before an error is written before it is said.
+        let message = match message.and_then(super::exec_message) {
+            Ok(message) => message,
+            Err(e) => {
+                let _ = output.finish().await;
+                return Err(e);
+            }
+        };
         match message {
             AgentMessage::Started { keepalive, .. } => {
                 alive.started(keepalive);
@@ -179,7 +186,10 @@ pub async fn exec_streaming(
                     Err(e) => Err(e),
                 };
             }
-            AgentMessage::Error(report) => return Err(CtlError::Agent(report)),
+            AgentMessage::Error(report) => {
+                let _ = output.finish().await;
+                return Err(CtlError::Agent(report));
+            }
             other => {
                 return Err(CtlError::unexpected(&other));
             }
