@@ -144,7 +144,6 @@ pub async fn run(
         return report;
     };
     report.pid = Some(pid);
-    spawn::give_back_open_files_limit(pid);
     let pgid = Pid::from_raw(pid as i32);
     // Declared before the guard, so dropped after it: the keeper lists the
     // group until the guard has killed it. Both go as soon as the group is

@@ -3,13 +3,14 @@
 //! to send instead.
 //!
 //! Two ways to start. A command without a terminal that runs as the
-//! agent's own user is spawned the way `posix_spawn` does it
+//! agent's own user, from an agent running with the open-files limit it
+//! was started with, is spawned the way `posix_spawn` does it
 //! (`clone(CLONE_VM|CLONE_VFORK)`, no copy of the agent's memory map): in
 //! a process group of its own, in the directory the agent checked it can
 //! enter, with no controlling terminal because the agent gave its own up
 //! at start ([`give_up_terminal`]). Everything else (a terminal, a switch
-//! of user, a directory the check refuses, an agent that kept a terminal)
-//! forks, and the child does the work between fork and exec: its own
+//! of user, a directory the check refuses, an agent that kept a terminal
+//! or raised its limit on open files) forks, and the child does the work between fork and exec: its own
 //! session, the switch of user, the change of directory and its failure
 //! report.
 
@@ -290,8 +291,15 @@ pub fn prepare(
         }
     };
     let user_name = user.name.clone();
-    let chdir_probe = if pty.is_none() && switch.is_none() && give_up_terminal() && enterable(&cwd)
-    {
+    // `posix_spawn` cannot set limits, and a limit set on the child after
+    // it started comes too late: `sh -c 'ulimit -Sn'` has run by then on a
+    // busy host. So an agent that raised its own limit forks.
+    let spawn_without_fork = pty.is_none()
+        && switch.is_none()
+        && original_open_files_limit().is_none()
+        && give_up_terminal()
+        && enterable(&cwd);
+    let chdir_probe = if spawn_without_fork {
         // A process group of its own for the group kill; no session of its
         // own, which `posix_spawn` cannot make, and none needed: there is no
         // controlling terminal to keep it from.
@@ -329,7 +337,7 @@ fn fork_and_enter(
 ) -> Result<ChdirProbe, ErrorReport> {
     let (probe, chdir_failed) = ChdirProbe::child()?;
     let (uid, gid) = (user.uid, user.gid);
-    let limits = STARTED_WITH.get();
+    let limits = original_open_files_limit();
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (setsid, ioctl, setgroups,
     // setgid, setuid, chdir, setrlimit, write); everything it needs was computed
@@ -349,13 +357,7 @@ fn fork_and_enter(
                 drop_privileges(groups, gid, uid)?;
             }
             enter_directory(&cwd, fall_back_to_root, chdir_failed)?;
-            if let Some(&(soft, hard)) = limits {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    soft,
-                    hard,
-                )?;
-            }
+            set_open_files_limit(limits)?;
             // Whatever another thread opened without close-on-exec stays
             // ours: the command gets its stdin, stdout and stderr only.
             mark_close_on_exec_from(3);
@@ -388,26 +390,13 @@ pub fn original_open_files_limit() -> Option<(u64, u64)> {
     STARTED_WITH.get().copied()
 }
 
-/// Gives a command just started the soft limit on open files the agent was
-/// started with (under systemd 1,024 where the agent runs with 524,288):
-/// some programs still use `select(2)`, which breaks with descriptors past
-/// 1,023, and some close every descriptor up to the limit. A command that
-/// forks has it from [`fork_and_enter`] before its exec; one spawned the
-/// `posix_spawn` way, which cannot set limits, gets it here, right after
-/// its exec, before the shell has read its command. Not a confinement: any
-/// process may raise its soft limit to the hard one.
-pub fn give_back_open_files_limit(pid: u32) {
-    let (Some(&(soft, hard)), Some(pid)) = (
-        STARTED_WITH.get(),
-        rustix::process::Pid::from_raw(pid as i32),
-    ) else {
-        return;
-    };
-    let limit = rustix::process::Rlimit {
-        current: Some(soft),
-        maximum: Some(hard),
-    };
-    let _ = rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit);
+/// Sets `limits` (soft, hard) on open files, if any: in a child between
+/// fork and exec (async-signal-safe, one system call).
+pub fn set_open_files_limit(limits: Option<(u64, u64)>) -> std::io::Result<()> {
+    if let Some((soft, hard)) = limits {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)?;
+    }
+    Ok(())
 }
 
 /// Every signal the agent was started with ignored (a shell's background

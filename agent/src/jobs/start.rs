@@ -336,14 +336,7 @@ async fn launch(dir: &Path, id: &str, spec: &RunnerSpec) -> Result<u32, ErrorRep
         unsafe {
             command.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
-                if let Some((soft, hard)) = limits {
-                    nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        soft,
-                        hard,
-                    )?;
-                }
-                Ok(())
+                crate::exec::spawn::set_open_files_limit(limits)
             });
         }
         let spec = spec.clone();
